@@ -1,0 +1,45 @@
+//! The CapabilityStatement: exactly what this server supports, no more.
+
+use carapace_core::fhir::ResourceType;
+use serde_json::{json, Value};
+
+pub fn statement(base: &str) -> Value {
+    let interactions = json!([
+        {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
+        {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}
+    ]);
+    let resources: Vec<Value> = ResourceType::all()
+        .map(|t| {
+            json!({
+                "type": t.as_str(),
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "Carapace",
+        "kind": "instance",
+        "software": {"name": "Carapace", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Carapace FHIR R4 server (encrypted at rest)", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["json", "application/fhir+json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Every resource is encrypted (AES-256-GCM) before it reaches the database. \
+                              Conditional create (If-None-Exist) supports the _id parameter only. \
+                              Search, batch/transaction and operations are not yet supported.",
+            "resource": resources,
+            "interaction": [{"code": "history-system"}],
+        }],
+    })
+}

@@ -1,0 +1,521 @@
+//! The FHIR REST interactions of R4 `http.html`: routing, content negotiation, conditional headers,
+//! and turning store results into responses. No storage or crypto here: that is the core's.
+
+use crate::capability;
+use crate::outcome::{ApiError, HttpResponse, FHIR_JSON};
+use crate::AppState;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use bytes::Bytes;
+use carapace_core::access::AccessContext;
+use carapace_core::fhir::{json, ResourceId, ResourceType};
+use carapace_core::store::{
+    Created, Deleted, HistoryCursor, HistoryQuery, StoreError, StoredResource,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::value::RawValue;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+const DEFAULT_HISTORY_COUNT: usize = 50;
+
+/// Serve one request under `/fhir`.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    match route(&state, req, peer).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// What the client asked to get back (`Prefer: return=`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<HttpResponse, ApiError> {
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    negotiate(&parts.headers, &params)?;
+    let path = parts.uri.path();
+    let rest = path.strip_prefix("/fhir").unwrap_or("");
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let ctx = AccessContext::development(&state.config.dev_principal, Some(peer.ip()));
+    let method = parts.method.clone();
+    let headers = parts.headers;
+
+    match (segments.as_slice(), &method) {
+        ([], _) => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not-supported",
+            "batch and transaction Bundles are not supported yet",
+        )),
+        (["metadata"], &Method::GET) => Ok(json_response(
+            StatusCode::OK,
+            capability::statement(&state.base).to_string().into_bytes(),
+        )),
+        (["_history"], &Method::GET) => history(state, &ctx, None, None, &params).await,
+        ([type_name, ..], _) if type_name.starts_with('_') || type_name.starts_with('$') => {
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-supported",
+                "this operation is not supported yet",
+            ))
+        }
+        ([type_name], &Method::POST) => {
+            let rt = resource_type(type_name)?;
+            let resource = read_resource(state, &headers, body).await?;
+            let if_none_exist = header_str(&headers, "if-none-exist")?;
+            let created = state.store.create(&ctx, rt, resource, if_none_exist.as_deref()).await?;
+            let prefer = prefer(&headers);
+            match created {
+                Created::New(r) => Ok(resource_response(state, StatusCode::CREATED, &r, prefer, true)),
+                Created::Existing(r) => Ok(resource_response(state, StatusCode::OK, &r, prefer, false)),
+            }
+        }
+        ([type_name], &Method::GET) => {
+            resource_type(type_name)?;
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-supported",
+                "search is not supported yet",
+            ))
+        }
+        ([type_name, "_history"], &Method::GET) => {
+            let rt = resource_type(type_name)?;
+            history(state, &ctx, Some(rt), None, &params).await
+        }
+        ([type_name, id], &Method::GET) => {
+            let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
+            let r = state.store.read(&ctx, rt, &id).await?;
+            Ok(resource_response(state, StatusCode::OK, &r, Return::Representation, false))
+        }
+        ([type_name, id], &Method::PUT) => {
+            let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
+            let if_match = if_match(&headers)?;
+            let resource = read_resource(state, &headers, body).await?;
+            let updated = state.store.update(&ctx, rt, &id, resource, if_match).await?;
+            let status = if updated.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(resource_response(state, status, &updated.resource, prefer(&headers), updated.created))
+        }
+        ([type_name, id], &Method::DELETE) => {
+            let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
+            let deleted = state.store.delete(&ctx, rt, &id).await?;
+            let mut resp = Response::builder().status(StatusCode::NO_CONTENT);
+            if let Deleted::Now { version_id } = deleted {
+                resp = resp.header("ETag", etag(version_id));
+            }
+            Ok(resp.body(Full::new(Bytes::new())).unwrap_or_default())
+        }
+        ([type_name, id, "_history"], &Method::GET) => {
+            let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
+            // History of an id that never existed is a 404, not an empty Bundle.
+            match state.store.read(&ctx, rt, &id).await {
+                Ok(_) | Err(StoreError::Gone { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            history(state, &ctx, Some(rt), Some(&id), &params).await
+        }
+        ([type_name, id, "_history", version], &Method::GET) => {
+            let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
+            let version: i64 = version
+                .parse()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| ApiError::not_found(format!("{rt}/{id} has no version '{}'", printable(version))))?;
+            let r = state.store.vread(&ctx, rt, &id, version).await?;
+            Ok(resource_response(state, StatusCode::OK, &r, Return::Representation, false))
+        }
+        ([_, ..], _) if segments.len() <= 4 => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            format!("{method} is not supported here"),
+        )),
+        _ => Err(ApiError::not_found("no such endpoint")),
+    }
+}
+
+fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::parse(name).ok_or_else(|| {
+        ApiError::not_found(format!("'{}' is not an R4 resource type", printable(name)))
+    })
+}
+
+fn resource_id(id: &str) -> Result<ResourceId, ApiError> {
+    ResourceId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Accept / `_format`: JSON only, 406 otherwise.
+fn negotiate(headers: &HeaderMap, params: &[(String, String)]) -> Result<(), ApiError> {
+    let not_acceptable = || {
+        ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            "only JSON is supported (application/fhir+json)",
+        )
+    };
+    if let Some((_, format)) = params.iter().find(|(k, _)| k == "_format") {
+        return match format.as_str() {
+            "json" | "application/json" | "application/fhir+json" => Ok(()),
+            _ => Err(not_acceptable()),
+        };
+    }
+    let Some(accept) = headers.get("accept") else {
+        return Ok(());
+    };
+    let accept = accept.to_str().map_err(|_| not_acceptable())?;
+    let ok = accept.split(',').any(|item| {
+        let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        matches!(
+            media.as_str(),
+            "" | "*/*" | "application/*" | "application/json" | "application/fhir+json"
+        ) || media.ends_with("+json")
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(not_acceptable())
+    }
+}
+
+/// Read, parse and check a request body: JSON media type (415), size limit (413), strict JSON (400).
+async fn read_resource(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<serde_json::Value, ApiError> {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    match content_type.as_deref() {
+        Some("application/fhir+json") | Some("application/json") => {}
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                "send resources as application/fhir+json",
+            ))
+        }
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("request body exceeds the limit of {} bytes", state.config.body_limit),
+        )
+    };
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > state.config.body_limit as u64 {
+            return Err(too_large());
+        }
+    }
+    let bytes = Limited::new(body, state.config.body_limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                ApiError::bad_request("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    let value = json::parse(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "structure", e.0))?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "structure",
+            "a resource must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| ApiError::bad_request(format!("{name} is not valid text")))
+        })
+        .transpose()
+}
+
+/// `If-Match: W/"3"` (or `"3"`) → 3.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = header_str(headers, "if-match")? else {
+        return Ok(None);
+    };
+    let trimmed = raw.trim();
+    let inner = trimmed.strip_prefix("W/").unwrap_or(trimmed).trim_matches('"');
+    inner
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request("If-Match must be a version ETag such as W/\"3\""))
+}
+
+fn prefer(headers: &HeaderMap) -> Return {
+    let Some(prefer) = headers.get("prefer").and_then(|v| v.to_str().ok()) else {
+        return Return::Representation;
+    };
+    for part in prefer.split([',', ';']) {
+        match part.trim() {
+            "return=minimal" => return Return::Minimal,
+            "return=OperationOutcome" => return Return::OperationOutcome,
+            "return=representation" => return Return::Representation,
+            _ => {}
+        }
+    }
+    Return::Representation
+}
+
+fn etag(version_id: i64) -> String {
+    format!("W/\"{version_id}\"")
+}
+
+fn http_date(at: DateTime<Utc>) -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::from(at))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", FHIR_JSON)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+fn resource_response(
+    state: &AppState,
+    status: StatusCode,
+    r: &StoredResource,
+    ret: Return,
+    location: bool,
+) -> HttpResponse {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("ETag", etag(r.version_id))
+        .header("Last-Modified", http_date(r.last_updated));
+    if location {
+        let url = format!("{}/{}/{}/_history/{}", state.base, r.resource_type, r.id, r.version_id);
+        if let Ok(v) = HeaderValue::from_str(&url) {
+            builder = builder.header("Location", v);
+        }
+    }
+    let body = match ret {
+        Return::Minimal => return builder.body(Full::new(Bytes::new())).unwrap_or_default(),
+        Return::Representation => Bytes::from(r.body.clone()),
+        Return::OperationOutcome => Bytes::from(
+            serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
+                "severity": "information", "code": "informational",
+                "diagnostics": format!("{} version {} stored", r.reference(), r.version_id)}]})
+            .to_string(),
+        ),
+    };
+    builder
+        .header("Content-Type", FHIR_JSON)
+        .body(Full::new(body))
+        .unwrap_or_default()
+}
+
+#[derive(serde::Serialize)]
+struct HistoryBundle<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    bundle_type: &'static str,
+    link: Vec<Link>,
+    entry: Vec<HistoryBundleEntry<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Link {
+    relation: &'static str,
+    url: String,
+}
+
+#[derive(serde::Serialize)]
+struct HistoryBundleEntry<'a> {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a RawValue>,
+    request: EntryRequest,
+    response: EntryResponse,
+}
+
+#[derive(serde::Serialize)]
+struct EntryRequest {
+    method: String,
+    url: String,
+}
+
+#[derive(serde::Serialize)]
+struct EntryResponse {
+    status: &'static str,
+    etag: String,
+    #[serde(rename = "lastModified")]
+    last_modified: String,
+}
+
+async fn history(
+    state: &AppState,
+    ctx: &AccessContext,
+    rt: Option<ResourceType>,
+    id: Option<&ResourceId>,
+    params: &[(String, String)],
+) -> Result<HttpResponse, ApiError> {
+    let mut query = HistoryQuery {
+        count: DEFAULT_HISTORY_COUNT,
+        ..HistoryQuery::default()
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "_count" => {
+                query.count = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| *c > 0)
+                    .ok_or_else(|| ApiError::bad_request("_count must be a positive whole number"))?;
+            }
+            "_since" => {
+                let since = DateTime::parse_from_rfc3339(value)
+                    .map_err(|_| ApiError::bad_request("_since must be an instant such as 2024-01-01T00:00:00Z"))?;
+                query.since = Some(since.to_utc());
+            }
+            "_page" => query.after = Some(decode_cursor(value)?),
+            _ => {}
+        }
+    }
+    let page = state.store.history(ctx, rt, id, &query).await?;
+    let path = match (rt, id) {
+        (Some(t), Some(i)) => format!("{}/{t}/{i}/_history", state.base),
+        (Some(t), None) => format!("{}/{t}/_history", state.base),
+        _ => format!("{}/_history", state.base),
+    };
+    let mut base_params: Vec<(String, String)> = vec![("_count".into(), query.count.to_string())];
+    if let Some(since) = query.since {
+        base_params.push(("_since".into(), since.to_rfc3339_opts(SecondsFormat::Micros, true)));
+    }
+    let link_to = |extra: Option<(String, String)>| {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in base_params.iter().chain(extra.iter()) {
+            ser.append_pair(k, v);
+        }
+        format!("{path}?{}", ser.finish())
+    };
+    let mut links = vec![Link {
+        relation: "self",
+        url: link_to(params.iter().find(|(k, _)| k == "_page").cloned()),
+    }];
+    if let Some(next) = &page.next {
+        links.push(Link {
+            relation: "next",
+            url: link_to(Some(("_page".into(), encode_cursor(next)))),
+        });
+    }
+    let raw: Vec<Option<Box<RawValue>>> = page
+        .entries
+        .iter()
+        .map(|e| {
+            e.body
+                .as_ref()
+                .and_then(|b| String::from_utf8(b.clone()).ok())
+                .and_then(|s| RawValue::from_string(s).ok())
+        })
+        .collect();
+    let entries = page
+        .entries
+        .iter()
+        .zip(raw.iter())
+        .map(|(e, body)| HistoryBundleEntry {
+            full_url: format!("{}/{}/{}", state.base, e.resource_type, e.id),
+            resource: body.as_deref(),
+            request: EntryRequest {
+                method: e.method.clone(),
+                url: if e.method == "POST" {
+                    e.resource_type.to_string()
+                } else {
+                    format!("{}/{}", e.resource_type, e.id)
+                },
+            },
+            response: EntryResponse {
+                status: match (e.method.as_str(), e.version_id) {
+                    ("DELETE", _) => "204 No Content",
+                    (_, 1) => "201 Created",
+                    _ => "200 OK",
+                },
+                etag: etag(e.version_id),
+                last_modified: e.last_updated.to_rfc3339_opts(SecondsFormat::Micros, true),
+            },
+        })
+        .collect();
+    let bundle = HistoryBundle {
+        resource_type: "Bundle",
+        bundle_type: "history",
+        link: links,
+        entry: entries,
+    };
+    let body = serde_json::to_vec(&bundle)
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "could not build the history Bundle"))?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+fn encode_cursor(c: &HistoryCursor) -> String {
+    let text = format!(
+        "{}|{}|{}|{}",
+        c.last_updated.to_rfc3339_opts(SecondsFormat::Micros, true),
+        c.resource_type,
+        c.id,
+        c.version_id
+    );
+    B64URL.encode(text)
+}
+
+fn decode_cursor(s: &str) -> Result<HistoryCursor, ApiError> {
+    let bad = || ApiError::bad_request("_page is not a valid paging cursor");
+    let bytes = B64URL.decode(s).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let mut parts = text.splitn(4, '|');
+    let (Some(t), Some(rt), Some(id), Some(v)) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    Ok(HistoryCursor {
+        last_updated: DateTime::parse_from_rfc3339(t).map_err(|_| bad())?.to_utc(),
+        resource_type: rt.to_string(),
+        id: id.to_string(),
+        version_id: v.parse().map_err(|_| bad())?,
+    })
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}

@@ -1,0 +1,225 @@
+//! carapace-server: the FHIR R4 REST front of Carapace (hyper + tokio). HTTP only: everything else is
+//! in `carapace-core`.
+
+mod capability;
+mod fhir_api;
+mod outcome;
+mod tls;
+
+use anyhow::Context;
+use bytes::Bytes;
+use carapace_core::config::Config;
+use carapace_core::core::Core;
+use carapace_core::store::Store;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Shared by every request.
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<Store>,
+    /// The FHIR base URL, without a trailing slash.
+    pub base: String,
+    pub requests: AtomicU64,
+}
+
+const HELP: &str = "\
+Configuration (environment variables):
+  CARAPACE_LISTEN              address:port to listen on (default 127.0.0.1:8080)
+  CARAPACE_BASE_URL            public FHIR base URL (default http://LISTEN/fhir)
+  CARAPACE_DATA_DIR            data directory for the embedded database and file keys (default ./carapace-data)
+  CARAPACE_DATABASE_URL        PostgreSQL URL; unset = embedded private cluster under the data directory
+  CARAPACE_VAULT_ADDR          Vault/OpenBao address; unset = file key provider (development only)
+  CARAPACE_VAULT_TOKEN         Vault token, or:
+  CARAPACE_VAULT_ROLE_ID       AppRole role id, with
+  CARAPACE_VAULT_SECRET_ID     AppRole secret id
+  CARAPACE_VAULT_TRANSIT_MOUNT transit mount (default transit)
+  CARAPACE_VAULT_KEY           transit key name (default carapace)
+  CARAPACE_TLS_CERT/_KEY       PEM certificate chain and private key: serve HTTPS
+  CARAPACE_BODY_LIMIT          request body limit in bytes (default 16777216)
+  CARAPACE_DEK_CACHE_MAX_AGE   seconds an unwrapped data key stays cached (default 3600)
+  CARAPACE_DB_MAX_CONNECTIONS  database pool size (default 16)
+  RUST_LOG                     log filter (default info)";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("carapace-server {}\nFHIR R4 server with encryption at rest.\n\n{HELP}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    if let Some(a) = args.first() {
+        anyhow::bail!("unexpected argument '{a}' (configuration is by environment; see --help)");
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let tls = match &config.tls {
+        Some(t) => Some(tls::acceptor(t).context("loading the TLS certificate and key")?),
+        None => None,
+    };
+    let core = Core::open(&config).await.context("opening the store")?;
+    if core.cluster.is_some() {
+        tracing::info!(data_dir = %config.data_dir.display(), "using the embedded PostgreSQL cluster (unix socket only)");
+    }
+    if core.embedded_keys {
+        tracing::warn!(
+            "DEVELOPMENT ONLY: no CARAPACE_VAULT_ADDR set, data keys are wrapped by a master key file in {}. \
+             Use Vault transit in production.",
+            config.data_dir.display()
+        );
+    }
+    if let carapace_core::keys::KeyProvider::Vault(vault) = &*core.keys {
+        // Token renewal is the server's job; the task runs for the life of the process.
+        tokio::spawn(vault.clone().maintain_token());
+    }
+    tracing::warn!(
+        principal = %config.dev_principal,
+        "authentication is not enabled yet: every request acts as this single configured principal; keep the listener on loopback"
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let mut config = config;
+    if config.base_url.is_none() {
+        config.listen = local;
+    }
+    let base = config.fhir_base();
+    let state = Arc::new(AppState {
+        base: base.clone(),
+        store: core.store.clone(),
+        config,
+        requests: AtomicU64::new(0),
+    });
+    // One line on stdout for people and scripts: where the server is.
+    println!("Carapace FHIR R4 server listening: {base}");
+    println!("Try: curl -s {base}/metadata | head -c 300");
+    tracing::info!(%base, key_provider = %core.keys.describe(), "ready");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(dispatch(state, req, peer).await) }
+                });
+                match &tls {
+                    None => {
+                        let conn = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move { let _ = conn.await; });
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            match acceptor.accept(stream).await {
+                                Ok(tls_stream) => {
+                                    let conn = auto::Builder::new(TokioExecutor::new())
+                                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                                        .into_owned();
+                                    let _ = watcher.watch(conn).await;
+                                }
+                                Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            }
+                        });
+                    }
+                }
+            }
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+    drop(state);
+    core.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn dispatch(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    if path == "/fhir" || path.starts_with("/fhir/") {
+        return fhir_api::handle(state, req, peer).await;
+    }
+    match path.as_str() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/metrics" => text(StatusCode::OK, metrics(&state)),
+        _ => outcome::ApiError::not_found("no such endpoint; the FHIR base is /fhir").into_response(),
+    }
+}
+
+/// Prometheus text format: what an operator watches, no PHI.
+fn metrics(state: &AppState) -> String {
+    let keys = state.store.keys();
+    format!(
+        "# TYPE carapace_requests_total counter\ncarapace_requests_total {}\n\
+         # TYPE carapace_key_provider_calls_total counter\ncarapace_key_provider_calls_total {}\n\
+         # TYPE carapace_dek_cache_entries gauge\ncarapace_dek_cache_entries {}\n",
+        state.requests.load(Ordering::Relaxed),
+        keys.external_calls(),
+        state.store.cached_keys(),
+    )
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,220 @@
+//! Configuration: defaults, then `CARAPACE_*` environment variables. Secrets live in `SecretString`,
+//! which never prints its value.
+
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where resources and keys live, and how the server is reached.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CARAPACE_DATABASE_URL`; `None` means the embedded PostgreSQL cluster under `data_dir`.
+    pub database_url: Option<SecretString>,
+    /// `CARAPACE_DATA_DIR` (default `./carapace-data`): embedded cluster and file key provider.
+    pub data_dir: PathBuf,
+    /// `CARAPACE_LISTEN` (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// `CARAPACE_BASE_URL`: the public FHIR base, used in `Location` and links.
+    pub base_url: Option<String>,
+    pub vault: Option<VaultConfig>,
+    /// `CARAPACE_TLS_CERT` / `CARAPACE_TLS_KEY` (PEM files): serve HTTPS with rustls.
+    pub tls: Option<TlsConfig>,
+    /// `CARAPACE_BODY_LIMIT` in bytes (default 16 MiB): larger request bodies get 413.
+    pub body_limit: usize,
+    /// `CARAPACE_DEK_CACHE_MAX_AGE` seconds (default 3600) and `CARAPACE_DEK_CACHE_MAX_USES`.
+    pub dek_cache: DekCacheConfig,
+    /// `CARAPACE_DB_MAX_CONNECTIONS` (default 16).
+    pub db_max_connections: u32,
+    /// `CARAPACE_DEV_PRINCIPAL`: the single principal every request acts as until SMART on FHIR
+    /// authentication lands (default `dev-operator`).
+    pub dev_principal: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// `CARAPACE_VAULT_ADDR`.
+    pub addr: String,
+    pub auth: VaultAuth,
+    /// `CARAPACE_VAULT_TRANSIT_MOUNT` (default `transit`).
+    pub mount: String,
+    /// `CARAPACE_VAULT_KEY` (default `carapace`).
+    pub key_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultAuth {
+    /// `CARAPACE_VAULT_TOKEN`.
+    Token(SecretString),
+    /// `CARAPACE_VAULT_ROLE_ID` + `CARAPACE_VAULT_SECRET_ID` (AppRole, mount `approle`).
+    AppRole { role_id: String, secret_id: SecretString },
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DekCacheConfig {
+    pub max_age: Duration,
+    pub max_uses: u64,
+    pub max_entries: usize,
+}
+
+impl Default for DekCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(3600),
+            max_uses: 10_000_000,
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Read the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Read the configuration through `get` (tests pass a map instead of the environment).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let parse_num = |k: &str, default: u64| -> Result<u64, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| ConfigError(format!("{k} must be a whole number"))),
+            }
+        };
+        let listen = match get("CARAPACE_LISTEN") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(v) => v
+                .parse()
+                .map_err(|_| ConfigError("CARAPACE_LISTEN must be ADDRESS:PORT".into()))?,
+        };
+        let vault = match get("CARAPACE_VAULT_ADDR") {
+            None => None,
+            Some(addr) => {
+                let auth = match (
+                    get("CARAPACE_VAULT_TOKEN"),
+                    get("CARAPACE_VAULT_ROLE_ID"),
+                    get("CARAPACE_VAULT_SECRET_ID"),
+                ) {
+                    (Some(t), _, _) => VaultAuth::Token(SecretString::from(t)),
+                    (None, Some(role_id), Some(secret)) => VaultAuth::AppRole {
+                        role_id,
+                        secret_id: SecretString::from(secret),
+                    },
+                    _ => {
+                        return Err(ConfigError(
+                            "CARAPACE_VAULT_ADDR needs CARAPACE_VAULT_TOKEN or CARAPACE_VAULT_ROLE_ID + CARAPACE_VAULT_SECRET_ID".into(),
+                        ))
+                    }
+                };
+                Some(VaultConfig {
+                    addr,
+                    auth,
+                    mount: get("CARAPACE_VAULT_TRANSIT_MOUNT").unwrap_or_else(|| "transit".into()),
+                    key_name: get("CARAPACE_VAULT_KEY").unwrap_or_else(|| "carapace".into()),
+                })
+            }
+        };
+        let tls = match (get("CARAPACE_TLS_CERT"), get("CARAPACE_TLS_KEY")) {
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "CARAPACE_TLS_CERT and CARAPACE_TLS_KEY go together".into(),
+                ))
+            }
+        };
+        let max_connections = parse_num("CARAPACE_DB_MAX_CONNECTIONS", 16)?;
+        Ok(Config {
+            database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
+            data_dir: get("CARAPACE_DATA_DIR")
+                .unwrap_or_else(|| "./carapace-data".into())
+                .into(),
+            listen,
+            base_url: get("CARAPACE_BASE_URL").map(|u| u.trim_end_matches('/').to_string()),
+            vault,
+            tls,
+            body_limit: usize::try_from(parse_num("CARAPACE_BODY_LIMIT", 16 * 1024 * 1024)?)
+                .map_err(|_| ConfigError("CARAPACE_BODY_LIMIT is too large".into()))?,
+            dek_cache: DekCacheConfig {
+                max_age: Duration::from_secs(parse_num("CARAPACE_DEK_CACHE_MAX_AGE", 3600)?),
+                max_uses: parse_num("CARAPACE_DEK_CACHE_MAX_USES", 10_000_000)?,
+                ..DekCacheConfig::default()
+            },
+            db_max_connections: u32::try_from(max_connections.clamp(1, 1000)).unwrap_or(16),
+            dev_principal: get("CARAPACE_DEV_PRINCIPAL").unwrap_or_else(|| "dev-operator".into()),
+        })
+    }
+
+    /// The FHIR base URL clients see.
+    pub fn fhir_base(&self) -> String {
+        match &self.base_url {
+            Some(b) => b.clone(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}/fhir", self.listen)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_only_and_embed_everything() {
+        let c = config(&[]).unwrap();
+        assert!(c.listen.ip().is_loopback());
+        assert!(c.database_url.is_none() && c.vault.is_none() && c.tls.is_none());
+        assert_eq!(c.fhir_base(), "http://127.0.0.1:8080/fhir");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = config(&[
+            ("CARAPACE_VAULT_ADDR", "http://127.0.0.1:8200"),
+            ("CARAPACE_VAULT_TOKEN", "s.very-secret-token"),
+            ("CARAPACE_DATABASE_URL", "postgres://u:db-password@h/d"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-secret-token") && !shown.contains("db-password"));
+        match c.vault.unwrap().auth {
+            VaultAuth::Token(t) => assert_eq!(t.expose_secret(), "s.very-secret-token"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn vault_without_credentials_is_an_error() {
+        assert!(config(&[("CARAPACE_VAULT_ADDR", "http://127.0.0.1:8200")]).is_err());
+        assert!(config(&[("CARAPACE_TLS_CERT", "c.pem")]).is_err());
+        assert!(config(&[("CARAPACE_LISTEN", "nonsense")]).is_err());
+    }
+}

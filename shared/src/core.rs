@@ -1,0 +1,103 @@
+//! Opening the core: the database (embedded or configured), migrations, the key provider and the store.
+//! The server and the console both start here.
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::embedded::{self, Cluster};
+use crate::keys::{FileKeyring, KeyError, KeyProvider, VaultTransit};
+use crate::store::Store;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Migrations in `migrations/`, compiled in.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("embedded PostgreSQL: {0}")]
+    Embedded(#[from] embedded::EmbeddedError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("key provider: {0}")]
+    Keys(#[from] KeyError),
+    #[error("CARAPACE_DATABASE_URL is not a valid PostgreSQL URL")]
+    BadUrl,
+}
+
+/// An opened core: the store, and the embedded cluster when there is one (stopped on drop).
+pub struct Core {
+    pub store: Arc<Store>,
+    pub keys: Arc<KeyProvider>,
+    pub cluster: Option<Cluster>,
+    pub embedded_keys: bool,
+}
+
+impl Core {
+    /// Open everything `config` describes with the system clock.
+    pub async fn open(config: &Config) -> Result<Core, OpenError> {
+        Core::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn open_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Core, OpenError> {
+        let (pool, cluster) = connect(config).await?;
+        MIGRATOR.run(&pool).await?;
+        let (keys, embedded_keys) = match &config.vault {
+            Some(vault) => (KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)), false),
+            None => {
+                std::fs::create_dir_all(&config.data_dir).map_err(|e| KeyError::Other(e.to_string()))?;
+                (KeyProvider::File(FileKeyring::open_or_create(&config.data_dir)?), true)
+            }
+        };
+        let keys = Arc::new(keys);
+        let store = Arc::new(Store::new(pool, keys.clone(), config.dek_cache, clock));
+        Ok(Core {
+            store,
+            keys,
+            cluster,
+            embedded_keys,
+        })
+    }
+
+    /// Close the pool and stop the embedded cluster, if any.
+    pub async fn shutdown(mut self) {
+        self.store.pool().close().await;
+        if let Some(mut cluster) = self.cluster.take() {
+            if let Err(e) = tokio::task::spawn_blocking(move || cluster.stop()).await {
+                tracing::warn!(error = %e, "stopping the embedded cluster failed");
+            }
+        }
+    }
+}
+
+async fn connect(config: &Config) -> Result<(PgPool, Option<Cluster>), OpenError> {
+    let pool_options = PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(10));
+    match &config.database_url {
+        Some(url) => {
+            let options =
+                PgConnectOptions::from_str(url.expose_secret()).map_err(|_| OpenError::BadUrl)?;
+            Ok((pool_options.connect_with(options).await?, None))
+        }
+        None => {
+            let dir = config.data_dir.clone();
+            let cluster = tokio::task::spawn_blocking(move || Cluster::start(&dir, None))
+                .await
+                .map_err(|e| embedded::EmbeddedError::Command {
+                    what: "starting PostgreSQL".into(),
+                    detail: e.to_string(),
+                })??;
+            cluster.ensure_database("carapace").await?;
+            let pool = pool_options
+                .connect_with(cluster.connect_options("carapace"))
+                .await?;
+            Ok((pool, Some(cluster)))
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Bounded in-memory cache of unwrapped data keys, so a warm server makes no key-provider call per
+//! request. Entries expire by age and by number of uses; evicted keys are zeroized (`Dek` zeroizes on
+//! drop, and the cache holds the only long-lived copies).
+
+use crate::config::DekCacheConfig;
+use crate::crypto::Dek;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+struct Entry {
+    dek: Arc<Dek>,
+    scope: String,
+    loaded: Instant,
+    uses: u64,
+}
+
+/// Unwrapped DEKs by their `data_keys.id`, plus the DEK id for each key scope (compartment).
+pub struct DekCache {
+    config: DekCacheConfig,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<i64, Entry>,
+    by_scope: HashMap<String, i64>,
+}
+
+impl DekCache {
+    pub fn new(config: DekCacheConfig) -> DekCache {
+        DekCache {
+            config,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps inconsistent (each update is one
+        // insert or remove), so a poisoned lock is safe to keep using.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The DEK with this id, if cached and still fresh; counts one use.
+    pub fn get(&self, id: i64, now: Instant) -> Option<Arc<Dek>> {
+        let mut inner = self.lock();
+        let entry = inner.by_id.get_mut(&id)?;
+        let fresh = now.saturating_duration_since(entry.loaded) < self.config.max_age
+            && entry.uses < self.config.max_uses;
+        if fresh {
+            entry.uses += 1;
+            return Some(entry.dek.clone());
+        }
+        if let Some(old) = inner.by_id.remove(&id) {
+            inner.by_scope.remove(&old.scope);
+        }
+        None
+    }
+
+    /// The cached DEK for a key scope, with its id.
+    pub fn get_scope(&self, scope: &str, now: Instant) -> Option<(i64, Arc<Dek>)> {
+        let id = *self.lock().by_scope.get(scope)?;
+        self.get(id, now).map(|dek| (id, dek))
+    }
+
+    pub fn insert(&self, id: i64, scope: &str, dek: Dek, now: Instant) -> Arc<Dek> {
+        let dek = Arc::new(dek);
+        let mut inner = self.lock();
+        if inner.by_id.len() >= self.config.max_entries && !inner.by_id.contains_key(&id) {
+            // Full: drop the oldest entry. Rare (max_entries is large), so a scan is fine.
+            let oldest = inner
+                .by_id
+                .iter()
+                .min_by_key(|(_, e)| e.loaded)
+                .map(|(k, _)| *k);
+            if let Some(old) = oldest.and_then(|k| inner.by_id.remove(&k)) {
+                inner.by_scope.remove(&old.scope);
+            }
+        }
+        inner.by_scope.insert(scope.to_string(), id);
+        inner.by_id.insert(
+            id,
+            Entry {
+                dek: dek.clone(),
+                scope: scope.to_string(),
+                loaded: now,
+                uses: 0,
+            },
+        );
+        dek
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.by_id.clear();
+        inner.by_scope.clear();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cache(max_age: u64, max_uses: u64, max_entries: usize) -> DekCache {
+        DekCache::new(DekCacheConfig {
+            max_age: Duration::from_secs(max_age),
+            max_uses,
+            max_entries,
+        })
+    }
+
+    #[test]
+    fn entries_expire_by_age() {
+        let c = cache(60, 100, 10);
+        let t0 = Instant::now();
+        c.insert(1, "Patient/a", Dek::random(), t0);
+        assert!(c.get(1, t0 + Duration::from_secs(59)).is_some());
+        assert!(c.get_scope("Patient/a", t0 + Duration::from_secs(30)).is_some());
+        assert!(c.get(1, t0 + Duration::from_secs(61)).is_none());
+        assert!(c.get_scope("Patient/a", t0).is_none(), "expired entry is gone");
+    }
+
+    #[test]
+    fn entries_expire_by_uses() {
+        let c = cache(60, 2, 10);
+        let t0 = Instant::now();
+        c.insert(1, "s", Dek::random(), t0);
+        assert!(c.get(1, t0).is_some());
+        assert!(c.get(1, t0).is_some());
+        assert!(c.get(1, t0).is_none());
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let c = cache(60, 100, 3);
+        let t0 = Instant::now();
+        for i in 0..10 {
+            c.insert(i, &format!("s{i}"), Dek::random(), t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get(9, t0).is_some() && c.get(0, t0).is_none());
+    }
+}

@@ -1,0 +1,309 @@
+//! The embedded default: a private PostgreSQL cluster under the data directory, started from the
+//! machine's PostgreSQL 15+ server binaries, reachable only through a unix socket in a private
+//! directory. Used by the server when no `CARAPACE_DATABASE_URL` is set, and by the tests.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("no PostgreSQL 15+ server binaries found (looked on PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin); install Debian's `postgresql` package")]
+    NoBinaries,
+    #[error("running as root, and there is no unprivileged `postgres` system user to run PostgreSQL as (initdb refuses root); create one or run as another user")]
+    NoUnprivilegedUser,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running private cluster. [`Cluster::stop`] shuts it down (fast mode); so does dropping it.
+pub struct Cluster {
+    bin_dir: PathBuf,
+    pg_dir: PathBuf,
+    socket_dir: PathBuf,
+    run_as: Option<(u32, u32)>,
+    port: u16,
+    stopped: bool,
+}
+
+pub const SUPERUSER: &str = "carapace";
+
+impl Cluster {
+    /// Initialise (first time) and start a cluster under `data_dir`, listening on a unix socket only
+    /// (or also on `127.0.0.1:tcp_port` when given, for tools such as `pg_dump` in tests).
+    pub fn start(data_dir: &Path, tcp_port: Option<u16>) -> Result<Cluster, EmbeddedError> {
+        let bin_dir = find_bin_dir().ok_or(EmbeddedError::NoBinaries)?;
+        let run_as = if unsafe_is_root() {
+            Some(postgres_user().ok_or(EmbeddedError::NoUnprivilegedUser)?)
+        } else {
+            None
+        };
+        std::fs::create_dir_all(data_dir)?;
+        let data_dir = std::fs::canonicalize(data_dir)?;
+        let pg_dir = data_dir.join("postgres");
+        let socket_dir = data_dir.join("run");
+        std::fs::create_dir_all(&socket_dir)?;
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = run_as {
+            // The unprivileged user must be able to pass through the data directory (not list it:
+            // the master key file stays root-only) and own its own directories.
+            let mode = std::fs::metadata(&data_dir)?.permissions().mode() & 0o777;
+            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(mode | 0o711))?;
+            chown(&socket_dir, uid, gid)?;
+            if pg_dir.exists() {
+                chown(&pg_dir, uid, gid)?;
+            }
+        }
+        let port = tcp_port.unwrap_or(5432);
+        let mut cluster = Cluster {
+            bin_dir,
+            pg_dir,
+            socket_dir,
+            run_as,
+            port,
+            stopped: false,
+        };
+        if !cluster.pg_dir.join("PG_VERSION").exists() {
+            cluster.initdb()?;
+        }
+        if cluster.is_running() {
+            // Another process (the server, when this is the console) runs it: attach, and leave
+            // stopping it to its owner.
+            cluster.stopped = true;
+            return Ok(cluster);
+        }
+        let listen = if tcp_port.is_some() { "127.0.0.1" } else { "" };
+        let options = format!(
+            "-c listen_addresses='{listen}' -c port={port} -c unix_socket_directories='{}' \
+             -c unix_socket_permissions=0700 -c max_connections=100 -c shared_buffers=64MB",
+            cluster.socket_dir.display()
+        );
+        let log = cluster.pg_dir.join("server.log");
+        cluster.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            &log.display().to_string(),
+            "-o",
+            &options,
+        ])?;
+        Ok(cluster)
+    }
+
+    fn initdb(&self) -> Result<(), EmbeddedError> {
+        std::fs::create_dir_all(&self.pg_dir)?;
+        std::fs::set_permissions(&self.pg_dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = self.run_as {
+            chown(&self.pg_dir, uid, gid)?;
+        }
+        // Local socket connections are trusted: the socket lives in a 0700 directory only the
+        // cluster's owner (and root) can enter. TCP, when enabled for tests, needs no password either,
+        // but only listens on loopback.
+        self.run(
+            "initdb",
+            &[
+                "-D",
+                &self.pg_dir.display().to_string(),
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        )
+    }
+
+    fn is_running(&self) -> bool {
+        self.command("pg_ctl")
+            .args(["status", "-D"])
+            .arg(&self.pg_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), EmbeddedError> {
+        let mut all = vec!["-D".to_string(), self.pg_dir.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.run("pg_ctl", &refs)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(program));
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+            cmd.env("HOME", &self.pg_dir);
+        }
+        cmd.current_dir(&self.socket_dir);
+        cmd
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), EmbeddedError> {
+        let out = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| EmbeddedError::Command {
+                what: program.into(),
+                detail: e.to_string(),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if detail.is_empty() {
+                detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            if program == "pg_ctl" {
+                let log = std::fs::read_to_string(self.pg_dir.join("server.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                detail.push_str(&format!(
+                    " (server log: {})",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
+            }
+            Err(EmbeddedError::Command {
+                what: program.into(),
+                detail,
+            })
+        }
+    }
+
+    /// Connection options for a database in this cluster, over the unix socket.
+    pub fn connect_options(&self, database: &str) -> sqlx::postgres::PgConnectOptions {
+        sqlx::postgres::PgConnectOptions::new()
+            .socket(&self.socket_dir)
+            .port(self.port)
+            .username(SUPERUSER)
+            .database(database)
+    }
+
+    /// `postgres://` URL over TCP (only meaningful when started with a TCP port).
+    pub fn tcp_url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// Create `database` if it does not exist yet.
+    pub async fn ensure_database(&self, database: &str) -> Result<(), sqlx::Error> {
+        use sqlx::ConnectOptions;
+        let mut conn = self.connect_options("postgres").connect().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(database)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            // Identifiers cannot be bound; the name is ours (never client input), quoted anyway.
+            sqlx::query(&format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\"")))
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub fn stop(&mut self) -> Result<(), EmbeddedError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = %e, "stopping the embedded PostgreSQL cluster failed");
+        }
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid and gid of the `postgres` system user.
+fn postgres_user() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.first() == Some(&"postgres") && fields.len() > 3 {
+            Some((fields[2].parse().ok()?, fields[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), EmbeddedError> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    Ok(())
+}
+
+/// The first directory holding `initdb`, `pg_ctl` and `postgres` of version 15 or newer.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").exists() {
+                // On Debian, /usr/bin entries are wrappers or links; resolve to the real directory.
+                let real = std::fs::canonicalize(dir.join("postgres"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                    .unwrap_or(dir);
+                candidates.push(real);
+            }
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        versions.reverse();
+        candidates.extend(versions);
+    }
+    candidates.into_iter().find(|dir| {
+        ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).exists()) && major_version(dir) >= 15
+    })
+}
+
+fn major_version(bin_dir: &Path) -> u32 {
+    Command::new(bin_dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| {
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let version = text.split_whitespace().last()?.to_string();
+            version.split('.').next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}

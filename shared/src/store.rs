@@ -1,0 +1,1064 @@
+//! The encrypted, versioned resource store: create, read, vread, update, delete and history of any
+//! R4 resource over PostgreSQL, every body sealed under its compartment's data key before it is sent
+//! to the database, every interaction audited.
+
+use crate::access::AccessContext;
+use crate::audit::{self, AuditRecord, AuditWriter, Interaction, Outcome};
+use crate::clock::Clock;
+use crate::config::DekCacheConfig;
+use crate::crypto::{self, Binding, Dek};
+use crate::dek_cache::DekCache;
+use crate::fhir::validate::{self, Issue};
+use crate::fhir::{ResourceId, ResourceType};
+use crate::keys::{KeyError, KeyProvider};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a store call failed. The server maps each to one HTTP status and OperationOutcome.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} is not known")]
+    NotFound(String),
+    #[error("{resource} was deleted")]
+    Gone {
+        resource: String,
+        version_id: i64,
+        last_updated: DateTime<Utc>,
+    },
+    #[error("the resource is invalid")]
+    Invalid(Vec<Issue>),
+    #[error("version conflict: expected version {expected}, current is {current}")]
+    VersionConflict { expected: i64, current: String },
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A stored body failed to open: tampered, moved between rows, or sealed under another key.
+    #[error("stored resource failed its integrity check")]
+    Integrity,
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A resource version as read back from the store; `body` is its JSON, exactly as stored.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub body: Vec<u8>,
+}
+
+impl StoredResource {
+    pub fn reference(&self) -> String {
+        format!("{}/{}", self.resource_type, self.id)
+    }
+}
+
+/// One entry of a history page: a version with its body, or a deletion.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub method: String,
+    pub body: Option<Vec<u8>>,
+}
+
+/// Position after the last entry of a history page (newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCursor {
+    pub last_updated: DateTime<Utc>,
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub since: Option<DateTime<Utc>>,
+    pub count: usize,
+    pub after: Option<HistoryCursor>,
+}
+
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    pub next: Option<HistoryCursor>,
+}
+
+/// What an update did.
+pub struct Updated {
+    pub resource: StoredResource,
+    pub created: bool,
+}
+
+/// What a create did: a new resource, or (conditional create) the one that already matched.
+pub enum Created {
+    New(StoredResource),
+    Existing(StoredResource),
+}
+
+/// What a delete did.
+pub enum Deleted {
+    Now { version_id: i64 },
+    Already,
+}
+
+pub struct Store {
+    pool: PgPool,
+    keys: Arc<KeyProvider>,
+    cache: DekCache,
+    clock: Arc<dyn Clock>,
+    audit: AuditWriter,
+}
+
+const MAX_HISTORY_COUNT: usize = 1000;
+
+impl Store {
+    pub fn new(
+        pool: PgPool,
+        keys: Arc<KeyProvider>,
+        cache: DekCacheConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Store {
+        let audit = AuditWriter::start(pool.clone());
+        Store {
+            pool,
+            keys,
+            cache: DekCache::new(cache),
+            clock,
+            audit,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn keys(&self) -> &KeyProvider {
+        &self.keys
+    }
+
+    /// Unwrapped data keys currently cached.
+    pub fn cached_keys(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Create a resource with a server-assigned id. With `if_none_exist`, first look for a match and
+    /// return it instead (conditional create).
+    pub async fn create(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<Created, StoreError> {
+        let result = self.create_inner(ctx, resource_type, resource, if_none_exist).await;
+        if let Err(e) = &result {
+            self.audit_failure(ctx, Interaction::Create, Some(resource_type.to_string()), e)
+                .await;
+        }
+        result
+    }
+
+    async fn create_inner(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        mut resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<Created, StoreError> {
+        check_resource(resource_type, &resource)?;
+        if let Some(query) = if_none_exist {
+            if let Some(existing) = self.conditional_match(ctx, resource_type, query).await? {
+                return Ok(Created::Existing(existing));
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        set_id(&mut resource, &id);
+        let now = self.clock.now();
+        let scope = key_scope(resource_type, &id, &resource);
+        let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        stamp_meta(&mut resource, 1, now);
+        let body = serialize(&resource)?;
+        let sealed = crypto::seal(
+            &dek,
+            Binding {
+                resource_type: resource_type.as_str(),
+                id: &id,
+                version_id: 1,
+                compartment: &scope,
+            },
+            &body,
+        );
+        let mut tx = self.pool.begin().await?;
+        insert_version(&mut tx, resource_type, &id, 1, now, "POST", Some((dek_id, &sealed))).await?;
+        sqlx::query(
+            "INSERT INTO resources (resource_type, id, version_id, deleted) VALUES ($1, $2, 1, false)",
+        )
+        .bind(resource_type.as_str())
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        let record = AuditRecord {
+            interaction: Interaction::Create,
+            outcome: Outcome::Success,
+            recorded: now,
+            what: Some(format!("{resource_type}/{id}/_history/1")),
+            patient: patient_of(&scope),
+        };
+        audit::record_in(&mut tx, ctx, &record).await?;
+        tx.commit().await?;
+        Ok(Created::New(StoredResource {
+            resource_type,
+            id,
+            version_id: 1,
+            last_updated: now,
+            body,
+        }))
+    }
+
+    /// Only `_id` is understood until search lands; anything else is refused rather than guessed.
+    async fn conditional_match(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        query: &str,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        let mut id = None;
+        for (name, value) in form_pairs(query) {
+            match name.as_str() {
+                "_id" => id = Some(value),
+                other => {
+                    return Err(StoreError::Unsupported(format!(
+                        "conditional create on parameter '{}' is not supported yet; use _id",
+                        printable(other)
+                    )))
+                }
+            }
+        }
+        let Some(id) = id else {
+            return Err(StoreError::Unsupported(
+                "If-None-Exist needs a search query such as _id=123".into(),
+            ));
+        };
+        let Ok(id) = ResourceId::parse(&id) else {
+            return Ok(None);
+        };
+        match self.read(ctx, resource_type, &id).await {
+            Ok(found) => Ok(Some(found)),
+            Err(StoreError::NotFound(_) | StoreError::Gone { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The current version of a resource.
+    pub async fn read(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<StoredResource, StoreError> {
+        let row = sqlx::query(
+            "SELECT v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
+               FROM resources h
+               JOIN resource_versions v
+                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+               LEFT JOIN data_keys k ON k.id = v.dek_id
+              WHERE h.resource_type = $1 AND h.id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        self.finish_read(ctx, Interaction::Read, resource_type, id, row).await
+    }
+
+    /// One version of a resource.
+    pub async fn vread(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        version_id: i64,
+    ) -> Result<StoredResource, StoreError> {
+        let row = sqlx::query(
+            "SELECT v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
+               FROM resource_versions v
+               LEFT JOIN data_keys k ON k.id = v.dek_id
+              WHERE v.resource_type = $1 AND v.id = $2 AND v.version_id = $3",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .bind(version_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        self.finish_read(ctx, Interaction::Vread, resource_type, id, row).await
+    }
+
+    async fn finish_read(
+        &self,
+        ctx: &AccessContext,
+        interaction: Interaction,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        row: Option<sqlx::postgres::PgRow>,
+    ) -> Result<StoredResource, StoreError> {
+        let reference = format!("{resource_type}/{id}");
+        let result = match row {
+            None => Err(StoreError::NotFound(reference.clone())),
+            Some(row) => {
+                let version_id: i64 = row.try_get("version_id")?;
+                let last_updated: DateTime<Utc> = row.try_get("last_updated")?;
+                let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
+                match sealed {
+                    None => Err(StoreError::Gone {
+                        resource: reference.clone(),
+                        version_id,
+                        last_updated,
+                    }),
+                    Some(sealed) => {
+                        let key = DekRow::from_row(&row)?;
+                        self.open_body(resource_type, id.as_str(), version_id, &key, &sealed)
+                            .await
+                            .map(|body| ReadOutcome {
+                                resource: StoredResource {
+                                    resource_type,
+                                    id: id.as_str().to_string(),
+                                    version_id,
+                                    last_updated,
+                                    body,
+                                },
+                                patient: patient_of(&key.scope),
+                            })
+                    }
+                }
+            }
+        };
+        let (outcome, what, patient) = match &result {
+            Ok(r) => (
+                Outcome::Success,
+                format!("{reference}/_history/{}", r.resource.version_id),
+                r.patient.clone(),
+            ),
+            Err(e) => (outcome_of(e), reference, None),
+        };
+        let record = AuditRecord {
+            interaction,
+            outcome,
+            recorded: self.clock.now(),
+            what: Some(what),
+            patient,
+        };
+        self.audit.record(ctx, &record).await?;
+        result.map(|r| r.resource)
+    }
+
+    /// Replace a resource, creating it with the client's id if it does not exist. `if_match` is the
+    /// version the client last saw.
+    pub async fn update(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<Updated, StoreError> {
+        let result = self.update_inner(ctx, resource_type, id, resource, if_match).await;
+        if let Err(e) = &result {
+            self.audit_failure(ctx, Interaction::Update, Some(format!("{resource_type}/{id}")), e)
+                .await;
+        }
+        result
+    }
+
+    async fn update_inner(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        mut resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<Updated, StoreError> {
+        check_resource(resource_type, &resource)?;
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id.as_str() => {}
+            Some(_) => {
+                return Err(StoreError::Invalid(vec![Issue {
+                    path: format!("{resource_type}.id"),
+                    message: "the id in the resource does not match the id in the URL".into(),
+                }]))
+            }
+            None => {
+                return Err(StoreError::Invalid(vec![Issue {
+                    path: format!("{resource_type}.id"),
+                    message: "an update must carry the resource's id".into(),
+                }]))
+            }
+        }
+        let scope = key_scope(resource_type, id.as_str(), &resource);
+        let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        // Two clients creating the same new id race on the primary key; the loser retries once as an
+        // ordinary update.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .try_update(ctx, resource_type, id, &mut resource, if_match, &scope, dek_id, &dek)
+                .await
+            {
+                Err(StoreError::Database(sqlx::Error::Database(db)))
+                    if db.code().as_deref() == Some("23505") && attempt < 3 => {}
+                other => return other,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_update(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        resource: &mut Value,
+        if_match: Option<i64>,
+        scope: &str,
+        dek_id: i64,
+        dek: &Dek,
+    ) -> Result<Updated, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let head = sqlx::query(
+            "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current: Option<i64> = match &head {
+            Some(row) => Some(row.try_get("version_id")?),
+            None => None,
+        };
+        if let Some(expected) = if_match {
+            if current != Some(expected) {
+                return Err(StoreError::VersionConflict {
+                    expected,
+                    current: current.map_or("none".into(), |v| v.to_string()),
+                });
+            }
+        }
+        let version_id = current.unwrap_or(0) + 1;
+        let now = self.clock.now();
+        stamp_meta(resource, version_id, now);
+        let body = serialize(resource)?;
+        let sealed = crypto::seal(
+            dek,
+            Binding {
+                resource_type: resource_type.as_str(),
+                id: id.as_str(),
+                version_id,
+                compartment: scope,
+            },
+            &body,
+        );
+        insert_version(
+            &mut tx,
+            resource_type,
+            id.as_str(),
+            version_id,
+            now,
+            "PUT",
+            Some((dek_id, &sealed)),
+        )
+        .await?;
+        upsert_head(&mut tx, resource_type, id.as_str(), version_id, false).await?;
+        let record = AuditRecord {
+            interaction: if current.is_some() {
+                Interaction::Update
+            } else {
+                Interaction::Create
+            },
+            outcome: Outcome::Success,
+            recorded: now,
+            what: Some(format!("{resource_type}/{id}/_history/{version_id}")),
+            patient: patient_of(scope),
+        };
+        audit::record_in(&mut tx, ctx, &record).await?;
+        tx.commit().await?;
+        Ok(Updated {
+            resource: StoredResource {
+                resource_type,
+                id: id.as_str().to_string(),
+                version_id,
+                last_updated: now,
+                body,
+            },
+            created: current.is_none(),
+        })
+    }
+
+    /// Logically delete a resource: its history stays, reads answer 410 Gone.
+    pub async fn delete(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Deleted, StoreError> {
+        let result = self.delete_inner(ctx, resource_type, id).await;
+        if let Err(e) = &result {
+            self.audit_failure(ctx, Interaction::Delete, Some(format!("{resource_type}/{id}")), e)
+                .await;
+        }
+        result
+    }
+
+    async fn delete_inner(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Deleted, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let head = sqlx::query(
+            "SELECT h.version_id, h.deleted, k.scope
+               FROM resources h
+               JOIN resource_versions v
+                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+               LEFT JOIN data_keys k ON k.id = v.dek_id
+              WHERE h.resource_type = $1 AND h.id = $2 FOR UPDATE OF h",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(head) = head else {
+            return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
+        };
+        if head.try_get::<bool, _>("deleted")? {
+            return Ok(Deleted::Already);
+        }
+        let scope: Option<String> = head.try_get("scope")?;
+        let version_id = head.try_get::<i64, _>("version_id")? + 1;
+        let now = self.clock.now();
+        insert_version(&mut tx, resource_type, id.as_str(), version_id, now, "DELETE", None).await?;
+        upsert_head(&mut tx, resource_type, id.as_str(), version_id, true).await?;
+        let record = AuditRecord {
+            interaction: Interaction::Delete,
+            outcome: Outcome::Success,
+            recorded: now,
+            what: Some(format!("{resource_type}/{id}/_history/{version_id}")),
+            patient: scope.as_deref().and_then(patient_of),
+        };
+        audit::record_in(&mut tx, ctx, &record).await?;
+        tx.commit().await?;
+        Ok(Deleted::Now { version_id })
+    }
+
+    /// History of one resource, of a type, or of the whole server, newest first.
+    pub async fn history(
+        &self,
+        ctx: &AccessContext,
+        resource_type: Option<ResourceType>,
+        id: Option<&ResourceId>,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        let count = query.count.clamp(1, MAX_HISTORY_COUNT);
+        let (after_time, after_type, after_id, after_version) = match &query.after {
+            Some(c) => (
+                Some(c.last_updated),
+                Some(c.resource_type.as_str()),
+                Some(c.id.as_str()),
+                Some(c.version_id),
+            ),
+            None => (None, None, None, None),
+        };
+        let rows = sqlx::query(
+            "SELECT v.resource_type, v.id, v.version_id, v.last_updated, v.method, v.sealed,
+                    k.id AS dek_id, k.scope, k.wrapped
+               FROM resource_versions v
+               LEFT JOIN data_keys k ON k.id = v.dek_id
+              WHERE ($1::text IS NULL OR v.resource_type = $1)
+                AND ($2::text IS NULL OR v.id = $2)
+                AND ($3::timestamptz IS NULL OR v.last_updated >= $3)
+                AND ($4::timestamptz IS NULL
+                     OR (v.last_updated, v.resource_type, v.id, v.version_id) < ($4, $5, $6, $7))
+              ORDER BY v.last_updated DESC, v.resource_type DESC, v.id DESC, v.version_id DESC
+              LIMIT $8",
+        )
+        .bind(resource_type.map(|t| t.as_str()))
+        .bind(id.map(|i| i.as_str()))
+        .bind(query.since)
+        .bind(after_time)
+        .bind(after_type)
+        .bind(after_id)
+        .bind(after_version)
+        .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() > count;
+        let mut entries = Vec::with_capacity(count.min(rows.len()));
+        for row in rows.iter().take(count) {
+            let type_name: String = row.try_get("resource_type")?;
+            let Some(entry_type) = ResourceType::parse(&type_name) else {
+                return Err(StoreError::Integrity);
+            };
+            let entry_id: String = row.try_get("id")?;
+            let version_id: i64 = row.try_get("version_id")?;
+            let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
+            let body = match sealed {
+                Some(sealed) => {
+                    let key = DekRow::from_row(row)?;
+                    Some(self.open_body(entry_type, &entry_id, version_id, &key, &sealed).await?)
+                }
+                None => None,
+            };
+            entries.push(HistoryEntry {
+                resource_type: entry_type,
+                id: entry_id,
+                version_id,
+                last_updated: row.try_get("last_updated")?,
+                method: row.try_get("method")?,
+                body,
+            });
+        }
+        let next = if has_more {
+            entries.last().map(|e| HistoryCursor {
+                last_updated: e.last_updated,
+                resource_type: e.resource_type.to_string(),
+                id: e.id.clone(),
+                version_id: e.version_id,
+            })
+        } else {
+            None
+        };
+        let (interaction, what) = match (resource_type, id) {
+            (Some(t), Some(i)) => (Interaction::HistoryInstance, Some(format!("{t}/{i}"))),
+            (Some(t), None) => (Interaction::HistoryType, Some(t.to_string())),
+            _ => (Interaction::HistorySystem, None),
+        };
+        let record = AuditRecord {
+            interaction,
+            outcome: Outcome::Success,
+            recorded: self.clock.now(),
+            what,
+            patient: None,
+        };
+        self.audit.record(ctx, &record).await?;
+        Ok(HistoryPage { entries, next })
+    }
+
+    /// Rewrap every stored data key under the key provider's newest key version, in batches, while
+    /// the server keeps serving: the DEKs themselves do not change, so cached keys stay valid.
+    /// Returns how many keys were rewrapped.
+    pub async fn rewrap_all(
+        &self,
+        ctx: &AccessContext,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, StoreError> {
+        let target: i32 = self.keys.rotate().await?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE key_version < $1")
+            .bind(target)
+            .fetch_one(&self.pool)
+            .await?;
+        let total = u64::try_from(total).unwrap_or(0);
+        let mut done = 0u64;
+        let mut after = 0i64;
+        loop {
+            let batch = sqlx::query(
+                "SELECT id, wrapped FROM data_keys WHERE key_version < $1 AND id > $2 ORDER BY id LIMIT 100",
+            )
+            .bind(target)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            if batch.is_empty() {
+                break;
+            }
+            for row in &batch {
+                let id: i64 = row.try_get("id")?;
+                let wrapped: String = row.try_get("wrapped")?;
+                let rewrapped = self.keys.rewrap(&wrapped).await?;
+                // Only replace what we read: a concurrent rewrap of the same row wins harmlessly.
+                sqlx::query(
+                    "UPDATE data_keys SET wrapped = $1, key_version = $2, rewrapped_at = $3
+                      WHERE id = $4 AND wrapped = $5",
+                )
+                .bind(&rewrapped.wrapped)
+                .bind(rewrapped.key_version)
+                .bind(self.clock.now())
+                .bind(id)
+                .bind(&wrapped)
+                .execute(&self.pool)
+                .await?;
+                after = id;
+                done += 1;
+                progress(done, total);
+            }
+        }
+        let mut conn = self.pool.acquire().await?;
+        audit::record_in(
+            &mut conn,
+            ctx,
+            &AuditRecord {
+                interaction: Interaction::Update,
+                outcome: Outcome::Success,
+                recorded: self.clock.now(),
+                what: Some(format!("urn:carapace:key-rotation:v{target}")),
+                patient: None,
+            },
+        )
+        .await?;
+        Ok(done)
+    }
+
+    /// Stored data keys by key version, for status displays.
+    pub async fn key_versions(&self) -> Result<Vec<(i32, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_version, count(*) AS n FROM data_keys GROUP BY key_version ORDER BY key_version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("key_version")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    async fn open_body(
+        &self,
+        resource_type: ResourceType,
+        id: &str,
+        version_id: i64,
+        key: &DekRow,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let dek = self.dek_by_id(key).await?;
+        crypto::open(
+            &dek,
+            Binding {
+                resource_type: resource_type.as_str(),
+                id,
+                version_id,
+                compartment: &key.scope,
+            },
+            sealed,
+        )
+        .map_err(|e| {
+            // No PHI here: type, id and version are identifiers, not content.
+            tracing::error!(%resource_type, %id, version_id, error = %e, "sealed body did not open");
+            StoreError::Integrity
+        })
+    }
+
+    async fn dek_by_id(&self, key: &DekRow) -> Result<Arc<Dek>, StoreError> {
+        if let Some(dek) = self.cache.get(key.id, Instant::now()) {
+            return Ok(dek);
+        }
+        let dek = self.keys.unwrap_dek(&key.wrapped).await.map_err(|e| match e {
+            KeyError::Rejected(_) => StoreError::Integrity,
+            other => StoreError::Key(other),
+        })?;
+        Ok(self.cache.insert(key.id, &key.scope, dek, Instant::now()))
+    }
+
+    /// The data key for a key scope, creating it on first use.
+    async fn dek_for_scope(&self, scope: &str) -> Result<(i64, Arc<Dek>), StoreError> {
+        if let Some(hit) = self.cache.get_scope(scope, Instant::now()) {
+            return Ok(hit);
+        }
+        let existing = sqlx::query("SELECT id, scope, wrapped FROM data_keys WHERE scope = $1")
+            .bind(scope)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = existing {
+            let key = DekRow::from_parts(&row)?;
+            return Ok((key.id, self.dek_by_id(&key).await?));
+        }
+        let (dek, wrapped) = self.keys.generate().await?;
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO data_keys (scope, wrapped, key_version, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (scope) DO NOTHING RETURNING id",
+        )
+        .bind(scope)
+        .bind(&wrapped.wrapped)
+        .bind(wrapped.key_version)
+        .bind(self.clock.now())
+        .fetch_optional(&self.pool)
+        .await?;
+        match inserted {
+            Some(id) => Ok((id, self.cache.insert(id, scope, dek, Instant::now()))),
+            None => {
+                // Another request created this scope's key first: use theirs.
+                let row = sqlx::query("SELECT id, scope, wrapped FROM data_keys WHERE scope = $1")
+                    .bind(scope)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let key = DekRow::from_parts(&row)?;
+                Ok((key.id, self.dek_by_id(&key).await?))
+            }
+        }
+    }
+
+    async fn audit_failure(
+        &self,
+        ctx: &AccessContext,
+        interaction: Interaction,
+        what: Option<String>,
+        error: &StoreError,
+    ) {
+        let record = AuditRecord {
+            interaction,
+            outcome: outcome_of(error),
+            recorded: self.clock.now(),
+            what,
+            patient: None,
+        };
+        if let Err(e) = self.audit.record(ctx, &record).await {
+            tracing::error!(error = %e, "could not audit a failed request");
+        }
+    }
+}
+
+struct ReadOutcome {
+    resource: StoredResource,
+    patient: Option<String>,
+}
+
+struct DekRow {
+    id: i64,
+    scope: String,
+    wrapped: String,
+}
+
+impl DekRow {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<DekRow, StoreError> {
+        Ok(DekRow {
+            id: row.try_get::<Option<i64>, _>("dek_id")?.ok_or(StoreError::Integrity)?,
+            scope: row.try_get::<Option<String>, _>("scope")?.ok_or(StoreError::Integrity)?,
+            wrapped: row.try_get::<Option<String>, _>("wrapped")?.ok_or(StoreError::Integrity)?,
+        })
+    }
+
+    fn from_parts(row: &sqlx::postgres::PgRow) -> Result<DekRow, StoreError> {
+        Ok(DekRow {
+            id: row.try_get("id")?,
+            scope: row.try_get("scope")?,
+            wrapped: row.try_get("wrapped")?,
+        })
+    }
+}
+
+fn outcome_of(e: &StoreError) -> Outcome {
+    match e {
+        StoreError::Key(_)
+        | StoreError::Integrity
+        | StoreError::Audit(_)
+        | StoreError::Database(_) => Outcome::SeriousFailure,
+        _ => Outcome::MinorFailure,
+    }
+}
+
+async fn insert_version(
+    tx: &mut sqlx::PgConnection,
+    resource_type: ResourceType,
+    id: &str,
+    version_id: i64,
+    now: DateTime<Utc>,
+    method: &str,
+    sealed: Option<(i64, &[u8])>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, dek_id, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(resource_type.as_str())
+    .bind(id)
+    .bind(version_id)
+    .bind(now)
+    .bind(method)
+    .bind(sealed.map(|(dek_id, _)| dek_id))
+    .bind(sealed.map(|(_, bytes)| bytes))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_head(
+    tx: &mut sqlx::PgConnection,
+    resource_type: ResourceType,
+    id: &str,
+    version_id: i64,
+    deleted: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO resources (resource_type, id, version_id, deleted) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (resource_type, id) DO UPDATE SET version_id = $3, deleted = $4",
+    )
+    .bind(resource_type.as_str())
+    .bind(id)
+    .bind(version_id)
+    .bind(deleted)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// The resource must be a JSON object of the URL's type and valid R4.
+fn check_resource(resource_type: ResourceType, resource: &Value) -> Result<(), StoreError> {
+    let declared = resource.get("resourceType").and_then(Value::as_str);
+    if let Some(declared) = declared {
+        if declared != resource_type.as_str() && crate::fhir::schema::is_resource_type(declared) {
+            return Err(StoreError::Invalid(vec![Issue {
+                path: "resourceType".into(),
+                message: format!(
+                    "resourceType '{declared}' does not match the URL's type '{resource_type}'"
+                ),
+            }]));
+        }
+    }
+    validate::validate_resource(resource).map_err(StoreError::Invalid)
+}
+
+fn set_id(resource: &mut Value, id: &str) {
+    if let Value::Object(map) = resource {
+        map.insert("id".into(), Value::String(id.to_string()));
+    }
+}
+
+/// Set `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta` as the client sent it.
+fn stamp_meta(resource: &mut Value, version_id: i64, at: DateTime<Utc>) {
+    let Value::Object(map) = resource else { return };
+    let meta = map
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    if let Value::Object(meta) = meta {
+        meta.insert("versionId".into(), Value::String(version_id.to_string()));
+        meta.insert(
+            "lastUpdated".into(),
+            Value::String(at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        );
+    }
+}
+
+fn serialize(resource: &Value) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(resource).map_err(|_| {
+        StoreError::Invalid(vec![Issue {
+            path: String::new(),
+            message: "resource could not be serialised".into(),
+        }])
+    })
+}
+
+/// The key scope of a resource: its patient's compartment if it has one, else its type.
+pub fn key_scope(resource_type: ResourceType, id: &str, resource: &Value) -> String {
+    if resource_type.as_str() == "Patient" {
+        return format!("Patient/{id}");
+    }
+    for path in crate::fhir::schema::patient_compartment_paths(resource_type.as_str()) {
+        if let Some(patient) = find_patient_reference(resource, path) {
+            return format!("Patient/{patient}");
+        }
+    }
+    format!("type/{resource_type}")
+}
+
+fn find_patient_reference(value: &Value, path: &str) -> Option<String> {
+    let mut current = vec![value];
+    for step in path.split('.') {
+        let mut next = Vec::new();
+        for v in current {
+            match v.get(step) {
+                Some(Value::Array(items)) => next.extend(items.iter()),
+                Some(other) => next.push(other),
+                None => {}
+            }
+        }
+        current = next;
+    }
+    current.into_iter().find_map(|reference| {
+        let text = reference.get("reference")?.as_str()?;
+        patient_id_from_reference(text)
+    })
+}
+
+/// `Patient/123`, `Patient/123/_history/2` or `https://host/fhir/Patient/123` → `123`.
+fn patient_id_from_reference(reference: &str) -> Option<String> {
+    let parts: Vec<&str> = reference.split('/').collect();
+    let at = parts.iter().rposition(|p| *p == "Patient")?;
+    let id = parts.get(at + 1)?;
+    ResourceId::parse(id).ok().map(|id| id.as_str().to_string())
+}
+
+fn patient_of(scope: &str) -> Option<String> {
+    scope.starts_with("Patient/").then(|| scope.to_string())
+}
+
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn observations_are_keyed_to_their_patient() {
+        let t = ResourceType::parse("Observation").unwrap();
+        let obs = json!({"resourceType": "Observation", "subject": {"reference": "Patient/p1"}});
+        assert_eq!(key_scope(t, "o1", &obs), "Patient/p1");
+        let absolute = json!({"resourceType": "Observation",
+            "subject": {"reference": "https://ehr.example/fhir/Patient/p2/_history/3"}});
+        assert_eq!(key_scope(t, "o1", &absolute), "Patient/p2");
+        let group = json!({"resourceType": "Observation", "subject": {"reference": "Group/g"}});
+        assert_eq!(key_scope(t, "o1", &group), "type/Observation");
+        let patient = ResourceType::parse("Patient").unwrap();
+        assert_eq!(key_scope(patient, "p9", &json!({})), "Patient/p9");
+        let org = ResourceType::parse("Organization").unwrap();
+        assert_eq!(key_scope(org, "o", &json!({})), "type/Organization");
+    }
+
+    #[test]
+    fn meta_keeps_client_fields() {
+        let mut r = json!({"resourceType": "Patient", "meta": {"profile": ["http://x"]}});
+        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z").unwrap().to_utc();
+        stamp_meta(&mut r, 3, at);
+        assert_eq!(r["meta"]["profile"][0], "http://x");
+        assert_eq!(r["meta"]["versionId"], "3");
+        assert_eq!(r["meta"]["lastUpdated"], "2026-01-02T03:04:05.123456Z");
+    }
+
+    #[test]
+    fn form_pairs_decode() {
+        assert_eq!(
+            form_pairs("_id=a%2Fb&x=1+2"),
+            vec![("_id".into(), "a/b".into()), ("x".into(), "1 2".into())]
+        );
+    }
+}

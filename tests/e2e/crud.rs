@@ -1,0 +1,214 @@
+//! Every REST interaction of the store: create, read, vread, update, delete, history, with their
+//! headers and status codes.
+
+use carapace_tests::*;
+
+fn patient(family: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "name": [{"family": family, "given": ["Ada"]}],
+        "birthDate": "1970-01-02",
+        "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                                      "valueDateTime": "1970-01-02T04:05:00+01:00"}]}
+    })
+}
+
+#[tokio::test]
+async fn create_read_update_delete_and_history() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+
+    let metadata = fhir.get("metadata").await;
+    assert_eq!(metadata.status, 200);
+    let cs = metadata.json();
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    let types = cs["rest"][0]["resource"].as_array().unwrap();
+    assert!(types.len() > 140, "every R4 resource type is listed");
+
+    // create: server-assigned id, 201, Location, ETag, Last-Modified, meta.
+    let created = fhir.post("Patient", &patient("Lovelace")).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let body = created.json();
+    let id = body["id"].as_str().unwrap().to_string();
+    assert_eq!(body["meta"]["versionId"], "1");
+    assert!(body["meta"]["lastUpdated"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(created.header("etag").unwrap(), "W/\"1\"");
+    assert!(created.header("last-modified").is_some());
+    assert_eq!(
+        created.header("location").unwrap(),
+        stack.server.url(&format!("Patient/{id}/_history/1"))
+    );
+    // primitive extensions survive
+    assert_eq!(body["_birthDate"]["extension"][0]["valueDateTime"], "1970-01-02T04:05:00+01:00");
+
+    // read
+    let read = fhir.get(&format!("Patient/{id}")).await;
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json(), body);
+    assert_eq!(read.header("content-type").unwrap(), "application/fhir+json; charset=utf-8");
+
+    // update with the right If-Match
+    let mut changed = body.clone();
+    changed["name"][0]["family"] = json!("Byron");
+    let updated = fhir.send("PUT", &format!("Patient/{id}"), &changed, &[("If-Match", "W/\"1\"")]).await;
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    assert_eq!(updated.header("etag").unwrap(), "W/\"2\"");
+    assert_eq!(updated.json()["meta"]["versionId"], "2");
+
+    // a stale If-Match is refused and changes nothing
+    let stale = fhir.send("PUT", &format!("Patient/{id}"), &changed, &[("If-Match", "W/\"1\"")]).await;
+    assert_eq!(stale.status, 412);
+    assert_eq!(stale.json()["resourceType"], "OperationOutcome");
+    assert_eq!(fhir.get(&format!("Patient/{id}")).await.json()["meta"]["versionId"], "2");
+
+    // vread both versions
+    let v1 = fhir.get(&format!("Patient/{id}/_history/1")).await;
+    assert_eq!(v1.status, 200);
+    assert_eq!(v1.json()["name"][0]["family"], "Lovelace");
+    let v2 = fhir.get(&format!("Patient/{id}/_history/2")).await;
+    assert_eq!(v2.json()["name"][0]["family"], "Byron");
+    assert_eq!(fhir.get(&format!("Patient/{id}/_history/3")).await.status, 404);
+
+    // delete: 204, then 410 on read, versions still readable, delete again is fine
+    let deleted = fhir.delete(&format!("Patient/{id}")).await;
+    assert_eq!(deleted.status, 204);
+    let gone = fhir.get(&format!("Patient/{id}")).await;
+    assert_eq!(gone.status, 410);
+    assert_eq!(gone.json()["resourceType"], "OperationOutcome");
+    assert_eq!(fhir.get(&format!("Patient/{id}/_history/2")).await.status, 200);
+    assert_eq!(fhir.get(&format!("Patient/{id}/_history/3")).await.status, 410);
+    assert_eq!(fhir.delete(&format!("Patient/{id}")).await.status, 204);
+    assert_eq!(fhir.delete("Patient/never-existed").await.status, 404);
+
+    // instance history: newest first, the deletion included
+    let history = fhir.get(&format!("Patient/{id}/_history")).await;
+    assert_eq!(history.status, 200);
+    let bundle = history.json();
+    assert_eq!(bundle["type"], "history");
+    let entries = bundle["entry"].as_array().unwrap();
+    let methods: Vec<&str> = entries.iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["DELETE", "PUT", "POST"]);
+    assert!(entries[0].get("resource").is_none());
+    assert_eq!(entries[1]["resource"]["name"][0]["family"], "Byron");
+    assert_eq!(fhir.get("Patient/never-existed/_history").await.status, 404);
+
+    // update-as-create with a client id, then recreate after delete continues the version line
+    let mut own = patient("Client");
+    own["id"] = json!("client-chosen-1");
+    let made = fhir.put("Patient/client-chosen-1", &own).await;
+    assert_eq!(made.status, 201);
+    assert_eq!(made.header("etag").unwrap(), "W/\"1\"");
+    let mut again = patient("Again");
+    again["id"] = json!(id.clone());
+    let revived = fhir.put(&format!("Patient/{id}"), &again).await;
+    assert_eq!(revived.status, 201);
+    assert_eq!(revived.json()["meta"]["versionId"], "4");
+}
+
+#[tokio::test]
+async fn history_pages_with_count_since_and_next_links() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let r = fhir.post("Observation", &json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"text": format!("obs {i}")},
+            "valueQuantity": {"value": 1.50, "unit": "mmol/L"}
+        })).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    // decimals keep their precision through storage
+    let raw = fhir.get(&format!("Observation/{}", ids[0])).await.text();
+    assert!(raw.contains("\"value\":1.50"), "{raw}");
+
+    // page through type history three at a time, following next links
+    let mut url = stack.server.url("Observation/_history?_count=3");
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = http("GET", &url, &[], None).await.unwrap();
+        assert_eq!(page.status, 200, "{}", page.text());
+        let bundle = page.json();
+        for e in bundle["entry"].as_array().unwrap() {
+            seen.push(e["resource"]["id"].as_str().unwrap().to_string());
+        }
+        pages += 1;
+        let next = bundle["link"].as_array().unwrap().iter()
+            .find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_string());
+        match next {
+            Some(n) => url = n,
+            None => break,
+        }
+        // data changing between pages must not break or repeat the paging
+        if pages == 1 {
+            fhir.post("Observation", &json!({"resourceType": "Observation", "status": "final",
+                "code": {"text": "late"}})).await;
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected, "newest first, each exactly once");
+
+    // _since cuts off older versions
+    let first = fhir.get(&format!("Observation/{}", ids[6])).await.json();
+    let since = first["meta"]["lastUpdated"].as_str().unwrap().to_string();
+    let recent = http("GET", &stack.server.url(&format!("Observation/_history?_since={}", since.replace('+', "%2B"))), &[], None)
+        .await.unwrap().json();
+    assert_eq!(recent["entry"].as_array().unwrap().len(), 2, "the last one and the late one");
+    let bad = fhir.get("Observation/_history?_since=yesterday").await;
+    assert_eq!(bad.status, 400);
+    let forged = fhir.get("Observation/_history?_page=bm9wZQ").await;
+    assert_eq!(forged.status, 400);
+
+    // system history sees every type
+    let all = fhir.get("_history?_count=100").await.json();
+    assert_eq!(all["entry"].as_array().unwrap().len(), 8);
+}
+
+#[tokio::test]
+async fn conditional_create_and_prefer() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let first = fhir.post("Patient", &patient("Cond")).await;
+    let id = first.json()["id"].as_str().unwrap().to_string();
+
+    // If-None-Exist matching an existing resource returns it, creating nothing
+    let again = fhir.send("POST", "Patient", &patient("Cond"), &[("If-None-Exist", &format!("_id={id}"))]).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["id"], id.as_str());
+    let none = fhir.send("POST", "Patient", &patient("Cond"), &[("If-None-Exist", "_id=nobody")]).await;
+    assert_eq!(none.status, 201);
+    let unsupported = fhir.send("POST", "Patient", &patient("Cond"), &[("If-None-Exist", "name=x")]).await;
+    assert_eq!(unsupported.status, 400);
+    assert_eq!(unsupported.json()["issue"][0]["code"], "not-supported");
+
+    // Prefer: return=minimal → no body; return=OperationOutcome → an outcome
+    let minimal = fhir.send("POST", "Patient", &patient("Min"), &[("Prefer", "return=minimal")]).await;
+    assert_eq!(minimal.status, 201);
+    assert!(minimal.body.is_empty());
+    assert!(minimal.header("location").is_some());
+    let oo = fhir.send("POST", "Patient", &patient("OO"), &[("Prefer", "return=OperationOutcome")]).await;
+    assert_eq!(oo.status, 201);
+    assert_eq!(oo.json()["resourceType"], "OperationOutcome");
+
+    // every interaction above left an audit row, in the same transaction as the data for writes
+    let db = stack.db().await;
+    let creates: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE action = 'C' AND outcome = '0'")
+        .fetch_one(&db).await.unwrap();
+    let resources: i64 = sqlx::query_scalar("SELECT count(*) FROM resources").fetch_one(&db).await.unwrap();
+    assert_eq!(creates, resources);
+    let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE outcome <> '0'")
+        .fetch_one(&db).await.unwrap();
+    assert!(failures >= 1, "the refused conditional create is audited too");
+    let event: Value = sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
+        "SELECT event FROM audit_events WHERE action = 'C' ORDER BY id LIMIT 1")
+        .fetch_one(&db).await.unwrap().0;
+    assert_eq!(event["resourceType"], "AuditEvent");
+    assert_eq!(event["subtype"][0]["code"], "create");
+    assert_eq!(event["agent"][0]["network"]["address"], "127.0.0.1");
+    assert_eq!(event["entity"][0]["what"]["reference"], format!("Patient/{id}"));
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `carapace-server` and `carapace-console` binaries against a real
+//! PostgreSQL cluster and a real OpenBao (Vault API) server, each started by the test on free loopback
+//! ports. One test binary (a `mod` per area) so the suite links once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod bad_input;
+mod conformance;
+mod crud;
+mod embedded;
+mod encryption;
+mod vault;

