@@ -13,7 +13,7 @@ use carapace_core::store::{
     Created, Deleted, HistoryCursor, HistoryQuery, StoreError, StoredResource,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -222,26 +222,13 @@ async fn read_resource(
             format!("request body exceeds the limit of {} bytes", state.config.body_limit),
         )
     };
-    if let Some(len) = headers
+    let declared = headers
         .get("content-length")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > state.config.body_limit as u64 {
-            return Err(too_large());
-        }
-    }
-    let bytes = Limited::new(body, state.config.body_limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                too_large()
-            } else {
-                ApiError::bad_request("the request body could not be read")
-            }
-        })?
-        .to_bytes();
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = read_limited(body, state.config.body_limit, declared)
+        .await?
+        .ok_or_else(too_large)?;
     let value = json::parse(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "structure", e.0))?;
     if !value.is_object() {
@@ -252,6 +239,38 @@ async fn read_resource(
         ));
     }
     Ok(value)
+}
+
+/// Read at most `limit` bytes of body. Past the limit, keep reading and discarding (up to a bound)
+/// so the client gets its 413 instead of a reset connection; memory never grows past `limit`.
+async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Option<Bytes>, ApiError> {
+    const DRAIN_MAX: u64 = 128 * 1024 * 1024;
+    let unreadable = || ApiError::bad_request("the request body could not be read");
+    let mut buf = bytes::BytesMut::new();
+    let mut over = declared.is_some_and(|len| len > limit as u64);
+    if over && declared.is_some_and(|len| len > DRAIN_MAX) {
+        return Ok(None);
+    }
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| unreadable())?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len() as u64;
+        if over || buf.len() + data.len() > limit {
+            over = true;
+            buf = bytes::BytesMut::new();
+            if seen > DRAIN_MAX {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(if over { None } else { Some(buf.freeze()) })
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {

@@ -453,6 +453,11 @@ impl Store {
             Some(row) => Some(row.try_get("version_id")?),
             None => None,
         };
+        // Updating a deleted resource brings it back: a creation, continuing its version line.
+        let exists = match &head {
+            Some(row) => !row.try_get::<bool, _>("deleted")?,
+            None => false,
+        };
         if let Some(expected) = if_match {
             if current != Some(expected) {
                 return Err(StoreError::VersionConflict {
@@ -487,7 +492,7 @@ impl Store {
         .await?;
         upsert_head(&mut tx, resource_type, id.as_str(), version_id, false).await?;
         let record = AuditRecord {
-            interaction: if current.is_some() {
+            interaction: if exists {
                 Interaction::Update
             } else {
                 Interaction::Create
@@ -507,7 +512,7 @@ impl Store {
                 last_updated: now,
                 body,
             },
-            created: current.is_none(),
+            created: !exists,
         })
     }
 

@@ -112,11 +112,9 @@ async fn history_pages_with_count_since_and_next_links() {
     let fhir = stack.fhir();
     let mut ids = Vec::new();
     for i in 0..7 {
-        let r = fhir.post("Observation", &json!({
-            "resourceType": "Observation", "status": "final",
-            "code": {"text": format!("obs {i}")},
-            "valueQuantity": {"value": 1.50, "unit": "mmol/L"}
-        })).await;
+        // Raw text: a JSON literal in Rust would turn 1.50 into 1.5 before it is sent.
+        let body = format!(r#"{{"resourceType":"Observation","status":"final","code":{{"text":"obs {i}"}},"valueQuantity":{{"value":1.50,"unit":"mmol/L"}}}}"#);
+        let r = fhir.raw("POST", "Observation", body.into_bytes(), &[]).await;
         assert_eq!(r.status, 201, "{}", r.text());
         ids.push(r.json()["id"].as_str().unwrap().to_string());
     }

@@ -88,6 +88,7 @@ pub struct Bao {
     pub token: String,
     unseal_key: String,
     port: u16,
+    cluster_port: u16,
     storage: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
@@ -124,15 +125,27 @@ impl Bao {
             token,
             unseal_key: String::new(),
             port,
+            cluster_port: 0,
             storage: None,
             _dir: dir,
         };
         bao.wait_ready().await?;
-        let log = std::fs::read_to_string(bao._dir.path().join("bao.log"))?;
-        bao.unseal_key = log
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Unseal Key: ").map(str::to_string))
-            .ok_or_else(|| anyhow!("no unseal key in the dev server's output"))?;
+        // The dev server prints its unseal key shortly after it becomes ready.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(bao._dir.path().join("bao.log"))?;
+            if let Some(key) = log
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Unseal Key: ").map(str::to_string))
+            {
+                bao.unseal_key = key;
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("no unseal key in the dev server's output");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         bao.enable_transit().await?;
         Ok(bao)
     }
@@ -149,6 +162,7 @@ impl Bao {
             token: String::new(),
             unseal_key: String::new(),
             port,
+            cluster_port: free_port(),
             storage: Some(storage),
             _dir: dir,
         };
@@ -164,7 +178,7 @@ impl Bao {
         if status != 200 {
             bail!("bao init failed: {status} {init}");
         }
-        bao.unseal_key = init["keys_b64"][0].as_str().context("unseal key")?.to_string();
+        bao.unseal_key = init["keys_base64"][0].as_str().context("unseal key")?.to_string();
         bao.token = init["root_token"].as_str().context("root token")?.to_string();
         bao.unseal().await?;
         bao.wait_ready().await?;
@@ -175,13 +189,16 @@ impl Bao {
     fn spawn_persistent(&mut self) -> anyhow::Result<()> {
         let storage = self.storage.clone().context("not a persistent server")?;
         let config = self._dir.path().join("bao.hcl");
+        // Integrated (raft) storage: what a production OpenBao uses, and it survives restarts.
         std::fs::write(
             &config,
             format!(
-                "storage \"file\" {{ path = \"{}\" }}\nlistener \"tcp\" {{ address = \"127.0.0.1:{}\"\n tls_disable = true }}\ndisable_mlock = true\napi_addr = \"http://127.0.0.1:{}\"\n",
+                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"carapace-test\"\n}}\n\
+                 listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n\
+                 api_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
                 storage.display(),
-                self.port,
-                self.port
+                port = self.port,
+                cluster = self.cluster_port,
             ),
         )?;
         let log = std::fs::OpenOptions::new()

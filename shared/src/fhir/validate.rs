@@ -292,7 +292,7 @@ fn check_string(c: &mut Checker, s: &str, type_name: &str, path: &str) {
         c.issue(path, "string is longer than 1 MB");
         return;
     }
-    if s.chars().any(|ch| ch.is_control() && !matches!(ch, '\t' | '\r' | '\n')) {
+    if s.chars().any(|ch| (ch as u32) < 32 && !matches!(ch, '\t' | '\r' | '\n')) {
         c.issue(path, "control characters are not allowed in FHIR strings");
         return;
     }
