@@ -62,8 +62,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let core = Core::open(&config).await.context("connecting")?;
     let result = match cli.command {
         Command::Status => status(&core).await,
-        Command::Keys { command: KeysCommand::Versions } => versions(&core).await,
-        Command::Keys { command: KeysCommand::Rotate { operator } } => rotate(&core, &operator).await,
+        Command::Keys {
+            command: KeysCommand::Versions,
+        } => versions(&core).await,
+        Command::Keys {
+            command: KeysCommand::Rotate { operator },
+        } => rotate(&core, &operator).await,
     };
     core.shutdown().await;
     result
@@ -75,7 +79,14 @@ async fn status(core: &Core) -> anyhow::Result<()> {
         sqlx_count(pool, "SELECT count(*) FROM resources WHERE NOT deleted").await?;
     let versions: i64 = sqlx_count(pool, "SELECT count(*) FROM resource_versions").await?;
     let audit: i64 = sqlx_count(pool, "SELECT count(*) FROM audit_events").await?;
-    println!("database:      connected{}", if core.cluster.is_some() { " (embedded cluster)" } else { "" });
+    println!(
+        "database:      connected{}",
+        if core.cluster.is_some() {
+            " (embedded cluster)"
+        } else {
+            ""
+        }
+    );
     println!("key provider:  {}", core.keys.describe());
     println!("resources:     {resources} current, {versions} versions");
     println!("audit events:  {audit}");
@@ -83,7 +94,9 @@ async fn status(core: &Core) -> anyhow::Result<()> {
 }
 
 async fn sqlx_count(pool: &carapace_core::sqlx::PgPool, sql: &str) -> anyhow::Result<i64> {
-    Ok(carapace_core::sqlx::query_scalar(sql).fetch_one(pool).await?)
+    Ok(carapace_core::sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await?)
 }
 
 async fn versions(core: &Core) -> anyhow::Result<()> {

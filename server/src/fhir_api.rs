@@ -24,7 +24,11 @@ use std::sync::Arc;
 const DEFAULT_HISTORY_COUNT: usize = 50;
 
 /// Serve one request under `/fhir`.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> HttpResponse {
     match route(&state, req, peer).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -79,11 +83,22 @@ async fn route(
             let rt = resource_type(type_name)?;
             let resource = read_resource(state, &headers, body).await?;
             let if_none_exist = header_str(&headers, "if-none-exist")?;
-            let created = state.store.create(&ctx, rt, resource, if_none_exist.as_deref()).await?;
+            let created = state
+                .store
+                .create(&ctx, rt, resource, if_none_exist.as_deref())
+                .await?;
             let prefer = prefer(&headers);
             match created {
-                Created::New(r) => Ok(resource_response(state, StatusCode::CREATED, &r, prefer, true)),
-                Created::Existing(r) => Ok(resource_response(state, StatusCode::OK, &r, prefer, false)),
+                Created::New(r) => Ok(resource_response(
+                    state,
+                    StatusCode::CREATED,
+                    &r,
+                    prefer,
+                    true,
+                )),
+                Created::Existing(r) => {
+                    Ok(resource_response(state, StatusCode::OK, &r, prefer, false))
+                }
             }
         }
         ([type_name], &Method::GET) => {
@@ -101,19 +116,34 @@ async fn route(
         ([type_name, id], &Method::GET) => {
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
             let r = state.store.read(&ctx, rt, &id).await?;
-            Ok(resource_response(state, StatusCode::OK, &r, Return::Representation, false))
+            Ok(resource_response(
+                state,
+                StatusCode::OK,
+                &r,
+                Return::Representation,
+                false,
+            ))
         }
         ([type_name, id], &Method::PUT) => {
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
             let if_match = if_match(&headers)?;
             let resource = read_resource(state, &headers, body).await?;
-            let updated = state.store.update(&ctx, rt, &id, resource, if_match).await?;
+            let updated = state
+                .store
+                .update(&ctx, rt, &id, resource, if_match)
+                .await?;
             let status = if updated.created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            Ok(resource_response(state, status, &updated.resource, prefer(&headers), updated.created))
+            Ok(resource_response(
+                state,
+                status,
+                &updated.resource,
+                prefer(&headers),
+                updated.created,
+            ))
         }
         ([type_name, id], &Method::DELETE) => {
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
@@ -135,13 +165,17 @@ async fn route(
         }
         ([type_name, id, "_history", version], &Method::GET) => {
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
-            let version: i64 = version
-                .parse()
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| ApiError::not_found(format!("{rt}/{id} has no version '{}'", printable(version))))?;
+            let version: i64 = version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                ApiError::not_found(format!("{rt}/{id} has no version '{}'", printable(version)))
+            })?;
             let r = state.store.vread(&ctx, rt, &id, version).await?;
-            Ok(resource_response(state, StatusCode::OK, &r, Return::Representation, false))
+            Ok(resource_response(
+                state,
+                StatusCode::OK,
+                &r,
+                Return::Representation,
+                false,
+            ))
         }
         ([_, ..], _) if segments.len() <= 4 => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -182,7 +216,12 @@ fn negotiate(headers: &HeaderMap, params: &[(String, String)]) -> Result<(), Api
     };
     let accept = accept.to_str().map_err(|_| not_acceptable())?;
     let ok = accept.split(',').any(|item| {
-        let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = item
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         matches!(
             media.as_str(),
             "" | "*/*" | "application/*" | "application/json" | "application/fhir+json"
@@ -204,7 +243,13 @@ async fn read_resource(
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     match content_type.as_deref() {
         Some("application/fhir+json") | Some("application/json") => {}
         _ => {
@@ -219,7 +264,10 @@ async fn read_resource(
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-costly",
-            format!("request body exceeds the limit of {} bytes", state.config.body_limit),
+            format!(
+                "request body exceeds the limit of {} bytes",
+                state.config.body_limit
+            ),
         )
     };
     let declared = headers
@@ -258,7 +306,9 @@ async fn read_limited(
     let mut seen: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| unreadable())?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         seen += data.len() as u64;
         if over || buf.len() + data.len() > limit {
             over = true;
@@ -290,7 +340,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         return Ok(None);
     };
     let trimmed = raw.trim();
-    let inner = trimmed.strip_prefix("W/").unwrap_or(trimmed).trim_matches('"');
+    let inner = trimmed
+        .strip_prefix("W/")
+        .unwrap_or(trimmed)
+        .trim_matches('"');
     inner
         .parse::<i64>()
         .map(Some)
@@ -340,7 +393,10 @@ fn resource_response(
         .header("ETag", etag(r.version_id))
         .header("Last-Modified", http_date(r.last_updated));
     if location {
-        let url = format!("{}/{}/{}/_history/{}", state.base, r.resource_type, r.id, r.version_id);
+        let url = format!(
+            "{}/{}/{}/_history/{}",
+            state.base, r.resource_type, r.id, r.version_id
+        );
         if let Ok(v) = HeaderValue::from_str(&url) {
             builder = builder.header("Location", v);
         }
@@ -419,11 +475,14 @@ async fn history(
                     .parse::<usize>()
                     .ok()
                     .filter(|c| *c > 0)
-                    .ok_or_else(|| ApiError::bad_request("_count must be a positive whole number"))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_request("_count must be a positive whole number")
+                    })?;
             }
             "_since" => {
-                let since = DateTime::parse_from_rfc3339(value)
-                    .map_err(|_| ApiError::bad_request("_since must be an instant such as 2024-01-01T00:00:00Z"))?;
+                let since = DateTime::parse_from_rfc3339(value).map_err(|_| {
+                    ApiError::bad_request("_since must be an instant such as 2024-01-01T00:00:00Z")
+                })?;
                 query.since = Some(since.to_utc());
             }
             "_page" => query.after = Some(decode_cursor(value)?),
@@ -438,7 +497,10 @@ async fn history(
     };
     let mut base_params: Vec<(String, String)> = vec![("_count".into(), query.count.to_string())];
     if let Some(since) = query.since {
-        base_params.push(("_since".into(), since.to_rfc3339_opts(SecondsFormat::Micros, true)));
+        base_params.push((
+            "_since".into(),
+            since.to_rfc3339_opts(SecondsFormat::Micros, true),
+        ));
     }
     let link_to = |extra: Option<(String, String)>| {
         let mut ser = form_urlencoded::Serializer::new(String::new());
@@ -499,8 +561,13 @@ async fn history(
         link: links,
         entry: entries,
     };
-    let body = serde_json::to_vec(&bundle)
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "could not build the history Bundle"))?;
+    let body = serde_json::to_vec(&bundle).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "could not build the history Bundle",
+        )
+    })?;
     Ok(json_response(StatusCode::OK, body))
 }
 
@@ -520,7 +587,8 @@ fn decode_cursor(s: &str) -> Result<HistoryCursor, ApiError> {
     let bytes = B64URL.decode(s).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let mut parts = text.splitn(4, '|');
-    let (Some(t), Some(rt), Some(id), Some(v)) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(t), Some(rt), Some(id), Some(v)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad());
     };

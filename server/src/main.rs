@@ -51,7 +51,10 @@ Configuration (environment variables):
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("carapace-server {}\nFHIR R4 server with encryption at rest.\n\n{HELP}", env!("CARGO_PKG_VERSION"));
+        println!(
+            "carapace-server {}\nFHIR R4 server with encryption at rest.\n\n{HELP}",
+            env!("CARGO_PKG_VERSION")
+        );
         return Ok(());
     }
     if let Some(a) = args.first() {
@@ -171,7 +174,11 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dispatch(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn dispatch(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
     if path == "/fhir" || path.starts_with("/fhir/") {
@@ -180,7 +187,9 @@ async fn dispatch(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/metrics" => text(StatusCode::OK, metrics(&state)),
-        _ => outcome::ApiError::not_found("no such endpoint; the FHIR base is /fhir").into_response(),
+        _ => {
+            outcome::ApiError::not_found("no such endpoint; the FHIR base is /fhir").into_response()
+        }
     }
 }
 

@@ -17,10 +17,10 @@
 use bytes::Bytes;
 use carapace_core::fhir::validate::Issue;
 use carapace_core::keys::KeyError;
+use carapace_core::sqlx;
 use carapace_core::store::StoreError;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use carapace_core::sqlx;
 use serde_json::json;
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -89,9 +89,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} is not known")),
-            StoreError::Gone { resource, .. } => {
-                ApiError::new(StatusCode::GONE, "deleted", format!("{resource} was deleted"))
-            }
+            StoreError::Gone { resource, .. } => ApiError::new(
+                StatusCode::GONE,
+                "deleted",
+                format!("{resource} was deleted"),
+            ),
             StoreError::Invalid(issues) => ApiError {
                 issues,
                 ..ApiError::bad_request("the resource is not valid R4")
@@ -103,7 +105,9 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "duplicate", m)
             }
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            StoreError::Unsupported(m) => ApiError::new(StatusCode::BAD_REQUEST, "not-supported", m),
+            StoreError::Unsupported(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "not-supported", m)
+            }
             StoreError::Key(KeyError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "key provider unavailable");
                 ApiError {

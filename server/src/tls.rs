@@ -8,12 +8,14 @@ use tokio_rustls::TlsAcceptor;
 
 pub fn acceptor(config: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(&config.cert).with_context(|| format!("opening {}", config.cert.display()))?,
+        std::fs::File::open(&config.cert)
+            .with_context(|| format!("opening {}", config.cert.display()))?,
     ))
     .collect::<Result<Vec<_>, _>>()
     .context("reading the certificate chain")?;
     let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(&config.key).with_context(|| format!("opening {}", config.key.display()))?,
+        std::fs::File::open(&config.key)
+            .with_context(|| format!("opening {}", config.key.display()))?,
     ))
     .context("reading the private key")?
     .context("no private key in the key file")?;

@@ -184,7 +184,11 @@ impl AuditWriter {
     }
 
     /// Record an event; returns once it is committed.
-    pub async fn record(&self, ctx: &AccessContext, record: &AuditRecord) -> Result<(), AuditError> {
+    pub async fn record(
+        &self,
+        ctx: &AccessContext,
+        record: &AuditRecord,
+    ) -> Result<(), AuditError> {
         let (done, wait) = oneshot::channel();
         let pending = Pending {
             recorded: record.recorded,

@@ -47,7 +47,10 @@ pub enum VaultAuth {
     /// `CARAPACE_VAULT_TOKEN`.
     Token(SecretString),
     /// `CARAPACE_VAULT_ROLE_ID` + `CARAPACE_VAULT_SECRET_ID` (AppRole, mount `approle`).
-    AppRole { role_id: String, secret_id: SecretString },
+    AppRole {
+        role_id: String,
+        secret_id: SecretString,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -182,8 +185,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 

@@ -44,14 +44,24 @@ impl Core {
         Core::open_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    pub async fn open_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Core, OpenError> {
+    pub async fn open_with_clock(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Core, OpenError> {
         let (pool, cluster) = connect(config).await?;
         MIGRATOR.run(&pool).await?;
         let (keys, embedded_keys) = match &config.vault {
-            Some(vault) => (KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)), false),
+            Some(vault) => (
+                KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)),
+                false,
+            ),
             None => {
-                std::fs::create_dir_all(&config.data_dir).map_err(|e| KeyError::Other(e.to_string()))?;
-                (KeyProvider::File(FileKeyring::open_or_create(&config.data_dir)?), true)
+                std::fs::create_dir_all(&config.data_dir)
+                    .map_err(|e| KeyError::Other(e.to_string()))?;
+                (
+                    KeyProvider::File(FileKeyring::open_or_create(&config.data_dir)?),
+                    true,
+                )
             }
         };
         let keys = Arc::new(keys);

@@ -147,7 +147,10 @@ mod tests {
         let text = br#"{"resourceType":"Patient","name":[{"family":"Canaryfamily"}]}"#;
         let sealed = seal(&dek, binding("a", 1, "Patient/a"), text);
         assert!(!sealed.windows(12).any(|w| w == b"Canaryfamily"));
-        assert_eq!(open(&dek, binding("a", 1, "Patient/a"), &sealed).unwrap(), text);
+        assert_eq!(
+            open(&dek, binding("a", 1, "Patient/a"), &sealed).unwrap(),
+            text
+        );
     }
 
     #[test]
@@ -173,8 +176,14 @@ mod tests {
         let mut sealed = seal(&dek, binding("a", 1, "P"), b"{\"a\":1}");
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
-        assert_eq!(open(&dek, binding("a", 1, "P"), &sealed), Err(SealError::Authentication));
-        assert_eq!(open(&dek, binding("a", 1, "P"), &sealed[..5]), Err(SealError::Malformed));
+        assert_eq!(
+            open(&dek, binding("a", 1, "P"), &sealed),
+            Err(SealError::Authentication)
+        );
+        assert_eq!(
+            open(&dek, binding("a", 1, "P"), &sealed[..5]),
+            Err(SealError::Malformed)
+        );
     }
 
     #[test]

@@ -125,9 +125,14 @@ mod tests {
         let t0 = Instant::now();
         c.insert(1, "Patient/a", Dek::random(), t0);
         assert!(c.get(1, t0 + Duration::from_secs(59)).is_some());
-        assert!(c.get_scope("Patient/a", t0 + Duration::from_secs(30)).is_some());
+        assert!(c
+            .get_scope("Patient/a", t0 + Duration::from_secs(30))
+            .is_some());
         assert!(c.get(1, t0 + Duration::from_secs(61)).is_none());
-        assert!(c.get_scope("Patient/a", t0).is_none(), "expired entry is gone");
+        assert!(
+            c.get_scope("Patient/a", t0).is_none(),
+            "expired entry is gone"
+        );
     }
 
     #[test]
@@ -145,7 +150,12 @@ mod tests {
         let c = cache(60, 100, 3);
         let t0 = Instant::now();
         for i in 0..10 {
-            c.insert(i, &format!("s{i}"), Dek::random(), t0 + Duration::from_millis(i as u64));
+            c.insert(
+                i,
+                &format!("s{i}"),
+                Dek::random(),
+                t0 + Duration::from_millis(i as u64),
+            );
         }
         assert_eq!(c.len(), 3);
         assert!(c.get(9, t0).is_some() && c.get(0, t0).is_none());

@@ -166,7 +166,8 @@ impl Cluster {
                 detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
             }
             if program == "pg_ctl" {
-                let log = std::fs::read_to_string(self.pg_dir.join("server.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.pg_dir.join("server.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 detail.push_str(&format!(
                     " (server log: {})",
@@ -217,9 +218,12 @@ impl Cluster {
                 .await?;
         if !exists {
             // Identifiers cannot be bound; the name is ours (never client input), quoted anyway.
-            sqlx::query(&format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\"")))
-                .execute(&mut conn)
-                .await?;
+            sqlx::query(&format!(
+                "CREATE DATABASE \"{}\"",
+                database.replace('"', "\"\"")
+            ))
+            .execute(&mut conn)
+            .await?;
         }
         Ok(())
     }
@@ -291,7 +295,10 @@ pub fn find_bin_dir() -> Option<PathBuf> {
         candidates.extend(versions);
     }
     candidates.into_iter().find(|dir| {
-        ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).exists()) && major_version(dir) >= 15
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).exists())
+            && major_version(dir) >= 15
     })
 }
 

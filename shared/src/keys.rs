@@ -115,9 +115,7 @@ fn vault_error(e: ClientError) -> KeyError {
         ClientError::APIError { code, errors } => {
             KeyError::Other(format!("Vault answered {code}: {}", errors.join("; ")))
         }
-        ClientError::RestClientError { .. } => {
-            KeyError::Unavailable("Vault is unreachable".into())
-        }
+        ClientError::RestClientError { .. } => KeyError::Unavailable("Vault is unreachable".into()),
         other => KeyError::Other(other.to_string()),
     }
 }
@@ -212,7 +210,9 @@ impl VaultTransit {
     async fn renew_once(&self) -> Result<Option<u64>, KeyError> {
         let client = self.client.read().await;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let info = vaultrs::token::lookup_self(&*client).await.map_err(vault_error)?;
+        let info = vaultrs::token::lookup_self(&*client)
+            .await
+            .map_err(vault_error)?;
         if info.ttl == 0 {
             return Ok(None);
         }
@@ -221,7 +221,9 @@ impl VaultTransit {
             return Err(KeyError::Other("token is not renewable".into()));
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let auth = vaultrs::token::renew_self(&*client, None).await.map_err(vault_error)?;
+        let auth = vaultrs::token::renew_self(&*client, None)
+            .await
+            .map_err(vault_error)?;
         Ok(Some(auth.lease_duration))
     }
 
@@ -357,7 +359,9 @@ impl FileKeyring {
     }
 
     fn keys(&self) -> std::sync::RwLockReadGuard<'_, Vec<Dek>> {
-        self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn wrap(&self, dek: &Dek) -> WrappedDek {
@@ -383,7 +387,10 @@ impl FileKeyring {
         let (version, body) = rest.split_once(':').ok_or_else(rejected)?;
         let version: usize = version.parse().map_err(|_| rejected())?;
         let keys = self.keys();
-        let kek = version.checked_sub(1).and_then(|i| keys.get(i)).ok_or_else(rejected)?;
+        let kek = version
+            .checked_sub(1)
+            .and_then(|i| keys.get(i))
+            .ok_or_else(rejected)?;
         let sealed = B64.decode(body).map_err(|_| rejected())?;
         let mut bytes = crypto::open_with_aad(kek, FILE_WRAP_AAD, &sealed)
             .map_err(|_| KeyError::Rejected("wrapped key failed authentication".into()))?;
@@ -467,7 +474,10 @@ mod tests {
     fn file_keyring_wraps_rotates_and_rewraps() {
         let dir = tempfile::tempdir().unwrap();
         let ring = FileKeyring::open_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (dek, w1) = ring.generate().unwrap();
         assert_eq!(w1.key_version, 1);
@@ -477,17 +487,29 @@ mod tests {
         assert_eq!(ring.unwrap_dek(&w2.wrapped).unwrap().expose(), dek.expose());
         // Old wraps keep opening, and a reopened keyring knows both versions.
         let reopened = FileKeyring::open_or_create(dir.path()).unwrap();
-        assert_eq!(reopened.unwrap_dek(&w1.wrapped).unwrap().expose(), dek.expose());
+        assert_eq!(
+            reopened.unwrap_dek(&w1.wrapped).unwrap().expose(),
+            dek.expose()
+        );
     }
 
     #[test]
     fn file_keyring_refuses_a_world_readable_key_and_foreign_wraps() {
         let dir = tempfile::tempdir().unwrap();
         let ring = FileKeyring::open_or_create(dir.path()).unwrap();
-        assert!(matches!(ring.unwrap_dek("vault:v1:abc"), Err(KeyError::Rejected(_))));
+        assert!(matches!(
+            ring.unwrap_dek("vault:v1:abc"),
+            Err(KeyError::Rejected(_))
+        ));
         let other = tempfile::tempdir().unwrap();
-        let (_, foreign) = FileKeyring::open_or_create(other.path()).unwrap().generate().unwrap();
-        assert!(matches!(ring.unwrap_dek(&foreign.wrapped), Err(KeyError::Rejected(_))));
+        let (_, foreign) = FileKeyring::open_or_create(other.path())
+            .unwrap()
+            .generate()
+            .unwrap();
+        assert!(matches!(
+            ring.unwrap_dek(&foreign.wrapped),
+            Err(KeyError::Rejected(_))
+        ));
         let path = dir.path().join("master.key");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(FileKeyring::open_or_create(dir.path()).is_err());

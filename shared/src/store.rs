@@ -168,7 +168,9 @@ impl Store {
         resource: Value,
         if_none_exist: Option<&str>,
     ) -> Result<Created, StoreError> {
-        let result = self.create_inner(ctx, resource_type, resource, if_none_exist).await;
+        let result = self
+            .create_inner(ctx, resource_type, resource, if_none_exist)
+            .await;
         if let Err(e) = &result {
             self.audit_failure(ctx, Interaction::Create, Some(resource_type.to_string()), e)
                 .await;
@@ -207,7 +209,16 @@ impl Store {
             &body,
         );
         let mut tx = self.pool.begin().await?;
-        insert_version(&mut tx, resource_type, &id, 1, now, "POST", Some((dek_id, &sealed))).await?;
+        insert_version(
+            &mut tx,
+            resource_type,
+            &id,
+            1,
+            now,
+            "POST",
+            Some((dek_id, &sealed)),
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO resources (resource_type, id, version_id, deleted) VALUES ($1, $2, 1, false)",
         )
@@ -286,7 +297,8 @@ impl Store {
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        self.finish_read(ctx, Interaction::Read, resource_type, id, row).await
+        self.finish_read(ctx, Interaction::Read, resource_type, id, row)
+            .await
     }
 
     /// One version of a resource.
@@ -308,7 +320,8 @@ impl Store {
         .bind(version_id)
         .fetch_optional(&self.pool)
         .await?;
-        self.finish_read(ctx, Interaction::Vread, resource_type, id, row).await
+        self.finish_read(ctx, Interaction::Vread, resource_type, id, row)
+            .await
     }
 
     async fn finish_read(
@@ -379,10 +392,17 @@ impl Store {
         resource: Value,
         if_match: Option<i64>,
     ) -> Result<Updated, StoreError> {
-        let result = self.update_inner(ctx, resource_type, id, resource, if_match).await;
+        let result = self
+            .update_inner(ctx, resource_type, id, resource, if_match)
+            .await;
         if let Err(e) = &result {
-            self.audit_failure(ctx, Interaction::Update, Some(format!("{resource_type}/{id}")), e)
-                .await;
+            self.audit_failure(
+                ctx,
+                Interaction::Update,
+                Some(format!("{resource_type}/{id}")),
+                e,
+            )
+            .await;
         }
         result
     }
@@ -419,7 +439,16 @@ impl Store {
         loop {
             attempt += 1;
             match self
-                .try_update(ctx, resource_type, id, &mut resource, if_match, &scope, dek_id, &dek)
+                .try_update(
+                    ctx,
+                    resource_type,
+                    id,
+                    &mut resource,
+                    if_match,
+                    &scope,
+                    dek_id,
+                    &dek,
+                )
                 .await
             {
                 Err(StoreError::Database(sqlx::Error::Database(db)))
@@ -525,8 +554,13 @@ impl Store {
     ) -> Result<Deleted, StoreError> {
         let result = self.delete_inner(ctx, resource_type, id).await;
         if let Err(e) = &result {
-            self.audit_failure(ctx, Interaction::Delete, Some(format!("{resource_type}/{id}")), e)
-                .await;
+            self.audit_failure(
+                ctx,
+                Interaction::Delete,
+                Some(format!("{resource_type}/{id}")),
+                e,
+            )
+            .await;
         }
         result
     }
@@ -559,7 +593,16 @@ impl Store {
         let scope: Option<String> = head.try_get("scope")?;
         let version_id = head.try_get::<i64, _>("version_id")? + 1;
         let now = self.clock.now();
-        insert_version(&mut tx, resource_type, id.as_str(), version_id, now, "DELETE", None).await?;
+        insert_version(
+            &mut tx,
+            resource_type,
+            id.as_str(),
+            version_id,
+            now,
+            "DELETE",
+            None,
+        )
+        .await?;
         upsert_head(&mut tx, resource_type, id.as_str(), version_id, true).await?;
         let record = AuditRecord {
             interaction: Interaction::Delete,
@@ -627,7 +670,10 @@ impl Store {
             let body = match sealed {
                 Some(sealed) => {
                     let key = DekRow::from_row(row)?;
-                    Some(self.open_body(entry_type, &entry_id, version_id, &key, &sealed).await?)
+                    Some(
+                        self.open_body(entry_type, &entry_id, version_id, &key, &sealed)
+                            .await?,
+                    )
                 }
                 None => None,
             };
@@ -675,10 +721,11 @@ impl Store {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, StoreError> {
         let target: i32 = self.keys.rotate().await?;
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE key_version < $1")
-            .bind(target)
-            .fetch_one(&self.pool)
-            .await?;
+        let total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE key_version < $1")
+                .bind(target)
+                .fetch_one(&self.pool)
+                .await?;
         let total = u64::try_from(total).unwrap_or(0);
         let mut done = 0u64;
         let mut after = 0i64;
@@ -772,10 +819,14 @@ impl Store {
         if let Some(dek) = self.cache.get(key.id, Instant::now()) {
             return Ok(dek);
         }
-        let dek = self.keys.unwrap_dek(&key.wrapped).await.map_err(|e| match e {
-            KeyError::Rejected(_) => StoreError::Integrity,
-            other => StoreError::Key(other),
-        })?;
+        let dek = self
+            .keys
+            .unwrap_dek(&key.wrapped)
+            .await
+            .map_err(|e| match e {
+                KeyError::Rejected(_) => StoreError::Integrity,
+                other => StoreError::Key(other),
+            })?;
         Ok(self.cache.insert(key.id, &key.scope, dek, Instant::now()))
     }
 
@@ -851,9 +902,15 @@ struct DekRow {
 impl DekRow {
     fn from_row(row: &sqlx::postgres::PgRow) -> Result<DekRow, StoreError> {
         Ok(DekRow {
-            id: row.try_get::<Option<i64>, _>("dek_id")?.ok_or(StoreError::Integrity)?,
-            scope: row.try_get::<Option<String>, _>("scope")?.ok_or(StoreError::Integrity)?,
-            wrapped: row.try_get::<Option<String>, _>("wrapped")?.ok_or(StoreError::Integrity)?,
+            id: row
+                .try_get::<Option<i64>, _>("dek_id")?
+                .ok_or(StoreError::Integrity)?,
+            scope: row
+                .try_get::<Option<String>, _>("scope")?
+                .ok_or(StoreError::Integrity)?,
+            wrapped: row
+                .try_get::<Option<String>, _>("wrapped")?
+                .ok_or(StoreError::Integrity)?,
         })
     }
 
@@ -1052,7 +1109,9 @@ mod tests {
     #[test]
     fn meta_keeps_client_fields() {
         let mut r = json!({"resourceType": "Patient", "meta": {"profile": ["http://x"]}});
-        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z").unwrap().to_utc();
+        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z")
+            .unwrap()
+            .to_utc();
         stamp_meta(&mut r, 3, at);
         assert_eq!(r["meta"]["profile"][0], "http://x");
         assert_eq!(r["meta"]["versionId"], "3");

@@ -5,7 +5,10 @@ use carapace_tests::*;
 
 async fn stored_versions(stack: &Stack) -> i64 {
     let db = stack.db().await;
-    sqlx::query_scalar("SELECT count(*) FROM resource_versions").fetch_one(&db).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM resource_versions")
+        .fetch_one(&db)
+        .await
+        .unwrap()
 }
 
 fn assert_outcome(r: &HttpResponse, status: u16, needle: &str) {
@@ -13,7 +16,10 @@ fn assert_outcome(r: &HttpResponse, status: u16, needle: &str) {
     let oo = r.json();
     assert_eq!(oo["resourceType"], "OperationOutcome", "{}", r.text());
     let text = r.text();
-    assert!(text.contains(needle), "outcome should mention {needle:?}: {text}");
+    assert!(
+        text.contains(needle),
+        "outcome should mention {needle:?}: {text}"
+    );
     for leak in ["SELECT", "INSERT", "panicked", "sqlx", "stack backtrace"] {
         assert!(!text.contains(leak), "outcome leaks {leak}: {text}");
     }
@@ -24,55 +30,149 @@ async fn invalid_resources_are_refused_with_a_named_path_and_nothing_is_written(
     let stack = Stack::start().await.unwrap();
     let fhir = stack.fhir();
     let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
-        ("unknown element", "Patient",
-         br#"{"resourceType":"Patient","favouriteColour":"blue"}"#.to_vec(), "favouriteColour"),
-        ("wrong JSON type", "Patient",
-         br#"{"resourceType":"Patient","active":"yes"}"#.to_vec(), "Patient.active"),
-        ("array where a single value belongs", "Patient",
-         br#"{"resourceType":"Patient","birthDate":["1970-01-01"]}"#.to_vec(), "Patient.birthDate"),
-        ("invalid date", "Patient",
-         br#"{"resourceType":"Patient","birthDate":"1970-13-45"}"#.to_vec(), "Patient.birthDate"),
-        ("invalid code lexical form", "Patient",
-         br#"{"resourceType":"Patient","gender":" male "}"#.to_vec(), "Patient.gender"),
-        ("invalid id in body", "Patient",
-         br#"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"a b"}]}"#.to_vec(), "id"),
-        ("wrong resourceType for the URL", "Patient",
-         br#"{"resourceType":"Observation","status":"final","code":{"text":"x"}}"#.to_vec(), "resourceType"),
-        ("unknown resourceType", "Patient",
-         br#"{"resourceType":"Patent"}"#.to_vec(), "resourceType"),
-        ("NUL character", "Patient",
-         br#"{"resourceType":"Patient","name":[{"family":"a\u0000b"}]}"#.to_vec(), "Patient.name[0].family"),
-        ("lone surrogate", "Patient",
-         br#"{"resourceType":"Patient","name":[{"family":"\ud800"}]}"#.to_vec(), "invalid JSON"),
-        ("duplicate keys", "Patient",
-         br#"{"resourceType":"Patient","gender":"male","gender":"female"}"#.to_vec(), "duplicate key 'gender'"),
-        ("not JSON", "Patient", b"<Patient xmlns=\"http://hl7.org/fhir\"/>".to_vec(), "invalid JSON"),
-        ("not an object", "Patient", b"[1,2,3]".to_vec(), "JSON object"),
-        ("10,000-deep nesting", "Patient",
-         format!("{{\"resourceType\":\"Patient\",\"extension\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
-         "recursion limit"),
-        ("invalid UTF-8", "Patient", b"{\"resourceType\":\"Patient\",\"gender\":\"\xff\"}".to_vec(), "UTF-8"),
+        (
+            "unknown element",
+            "Patient",
+            br#"{"resourceType":"Patient","favouriteColour":"blue"}"#.to_vec(),
+            "favouriteColour",
+        ),
+        (
+            "wrong JSON type",
+            "Patient",
+            br#"{"resourceType":"Patient","active":"yes"}"#.to_vec(),
+            "Patient.active",
+        ),
+        (
+            "array where a single value belongs",
+            "Patient",
+            br#"{"resourceType":"Patient","birthDate":["1970-01-01"]}"#.to_vec(),
+            "Patient.birthDate",
+        ),
+        (
+            "invalid date",
+            "Patient",
+            br#"{"resourceType":"Patient","birthDate":"1970-13-45"}"#.to_vec(),
+            "Patient.birthDate",
+        ),
+        (
+            "invalid code lexical form",
+            "Patient",
+            br#"{"resourceType":"Patient","gender":" male "}"#.to_vec(),
+            "Patient.gender",
+        ),
+        (
+            "invalid id in body",
+            "Patient",
+            br#"{"resourceType":"Patient","contained":[{"resourceType":"Patient","id":"a b"}]}"#
+                .to_vec(),
+            "id",
+        ),
+        (
+            "wrong resourceType for the URL",
+            "Patient",
+            br#"{"resourceType":"Observation","status":"final","code":{"text":"x"}}"#.to_vec(),
+            "resourceType",
+        ),
+        (
+            "unknown resourceType",
+            "Patient",
+            br#"{"resourceType":"Patent"}"#.to_vec(),
+            "resourceType",
+        ),
+        (
+            "NUL character",
+            "Patient",
+            br#"{"resourceType":"Patient","name":[{"family":"a\u0000b"}]}"#.to_vec(),
+            "Patient.name[0].family",
+        ),
+        (
+            "lone surrogate",
+            "Patient",
+            br#"{"resourceType":"Patient","name":[{"family":"\ud800"}]}"#.to_vec(),
+            "invalid JSON",
+        ),
+        (
+            "duplicate keys",
+            "Patient",
+            br#"{"resourceType":"Patient","gender":"male","gender":"female"}"#.to_vec(),
+            "duplicate key 'gender'",
+        ),
+        (
+            "not JSON",
+            "Patient",
+            b"<Patient xmlns=\"http://hl7.org/fhir\"/>".to_vec(),
+            "invalid JSON",
+        ),
+        (
+            "not an object",
+            "Patient",
+            b"[1,2,3]".to_vec(),
+            "JSON object",
+        ),
+        (
+            "10,000-deep nesting",
+            "Patient",
+            format!(
+                "{{\"resourceType\":\"Patient\",\"extension\":{}{}}}",
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            )
+            .into_bytes(),
+            "recursion limit",
+        ),
+        (
+            "invalid UTF-8",
+            "Patient",
+            b"{\"resourceType\":\"Patient\",\"gender\":\"\xff\"}".to_vec(),
+            "UTF-8",
+        ),
     ];
     for (what, type_name, body, needle) in &cases {
         let r = fhir.raw("POST", type_name, body.clone(), &[]).await;
-        assert!(r.status == 400 || r.status == 422, "{what}: {} {}", r.status, r.text());
+        assert!(
+            r.status == 400 || r.status == 422,
+            "{what}: {} {}",
+            r.status,
+            r.text()
+        );
         assert_outcome(&r, r.status, needle);
         // the same body through PUT (update-as-create) is refused too
-        let r = fhir.raw("PUT", &format!("{type_name}/bad-1"), body.clone(), &[]).await;
-        assert!(r.status == 400 || r.status == 422, "PUT {what}: {} {}", r.status, r.text());
+        let r = fhir
+            .raw("PUT", &format!("{type_name}/bad-1"), body.clone(), &[])
+            .await;
+        assert!(
+            r.status == 400 || r.status == 422,
+            "PUT {what}: {} {}",
+            r.status,
+            r.text()
+        );
     }
     assert_eq!(stored_versions(&stack).await, 0, "nothing was written");
 
     // id mismatch and missing id on update
-    let r = fhir.put("Patient/abc", &json!({"resourceType": "Patient", "id": "xyz"})).await;
+    let r = fhir
+        .put(
+            "Patient/abc",
+            &json!({"resourceType": "Patient", "id": "xyz"}),
+        )
+        .await;
     assert_outcome(&r, 400, "does not match");
-    let r = fhir.put("Patient/abc", &json!({"resourceType": "Patient"})).await;
+    let r = fhir
+        .put("Patient/abc", &json!({"resourceType": "Patient"}))
+        .await;
     assert_outcome(&r, 400, "id");
     let r = fhir.get("Patient/not%20an%20id").await;
     assert_outcome(&r, 400, "resource id");
     let r = fhir.get("Patent/1").await;
     assert_outcome(&r, 404, "not an R4 resource type");
-    let r = fhir.send("PUT", "Patient/abc", &json!({"resourceType": "Patient", "id": "abc"}), &[("If-Match", "banana")]).await;
+    let r = fhir
+        .send(
+            "PUT",
+            "Patient/abc",
+            &json!({"resourceType": "Patient", "id": "abc"}),
+            &[("If-Match", "banana")],
+        )
+        .await;
     assert_outcome(&r, 400, "If-Match");
     assert_eq!(stored_versions(&stack).await, 0, "nothing was written");
 }
@@ -83,9 +183,23 @@ async fn media_types_and_size_limits() {
     let fhir = stack.fhir();
     let good = json!({"resourceType": "Patient"}).to_string().into_bytes();
 
-    let r = fhir.raw("POST", "Patient", good.clone(), &[("Content-Type", "application/fhir+xml")]).await;
+    let r = fhir
+        .raw(
+            "POST",
+            "Patient",
+            good.clone(),
+            &[("Content-Type", "application/fhir+xml")],
+        )
+        .await;
     assert_outcome(&r, 415, "application/fhir+json");
-    let r = fhir.raw("POST", "Patient", good.clone(), &[("Accept", "application/fhir+xml")]).await;
+    let r = fhir
+        .raw(
+            "POST",
+            "Patient",
+            good.clone(),
+            &[("Accept", "application/fhir+xml")],
+        )
+        .await;
     assert_outcome(&r, 406, "JSON");
     let r = fhir.get("metadata?_format=xml").await;
     assert_outcome(&r, 406, "JSON");
@@ -97,10 +211,18 @@ async fn media_types_and_size_limits() {
     big.extend(br#"</div>"}}"#);
     let r = fhir.raw("POST", "Patient", big, &[]).await;
     assert_outcome(&r, 413, "limit");
-    assert_eq!(fhir.post("Patient", &json!({"resourceType": "Patient"})).await.status, 201);
+    assert_eq!(
+        fhir.post("Patient", &json!({"resourceType": "Patient"}))
+            .await
+            .status,
+        201
+    );
 
     let db = stack.db().await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM resource_versions").fetch_one(&db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM resource_versions")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     assert!(!stack.server.log_text().contains("panicked"));
 }

@@ -15,10 +15,32 @@ async fn official_examples_round_trip() {
     let stack = Stack::start().await.unwrap();
     let report = round_trip_all(&stack.server.base, &dir, 8).await.unwrap();
     eprintln!("{}", report.summary());
-    assert!(report.total > 5000, "all examples were tried: {}", report.total);
-    let server_errors: Vec<_> = report.results.iter().filter(|r| matches!(r.verdict, Verdict::ServerError(_))).collect();
-    assert!(server_errors.is_empty(), "5xx on examples: {server_errors:#?}");
-    let mismatches: Vec<_> = report.results.iter().filter(|r| matches!(r.verdict, Verdict::Mismatch(_))).collect();
-    assert!(mismatches.is_empty(), "accepted examples that did not round-trip: {mismatches:#?}");
-    assert!(report.passed * 100 >= report.total * 99, "{}", report.summary());
+    assert!(
+        report.total > 5000,
+        "all examples were tried: {}",
+        report.total
+    );
+    let server_errors: Vec<_> = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::ServerError(_)))
+        .collect();
+    assert!(
+        server_errors.is_empty(),
+        "5xx on examples: {server_errors:#?}"
+    );
+    let mismatches: Vec<_> = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Mismatch(_)))
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "accepted examples that did not round-trip: {mismatches:#?}"
+    );
+    assert!(
+        report.passed * 100 >= report.total * 99,
+        "{}",
+        report.summary()
+    );
 }

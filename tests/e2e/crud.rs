@@ -40,27 +40,50 @@ async fn create_read_update_delete_and_history() {
         stack.server.url(&format!("Patient/{id}/_history/1"))
     );
     // primitive extensions survive
-    assert_eq!(body["_birthDate"]["extension"][0]["valueDateTime"], "1970-01-02T04:05:00+01:00");
+    assert_eq!(
+        body["_birthDate"]["extension"][0]["valueDateTime"],
+        "1970-01-02T04:05:00+01:00"
+    );
 
     // read
     let read = fhir.get(&format!("Patient/{id}")).await;
     assert_eq!(read.status, 200);
     assert_eq!(read.json(), body);
-    assert_eq!(read.header("content-type").unwrap(), "application/fhir+json; charset=utf-8");
+    assert_eq!(
+        read.header("content-type").unwrap(),
+        "application/fhir+json; charset=utf-8"
+    );
 
     // update with the right If-Match
     let mut changed = body.clone();
     changed["name"][0]["family"] = json!("Byron");
-    let updated = fhir.send("PUT", &format!("Patient/{id}"), &changed, &[("If-Match", "W/\"1\"")]).await;
+    let updated = fhir
+        .send(
+            "PUT",
+            &format!("Patient/{id}"),
+            &changed,
+            &[("If-Match", "W/\"1\"")],
+        )
+        .await;
     assert_eq!(updated.status, 200, "{}", updated.text());
     assert_eq!(updated.header("etag").unwrap(), "W/\"2\"");
     assert_eq!(updated.json()["meta"]["versionId"], "2");
 
     // a stale If-Match is refused and changes nothing
-    let stale = fhir.send("PUT", &format!("Patient/{id}"), &changed, &[("If-Match", "W/\"1\"")]).await;
+    let stale = fhir
+        .send(
+            "PUT",
+            &format!("Patient/{id}"),
+            &changed,
+            &[("If-Match", "W/\"1\"")],
+        )
+        .await;
     assert_eq!(stale.status, 412);
     assert_eq!(stale.json()["resourceType"], "OperationOutcome");
-    assert_eq!(fhir.get(&format!("Patient/{id}")).await.json()["meta"]["versionId"], "2");
+    assert_eq!(
+        fhir.get(&format!("Patient/{id}")).await.json()["meta"]["versionId"],
+        "2"
+    );
 
     // vread both versions
     let v1 = fhir.get(&format!("Patient/{id}/_history/1")).await;
@@ -68,7 +91,10 @@ async fn create_read_update_delete_and_history() {
     assert_eq!(v1.json()["name"][0]["family"], "Lovelace");
     let v2 = fhir.get(&format!("Patient/{id}/_history/2")).await;
     assert_eq!(v2.json()["name"][0]["family"], "Byron");
-    assert_eq!(fhir.get(&format!("Patient/{id}/_history/3")).await.status, 404);
+    assert_eq!(
+        fhir.get(&format!("Patient/{id}/_history/3")).await.status,
+        404
+    );
 
     // delete: 204, then 410 on read, versions still readable, delete again is fine
     let deleted = fhir.delete(&format!("Patient/{id}")).await;
@@ -76,8 +102,14 @@ async fn create_read_update_delete_and_history() {
     let gone = fhir.get(&format!("Patient/{id}")).await;
     assert_eq!(gone.status, 410);
     assert_eq!(gone.json()["resourceType"], "OperationOutcome");
-    assert_eq!(fhir.get(&format!("Patient/{id}/_history/2")).await.status, 200);
-    assert_eq!(fhir.get(&format!("Patient/{id}/_history/3")).await.status, 410);
+    assert_eq!(
+        fhir.get(&format!("Patient/{id}/_history/2")).await.status,
+        200
+    );
+    assert_eq!(
+        fhir.get(&format!("Patient/{id}/_history/3")).await.status,
+        410
+    );
     assert_eq!(fhir.delete(&format!("Patient/{id}")).await.status, 204);
     assert_eq!(fhir.delete("Patient/never-existed").await.status, 404);
 
@@ -87,7 +119,10 @@ async fn create_read_update_delete_and_history() {
     let bundle = history.json();
     assert_eq!(bundle["type"], "history");
     let entries = bundle["entry"].as_array().unwrap();
-    let methods: Vec<&str> = entries.iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
+    let methods: Vec<&str> = entries
+        .iter()
+        .map(|e| e["request"]["method"].as_str().unwrap())
+        .collect();
     assert_eq!(methods, ["DELETE", "PUT", "POST"]);
     assert!(entries[0].get("resource").is_none());
     assert_eq!(entries[1]["resource"]["name"][0]["family"], "Byron");
@@ -113,8 +148,12 @@ async fn history_pages_with_count_since_and_next_links() {
     let mut ids = Vec::new();
     for i in 0..7 {
         // Raw text: a JSON literal in Rust would turn 1.50 into 1.5 before it is sent.
-        let body = format!(r#"{{"resourceType":"Observation","status":"final","code":{{"text":"obs {i}"}},"valueQuantity":{{"value":1.50,"unit":"mmol/L"}}}}"#);
-        let r = fhir.raw("POST", "Observation", body.into_bytes(), &[]).await;
+        let body = format!(
+            r#"{{"resourceType":"Observation","status":"final","code":{{"text":"obs {i}"}},"valueQuantity":{{"value":1.50,"unit":"mmol/L"}}}}"#
+        );
+        let r = fhir
+            .raw("POST", "Observation", body.into_bytes(), &[])
+            .await;
         assert_eq!(r.status, 201, "{}", r.text());
         ids.push(r.json()["id"].as_str().unwrap().to_string());
     }
@@ -134,16 +173,24 @@ async fn history_pages_with_count_since_and_next_links() {
             seen.push(e["resource"]["id"].as_str().unwrap().to_string());
         }
         pages += 1;
-        let next = bundle["link"].as_array().unwrap().iter()
-            .find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_string());
+        let next = bundle["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
         match next {
             Some(n) => url = n,
             None => break,
         }
         // data changing between pages must not break or repeat the paging
         if pages == 1 {
-            fhir.post("Observation", &json!({"resourceType": "Observation", "status": "final",
-                "code": {"text": "late"}})).await;
+            fhir.post(
+                "Observation",
+                &json!({"resourceType": "Observation", "status": "final",
+                "code": {"text": "late"}}),
+            )
+            .await;
         }
     }
     assert_eq!(pages, 3);
@@ -154,9 +201,23 @@ async fn history_pages_with_count_since_and_next_links() {
     // _since cuts off older versions
     let first = fhir.get(&format!("Observation/{}", ids[6])).await.json();
     let since = first["meta"]["lastUpdated"].as_str().unwrap().to_string();
-    let recent = http("GET", &stack.server.url(&format!("Observation/_history?_since={}", since.replace('+', "%2B"))), &[], None)
-        .await.unwrap().json();
-    assert_eq!(recent["entry"].as_array().unwrap().len(), 2, "the last one and the late one");
+    let recent = http(
+        "GET",
+        &stack.server.url(&format!(
+            "Observation/_history?_since={}",
+            since.replace('+', "%2B")
+        )),
+        &[],
+        None,
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(
+        recent["entry"].as_array().unwrap().len(),
+        2,
+        "the last one and the late one"
+    );
     let bad = fhir.get("Observation/_history?_since=yesterday").await;
     assert_eq!(bad.status, 400);
     let forged = fhir.get("Observation/_history?_page=bm9wZQ").await;
@@ -175,38 +236,93 @@ async fn conditional_create_and_prefer() {
     let id = first.json()["id"].as_str().unwrap().to_string();
 
     // If-None-Exist matching an existing resource returns it, creating nothing
-    let again = fhir.send("POST", "Patient", &patient("Cond"), &[("If-None-Exist", &format!("_id={id}"))]).await;
+    let again = fhir
+        .send(
+            "POST",
+            "Patient",
+            &patient("Cond"),
+            &[("If-None-Exist", &format!("_id={id}"))],
+        )
+        .await;
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["id"], id.as_str());
-    let none = fhir.send("POST", "Patient", &patient("Cond"), &[("If-None-Exist", "_id=nobody")]).await;
+    let none = fhir
+        .send(
+            "POST",
+            "Patient",
+            &patient("Cond"),
+            &[("If-None-Exist", "_id=nobody")],
+        )
+        .await;
     assert_eq!(none.status, 201);
-    let unsupported = fhir.send("POST", "Patient", &patient("Cond"), &[("If-None-Exist", "name=x")]).await;
+    let unsupported = fhir
+        .send(
+            "POST",
+            "Patient",
+            &patient("Cond"),
+            &[("If-None-Exist", "name=x")],
+        )
+        .await;
     assert_eq!(unsupported.status, 400);
     assert_eq!(unsupported.json()["issue"][0]["code"], "not-supported");
 
     // Prefer: return=minimal → no body; return=OperationOutcome → an outcome
-    let minimal = fhir.send("POST", "Patient", &patient("Min"), &[("Prefer", "return=minimal")]).await;
+    let minimal = fhir
+        .send(
+            "POST",
+            "Patient",
+            &patient("Min"),
+            &[("Prefer", "return=minimal")],
+        )
+        .await;
     assert_eq!(minimal.status, 201);
     assert!(minimal.body.is_empty());
     assert!(minimal.header("location").is_some());
-    let oo = fhir.send("POST", "Patient", &patient("OO"), &[("Prefer", "return=OperationOutcome")]).await;
+    let oo = fhir
+        .send(
+            "POST",
+            "Patient",
+            &patient("OO"),
+            &[("Prefer", "return=OperationOutcome")],
+        )
+        .await;
     assert_eq!(oo.status, 201);
     assert_eq!(oo.json()["resourceType"], "OperationOutcome");
 
     // every interaction above left an audit row, in the same transaction as the data for writes
     let db = stack.db().await;
-    let creates: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE action = 'C' AND outcome = '0'")
-        .fetch_one(&db).await.unwrap();
-    let resources: i64 = sqlx::query_scalar("SELECT count(*) FROM resources").fetch_one(&db).await.unwrap();
+    let creates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'C' AND outcome = '0'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let resources: i64 = sqlx::query_scalar("SELECT count(*) FROM resources")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(creates, resources);
-    let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE outcome <> '0'")
-        .fetch_one(&db).await.unwrap();
-    assert!(failures >= 1, "the refused conditional create is audited too");
+    let failures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE outcome <> '0'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(
+        failures >= 1,
+        "the refused conditional create is audited too"
+    );
     let event: Value = sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
-        "SELECT event FROM audit_events WHERE action = 'C' ORDER BY id LIMIT 1")
-        .fetch_one(&db).await.unwrap().0;
+        "SELECT event FROM audit_events WHERE action = 'C' ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap()
+    .0;
     assert_eq!(event["resourceType"], "AuditEvent");
     assert_eq!(event["subtype"][0]["code"], "create");
     assert_eq!(event["agent"][0]["network"]["address"], "127.0.0.1");
-    assert_eq!(event["entity"][0]["what"]["reference"], format!("Patient/{id}"));
+    assert_eq!(
+        event["entity"][0]["what"]["reference"],
+        format!("Patient/{id}")
+    );
 }

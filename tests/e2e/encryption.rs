@@ -34,19 +34,30 @@ async fn pg_dump_contains_no_canary_phi() {
     let p = fhir.post("Patient", &canary_patient()).await;
     assert_eq!(p.status, 201, "{}", p.text());
     let pid = p.json()["id"].as_str().unwrap().to_string();
-    let obs = fhir.post("Observation", &json!({
-        "resourceType": "Observation", "status": "final",
-        "code": {"text": CANARIES[7]},
-        "subject": {"reference": format!("Patient/{pid}"), "display": CANARIES[0]},
-        "note": [{"text": CANARIES[4]}]
-    })).await;
+    let obs = fhir
+        .post(
+            "Observation",
+            &json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"text": CANARIES[7]},
+                "subject": {"reference": format!("Patient/{pid}"), "display": CANARIES[0]},
+                "note": [{"text": CANARIES[4]}]
+            }),
+        )
+        .await;
     assert_eq!(obs.status, 201);
     // update, read and history too, so every table has rows
     let mut updated = p.json();
     updated["name"][0]["given"] = json!([CANARIES[1], "Second"]);
-    assert_eq!(fhir.put(&format!("Patient/{pid}"), &updated).await.status, 200);
+    assert_eq!(
+        fhir.put(&format!("Patient/{pid}"), &updated).await.status,
+        200
+    );
     assert_eq!(fhir.get(&format!("Patient/{pid}")).await.status, 200);
-    assert_eq!(fhir.get(&format!("Patient/{pid}/_history")).await.status, 200);
+    assert_eq!(
+        fhir.get(&format!("Patient/{pid}/_history")).await.status,
+        200
+    );
 
     // what the API returns has the canaries (so the grep below could find them)...
     let back = fhir.get(&format!("Patient/{pid}")).await.text();
@@ -59,23 +70,46 @@ async fn pg_dump_contains_no_canary_phi() {
     assert!(text.contains("resource_versions"), "the dump is real");
     for c in CANARIES {
         assert!(!text.contains(c), "pg_dump contains {c}");
-        assert!(!text.to_lowercase().contains(&c.to_lowercase()), "pg_dump contains {c} (any case)");
+        assert!(
+            !text.to_lowercase().contains(&c.to_lowercase()),
+            "pg_dump contains {c} (any case)"
+        );
     }
     // The observation is keyed to its patient's compartment, not to a shared key.
     let db = stack.db().await;
     let scopes: Vec<String> = sqlx::query_scalar("SELECT scope FROM data_keys ORDER BY scope")
-        .fetch_all(&db).await.unwrap();
+        .fetch_all(&db)
+        .await
+        .unwrap();
     assert_eq!(scopes, vec![format!("Patient/{pid}")]);
-    let wrapped: String = sqlx::query_scalar("SELECT wrapped FROM data_keys").fetch_one(&db).await.unwrap();
-    assert!(wrapped.starts_with("vault:v1:"), "data keys are stored wrapped by Vault transit");
+    let wrapped: String = sqlx::query_scalar("SELECT wrapped FROM data_keys")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(
+        wrapped.starts_with("vault:v1:"),
+        "data keys are stored wrapped by Vault transit"
+    );
 }
 
 #[tokio::test]
 async fn a_ciphertext_swapped_into_another_row_fails_to_open() {
     let stack = Stack::start().await.unwrap();
     let fhir = stack.fhir();
-    let a = fhir.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await.json();
-    let b = fhir.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Beta"}]})).await.json();
+    let a = fhir
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]}),
+        )
+        .await
+        .json();
+    let b = fhir
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Beta"}]}),
+        )
+        .await
+        .json();
     let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
     let mut a2 = a.clone();
     a2["gender"] = json!("female");
@@ -87,10 +121,18 @@ async fn a_ciphertext_swapped_into_another_row_fails_to_open() {
         "UPDATE resource_versions SET sealed = src.sealed, dek_id = src.dek_id
            FROM resource_versions src
           WHERE src.id = $1 AND src.version_id = 1 AND resource_versions.id = $2",
-    ).bind(a_id).bind(b_id).execute(&db).await.unwrap();
+    )
+    .bind(a_id)
+    .bind(b_id)
+    .execute(&db)
+    .await
+    .unwrap();
     let r = fhir.get(&format!("Patient/{b_id}")).await;
     assert_eq!(r.status, 500, "{}", r.text());
-    assert!(!r.text().contains("Alpha"), "the moved body is never served");
+    assert!(
+        !r.text().contains("Alpha"),
+        "the moved body is never served"
+    );
     assert_eq!(r.json()["issue"][0]["code"], "exception");
 
     // ...or replays an older version's ciphertext into the current version of the same resource.
@@ -102,8 +144,17 @@ async fn a_ciphertext_swapped_into_another_row_fails_to_open() {
     assert_eq!(r.status, 500);
     assert!(!r.text().contains("Alpha"));
     // Untouched rows still read.
-    assert_eq!(fhir.get(&format!("Patient/{a_id}/_history/1")).await.status, 200);
+    assert_eq!(
+        fhir.get(&format!("Patient/{a_id}/_history/1")).await.status,
+        200
+    );
     let log = stack.server.log_text();
-    assert!(log.contains("did not open"), "the integrity failure is logged");
-    assert!(!log.contains("Alpha") && !log.contains("Beta"), "no PHI in logs");
+    assert!(
+        log.contains("did not open"),
+        "the integrity failure is logged"
+    );
+    assert!(
+        !log.contains("Alpha") && !log.contains("Beta"),
+        "no PHI in logs"
+    );
 }

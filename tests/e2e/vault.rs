@@ -17,11 +17,19 @@ async fn sealed_vault_gives_503_then_recovers() {
     let warm_id = warm["id"].as_str().unwrap().to_string();
 
     // Warm reads make no Vault call.
-    let before = stack.server.metric("carapace_key_provider_calls_total").await.unwrap();
+    let before = stack
+        .server
+        .metric("carapace_key_provider_calls_total")
+        .await
+        .unwrap();
     for _ in 0..50 {
         assert_eq!(fhir.get(&format!("Patient/{warm_id}")).await.status, 200);
     }
-    let after = stack.server.metric("carapace_key_provider_calls_total").await.unwrap();
+    let after = stack
+        .server
+        .metric("carapace_key_provider_calls_total")
+        .await
+        .unwrap();
     assert_eq!(after, before, "warm reads call Vault");
 
     stack.bao.seal().await.unwrap();
@@ -37,7 +45,10 @@ async fn sealed_vault_gives_503_then_recovers() {
     let r = fhir.post("Patient", &patient(2)).await;
     assert_eq!(r.status, 201, "recovers once Vault is back: {}", r.text());
     let db = stack.db().await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM resources").fetch_one(&db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM resources")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(n, 2, "the refused create wrote nothing");
 }
 
@@ -98,7 +109,11 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || ok < 20 {
                 let url = format!("{base}/Patient/{}", ids[i % ids.len()]);
                 let resp = http("GET", &url, &[], None).await.unwrap();
-                if resp.status == 200 { ok += 1 } else { failed.push(resp.status) }
+                if resp.status == 200 {
+                    ok += 1
+                } else {
+                    failed.push(resp.status)
+                }
                 i += 7;
             }
             (ok, failed)
@@ -114,21 +129,39 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
             .envs(env)
             .output()
             .unwrap()
-    }).await.unwrap();
+    })
+    .await
+    .unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "rotate failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rotate failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("40 data keys rewrapped"), "{stdout}");
     for reader in readers {
         let (ok, failed) = reader.await.unwrap();
         assert!(ok >= 20);
-        assert!(failed.is_empty(), "reads failed during rotation: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "reads failed during rotation: {failed:?}"
+        );
     }
     let db = stack.db().await;
     let versions: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT key_version FROM data_keys")
-        .fetch_all(&db).await.unwrap();
-    assert_eq!(versions, vec![2], "every data key is wrapped under the new key version");
-    let wrapped: Vec<String> = sqlx::query_scalar("SELECT wrapped FROM data_keys").fetch_all(&db).await.unwrap();
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        versions,
+        vec![2],
+        "every data key is wrapped under the new key version"
+    );
+    let wrapped: Vec<String> = sqlx::query_scalar("SELECT wrapped FROM data_keys")
+        .fetch_all(&db)
+        .await
+        .unwrap();
     assert!(wrapped.iter().all(|w| w.starts_with("vault:v2:")));
 
     // After rotation: a restarted (cold) server unwraps the rewrapped keys, and new keys use v2.
@@ -139,10 +172,16 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
         assert_eq!(fhir.get(&format!("Patient/{id}")).await.status, 200);
     }
     assert_eq!(fhir.post("Patient", &patient(99)).await.status, 201);
-    let newest: i32 = sqlx::query_scalar("SELECT key_version FROM data_keys ORDER BY id DESC LIMIT 1")
-        .fetch_one(&db).await.unwrap();
+    let newest: i32 =
+        sqlx::query_scalar("SELECT key_version FROM data_keys ORDER BY id DESC LIMIT 1")
+            .fetch_one(&db)
+            .await
+            .unwrap();
     assert_eq!(newest, 2);
-    let audited: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_events WHERE principal = 'rotation-test'").fetch_one(&db).await.unwrap();
+    let audited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE principal = 'rotation-test'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
     assert_eq!(audited, 1, "the rotation is audited with the operator");
 }

@@ -48,10 +48,16 @@ impl Report {
         for r in &self.results {
             match &r.verdict {
                 Verdict::Passed => {}
-                Verdict::TooLarge => s.push_str(&format!("  {}: over the body limit (413)\n", r.file)),
-                Verdict::Refused(code, why) => s.push_str(&format!("  {}: refused {code}: {why}\n", r.file)),
+                Verdict::TooLarge => {
+                    s.push_str(&format!("  {}: over the body limit (413)\n", r.file))
+                }
+                Verdict::Refused(code, why) => {
+                    s.push_str(&format!("  {}: refused {code}: {why}\n", r.file))
+                }
                 Verdict::Mismatch(why) => s.push_str(&format!("  {}: MISMATCH {why}\n", r.file)),
-                Verdict::ServerError(why) => s.push_str(&format!("  {}: SERVER ERROR {why}\n", r.file)),
+                Verdict::ServerError(why) => {
+                    s.push_str(&format!("  {}: SERVER ERROR {why}\n", r.file))
+                }
             }
         }
         s
@@ -85,7 +91,11 @@ pub async fn round_trip_all(base: &str, dir: &Path, concurrency: usize) -> anyho
                 let Some(path) = files.get(i) else { break };
                 let verdict = round_trip(&base, path).await;
                 out.push(ExampleResult {
-                    file: path.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string(),
+                    file: path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("?")
+                        .to_string(),
                     verdict,
                 });
             }
@@ -97,7 +107,10 @@ pub async fn round_trip_all(base: &str, dir: &Path, concurrency: usize) -> anyho
         results.extend(w.await?);
     }
     results.sort_by(|a, b| a.file.cmp(&b.file));
-    let passed = results.iter().filter(|r| matches!(r.verdict, Verdict::Passed)).count();
+    let passed = results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Passed))
+        .count();
     Ok(Report {
         total: results.len(),
         passed,
@@ -115,7 +128,10 @@ async fn round_trip(base: &str, path: &Path) -> Verdict {
     let Some(rt) = sent["resourceType"].as_str() else {
         return Verdict::Refused(0, "no resourceType".into());
     };
-    let headers = [("Content-Type", "application/fhir+json"), ("Accept", "application/fhir+json")];
+    let headers = [
+        ("Content-Type", "application/fhir+json"),
+        ("Accept", "application/fhir+json"),
+    ];
     let (method, url) = match sent["id"].as_str() {
         Some(id) => ("PUT", format!("{base}/{rt}/{id}")),
         None => ("POST", format!("{base}/{rt}")),
@@ -156,7 +172,9 @@ async fn round_trip(base: &str, path: &Path) -> Verdict {
     let location = match sent["id"].as_str() {
         Some(_) => url,
         None => {
-            let id = serde_json::from_slice::<Value>(&put.body).ok().and_then(|v| v["id"].as_str().map(str::to_string));
+            let id = serde_json::from_slice::<Value>(&put.body)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string));
             match id {
                 Some(id) => format!("{base}/{rt}/{id}"),
                 None => return Verdict::ServerError("created without an id".into()),
@@ -226,6 +244,9 @@ fn first_difference(a: &Value, b: &Value, path: String) -> String {
             }
             format!("{path}: arrays differ")
         }
-        _ => format!("{path}: sent {a}, got {b}").chars().take(300).collect(),
+        _ => format!("{path}: sent {a}, got {b}")
+            .chars()
+            .take(300)
+            .collect(),
     }
 }

@@ -29,7 +29,10 @@ pub fn free_port() -> u16 {
 
 /// Where cargo put the workspace's binaries (next to the test executable's `deps/`).
 pub fn bin_path(name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(format!("CARAPACE_{}_BIN", name.replace('-', "_").to_uppercase())) {
+    if let Ok(p) = std::env::var(format!(
+        "CARAPACE_{}_BIN",
+        name.replace('-', "_").to_uppercase()
+    )) {
         return p.into();
     }
     let exe = std::env::current_exe().expect("current exe");
@@ -58,7 +61,8 @@ impl Postgres {
         let dir = tempfile::tempdir()?;
         let path = dir.path().to_path_buf();
         let port = free_port();
-        let cluster = tokio::task::spawn_blocking(move || Cluster::start(&path, Some(port))).await??;
+        let cluster =
+            tokio::task::spawn_blocking(move || Cluster::start(&path, Some(port))).await??;
         Ok(Postgres { cluster, _dir: dir })
     }
 
@@ -178,8 +182,14 @@ impl Bao {
         if status != 200 {
             bail!("bao init failed: {status} {init}");
         }
-        bao.unseal_key = init["keys_base64"][0].as_str().context("unseal key")?.to_string();
-        bao.token = init["root_token"].as_str().context("root token")?.to_string();
+        bao.unseal_key = init["keys_base64"][0]
+            .as_str()
+            .context("unseal key")?
+            .to_string();
+        bao.token = init["root_token"]
+            .as_str()
+            .context("root token")?
+            .to_string();
         bao.unseal().await?;
         bao.wait_ready().await?;
         bao.enable_transit().await?;
@@ -221,7 +231,15 @@ impl Bao {
     async fn wait_listening(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if http("GET", &format!("{}/v1/sys/seal-status", self.addr), &[], None).await.is_ok() {
+            if http(
+                "GET",
+                &format!("{}/v1/sys/seal-status", self.addr),
+                &[],
+                None,
+            )
+            .await
+            .is_ok()
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -342,7 +360,10 @@ impl Server {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let port = free_port();
-        let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let mut cmd = Command::new(bin_path("carapace-server"));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -468,7 +489,10 @@ impl HttpResponse {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
@@ -515,7 +539,13 @@ async fn http_json(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> anyhow::Result<(u16, Value)> {
-    let r = http(method, url, headers, body.map(|b| b.to_string().into_bytes())).await?;
+    let r = http(
+        method,
+        url,
+        headers,
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await?;
     let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     Ok((r.status, v))
 }
@@ -529,9 +559,14 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 
 impl Fhir<'_> {
     pub async fn get(&self, path: &str) -> HttpResponse {
-        http("GET", &self.server.url(path), &[("Accept", FHIR_JSON)], None)
-            .await
-            .expect("GET")
+        http(
+            "GET",
+            &self.server.url(path),
+            &[("Accept", FHIR_JSON)],
+            None,
+        )
+        .await
+        .expect("GET")
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> HttpResponse {
@@ -543,7 +578,9 @@ impl Fhir<'_> {
     }
 
     pub async fn delete(&self, path: &str) -> HttpResponse {
-        http("DELETE", &self.server.url(path), &[], None).await.expect("DELETE")
+        http("DELETE", &self.server.url(path), &[], None)
+            .await
+            .expect("DELETE")
     }
 
     pub async fn send(
@@ -553,7 +590,8 @@ impl Fhir<'_> {
         body: &Value,
         extra: &[(&str, &str)],
     ) -> HttpResponse {
-        self.raw(method, path, body.to_string().into_bytes(), extra).await
+        self.raw(method, path, body.to_string().into_bytes(), extra)
+            .await
     }
 
     pub async fn raw(
@@ -580,7 +618,9 @@ pub fn examples_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CARAPACE_R4_EXAMPLES") {
         return Some(PathBuf::from(p));
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
     let p = root.join(".cache/r4-examples/package");
     p.exists().then_some(p)
 }

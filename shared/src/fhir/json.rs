@@ -18,8 +18,12 @@ pub struct JsonError(pub String);
 
 /// Parse a request body into a JSON value, refusing duplicate object keys.
 pub fn parse(body: &[u8]) -> Result<serde_json::Value, JsonError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| JsonError(format!("body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+    let text = std::str::from_utf8(body).map_err(|e| {
+        JsonError(format!(
+            "body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
     serde_json::from_str::<DuplicateCheck>(text).map_err(|e| JsonError(describe(&e)))?;
     serde_json::from_str::<serde_json::Value>(text).map_err(|e| JsonError(describe(&e)))
 }

@@ -45,7 +45,8 @@ pub struct InvalidId;
 impl ResourceId {
     pub fn parse(s: &str) -> Result<ResourceId, InvalidId> {
         let ok = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         if ok {
             Ok(ResourceId(s.to_string()))
         } else {
@@ -79,7 +80,10 @@ mod tests {
 
     #[test]
     fn resource_types_come_from_r4() {
-        assert_eq!(ResourceType::parse("Patient").map(|t| t.as_str()), Some("Patient"));
+        assert_eq!(
+            ResourceType::parse("Patient").map(|t| t.as_str()),
+            Some("Patient")
+        );
         assert!(ResourceType::parse("patient").is_none());
         assert!(ResourceType::parse("Element").is_none());
         assert!(ResourceType::all().count() > 140);

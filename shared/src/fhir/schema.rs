@@ -34,12 +34,14 @@ const COMPARTMENT_JSON: &str = include_str!("../../fhir-r4/compartment-patient.j
 
 /// The schema, parsed once. The embedded files are generated and tested; a malformed one would fail
 /// every test, so parsing falls back to an empty schema rather than panicking in production.
-pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| parse().unwrap_or_else(|| Schema {
-    types: HashMap::new(),
-    primitives: HashSet::new(),
-    resources: Vec::new(),
-    patient_compartment: HashMap::new(),
-}));
+pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    parse().unwrap_or_else(|| Schema {
+        types: HashMap::new(),
+        primitives: HashSet::new(),
+        resources: Vec::new(),
+        patient_compartment: HashMap::new(),
+    })
+});
 
 fn leak(s: &str) -> &'static str {
     // The schema lives for the whole process; its strings are interned once at start-up.
@@ -130,7 +132,10 @@ mod tests {
         assert_eq!(patient.elements["contact"].type_name, "Patient.contact");
         let obs = type_def("Observation").unwrap();
         assert!(obs.required.iter().any(|r| r == &vec!["status"]));
-        assert_eq!(type_def("Questionnaire.item").unwrap().elements["item"].type_name, "Questionnaire.item");
+        assert_eq!(
+            type_def("Questionnaire.item").unwrap().elements["item"].type_name,
+            "Questionnaire.item"
+        );
         assert_eq!(patient_compartment_paths("Encounter"), ["subject"]);
         assert!(patient_compartment_paths("Organization").is_empty());
     }

@@ -58,7 +58,10 @@ fn check_resource(c: &mut Checker, value: &Value, at: &str) {
             return;
         }
         _ => {
-            c.issue(&join(at, "resourceType"), "resourceType is missing or not a string");
+            c.issue(
+                &join(at, "resourceType"),
+                "resourceType is missing or not a string",
+            );
             return;
         }
     };
@@ -68,7 +71,11 @@ fn check_resource(c: &mut Checker, value: &Value, at: &str) {
     };
     // A resource's own path starts with its type (`Patient.name`); an embedded one keeps its place
     // (`Bundle.entry[0].resource.name`).
-    let path = if at.is_empty() { rt.to_string() } else { at.to_string() };
+    let path = if at.is_empty() {
+        rt.to_string()
+    } else {
+        at.to_string()
+    };
     check_object(c, map, def, &path, true);
 }
 
@@ -80,7 +87,13 @@ fn join(at: &str, name: &str) -> String {
     }
 }
 
-fn check_object(c: &mut Checker, map: &Map<String, Value>, def: &TypeDef, path: &str, is_resource: bool) {
+fn check_object(
+    c: &mut Checker,
+    map: &Map<String, Value>,
+    def: &TypeDef,
+    path: &str,
+    is_resource: bool,
+) {
     if map.is_empty() {
         c.issue(path, "an object must not be empty");
         return;
@@ -127,7 +140,10 @@ fn check_object(c: &mut Checker, map: &Map<String, Value>, def: &TypeDef, path: 
             }
         } else {
             if value.is_array() {
-                c.issue(&here, "this element does not repeat: it must not be an array");
+                c.issue(
+                    &here,
+                    "this element does not repeat: it must not be an array",
+                );
                 continue;
             }
             check_value(c, value, el.type_name, &here);
@@ -162,8 +178,16 @@ fn common_prefix(names: &[&str]) -> String {
     format!("{}[x]", &first[..len])
 }
 
-fn check_primitive_extension(c: &mut Checker, value: &Value, is_array: bool, sibling: Option<&Value>, path: &str) {
-    let Some(element) = schema::type_def("Element") else { return };
+fn check_primitive_extension(
+    c: &mut Checker,
+    value: &Value,
+    is_array: bool,
+    sibling: Option<&Value>,
+    path: &str,
+) {
+    let Some(element) = schema::type_def("Element") else {
+        return;
+    };
     let check_one = |c: &mut Checker, v: &Value, p: &str| match v {
         Value::Object(m) => check_object(c, m, element, p, false),
         _ => c.issue(p, "a primitive's extension holder must be a JSON object"),
@@ -208,7 +232,10 @@ fn check_value(c: &mut Checker, value: &Value, type_name: &str, path: &str) {
                 let values = map.keys().filter(|k| k.starts_with("value")).count();
                 let nested = map.contains_key("extension");
                 if values > 1 || (values == 1 && nested) {
-                    c.issue(path, "an extension has either one value[x] or nested extensions");
+                    c.issue(
+                        path,
+                        "an extension has either one value[x] or nested extensions",
+                    );
                 }
             }
         }
@@ -225,8 +252,9 @@ static DATE_TIME: LazyLock<Option<Regex>> = LazyLock::new(|| {
 static INSTANT: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$").ok()
 });
-static TIME: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(r"^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?$").ok());
+static TIME: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?$").ok()
+});
 static OID: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$").ok());
 static UUID: LazyLock<Option<Regex>> = LazyLock::new(|| {
@@ -265,7 +293,10 @@ fn check_primitive(c: &mut Checker, value: &Value, type_name: &str, path: &str) 
             };
             match text.parse::<i64>() {
                 Ok(v) if v >= min && v <= i64::from(i32::MAX) => {}
-                _ => c.issue(path, format!("must be a whole number in the range of {type_name}")),
+                _ => c.issue(
+                    path,
+                    format!("must be a whole number in the range of {type_name}"),
+                ),
             }
         }
         "decimal" => {
@@ -292,19 +323,24 @@ fn check_string(c: &mut Checker, s: &str, type_name: &str, path: &str) {
         c.issue(path, "string is longer than 1 MB");
         return;
     }
-    if s.chars().any(|ch| (ch as u32) < 32 && !matches!(ch, '\t' | '\r' | '\n')) {
+    if s.chars()
+        .any(|ch| (ch as u32) < 32 && !matches!(ch, '\t' | '\r' | '\n'))
+    {
         c.issue(path, "control characters are not allowed in FHIR strings");
         return;
     }
     let ok = match type_name {
         "string" | "markdown" => true,
-        "code" => !s.starts_with(char::is_whitespace)
-            && !s.ends_with(char::is_whitespace)
-            && !s.contains("  ")
-            && !s.contains(['\t', '\r', '\n']),
+        "code" => {
+            !s.starts_with(char::is_whitespace)
+                && !s.ends_with(char::is_whitespace)
+                && !s.contains("  ")
+                && !s.contains(['\t', '\r', '\n'])
+        }
         "id" => {
             (1..=64).contains(&s.len())
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         }
         "uri" | "url" | "canonical" => !s.contains(char::is_whitespace),
         "oid" => matches(&OID, s),
@@ -313,9 +349,10 @@ fn check_string(c: &mut Checker, s: &str, type_name: &str, path: &str) {
         "dateTime" => matches(&DATE_TIME, s) && calendar_ok(s),
         "instant" => matches(&INSTANT, s) && calendar_ok(s),
         "time" => matches(&TIME, s),
-        "base64Binary" => s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\r' | b'\n' | b'\t')),
+        "base64Binary" => s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\r' | b'\n' | b'\t')
+        }),
         "xhtml" => s.trim_start().starts_with("<div"),
         _ => true,
     };
@@ -365,25 +402,55 @@ mod tests {
 
     #[test]
     fn unknown_elements_and_misplaced_resource_type_are_named() {
-        assert_eq!(paths(json!({"resourceType": "Patient", "colour": "red"})), ["Patient.colour"]);
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "colour": "red"})),
+            ["Patient.colour"]
+        );
         assert_eq!(
             paths(json!({"resourceType": "Patient", "name": [{"resourceType": "HumanName"}]})),
             ["Patient.name[0].resourceType"]
         );
-        assert_eq!(paths(json!({"resourceType": "Patient", "_colour": {}})), ["Patient._colour"]);
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "_colour": {}})),
+            ["Patient._colour"]
+        );
         assert_eq!(paths(json!({"resourceType": "Patent"})), ["resourceType"]);
     }
 
     #[test]
     fn json_types_and_cardinality_are_checked() {
-        assert_eq!(paths(json!({"resourceType": "Patient", "active": "true"})), ["Patient.active"]);
-        assert_eq!(paths(json!({"resourceType": "Patient", "name": {"family": "x"}})), ["Patient.name"]);
-        assert_eq!(paths(json!({"resourceType": "Patient", "gender": ["male"]})), ["Patient.gender"]);
-        assert_eq!(paths(json!({"resourceType": "Patient", "name": []})), ["Patient.name"]);
-        assert_eq!(paths(json!({"resourceType": "Patient", "name": [{}]})), ["Patient.name[0]"]);
-        assert_eq!(paths(json!({"resourceType": "Patient", "name": [null]})), ["Patient.name[0]"]);
-        assert_eq!(paths(json!({"resourceType": "Patient", "name": [{"given": ["a", 3]}]})), ["Patient.name[0].given[1]"]);
-        assert_eq!(paths(json!({"resourceType": "Patient", "birthDate": null})), ["Patient.birthDate"]);
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "active": "true"})),
+            ["Patient.active"]
+        );
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "name": {"family": "x"}})),
+            ["Patient.name"]
+        );
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "gender": ["male"]})),
+            ["Patient.gender"]
+        );
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "name": []})),
+            ["Patient.name"]
+        );
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "name": [{}]})),
+            ["Patient.name[0]"]
+        );
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "name": [null]})),
+            ["Patient.name[0]"]
+        );
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "name": [{"given": ["a", 3]}]})),
+            ["Patient.name[0].given[1]"]
+        );
+        assert_eq!(
+            paths(json!({"resourceType": "Patient", "birthDate": null})),
+            ["Patient.birthDate"]
+        );
     }
 
     #[test]
@@ -436,7 +503,10 @@ mod tests {
         ]});
         assert_eq!(
             paths(bundle),
-            ["Bundle.entry[0].resource.gender", "Bundle.entry[1].resource.resourceType"]
+            [
+                "Bundle.entry[0].resource.gender",
+                "Bundle.entry[1].resource.resourceType"
+            ]
         );
         let q = json!({"resourceType": "Questionnaire", "status": "draft", "item": [
             {"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string", "bogus": 1}]}]});
@@ -458,18 +528,26 @@ mod tests {
                 continue;
             }
             let text = std::fs::read(&path).unwrap();
-            let Ok(v) = crate::fhir::json::parse(&text) else { continue };
+            let Ok(v) = crate::fhir::json::parse(&text) else {
+                continue;
+            };
             total += 1;
             if let Err(issues) = validate_resource(&v) {
                 failed.push(format!("{name}: {:?}", &issues[..issues.len().min(2)]));
             }
         }
         failed.sort();
-        eprintln!("{} of {total} official examples validate", total - failed.len());
+        eprintln!(
+            "{} of {total} official examples validate",
+            total - failed.len()
+        );
         for f in &failed {
             eprintln!("  {f}");
         }
         assert!(total > 5000);
-        assert!(failed.len() * 100 <= total, "more than 1% of the official examples fail");
+        assert!(
+            failed.len() * 100 <= total,
+            "more than 1% of the official examples fail"
+        );
     }
 }

@@ -60,12 +60,19 @@ async fn run(
     read_ids: Arc<Vec<String>>,
     patients: Arc<Vec<String>>,
 ) -> Row {
-    let calls_before = server.metric("carapace_key_provider_calls_total").await.unwrap_or(0);
+    let calls_before = server
+        .metric("carapace_key_provider_calls_total")
+        .await
+        .unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let (stop, base, read_ids, patients) =
-            (stop.clone(), server.base.clone(), read_ids.clone(), patients.clone());
+        let (stop, base, read_ids, patients) = (
+            stop.clone(),
+            server.base.clone(),
+            read_ids.clone(),
+            patients.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0;
@@ -105,8 +112,16 @@ async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
-    let calls_after = server.metric("carapace_key_provider_calls_total").await.unwrap_or(0);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let calls_after = server
+        .metric("carapace_key_provider_calls_total")
+        .await
+        .unwrap_or(0);
     Row {
         name: match workload {
             Workload::Read => "read by id",
@@ -118,7 +133,8 @@ async fn run(
         throughput: latencies.len() as f64 / elapsed,
         p50: pct(0.50),
         p99: pct(0.99),
-        vault_per_1000: (calls_after - calls_before) as f64 * 1000.0 / latencies.len().max(1) as f64,
+        vault_per_1000: (calls_after - calls_before) as f64 * 1000.0
+            / latencies.len().max(1) as f64,
     }
 }
 
@@ -138,17 +154,37 @@ async fn main() -> anyhow::Result<()> {
     // 200 patients, 2,000 observations: reads spread over many compartments (and data keys).
     let mut patients = Vec::new();
     for i in 0..200 {
-        let r = fhir.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": format!("Bench{i}")}]})).await;
+        let r = fhir
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": format!("Bench{i}")}]}),
+            )
+            .await;
         patients.push(r.json()["id"].as_str().unwrap_or_default().to_string());
     }
     let mut read_ids = Vec::new();
     for i in 0..2000 {
-        let r = fhir.raw("POST", "Observation", observation(&patients[i % patients.len()], i), &[]).await;
+        let r = fhir
+            .raw(
+                "POST",
+                "Observation",
+                observation(&patients[i % patients.len()], i),
+                &[],
+            )
+            .await;
         read_ids.push(r.json()["id"].as_str().unwrap_or_default().to_string());
     }
     let (read_ids, patients) = (Arc::new(read_ids), Arc::new(patients));
     // Warm-up: every data key unwrapped once, connections open.
-    run(server, Workload::Read, 8, 2.0, read_ids.clone(), patients.clone()).await;
+    run(
+        server,
+        Workload::Read,
+        8,
+        2.0,
+        read_ids.clone(),
+        patients.clone(),
+    )
+    .await;
 
     let mut rows = Vec::new();
     for (workload, concurrency) in [
@@ -157,8 +193,24 @@ async fn main() -> anyhow::Result<()> {
         (Workload::Create, 1),
         (Workload::Create, 32),
     ] {
-        eprintln!("running {} x{concurrency} for {seconds} s", match workload { Workload::Read => "read", Workload::Create => "create" });
-        rows.push(run(server, workload, concurrency, seconds, read_ids.clone(), patients.clone()).await);
+        eprintln!(
+            "running {} x{concurrency} for {seconds} s",
+            match workload {
+                Workload::Read => "read",
+                Workload::Create => "create",
+            }
+        );
+        rows.push(
+            run(
+                server,
+                workload,
+                concurrency,
+                seconds,
+                read_ids.clone(),
+                patients.clone(),
+            )
+            .await,
+        );
     }
     let rss = server.pid().map(peak_rss_mb).unwrap_or(f64::NAN);
     println!("| workload | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | Vault calls / 1,000 req |");
@@ -166,10 +218,22 @@ async fn main() -> anyhow::Result<()> {
     for r in &rows {
         println!(
             "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
-            r.name, r.concurrency, r.requests, r.errors, r.throughput,
-            r.p50.as_secs_f64() * 1000.0, r.p99.as_secs_f64() * 1000.0, r.vault_per_1000
+            r.name,
+            r.concurrency,
+            r.requests,
+            r.errors,
+            r.throughput,
+            r.p50.as_secs_f64() * 1000.0,
+            r.p99.as_secs_f64() * 1000.0,
+            r.vault_per_1000
         );
     }
-    println!("\nserver peak RSS (VmHWM): {rss:.1} MB; {} cores; {} s per workload", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), seconds);
+    println!(
+        "\nserver peak RSS (VmHWM): {rss:.1} MB; {} cores; {} s per workload",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        seconds
+    );
     Ok(())
 }

@@ -11,12 +11,23 @@ use std::path::PathBuf;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let examples = arg("--examples")
         .map(PathBuf::from)
         .or_else(examples_dir)
-        .ok_or_else(|| anyhow::anyhow!("no examples: pass --examples DIR (npm pack hl7.fhir.r4.examples, then tar xzf)"))?;
-    let concurrency = arg("--concurrency").and_then(|c| c.parse().ok()).unwrap_or(8);
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no examples: pass --examples DIR (npm pack hl7.fhir.r4.examples, then tar xzf)"
+            )
+        })?;
+    let concurrency = arg("--concurrency")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(8);
     let (stack, base) = match arg("--base") {
         Some(base) => (None, base.trim_end_matches('/').to_string()),
         None => {
@@ -30,7 +41,11 @@ async fn main() -> anyhow::Result<()> {
     print!("{}", report.summary());
     drop(stack);
     let bad = report.count(|v| {
-        matches!(v, carapace_tests::conformance::Verdict::Mismatch(_) | carapace_tests::conformance::Verdict::ServerError(_))
+        matches!(
+            v,
+            carapace_tests::conformance::Verdict::Mismatch(_)
+                | carapace_tests::conformance::Verdict::ServerError(_)
+        )
     });
     std::process::exit(if bad == 0 { 0 } else { 1 })
 }
