@@ -8,4 +8,5 @@ mod conformance;
 mod crud;
 mod embedded;
 mod encryption;
+mod tls;
 mod vault;

@@ -185,3 +185,95 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
             .unwrap();
     assert_eq!(audited, 1, "the rotation is audited with the operator");
 }
+
+/// The least-privilege policy the README documents, as an operator would write it.
+fn carapace_policy(key: &str) -> String {
+    format!(
+        r#"path "transit/datakey/plaintext/{key}" {{ capabilities = ["update"] }}
+path "transit/decrypt/{key}" {{ capabilities = ["update"] }}
+path "transit/rewrap/{key}" {{ capabilities = ["update"] }}
+path "transit/encrypt/{key}" {{ capabilities = ["update"] }}
+path "transit/keys/{key}" {{ capabilities = ["create", "update", "read"] }}
+path "transit/keys/{key}/rotate" {{ capabilities = ["update"] }}
+path "auth/token/lookup-self" {{ capabilities = ["read"] }}
+path "auth/token/renew-self" {{ capabilities = ["update"] }}"#
+    )
+}
+
+#[tokio::test]
+async fn approle_login_with_a_least_privilege_policy_and_short_lived_tokens_that_get_renewed() {
+    let bao = Bao::start_dev().await.unwrap();
+    let key = format!("carapace-{}", uuid::Uuid::new_v4().simple());
+    let root = [("X-Vault-Token", bao.token.as_str())];
+    let call = |method: &'static str, path: String, body: Value| {
+        let url = format!("{}/v1/{path}", bao.addr);
+        async move {
+            let r = http(method, &url, &root, Some(body.to_string().into_bytes()))
+                .await
+                .unwrap();
+            assert!(r.status < 300, "{method} {url}: {} {}", r.status, r.text());
+            serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null)
+        }
+    };
+    call(
+        "POST",
+        "sys/auth/approle".into(),
+        json!({"type": "approle"}),
+    )
+    .await;
+    call(
+        "PUT",
+        "sys/policies/acl/carapace".into(),
+        json!({"policy": carapace_policy(&key)}),
+    )
+    .await;
+    // Tokens live 10 s: the server must renew them to keep working.
+    call(
+        "POST",
+        "auth/approle/role/carapace".into(),
+        json!({"token_policies": ["carapace"], "token_ttl": "10s", "token_max_ttl": "1h"}),
+    )
+    .await;
+    let role_id = call(
+        "GET",
+        "auth/approle/role/carapace/role-id".into(),
+        json!({}),
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id = call(
+        "POST",
+        "auth/approle/role/carapace/secret-id".into(),
+        json!({}),
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let env = vec![
+        ("CARAPACE_VAULT_ROLE_ID".to_string(), role_id),
+        ("CARAPACE_VAULT_SECRET_ID".to_string(), secret_id),
+    ];
+    let mut stack = Stack::start_with(bao, env).await.unwrap();
+    // Stack::start_with put the root token in; take it out so only AppRole is used.
+    stack
+        .server
+        .env
+        .retain(|(k, _)| k != "CARAPACE_VAULT_TOKEN");
+    for (k, v) in [("CARAPACE_VAULT_KEY", key.as_str())] {
+        stack.server.env.retain(|(name, _)| name != k);
+        stack.server.env.push((k.to_string(), v.to_string()));
+    }
+    stack.server.restart().await.unwrap();
+    let fhir = stack.fhir();
+    assert_eq!(fhir.post("Patient", &patient(1)).await.status, 201);
+    // Past the first token's TTL: a new compartment needs Vault, which needs a renewed token.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let r = fhir.post("Patient", &patient(2)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let log = stack.server.log_text();
+    assert!(!log.contains(&stack.bao.token), "no token in the logs");
+}
