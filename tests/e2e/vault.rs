@@ -258,15 +258,16 @@ async fn approle_login_with_a_least_privilege_policy_and_short_lived_tokens_that
         ("CARAPACE_VAULT_SECRET_ID".to_string(), secret_id),
     ];
     let mut stack = Stack::start_with(bao, env).await.unwrap();
-    // Stack::start_with put the root token in; take it out so only AppRole is used.
+    // Stack::start_with put the root token and its own key name in; restart with AppRole only and
+    // the key the policy names.
     stack
         .server
         .env
-        .retain(|(k, _)| k != "CARAPACE_VAULT_TOKEN");
-    for (k, v) in [("CARAPACE_VAULT_KEY", key.as_str())] {
-        stack.server.env.retain(|(name, _)| name != k);
-        stack.server.env.push((k.to_string(), v.to_string()));
-    }
+        .retain(|(k, _)| k != "CARAPACE_VAULT_TOKEN" && k != "CARAPACE_VAULT_KEY");
+    stack
+        .server
+        .env
+        .push(("CARAPACE_VAULT_KEY".into(), key.clone()));
     stack.server.restart().await.unwrap();
     let fhir = stack.fhir();
     assert_eq!(fhir.post("Patient", &patient(1)).await.status, 201);
