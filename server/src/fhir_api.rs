@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use bytes::Bytes;
 use carapace_core::access::AccessContext;
+use carapace_core::fhir::printable;
 use carapace_core::fhir::{json, ResourceId, ResourceType};
 use carapace_core::store::{
     Created, Deleted, HistoryCursor, HistoryQuery, StoreError, StoredResource,
@@ -598,11 +599,4 @@ fn decode_cursor(s: &str) -> Result<HistoryCursor, ApiError> {
         id: id.to_string(),
         version_id: v.parse().map_err(|_| bad())?,
     })
-}
-
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
 }

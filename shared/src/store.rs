@@ -8,6 +8,7 @@ use crate::clock::Clock;
 use crate::config::DekCacheConfig;
 use crate::crypto::{self, Binding, Dek};
 use crate::dek_cache::DekCache;
+use crate::fhir::printable;
 use crate::fhir::validate::{self, Issue};
 use crate::fhir::{ResourceId, ResourceType};
 use crate::keys::{KeyError, KeyProvider};
@@ -171,11 +172,13 @@ impl Store {
         let result = self
             .create_inner(ctx, resource_type, resource, if_none_exist)
             .await;
-        if let Err(e) = &result {
-            self.audit_failure(ctx, Interaction::Create, Some(resource_type.to_string()), e)
-                .await;
-        }
-        result
+        self.audit_if_failed(
+            ctx,
+            Interaction::Create,
+            || resource_type.to_string(),
+            result,
+        )
+        .await
     }
 
     async fn create_inner(
@@ -395,16 +398,13 @@ impl Store {
         let result = self
             .update_inner(ctx, resource_type, id, resource, if_match)
             .await;
-        if let Err(e) = &result {
-            self.audit_failure(
-                ctx,
-                Interaction::Update,
-                Some(format!("{resource_type}/{id}")),
-                e,
-            )
-            .await;
-        }
-        result
+        self.audit_if_failed(
+            ctx,
+            Interaction::Update,
+            || format!("{resource_type}/{id}"),
+            result,
+        )
+        .await
     }
 
     async fn update_inner(
@@ -553,16 +553,13 @@ impl Store {
         id: &ResourceId,
     ) -> Result<Deleted, StoreError> {
         let result = self.delete_inner(ctx, resource_type, id).await;
-        if let Err(e) = &result {
-            self.audit_failure(
-                ctx,
-                Interaction::Delete,
-                Some(format!("{resource_type}/{id}")),
-                e,
-            )
-            .await;
-        }
-        result
+        self.audit_if_failed(
+            ctx,
+            Interaction::Delete,
+            || format!("{resource_type}/{id}"),
+            result,
+        )
+        .await
     }
 
     async fn delete_inner(
@@ -868,23 +865,27 @@ impl Store {
         }
     }
 
-    async fn audit_failure(
+    /// A refused or failed write is audited too, outside the (rolled back) data transaction.
+    async fn audit_if_failed<T>(
         &self,
         ctx: &AccessContext,
         interaction: Interaction,
-        what: Option<String>,
-        error: &StoreError,
-    ) {
-        let record = AuditRecord {
-            interaction,
-            outcome: outcome_of(error),
-            recorded: self.clock.now(),
-            what,
-            patient: None,
-        };
-        if let Err(e) = self.audit.record(ctx, &record).await {
-            tracing::error!(error = %e, "could not audit a failed request");
+        what: impl FnOnce() -> String,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Err(error) = &result {
+            let record = AuditRecord {
+                interaction,
+                outcome: outcome_of(error),
+                recorded: self.clock.now(),
+                what: Some(what()),
+                patient: None,
+            };
+            if let Err(e) = self.audit.record(ctx, &record).await {
+                tracing::error!(error = %e, "could not audit a failed request");
+            }
         }
+        result
     }
 }
 
@@ -1074,13 +1075,6 @@ fn patient_of(scope: &str) -> Option<String> {
 fn form_pairs(query: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
         .collect()
 }
 

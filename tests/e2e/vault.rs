@@ -178,6 +178,24 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
             .await
             .unwrap();
     assert_eq!(newest, 2);
+    // The console's status shows the same picture an operator checks after a rotation.
+    let env = server.env.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin_path("carapace-console"))
+            .arg("status")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("Vault transit"), "{text}");
+    assert!(text.contains("resources:     41 current"), "{text}");
+    assert!(text.contains("v2: 41"), "{text}");
     let audited: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE principal = 'rotation-test'")
             .fetch_one(&db)

@@ -6,6 +6,7 @@
 //! serde_json's own recursion limit (128) bounds nesting, so a 10,000-deep document is an error, not a
 //! stack overflow.
 
+use super::printable;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::HashSet;
 use std::fmt;
@@ -89,22 +90,13 @@ impl<'de> Visitor<'de> for DuplicateCheckVisitor {
             if !seen.insert(key.clone()) {
                 return Err(de::Error::custom(format_args!(
                     "duplicate key '{}'",
-                    printable_key(&key)
+                    printable(&key)
                 )));
             }
             map.next_value::<DuplicateCheck>()?;
         }
         Ok(DuplicateCheck)
     }
-}
-
-/// Keys are element names, not PHI, but a hostile client could put anything there: show at most
-/// 64 visible ASCII characters.
-fn printable_key(key: &str) -> String {
-    key.chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
 }
 
 #[cfg(test)]

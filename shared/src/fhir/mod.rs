@@ -65,6 +65,15 @@ impl fmt::Display for ResourceId {
     }
 }
 
+/// A client-supplied name (element, parameter, type) made safe to echo in an error or a log: at most
+/// 64 visible ASCII characters, anything else shown as `?`. Never used for values, which may be PHI.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +85,12 @@ mod tests {
         for bad in ["", "a/b", "a b", "ä", &"a".repeat(65)] {
             assert_eq!(ResourceId::parse(bad), Err(InvalidId), "{bad}");
         }
+    }
+
+    #[test]
+    fn printable_names_are_inert() {
+        assert_eq!(printable("a\u{1b}[31mb\n"), "a?[31mb?");
+        assert_eq!(printable(&"x".repeat(100)).len(), 64);
     }
 
     #[test]

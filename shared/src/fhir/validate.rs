@@ -3,6 +3,7 @@
 //! forms, required elements present, embedded resources checked as resources. Every problem is named
 //! by a FHIRPath-like location (`Patient.name[0].given[1]`).
 
+use super::printable;
 use super::schema::{self, TypeDef};
 use regex::Regex;
 use serde_json::{Map, Value};
@@ -359,13 +360,6 @@ fn check_string(c: &mut Checker, s: &str, type_name: &str, path: &str) {
     if !ok {
         c.issue(path, format!("not a valid {type_name}"));
     }
-}
-
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
 }
 
 #[cfg(test)]
