@@ -25,7 +25,8 @@ CREATE TABLE resource_versions (
     sealed        BYTEA,
     PRIMARY KEY (resource_type, id, version_id),
     CHECK ((method = 'DELETE') = (sealed IS NULL)),
-    CHECK ((sealed IS NULL) = (dek_id IS NULL))
+    -- Deletions keep the key reference of the version they end: it places them in a compartment.
+    CHECK (sealed IS NULL OR dek_id IS NOT NULL)
 );
 CREATE INDEX resource_versions_type_time ON resource_versions (resource_type, last_updated, id, version_id);
 CREATE INDEX resource_versions_time ON resource_versions (last_updated, resource_type, id, version_id);

@@ -58,19 +58,28 @@ async fn route(
     let path = parts.uri.path();
     let rest = path.strip_prefix("/fhir").unwrap_or("");
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let ctx = AccessContext::development(&state.config.dev_principal, Some(peer.ip()));
     let method = parts.method.clone();
     let headers = parts.headers;
+    // Discovery needs no token; everything else does.
+    match (segments.as_slice(), &method) {
+        (["metadata"], &Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                capability::statement(&state.base).to_string().into_bytes(),
+            ))
+        }
+        ([".well-known", "smart-configuration"], &Method::GET) => {
+            return Ok(crate::oauth::smart_configuration(&state.base))
+        }
+        _ => {}
+    }
+    let ctx = crate::oauth::authenticate(state, &headers, peer).await?;
 
     match (segments.as_slice(), &method) {
         ([], _) => Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "not-supported",
             "batch and transaction Bundles are not supported yet",
-        )),
-        (["metadata"], &Method::GET) => Ok(json_response(
-            StatusCode::OK,
-            capability::statement(&state.base).to_string().into_bytes(),
         )),
         (["_history"], &Method::GET) => history(state, &ctx, None, None, &params).await,
         ([type_name, ..], _) if type_name.starts_with('_') || type_name.starts_with('$') => {
@@ -292,7 +301,7 @@ async fn read_resource(
 
 /// Read at most `limit` bytes of body. Past the limit, keep reading and discarding (up to a bound)
 /// so the client gets its 413 instead of a reset connection; memory never grows past `limit`.
-async fn read_limited(
+pub async fn read_limited(
     mut body: Incoming,
     limit: usize,
     declared: Option<u64>,

@@ -3,6 +3,7 @@
 
 mod capability;
 mod fhir_api;
+mod oauth;
 mod outcome;
 mod tls;
 
@@ -95,10 +96,6 @@ async fn run() -> anyhow::Result<()> {
         // Token renewal is the server's job; the task runs for the life of the process.
         tokio::spawn(vault.clone().maintain_token());
     }
-    tracing::warn!(
-        principal = %config.dev_principal,
-        "authentication is not enabled yet: every request acts as this single configured principal; keep the listener on loopback"
-    );
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -183,6 +180,9 @@ async fn dispatch(
     let path = req.uri().path().to_string();
     if path == "/fhir" || path.starts_with("/fhir/") {
         return fhir_api::handle(state, req, peer).await;
+    }
+    if path.starts_with("/auth/") {
+        return oauth::handle(&state, req, peer).await;
     }
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),

@@ -13,8 +13,11 @@
 //! | Key (provider unavailable)         | 503 + Retry-After | transient |
 //! | Integrity (sealed body won't open) | 500    | exception      |
 //! | Audit / Database                   | 503 / 500 | transient / exception |
+//! | Denied (scope, compartment write)  | 403    | forbidden      |
+//! | (no or invalid bearer token)       | 401 + WWW-Authenticate | login |
 
 use bytes::Bytes;
+use carapace_core::access::Denied;
 use carapace_core::fhir::validate::Issue;
 use carapace_core::keys::KeyError;
 use carapace_core::sqlx;
@@ -35,6 +38,7 @@ pub struct ApiError {
     pub message: String,
     pub issues: Vec<Issue>,
     pub retry_after: Option<u32>,
+    pub www_authenticate: Option<String>,
 }
 
 impl ApiError {
@@ -45,6 +49,7 @@ impl ApiError {
             message: message.into(),
             issues: Vec::new(),
             retry_after: None,
+            www_authenticate: None,
         }
     }
 
@@ -76,6 +81,9 @@ impl ApiError {
         let mut builder = Response::builder()
             .status(self.status)
             .header("Content-Type", FHIR_JSON);
+        if let Some(challenge) = &self.www_authenticate {
+            builder = builder.header("WWW-Authenticate", challenge);
+        }
         if let Some(secs) = self.retry_after {
             builder = builder.header("Retry-After", secs.to_string());
         }
@@ -147,6 +155,10 @@ impl From<StoreError> for ApiError {
                 }
             }
             StoreError::Database(e) => database_error(e),
+            StoreError::Denied(Denied::Hidden) => ApiError::not_found("the resource is not known"),
+            StoreError::Denied(d) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", d.to_string())
+            }
         }
     }
 }

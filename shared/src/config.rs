@@ -26,9 +26,6 @@ pub struct Config {
     pub dek_cache: DekCacheConfig,
     /// `CARAPACE_DB_MAX_CONNECTIONS` (default 16).
     pub db_max_connections: u32,
-    /// `CARAPACE_DEV_PRINCIPAL`: the single principal every request acts as until SMART on FHIR
-    /// authentication lands (default `dev-operator`).
-    pub dev_principal: String,
 }
 
 #[derive(Debug, Clone)]
@@ -161,7 +158,6 @@ impl Config {
                 ..DekCacheConfig::default()
             },
             db_max_connections: u32::try_from(max_connections.clamp(1, 1000)).unwrap_or(16),
-            dev_principal: get("CARAPACE_DEV_PRINCIPAL").unwrap_or_else(|| "dev-operator".into()),
         })
     }
 

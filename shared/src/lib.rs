@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod core;

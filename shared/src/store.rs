@@ -2,7 +2,7 @@
 //! R4 resource over PostgreSQL, every body sealed under its compartment's data key before it is sent
 //! to the database, every interaction audited.
 
-use crate::access::AccessContext;
+use crate::access::{AccessContext, Denied, Permission};
 use crate::audit::{self, AuditRecord, AuditWriter, Interaction, Outcome};
 use crate::clock::Clock;
 use crate::config::DekCacheConfig;
@@ -48,6 +48,9 @@ pub enum StoreError {
     Audit(#[from] audit::AuditError),
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// Refused by the access policy (scopes, role, compartment).
+    #[error(transparent)]
+    Denied(#[from] Denied),
 }
 
 /// A resource version as read back from the store; `body` is its JSON, exactly as stored.
@@ -156,6 +159,10 @@ impl Store {
         self.cache.len()
     }
 
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
@@ -188,6 +195,7 @@ impl Store {
         mut resource: Value,
         if_none_exist: Option<&str>,
     ) -> Result<Created, StoreError> {
+        ctx.check(resource_type.as_str(), Permission::Create)?;
         check_resource(resource_type, &resource)?;
         if let Some(query) = if_none_exist {
             if let Some(existing) = self.conditional_match(ctx, resource_type, query).await? {
@@ -198,6 +206,9 @@ impl Store {
         set_id(&mut resource, &id);
         let now = self.clock.now();
         let scope = key_scope(resource_type, &id, &resource);
+        if !ctx.may_see(&scope) {
+            return Err(Denied::OutsideCompartment.into());
+        }
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
         stamp_meta(&mut resource, 1, now);
         let body = serialize(&resource)?;
@@ -214,12 +225,15 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         insert_version(
             &mut tx,
-            resource_type,
-            &id,
-            1,
-            now,
-            "POST",
-            Some((dek_id, &sealed)),
+            NewVersion {
+                resource_type,
+                id: &id,
+                version_id: 1,
+                at: now,
+                method: "POST",
+                dek_id: Some(dek_id),
+                sealed: Some(&sealed),
+            },
         )
         .await?;
         sqlx::query(
@@ -288,6 +302,12 @@ impl Store {
         resource_type: ResourceType,
         id: &ResourceId,
     ) -> Result<StoredResource, StoreError> {
+        if let Err(denied) = ctx.check(resource_type.as_str(), Permission::Read) {
+            let denied = Err(denied.into());
+            return self
+                .finish_read(ctx, Interaction::Read, resource_type, id, denied)
+                .await;
+        }
         let row = sqlx::query(
             "SELECT v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM resources h
@@ -299,7 +319,8 @@ impl Store {
         .bind(resource_type.as_str())
         .bind(id.as_str())
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(StoreError::from);
         self.finish_read(ctx, Interaction::Read, resource_type, id, row)
             .await
     }
@@ -312,6 +333,12 @@ impl Store {
         id: &ResourceId,
         version_id: i64,
     ) -> Result<StoredResource, StoreError> {
+        if let Err(denied) = ctx.check(resource_type.as_str(), Permission::Read) {
+            let denied = Err(denied.into());
+            return self
+                .finish_read(ctx, Interaction::Vread, resource_type, id, denied)
+                .await;
+        }
         let row = sqlx::query(
             "SELECT v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM resource_versions v
@@ -322,7 +349,8 @@ impl Store {
         .bind(id.as_str())
         .bind(version_id)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(StoreError::from);
         self.finish_read(ctx, Interaction::Vread, resource_type, id, row)
             .await
     }
@@ -333,12 +361,15 @@ impl Store {
         interaction: Interaction,
         resource_type: ResourceType,
         id: &ResourceId,
-        row: Option<sqlx::postgres::PgRow>,
+        row: Result<Option<sqlx::postgres::PgRow>, StoreError>,
     ) -> Result<StoredResource, StoreError> {
         let reference = format!("{resource_type}/{id}");
         let result = match row {
-            None => Err(StoreError::NotFound(reference.clone())),
-            Some(row) => {
+            Err(e) => Err(e),
+            Ok(None) => Err(StoreError::NotFound(reference.clone())),
+            // Another compartment's data looks exactly like data that does not exist.
+            Ok(Some(row)) if !visible(ctx, &row)? => Err(StoreError::NotFound(reference.clone())),
+            Ok(Some(row)) => {
                 let version_id: i64 = row.try_get("version_id")?;
                 let last_updated: DateTime<Utc> = row.try_get("last_updated")?;
                 let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
@@ -415,6 +446,7 @@ impl Store {
         mut resource: Value,
         if_match: Option<i64>,
     ) -> Result<Updated, StoreError> {
+        ctx.check(resource_type.as_str(), Permission::Update)?;
         check_resource(resource_type, &resource)?;
         match resource.get("id").and_then(Value::as_str) {
             Some(body_id) if body_id == id.as_str() => {}
@@ -432,6 +464,9 @@ impl Store {
             }
         }
         let scope = key_scope(resource_type, id.as_str(), &resource);
+        if !ctx.may_see(&scope) {
+            return Err(Denied::OutsideCompartment.into());
+        }
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
         // Two clients creating the same new id race on the primary key; the loser retries once as an
         // ordinary update.
@@ -472,7 +507,12 @@ impl Store {
     ) -> Result<Updated, StoreError> {
         let mut tx = self.pool.begin().await?;
         let head = sqlx::query(
-            "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
+            "SELECT h.version_id, h.deleted, k.scope
+               FROM resources h
+               JOIN resource_versions v
+                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+               LEFT JOIN data_keys k ON k.id = v.dek_id
+              WHERE h.resource_type = $1 AND h.id = $2 FOR UPDATE OF h",
         )
         .bind(resource_type.as_str())
         .bind(id.as_str())
@@ -482,11 +522,19 @@ impl Store {
             Some(row) => Some(row.try_get("version_id")?),
             None => None,
         };
+        if let Some(row) = &head {
+            if !visible(ctx, row)? {
+                return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
+            }
+        }
         // Updating a deleted resource brings it back: a creation, continuing its version line.
         let exists = match &head {
             Some(row) => !row.try_get::<bool, _>("deleted")?,
             None => false,
         };
+        if !exists {
+            ctx.check(resource_type.as_str(), Permission::Create)?;
+        }
         if let Some(expected) = if_match {
             if current != Some(expected) {
                 return Err(StoreError::VersionConflict {
@@ -511,12 +559,15 @@ impl Store {
         );
         insert_version(
             &mut tx,
-            resource_type,
-            id.as_str(),
-            version_id,
-            now,
-            "PUT",
-            Some((dek_id, &sealed)),
+            NewVersion {
+                resource_type,
+                id: id.as_str(),
+                version_id,
+                at: now,
+                method: "PUT",
+                dek_id: Some(dek_id),
+                sealed: Some(&sealed),
+            },
         )
         .await?;
         upsert_head(&mut tx, resource_type, id.as_str(), version_id, false).await?;
@@ -568,9 +619,10 @@ impl Store {
         resource_type: ResourceType,
         id: &ResourceId,
     ) -> Result<Deleted, StoreError> {
+        ctx.check(resource_type.as_str(), Permission::Delete)?;
         let mut tx = self.pool.begin().await?;
         let head = sqlx::query(
-            "SELECT h.version_id, h.deleted, k.scope
+            "SELECT h.version_id, h.deleted, k.scope, k.id AS dek_id
                FROM resources h
                JOIN resource_versions v
                  ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
@@ -581,6 +633,10 @@ impl Store {
         .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
+        let head = match head {
+            Some(row) if !visible(ctx, &row)? => None,
+            other => other,
+        };
         let Some(head) = head else {
             return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
         };
@@ -588,16 +644,21 @@ impl Store {
             return Ok(Deleted::Already);
         }
         let scope: Option<String> = head.try_get("scope")?;
+        // The deletion keeps its compartment's key reference, so it stays inside that compartment.
+        let dek_id: Option<i64> = head.try_get("dek_id")?;
         let version_id = head.try_get::<i64, _>("version_id")? + 1;
         let now = self.clock.now();
         insert_version(
             &mut tx,
-            resource_type,
-            id.as_str(),
-            version_id,
-            now,
-            "DELETE",
-            None,
+            NewVersion {
+                resource_type,
+                id: id.as_str(),
+                version_id,
+                at: now,
+                method: "DELETE",
+                dek_id,
+                sealed: None,
+            },
         )
         .await?;
         upsert_head(&mut tx, resource_type, id.as_str(), version_id, true).await?;
@@ -621,6 +682,8 @@ impl Store {
         id: Option<&ResourceId>,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, StoreError> {
+        // System history needs a wildcard scope; `*` is no resource type, so only `*` scopes match.
+        ctx.check(resource_type.map_or("*", |t| t.as_str()), Permission::Read)?;
         let count = query.count.clamp(1, MAX_HISTORY_COUNT);
         let (after_time, after_type, after_id, after_version) = match &query.after {
             Some(c) => (
@@ -641,6 +704,7 @@ impl Store {
                 AND ($3::timestamptz IS NULL OR v.last_updated >= $3)
                 AND ($4::timestamptz IS NULL
                      OR (v.last_updated, v.resource_type, v.id, v.version_id) < ($4, $5, $6, $7))
+                AND ($9::text IS NULL OR k.scope = $9)
               ORDER BY v.last_updated DESC, v.resource_type DESC, v.id DESC, v.version_id DESC
               LIMIT $8",
         )
@@ -652,6 +716,7 @@ impl Store {
         .bind(after_id)
         .bind(after_version)
         .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
+        .bind(ctx.compartment())
         .fetch_all(&self.pool)
         .await?;
         let has_more = rows.len() > count;
@@ -889,6 +954,15 @@ impl Store {
     }
 }
 
+/// Is the resource version in `row` (with its key `scope`) inside what the caller may see?
+fn visible(ctx: &AccessContext, row: &sqlx::postgres::PgRow) -> Result<bool, StoreError> {
+    let scope: Option<String> = row.try_get("scope")?;
+    Ok(match scope {
+        Some(scope) => ctx.may_see(&scope),
+        None => ctx.compartment().is_none(),
+    })
+}
+
 struct ReadOutcome {
     resource: StoredResource,
     patient: Option<String>,
@@ -934,26 +1008,30 @@ fn outcome_of(e: &StoreError) -> Outcome {
     }
 }
 
-async fn insert_version(
-    tx: &mut sqlx::PgConnection,
+/// One row of `resource_versions`.
+struct NewVersion<'a> {
     resource_type: ResourceType,
-    id: &str,
+    id: &'a str,
     version_id: i64,
-    now: DateTime<Utc>,
-    method: &str,
-    sealed: Option<(i64, &[u8])>,
-) -> Result<(), sqlx::Error> {
+    at: DateTime<Utc>,
+    /// POST, PUT or DELETE.
+    method: &'static str,
+    dek_id: Option<i64>,
+    sealed: Option<&'a [u8]>,
+}
+
+async fn insert_version(tx: &mut sqlx::PgConnection, v: NewVersion<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, dek_id, sealed)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(resource_type.as_str())
-    .bind(id)
-    .bind(version_id)
-    .bind(now)
-    .bind(method)
-    .bind(sealed.map(|(dek_id, _)| dek_id))
-    .bind(sealed.map(|(_, bytes)| bytes))
+    .bind(v.resource_type.as_str())
+    .bind(v.id)
+    .bind(v.version_id)
+    .bind(v.at)
+    .bind(v.method)
+    .bind(v.dek_id)
+    .bind(v.sealed)
     .execute(tx)
     .await?;
     Ok(())

@@ -13,7 +13,9 @@ async fn official_examples_round_trip() {
         return;
     };
     let stack = Stack::start().await.unwrap();
-    let report = round_trip_all(&stack.server.base, &dir, 8).await.unwrap();
+    let report = round_trip_all(&stack.server.base, &stack.server.bearer(), &dir, 8)
+        .await
+        .unwrap();
     eprintln!("{}", report.summary());
     assert!(
         report.total > 5000,

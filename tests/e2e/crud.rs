@@ -166,7 +166,10 @@ async fn history_pages_with_count_since_and_next_links() {
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let page = http("GET", &url, &[], None).await.unwrap();
+        let auth = stack.server.bearer();
+        let page = http("GET", &url, &[("Authorization", &auth)], None)
+            .await
+            .unwrap();
         assert_eq!(page.status, 200, "{}", page.text());
         let bundle = page.json();
         for e in bundle["entry"].as_array().unwrap() {
@@ -207,7 +210,7 @@ async fn history_pages_with_count_since_and_next_links() {
             "Observation/_history?_since={}",
             since.replace('+', "%2B")
         )),
-        &[],
+        &[("Authorization", &stack.server.bearer())],
         None,
     )
     .await

@@ -14,6 +14,9 @@ async fn embedded_mode_keeps_its_data_across_restarts() {
         data_dir.display().to_string(),
     )];
     let mut server = Server::start(env).await.unwrap();
+    let pool = embedded_pool(&data_dir).await;
+    server.authorize(&pool).await;
+    pool.close().await;
     let fhir = Fhir { server: &server };
     assert_eq!(fhir.get("metadata").await.status, 200);
     let created = fhir

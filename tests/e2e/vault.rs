@@ -99,16 +99,19 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
         ids.push(r.json()["id"].as_str().unwrap().to_string());
     }
     let base = stack.server.base.clone();
+    let auth = stack.server.bearer();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
     for r in 0..4 {
-        let (ids, base, stop) = (ids.clone(), base.clone(), stop.clone());
+        let (ids, base, stop, auth) = (ids.clone(), base.clone(), stop.clone(), auth.clone());
         readers.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             let mut i = r;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || ok < 20 {
                 let url = format!("{base}/Patient/{}", ids[i % ids.len()]);
-                let resp = http("GET", &url, &[], None).await.unwrap();
+                let resp = http("GET", &url, &[("Authorization", &auth)], None)
+                    .await
+                    .unwrap();
                 if resp.status == 200 {
                     ok += 1
                 } else {

@@ -78,18 +78,25 @@ pub fn example_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub async fn round_trip_all(base: &str, dir: &Path, concurrency: usize) -> anyhow::Result<Report> {
+/// `authorization` is the `Authorization` header value sent with every request.
+pub async fn round_trip_all(
+    base: &str,
+    authorization: &str,
+    dir: &Path,
+    concurrency: usize,
+) -> anyhow::Result<Report> {
     let files = Arc::new(example_files(dir)?);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
         let (files, next, base) = (files.clone(), next.clone(), base.to_string());
+        let authorization = authorization.to_string();
         workers.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(path) = files.get(i) else { break };
-                let verdict = round_trip(&base, path).await;
+                let verdict = round_trip(&base, &authorization, path).await;
                 out.push(ExampleResult {
                     file: path
                         .file_name()
@@ -118,7 +125,7 @@ pub async fn round_trip_all(base: &str, dir: &Path, concurrency: usize) -> anyho
     })
 }
 
-async fn round_trip(base: &str, path: &Path) -> Verdict {
+async fn round_trip(base: &str, authorization: &str, path: &Path) -> Verdict {
     let Ok(bytes) = std::fs::read(path) else {
         return Verdict::ServerError("unreadable file".into());
     };
@@ -131,6 +138,7 @@ async fn round_trip(base: &str, path: &Path) -> Verdict {
     let headers = [
         ("Content-Type", "application/fhir+json"),
         ("Accept", "application/fhir+json"),
+        ("Authorization", authorization),
     ];
     let (method, url) = match sent["id"].as_str() {
         Some(id) => ("PUT", format!("{base}/{rt}/{id}")),

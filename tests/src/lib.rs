@@ -337,6 +337,8 @@ impl Drop for Bao {
 pub struct Server {
     child: Option<Child>,
     pub base: String,
+    /// An access token the FHIR helpers send, once [`Server::authorize`] has run.
+    pub token: Option<String>,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -350,6 +352,7 @@ impl Server {
         let mut server = Server {
             child: None,
             base: String::new(),
+            token: None,
             env,
             log,
             _dir: dir,
@@ -559,14 +562,11 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 
 impl Fhir<'_> {
     pub async fn get(&self, path: &str) -> HttpResponse {
-        http(
-            "GET",
-            &self.server.url(path),
-            &[("Accept", FHIR_JSON)],
-            None,
-        )
-        .await
-        .expect("GET")
+        let auth = self.server.bearer();
+        let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
+        http("GET", &self.server.url(path), &headers, None)
+            .await
+            .expect("GET")
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> HttpResponse {
@@ -578,9 +578,15 @@ impl Fhir<'_> {
     }
 
     pub async fn delete(&self, path: &str) -> HttpResponse {
-        http("DELETE", &self.server.url(path), &[], None)
-            .await
-            .expect("DELETE")
+        let auth = self.server.bearer();
+        http(
+            "DELETE",
+            &self.server.url(path),
+            &[("Authorization", &auth)],
+            None,
+        )
+        .await
+        .expect("DELETE")
     }
 
     pub async fn send(
@@ -601,7 +607,12 @@ impl Fhir<'_> {
         body: Vec<u8>,
         extra: &[(&str, &str)],
     ) -> HttpResponse {
-        let mut headers = vec![("Content-Type", FHIR_JSON), ("Accept", FHIR_JSON)];
+        let auth = self.server.bearer();
+        let mut headers = vec![
+            ("Content-Type", FHIR_JSON),
+            ("Accept", FHIR_JSON),
+            ("Authorization", auth.as_str()),
+        ];
         for (k, v) in extra {
             headers.retain(|(h, _)| !h.eq_ignore_ascii_case(k));
             headers.push((k, v));
@@ -649,7 +660,13 @@ impl Stack {
         let mut env = bao.env(&key_name);
         env.push(("CARAPACE_DATABASE_URL".into(), database_url.clone()));
         env.extend(extra_env);
-        let server = Server::start(env).await?;
+        let mut server = Server::start(env).await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&database_url)
+            .await?;
+        server.authorize(&pool).await;
+        pool.close().await;
         Ok(Stack {
             server,
             bao,
@@ -674,4 +691,204 @@ impl Stack {
             .await
             .expect("connect to the test database")
     }
+}
+
+/// A SMART backend client with a real key pair (made by `openssl`), registered directly in the
+/// database the way `carapace-console client register` does.
+pub struct BackendClient {
+    pub client_id: String,
+    pub kid: String,
+    pub alg: jsonwebtoken::Algorithm,
+    pub private_pem: Vec<u8>,
+    /// The public JWK as registered.
+    pub jwk: Value,
+}
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+impl BackendClient {
+    /// A fresh key pair: `ES384` (P-384) or `RS384` (RSA 2048).
+    pub fn keypair(alg: jsonwebtoken::Algorithm) -> (Vec<u8>, Value) {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+        use base64::Engine;
+        let kid = uuid::Uuid::new_v4().simple().to_string();
+        match alg {
+            jsonwebtoken::Algorithm::ES384 => {
+                let pem = openssl(&[
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-384",
+                ]);
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("k.pem");
+                std::fs::write(&path, &pem).unwrap();
+                let der = openssl(&[
+                    "pkey",
+                    "-in",
+                    path.to_str().unwrap(),
+                    "-pubout",
+                    "-outform",
+                    "DER",
+                ]);
+                // SubjectPublicKeyInfo ends with the uncompressed point 04 || X || Y.
+                let point = &der[der.len() - 97..];
+                let jwk = json!({"kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384", "use": "sig",
+                                 "x": B64URL.encode(&point[1..49]), "y": B64URL.encode(&point[49..])});
+                (pem, jwk)
+            }
+            _ => {
+                let pem = openssl(&[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                ]);
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("k.pem");
+                std::fs::write(&path, &pem).unwrap();
+                let modulus = String::from_utf8(openssl(&[
+                    "rsa",
+                    "-in",
+                    path.to_str().unwrap(),
+                    "-noout",
+                    "-modulus",
+                ]))
+                .unwrap();
+                let hex = modulus.trim().trim_start_matches("Modulus=");
+                let n: Vec<u8> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect();
+                let jwk = json!({"kty": "RSA", "kid": kid, "alg": "RS384", "use": "sig",
+                                 "n": B64URL.encode(n), "e": "AQAB"});
+                (pem, jwk)
+            }
+        }
+    }
+
+    /// Register a new client with `scopes` in the server's database.
+    pub async fn register(
+        pool: &sqlx::PgPool,
+        alg: jsonwebtoken::Algorithm,
+        scopes: &[&str],
+    ) -> BackendClient {
+        let (private_pem, jwk) = BackendClient::keypair(alg);
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let client_id = carapace_core::auth::register_client(
+            pool,
+            &carapace_core::clock::SystemClock,
+            "test client",
+            &json!({"keys": [jwk.clone()]}),
+            &scopes,
+        )
+        .await
+        .expect("register client");
+        BackendClient {
+            client_id,
+            kid: jwk["kid"].as_str().unwrap().to_string(),
+            alg,
+            private_pem,
+            jwk,
+        }
+    }
+
+    /// A signed client assertion with the given claims.
+    pub fn sign(&self, header: jsonwebtoken::Header, claims: &Value) -> String {
+        let key = match self.alg {
+            jsonwebtoken::Algorithm::ES384 => {
+                jsonwebtoken::EncodingKey::from_ec_pem(&self.private_pem)
+            }
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(&self.private_pem),
+        }
+        .unwrap();
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    /// The standard claims for `token_url`, expiring in 4 minutes.
+    pub fn claims(&self, token_url: &str) -> Value {
+        let exp = chrono::Utc::now().timestamp() + 240;
+        json!({"iss": self.client_id, "sub": self.client_id, "aud": token_url, "exp": exp,
+               "jti": uuid::Uuid::new_v4().to_string()})
+    }
+
+    pub fn header(&self) -> jsonwebtoken::Header {
+        let mut h = jsonwebtoken::Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        h
+    }
+
+    /// POST a client-credentials token request with this assertion.
+    pub async fn request_token(server: &Server, assertion: &str, scope: &str) -> HttpResponse {
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            )
+            .append_pair("client_assertion", assertion)
+            .append_pair("scope", scope)
+            .finish();
+        http(
+            "POST",
+            &server.token_url(),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Some(form.into_bytes()),
+        )
+        .await
+        .expect("token request")
+    }
+
+    /// A fresh access token for `scope`.
+    pub async fn token(&self, server: &Server, scope: &str) -> String {
+        let assertion = self.sign(self.header(), &self.claims(&server.token_url()));
+        let r = BackendClient::request_token(server, &assertion, scope).await;
+        assert_eq!(r.status, 200, "token request failed: {}", r.text());
+        r.json()["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Server {
+    pub fn token_url(&self) -> String {
+        format!("{}/auth/token", self.origin())
+    }
+
+    /// Register a full-access backend client and keep its token for the FHIR helpers.
+    pub async fn authorize(&mut self, pool: &sqlx::PgPool) {
+        let client =
+            BackendClient::register(pool, jsonwebtoken::Algorithm::ES384, &["system/*.cruds"])
+                .await;
+        self.token = Some(client.token(self, "system/*.cruds").await);
+    }
+
+    /// `Authorization` header value for the kept token.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.token.as_deref().unwrap_or(""))
+    }
+}
+
+/// A pool on an embedded server's private cluster (unix socket in its data directory).
+pub async fn embedded_pool(data_dir: &Path) -> sqlx::PgPool {
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .socket(data_dir.join("run"))
+        .username(carapace_core::embedded::SUPERUSER)
+        .database("carapace");
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .expect("connect to the embedded cluster")
 }

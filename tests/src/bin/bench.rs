@@ -67,6 +67,7 @@ async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
+        let auth = server.bearer();
         let (stop, base, read_ids, patients) = (
             stop.clone(),
             server.base.clone(),
@@ -82,12 +83,16 @@ async fn run(
                 let ok = match workload {
                     Workload::Read => {
                         let url = format!("{base}/Observation/{}", read_ids[n % read_ids.len()]);
-                        matches!(http("GET", &url, &[("Accept", FHIR_JSON)], None).await, Ok(r) if r.status == 200)
+                        matches!(http("GET", &url, &[("Accept", FHIR_JSON), ("Authorization", &auth)], None).await, Ok(r) if r.status == 200)
                     }
                     Workload::Create => {
                         let body = observation(&patients[n % patients.len()], n);
                         let url = format!("{base}/Observation");
-                        let headers = [("Content-Type", FHIR_JSON), ("Prefer", "return=minimal")];
+                        let headers = [
+                            ("Content-Type", FHIR_JSON),
+                            ("Prefer", "return=minimal"),
+                            ("Authorization", &auth),
+                        ];
                         matches!(http("POST", &url, &headers, Some(body)).await, Ok(r) if r.status == 201)
                     }
                 };

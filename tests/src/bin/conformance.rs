@@ -28,16 +28,26 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = arg("--concurrency")
         .and_then(|c| c.parse().ok())
         .unwrap_or(8);
-    let (stack, base) = match arg("--base") {
-        Some(base) => (None, base.trim_end_matches('/').to_string()),
+    let (stack, base, authorization) = match arg("--base") {
+        Some(base) => {
+            let token = std::env::var("CARAPACE_TOKEN").map_err(|_| {
+                anyhow::anyhow!("with --base, put an access token in CARAPACE_TOKEN")
+            })?;
+            (
+                None,
+                base.trim_end_matches('/').to_string(),
+                format!("Bearer {token}"),
+            )
+        }
         None => {
             let stack = Stack::start().await?;
             let base = stack.server.base.clone();
-            (Some(stack), base)
+            let authorization = stack.server.bearer();
+            (Some(stack), base, authorization)
         }
     };
     eprintln!("round-tripping {} against {base}", examples.display());
-    let report = round_trip_all(&base, &examples, concurrency).await?;
+    let report = round_trip_all(&base, &authorization, &examples, concurrency).await?;
     print!("{}", report.summary());
     drop(stack);
     let bad = report.count(|v| {

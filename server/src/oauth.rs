@@ -1,0 +1,220 @@
+//! The authorization server's HTTP endpoints: SMART configuration, token, revocation, introspection,
+//! and turning a request's bearer token into an `AccessContext`.
+
+use crate::outcome::{ApiError, HttpResponse};
+use crate::AppState;
+use bytes::Bytes;
+use carapace_core::access::AccessContext;
+use carapace_core::auth::{self, OAuthError};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+use std::net::SocketAddr;
+
+const FORM_LIMIT: usize = 64 * 1024;
+
+/// Origin (scheme://host:port) of the FHIR base, where `/auth/*` lives.
+pub fn origin(base: &str) -> &str {
+    base.strip_suffix("/fhir").unwrap_or(base)
+}
+
+pub fn token_url(base: &str) -> String {
+    format!("{}/auth/token", origin(base))
+}
+
+/// `GET /fhir/.well-known/smart-configuration`: exactly what this server supports.
+pub fn smart_configuration(base: &str) -> HttpResponse {
+    let origin = origin(base);
+    let body = json!({
+        "issuer": origin,
+        "token_endpoint": format!("{origin}/auth/token"),
+        "revocation_endpoint": format!("{origin}/auth/revoke"),
+        "introspection_endpoint": format!("{origin}/auth/introspect"),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/*.cruds", "system/*.rs"],
+        "response_types_supported": [],
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .header("Cache-Control", "no-store")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}
+
+fn oauth_error(e: &OAuthError) -> HttpResponse {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    json_response(
+        status,
+        &json!({"error": e.error, "error_description": e.description}),
+    )
+}
+
+async fn read_form(
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Vec<(String, String)>, OAuthError> {
+    let form_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let bad = |d: &str| OAuthError {
+        status: 400,
+        error: "invalid_request",
+        description: d.to_string(),
+    };
+    if !form_type {
+        return Err(bad("send application/x-www-form-urlencoded"));
+    }
+    let bytes = crate::fhir_api::read_limited(body, FORM_LIMIT, None)
+        .await
+        .map_err(|_| bad("the request body could not be read"))?
+        .ok_or_else(|| bad("the form is too large"))?;
+    Ok(form_urlencoded::parse(&bytes)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect())
+}
+
+/// `POST /auth/token`, `/auth/revoke`, `/auth/introspect`.
+pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    if req.method() != hyper::Method::POST {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "invalid_request", "error_description": "use POST"}),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let form = match read_form(&parts.headers, body).await {
+        Ok(f) => f,
+        Err(e) => return oauth_error(&e),
+    };
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let pool = state.store.pool();
+    let clock = state.store.clock();
+    match path.as_str() {
+        "/auth/token" => {
+            let result = match field("grant_type").as_deref() {
+                Some("client_credentials") => {
+                    auth::client_credentials(pool, clock, &token_url(&state.base), &form).await
+                }
+                _ => Err(OAuthError {
+                    status: 400,
+                    error: "unsupported_grant_type",
+                    description: "supported: client_credentials".into(),
+                }),
+            };
+            match result {
+                Ok(t) => {
+                    tracing::info!(peer = %peer.ip(), "access token issued");
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"access_token": t.access_token, "token_type": "bearer",
+                                "expires_in": t.expires_in, "scope": t.scope}),
+                    )
+                }
+                Err(e) => {
+                    tracing::info!(peer = %peer.ip(), error = e.error, "token request refused");
+                    oauth_error(&e)
+                }
+            }
+        }
+        "/auth/revoke" => {
+            if let Some(token) = field("token") {
+                if let Err(e) = auth::revoke(pool, clock.now(), &token).await {
+                    return oauth_error(&OAuthError {
+                        status: 503,
+                        error: "temporarily_unavailable",
+                        description: {
+                            tracing::error!(error = %e, "revocation failed");
+                            "try again".into()
+                        },
+                    });
+                }
+            }
+            json_response(StatusCode::OK, &json!({}))
+        }
+        "/auth/introspect" => {
+            // Only an authenticated backend system (a resource server) or admin may introspect.
+            match bearer(state, &parts.headers).await {
+                Some(caller)
+                    if matches!(
+                        caller.role,
+                        carapace_core::access::Role::System | carapace_core::access::Role::Admin
+                    ) => {}
+                _ => {
+                    return json_response(
+                        StatusCode::UNAUTHORIZED,
+                        &json!({"error": "invalid_token", "error_description": "introspection needs a system or admin token"}),
+                    )
+                }
+            }
+            let info = match field("token") {
+                Some(t) => auth::lookup(pool, clock.now(), &t).await.ok().flatten(),
+                None => None,
+            };
+            let body = match info {
+                None => json!({"active": false}),
+                Some(i) => json!({
+                    "active": true,
+                    "sub": i.subject,
+                    "client_id": i.subject,
+                    "scope": i.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "),
+                    "patient": i.patient,
+                    "iat": i.issued_at.timestamp(),
+                    "exp": i.expires_at.timestamp(),
+                    "token_type": "bearer",
+                }),
+            };
+            json_response(StatusCode::OK, &body)
+        }
+        _ => ApiError::not_found("no such endpoint").into_response(),
+    }
+}
+
+/// The verified token behind `Authorization: Bearer ...`, if any.
+pub async fn bearer(state: &AppState, headers: &HeaderMap) -> Option<auth::TokenInfo> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    match auth::lookup(state.store.pool(), state.store.now(), token.trim()).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::error!(error = %e, "token lookup failed");
+            None
+        }
+    }
+}
+
+/// The access context of a FHIR request, or the 401 that tells the client how to authenticate.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<AccessContext, ApiError> {
+    match bearer(state, headers).await {
+        Some(info) => Ok(info.access_context(Some(peer.ip()), None)),
+        None => Err(ApiError {
+            www_authenticate: Some(format!(
+                "Bearer realm=\"carapace\", error=\"invalid_token\", authorization_uri=\"{}\"",
+                token_url(&state.base)
+            )),
+            ..ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "login",
+                "a valid bearer access token is required (see /fhir/.well-known/smart-configuration)",
+            )
+        }),
+    }
+}

@@ -1,0 +1,520 @@
+//! SMART on FHIR authorization: registered backend clients, the `client_credentials` grant with
+//! `private_key_jwt` client assertions (RS384, ES384), and opaque access tokens.
+//!
+//! Access tokens are opaque: 256 random bits, base64url, stored only as their SHA-256, looked up on
+//! every request. Revocation is therefore immediate, and a database dump yields no usable token.
+
+use crate::access::{role_allows, AccessContext, Context, Role, Scope};
+use crate::clock::Clock;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+use std::net::IpAddr;
+
+/// Access tokens live five minutes (SMART Backend Services' upper bound).
+pub const ACCESS_TOKEN_SECONDS: i64 = 300;
+/// A client assertion may not expire more than five minutes ahead.
+const MAX_ASSERTION_LIFETIME: i64 = 300;
+
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// An OAuth 2.0 error response (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}: {description}")]
+pub struct OAuthError {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: String,
+}
+
+impl OAuthError {
+    fn new(status: u16, error: &'static str, description: impl Into<String>) -> OAuthError {
+        OAuthError {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+
+    fn invalid_client(description: impl Into<String>) -> OAuthError {
+        OAuthError::new(401, "invalid_client", description)
+    }
+
+    fn server(e: impl std::fmt::Display) -> OAuthError {
+        tracing::error!(error = %e, "token endpoint failure");
+        OAuthError::new(500, "server_error", "the authorization server failed")
+    }
+}
+
+/// A successful token response.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub scope: String,
+    pub patient: Option<String>,
+}
+
+/// A registered backend client, as listed by the console.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub disabled: bool,
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+/// Register a backend client with its public keys. Its scopes must be `system/` scopes.
+pub async fn register_client(
+    pool: &PgPool,
+    clock: &dyn Clock,
+    name: &str,
+    jwks: &Value,
+    scopes: &[String],
+) -> Result<String, OAuthError> {
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| OAuthError::new(400, "invalid_client_metadata", "the JWKS has no keys"))?;
+    for key in keys {
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.clone()).map_err(|_| {
+            OAuthError::new(
+                400,
+                "invalid_client_metadata",
+                "a JWKS key is not a valid JWK",
+            )
+        })?;
+        if jwk.common.key_id.is_none() {
+            return Err(OAuthError::new(
+                400,
+                "invalid_client_metadata",
+                "every key needs a kid",
+            ));
+        }
+        if key.get("d").is_some() {
+            return Err(OAuthError::new(
+                400,
+                "invalid_client_metadata",
+                "the JWKS holds a private key; register public keys only",
+            ));
+        }
+    }
+    for s in scopes {
+        match Scope::parse(s) {
+            Ok(scope) if scope.context == Context::System => {}
+            _ => {
+                return Err(OAuthError::new(
+                    400,
+                    "invalid_client_metadata",
+                    format!("'{}' is not a system/ scope", crate::fhir::printable(s)),
+                ))
+            }
+        }
+    }
+    let client_id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO clients (client_id, name, jwks, scopes, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&client_id)
+    .bind(name)
+    .bind(sqlx::types::Json(jwks))
+    .bind(scopes)
+    .bind(clock.now())
+    .execute(pool)
+    .await
+    .map_err(OAuthError::server)?;
+    Ok(client_id)
+}
+
+pub async fn list_clients(pool: &PgPool) -> Result<Vec<Client>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT client_id, name, scopes, disabled FROM clients ORDER BY created_at")
+            .fetch_all(pool)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Client {
+                client_id: r.try_get("client_id")?,
+                name: r.try_get("name")?,
+                scopes: r.try_get("scopes")?,
+                disabled: r.try_get("disabled")?,
+            })
+        })
+        .collect()
+}
+
+/// Disable a client and revoke every token it holds. Returns whether the client exists.
+pub async fn disable_client(
+    pool: &PgPool,
+    clock: &dyn Clock,
+    client_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let found = sqlx::query("UPDATE clients SET disabled = true WHERE client_id = $1")
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
+    sqlx::query(
+        "UPDATE access_tokens SET revoked_at = $2 WHERE subject = $1 AND revoked_at IS NULL",
+    )
+    .bind(client_id)
+    .bind(clock.now())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    sub: String,
+    exp: i64,
+    jti: String,
+}
+
+/// The `client_credentials` grant (SMART Backend Services): verify the client assertion, then issue
+/// a short-lived access token for the requested scopes the client is registered for.
+pub async fn client_credentials(
+    pool: &PgPool,
+    clock: &dyn Clock,
+    token_url: &str,
+    form: &[(String, String)],
+) -> Result<IssuedToken, OAuthError> {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if field("client_assertion_type") != Some(CLIENT_ASSERTION_TYPE) {
+        return Err(OAuthError::invalid_client(
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ));
+    }
+    let assertion = field("client_assertion")
+        .ok_or_else(|| OAuthError::invalid_client("client_assertion is missing"))?;
+    let now = clock.now();
+    let client_id = verify_assertion(pool, now, token_url, assertion).await?;
+
+    let registered: Vec<String> =
+        sqlx::query_scalar("SELECT scopes FROM clients WHERE client_id = $1")
+            .bind(&client_id)
+            .fetch_one(pool)
+            .await
+            .map_err(OAuthError::server)?;
+    let registered: Vec<Scope> = registered
+        .iter()
+        .filter_map(|s| Scope::parse(s).ok())
+        .collect();
+    let requested = field("scope").unwrap_or("");
+    let mut granted = Vec::new();
+    for s in requested.split_whitespace() {
+        let scope =
+            Scope::parse(s).map_err(|e| OAuthError::new(400, "invalid_scope", e.to_string()))?;
+        if scope.context != Context::System {
+            return Err(OAuthError::new(
+                400,
+                "invalid_scope",
+                "backend clients get system/ scopes only",
+            ));
+        }
+        if registered.iter().any(|r| covers(r, &scope)) {
+            granted.push(scope);
+        }
+    }
+    if granted.is_empty() {
+        return Err(OAuthError::new(
+            400,
+            "invalid_scope",
+            "none of the requested scopes is registered for this client",
+        ));
+    }
+    issue(pool, now, &client_id, Role::System, &granted, None)
+        .await
+        .map_err(OAuthError::server)
+}
+
+/// Does registered scope `r` grant everything `s` asks for?
+fn covers(r: &Scope, s: &Scope) -> bool {
+    let wider_type = r.resource_type.is_none() || r.resource_type == s.resource_type;
+    let text_r = r.to_string();
+    let text_s = s.to_string();
+    let letters = |t: &str| t.rsplit('.').next().unwrap_or("").to_string();
+    r.context == s.context
+        && wider_type
+        && letters(&text_s)
+            .chars()
+            .all(|c| letters(&text_r).contains(c))
+}
+
+/// Verify a `private_key_jwt` client assertion; returns the client id.
+async fn verify_assertion(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    token_url: &str,
+    assertion: &str,
+) -> Result<String, OAuthError> {
+    // Read the header ourselves first: `alg: none` and HMAC algorithms are refused outright, before
+    // any key is looked at (an HS256 "signature" made with our public key must never verify).
+    let mut parts = assertion.split('.');
+    let (Some(header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(OAuthError::invalid_client(
+            "the client assertion is not a signed JWT",
+        ));
+    };
+    let header: Value = B64URL
+        .decode(header)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| OAuthError::invalid_client("the client assertion header is not JSON"))?;
+    let alg = match header.get("alg").and_then(Value::as_str) {
+        Some("RS384") => jsonwebtoken::Algorithm::RS384,
+        Some("ES384") => jsonwebtoken::Algorithm::ES384,
+        _ => {
+            return Err(OAuthError::invalid_client(
+                "the client assertion must be signed with RS384 or ES384",
+            ))
+        }
+    };
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .ok_or_else(|| OAuthError::invalid_client("the client assertion header has no kid"))?;
+    let unverified: Value = B64URL
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| OAuthError::invalid_client("the client assertion claims are not JSON"))?;
+    let client_id = unverified
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or_else(|| OAuthError::invalid_client("the client assertion has no iss"))?
+        .to_string();
+    let row = sqlx::query("SELECT jwks, disabled FROM clients WHERE client_id = $1")
+        .bind(&client_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(OAuthError::server)?
+        .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    if row
+        .try_get::<bool, _>("disabled")
+        .map_err(OAuthError::server)?
+    {
+        return Err(OAuthError::invalid_client("the client is disabled"));
+    }
+    let jwks: sqlx::types::Json<Value> = row.try_get("jwks").map_err(OAuthError::server)?;
+    let matching: Vec<&Value> = jwks
+        .0
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|keys| {
+            keys.iter()
+                .filter(|k| k.get("kid").and_then(Value::as_str) == Some(kid))
+                .collect()
+        })
+        .unwrap_or_default();
+    let [key] = matching.as_slice() else {
+        return Err(OAuthError::invalid_client(
+            "no single registered key has this kid",
+        ));
+    };
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value((*key).clone())
+        .map_err(|_| OAuthError::invalid_client("the registered key is not usable"))?;
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk)
+        .map_err(|_| OAuthError::invalid_client("the registered key is not usable"))?;
+    let mut validation = jsonwebtoken::Validation::new(alg);
+    validation.set_audience(&[token_url]);
+    validation.set_issuer(&[client_id.as_str()]);
+    validation.sub = Some(client_id.clone());
+    // Expiry is checked below against our clock, not the library's.
+    validation.validate_exp = false;
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &decoding, &validation)
+        .map_err(|e| OAuthError::invalid_client(format!("the client assertion is not valid: {e}")))?
+        .claims;
+    if claims.iss != client_id || claims.sub != client_id {
+        return Err(OAuthError::invalid_client(
+            "iss and sub must both be the client id",
+        ));
+    }
+    let exp = DateTime::<Utc>::from_timestamp(claims.exp, 0)
+        .ok_or_else(|| OAuthError::invalid_client("exp is not a time"))?;
+    if exp <= now {
+        return Err(OAuthError::invalid_client(
+            "the client assertion has expired",
+        ));
+    }
+    if exp > now + Duration::seconds(MAX_ASSERTION_LIFETIME) {
+        return Err(OAuthError::invalid_client(
+            "exp may be at most five minutes ahead",
+        ));
+    }
+    if claims.jti.is_empty() || claims.jti.len() > 256 {
+        return Err(OAuthError::invalid_client("jti is missing"));
+    }
+    sqlx::query("DELETE FROM client_assertions_seen WHERE expires_at < $1")
+        .bind(now)
+        .execute(pool)
+        .await
+        .map_err(OAuthError::server)?;
+    let fresh = sqlx::query(
+        "INSERT INTO client_assertions_seen (client_id, jti, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&client_id)
+    .bind(&claims.jti)
+    .bind(exp)
+    .execute(pool)
+    .await
+    .map_err(OAuthError::server)?
+    .rows_affected()
+        == 1;
+    if !fresh {
+        return Err(OAuthError::invalid_client(
+            "this client assertion (jti) was already used",
+        ));
+    }
+    Ok(client_id)
+}
+
+/// Issue an access token.
+pub async fn issue(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    subject: &str,
+    role: Role,
+    scopes: &[Scope],
+    patient: Option<&str>,
+) -> Result<IssuedToken, sqlx::Error> {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token = B64URL.encode(raw);
+    let scope_strings: Vec<String> = scopes.iter().map(Scope::to_string).collect();
+    sqlx::query(
+        "INSERT INTO access_tokens (token_hash, subject, role, scopes, patient, issued_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(sha256(token.as_bytes()))
+    .bind(subject)
+    .bind(role.as_str())
+    .bind(&scope_strings)
+    .bind(patient)
+    .bind(now)
+    .bind(now + Duration::seconds(ACCESS_TOKEN_SECONDS))
+    .execute(pool)
+    .await?;
+    Ok(IssuedToken {
+        access_token: token,
+        expires_in: ACCESS_TOKEN_SECONDS,
+        scope: scope_strings.join(" "),
+        patient: patient.map(str::to_string),
+    })
+}
+
+/// What an active token says about its holder.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub subject: String,
+    pub role: Role,
+    pub scopes: Vec<Scope>,
+    pub patient: Option<String>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Look up a bearer token: `None` unless it exists, is unexpired and unrevoked.
+pub async fn lookup(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    token: &str,
+) -> Result<Option<TokenInfo>, sqlx::Error> {
+    if token.is_empty() || token.len() > 512 {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT subject, role, scopes, patient, issued_at, expires_at FROM access_tokens
+          WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
+    )
+    .bind(sha256(token.as_bytes()))
+    .bind(now)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let Some(role) = Role::parse(&row.try_get::<String, _>("role")?) else {
+        return Ok(None);
+    };
+    let scopes: Vec<String> = row.try_get("scopes")?;
+    Ok(Some(TokenInfo {
+        subject: row.try_get("subject")?,
+        role,
+        // Defence in depth: a stored scope the role may not hold is dropped, not honoured.
+        scopes: scopes
+            .iter()
+            .filter_map(|s| Scope::parse(s).ok())
+            .filter(|s| role_allows(role, s.context))
+            .collect(),
+        patient: row.try_get("patient")?,
+        issued_at: row.try_get("issued_at")?,
+        expires_at: row.try_get("expires_at")?,
+    }))
+}
+
+impl TokenInfo {
+    pub fn access_context(
+        &self,
+        address: Option<IpAddr>,
+        purpose_of_use: Option<String>,
+    ) -> AccessContext {
+        AccessContext {
+            principal: self.subject.clone(),
+            role: self.role,
+            scopes: self.scopes.clone(),
+            patient: self.patient.clone(),
+            purpose_of_use,
+            address,
+        }
+    }
+}
+
+/// Revoke a token (RFC 7009): takes effect on the next request. Unknown tokens are not an error.
+pub async fn revoke(pool: &PgPool, now: DateTime<Utc>, token: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE access_tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(sha256(token.as_bytes()))
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_scopes_cover_narrower_requests_only() {
+        let p = |s: &str| Scope::parse(s).unwrap();
+        assert!(covers(&p("system/*.rs"), &p("system/Observation.rs")));
+        assert!(covers(&p("system/*.cruds"), &p("system/Patient.r")));
+        assert!(!covers(&p("system/*.rs"), &p("system/Patient.c")));
+        assert!(!covers(&p("system/Observation.rs"), &p("system/*.rs")));
+        assert!(!covers(
+            &p("system/Observation.rs"),
+            &p("system/Patient.rs")
+        ));
+    }
+}
