@@ -3,6 +3,7 @@
 //! ports. One test binary (a `mod` per area) so the suite links once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod auth;
 mod bad_input;
 mod conformance;
 mod crud;
