@@ -1,17 +1,27 @@
-//! carapace-console: the administrator's tool. For now, scriptable subcommands over the same core the
-//! server uses (it connects to PostgreSQL and the key provider directly, never through the HTTP API).
+//! carapace-console: the administrator's tool. Scriptable subcommands over the same core the server
+//! uses (it connects to PostgreSQL and the key provider directly, never through the HTTP API).
+//!
+//! Every command but `bootstrap-admin` authenticates the operator first — an administrator's
+//! username, password and TOTP code, or a short-lived admin token from `carapace-console login` —
+//! and every administrative action is audited with that operator as the agent.
 
-use anyhow::Context;
-use carapace_core::access::AccessContext;
+use anyhow::{bail, Context};
+use carapace_core::access::{AccessContext, Role, Scope};
+use carapace_core::auth;
 use carapace_core::config::Config;
 use carapace_core::core::Core;
+use carapace_core::users::{self, Enrollment, NewUser};
 use clap::{Parser, Subcommand};
-use std::io::Write;
+use std::io::{BufRead, IsTerminal, Write};
 
 /// Carapace administrator console. Configuration comes from the same CARAPACE_* environment
 /// variables as the server (see `carapace-server --help`).
+///
+/// Operator sign-in: set CARAPACE_ADMIN_TOKEN to a token from `carapace-console login`, or
+/// CARAPACE_OPERATOR, CARAPACE_OPERATOR_PASSWORD and CARAPACE_OPERATOR_TOTP (a TOTP or recovery
+/// code); on a terminal, missing values are prompted for.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,8 +29,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create the first administrator (refused once one exists). Prints the TOTP enrolment URI and
+    /// recovery codes once.
+    BootstrapAdmin {
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input (one line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Sign in as an administrator and print a short-lived access token (5 minutes) for automation
+    /// (`CARAPACE_ADMIN_TOKEN`) and for trying the FHIR API.
+    Login {
+        /// Scopes of the token; `user/` scopes (default `user/*.cruds`).
+        #[arg(long, default_value = "user/*.cruds")]
+        scope: Vec<String>,
+    },
     /// Connect to the database and key provider and print their status.
     Status,
+    /// People: create, list, lock, unlock, reset MFA, change role.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Active access tokens (sessions).
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// SMART Backend Services clients.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Data-key management.
     Keys {
         #[command(subcommand)]
@@ -29,13 +70,73 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints the TOTP enrolment URI (admins, practitioners) and recovery codes once.
+    Create {
+        #[arg(long)]
+        username: String,
+        /// admin, practitioner, patient or analytics.
+        #[arg(long)]
+        role: String,
+        /// The Patient resource id a patient user is linked to.
+        #[arg(long)]
+        patient: Option<String>,
+        /// The Practitioner resource id a practitioner user is linked to.
+        #[arg(long)]
+        practitioner: Option<String>,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    List,
+    /// Lock an account until an administrator unlocks it; revokes its tokens.
+    Lock {
+        username: String,
+    },
+    Unlock {
+        username: String,
+    },
+    /// New TOTP seed and recovery codes; the old ones stop working.
+    ResetMfa {
+        username: String,
+    },
+    /// Change a user's role; revokes their tokens.
+    SetRole {
+        username: String,
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Active tokens, optionally of one user or client.
+    List { subject: Option<String> },
+    /// Revoke all tokens of a user or client, or one token by its id (from `session list`).
+    Revoke { target: String },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a backend client with its public JWKS; prints the client_id.
+    Register {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        jwks_file: std::path::PathBuf,
+        /// system/ scopes the client may request, e.g. system/*.rs (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    List,
+    /// Disable a client and revoke its tokens.
+    Disable {
+        client_id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Rotate the key-encryption key and rewrap every stored data key under the new version, online.
-    Rotate {
-        /// Operator name recorded in the audit trail.
-        #[arg(long, env = "USER", default_value = "operator")]
-        operator: String,
-    },
+    Rotate,
     /// Show how many data keys are wrapped under each key version.
     Versions,
 }
@@ -60,25 +161,151 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let core = Core::open(&config).await.context("connecting")?;
-    let result = match cli.command {
-        Command::Status => status(&core).await,
-        Command::Keys {
-            command: KeysCommand::Versions,
-        } => versions(&core).await,
-        Command::Keys {
-            command: KeysCommand::Rotate { operator },
-        } => rotate(&core, &operator).await,
-    };
+    let result = dispatch(&core, cli.command).await;
     core.shutdown().await;
     result
 }
 
+async fn dispatch(core: &Core, command: Command) -> anyhow::Result<()> {
+    if let Command::BootstrapAdmin { username, .. } = &command {
+        let password = read_secret_line("password")?;
+        let enrollment = users::bootstrap_admin(&core.store, username, &password).await?;
+        let ctx = AccessContext::operator(username);
+        core.store
+            .record_admin(&ctx, &format!("bootstrap-admin:{username}"), true)
+            .await?;
+        println!("administrator '{username}' created");
+        print_enrollment(&enrollment);
+        return Ok(());
+    }
+    let ctx = operator(core).await?;
+    match command {
+        Command::BootstrapAdmin { .. } => Ok(()),
+        Command::Login { scope } => login(core, &ctx, &scope).await,
+        Command::Status => status(core).await,
+        Command::User { command } => user(core, &ctx, command).await,
+        Command::Session { command } => session(core, &ctx, command).await,
+        Command::Client { command } => client(core, &ctx, command).await,
+        Command::Keys {
+            command: KeysCommand::Versions,
+        } => versions_table(core).await,
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => rotate(core, &ctx).await,
+    }
+}
+
+/// Read one line from standard input (no echo on a terminal).
+fn read_secret_line(what: &str) -> anyhow::Result<String> {
+    let line = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("{what}: "))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line
+    };
+    let line = line.trim_end_matches(['\r', '\n']).to_string();
+    if line.is_empty() {
+        bail!("no {what} given on standard input");
+    }
+    Ok(line)
+}
+
+fn prompt(what: &str, env: &str, secret: bool) -> anyhow::Result<String> {
+    if let Ok(v) = std::env::var(env) {
+        if !v.is_empty() {
+            return Ok(v);
+        }
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("operator sign-in needs CARAPACE_ADMIN_TOKEN, or {env} (with the other CARAPACE_OPERATOR* variables)");
+    }
+    if secret {
+        return Ok(rpassword::prompt_password(format!("{what}: "))?);
+    }
+    print!("{what}: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+/// Authenticate the operator: an admin token, or username + password + TOTP.
+async fn operator(core: &Core) -> anyhow::Result<AccessContext> {
+    if let Ok(token) = std::env::var("CARAPACE_ADMIN_TOKEN") {
+        let info = auth::lookup(core.store.pool(), core.store.now(), token.trim())
+            .await?
+            .filter(|i| i.role == Role::Admin)
+            .context("CARAPACE_ADMIN_TOKEN is not an active administrator token")?;
+        return Ok(AccessContext::operator(&info.subject));
+    }
+    let username = prompt("username", "CARAPACE_OPERATOR", false)?;
+    let password = prompt("password", "CARAPACE_OPERATOR_PASSWORD", true)?;
+    let code = prompt("TOTP or recovery code", "CARAPACE_OPERATOR_TOTP", false)?;
+    let ctx = AccessContext::operator(&username);
+    let user = users::login(
+        &core.store,
+        core.store.now(),
+        &username,
+        &password,
+        Some(&code),
+    )
+    .await;
+    match user {
+        Ok(u) if u.role == Role::Admin => {
+            core.store.record_admin(&ctx, "console-login", true).await?;
+            Ok(ctx)
+        }
+        _ => {
+            core.store
+                .record_admin(&ctx, "console-login", false)
+                .await?;
+            bail!("{}", users::LoginError::Invalid)
+        }
+    }
+}
+
+fn print_enrollment(e: &Enrollment) {
+    if let Some(uri) = &e.totp_uri {
+        println!("TOTP enrolment (add to an authenticator app; shown once):\n  {uri}");
+    }
+    println!("recovery codes (each works once; shown once):");
+    for c in &e.recovery_codes {
+        println!("  {c}");
+    }
+}
+
+async fn login(core: &Core, ctx: &AccessContext, scopes: &[String]) -> anyhow::Result<()> {
+    let mut parsed = Vec::new();
+    for s in scopes.iter().flat_map(|s| s.split_whitespace()) {
+        let scope = Scope::parse(s)?;
+        if !carapace_core::access::role_allows(Role::Admin, scope.context) {
+            bail!("an administrator token takes user/ or system/ scopes");
+        }
+        parsed.push(scope);
+    }
+    let token = auth::issue(
+        core.store.pool(),
+        core.store.now(),
+        &ctx.principal,
+        Role::Admin,
+        &parsed,
+        None,
+    )
+    .await?;
+    core.store.record_admin(ctx, "token-issue", true).await?;
+    println!("{}", token.access_token);
+    eprintln!("expires in {} s; scopes: {}", token.expires_in, token.scope);
+    Ok(())
+}
+
 async fn status(core: &Core) -> anyhow::Result<()> {
     let pool = core.store.pool();
-    let resources: i64 =
-        sqlx_count(pool, "SELECT count(*) FROM resources WHERE NOT deleted").await?;
-    let versions: i64 = sqlx_count(pool, "SELECT count(*) FROM resource_versions").await?;
-    let audit: i64 = sqlx_count(pool, "SELECT count(*) FROM audit_events").await?;
+    let resources = count(pool, "SELECT count(*) FROM resources WHERE NOT deleted").await?;
+    let versions = count(pool, "SELECT count(*) FROM resource_versions").await?;
+    let audit = count(pool, "SELECT count(*) FROM audit_events").await?;
+    let people = count(pool, "SELECT count(*) FROM users").await?;
+    let clients = count(pool, "SELECT count(*) FROM clients WHERE NOT disabled").await?;
     println!(
         "database:      connected{}",
         if core.cluster.is_some() {
@@ -90,17 +317,14 @@ async fn status(core: &Core) -> anyhow::Result<()> {
     println!("key provider:  {}", core.keys.describe());
     println!("resources:     {resources} current, {versions} versions");
     println!("audit events:  {audit}");
+    println!("users:         {people}; backend clients: {clients}");
     versions_table(core).await
 }
 
-async fn sqlx_count(pool: &carapace_core::sqlx::PgPool, sql: &str) -> anyhow::Result<i64> {
+async fn count(pool: &carapace_core::sqlx::PgPool, sql: &str) -> anyhow::Result<i64> {
     Ok(carapace_core::sqlx::query_scalar(sql)
         .fetch_one(pool)
         .await?)
-}
-
-async fn versions(core: &Core) -> anyhow::Result<()> {
-    versions_table(core).await
 }
 
 async fn versions_table(core: &Core) -> anyhow::Result<()> {
@@ -111,12 +335,180 @@ async fn versions_table(core: &Core) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rotate(core: &Core, operator: &str) -> anyhow::Result<()> {
-    let ctx = AccessContext::operator(operator);
+fn parse_role(role: &str) -> anyhow::Result<Role> {
+    Role::parse(role)
+        .with_context(|| format!("unknown role '{role}' (admin, practitioner, patient, analytics)"))
+}
+
+async fn user(core: &Core, ctx: &AccessContext, command: UserCommand) -> anyhow::Result<()> {
+    let store = &core.store;
+    let (what, result): (String, anyhow::Result<()>) = match command {
+        UserCommand::Create {
+            username,
+            role,
+            patient,
+            practitioner,
+            ..
+        } => {
+            let role = parse_role(&role)?;
+            let password = read_secret_line("password")?;
+            let new = NewUser {
+                username: &username,
+                role,
+                patient_id: patient.as_deref(),
+                practitioner_id: practitioner.as_deref(),
+                password: &password,
+            };
+            let r = users::create_user(store, &new).await.map(|e| {
+                println!("user '{username}' created ({})", role.as_str());
+                print_enrollment(&e);
+            });
+            (format!("user-create:{username}"), r.map_err(Into::into))
+        }
+        UserCommand::List => {
+            println!(
+                "{:<24} {:<13} {:<8} {:<10} link",
+                "username", "role", "mfa", "state"
+            );
+            for u in users::list(store).await? {
+                let state = if u.admin_locked {
+                    "locked"
+                } else if u.locked_until.is_some_and(|t| t > store.now()) {
+                    "back-off"
+                } else {
+                    "active"
+                };
+                let link = u
+                    .patient_id
+                    .map(|p| format!("Patient/{p}"))
+                    .or(u.practitioner_id.map(|p| format!("Practitioner/{p}")))
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} {:<13} {:<8} {:<10} {link}",
+                    carapace_core::fhir::printable(&u.username),
+                    u.role.as_str(),
+                    if u.mfa_enrolled { "totp" } else { "-" },
+                    state
+                );
+            }
+            return Ok(());
+        }
+        UserCommand::Lock { username } => {
+            let r = users::lock(store, &username).await;
+            (format!("user-lock:{username}"), r.map_err(Into::into))
+        }
+        UserCommand::Unlock { username } => {
+            let r = users::unlock(store, &username).await;
+            (format!("user-unlock:{username}"), r.map_err(Into::into))
+        }
+        UserCommand::ResetMfa { username } => {
+            let r = users::reset_mfa(store, &username)
+                .await
+                .map(|e| print_enrollment(&e));
+            (format!("user-reset-mfa:{username}"), r.map_err(Into::into))
+        }
+        UserCommand::SetRole { username, role } => {
+            let role = parse_role(&role)?;
+            let r = users::set_role(store, &username, role).await;
+            (
+                format!("user-set-role:{username}:{}", role.as_str()),
+                r.map_err(Into::into),
+            )
+        }
+    };
+    store.record_admin(ctx, &what, result.is_ok()).await?;
+    if result.is_ok() && !what.starts_with("user-create") && !what.starts_with("user-reset-mfa") {
+        println!("done: {what}");
+    }
+    result
+}
+
+async fn session(core: &Core, ctx: &AccessContext, command: SessionCommand) -> anyhow::Result<()> {
+    let pool = core.store.pool();
+    let now = core.store.now();
+    match command {
+        SessionCommand::List { subject } => {
+            let rows = auth::active_tokens(pool, now, subject.as_deref()).await?;
+            println!(
+                "{:<18} {:<38} {:<13} {:<22} expires",
+                "id", "subject", "role", "issued"
+            );
+            for t in rows {
+                println!(
+                    "{:<18} {:<38} {:<13} {:<22} {}",
+                    t.id,
+                    carapace_core::fhir::printable(&t.subject),
+                    t.role,
+                    t.issued_at.format("%Y-%m-%d %H:%M:%S"),
+                    t.expires_at.format("%H:%M:%S")
+                );
+            }
+            Ok(())
+        }
+        SessionCommand::Revoke { target } => {
+            let n = auth::revoke_matching(pool, now, &target).await?;
+            core.store
+                .record_admin(ctx, &format!("session-revoke:{target}"), true)
+                .await?;
+            println!("revoked {n} token(s)");
+            Ok(())
+        }
+    }
+}
+
+async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> anyhow::Result<()> {
+    let pool = core.store.pool();
+    match command {
+        ClientCommand::Register {
+            name,
+            jwks_file,
+            scopes,
+        } => {
+            let text = std::fs::read_to_string(&jwks_file)
+                .with_context(|| format!("reading {}", jwks_file.display()))?;
+            let jwks: serde_json::Value =
+                serde_json::from_str(&text).context("the JWKS file is not JSON")?;
+            let client_id = auth::register_client(pool, core.store.clock(), &name, &jwks, &scopes)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.description))?;
+            core.store
+                .record_admin(ctx, &format!("client-register:{client_id}"), true)
+                .await?;
+            println!("{client_id}");
+            Ok(())
+        }
+        ClientCommand::List => {
+            println!("{:<38} {:<9} {:<24} scopes", "client_id", "state", "name");
+            for c in auth::list_clients(pool).await? {
+                println!(
+                    "{:<38} {:<9} {:<24} {}",
+                    c.client_id,
+                    if c.disabled { "disabled" } else { "active" },
+                    carapace_core::fhir::printable(&c.name),
+                    c.scopes.join(" ")
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Disable { client_id } => {
+            let found = auth::disable_client(pool, core.store.clock(), &client_id).await?;
+            core.store
+                .record_admin(ctx, &format!("client-disable:{client_id}"), found)
+                .await?;
+            if !found {
+                bail!("no client {client_id}");
+            }
+            println!("client {client_id} disabled; its tokens are revoked");
+            Ok(())
+        }
+    }
+}
+
+async fn rotate(core: &Core, ctx: &AccessContext) -> anyhow::Result<()> {
     let mut last_shown = 0;
     let done = core
         .store
-        .rewrap_all(&ctx, |done, total| {
+        .rewrap_all(ctx, |done, total| {
             if done == total || done - last_shown >= 100 {
                 last_shown = done;
                 print!("\rrewrapped {done}/{total} data keys");

@@ -23,6 +23,8 @@ pub enum Interaction {
     HistoryType,
     HistorySystem,
     Capabilities,
+    /// An administrative action or a sign-in (console, token endpoint).
+    Admin,
 }
 
 impl Interaction {
@@ -37,6 +39,7 @@ impl Interaction {
             Interaction::HistoryType => "history-type",
             Interaction::HistorySystem => "history-system",
             Interaction::Capabilities => "capabilities",
+            Interaction::Admin => "admin",
         }
     }
 
@@ -46,6 +49,7 @@ impl Interaction {
             Interaction::Create => "C",
             Interaction::Update => "U",
             Interaction::Delete => "D",
+            Interaction::Admin => "E",
             _ => "R",
         }
     }

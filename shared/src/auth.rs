@@ -501,6 +501,62 @@ pub async fn revoke(pool: &PgPool, now: DateTime<Utc>, token: &str) -> Result<()
     Ok(())
 }
 
+/// An active token as the console lists it; `id` is a prefix of the token's hash, never the token.
+#[derive(Debug, Clone)]
+pub struct ActiveToken {
+    pub id: String,
+    pub subject: String,
+    pub role: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn active_tokens(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    subject: Option<&str>,
+) -> Result<Vec<ActiveToken>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT encode(substring(token_hash from 1 for 8), 'hex') AS id, subject, role, issued_at, expires_at
+           FROM access_tokens
+          WHERE revoked_at IS NULL AND expires_at > $1 AND ($2::text IS NULL OR subject = $2)
+          ORDER BY issued_at",
+    )
+    .bind(now)
+    .bind(subject)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ActiveToken {
+                id: r.try_get("id")?,
+                subject: r.try_get("subject")?,
+                role: r.try_get("role")?,
+                issued_at: r.try_get("issued_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Revoke every active token of a subject (user or client), or the one whose id is `target`.
+pub async fn revoke_matching(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    target: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE access_tokens SET revoked_at = $2
+          WHERE revoked_at IS NULL
+            AND (subject = $1 OR encode(substring(token_hash from 1 for 8), 'hex') = $1)",
+    )
+    .bind(target)
+    .bind(now)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

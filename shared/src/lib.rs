@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod fhir;
 pub mod keys;
 pub mod store;
+pub mod users;
 
 pub use secrecy;
 pub use sqlx;

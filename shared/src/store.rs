@@ -129,6 +129,13 @@ pub struct Store {
 
 const MAX_HISTORY_COUNT: usize = 1000;
 
+/// Key scope of the data key that seals identity secrets (TOTP seeds).
+const IDENTITY_SCOPE: &str = "identity";
+
+fn secret_aad(purpose: &str) -> Vec<u8> {
+    format!("carapace/secret/v1/{purpose}").into_bytes()
+}
+
 impl Store {
     pub fn new(
         pool: PgPool,
@@ -837,6 +844,53 @@ impl Store {
         )
         .await?;
         Ok(done)
+    }
+
+    /// Seal a small server secret (a TOTP seed) under the identity data key, bound to `purpose`.
+    /// The result carries the data key's id, so it can be opened after key rotation.
+    pub async fn seal_secret(
+        &self,
+        purpose: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let (dek_id, dek) = self.dek_for_scope(IDENTITY_SCOPE).await?;
+        let mut out = dek_id.to_be_bytes().to_vec();
+        out.extend(crypto::seal_with_aad(&dek, &secret_aad(purpose), plaintext));
+        Ok(out)
+    }
+
+    pub async fn open_secret(&self, purpose: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (id, body) = sealed.split_at_checked(8).ok_or(StoreError::Integrity)?;
+        let dek_id = i64::from_be_bytes(id.try_into().map_err(|_| StoreError::Integrity)?);
+        let row = sqlx::query("SELECT id, scope, wrapped FROM data_keys WHERE id = $1")
+            .bind(dek_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::Integrity)?;
+        let key = DekRow::from_parts(&row)?;
+        let dek = self.dek_by_id(&key).await?;
+        crypto::open_with_aad(&dek, &secret_aad(purpose), body).map_err(|_| StoreError::Integrity)
+    }
+
+    /// Audit an administrative action or sign-in: `what` names it (`user-create:alice`).
+    pub async fn record_admin(
+        &self,
+        ctx: &AccessContext,
+        what: &str,
+        success: bool,
+    ) -> Result<(), StoreError> {
+        let record = AuditRecord {
+            interaction: Interaction::Admin,
+            outcome: if success {
+                Outcome::Success
+            } else {
+                Outcome::MinorFailure
+            },
+            recorded: self.clock.now(),
+            what: Some(format!("urn:carapace:admin:{what}")),
+            patient: None,
+        };
+        Ok(self.audit.record(ctx, &record).await?)
     }
 
     /// Stored data keys by key version, for status displays.

@@ -9,5 +9,6 @@ mod conformance;
 mod crud;
 mod embedded;
 mod encryption;
+mod identity;
 mod tls;
 mod vault;

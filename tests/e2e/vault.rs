@@ -122,11 +122,24 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
             (ok, failed)
         }));
     }
+    // The operator signs in to the console with an administrator token (the automation path).
+    let db = stack.db().await;
+    let admin = carapace_core::auth::issue(
+        &db,
+        chrono::Utc::now(),
+        "rotation-test",
+        carapace_core::access::Role::Admin,
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
     let mut env: Vec<(String, String)> = stack.server.env.clone();
     env.push(("RUST_LOG".into(), "warn".into()));
+    env.push(("CARAPACE_ADMIN_TOKEN".into(), admin.access_token.clone()));
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin_path("carapace-console"))
-            .args(["keys", "rotate", "--operator", "rotation-test"])
+            .args(["keys", "rotate"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env)
@@ -151,7 +164,6 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
             "reads failed during rotation: {failed:?}"
         );
     }
-    let db = stack.db().await;
     let versions: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT key_version FROM data_keys")
         .fetch_all(&db)
         .await
@@ -182,7 +194,8 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
             .unwrap();
     assert_eq!(newest, 2);
     // The console's status shows the same picture an operator checks after a rotation.
-    let env = server.env.clone();
+    let mut env = server.env.clone();
+    env.push(("CARAPACE_ADMIN_TOKEN".into(), admin.access_token.clone()));
     let status = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin_path("carapace-console"))
             .arg("status")

@@ -1,0 +1,676 @@
+//! People: administrators, practitioners and patients. Passwords hashed with Argon2id (OWASP
+//! parameters), TOTP (RFC 6238) second factor with single-use codes and a sealed seed, one-time
+//! recovery codes stored hashed, and lockout by exponential back-off.
+//!
+//! Every login failure — unknown user, wrong password, wrong or replayed code, back-off in force,
+//! locked account — is the same [`LoginError::Invalid`], and an unknown user costs the same Argon2id
+//! work as a known one, so neither the message nor the timing tells them apart.
+
+use crate::access::Role;
+use crate::store::{Store, StoreError};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::sync::LazyLock;
+
+pub const MIN_PASSWORD_LEN: usize = 12;
+const MAX_PASSWORD_LEN: usize = 1024;
+/// Failures allowed before back-off starts.
+const FREE_ATTEMPTS: i32 = 5;
+/// Back-off doubles from 30 s per failure past the free ones, capped at 15 minutes: never permanent.
+const BACKOFF_BASE_SECONDS: i64 = 30;
+const BACKOFF_MAX_SECONDS: i64 = 15 * 60;
+const RECOVERY_CODES: usize = 10;
+const TOTP_STEP: i64 = 30;
+
+/// A small built-in list of the most common passwords of 12+ characters.
+const COMMON_PASSWORDS: &[&str] = &[
+    "123456789012",
+    "1234567890123",
+    "12345678901234",
+    "qwertyuiop123",
+    "password1234",
+    "password12345",
+    "passwordpassword",
+    "qwertyuiopasdf",
+    "iloveyou1234",
+    "123123123123",
+    "111111111111",
+    "000000000000",
+    "abcdefghijkl",
+    "abc123abc123",
+    "letmein12345",
+    "welcome12345",
+    "administrator",
+    "Administrator1",
+    "changeme1234",
+    "trustno11234",
+    "qwerty123456",
+    "1q2w3e4r5t6y",
+    "1qaz2wsx3edc",
+    "zaq12wsxcde3",
+    "monkey123456",
+    "football1234",
+    "baseball1234",
+    "superman1234",
+    "starwars1234",
+    "princess1234",
+    "sunshine1234",
+    "passw0rd1234",
+    "p@ssw0rd1234",
+    "Password1234",
+    "Password123!",
+    "Welcome12345",
+    "Summer2024!!",
+    "Winter2024!!",
+    "hospital1234",
+    "doctor123456",
+    "nurse1234567",
+    "patient12345",
+    "healthcare12",
+    "qwertyqwerty",
+    "asdfghjkl123",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("user '{0}' already exists")]
+    Exists(String),
+    #[error("no such user")]
+    NotFound,
+    #[error("an administrator already exists; bootstrap is refused")]
+    AdminExists,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The only answer a failed login gets.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoginError {
+    #[error("invalid username, password or code")]
+    Invalid,
+    #[error("the sign-in service is unavailable")]
+    Unavailable,
+}
+
+/// Shown once at creation or MFA reset: the TOTP enrolment URI and the recovery codes.
+#[derive(Debug)]
+pub struct Enrollment {
+    pub totp_uri: Option<String>,
+    pub recovery_codes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub username: String,
+    pub role: Role,
+    pub patient_id: Option<String>,
+    pub practitioner_id: Option<String>,
+    pub admin_locked: bool,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub mfa_enrolled: bool,
+}
+
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub role: Role,
+    pub patient_id: Option<&'a str>,
+    pub practitioner_id: Option<&'a str>,
+    pub password: &'a str,
+}
+
+fn argon2() -> Argon2<'static> {
+    // OWASP: Argon2id, 19 MiB, 2 iterations, 1 lane.
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A hash verified when the user does not exist, so unknown users cost the same time.
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| hash_password("carapace-timing-equaliser").unwrap_or_default());
+
+fn hash_password(password: &str) -> Result<String, UserError> {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| UserError::Invalid(e.to_string()))?;
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UserError::Invalid(e.to_string()))
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            argon2()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Usernames: 3–64 of lower-case letters, digits, `.`, `_`, `-`, `@`.
+pub fn check_username(username: &str) -> Result<(), UserError> {
+    let ok = (3..=64).contains(&username.len())
+        && username.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'@')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(UserError::Invalid(
+            "a username is 3 to 64 lower-case letters, digits, '.', '_', '-' or '@'".into(),
+        ))
+    }
+}
+
+/// Minimum length, not a common password, not the username.
+pub fn check_password(username: &str, password: &str) -> Result<(), UserError> {
+    let len = password.chars().count();
+    if len < MIN_PASSWORD_LEN {
+        return Err(UserError::Invalid(format!(
+            "a password has at least {MIN_PASSWORD_LEN} characters"
+        )));
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(UserError::Invalid("the password is too long".into()));
+    }
+    let lower = password.to_lowercase();
+    if COMMON_PASSWORDS.iter().any(|c| c.to_lowercase() == lower) {
+        return Err(UserError::Invalid("this password is too common".into()));
+    }
+    if lower.contains(&username.to_lowercase()) {
+        return Err(UserError::Invalid(
+            "the password must not contain the username".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn role_needs_mfa(role: Role) -> bool {
+    matches!(role, Role::Admin | Role::Practitioner)
+}
+
+fn totp(secret: &[u8], username: &str) -> Option<totp_rs::TOTP> {
+    totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        secret.to_vec(),
+        Some("Carapace".to_string()),
+        username.to_string(),
+    )
+    .ok()
+}
+
+fn recovery_hash(code: &str) -> String {
+    let normalised: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_lowercase();
+    hex(&Sha256::digest(normalised.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fresh TOTP seed (sealed) and recovery codes for a user; returns what to show once.
+async fn enroll(
+    store: &Store,
+    tx: &mut sqlx::PgConnection,
+    user_id: i64,
+    username: &str,
+    with_totp: bool,
+) -> Result<Enrollment, UserError> {
+    let mut totp_uri = None;
+    let mut sealed = None;
+    if with_totp {
+        let mut secret = [0u8; 20];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let t = totp(&secret, username)
+            .ok_or_else(|| UserError::Invalid("cannot make a TOTP seed".into()))?;
+        totp_uri = Some(t.get_url());
+        sealed = Some(
+            store
+                .seal_secret(&format!("totp/{user_id}"), &secret)
+                .await?,
+        );
+        zeroize::Zeroize::zeroize(&mut secret);
+    }
+    sqlx::query("UPDATE users SET totp_sealed = $2, totp_last_step = 0 WHERE id = $1")
+        .bind(user_id)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    let mut codes = Vec::with_capacity(RECOVERY_CODES);
+    for _ in 0..RECOVERY_CODES {
+        let mut raw = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let text = hex(&raw);
+        let code = format!(
+            "{}-{}-{}-{}",
+            &text[0..4],
+            &text[4..8],
+            &text[8..12],
+            &text[12..16]
+        );
+        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
+            .bind(user_id)
+            .bind(recovery_hash(&code))
+            .execute(&mut *tx)
+            .await?;
+        codes.push(code);
+    }
+    Ok(Enrollment {
+        totp_uri,
+        recovery_codes: codes,
+    })
+}
+
+/// Create a user. Admins and practitioners are enrolled in TOTP at once.
+pub async fn create_user(store: &Store, new: &NewUser<'_>) -> Result<Enrollment, UserError> {
+    check_username(new.username)?;
+    check_password(new.username, new.password)?;
+    match new.role {
+        Role::Patient if new.patient_id.is_none() => {
+            return Err(UserError::Invalid(
+                "a patient user needs --patient ID".into(),
+            ))
+        }
+        Role::Practitioner if new.practitioner_id.is_none() => {
+            return Err(UserError::Invalid(
+                "a practitioner user needs --practitioner ID".into(),
+            ))
+        }
+        Role::System => {
+            return Err(UserError::Invalid(
+                "system access is for registered clients".into(),
+            ))
+        }
+        _ => {}
+    }
+    let hash = hash_password(new.password)?;
+    let mut tx = store.pool().begin().await?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO users (username, role, patient_id, practitioner_id, password_hash, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING RETURNING id",
+    )
+    .bind(new.username)
+    .bind(new.role.as_str())
+    .bind(new.patient_id)
+    .bind(new.practitioner_id)
+    .bind(hash)
+    .bind(store.now())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let id = id.ok_or_else(|| UserError::Exists(new.username.to_string()))?;
+    let enrollment = enroll(store, &mut tx, id, new.username, role_needs_mfa(new.role)).await?;
+    tx.commit().await?;
+    Ok(enrollment)
+}
+
+/// First run: create the first administrator. Refused once any administrator exists.
+pub async fn bootstrap_admin(
+    store: &Store,
+    username: &str,
+    password: &str,
+) -> Result<Enrollment, UserError> {
+    // Serialise concurrent bootstraps: the advisory lock is held for this transaction only.
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
+        .execute(&mut *tx)
+        .await?;
+    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'")
+        .fetch_one(&mut *tx)
+        .await?;
+    if admins > 0 {
+        return Err(UserError::AdminExists);
+    }
+    let enrollment = create_user(
+        store,
+        &NewUser {
+            username,
+            role: Role::Admin,
+            patient_id: None,
+            practitioner_id: None,
+            password,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(enrollment)
+}
+
+/// Check username, password and (for roles that need it) a TOTP or recovery code at `now`.
+pub async fn login(
+    store: &Store,
+    now: DateTime<Utc>,
+    username: &str,
+    password: &str,
+    code: Option<&str>,
+) -> Result<User, LoginError> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "login check failed");
+        LoginError::Unavailable
+    };
+    let row = sqlx::query(
+        "SELECT id, password_hash, role, totp_sealed, totp_last_step, failed_logins, locked_until,
+                admin_locked
+           FROM users WHERE username = $1",
+    )
+    .bind(username)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(|e| unavailable(&e))?;
+    let Some(row) = row else {
+        // Same work as a real check.
+        verify_password(password, &DUMMY_HASH);
+        return Err(LoginError::Invalid);
+    };
+    let id: i64 = row.try_get("id").map_err(|e| unavailable(&e))?;
+    let hash: String = row.try_get("password_hash").map_err(|e| unavailable(&e))?;
+    let locked_until: Option<DateTime<Utc>> =
+        row.try_get("locked_until").map_err(|e| unavailable(&e))?;
+    let admin_locked: bool = row.try_get("admin_locked").map_err(|e| unavailable(&e))?;
+    let failed: i32 = row.try_get("failed_logins").map_err(|e| unavailable(&e))?;
+    let password_ok = verify_password(password, &hash);
+    if admin_locked || locked_until.is_some_and(|t| now < t) {
+        // The password was still checked above, so a locked account answers in the same time.
+        return Err(LoginError::Invalid);
+    }
+    let role_text: String = row.try_get("role").map_err(|e| unavailable(&e))?;
+    let role = Role::parse(&role_text).ok_or(LoginError::Invalid)?;
+    let second_ok = if !password_ok {
+        false
+    } else if role_needs_mfa(role) {
+        let sealed: Option<Vec<u8>> = row.try_get("totp_sealed").map_err(|e| unavailable(&e))?;
+        let last_step: i64 = row.try_get("totp_last_step").map_err(|e| unavailable(&e))?;
+        match (code, sealed) {
+            (Some(code), Some(sealed)) => {
+                check_second_factor(store, now, id, username, code, &sealed, last_step).await?
+            }
+            _ => false,
+        }
+    } else {
+        true
+    };
+    if !second_ok {
+        let failed = failed.saturating_add(1);
+        let backoff = if failed >= FREE_ATTEMPTS {
+            let doublings = u32::try_from(failed - FREE_ATTEMPTS)
+                .unwrap_or(u32::MAX)
+                .min(10);
+            Some(
+                now + Duration::seconds(
+                    (BACKOFF_BASE_SECONDS << doublings).min(BACKOFF_MAX_SECONDS),
+                ),
+            )
+        } else {
+            None
+        };
+        sqlx::query("UPDATE users SET failed_logins = $2, locked_until = $3 WHERE id = $1")
+            .bind(id)
+            .bind(failed)
+            .bind(backoff)
+            .execute(store.pool())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        return Err(LoginError::Invalid);
+    }
+    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    find(store, username)
+        .await
+        .map_err(|_| LoginError::Unavailable)
+}
+
+/// A TOTP code for the current, previous or next step that is newer than the last one used, or an
+/// unused recovery code. Each is consumed atomically, so it works once.
+async fn check_second_factor(
+    store: &Store,
+    now: DateTime<Utc>,
+    user_id: i64,
+    username: &str,
+    code: &str,
+    sealed: &[u8],
+    last_step: i64,
+) -> Result<bool, LoginError> {
+    let code = code.trim();
+    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        let mut secret = store
+            .open_secret(&format!("totp/{user_id}"), sealed)
+            .await
+            .map_err(|_| LoginError::Unavailable)?;
+        let t = totp(&secret, username);
+        zeroize::Zeroize::zeroize(&mut secret);
+        let Some(t) = t else { return Ok(false) };
+        let step = now.timestamp().div_euclid(TOTP_STEP);
+        for candidate in [step - 1, step, step + 1] {
+            if candidate <= last_step {
+                continue;
+            }
+            let at = u64::try_from(candidate * TOTP_STEP).unwrap_or(0);
+            if t.generate(at) == code {
+                let used = sqlx::query(
+                    "UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2",
+                )
+                .bind(user_id)
+                .bind(candidate)
+                .execute(store.pool())
+                .await
+                .map_err(|_| LoginError::Unavailable)?
+                .rows_affected();
+                return Ok(used == 1);
+            }
+        }
+        return Ok(false);
+    }
+    let used = sqlx::query(
+        "UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(recovery_hash(code))
+    .bind(now)
+    .execute(store.pool())
+    .await
+    .map_err(|_| LoginError::Unavailable)?
+    .rows_affected();
+    Ok(used == 1)
+}
+
+fn user_from_row(r: &sqlx::postgres::PgRow) -> Result<User, sqlx::Error> {
+    let role: String = r.try_get("role")?;
+    Ok(User {
+        username: r.try_get("username")?,
+        role: Role::parse(&role).unwrap_or(Role::Analytics),
+        patient_id: r.try_get("patient_id")?,
+        practitioner_id: r.try_get("practitioner_id")?,
+        admin_locked: r.try_get("admin_locked")?,
+        locked_until: r.try_get("locked_until")?,
+        mfa_enrolled: r.try_get::<Option<Vec<u8>>, _>("totp_sealed")?.is_some(),
+    })
+}
+
+const USER_COLUMNS: &str =
+    "username, role, patient_id, practitioner_id, admin_locked, locked_until, totp_sealed";
+
+pub async fn find(store: &Store, username: &str) -> Result<User, UserError> {
+    let row = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+    ))
+    .bind(username)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(UserError::NotFound)?;
+    Ok(user_from_row(&row)?)
+}
+
+pub async fn list(store: &Store) -> Result<Vec<User>, UserError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+    ))
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+}
+
+/// Revoke every access token the user holds (lock, role change, MFA or password change).
+async fn revoke_tokens(
+    tx: &mut sqlx::PgConnection,
+    username: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE access_tokens SET revoked_at = $2 WHERE subject = $1 AND revoked_at IS NULL",
+    )
+    .bind(username)
+    .bind(now)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn update_user(
+    store: &Store,
+    username: &str,
+    sql: &str,
+    role: Option<&str>,
+) -> Result<(), UserError> {
+    let mut tx = store.pool().begin().await?;
+    let mut q = sqlx::query(sql).bind(username);
+    if let Some(role) = role {
+        q = q.bind(role);
+    }
+    if q.execute(&mut *tx).await?.rows_affected() == 0 {
+        return Err(UserError::NotFound);
+    }
+    revoke_tokens(&mut tx, username, store.now()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn lock(store: &Store, username: &str) -> Result<(), UserError> {
+    update_user(
+        store,
+        username,
+        "UPDATE users SET admin_locked = true WHERE username = $1",
+        None,
+    )
+    .await
+}
+
+pub async fn unlock(store: &Store, username: &str) -> Result<(), UserError> {
+    update_user(
+        store,
+        username,
+        "UPDATE users SET admin_locked = false, failed_logins = 0, locked_until = NULL WHERE username = $1",
+        None,
+    )
+    .await
+}
+
+pub async fn set_role(store: &Store, username: &str, role: Role) -> Result<(), UserError> {
+    if role == Role::System {
+        return Err(UserError::Invalid(
+            "system access is for registered clients".into(),
+        ));
+    }
+    update_user(
+        store,
+        username,
+        "UPDATE users SET role = $2 WHERE username = $1",
+        Some(role.as_str()),
+    )
+    .await
+}
+
+/// New TOTP seed and recovery codes; the old ones stop working and the user's tokens are revoked.
+pub async fn reset_mfa(store: &Store, username: &str) -> Result<Enrollment, UserError> {
+    let mut tx = store.pool().begin().await?;
+    let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(UserError::NotFound)?;
+    let enrollment = enroll(store, &mut tx, id, username, true).await?;
+    revoke_tokens(&mut tx, username, store.now()).await?;
+    tx.commit().await?;
+    Ok(enrollment)
+}
+
+/// Change a password (policy checked); revokes the user's tokens.
+pub async fn set_password(store: &Store, username: &str, password: &str) -> Result<(), UserError> {
+    check_password(username, password)?;
+    let hash = hash_password(password)?;
+    let mut tx = store.pool().begin().await?;
+    let n = sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
+        .bind(username)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(UserError::NotFound);
+    }
+    revoke_tokens(&mut tx, username, store.now()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_policy() {
+        assert!(check_password("alice", "short").is_err());
+        assert!(check_password("alice", "Password1234").is_err(), "common");
+        assert!(
+            check_password("alice", "my-alice-is-long").is_err(),
+            "contains the username"
+        );
+        assert!(check_password("alice", "correct horse battery").is_ok());
+    }
+
+    #[test]
+    fn argon2id_with_owasp_parameters() {
+        let hash = hash_password("correct horse battery").unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(verify_password("correct horse battery", &hash));
+        assert!(!verify_password("correct horse batterz", &hash));
+    }
+
+    #[test]
+    fn usernames() {
+        assert!(check_username("dr.who@ward-3").is_ok());
+        assert!(check_username("Dr").is_err() && check_username("a b").is_err());
+    }
+
+    #[test]
+    fn recovery_codes_normalise() {
+        assert_eq!(
+            recovery_hash("ABCD-ef01-2345-6789"),
+            recovery_hash("abcdef0123456789")
+        );
+    }
+}

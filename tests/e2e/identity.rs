@@ -1,0 +1,577 @@
+//! People and the console: Argon2id passwords with a policy, single-use TOTP codes, recovery codes,
+//! lockout by back-off (never forever), one generic error with equal timing, token revocation on
+//! account changes — through the core with a controlled clock, and through the real
+//! `carapace-console` binary as an operator scripts it.
+
+use carapace_core::access::Role;
+use carapace_core::clock::FixedClock;
+use carapace_core::config::Config;
+use carapace_core::core::Core;
+use carapace_core::users::{self, LoginError, NewUser};
+use carapace_tests::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn core_with_clock(stack: &Stack, clock: Arc<FixedClock>) -> Core {
+    let env: std::collections::HashMap<String, String> = stack.server.env.iter().cloned().collect();
+    let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+    Core::open_with_clock(&config, clock).await.unwrap()
+}
+
+fn code_at(uri: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+    totp_rs::TOTP::from_url_unchecked(uri)
+        .unwrap()
+        .generate(at.timestamp() as u64)
+}
+
+#[tokio::test]
+async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
+    let stack = Stack::start().await.unwrap();
+    let start = chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::new(FixedClock::new(start));
+    let core = core_with_clock(&stack, clock.clone()).await;
+    let store = &core.store;
+    let password = "correct horse battery staple";
+
+    // Policy: short, common and username-containing passwords are refused.
+    for weak in ["short-one", "Password1234", "dr.house-is-here"] {
+        let r = users::create_user(
+            store,
+            &NewUser {
+                username: "dr.house",
+                role: Role::Practitioner,
+                patient_id: None,
+                practitioner_id: Some("pr1"),
+                password: weak,
+            },
+        )
+        .await;
+        assert!(r.is_err(), "{weak}");
+    }
+    let enrolled = users::create_user(
+        store,
+        &NewUser {
+            username: "dr.house",
+            role: Role::Practitioner,
+            patient_id: None,
+            practitioner_id: Some("pr1"),
+            password,
+        },
+    )
+    .await
+    .unwrap();
+    let uri = enrolled.totp_uri.clone().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/Carapace:dr.house?"),
+        "{uri}"
+    );
+    assert_eq!(enrolled.recovery_codes.len(), 10);
+    // Stored: an Argon2id hash and a sealed seed, never the secret itself.
+    let db = stack.db().await;
+    let (hash, sealed): (String, Vec<u8>) =
+        sqlx::query_as("SELECT password_hash, totp_sealed FROM users WHERE username = 'dr.house'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&sealed).contains(secret));
+
+    // A practitioner needs the second factor.
+    assert_eq!(
+        users::login(store, clock_now(&clock), "dr.house", password, None)
+            .await
+            .unwrap_err(),
+        LoginError::Invalid
+    );
+    let code = code_at(&uri, clock_now(&clock));
+    assert!(
+        users::login(store, clock_now(&clock), "dr.house", password, Some(&code))
+            .await
+            .is_ok()
+    );
+    // The same code again, within its window: refused.
+    assert_eq!(
+        users::login(store, clock_now(&clock), "dr.house", password, Some(&code))
+            .await
+            .unwrap_err(),
+        LoginError::Invalid
+    );
+    // The previous step's code is older than the one used: refused too.
+    let older = code_at(&uri, clock_now(&clock) - chrono::Duration::seconds(30));
+    assert!(
+        users::login(store, clock_now(&clock), "dr.house", password, Some(&older))
+            .await
+            .is_err()
+    );
+    // Recovery codes work once.
+    let rc = enrolled.recovery_codes[0].clone();
+    assert!(
+        users::login(store, clock_now(&clock), "dr.house", password, Some(&rc))
+            .await
+            .is_ok()
+    );
+    assert!(
+        users::login(store, clock_now(&clock), "dr.house", password, Some(&rc))
+            .await
+            .is_err()
+    );
+
+    // Back-off: five failures are free, then 30 s, then 60 s... even the right password waits.
+    clock.advance(chrono::Duration::seconds(60));
+    for _ in 0..5 {
+        assert!(users::login(
+            store,
+            clock_now(&clock),
+            "dr.house",
+            "wrong password!!",
+            None
+        )
+        .await
+        .is_err());
+    }
+    let good = |c: &FixedClock| code_at(&uri, clock_now(c));
+    assert!(
+        users::login(
+            store,
+            clock_now(&clock),
+            "dr.house",
+            password,
+            Some(&good(&clock))
+        )
+        .await
+        .is_err(),
+        "backing off"
+    );
+    clock.advance(chrono::Duration::seconds(31));
+    // One more failure doubles the wait.
+    assert!(users::login(
+        store,
+        clock_now(&clock),
+        "dr.house",
+        "wrong password!!",
+        None
+    )
+    .await
+    .is_err());
+    clock.advance(chrono::Duration::seconds(31));
+    assert!(
+        users::login(
+            store,
+            clock_now(&clock),
+            "dr.house",
+            password,
+            Some(&good(&clock))
+        )
+        .await
+        .is_err(),
+        "60 s now"
+    );
+    clock.advance(chrono::Duration::seconds(30));
+    let user = users::login(
+        store,
+        clock_now(&clock),
+        "dr.house",
+        password,
+        Some(&good(&clock)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(user.role, Role::Practitioner);
+    let row: (i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT failed_logins, locked_until FROM users WHERE username = 'dr.house'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(row, (0, None), "success resets the back-off");
+
+    // An administrator's lock is not lifted by time, only by unlock.
+    users::lock(store, "dr.house").await.unwrap();
+    clock.advance(chrono::Duration::hours(24));
+    assert!(users::login(
+        store,
+        clock_now(&clock),
+        "dr.house",
+        password,
+        Some(&good(&clock))
+    )
+    .await
+    .is_err());
+    users::unlock(store, "dr.house").await.unwrap();
+    clock.advance(chrono::Duration::seconds(30));
+    assert!(users::login(
+        store,
+        clock_now(&clock),
+        "dr.house",
+        password,
+        Some(&good(&clock))
+    )
+    .await
+    .is_ok());
+
+    // Unknown user and wrong password: the same error and the same time, within noise.
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
+    for i in 0..8 {
+        let t = Instant::now();
+        let e = users::login(
+            store,
+            clock_now(&clock),
+            &format!("nobody{i}"),
+            password,
+            None,
+        )
+        .await
+        .unwrap_err();
+        unknown.push(t.elapsed());
+        assert_eq!(e, LoginError::Invalid);
+        let t = Instant::now();
+        let e = users::login(
+            store,
+            clock_now(&clock),
+            "dr.house",
+            "wrong password!!",
+            None,
+        )
+        .await
+        .unwrap_err();
+        wrong.push(t.elapsed());
+        assert_eq!(e, LoginError::Invalid);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    let (u, w) = (median(&mut unknown), median(&mut wrong));
+    assert!(
+        u / w > 0.5 && u / w < 2.0,
+        "unknown user {u:.4}s vs wrong password {w:.4}s"
+    );
+
+    // A password change revokes the user's tokens at once.
+    let token = carapace_core::auth::issue(
+        &db,
+        chrono::Utc::now(),
+        "dr.house",
+        Role::Practitioner,
+        &[carapace_core::access::Scope::parse("user/*.rs").unwrap()],
+        None,
+    )
+    .await
+    .unwrap()
+    .access_token;
+    assert!(carapace_core::auth::lookup(&db, chrono::Utc::now(), &token)
+        .await
+        .unwrap()
+        .is_some());
+    users::set_password(store, "dr.house", "another long passphrase")
+        .await
+        .unwrap();
+    assert!(carapace_core::auth::lookup(&db, chrono::Utc::now(), &token)
+        .await
+        .unwrap()
+        .is_none());
+    core.shutdown().await;
+}
+
+fn clock_now(c: &FixedClock) -> chrono::DateTime<chrono::Utc> {
+    use carapace_core::clock::Clock;
+    c.now()
+}
+
+fn console(env: &[(String, String)], args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin_path("carapace-console"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{input}\n").as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_provisions_users_and_clients_from_a_script() {
+    let stack = Stack::start().await.unwrap();
+    let env = stack.server.env.clone();
+    let run =
+        |args: Vec<&'static str>, extra: Vec<(String, String)>, stdin: Option<&'static str>| {
+            let mut env = env.clone();
+            env.extend(extra);
+            async move {
+                tokio::task::spawn_blocking(move || console(&env, &args, stdin))
+                    .await
+                    .unwrap()
+            }
+        };
+    let password = "a long admin passphrase";
+
+    // No operator, no admin: commands are refused; bootstrap creates the first admin exactly once.
+    let (ok, _, err) = run(vec!["user", "list"], vec![], None).await;
+    assert!(!ok && err.contains("CARAPACE_ADMIN_TOKEN"), "{err}");
+    let (ok, out, err) = run(
+        vec![
+            "bootstrap-admin",
+            "--username",
+            "root.admin",
+            "--password-stdin",
+        ],
+        vec![],
+        Some(password),
+    )
+    .await;
+    assert!(ok, "{err}");
+    let uri = out
+        .lines()
+        .find(|l| l.trim().starts_with("otpauth://"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim().len() == 19 && l.contains('-'))
+            .count(),
+        10,
+        "{out}"
+    );
+    let (ok, _, err) = run(
+        vec![
+            "bootstrap-admin",
+            "--username",
+            "second",
+            "--password-stdin",
+        ],
+        vec![],
+        Some(password),
+    )
+    .await;
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    // Sign in with password + TOTP; the same code cannot sign in twice.
+    let code = code_at(&uri, chrono::Utc::now());
+    let creds = vec![
+        ("CARAPACE_OPERATOR".to_string(), "root.admin".to_string()),
+        (
+            "CARAPACE_OPERATOR_PASSWORD".to_string(),
+            password.to_string(),
+        ),
+        ("CARAPACE_OPERATOR_TOTP".to_string(), code),
+    ];
+    let (ok, out, err) = run(vec!["login"], creds.clone(), None).await;
+    assert!(ok, "{err}");
+    let admin_token = out.trim().to_string();
+    let (ok, _, err) = run(vec!["login"], creds.clone(), None).await;
+    assert!(
+        !ok && err.contains("invalid username, password or code"),
+        "replay: {err}"
+    );
+    let mut wrong = creds.clone();
+    wrong[1].1 = "not the password".into();
+    let (ok, _, err) = run(vec!["status"], wrong, None).await;
+    assert!(
+        !ok && err.contains("invalid username, password or code"),
+        "{err}"
+    );
+
+    let admin = vec![("CARAPACE_ADMIN_TOKEN".to_string(), admin_token.clone())];
+    // The admin token also works on the FHIR API (user/*.cruds).
+    let meta = http(
+        "GET",
+        &stack.server.url("Patient/x"),
+        &[("Authorization", &format!("Bearer {admin_token}"))],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(meta.status, 404);
+
+    // Users.
+    let (ok, out, err) = run(
+        vec![
+            "user",
+            "create",
+            "--username",
+            "dr.grey",
+            "--role",
+            "practitioner",
+            "--practitioner",
+            "pr-7",
+            "--password-stdin",
+        ],
+        admin.clone(),
+        Some("grey's anatomy 2005"),
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("otpauth://totp/Carapace:dr.grey"), "{out}");
+    let (ok, _, err) = run(
+        vec![
+            "user",
+            "create",
+            "--username",
+            "weak",
+            "--role",
+            "patient",
+            "--patient",
+            "p1",
+            "--password-stdin",
+        ],
+        admin.clone(),
+        Some("password1234"),
+    )
+    .await;
+    assert!(!ok && err.contains("too common"), "{err}");
+    let (ok, out, _) = run(vec!["user", "list"], admin.clone(), None).await;
+    assert!(
+        ok && out.contains("dr.grey")
+            && out.contains("Practitioner/pr-7")
+            && out.contains("root.admin"),
+        "{out}"
+    );
+    assert!(
+        run(vec!["user", "lock", "dr.grey"], admin.clone(), None)
+            .await
+            .0
+    );
+    let (_, out, _) = run(vec!["user", "list"], admin.clone(), None).await;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("dr.grey") && l.contains("locked")),
+        "{out}"
+    );
+    assert!(
+        run(vec!["user", "unlock", "dr.grey"], admin.clone(), None)
+            .await
+            .0
+    );
+    assert!(
+        run(
+            vec!["user", "set-role", "dr.grey", "analytics"],
+            admin.clone(),
+            None
+        )
+        .await
+        .0
+    );
+    let (ok, out, _) = run(vec!["user", "reset-mfa", "dr.grey"], admin.clone(), None).await;
+    assert!(ok && out.contains("otpauth://"));
+    assert!(
+        !run(vec!["user", "lock", "nobody"], admin.clone(), None)
+            .await
+            .0
+    );
+
+    // Clients: register from a JWKS file, get a token, list, disable.
+    let (_, jwk) = BackendClient::keypair(jsonwebtoken::Algorithm::ES384);
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, json!({"keys": [jwk]}).to_string()).unwrap();
+    let jwks_arg: &'static str = Box::leak(jwks_path.display().to_string().into_boxed_str());
+    let (ok, out, err) = run(
+        vec![
+            "client",
+            "register",
+            "--name",
+            "lab-system",
+            "--jwks-file",
+            jwks_arg,
+            "--scope",
+            "system/Observation.cruds",
+        ],
+        admin.clone(),
+        None,
+    )
+    .await;
+    assert!(ok, "{err}");
+    let client_id = out.trim().to_string();
+    assert_eq!(client_id.len(), 36);
+    let (ok, out, _) = run(vec!["client", "list"], admin.clone(), None).await;
+    assert!(ok && out.contains(&client_id) && out.contains("lab-system"));
+    let (ok, _, err) = run(
+        vec![
+            "client",
+            "register",
+            "--name",
+            "bad",
+            "--jwks-file",
+            jwks_arg,
+            "--scope",
+            "user/*.rs",
+        ],
+        admin.clone(),
+        None,
+    )
+    .await;
+    assert!(!ok && err.contains("system/"), "{err}");
+
+    // Sessions: listed by subject, revoked by subject.
+    let (ok, out, _) = run(vec!["session", "list"], admin.clone(), None).await;
+    assert!(ok && out.contains("root.admin"), "{out}");
+    let leaked: &'static str = Box::leak(client_id.clone().into_boxed_str());
+    let (ok, out, _) = run(vec!["client", "disable", leaked], admin.clone(), None).await;
+    assert!(ok && out.contains("disabled"), "{out}");
+
+    // Every action is in the audit trail with the operator as agent.
+    let db = stack.db().await;
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT event->'entity'->0->'what'->>'reference' FROM audit_events
+          WHERE principal = 'root.admin' AND action = 'E' ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    for expected in [
+        "bootstrap-admin:root.admin",
+        "console-login",
+        "token-issue",
+        "user-create:dr.grey",
+        "user-lock:dr.grey",
+        "user-unlock:dr.grey",
+        "user-set-role:dr.grey:analytics",
+        "user-reset-mfa:dr.grey",
+        &format!("client-register:{client_id}"),
+        &format!("client-disable:{client_id}"),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a == &format!("urn:carapace:admin:{expected}")),
+            "{expected} not in {actions:?}"
+        );
+    }
+    let failed_logins: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'E' AND outcome <> '0' AND event::text LIKE '%console-login%'")
+        .fetch_one(&db).await.unwrap();
+    assert_eq!(failed_logins, 2);
+
+    // Revoking the admin's sessions ends the token at once.
+    let (ok, out, _) = run(vec!["session", "revoke", "root.admin"], admin.clone(), None).await;
+    assert!(ok && out.contains("revoked"), "{out}");
+    assert!(!run(vec!["status"], admin.clone(), None).await.0);
+}
