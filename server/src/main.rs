@@ -114,6 +114,19 @@ async fn run() -> anyhow::Result<()> {
     // One line on stdout for people and scripts: where the server is.
     println!("Carapace FHIR R4 server listening: {base}");
     println!("Try: curl -s {base}/metadata | head -c 300");
+    if !carapace_core::users::admin_exists(&core.store).await.unwrap_or(true) {
+        // First start: how to get in. The console reads the same CARAPACE_* settings.
+        let console = "cargo run --release -p carapace-console --";
+        println!(
+            "\nNo administrator yet. Create one (prints a TOTP enrolment URI for your authenticator app):\n  \
+             echo 'choose-a-long-passphrase' | {console} bootstrap-admin --username admin --password-stdin\n\
+             Then get a 5-minute access token and read the API with it:\n  \
+             export TOKEN=$(CARAPACE_OPERATOR=admin CARAPACE_OPERATOR_PASSWORD='choose-a-long-passphrase' \
+             CARAPACE_OPERATOR_TOTP=<6-digit code> {console} login)\n  \
+             curl -s -H \"Authorization: Bearer $TOKEN\" {base}/Patient/_history\n\
+             EHR systems register as SMART backend clients: {console} client register --help"
+        );
+    }
     tracing::info!(%base, key_provider = %core.keys.describe(), "ready");
 
     let shutdown = shutdown_signal();
