@@ -4,7 +4,11 @@
 CREATE TABLE clients (
     client_id  TEXT PRIMARY KEY,
     name       TEXT NOT NULL,
-    jwks       JSONB NOT NULL,
+    -- 'backend': SMART Backend Services (private_key_jwt); 'app': a user-facing app using the
+    -- authorization-code flow with PKCE, redirected only to its registered URIs.
+    kind       TEXT NOT NULL DEFAULT 'backend' CHECK (kind IN ('backend', 'app')),
+    jwks       JSONB,
+    redirect_uris TEXT[] NOT NULL DEFAULT '{}',
     scopes     TEXT[] NOT NULL,
     disabled   BOOLEAN NOT NULL DEFAULT false,
     created_at TIMESTAMPTZ NOT NULL
@@ -53,3 +57,42 @@ CREATE TABLE recovery_codes (
     code_hash TEXT NOT NULL,
     used_at   TIMESTAMPTZ
 );
+
+-- Browser sign-in sessions for the authorization-code flow: only the SHA-256 of the cookie value.
+CREATE TABLE web_sessions (
+    token_hash BYTEA PRIMARY KEY,
+    user_id    BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    -- false until the second factor is done (for roles that need it)
+    verified   BOOLEAN NOT NULL,
+    csrf       TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    last_seen  TIMESTAMPTZ NOT NULL,
+    revoked_at TIMESTAMPTZ
+);
+CREATE INDEX web_sessions_user ON web_sessions (user_id);
+
+CREATE TABLE authorization_codes (
+    code_hash      BYTEA PRIMARY KEY,
+    client_id      TEXT NOT NULL REFERENCES clients (client_id),
+    user_id        BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    redirect_uri   TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    scopes         TEXT[] NOT NULL,
+    patient        TEXT,
+    expires_at     TIMESTAMPTZ NOT NULL,
+    used_at        TIMESTAMPTZ
+);
+
+-- Refresh tokens rotate on use; reusing a rotated one revokes its whole family.
+CREATE TABLE refresh_tokens (
+    token_hash BYTEA PRIMARY KEY,
+    family     UUID NOT NULL,
+    client_id  TEXT NOT NULL REFERENCES clients (client_id),
+    user_id    BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    scopes     TEXT[] NOT NULL,
+    patient    TEXT,
+    expires_at TIMESTAMPTZ NOT NULL,
+    used_at    TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ
+);
+CREATE INDEX refresh_tokens_family ON refresh_tokens (family);

@@ -114,7 +114,10 @@ async fn run() -> anyhow::Result<()> {
     // One line on stdout for people and scripts: where the server is.
     println!("Carapace FHIR R4 server listening: {base}");
     println!("Try: curl -s {base}/metadata | head -c 300");
-    if !carapace_core::users::admin_exists(&core.store).await.unwrap_or(true) {
+    if !carapace_core::users::admin_exists(&core.store)
+        .await
+        .unwrap_or(true)
+    {
         // First start: how to get in. The console reads the same CARAPACE_* settings.
         let console = "cargo run --release -p carapace-console --";
         println!(

@@ -32,7 +32,7 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(status: u16, error: &'static str, description: impl Into<String>) -> OAuthError {
+    pub fn new(status: u16, error: &'static str, description: impl Into<String>) -> OAuthError {
         OAuthError {
             status,
             error,
@@ -44,7 +44,7 @@ impl OAuthError {
         OAuthError::new(401, "invalid_client", description)
     }
 
-    fn server(e: impl std::fmt::Display) -> OAuthError {
+    pub fn server(e: impl std::fmt::Display) -> OAuthError {
         tracing::error!(error = %e, "token endpoint failure");
         OAuthError::new(500, "server_error", "the authorization server failed")
     }
@@ -57,6 +57,8 @@ pub struct IssuedToken {
     pub expires_in: i64,
     pub scope: String,
     pub patient: Option<String>,
+    /// Only for user apps (authorization-code flow); rotated on every use.
+    pub refresh_token: Option<String>,
 }
 
 /// A registered backend client, as listed by the console.
@@ -68,7 +70,7 @@ pub struct Client {
     pub disabled: bool,
 }
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
@@ -303,19 +305,23 @@ async fn verify_assertion(
         .and_then(Value::as_str)
         .ok_or_else(|| OAuthError::invalid_client("the client assertion has no iss"))?
         .to_string();
-    let row = sqlx::query("SELECT jwks, disabled FROM clients WHERE client_id = $1")
-        .bind(&client_id)
-        .fetch_optional(pool)
-        .await
-        .map_err(OAuthError::server)?
-        .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    let row =
+        sqlx::query("SELECT jwks, disabled FROM clients WHERE client_id = $1 AND kind = 'backend'")
+            .bind(&client_id)
+            .fetch_optional(pool)
+            .await
+            .map_err(OAuthError::server)?
+            .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
     if row
         .try_get::<bool, _>("disabled")
         .map_err(OAuthError::server)?
     {
         return Err(OAuthError::invalid_client("the client is disabled"));
     }
-    let jwks: sqlx::types::Json<Value> = row.try_get("jwks").map_err(OAuthError::server)?;
+    let jwks: sqlx::types::Json<Value> = row
+        .try_get::<Option<sqlx::types::Json<Value>>, _>("jwks")
+        .map_err(OAuthError::server)?
+        .ok_or_else(|| OAuthError::invalid_client("the client has no keys"))?;
     let matching: Vec<&Value> = jwks
         .0
         .get("keys")
@@ -421,6 +427,7 @@ pub async fn issue(
         expires_in: ACCESS_TOKEN_SECONDS,
         scope: scope_strings.join(" "),
         patient: patient.map(str::to_string),
+        refresh_token: None,
     })
 }
 

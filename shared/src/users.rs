@@ -356,9 +356,11 @@ pub async fn bootstrap_admin(
 }
 
 pub async fn admin_exists(store: &Store) -> Result<bool, UserError> {
-    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')")
-        .fetch_one(store.pool())
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')")
+            .fetch_one(store.pool())
+            .await?,
+    )
 }
 
 /// Check username, password and (for roles that need it) a TOTP or recovery code at `now`.
