@@ -126,6 +126,17 @@ enum ClientCommand {
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
+    /// Register a user-facing app (authorization code + PKCE); prints the client_id.
+    RegisterApp {
+        #[arg(long)]
+        name: String,
+        /// Exact redirect URI (repeatable); https, or http on loopback.
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// patient/ or user/ scopes, launch/patient, offline_access (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
     List,
     /// Disable a client and revoke its tokens.
     Disable {
@@ -473,6 +484,26 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
                 .map_err(|e| anyhow::anyhow!("{}", e.description))?;
             core.store
                 .record_admin(ctx, &format!("client-register:{client_id}"), true)
+                .await?;
+            println!("{client_id}");
+            Ok(())
+        }
+        ClientCommand::RegisterApp {
+            name,
+            redirect_uris,
+            scopes,
+        } => {
+            let client_id = carapace_core::authorize::register_app(
+                pool,
+                core.store.clock(),
+                &name,
+                &redirect_uris,
+                &scopes,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.description))?;
+            core.store
+                .record_admin(ctx, &format!("client-register-app:{client_id}"), true)
                 .await?;
             println!("{client_id}");
             Ok(())

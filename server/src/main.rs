@@ -3,6 +3,7 @@
 
 mod capability;
 mod fhir_api;
+mod login;
 mod oauth;
 mod outcome;
 mod tls;
@@ -197,8 +198,11 @@ async fn dispatch(
     if path == "/fhir" || path.starts_with("/fhir/") {
         return fhir_api::handle(state, req, peer).await;
     }
-    if path.starts_with("/auth/") {
-        return oauth::handle(&state, req, peer).await;
+    match path.as_str() {
+        "/auth/authorize" | "/auth/login" | "/auth/login/totp" | "/auth/consent"
+        | "/auth/logout" => return login::handle(&state, req).await,
+        p if p.starts_with("/auth/") => return oauth::handle(&state, req, peer).await,
+        _ => {}
     }
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),

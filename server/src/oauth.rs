@@ -29,15 +29,20 @@ pub fn smart_configuration(base: &str) -> HttpResponse {
     let origin = origin(base);
     let body = json!({
         "issuer": origin,
+        "authorization_endpoint": format!("{origin}/auth/authorize"),
         "token_endpoint": format!("{origin}/auth/token"),
         "revocation_endpoint": format!("{origin}/auth/revoke"),
         "introspection_endpoint": format!("{origin}/auth/introspect"),
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "grant_types_supported": ["client_credentials"],
-        "scopes_supported": ["system/*.cruds", "system/*.rs"],
-        "response_types_supported": [],
-        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+        "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "user/*.cruds", "user/*.rs",
+                             "patient/*.cruds", "patient/*.rs", "launch/patient", "offline_access"],
+        "response_types_supported": ["code"],
+        "capabilities": ["client-confidential-asymmetric", "client-public", "launch-standalone",
+                         "context-standalone-patient", "permission-patient", "permission-user",
+                         "permission-offline", "permission-v1", "permission-v2"],
     });
     json_response(StatusCode::OK, &body)
 }
@@ -59,7 +64,7 @@ fn oauth_error(e: &OAuthError) -> HttpResponse {
     )
 }
 
-async fn read_form(
+pub async fn read_form(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Vec<(String, String)>, OAuthError> {
@@ -107,20 +112,31 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                 Some("client_credentials") => {
                     auth::client_credentials(pool, clock, &token_url(&state.base), &form).await
                 }
+                Some("authorization_code") => {
+                    carapace_core::authorize::exchange_code(&state.store, &form).await
+                }
+                Some("refresh_token") => {
+                    carapace_core::authorize::refresh(&state.store, &form).await
+                }
                 _ => Err(OAuthError {
                     status: 400,
                     error: "unsupported_grant_type",
-                    description: "supported: client_credentials".into(),
+                    description: "supported: client_credentials, authorization_code, refresh_token"
+                        .into(),
                 }),
             };
             match result {
                 Ok(t) => {
                     tracing::info!(peer = %peer.ip(), "access token issued");
-                    json_response(
-                        StatusCode::OK,
-                        &json!({"access_token": t.access_token, "token_type": "bearer",
-                                "expires_in": t.expires_in, "scope": t.scope}),
-                    )
+                    let mut body = json!({"access_token": t.access_token, "token_type": "bearer",
+                                          "expires_in": t.expires_in, "scope": t.scope});
+                    if let Some(r) = t.refresh_token {
+                        body["refresh_token"] = json!(r);
+                    }
+                    if let Some(p) = t.patient {
+                        body["patient"] = json!(p);
+                    }
+                    json_response(StatusCode::OK, &body)
                 }
                 Err(e) => {
                     tracing::info!(peer = %peer.ip(), error = e.error, "token request refused");

@@ -172,7 +172,7 @@ pub fn check_username(username: &str) -> Result<(), UserError> {
 }
 
 /// Minimum length, not a common password, not the username.
-pub fn check_password(username: &str, password: &str) -> Result<(), UserError> {
+pub fn check_password_policy(username: &str, password: &str) -> Result<(), UserError> {
     let len = password.chars().count();
     if len < MIN_PASSWORD_LEN {
         return Err(UserError::Invalid(format!(
@@ -284,7 +284,7 @@ async fn enroll(
 /// Create a user. Admins and practitioners are enrolled in TOTP at once.
 pub async fn create_user(store: &Store, new: &NewUser<'_>) -> Result<Enrollment, UserError> {
     check_username(new.username)?;
-    check_password(new.username, new.password)?;
+    check_password_policy(new.username, new.password)?;
     match new.role {
         Role::Patient if new.patient_id.is_none() => {
             return Err(UserError::Invalid(
@@ -371,14 +371,35 @@ pub async fn login(
     password: &str,
     code: Option<&str>,
 ) -> Result<User, LoginError> {
-    let unavailable = |e: &dyn std::fmt::Display| {
-        tracing::error!(error = %e, "login check failed");
-        LoginError::Unavailable
-    };
+    let pending = verify_credentials(store, now, username, password).await?;
+    if pending.needs_mfa {
+        check_code(store, now, &pending, code.unwrap_or("")).await?;
+    }
+    succeed(store, &pending).await
+}
+
+/// A user whose password was right, before the second factor.
+#[derive(Debug, Clone)]
+pub struct PendingLogin {
+    pub user_id: i64,
+    pub username: String,
+    pub needs_mfa: bool,
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> LoginError {
+    tracing::error!(error = %e, "login check failed");
+    LoginError::Unavailable
+}
+
+/// First step: the password. Counts a failure (and backs off) when it is wrong.
+pub async fn verify_credentials(
+    store: &Store,
+    now: DateTime<Utc>,
+    username: &str,
+    password: &str,
+) -> Result<PendingLogin, LoginError> {
     let row = sqlx::query(
-        "SELECT id, password_hash, role, totp_sealed, totp_last_step, failed_logins, locked_until,
-                admin_locked
-           FROM users WHERE username = $1",
+        "SELECT id, password_hash, role, locked_until, admin_locked FROM users WHERE username = $1",
     )
     .bind(username)
     .fetch_optional(store.pool())
@@ -394,59 +415,102 @@ pub async fn login(
     let locked_until: Option<DateTime<Utc>> =
         row.try_get("locked_until").map_err(|e| unavailable(&e))?;
     let admin_locked: bool = row.try_get("admin_locked").map_err(|e| unavailable(&e))?;
-    let failed: i32 = row.try_get("failed_logins").map_err(|e| unavailable(&e))?;
+    let role_text: String = row.try_get("role").map_err(|e| unavailable(&e))?;
     let password_ok = verify_password(password, &hash);
     if admin_locked || locked_until.is_some_and(|t| now < t) {
         // The password was still checked above, so a locked account answers in the same time.
         return Err(LoginError::Invalid);
     }
-    let role_text: String = row.try_get("role").map_err(|e| unavailable(&e))?;
     let role = Role::parse(&role_text).ok_or(LoginError::Invalid)?;
-    let second_ok = if !password_ok {
-        false
-    } else if role_needs_mfa(role) {
-        let sealed: Option<Vec<u8>> = row.try_get("totp_sealed").map_err(|e| unavailable(&e))?;
-        let last_step: i64 = row.try_get("totp_last_step").map_err(|e| unavailable(&e))?;
-        match (code, sealed) {
-            (Some(code), Some(sealed)) => {
-                check_second_factor(store, now, id, username, code, &sealed, last_step).await?
-            }
-            _ => false,
-        }
-    } else {
-        true
-    };
-    if !second_ok {
-        let failed = failed.saturating_add(1);
-        let backoff = if failed >= FREE_ATTEMPTS {
-            let doublings = u32::try_from(failed - FREE_ATTEMPTS)
-                .unwrap_or(u32::MAX)
-                .min(10);
-            Some(
-                now + Duration::seconds(
-                    (BACKOFF_BASE_SECONDS << doublings).min(BACKOFF_MAX_SECONDS),
-                ),
-            )
-        } else {
-            None
-        };
-        sqlx::query("UPDATE users SET failed_logins = $2, locked_until = $3 WHERE id = $1")
-            .bind(id)
-            .bind(failed)
-            .bind(backoff)
-            .execute(store.pool())
-            .await
-            .map_err(|e| unavailable(&e))?;
+    if !password_ok {
+        record_failure(store, now, id).await?;
         return Err(LoginError::Invalid);
     }
+    Ok(PendingLogin {
+        user_id: id,
+        username: username.to_string(),
+        needs_mfa: role_needs_mfa(role),
+    })
+}
+
+/// Second step: a TOTP or recovery code. Counts a failure when it is wrong or replayed.
+pub async fn check_code(
+    store: &Store,
+    now: DateTime<Utc>,
+    pending: &PendingLogin,
+    code: &str,
+) -> Result<(), LoginError> {
+    let row = sqlx::query(
+        "SELECT totp_sealed, totp_last_step, locked_until, admin_locked FROM users WHERE id = $1",
+    )
+    .bind(pending.user_id)
+    .fetch_one(store.pool())
+    .await
+    .map_err(|e| unavailable(&e))?;
+    let locked_until: Option<DateTime<Utc>> =
+        row.try_get("locked_until").map_err(|e| unavailable(&e))?;
+    let admin_locked: bool = row.try_get("admin_locked").map_err(|e| unavailable(&e))?;
+    if admin_locked || locked_until.is_some_and(|t| now < t) {
+        return Err(LoginError::Invalid);
+    }
+    let sealed: Option<Vec<u8>> = row.try_get("totp_sealed").map_err(|e| unavailable(&e))?;
+    let last_step: i64 = row.try_get("totp_last_step").map_err(|e| unavailable(&e))?;
+    let ok = match sealed {
+        Some(sealed) if !code.is_empty() => {
+            check_second_factor(
+                store,
+                now,
+                pending.user_id,
+                &pending.username,
+                code,
+                &sealed,
+                last_step,
+            )
+            .await?
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        record_failure(store, now, pending.user_id).await?;
+        Err(LoginError::Invalid)
+    }
+}
+
+/// Both steps passed: clear the back-off.
+pub async fn succeed(store: &Store, pending: &PendingLogin) -> Result<User, LoginError> {
     sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
-        .bind(id)
+        .bind(pending.user_id)
         .execute(store.pool())
         .await
         .map_err(|e| unavailable(&e))?;
-    find(store, username)
+    find(store, &pending.username)
         .await
         .map_err(|_| LoginError::Unavailable)
+}
+
+async fn record_failure(store: &Store, now: DateTime<Utc>, user_id: i64) -> Result<(), LoginError> {
+    let failed: i32 = sqlx::query_scalar(
+        "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+    )
+    .bind(user_id)
+    .fetch_one(store.pool())
+    .await
+    .map_err(|e| unavailable(&e))?;
+    if failed >= FREE_ATTEMPTS {
+        let doublings = u32::try_from(failed - FREE_ATTEMPTS)
+            .unwrap_or(u32::MAX)
+            .min(10);
+        let wait = (BACKOFF_BASE_SECONDS << doublings).min(BACKOFF_MAX_SECONDS);
+        sqlx::query("UPDATE users SET locked_until = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(now + Duration::seconds(wait))
+            .execute(store.pool())
+            .await
+            .map_err(|e| unavailable(&e))?;
+    }
+    Ok(())
 }
 
 /// A TOTP code for the current, previous or next step that is newer than the last one used, or an
@@ -539,19 +603,26 @@ pub async fn list(store: &Store) -> Result<Vec<User>, UserError> {
     Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
 }
 
-/// Revoke every access token the user holds (lock, role change, MFA or password change).
+/// End everything the user holds — access tokens, refresh tokens, browser sessions — on a lock, role
+/// change, MFA or password change.
 async fn revoke_tokens(
     tx: &mut sqlx::PgConnection,
     username: &str,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    for sql in [
         "UPDATE access_tokens SET revoked_at = $2 WHERE subject = $1 AND revoked_at IS NULL",
-    )
-    .bind(username)
-    .bind(now)
-    .execute(tx)
-    .await?;
+        "UPDATE refresh_tokens SET revoked_at = $2
+          WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username = $1)",
+        "UPDATE web_sessions SET revoked_at = $2
+          WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username = $1)",
+    ] {
+        sqlx::query(sql)
+            .bind(username)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -625,7 +696,7 @@ pub async fn reset_mfa(store: &Store, username: &str) -> Result<Enrollment, User
 
 /// Change a password (policy checked); revokes the user's tokens.
 pub async fn set_password(store: &Store, username: &str, password: &str) -> Result<(), UserError> {
-    check_password(username, password)?;
+    check_password_policy(username, password)?;
     let hash = hash_password(password)?;
     let mut tx = store.pool().begin().await?;
     let n = sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
@@ -648,13 +719,16 @@ mod tests {
 
     #[test]
     fn password_policy() {
-        assert!(check_password("alice", "short").is_err());
-        assert!(check_password("alice", "Password1234").is_err(), "common");
+        assert!(check_password_policy("alice", "short").is_err());
         assert!(
-            check_password("alice", "my-alice-is-long").is_err(),
+            check_password_policy("alice", "Password1234").is_err(),
+            "common"
+        );
+        assert!(
+            check_password_policy("alice", "my-alice-is-long").is_err(),
             "contains the username"
         );
-        assert!(check_password("alice", "correct horse battery").is_ok());
+        assert!(check_password_policy("alice", "correct horse battery").is_ok());
     }
 
     #[test]

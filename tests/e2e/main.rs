@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod auth;
+mod authorize;
 mod bad_input;
 mod conformance;
 mod crud;

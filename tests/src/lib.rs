@@ -892,3 +892,89 @@ pub async fn embedded_pool(data_dir: &Path) -> sqlx::PgPool {
         .await
         .expect("connect to the embedded cluster")
 }
+
+/// A scripted browser for the authorization-code flow: follows nothing by itself, keeps one cookie.
+pub struct Browser {
+    pub cookie: Option<String>,
+}
+
+impl Browser {
+    pub fn new() -> Browser {
+        Browser { cookie: None }
+    }
+
+    fn remember(&mut self, r: &HttpResponse) {
+        if let Some(set) = r.header("set-cookie") {
+            let pair = set.split(';').next().unwrap_or("").to_string();
+            self.cookie = if pair.ends_with('=') {
+                None
+            } else {
+                Some(pair)
+            };
+        }
+    }
+
+    pub async fn get(&mut self, url: &str) -> HttpResponse {
+        let cookie = self.cookie.clone().unwrap_or_default();
+        let r = http("GET", url, &[("Cookie", &cookie)], None)
+            .await
+            .expect("GET");
+        self.remember(&r);
+        r
+    }
+
+    pub async fn post_form(&mut self, url: &str, fields: &[(&str, &str)]) -> HttpResponse {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in fields {
+            ser.append_pair(k, v);
+        }
+        let cookie = self.cookie.clone().unwrap_or_default();
+        let r = http(
+            "POST",
+            url,
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &cookie),
+            ],
+            Some(ser.finish().into_bytes()),
+        )
+        .await
+        .expect("POST");
+        self.remember(&r);
+        r
+    }
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Browser::new()
+    }
+}
+
+/// The value of a hidden input in a served page.
+pub fn hidden_field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')? + start;
+    Some(
+        html[start..end]
+            .replace("&amp;", "&")
+            .replace("&quot;", "\"")
+            .replace("&#x27;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">"),
+    )
+}
+
+/// PKCE: a verifier and its S256 challenge.
+pub fn pkce() -> (String, String) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use base64::Engine;
+    let verifier = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let challenge = B64URL.encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}

@@ -1,0 +1,422 @@
+//! The browser side of the authorization-code flow: `/auth/authorize`, a server-rendered sign-in page
+//! (password, then TOTP), and a consent page. Every value put into HTML is escaped; pages are never
+//! cached or framed.
+
+use crate::oauth::{origin, read_form};
+use crate::outcome::HttpResponse;
+use crate::AppState;
+use bytes::Bytes;
+use carapace_core::authorize::{self, AuthorizeError, AuthorizeRequest, WebSession};
+use carapace_core::users::{self, PendingLogin};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, Response, StatusCode};
+
+const COOKIE: &str = "carapace_session";
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, body: &str, cookie: Option<String>) -> HttpResponse {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · Carapace</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"><style>body{{font-family:sans-serif;max-width:28em;\
+         margin:3em auto}}label,input,button{{display:block;margin:.4em 0}}input{{width:100%}}.err{{color:#b00}}</style>\
+         </head><body><h1>{title}</h1>{body}</body></html>",
+        title = escape(title)
+    );
+    let mut builder = Response::builder()
+        .status(status)
+        .header("Content-Type", "text/html; charset=utf-8")
+        .header("Cache-Control", "no-store")
+        .header("X-Frame-Options", "DENY")
+        .header("Referrer-Policy", "no-referrer")
+        .header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        );
+    if let Some(c) = cookie {
+        builder = builder.header("Set-Cookie", c);
+    }
+    builder
+        .body(Full::new(Bytes::from(html)))
+        .unwrap_or_default()
+}
+
+fn redirect(location: &str, cookie: Option<String>) -> HttpResponse {
+    let mut builder = Response::builder()
+        .status(StatusCode::SEE_OTHER)
+        .header("Location", location)
+        .header("Cache-Control", "no-store");
+    if let Some(c) = cookie {
+        builder = builder.header("Set-Cookie", c);
+    }
+    builder.body(Full::new(Bytes::new())).unwrap_or_default()
+}
+
+fn session_cookie(state: &AppState, token: &str) -> String {
+    let secure = if state.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{COOKIE}={token}; Path=/auth; HttpOnly; SameSite=Lax{secure}")
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })
+}
+
+async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<(String, WebSession)> {
+    let token = cookie_value(headers)?;
+    match authorize::session(&state.store, &token).await {
+        Ok(Some(s)) => Some((token, s)),
+        _ => None,
+    }
+}
+
+fn hidden(name: &str, value: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+        escape(name),
+        escape(value)
+    )
+}
+
+fn login_page(query: &str, error: Option<&str>) -> HttpResponse {
+    let err = error
+        .map(|e| format!("<p class=\"err\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "{err}<form method=\"post\" action=\"/auth/login\">{}\
+         <label for=\"username\">Username</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required>\
+         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+         <button id=\"sign-in\" type=\"submit\">Sign in</button></form>",
+        hidden("continue", query)
+    );
+    page(
+        if error.is_some() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        },
+        "Sign in",
+        &body,
+        None,
+    )
+}
+
+fn totp_page(query: &str, error: Option<&str>, cookie: Option<String>) -> HttpResponse {
+    let err = error
+        .map(|e| format!("<p class=\"err\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "{err}<form method=\"post\" action=\"/auth/login/totp\">{}\
+         <label for=\"code\">Authenticator code (or a recovery code)</label>\
+         <input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required>\
+         <button id=\"verify\" type=\"submit\">Verify</button></form>",
+        hidden("continue", query)
+    );
+    page(
+        if error.is_some() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        },
+        "Two-step verification",
+        &body,
+        cookie,
+    )
+}
+
+fn consent_page(
+    query: &str,
+    request: &AuthorizeRequest,
+    session: &WebSession,
+    scopes: &[String],
+) -> HttpResponse {
+    let items: String = scopes
+        .iter()
+        .map(|s| format!("<li><code>{}</code></li>", escape(s)))
+        .collect();
+    let body = format!(
+        "<p>Signed in as <strong>{user}</strong>.</p><p><strong>{app}</strong> asks for:</p><ul id=\"scopes\">{items}</ul>\
+         <form method=\"post\" action=\"/auth/consent\">{cont}{csrf}\
+         <button id=\"allow\" name=\"decision\" value=\"allow\" type=\"submit\">Allow</button>\
+         <button id=\"deny\" name=\"decision\" value=\"deny\" type=\"submit\">Deny</button></form>",
+        user = escape(&session.user.username),
+        app = escape(&request.client_name),
+        cont = hidden("continue", query),
+        csrf = hidden("csrf", &session.csrf),
+    );
+    page(StatusCode::OK, "Allow access?", &body, None)
+}
+
+fn error_redirect(redirect_uri: &str, state: &str, error: &str, description: &str) -> HttpResponse {
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("error", error)
+        .append_pair("error_description", description)
+        .append_pair("state", state)
+        .finish();
+    redirect(&format!("{redirect_uri}{sep}{query}"), None)
+}
+
+fn parse_query(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+async fn validated(state: &AppState, query: &str) -> Result<AuthorizeRequest, HttpResponse> {
+    match authorize::validate(state.store.pool(), &state.base, &parse_query(query)).await {
+        Ok(r) => Ok(r),
+        Err(AuthorizeError::Show(msg)) => Err(page(
+            StatusCode::BAD_REQUEST,
+            "Cannot continue",
+            &format!("<p class=\"err\">{}</p>", escape(&msg)),
+            None,
+        )),
+        Err(AuthorizeError::Redirect {
+            redirect_uri,
+            state,
+            error,
+            description,
+        }) => Err(error_redirect(&redirect_uri, &state, error, &description)),
+    }
+}
+
+/// Serve `/auth/authorize`, `/auth/login`, `/auth/login/totp`, `/auth/consent`, `/auth/logout`.
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let (parts, body) = req.into_parts();
+    if path == "/auth/authorize" && method == Method::GET {
+        return authorize_get(state, &parts.headers, &query).await;
+    }
+    if method != Method::POST {
+        return page(StatusCode::METHOD_NOT_ALLOWED, "Not allowed", "", None);
+    }
+    let form = match read_form(&parts.headers, body).await {
+        Ok(f) => f,
+        Err(_) => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "<p>The form could not be read.</p>",
+                None,
+            )
+        }
+    };
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let cont = field("continue");
+    match path.as_str() {
+        "/auth/login" => login_post(state, &cont, &field("username"), &field("password")).await,
+        "/auth/login/totp" => totp_post(state, &parts.headers, &cont, &field("code")).await,
+        "/auth/consent" => {
+            consent_post(
+                state,
+                &parts.headers,
+                &cont,
+                &field("csrf"),
+                &field("decision"),
+            )
+            .await
+        }
+        "/auth/logout" => {
+            if let Some(token) = cookie_value(&parts.headers) {
+                let _ = authorize::end_session(&state.store, &token).await;
+            }
+            page(
+                StatusCode::OK,
+                "Signed out",
+                "<p>You are signed out.</p>",
+                Some(format!("{COOKIE}=; Path=/auth; Max-Age=0; HttpOnly")),
+            )
+        }
+        _ => page(StatusCode::NOT_FOUND, "Not found", "", None),
+    }
+}
+
+async fn authorize_get(state: &AppState, headers: &HeaderMap, query: &str) -> HttpResponse {
+    let request = match validated(state, query).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match current_session(state, headers).await {
+        Some((_, session)) if session.verified => {
+            consent_page(query, &request, &session, &request.scopes)
+        }
+        Some((_, _)) => totp_page(query, None, None),
+        None => login_page(query, None),
+    }
+}
+
+async fn login_post(state: &AppState, query: &str, username: &str, password: &str) -> HttpResponse {
+    if let Err(resp) = validated(state, query).await {
+        return resp;
+    }
+    let now = state.store.now();
+    let pending: PendingLogin =
+        match users::verify_credentials(&state.store, now, username, password).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!("browser sign-in refused");
+                return login_page(query, Some(&e.to_string()));
+            }
+        };
+    // A fresh session at every sign-in (no fixation); verified once the second factor is done.
+    let verified = !pending.needs_mfa;
+    if verified && users::succeed(&state.store, &pending).await.is_err() {
+        return login_page(query, Some("the sign-in service is unavailable"));
+    }
+    let token = match authorize::start_session(&state.store, pending.user_id, verified).await {
+        Ok(t) => t,
+        Err(_) => return login_page(query, Some("the sign-in service is unavailable")),
+    };
+    let cookie = Some(session_cookie(state, &token));
+    if verified {
+        redirect(
+            &format!("{}/auth/authorize?{query}", origin(&state.base)),
+            cookie,
+        )
+    } else {
+        totp_page(query, None, cookie)
+    }
+}
+
+async fn totp_post(state: &AppState, headers: &HeaderMap, query: &str, code: &str) -> HttpResponse {
+    let Some((token, session)) = current_session(state, headers).await else {
+        return login_page(query, Some("your sign-in expired; sign in again"));
+    };
+    let pending = PendingLogin {
+        user_id: session.user_id,
+        username: session.user.username.clone(),
+        needs_mfa: true,
+    };
+    if let Err(e) = users::check_code(&state.store, state.store.now(), &pending, code).await {
+        return totp_page(query, Some(&e.to_string()), None);
+    }
+    if users::succeed(&state.store, &pending).await.is_err() {
+        return totp_page(query, Some("the sign-in service is unavailable"), None);
+    }
+    // Rotate: the half-signed-in session ends, a verified one begins.
+    let _ = authorize::end_session(&state.store, &token).await;
+    match authorize::start_session(&state.store, session.user_id, true).await {
+        Ok(new) => redirect(
+            &format!("{}/auth/authorize?{query}", origin(&state.base)),
+            Some(session_cookie(state, &new)),
+        ),
+        Err(_) => totp_page(query, Some("the sign-in service is unavailable"), None),
+    }
+}
+
+async fn consent_post(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &str,
+    csrf: &str,
+    decision: &str,
+) -> HttpResponse {
+    let request = match validated(state, query).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let Some((_, session)) = current_session(state, headers)
+        .await
+        .filter(|(_, s)| s.verified)
+    else {
+        return login_page(query, Some("your sign-in expired; sign in again"));
+    };
+    if csrf.is_empty() || csrf != session.csrf {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Cannot continue",
+            "<p class=\"err\">The form is stale; start again.</p>",
+            None,
+        );
+    }
+    if decision != "allow" {
+        return error_redirect(
+            &request.redirect_uri,
+            &request.state,
+            "access_denied",
+            "the user declined",
+        );
+    }
+    let (scopes, patient) = match authorize::grant(&session.user, &request) {
+        Ok(g) => g,
+        Err(why) => {
+            return error_redirect(&request.redirect_uri, &request.state, "invalid_scope", why)
+        }
+    };
+    match authorize::issue_code(
+        &state.store,
+        &request,
+        session.user_id,
+        &scopes,
+        patient.as_deref(),
+    )
+    .await
+    {
+        Ok(code) => {
+            let sep = if request.redirect_uri.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            let q = form_urlencoded::Serializer::new(String::new())
+                .append_pair("code", &code)
+                .append_pair("state", &request.state)
+                .finish();
+            redirect(&format!("{}{sep}{q}", request.redirect_uri), None)
+        }
+        Err(_) => error_redirect(
+            &request.redirect_uri,
+            &request.state,
+            "server_error",
+            "try again",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<script>\"x\"&'y'</script>"),
+            "&lt;script&gt;&quot;x&quot;&amp;&#x27;y&#x27;&lt;/script&gt;"
+        );
+    }
+}

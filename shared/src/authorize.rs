@@ -1,0 +1,552 @@
+//! The SMART App Launch authorization-code flow for user apps: registered app clients with exact
+//! redirect URIs, browser sign-in sessions (idle and absolute timeouts, rotated at sign-in), PKCE
+//! (`S256` only), single-use authorization codes, and refresh tokens that rotate on use (a reused one
+//! revokes its whole family).
+
+use crate::access::{role_allows, Context, Role, Scope};
+use crate::auth::{self, sha256, IssuedToken, OAuthError};
+use crate::clock::Clock;
+use crate::store::Store;
+use crate::users::{self, User};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use sqlx::{PgPool, Row};
+
+pub const SESSION_IDLE: Duration = Duration::minutes(15);
+pub const SESSION_ABSOLUTE: Duration = Duration::hours(8);
+const CODE_SECONDS: i64 = 60;
+const REFRESH_HOURS: i64 = 12;
+
+/// Non-resource scopes an app may ask for.
+const OTHER_SCOPES: &[&str] = &[
+    "launch/patient",
+    "openid",
+    "fhirUser",
+    "offline_access",
+    "online_access",
+];
+
+fn random_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    B64URL.encode(raw)
+}
+
+/// Register a user-facing app: its exact redirect URIs and the scopes it may ask for.
+pub async fn register_app(
+    pool: &PgPool,
+    clock: &dyn Clock,
+    name: &str,
+    redirect_uris: &[String],
+    scopes: &[String],
+) -> Result<String, OAuthError> {
+    let bad = |d: String| OAuthError::new(400, "invalid_client_metadata", d);
+    if redirect_uris.is_empty() {
+        return Err(bad("an app needs at least one redirect URI".into()));
+    }
+    for uri in redirect_uris {
+        let ok = (uri.starts_with("https://")
+            || uri.starts_with("http://127.0.0.1")
+            || uri.starts_with("http://localhost"))
+            && !uri.contains('#')
+            && !uri.contains(char::is_whitespace);
+        if !ok {
+            return Err(bad(format!(
+                "redirect URI '{}' must be https (or http on loopback) without a fragment",
+                crate::fhir::printable(uri)
+            )));
+        }
+    }
+    for s in scopes {
+        let ok = OTHER_SCOPES.contains(&s.as_str())
+            || Scope::parse(s)
+                .is_ok_and(|sc| matches!(sc.context, Context::Patient | Context::User));
+        if !ok {
+            return Err(bad(format!(
+                "'{}' is not a scope for user apps",
+                crate::fhir::printable(s)
+            )));
+        }
+    }
+    let client_id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO clients (client_id, name, kind, redirect_uris, scopes, created_at)
+         VALUES ($1, $2, 'app', $3, $4, $5)",
+    )
+    .bind(&client_id)
+    .bind(name)
+    .bind(redirect_uris)
+    .bind(scopes)
+    .bind(clock.now())
+    .execute(pool)
+    .await
+    .map_err(OAuthError::server)?;
+    Ok(client_id)
+}
+
+/// A valid `/auth/authorize` request.
+#[derive(Debug, Clone)]
+pub struct AuthorizeRequest {
+    pub client_id: String,
+    pub client_name: String,
+    pub redirect_uri: String,
+    pub state: String,
+    pub code_challenge: String,
+    /// Requested scopes the client is registered for.
+    pub scopes: Vec<String>,
+}
+
+/// Why an authorization request failed. Only errors found after the client and redirect URI are
+/// known to be good may be sent back to the redirect URI; the others are shown to the user.
+#[derive(Debug, Clone)]
+pub enum AuthorizeError {
+    /// Unknown client or redirect URI mismatch: never redirect.
+    Show(String),
+    Redirect {
+        redirect_uri: String,
+        state: String,
+        error: &'static str,
+        description: String,
+    },
+}
+
+/// Check an authorization request (`params` is its query) for the FHIR server `aud`.
+pub async fn validate(
+    pool: &PgPool,
+    aud: &str,
+    params: &[(String, String)],
+) -> Result<AuthorizeRequest, AuthorizeError> {
+    let field = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let client_id =
+        field("client_id").ok_or_else(|| AuthorizeError::Show("client_id is missing".into()))?;
+    let row = sqlx::query(
+        "SELECT name, redirect_uris, scopes FROM clients WHERE client_id = $1 AND kind = 'app' AND NOT disabled",
+    )
+    .bind(&client_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|_| AuthorizeError::Show("the authorization service is unavailable".into()))?
+    .ok_or_else(|| AuthorizeError::Show("unknown application".into()))?;
+    let registered_uris: Vec<String> = row.try_get("redirect_uris").unwrap_or_default();
+    let redirect_uri = field("redirect_uri")
+        .ok_or_else(|| AuthorizeError::Show("redirect_uri is missing".into()))?;
+    // Exact match only: no prefix, no normalisation.
+    if !registered_uris.iter().any(|u| u == &redirect_uri) {
+        return Err(AuthorizeError::Show(
+            "redirect_uri does not match the application's registration".into(),
+        ));
+    }
+    let state = field("state").unwrap_or_default();
+    let fail = |error: &'static str, description: &str| AuthorizeError::Redirect {
+        redirect_uri: redirect_uri.clone(),
+        state: state.clone(),
+        error,
+        description: description.to_string(),
+    };
+    if field("response_type").as_deref() != Some("code") {
+        return Err(fail(
+            "unsupported_response_type",
+            "response_type must be code",
+        ));
+    }
+    if state.is_empty() {
+        return Err(fail("invalid_request", "state is required"));
+    }
+    match field("code_challenge_method").as_deref() {
+        Some("S256") => {}
+        Some("plain") => {
+            return Err(fail(
+                "invalid_request",
+                "PKCE plain is not allowed; use S256",
+            ))
+        }
+        _ => {
+            return Err(fail(
+                "invalid_request",
+                "code_challenge_method must be S256",
+            ))
+        }
+    }
+    let code_challenge = field("code_challenge").unwrap_or_default();
+    if code_challenge.len() != 43 || B64URL.decode(&code_challenge).is_err() {
+        return Err(fail(
+            "invalid_request",
+            "code_challenge must be a base64url SHA-256",
+        ));
+    }
+    if field("aud").as_deref().map(|a| a.trim_end_matches('/')) != Some(aud) {
+        return Err(fail(
+            "invalid_request",
+            "aud must be this FHIR server's base URL",
+        ));
+    }
+    let registered: Vec<String> = row.try_get("scopes").unwrap_or_default();
+    let scopes: Vec<String> = field("scope")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|s| registered.iter().any(|r| r == s))
+        .map(str::to_string)
+        .collect();
+    if !scopes.iter().any(|s| Scope::parse(s).is_ok()) {
+        return Err(fail(
+            "invalid_scope",
+            "no requested resource scope is registered for this application",
+        ));
+    }
+    Ok(AuthorizeRequest {
+        client_id,
+        client_name: row.try_get("name").unwrap_or_default(),
+        redirect_uri,
+        state,
+        code_challenge,
+        scopes,
+    })
+}
+
+/// What a signed-in user is granted of a request: resource scopes their role allows, and the launch
+/// patient for patient users.
+pub fn grant(
+    user: &User,
+    request: &AuthorizeRequest,
+) -> Result<(Vec<Scope>, Option<String>), &'static str> {
+    let wants_patient = request.scopes.iter().any(|s| s == "launch/patient");
+    let patient =
+        if wants_patient {
+            match (&user.role, &user.patient_id) {
+                (Role::Patient, Some(p)) => Some(p.clone()),
+                _ => return Err(
+                    "launch/patient needs a patient user; this server has no patient picker yet",
+                ),
+            }
+        } else {
+            None
+        };
+    let scopes: Vec<Scope> = request
+        .scopes
+        .iter()
+        .filter_map(|s| Scope::parse(s).ok())
+        .filter(|s| role_allows(user.role, s.context))
+        // Patient scopes mean nothing without a launch patient.
+        .filter(|s| s.context != Context::Patient || patient.is_some())
+        .collect();
+    if user.role == Role::Patient && patient.is_none() {
+        return Err("a patient signs in to apps with launch/patient");
+    }
+    if scopes.is_empty() {
+        return Err("none of the requested scopes fits this user's role");
+    }
+    Ok((scopes, patient))
+}
+
+/// Issue a single-use authorization code (60 s).
+pub async fn issue_code(
+    store: &Store,
+    request: &AuthorizeRequest,
+    user_id: i64,
+    scopes: &[Scope],
+    patient: Option<&str>,
+) -> Result<String, sqlx::Error> {
+    let code = random_token();
+    let scopes: Vec<String> = scopes.iter().map(Scope::to_string).collect();
+    sqlx::query(
+        "INSERT INTO authorization_codes
+           (code_hash, client_id, user_id, redirect_uri, code_challenge, scopes, patient, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(sha256(code.as_bytes()))
+    .bind(&request.client_id)
+    .bind(user_id)
+    .bind(&request.redirect_uri)
+    .bind(&request.code_challenge)
+    .bind(&scopes)
+    .bind(patient)
+    .bind(store.now() + Duration::seconds(CODE_SECONDS))
+    .execute(store.pool())
+    .await?;
+    Ok(code)
+}
+
+fn s256(verifier: &str) -> String {
+    B64URL.encode(sha256(verifier.as_bytes()))
+}
+
+async fn user_row(pool: &PgPool, user_id: i64) -> Result<(String, Role), OAuthError> {
+    let row = sqlx::query("SELECT username, role, admin_locked FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_one(pool)
+        .await
+        .map_err(OAuthError::server)?;
+    if row
+        .try_get::<bool, _>("admin_locked")
+        .map_err(OAuthError::server)?
+    {
+        return Err(OAuthError::new(
+            400,
+            "invalid_grant",
+            "the account is locked",
+        ));
+    }
+    let role: String = row.try_get("role").map_err(OAuthError::server)?;
+    Ok((
+        row.try_get("username").map_err(OAuthError::server)?,
+        Role::parse(&role).ok_or_else(|| OAuthError::new(400, "invalid_grant", "unknown role"))?,
+    ))
+}
+
+/// `grant_type=authorization_code`: redeem a code once, with the PKCE verifier and the same
+/// redirect URI.
+pub async fn exchange_code(
+    store: &Store,
+    form: &[(String, String)],
+) -> Result<IssuedToken, OAuthError> {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let invalid_grant = |d: &str| OAuthError::new(400, "invalid_grant", d);
+    let code = field("code").ok_or_else(|| invalid_grant("code is missing"))?;
+    let verifier =
+        field("code_verifier").ok_or_else(|| invalid_grant("code_verifier is missing"))?;
+    let now = store.now();
+    let mut tx = store.pool().begin().await.map_err(OAuthError::server)?;
+    // Consumed even when the rest fails: a code is tried once.
+    let row = sqlx::query(
+        "UPDATE authorization_codes SET used_at = $2
+          WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
+          RETURNING client_id, user_id, redirect_uri, code_challenge, scopes, patient",
+    )
+    .bind(sha256(code.as_bytes()))
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(OAuthError::server)?;
+    tx.commit().await.map_err(OAuthError::server)?;
+    let row = row.ok_or_else(|| invalid_grant("the code is unknown, used or expired"))?;
+    let get = |name: &str| -> Result<String, OAuthError> {
+        row.try_get(name).map_err(OAuthError::server)
+    };
+    if field("client_id") != Some(get("client_id")?.as_str()) {
+        return Err(invalid_grant("the code was issued to another client"));
+    }
+    if field("redirect_uri") != Some(get("redirect_uri")?.as_str()) {
+        return Err(invalid_grant(
+            "redirect_uri does not match the authorization request",
+        ));
+    }
+    if s256(verifier) != get("code_challenge")? {
+        return Err(invalid_grant("the PKCE code_verifier does not match"));
+    }
+    let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
+    let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
+    let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
+    let client_id = get("client_id")?;
+    tokens_for(
+        store,
+        &client_id,
+        user_id,
+        &scopes,
+        patient.as_deref(),
+        uuid::Uuid::new_v4(),
+    )
+    .await
+}
+
+async fn tokens_for(
+    store: &Store,
+    client_id: &str,
+    user_id: i64,
+    scopes: &[String],
+    patient: Option<&str>,
+    family: uuid::Uuid,
+) -> Result<IssuedToken, OAuthError> {
+    let (username, role) = user_row(store.pool(), user_id).await?;
+    let parsed: Vec<Scope> = scopes
+        .iter()
+        .filter_map(|s| Scope::parse(s).ok())
+        .filter(|s| role_allows(role, s.context))
+        .collect();
+    let now = store.now();
+    let mut issued = auth::issue(store.pool(), now, &username, role, &parsed, patient)
+        .await
+        .map_err(OAuthError::server)?;
+    let refresh = random_token();
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family, client_id, user_id, scopes, patient, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(sha256(refresh.as_bytes()))
+    .bind(family)
+    .bind(client_id)
+    .bind(user_id)
+    .bind(scopes)
+    .bind(patient)
+    .bind(now + Duration::hours(REFRESH_HOURS))
+    .execute(store.pool())
+    .await
+    .map_err(OAuthError::server)?;
+    issued.refresh_token = Some(refresh);
+    Ok(issued)
+}
+
+/// `grant_type=refresh_token`: rotate. A refresh token works once; presenting a used one again
+/// (theft or replay) revokes every token of its family.
+pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedToken, OAuthError> {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let invalid_grant = |d: &str| OAuthError::new(400, "invalid_grant", d);
+    let token = field("refresh_token").ok_or_else(|| invalid_grant("refresh_token is missing"))?;
+    let now = store.now();
+    let hash = sha256(token.as_bytes());
+    let row = sqlx::query(
+        "SELECT family, client_id, user_id, scopes, patient, expires_at, used_at, revoked_at
+           FROM refresh_tokens WHERE token_hash = $1",
+    )
+    .bind(&hash)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(OAuthError::server)?
+    .ok_or_else(|| invalid_grant("unknown refresh token"))?;
+    let family: uuid::Uuid = row.try_get("family").map_err(OAuthError::server)?;
+    let used: Option<DateTime<Utc>> = row.try_get("used_at").map_err(OAuthError::server)?;
+    let revoked: Option<DateTime<Utc>> = row.try_get("revoked_at").map_err(OAuthError::server)?;
+    if used.is_some() {
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL",
+        )
+        .bind(family)
+        .bind(now)
+        .execute(store.pool())
+        .await
+        .map_err(OAuthError::server)?;
+        tracing::warn!("a rotated refresh token was presented again; its family is revoked");
+        return Err(invalid_grant("the refresh token was already used"));
+    }
+    let expires: DateTime<Utc> = row.try_get("expires_at").map_err(OAuthError::server)?;
+    if revoked.is_some() || expires <= now {
+        return Err(invalid_grant("the refresh token is no longer valid"));
+    }
+    let client_id: String = row.try_get("client_id").map_err(OAuthError::server)?;
+    if field("client_id") != Some(client_id.as_str()) {
+        return Err(invalid_grant(
+            "the refresh token was issued to another client",
+        ));
+    }
+    let claimed = sqlx::query(
+        "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
+    )
+    .bind(&hash)
+    .bind(now)
+    .execute(store.pool())
+    .await
+    .map_err(OAuthError::server)?
+    .rows_affected();
+    if claimed != 1 {
+        return Err(invalid_grant("the refresh token was already used"));
+    }
+    let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
+    let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
+    let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
+    tokens_for(
+        store,
+        &client_id,
+        user_id,
+        &scopes,
+        patient.as_deref(),
+        family,
+    )
+    .await
+}
+
+/// A browser sign-in session.
+#[derive(Debug, Clone)]
+pub struct WebSession {
+    pub user: User,
+    pub user_id: i64,
+    /// The second factor is done (or not needed).
+    pub verified: bool,
+    pub csrf: String,
+}
+
+/// Start a session (at sign-in: a fresh token every time). Returns the cookie value.
+pub async fn start_session(
+    store: &Store,
+    user_id: i64,
+    verified: bool,
+) -> Result<String, sqlx::Error> {
+    let token = random_token();
+    let now = store.now();
+    sqlx::query(
+        "INSERT INTO web_sessions (token_hash, user_id, verified, csrf, created_at, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $5)",
+    )
+    .bind(sha256(token.as_bytes()))
+    .bind(user_id)
+    .bind(verified)
+    .bind(random_token())
+    .bind(now)
+    .execute(store.pool())
+    .await?;
+    Ok(token)
+}
+
+/// The session behind a cookie, if it is still alive (idle and absolute timeouts); touches it.
+pub async fn session(store: &Store, token: &str) -> Result<Option<WebSession>, sqlx::Error> {
+    let now = store.now();
+    let row = sqlx::query(
+        "UPDATE web_sessions s SET last_seen = $2
+           FROM users u
+          WHERE s.token_hash = $1 AND u.id = s.user_id AND s.revoked_at IS NULL AND NOT u.admin_locked
+            AND s.last_seen > $2 - $3::interval AND s.created_at > $2 - $4::interval
+          RETURNING s.user_id, s.verified, s.csrf, u.username",
+    )
+    .bind(sha256(token.as_bytes()))
+    .bind(now)
+    .bind(format!("{} seconds", SESSION_IDLE.num_seconds()))
+    .bind(format!("{} seconds", SESSION_ABSOLUTE.num_seconds()))
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let username: String = row.try_get("username")?;
+    let Ok(user) = users::find(store, &username).await else {
+        return Ok(None);
+    };
+    Ok(Some(WebSession {
+        user,
+        user_id: row.try_get("user_id")?,
+        verified: row.try_get("verified")?,
+        csrf: row.try_get("csrf")?,
+    }))
+}
+
+pub async fn end_session(store: &Store, token: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE token_hash = $1")
+        .bind(sha256(token.as_bytes()))
+        .bind(store.now())
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s256_matches_rfc7636_appendix_b() {
+        assert_eq!(
+            s256("dBjftJeZ4CVP-mJ92K9qpCHhfNQ8vyeIhUVKMvBA9Pa"),
+            "E9Melhoa2OwvFrEXGF2FbtwJKtjZo1cytUMA7FAhmJc"
+        );
+    }
+}

@@ -1,0 +1,549 @@
+//! The authorization-code flow for user apps, driven over HTTP like a browser: sign-in page,
+//! TOTP, consent, PKCE S256, exact redirect URIs, single-use codes, rotating refresh tokens, and
+//! browser sessions with idle and absolute timeouts (on a controlled clock).
+
+use carapace_core::access::Role;
+use carapace_core::authorize;
+use carapace_core::clock::{Clock, FixedClock};
+use carapace_core::config::Config;
+use carapace_core::core::Core;
+use carapace_core::users::{self, NewUser};
+use carapace_tests::*;
+use std::sync::Arc;
+
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+struct App {
+    client_id: String,
+}
+
+async fn setup(stack: &Stack) -> (App, String, String) {
+    let fhir = stack.fhir();
+    let p = fhir
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Own"}]}),
+        )
+        .await
+        .json();
+    let other = fhir
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Other"}]}),
+        )
+        .await
+        .json();
+    let db = stack.db().await;
+    let client_id = authorize::register_app(
+        &db,
+        &carapace_core::clock::SystemClock,
+        "Patient portal",
+        &[REDIRECT.to_string()],
+        &[
+            "launch/patient".into(),
+            "patient/*.rs".into(),
+            "user/*.rs".into(),
+            "offline_access".into(),
+        ],
+    )
+    .await
+    .unwrap();
+    (
+        App { client_id },
+        p["id"].as_str().unwrap().to_string(),
+        other["id"].as_str().unwrap().to_string(),
+    )
+}
+
+fn authorize_url(
+    stack: &Stack,
+    app: &App,
+    challenge: &str,
+    method: &str,
+    redirect: &str,
+    state: &str,
+) -> String {
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &app.client_id)
+        .append_pair("redirect_uri", redirect)
+        .append_pair("scope", "launch/patient patient/*.rs offline_access")
+        .append_pair("state", state)
+        .append_pair("aud", &stack.server.base)
+        .append_pair("code_challenge", challenge)
+        .append_pair("code_challenge_method", method)
+        .finish();
+    format!("{}/auth/authorize?{q}", stack.server.origin())
+}
+
+async fn core_for(stack: &Stack, clock: Arc<dyn Clock>) -> Core {
+    let env: std::collections::HashMap<String, String> = stack.server.env.iter().cloned().collect();
+    Core::open_with_clock(
+        &Config::from_lookup(|k| env.get(k).cloned()).unwrap(),
+        clock,
+    )
+    .await
+    .unwrap()
+}
+
+/// Sign in and consent; returns the redirect's query.
+async fn sign_in_and_allow(
+    stack: &Stack,
+    browser: &mut Browser,
+    url: &str,
+    user: &str,
+    password: &str,
+) -> Vec<(String, String)> {
+    let login = browser.get(url).await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    assert!(login
+        .text()
+        .contains("<form method=\"post\" action=\"/auth/login\">"));
+    let cont = hidden_field(&login.text(), "continue").unwrap();
+    let r = browser
+        .post_form(
+            &format!("{}/auth/login", stack.server.origin()),
+            &[
+                ("username", user),
+                ("password", password),
+                ("continue", &cont),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let consent = browser.get(&r.header("location").unwrap()).await;
+    assert_eq!(consent.status, 200);
+    assert!(consent.text().contains("Patient portal") && consent.text().contains("patient/*.rs"));
+    let csrf = hidden_field(&consent.text(), "csrf").unwrap();
+    let done = browser
+        .post_form(
+            &format!("{}/auth/consent", stack.server.origin()),
+            &[("decision", "allow"), ("csrf", &csrf), ("continue", &cont)],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.text());
+    let location = done.header("location").unwrap();
+    assert!(location.starts_with(&format!("{REDIRECT}?")), "{location}");
+    form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
+}
+
+async fn token(stack: &Stack, fields: &[(&str, &str)]) -> HttpResponse {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        ser.append_pair(k, v);
+    }
+    http(
+        "POST",
+        &stack.server.token_url(),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(ser.finish().into_bytes()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_patient_app_gets_a_token_for_its_patient_only() {
+    let stack = Stack::start().await.unwrap();
+    let (app, own, other) = setup(&stack).await;
+    let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
+    users::create_user(
+        &core.store,
+        &NewUser {
+            username: "pat.own",
+            role: Role::Patient,
+            patient_id: Some(&own),
+            practitioner_id: None,
+            password: "my own long password",
+        },
+    )
+    .await
+    .unwrap();
+
+    let (verifier, challenge) = pkce();
+    let mut browser = Browser::new();
+    let redirect = sign_in_and_allow(
+        &stack,
+        &mut browser,
+        &authorize_url(&stack, &app, &challenge, "S256", REDIRECT, "st-1"),
+        "pat.own",
+        "my own long password",
+    )
+    .await;
+    let get = |k: &str| {
+        redirect
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("state").as_deref(), Some("st-1"), "state comes back");
+    let code = get("code").unwrap();
+
+    // The wrong verifier, another redirect URI, another client: refused, and the code is spent.
+    let base = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("client_id", app.client_id.as_str()),
+    ];
+    let mut wrong = base.to_vec();
+    wrong.push((
+        "code_verifier",
+        "not-the-verifier-not-the-verifier-not-the-verifier",
+    ));
+    let r = token(&stack, &wrong).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_grant");
+    let mut right = base.to_vec();
+    right.push(("code_verifier", &verifier));
+    assert_eq!(
+        token(&stack, &right).await.status,
+        400,
+        "a code is tried once"
+    );
+
+    // A fresh flow (the session is reused: straight to consent), exchanged properly.
+    let (verifier, challenge) = pkce();
+    let consent = browser
+        .get(&authorize_url(
+            &stack, &app, &challenge, "S256", REDIRECT, "st-2",
+        ))
+        .await;
+    assert!(
+        consent.text().contains("Allow access?"),
+        "{}",
+        consent.text()
+    );
+    let cont = hidden_field(&consent.text(), "continue").unwrap();
+    let csrf = hidden_field(&consent.text(), "csrf").unwrap();
+    let forged = browser
+        .post_form(
+            &format!("{}/auth/consent", stack.server.origin()),
+            &[
+                ("decision", "allow"),
+                ("csrf", "forged"),
+                ("continue", &cont),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, 403, "CSRF token checked");
+    let done = browser
+        .post_form(
+            &format!("{}/auth/consent", stack.server.origin()),
+            &[("decision", "allow"), ("csrf", &csrf), ("continue", &cont)],
+        )
+        .await;
+    let location = done.header("location").unwrap();
+    let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .to_string();
+    let mut mismatch = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "http://127.0.0.1:9/other"),
+        ("client_id", app.client_id.as_str()),
+        ("code_verifier", verifier.as_str()),
+    ];
+    assert_eq!(token(&stack, &mismatch).await.status, 400);
+    // (that attempt spent the code; one more flow for the real exchange)
+    let (verifier, challenge) = pkce();
+    let consent = browser
+        .get(&authorize_url(
+            &stack, &app, &challenge, "S256", REDIRECT, "st-3",
+        ))
+        .await;
+    let cont = hidden_field(&consent.text(), "continue").unwrap();
+    let csrf = hidden_field(&consent.text(), "csrf").unwrap();
+    let done = browser
+        .post_form(
+            &format!("{}/auth/consent", stack.server.origin()),
+            &[("decision", "allow"), ("csrf", &csrf), ("continue", &cont)],
+        )
+        .await;
+    let location = done.header("location").unwrap();
+    let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .to_string();
+    mismatch[1] = ("code", code.as_str());
+    mismatch[2] = ("redirect_uri", REDIRECT);
+    mismatch[4] = ("code_verifier", verifier.as_str());
+    let r = token(&stack, &mismatch).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    assert_eq!(t["patient"], own.as_str());
+    assert_eq!(
+        t["scope"], "patient/*.rs",
+        "user/ scopes are not for patients"
+    );
+    let access = t["access_token"].as_str().unwrap().to_string();
+    let refresh = t["refresh_token"].as_str().unwrap().to_string();
+
+    let read = |path: String, token: String| {
+        let url = stack.server.url(&path);
+        async move {
+            http(
+                "GET",
+                &url,
+                &[("Authorization", &format!("Bearer {token}"))],
+                None,
+            )
+            .await
+            .unwrap()
+            .status
+        }
+    };
+    assert_eq!(read(format!("Patient/{own}"), access.clone()).await, 200);
+    assert_eq!(read(format!("Patient/{other}"), access.clone()).await, 404);
+
+    // Refresh rotates; a reused refresh token revokes the family.
+    let r = token(
+        &stack,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &app.client_id),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rotated = r.json()["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(rotated, refresh);
+    assert_eq!(
+        read(
+            format!("Patient/{own}"),
+            r.json()["access_token"].as_str().unwrap().to_string()
+        )
+        .await,
+        200
+    );
+    let replay = token(
+        &stack,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &app.client_id),
+        ],
+    )
+    .await;
+    assert_eq!(replay.status, 400);
+    let after = token(
+        &stack,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rotated),
+            ("client_id", &app.client_id),
+        ],
+    )
+    .await;
+    assert_eq!(
+        after.status, 400,
+        "the whole family is revoked after a replay"
+    );
+
+    // Deny sends the user back with access_denied.
+    let consent = browser
+        .get(&authorize_url(
+            &stack,
+            &app,
+            &pkce().1,
+            "S256",
+            REDIRECT,
+            "st-4",
+        ))
+        .await;
+    let (cont, csrf) = (
+        hidden_field(&consent.text(), "continue").unwrap(),
+        hidden_field(&consent.text(), "csrf").unwrap(),
+    );
+    let denied = browser
+        .post_form(
+            &format!("{}/auth/consent", stack.server.origin()),
+            &[("decision", "deny"), ("csrf", &csrf), ("continue", &cont)],
+        )
+        .await;
+    assert!(denied
+        .header("location")
+        .unwrap()
+        .contains("error=access_denied"));
+    core.shutdown().await;
+}
+
+#[tokio::test]
+async fn pkce_plain_redirect_mismatch_and_totp_replay_are_refused() {
+    let stack = Stack::start().await.unwrap();
+    let (app, _, _) = setup(&stack).await;
+    let mut browser = Browser::new();
+
+    // PKCE plain: back to the app with invalid_request, and the state.
+    let r = browser
+        .get(&authorize_url(
+            &stack,
+            &app,
+            &pkce().1,
+            "plain",
+            REDIRECT,
+            "s",
+        ))
+        .await;
+    assert_eq!(r.status, 303);
+    let loc = r.header("location").unwrap();
+    assert!(
+        loc.starts_with(REDIRECT)
+            && loc.contains("error=invalid_request")
+            && loc.contains("state=s"),
+        "{loc}"
+    );
+    // redirect_uri mismatch: shown to the user, never redirected.
+    for uri in [
+        "http://127.0.0.1:9/callback/evil",
+        "http://127.0.0.1:9/callbac",
+        "http://evil.example/callback",
+    ] {
+        let r = browser
+            .get(&authorize_url(&stack, &app, &pkce().1, "S256", uri, "s"))
+            .await;
+        assert_eq!(r.status, 400, "{uri}");
+        assert!(r.header("location").is_none());
+        assert!(r.text().contains("redirect_uri does not match"));
+    }
+
+    // A practitioner signs in with password, then TOTP; the same code cannot be used twice.
+    let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
+    let enrolled = users::create_user(
+        &core.store,
+        &NewUser {
+            username: "dr.web",
+            role: Role::Practitioner,
+            patient_id: None,
+            practitioner_id: Some("pr"),
+            password: "practitioner passphrase",
+        },
+    )
+    .await
+    .unwrap();
+    let uri = enrolled.totp_uri.unwrap();
+    let code = totp_rs::TOTP::from_url_unchecked(&uri)
+        .unwrap()
+        .generate_current()
+        .unwrap();
+    let url = authorize_url(&stack, &app, &pkce().1, "S256", REDIRECT, "s2")
+        .replace("launch%2Fpatient+patient%2F*.rs", "user%2F*.rs");
+    for attempt in 0..2 {
+        let mut b = Browser::new();
+        let login = b.get(&url).await;
+        let cont = hidden_field(&login.text(), "continue").unwrap();
+        let wrong = b
+            .post_form(
+                &format!("{}/auth/login", stack.server.origin()),
+                &[
+                    ("username", "dr.web"),
+                    ("password", "wrong password!!"),
+                    ("continue", &cont),
+                ],
+            )
+            .await;
+        assert_eq!(wrong.status, 401);
+        assert!(wrong.text().contains("invalid username, password or code"));
+        let totp_page = b
+            .post_form(
+                &format!("{}/auth/login", stack.server.origin()),
+                &[
+                    ("username", "dr.web"),
+                    ("password", "practitioner passphrase"),
+                    ("continue", &cont),
+                ],
+            )
+            .await;
+        assert_eq!(totp_page.status, 200);
+        assert!(totp_page.text().contains("Two-step verification"));
+        // Half signed in is not signed in: the authorize page asks for the code again.
+        assert!(b.get(&url).await.text().contains("Two-step verification"));
+        let r = b
+            .post_form(
+                &format!("{}/auth/login/totp", stack.server.origin()),
+                &[("code", &code), ("continue", &cont)],
+            )
+            .await;
+        if attempt == 0 {
+            assert_eq!(r.status, 303, "{}", r.text());
+            assert!(b
+                .get(&r.header("location").unwrap())
+                .await
+                .text()
+                .contains("Allow access?"));
+        } else {
+            assert_eq!(r.status, 401, "the same TOTP code twice");
+            assert!(r.text().contains("invalid username, password or code"));
+        }
+    }
+    core.shutdown().await;
+}
+
+#[tokio::test]
+async fn browser_sessions_time_out_and_end_on_password_change() {
+    let stack = Stack::start().await.unwrap();
+    let start = chrono::DateTime::parse_from_rfc3339("2026-11-23T08:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::new(FixedClock::new(start));
+    let core = core_for(&stack, clock.clone()).await;
+    let store = &core.store;
+    users::create_user(
+        store,
+        &NewUser {
+            username: "pat.clock",
+            role: Role::Patient,
+            patient_id: Some("p"),
+            practitioner_id: None,
+            password: "patient passphrase",
+        },
+    )
+    .await
+    .unwrap();
+    let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = 'pat.clock'")
+        .fetch_one(&stack.db().await)
+        .await
+        .unwrap();
+
+    // Idle timeout: 15 minutes without use.
+    let s = authorize::start_session(store, id, true).await.unwrap();
+    clock.advance(chrono::Duration::minutes(14));
+    assert!(authorize::session(store, &s).await.unwrap().is_some());
+    clock.advance(chrono::Duration::minutes(14));
+    assert!(
+        authorize::session(store, &s).await.unwrap().is_some(),
+        "use resets the idle clock"
+    );
+    clock.advance(chrono::Duration::minutes(16));
+    assert!(
+        authorize::session(store, &s).await.unwrap().is_none(),
+        "idle for 16 minutes"
+    );
+
+    // Absolute timeout: 8 hours however busy.
+    let s = authorize::start_session(store, id, true).await.unwrap();
+    for _ in 0..47 {
+        clock.advance(chrono::Duration::minutes(10));
+        assert!(authorize::session(store, &s).await.unwrap().is_some());
+    }
+    clock.advance(chrono::Duration::minutes(14));
+    assert!(
+        authorize::session(store, &s).await.unwrap().is_none(),
+        "past 8 hours"
+    );
+
+    // A password change ends every session.
+    let s = authorize::start_session(store, id, true).await.unwrap();
+    assert!(authorize::session(store, &s).await.unwrap().is_some());
+    users::set_password(store, "pat.clock", "a new patient passphrase")
+        .await
+        .unwrap();
+    assert!(authorize::session(store, &s).await.unwrap().is_none());
+    core.shutdown().await;
+}
