@@ -545,8 +545,8 @@ mod tests {
     #[test]
     fn s256_matches_rfc7636_appendix_b() {
         assert_eq!(
-            s256("dBjftJeZ4CVP-mJ92K9qpCHhfNQ8vyeIhUVKMvBA9Pa"),
-            "E9Melhoa2OwvFrEXGF2FbtwJKtjZo1cytUMA7FAhmJc"
+            s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
 }
