@@ -6,6 +6,7 @@
 mod auth;
 mod authorize;
 mod bad_input;
+mod browser;
 mod conformance;
 mod crud;
 mod embedded;

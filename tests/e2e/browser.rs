@@ -1,0 +1,164 @@
+//! The sign-in page in a real browser: headless Chromium (Debian's `chromium`, driven by
+//! playwright-core from `tests/browser/`) goes through sign-in, TOTP and consent; the app exchanges
+//! the code with its PKCE verifier and reads a resource with the token. `tests/run` installs the
+//! browser and sets CARAPACE_CHROMIUM; without it the test says it is skipped.
+
+use carapace_core::access::Role;
+use carapace_core::config::Config;
+use carapace_core::core::Core;
+use carapace_core::users::{self, NewUser};
+use carapace_tests::*;
+use std::path::Path;
+
+#[tokio::test]
+async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_the_token() {
+    let Ok(chromium) = std::env::var("CARAPACE_CHROMIUM") else {
+        eprintln!("SKIPPED: set CARAPACE_CHROMIUM (tests/run installs Debian's chromium)");
+        return;
+    };
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        scripts.join("node_modules/playwright-core").exists(),
+        "run `npm ci` in tests/browser"
+    );
+    let stack = Stack::start().await.unwrap();
+    let created = stack
+        .fhir()
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Browser"}]}),
+        )
+        .await;
+    let patient = created.json()["id"].as_str().unwrap().to_string();
+    let redirect = "http://127.0.0.1:9/app/callback";
+    let db = stack.db().await;
+    let client_id = carapace_core::authorize::register_app(
+        &db,
+        &carapace_core::clock::SystemClock,
+        "Ward <b>viewer</b>",
+        &[redirect.to_string()],
+        &["user/*.rs".into(), "offline_access".into()],
+    )
+    .await
+    .unwrap();
+    let env: std::collections::HashMap<String, String> = stack.server.env.iter().cloned().collect();
+    let core = Core::open(&Config::from_lookup(|k| env.get(k).cloned()).unwrap())
+        .await
+        .unwrap();
+    let enrolled = users::create_user(
+        &core.store,
+        &NewUser {
+            username: "dr.chromium",
+            role: Role::Practitioner,
+            patient_id: None,
+            practitioner_id: Some("pr-c"),
+            password: "browser passphrase",
+        },
+    )
+    .await
+    .unwrap();
+    let uri = enrolled.totp_uri.unwrap();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let (verifier, challenge) = pkce();
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", redirect)
+        .append_pair("scope", "user/*.rs offline_access")
+        .append_pair("state", "browser-state")
+        .append_pair("aud", &stack.server.base)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256")
+        .finish();
+    let shot = std::env::temp_dir().join("carapace-consent.png");
+    let out = tokio::process::Command::new("node")
+        .arg(scripts.join("authorize.mjs"))
+        .current_dir(&scripts)
+        .env("CARAPACE_CHROMIUM", chromium)
+        .env(
+            "AUTHORIZE_URL",
+            format!("{}/auth/authorize?{query}", stack.server.origin()),
+        )
+        .env("REDIRECT_PREFIX", redirect)
+        .env("USERNAME", "dr.chromium")
+        .env("PASSWORD", "browser passphrase")
+        .env("TOTP_SECRET", secret)
+        .env("SCREENSHOT", &shot)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(result["scopes"].as_str().unwrap().contains("user/*.rs"));
+    let url = result["redirect"].as_str().unwrap();
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(url.split_once('?').unwrap().1.as_bytes())
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(get("state"), "browser-state");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 1000,
+        "a screenshot of the consent page"
+    );
+
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "authorization_code")
+        .append_pair("code", &get("code"))
+        .append_pair("redirect_uri", redirect)
+        .append_pair("client_id", &client_id)
+        .append_pair("code_verifier", &verifier)
+        .finish();
+    let token = http(
+        "POST",
+        &stack.server.token_url(),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(form.into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(token.status, 200, "{}", token.text());
+    let access = token.json()["access_token"].as_str().unwrap().to_string();
+    let read = http(
+        "GET",
+        &stack.server.url(&format!("Patient/{patient}")),
+        &[("Authorization", &format!("Bearer {access}"))],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json()["name"][0]["family"], "Browser");
+    // The practitioner's token reads but cannot write (user/*.rs).
+    let write = http(
+        "POST",
+        &stack.server.url("Patient"),
+        &[
+            ("Authorization", &format!("Bearer {access}")),
+            ("Content-Type", FHIR_JSON),
+        ],
+        Some(b"{\"resourceType\":\"Patient\"}".to_vec()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(write.status, 403);
+    core.shutdown().await;
+}
