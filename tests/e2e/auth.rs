@@ -500,3 +500,45 @@ async fn scopes_limit_interactions_and_patient_tokens_see_only_their_compartment
     .unwrap();
     assert!(denied >= 8, "{denied}");
 }
+
+#[tokio::test]
+async fn the_readme_registration_script_gets_a_working_token() {
+    let stack = Stack::start().await.unwrap();
+    let admin = carapace_core::auth::issue(
+        &stack.db().await,
+        chrono::Utc::now(),
+        "script-admin",
+        Role::Admin,
+        &[],
+        None,
+    )
+    .await
+    .unwrap()
+    .access_token;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ehr-token.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(stack.server.env.iter().cloned())
+        .env("CARAPACE_ADMIN_TOKEN", admin)
+        .env("CARAPACE_URL", stack.server.origin())
+        .env("CONSOLE", bin_path("carapace-console"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let response: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(response["scope"], "system/*.rs", "{response}");
+    let token = response["access_token"].as_str().unwrap();
+    assert_eq!(
+        get(&stack, "Patient/none", Some(token)).await.status,
+        404,
+        "the token is accepted"
+    );
+}
