@@ -97,6 +97,15 @@ async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<(Strin
     }
 }
 
+/// Sign-ins, successful or not, go into the audit trail (the name as typed, shown inert).
+async fn audit_sign_in(state: &AppState, username: &str, what: &str, success: bool) {
+    let ctx =
+        carapace_core::access::AccessContext::operator(&carapace_core::fhir::printable(username));
+    if let Err(e) = state.store.record_admin(&ctx, what, success).await {
+        tracing::error!(error = %e, "could not audit a sign-in");
+    }
+}
+
 fn hidden(name: &str, value: &str) -> String {
     format!(
         "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
@@ -290,6 +299,7 @@ async fn login_post(state: &AppState, query: &str, username: &str, password: &st
             Ok(p) => p,
             Err(e) => {
                 tracing::info!("browser sign-in refused");
+                audit_sign_in(state, username, "web-login-password", false).await;
                 return login_page(query, Some(&e.to_string()));
             }
         };
@@ -303,6 +313,9 @@ async fn login_post(state: &AppState, query: &str, username: &str, password: &st
         Err(_) => return login_page(query, Some("the sign-in service is unavailable")),
     };
     let cookie = Some(session_cookie(state, &token));
+    if verified {
+        audit_sign_in(state, username, "web-login", true).await;
+    }
     if verified {
         redirect(
             &format!("{}/auth/authorize?{query}", origin(&state.base)),
@@ -323,8 +336,10 @@ async fn totp_post(state: &AppState, headers: &HeaderMap, query: &str, code: &st
         needs_mfa: true,
     };
     if let Err(e) = users::check_code(&state.store, state.store.now(), &pending, code).await {
+        audit_sign_in(state, &pending.username, "web-login-totp", false).await;
         return totp_page(query, Some(&e.to_string()), None);
     }
+    audit_sign_in(state, &pending.username, "web-login", true).await;
     if users::succeed(&state.store, &pending).await.is_err() {
         return totp_page(query, Some("the sign-in service is unavailable"), None);
     }

@@ -128,6 +128,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
             match result {
                 Ok(t) => {
                     tracing::info!(peer = %peer.ip(), "access token issued");
+                    audit_token(state, &t.subject, peer, true).await;
                     let mut body = json!({"access_token": t.access_token, "token_type": "bearer",
                                           "expires_in": t.expires_in, "scope": t.scope});
                     if let Some(r) = t.refresh_token {
@@ -140,6 +141,13 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                 }
                 Err(e) => {
                     tracing::info!(peer = %peer.ip(), error = e.error, "token request refused");
+                    audit_token(
+                        state,
+                        field("client_id").as_deref().unwrap_or("unknown"),
+                        peer,
+                        false,
+                    )
+                    .await;
                     oauth_error(&e)
                 }
             }
@@ -194,6 +202,16 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
             json_response(StatusCode::OK, &body)
         }
         _ => ApiError::not_found("no such endpoint").into_response(),
+    }
+}
+
+/// Token issuance and refusals are audited with the client or user as agent.
+async fn audit_token(state: &AppState, subject: &str, peer: SocketAddr, success: bool) {
+    let mut ctx = AccessContext::operator(&carapace_core::fhir::printable(subject));
+    ctx.role = carapace_core::access::Role::System;
+    ctx.address = Some(peer.ip());
+    if let Err(e) = state.store.record_admin(&ctx, "token-issue", success).await {
+        tracing::error!(error = %e, "could not audit a token request");
     }
 }
 

@@ -53,6 +53,8 @@ impl OAuthError {
 /// A successful token response.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
+    /// Who the token is for: the client id or the user name.
+    pub subject: String,
     pub access_token: String,
     pub expires_in: i64,
     pub scope: String,
@@ -423,6 +425,7 @@ pub async fn issue(
     .execute(pool)
     .await?;
     Ok(IssuedToken {
+        subject: subject.to_string(),
         access_token: token,
         expires_in: ACCESS_TOKEN_SECONDS,
         scope: scope_strings.join(" "),
