@@ -439,15 +439,17 @@ async fn session(core: &Core, ctx: &AccessContext, command: SessionCommand) -> a
     let now = core.store.now();
     match command {
         SessionCommand::List { subject } => {
-            let rows = auth::active_tokens(pool, now, subject.as_deref()).await?;
+            let policy = Config::from_env()?.sessions;
+            let rows = auth::active_tokens(pool, now, subject.as_deref(), &policy).await?;
             println!(
-                "{:<18} {:<38} {:<13} {:<22} expires",
-                "id", "subject", "role", "issued"
+                "{:<18} {:<8} {:<38} {:<13} {:<22} ends",
+                "id", "kind", "subject", "role", "started"
             );
             for t in rows {
                 println!(
-                    "{:<18} {:<38} {:<13} {:<22} {}",
+                    "{:<18} {:<8} {:<38} {:<13} {:<22} {}",
                     t.id,
+                    t.kind,
                     carapace_core::fhir::printable(&t.subject),
                     t.role,
                     t.issued_at.format("%Y-%m-%d %H:%M:%S"),

@@ -91,7 +91,7 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 
 async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<(String, WebSession)> {
     let token = cookie_value(headers)?;
-    match authorize::session(&state.store, &token).await {
+    match authorize::session(&state.store, &state.config.sessions, &token).await {
         Ok(Some(s)) => Some((token, s)),
         _ => None,
     }

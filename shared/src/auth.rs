@@ -511,13 +511,17 @@ pub async fn revoke(pool: &PgPool, now: DateTime<Utc>, token: &str) -> Result<()
     Ok(())
 }
 
-/// An active token as the console lists it; `id` is a prefix of the token's hash, never the token.
+/// An active token or browser session as the console lists it; `id` is a prefix of its hash, never
+/// the secret itself.
 #[derive(Debug, Clone)]
 pub struct ActiveToken {
     pub id: String,
+    /// `token` (API access token) or `browser` (sign-in session).
+    pub kind: String,
     pub subject: String,
     pub role: String,
     pub issued_at: DateTime<Utc>,
+    /// When it ends if unused: expiry for tokens, idle cut-off for browser sessions.
     pub expires_at: DateTime<Utc>,
 }
 
@@ -525,21 +529,32 @@ pub async fn active_tokens(
     pool: &PgPool,
     now: DateTime<Utc>,
     subject: Option<&str>,
+    sessions: &crate::authorize::SessionPolicy,
 ) -> Result<Vec<ActiveToken>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT encode(substring(token_hash from 1 for 8), 'hex') AS id, subject, role, issued_at, expires_at
+        "SELECT encode(substring(token_hash from 1 for 8), 'hex') AS id, 'token' AS kind, subject, role,
+                issued_at, expires_at
            FROM access_tokens
           WHERE revoked_at IS NULL AND expires_at > $1 AND ($2::text IS NULL OR subject = $2)
+         UNION ALL
+         SELECT encode(substring(s.token_hash from 1 for 8), 'hex'), 'browser', u.username, u.role,
+                s.created_at, LEAST(s.last_seen + $3::interval, s.created_at + $4::interval)
+           FROM web_sessions s JOIN users u ON u.id = s.user_id
+          WHERE s.revoked_at IS NULL AND ($2::text IS NULL OR u.username = $2)
+            AND s.last_seen > $1 - $3::interval AND s.created_at > $1 - $4::interval
           ORDER BY issued_at",
     )
     .bind(now)
     .bind(subject)
+    .bind(format!("{} seconds", sessions.idle.num_seconds()))
+    .bind(format!("{} seconds", sessions.absolute.num_seconds()))
     .fetch_all(pool)
     .await?;
     rows.iter()
         .map(|r| {
             Ok(ActiveToken {
                 id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
                 subject: r.try_get("subject")?,
                 role: r.try_get("role")?,
                 issued_at: r.try_get("issued_at")?,
@@ -549,22 +564,33 @@ pub async fn active_tokens(
         .collect()
 }
 
-/// Revoke every active token of a subject (user or client), or the one whose id is `target`.
+/// Revoke every active token, refresh token and browser session of a subject (user or client), or
+/// the one token or session whose id is `target`. Returns how many were revoked.
 pub async fn revoke_matching(
     pool: &PgPool,
     now: DateTime<Utc>,
     target: &str,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    let mut n = 0;
+    for sql in [
         "UPDATE access_tokens SET revoked_at = $2
           WHERE revoked_at IS NULL
             AND (subject = $1 OR encode(substring(token_hash from 1 for 8), 'hex') = $1)",
-    )
-    .bind(target)
-    .bind(now)
-    .execute(pool)
-    .await?
-    .rows_affected())
+        "UPDATE web_sessions SET revoked_at = $2
+          WHERE revoked_at IS NULL
+            AND (user_id = (SELECT id FROM users WHERE username = $1)
+                 OR encode(substring(token_hash from 1 for 8), 'hex') = $1)",
+        "UPDATE refresh_tokens SET revoked_at = $2
+          WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username = $1)",
+    ] {
+        n += sqlx::query(sql)
+            .bind(target)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

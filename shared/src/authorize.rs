@@ -14,8 +14,22 @@ use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use sqlx::{PgPool, Row};
 
-pub const SESSION_IDLE: Duration = Duration::minutes(15);
-pub const SESSION_ABSOLUTE: Duration = Duration::hours(8);
+/// How long a browser sign-in lasts (`CARAPACE_SESSION_IDLE_MINUTES`, default 15;
+/// `CARAPACE_SESSION_MAX_HOURS`, default 8).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    pub idle: Duration,
+    pub absolute: Duration,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        SessionPolicy {
+            idle: Duration::minutes(15),
+            absolute: Duration::hours(8),
+        }
+    }
+}
 const CODE_SECONDS: i64 = 60;
 const REFRESH_HOURS: i64 = 12;
 
@@ -501,7 +515,11 @@ pub async fn start_session(
 }
 
 /// The session behind a cookie, if it is still alive (idle and absolute timeouts); touches it.
-pub async fn session(store: &Store, token: &str) -> Result<Option<WebSession>, sqlx::Error> {
+pub async fn session(
+    store: &Store,
+    policy: &SessionPolicy,
+    token: &str,
+) -> Result<Option<WebSession>, sqlx::Error> {
     let now = store.now();
     let row = sqlx::query(
         "UPDATE web_sessions s SET last_seen = $2
@@ -512,8 +530,8 @@ pub async fn session(store: &Store, token: &str) -> Result<Option<WebSession>, s
     )
     .bind(sha256(token.as_bytes()))
     .bind(now)
-    .bind(format!("{} seconds", SESSION_IDLE.num_seconds()))
-    .bind(format!("{} seconds", SESSION_ABSOLUTE.num_seconds()))
+    .bind(format!("{} seconds", policy.idle.num_seconds()))
+    .bind(format!("{} seconds", policy.absolute.num_seconds()))
     .fetch_optional(store.pool())
     .await?;
     let Some(row) = row else { return Ok(None) };

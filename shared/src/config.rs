@@ -26,6 +26,8 @@ pub struct Config {
     pub dek_cache: DekCacheConfig,
     /// `CARAPACE_DB_MAX_CONNECTIONS` (default 16).
     pub db_max_connections: u32,
+    /// `CARAPACE_SESSION_IDLE_MINUTES` (default 15) and `CARAPACE_SESSION_MAX_HOURS` (default 8).
+    pub sessions: crate::authorize::SessionPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +160,18 @@ impl Config {
                 ..DekCacheConfig::default()
             },
             db_max_connections: u32::try_from(max_connections.clamp(1, 1000)).unwrap_or(16),
+            sessions: crate::authorize::SessionPolicy {
+                idle: chrono::Duration::minutes(
+                    i64::try_from(
+                        parse_num("CARAPACE_SESSION_IDLE_MINUTES", 15)?.clamp(1, 24 * 60),
+                    )
+                    .unwrap_or(15),
+                ),
+                absolute: chrono::Duration::hours(
+                    i64::try_from(parse_num("CARAPACE_SESSION_MAX_HOURS", 8)?.clamp(1, 24 * 7))
+                        .unwrap_or(8),
+                ),
+            },
         })
     }
 

@@ -371,6 +371,63 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
         .header("location")
         .unwrap()
         .contains("error=access_denied"));
+    // The operator sees the browser session and ends it: the next visit asks to sign in again.
+    let admin = carapace_core::auth::issue(
+        &stack.db().await,
+        chrono::Utc::now(),
+        "ops",
+        Role::Admin,
+        &[],
+        None,
+    )
+    .await
+    .unwrap()
+    .access_token;
+    let console = |args: Vec<&'static str>| {
+        let mut env = stack.server.env.clone();
+        env.push(("CARAPACE_ADMIN_TOKEN".into(), admin.clone()));
+        async move {
+            let out = tokio::process::Command::new(bin_path("carapace-console"))
+                .args(args)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .envs(env)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).to_string()
+        }
+    };
+    let listed = console(vec!["session", "list", "pat.own"]).await;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("browser") && l.contains("pat.own")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("token") && l.contains("pat.own")),
+        "{listed}"
+    );
+    console(vec!["session", "revoke", "pat.own"]).await;
+    let again = browser
+        .get(&authorize_url(
+            &stack,
+            &app,
+            &pkce().1,
+            "S256",
+            REDIRECT,
+            "st-5",
+        ))
+        .await;
+    assert!(again.text().contains("Sign in"), "the session ended");
     core.shutdown().await;
 }
 
@@ -494,6 +551,12 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
     let clock = Arc::new(FixedClock::new(start));
     let core = core_for(&stack, clock.clone()).await;
     let store = &core.store;
+    // The defaults a hospital gets unless it configures otherwise.
+    let policy = Config::from_lookup(|_| None).unwrap().sessions;
+    assert_eq!(
+        (policy.idle.num_minutes(), policy.absolute.num_hours()),
+        (15, 8)
+    );
     users::create_user(
         store,
         &NewUser {
@@ -514,15 +577,24 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
     // Idle timeout: 15 minutes without use.
     let s = authorize::start_session(store, id, true).await.unwrap();
     clock.advance(chrono::Duration::minutes(14));
-    assert!(authorize::session(store, &s).await.unwrap().is_some());
+    assert!(authorize::session(store, &policy, &s)
+        .await
+        .unwrap()
+        .is_some());
     clock.advance(chrono::Duration::minutes(14));
     assert!(
-        authorize::session(store, &s).await.unwrap().is_some(),
+        authorize::session(store, &policy, &s)
+            .await
+            .unwrap()
+            .is_some(),
         "use resets the idle clock"
     );
     clock.advance(chrono::Duration::minutes(16));
     assert!(
-        authorize::session(store, &s).await.unwrap().is_none(),
+        authorize::session(store, &policy, &s)
+            .await
+            .unwrap()
+            .is_none(),
         "idle for 16 minutes"
     );
 
@@ -530,20 +602,32 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
     let s = authorize::start_session(store, id, true).await.unwrap();
     for _ in 0..47 {
         clock.advance(chrono::Duration::minutes(10));
-        assert!(authorize::session(store, &s).await.unwrap().is_some());
+        assert!(authorize::session(store, &policy, &s)
+            .await
+            .unwrap()
+            .is_some());
     }
     clock.advance(chrono::Duration::minutes(14));
     assert!(
-        authorize::session(store, &s).await.unwrap().is_none(),
+        authorize::session(store, &policy, &s)
+            .await
+            .unwrap()
+            .is_none(),
         "past 8 hours"
     );
 
     // A password change ends every session.
     let s = authorize::start_session(store, id, true).await.unwrap();
-    assert!(authorize::session(store, &s).await.unwrap().is_some());
+    assert!(authorize::session(store, &policy, &s)
+        .await
+        .unwrap()
+        .is_some());
     users::set_password(store, "pat.clock", "a new patient passphrase")
         .await
         .unwrap();
-    assert!(authorize::session(store, &s).await.unwrap().is_none());
+    assert!(authorize::session(store, &policy, &s)
+        .await
+        .unwrap()
+        .is_none());
     core.shutdown().await;
 }
