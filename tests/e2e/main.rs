@@ -2,6 +2,8 @@
 //! PostgreSQL cluster and a real OpenBao (Vault API) server, each started by the test on free loopback
 //! ports. One test binary (a `mod` per area) so the suite links once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests play the client side, whose clock is the real one.
+#![allow(clippy::disallowed_methods)]
 
 mod auth;
 mod authorize;

@@ -2,6 +2,8 @@
 //! PostgreSQL cluster, a real OpenBao server, and the real `carapace-server` binary, each on free
 //! loopback ports, each stopped when dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests play the client side, whose clock is the real one.
+#![allow(clippy::disallowed_methods)]
 
 pub mod conformance;
 
