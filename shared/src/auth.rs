@@ -169,13 +169,17 @@ pub async fn disable_client(
         .await?
         .rows_affected()
         > 0;
-    sqlx::query(
+    // Its own tokens end, and an app's users keep no way back in through it (refresh tokens).
+    for sql in [
         "UPDATE access_tokens SET revoked_at = $2 WHERE subject = $1 AND revoked_at IS NULL",
-    )
-    .bind(client_id)
-    .bind(clock.now())
-    .execute(&mut *tx)
-    .await?;
+        "UPDATE refresh_tokens SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL",
+    ] {
+        sqlx::query(sql)
+            .bind(client_id)
+            .bind(clock.now())
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(found)
 }

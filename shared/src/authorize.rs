@@ -287,6 +287,25 @@ pub async fn issue_code(
     Ok(code)
 }
 
+/// A disabled app gets no tokens, whatever codes or refresh tokens it still holds.
+async fn ensure_client_active(pool: &PgPool, client_id: &str) -> Result<(), OAuthError> {
+    let active: Option<bool> =
+        sqlx::query_scalar("SELECT NOT disabled FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(pool)
+            .await
+            .map_err(OAuthError::server)?;
+    if active == Some(true) {
+        Ok(())
+    } else {
+        Err(OAuthError::new(
+            400,
+            "invalid_grant",
+            "the application is disabled",
+        ))
+    }
+}
+
 fn s256(verifier: &str) -> String {
     B64URL.encode(sha256(verifier.as_bytes()))
 }
@@ -362,6 +381,7 @@ pub async fn exchange_code(
     let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
     let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
     let client_id = get("client_id")?;
+    ensure_client_active(store.pool(), &client_id).await?;
     tokens_for(
         store,
         &client_id,
@@ -456,6 +476,7 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
             "the refresh token was issued to another client",
         ));
     }
+    ensure_client_active(store.pool(), &client_id).await?;
     let claimed = sqlx::query(
         "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
     )

@@ -371,6 +371,70 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
         .header("location")
         .unwrap()
         .contains("error=access_denied"));
+    // Disabling the app ends its users' refresh tokens and stops code exchanges.
+    let (verifier, challenge) = pkce();
+    let consent = browser
+        .get(&authorize_url(
+            &stack, &app, &challenge, "S256", REDIRECT, "st-6",
+        ))
+        .await;
+    let (cont, csrf) = (
+        hidden_field(&consent.text(), "continue").unwrap(),
+        hidden_field(&consent.text(), "csrf").unwrap(),
+    );
+    let done = browser
+        .post_form(
+            &format!("{}/auth/consent", stack.server.origin()),
+            &[("decision", "allow"), ("csrf", &csrf), ("continue", &cont)],
+        )
+        .await;
+    let location = done.header("location").unwrap();
+    let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .to_string();
+    let r = token(
+        &stack,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &app.client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    let live_refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
+    assert!(carapace_core::auth::disable_client(
+        &stack.db().await,
+        &carapace_core::clock::SystemClock,
+        &app.client_id
+    )
+    .await
+    .unwrap());
+    let r = token(
+        &stack,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &live_refresh),
+            ("client_id", &app.client_id),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = browser
+        .get(&authorize_url(
+            &stack,
+            &app,
+            &pkce().1,
+            "S256",
+            REDIRECT,
+            "st-7",
+        ))
+        .await;
+    assert_eq!(r.status, 400, "a disabled app cannot start a flow");
+
     // The operator sees the browser session and ends it: the next visit asks to sign in again.
     let admin = carapace_core::auth::issue(
         &stack.db().await,
@@ -417,17 +481,15 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
         "{listed}"
     );
     console(vec!["session", "revoke", "pat.own"]).await;
-    let again = browser
-        .get(&authorize_url(
-            &stack,
-            &app,
-            &pkce().1,
-            "S256",
-            REDIRECT,
-            "st-5",
-        ))
-        .await;
-    assert!(again.text().contains("Sign in"), "the session ended");
+    let db = stack.db().await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM web_sessions s JOIN users u ON u.id = s.user_id
+          WHERE u.username = 'pat.own' AND s.revoked_at IS NULL",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "the browser session ended");
     core.shutdown().await;
 }
 
