@@ -86,6 +86,35 @@ async fn core_for(stack: &Stack, clock: Arc<dyn Clock>) -> Core {
     .unwrap()
 }
 
+/// With a signed-in browser: open the consent page, allow, return the code from the redirect.
+async fn allow(
+    stack: &Stack,
+    browser: &mut Browser,
+    app: &App,
+    challenge: &str,
+    state: &str,
+) -> String {
+    let consent = browser
+        .get(&authorize_url(
+            stack, app, challenge, "S256", REDIRECT, state,
+        ))
+        .await;
+    let cont = hidden_field(&consent.text(), "continue").unwrap();
+    let csrf = hidden_field(&consent.text(), "csrf").unwrap();
+    let done = browser
+        .post_form(
+            &format!("{}/auth/consent", stack.server.origin()),
+            &[("decision", "allow"), ("csrf", &csrf), ("continue", &cont)],
+        )
+        .await;
+    let location = done.header("location").unwrap();
+    form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .to_string()
+}
+
 /// Sign in and consent; returns the redirect's query.
 async fn sign_in_and_allow(
     stack: &Stack,
@@ -251,25 +280,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
     assert_eq!(token(&stack, &mismatch).await.status, 400);
     // (that attempt spent the code; one more flow for the real exchange)
     let (verifier, challenge) = pkce();
-    let consent = browser
-        .get(&authorize_url(
-            &stack, &app, &challenge, "S256", REDIRECT, "st-3",
-        ))
-        .await;
-    let cont = hidden_field(&consent.text(), "continue").unwrap();
-    let csrf = hidden_field(&consent.text(), "csrf").unwrap();
-    let done = browser
-        .post_form(
-            &format!("{}/auth/consent", stack.server.origin()),
-            &[("decision", "allow"), ("csrf", &csrf), ("continue", &cont)],
-        )
-        .await;
-    let location = done.header("location").unwrap();
-    let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .to_string();
+    let code = allow(&stack, &mut browser, &app, &challenge, "st-3").await;
     mismatch[1] = ("code", code.as_str());
     mismatch[2] = ("redirect_uri", REDIRECT);
     mismatch[4] = ("code_verifier", verifier.as_str());
@@ -373,27 +384,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
         .contains("error=access_denied"));
     // Disabling the app ends its users' refresh tokens and stops code exchanges.
     let (verifier, challenge) = pkce();
-    let consent = browser
-        .get(&authorize_url(
-            &stack, &app, &challenge, "S256", REDIRECT, "st-6",
-        ))
-        .await;
-    let (cont, csrf) = (
-        hidden_field(&consent.text(), "continue").unwrap(),
-        hidden_field(&consent.text(), "csrf").unwrap(),
-    );
-    let done = browser
-        .post_form(
-            &format!("{}/auth/consent", stack.server.origin()),
-            &[("decision", "allow"), ("csrf", &csrf), ("continue", &cont)],
-        )
-        .await;
-    let location = done.header("location").unwrap();
-    let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .to_string();
+    let code = allow(&stack, &mut browser, &app, &challenge, "st-6").await;
     let r = token(
         &stack,
         &[
