@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 pub fn statement(base: &str) -> Value {
     let interactions = json!([
-        {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
+        {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"}, {"code": "delete"},
         {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}
     ]);
     let resources: Vec<Value> = ResourceType::all()
@@ -37,6 +37,7 @@ pub fn statement(base: &str) -> Value {
             "mode": "server",
             "documentation": "Every resource is encrypted (AES-256-GCM) before it reaches the database. \
                               Conditional create (If-None-Exist) supports the _id parameter only. \
+                              PATCH takes JSON Patch (application/json-patch+json). \
                               Search, batch/transaction and operations are not yet supported.",
             "resource": resources,
             "interaction": [{"code": "history-system"}],

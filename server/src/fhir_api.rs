@@ -155,6 +155,24 @@ async fn route(
                 updated.created,
             ))
         }
+        ([type_name, id], &Method::PATCH) => {
+            let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
+            let if_match = if_match(&headers)?;
+            let body = read_json(state, &headers, body, &["application/json-patch+json"]).await?;
+            let patch: json_patch::Patch = serde_json::from_value(body).map_err(|_| {
+                ApiError::bad_request(
+                    "the body is not a JSON Patch document (an array of operations)",
+                )
+            })?;
+            let updated = state.store.patch(&ctx, rt, &id, &patch, if_match).await?;
+            Ok(resource_response(
+                state,
+                StatusCode::OK,
+                &updated.resource,
+                prefer(&headers),
+                false,
+            ))
+        }
         ([type_name, id], &Method::DELETE) => {
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
             let deleted = state.store.delete(&ctx, rt, &id).await?;
@@ -250,6 +268,30 @@ async fn read_resource(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<serde_json::Value, ApiError> {
+    let value = read_json(
+        state,
+        headers,
+        body,
+        &["application/fhir+json", "application/json"],
+    )
+    .await?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "structure",
+            "a resource must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+/// Read a JSON body of one of the `accepted` media types (415 otherwise), within the body limit.
+async fn read_json(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Incoming,
+    accepted: &[&str],
+) -> Result<serde_json::Value, ApiError> {
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -260,15 +302,15 @@ async fn read_resource(
                 .trim()
                 .to_ascii_lowercase()
         });
-    match content_type.as_deref() {
-        Some("application/fhir+json") | Some("application/json") => {}
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "not-supported",
-                "send resources as application/fhir+json",
-            ))
-        }
+    if !content_type
+        .as_deref()
+        .is_some_and(|t| accepted.contains(&t))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            format!("send {}", accepted.join(" or ")),
+        ));
     }
     let too_large = || {
         ApiError::new(
@@ -289,13 +331,6 @@ async fn read_resource(
         .ok_or_else(too_large)?;
     let value = json::parse(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "structure", e.0))?;
-    if !value.is_object() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "structure",
-            "a resource must be a JSON object",
-        ));
-    }
     Ok(value)
 }
 

@@ -10,6 +10,7 @@
 //! | PreconditionFailed                 | 412    | duplicate      |
 //! | Conflict (concurrent create)       | 409    | conflict       |
 //! | Unsupported                        | 400    | not-supported  |
+//! | PatchFailed (JSON Patch won't apply) | 422  | processing     |
 //! | Key (provider unavailable)         | 503 + Retry-After | transient |
 //! | Integrity (sealed body won't open) | 500    | exception      |
 //! | Audit / Database                   | 503 / 500 | transient / exception |
@@ -115,6 +116,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Unsupported(m) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "not-supported", m)
+            }
+            StoreError::PatchFailed(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", m)
             }
             StoreError::Key(KeyError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "key provider unavailable");

@@ -329,3 +329,94 @@ async fn conditional_create_and_prefer() {
         format!("Patient/{id}")
     );
 }
+
+#[tokio::test]
+async fn json_patch_updates_validates_and_refuses_cleanly() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let created = fhir.post("Patient", &patient("Patchy")).await.json();
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("Patient/{id}");
+    let patch = |ops: Value, extra: Vec<(&'static str, &'static str)>| {
+        let mut headers = vec![("Content-Type", "application/json-patch+json")];
+        headers.extend(extra);
+        let body = ops.to_string().into_bytes();
+        let (fhir, path) = (&fhir, path.clone());
+        async move { fhir.raw("PATCH", &path, body, &headers).await }
+    };
+
+    // A patch applies, creates a new version, and the result is what a read returns.
+    let r = patch(
+        json!([
+            {"op": "replace", "path": "/name/0/family", "value": "Patched"},
+            {"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "555-0100"}]}
+        ]),
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("etag").unwrap(), "W/\"2\"");
+    let read = fhir.get(&path).await.json();
+    assert_eq!(read["name"][0]["family"], "Patched");
+    assert_eq!(read["telecom"][0]["value"], "555-0100");
+    assert_eq!(read["meta"]["versionId"], "2");
+
+    // A failing test op: 422, nothing written.
+    let r = patch(
+        json!([{"op": "test", "path": "/gender", "value": "female"},
+                         {"op": "replace", "path": "/name/0/family", "value": "Nope"}]),
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["resourceType"], "OperationOutcome");
+    // A patch whose result is not valid R4: 400 naming the path.
+    let r = patch(
+        json!([{"op": "add", "path": "/birthDate", "value": "not-a-date"}]),
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("Patient.birthDate"));
+    // Changing the id is refused.
+    let r = patch(
+        json!([{"op": "replace", "path": "/id", "value": "someone-else"}]),
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    // A stale If-Match: 412.
+    let r = patch(
+        json!([{"op": "remove", "path": "/telecom"}]),
+        vec![("If-Match", "W/\"1\"")],
+    )
+    .await;
+    assert_eq!(r.status, 412);
+    // Not a JSON Patch document, or another media type.
+    assert_eq!(patch(json!({"op": "remove"}), vec![]).await.status, 400);
+    let r = fhir
+        .raw(
+            "PATCH",
+            &path,
+            b"[]".to_vec(),
+            &[("Content-Type", "application/fhir+json")],
+        )
+        .await;
+    assert_eq!(r.status, 415);
+    assert_eq!(
+        fhir.get(&path).await.json()["meta"]["versionId"],
+        "2",
+        "none of the refusals wrote anything"
+    );
+    assert_eq!(
+        fhir.raw(
+            "PATCH",
+            "Patient/missing",
+            b"[]".to_vec(),
+            &[("Content-Type", "application/json-patch+json")]
+        )
+        .await
+        .status,
+        404
+    );
+}
