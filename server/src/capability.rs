@@ -38,9 +38,14 @@ pub fn statement(base: &str) -> Value {
             "documentation": "Every resource is encrypted (AES-256-GCM) before it reaches the database. \
                               Conditional create (If-None-Exist) supports the _id parameter only. \
                               PATCH takes JSON Patch (application/json-patch+json). \
-                              Search, batch/transaction and operations are not yet supported.",
+                              Operations: $validate (type and instance) and Patient/[id]/$everything \
+                              (_since, _type, _count). Search and batch/transaction are not yet supported.",
             "resource": resources,
             "interaction": [{"code": "history-system"}],
+            "operation": [
+                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+            ],
         }],
     })
 }

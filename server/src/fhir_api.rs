@@ -9,9 +9,10 @@ use base64::Engine;
 use bytes::Bytes;
 use carapace_core::access::AccessContext;
 use carapace_core::fhir::printable;
+use carapace_core::fhir::validate;
 use carapace_core::fhir::{json, ResourceId, ResourceType};
 use carapace_core::store::{
-    Created, Deleted, HistoryCursor, HistoryQuery, StoreError, StoredResource,
+    Created, Deleted, EverythingQuery, HistoryCursor, HistoryQuery, StoreError, StoredResource,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
@@ -82,6 +83,18 @@ async fn route(
             "batch and transaction Bundles are not supported yet",
         )),
         (["_history"], &Method::GET) => history(state, &ctx, None, None, &params).await,
+        ([type_name, "$validate"], &Method::POST) => {
+            let rt = resource_type(type_name)?;
+            validate_operation(state, &headers, body, rt, None).await
+        }
+        ([type_name, id, "$validate"], &Method::POST) => {
+            let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
+            validate_operation(state, &headers, body, rt, Some(id)).await
+        }
+        (["Patient", id, "$everything"], &Method::GET) => {
+            let id = resource_id(id)?;
+            everything(state, &ctx, &id, &params).await
+        }
         ([type_name, ..], _) if type_name.starts_with('_') || type_name.starts_with('$') => {
             Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
@@ -611,6 +624,210 @@ async fn history(
             StatusCode::INTERNAL_SERVER_ERROR,
             "exception",
             "could not build the history Bundle",
+        )
+    })?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// `$validate` (type and instance): the same R4 checks as create and update, answered as an
+/// OperationOutcome (200 whether or not the resource is valid: the operation itself succeeded).
+async fn validate_operation(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Incoming,
+    rt: ResourceType,
+    id: Option<ResourceId>,
+) -> Result<HttpResponse, ApiError> {
+    let value = read_resource(state, headers, body).await?;
+    // The resource may come bare or as the `resource` parameter of a Parameters resource.
+    let resource = if value["resourceType"] == "Parameters" && rt.as_str() != "Parameters" {
+        value["parameter"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "resource"))
+            .map(|p| p["resource"].clone())
+            .filter(|r| r.is_object())
+            .ok_or_else(|| ApiError::bad_request("Parameters has no 'resource' parameter"))?
+    } else {
+        value
+    };
+    let mut issues = Vec::new();
+    if resource["resourceType"].as_str() != Some(rt.as_str()) {
+        issues.push(validate::Issue {
+            path: "resourceType".into(),
+            message: format!("the resource is not a {rt}"),
+        });
+    }
+    if let Some(id) = &id {
+        if resource["id"].as_str() != Some(id.as_str()) {
+            issues.push(validate::Issue {
+                path: format!("{rt}.id"),
+                message: "the id in the resource does not match the id in the URL".into(),
+            });
+        }
+    }
+    if let Err(found) = validate::validate_resource(&resource) {
+        issues.extend(found);
+    }
+    let body = if issues.is_empty() {
+        serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
+            "severity": "information", "code": "informational",
+            "diagnostics": "the resource is valid R4"}]})
+    } else {
+        let issue: Vec<serde_json::Value> = issues
+            .iter()
+            .map(|i| {
+                serde_json::json!({"severity": "error", "code": "invalid",
+                                        "diagnostics": i.message, "expression": [i.path]})
+            })
+            .collect();
+        serde_json::json!({"resourceType": "OperationOutcome", "issue": issue})
+    };
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+#[derive(serde::Serialize)]
+struct SearchBundle<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    bundle_type: &'static str,
+    link: Vec<Link>,
+    entry: Vec<SearchEntry<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct SearchEntry<'a> {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    resource: &'a RawValue,
+    search: SearchMode,
+}
+
+#[derive(serde::Serialize)]
+struct SearchMode {
+    mode: &'static str,
+}
+
+/// `Patient/{id}/$everything` with `_since`, `_type`, `_count` and `next` links.
+async fn everything(
+    state: &AppState,
+    ctx: &AccessContext,
+    patient: &ResourceId,
+    params: &[(String, String)],
+) -> Result<HttpResponse, ApiError> {
+    let mut query = EverythingQuery {
+        count: DEFAULT_HISTORY_COUNT,
+        ..EverythingQuery::default()
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "_count" => {
+                query.count = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| *c > 0)
+                    .ok_or_else(|| {
+                        ApiError::bad_request("_count must be a positive whole number")
+                    })?;
+            }
+            "_since" => {
+                let since = DateTime::parse_from_rfc3339(value).map_err(|_| {
+                    ApiError::bad_request("_since must be an instant such as 2024-01-01T00:00:00Z")
+                })?;
+                query.since = Some(since.to_utc());
+            }
+            "_type" => {
+                for t in value.split(',').filter(|t| !t.is_empty()) {
+                    query
+                        .types
+                        .push(ResourceType::parse(t.trim()).ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "_type: '{}' is not an R4 resource type",
+                                printable(t)
+                            ))
+                        })?);
+                }
+            }
+            "_page" => {
+                let bad = || ApiError::bad_request("_page is not a valid paging cursor");
+                let text = B64URL
+                    .decode(value)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(bad)?;
+                let (t, i) = text.split_once('|').ok_or_else(bad)?;
+                query.after = Some((t.to_string(), i.to_string()));
+            }
+            _ => {}
+        }
+    }
+    let page = state.store.everything(ctx, patient, &query).await?;
+    let path = format!("{}/Patient/{patient}/$everything", state.base);
+    let mut base_params: Vec<(String, String)> = vec![("_count".into(), query.count.to_string())];
+    if let Some(since) = query.since {
+        base_params.push((
+            "_since".into(),
+            since.to_rfc3339_opts(SecondsFormat::Micros, true),
+        ));
+    }
+    if !query.types.is_empty() {
+        let types: Vec<&str> = query.types.iter().map(|t| t.as_str()).collect();
+        base_params.push(("_type".into(), types.join(",")));
+    }
+    let link_to = |extra: Option<(String, String)>| {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in base_params.iter().chain(extra.iter()) {
+            ser.append_pair(k, v);
+        }
+        format!("{path}?{}", ser.finish())
+    };
+    let mut link = vec![Link {
+        relation: "self",
+        url: link_to(params.iter().find(|(k, _)| k == "_page").cloned()),
+    }];
+    if let Some((t, i)) = &page.next {
+        link.push(Link {
+            relation: "next",
+            url: link_to(Some(("_page".into(), B64URL.encode(format!("{t}|{i}"))))),
+        });
+    }
+    let raw: Vec<Box<RawValue>> = page
+        .entries
+        .iter()
+        .map(|e| {
+            String::from_utf8(e.body.clone())
+                .ok()
+                .and_then(|s| RawValue::from_string(s).ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "exception",
+                        "a stored resource is unreadable",
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let entry = page
+        .entries
+        .iter()
+        .zip(raw.iter())
+        .map(|(e, r)| SearchEntry {
+            full_url: format!("{}/{}/{}", state.base, e.resource_type, e.id),
+            resource: r,
+            search: SearchMode { mode: "match" },
+        })
+        .collect();
+    let bundle = SearchBundle {
+        resource_type: "Bundle",
+        bundle_type: "searchset",
+        link,
+        entry,
+    };
+    let body = serde_json::to_vec(&bundle).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "could not build the Bundle",
         )
     })?;
     Ok(json_response(StatusCode::OK, body))

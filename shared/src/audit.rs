@@ -20,6 +20,8 @@ pub enum Interaction {
     Update,
     Delete,
     HistoryInstance,
+    /// `$everything` and other operations that read PHI.
+    Operation,
     HistoryType,
     HistorySystem,
     Capabilities,
@@ -38,6 +40,7 @@ impl Interaction {
             Interaction::HistoryInstance => "history-instance",
             Interaction::HistoryType => "history-type",
             Interaction::HistorySystem => "history-system",
+            Interaction::Operation => "operation",
             Interaction::Capabilities => "capabilities",
             Interaction::Admin => "admin",
         }

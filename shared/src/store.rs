@@ -104,6 +104,20 @@ pub struct HistoryPage {
     pub next: Option<HistoryCursor>,
 }
 
+/// A `$everything` request: `_since`, `_type`, `_count` and the paging position (type, id).
+#[derive(Debug, Clone, Default)]
+pub struct EverythingQuery {
+    pub since: Option<DateTime<Utc>>,
+    pub types: Vec<ResourceType>,
+    pub count: usize,
+    pub after: Option<(String, String)>,
+}
+
+pub struct EverythingPage {
+    pub entries: Vec<StoredResource>,
+    pub next: Option<(String, String)>,
+}
+
 /// What an update did.
 pub struct Updated {
     pub resource: StoredResource,
@@ -847,6 +861,120 @@ impl Store {
         };
         self.audit.record(ctx, &record).await?;
         Ok(HistoryPage { entries, next })
+    }
+
+    /// `Patient/{id}/$everything`: the current resources in the patient's compartment (every resource
+    /// sealed under the patient's key scope), narrowed to the types the caller may read, ordered by
+    /// type and id, one page at a time.
+    pub async fn everything(
+        &self,
+        ctx: &AccessContext,
+        patient: &ResourceId,
+        query: &EverythingQuery,
+    ) -> Result<EverythingPage, StoreError> {
+        let scope = format!("Patient/{patient}");
+        let reference = format!("Patient/{patient}/$everything");
+        let result = self.everything_inner(ctx, patient, &scope, query).await;
+        let record = AuditRecord {
+            interaction: Interaction::Operation,
+            outcome: match &result {
+                Ok(_) => Outcome::Success,
+                Err(e) => outcome_of(e),
+            },
+            recorded: self.clock.now(),
+            what: Some(reference),
+            patient: result.as_ref().ok().map(|_| scope.clone()),
+        };
+        self.audit.record(ctx, &record).await?;
+        result
+    }
+
+    async fn everything_inner(
+        &self,
+        ctx: &AccessContext,
+        patient: &ResourceId,
+        scope: &str,
+        query: &EverythingQuery,
+    ) -> Result<EverythingPage, StoreError> {
+        ctx.check("Patient", Permission::Read)?;
+        if !ctx.may_see(scope) {
+            return Err(StoreError::NotFound(format!("Patient/{patient}")));
+        }
+        // The patient must exist (and not be deleted) for its compartment to be asked for.
+        self.read_head(patient).await?;
+        let readable: Vec<&str> = ResourceType::all()
+            .map(|t| t.as_str())
+            .filter(|t| ctx.check(t, Permission::Read).is_ok())
+            .filter(|t| query.types.is_empty() || query.types.iter().any(|q| q.as_str() == *t))
+            .collect();
+        let count = query.count.clamp(1, MAX_HISTORY_COUNT);
+        let (after_type, after_id) = match &query.after {
+            Some((t, i)) => (Some(t.as_str()), Some(i.as_str())),
+            None => (None, None),
+        };
+        let rows = sqlx::query(
+            "SELECT h.resource_type, h.id, v.version_id, v.last_updated, v.sealed,
+                    k.id AS dek_id, k.scope, k.wrapped
+               FROM data_keys k
+               JOIN resource_versions v ON v.dek_id = k.id
+               JOIN resources h
+                 ON h.resource_type = v.resource_type AND h.id = v.id AND h.version_id = v.version_id
+              WHERE k.scope = $1 AND NOT h.deleted
+                AND h.resource_type = ANY($2)
+                AND ($3::timestamptz IS NULL OR v.last_updated >= $3)
+                AND ($4::text IS NULL OR (h.resource_type, h.id) > ($4, $5))
+              ORDER BY h.resource_type, h.id
+              LIMIT $6",
+        )
+        .bind(scope)
+        .bind(&readable)
+        .bind(query.since)
+        .bind(after_type)
+        .bind(after_id)
+        .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() > count;
+        let mut entries = Vec::with_capacity(count.min(rows.len()));
+        for row in rows.iter().take(count) {
+            let type_name: String = row.try_get("resource_type")?;
+            let resource_type = ResourceType::parse(&type_name).ok_or(StoreError::Integrity)?;
+            let id: String = row.try_get("id")?;
+            let version_id: i64 = row.try_get("version_id")?;
+            let sealed: Vec<u8> = row.try_get("sealed")?;
+            let key = DekRow::from_row(row)?;
+            let body = self
+                .open_body(resource_type, &id, version_id, &key, &sealed)
+                .await?;
+            entries.push(StoredResource {
+                resource_type,
+                id,
+                version_id,
+                last_updated: row.try_get("last_updated")?,
+                body,
+            });
+        }
+        let next = if has_more {
+            entries
+                .last()
+                .map(|e| (e.resource_type.to_string(), e.id.clone()))
+        } else {
+            None
+        };
+        Ok(EverythingPage { entries, next })
+    }
+
+    async fn read_head(&self, patient: &ResourceId) -> Result<(), StoreError> {
+        let deleted: Option<bool> = sqlx::query_scalar(
+            "SELECT deleted FROM resources WHERE resource_type = 'Patient' AND id = $1",
+        )
+        .bind(patient.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match deleted {
+            Some(false) => Ok(()),
+            _ => Err(StoreError::NotFound(format!("Patient/{patient}"))),
+        }
     }
 
     /// Rewrap every stored data key under the key provider's newest key version, in batches, while

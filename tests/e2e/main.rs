@@ -14,5 +14,6 @@ mod crud;
 mod embedded;
 mod encryption;
 mod identity;
+mod operations;
 mod tls;
 mod vault;
