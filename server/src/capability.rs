@@ -39,9 +39,10 @@ pub fn statement(base: &str) -> Value {
                               Conditional create (If-None-Exist) supports the _id parameter only. \
                               PATCH takes JSON Patch (application/json-patch+json). \
                               Operations: $validate (type and instance) and Patient/[id]/$everything \
-                              (_since, _type, _count). Search and batch/transaction are not yet supported.",
+                              (_since, _type, _count). Batch Bundles (read, vread, create, update, delete entries). \
+                              Search and transaction Bundles are not yet supported.",
             "resource": resources,
-            "interaction": [{"code": "history-system"}],
+            "interaction": [{"code": "history-system"}, {"code": "batch"}],
             "operation": [
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
                 {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}

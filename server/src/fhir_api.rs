@@ -77,10 +77,26 @@ async fn route(
     let ctx = crate::oauth::authenticate(state, &headers, peer).await?;
 
     match (segments.as_slice(), &method) {
+        ([], &Method::POST) => {
+            let bundle = read_resource(state, &headers, body).await?;
+            match bundle["type"].as_str() {
+                Some("batch") if bundle["resourceType"] == "Bundle" => {
+                    batch(state, &ctx, &bundle).await
+                }
+                Some("transaction") if bundle["resourceType"] == "Bundle" => Err(ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "not-supported",
+                    "transaction Bundles are not supported yet; batch is",
+                )),
+                _ => Err(ApiError::bad_request(
+                    "POST to the base takes a Bundle of type batch",
+                )),
+            }
+        }
         ([], _) => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
+            StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
-            "batch and transaction Bundles are not supported yet",
+            "the base URL takes POST of a batch Bundle",
         )),
         (["_history"], &Method::GET) => history(state, &ctx, None, None, &params).await,
         ([type_name, "$validate"], &Method::POST) => {
@@ -831,6 +847,191 @@ async fn everything(
         )
     })?;
     Ok(json_response(StatusCode::OK, body))
+}
+
+const MAX_BATCH_ENTRIES: usize = 1000;
+
+/// A `batch` Bundle: each entry processed on its own, in order, with its own status; one entry's
+/// failure does not affect the others. Entries are the same interactions as over REST, under the
+/// caller's own access.
+async fn batch(
+    state: &AppState,
+    ctx: &AccessContext,
+    bundle: &serde_json::Value,
+) -> Result<HttpResponse, ApiError> {
+    // Each entry's resource is validated when its own interaction runs, so one bad entry fails
+    // alone; the envelope only has to be a list of entries.
+    let entries = match &bundle["entry"] {
+        serde_json::Value::Array(entries) if entries.iter().all(|e| e.is_object()) => {
+            entries.as_slice()
+        }
+        serde_json::Value::Null => &[],
+        _ => {
+            return Err(ApiError::bad_request(
+                "Bundle.entry must be an array of entries",
+            ))
+        }
+    };
+    if entries.len() > MAX_BATCH_ENTRIES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("a batch holds at most {MAX_BATCH_ENTRIES} entries"),
+        ));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let response = match batch_entry(state, ctx, entry).await {
+            Ok(r) => r,
+            Err(e) => {
+                let status = e.status;
+                let outcome: serde_json::Value =
+                    serde_json::from_slice(&body_bytes(e.into_response()).await)
+                        .unwrap_or_default();
+                serde_json::json!({"response": {
+                    "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")),
+                    "outcome": outcome}})
+            }
+        };
+        tracing::debug!(entry = i, "batch entry processed");
+        out.push(response);
+    }
+    let body =
+        serde_json::json!({"resourceType": "Bundle", "type": "batch-response", "entry": out});
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+async fn body_bytes(resp: HttpResponse) -> Bytes {
+    resp.into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
+}
+
+fn entry_response(
+    status: StatusCode,
+    r: &StoredResource,
+    with_body: bool,
+    state: &AppState,
+) -> serde_json::Value {
+    let mut response = serde_json::json!({
+        "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")),
+        "etag": etag(r.version_id),
+        "lastModified": r.last_updated.to_rfc3339_opts(SecondsFormat::Micros, true),
+    });
+    if status == StatusCode::CREATED {
+        response["location"] = serde_json::json!(format!(
+            "{}/{}/{}/_history/{}",
+            state.base, r.resource_type, r.id, r.version_id
+        ));
+    }
+    let mut entry = serde_json::json!({"response": response});
+    if with_body {
+        if let Ok(resource) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+            entry["resource"] = resource;
+        }
+    }
+    entry
+}
+
+async fn batch_entry(
+    state: &AppState,
+    ctx: &AccessContext,
+    entry: &serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let request = &entry["request"];
+    let method = request["method"].as_str().unwrap_or("");
+    let url = request["url"].as_str().unwrap_or("");
+    // Relative URLs only (`Patient`, `Patient/1`, `Patient/1/_history/2`); queries are for search.
+    let url = url.strip_prefix(&format!("{}/", state.base)).unwrap_or(url);
+    if url.contains('?') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "search and conditional URLs in batch entries are not supported yet",
+        ));
+    }
+    let parts: Vec<&str> = url.split('/').filter(|p| !p.is_empty()).collect();
+    let if_match = match request["ifMatch"].as_str() {
+        Some(tag) => {
+            let inner = tag.trim().trim_start_matches("W/").trim_matches('"');
+            Some(inner.parse::<i64>().map_err(|_| {
+                ApiError::bad_request("ifMatch must be a version ETag such as W/\"3\"")
+            })?)
+        }
+        None => None,
+    };
+    let resource = || {
+        entry
+            .get("resource")
+            .cloned()
+            .ok_or_else(|| ApiError::bad_request("this entry needs a resource"))
+    };
+    match (method, parts.as_slice()) {
+        ("GET", [t, id]) => {
+            let r = state
+                .store
+                .read(ctx, resource_type(t)?, &resource_id(id)?)
+                .await?;
+            Ok(entry_response(StatusCode::OK, &r, true, state))
+        }
+        ("GET", [t, id, "_history", v]) => {
+            let version: i64 = v
+                .parse()
+                .map_err(|_| ApiError::not_found("no such version"))?;
+            let r = state
+                .store
+                .vread(ctx, resource_type(t)?, &resource_id(id)?, version)
+                .await?;
+            Ok(entry_response(StatusCode::OK, &r, true, state))
+        }
+        ("POST", [t]) => {
+            let created = state
+                .store
+                .create(
+                    ctx,
+                    resource_type(t)?,
+                    resource()?,
+                    request["ifNoneExist"].as_str(),
+                )
+                .await?;
+            Ok(match created {
+                Created::New(r) => entry_response(StatusCode::CREATED, &r, true, state),
+                Created::Existing(r) => entry_response(StatusCode::OK, &r, true, state),
+            })
+        }
+        ("PUT", [t, id]) => {
+            let updated = state
+                .store
+                .update(
+                    ctx,
+                    resource_type(t)?,
+                    &resource_id(id)?,
+                    resource()?,
+                    if_match,
+                )
+                .await?;
+            let status = if updated.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(entry_response(status, &updated.resource, true, state))
+        }
+        ("DELETE", [t, id]) => {
+            state
+                .store
+                .delete(ctx, resource_type(t)?, &resource_id(id)?)
+                .await?;
+            Ok(serde_json::json!({"response": {"status": "204 No Content"}}))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "unsupported batch request: {} {}",
+            printable(method),
+            printable(url)
+        ))),
+    }
 }
 
 fn encode_cursor(c: &HistoryCursor) -> String {

@@ -420,3 +420,120 @@ async fn json_patch_updates_validates_and_refuses_cleanly() {
         404
     );
 }
+
+#[tokio::test]
+async fn batch_entries_succeed_and_fail_on_their_own() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let existing = fhir.post("Patient", &patient("Batchwise")).await.json();
+    let pid = existing["id"].as_str().unwrap().to_string();
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": patient("New"), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+        {"resource": {"resourceType": "Patient", "id": "client-1"}, "request": {"method": "PUT", "url": "Patient/client-1"}},
+        {"request": {"method": "DELETE", "url": "Patient/missing"}},
+        {"resource": {"resourceType": "Observation", "status": "final"}, "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": format!("Patient/{pid}/_history/1")}},
+        {"request": {"method": "GET", "url": "Patient?name=x"}},
+        {"resource": {"resourceType": "Patient", "id": "client-1", "gender": "other"},
+         "request": {"method": "PUT", "url": "Patient/client-1", "ifMatch": "W/\"7\""}}
+    ]});
+    let r = fhir.post("", &bundle).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.json();
+    assert_eq!(out["type"], "batch-response");
+    let statuses: Vec<&str> = out["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "201 Created",
+            "200 OK",
+            "201 Created",
+            "404 Not Found",
+            "400 Bad Request",
+            "200 OK",
+            "400 Bad Request",
+            "412 Precondition Failed"
+        ]
+    );
+    let entries = out["entry"].as_array().unwrap();
+    assert!(entries[0]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .contains("/Patient/"));
+    assert_eq!(entries[1]["resource"]["name"][0]["family"], "Batchwise");
+    assert_eq!(
+        entries[4]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    assert!(entries[4]["response"]["outcome"]
+        .to_string()
+        .contains("Observation.code"));
+    // The good entries were applied, the failed ones changed nothing.
+    assert_eq!(
+        fhir.get("Patient/client-1").await.json()["meta"]["versionId"],
+        "1"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM resources")
+        .fetch_one(&stack.db().await)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+
+    // Entries run under the caller's access: a patient token's batch cannot see another patient.
+    let other = fhir.post("Patient", &patient("Other")).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = carapace_core::auth::issue(
+        &stack.db().await,
+        chrono::Utc::now(),
+        "p",
+        carapace_core::access::Role::Patient,
+        &[carapace_core::access::Scope::parse("patient/*.rs").unwrap()],
+        Some(&pid),
+    )
+    .await
+    .unwrap()
+    .access_token;
+    let auth = format!("Bearer {token}");
+    let body = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+        {"request": {"method": "GET", "url": format!("Patient/{other}")}}]})
+    .to_string();
+    let r = http(
+        "POST",
+        &stack.server.url(""),
+        &[("Content-Type", FHIR_JSON), ("Authorization", &auth)],
+        Some(body.into_bytes()),
+    )
+    .await
+    .unwrap();
+    let statuses: Vec<String> = r.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["200 OK", "404 Not Found"]);
+
+    // Transactions are not supported yet, and say so; a non-Bundle is refused.
+    let t = fhir
+        .post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": []}),
+        )
+        .await;
+    assert_eq!(t.status, 501);
+    assert_eq!(
+        fhir.post("", &json!({"resourceType": "Patient"}))
+            .await
+            .status,
+        400
+    );
+}
