@@ -39,10 +39,11 @@ pub fn statement(base: &str) -> Value {
                               Conditional create (If-None-Exist) supports the _id parameter only. \
                               PATCH takes JSON Patch (application/json-patch+json). \
                               Operations: $validate (type and instance) and Patient/[id]/$everything \
-                              (_since, _type, _count). Batch Bundles (read, vread, create, update, delete entries). \
-                              Search and transaction Bundles are not yet supported.",
+                              (_since, _type, _count). Batch and transaction Bundles (read, vread, create, update, \
+                              delete entries; transactions are atomic and resolve urn:uuid references). \
+                              Search and conditional entries are not yet supported.",
             "resource": resources,
-            "interaction": [{"code": "history-system"}, {"code": "batch"}],
+            "interaction": [{"code": "history-system"}, {"code": "batch"}, {"code": "transaction"}],
             "operation": [
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
                 {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}

@@ -13,6 +13,7 @@ use carapace_core::fhir::validate;
 use carapace_core::fhir::{json, ResourceId, ResourceType};
 use carapace_core::store::{
     Created, Deleted, EverythingQuery, HistoryCursor, HistoryQuery, StoreError, StoredResource,
+    TxEntry, TxResult,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
@@ -83,13 +84,11 @@ async fn route(
                 Some("batch") if bundle["resourceType"] == "Bundle" => {
                     batch(state, &ctx, &bundle).await
                 }
-                Some("transaction") if bundle["resourceType"] == "Bundle" => Err(ApiError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "not-supported",
-                    "transaction Bundles are not supported yet; batch is",
-                )),
+                Some("transaction") if bundle["resourceType"] == "Bundle" => {
+                    transaction(state, &ctx, bundle).await
+                }
                 _ => Err(ApiError::bad_request(
-                    "POST to the base takes a Bundle of type batch",
+                    "POST to the base takes a Bundle of type batch or transaction",
                 )),
             }
         }
@@ -899,6 +898,168 @@ async fn batch(
     let body =
         serde_json::json!({"resourceType": "Bundle", "type": "batch-response", "entry": out});
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+/// A `transaction` Bundle: all writes or none (see `Store::transaction`).
+async fn transaction(
+    state: &AppState,
+    ctx: &AccessContext,
+    bundle: serde_json::Value,
+) -> Result<HttpResponse, ApiError> {
+    let entries = match bundle.get("entry") {
+        Some(serde_json::Value::Array(entries)) => entries.clone(),
+        None => Vec::new(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "Bundle.entry must be an array of entries",
+            ))
+        }
+    };
+    if entries.len() > MAX_BATCH_ENTRIES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("a transaction holds at most {MAX_BATCH_ENTRIES} entries"),
+        ));
+    }
+    let mut ops = Vec::with_capacity(entries.len());
+    for (i, mut entry) in entries.into_iter().enumerate() {
+        let at = |e: ApiError| ApiError {
+            message: format!("Bundle.entry[{i}]: {}", e.message),
+            ..e
+        };
+        ops.push(tx_entry(state, &mut entry).map_err(at)?);
+    }
+    let results = match state.store.transaction(ctx, ops).await {
+        Ok(r) => r,
+        Err(failure) => {
+            let i = failure.index;
+            let mut e = ApiError::from(failure.error);
+            // Name the failing entry: issue paths move under it, and a last issue says the outcome.
+            for issue in &mut e.issues {
+                let rest = issue
+                    .path
+                    .split_once('.')
+                    .map(|(_, r)| format!(".{r}"))
+                    .unwrap_or_default();
+                issue.path = format!("Bundle.entry[{i}].resource{rest}");
+            }
+            if !e.issues.is_empty() {
+                e.issues.push(validate::Issue {
+                    path: format!("Bundle.entry[{i}]"),
+                    message: "this entry failed; nothing was written".into(),
+                });
+            }
+            return Err(ApiError {
+                message: format!("Bundle.entry[{i}]: {}; nothing was written", e.message),
+                ..e
+            });
+        }
+    };
+    let mut out = Vec::with_capacity(results.len());
+    for result in results {
+        out.push(match result {
+            TxResult::Created(r) => entry_response(StatusCode::CREATED, &r, false, state),
+            TxResult::Updated(u) => {
+                let status = if u.created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                entry_response(status, &u.resource, false, state)
+            }
+            TxResult::Deleted(_) => serde_json::json!({"response": {"status": "204 No Content"}}),
+            TxResult::Read(Ok(r)) => entry_response(StatusCode::OK, &r, true, state),
+            TxResult::Read(Err(e)) => {
+                let e = ApiError::from(e);
+                let status = e.status;
+                let outcome: serde_json::Value =
+                    serde_json::from_slice(&body_bytes(e.into_response()).await).unwrap_or_default();
+                serde_json::json!({"response": {
+                    "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")),
+                    "outcome": outcome}})
+            }
+            TxResult::Skipped => serde_json::json!({"response": {"status": "200 OK"}}),
+        });
+    }
+    let body =
+        serde_json::json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out});
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+fn tx_entry(state: &AppState, entry: &mut serde_json::Value) -> Result<TxEntry, ApiError> {
+    let method = entry["request"]["method"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let url = entry["request"]["url"].as_str().unwrap_or("").to_string();
+    let url = url
+        .strip_prefix(&format!("{}/", state.base))
+        .unwrap_or(&url)
+        .to_string();
+    if url.contains('?') || entry["request"].get("ifNoneExist").is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "conditional operations and searches in transactions are not supported yet",
+        ));
+    }
+    let full_url = entry["fullUrl"].as_str().map(str::to_string);
+    let if_match = match entry["request"]["ifMatch"].as_str() {
+        Some(tag) => Some(
+            tag.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .parse::<i64>()
+                .map_err(|_| {
+                    ApiError::bad_request("ifMatch must be a version ETag such as W/\"3\"")
+                })?,
+        ),
+        None => None,
+    };
+    let parts: Vec<&str> = url.split('/').filter(|p| !p.is_empty()).collect();
+    let mut resource = || match entry.get_mut("resource").map(serde_json::Value::take) {
+        Some(r) if r.is_object() => Ok(r),
+        _ => Err(ApiError::bad_request("this entry needs a resource")),
+    };
+    Ok(match (method.as_str(), parts.as_slice()) {
+        ("POST", [t]) => TxEntry::Create {
+            resource_type: resource_type(t)?,
+            resource: resource()?,
+            full_url,
+        },
+        ("PUT", [t, id]) => TxEntry::Update {
+            resource_type: resource_type(t)?,
+            id: resource_id(id)?,
+            resource: resource()?,
+            if_match,
+            full_url,
+        },
+        ("DELETE", [t, id]) => TxEntry::Delete {
+            resource_type: resource_type(t)?,
+            id: resource_id(id)?,
+        },
+        ("GET", [t, id]) => TxEntry::Read {
+            resource_type: resource_type(t)?,
+            id: resource_id(id)?,
+            version: None,
+        },
+        ("GET", [t, id, "_history", v]) => TxEntry::Read {
+            resource_type: resource_type(t)?,
+            id: resource_id(id)?,
+            version: Some(
+                v.parse()
+                    .map_err(|_| ApiError::not_found("no such version"))?,
+            ),
+        },
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported transaction request: {} {}",
+                printable(&method),
+                printable(&url)
+            )))
+        }
+    })
 }
 
 async fn body_bytes(resp: HttpResponse) -> Bytes {

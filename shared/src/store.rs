@@ -118,6 +118,47 @@ pub struct EverythingPage {
     pub next: Option<(String, String)>,
 }
 
+/// One entry of a transaction.
+pub enum TxEntry {
+    Create {
+        resource_type: ResourceType,
+        resource: Value,
+        full_url: Option<String>,
+    },
+    Update {
+        resource_type: ResourceType,
+        id: ResourceId,
+        resource: Value,
+        if_match: Option<i64>,
+        full_url: Option<String>,
+    },
+    Delete {
+        resource_type: ResourceType,
+        id: ResourceId,
+    },
+    Read {
+        resource_type: ResourceType,
+        id: ResourceId,
+        version: Option<i64>,
+    },
+}
+
+pub enum TxResult {
+    Created(StoredResource),
+    Updated(Updated),
+    Deleted(Deleted),
+    /// Reads run after the commit; each has its own outcome (a failed read does not undo writes).
+    Read(Result<StoredResource, StoreError>),
+    Skipped,
+}
+
+/// Which entry made a transaction fail, and why. Nothing was written.
+#[derive(Debug)]
+pub struct TxFailure {
+    pub index: usize,
+    pub error: StoreError,
+}
+
 /// What an update did.
 pub struct Updated {
     pub resource: StoredResource,
@@ -216,7 +257,7 @@ impl Store {
         &self,
         ctx: &AccessContext,
         resource_type: ResourceType,
-        mut resource: Value,
+        resource: Value,
         if_none_exist: Option<&str>,
     ) -> Result<Created, StoreError> {
         ctx.check(resource_type.as_str(), Permission::Create)?;
@@ -227,13 +268,55 @@ impl Store {
             }
         }
         let id = uuid::Uuid::new_v4().to_string();
-        set_id(&mut resource, &id);
-        let now = self.clock.now();
-        let scope = key_scope(resource_type, &id, &resource);
+        let prepared = self
+            .prepare_create(ctx, resource_type, resource, &id)
+            .await?;
+        let mut tx = self.pool.begin().await?;
+        let stored = self.write_create(&mut tx, ctx, prepared).await?;
+        tx.commit().await?;
+        Ok(Created::New(stored))
+    }
+
+    /// Everything a create needs before the database transaction: id set, compartment checked, data
+    /// key in hand (which may need the key provider).
+    async fn prepare_create(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        mut resource: Value,
+        id: &str,
+    ) -> Result<Prepared, StoreError> {
+        set_id(&mut resource, id);
+        let scope = key_scope(resource_type, id, &resource);
         if !ctx.may_see(&scope) {
             return Err(Denied::OutsideCompartment.into());
         }
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        Ok(Prepared {
+            resource_type,
+            id: id.to_string(),
+            resource,
+            scope,
+            dek_id,
+            dek,
+        })
+    }
+
+    async fn write_create(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        prepared: Prepared,
+    ) -> Result<StoredResource, StoreError> {
+        let Prepared {
+            resource_type,
+            id,
+            mut resource,
+            scope,
+            dek_id,
+            dek,
+        } = prepared;
+        let now = self.clock.now();
         stamp_meta(&mut resource, 1, now);
         let body = serialize(&resource)?;
         let sealed = crypto::seal(
@@ -246,9 +329,8 @@ impl Store {
             },
             &body,
         );
-        let mut tx = self.pool.begin().await?;
         insert_version(
-            &mut tx,
+            &mut *tx,
             NewVersion {
                 resource_type,
                 id: &id,
@@ -274,15 +356,14 @@ impl Store {
             what: Some(format!("{resource_type}/{id}/_history/1")),
             patient: patient_of(&scope),
         };
-        audit::record_in(&mut tx, ctx, &record).await?;
-        tx.commit().await?;
-        Ok(Created::New(StoredResource {
+        audit::record_in(&mut *tx, ctx, &record).await?;
+        Ok(StoredResource {
             resource_type,
             id,
             version_id: 1,
             last_updated: now,
             body,
-        }))
+        })
     }
 
     /// Only `_id` is understood until search lands; anything else is refused rather than guessed.
@@ -467,7 +548,7 @@ impl Store {
         ctx: &AccessContext,
         resource_type: ResourceType,
         id: &ResourceId,
-        mut resource: Value,
+        resource: Value,
         if_match: Option<i64>,
     ) -> Result<Updated, StoreError> {
         ctx.check(resource_type.as_str(), Permission::Update)?;
@@ -492,44 +573,49 @@ impl Store {
             return Err(Denied::OutsideCompartment.into());
         }
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        let mut prepared = Prepared {
+            resource_type,
+            id: id.as_str().to_string(),
+            resource,
+            scope,
+            dek_id,
+            dek,
+        };
         // Two clients creating the same new id race on the primary key; the loser retries once as an
         // ordinary update.
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let mut tx = self.pool.begin().await?;
             match self
-                .try_update(
-                    ctx,
-                    resource_type,
-                    id,
-                    &mut resource,
-                    if_match,
-                    &scope,
-                    dek_id,
-                    &dek,
-                )
+                .write_update(&mut tx, ctx, &mut prepared, if_match)
                 .await
             {
+                Ok(updated) => {
+                    tx.commit().await?;
+                    return Ok(updated);
+                }
                 Err(StoreError::Database(sqlx::Error::Database(db)))
                     if db.code().as_deref() == Some("23505") && attempt < 3 => {}
-                other => return other,
+                Err(e) => return Err(e),
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn try_update(
+    /// Write the next version of a prepared resource inside `tx`.
+    async fn write_update(
         &self,
+        tx: &mut sqlx::PgConnection,
         ctx: &AccessContext,
-        resource_type: ResourceType,
-        id: &ResourceId,
-        resource: &mut Value,
+        prepared: &mut Prepared,
         if_match: Option<i64>,
-        scope: &str,
-        dek_id: i64,
-        dek: &Dek,
     ) -> Result<Updated, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let resource_type = prepared.resource_type;
+        let id = ResourceId::parse(&prepared.id).map_err(|_| StoreError::Integrity)?;
+        let id = &id;
+        let scope = prepared.scope.as_str();
+        let (dek_id, dek) = (prepared.dek_id, prepared.dek.clone());
+        let resource = &mut prepared.resource;
         let head = sqlx::query(
             "SELECT h.version_id, h.deleted, k.scope
                FROM resources h
@@ -572,7 +658,7 @@ impl Store {
         stamp_meta(resource, version_id, now);
         let body = serialize(resource)?;
         let sealed = crypto::seal(
-            dek,
+            &dek,
             Binding {
                 resource_type: resource_type.as_str(),
                 id: id.as_str(),
@@ -582,7 +668,7 @@ impl Store {
             &body,
         );
         insert_version(
-            &mut tx,
+            &mut *tx,
             NewVersion {
                 resource_type,
                 id: id.as_str(),
@@ -594,7 +680,7 @@ impl Store {
             },
         )
         .await?;
-        upsert_head(&mut tx, resource_type, id.as_str(), version_id, false).await?;
+        upsert_head(&mut *tx, resource_type, id.as_str(), version_id, false).await?;
         let record = AuditRecord {
             interaction: if exists {
                 Interaction::Update
@@ -606,8 +692,7 @@ impl Store {
             what: Some(format!("{resource_type}/{id}/_history/{version_id}")),
             patient: patient_of(scope),
         };
-        audit::record_in(&mut tx, ctx, &record).await?;
-        tx.commit().await?;
+        audit::record_in(&mut *tx, ctx, &record).await?;
         Ok(Updated {
             resource: StoredResource {
                 resource_type,
@@ -710,6 +795,18 @@ impl Store {
     ) -> Result<Deleted, StoreError> {
         ctx.check(resource_type.as_str(), Permission::Delete)?;
         let mut tx = self.pool.begin().await?;
+        let deleted = self.write_delete(&mut tx, ctx, resource_type, id).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn write_delete(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Deleted, StoreError> {
         let head = sqlx::query(
             "SELECT h.version_id, h.deleted, k.scope, k.id AS dek_id
                FROM resources h
@@ -738,7 +835,7 @@ impl Store {
         let version_id = head.try_get::<i64, _>("version_id")? + 1;
         let now = self.clock.now();
         insert_version(
-            &mut tx,
+            &mut *tx,
             NewVersion {
                 resource_type,
                 id: id.as_str(),
@@ -750,7 +847,7 @@ impl Store {
             },
         )
         .await?;
-        upsert_head(&mut tx, resource_type, id.as_str(), version_id, true).await?;
+        upsert_head(&mut *tx, resource_type, id.as_str(), version_id, true).await?;
         let record = AuditRecord {
             interaction: Interaction::Delete,
             outcome: Outcome::Success,
@@ -758,8 +855,7 @@ impl Store {
             what: Some(format!("{resource_type}/{id}/_history/{version_id}")),
             patient: scope.as_deref().and_then(patient_of),
         };
-        audit::record_in(&mut tx, ctx, &record).await?;
-        tx.commit().await?;
+        audit::record_in(&mut *tx, ctx, &record).await?;
         Ok(Deleted::Now { version_id })
     }
 
@@ -861,6 +957,156 @@ impl Store {
         };
         self.audit.record(ctx, &record).await?;
         Ok(HistoryPage { entries, next })
+    }
+
+    /// A FHIR `transaction`: every write commits together in one database transaction or none
+    /// does. Entries run in the order the spec requires (DELETE, POST, PUT, then reads), new ids are
+    /// assigned up front and `urn:uuid:` references between entries are resolved to them. On failure
+    /// the index of the entry that failed comes back with its error; nothing is written.
+    pub async fn transaction(
+        &self,
+        ctx: &AccessContext,
+        mut entries: Vec<TxEntry>,
+    ) -> Result<Vec<TxResult>, TxFailure> {
+        let fail = |index: usize| move |error: StoreError| TxFailure { index, error };
+        // 1. Ids for new resources, and what each fullUrl now means.
+        let mut resolved: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
+        let mut new_ids: Vec<Option<String>> = vec![None; entries.len()];
+        for (i, entry) in entries.iter().enumerate() {
+            let full_url = match entry {
+                TxEntry::Create { full_url, .. } | TxEntry::Update { full_url, .. } => {
+                    full_url.clone()
+                }
+                _ => None,
+            };
+            let target = match entry {
+                TxEntry::Create { resource_type, .. } => {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    new_ids[i] = Some(id.clone());
+                    Some(format!("{resource_type}/{id}"))
+                }
+                TxEntry::Update {
+                    resource_type, id, ..
+                } => Some(format!("{resource_type}/{id}")),
+                _ => None,
+            };
+            if let (Some(url), Some(target)) = (full_url, target) {
+                if resolved.insert(url, target).is_some() {
+                    return Err(fail(i)(StoreError::Invalid(vec![Issue {
+                        path: format!("Bundle.entry[{i}].fullUrl"),
+                        message: "two entries have the same fullUrl".into(),
+                    }])));
+                }
+            }
+        }
+        // 2. Point references at the resolved ids, check and key every write (outside the database
+        // transaction: this may call the key provider).
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let p = match entry {
+                TxEntry::Create {
+                    resource_type,
+                    resource,
+                    ..
+                } => {
+                    resolve_references(resource, &resolved);
+                    ctx.check(resource_type.as_str(), Permission::Create)
+                        .map_err(|e| fail(i)(e.into()))?;
+                    check_resource(*resource_type, resource).map_err(fail(i))?;
+                    let id = new_ids[i].clone().unwrap_or_default();
+                    Some(
+                        self.prepare_create(ctx, *resource_type, resource.take(), &id)
+                            .await
+                            .map_err(fail(i))?,
+                    )
+                }
+                TxEntry::Update {
+                    resource_type,
+                    id,
+                    resource,
+                    ..
+                } => {
+                    resolve_references(resource, &resolved);
+                    ctx.check(resource_type.as_str(), Permission::Update)
+                        .map_err(|e| fail(i)(e.into()))?;
+                    check_resource(*resource_type, resource).map_err(fail(i))?;
+                    if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+                        return Err(fail(i)(StoreError::Invalid(vec![Issue {
+                            path: format!("{resource_type}.id"),
+                            message: "the id in the resource does not match the entry's URL".into(),
+                        }])));
+                    }
+                    let scope = key_scope(*resource_type, id.as_str(), resource);
+                    if !ctx.may_see(&scope) {
+                        return Err(fail(i)(Denied::OutsideCompartment.into()));
+                    }
+                    let (dek_id, dek) = self.dek_for_scope(&scope).await.map_err(fail(i))?;
+                    Some(Prepared {
+                        resource_type: *resource_type,
+                        id: id.as_str().to_string(),
+                        resource: resource.take(),
+                        scope,
+                        dek_id,
+                        dek,
+                    })
+                }
+                TxEntry::Delete { resource_type, .. } => {
+                    ctx.check(resource_type.as_str(), Permission::Delete)
+                        .map_err(|e| fail(i)(e.into()))?;
+                    None
+                }
+                TxEntry::Read { .. } => None,
+            };
+            prepared.push(p);
+        }
+        // 3. All writes in one database transaction, in the spec's order.
+        let mut results: Vec<Option<TxResult>> = (0..entries.len()).map(|_| None).collect();
+        let mut tx = self.pool.begin().await.map_err(|e| fail(0)(e.into()))?;
+        for phase in 0..3 {
+            for (i, entry) in entries.iter().enumerate() {
+                let result = match (phase, entry, prepared[i].take()) {
+                    (0, TxEntry::Delete { resource_type, id }, _) => TxResult::Deleted(
+                        self.write_delete(&mut tx, ctx, *resource_type, id)
+                            .await
+                            .map_err(fail(i))?,
+                    ),
+                    (1, TxEntry::Create { .. }, Some(p)) => TxResult::Created(
+                        self.write_create(&mut tx, ctx, p).await.map_err(fail(i))?,
+                    ),
+                    (2, TxEntry::Update { if_match, .. }, Some(mut p)) => TxResult::Updated(
+                        self.write_update(&mut tx, ctx, &mut p, *if_match)
+                            .await
+                            .map_err(fail(i))?,
+                    ),
+                    (_, _, p) => {
+                        prepared[i] = p;
+                        continue;
+                    }
+                };
+                results[i] = Some(result);
+            }
+        }
+        tx.commit().await.map_err(|e| fail(0)(e.into()))?;
+        // 4. Reads see the committed state.
+        for (i, entry) in entries.iter().enumerate() {
+            if let TxEntry::Read {
+                resource_type,
+                id,
+                version,
+            } = entry
+            {
+                let r = match version {
+                    Some(v) => self.vread(ctx, *resource_type, id, *v).await,
+                    None => self.read(ctx, *resource_type, id).await,
+                };
+                results[i] = Some(TxResult::Read(r));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(TxResult::Skipped))
+            .collect())
     }
 
     /// `Patient/{id}/$everything`: the current resources in the patient's compartment (every resource
@@ -1213,6 +1459,16 @@ fn visible(ctx: &AccessContext, row: &sqlx::postgres::PgRow) -> Result<bool, Sto
     })
 }
 
+/// A create or update checked and keyed, ready to be written inside a transaction.
+struct Prepared {
+    resource_type: ResourceType,
+    id: String,
+    resource: Value,
+    scope: String,
+    dek_id: i64,
+    dek: Arc<Dek>,
+}
+
 struct ReadOutcome {
     resource: StoredResource,
     patient: Option<String>,
@@ -1354,6 +1610,28 @@ fn serialize(resource: &Value) -> Result<Vec<u8>, StoreError> {
             message: "resource could not be serialised".into(),
         }])
     })
+}
+
+/// Replace every `reference` that names a transaction entry's fullUrl (`urn:uuid:...`) with the
+/// entry's resolved `Type/id`.
+fn resolve_references(value: &mut Value, resolved: &std::collections::HashMap<String, String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "reference" {
+                    if let Some(target) = v.as_str().and_then(|r| resolved.get(r)) {
+                        *v = Value::String(target.clone());
+                        continue;
+                    }
+                }
+                resolve_references(v, resolved);
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| resolve_references(v, resolved)),
+        _ => {}
+    }
 }
 
 /// The key scope of a resource: its patient's compartment if it has one, else its type.

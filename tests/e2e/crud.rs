@@ -522,18 +522,148 @@ async fn batch_entries_succeed_and_fail_on_their_own() {
         .collect();
     assert_eq!(statuses, ["200 OK", "404 Not Found"]);
 
-    // Transactions are not supported yet, and say so; a non-Bundle is refused.
-    let t = fhir
-        .post(
-            "",
-            &json!({"resourceType": "Bundle", "type": "transaction", "entry": []}),
-        )
-        .await;
-    assert_eq!(t.status, 501);
+    // A non-Bundle is refused.
     assert_eq!(
         fhir.post("", &json!({"resourceType": "Patient"}))
             .await
             .status,
         400
     );
+}
+
+async fn resource_count(stack: &Stack) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM resource_versions")
+        .fetch_one(&stack.db().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn transactions_resolve_references_and_are_all_or_nothing() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let old = fhir.post("Patient", &patient("Old")).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doomed = fhir
+        .post(
+            "Organization",
+            &json!({"resourceType": "Organization", "name": "Doomed"}),
+        )
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{old}")}},
+        {"fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "hr"},
+                      "subject": {"reference": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0b"}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0b", "resource": patient("New"),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "id": "fixed-1"}, "request": {"method": "PUT", "url": "Patient/fixed-1"}},
+        {"request": {"method": "DELETE", "url": format!("Organization/{doomed}")}}
+    ]});
+    let r = fhir.post("", &tx).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.json();
+    assert_eq!(out["type"], "transaction-response");
+    let statuses: Vec<&str> = out["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "200 OK",
+            "201 Created",
+            "201 Created",
+            "201 Created",
+            "204 No Content"
+        ]
+    );
+    let patient_location = out["entry"][2]["response"]["location"].as_str().unwrap();
+    let new_id = patient_location
+        .split("/Patient/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let obs_location = out["entry"][1]["response"]["location"].as_str().unwrap();
+    let obs_id = obs_location
+        .split("/Observation/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    // The urn:uuid reference now names the new patient, and the observation is in their compartment.
+    let obs = fhir.get(&format!("Observation/{obs_id}")).await.json();
+    assert_eq!(obs["subject"]["reference"], format!("Patient/{new_id}"));
+    let everything = fhir
+        .get(&format!("Patient/{new_id}/$everything"))
+        .await
+        .json();
+    assert_eq!(everything["entry"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        fhir.get(&format!("Organization/{doomed}")).await.status,
+        410
+    );
+
+    // One bad entry: 400 naming it, and nothing at all is written.
+    let before = resource_count(&stack).await;
+    let bad = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("Would-be"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "code": {"text": "no status"}}, "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let r = fhir.post("", &bad).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("Bundle.entry[1]") && r.text().contains("nothing was written"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(resource_count(&stack).await, before);
+
+    // A failure in the last phase (a stale ifMatch on a PUT) rolls back the creates and deletes before it.
+    let stale = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("Rolled-back"), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "DELETE", "url": format!("Patient/{old}")}},
+        {"resource": {"resourceType": "Patient", "id": "fixed-1", "gender": "other"},
+         "request": {"method": "PUT", "url": "Patient/fixed-1", "ifMatch": "W/\"9\""}}
+    ]});
+    let r = fhir.post("", &stale).await;
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert!(r.text().contains("Bundle.entry[2]"));
+    assert_eq!(
+        resource_count(&stack).await,
+        before,
+        "verified in the database: nothing written"
+    );
+    assert_eq!(
+        fhir.get(&format!("Patient/{old}")).await.status,
+        200,
+        "the delete was rolled back"
+    );
+
+    // Two entries claiming the same fullUrl are refused.
+    let dup = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:a0000000-0000-4000-8000-000000000001", "resource": patient("A"), "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:a0000000-0000-4000-8000-000000000001", "resource": patient("B"), "request": {"method": "POST", "url": "Patient"}}
+    ]});
+    let r = fhir.post("", &dup).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("same fullUrl"));
+    // Conditional entries are refused clearly until search lands.
+    let cond = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("C"), "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=x|y"}}]});
+    assert_eq!(fhir.post("", &cond).await.status, 400);
+    assert_eq!(resource_count(&stack).await, before);
 }
