@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 pub fn statement(base: &str) -> Value {
     let interactions = json!([
         {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"}, {"code": "delete"},
-        {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}
+        {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"},
+        {"code": "search-type"}
     ]);
     let resources: Vec<Value> = ResourceType::all()
         .map(|t| {
@@ -20,6 +21,12 @@ pub fn statement(base: &str) -> Value {
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
+                "searchParam": [
+                    {"name": "_id", "type": "token",
+                     "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+                    {"name": "_lastUpdated", "type": "date",
+                     "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}
+                ],
             })
         })
         .collect();
@@ -41,7 +48,9 @@ pub fn statement(base: &str) -> Value {
                               Operations: $validate (type and instance) and Patient/[id]/$everything \
                               (_since, _type, _count). Batch and transaction Bundles (read, vread, create, update, \
                               delete entries; transactions are atomic and resolve urn:uuid references). \
-                              Search and conditional entries are not yet supported.",
+                              Search: _id and _lastUpdated (all prefixes but ap), _count, paging and \
+                              POST _search; other parameters are ignored with a warning (an error with \
+                              Prefer: handling=strict) until the encrypted search index lands.",
             "resource": resources,
             "interaction": [{"code": "history-system"}, {"code": "batch"}, {"code": "transaction"}],
             "operation": [

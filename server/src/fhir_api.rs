@@ -12,8 +12,8 @@ use carapace_core::fhir::printable;
 use carapace_core::fhir::validate;
 use carapace_core::fhir::{json, ResourceId, ResourceType};
 use carapace_core::store::{
-    Created, Deleted, EverythingQuery, HistoryCursor, HistoryQuery, StoreError, StoredResource,
-    TxEntry, TxResult,
+    BasicSearch, Created, Deleted, EverythingQuery, HistoryCursor, HistoryQuery, StoreError,
+    StoredResource, TxEntry, TxResult,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
@@ -140,12 +140,17 @@ async fn route(
             }
         }
         ([type_name], &Method::GET) => {
-            resource_type(type_name)?;
-            Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not-supported",
-                "search is not supported yet",
-            ))
+            let rt = resource_type(type_name)?;
+            search(state, &ctx, &headers, rt, &params).await
+        }
+        ([type_name, "_search"], &Method::POST) => {
+            let rt = resource_type(type_name)?;
+            let form = crate::oauth::read_form(&headers, body)
+                .await
+                .map_err(|e| ApiError::bad_request(e.description))?;
+            let mut all = params.clone();
+            all.extend(form);
+            search(state, &ctx, &headers, rt, &all).await
         }
         ([type_name, "_history"], &Method::GET) => {
             let rt = resource_type(type_name)?;
@@ -642,6 +647,110 @@ async fn history(
         )
     })?;
     Ok(json_response(StatusCode::OK, body))
+}
+
+/// Type search with the parameters the store can answer without an index over PHI: `_id` and
+/// `_lastUpdated`, plus `_count` and paging. Other parameters are ignored with a warning, or refused
+/// with `Prefer: handling=strict`.
+async fn search(
+    state: &AppState,
+    ctx: &AccessContext,
+    headers: &HeaderMap,
+    rt: ResourceType,
+    params: &[(String, String)],
+) -> Result<HttpResponse, ApiError> {
+    let strict = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.split([',', ';']).any(|x| x.trim() == "handling=strict"));
+    let mut query = BasicSearch {
+        count: DEFAULT_HISTORY_COUNT,
+        ..BasicSearch::default()
+    };
+    let mut ignored = Vec::new();
+    for (name, value) in params {
+        match name.as_str() {
+            "_id" => query
+                .ids
+                .push(value.split(',').map(|v| v.trim().to_string()).collect()),
+            "_lastUpdated" => query.last_updated.push(
+                carapace_core::fhir::date_search_range(value).map_err(ApiError::bad_request)?,
+            ),
+            "_count" => {
+                query.count = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| *c > 0)
+                    .ok_or_else(|| {
+                        ApiError::bad_request("_count must be a positive whole number")
+                    })?;
+            }
+            "_page" => {
+                let id = B64URL
+                    .decode(value)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ApiError::bad_request("_page is not a valid paging cursor"))?;
+                query.after = Some(id);
+            }
+            "_format" => {}
+            other => ignored.push(printable(other)),
+        }
+    }
+    if strict && !ignored.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            format!("unsupported search parameters: {}", ignored.join(", ")),
+        ));
+    }
+    let page = state.store.search_basic(ctx, rt, &query).await?;
+    let path = format!("{}/{rt}", state.base);
+    let kept: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "_id" | "_lastUpdated"))
+        .cloned()
+        .chain(std::iter::once((
+            "_count".to_string(),
+            query.count.to_string(),
+        )))
+        .collect();
+    let link_to = |extra: Option<(String, String)>| {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in kept.iter().chain(extra.iter()) {
+            ser.append_pair(k, v);
+        }
+        format!("{path}?{}", ser.finish())
+    };
+    let mut link = vec![serde_json::json!({"relation": "self",
+        "url": link_to(params.iter().find(|(k, _)| k == "_page").cloned())})];
+    if let Some(after) = &page.next {
+        link.push(serde_json::json!({"relation": "next",
+            "url": link_to(Some(("_page".into(), B64URL.encode(after))))}));
+    }
+    let mut entry = Vec::with_capacity(page.entries.len() + 1);
+    for e in &page.entries {
+        let resource: serde_json::Value = serde_json::from_slice(&e.body).map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "a stored resource is unreadable",
+            )
+        })?;
+        entry.push(
+            serde_json::json!({"fullUrl": format!("{}/{}/{}", state.base, e.resource_type, e.id),
+            "resource": resource, "search": {"mode": "match"}}),
+        );
+    }
+    if !ignored.is_empty() {
+        entry.push(serde_json::json!({"resource": {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "warning", "code": "not-supported",
+            "diagnostics": format!("ignored unsupported search parameters: {}", ignored.join(", "))}]},
+            "search": {"mode": "outcome"}}));
+    }
+    let body = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": page.total,
+        "link": link, "entry": entry});
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }
 
 /// `$validate` (type and instance): the same R4 checks as create and update, answered as an

@@ -22,6 +22,7 @@ pub enum Interaction {
     HistoryInstance,
     /// `$everything` and other operations that read PHI.
     Operation,
+    Search,
     HistoryType,
     HistorySystem,
     Capabilities,
@@ -41,6 +42,7 @@ impl Interaction {
             Interaction::HistoryType => "history-type",
             Interaction::HistorySystem => "history-system",
             Interaction::Operation => "operation",
+            Interaction::Search => "search-type",
             Interaction::Capabilities => "capabilities",
             Interaction::Admin => "admin",
         }

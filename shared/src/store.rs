@@ -118,6 +118,29 @@ pub struct EverythingPage {
     pub next: Option<(String, String)>,
 }
 
+/// A half-open instant range `[lo, hi)`, or everything outside it when `negate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstantRange {
+    pub lo: Option<DateTime<Utc>>,
+    pub hi: Option<DateTime<Utc>>,
+    pub negate: bool,
+}
+
+/// `_id` (AND of OR-lists) and `_lastUpdated` (AND of ranges), with paging by id.
+#[derive(Debug, Clone, Default)]
+pub struct BasicSearch {
+    pub ids: Vec<Vec<String>>,
+    pub last_updated: Vec<InstantRange>,
+    pub count: usize,
+    pub after: Option<String>,
+}
+
+pub struct SearchPage {
+    pub entries: Vec<StoredResource>,
+    pub next: Option<String>,
+    pub total: u64,
+}
+
 /// One entry of a transaction.
 pub enum TxEntry {
     Create {
@@ -957,6 +980,114 @@ impl Store {
         };
         self.audit.record(ctx, &record).await?;
         Ok(HistoryPage { entries, next })
+    }
+
+    /// Search a type by `_id` and `_lastUpdated` (the parameters that need no index over PHI),
+    /// narrowed to what the caller may see, ordered by id, one page at a time.
+    pub async fn search_basic(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        query: &BasicSearch,
+    ) -> Result<SearchPage, StoreError> {
+        let result = self.search_basic_inner(ctx, resource_type, query).await;
+        let record = AuditRecord {
+            interaction: Interaction::Search,
+            outcome: match &result {
+                Ok(_) => Outcome::Success,
+                Err(e) => outcome_of(e),
+            },
+            recorded: self.clock.now(),
+            what: Some(resource_type.to_string()),
+            patient: ctx.compartment(),
+        };
+        self.audit.record(ctx, &record).await?;
+        result
+    }
+
+    async fn search_basic_inner(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        query: &BasicSearch,
+    ) -> Result<SearchPage, StoreError> {
+        ctx.check(resource_type.as_str(), Permission::Search)?;
+        let count = query.count.clamp(1, MAX_HISTORY_COUNT);
+        // Each `_id` parameter is an OR-list; several parameters AND together.
+        let id_sets: Vec<serde_json::Value> = query
+            .ids
+            .iter()
+            .map(|set| serde_json::Value::from(set.clone()))
+            .collect();
+        let ranges: Vec<serde_json::Value> = query
+            .last_updated
+            .iter()
+            .map(|r| {
+                serde_json::json!({"lo": r.lo.map(|t| t.to_rfc3339()), "hi": r.hi.map(|t| t.to_rfc3339()),
+                                   "not": r.negate})
+            })
+            .collect();
+        let filter = "
+               FROM resources h
+               JOIN resource_versions v
+                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+               JOIN data_keys k ON k.id = v.dek_id
+              WHERE h.resource_type = $1 AND NOT h.deleted
+                AND ($2::text IS NULL OR k.scope = $2)
+                AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements($3::jsonb) s
+                                 WHERE NOT (s @> to_jsonb(h.id)))
+                AND NOT EXISTS (
+                    SELECT 1 FROM jsonb_array_elements($4::jsonb) r
+                     WHERE (((r->>'lo') IS NULL OR v.last_updated >= (r->>'lo')::timestamptz)
+                            AND ((r->>'hi') IS NULL OR v.last_updated < (r->>'hi')::timestamptz))
+                           = (r->>'not')::boolean)";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) {filter}"))
+            .bind(resource_type.as_str())
+            .bind(ctx.compartment())
+            .bind(serde_json::Value::from(id_sets.clone()))
+            .bind(serde_json::Value::from(ranges.clone()))
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
+             {filter} AND ($5::text IS NULL OR h.id > $5) ORDER BY h.id LIMIT $6"
+        ))
+        .bind(resource_type.as_str())
+        .bind(ctx.compartment())
+        .bind(serde_json::Value::from(id_sets))
+        .bind(serde_json::Value::from(ranges))
+        .bind(query.after.as_deref())
+        .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() > count;
+        let mut entries = Vec::with_capacity(count.min(rows.len()));
+        for row in rows.iter().take(count) {
+            let id: String = row.try_get("id")?;
+            let version_id: i64 = row.try_get("version_id")?;
+            let sealed: Vec<u8> = row.try_get("sealed")?;
+            let key = DekRow::from_row(row)?;
+            let body = self
+                .open_body(resource_type, &id, version_id, &key, &sealed)
+                .await?;
+            entries.push(StoredResource {
+                resource_type,
+                id,
+                version_id,
+                last_updated: row.try_get("last_updated")?,
+                body,
+            });
+        }
+        let next = if has_more {
+            entries.last().map(|e| e.id.clone())
+        } else {
+            None
+        };
+        Ok(SearchPage {
+            entries,
+            next,
+            total: u64::try_from(total).unwrap_or(0),
+        })
     }
 
     /// A FHIR `transaction`: every write commits together in one database transaction or none

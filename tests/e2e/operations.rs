@@ -256,3 +256,167 @@ async fn everything_returns_the_compartment_paged_and_narrowed() {
     .unwrap();
     assert!(audited >= 4, "{audited}");
 }
+
+#[tokio::test]
+async fn search_by_id_and_last_updated_is_paged_and_narrowed() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let mut made = Vec::new();
+    for name in ["A", "B", "C"] {
+        let r = fhir
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": name}]}),
+            )
+            .await
+            .json();
+        made.push((
+            r["id"].as_str().unwrap().to_string(),
+            r["meta"]["lastUpdated"].as_str().unwrap().to_string(),
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ids = |b: &Value| -> Vec<String> {
+        let mut v: Vec<String> = b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let (a, b, c) = (made[0].0.clone(), made[1].0.clone(), made[2].0.clone());
+
+    let r = fhir.get(&format!("Patient?_id={a},{b}")).await.json();
+    assert_eq!(r["type"], "searchset");
+    assert_eq!(r["total"], 2);
+    assert_eq!(ids(&r), sorted(vec![a.clone(), b.clone()]), "comma is OR");
+    assert_eq!(
+        fhir.get(&format!("Patient?_id={a}&_id={b}")).await.json()["total"],
+        0,
+        "repeated is AND"
+    );
+    let b_time = made[1].1.replace('+', "%2B");
+    assert_eq!(
+        ids(&fhir
+            .get(&format!("Patient?_lastUpdated=ge{b_time}"))
+            .await
+            .json()),
+        sorted(vec![b.clone(), c.clone()])
+    );
+    assert_eq!(
+        ids(&fhir
+            .get(&format!("Patient?_lastUpdated=lt{b_time}"))
+            .await
+            .json()),
+        vec![a.clone()]
+    );
+    let year = &made[0].1[..4];
+    assert_eq!(
+        fhir.get(&format!("Patient?_lastUpdated={year}"))
+            .await
+            .json()["total"],
+        3,
+        "a year is a range"
+    );
+    assert_eq!(
+        fhir.get("Patient?_lastUpdated=gt2999").await.json()["total"],
+        0
+    );
+    assert_eq!(fhir.get("Patient?_lastUpdated=yesterday").await.status, 400);
+
+    // Paging one at a time reaches each exactly once.
+    let mut url = stack.server.url("Patient?_count=1");
+    let mut seen = Vec::new();
+    loop {
+        let page = http(
+            "GET",
+            &url,
+            &[("Authorization", &stack.server.bearer())],
+            None,
+        )
+        .await
+        .unwrap()
+        .json();
+        seen.extend(ids(&page));
+        match page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(n) => url = n["url"].as_str().unwrap().to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(sorted(seen), sorted(vec![a.clone(), b.clone(), c.clone()]));
+
+    // Unknown parameters: a warning by default, an error with handling=strict.
+    let lenient = fhir.get("Patient?name=A").await.json();
+    let outcome = lenient["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .unwrap();
+    assert!(outcome["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("name"));
+    let strict = fhir
+        .send(
+            "GET",
+            "Patient?name=A",
+            &json!({}),
+            &[("Prefer", "handling=strict")],
+        )
+        .await;
+    assert_eq!(strict.status, 400);
+
+    // POST _search with a form body.
+    let form = format!("_id={c}");
+    let r = fhir
+        .raw(
+            "POST",
+            "Patient/_search",
+            form.into_bytes(),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ids(&r.json()), vec![c.clone()]);
+
+    // Narrowed silently to what the caller may see.
+    let token = carapace_core::auth::issue(
+        &stack.db().await,
+        chrono::Utc::now(),
+        "patient-a",
+        Role::Patient,
+        &[Scope::parse("patient/*.rs").unwrap()],
+        Some(&a),
+    )
+    .await
+    .unwrap()
+    .access_token;
+    let mine = http(
+        "GET",
+        &stack.server.url(&format!("Patient?_id={a},{b},{c}")),
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(ids(&mine), vec![a.clone()]);
+    assert_eq!(mine["total"], 1);
+    let anonymous = http("GET", &stack.server.url("Patient"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status, 401);
+}

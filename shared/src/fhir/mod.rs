@@ -74,6 +74,92 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// Parse a date search value with its prefix (`ge2024-01`, `2024-01-02T10:00:00Z`) into the range
+/// of instants it selects, following the spec's precision semantics: `2024-01` means all of January.
+/// `ap` is refused rather than guessed.
+pub fn date_search_range(value: &str) -> Result<crate::store::InstantRange, String> {
+    use chrono::{DateTime, Months, NaiveDate, TimeZone, Utc};
+    let (prefix, rest) = match value.get(..2) {
+        Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => {
+            (p, &value[2..])
+        }
+        _ => ("eq", value),
+    };
+    let bad = || format!("'{}' is not a FHIR date or dateTime", printable(value));
+    let day = |y: i32, m: u32, d: u32| -> Result<DateTime<Utc>, String> {
+        let date = NaiveDate::from_ymd_opt(y, m, d).ok_or_else(bad)?;
+        Ok(Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).ok_or_else(bad)?))
+    };
+    let digits = |s: &str| s.parse::<u32>().map_err(|_| bad());
+    // Byte slicing below is safe only on ASCII.
+    if !rest.is_ascii() {
+        return Err(bad());
+    }
+    let (lo, hi) = match rest.len() {
+        4 => {
+            let y = i32::try_from(digits(rest)?).map_err(|_| bad())?;
+            (day(y, 1, 1)?, day(y + 1, 1, 1)?)
+        }
+        7 if rest.as_bytes()[4] == b'-' => {
+            let y = i32::try_from(digits(&rest[..4])?).map_err(|_| bad())?;
+            let lo = day(y, digits(&rest[5..7])?, 1)?;
+            (lo, lo.checked_add_months(Months::new(1)).ok_or_else(bad)?)
+        }
+        10 if rest.as_bytes()[4] == b'-' && rest.as_bytes()[7] == b'-' => {
+            let y = i32::try_from(digits(&rest[..4])?).map_err(|_| bad())?;
+            let lo = day(y, digits(&rest[5..7])?, digits(&rest[8..10])?)?;
+            (lo, lo + chrono::Duration::days(1))
+        }
+        _ => {
+            // A full dateTime: to the second (or finer, given with fractions) in its own zone.
+            let t = DateTime::parse_from_rfc3339(rest)
+                .or_else(|_| DateTime::parse_from_rfc3339(&format!("{rest}Z")))
+                .map_err(|_| bad())?
+                .to_utc();
+            let precision = if rest.contains('.') {
+                chrono::Duration::microseconds(1)
+            } else {
+                chrono::Duration::seconds(1)
+            };
+            (t, t + precision)
+        }
+    };
+    use crate::store::InstantRange as R;
+    Ok(match prefix {
+        "eq" => R {
+            lo: Some(lo),
+            hi: Some(hi),
+            negate: false,
+        },
+        "ne" => R {
+            lo: Some(lo),
+            hi: Some(hi),
+            negate: true,
+        },
+        "gt" | "sa" => R {
+            lo: Some(hi),
+            hi: None,
+            negate: false,
+        },
+        "ge" => R {
+            lo: Some(lo),
+            hi: None,
+            negate: false,
+        },
+        "lt" | "eb" => R {
+            lo: None,
+            hi: Some(lo),
+            negate: false,
+        },
+        "le" => R {
+            lo: None,
+            hi: Some(hi),
+            negate: false,
+        },
+        _ => return Err("the 'ap' prefix is not supported".into()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +171,29 @@ mod tests {
         for bad in ["", "a/b", "a b", "ä", &"a".repeat(65)] {
             assert_eq!(ResourceId::parse(bad), Err(InvalidId), "{bad}");
         }
+    }
+
+    #[test]
+    fn date_ranges_follow_precision() {
+        let r = date_search_range("2024-02").unwrap();
+        assert_eq!(r.lo.unwrap().to_rfc3339(), "2024-02-01T00:00:00+00:00");
+        assert_eq!(r.hi.unwrap().to_rfc3339(), "2024-03-01T00:00:00+00:00");
+        let ge = date_search_range("ge2024").unwrap();
+        assert_eq!(
+            (ge.lo.unwrap().to_rfc3339(), ge.hi),
+            ("2024-01-01T00:00:00+00:00".into(), None)
+        );
+        let gt = date_search_range("gt2024-12-31").unwrap();
+        assert_eq!(gt.lo.unwrap().to_rfc3339(), "2025-01-01T00:00:00+00:00");
+        let lt = date_search_range("lt2024-01-01T10:00:00+02:00").unwrap();
+        assert_eq!(lt.hi.unwrap().to_rfc3339(), "2024-01-01T08:00:00+00:00");
+        assert!(date_search_range("ne2024").unwrap().negate);
+        assert!(date_search_range("ap2024").is_err());
+        assert!(date_search_range("2024-13").is_err() && date_search_range("yesterday").is_err());
+        assert!(
+            date_search_range("2024-0é-01").is_err(),
+            "no panic on multi-byte input"
+        );
     }
 
     #[test]
