@@ -1,13 +1,29 @@
 #!/usr/bin/env python3
 """Compile the official FHIR R4 (4.0.1) definitions into the compact tables carapace-core embeds.
 
-Usage: generate.py PACKAGE_DIR   (the `package/` directory of `npm pack hl7.fhir.r4.examples@4.0.1`)
+Usage: generate.py PACKAGE_DIR
+  PACKAGE_DIR is the `package/` directory of `npm pack hl7.fhir.r4.examples@4.0.1`, unpacked.
 
 Writes, next to this script:
-  schema.json               every resource, complex datatype and backbone element: its JSON
-                            properties with type, array-ness and required-ness
-  compartment-patient.json  per resource type, the reference paths that put it in a patient's
-                            compartment (from CompartmentDefinition-patient + SearchParameters)
+
+schema.json
+  {"primitives": [primitive type names],
+   "resources":  [concrete resource type names],
+   "types": {type name: {JSON property: [type, array, min, choice]}}}
+  Every resource, complex datatype and backbone element (a backbone is named by its path, e.g.
+  `Patient.contact`). Per property, trailing defaults are dropped to keep the file small:
+    type    a primitive (`date`), a complex type (`HumanName`), a backbone path (`Patient.contact`),
+            `#Questionnaire.item` for a contentReference (the backbone it reuses), or `Resource`
+            for an embedded resource (validated by its own `resourceType`);
+    array   1 when the element repeats (max != "1"), else 0 (default);
+    min     minimum cardinality (default 0);
+    choice  for an expanded `value[x]` (`valueString`, `valueQuantity`, ...), the choice's base
+            name (`value`): at most one of a choice may appear, and a required choice needs one.
+
+compartment-patient.json
+  {resource type: [element paths relative to the resource, e.g. "subject", "participant.actor"]}
+  The references that put a resource in a patient's compartment, derived from the search
+  parameters CompartmentDefinition-patient names (their FHIRPath `expression`).
 """
 import json
 import os
@@ -21,124 +37,229 @@ FHIRPATH_SYSTEM = {
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 
 
+def load_entries(pkg, name):
+    with open(os.path.join(pkg, name), encoding="utf-8") as f:
+        return [e["resource"] for e in json.load(f)["entry"]]
+
+
 def type_code(t):
-    code = t["code"]
+    # The snapshot types `id`, `url` etc. as FHIRPath System types; the extension names the FHIR type.
     for ext in t.get("extension", []):
         if ext.get("url") == FHIR_TYPE_EXT:
             return ext.get("valueUrl") or ext.get("valueUri")
+    code = t["code"]
     if code.startswith("http://hl7.org/fhirpath/System."):
         return FHIRPATH_SYSTEM[code.rsplit(".", 1)[1]]
     return code
 
 
-def main(pkg):
-    sds = []
-    for name in ("Bundle-types.json", "Bundle-resources.json"):
-        with open(os.path.join(pkg, name)) as f:
-            sds += [e["resource"] for e in json.load(f)["entry"]
-                    if e["resource"].get("resourceType") == "StructureDefinition"]
+def upper_first(s):
+    return s[0].upper() + s[1:]
+
+
+def add(props, path, name, spec):
+    if name in props:
+        raise SystemExit(f"{path}: property '{name}' defined twice")
+    props[name] = spec
+
+
+def build_schema(pkg):
+    sds = [r for name in ("Bundle-types.json", "Bundle-resources.json")
+           for r in load_entries(pkg, name) if r.get("resourceType") == "StructureDefinition"]
     primitives, resources, types = [], [], {}
     for sd in sds:
-        if sd.get("derivation") == "constraint":
-            continue  # profiles such as SimpleQuantity: same JSON shape as their base
         kind = sd["kind"]
+        # Profiles (SimpleQuantity, MoneyQuantity) have their base's JSON shape, and elements are
+        # typed by the base (`Quantity`); logical models (MetadataResource) never appear in JSON.
+        if sd.get("derivation") == "constraint" or kind == "logical":
+            continue
         if kind == "primitive-type":
             primitives.append(sd["type"])
-            continue
-        if kind == "logical":
             continue
         if kind == "resource" and not sd.get("abstract"):
             resources.append(sd["type"])
         root = sd["type"]
-        for el in sd["snapshot"]["element"]:
+        elements = sd["snapshot"]["element"]
+        parents = {e["path"].rsplit(".", 1)[0] for e in elements if "." in e["path"]}
+        if root in types:
+            raise SystemExit(f"{root}: defined twice")
+        types[root] = {}
+        for el in elements:
             path = el["path"]
             if "." not in path:
                 continue
             parent, name = path.rsplit(".", 1)
-            entry = types.setdefault(parent, {"e": {}, "req": []})
-            is_array = el.get("max") != "1"
-            required = el.get("min", 0) >= 1
+            props = types.setdefault(parent, {})
+            array = 1 if el.get("max") != "1" else 0
+            minimum = int(el.get("min", 0))
             if "contentReference" in el:
-                target = el["contentReference"].lstrip("#")
-                entry["e"][name] = [target, is_array]
-                if required:
-                    entry["req"].append([name])
+                add(props, path, name, ["#" + el["contentReference"].lstrip("#"), array, minimum])
                 continue
             codes = [type_code(t) for t in el.get("type", [])]
             if not codes:
-                continue
+                raise SystemExit(f"{path}: no type and no contentReference")
             if name.endswith("[x]"):
                 base = name[:-3]
-                keys = []
-                for c in codes:
-                    key = base + c[0].upper() + c[1:]
-                    entry["e"][key] = [c, is_array]
-                    keys.append(key)
-                if required:
-                    entry["req"].append(keys)
+                for code in codes:
+                    add(props, path, base + upper_first(code), [code, array, minimum, base])
                 continue
+            if len(codes) != 1:
+                raise SystemExit(f"{path}: several types but not a choice")
             code = codes[0]
             if name == "id" and parent == root and kind == "resource":
-                code = "id"  # a resource's logical id has the `id` type's lexical rules
-            if code in ("BackboneElement", "Element") and any(
-                    e["path"].startswith(path + ".") for e in sd["snapshot"]["element"]):
-                code = path  # a backbone element: its own entry, named by its path
-            entry["e"][name] = [code, is_array]
-            if required:
-                entry["req"].append([name])
-        types.setdefault(root, {"e": {}, "req": []})
-    # Primitive types' own `value` elements are not JSON properties.
+                # The snapshot says `string`, but a resource's logical id is of type `id`
+                # (resource.html, and the official JSON schema).
+                code = "id"
+            if code in ("BackboneElement", "Element") and path in parents:
+                code = path  # a backbone element: its own table, named by its path
+            add(props, path, name, [code, array, minimum])
+    # A primitive's `value` is the JSON value itself, not a property.
     for p in primitives:
         types.pop(p, None)
-    schema = {
-        "primitives": sorted(primitives),
-        "resources": sorted(resources),
-        "types": {k: v for k, v in sorted(types.items())},
-    }
-    here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, "schema.json"), "w") as f:
-        json.dump(schema, f, separators=(",", ":"), sort_keys=False)
-        f.write("\n")
+    known = set(types) | set(primitives) | {"Resource"}
+    for tname, props in types.items():
+        for pname, spec in props.items():
+            target = spec[0].lstrip("#")
+            if target not in known:
+                raise SystemExit(f"{tname}.{pname}: unknown type {target}")
+    compact = {}
+    for tname in sorted(types):
+        out = {}
+        for pname, spec in types[tname].items():
+            spec = list(spec)
+            while len(spec) in (2, 3) and spec[-1] == 0:
+                spec.pop()
+            out[pname] = spec
+        compact[tname] = out
+    return {"primitives": sorted(primitives), "resources": sorted(resources), "types": compact}
 
-    # Patient compartment: resource type -> reference paths.
-    with open(os.path.join(pkg, "CompartmentDefinition-patient.json")) as f:
+
+def split_top(expr, sep):
+    """Split on `sep` outside parentheses."""
+    parts, depth, cur = [], 0, ""
+    for ch in expr:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts]
+
+
+def strip_calls(part, name):
+    """Remove every `.name(...)` call (with nested parentheses)."""
+    while True:
+        at = part.find("." + name + "(")
+        if at < 0:
+            return part
+        depth, end = 0, at + len(name) + 1
+        while end < len(part):
+            if part[end] == "(":
+                depth += 1
+            elif part[end] == ")":
+                depth -= 1
+                if depth == 0:
+                    break
+            end += 1
+        part = part[:at] + part[end + 1:]
+
+
+def resolve_path(types, rt, steps):
+    """Map FHIRPath steps onto JSON property names; None if they do not name a Reference."""
+    table, out = rt, []
+    for i, (step, as_type) in enumerate(steps):
+        props = types.get(table, {})
+        name = step
+        if name not in props and as_type:
+            name = step + upper_first(as_type)  # `value as Reference` is `valueReference`
+        if name not in props:
+            return None
+        out.append(name)
+        target = props[name][0].lstrip("#")
+        if i == len(steps) - 1:
+            return ".".join(out) if target == "Reference" else None
+        table = target
+    return None
+
+
+def compartment_paths(types, rt, expression):
+    paths = []
+    for part in split_top(expression, "|"):
+        while part.startswith("(") and part.endswith(")"):
+            part = part[1:-1].strip()
+        part = strip_calls(part, "where")
+        part = strip_calls(part, "resolve")
+        as_type = None
+        m = re.fullmatch(r"(.*?)\s+as\s+(\w+)", part)
+        if m:
+            part, as_type = m.group(1).strip(), m.group(2)
+        m = re.fullmatch(r"(.*?)\.(?:as|ofType)\((\w+)\)", part)
+        if m:
+            part, as_type = m.group(1), m.group(2)
+        while part.startswith("(") and part.endswith(")"):
+            part = part[1:-1].strip()
+        if not part.startswith(rt + "."):
+            continue  # a union over several resource types: keep this type's parts only
+        names = part[len(rt) + 1:].split(".")
+        if not all(re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", n) for n in names):
+            print(f"warning: {rt}: cannot read '{part}'", file=sys.stderr)
+            continue
+        steps = [(n, as_type if i == len(names) - 1 else None) for i, n in enumerate(names)]
+        path = resolve_path(types, rt, steps)
+        if path is None:
+            print(f"warning: {rt}: '{part}' is not a Reference element", file=sys.stderr)
+            continue
+        if path not in paths:
+            paths.append(path)
+    return paths
+
+
+def build_compartment(pkg, types):
+    with open(os.path.join(pkg, "CompartmentDefinition-patient.json"), encoding="utf-8") as f:
         compartment = json.load(f)
-    with open(os.path.join(pkg, "Bundle-searchParams.json")) as f:
-        params = [e["resource"] for e in json.load(f)["entry"]]
-    by_code = {}
-    for sp in params:
+    expressions = {}
+    for sp in load_entries(pkg, "Bundle-searchParams.json"):
         for base in sp.get("base", []):
-            by_code[(base, sp["code"])] = sp.get("expression", "")
+            expressions[(base, sp["code"])] = sp.get("expression", "")
     out = {}
     for res in compartment["resource"]:
         rt = res["code"]
         paths = []
         for code in res.get("param", []):
             if code == "{def}":
+                continue  # the Patient itself
+            expr = expressions.get((rt, code))
+            if not expr:
+                print(f"warning: {rt}: no search parameter '{code}'", file=sys.stderr)
                 continue
-            expr = by_code.get((rt, code), "")
-            for part in expr.split("|"):
-                part = part.strip()
-                if part.startswith("(") and part.endswith(")"):
-                    part = part[1:-1].strip()
-                if not part.startswith(rt + "."):
-                    continue
-                part = part[len(rt) + 1:]
-                part = re.sub(r"\.where\(resolve\(\) is \w+\)", "", part)
-                part = re.sub(r"\.where\([^()]*\)", "", part)
-                part = re.sub(r"\s+as\s+\w+$", "", part)
-                part = re.sub(r"\.as\(\w+\)", "", part)
-                part = re.sub(r"\.resolve\(\)", "", part)
-                if re.fullmatch(r"[A-Za-z]+(\.[A-Za-z]+)*", part) and part not in paths:
-                    paths.append(part)
+            for p in compartment_paths(types, rt, expr):
+                if p not in paths:
+                    paths.append(p)
+        if res.get("param") and not paths:
+            print(f"warning: {rt}: in the compartment but no path found", file=sys.stderr)
         if paths:
             out[rt] = paths
-    with open(os.path.join(here, "compartment-patient.json"), "w") as f:
-        json.dump(out, f, separators=(",", ":"), sort_keys=True)
-        f.write("\n")
-    print(f"{len(schema['resources'])} resources, {len(types)} element tables, "
-          f"{len(primitives)} primitives, {len(out)} compartment resource types")
+    return dict(sorted(out.items()))
+
+
+def main(pkg):
+    here = os.path.dirname(os.path.abspath(__file__))
+    schema = build_schema(pkg)
+    compartment = build_compartment(pkg, schema["types"])
+    for name, data in (("schema.json", schema), ("compartment-patient.json", compartment)):
+        with open(os.path.join(here, name), "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"), ensure_ascii=True)
+            f.write("\n")
+    print(f"{len(schema['resources'])} resources, {len(schema['types'])} element tables, "
+          f"{len(schema['primitives'])} primitives, {len(compartment)} compartment resource types")
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
     main(sys.argv[1])
