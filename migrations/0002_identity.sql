@@ -87,6 +87,8 @@ CREATE TABLE authorization_codes (
 CREATE TABLE refresh_tokens (
     token_hash BYTEA PRIMARY KEY,
     family     UUID NOT NULL,
+    -- when the sign-in that started this family happened: the family's absolute limit counts from it
+    family_started TIMESTAMPTZ NOT NULL,
     client_id  TEXT NOT NULL REFERENCES clients (client_id),
     user_id    BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     scopes     TEXT[] NOT NULL,

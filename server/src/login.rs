@@ -68,7 +68,8 @@ fn redirect(location: &str, cookie: Option<String>) -> HttpResponse {
 }
 
 fn session_cookie(state: &AppState, token: &str) -> String {
-    let secure = if state.config.tls.is_some() {
+    // Secure whenever the public base is https, including behind a TLS-terminating proxy.
+    let secure = if state.config.tls.is_some() || state.base.starts_with("https://") {
         "; Secure"
     } else {
         ""

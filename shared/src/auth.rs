@@ -504,14 +504,17 @@ impl TokenInfo {
 }
 
 /// Revoke a token (RFC 7009): takes effect on the next request. Unknown tokens are not an error.
+/// A refresh token ends with its whole family (every token rotated from the same sign-in).
 pub async fn revoke(pool: &PgPool, now: DateTime<Utc>, token: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    let hash = sha256(token.as_bytes());
+    for sql in [
         "UPDATE access_tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(sha256(token.as_bytes()))
-    .bind(now)
-    .execute(pool)
-    .await?;
+        "UPDATE refresh_tokens SET revoked_at = $2
+          WHERE revoked_at IS NULL
+            AND family = (SELECT family FROM refresh_tokens WHERE token_hash = $1)",
+    ] {
+        sqlx::query(sql).bind(&hash).bind(now).execute(pool).await?;
+    }
     Ok(())
 }
 

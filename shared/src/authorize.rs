@@ -32,6 +32,8 @@ impl Default for SessionPolicy {
 }
 const CODE_SECONDS: i64 = 60;
 const REFRESH_HOURS: i64 = 12;
+/// However often it rotates, a refresh-token family ends this long after the sign-in.
+const REFRESH_FAMILY_DAYS: i64 = 7;
 
 /// Non-resource scopes an app may ask for.
 const OTHER_SCOPES: &[&str] = &[
@@ -61,11 +63,7 @@ pub async fn register_app(
         return Err(bad("an app needs at least one redirect URI".into()));
     }
     for uri in redirect_uris {
-        let ok = (uri.starts_with("https://")
-            || uri.starts_with("http://127.0.0.1")
-            || uri.starts_with("http://localhost"))
-            && !uri.contains('#')
-            && !uri.contains(char::is_whitespace);
+        let ok = redirect_uri_allowed(uri);
         if !ok {
             return Err(bad(format!(
                 "redirect URI '{}' must be https (or http on loopback) without a fragment",
@@ -98,6 +96,37 @@ pub async fn register_app(
     .await
     .map_err(OAuthError::server)?;
     Ok(client_id)
+}
+
+/// https anywhere, or plain http only to a loopback host (compared exactly, so
+/// `http://localhost.evil.example/` is not loopback); no fragment, no whitespace, no user info.
+fn redirect_uri_allowed(uri: &str) -> bool {
+    if uri.contains('#') || uri.contains(char::is_whitespace) {
+        return false;
+    }
+    let (scheme, rest) = match uri.split_once("://") {
+        Some(parts) => parts,
+        None => return false,
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        }),
+    };
+    match scheme {
+        "https" => !host.is_empty(),
+        "http" => matches!(host, "127.0.0.1" | "localhost" | "::1"),
+        _ => false,
+    }
 }
 
 /// A valid `/auth/authorize` request.
@@ -268,7 +297,15 @@ pub async fn issue_code(
     patient: Option<&str>,
 ) -> Result<String, sqlx::Error> {
     let code = random_token();
-    let scopes: Vec<String> = scopes.iter().map(Scope::to_string).collect();
+    let mut scopes: Vec<String> = scopes.iter().map(Scope::to_string).collect();
+    // Refresh tokens only for apps that asked for them; the marker rides along with the grant.
+    if request
+        .scopes
+        .iter()
+        .any(|s| s == "offline_access" || s == "online_access")
+    {
+        scopes.push("offline_access".into());
+    }
     sqlx::query(
         "INSERT INTO authorization_codes
            (code_hash, client_id, user_id, redirect_uri, code_challenge, scopes, patient, expires_at)
@@ -388,7 +425,7 @@ pub async fn exchange_code(
         user_id,
         &scopes,
         patient.as_deref(),
-        uuid::Uuid::new_v4(),
+        (uuid::Uuid::new_v4(), store.now()),
     )
     .await
 }
@@ -399,7 +436,7 @@ async fn tokens_for(
     user_id: i64,
     scopes: &[String],
     patient: Option<&str>,
-    family: uuid::Uuid,
+    (family, family_started): (uuid::Uuid, DateTime<Utc>),
 ) -> Result<IssuedToken, OAuthError> {
     let (username, role) = user_row(store.pool(), user_id).await?;
     let parsed: Vec<Scope> = scopes
@@ -411,10 +448,17 @@ async fn tokens_for(
     let mut issued = auth::issue(store.pool(), now, &username, role, &parsed, patient)
         .await
         .map_err(OAuthError::server)?;
+    if !scopes.iter().any(|s| s == "offline_access") {
+        return Ok(issued);
+    }
     let refresh = random_token();
+    // Rotation never outlives the sign-in it came from by more than REFRESH_FAMILY_DAYS.
+    let expires = (now + Duration::hours(REFRESH_HOURS))
+        .min(family_started + Duration::days(REFRESH_FAMILY_DAYS));
     sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, family, client_id, user_id, scopes, patient, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO refresh_tokens
+           (token_hash, family, family_started, client_id, user_id, scopes, patient, expires_at)
+         VALUES ($1, $2, $8, $3, $4, $5, $6, $7)",
     )
     .bind(sha256(refresh.as_bytes()))
     .bind(family)
@@ -422,7 +466,8 @@ async fn tokens_for(
     .bind(user_id)
     .bind(scopes)
     .bind(patient)
-    .bind(now + Duration::hours(REFRESH_HOURS))
+    .bind(expires)
+    .bind(family_started)
     .execute(store.pool())
     .await
     .map_err(OAuthError::server)?;
@@ -443,7 +488,8 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
     let now = store.now();
     let hash = sha256(token.as_bytes());
     let row = sqlx::query(
-        "SELECT family, client_id, user_id, scopes, patient, expires_at, used_at, revoked_at
+        "SELECT family, family_started, client_id, user_id, scopes, patient, expires_at, used_at,
+                revoked_at
            FROM refresh_tokens WHERE token_hash = $1",
     )
     .bind(&hash)
@@ -452,6 +498,8 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
     .map_err(OAuthError::server)?
     .ok_or_else(|| invalid_grant("unknown refresh token"))?;
     let family: uuid::Uuid = row.try_get("family").map_err(OAuthError::server)?;
+    let family_started: DateTime<Utc> =
+        row.try_get("family_started").map_err(OAuthError::server)?;
     let used: Option<DateTime<Utc>> = row.try_get("used_at").map_err(OAuthError::server)?;
     let revoked: Option<DateTime<Utc>> = row.try_get("revoked_at").map_err(OAuthError::server)?;
     if used.is_some() {
@@ -498,7 +546,7 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
         user_id,
         &scopes,
         patient.as_deref(),
-        family,
+        (family, family_started),
     )
     .await
 }
@@ -580,6 +628,29 @@ pub async fn end_session(store: &Store, token: &str) -> Result<(), sqlx::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_uris_are_https_or_exact_loopback() {
+        for ok in [
+            "https://portal.example/cb",
+            "http://127.0.0.1:9/cb",
+            "http://localhost/cb",
+            "http://[::1]:8/x",
+        ] {
+            assert!(redirect_uri_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "http://localhost.evil.example/cb",
+            "http://127.0.0.1.evil.example/",
+            "http://evil.example/cb",
+            "https://portal.example/cb#frag",
+            "https://user@portal.example/",
+            "javascript:alert(1)",
+            "ftp://x/",
+        ] {
+            assert!(!redirect_uri_allowed(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn s256_matches_rfc7636_appendix_b() {

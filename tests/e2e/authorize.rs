@@ -357,6 +357,41 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
         "the whole family is revoked after a replay"
     );
 
+    // Revoking a refresh token (RFC 7009) ends it for good.
+    let (verifier, challenge) = pkce();
+    let code = allow(&stack, &mut browser, &app, &challenge, "st-r").await;
+    let r = token(
+        &stack,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &app.client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    let fresh = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let revoke = http(
+        "POST",
+        &format!("{}/auth/revoke", stack.server.origin()),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(format!("token={fresh}").into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoke.status, 200);
+    let r = token(
+        &stack,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &fresh),
+            ("client_id", &app.client_id),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 400, "a revoked refresh token is dead");
+
     // Deny sends the user back with access_denied.
     let consent = browser
         .get(&authorize_url(

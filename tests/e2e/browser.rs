@@ -137,6 +137,10 @@ async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_th
     .unwrap();
     assert_eq!(token.status, 200, "{}", token.text());
     let access = token.json()["access_token"].as_str().unwrap().to_string();
+    assert!(
+        token.json()["refresh_token"].is_string(),
+        "offline_access was asked for"
+    );
     let read = http(
         "GET",
         &stack.server.url(&format!("Patient/{patient}")),
