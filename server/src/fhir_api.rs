@@ -580,23 +580,12 @@ async fn history(
             since.to_rfc3339_opts(SecondsFormat::Micros, true),
         ));
     }
-    let link_to = |extra: Option<(String, String)>| {
-        let mut ser = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in base_params.iter().chain(extra.iter()) {
-            ser.append_pair(k, v);
-        }
-        format!("{path}?{}", ser.finish())
-    };
-    let mut links = vec![Link {
-        relation: "self",
-        url: link_to(params.iter().find(|(k, _)| k == "_page").cloned()),
-    }];
-    if let Some(next) = &page.next {
-        links.push(Link {
-            relation: "next",
-            url: link_to(Some(("_page".into(), encode_cursor(next)))),
-        });
-    }
+    let links = page_links(
+        &path,
+        &base_params,
+        params,
+        page.next.as_ref().map(encode_cursor),
+    );
     let raw: Vec<Option<Box<RawValue>>> = page
         .entries
         .iter()
@@ -715,19 +704,12 @@ async fn search(
             query.count.to_string(),
         )))
         .collect();
-    let link_to = |extra: Option<(String, String)>| {
-        let mut ser = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in kept.iter().chain(extra.iter()) {
-            ser.append_pair(k, v);
-        }
-        format!("{path}?{}", ser.finish())
-    };
-    let mut link = vec![serde_json::json!({"relation": "self",
-        "url": link_to(params.iter().find(|(k, _)| k == "_page").cloned())})];
-    if let Some(after) = &page.next {
-        link.push(serde_json::json!({"relation": "next",
-            "url": link_to(Some(("_page".into(), B64URL.encode(after))))}));
-    }
+    let link = page_links(
+        &path,
+        &kept,
+        params,
+        page.next.as_ref().map(|a| B64URL.encode(a)),
+    );
     let mut entry = Vec::with_capacity(page.entries.len() + 1);
     for e in &page.entries {
         let resource: serde_json::Value = serde_json::from_slice(&e.body).map_err(|_| {
@@ -898,23 +880,11 @@ async fn everything(
         let types: Vec<&str> = query.types.iter().map(|t| t.as_str()).collect();
         base_params.push(("_type".into(), types.join(",")));
     }
-    let link_to = |extra: Option<(String, String)>| {
-        let mut ser = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in base_params.iter().chain(extra.iter()) {
-            ser.append_pair(k, v);
-        }
-        format!("{path}?{}", ser.finish())
-    };
-    let mut link = vec![Link {
-        relation: "self",
-        url: link_to(params.iter().find(|(k, _)| k == "_page").cloned()),
-    }];
-    if let Some((t, i)) = &page.next {
-        link.push(Link {
-            relation: "next",
-            url: link_to(Some(("_page".into(), B64URL.encode(format!("{t}|{i}"))))),
-        });
-    }
+    let next = page
+        .next
+        .as_ref()
+        .map(|(t, i)| B64URL.encode(format!("{t}|{i}")));
+    let link = page_links(&path, &base_params, params, next);
     let raw: Vec<Box<RawValue>> = page
         .entries
         .iter()
@@ -1302,6 +1272,41 @@ async fn batch_entry(
             printable(url)
         ))),
     }
+}
+
+/// `self` and `next` links of a paged Bundle: the query that produced it (`kept`), plus the page
+/// cursor this request came with (self) or the one after it (next).
+fn page_links(
+    path: &str,
+    kept: &[(String, String)],
+    params: &[(String, String)],
+    next_cursor: Option<String>,
+) -> Vec<Link> {
+    let link_to = |cursor: Option<&str>| {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in kept {
+            ser.append_pair(k, v);
+        }
+        if let Some(c) = cursor {
+            ser.append_pair("_page", c);
+        }
+        format!("{path}?{}", ser.finish())
+    };
+    let current = params
+        .iter()
+        .find(|(k, _)| k == "_page")
+        .map(|(_, v)| v.as_str());
+    let mut links = vec![Link {
+        relation: "self",
+        url: link_to(current),
+    }];
+    if let Some(next) = next_cursor {
+        links.push(Link {
+            relation: "next",
+            url: link_to(Some(&next)),
+        });
+    }
+    links
 }
 
 fn encode_cursor(c: &HistoryCursor) -> String {
