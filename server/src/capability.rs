@@ -1,16 +1,93 @@
 //! The CapabilityStatement: exactly what this server supports, no more.
 
 use carapace_core::fhir::ResourceType;
+use carapace_core::search::index;
+use carapace_core::search::params::{self, Kind};
 use serde_json::{json, Value};
 
+/// What each parameter type supports here (modifiers, prefixes), for its `documentation`.
+fn documentation(kind: Kind) -> &'static str {
+    match kind {
+        Kind::String => {
+            "starts-with (case- and accent-insensitive, compared on the first 32 characters), :exact, \
+             :missing. :contains is refused (400): the values are encrypted and indexed only by \
+             blind indexes of their leading characters."
+        }
+        Kind::Token => "system|code, |code, system|, code; :not, :text, :of-type (identifiers), :missing",
+        Kind::Reference => "id, Type/id, absolute URL; :Type modifier, :missing; chaining and _has",
+        Kind::Date => "prefixes eq ne gt lt ge le sa eb ap, precision ranges; :missing",
+        Kind::Number => "prefixes eq ne gt lt ge le sa eb ap, precision ranges; :missing",
+        Kind::Quantity => "prefixes with number|system|code or number||code; :missing",
+        Kind::Uri => "exact, :below, :above; :missing",
+        Kind::Composite => "first$second (a token with a token, string, quantity or date); :missing",
+    }
+}
+
+fn search_params(t: ResourceType) -> Vec<Value> {
+    let mut out = vec![
+        json!({"name": "_id", "type": "token",
+               "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}),
+        json!({"name": "_lastUpdated", "type": "date",
+               "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+               "documentation": "prefixes eq ne gt lt ge le sa eb, precision ranges"}),
+    ];
+    for p in params::for_type(t.as_str()) {
+        if index::from_columns(&p.code) || !index::supported(p) {
+            continue;
+        }
+        out.push(
+            json!({"name": p.code, "type": p.kind.as_str(), "definition": p.url,
+                        "documentation": documentation(p.kind)}),
+        );
+    }
+    out
+}
+
+fn reference_params(t: ResourceType) -> Vec<String> {
+    params::for_type(t.as_str())
+        .into_iter()
+        .filter(|p| p.kind == Kind::Reference)
+        .map(|p| format!("{t}:{}", p.code))
+        .collect()
+}
+
+/// The statement for this server's base URL, built once.
 pub fn statement(base: &str) -> Value {
+    static BUILT: std::sync::OnceLock<(String, Value)> = std::sync::OnceLock::new();
+    let (built_for, value) = BUILT.get_or_init(|| (base.to_string(), build(base)));
+    if built_for == base {
+        value.clone()
+    } else {
+        build(base)
+    }
+}
+
+fn build(base: &str) -> Value {
     let interactions = json!([
         {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"}, {"code": "delete"},
         {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"},
         {"code": "search-type"}
     ]);
-    let resources: Vec<Value> = ResourceType::all()
-        .map(|t| {
+    // Which types point at each type (for _revinclude).
+    let all: Vec<ResourceType> = ResourceType::all().collect();
+    let resources: Vec<Value> = all
+        .iter()
+        .map(|&t| {
+            let mut includes = reference_params(t);
+            includes.push(format!("{t}:*"));
+            let revincludes: Vec<String> = all
+                .iter()
+                .flat_map(|&s| {
+                    params::for_type(s.as_str())
+                        .into_iter()
+                        .filter(move |p| {
+                            p.kind == Kind::Reference
+                                && (p.targets.is_empty()
+                                    || p.targets.iter().any(|x| x == t.as_str()))
+                        })
+                        .map(move |p| format!("{s}:{}", p.code))
+                })
+                .collect();
             json!({
                 "type": t.as_str(),
                 "interaction": interactions,
@@ -19,14 +96,11 @@ pub fn statement(base: &str) -> Value {
                 "updateCreate": true,
                 "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
-                "searchParam": [
-                    {"name": "_id", "type": "token",
-                     "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
-                    {"name": "_lastUpdated", "type": "date",
-                     "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}
-                ],
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "searchInclude": includes,
+                "searchRevInclude": revincludes,
+                "searchParam": search_params(t),
             })
         })
         .collect();
@@ -42,15 +116,21 @@ pub fn statement(base: &str) -> Value {
         "format": ["json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Every resource is encrypted (AES-256-GCM) before it reaches the database. \
-                              Conditional create (If-None-Exist) supports the _id parameter only. \
-                              PATCH takes JSON Patch (application/json-patch+json). \
-                              Operations: $validate (type and instance) and Patient/[id]/$everything \
-                              (_since, _type, _count). Batch and transaction Bundles (read, vread, create, update, \
-                              delete entries; transactions are atomic and resolve urn:uuid references). \
-                              Search: _id and _lastUpdated (all prefixes but ap), _count, paging and \
-                              POST _search; other parameters are ignored with a warning (an error with \
-                              Prefer: handling=strict) until the encrypted search index lands.",
+            "documentation": "Every resource is encrypted (AES-256-GCM) before it reaches the database; \
+                              search runs over keyed blind indexes (HMAC), shifted dates and opaque \
+                              references, never over cleartext PHI. Conditional create, update and \
+                              delete (single match) take any search parameters. PATCH takes JSON Patch \
+                              (application/json-patch+json). Operations: $validate (type and instance) \
+                              and Patient/[id]/$everything (_since, _type, _count). Batch and transaction \
+                              Bundles: transactions are atomic, resolve urn:uuid and conditional \
+                              references (Type?query) and honour ifNoneExist and ifMatch. Search: every \
+                              parameter listed per type, AND/OR, chaining (any depth) and _has (nested), \
+                              _include/_revinclude (:iterate), _sort (_id, _lastUpdated and date/number/\
+                              quantity parameters in the database; string, token, uri and reference \
+                              parameters for up to 2,000 matches), _count (at most 1000), _summary, \
+                              _elements, _total, sealed paging cursors (next/previous), POST _search. \
+                              Unknown parameters are ignored with a warning (an error with Prefer: \
+                              handling=strict).",
             "resource": resources,
             "interaction": [{"code": "history-system"}, {"code": "batch"}, {"code": "transaction"}],
             "operation": [

@@ -11,9 +11,10 @@ use carapace_core::access::AccessContext;
 use carapace_core::fhir::printable;
 use carapace_core::fhir::validate;
 use carapace_core::fhir::{json, ResourceId, ResourceType};
+use carapace_core::search::query as search_query;
 use carapace_core::store::{
-    BasicSearch, Created, Deleted, EverythingQuery, HistoryCursor, HistoryQuery, StoreError,
-    StoredResource, TxEntry, TxResult,
+    Created, Deleted, EverythingQuery, HistoryCursor, HistoryQuery, StoreError, StoredResource,
+    Target, TxEntry, TxResult, Updated,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
@@ -152,6 +153,41 @@ async fn route(
             all.extend(form);
             search(state, &ctx, &headers, rt, &all).await
         }
+        ([type_name], &Method::PUT) => {
+            // Conditional update: PUT Type?identifier=a|b
+            let rt = resource_type(type_name)?;
+            let if_match = if_match(&headers)?;
+            let resource = read_resource(state, &headers, body).await?;
+            let entry = TxEntry::Update {
+                resource_type: rt,
+                target: conditional_target(&query)?,
+                resource,
+                if_match,
+                full_url: None,
+            };
+            match single_entry(state, &ctx, entry).await? {
+                TxResult::Updated(updated) => Ok(updated_response(state, &updated, &headers)),
+                _ => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "exception",
+                    "the conditional update did not run",
+                )),
+            }
+        }
+        ([type_name], &Method::DELETE) => {
+            // Conditional delete (single): DELETE Type?identifier=a|b
+            let rt = resource_type(type_name)?;
+            let entry = TxEntry::Delete {
+                resource_type: rt,
+                target: conditional_target(&query)?,
+            };
+            let deleted = single_entry(state, &ctx, entry).await?;
+            let mut resp = Response::builder().status(StatusCode::NO_CONTENT);
+            if let TxResult::Deleted(Deleted::Now { version_id }) = deleted {
+                resp = resp.header("ETag", etag(version_id));
+            }
+            Ok(resp.body(Full::new(Bytes::new())).unwrap_or_default())
+        }
         ([type_name, "_history"], &Method::GET) => {
             let rt = resource_type(type_name)?;
             history(state, &ctx, Some(rt), None, &params).await
@@ -175,18 +211,7 @@ async fn route(
                 .store
                 .update(&ctx, rt, &id, resource, if_match)
                 .await?;
-            let status = if updated.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok(resource_response(
-                state,
-                status,
-                &updated.resource,
-                prefer(&headers),
-                updated.created,
-            ))
+            Ok(updated_response(state, &updated, &headers))
         }
         ([type_name, id], &Method::PATCH) => {
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
@@ -585,6 +610,7 @@ async fn history(
         &base_params,
         params,
         page.next.as_ref().map(encode_cursor),
+        None,
     );
     let raw: Vec<Option<Box<RawValue>>> = page
         .entries
@@ -638,9 +664,9 @@ async fn history(
     Ok(json_response(StatusCode::OK, body))
 }
 
-/// Type search with the parameters the store can answer without an index over PHI: `_id` and
-/// `_lastUpdated`, plus `_count` and paging. Other parameters are ignored with a warning, or refused
-/// with `Prefer: handling=strict`.
+/// Type search: every R4 search parameter of the type over the blind index, narrowed to what the
+/// caller may see. Unknown parameters are ignored with a warning entry, or refused with
+/// `Prefer: handling=strict`.
 async fn search(
     state: &AppState,
     ctx: &AccessContext,
@@ -652,86 +678,46 @@ async fn search(
         .get("prefer")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|p| p.split([',', ';']).any(|x| x.trim() == "handling=strict"));
-    let mut query = BasicSearch {
-        count: DEFAULT_HISTORY_COUNT,
-        ..BasicSearch::default()
-    };
-    let mut ignored = Vec::new();
-    for (name, value) in params {
-        match name.as_str() {
-            "_id" => query
-                .ids
-                .push(value.split(',').map(|v| v.trim().to_string()).collect()),
-            "_lastUpdated" => query.last_updated.push(
-                carapace_core::fhir::date_search_range(value).map_err(ApiError::bad_request)?,
-            ),
-            "_count" => {
-                query.count = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|c| *c > 0)
-                    .ok_or_else(|| {
-                        ApiError::bad_request("_count must be a positive whole number")
-                    })?;
-            }
-            "_page" => {
-                let id = B64URL
-                    .decode(value)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| ApiError::bad_request("_page is not a valid paging cursor"))?;
-                query.after = Some(id);
-            }
-            "_format" => {}
-            other => ignored.push(printable(other)),
-        }
-    }
-    if strict && !ignored.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not-supported",
-            format!("unsupported search parameters: {}", ignored.join(", ")),
-        ));
-    }
-    let page = state.store.search_basic(ctx, rt, &query).await?;
+    let query = search_query::parse(rt, params, strict)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?;
+    let page = state.store.search(ctx, &query).await?;
     let path = format!("{}/{rt}", state.base);
-    let kept: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| matches!(k.as_str(), "_id" | "_lastUpdated"))
-        .cloned()
-        .chain(std::iter::once((
-            "_count".to_string(),
-            query.count.to_string(),
-        )))
-        .collect();
-    let link = page_links(
-        &path,
-        &kept,
-        params,
-        page.next.as_ref().map(|a| B64URL.encode(a)),
-    );
-    let mut entry = Vec::with_capacity(page.entries.len() + 1);
-    for e in &page.entries {
-        let resource: serde_json::Value = serde_json::from_slice(&e.body).map_err(|_| {
+    let link = page_links(&path, &query.kept, params, page.next, page.previous);
+    let mut entry = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
+    let shaped = |r: &StoredResource| -> Result<serde_json::Value, ApiError> {
+        let mut resource: serde_json::Value = serde_json::from_slice(&r.body).map_err(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "exception",
                 "a stored resource is unreadable",
             )
         })?;
+        carapace_core::search::shape(&mut resource, query.summary, query.elements.as_deref());
+        Ok(resource)
+    };
+    for (mode, list) in [("match", &page.matches), ("include", &page.included)] {
+        for r in list {
+            entry.push(serde_json::json!({
+                "fullUrl": format!("{}/{}/{}", state.base, r.resource_type, r.id),
+                "resource": shaped(r)?, "search": {"mode": mode}}));
+        }
+    }
+    if !query.ignored.is_empty() {
         entry.push(
-            serde_json::json!({"fullUrl": format!("{}/{}/{}", state.base, e.resource_type, e.id),
-            "resource": resource, "search": {"mode": "match"}}),
+            serde_json::json!({"resource": {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "warning", "code": "not-supported",
+            "diagnostics": format!("ignored unknown or unsupported search parameters: {}",
+                                   query.ignored.join(", "))}]},
+            "search": {"mode": "outcome"}}),
         );
     }
-    if !ignored.is_empty() {
-        entry.push(serde_json::json!({"resource": {"resourceType": "OperationOutcome", "issue": [{
-            "severity": "warning", "code": "not-supported",
-            "diagnostics": format!("ignored unsupported search parameters: {}", ignored.join(", "))}]},
-            "search": {"mode": "outcome"}}));
+    let mut body = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "link": link});
+    if let Some(total) = page.total {
+        body["total"] = serde_json::json!(total);
     }
-    let body = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": page.total,
-        "link": link, "entry": entry});
+    if !entry.is_empty() {
+        body["entry"] = serde_json::Value::Array(entry);
+    }
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }
 
@@ -884,7 +870,7 @@ async fn everything(
         .next
         .as_ref()
         .map(|(t, i)| B64URL.encode(format!("{t}|{i}")));
-    let link = page_links(&path, &base_params, params, next);
+    let link = page_links(&path, &base_params, params, next, None);
     let raw: Vec<Box<RawValue>> = page
         .entries
         .iter()
@@ -1039,6 +1025,7 @@ async fn transaction(
     for result in results {
         out.push(match result {
             TxResult::Created(r) => entry_response(StatusCode::CREATED, &r, false, state),
+            TxResult::Existing(r) => entry_response(StatusCode::OK, &r, false, state),
             TxResult::Updated(u) => {
                 let status = if u.created {
                     StatusCode::CREATED
@@ -1076,13 +1063,11 @@ fn tx_entry(state: &AppState, entry: &mut serde_json::Value) -> Result<TxEntry, 
         .strip_prefix(&format!("{}/", state.base))
         .unwrap_or(&url)
         .to_string();
-    if url.contains('?') || entry["request"].get("ifNoneExist").is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not-supported",
-            "conditional operations and searches in transactions are not supported yet",
-        ));
-    }
+    let (url, query) = match url.split_once('?') {
+        Some((u, q)) => (u.to_string(), Some(q.to_string())),
+        None => (url, None),
+    };
+    let if_none_exist = entry["request"]["ifNoneExist"].as_str().map(str::to_string);
     let full_url = entry["fullUrl"].as_str().map(str::to_string);
     let if_match = match entry["request"]["ifMatch"].as_str() {
         Some(tag) => Some(
@@ -1101,22 +1086,32 @@ fn tx_entry(state: &AppState, entry: &mut serde_json::Value) -> Result<TxEntry, 
         Some(r) if r.is_object() => Ok(r),
         _ => Err(ApiError::bad_request("this entry needs a resource")),
     };
+    let target = |id: Option<&&str>| -> Result<Target, ApiError> {
+        match (id, &query) {
+            (Some(id), None) => Ok(Target::Id(resource_id(id)?)),
+            (None, Some(q)) if !q.is_empty() => Ok(Target::Query(q.clone())),
+            _ => Err(ApiError::bad_request(
+                "the request url names a resource (Type/id) or a condition (Type?query)",
+            )),
+        }
+    };
     Ok(match (method.as_str(), parts.as_slice()) {
-        ("POST", [t]) => TxEntry::Create {
+        ("POST", [t]) if query.is_none() => TxEntry::Create {
             resource_type: resource_type(t)?,
             resource: resource()?,
             full_url,
+            if_none_exist,
         },
-        ("PUT", [t, id]) => TxEntry::Update {
+        ("PUT", [t, rest @ ..]) if rest.len() <= 1 => TxEntry::Update {
             resource_type: resource_type(t)?,
-            id: resource_id(id)?,
+            target: target(rest.first())?,
             resource: resource()?,
             if_match,
             full_url,
         },
-        ("DELETE", [t, id]) => TxEntry::Delete {
+        ("DELETE", [t, rest @ ..]) if rest.len() <= 1 => TxEntry::Delete {
             resource_type: resource_type(t)?,
-            id: resource_id(id)?,
+            target: target(rest.first())?,
         },
         ("GET", [t, id]) => TxEntry::Read {
             resource_type: resource_type(t)?,
@@ -1138,6 +1133,53 @@ fn tx_entry(state: &AppState, entry: &mut serde_json::Value) -> Result<TxEntry, 
                 printable(&url)
             )))
         }
+    })
+}
+
+/// 201 for an update that created the resource, 200 for one that changed it.
+fn updated_response(state: &AppState, updated: &Updated, headers: &HeaderMap) -> HttpResponse {
+    let status = if updated.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    resource_response(
+        state,
+        status,
+        &updated.resource,
+        prefer(headers),
+        updated.created,
+    )
+}
+
+/// The query of a conditional update or delete; it must hold search parameters.
+fn conditional_target(query: &str) -> Result<Target, ApiError> {
+    if query.is_empty() {
+        return Err(ApiError::bad_request(
+            "a conditional update or delete needs search parameters, such as ?identifier=a|b",
+        ));
+    }
+    Ok(Target::Query(query.to_string()))
+}
+
+/// Run one conditional write as a transaction of one entry (matched and written atomically with
+/// respect to other entries, audited like any write).
+async fn single_entry(
+    state: &AppState,
+    ctx: &AccessContext,
+    entry: TxEntry,
+) -> Result<TxResult, ApiError> {
+    let mut results = state
+        .store
+        .transaction(ctx, vec![entry])
+        .await
+        .map_err(|f| ApiError::from(f.error))?;
+    results.pop().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "the write did not run",
+        )
     })
 }
 
@@ -1183,14 +1225,56 @@ async fn batch_entry(
     let request = &entry["request"];
     let method = request["method"].as_str().unwrap_or("");
     let url = request["url"].as_str().unwrap_or("");
-    // Relative URLs only (`Patient`, `Patient/1`, `Patient/1/_history/2`); queries are for search.
+    // Relative URLs (`Patient`, `Patient/1`, `Patient/1/_history/2`), searches (`Patient?name=x`)
+    // and conditional updates and deletes (`Patient?identifier=a|b`).
     let url = url.strip_prefix(&format!("{}/", state.base)).unwrap_or(url);
-    if url.contains('?') {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not-supported",
-            "search and conditional URLs in batch entries are not supported yet",
-        ));
+    if let Some((path, query)) = url.split_once('?') {
+        let rt = resource_type(path.trim_matches('/'))?;
+        return match method {
+            "GET" => {
+                let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                    .into_owned()
+                    .collect();
+                let resp = search(state, ctx, &HeaderMap::new(), rt, &params).await?;
+                let bundle: serde_json::Value =
+                    serde_json::from_slice(&body_bytes(resp).await).unwrap_or_default();
+                Ok(serde_json::json!({"resource": bundle, "response": {"status": "200 OK"}}))
+            }
+            "PUT" | "DELETE" => {
+                let target = conditional_target(query)?;
+                let entry = if method == "PUT" {
+                    TxEntry::Update {
+                        resource_type: rt,
+                        target,
+                        resource: entry
+                            .get("resource")
+                            .cloned()
+                            .ok_or_else(|| ApiError::bad_request("this entry needs a resource"))?,
+                        if_match: None,
+                        full_url: None,
+                    }
+                } else {
+                    TxEntry::Delete {
+                        resource_type: rt,
+                        target,
+                    }
+                };
+                Ok(match single_entry(state, ctx, entry).await? {
+                    TxResult::Updated(u) => {
+                        let status = if u.created {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::OK
+                        };
+                        entry_response(status, &u.resource, true, state)
+                    }
+                    _ => serde_json::json!({"response": {"status": "204 No Content"}}),
+                })
+            }
+            _ => Err(ApiError::bad_request(
+                "a batch entry with a query is a search (GET) or a conditional PUT or DELETE",
+            )),
+        };
     }
     let parts: Vec<&str> = url.split('/').filter(|p| !p.is_empty()).collect();
     let if_match = match request["ifMatch"].as_str() {
@@ -1281,6 +1365,7 @@ fn page_links(
     kept: &[(String, String)],
     params: &[(String, String)],
     next_cursor: Option<String>,
+    previous_cursor: Option<String>,
 ) -> Vec<Link> {
     let link_to = |cursor: Option<&str>| {
         let mut ser = form_urlencoded::Serializer::new(String::new());
@@ -1304,6 +1389,12 @@ fn page_links(
         links.push(Link {
             relation: "next",
             url: link_to(Some(&next)),
+        });
+    }
+    if let Some(previous) = previous_cursor {
+        links.push(Link {
+            relation: "previous",
+            url: link_to(Some(&previous)),
         });
     }
     links

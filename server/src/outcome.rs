@@ -10,6 +10,7 @@
 //! | PreconditionFailed                 | 412    | duplicate      |
 //! | Conflict (concurrent create)       | 409    | conflict       |
 //! | Unsupported                        | 400    | not-supported  |
+//! | BadRequest (a search it cannot run) | 400   | invalid        |
 //! | PatchFailed (JSON Patch won't apply) | 422  | processing     |
 //! | Key (provider unavailable)         | 503 + Retry-After | transient |
 //! | Integrity (sealed body won't open) | 500    | exception      |
@@ -117,6 +118,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unsupported(m) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "not-supported", m)
             }
+            StoreError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", m),
             StoreError::PatchFailed(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", m)
             }

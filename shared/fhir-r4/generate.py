@@ -20,6 +20,19 @@ schema.json
     choice  for an expanded `value[x]` (`valueString`, `valueQuantity`, ...), the choice's base
             name (`value`): at most one of a choice may appear, and a required choice needs one.
 
+search-params.json
+  {resource type: {parameter code: [kind, [[step, ..., datatype], ...], targets, url, components]}}
+  Every R4 SearchParameter (Bundle-searchParams.json) whose FHIRPath expression is a union of
+  simple paths, compiled to JSON steps: a property name (choices expanded: `effective` becomes
+  `effectiveDateTime`, `effectivePeriod`, ...), `?name=value` for `where(name='value')` and
+  `?resolve=Type` for `where(resolve() is Type)`; the last item is the FHIR datatype reached.
+  Resource/DomainResource parameters are copied to every type. `targets` lists a reference's
+  target types; `components` a composite's [kind, paths] pairs, relative to its base paths.
+  Parameters whose expression cannot be compiled are left out (and so not advertised).
+
+summary.json
+  {resource type: [top-level JSON properties marked isSummary]}, for `_summary=true`.
+
 compartment-patient.json
   {resource type: [element paths relative to the resource, e.g. "subject", "participant.actor"]}
   The references that put a resource in a patient's compartment, derived from the search
@@ -247,11 +260,154 @@ def build_compartment(pkg, types):
     return dict(sorted(out.items()))
 
 
+def compile_alternative(types, rt, part):
+    """One `|` alternative of a FHIRPath expression as lists of [steps..., datatype], or None."""
+    part = part.strip()
+    while part.startswith("(") and part.endswith(")"):
+        part = part[1:-1].strip()
+    as_type = None
+    m = re.fullmatch(r"(.*?)\s+as\s+(\w+)", part)
+    if m:
+        part, as_type = m.group(1).strip(), m.group(2)
+    m = re.fullmatch(r"(.*?)\.as\((\w+)\)", part)
+    if m:
+        part, as_type = m.group(1), m.group(2)
+    while part.startswith("(") and part.endswith(")"):
+        part = part[1:-1].strip()
+    tokens = re.findall(r"\.?(where\((?:[^()]|\([^()]*\))*\)|[A-Za-z][A-Za-z0-9]*)", part)
+    if "".join("." + t for t in tokens).lstrip(".") != part.replace(" ", "") and \
+            ".".join(tokens) != part:
+        return None
+    if not tokens or tokens[0] != rt and rt is not None:
+        return None
+    steps = tokens[1:]
+    return walk(types, tokens[0], steps, as_type)
+
+
+def walk(types, table, steps, as_type, out=None):
+    """Expand steps over the schema: choices fan out into one path per datatype."""
+    out = out or []
+    if not steps:
+        return [out + [table]]
+    step, rest = steps[0], steps[1:]
+    m = re.fullmatch(r"where\((\w+)\s*=\s*'([^']*)'\)", step)
+    if m:
+        return walk(types, table, rest, as_type, out + [f"?{m.group(1)}={m.group(2)}"])
+    m = re.fullmatch(r"where\(resolve\(\)\s+is\s+(\w+)\)", step)
+    if m:
+        return walk(types, table, rest, as_type, out + [f"?resolve={m.group(1)}"])
+    if step.startswith("where("):
+        return None
+    props = types.get(table, {})
+    if step in props:
+        return walk(types, props[step][0].lstrip("#"), rest, as_type, out + [step])
+    choices = [(n, spec) for n, spec in props.items() if len(spec) > 3 and spec[3] == step]
+    if not choices:
+        return None
+    if as_type and not rest:
+        choices = [(n, s) for n, s in choices if n == step + upper_first(as_type)]
+    paths = []
+    for name, spec in choices:
+        sub = walk(types, spec[0].lstrip("#"), rest, as_type, out + [name])
+        if sub is None:
+            return None
+        paths.extend(sub)
+    return paths or None
+
+
+def compile_expression(types, rt, expression):
+    paths = []
+    for part in split_top(expression, "|"):
+        inner = part.strip()
+        while inner.startswith("(") and inner.endswith(")"):
+            inner = inner[1:-1].strip()
+        head = re.match(r"[A-Za-z]+", inner)
+        if not head or head.group(0) != rt:
+            continue  # an alternative for another resource type
+        alt = compile_alternative(types, rt, part)
+        if alt is None:
+            return None
+        paths.extend(p for p in alt if p not in paths)
+    return paths or None
+
+
+def build_search_params(pkg, schema):
+    types, resources = schema["types"], schema["resources"]
+    sps = load_entries(pkg, "Bundle-searchParams.json")
+    by_url = {sp["url"]: sp for sp in sps}
+    out = {rt: {} for rt in resources}
+    skipped = []
+    for sp in sps:
+        expression = sp.get("expression")
+        if not expression or sp["type"] == "special":
+            skipped.append(f"{sp['code']} ({sp['type']})")
+            continue
+        # The one boolean expression in R4: deceased is "true" for a date or true, "false" otherwise.
+        m = re.fullmatch(r"(\w+\.\w+)\.exists\(\) and \1 != false", expression)
+        if m:
+            expression = m.group(1)
+        for base in sp["base"]:
+            targets = [rt for rt in resources] if base in ("Resource", "DomainResource") else [base]
+            for rt in targets:
+                expr = expression if base not in ("Resource", "DomainResource") else \
+                    expression.replace(base + ".", rt + ".")
+                paths = compile_expression(types, rt, expr)
+                if paths is None:
+                    skipped.append(f"{rt}.{sp['code']}")
+                    continue
+                entry = [sp["type"], paths, sorted(sp.get("target", [])), sp["url"]]
+                if sp["type"] == "composite":
+                    comps = []
+                    for c in sp.get("component", []):
+                        csp = by_url.get(c["definition"])
+                        table = paths[0][-1]
+                        cexpr = c["expression"]
+                        as_type = None
+                        m = re.fullmatch(r"(.*?)\.as\((\w+)\)", cexpr)
+                        if m:
+                            cexpr, as_type = m.group(1), m.group(2)
+                        cpaths = walk(types, table, cexpr.split("."), as_type) if csp else None
+                        if not cpaths:
+                            comps = None
+                            break
+                        comps.append([csp["type"], cpaths])
+                    if comps is None:
+                        skipped.append(f"{rt}.{sp['code']}")
+                        continue
+                    entry.append(comps)
+                out[rt][sp["code"]] = entry
+    print(f"search parameters left out: {len(skipped)}: {', '.join(skipped[:20])}", file=sys.stderr)
+    return {rt: dict(sorted(ps.items())) for rt, ps in out.items()}
+
+
+def build_summary(pkg):
+    """Per resource type, the top-level JSON properties in the summary view (isSummary)."""
+    out = {}
+    for sd in load_entries(pkg, "Bundle-resources.json"):
+        if sd.get("resourceType") != "StructureDefinition" or sd.get("kind") != "resource" \
+                or sd.get("abstract") or sd.get("derivation") == "constraint":
+            continue
+        names = []
+        for el in sd["snapshot"]["element"]:
+            parts = el["path"].split(".")
+            if len(parts) != 2 or not el.get("isSummary"):
+                continue
+            name = parts[1]
+            if name.endswith("[x]"):
+                names.extend(name[:-3] + upper_first(type_code(t)) for t in el.get("type", []))
+            else:
+                names.append(name)
+        out[sd["type"]] = sorted(set(names))
+    return dict(sorted(out.items()))
+
+
 def main(pkg):
     here = os.path.dirname(os.path.abspath(__file__))
     schema = build_schema(pkg)
     compartment = build_compartment(pkg, schema["types"])
-    for name, data in (("schema.json", schema), ("compartment-patient.json", compartment)):
+    search = build_search_params(pkg, schema)
+    for name, data in (("schema.json", schema), ("compartment-patient.json", compartment),
+                       ("search-params.json", search), ("summary.json", build_summary(pkg))):
         with open(os.path.join(here, name), "w", encoding="utf-8") as f:
             json.dump(data, f, separators=(",", ":"), ensure_ascii=True)
             f.write("\n")

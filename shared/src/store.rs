@@ -8,7 +8,6 @@ use crate::clock::Clock;
 use crate::config::DekCacheConfig;
 use crate::crypto::{self, Binding, Dek};
 use crate::dek_cache::DekCache;
-use crate::fhir::printable;
 use crate::fhir::validate::{self, Issue};
 use crate::fhir::{ResourceId, ResourceType};
 use crate::keys::{KeyError, KeyProvider};
@@ -17,6 +16,10 @@ use serde_json::{Map, Value};
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::Instant;
+
+mod search;
+use crate::search::index::IndexRows;
+pub use search::SearchResult;
 
 /// Why a store call failed. The server maps each to one HTTP status and OperationOutcome.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,9 @@ pub enum StoreError {
     Audit(#[from] audit::AuditError),
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// A malformed or unsupported request (a search the server cannot serve): 400.
+    #[error("{0}")]
+    BadRequest(String),
     /// Refused by the access policy (scopes, role, compartment).
     #[error(transparent)]
     Denied(#[from] Denied),
@@ -126,38 +132,25 @@ pub struct InstantRange {
     pub negate: bool,
 }
 
-/// `_id` (AND of OR-lists) and `_lastUpdated` (AND of ranges), with paging by id.
-#[derive(Debug, Clone, Default)]
-pub struct BasicSearch {
-    pub ids: Vec<Vec<String>>,
-    pub last_updated: Vec<InstantRange>,
-    pub count: usize,
-    pub after: Option<String>,
-}
-
-pub struct SearchPage {
-    pub entries: Vec<StoredResource>,
-    pub next: Option<String>,
-    pub total: u64,
-}
-
 /// One entry of a transaction.
 pub enum TxEntry {
     Create {
         resource_type: ResourceType,
         resource: Value,
         full_url: Option<String>,
+        /// Conditional create: the entry does nothing when this query matches one resource.
+        if_none_exist: Option<String>,
     },
     Update {
         resource_type: ResourceType,
-        id: ResourceId,
+        target: Target,
         resource: Value,
         if_match: Option<i64>,
         full_url: Option<String>,
     },
     Delete {
         resource_type: ResourceType,
-        id: ResourceId,
+        target: Target,
     },
     Read {
         resource_type: ResourceType,
@@ -166,8 +159,17 @@ pub enum TxEntry {
     },
 }
 
+/// What an update or delete applies to: an id, or a conditional search query (`identifier=a|b`).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Id(ResourceId),
+    Query(String),
+}
+
 pub enum TxResult {
     Created(StoredResource),
+    /// A conditional create that matched an existing resource.
+    Existing(StoredResource),
     Updated(Updated),
     Deleted(Deleted),
     /// Reads run after the commit; each has its own outcome (a failed read does not undo writes).
@@ -206,6 +208,7 @@ pub struct Store {
     cache: DekCache,
     clock: Arc<dyn Clock>,
     audit: AuditWriter,
+    search_keys: tokio::sync::OnceCell<Arc<search::SearchKeys>>,
 }
 
 const MAX_HISTORY_COUNT: usize = 1000;
@@ -231,6 +234,7 @@ impl Store {
             cache: DekCache::new(cache),
             clock,
             audit,
+            search_keys: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -315,6 +319,7 @@ impl Store {
             return Err(Denied::OutsideCompartment.into());
         }
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        let index = self.index_rows(resource_type, &resource).await?;
         Ok(Prepared {
             resource_type,
             id: id.to_string(),
@@ -322,6 +327,7 @@ impl Store {
             scope,
             dek_id,
             dek,
+            index,
         })
     }
 
@@ -338,6 +344,7 @@ impl Store {
             scope,
             dek_id,
             dek,
+            index,
         } = prepared;
         let now = self.clock.now();
         stamp_meta(&mut resource, 1, now);
@@ -372,6 +379,7 @@ impl Store {
         .bind(&id)
         .execute(&mut *tx)
         .await?;
+        search::write_index(&mut *tx, resource_type, &id, Some(&index), false).await?;
         let record = AuditRecord {
             interaction: Interaction::Create,
             outcome: Outcome::Success,
@@ -389,37 +397,36 @@ impl Store {
         })
     }
 
-    /// Only `_id` is understood until search lands; anything else is refused rather than guessed.
-    async fn conditional_match(
+    /// The one resource a conditional query (`identifier=sys|val`) matches: `None` for no match,
+    /// 412 for several. The query must hold at least one search parameter.
+    pub async fn conditional_match(
         &self,
         ctx: &AccessContext,
         resource_type: ResourceType,
         query: &str,
     ) -> Result<Option<StoredResource>, StoreError> {
-        let mut id = None;
-        for (name, value) in form_pairs(query) {
-            match name.as_str() {
-                "_id" => id = Some(value),
-                other => {
-                    return Err(StoreError::Unsupported(format!(
-                        "conditional create on parameter '{}' is not supported yet; use _id",
-                        printable(other)
-                    )))
+        let pairs = form_pairs(query);
+        let parsed = crate::search::query::parse(resource_type, &pairs, true)?;
+        if parsed.filters.is_empty() {
+            return Err(StoreError::BadRequest(
+                "a conditional request needs search parameters, such as identifier=system|value"
+                    .into(),
+            ));
+        }
+        let ids = self.matching_ids(ctx, &parsed, 2).await?;
+        match ids.as_slice() {
+            [] => Ok(None),
+            [one] => {
+                let id = ResourceId::parse(one).map_err(|_| StoreError::Integrity)?;
+                match self.read(ctx, resource_type, &id).await {
+                    Ok(found) => Ok(Some(found)),
+                    Err(StoreError::NotFound(_) | StoreError::Gone { .. }) => Ok(None),
+                    Err(e) => Err(e),
                 }
             }
-        }
-        let Some(id) = id else {
-            return Err(StoreError::Unsupported(
-                "If-None-Exist needs a search query such as _id=123".into(),
-            ));
-        };
-        let Ok(id) = ResourceId::parse(&id) else {
-            return Ok(None);
-        };
-        match self.read(ctx, resource_type, &id).await {
-            Ok(found) => Ok(Some(found)),
-            Err(StoreError::NotFound(_) | StoreError::Gone { .. }) => Ok(None),
-            Err(e) => Err(e),
+            _ => Err(StoreError::PreconditionFailed(format!(
+                "the conditional query matches more than one {resource_type}"
+            ))),
         }
     }
 
@@ -596,6 +603,7 @@ impl Store {
             return Err(Denied::OutsideCompartment.into());
         }
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        let index = self.index_rows(resource_type, &resource).await?;
         let mut prepared = Prepared {
             resource_type,
             id: id.as_str().to_string(),
@@ -603,6 +611,7 @@ impl Store {
             scope,
             dek_id,
             dek,
+            index,
         };
         // Two clients creating the same new id race on the primary key; the loser retries once as an
         // ordinary update.
@@ -704,6 +713,14 @@ impl Store {
         )
         .await?;
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, false).await?;
+        search::write_index(
+            &mut *tx,
+            resource_type,
+            id.as_str(),
+            Some(&prepared.index),
+            true,
+        )
+        .await?;
         let record = AuditRecord {
             interaction: if exists {
                 Interaction::Update
@@ -871,6 +888,7 @@ impl Store {
         )
         .await?;
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, true).await?;
+        search::write_index(&mut *tx, resource_type, id.as_str(), None, true).await?;
         let record = AuditRecord {
             interaction: Interaction::Delete,
             outcome: Outcome::Success,
@@ -982,114 +1000,6 @@ impl Store {
         Ok(HistoryPage { entries, next })
     }
 
-    /// Search a type by `_id` and `_lastUpdated` (the parameters that need no index over PHI),
-    /// narrowed to what the caller may see, ordered by id, one page at a time.
-    pub async fn search_basic(
-        &self,
-        ctx: &AccessContext,
-        resource_type: ResourceType,
-        query: &BasicSearch,
-    ) -> Result<SearchPage, StoreError> {
-        let result = self.search_basic_inner(ctx, resource_type, query).await;
-        let record = AuditRecord {
-            interaction: Interaction::Search,
-            outcome: match &result {
-                Ok(_) => Outcome::Success,
-                Err(e) => outcome_of(e),
-            },
-            recorded: self.clock.now(),
-            what: Some(resource_type.to_string()),
-            patient: ctx.compartment(),
-        };
-        self.audit.record(ctx, &record).await?;
-        result
-    }
-
-    async fn search_basic_inner(
-        &self,
-        ctx: &AccessContext,
-        resource_type: ResourceType,
-        query: &BasicSearch,
-    ) -> Result<SearchPage, StoreError> {
-        ctx.check(resource_type.as_str(), Permission::Search)?;
-        let count = query.count.clamp(1, MAX_HISTORY_COUNT);
-        // Each `_id` parameter is an OR-list; several parameters AND together.
-        let id_sets: Vec<serde_json::Value> = query
-            .ids
-            .iter()
-            .map(|set| serde_json::Value::from(set.clone()))
-            .collect();
-        let ranges: Vec<serde_json::Value> = query
-            .last_updated
-            .iter()
-            .map(|r| {
-                serde_json::json!({"lo": r.lo.map(|t| t.to_rfc3339()), "hi": r.hi.map(|t| t.to_rfc3339()),
-                                   "not": r.negate})
-            })
-            .collect();
-        let filter = "
-               FROM resources h
-               JOIN resource_versions v
-                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
-               JOIN data_keys k ON k.id = v.dek_id
-              WHERE h.resource_type = $1 AND NOT h.deleted
-                AND ($2::text IS NULL OR k.scope = $2)
-                AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements($3::jsonb) s
-                                 WHERE NOT (s @> to_jsonb(h.id)))
-                AND NOT EXISTS (
-                    SELECT 1 FROM jsonb_array_elements($4::jsonb) r
-                     WHERE (((r->>'lo') IS NULL OR v.last_updated >= (r->>'lo')::timestamptz)
-                            AND ((r->>'hi') IS NULL OR v.last_updated < (r->>'hi')::timestamptz))
-                           = (r->>'not')::boolean)";
-        let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) {filter}"))
-            .bind(resource_type.as_str())
-            .bind(ctx.compartment())
-            .bind(serde_json::Value::from(id_sets.clone()))
-            .bind(serde_json::Value::from(ranges.clone()))
-            .fetch_one(&self.pool)
-            .await?;
-        let rows = sqlx::query(&format!(
-            "SELECT h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
-             {filter} AND ($5::text IS NULL OR h.id > $5) ORDER BY h.id LIMIT $6"
-        ))
-        .bind(resource_type.as_str())
-        .bind(ctx.compartment())
-        .bind(serde_json::Value::from(id_sets))
-        .bind(serde_json::Value::from(ranges))
-        .bind(query.after.as_deref())
-        .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        let has_more = rows.len() > count;
-        let mut entries = Vec::with_capacity(count.min(rows.len()));
-        for row in rows.iter().take(count) {
-            let id: String = row.try_get("id")?;
-            let version_id: i64 = row.try_get("version_id")?;
-            let sealed: Vec<u8> = row.try_get("sealed")?;
-            let key = DekRow::from_row(row)?;
-            let body = self
-                .open_body(resource_type, &id, version_id, &key, &sealed)
-                .await?;
-            entries.push(StoredResource {
-                resource_type,
-                id,
-                version_id,
-                last_updated: row.try_get("last_updated")?,
-                body,
-            });
-        }
-        let next = if has_more {
-            entries.last().map(|e| e.id.clone())
-        } else {
-            None
-        };
-        Ok(SearchPage {
-            entries,
-            next,
-            total: u64::try_from(total).unwrap_or(0),
-        })
-    }
-
     /// A FHIR `transaction`: every write commits together in one database transaction or none
     /// does. Entries run in the order the spec requires (DELETE, POST, PUT, then reads), new ids are
     /// assigned up front and `urn:uuid:` references between entries are resolved to them. On failure
@@ -1100,6 +1010,82 @@ impl Store {
         mut entries: Vec<TxEntry>,
     ) -> Result<Vec<TxResult>, TxFailure> {
         let fail = |index: usize| move |error: StoreError| TxFailure { index, error };
+        // 0. Conditional entries become plain ones (or no-ops): matched before the database
+        // transaction, like the conditional references below.
+        let mut existing: Vec<Option<StoredResource>> = (0..entries.len()).map(|_| None).collect();
+        for (i, entry) in entries.iter_mut().enumerate() {
+            match entry {
+                TxEntry::Create {
+                    resource_type,
+                    if_none_exist: Some(query),
+                    ..
+                } => {
+                    existing[i] = self
+                        .conditional_match(ctx, *resource_type, query)
+                        .await
+                        .map_err(fail(i))?;
+                }
+                TxEntry::Update {
+                    resource_type,
+                    target,
+                    resource,
+                    ..
+                } => {
+                    if let Target::Query(query) = target {
+                        let id = match self
+                            .conditional_match(ctx, *resource_type, query)
+                            .await
+                            .map_err(fail(i))?
+                        {
+                            Some(found) => found.id,
+                            None => match resource.get("id").and_then(Value::as_str) {
+                                Some(id) => id.to_string(),
+                                None => uuid::Uuid::new_v4().to_string(),
+                            },
+                        };
+                        if resource
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .is_some_and(|b| b != id)
+                        {
+                            return Err(fail(i)(StoreError::Invalid(vec![Issue {
+                                path: format!("{resource_type}.id"),
+                                message:
+                                    "the id in the resource is not the one the condition matched"
+                                        .into(),
+                            }])));
+                        }
+                        set_id(resource, &id);
+                        *target = Target::Id(ResourceId::parse(&id).map_err(|_| {
+                            fail(i)(StoreError::BadRequest(
+                                "the resource id is not valid".into(),
+                            ))
+                        })?);
+                    }
+                }
+                TxEntry::Delete {
+                    resource_type,
+                    target,
+                } => {
+                    if let Target::Query(query) = target {
+                        match self
+                            .conditional_match(ctx, *resource_type, query)
+                            .await
+                            .map_err(fail(i))?
+                        {
+                            Some(found) => {
+                                *target = Target::Id(
+                                    ResourceId::parse(&found.id)
+                                        .map_err(|_| fail(i)(StoreError::Integrity))?,
+                                )
+                            }
+                            None => existing[i] = None,
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         // 1. Ids for new resources, and what each fullUrl now means.
         let mut resolved: std::collections::HashMap<String, String> =
             std::collections::HashMap::new();
@@ -1112,13 +1098,18 @@ impl Store {
                 _ => None,
             };
             let target = match entry {
-                TxEntry::Create { resource_type, .. } => {
-                    let id = uuid::Uuid::new_v4().to_string();
-                    new_ids[i] = Some(id.clone());
-                    Some(format!("{resource_type}/{id}"))
-                }
+                TxEntry::Create { resource_type, .. } => match &existing[i] {
+                    Some(found) => Some(format!("{resource_type}/{}", found.id)),
+                    None => {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        new_ids[i] = Some(id.clone());
+                        Some(format!("{resource_type}/{id}"))
+                    }
+                },
                 TxEntry::Update {
-                    resource_type, id, ..
+                    resource_type,
+                    target: Target::Id(id),
+                    ..
                 } => Some(format!("{resource_type}/{id}")),
                 _ => None,
             };
@@ -1131,11 +1122,47 @@ impl Store {
                 }
             }
         }
+        // Conditional references (`Patient?identifier=a|b`) each resolve to the one resource they
+        // match, once per transaction.
+        let mut conditional: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let resource = match entry {
+                TxEntry::Create { resource, .. } | TxEntry::Update { resource, .. } => resource,
+                _ => continue,
+            };
+            let mut wanted = Vec::new();
+            conditional_references(resource, &mut wanted);
+            for reference in wanted {
+                if conditional.contains_key(&reference) || resolved.contains_key(&reference) {
+                    continue;
+                }
+                let (type_name, query) = reference.split_once('?').unwrap_or_default();
+                let rt = ResourceType::parse(type_name).ok_or_else(|| {
+                    fail(i)(StoreError::BadRequest(format!(
+                        "conditional reference to an unknown type '{}'",
+                        crate::fhir::printable(type_name)
+                    )))
+                })?;
+                let found = self
+                    .conditional_match(ctx, rt, query)
+                    .await
+                    .map_err(fail(i))?
+                    .ok_or_else(|| {
+                        fail(i)(StoreError::BadRequest(format!(
+                            "the conditional reference {type_name}?... matches no resource"
+                        )))
+                    })?;
+                conditional.insert(reference, format!("{rt}/{}", found.id));
+            }
+        }
+        resolved.extend(conditional);
         // 2. Point references at the resolved ids, check and key every write (outside the database
         // transaction: this may call the key provider).
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter_mut().enumerate() {
             let p = match entry {
+                TxEntry::Create { .. } if existing[i].is_some() => None,
                 TxEntry::Create {
                     resource_type,
                     resource,
@@ -1154,10 +1181,13 @@ impl Store {
                 }
                 TxEntry::Update {
                     resource_type,
-                    id,
+                    target,
                     resource,
                     ..
                 } => {
+                    let Target::Id(id) = target else {
+                        return Err(fail(i)(StoreError::Integrity));
+                    };
                     resolve_references(resource, &resolved);
                     ctx.check(resource_type.as_str(), Permission::Update)
                         .map_err(|e| fail(i)(e.into()))?;
@@ -1173,6 +1203,10 @@ impl Store {
                         return Err(fail(i)(Denied::OutsideCompartment.into()));
                     }
                     let (dek_id, dek) = self.dek_for_scope(&scope).await.map_err(fail(i))?;
+                    let index = self
+                        .index_rows(*resource_type, resource)
+                        .await
+                        .map_err(fail(i))?;
                     Some(Prepared {
                         resource_type: *resource_type,
                         id: id.as_str().to_string(),
@@ -1180,6 +1214,7 @@ impl Store {
                         scope,
                         dek_id,
                         dek,
+                        index,
                     })
                 }
                 TxEntry::Delete { resource_type, .. } => {
@@ -1197,11 +1232,23 @@ impl Store {
         for phase in 0..3 {
             for (i, entry) in entries.iter().enumerate() {
                 let result = match (phase, entry, prepared[i].take()) {
-                    (0, TxEntry::Delete { resource_type, id }, _) => TxResult::Deleted(
-                        self.write_delete(&mut tx, ctx, *resource_type, id)
-                            .await
-                            .map_err(fail(i))?,
-                    ),
+                    (
+                        0,
+                        TxEntry::Delete {
+                            resource_type,
+                            target,
+                        },
+                        _,
+                    ) => match target {
+                        Target::Id(id) => TxResult::Deleted(
+                            match self.write_delete(&mut tx, ctx, *resource_type, id).await {
+                                // Deleting what is not there is not an error (R4 http.html#delete).
+                                Err(StoreError::NotFound(_)) => Deleted::Already,
+                                other => other.map_err(fail(i))?,
+                            },
+                        ),
+                        Target::Query(_) => TxResult::Deleted(Deleted::Already),
+                    },
                     (1, TxEntry::Create { .. }, Some(p)) => TxResult::Created(
                         self.write_create(&mut tx, ctx, p).await.map_err(fail(i))?,
                     ),
@@ -1232,6 +1279,11 @@ impl Store {
                     None => self.read(ctx, *resource_type, id).await,
                 };
                 results[i] = Some(TxResult::Read(r));
+            }
+        }
+        for (i, found) in existing.into_iter().enumerate() {
+            if let Some(found) = found {
+                results[i] = Some(TxResult::Existing(found));
             }
         }
         Ok(results
@@ -1316,20 +1368,7 @@ impl Store {
         for row in rows.iter().take(count) {
             let type_name: String = row.try_get("resource_type")?;
             let resource_type = ResourceType::parse(&type_name).ok_or(StoreError::Integrity)?;
-            let id: String = row.try_get("id")?;
-            let version_id: i64 = row.try_get("version_id")?;
-            let sealed: Vec<u8> = row.try_get("sealed")?;
-            let key = DekRow::from_row(row)?;
-            let body = self
-                .open_body(resource_type, &id, version_id, &key, &sealed)
-                .await?;
-            entries.push(StoredResource {
-                resource_type,
-                id,
-                version_id,
-                last_updated: row.try_get("last_updated")?,
-                body,
-            });
+            entries.push(self.open_row(resource_type, row).await?);
         }
         let next = if has_more {
             entries
@@ -1598,6 +1637,7 @@ struct Prepared {
     scope: String,
     dek_id: i64,
     dek: Arc<Dek>,
+    index: IndexRows,
 }
 
 struct ReadOutcome {
@@ -1745,6 +1785,28 @@ fn serialize(resource: &Value) -> Result<Vec<u8>, StoreError> {
 
 /// Replace every `reference` that names a transaction entry's fullUrl (`urn:uuid:...`) with the
 /// entry's resolved `Type/id`.
+/// Every conditional reference (`Type?query`) in a resource.
+fn conditional_references(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("reference", Value::String(r))
+                        if r.split_once('?').is_some_and(|(t, _)| {
+                            !t.is_empty() && !t.contains(['/', ':', '#'])
+                        }) =>
+                    {
+                        out.push(r.clone())
+                    }
+                    _ => conditional_references(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| conditional_references(v, out)),
+        _ => {}
+    }
+}
+
 fn resolve_references(value: &mut Value, resolved: &std::collections::HashMap<String, String>) {
     match value {
         Value::Object(map) => {

@@ -258,16 +258,41 @@ async fn conditional_create_and_prefer() {
         )
         .await;
     assert_eq!(none.status, 201);
-    let unsupported = fhir
+    // any search parameter works: one match returns it, two matches are a 412, none creates
+    let solo = fhir.post("Patient", &patient("Solo")).await.json();
+    let by_name = fhir
+        .send(
+            "POST",
+            "Patient",
+            &patient("Solo"),
+            &[("If-None-Exist", "family=sol")],
+        )
+        .await;
+    assert_eq!(by_name.status, 200, "{}", by_name.text());
+    assert_eq!(by_name.json()["id"], solo["id"]);
+    // two "Cond" patients exist now (the _id=nobody one was created)
+    let ambiguous = fhir
         .send(
             "POST",
             "Patient",
             &patient("Cond"),
-            &[("If-None-Exist", "name=x")],
+            &[("If-None-Exist", "family=Cond")],
         )
         .await;
-    assert_eq!(unsupported.status, 400);
-    assert_eq!(unsupported.json()["issue"][0]["code"], "not-supported");
+    assert_eq!(ambiguous.status, 412, "{}", ambiguous.text());
+    let unknown = fhir
+        .send(
+            "POST",
+            "Patient",
+            &patient("Cond"),
+            &[("If-None-Exist", "nonsense=x")],
+        )
+        .await;
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.json()["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("nonsense"));
 
     // Prefer: return=minimal → no body; return=OperationOutcome → an outcome
     let minimal = fhir
@@ -434,7 +459,7 @@ async fn batch_entries_succeed_and_fail_on_their_own() {
         {"request": {"method": "DELETE", "url": "Patient/missing"}},
         {"resource": {"resourceType": "Observation", "status": "final"}, "request": {"method": "POST", "url": "Observation"}},
         {"request": {"method": "GET", "url": format!("Patient/{pid}/_history/1")}},
-        {"request": {"method": "GET", "url": "Patient?name=x"}},
+        {"request": {"method": "GET", "url": "Patient?birthdate=someday"}},
         {"resource": {"resourceType": "Patient", "id": "client-1", "gender": "other"},
          "request": {"method": "PUT", "url": "Patient/client-1", "ifMatch": "W/\"7\""}}
     ]});
@@ -661,9 +686,10 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
     let r = fhir.post("", &dup).await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("same fullUrl"));
-    // Conditional entries are refused clearly until search lands.
+    // A conditional entry with an unknown parameter fails the whole transaction.
     let cond = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": patient("C"), "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=x|y"}}]});
+        {"resource": patient("D"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": patient("C"), "request": {"method": "POST", "url": "Patient", "ifNoneExist": "nonsense=y"}}]});
     assert_eq!(fhir.post("", &cond).await.status, 400);
     assert_eq!(resource_count(&stack).await, before);
 }

@@ -15,5 +15,6 @@ mod embedded;
 mod encryption;
 mod identity;
 mod operations;
+mod search;
 mod tls;
 mod vault;

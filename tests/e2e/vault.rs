@@ -155,7 +155,8 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
         "rotate failed: {stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("40 data keys rewrapped"), "{stdout}");
+    // 40 patient compartments and the 6 search-index keys
+    assert!(stdout.contains("46 data keys rewrapped"), "{stdout}");
     for reader in readers {
         let (ok, failed) = reader.await.unwrap();
         assert!(ok >= 20);
@@ -211,7 +212,8 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
     assert!(status.status.success(), "{text}");
     assert!(text.contains("Vault transit"), "{text}");
     assert!(text.contains("resources:     41 current"), "{text}");
-    assert!(text.contains("v2: 41"), "{text}");
+    // 41 compartments and the 6 search-index keys
+    assert!(text.contains("v2: 47"), "{text}");
     let audited: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE principal = 'rotation-test'")
             .fetch_one(&db)

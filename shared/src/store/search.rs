@@ -1,0 +1,1269 @@
+//! Search over the blind index: SQL built from a parsed [`SearchQuery`], keyset paging with sealed
+//! cursors, `_include`/`_revinclude`, and the index writes that keep the index in step with the
+//! resources (inside the write's transaction).
+
+use super::{DekRow, Store, StoreError, StoredResource};
+use crate::access::{AccessContext, Permission};
+use crate::audit::{AuditRecord, Interaction, Outcome};
+use crate::crypto::{self, Dek};
+use crate::fhir::ResourceType;
+use crate::search::index::{self, Class, IndexKeys, IndexRows, HIGHEST, LOWEST, MAX_PREFIX};
+use crate::search::params::{self, Kind};
+use crate::search::query::{
+    BadSearch, Filter, Include, Modifier, SearchQuery, SortKind, Summary, Total,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{Postgres, QueryBuilder, Row};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// The keys of the index classes and the key that seals paging cursors.
+pub(crate) struct SearchKeys {
+    pub(crate) index: IndexKeys,
+    cursor: Dek,
+}
+
+/// One page of search results.
+pub struct SearchResult {
+    pub matches: Vec<StoredResource>,
+    pub included: Vec<StoredResource>,
+    pub total: Option<u64>,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+}
+
+/// Sorting on decrypted values is done in memory, for at most this many matches.
+const MAX_VALUE_SORT: usize = 2000;
+/// `_include:iterate` stops after this many rounds, and includes stop at this many resources.
+const MAX_INCLUDE_ROUNDS: usize = 4;
+const MAX_INCLUDED: usize = 1000;
+
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    /// Digest of the query the cursor belongs to.
+    q: String,
+    /// `n` for the page after `v`/`i`, `p` for the page before.
+    d: char,
+    v: Vec<f64>,
+    i: String,
+    /// Offset, for searches sorted in memory.
+    o: usize,
+}
+
+impl From<BadSearch> for StoreError {
+    fn from(e: BadSearch) -> StoreError {
+        StoreError::BadRequest(e.0)
+    }
+}
+
+fn bad(msg: impl Into<String>) -> StoreError {
+    StoreError::BadRequest(msg.into())
+}
+
+impl Store {
+    pub(crate) async fn search_keys(&self) -> Result<Arc<SearchKeys>, StoreError> {
+        self.search_keys
+            .get_or_try_init(|| async {
+                let mut deks = Vec::new();
+                for class in Class::ALL {
+                    let (_, dek) = self.dek_for_scope(class.scope()).await?;
+                    deks.push(Dek::from_bytes(dek.expose()).ok_or(StoreError::Integrity)?);
+                }
+                let (_, cursor) = self.dek_for_scope("index/cursor").await?;
+                let keys: [Dek; 5] = deks.try_into().map_err(|_| StoreError::Integrity)?;
+                Ok(Arc::new(SearchKeys {
+                    index: IndexKeys::new(keys),
+                    cursor: Dek::from_bytes(cursor.expose()).ok_or(StoreError::Integrity)?,
+                }))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The index rows of a resource about to be written.
+    pub(crate) async fn index_rows(
+        &self,
+        resource_type: ResourceType,
+        resource: &Value,
+    ) -> Result<IndexRows, StoreError> {
+        let keys = self.search_keys().await?;
+        Ok(index::index_resource(
+            &keys.index,
+            resource_type.as_str(),
+            resource,
+        ))
+    }
+
+    /// A search: the matching page, narrowed to what the caller may see, with its includes.
+    pub async fn search(
+        &self,
+        ctx: &AccessContext,
+        query: &SearchQuery,
+    ) -> Result<SearchResult, StoreError> {
+        let result = self.search_inner(ctx, query).await;
+        let record = AuditRecord {
+            interaction: Interaction::Search,
+            outcome: match &result {
+                Ok(_) => Outcome::Success,
+                Err(e) => super::outcome_of(e),
+            },
+            recorded: self.clock.now(),
+            what: Some(query.resource_type.to_string()),
+            patient: ctx.compartment(),
+        };
+        self.audit.record(ctx, &record).await?;
+        result
+    }
+
+    /// The ids of every resource matching a conditional query (for conditional create, update,
+    /// delete and references), at most `limit`.
+    pub(crate) async fn matching_ids(
+        &self,
+        ctx: &AccessContext,
+        query: &SearchQuery,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        ctx.check(query.resource_type.as_str(), Permission::Search)?;
+        let keys = self.search_keys().await?;
+        let mut b = Builder::new(&keys.index, self.clock.now().timestamp_millis());
+        b.qb.push("SELECT h.id ");
+        b.push_from_where(ctx, query)?;
+        b.qb.push(" LIMIT ");
+        b.qb.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = b.qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn search_inner(
+        &self,
+        ctx: &AccessContext,
+        query: &SearchQuery,
+    ) -> Result<SearchResult, StoreError> {
+        let rt = query.resource_type;
+        ctx.check(rt.as_str(), Permission::Search)?;
+        let keys = self.search_keys().await?;
+        let digest = query_digest(query);
+        let cursor = match &query.cursor {
+            Some(c) => Some(open_cursor(&keys.cursor, c, &digest)?),
+            None => None,
+        };
+        let now = self.clock.now().timestamp_millis();
+        let count_only = query.summary == Summary::Count;
+        let total = if query.total == Total::None && !count_only {
+            None
+        } else {
+            let mut b = Builder::new(&keys.index, now);
+            b.qb.push("SELECT count(*) AS n ");
+            b.push_from_where(ctx, query)?;
+            let n: i64 = b.qb.build().fetch_one(&self.pool).await?.try_get("n")?;
+            Some(u64::try_from(n).unwrap_or(0))
+        };
+        if count_only {
+            return Ok(SearchResult {
+                matches: vec![],
+                included: vec![],
+                total,
+                next: None,
+                previous: None,
+            });
+        }
+        let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
+        let (matches, next, previous) = if by_value {
+            self.page_sorted_in_memory(ctx, query, &keys, &digest, cursor, now)
+                .await?
+        } else {
+            self.page_by_keyset(ctx, query, &keys, &digest, cursor, now)
+                .await?
+        };
+        let included = self.includes(ctx, query, &matches).await?;
+        Ok(SearchResult {
+            matches,
+            included,
+            total,
+            next,
+            previous,
+        })
+    }
+
+    async fn page_by_keyset(
+        &self,
+        ctx: &AccessContext,
+        query: &SearchQuery,
+        keys: &SearchKeys,
+        digest: &str,
+        cursor: Option<Cursor>,
+        now: i64,
+    ) -> Result<(Vec<StoredResource>, Option<String>, Option<String>), StoreError> {
+        let rt = query.resource_type;
+        let backwards = cursor.as_ref().is_some_and(|c| c.d == 'p');
+        let mut b = Builder::new(&keys.index, now);
+        b.qb.push(
+            "SELECT h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped",
+        );
+        for (i, key) in query.sort.iter().enumerate() {
+            b.qb.push(", ");
+            b.sort_expr(rt.as_str(), key.kind, &key.code, key.descending);
+            b.qb.push(format!(" AS s{i}"));
+        }
+        b.qb.push(" ");
+        b.push_from_where(ctx, query)?;
+        if let Some(c) = &cursor {
+            if c.v.len() != query.sort.len() {
+                return Err(bad("_page does not belong to this search"));
+            }
+            // (s0, s1, ..., id) after (or before) the cursor's position, each key in its direction.
+            b.qb.push(" AND (");
+            for i in 0..=query.sort.len() {
+                if i > 0 {
+                    b.qb.push(" OR ");
+                }
+                b.qb.push("(");
+                for (j, key) in query.sort.iter().enumerate().take(i) {
+                    b.sort_expr(rt.as_str(), key.kind, &key.code, key.descending);
+                    b.qb.push(" = ");
+                    push_sort_value(&mut b.qb, key.kind, c.v[j], &c.i);
+                    b.qb.push(" AND ");
+                }
+                let ascending = match query.sort.get(i) {
+                    Some(key) => !key.descending,
+                    None => true,
+                };
+                let op = if ascending != backwards { " > " } else { " < " };
+                match query.sort.get(i) {
+                    Some(key) => {
+                        b.sort_expr(rt.as_str(), key.kind, &key.code, key.descending);
+                        b.qb.push(op);
+                        push_sort_value(&mut b.qb, key.kind, c.v[i], &c.i);
+                    }
+                    None => {
+                        b.qb.push("h.id");
+                        b.qb.push(op);
+                        b.qb.push_bind(c.i.clone());
+                    }
+                }
+                b.qb.push(")");
+            }
+            b.qb.push(")");
+        }
+        b.qb.push(" ORDER BY ");
+        for (i, key) in query.sort.iter().enumerate() {
+            let desc = key.descending != backwards;
+            b.qb.push(format!("s{i} {}, ", if desc { "DESC" } else { "ASC" }));
+        }
+        b.qb.push(if backwards { "h.id DESC" } else { "h.id ASC" });
+        b.qb.push(" LIMIT ");
+        b.qb.push_bind(i64::try_from(query.count + 1).unwrap_or(i64::MAX));
+        let rows = b.qb.build().fetch_all(&self.pool).await?;
+        let more = rows.len() > query.count;
+        let mut page = Vec::new();
+        for row in rows.iter().take(query.count) {
+            let mut vals = Vec::new();
+            for (i, key) in query.sort.iter().enumerate() {
+                vals.push(match key.kind {
+                    SortKind::Id => 0.0,
+                    _ => row.try_get::<f64, _>(format!("s{i}").as_str())?,
+                });
+            }
+            page.push((self.open_row(rt, row).await?, vals));
+        }
+        if backwards {
+            page.reverse();
+        }
+        let seal = |d: char, (r, v): &(StoredResource, Vec<f64>)| {
+            seal_cursor(
+                &keys.cursor,
+                &Cursor {
+                    q: digest.to_string(),
+                    d,
+                    v: v.clone(),
+                    i: r.id.clone(),
+                    o: 0,
+                },
+            )
+        };
+        // Going forwards, a further page exists when we read one row more; going backwards, the
+        // page we came from always follows.
+        let (has_next, has_prev) = if backwards {
+            (true, more)
+        } else {
+            (more, cursor.is_some())
+        };
+        let next = if has_next {
+            page.last().map(|p| seal('n', p))
+        } else {
+            None
+        };
+        let previous = if has_prev {
+            page.first().map(|p| seal('p', p))
+        } else {
+            None
+        };
+        Ok((page.into_iter().map(|(r, _)| r).collect(), next, previous))
+    }
+
+    /// Sorting by string, token, uri or reference values needs the decrypted resources: every match
+    /// (up to [`MAX_VALUE_SORT`]) is opened and sorted here, and pages are offsets into that order.
+    async fn page_sorted_in_memory(
+        &self,
+        ctx: &AccessContext,
+        query: &SearchQuery,
+        keys: &SearchKeys,
+        digest: &str,
+        cursor: Option<Cursor>,
+        now: i64,
+    ) -> Result<(Vec<StoredResource>, Option<String>, Option<String>), StoreError> {
+        let rt = query.resource_type;
+        let mut b = Builder::new(&keys.index, now);
+        b.qb.push(
+            "SELECT h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped ",
+        );
+        b.push_from_where(ctx, query)?;
+        b.qb.push(" ORDER BY h.id LIMIT ");
+        b.qb.push_bind(i64::try_from(MAX_VALUE_SORT + 1).unwrap_or(i64::MAX));
+        let rows = b.qb.build().fetch_all(&self.pool).await?;
+        if rows.len() > MAX_VALUE_SORT {
+            return Err(bad(format!(
+                "sorting by an encrypted parameter is limited to {MAX_VALUE_SORT} matches; narrow \
+                 the search or sort by _id, _lastUpdated or a date"
+            )));
+        }
+        let mut all = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let r = self.open_row(rt, row).await?;
+            let doc: Value = serde_json::from_slice(&r.body).map_err(|_| StoreError::Integrity)?;
+            let sort_values: Vec<String> = query
+                .sort
+                .iter()
+                .map(|k| sort_text(rt.as_str(), &k.code, &doc, k.descending))
+                .collect();
+            all.push((r, sort_values));
+        }
+        all.sort_by(|(ra, a), (rb, b)| {
+            for (i, key) in query.sort.iter().enumerate() {
+                let ord = match key.kind {
+                    SortKind::Id => ra.id.cmp(&rb.id),
+                    SortKind::LastUpdated => ra.last_updated.cmp(&rb.last_updated),
+                    _ => a[i].cmp(&b[i]),
+                };
+                let ord = if key.descending { ord.reverse() } else { ord };
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+            }
+            ra.id.cmp(&rb.id)
+        });
+        let offset = cursor.map_or(0, |c| c.o);
+        let page: Vec<StoredResource> = all
+            .into_iter()
+            .skip(offset)
+            .take(query.count)
+            .map(|(r, _)| r)
+            .collect();
+        let at = |o: usize| {
+            seal_cursor(
+                &keys.cursor,
+                &Cursor {
+                    q: digest.to_string(),
+                    d: 'n',
+                    v: vec![],
+                    i: String::new(),
+                    o,
+                },
+            )
+        };
+        let next = (offset + query.count < rows.len()).then(|| at(offset + query.count));
+        let previous = (offset > 0).then(|| at(offset.saturating_sub(query.count)));
+        Ok((page, next, previous))
+    }
+
+    pub(super) async fn open_row(
+        &self,
+        resource_type: ResourceType,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<StoredResource, StoreError> {
+        let id: String = row.try_get("id")?;
+        let version_id: i64 = row.try_get("version_id")?;
+        let sealed: Vec<u8> = row.try_get("sealed")?;
+        let key = DekRow::from_row(row)?;
+        let body = self
+            .open_body(resource_type, &id, version_id, &key, &sealed)
+            .await?;
+        Ok(StoredResource {
+            resource_type,
+            id,
+            version_id,
+            last_updated: row.try_get("last_updated")?,
+            body,
+        })
+    }
+
+    /// `_include` and `_revinclude` (with `:iterate`), each resource at most once, never one the
+    /// caller may not read.
+    async fn includes(
+        &self,
+        ctx: &AccessContext,
+        query: &SearchQuery,
+        matches: &[StoredResource],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        if query.includes.is_empty() && query.revincludes.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut seen: HashSet<(String, String)> = matches
+            .iter()
+            .map(|r| (r.resource_type.to_string(), r.id.clone()))
+            .collect();
+        let mut out: Vec<StoredResource> = Vec::new();
+        let mut frontier: Vec<(String, String)> = seen.iter().cloned().collect();
+        for round in 0..MAX_INCLUDE_ROUNDS {
+            let mut wanted: Vec<(String, String)> = Vec::new();
+            for inc in &query.includes {
+                if round > 0 && !inc.iterate {
+                    continue;
+                }
+                wanted.extend(self.include_targets(inc, &frontier).await?);
+            }
+            for inc in &query.revincludes {
+                if round > 0 && !inc.iterate {
+                    continue;
+                }
+                wanted.extend(self.revinclude_sources(inc, &frontier).await?);
+            }
+            wanted.retain(|w| seen.insert(w.clone()));
+            if wanted.is_empty() {
+                break;
+            }
+            let loaded = self.load_current(ctx, &wanted).await?;
+            frontier = loaded
+                .iter()
+                .map(|r| (r.resource_type.to_string(), r.id.clone()))
+                .collect();
+            out.extend(loaded);
+            if out.len() >= MAX_INCLUDED {
+                out.truncate(MAX_INCLUDED);
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn include_targets(
+        &self,
+        inc: &Include,
+        from: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let ids: Vec<&str> = from
+            .iter()
+            .filter(|(t, _)| t == inc.source.as_str())
+            .map(|(_, i)| i.as_str())
+            .collect();
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let rows = sqlx::query(
+            "SELECT DISTINCT target_type, target_id FROM search_ref
+              WHERE resource_type = $1 AND id = ANY($2) AND ($3::text IS NULL OR param = $3)
+                AND ($4::text IS NULL OR target_type = $4) AND target_type <> ''",
+        )
+        .bind(inc.source.as_str())
+        .bind(&ids)
+        .bind(inc.code.as_deref())
+        .bind(inc.target.as_deref())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("target_type")?, r.try_get("target_id")?)))
+            .collect()
+    }
+
+    async fn revinclude_sources(
+        &self,
+        inc: &Include,
+        to: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if to.is_empty() {
+            return Ok(vec![]);
+        }
+        let (types, ids): (Vec<&str>, Vec<&str>) =
+            to.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+        let rows = sqlx::query(
+            "SELECT DISTINCT r.resource_type, r.id FROM search_ref r
+               JOIN unnest($3::text[], $4::text[]) AS t(target_type, target_id)
+                 ON r.target_type = t.target_type AND r.target_id = t.target_id
+              WHERE r.resource_type = $1 AND ($2::text IS NULL OR r.param = $2)",
+        )
+        .bind(inc.source.as_str())
+        .bind(inc.code.as_deref())
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("resource_type")?, r.try_get("id")?)))
+            .collect()
+    }
+
+    /// The current versions of `wanted` that exist and that the caller may read; others are left
+    /// out silently.
+    pub(crate) async fn load_current(
+        &self,
+        ctx: &AccessContext,
+        wanted: &[(String, String)],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let readable: Vec<(&str, &str)> = wanted
+            .iter()
+            .filter(|(t, _)| ctx.check(t, Permission::Read).is_ok())
+            .map(|(t, i)| (t.as_str(), i.as_str()))
+            .collect();
+        if readable.is_empty() {
+            return Ok(vec![]);
+        }
+        let (types, ids): (Vec<&str>, Vec<&str>) = readable.into_iter().unzip();
+        let rows = sqlx::query(
+            "SELECT h.resource_type, h.id, v.version_id, v.last_updated, v.sealed,
+                    k.id AS dek_id, k.scope, k.wrapped
+               FROM unnest($1::text[], $2::text[]) AS w(resource_type, id)
+               JOIN resources h ON h.resource_type = w.resource_type AND h.id = w.id
+               JOIN resource_versions v
+                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+               JOIN data_keys k ON k.id = v.dek_id
+              WHERE NOT h.deleted AND ($3::text IS NULL OR k.scope = $3)
+              ORDER BY h.resource_type, h.id",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(ctx.compartment())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let type_name: String = row.try_get("resource_type")?;
+            let rt = ResourceType::parse(&type_name).ok_or(StoreError::Integrity)?;
+            out.push(self.open_row(rt, row).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// Replace a resource's index rows (inside the write's transaction).
+pub(crate) async fn write_index(
+    tx: &mut sqlx::PgConnection,
+    resource_type: ResourceType,
+    id: &str,
+    rows: Option<&IndexRows>,
+    replace: bool,
+) -> Result<(), sqlx::Error> {
+    let rt = resource_type.as_str();
+    if replace {
+        for table in ["search_hash", "search_ref", "search_range"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE resource_type = $1 AND id = $2"
+            ))
+            .bind(rt)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    let Some(rows) = rows else { return Ok(()) };
+    if !rows.hashes.is_empty() {
+        let (params, hashes): (Vec<&str>, Vec<&[u8]>) = rows
+            .hashes
+            .iter()
+            .map(|(p, h)| (p.as_str(), h.as_slice()))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO search_hash (resource_type, id, param, h)
+             SELECT $1, $2, * FROM unnest($3::text[], $4::bytea[])",
+        )
+        .bind(rt)
+        .bind(id)
+        .bind(&params)
+        .bind(&hashes)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !rows.refs.is_empty() {
+        let mut params = Vec::new();
+        let mut types = Vec::new();
+        let mut ids = Vec::new();
+        for (p, t, i) in &rows.refs {
+            params.push(p.as_str());
+            types.push(t.as_str());
+            ids.push(i.as_str());
+        }
+        sqlx::query(
+            "INSERT INTO search_ref (resource_type, id, param, target_type, target_id)
+             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[])",
+        )
+        .bind(rt)
+        .bind(id)
+        .bind(&params)
+        .bind(&types)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !rows.ranges.is_empty() {
+        let params: Vec<&str> = rows.ranges.iter().map(|r| r.param.as_str()).collect();
+        let lo: Vec<f64> = rows.ranges.iter().map(|r| r.lo).collect();
+        let hi: Vec<f64> = rows.ranges.iter().map(|r| r.hi).collect();
+        let unit_sc: Vec<Option<&[u8]>> =
+            rows.ranges.iter().map(|r| r.unit_sc.as_deref()).collect();
+        let unit_c: Vec<Option<&[u8]>> = rows.ranges.iter().map(|r| r.unit_c.as_deref()).collect();
+        let comp: Vec<Option<&[u8]>> = rows.ranges.iter().map(|r| r.comp.as_deref()).collect();
+        sqlx::query(
+            "INSERT INTO search_range (resource_type, id, param, lo, hi, unit_sc, unit_c, comp)
+             SELECT $1, $2, * FROM unnest($3::text[], $4::float8[], $5::float8[], $6::bytea[],
+                                          $7::bytea[], $8::bytea[])",
+        )
+        .bind(rt)
+        .bind(id)
+        .bind(&params)
+        .bind(&lo)
+        .bind(&hi)
+        .bind(&unit_sc)
+        .bind(&unit_c)
+        .bind(&comp)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn push_sort_value(qb: &mut QueryBuilder<'static, Postgres>, kind: SortKind, v: f64, id: &str) {
+    match kind {
+        SortKind::Id => {
+            qb.push_bind(id.to_string());
+        }
+        _ => {
+            qb.push_bind(v);
+        }
+    }
+}
+
+/// The first value of a string/token/uri/reference parameter, normalised, for sorting; missing
+/// values sort last.
+fn sort_text(resource_type: &str, code: &str, doc: &Value, descending: bool) -> String {
+    let missing = if descending { "" } else { "\u{10FFFF}" };
+    let Some(param) = params::lookup(resource_type, code) else {
+        return missing.into();
+    };
+    let mut found: Vec<String> = Vec::new();
+    for path in &param.paths {
+        for v in params::evaluate(doc, path) {
+            match param.kind {
+                Kind::String => found.extend(index::strings(v, &path.datatype)),
+                Kind::Token => found.extend(
+                    index::tokens(v, &path.datatype)
+                        .into_iter()
+                        .filter_map(|t| t.code.or(t.text)),
+                ),
+                Kind::Reference => {
+                    if let Some(r) = v.get("reference").and_then(Value::as_str) {
+                        found.push(r.to_string());
+                    }
+                }
+                _ => {
+                    if let Some(s) = v.as_str() {
+                        found.push(s.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let mut found: Vec<String> = found.iter().map(|s| index::normalise(s)).collect();
+    found.sort();
+    let pick = if descending {
+        found.last()
+    } else {
+        found.first()
+    };
+    pick.cloned().unwrap_or_else(|| missing.into())
+}
+
+fn query_digest(query: &SearchQuery) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(query.resource_type.as_str());
+    for (k, v) in &query.kept {
+        h.update([0]);
+        h.update(k);
+        h.update([1]);
+        h.update(v);
+    }
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const CURSOR_AAD: &[u8] = b"carapace/search-cursor/v1";
+
+fn seal_cursor(key: &Dek, cursor: &Cursor) -> String {
+    use base64::Engine;
+    let json = serde_json::to_vec(cursor).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(crypto::seal_with_aad(key, CURSOR_AAD, &json))
+}
+
+fn open_cursor(key: &Dek, text: &str, digest: &str) -> Result<Cursor, StoreError> {
+    use base64::Engine;
+    let invalid = || bad("_page is not a paging cursor of this search (it may have been altered)");
+    let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| invalid())?;
+    let json = crypto::open_with_aad(key, CURSOR_AAD, &sealed).map_err(|_| invalid())?;
+    let cursor: Cursor = serde_json::from_slice(&json).map_err(|_| invalid())?;
+    if cursor.q != digest || !matches!(cursor.d, 'n' | 'p') {
+        return Err(invalid());
+    }
+    Ok(cursor)
+}
+
+/// Builds the SQL of a search: `FROM ... WHERE` over the current resources of one type, each filter
+/// an `EXISTS` over the index tables.
+struct Builder<'k> {
+    qb: QueryBuilder<'static, Postgres>,
+    keys: &'k IndexKeys,
+    now_ms: i64,
+    alias: usize,
+}
+
+impl<'k> Builder<'k> {
+    fn new(keys: &'k IndexKeys, now_ms: i64) -> Builder<'k> {
+        Builder {
+            qb: QueryBuilder::new(""),
+            keys,
+            now_ms,
+            alias: 0,
+        }
+    }
+
+    fn next_alias(&mut self) -> String {
+        self.alias += 1;
+        format!("x{}", self.alias)
+    }
+
+    /// Open `[NOT] EXISTS (SELECT 1 FROM table a WHERE` the row belongs to resource `id` of `rt` and
+    /// parameter `code`; the caller adds its conditions and closes the parenthesis. Returns `a`.
+    fn open_exists(&mut self, negate: bool, table: &str, rt: &str, id: &str, code: &str) -> String {
+        let a = self.next_alias();
+        self.qb.push(if negate { "NOT EXISTS" } else { "EXISTS" });
+        self.qb.push(format!(
+            " (SELECT 1 FROM {table} {a} WHERE {a}.resource_type = "
+        ));
+        self.qb.push_bind(rt.to_string());
+        self.qb.push(format!(" AND {a}.id = {id} AND {a}.param = "));
+        self.qb.push_bind(code.to_string());
+        a
+    }
+
+    fn push_from_where(
+        &mut self,
+        ctx: &AccessContext,
+        query: &SearchQuery,
+    ) -> Result<(), StoreError> {
+        let rt = query.resource_type.as_str();
+        self.qb.push(
+            "FROM resources h
+               JOIN resource_versions v
+                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+               JOIN data_keys k ON k.id = v.dek_id
+              WHERE h.resource_type = ",
+        );
+        self.qb.push_bind(rt.to_string());
+        self.qb.push(" AND NOT h.deleted");
+        if let Some(compartment) = ctx.compartment() {
+            self.qb.push(" AND k.scope = ");
+            self.qb.push_bind(compartment);
+        }
+        for f in &query.filters {
+            self.qb.push(" AND ");
+            self.filter(rt, "h.id", f)?;
+        }
+        Ok(())
+    }
+
+    fn sort_expr(&mut self, rt: &str, kind: SortKind, code: &str, descending: bool) {
+        match kind {
+            SortKind::Id => {
+                self.qb.push("h.id");
+            }
+            SortKind::LastUpdated => {
+                self.qb
+                    .push("(extract(epoch FROM v.last_updated) * 1000)::float8");
+            }
+            _ => {
+                let (agg, missing) = if descending {
+                    ("max(s.hi)", LOWEST)
+                } else {
+                    ("min(s.lo)", HIGHEST)
+                };
+                self.qb.push(format!(
+                    "COALESCE((SELECT {agg} FROM search_range s WHERE s.resource_type = "
+                ));
+                self.qb.push_bind(rt.to_string());
+                self.qb
+                    .push(" AND s.id = h.id AND s.comp IS NULL AND s.param = ");
+                self.qb.push_bind(code.to_string());
+                self.qb.push(format!("), {missing:e})"));
+            }
+        }
+    }
+
+    fn filter(&mut self, rt: &str, id: &str, f: &Filter) -> Result<(), StoreError> {
+        match f {
+            Filter::Id(ids) => {
+                self.qb.push(format!("{id} = ANY("));
+                self.qb.push_bind(ids.clone());
+                self.qb.push(")");
+            }
+            Filter::LastUpdated(values) => {
+                let a = self.next_alias();
+                self.qb.push(format!(
+                    "EXISTS (SELECT 1 FROM resources {a}h JOIN resource_versions {a}v
+                       ON {a}v.resource_type = {a}h.resource_type AND {a}v.id = {a}h.id
+                      AND {a}v.version_id = {a}h.version_id
+                    WHERE {a}h.resource_type = "
+                ));
+                self.qb.push_bind(rt.to_string());
+                self.qb.push(format!(" AND {a}h.id = {id} AND ("));
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        self.qb.push(" OR ");
+                    }
+                    let range = crate::fhir::date_search_range(value).map_err(bad)?;
+                    self.qb.push(format!("(({a}v.last_updated >= COALESCE("));
+                    self.qb.push_bind(range.lo);
+                    self.qb.push(format!(
+                        "::timestamptz, '-infinity')) AND ({a}v.last_updated < COALESCE("
+                    ));
+                    self.qb.push_bind(range.hi);
+                    self.qb.push("::timestamptz, 'infinity'))) <> ");
+                    self.qb.push_bind(range.negate);
+                }
+                self.qb.push("))");
+            }
+            Filter::Missing { code, missing } => {
+                if code == "_id" || code == "_lastUpdated" {
+                    self.qb.push(if *missing { "false" } else { "true" });
+                    return Ok(());
+                }
+                let a = self.next_alias();
+                self.qb.push(if *missing { "NOT EXISTS" } else { "EXISTS" });
+                self.qb.push(format!(
+                    " (SELECT 1 FROM search_hash {a} WHERE {a}.resource_type = "
+                ));
+                self.qb.push_bind(rt.to_string());
+                self.qb.push(format!(" AND {a}.id = {id} AND {a}.param = "));
+                self.qb.push_bind(code.clone());
+                self.qb.push(format!(" AND {a}.h = "));
+                self.qb
+                    .push_bind(self.keys.blind(Class::Token, code, "present", ""));
+                self.qb.push(")");
+            }
+            Filter::Param {
+                param,
+                modifier,
+                values,
+            } => self.param(rt, id, param, modifier, values)?,
+            Filter::Chain {
+                code,
+                targets,
+                inner,
+            } => {
+                let a = self.next_alias();
+                self.qb.push(format!(
+                    "EXISTS (SELECT 1 FROM search_ref {a} JOIN resources {a}h
+                       ON {a}h.resource_type = {a}.target_type AND {a}h.id = {a}.target_id
+                      AND NOT {a}h.deleted
+                    WHERE {a}.resource_type = "
+                ));
+                self.qb.push_bind(rt.to_string());
+                self.qb.push(format!(" AND {a}.id = {id} AND {a}.param = "));
+                self.qb.push_bind(code.clone());
+                self.qb.push(" AND (");
+                for (i, t) in targets.iter().enumerate() {
+                    if i > 0 {
+                        self.qb.push(" OR ");
+                    }
+                    self.qb.push(format!("({a}.target_type = "));
+                    self.qb.push_bind(t.clone());
+                    self.qb.push(" AND ");
+                    self.filter(t, &format!("{a}.target_id"), inner)?;
+                    self.qb.push(")");
+                }
+                self.qb.push("))");
+            }
+            Filter::Has {
+                source,
+                code,
+                inner,
+            } => {
+                let a = self.next_alias();
+                self.qb.push(format!(
+                    "EXISTS (SELECT 1 FROM search_ref {a} JOIN resources {a}h
+                       ON {a}h.resource_type = {a}.resource_type AND {a}h.id = {a}.id
+                      AND NOT {a}h.deleted
+                    WHERE {a}.resource_type = "
+                ));
+                self.qb.push_bind(source.to_string());
+                self.qb.push(format!(" AND {a}.param = "));
+                self.qb.push_bind(code.clone());
+                self.qb.push(format!(" AND {a}.target_type = "));
+                self.qb.push_bind(rt.to_string());
+                self.qb.push(format!(" AND {a}.target_id = {id} AND "));
+                self.filter(source.as_str(), &format!("{a}.id"), inner)?;
+                self.qb.push(")");
+            }
+        }
+        Ok(())
+    }
+
+    /// An indexed parameter: an `EXISTS` over its table, the OR-list inside.
+    fn param(
+        &mut self,
+        rt: &str,
+        id: &str,
+        param: &params::SearchParam,
+        modifier: &Modifier,
+        values: &[String],
+    ) -> Result<(), StoreError> {
+        let code = param.code.as_str();
+        match param.kind {
+            Kind::Reference => {
+                let a = self.open_exists(false, "search_ref", rt, id, code);
+                self.qb.push(" AND (");
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        self.qb.push(" OR ");
+                    }
+                    let (t, target_id) = reference_value(param, modifier, value)?;
+                    self.qb.push(format!("({a}.target_id = "));
+                    self.qb.push_bind(target_id);
+                    if let Some(t) = t {
+                        self.qb.push(format!(" AND {a}.target_type = "));
+                        self.qb.push_bind(t);
+                    }
+                    self.qb.push(")");
+                }
+                self.qb.push("))");
+            }
+            Kind::Date | Kind::Number | Kind::Quantity => {
+                let a = self.open_exists(false, "search_range", rt, id, code);
+                self.qb.push(format!(" AND {a}.comp IS NULL AND ("));
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        self.qb.push(" OR ");
+                    }
+                    self.range_test(&a, code, param.kind, value)?;
+                }
+                self.qb.push("))");
+            }
+            Kind::Composite => {
+                let second = param.components[1].kind;
+                if matches!(second, Kind::Token | Kind::String) {
+                    let mut hashes = Vec::new();
+                    for value in values {
+                        let (first, rest) = split_composite(value)?;
+                        for h1 in self.token_query(code, &Modifier::None, first)? {
+                            let seconds = match second {
+                                Kind::Token => self.token_query(code, &Modifier::None, rest)?,
+                                _ => vec![self.string_query(code, &Modifier::None, rest)],
+                            };
+                            for h2 in seconds {
+                                let pair = [h1.as_slice(), h2.as_slice()].concat();
+                                hashes.push(self.keys.blind_bytes(Class::Token, code, "x", &pair));
+                            }
+                        }
+                    }
+                    self.hash_exists(rt, id, code, hashes, false);
+                } else {
+                    let a = self.open_exists(false, "search_range", rt, id, code);
+                    self.qb.push(" AND (");
+                    for (i, value) in values.iter().enumerate() {
+                        if i > 0 {
+                            self.qb.push(" OR ");
+                        }
+                        let (first, rest) = split_composite(value)?;
+                        let firsts = self.token_query(code, &Modifier::None, first)?;
+                        self.qb.push(format!("({a}.comp = ANY("));
+                        self.qb.push_bind(firsts);
+                        self.qb.push(") AND ");
+                        self.range_test(&a, code, second, rest)?;
+                        self.qb.push(")");
+                    }
+                    self.qb.push("))");
+                }
+            }
+            Kind::String | Kind::Token | Kind::Uri => {
+                let mut hashes = Vec::new();
+                for value in values {
+                    match param.kind {
+                        Kind::String => hashes.push(self.string_query(code, modifier, value)),
+                        Kind::Token => hashes.extend(self.token_query(code, modifier, value)?),
+                        _ => hashes.extend(self.uri_query(code, modifier, value)),
+                    }
+                }
+                self.hash_exists(rt, id, code, hashes, *modifier == Modifier::Not);
+            }
+        }
+        Ok(())
+    }
+
+    fn hash_exists(&mut self, rt: &str, id: &str, code: &str, hashes: Vec<Vec<u8>>, negate: bool) {
+        let a = self.open_exists(negate, "search_hash", rt, id, code);
+        self.qb.push(format!(" AND {a}.h = ANY("));
+        self.qb.push_bind(hashes);
+        self.qb.push("))");
+    }
+
+    fn string_query(&self, code: &str, modifier: &Modifier, value: &str) -> Vec<u8> {
+        if *modifier == Modifier::Exact {
+            return self.keys.blind(Class::String, code, "e", value);
+        }
+        let n = index::normalise(value);
+        let prefix: String = n.chars().take(MAX_PREFIX).collect();
+        self.keys.blind(Class::String, code, "p", &prefix)
+    }
+
+    fn token_query(
+        &self,
+        code: &str,
+        modifier: &Modifier,
+        value: &str,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let k = |kind: &str, v: &str| self.keys.blind(Class::Token, code, kind, v);
+        Ok(match modifier {
+            Modifier::Text => {
+                let n = index::normalise(value);
+                let prefix: String = n.chars().take(MAX_PREFIX).collect();
+                vec![k("t", &prefix)]
+            }
+            Modifier::OfType => {
+                if value.split('|').count() != 3 {
+                    return Err(bad(format!(
+                        "'{code}:of-type' takes type-system|type-code|value"
+                    )));
+                }
+                vec![k("ot", value)]
+            }
+            _ => match split_unescaped(value, '|') {
+                Some((system, code_part)) => match (system.is_empty(), code_part.is_empty()) {
+                    (true, true) => return Err(bad(format!("'{code}' has an empty token"))),
+                    (true, false) => vec![k("nc", &unescape(code_part))],
+                    (false, true) => vec![k("s", &unescape(system))],
+                    (false, false) => vec![k(
+                        "sc",
+                        &format!("{}|{}", unescape(system), unescape(code_part)),
+                    )],
+                },
+                None => vec![k("c", &unescape(value))],
+            },
+        })
+    }
+
+    fn uri_query(&self, code: &str, modifier: &Modifier, value: &str) -> Vec<Vec<u8>> {
+        let k = |kind: &str, v: &str| self.keys.blind(Class::Uri, code, kind, v);
+        match modifier {
+            Modifier::Below => vec![k("b", value)],
+            Modifier::Above => index::uri_prefixes(value)
+                .into_iter()
+                .map(|p| k("e", p))
+                .collect(),
+            _ => vec![k("e", value)],
+        }
+    }
+
+    /// One prefixed date, number or quantity value against range row `a`.
+    fn range_test(
+        &mut self,
+        a: &str,
+        code: &str,
+        kind: Kind,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        let (prefix, rest) = match value.get(..2) {
+            Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => {
+                (p, &value[2..])
+            }
+            _ => ("eq", value),
+        };
+        let (qlo, qhi, point) = match kind {
+            Kind::Date => {
+                let (lo, hi) = index::date_range(rest).ok_or_else(|| {
+                    bad(format!(
+                        "'{}' is not a FHIR date or dateTime",
+                        crate::fhir::printable(rest)
+                    ))
+                })?;
+                let (slo, shi) = self.keys.shift(code, Some(lo), Some(hi));
+                (slo, shi, None)
+            }
+            _ => {
+                let (number, unit) = match rest.split_once('|') {
+                    Some((n, u)) => (n, Some(u)),
+                    None => (rest, None),
+                };
+                if let Some(unit) = unit {
+                    let (system, unit_code) = unit.split_once('|').unwrap_or(("", unit));
+                    if !unit_code.is_empty() {
+                        if system.is_empty() {
+                            self.qb.push(format!("{a}.unit_c = "));
+                            self.qb.push_bind(self.keys.blind(
+                                Class::Quantity,
+                                code,
+                                "c",
+                                unit_code,
+                            ));
+                        } else {
+                            self.qb.push(format!("{a}.unit_sc = "));
+                            self.qb.push_bind(self.keys.blind(
+                                Class::Quantity,
+                                code,
+                                "sc",
+                                &format!("{system}|{unit_code}"),
+                            ));
+                        }
+                        self.qb.push(" AND ");
+                    }
+                }
+                let (v, half) = parse_number(number).ok_or_else(|| {
+                    bad(format!(
+                        "'{}' is not a number",
+                        crate::fhir::printable(number)
+                    ))
+                })?;
+                (v - half, v + half, Some(v))
+            }
+        };
+        let (lo, hi) = (format!("{a}.lo"), format!("{a}.hi"));
+        match (prefix, point) {
+            // Dates: the value's range against the target's range (R4 search.html 3.1.1.4.2).
+            ("eq", None) => self.cmp2(&lo, ">=", qlo, "AND", &hi, "<=", qhi),
+            ("ne", None) => self.cmp2(&lo, "<", qlo, "OR", &hi, ">", qhi),
+            ("gt", None) => self.cmp1(&hi, ">", qhi),
+            ("lt", None) => self.cmp1(&lo, "<", qlo),
+            ("ge", None) => self.cmp2(&hi, ">", qhi, "OR", &lo, ">=", qlo),
+            ("le", None) => self.cmp2(&lo, "<", qlo, "OR", &hi, "<=", qhi),
+            ("sa", None) => self.cmp1(&lo, ">", qhi),
+            ("eb", None) => self.cmp1(&hi, "<", qlo),
+            ("ap", None) => {
+                let gap = ((self.now_ms as f64 + self.keys.date_offset(code)) - qlo).abs() * 0.1;
+                self.cmp2(&lo, "<=", qhi + gap, "AND", &hi, ">=", qlo - gap)
+            }
+            // Numbers: the target value against the search value's precision range.
+            ("eq", Some(_)) => self.cmp2(&lo, ">=", qlo, "AND", &hi, "<", qhi),
+            ("ne", Some(_)) => self.cmp2(&lo, "<", qlo, "OR", &hi, ">=", qhi),
+            ("gt" | "sa", Some(v)) => self.cmp1(&hi, ">", v),
+            ("lt" | "eb", Some(v)) => self.cmp1(&lo, "<", v),
+            ("ge", Some(v)) => self.cmp1(&hi, ">=", v),
+            ("le", Some(v)) => self.cmp1(&lo, "<=", v),
+            (_, Some(v)) => {
+                let gap = (v * 0.1).abs();
+                self.cmp2(&lo, "<=", v + gap, "AND", &hi, ">=", v - gap)
+            }
+            _ => return Err(bad("unknown prefix")),
+        }
+        Ok(())
+    }
+
+    fn cmp1(&mut self, col: &str, op: &str, v: f64) {
+        self.qb.push(format!("{col} {op} "));
+        self.qb.push_bind(v);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cmp2(&mut self, c1: &str, op1: &str, v1: f64, join: &str, c2: &str, op2: &str, v2: f64) {
+        self.qb.push("(");
+        self.cmp1(c1, op1, v1);
+        self.qb.push(format!(" {join} "));
+        self.cmp1(c2, op2, v2);
+        self.qb.push(")");
+    }
+}
+
+/// A number and half its precision: `100` is 99.5..100.5, `1.50` is 1.495..1.505.
+fn parse_number(s: &str) -> Option<(f64, f64)> {
+    let v: f64 = s.parse().ok()?;
+    if !v.is_finite() {
+        return None;
+    }
+    let (mantissa, exp) = match s.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i32>().ok()?),
+        None => (s, 0),
+    };
+    let decimals = mantissa
+        .split_once('.')
+        .map_or(0, |(_, f)| i32::try_from(f.len()).unwrap_or(0));
+    Some((v, 0.5 * 10f64.powi(exp - decimals)))
+}
+
+fn split_composite(value: &str) -> Result<(&str, &str), StoreError> {
+    split_unescaped(value, '$').ok_or_else(|| bad("a composite value is first$second"))
+}
+
+/// Split at the first `sep` not escaped with `\`.
+fn split_unescaped(value: &str, sep: char) -> Option<(&str, &str)> {
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == sep {
+            return Some((&value[..i], &value[i + c.len_utf8()..]));
+        }
+    }
+    None
+}
+
+fn unescape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A reference search value as (type, id-or-url).
+fn reference_value(
+    param: &params::SearchParam,
+    modifier: &Modifier,
+    value: &str,
+) -> Result<(Option<String>, String), StoreError> {
+    if let Some((t, id)) = params::split_reference(value) {
+        if let Modifier::Type(want) = modifier {
+            if want != t {
+                return Err(bad(format!(
+                    "'{}:{want}' was given a reference to a {t}",
+                    param.code
+                )));
+            }
+        }
+        return Ok((Some(t.to_string()), id.to_string()));
+    }
+    if value.contains(':') || value.contains('/') {
+        // A canonical or external URL: compared whole (without a |version).
+        let plain = value.split('|').next().unwrap_or(value);
+        return Ok((Some(String::new()), plain.to_string()));
+    }
+    crate::fhir::ResourceId::parse(value)
+        .map_err(|_| bad(format!("'{}' is not a reference or id", param.code)))?;
+    let t = match modifier {
+        Modifier::Type(t) => Some(t.clone()),
+        _ if param.targets.len() == 1 => Some(param.targets[0].clone()),
+        _ => None,
+    };
+    Ok((t, value.to_string()))
+}
