@@ -12,7 +12,7 @@ CREATE TABLE search_hash (
     h             BYTEA NOT NULL
 );
 CREATE INDEX search_hash_lookup ON search_hash (resource_type, param, h, id);
-CREATE INDEX search_hash_resource ON search_hash (resource_type, id);
+CREATE INDEX search_hash_resource ON search_hash (resource_type, id, param, h);
 
 -- References: target_type is '' for a canonical or external URL kept in target_id.
 CREATE TABLE search_ref (

@@ -80,6 +80,13 @@ async fn route(
 
     match (segments.as_slice(), &method) {
         ([], &Method::POST) => {
+            let _slot = state.bundle_slots.acquire().await.map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "the server is shutting down",
+                )
+            })?;
             let bundle = read_resource(state, &headers, body).await?;
             match bundle["type"].as_str() {
                 Some("batch") if bundle["resourceType"] == "Bundle" => {
@@ -913,7 +920,8 @@ async fn everything(
     Ok(json_response(StatusCode::OK, body))
 }
 
-const MAX_BATCH_ENTRIES: usize = 1000;
+/// Entries per batch or transaction; the body limit bounds a Bundle's size as well.
+const MAX_BATCH_ENTRIES: usize = 10_000;
 
 /// A `batch` Bundle: each entry processed on its own, in order, with its own status; one entry's
 /// failure does not affect the others. Entries are the same interactions as over REST, under the

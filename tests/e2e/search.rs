@@ -874,3 +874,62 @@ async fn the_capability_statement_lists_every_parameter_served() {
         assert_eq!(r.status, 200, "{n}: {}", r.text());
     }
 }
+
+#[tokio::test]
+async fn synthea_shaped_bundles_load_through_transactions() {
+    use carapace_tests::synthea;
+    let stack = Stack::start().await.unwrap();
+    let bundles = synthea::generate(4, 150);
+    let observations: usize = bundles
+        .iter()
+        .flat_map(|b| b.bundle["entry"].as_array().unwrap())
+        .filter(|e| e["resource"]["resourceType"] == "Observation")
+        .count();
+    let report = synthea::load(&stack.server.base, &stack.server.bearer(), bundles, 4).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!((report.accepted, report.patients.len()), (6, 4));
+    let fhir = stack.fhir();
+    // Loading the shared batches again creates nothing (ifNoneExist matches).
+    let again = synthea::generate(0, 0);
+    let report = synthea::load(&stack.server.base, &stack.server.bearer(), again, 1).await;
+    assert!(report.failures.is_empty());
+    expect_count(&fhir, "Organization", 5).await;
+    expect_count(&fhir, "Practitioner", 10).await;
+    expect_count(&fhir, "Observation", observations).await;
+    // Conditional references point at the shared resources, urn:uuid ones at the patient's own.
+    let p = &report_patient(&fhir).await;
+    let enc = fhir
+        .get(&query("Encounter", &[("patient", p), ("_count", "1")]))
+        .await
+        .json();
+    let e = &enc["entry"][0]["resource"];
+    assert!(e["serviceProvider"]["reference"]
+        .as_str()
+        .unwrap()
+        .starts_with("Organization/"));
+    assert!(e["participant"][0]["individual"]["reference"]
+        .as_str()
+        .unwrap()
+        .starts_with("Practitioner/"));
+    assert_eq!(e["subject"]["reference"], format!("Patient/{p}"));
+    let by_org = "service-provider:Organization.identifier";
+    let org = "https://github.com/synthetichealth/synthea|Organization-0";
+    let r = fhir.get(&query("Encounter", &[(by_org, org)])).await.json();
+    assert!(r["total"].as_u64().unwrap() > 0, "{r}");
+}
+
+async fn expect_count(fhir: &Fhir<'_>, path: &str, n: usize) {
+    let r = fhir
+        .get(&query(path, &[("_summary", "count")]))
+        .await
+        .json();
+    assert_eq!(r["total"], json!(n), "{path}");
+}
+
+async fn report_patient(fhir: &Fhir<'_>) -> String {
+    let r = fhir.get("Patient?_count=1").await.json();
+    r["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod conformance;
+pub mod synthea;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -979,4 +980,26 @@ pub fn pkce() -> (String, String) {
     );
     let challenge = B64URL.encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
     (verifier, challenge)
+}
+
+/// The `p` quantile (0..1) of sorted latencies.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// A process's peak resident memory (VmHWM) in MB, for benchmark tables.
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
 }

@@ -134,15 +134,15 @@ pub fn prefixes(normalised: &str) -> impl Iterator<Item = &str> {
 #[derive(Debug, Default)]
 pub struct IndexRows {
     /// `(param, blind index)`.
-    pub hashes: Vec<(String, Vec<u8>)>,
+    pub hashes: Vec<(&'static str, Vec<u8>)>,
     /// `(param, target type, target id)`; an empty type for a non-FHIR (canonical, external) URL.
-    pub refs: Vec<(String, String, String)>,
+    pub refs: Vec<(&'static str, String, String)>,
     pub ranges: Vec<RangeRow>,
 }
 
 #[derive(Debug, Clone)]
 pub struct RangeRow {
-    pub param: String,
+    pub param: &'static str,
     pub lo: f64,
     pub hi: f64,
     /// Quantity unit as `system|code` and as `code` (blind indexes).
@@ -499,7 +499,7 @@ pub fn index_resource(keys: &IndexKeys, resource_type: &str, resource: &Value) -
         index_param(keys, param, resource, &mut rows);
         if (rows.hashes.len(), rows.refs.len(), rows.ranges.len()) != before {
             rows.hashes.push((
-                param.code.clone(),
+                param.code.as_str(),
                 keys.blind(Class::Token, &param.code, "present", ""),
             ));
         }
@@ -520,7 +520,12 @@ fn values<'a>(root: &'a Value, paths: &'a [Path]) -> Vec<(&'a Value, &'a str)> {
         .collect()
 }
 
-fn index_param(keys: &IndexKeys, param: &SearchParam, resource: &Value, rows: &mut IndexRows) {
+fn index_param(
+    keys: &IndexKeys,
+    param: &'static SearchParam,
+    resource: &Value,
+    rows: &mut IndexRows,
+) {
     let code = param.code.as_str();
     for (value, datatype) in values(resource, &param.paths) {
         match param.kind {
@@ -529,29 +534,29 @@ fn index_param(keys: &IndexKeys, param: &SearchParam, resource: &Value, rows: &m
                     let n = normalise(&v);
                     for p in prefixes(&n) {
                         rows.hashes
-                            .push((code.into(), keys.blind(Class::String, code, "p", p)));
+                            .push((code, keys.blind(Class::String, code, "p", p)));
                     }
                     rows.hashes
-                        .push((code.into(), keys.blind(Class::String, code, "e", &v)));
+                        .push((code, keys.blind(Class::String, code, "e", &v)));
                 }
             }
             Kind::Token => {
                 for t in tokens(value, datatype) {
                     for h in token_hashes(keys, code, &t) {
-                        rows.hashes.push((code.into(), h));
+                        rows.hashes.push((code, h));
                     }
                     if let Some(text) = &t.text {
                         let n = normalise(text);
                         for p in prefixes(&n) {
                             rows.hashes
-                                .push((code.into(), keys.blind(Class::Token, code, "t", p)));
+                                .push((code, keys.blind(Class::Token, code, "t", p)));
                         }
                     }
                     if let Some(value) = &t.code {
                         for (ts, tc) in &t.of_type {
                             let v = format!("{ts}|{tc}|{value}");
                             rows.hashes
-                                .push((code.into(), keys.blind(Class::Token, code, "ot", &v)));
+                                .push((code, keys.blind(Class::Token, code, "ot", &v)));
                         }
                     }
                 }
@@ -561,10 +566,10 @@ fn index_param(keys: &IndexKeys, param: &SearchParam, resource: &Value, rows: &m
                     let plain = uri.split('|').next().unwrap_or(uri);
                     for u in [uri, plain] {
                         rows.hashes
-                            .push((code.into(), keys.blind(Class::Uri, code, "e", u)));
+                            .push((code, keys.blind(Class::Uri, code, "e", u)));
                         for p in uri_prefixes(u) {
                             rows.hashes
-                                .push((code.into(), keys.blind(Class::Uri, code, "b", p)));
+                                .push((code, keys.blind(Class::Uri, code, "b", p)));
                         }
                     }
                 }
@@ -577,10 +582,10 @@ fn index_param(keys: &IndexKeys, param: &SearchParam, resource: &Value, rows: &m
                 };
                 let Some(reference) = reference else { continue };
                 match params::split_reference(reference) {
-                    Some((t, id)) => rows.refs.push((code.into(), t.into(), id.into())),
+                    Some((t, id)) => rows.refs.push((code, t.into(), id.into())),
                     None if !reference.starts_with('#') => {
                         let plain = reference.split('|').next().unwrap_or(reference);
-                        rows.refs.push((code.into(), String::new(), plain.into()));
+                        rows.refs.push((code, String::new(), plain.into()));
                     }
                     None => {}
                 }
@@ -589,7 +594,7 @@ fn index_param(keys: &IndexKeys, param: &SearchParam, resource: &Value, rows: &m
                 for (lo, hi) in date_ranges(value, datatype) {
                     let (lo, hi) = keys.shift(code, lo, hi);
                     rows.ranges.push(RangeRow {
-                        param: code.into(),
+                        param: code,
                         lo,
                         hi,
                         unit_sc: None,
@@ -610,7 +615,7 @@ fn index_param(keys: &IndexKeys, param: &SearchParam, resource: &Value, rows: &m
 
 fn push_quantity(
     keys: &IndexKeys,
-    code: &str,
+    code: &'static str,
     q: &QuantityValue,
     comp: Option<&Vec<u8>>,
     rows: &mut IndexRows,
@@ -627,7 +632,7 @@ fn push_quantity(
     for unit in units {
         let unit_c = (!unit.is_empty()).then(|| keys.blind(Class::Quantity, code, "c", unit));
         rows.ranges.push(RangeRow {
-            param: code.into(),
+            param: code,
             lo: q.lo,
             hi: q.hi,
             unit_sc: unit_sc.clone(),
@@ -637,7 +642,12 @@ fn push_quantity(
     }
 }
 
-fn index_composite(keys: &IndexKeys, param: &SearchParam, base: &Value, rows: &mut IndexRows) {
+fn index_composite(
+    keys: &IndexKeys,
+    param: &'static SearchParam,
+    base: &Value,
+    rows: &mut IndexRows,
+) {
     let code = param.code.as_str();
     let (first, second) = (&param.components[0], &param.components[1]);
     let firsts: Vec<Vec<u8>> = values(base, &first.paths)
@@ -653,10 +663,8 @@ fn index_composite(keys: &IndexKeys, param: &SearchParam, base: &Value, rows: &m
                 for h2 in component_hashes(keys, code, second.kind, v, dt) {
                     for h1 in &firsts {
                         let pair = [h1.as_slice(), h2.as_slice()].concat();
-                        rows.hashes.push((
-                            code.into(),
-                            keys.blind_bytes(Class::Token, code, "x", &pair),
-                        ));
+                        rows.hashes
+                            .push((code, keys.blind_bytes(Class::Token, code, "x", &pair)));
                     }
                 }
             }
@@ -672,7 +680,7 @@ fn index_composite(keys: &IndexKeys, param: &SearchParam, base: &Value, rows: &m
                     let (lo, hi) = keys.shift(code, lo, hi);
                     for h1 in &firsts {
                         rows.ranges.push(RangeRow {
-                            param: code.into(),
+                            param: code,
                             lo,
                             hi,
                             unit_sc: None,
@@ -725,12 +733,12 @@ mod tests {
             "managingOrganization": {"reference": "Organization/o1"}});
         let rows = index_resource(&k, "Patient", &patient);
         let family = k.blind(Class::String, "family", "p", "pen");
-        assert!(rows.hashes.contains(&("family".into(), family)));
+        assert!(rows.hashes.contains(&("family", family)));
         let mrn = k.blind(Class::Token, "identifier", "sc", "urn:mrn|12345");
-        assert!(rows.hashes.contains(&("identifier".into(), mrn)));
+        assert!(rows.hashes.contains(&("identifier", mrn)));
         assert!(rows
             .refs
-            .contains(&("organization".into(), "Organization".into(), "o1".into())));
+            .contains(&("organization", "Organization".into(), "o1".into())));
         let birth = rows.ranges.iter().find(|r| r.param == "birthdate").unwrap();
         let (lo, _) = date_range("1970-05-06").unwrap();
         assert_ne!(birth.lo, lo as f64, "dates are shifted");

@@ -569,11 +569,8 @@ pub(crate) async fn write_index(
     }
     let Some(rows) = rows else { return Ok(()) };
     if !rows.hashes.is_empty() {
-        let (params, hashes): (Vec<&str>, Vec<&[u8]>) = rows
-            .hashes
-            .iter()
-            .map(|(p, h)| (p.as_str(), h.as_slice()))
-            .unzip();
+        let (params, hashes): (Vec<&str>, Vec<&[u8]>) =
+            rows.hashes.iter().map(|(p, h)| (*p, h.as_slice())).unzip();
         sqlx::query(
             "INSERT INTO search_hash (resource_type, id, param, h)
              SELECT $1, $2, * FROM unnest($3::text[], $4::bytea[])",
@@ -590,7 +587,7 @@ pub(crate) async fn write_index(
         let mut types = Vec::new();
         let mut ids = Vec::new();
         for (p, t, i) in &rows.refs {
-            params.push(p.as_str());
+            params.push(*p);
             types.push(t.as_str());
             ids.push(i.as_str());
         }
@@ -607,7 +604,7 @@ pub(crate) async fn write_index(
         .await?;
     }
     if !rows.ranges.is_empty() {
-        let params: Vec<&str> = rows.ranges.iter().map(|r| r.param.as_str()).collect();
+        let params: Vec<&str> = rows.ranges.iter().map(|r| r.param).collect();
         let lo: Vec<f64> = rows.ranges.iter().map(|r| r.lo).collect();
         let hi: Vec<f64> = rows.ranges.iter().map(|r| r.hi).collect();
         let unit_sc: Vec<Option<&[u8]>> =
@@ -767,22 +764,32 @@ impl<'k> Builder<'k> {
         query: &SearchQuery,
     ) -> Result<(), StoreError> {
         let rt = query.resource_type.as_str();
+        // The matches are found first, on their own (`OFFSET 0` keeps the planner from folding them
+        // into the outer query, where an `ORDER BY ... LIMIT` would tempt it to walk every resource
+        // of the type in id order and test each); bodies, keys and sort values are joined after.
+        self.qb
+            .push("FROM (SELECT m.id FROM resources m WHERE m.resource_type = ");
+        self.qb.push_bind(rt.to_string());
+        self.qb.push(" AND NOT m.deleted");
+        for f in &query.filters {
+            self.qb.push(" AND ");
+            self.filter(rt, "m.id", f)?;
+        }
         self.qb.push(
-            "FROM resources h
+            " OFFSET 0) found
+               JOIN resources h ON h.resource_type = ",
+        );
+        self.qb.push_bind(rt.to_string());
+        self.qb.push(
+            " AND h.id = found.id
                JOIN resource_versions v
                  ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
                JOIN data_keys k ON k.id = v.dek_id
-              WHERE h.resource_type = ",
+              WHERE true",
         );
-        self.qb.push_bind(rt.to_string());
-        self.qb.push(" AND NOT h.deleted");
         if let Some(compartment) = ctx.compartment() {
             self.qb.push(" AND k.scope = ");
             self.qb.push_bind(compartment);
-        }
-        for f in &query.filters {
-            self.qb.push(" AND ");
-            self.filter(rt, "h.id", f)?;
         }
         Ok(())
     }

@@ -1,0 +1,236 @@
+//! Search benchmark (issue 4): loads Synthea transaction bundles with 8 concurrent clients, then
+//! measures a patient-scoped search page, a count over all Observations by code, and
+//! `Patient/{id}/$everything`, and prints a table with the server's peak RSS.
+//!
+//! Run: `cargo build --release --workspace --bins && target/release/search-bench [--synthea DIR]
+//! [--patients N] [--seconds S]`. Without `--synthea` (or when the directory is missing) it loads a
+//! generated Synthea-shaped set of `--patients` patients (default 120, ~760 resources each).
+
+use carapace_tests::synthea::{self, NamedBundle};
+use carapace_tests::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Row {
+    name: String,
+    concurrency: usize,
+    requests: usize,
+    errors: usize,
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+}
+
+/// The most frequent Observation LOINC code in the bundles.
+fn commonest_code(bundles: &[NamedBundle]) -> String {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for b in bundles {
+        for e in b.bundle["entry"].as_array().into_iter().flatten() {
+            let r = &e["resource"];
+            if r["resourceType"] == "Observation" {
+                for c in r["code"]["coding"].as_array().into_iter().flatten() {
+                    if c["system"] == "http://loinc.org" {
+                        if let Some(code) = c["code"].as_str() {
+                            *counts.entry(code.to_string()).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(c, _)| c)
+        .unwrap_or_else(|| "8302-2".into())
+}
+
+/// Run GETs of `url(n)` from `concurrency` clients for `seconds`.
+async fn timed(
+    server: &Server,
+    name: &str,
+    concurrency: usize,
+    seconds: f64,
+    url: Arc<dyn Fn(usize) -> String + Send + Sync>,
+) -> Row {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (auth, stop, url) = (server.bearer(), stop.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut n) = (Vec::new(), 0, worker);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
+                let ok =
+                    matches!(http("GET", &url(n), &headers, None).await, Ok(r) if r.status == 200);
+                latencies.push(started.elapsed());
+                errors += usize::from(!ok);
+                n += concurrency;
+            }
+            (latencies, errors)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap_or_default();
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| percentile(&latencies, p);
+    Row {
+        name: name.to_string(),
+        concurrency,
+        requests: latencies.len(),
+        errors,
+        throughput: latencies.len() as f64 / elapsed,
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: f64 = arg(&args, "--seconds").unwrap_or(10.0);
+    let patients: usize = arg(&args, "--patients").unwrap_or(120);
+    let dir: Option<std::path::PathBuf> = arg::<String>(&args, "--synthea").map(Into::into);
+    let (source, bundles) = match &dir {
+        Some(d) if d.is_dir() => (
+            format!("Synthea export {}", d.display()),
+            synthea::read_dir(d)?,
+        ),
+        _ => (
+            format!("generated Synthea-shaped set ({patients} patients)"),
+            synthea::generate(patients, 760),
+        ),
+    };
+    let code = commonest_code(&bundles);
+    eprintln!(
+        "{} bundles from {source}; starting PostgreSQL, OpenBao and carapace-server ...",
+        bundles.len()
+    );
+    let stack = Stack::start().await?;
+    let server = &stack.server;
+
+    eprintln!("loading with 8 concurrent clients ...");
+    let load = synthea::load(&server.base, &server.bearer(), bundles, 8).await;
+    for (name, status, text) in load.failures.iter().take(5) {
+        eprintln!("  not accepted: {name}: {status} {text}");
+    }
+    // Fresh planner statistics and visibility map, as autovacuum leaves them after a bulk load.
+    let db = stack.db().await;
+    sqlx::query("VACUUM (ANALYZE)").execute(&db).await?;
+    let fhir = stack.fhir();
+    let count_url = format!("Observation?code=http://loinc.org|{code}&_summary=count");
+    let matched = fhir.get(&count_url).await.json()["total"]
+        .as_u64()
+        .unwrap_or(0);
+    let total_obs = fhir.get("Observation?_summary=count").await.json()["total"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // A count over every Observation with the commonest code, one at a time.
+    let mut count_times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = fhir.get(&count_url).await;
+        count_times.push(started.elapsed());
+        anyhow::ensure!(r.status == 200, "count failed: {}", r.text());
+    }
+    count_times.sort();
+
+    let ids = Arc::new(load.patients.clone());
+    anyhow::ensure!(!ids.is_empty(), "no patients were loaded");
+    let base = server.base.clone();
+    let (b1, ids1, code1) = (base.clone(), ids.clone(), code.clone());
+    let search: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |n| {
+        format!(
+            "{b1}/Observation?patient={}&code=http://loinc.org|{code1}&_count=20",
+            ids1[n % ids1.len()]
+        )
+    });
+    let (b2, ids2) = (base.clone(), ids.clone());
+    let everything: Arc<dyn Fn(usize) -> String + Send + Sync> =
+        Arc::new(move |n| format!("{b2}/Patient/{}/$everything", ids2[n % ids2.len()]));
+    timed(server, "warm-up", 8, 2.0, search.clone()).await;
+    let mut rows = Vec::new();
+    for c in [1, 8] {
+        eprintln!("patient-scoped search x{c} for {seconds} s");
+        rows.push(
+            timed(
+                server,
+                "Observation?patient=X&code=Y (page of 20)",
+                c,
+                seconds,
+                search.clone(),
+            )
+            .await,
+        );
+    }
+    eprintln!("$everything x8 for {seconds} s");
+    rows.push(
+        timed(
+            server,
+            "Patient/X/$everything (first page)",
+            8,
+            seconds,
+            everything,
+        )
+        .await,
+    );
+    let rss = server.pid().map(peak_rss_mb).unwrap_or(f64::NAN);
+
+    println!("source: {source}");
+    println!(
+        "load: {}/{} bundles accepted, {} resources in {:.1} s = {:.0} resources/s (8 clients, transactions, encryption and every index)",
+        load.accepted,
+        load.bundles,
+        load.resources,
+        load.seconds,
+        load.resources as f64 / load.seconds
+    );
+    println!(
+        "count: Observation?code=http://loinc.org|{code}&_summary=count = {matched} of {total_obs} Observations; p50 {:.1} ms, max {:.1} ms (20 runs)",
+        count_times[count_times.len() / 2].as_secs_f64() * 1000.0,
+        count_times.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    );
+    println!("\n| workload | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
+            r.name,
+            r.concurrency,
+            r.requests,
+            r.errors,
+            r.throughput,
+            r.p50.as_secs_f64() * 1000.0,
+            r.p99.as_secs_f64() * 1000.0
+        );
+    }
+    println!(
+        "\nserver peak RSS (VmHWM): {rss:.1} MB; {} cores; {seconds} s per timed workload",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    if !load.failures.is_empty() {
+        anyhow::bail!("{} bundles were not accepted", load.failures.len());
+    }
+    Ok(())
+}
