@@ -152,24 +152,23 @@ impl Store {
         };
         let now = self.clock.now().timestamp_millis();
         let count_only = query.summary == Summary::Count;
-        let total = if query.total == Total::None && !count_only {
-            None
-        } else {
-            let mut b = Builder::new(&keys.index, now);
+        let count = |b: &mut Builder<'_>| -> Result<(), StoreError> {
             b.qb.push("SELECT count(*) AS n ");
-            b.push_from_where(ctx, query)?;
-            let n: i64 = b.qb.build().fetch_one(&self.pool).await?.try_get("n")?;
-            Some(u64::try_from(n).unwrap_or(0))
+            b.push_from_where(ctx, query)
         };
         if count_only {
+            let mut b = Builder::new(&keys.index, now);
+            count(&mut b)?;
+            let n: i64 = b.qb.build().fetch_one(&self.pool).await?.try_get("n")?;
             return Ok(SearchResult {
                 matches: vec![],
                 included: vec![],
-                total,
+                total: Some(u64::try_from(n).unwrap_or(0)),
                 next: None,
                 previous: None,
             });
         }
+        let first_page = cursor.is_none();
         let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
         let (matches, next, previous) = if by_value {
             self.page_sorted_in_memory(ctx, query, &keys, &digest, cursor, now)
@@ -177,6 +176,17 @@ impl Store {
         } else {
             self.page_by_keyset(ctx, query, &keys, &digest, cursor, now)
                 .await?
+        };
+        let total = if query.total == Total::None {
+            None
+        } else if first_page && next.is_none() {
+            // A first page with no page after it holds every match: no need to count again.
+            Some(matches.len() as u64)
+        } else {
+            let mut b = Builder::new(&keys.index, now);
+            count(&mut b)?;
+            let n: i64 = b.qb.build().fetch_one(&self.pool).await?.try_get("n")?;
+            Some(u64::try_from(n).unwrap_or(0))
         };
         let included = self.includes(ctx, query, &matches).await?;
         Ok(SearchResult {
