@@ -1112,9 +1112,9 @@ impl<'k> Builder<'k> {
         let (qlo, qhi, point) = match kind {
             Kind::Date => {
                 let (lo, hi) = index::date_range(rest).ok_or_else(|| {
+                    // The value is not echoed: a search value may be PHI (a birth date).
                     bad(format!(
-                        "'{}' is not a FHIR date or dateTime",
-                        crate::fhir::printable(rest)
+                        "a value of '{code}' is not a FHIR date or dateTime"
                     ))
                 })?;
                 let (slo, shi) = self.keys.shift(code, Some(lo), Some(hi));
@@ -1148,12 +1148,8 @@ impl<'k> Builder<'k> {
                         self.qb.push(" AND ");
                     }
                 }
-                let (v, half) = parse_number(number).ok_or_else(|| {
-                    bad(format!(
-                        "'{}' is not a number",
-                        crate::fhir::printable(number)
-                    ))
-                })?;
+                let (v, half) = parse_number(number)
+                    .ok_or_else(|| bad(format!("a value of '{code}' is not a number")))?;
                 (v - half, v + half, Some(v))
             }
         };
