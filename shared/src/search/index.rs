@@ -152,6 +152,27 @@ pub struct RangeRow {
     pub comp: Option<Vec<u8>>,
 }
 
+impl RangeRow {
+    /// A date's `[lo, hi)` (epoch ms, open ends as `None`), shifted for parameter `param`.
+    fn date(
+        keys: &IndexKeys,
+        param: &'static str,
+        lo: Option<i64>,
+        hi: Option<i64>,
+        comp: Option<Vec<u8>>,
+    ) -> RangeRow {
+        let (lo, hi) = keys.shift(param, lo, hi);
+        RangeRow {
+            param,
+            lo,
+            hi,
+            unit_sc: None,
+            unit_c: None,
+            comp,
+        }
+    }
+}
+
 /// A token value: `system|code`, with its display text.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Token {
@@ -583,7 +604,10 @@ fn index_param(
                 let Some(reference) = reference else { continue };
                 match params::split_reference(reference) {
                     Some((t, id)) => rows.refs.push((code, t.into(), id.into())),
-                    None if !reference.starts_with('#') => {
+                    // Only a plain absolute URL (canonical or external) is kept whole: anything
+                    // else (a conditional `Type?identifier=...` outside a transaction, a urn) may
+                    // carry PHI and is not indexed.
+                    None if reference.contains("://") && !reference.contains(['?', '#']) => {
                         let plain = reference.split('|').next().unwrap_or(reference);
                         rows.refs.push((code, String::new(), plain.into()));
                     }
@@ -592,15 +616,7 @@ fn index_param(
             }
             Kind::Date => {
                 for (lo, hi) in date_ranges(value, datatype) {
-                    let (lo, hi) = keys.shift(code, lo, hi);
-                    rows.ranges.push(RangeRow {
-                        param: code,
-                        lo,
-                        hi,
-                        unit_sc: None,
-                        unit_c: None,
-                        comp: None,
-                    });
+                    rows.ranges.push(RangeRow::date(keys, code, lo, hi, None));
                 }
             }
             Kind::Number | Kind::Quantity => {
@@ -677,16 +693,9 @@ fn index_composite(
             }
             Kind::Date => {
                 for (lo, hi) in date_ranges(v, dt) {
-                    let (lo, hi) = keys.shift(code, lo, hi);
                     for h1 in &firsts {
-                        rows.ranges.push(RangeRow {
-                            param: code,
-                            lo,
-                            hi,
-                            unit_sc: None,
-                            unit_c: None,
-                            comp: Some(h1.clone()),
-                        });
+                        rows.ranges
+                            .push(RangeRow::date(keys, code, lo, hi, Some(h1.clone())));
                     }
                 }
             }
@@ -739,6 +748,17 @@ mod tests {
         assert!(rows
             .refs
             .contains(&("organization", "Organization".into(), "o1".into())));
+        let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient?identifier=urn:mrn|12345"},
+            "performer": [{"reference": "http://other.example/fhir/Practitioner/9"}]});
+        let obs_rows = index_resource(&k, "Observation", &obs);
+        assert!(
+            !format!("{obs_rows:?}").contains("12345"),
+            "a conditional reference is not indexed in the clear"
+        );
+        assert!(obs_rows
+            .refs
+            .contains(&("performer", "Practitioner".into(), "9".into())));
         let birth = rows.ranges.iter().find(|r| r.param == "birthdate").unwrap();
         let (lo, _) = date_range("1970-05-06").unwrap();
         assert_ne!(birth.lo, lo as f64, "dates are shifted");

@@ -290,6 +290,18 @@ fn parse_sort(resource_type: ResourceType, value: &str) -> Result<Vec<SortKey>, 
     Ok(keys)
 }
 
+/// The reference parameter `code` of `source`, or a 400 naming it.
+fn reference_param(source: ResourceType, code: &str) -> Result<&'static SearchParam, BadSearch> {
+    params::lookup(source.as_str(), code)
+        .filter(|p| p.kind == Kind::Reference)
+        .ok_or_else(|| {
+            bad(format!(
+                "{source} has no reference search parameter '{}'",
+                printable(code)
+            ))
+        })
+}
+
 fn parse_include(value: &str, iterate: bool) -> Result<Include, BadSearch> {
     let mut parts = value.split(':');
     let source = parts
@@ -298,17 +310,7 @@ fn parse_include(value: &str, iterate: bool) -> Result<Include, BadSearch> {
         .ok_or_else(|| bad("_include and _revinclude take Type:parameter[:Target]"))?;
     let code = match parts.next() {
         Some("*") => None,
-        Some(code) => {
-            let param = params::lookup(source.as_str(), code)
-                .filter(|p| p.kind == Kind::Reference)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "{source} has no reference search parameter '{}'",
-                        printable(code)
-                    ))
-                })?;
-            Some(param.code.clone())
-        }
+        Some(code) => Some(reference_param(source, code)?.code.clone()),
         None => return Err(bad("_include and _revinclude take Type:parameter[:Target]")),
     };
     let target = match parts.next() {
@@ -486,14 +488,7 @@ fn parse_has(resource_type: &str, rest: &str, value: &str) -> Result<Filter, Bad
         .ok_or_else(shape)?;
     let code = parts.next().ok_or_else(shape)?;
     let inner_name = parts.next().ok_or_else(shape)?;
-    let param = params::lookup(source.as_str(), code)
-        .filter(|p| p.kind == Kind::Reference)
-        .ok_or_else(|| {
-            bad(format!(
-                "{source} has no reference search parameter '{}'",
-                printable(code)
-            ))
-        })?;
+    let param = reference_param(source, code)?;
     if !param.targets.is_empty() && !param.targets.iter().any(|t| t == resource_type) {
         return Err(bad(format!(
             "{source}.{code} cannot refer to a {resource_type}"
