@@ -2,6 +2,7 @@
 //! and turning store results into responses. No storage or crypto here: that is the core's.
 
 use crate::capability;
+use crate::incoming::{IncomingBundle, IncomingEntry};
 use crate::outcome::{ApiError, HttpResponse, FHIR_JSON};
 use crate::AppState;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -13,8 +14,8 @@ use carapace_core::fhir::validate;
 use carapace_core::fhir::{json, ResourceId, ResourceType};
 use carapace_core::search::query as search_query;
 use carapace_core::store::{
-    Created, Deleted, EverythingQuery, HistoryCursor, HistoryQuery, StoreError, StoredResource,
-    Target, TxEntry, TxResult, Updated,
+    Created, Deleted, EntryResource, EverythingQuery, HistoryCursor, HistoryQuery, StoreError,
+    StoredResource, Target, TxEntry, TxResult, Updated, Written,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
@@ -87,14 +88,12 @@ async fn route(
                     "the server is shutting down",
                 )
             })?;
-            let bundle = read_resource(state, &headers, body).await?;
-            match bundle["type"].as_str() {
-                Some("batch") if bundle["resourceType"] == "Bundle" => {
-                    batch(state, &ctx, &bundle).await
-                }
-                Some("transaction") if bundle["resourceType"] == "Bundle" => {
-                    transaction(state, &ctx, bundle).await
-                }
+            let body = read_body(state, &headers, body, RESOURCE_MEDIA_TYPES).await?;
+            let bundle = IncomingBundle::parse(body)?;
+            let is_bundle = bundle.resource_type.as_deref() == Some("Bundle");
+            match bundle.kind.as_deref() {
+                Some("batch") if is_bundle => batch(state, &ctx, bundle.entries).await,
+                Some("transaction") if is_bundle => transaction(state, &ctx, bundle.entries).await,
                 _ => Err(ApiError::bad_request(
                     "POST to the base takes a Bundle of type batch or transaction",
                 )),
@@ -168,7 +167,7 @@ async fn route(
             let entry = TxEntry::Update {
                 resource_type: rt,
                 target: conditional_target(&query)?,
-                resource,
+                resource: EntryResource::Parsed(resource),
                 if_match,
                 full_url: None,
             };
@@ -333,13 +332,7 @@ async fn read_resource(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<serde_json::Value, ApiError> {
-    let value = read_json(
-        state,
-        headers,
-        body,
-        &["application/fhir+json", "application/json"],
-    )
-    .await?;
+    let value = read_json(state, headers, body, RESOURCE_MEDIA_TYPES).await?;
     if !value.is_object() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -350,6 +343,9 @@ async fn read_resource(
     Ok(value)
 }
 
+/// The media types a resource (or Bundle) may be sent as.
+const RESOURCE_MEDIA_TYPES: &[&str] = &["application/fhir+json", "application/json"];
+
 /// Read a JSON body of one of the `accepted` media types (415 otherwise), within the body limit.
 async fn read_json(
     state: &AppState,
@@ -357,6 +353,17 @@ async fn read_json(
     body: Incoming,
     accepted: &[&str],
 ) -> Result<serde_json::Value, ApiError> {
+    let bytes = read_body(state, headers, body, accepted).await?;
+    json::parse(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "structure", e.0))
+}
+
+/// Read a body of one of the `accepted` media types (415 otherwise), within the body limit (413).
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Incoming,
+    accepted: &[&str],
+) -> Result<Bytes, ApiError> {
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -391,12 +398,9 @@ async fn read_json(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let bytes = read_limited(body, state.config.body_limit, declared)
+    read_limited(body, state.config.body_limit, declared)
         .await?
-        .ok_or_else(too_large)?;
-    let value = json::parse(&bytes)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "structure", e.0))?;
-    Ok(value)
+        .ok_or_else(too_large)
 }
 
 /// Read at most `limit` bytes of body. Past the limit, keep reading and discarding (up to a bound)
@@ -929,21 +933,10 @@ const MAX_BATCH_ENTRIES: usize = 10_000;
 async fn batch(
     state: &AppState,
     ctx: &AccessContext,
-    bundle: &serde_json::Value,
+    entries: Vec<IncomingEntry>,
 ) -> Result<HttpResponse, ApiError> {
     // Each entry's resource is validated when its own interaction runs, so one bad entry fails
     // alone; the envelope only has to be a list of entries.
-    let entries = match &bundle["entry"] {
-        serde_json::Value::Array(entries) if entries.iter().all(|e| e.is_object()) => {
-            entries.as_slice()
-        }
-        serde_json::Value::Null => &[],
-        _ => {
-            return Err(ApiError::bad_request(
-                "Bundle.entry must be an array of entries",
-            ))
-        }
-    };
     if entries.len() > MAX_BATCH_ENTRIES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -953,7 +946,7 @@ async fn batch(
     }
     let mut out = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
-        let response = match batch_entry(state, ctx, entry).await {
+        let response = match batch_entry(state, ctx, &entry.to_value()).await {
             Ok(r) => r,
             Err(e) => {
                 let status = e.status;
@@ -977,17 +970,8 @@ async fn batch(
 async fn transaction(
     state: &AppState,
     ctx: &AccessContext,
-    bundle: serde_json::Value,
+    entries: Vec<IncomingEntry>,
 ) -> Result<HttpResponse, ApiError> {
-    let entries = match bundle.get("entry") {
-        Some(serde_json::Value::Array(entries)) => entries.clone(),
-        None => Vec::new(),
-        _ => {
-            return Err(ApiError::bad_request(
-                "Bundle.entry must be an array of entries",
-            ))
-        }
-    };
     if entries.len() > MAX_BATCH_ENTRIES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -996,12 +980,12 @@ async fn transaction(
         ));
     }
     let mut ops = Vec::with_capacity(entries.len());
-    for (i, mut entry) in entries.into_iter().enumerate() {
+    for (i, entry) in entries.into_iter().enumerate() {
         let at = |e: ApiError| ApiError {
             message: format!("Bundle.entry[{i}]: {}", e.message),
             ..e
         };
-        ops.push(tx_entry(state, &mut entry).map_err(at)?);
+        ops.push(tx_entry(state, entry).map_err(at)?);
     }
     let results = match state.store.transaction(ctx, ops).await {
         Ok(r) => r,
@@ -1032,18 +1016,18 @@ async fn transaction(
     let mut out = Vec::with_capacity(results.len());
     for result in results {
         out.push(match result {
-            TxResult::Created(r) => entry_response(StatusCode::CREATED, &r, false, state),
-            TxResult::Existing(r) => entry_response(StatusCode::OK, &r, false, state),
+            TxResult::Created(r) => entry_response(StatusCode::CREATED, &r, None, state),
+            TxResult::Existing(r) => entry_response(StatusCode::OK, &r, None, state),
             TxResult::Updated(u) => {
                 let status = if u.created {
                     StatusCode::CREATED
                 } else {
                     StatusCode::OK
                 };
-                entry_response(status, &u.resource, false, state)
+                entry_response(status, &Written::from(&u.resource), None, state)
             }
             TxResult::Deleted(_) => serde_json::json!({"response": {"status": "204 No Content"}}),
-            TxResult::Read(Ok(r)) => entry_response(StatusCode::OK, &r, true, state),
+            TxResult::Read(Ok(r)) => stored_entry_response(StatusCode::OK, &r, state),
             TxResult::Read(Err(e)) => {
                 let e = ApiError::from(e);
                 let status = e.status;
@@ -1061,12 +1045,9 @@ async fn transaction(
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }
 
-fn tx_entry(state: &AppState, entry: &mut serde_json::Value) -> Result<TxEntry, ApiError> {
-    let method = entry["request"]["method"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    let url = entry["request"]["url"].as_str().unwrap_or("").to_string();
+fn tx_entry(state: &AppState, entry: IncomingEntry) -> Result<TxEntry, ApiError> {
+    let method = entry.request["method"].as_str().unwrap_or("").to_string();
+    let url = entry.request["url"].as_str().unwrap_or("").to_string();
     let url = url
         .strip_prefix(&format!("{}/", state.base))
         .unwrap_or(&url)
@@ -1075,9 +1056,9 @@ fn tx_entry(state: &AppState, entry: &mut serde_json::Value) -> Result<TxEntry, 
         Some((u, q)) => (u.to_string(), Some(q.to_string())),
         None => (url, None),
     };
-    let if_none_exist = entry["request"]["ifNoneExist"].as_str().map(str::to_string);
-    let full_url = entry["fullUrl"].as_str().map(str::to_string);
-    let if_match = match entry["request"]["ifMatch"].as_str() {
+    let if_none_exist = entry.request["ifNoneExist"].as_str().map(str::to_string);
+    let full_url = entry.full_url.clone();
+    let if_match = match entry.request["ifMatch"].as_str() {
         Some(tag) => Some(
             tag.trim()
                 .trim_start_matches("W/")
@@ -1090,9 +1071,10 @@ fn tx_entry(state: &AppState, entry: &mut serde_json::Value) -> Result<TxEntry, 
         None => None,
     };
     let parts: Vec<&str> = url.split('/').filter(|p| !p.is_empty()).collect();
-    let mut resource = || match entry.get_mut("resource").map(serde_json::Value::take) {
-        Some(r) if r.is_object() => Ok(r),
-        _ => Err(ApiError::bad_request("this entry needs a resource")),
+    let resource = || {
+        entry
+            .resource()
+            .ok_or_else(|| ApiError::bad_request("this entry needs a resource"))
     };
     let target = |id: Option<&&str>| -> Result<Target, ApiError> {
         match (id, &query) {
@@ -1199,10 +1181,19 @@ async fn body_bytes(resp: HttpResponse) -> Bytes {
         .unwrap_or_default()
 }
 
-fn entry_response(
+/// An entry response with the resource itself.
+fn stored_entry_response(
     status: StatusCode,
     r: &StoredResource,
-    with_body: bool,
+    state: &AppState,
+) -> serde_json::Value {
+    entry_response(status, &Written::from(r), Some(&r.body), state)
+}
+
+fn entry_response(
+    status: StatusCode,
+    r: &Written,
+    body: Option<&[u8]>,
     state: &AppState,
 ) -> serde_json::Value {
     let mut response = serde_json::json!({
@@ -1217,8 +1208,8 @@ fn entry_response(
         ));
     }
     let mut entry = serde_json::json!({"response": response});
-    if with_body {
-        if let Ok(resource) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+    if let Some(body) = body {
+        if let Ok(resource) = serde_json::from_slice::<serde_json::Value>(body) {
             entry["resource"] = resource;
         }
     }
@@ -1254,10 +1245,11 @@ async fn batch_entry(
                     TxEntry::Update {
                         resource_type: rt,
                         target,
-                        resource: entry
-                            .get("resource")
-                            .cloned()
-                            .ok_or_else(|| ApiError::bad_request("this entry needs a resource"))?,
+                        resource: EntryResource::Parsed(
+                            entry.get("resource").cloned().ok_or_else(|| {
+                                ApiError::bad_request("this entry needs a resource")
+                            })?,
+                        ),
                         if_match: None,
                         full_url: None,
                     }
@@ -1274,7 +1266,7 @@ async fn batch_entry(
                         } else {
                             StatusCode::OK
                         };
-                        entry_response(status, &u.resource, true, state)
+                        stored_entry_response(status, &u.resource, state)
                     }
                     _ => serde_json::json!({"response": {"status": "204 No Content"}}),
                 })
@@ -1306,7 +1298,7 @@ async fn batch_entry(
                 .store
                 .read(ctx, resource_type(t)?, &resource_id(id)?)
                 .await?;
-            Ok(entry_response(StatusCode::OK, &r, true, state))
+            Ok(stored_entry_response(StatusCode::OK, &r, state))
         }
         ("GET", [t, id, "_history", v]) => {
             let version: i64 = v
@@ -1316,7 +1308,7 @@ async fn batch_entry(
                 .store
                 .vread(ctx, resource_type(t)?, &resource_id(id)?, version)
                 .await?;
-            Ok(entry_response(StatusCode::OK, &r, true, state))
+            Ok(stored_entry_response(StatusCode::OK, &r, state))
         }
         ("POST", [t]) => {
             let created = state
@@ -1329,8 +1321,8 @@ async fn batch_entry(
                 )
                 .await?;
             Ok(match created {
-                Created::New(r) => entry_response(StatusCode::CREATED, &r, true, state),
-                Created::Existing(r) => entry_response(StatusCode::OK, &r, true, state),
+                Created::New(r) => stored_entry_response(StatusCode::CREATED, &r, state),
+                Created::Existing(r) => stored_entry_response(StatusCode::OK, &r, state),
             })
         }
         ("PUT", [t, id]) => {
@@ -1349,7 +1341,7 @@ async fn batch_entry(
             } else {
                 StatusCode::OK
             };
-            Ok(entry_response(status, &updated.resource, true, state))
+            Ok(stored_entry_response(status, &updated.resource, state))
         }
         ("DELETE", [t, id]) => {
             state

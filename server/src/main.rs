@@ -3,6 +3,7 @@
 
 mod capability;
 mod fhir_api;
+mod incoming;
 mod login;
 mod oauth;
 mod outcome;

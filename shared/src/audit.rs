@@ -9,6 +9,7 @@ use crate::access::AccessContext;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use std::borrow::Cow;
 use tokio::sync::{mpsc, oneshot};
 
 /// The RESTful interaction being audited (the BALP subtype).
@@ -150,25 +151,64 @@ pub async fn record_in(
     ctx: &AccessContext,
     record: &AuditRecord,
 ) -> Result<(), sqlx::Error> {
+    record_all_in(conn, ctx, std::slice::from_ref(record)).await
+}
+
+/// Insert one event per record, all by the same caller, inside the caller's transaction.
+pub async fn record_all_in(
+    conn: &mut sqlx::PgConnection,
+    ctx: &AccessContext,
+    records: &[AuditRecord],
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<Row<'_>> = records
+        .iter()
+        .map(|r| Row {
+            recorded: r.recorded,
+            action: r.interaction.action(),
+            outcome: r.outcome.code(),
+            principal: Cow::Borrowed(&ctx.principal),
+            event: r.to_event(ctx),
+        })
+        .collect();
+    insert_rows(conn, &rows).await
+}
+
+/// One `audit_events` row.
+struct Row<'a> {
+    recorded: DateTime<Utc>,
+    action: &'static str,
+    outcome: &'static str,
+    principal: Cow<'a, str>,
+    event: Value,
+}
+
+/// Insert rows with one statement.
+async fn insert_rows<'c, E: sqlx::PgExecutor<'c>>(
+    conn: E,
+    rows: &[Row<'_>],
+) -> Result<(), sqlx::Error> {
+    let recorded: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded).collect();
+    let action: Vec<&str> = rows.iter().map(|r| r.action).collect();
+    let outcome: Vec<&str> = rows.iter().map(|r| r.outcome).collect();
+    let principal: Vec<&str> = rows.iter().map(|r| r.principal.as_ref()).collect();
+    let event: Vec<sqlx::types::Json<&Value>> =
+        rows.iter().map(|r| sqlx::types::Json(&r.event)).collect();
     sqlx::query(
-        "INSERT INTO audit_events (recorded, action, outcome, principal, event) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO audit_events (recorded, action, outcome, principal, event)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::char(1)[], $3::text[], $4::text[], $5::jsonb[])",
     )
-    .bind(record.recorded)
-    .bind(record.interaction.action())
-    .bind(record.outcome.code())
-    .bind(&ctx.principal)
-    .bind(sqlx::types::Json(record.to_event(ctx)))
+    .bind(recorded)
+    .bind(action)
+    .bind(outcome)
+    .bind(principal)
+    .bind(event)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 struct Pending {
-    recorded: DateTime<Utc>,
-    action: &'static str,
-    outcome: &'static str,
-    principal: String,
-    event: Value,
+    row: Row<'static>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -200,11 +240,13 @@ impl AuditWriter {
     ) -> Result<(), AuditError> {
         let (done, wait) = oneshot::channel();
         let pending = Pending {
-            recorded: record.recorded,
-            action: record.interaction.action(),
-            outcome: record.outcome.code(),
-            principal: ctx.principal.clone(),
-            event: record.to_event(ctx),
+            row: Row {
+                recorded: record.recorded,
+                action: record.interaction.action(),
+                outcome: record.outcome.code(),
+                principal: Cow::Owned(ctx.principal.clone()),
+                event: record.to_event(ctx),
+            },
             done,
         };
         self.tx
@@ -220,33 +262,14 @@ impl AuditWriter {
 async fn run_writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = insert_batch(&pool, &batch).await.map_err(|e| {
-            tracing::error!(error = %e, events = batch.len(), "audit batch failed");
+        let (rows, waiting): (Vec<Row<'static>>, Vec<_>) =
+            batch.drain(..).map(|p| (p.row, p.done)).unzip();
+        let result = insert_rows(&pool, &rows).await.map_err(|e| {
+            tracing::error!(error = %e, events = rows.len(), "audit batch failed");
             "could not write the audit trail".to_string()
         });
-        for p in batch.drain(..) {
-            let _ = p.done.send(result.clone());
+        for done in waiting {
+            let _ = done.send(result.clone());
         }
     }
-}
-
-async fn insert_batch(pool: &PgPool, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    let recorded: Vec<DateTime<Utc>> = batch.iter().map(|p| p.recorded).collect();
-    let action: Vec<&str> = batch.iter().map(|p| p.action).collect();
-    let outcome: Vec<&str> = batch.iter().map(|p| p.outcome).collect();
-    let principal: Vec<&str> = batch.iter().map(|p| p.principal.as_str()).collect();
-    let event: Vec<sqlx::types::Json<&Value>> =
-        batch.iter().map(|p| sqlx::types::Json(&p.event)).collect();
-    sqlx::query(
-        "INSERT INTO audit_events (recorded, action, outcome, principal, event)
-         SELECT * FROM UNNEST($1::timestamptz[], $2::char(1)[], $3::text[], $4::text[], $5::jsonb[])",
-    )
-    .bind(recorded)
-    .bind(action)
-    .bind(outcome)
-    .bind(principal)
-    .bind(event)
-    .execute(pool)
-    .await?;
-    Ok(())
 }

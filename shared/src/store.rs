@@ -136,7 +136,7 @@ pub struct InstantRange {
 pub enum TxEntry {
     Create {
         resource_type: ResourceType,
-        resource: Value,
+        resource: EntryResource,
         full_url: Option<String>,
         /// Conditional create: the entry does nothing when this query matches one resource.
         if_none_exist: Option<String>,
@@ -144,7 +144,7 @@ pub enum TxEntry {
     Update {
         resource_type: ResourceType,
         target: Target,
-        resource: Value,
+        resource: EntryResource,
         if_match: Option<i64>,
         full_url: Option<String>,
     },
@@ -159,6 +159,46 @@ pub enum TxEntry {
     },
 }
 
+/// A transaction entry's resource: parsed, or the entry's raw JSON object (its body was checked
+/// whole for well-formedness and duplicate keys), parsed only when the entry's turn comes, so that
+/// a Bundle of thousands of entries is never held as one parsed tree.
+pub enum EntryResource {
+    Parsed(Value),
+    Raw(bytes::Bytes),
+}
+
+impl EntryResource {
+    /// The parsed resource, leaving `Null` behind.
+    fn take(&mut self) -> Result<Value, StoreError> {
+        match std::mem::replace(self, EntryResource::Parsed(Value::Null)) {
+            EntryResource::Parsed(v) => Ok(v),
+            EntryResource::Raw(raw) => serde_json::from_slice(&raw).map_err(|_| {
+                StoreError::BadRequest("the entry's resource is not valid JSON".into())
+            }),
+        }
+    }
+}
+
+/// Where a transaction entry's write landed: what its response names.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+}
+
+impl From<&StoredResource> for Written {
+    fn from(r: &StoredResource) -> Written {
+        Written {
+            resource_type: r.resource_type,
+            id: r.id.clone(),
+            version_id: r.version_id,
+            last_updated: r.last_updated,
+        }
+    }
+}
+
 /// What an update or delete applies to: an id, or a conditional search query (`identifier=a|b`).
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -167,9 +207,9 @@ pub enum Target {
 }
 
 pub enum TxResult {
-    Created(StoredResource),
+    Created(Written),
     /// A conditional create that matched an existing resource.
-    Existing(StoredResource),
+    Existing(Written),
     Updated(Updated),
     Deleted(Deleted),
     /// Reads run after the commit; each has its own outcome (a failed read does not undo writes).
@@ -298,10 +338,19 @@ impl Store {
         let prepared = self
             .prepare_create(ctx, resource_type, resource, &id)
             .await?;
+        let now = self.clock.now();
+        let (new, body) = seal_new(prepared, now)?;
         let mut tx = self.pool.begin().await?;
-        let stored = self.write_create(&mut tx, ctx, prepared).await?;
+        self.insert_new(&mut tx, ctx, std::slice::from_ref(&new), now)
+            .await?;
         tx.commit().await?;
-        Ok(Created::New(stored))
+        Ok(Created::New(StoredResource {
+            resource_type,
+            id: new.id,
+            version_id: 1,
+            last_updated: now,
+            body,
+        }))
     }
 
     /// Everything a create needs before the database transaction: id set, compartment checked, data
@@ -331,70 +380,59 @@ impl Store {
         })
     }
 
-    async fn write_create(
+    /// Insert new resources as their version 1, with their index rows and one audit event each,
+    /// a few statements per [`INSERT_CHUNK`] resources whatever their number.
+    async fn insert_new(
         &self,
         tx: &mut sqlx::PgConnection,
         ctx: &AccessContext,
-        prepared: Prepared,
-    ) -> Result<StoredResource, StoreError> {
-        let Prepared {
-            resource_type,
-            id,
-            mut resource,
-            scope,
-            dek_id,
-            dek,
-            index,
-        } = prepared;
-        let now = self.clock.now();
-        stamp_meta(&mut resource, 1, now);
-        let body = serialize(&resource)?;
-        let sealed = crypto::seal(
-            &dek,
-            Binding {
-                resource_type: resource_type.as_str(),
-                id: &id,
-                version_id: 1,
-                compartment: &scope,
-            },
-            &body,
-        );
-        insert_version(
-            &mut *tx,
-            NewVersion {
-                resource_type,
-                id: &id,
-                version_id: 1,
-                at: now,
-                method: "POST",
-                dek_id: Some(dek_id),
-                sealed: Some(&sealed),
-            },
-        )
-        .await?;
-        sqlx::query(
-            "INSERT INTO resources (resource_type, id, version_id, deleted) VALUES ($1, $2, 1, false)",
-        )
-        .bind(resource_type.as_str())
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-        search::write_index(&mut *tx, resource_type, &id, Some(&index), false).await?;
-        let record = AuditRecord {
-            interaction: Interaction::Create,
-            outcome: Outcome::Success,
-            recorded: now,
-            what: Some(format!("{resource_type}/{id}/_history/1")),
-            patient: patient_of(&scope),
-        };
-        audit::record_in(&mut *tx, ctx, &record).await?;
-        Ok(StoredResource {
-            resource_type,
-            id,
-            version_id: 1,
-            last_updated: now,
-            body,
-        })
+        new: &[NewResource],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        for chunk in new.chunks(INSERT_CHUNK) {
+            let types: Vec<&str> = chunk.iter().map(|n| n.resource_type.as_str()).collect();
+            let ids: Vec<&str> = chunk.iter().map(|n| n.id.as_str()).collect();
+            let dek_ids: Vec<i64> = chunk.iter().map(|n| n.dek_id).collect();
+            let sealed: Vec<&[u8]> = chunk.iter().map(|n| n.sealed.as_slice()).collect();
+            sqlx::query(
+                "INSERT INTO resource_versions
+                        (resource_type, id, version_id, last_updated, method, dek_id, sealed)
+                 SELECT t, i, 1, $3, 'POST', k, s
+                   FROM unnest($1::text[], $2::text[], $4::int8[], $5::bytea[]) AS u(t, i, k, s)",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .bind(now)
+            .bind(&dek_ids)
+            .bind(&sealed)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO resources (resource_type, id, version_id, deleted)
+                 SELECT t, i, 1, false FROM unnest($1::text[], $2::text[]) AS u(t, i)",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+            let index: Vec<(ResourceType, &str, &IndexRows)> = chunk
+                .iter()
+                .map(|n| (n.resource_type, n.id.as_str(), &n.index))
+                .collect();
+            search::insert_index(&mut *tx, &index).await?;
+            let records: Vec<AuditRecord> = chunk
+                .iter()
+                .map(|n| AuditRecord {
+                    interaction: Interaction::Create,
+                    outcome: Outcome::Success,
+                    recorded: now,
+                    what: Some(format!("{}/{}/_history/1", n.resource_type, n.id)),
+                    patient: patient_of(&n.scope),
+                })
+                .collect();
+            audit::record_all_in(&mut *tx, ctx, &records).await?;
+        }
+        Ok(())
     }
 
     /// The one resource a conditional query (`identifier=sys|val`) matches: `None` for no match,
@@ -713,14 +751,8 @@ impl Store {
         )
         .await?;
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, false).await?;
-        search::write_index(
-            &mut *tx,
-            resource_type,
-            id.as_str(),
-            Some(&prepared.index),
-            true,
-        )
-        .await?;
+        search::clear_index(&mut *tx, resource_type, id.as_str()).await?;
+        search::insert_index(&mut *tx, &[(resource_type, id.as_str(), &prepared.index)]).await?;
         let record = AuditRecord {
             interaction: if exists {
                 Interaction::Update
@@ -888,7 +920,7 @@ impl Store {
         )
         .await?;
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, true).await?;
-        search::write_index(&mut *tx, resource_type, id.as_str(), None, true).await?;
+        search::clear_index(&mut *tx, resource_type, id.as_str()).await?;
         let record = AuditRecord {
             interaction: Interaction::Delete,
             outcome: Outcome::Success,
@@ -1027,41 +1059,43 @@ impl Store {
                 }
                 TxEntry::Update {
                     resource_type,
-                    target,
+                    target: target @ Target::Query(_),
                     resource,
                     ..
                 } => {
-                    if let Target::Query(query) = target {
-                        let id = match self
-                            .conditional_match(ctx, *resource_type, query)
-                            .await
-                            .map_err(fail(i))?
-                        {
-                            Some(found) => found.id,
-                            None => match resource.get("id").and_then(Value::as_str) {
-                                Some(id) => id.to_string(),
-                                None => uuid::Uuid::new_v4().to_string(),
-                            },
-                        };
-                        if resource
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .is_some_and(|b| b != id)
-                        {
-                            return Err(fail(i)(StoreError::Invalid(vec![Issue {
-                                path: format!("{resource_type}.id"),
-                                message:
-                                    "the id in the resource is not the one the condition matched"
-                                        .into(),
-                            }])));
-                        }
-                        set_id(resource, &id);
-                        *target = Target::Id(ResourceId::parse(&id).map_err(|_| {
-                            fail(i)(StoreError::BadRequest(
-                                "the resource id is not valid".into(),
-                            ))
-                        })?);
+                    let Target::Query(query) = &*target else {
+                        continue;
+                    };
+                    let mut value = resource.take().map_err(fail(i))?;
+                    let id = match self
+                        .conditional_match(ctx, *resource_type, query)
+                        .await
+                        .map_err(fail(i))?
+                    {
+                        Some(found) => found.id,
+                        None => match value.get("id").and_then(Value::as_str) {
+                            Some(id) => id.to_string(),
+                            None => uuid::Uuid::new_v4().to_string(),
+                        },
+                    };
+                    if value
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .is_some_and(|b| b != id)
+                    {
+                        return Err(fail(i)(StoreError::Invalid(vec![Issue {
+                            path: format!("{resource_type}.id"),
+                            message: "the id in the resource is not the one the condition matched"
+                                .into(),
+                        }])));
                     }
+                    set_id(&mut value, &id);
+                    *resource = EntryResource::Parsed(value);
+                    *target = Target::Id(ResourceId::parse(&id).map_err(|_| {
+                        fail(i)(StoreError::BadRequest(
+                            "the resource id is not valid".into(),
+                        ))
+                    })?);
                 }
                 TxEntry::Delete {
                     resource_type,
@@ -1122,62 +1156,34 @@ impl Store {
                 }
             }
         }
-        // Conditional references (`Patient?identifier=a|b`) each resolve to the one resource they
-        // match, once per transaction.
-        let mut conditional: std::collections::HashMap<String, String> =
-            std::collections::HashMap::new();
-        for (i, entry) in entries.iter().enumerate() {
-            let resource = match entry {
-                TxEntry::Create { resource, .. } | TxEntry::Update { resource, .. } => resource,
-                _ => continue,
-            };
-            let mut wanted = Vec::new();
-            conditional_references(resource, &mut wanted);
-            for reference in wanted {
-                if conditional.contains_key(&reference) || resolved.contains_key(&reference) {
-                    continue;
-                }
-                let (type_name, query) = reference.split_once('?').unwrap_or_default();
-                let rt = ResourceType::parse(type_name).ok_or_else(|| {
-                    fail(i)(StoreError::BadRequest(format!(
-                        "conditional reference to an unknown type '{}'",
-                        crate::fhir::printable(type_name)
-                    )))
-                })?;
-                let found = self
-                    .conditional_match(ctx, rt, query)
-                    .await
-                    .map_err(fail(i))?
-                    .ok_or_else(|| {
-                        fail(i)(StoreError::BadRequest(format!(
-                            "the conditional reference {type_name}?... matches no resource"
-                        )))
-                    })?;
-                conditional.insert(reference, format!("{rt}/{}", found.id));
-            }
-        }
-        resolved.extend(conditional);
-        // 2. Point references at the resolved ids, check and key every write (outside the database
-        // transaction: this may call the key provider).
-        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(entries.len());
+        // 2. One entry at a time (outside the database transaction: this may call the key provider
+        // and runs conditional searches): parse, point references at the resolved ids, check, key,
+        // index, and seal new resources, keeping only what the inserts need.
+        let now = self.clock.now();
+        let mut creates: Vec<(usize, NewResource)> = Vec::new();
+        let mut updates: Vec<Option<Prepared>> = (0..entries.len()).map(|_| None).collect();
         for (i, entry) in entries.iter_mut().enumerate() {
-            let p = match entry {
-                TxEntry::Create { .. } if existing[i].is_some() => None,
+            match entry {
+                TxEntry::Create { .. } if existing[i].is_some() => {}
                 TxEntry::Create {
                     resource_type,
                     resource,
                     ..
                 } => {
-                    resolve_references(resource, &resolved);
+                    let mut resource = resource.take().map_err(fail(i))?;
+                    self.resolve_entry_references(ctx, &mut resource, &mut resolved)
+                        .await
+                        .map_err(fail(i))?;
                     ctx.check(resource_type.as_str(), Permission::Create)
                         .map_err(|e| fail(i)(e.into()))?;
-                    check_resource(*resource_type, resource).map_err(fail(i))?;
+                    check_resource(*resource_type, &resource).map_err(fail(i))?;
                     let id = new_ids[i].clone().unwrap_or_default();
-                    Some(
-                        self.prepare_create(ctx, *resource_type, resource.take(), &id)
-                            .await
-                            .map_err(fail(i))?,
-                    )
+                    let prepared = self
+                        .prepare_create(ctx, *resource_type, resource, &id)
+                        .await
+                        .map_err(fail(i))?;
+                    let (new, _body) = seal_new(prepared, now).map_err(fail(i))?;
+                    creates.push((i, new));
                 }
                 TxEntry::Update {
                     resource_type,
@@ -1188,81 +1194,95 @@ impl Store {
                     let Target::Id(id) = target else {
                         return Err(fail(i)(StoreError::Integrity));
                     };
-                    resolve_references(resource, &resolved);
+                    let mut resource = resource.take().map_err(fail(i))?;
+                    self.resolve_entry_references(ctx, &mut resource, &mut resolved)
+                        .await
+                        .map_err(fail(i))?;
                     ctx.check(resource_type.as_str(), Permission::Update)
                         .map_err(|e| fail(i)(e.into()))?;
-                    check_resource(*resource_type, resource).map_err(fail(i))?;
+                    check_resource(*resource_type, &resource).map_err(fail(i))?;
                     if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                         return Err(fail(i)(StoreError::Invalid(vec![Issue {
                             path: format!("{resource_type}.id"),
                             message: "the id in the resource does not match the entry's URL".into(),
                         }])));
                     }
-                    let scope = key_scope(*resource_type, id.as_str(), resource);
+                    let scope = key_scope(*resource_type, id.as_str(), &resource);
                     if !ctx.may_see(&scope) {
                         return Err(fail(i)(Denied::OutsideCompartment.into()));
                     }
                     let (dek_id, dek) = self.dek_for_scope(&scope).await.map_err(fail(i))?;
                     let index = self
-                        .index_rows(*resource_type, resource)
+                        .index_rows(*resource_type, &resource)
                         .await
                         .map_err(fail(i))?;
-                    Some(Prepared {
+                    updates[i] = Some(Prepared {
                         resource_type: *resource_type,
                         id: id.as_str().to_string(),
-                        resource: resource.take(),
+                        resource,
                         scope,
                         dek_id,
                         dek,
                         index,
-                    })
+                    });
                 }
                 TxEntry::Delete { resource_type, .. } => {
                     ctx.check(resource_type.as_str(), Permission::Delete)
                         .map_err(|e| fail(i)(e.into()))?;
-                    None
                 }
-                TxEntry::Read { .. } => None,
-            };
-            prepared.push(p);
+                TxEntry::Read { .. } => {}
+            }
         }
-        // 3. All writes in one database transaction, in the spec's order.
+        // 3. All writes in one database transaction, in the spec's order: deletes, creates (all
+        // inserted together), updates.
         let mut results: Vec<Option<TxResult>> = (0..entries.len()).map(|_| None).collect();
         let mut tx = self.pool.begin().await.map_err(|e| fail(0)(e.into()))?;
-        for phase in 0..3 {
-            for (i, entry) in entries.iter().enumerate() {
-                let result = match (phase, entry, prepared[i].take()) {
-                    (
-                        0,
-                        TxEntry::Delete {
-                            resource_type,
-                            target,
-                        },
-                        _,
-                    ) => match target {
-                        Target::Id(id) => TxResult::Deleted(
-                            match self.write_delete(&mut tx, ctx, *resource_type, id).await {
-                                // Deleting what is not there is not an error (R4 http.html#delete).
-                                Err(StoreError::NotFound(_)) => Deleted::Already,
-                                other => other.map_err(fail(i))?,
-                            },
-                        ),
-                        Target::Query(_) => TxResult::Deleted(Deleted::Already),
-                    },
-                    (1, TxEntry::Create { .. }, Some(p)) => TxResult::Created(
-                        self.write_create(&mut tx, ctx, p).await.map_err(fail(i))?,
-                    ),
-                    (2, TxEntry::Update { if_match, .. }, Some(mut p)) => TxResult::Updated(
-                        self.write_update(&mut tx, ctx, &mut p, *if_match)
-                            .await
-                            .map_err(fail(i))?,
-                    ),
-                    (_, _, p) => {
-                        prepared[i] = p;
-                        continue;
+        for (i, entry) in entries.iter().enumerate() {
+            if let TxEntry::Delete {
+                resource_type,
+                target,
+            } = entry
+            {
+                let deleted = match target {
+                    Target::Id(id) => {
+                        match self.write_delete(&mut tx, ctx, *resource_type, id).await {
+                            // Deleting what is not there is not an error (R4 http.html#delete).
+                            Err(StoreError::NotFound(_)) => Deleted::Already,
+                            other => other.map_err(fail(i))?,
+                        }
                     }
+                    Target::Query(_) => Deleted::Already,
                 };
-                results[i] = Some(result);
+                results[i] = Some(TxResult::Deleted(deleted));
+            }
+        }
+        let new: Vec<NewResource> = creates
+            .into_iter()
+            .map(|(i, n)| {
+                results[i] = Some(TxResult::Created(Written {
+                    resource_type: n.resource_type,
+                    id: n.id.clone(),
+                    version_id: 1,
+                    last_updated: now,
+                }));
+                n
+            })
+            .collect();
+        let first_create = results
+            .iter()
+            .position(|r| matches!(r, Some(TxResult::Created(_))))
+            .unwrap_or(0);
+        self.insert_new(&mut tx, ctx, &new, now)
+            .await
+            .map_err(fail(first_create))?;
+        drop(new);
+        for (i, entry) in entries.iter().enumerate() {
+            if let (TxEntry::Update { if_match, .. }, Some(mut p)) = (entry, updates[i].take()) {
+                let updated = self
+                    .write_update(&mut tx, ctx, &mut p, *if_match)
+                    .await
+                    .map_err(fail(i))?;
+                results[i] = Some(TxResult::Updated(updated));
             }
         }
         tx.commit().await.map_err(|e| fail(0)(e.into()))?;
@@ -1283,13 +1303,49 @@ impl Store {
         }
         for (i, found) in existing.into_iter().enumerate() {
             if let Some(found) = found {
-                results[i] = Some(TxResult::Existing(found));
+                results[i] = Some(TxResult::Existing(Written::from(&found)));
             }
         }
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or(TxResult::Skipped))
             .collect())
+    }
+
+    /// Point a transaction entry's references at what they resolve to: fullUrls of other entries
+    /// (already in `resolved`) and conditional references (`Patient?identifier=a|b`), each of which
+    /// must match exactly one resource and is looked up once per transaction.
+    async fn resolve_entry_references(
+        &self,
+        ctx: &AccessContext,
+        resource: &mut Value,
+        resolved: &mut std::collections::HashMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let mut wanted = Vec::new();
+        conditional_references(resource, &mut wanted);
+        for reference in wanted {
+            if resolved.contains_key(&reference) {
+                continue;
+            }
+            let (type_name, query) = reference.split_once('?').unwrap_or_default();
+            let rt = ResourceType::parse(type_name).ok_or_else(|| {
+                StoreError::BadRequest(format!(
+                    "conditional reference to an unknown type '{}'",
+                    crate::fhir::printable(type_name)
+                ))
+            })?;
+            let found = self
+                .conditional_match(ctx, rt, query)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::BadRequest(format!(
+                        "the conditional reference {type_name}?... matches no resource"
+                    ))
+                })?;
+            resolved.insert(reference, format!("{rt}/{}", found.id));
+        }
+        resolve_references(resource, resolved);
+        Ok(())
     }
 
     /// `Patient/{id}/$everything`: the current resources in the patient's compartment (every resource
@@ -1638,6 +1694,57 @@ struct Prepared {
     dek_id: i64,
     dek: Arc<Dek>,
     index: IndexRows,
+}
+
+/// A new resource, stamped as version 1, sealed and indexed: all an insert needs, without the
+/// parsed tree (a transaction of thousands of entries holds only these).
+struct NewResource {
+    resource_type: ResourceType,
+    id: String,
+    scope: String,
+    dek_id: i64,
+    sealed: Vec<u8>,
+    index: IndexRows,
+}
+
+/// New resources are inserted this many to a statement.
+const INSERT_CHUNK: usize = 500;
+
+/// Stamp a prepared create as version 1 at `now` and seal it; the body is returned too, for the
+/// callers that answer with it.
+fn seal_new(prepared: Prepared, now: DateTime<Utc>) -> Result<(NewResource, Vec<u8>), StoreError> {
+    let Prepared {
+        resource_type,
+        id,
+        mut resource,
+        scope,
+        dek_id,
+        dek,
+        index,
+    } = prepared;
+    stamp_meta(&mut resource, 1, now);
+    let body = serialize(&resource)?;
+    let sealed = crypto::seal(
+        &dek,
+        Binding {
+            resource_type: resource_type.as_str(),
+            id: &id,
+            version_id: 1,
+            compartment: &scope,
+        },
+        &body,
+    );
+    Ok((
+        NewResource {
+            resource_type,
+            id,
+            scope,
+            dek_id,
+            sealed,
+            index,
+        },
+        body,
+    ))
 }
 
 struct ReadOutcome {

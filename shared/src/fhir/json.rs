@@ -19,6 +19,13 @@ pub struct JsonError(pub String);
 
 /// Parse a request body into a JSON value, refusing duplicate object keys.
 pub fn parse(body: &[u8]) -> Result<serde_json::Value, JsonError> {
+    let text = check(body)?;
+    serde_json::from_str::<serde_json::Value>(text).map_err(|e| JsonError(describe(&e)))
+}
+
+/// Check a request body without building it: UTF-8, well-formed, no duplicate object keys, bounded
+/// depth. Returns it as text, for a caller that deserialises it piecemeal.
+pub fn check(body: &[u8]) -> Result<&str, JsonError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         JsonError(format!(
             "body is not valid UTF-8 (at byte {})",
@@ -26,7 +33,7 @@ pub fn parse(body: &[u8]) -> Result<serde_json::Value, JsonError> {
         ))
     })?;
     serde_json::from_str::<DuplicateCheck>(text).map_err(|e| JsonError(describe(&e)))?;
-    serde_json::from_str::<serde_json::Value>(text).map_err(|e| JsonError(describe(&e)))
+    Ok(text)
 }
 
 fn describe(e: &serde_json::Error) -> String {

@@ -558,76 +558,97 @@ impl Store {
 }
 
 /// Replace a resource's index rows (inside the write's transaction).
-pub(crate) async fn write_index(
+/// Remove a resource's index rows (before it is indexed again, or when it is deleted).
+pub(crate) async fn clear_index(
     tx: &mut sqlx::PgConnection,
     resource_type: ResourceType,
     id: &str,
-    rows: Option<&IndexRows>,
-    replace: bool,
 ) -> Result<(), sqlx::Error> {
-    let rt = resource_type.as_str();
-    if replace {
-        for table in ["search_hash", "search_ref", "search_range"] {
-            sqlx::query(&format!(
-                "DELETE FROM {table} WHERE resource_type = $1 AND id = $2"
-            ))
-            .bind(rt)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+    for table in ["search_hash", "search_ref", "search_range"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE resource_type = $1 AND id = $2"
+        ))
+        .bind(resource_type.as_str())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Insert the index rows of many resources: one statement per table, whatever their number.
+pub(crate) async fn insert_index(
+    tx: &mut sqlx::PgConnection,
+    resources: &[(ResourceType, &str, &IndexRows)],
+) -> Result<(), sqlx::Error> {
+    let (mut types, mut ids, mut params, mut hashes) = (vec![], vec![], vec![], vec![]);
+    for (rt, id, rows) in resources {
+        for (p, h) in &rows.hashes {
+            types.push(rt.as_str());
+            ids.push(*id);
+            params.push(*p);
+            hashes.push(h.as_slice());
         }
     }
-    let Some(rows) = rows else { return Ok(()) };
-    if !rows.hashes.is_empty() {
-        let (params, hashes): (Vec<&str>, Vec<&[u8]>) =
-            rows.hashes.iter().map(|(p, h)| (*p, h.as_slice())).unzip();
+    if !hashes.is_empty() {
         sqlx::query(
             "INSERT INTO search_hash (resource_type, id, param, h)
-             SELECT $1, $2, * FROM unnest($3::text[], $4::bytea[])",
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])",
         )
-        .bind(rt)
-        .bind(id)
+        .bind(&types)
+        .bind(&ids)
         .bind(&params)
         .bind(&hashes)
         .execute(&mut *tx)
         .await?;
     }
-    if !rows.refs.is_empty() {
-        let mut params = Vec::new();
-        let mut types = Vec::new();
-        let mut ids = Vec::new();
-        for (p, t, i) in &rows.refs {
+    let (mut types, mut ids, mut params, mut target_types, mut targets) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for (rt, id, rows) in resources {
+        for (p, t, target) in &rows.refs {
+            types.push(rt.as_str());
+            ids.push(*id);
             params.push(*p);
-            types.push(t.as_str());
-            ids.push(i.as_str());
+            target_types.push(t.as_str());
+            targets.push(target.as_str());
         }
+    }
+    if !targets.is_empty() {
         sqlx::query(
             "INSERT INTO search_ref (resource_type, id, param, target_type, target_id)
-             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[])",
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])",
         )
-        .bind(rt)
-        .bind(id)
-        .bind(&params)
         .bind(&types)
         .bind(&ids)
+        .bind(&params)
+        .bind(&target_types)
+        .bind(&targets)
         .execute(&mut *tx)
         .await?;
     }
-    if !rows.ranges.is_empty() {
-        let params: Vec<&str> = rows.ranges.iter().map(|r| r.param).collect();
-        let lo: Vec<f64> = rows.ranges.iter().map(|r| r.lo).collect();
-        let hi: Vec<f64> = rows.ranges.iter().map(|r| r.hi).collect();
-        let unit_sc: Vec<Option<&[u8]>> =
-            rows.ranges.iter().map(|r| r.unit_sc.as_deref()).collect();
-        let unit_c: Vec<Option<&[u8]>> = rows.ranges.iter().map(|r| r.unit_c.as_deref()).collect();
-        let comp: Vec<Option<&[u8]>> = rows.ranges.iter().map(|r| r.comp.as_deref()).collect();
+    let ranges = resources
+        .iter()
+        .flat_map(|(rt, id, rows)| rows.ranges.iter().map(move |r| (rt.as_str(), *id, r)));
+    let (mut types, mut ids, mut params, mut lo, mut hi) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut unit_sc, mut unit_c, mut comp) = (vec![], vec![], vec![]);
+    for (rt, id, r) in ranges {
+        types.push(rt);
+        ids.push(id);
+        params.push(r.param);
+        lo.push(r.lo);
+        hi.push(r.hi);
+        unit_sc.push(r.unit_sc.as_deref());
+        unit_c.push(r.unit_c.as_deref());
+        comp.push(r.comp.as_deref());
+    }
+    if !params.is_empty() {
         sqlx::query(
             "INSERT INTO search_range (resource_type, id, param, lo, hi, unit_sc, unit_c, comp)
-             SELECT $1, $2, * FROM unnest($3::text[], $4::float8[], $5::float8[], $6::bytea[],
-                                          $7::bytea[], $8::bytea[])",
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[],
+                                  $6::bytea[], $7::bytea[], $8::bytea[])",
         )
-        .bind(rt)
-        .bind(id)
+        .bind(&types)
+        .bind(&ids)
         .bind(&params)
         .bind(&lo)
         .bind(&hi)
