@@ -31,9 +31,9 @@ pub struct AppState {
     /// The FHIR base URL, without a trailing slash.
     pub base: String,
     pub requests: AtomicU64,
-    /// Batch and transaction Bundles are processed one at a time: a Synthea-sized transaction holds
-    /// thousands of parsed entries in memory, so memory stays bounded however many clients load at
-    /// once (the database work of one Bundle already keeps both sides busy).
+    /// Batch and transaction Bundles are processed two at a time (one per core): each holds its
+    /// body and its sealed, indexed entries in memory (about three times the body), so memory stays
+    /// bounded however many clients load at once.
     pub bundle_slots: tokio::sync::Semaphore,
 }
 
@@ -109,6 +109,15 @@ async fn run() -> anyhow::Result<()> {
         // Token renewal is the server's job; the task runs for the life of the process.
         tokio::spawn(vault.clone().maintain_token());
     }
+    // Resources indexed under an earlier index scheme are indexed again in the background.
+    let store = core.store.clone();
+    tokio::spawn(async move {
+        match store.reindex_pending().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(resources = n, "search index rebuilt"),
+            Err(e) => tracing::error!(error = %e, "rebuilding the search index failed"),
+        }
+    });
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -119,7 +128,7 @@ async fn run() -> anyhow::Result<()> {
     }
     let base = config.fhir_base();
     let state = Arc::new(AppState {
-        bundle_slots: tokio::sync::Semaphore::new(1),
+        bundle_slots: tokio::sync::Semaphore::new(2),
         base: base.clone(),
         store: core.store.clone(),
         config,

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 mod search;
 use crate::search::index::IndexRows;
+use search::PrefixRows;
 pub use search::SearchResult;
 
 /// Why a store call failed. The server maps each to one HTTP status and OperationOutcome.
@@ -249,6 +250,8 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     audit: AuditWriter,
     search_keys: tokio::sync::OnceCell<Arc<search::SearchKeys>>,
+    /// Whole values this process has written to the prefix dictionary (see `search_prefix`).
+    known_prefixes: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 const MAX_HISTORY_COUNT: usize = 1000;
@@ -275,6 +278,7 @@ impl Store {
             clock,
             audit,
             search_keys: tokio::sync::OnceCell::new(),
+            known_prefixes: Default::default(),
         }
     }
 
@@ -335,9 +339,11 @@ impl Store {
             }
         }
         let id = uuid::Uuid::new_v4().to_string();
+        let mut prefixes = PrefixRows::default();
         let prepared = self
-            .prepare_create(ctx, resource_type, resource, &id)
+            .prepare_create(ctx, resource_type, resource, &id, &mut prefixes)
             .await?;
+        self.write_prefixes(prefixes).await?;
         let now = self.clock.now();
         let (new, body) = seal_new(prepared, now)?;
         let mut tx = self.pool.begin().await?;
@@ -361,6 +367,7 @@ impl Store {
         resource_type: ResourceType,
         mut resource: Value,
         id: &str,
+        prefixes: &mut PrefixRows,
     ) -> Result<Prepared, StoreError> {
         set_id(&mut resource, id);
         let scope = key_scope(resource_type, id, &resource);
@@ -368,7 +375,7 @@ impl Store {
             return Err(Denied::OutsideCompartment.into());
         }
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
-        let index = self.index_rows(resource_type, &resource).await?;
+        let index = self.index_rows(resource_type, &resource, prefixes).await?;
         Ok(Prepared {
             resource_type,
             id: id.to_string(),
@@ -641,7 +648,11 @@ impl Store {
             return Err(Denied::OutsideCompartment.into());
         }
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
-        let index = self.index_rows(resource_type, &resource).await?;
+        let mut prefixes = PrefixRows::default();
+        let index = self
+            .index_rows(resource_type, &resource, &mut prefixes)
+            .await?;
+        self.write_prefixes(prefixes).await?;
         let mut prepared = Prepared {
             resource_type,
             id: id.as_str().to_string(),
@@ -1160,6 +1171,7 @@ impl Store {
         // and runs conditional searches): parse, point references at the resolved ids, check, key,
         // index, and seal new resources, keeping only what the inserts need.
         let now = self.clock.now();
+        let mut prefixes = PrefixRows::default();
         let mut creates: Vec<(usize, NewResource)> = Vec::new();
         let mut updates: Vec<Option<Prepared>> = (0..entries.len()).map(|_| None).collect();
         for (i, entry) in entries.iter_mut().enumerate() {
@@ -1179,7 +1191,7 @@ impl Store {
                     check_resource(*resource_type, &resource).map_err(fail(i))?;
                     let id = new_ids[i].clone().unwrap_or_default();
                     let prepared = self
-                        .prepare_create(ctx, *resource_type, resource, &id)
+                        .prepare_create(ctx, *resource_type, resource, &id, &mut prefixes)
                         .await
                         .map_err(fail(i))?;
                     let (new, _body) = seal_new(prepared, now).map_err(fail(i))?;
@@ -1213,7 +1225,7 @@ impl Store {
                     }
                     let (dek_id, dek) = self.dek_for_scope(&scope).await.map_err(fail(i))?;
                     let index = self
-                        .index_rows(*resource_type, &resource)
+                        .index_rows(*resource_type, &resource, &mut prefixes)
                         .await
                         .map_err(fail(i))?;
                     updates[i] = Some(Prepared {
@@ -1233,6 +1245,7 @@ impl Store {
                 TxEntry::Read { .. } => {}
             }
         }
+        self.write_prefixes(prefixes).await.map_err(fail(0))?;
         // 3. All writes in one database transaction, in the spec's order: deletes, creates (all
         // inserted together), updates.
         let mut results: Vec<Option<TxResult>> = (0..entries.len()).map(|_| None).collect();

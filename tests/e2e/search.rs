@@ -448,6 +448,48 @@ async fn dates_numbers_quantities_and_composites() {
         &[],
     )
     .await;
+
+    // A union: combo-code is code | component.code, served from the rows of its two parts.
+    let panel = json!({"resourceType": "Observation", "id": "bp", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9",
+                             "display": "Blood pressure panel"}]},
+        "subject": {"reference": "Patient/p1"},
+        "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4",
+                                            "display": "Diastolic blood pressure"}]},
+                       "valueQuantity": {"value": 80, "system": "http://unitsofmeasure.org",
+                                         "code": "mm[Hg]"}}]});
+    let r = fhir.put("Observation/bp", &panel).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let o = "Observation";
+    expect(&fhir, o, &[("combo-code", "8462-4")], &["bp"]).await;
+    expect(
+        &fhir,
+        o,
+        &[("combo-code", "8480-6,8462-4")],
+        &["o1", "o2", "bp"],
+    )
+    .await;
+    expect(
+        &fhir,
+        o,
+        &[("combo-code", "http://loinc.org|85354-9")],
+        &["bp"],
+    )
+    .await;
+    expect(&fhir, o, &[("combo-code:text", "diastolic")], &["bp"]).await;
+    expect(&fhir, o, &[("combo-code:text", "blood pres")], &["bp"]).await;
+    expect(&fhir, o, &[("code:text", "diastolic")], &[]).await;
+    let not = [("combo-code:not", "8480-6"), ("combo-code:not", "8462-4")];
+    expect(&fhir, o, &not, &["o3", "o4"]).await;
+    expect(&fhir, o, &[("combo-code:missing", "true")], &[]).await;
+    expect(&fhir, o, &[("component-code:missing", "false")], &["bp"]).await;
+    expect(
+        &fhir,
+        o,
+        &[("component-code:missing", "true")],
+        &["o1", "o2", "o3", "o4"],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -130,11 +130,41 @@ pub fn prefixes(normalised: &str) -> impl Iterator<Item = &str> {
         .map(move |end| &normalised[..end])
 }
 
-/// Rows a resource puts into the three index tables.
+/// Index `text` for starts-with search under match kind `kind`: the resource row is the blind
+/// index of its longest prefix (the whole, up to [`MAX_PREFIX`] characters), and every prefix
+/// leads to it through the dictionary. A search for a prefix looks up the same blind index.
+fn index_prefixes(
+    keys: &IndexKeys,
+    class: Class,
+    code: &'static str,
+    kind: &str,
+    text: &str,
+    rows: &mut IndexRows,
+) {
+    let n = normalise(text);
+    let blinds: Vec<Vec<u8>> = prefixes(&n)
+        .map(|p| keys.blind(class, code, kind, p))
+        .collect();
+    let Some(full) = blinds.last().cloned() else {
+        return;
+    };
+    rows.hashes.push((code, full.clone()));
+    rows.prefixes
+        .extend(blinds.into_iter().map(|p| (p, full.clone())));
+}
+
+/// Rows a resource puts into the three index tables, and the prefix-dictionary rows its values
+/// need.
 #[derive(Debug, Default)]
 pub struct IndexRows {
     /// `(param, blind index)`.
     pub hashes: Vec<(&'static str, Vec<u8>)>,
+    /// `(prefix, full)`: prefix-dictionary rows. A value searched by prefix (a string, a token's
+    /// text, a uri under `:below`) is indexed on the resource once, by the blind index of the whole
+    /// (`full`); the dictionary, shared by every resource with that value, leads from each blind
+    /// prefix to it. A code's display text repeated on thousands of Observations costs one row
+    /// each, not one per prefix.
+    pub prefixes: Vec<(Vec<u8>, Vec<u8>)>,
     /// `(param, target type, target id)`; an empty type for a non-FHIR (canonical, external) URL.
     pub refs: Vec<(&'static str, String, String)>,
     pub ranges: Vec<RangeRow>,
@@ -513,20 +543,15 @@ fn component_hashes(
 pub fn index_resource(keys: &IndexKeys, resource_type: &str, resource: &Value) -> IndexRows {
     let mut rows = IndexRows::default();
     for param in params::for_type(resource_type) {
-        if from_columns(&param.code) || !supported(param) {
+        if from_columns(&param.code) || !supported(param) || !param.union_of.is_empty() {
             continue;
         }
-        let before = (rows.hashes.len(), rows.refs.len(), rows.ranges.len());
         index_param(keys, param, resource, &mut rows);
-        if (rows.hashes.len(), rows.refs.len(), rows.ranges.len()) != before {
-            rows.hashes.push((
-                param.code.as_str(),
-                keys.blind(Class::Token, &param.code, "present", ""),
-            ));
-        }
     }
     rows.hashes.sort();
     rows.hashes.dedup();
+    rows.prefixes.sort();
+    rows.prefixes.dedup();
     rows
 }
 
@@ -552,11 +577,7 @@ fn index_param(
         match param.kind {
             Kind::String => {
                 for v in strings(value, datatype) {
-                    let n = normalise(&v);
-                    for p in prefixes(&n) {
-                        rows.hashes
-                            .push((code, keys.blind(Class::String, code, "p", p)));
-                    }
+                    index_prefixes(keys, Class::String, code, "p", &v, rows);
                     rows.hashes
                         .push((code, keys.blind(Class::String, code, "e", &v)));
                 }
@@ -567,11 +588,7 @@ fn index_param(
                         rows.hashes.push((code, h));
                     }
                     if let Some(text) = &t.text {
-                        let n = normalise(text);
-                        for p in prefixes(&n) {
-                            rows.hashes
-                                .push((code, keys.blind(Class::Token, code, "t", p)));
-                        }
+                        index_prefixes(keys, Class::Token, code, "t", text, rows);
                     }
                     if let Some(value) = &t.code {
                         for (ts, tc) in &t.of_type {
@@ -586,12 +603,14 @@ fn index_param(
                 if let Some(uri) = value.as_str() {
                     let plain = uri.split('|').next().unwrap_or(uri);
                     for u in [uri, plain] {
-                        rows.hashes
-                            .push((code, keys.blind(Class::Uri, code, "e", u)));
+                        // `:below` leads through the dictionary from each path prefix to the
+                        // exact index of the whole.
+                        let exact = keys.blind(Class::Uri, code, "e", u);
                         for p in uri_prefixes(u) {
-                            rows.hashes
-                                .push((code, keys.blind(Class::Uri, code, "b", p)));
+                            rows.prefixes
+                                .push((keys.blind(Class::Uri, code, "b", p), exact.clone()));
                         }
+                        rows.hashes.push((code, exact));
                     }
                 }
             }
@@ -741,8 +760,13 @@ mod tests {
             "birthDate": "1970-05-06",
             "managingOrganization": {"reference": "Organization/o1"}});
         let rows = index_resource(&k, "Patient", &patient);
-        let family = k.blind(Class::String, "family", "p", "pen");
-        assert!(rows.hashes.contains(&("family", family)));
+        // The resource holds the whole folded name; the dictionary leads each prefix to it.
+        let family = k.blind(Class::String, "family", "p", "pena");
+        assert!(rows.hashes.contains(&("family", family.clone())));
+        let pen = k.blind(Class::String, "family", "p", "pen");
+        assert!(!rows.hashes.iter().any(|(_, h)| *h == pen));
+        assert!(rows.prefixes.contains(&(pen, family.clone())));
+        assert!(rows.prefixes.contains(&(family.clone(), family)));
         let mrn = k.blind(Class::Token, "identifier", "sc", "urn:mrn|12345");
         assert!(rows.hashes.contains(&("identifier", mrn)));
         assert!(rows

@@ -62,7 +62,7 @@ pub enum Step {
 }
 
 /// A path from a resource (or a composite's base element) to values of one FHIR datatype.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Path {
     pub steps: Vec<Step>,
     pub datatype: String,
@@ -84,6 +84,10 @@ pub struct SearchParam {
     /// The canonical URL of the SearchParameter definition.
     pub url: String,
     pub components: Vec<Component>,
+    /// For a parameter whose paths are exactly those of other parameters of its type and kind
+    /// together (`Observation.combo-code` = `code` | `component-code`): their codes. Such a
+    /// parameter is not indexed; a search on it asks its parts.
+    pub union_of: Vec<String>,
 }
 
 type Table = HashMap<String, HashMap<String, SearchParam>>;
@@ -159,12 +163,52 @@ fn parse(json: &str) -> Option<Table> {
                     targets,
                     url,
                     components,
+                    union_of: vec![],
                 },
             );
         }
+        find_unions(&mut by_code);
         out.insert(rt.clone(), by_code);
     }
     Some(out)
+}
+
+/// Mark the string, token and uri parameters of one type that are unions of others (see
+/// [`SearchParam::union_of`]). Parts are plain parameters with fewer paths, so there are no chains.
+fn find_unions(by_code: &mut HashMap<String, SearchParam>) {
+    let hashed = |k: Kind| matches!(k, Kind::String | Kind::Token | Kind::Uri);
+    let mut unions = Vec::new();
+    for p in by_code
+        .values()
+        .filter(|p| hashed(p.kind) && p.paths.len() > 1)
+    {
+        let mut parts: Vec<&SearchParam> = by_code
+            .values()
+            .filter(|q| {
+                q.code != p.code
+                    && q.kind == p.kind
+                    && !q.paths.is_empty()
+                    && q.paths.len() < p.paths.len()
+                    && q.paths.iter().all(|path| p.paths.contains(path))
+            })
+            .collect();
+        parts.sort_by(|a, b| a.code.cmp(&b.code));
+        let covered = p
+            .paths
+            .iter()
+            .all(|path| parts.iter().any(|q| q.paths.contains(path)));
+        if covered {
+            unions.push((
+                p.code.clone(),
+                parts.iter().map(|q| q.code.clone()).collect(),
+            ));
+        }
+    }
+    for (code, parts) in unions {
+        if let Some(p) = by_code.get_mut(&code) {
+            p.union_of = parts;
+        }
+    }
 }
 
 /// The search parameter `code` of `resource_type`, if R4 defines one we can serve.
@@ -256,6 +300,32 @@ mod tests {
         assert_eq!(cvq.components.len(), 2);
         assert!(lookup("Encounter", "_tag").is_some() && lookup("Encounter", "nope").is_none());
         assert!(for_type("Patient").len() > 20);
+    }
+
+    #[test]
+    fn unions_of_other_parameters_are_found() {
+        let combo = lookup("Observation", "combo-code").unwrap();
+        assert_eq!(combo.union_of, ["code", "component-code"]);
+        let concept = lookup("Observation", "combo-value-concept").unwrap();
+        assert_eq!(
+            concept.union_of,
+            ["component-value-concept", "value-concept"]
+        );
+        assert!(lookup("Observation", "code").unwrap().union_of.is_empty());
+        assert!(lookup("Patient", "name").unwrap().union_of.is_empty());
+        let unions: Vec<String> = crate::fhir::schema::resource_types()
+            .flat_map(|t| for_type(t).into_iter().map(move |p| (t, p)))
+            .filter(|(_, p)| !p.union_of.is_empty())
+            .map(|(t, p)| format!("{t}.{} = {}", p.code, p.union_of.join(" | ")))
+            .collect();
+        assert_eq!(
+            unions,
+            [
+                "Observation.combo-code = code | component-code",
+                "Observation.combo-data-absent-reason = component-data-absent-reason | data-absent-reason",
+                "Observation.combo-value-concept = component-value-concept | value-concept",
+            ]
+        );
     }
 
     #[test]

@@ -57,6 +57,17 @@ impl From<BadSearch> for StoreError {
     }
 }
 
+/// Prefix-dictionary rows gathered from the writes of one request, each whole value once.
+#[derive(Default)]
+pub(crate) struct PrefixRows {
+    wholes: HashSet<Vec<u8>>,
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// How many whole values a process remembers having written to the prefix dictionary (16 bytes
+/// each; forgotten all at once when full, which only costs rewriting rows that are there).
+const KNOWN_PREFIXES: usize = 200_000;
+
 fn bad(msg: impl Into<String>) -> StoreError {
     StoreError::BadRequest(msg.into())
 }
@@ -81,18 +92,68 @@ impl Store {
             .cloned()
     }
 
-    /// The index rows of a resource about to be written.
+    /// The index rows of a resource about to be written; its prefix-dictionary rows go to
+    /// `prefixes`, to be written before the write's transaction.
     pub(crate) async fn index_rows(
         &self,
         resource_type: ResourceType,
         resource: &Value,
+        prefixes: &mut PrefixRows,
     ) -> Result<IndexRows, StoreError> {
         let keys = self.search_keys().await?;
-        Ok(index::index_resource(
-            &keys.index,
-            resource_type.as_str(),
-            resource,
-        ))
+        let mut rows = index::index_resource(&keys.index, resource_type.as_str(), resource);
+        let known = self
+            .known_prefixes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let new: HashSet<Vec<u8>> = rows
+            .prefixes
+            .iter()
+            .map(|(_, whole)| whole)
+            .filter(|w| !known.contains(*w) && !prefixes.wholes.contains(*w))
+            .cloned()
+            .collect();
+        drop(known);
+        prefixes.rows.extend(
+            std::mem::take(&mut rows.prefixes)
+                .into_iter()
+                .filter(|(_, whole)| new.contains(whole)),
+        );
+        prefixes.wholes.extend(new);
+        Ok(rows)
+    }
+
+    /// Write gathered prefix-dictionary rows (on their own: they name no resource, so a write that
+    /// is later rolled back leaves nothing that matters), sorted so that concurrent writers take
+    /// their locks in one order.
+    pub(crate) async fn write_prefixes(&self, mut prefixes: PrefixRows) -> Result<(), StoreError> {
+        if prefixes.rows.is_empty() {
+            return Ok(());
+        }
+        prefixes.rows.sort();
+        for chunk in prefixes.rows.chunks(10_000) {
+            let (p, w): (Vec<&[u8]>, Vec<&[u8]>) = chunk
+                .iter()
+                .map(|(p, w)| (p.as_slice(), w.as_slice()))
+                .unzip();
+            sqlx::query(
+                "INSERT INTO search_prefix (prefix, whole)
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&p)
+            .bind(&w)
+            .execute(&self.pool)
+            .await?;
+        }
+        let mut known = self
+            .known_prefixes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if known.len() + prefixes.wholes.len() > KNOWN_PREFIXES {
+            known.clear();
+        }
+        known.extend(prefixes.wholes);
+        Ok(())
     }
 
     /// A search: the matching page, narrowed to what the caller may see, with its includes.
@@ -515,6 +576,79 @@ impl Store {
             .collect()
     }
 
+    /// Index again the resources listed in `search_reindex` (indexed under an earlier scheme, see
+    /// migration 0004), a batch at a time, each in its own transaction with the resources' heads
+    /// locked so that a concurrent update is never overwritten by an older index. Returns how many
+    /// were indexed. Searches may miss a listed resource until its turn.
+    pub async fn reindex_pending(&self) -> Result<u64, StoreError> {
+        let mut done = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let pending = sqlx::query(
+                "SELECT resource_type, id FROM search_reindex
+                  ORDER BY resource_type, id LIMIT 200 FOR UPDATE SKIP LOCKED",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            if pending.is_empty() {
+                return Ok(done);
+            }
+            let mut types = Vec::with_capacity(pending.len());
+            let mut ids = Vec::with_capacity(pending.len());
+            for row in &pending {
+                types.push(row.try_get::<String, _>("resource_type")?);
+                ids.push(row.try_get::<String, _>("id")?);
+            }
+            let current = sqlx::query(
+                "SELECT h.resource_type, h.id, v.version_id, v.last_updated, v.sealed,
+                        k.id AS dek_id, k.scope, k.wrapped
+                   FROM unnest($1::text[], $2::text[]) AS w(resource_type, id)
+                   JOIN resources h ON h.resource_type = w.resource_type AND h.id = w.id
+                   JOIN resource_versions v
+                     ON v.resource_type = h.resource_type AND v.id = h.id
+                    AND v.version_id = h.version_id
+                   JOIN data_keys k ON k.id = v.dek_id
+                  WHERE NOT h.deleted
+                    FOR UPDATE OF h",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut prefixes = PrefixRows::default();
+            let mut indexed = Vec::with_capacity(current.len());
+            for row in &current {
+                let type_name: String = row.try_get("resource_type")?;
+                let rt = ResourceType::parse(&type_name).ok_or(StoreError::Integrity)?;
+                let stored = self.open_row(rt, row).await?;
+                let resource: Value =
+                    serde_json::from_slice(&stored.body).map_err(|_| StoreError::Integrity)?;
+                let rows = self.index_rows(rt, &resource, &mut prefixes).await?;
+                indexed.push((rt, stored.id, rows));
+            }
+            self.write_prefixes(prefixes).await?;
+            for (t, i) in types.iter().zip(&ids) {
+                let rt = ResourceType::parse(t).ok_or(StoreError::Integrity)?;
+                clear_index(&mut tx, rt, i).await?;
+            }
+            let refs: Vec<(ResourceType, &str, &IndexRows)> = indexed
+                .iter()
+                .map(|(rt, id, rows)| (*rt, id.as_str(), rows))
+                .collect();
+            insert_index(&mut tx, &refs).await?;
+            sqlx::query(
+                "DELETE FROM search_reindex
+                  WHERE (resource_type, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            done += pending.len() as u64;
+        }
+    }
+
     /// The current versions of `wanted` that exist and that the caller may read; others are left
     /// out silently.
     pub(crate) async fn load_current(
@@ -890,18 +1024,9 @@ impl<'k> Builder<'k> {
                     self.qb.push(if *missing { "false" } else { "true" });
                     return Ok(());
                 }
-                let a = self.next_alias();
-                self.qb.push(if *missing { "NOT EXISTS" } else { "EXISTS" });
-                self.qb.push(format!(
-                    " (SELECT 1 FROM search_hash {a} WHERE {a}.resource_type = "
-                ));
-                self.qb.push_bind(rt.to_string());
-                self.qb.push(format!(" AND {a}.id = {id} AND {a}.param = "));
-                self.qb.push_bind(code.clone());
-                self.qb.push(format!(" AND {a}.h = "));
-                self.qb
-                    .push_bind(self.keys.blind(Class::Token, code, "present", ""));
-                self.qb.push(")");
+                let param = params::lookup(rt, code)
+                    .ok_or_else(|| bad(format!("unknown search parameter '{code}'")))?;
+                self.present(rt, id, param, !*missing);
             }
             Filter::Param {
                 param,
@@ -961,6 +1086,35 @@ impl<'k> Builder<'k> {
         Ok(())
     }
 
+    /// Whether resource `id` has (or, `!present`, lacks) any value of `param`: a row of its
+    /// table. A union has a value when one of its parts has.
+    fn present(&mut self, rt: &str, id: &str, param: &params::SearchParam, present: bool) {
+        if !param.union_of.is_empty() {
+            self.qb.push(if present { "(" } else { "NOT (" });
+            for (i, part) in param.union_of.iter().enumerate() {
+                if i > 0 {
+                    self.qb.push(" OR ");
+                }
+                if let Some(part) = params::lookup(rt, part) {
+                    self.present(rt, id, part, true);
+                } else {
+                    self.qb.push("false");
+                }
+            }
+            self.qb.push(")");
+            return;
+        }
+        let second = param.components.get(1).map(|c| c.kind);
+        let table = match (param.kind, second) {
+            (Kind::Reference, _) => "search_ref",
+            (Kind::Date | Kind::Number | Kind::Quantity, _) => "search_range",
+            (Kind::Composite, Some(Kind::Date | Kind::Number | Kind::Quantity)) => "search_range",
+            _ => "search_hash",
+        };
+        self.open_exists(!present, table, rt, id, &param.code);
+        self.qb.push(")");
+    }
+
     /// An indexed parameter: an `EXISTS` over its table, the OR-list inside.
     fn param(
         &mut self,
@@ -971,6 +1125,21 @@ impl<'k> Builder<'k> {
         values: &[String],
     ) -> Result<(), StoreError> {
         let code = param.code.as_str();
+        if !param.union_of.is_empty() {
+            // Any part matching; `:not` is no part matching.
+            let negate = *modifier == Modifier::Not;
+            let inner = if negate { &Modifier::None } else { modifier };
+            self.qb.push(if negate { "NOT (" } else { "(" });
+            for (i, part) in param.union_of.iter().enumerate() {
+                if i > 0 {
+                    self.qb.push(" OR ");
+                }
+                let part = params::lookup(rt, part).ok_or(StoreError::Integrity)?;
+                self.param(rt, id, part, inner, values)?;
+            }
+            self.qb.push(")");
+            return Ok(());
+        }
         match param.kind {
             Kind::Reference => {
                 let a = self.open_exists(false, "search_ref", rt, id, code);
@@ -1018,7 +1187,7 @@ impl<'k> Builder<'k> {
                             }
                         }
                     }
-                    self.hash_exists(rt, id, code, hashes, false);
+                    self.hash_exists(rt, id, code, hashes, false, false);
                 } else {
                     let a = self.open_exists(false, "search_range", rt, id, code);
                     self.qb.push(" AND (");
@@ -1046,17 +1215,42 @@ impl<'k> Builder<'k> {
                         _ => hashes.extend(self.uri_query(code, modifier, value)),
                     }
                 }
-                self.hash_exists(rt, id, code, hashes, *modifier == Modifier::Not);
+                // Starts-with searches go through the prefix dictionary.
+                let by_prefix = match param.kind {
+                    Kind::String => *modifier != Modifier::Exact,
+                    Kind::Token => *modifier == Modifier::Text,
+                    _ => *modifier == Modifier::Below,
+                };
+                let negate = *modifier == Modifier::Not;
+                self.hash_exists(rt, id, code, hashes, negate, by_prefix);
             }
         }
         Ok(())
     }
 
-    fn hash_exists(&mut self, rt: &str, id: &str, code: &str, hashes: Vec<Vec<u8>>, negate: bool) {
+    /// `[NOT] EXISTS` a `search_hash` row of parameter `code` with one of `hashes`, or (`by_prefix`)
+    /// with a value one of `hashes` leads to in the prefix dictionary.
+    fn hash_exists(
+        &mut self,
+        rt: &str,
+        id: &str,
+        code: &str,
+        hashes: Vec<Vec<u8>>,
+        negate: bool,
+        by_prefix: bool,
+    ) {
         let a = self.open_exists(negate, "search_hash", rt, id, code);
-        self.qb.push(format!(" AND {a}.h = ANY("));
-        self.qb.push_bind(hashes);
-        self.qb.push("))");
+        if by_prefix {
+            self.qb.push(format!(
+                " AND {a}.h IN (SELECT d.whole FROM search_prefix d WHERE d.prefix = ANY("
+            ));
+            self.qb.push_bind(hashes);
+            self.qb.push(")))");
+        } else {
+            self.qb.push(format!(" AND {a}.h = ANY("));
+            self.qb.push_bind(hashes);
+            self.qb.push("))");
+        }
     }
 
     fn string_query(&self, code: &str, modifier: &Modifier, value: &str) -> Vec<u8> {
