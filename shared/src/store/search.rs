@@ -57,6 +57,14 @@ impl From<BadSearch> for StoreError {
     }
 }
 
+/// A page of matches, its links and the number of all matches (if known without a count).
+struct Page {
+    matches: Vec<StoredResource>,
+    next: Option<String>,
+    previous: Option<String>,
+    total: Option<u64>,
+}
+
 /// Prefix-dictionary rows gathered from the writes of one request, each whole value once.
 #[derive(Default)]
 pub(crate) struct PrefixRows {
@@ -188,9 +196,9 @@ impl Store {
         ctx.check(query.resource_type.as_str(), Permission::Search)?;
         let keys = self.search_keys().await?;
         let mut b = Builder::new(&keys.index, self.clock.now().timestamp_millis());
-        b.qb.push("SELECT h.id ");
-        b.push_from_where(ctx, query)?;
-        b.qb.push(" LIMIT ");
+        b.qb.push("SELECT f.id FROM (");
+        b.push_matches(ctx, query)?;
+        b.qb.push(") f LIMIT ");
         b.qb.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let rows = b.qb.build().fetch_all(&self.pool).await?;
         rows.iter()
@@ -212,42 +220,37 @@ impl Store {
             None => None,
         };
         let now = self.clock.now().timestamp_millis();
-        let count_only = query.summary == Summary::Count;
-        let count = |b: &mut Builder<'_>| -> Result<(), StoreError> {
-            b.qb.push("SELECT count(*) AS n ");
-            b.push_from_where(ctx, query)
-        };
-        if count_only {
+        let count = || async {
             let mut b = Builder::new(&keys.index, now);
-            count(&mut b)?;
+            b.qb.push("SELECT count(*) AS n FROM (");
+            b.push_matches(ctx, query)?;
+            b.qb.push(") f");
             let n: i64 = b.qb.build().fetch_one(&self.pool).await?.try_get("n")?;
+            Ok::<_, StoreError>(u64::try_from(n).unwrap_or(0))
+        };
+        if query.summary == Summary::Count {
             return Ok(SearchResult {
                 matches: vec![],
                 included: vec![],
-                total: Some(u64::try_from(n).unwrap_or(0)),
+                total: Some(count().await?),
                 next: None,
                 previous: None,
             });
         }
-        let first_page = cursor.is_none();
         let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
-        let (matches, next, previous) = if by_value {
+        let page = if by_value {
             self.page_sorted_in_memory(ctx, query, &keys, &digest, cursor, now)
                 .await?
         } else {
             self.page_by_keyset(ctx, query, &keys, &digest, cursor, now)
                 .await?
         };
-        let total = if query.total == Total::None {
-            None
-        } else if first_page && next.is_none() {
-            // A first page with no page after it holds every match: no need to count again.
-            Some(matches.len() as u64)
-        } else {
-            let mut b = Builder::new(&keys.index, now);
-            count(&mut b)?;
-            let n: i64 = b.qb.build().fetch_one(&self.pool).await?.try_get("n")?;
-            Some(u64::try_from(n).unwrap_or(0))
+        let (matches, next, previous) = (page.matches, page.next, page.previous);
+        let total = match (query.total, page.total) {
+            (Total::None, _) => None,
+            (_, Some(n)) => Some(n),
+            // A page past the last match (the data changed under a cursor) counts on its own.
+            (_, None) => Some(count().await?),
         };
         let included = self.includes(ctx, query, &matches).await?;
         Ok(SearchResult {
@@ -267,20 +270,27 @@ impl Store {
         digest: &str,
         cursor: Option<Cursor>,
         now: i64,
-    ) -> Result<(Vec<StoredResource>, Option<String>, Option<String>), StoreError> {
+    ) -> Result<Page, StoreError> {
         let rt = query.resource_type;
         let backwards = cursor.as_ref().is_some_and(|c| c.d == 'p');
         let mut b = Builder::new(&keys.index, now);
-        b.qb.push(
-            "SELECT h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped",
-        );
+        // Every row carries the number of matches: the count costs no second search.
+        let total = if query.total == Total::None {
+            "NULL::int8"
+        } else {
+            "(SELECT count(*) FROM found)"
+        };
+        b.push_found(ctx, query)?;
+        b.qb.push(format!(
+            "{total} AS total, h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, \
+             k.scope, k.wrapped"
+        ));
         for (i, key) in query.sort.iter().enumerate() {
             b.qb.push(", ");
             b.sort_expr(rt.as_str(), key.kind, &key.code, key.descending);
             b.qb.push(format!(" AS s{i}"));
         }
-        b.qb.push(" ");
-        b.push_from_where(ctx, query)?;
+        b.push_found_from(rt.as_str());
         if let Some(c) = &cursor {
             if c.v.len() != query.sort.len() {
                 return Err(bad("_page does not belong to this search"));
@@ -372,7 +382,20 @@ impl Store {
         } else {
             None
         };
-        Ok((page.into_iter().map(|(r, _)| r).collect(), next, previous))
+        let total = match rows.first() {
+            Some(row) => row
+                .try_get::<Option<i64>, _>("total")?
+                .map(|n| u64::try_from(n).unwrap_or(0)),
+            // No rows: on a first page that means no matches; past it, count on its own.
+            None if cursor.is_none() => Some(0),
+            None => None,
+        };
+        Ok(Page {
+            matches: page.into_iter().map(|(r, _)| r).collect(),
+            next,
+            previous,
+            total,
+        })
     }
 
     /// Sorting by string, token, uri or reference values needs the decrypted resources: every match
@@ -385,13 +408,14 @@ impl Store {
         digest: &str,
         cursor: Option<Cursor>,
         now: i64,
-    ) -> Result<(Vec<StoredResource>, Option<String>, Option<String>), StoreError> {
+    ) -> Result<Page, StoreError> {
         let rt = query.resource_type;
         let mut b = Builder::new(&keys.index, now);
+        b.push_found(ctx, query)?;
         b.qb.push(
-            "SELECT h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped ",
+            "h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped",
         );
-        b.push_from_where(ctx, query)?;
+        b.push_found_from(rt.as_str());
         b.qb.push(" ORDER BY h.id LIMIT ");
         b.qb.push_bind(i64::try_from(MAX_VALUE_SORT + 1).unwrap_or(i64::MAX));
         let rows = b.qb.build().fetch_all(&self.pool).await?;
@@ -447,7 +471,12 @@ impl Store {
         };
         let next = (offset + query.count < rows.len()).then(|| at(offset + query.count));
         let previous = (offset > 0).then(|| at(offset.saturating_sub(query.count)));
-        Ok((page, next, previous))
+        Ok(Page {
+            matches: page,
+            next,
+            previous,
+            total: Some(rows.len() as u64),
+        })
     }
 
     pub(super) async fn open_row(
@@ -923,38 +952,58 @@ impl<'k> Builder<'k> {
         a
     }
 
-    fn push_from_where(
-        &mut self,
-        ctx: &AccessContext,
-        query: &SearchQuery,
-    ) -> Result<(), StoreError> {
-        let rt = query.resource_type.as_str();
-        // The matches are found first, on their own (`OFFSET 0` keeps the planner from folding them
-        // into the outer query, where an `ORDER BY ... LIMIT` would tempt it to walk every resource
-        // of the type in id order and test each); bodies, keys and sort values are joined after.
-        self.qb
-            .push("FROM (SELECT m.id FROM resources m WHERE m.resource_type = ");
-        self.qb.push_bind(rt.to_string());
-        self.qb.push(" AND NOT m.deleted");
-        for f in &query.filters {
-            self.qb.push(" AND ");
-            self.filter(rt, "m.id", f)?;
-        }
+    /// `WITH found AS MATERIALIZED (...) SELECT <columns> FROM found h JOIN resource_versions v JOIN
+    /// data_keys k`, up to the caller's `WHERE` conditions. The matches (`found`: id and current
+    /// version, narrowed to the caller's compartment) are found first and on their own, so an
+    /// `ORDER BY ... LIMIT` cannot tempt the planner to walk every resource of the type in id order
+    /// and test each, and so a count over them costs no second search.
+    ///
+    /// [`Builder::push_found`] opens the statement up to `SELECT `; the caller adds its columns
+    /// (which may refer to `h`, `v` and `k`) and closes it with [`Builder::push_found_from`].
+    fn push_found(&mut self, ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
+        self.qb.push("WITH found AS MATERIALIZED (");
+        self.push_matches(ctx, query)?;
+        self.qb.push(") SELECT ");
+        Ok(())
+    }
+
+    fn push_found_from(&mut self, rt: &str) {
         self.qb.push(
-            " OFFSET 0) found
-               JOIN resources h ON h.resource_type = ",
+            " FROM found h
+               JOIN resource_versions v ON v.resource_type = ",
         );
         self.qb.push_bind(rt.to_string());
         self.qb.push(
-            " AND h.id = found.id
-               JOIN resource_versions v
-                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+            " AND v.id = h.id AND v.version_id = h.version_id
                JOIN data_keys k ON k.id = v.dek_id
               WHERE true",
         );
-        if let Some(compartment) = ctx.compartment() {
-            self.qb.push(" AND k.scope = ");
+    }
+
+    /// `SELECT m.id, m.version_id FROM resources m ...`: the current resources matching every
+    /// filter, only those sealed in the caller's compartment for a patient-context caller.
+    fn push_matches(&mut self, ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
+        let rt = query.resource_type.as_str();
+        self.qb.push("SELECT m.id, m.version_id FROM resources m");
+        let compartment = ctx.compartment();
+        if compartment.is_some() {
+            self.qb.push(
+                " JOIN resource_versions mv
+                    ON mv.resource_type = m.resource_type AND mv.id = m.id
+                   AND mv.version_id = m.version_id
+                  JOIN data_keys mk ON mk.id = mv.dek_id",
+            );
+        }
+        self.qb.push(" WHERE m.resource_type = ");
+        self.qb.push_bind(rt.to_string());
+        self.qb.push(" AND NOT m.deleted");
+        if let Some(compartment) = compartment {
+            self.qb.push(" AND mk.scope = ");
             self.qb.push_bind(compartment);
+        }
+        for f in &query.filters {
+            self.qb.push(" AND ");
+            self.filter(rt, "m.id", f)?;
         }
         Ok(())
     }
