@@ -200,7 +200,7 @@ impl Store {
         b.push_matches(ctx, query)?;
         b.qb.push(") f LIMIT ");
         b.qb.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = b.qb.build().fetch_all(&self.pool).await?;
+        let rows = b.qb.build().persistent(false).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
             .collect()
@@ -225,7 +225,12 @@ impl Store {
             b.qb.push("SELECT count(*) AS n FROM (");
             b.push_matches(ctx, query)?;
             b.qb.push(") f");
-            let n: i64 = b.qb.build().fetch_one(&self.pool).await?.try_get("n")?;
+            let n: i64 =
+                b.qb.build()
+                    .persistent(false)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("n")?;
             Ok::<_, StoreError>(u64::try_from(n).unwrap_or(0))
         };
         if query.summary == Summary::Count {
@@ -280,17 +285,25 @@ impl Store {
         } else {
             "(SELECT count(*) FROM found)"
         };
+        // The page is cut from the matches first (sort values computed on the matches alone); only
+        // its rows are joined to their versions and keys.
         b.push_found(ctx, query)?;
         b.qb.push(format!(
-            "{total} AS total, h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, \
-             k.scope, k.wrapped"
+            "{total} AS total, p.*, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
+               FROM (SELECT h.id, h.version_id"
         ));
         for (i, key) in query.sort.iter().enumerate() {
             b.qb.push(", ");
             b.sort_expr(rt.as_str(), key.kind, &key.code, key.descending);
             b.qb.push(format!(" AS s{i}"));
         }
-        b.push_found_from(rt.as_str());
+        b.qb.push(" FROM found h");
+        if query.sort.iter().any(|k| k.kind == SortKind::LastUpdated) {
+            b.qb.push(" JOIN resource_versions v ON v.resource_type = ");
+            b.qb.push_bind(rt.as_str());
+            b.qb.push(" AND v.id = h.id AND v.version_id = h.version_id");
+        }
+        b.qb.push(" WHERE true");
         if let Some(c) = &cursor {
             if c.v.len() != query.sort.len() {
                 return Err(bad("_page does not belong to this search"));
@@ -329,15 +342,34 @@ impl Store {
             }
             b.qb.push(")");
         }
-        b.qb.push(" ORDER BY ");
-        for (i, key) in query.sort.iter().enumerate() {
-            let desc = key.descending != backwards;
-            b.qb.push(format!("s{i} {}, ", if desc { "DESC" } else { "ASC" }));
-        }
-        b.qb.push(if backwards { "h.id DESC" } else { "h.id ASC" });
+        let order = |table: &str| {
+            let mut order = String::from(" ORDER BY ");
+            for (i, key) in query.sort.iter().enumerate() {
+                let desc = key.descending != backwards;
+                order.push_str(&format!(
+                    "{table}s{i} {}, ",
+                    if desc { "DESC" } else { "ASC" }
+                ));
+            }
+            order.push_str(&format!(
+                "{table}id {}",
+                if backwards { "DESC" } else { "ASC" }
+            ));
+            order
+        };
+        b.qb.push(order(""));
         b.qb.push(" LIMIT ");
         b.qb.push_bind(i64::try_from(query.count + 1).unwrap_or(i64::MAX));
-        let rows = b.qb.build().fetch_all(&self.pool).await?;
+        b.qb.push(") p JOIN resource_versions v ON v.resource_type = ");
+        b.qb.push_bind(rt.as_str());
+        b.qb.push(
+            " AND v.id = p.id AND v.version_id = p.version_id
+               JOIN data_keys k ON k.id = v.dek_id",
+        );
+        b.qb.push(order("p."));
+        // Unnamed statements: each search is planned for its own values (a generic plan, blind to
+        // how common a code or how large a patient's record is, can be a hundred times slower).
+        let rows = b.qb.build().persistent(false).fetch_all(&self.pool).await?;
         let more = rows.len() > query.count;
         let mut page = Vec::new();
         for row in rows.iter().take(query.count) {
@@ -418,7 +450,7 @@ impl Store {
         b.push_found_from(rt.as_str());
         b.qb.push(" ORDER BY h.id LIMIT ");
         b.qb.push_bind(i64::try_from(MAX_VALUE_SORT + 1).unwrap_or(i64::MAX));
-        let rows = b.qb.build().fetch_all(&self.pool).await?;
+        let rows = b.qb.build().persistent(false).fetch_all(&self.pool).await?;
         if rows.len() > MAX_VALUE_SORT {
             return Err(bad(format!(
                 "sorting by an encrypted parameter is limited to {MAX_VALUE_SORT} matches; narrow \
@@ -921,6 +953,9 @@ struct Builder<'k> {
     keys: &'k IndexKeys,
     now_ms: i64,
     alias: usize,
+    /// Writing a parameter as the set of ids it matches (`(SELECT a.id FROM ...)`) rather than as
+    /// an `EXISTS` test of one resource.
+    as_set: bool,
 }
 
 impl<'k> Builder<'k> {
@@ -930,6 +965,7 @@ impl<'k> Builder<'k> {
             keys,
             now_ms,
             alias: 0,
+            as_set: false,
         }
     }
 
@@ -940,14 +976,25 @@ impl<'k> Builder<'k> {
 
     /// Open `[NOT] EXISTS (SELECT 1 FROM table a WHERE` the row belongs to resource `id` of `rt` and
     /// parameter `code`; the caller adds its conditions and closes the parenthesis. Returns `a`.
+    ///
+    /// Building a set ([`Builder::as_set`]), it opens `(SELECT a.id FROM table a WHERE` the row is
+    /// of `rt` and `code` instead: the same conditions, closed the same way, give the ids matched.
     fn open_exists(&mut self, negate: bool, table: &str, rt: &str, id: &str, code: &str) -> String {
         let a = self.next_alias();
-        self.qb.push(if negate { "NOT EXISTS" } else { "EXISTS" });
-        self.qb.push(format!(
-            " (SELECT 1 FROM {table} {a} WHERE {a}.resource_type = "
-        ));
-        self.qb.push_bind(rt.to_string());
-        self.qb.push(format!(" AND {a}.id = {id} AND {a}.param = "));
+        if self.as_set {
+            self.qb.push(format!(
+                "(SELECT {a}.id FROM {table} {a} WHERE {a}.resource_type = "
+            ));
+            self.qb.push_bind(rt.to_string());
+        } else {
+            self.qb.push(if negate { "NOT EXISTS" } else { "EXISTS" });
+            self.qb.push(format!(
+                " (SELECT 1 FROM {table} {a} WHERE {a}.resource_type = "
+            ));
+            self.qb.push_bind(rt.to_string());
+            self.qb.push(format!(" AND {a}.id = {id}"));
+        }
+        self.qb.push(format!(" AND {a}.param = "));
         self.qb.push_bind(code.to_string());
         a
     }
@@ -982,9 +1029,34 @@ impl<'k> Builder<'k> {
 
     /// `SELECT m.id, m.version_id FROM resources m ...`: the current resources matching every
     /// filter, only those sealed in the caller's compartment for a patient-context caller.
+    ///
+    /// Positive parameter filters (`patient=X`, `code=Y`: the common case) are read as sets of ids
+    /// from their index rows and intersected, each an index-only scan planned on its own; only the
+    /// ids in every set are looked up in `resources`. (Index rows exist for current resources only:
+    /// a delete clears them.) The other filters test each of those resources with `EXISTS`.
     fn push_matches(&mut self, ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
         let rt = query.resource_type.as_str();
-        self.qb.push("SELECT m.id, m.version_id FROM resources m");
+        let (sets, tests): (Vec<&Filter>, Vec<&Filter>) = query.filters.iter().partition(
+            |f| matches!(f, Filter::Param { modifier, .. } if *modifier != Modifier::Not),
+        );
+        self.qb.push("SELECT m.id, m.version_id FROM ");
+        if !sets.is_empty() {
+            self.qb.push("(SELECT DISTINCT i.id FROM (");
+            self.as_set = true;
+            for (i, f) in sets.iter().enumerate() {
+                if i > 0 {
+                    self.qb.push(" INTERSECT ");
+                }
+                self.filter(rt, "", f)?;
+            }
+            self.as_set = false;
+            self.qb
+                .push(") i) ids JOIN resources m ON m.resource_type = ");
+            self.qb.push_bind(rt.to_string());
+            self.qb.push(" AND m.id = ids.id");
+        } else {
+            self.qb.push("resources m");
+        }
         let compartment = ctx.compartment();
         if compartment.is_some() {
             self.qb.push(
@@ -1001,7 +1073,7 @@ impl<'k> Builder<'k> {
             self.qb.push(" AND mk.scope = ");
             self.qb.push_bind(compartment);
         }
-        for f in &query.filters {
+        for f in tests {
             self.qb.push(" AND ");
             self.filter(rt, "m.id", f)?;
         }
@@ -1181,7 +1253,7 @@ impl<'k> Builder<'k> {
             self.qb.push(if negate { "NOT (" } else { "(" });
             for (i, part) in param.union_of.iter().enumerate() {
                 if i > 0 {
-                    self.qb.push(" OR ");
+                    self.qb.push(if self.as_set { " UNION " } else { " OR " });
                 }
                 let part = params::lookup(rt, part).ok_or(StoreError::Integrity)?;
                 self.param(rt, id, part, inner, values)?;
