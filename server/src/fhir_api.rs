@@ -694,42 +694,63 @@ async fn search(
     let page = state.store.search(ctx, &query).await?;
     let path = format!("{}/{rt}", state.base);
     let link = page_links(&path, &query.kept, params, page.next, page.previous);
-    let mut entry = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
-    let shaped = |r: &StoredResource| -> Result<serde_json::Value, ApiError> {
-        let mut resource: serde_json::Value = serde_json::from_slice(&r.body).map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "exception",
-                "a stored resource is unreadable",
-            )
-        })?;
-        carapace_core::search::shape(&mut resource, query.summary, query.elements.as_deref());
-        Ok(resource)
+    let unreadable = || {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "a stored resource is unreadable",
+        )
     };
+    // Stored bodies go out as they are unless `_summary`/`_elements` reshape them.
+    let plain = query.summary == search_query::Summary::None && query.elements.is_none();
+    let raw = |r: &StoredResource| -> Result<Box<RawValue>, ApiError> {
+        let text = if plain {
+            String::from_utf8(r.body.clone()).map_err(|_| unreadable())?
+        } else {
+            let mut resource: serde_json::Value =
+                serde_json::from_slice(&r.body).map_err(|_| unreadable())?;
+            carapace_core::search::shape(&mut resource, query.summary, query.elements.as_deref());
+            resource.to_string()
+        };
+        RawValue::from_string(text).map_err(|_| unreadable())
+    };
+    let mut bodies = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
+    let mut meta = Vec::with_capacity(bodies.capacity());
     for (mode, list) in [("match", &page.matches), ("include", &page.included)] {
         for r in list {
-            entry.push(serde_json::json!({
-                "fullUrl": format!("{}/{}/{}", state.base, r.resource_type, r.id),
-                "resource": shaped(r)?, "search": {"mode": mode}}));
+            bodies.push(raw(r)?);
+            meta.push((
+                Some(format!("{}/{}/{}", state.base, r.resource_type, r.id)),
+                mode,
+            ));
         }
     }
     if !query.ignored.is_empty() {
-        entry.push(
-            serde_json::json!({"resource": {"resourceType": "OperationOutcome", "issue": [{
+        let outcome = serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
             "severity": "warning", "code": "not-supported",
             "diagnostics": format!("ignored unknown or unsupported search parameters: {}",
-                                   query.ignored.join(", "))}]},
-            "search": {"mode": "outcome"}}),
-        );
+                                   query.ignored.join(", "))}]});
+        bodies.push(RawValue::from_string(outcome.to_string()).map_err(|_| unreadable())?);
+        meta.push((None, "outcome"));
     }
-    let mut body = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "link": link});
-    if let Some(total) = page.total {
-        body["total"] = serde_json::json!(total);
-    }
-    if !entry.is_empty() {
-        body["entry"] = serde_json::Value::Array(entry);
-    }
-    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+    let entry = meta
+        .into_iter()
+        .zip(bodies.iter())
+        .map(|((full_url, mode), resource)| SearchEntry {
+            full_url,
+            resource,
+            search: SearchMode { mode },
+        })
+        .collect();
+    let bundle = SearchBundle {
+        resource_type: "Bundle",
+        bundle_type: "searchset",
+        total: page.total,
+        link,
+        entry,
+    };
+    let body = serde_json::to_vec(&bundle).map_err(|_| unreadable())?;
+    Ok(json_response(StatusCode::OK, body))
 }
 
 /// `$validate` (type and instance): the same R4 checks as create and update, answered as an
@@ -794,14 +815,17 @@ struct SearchBundle<'a> {
     resource_type: &'static str,
     #[serde(rename = "type")]
     bundle_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<u64>,
     link: Vec<Link>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     entry: Vec<SearchEntry<'a>>,
 }
 
 #[derive(serde::Serialize)]
 struct SearchEntry<'a> {
-    #[serde(rename = "fullUrl")]
-    full_url: String,
+    #[serde(rename = "fullUrl", skip_serializing_if = "Option::is_none")]
+    full_url: Option<String>,
     resource: &'a RawValue,
     search: SearchMode,
 }
@@ -903,7 +927,7 @@ async fn everything(
         .iter()
         .zip(raw.iter())
         .map(|(e, r)| SearchEntry {
-            full_url: format!("{}/{}/{}", state.base, e.resource_type, e.id),
+            full_url: Some(format!("{}/{}/{}", state.base, e.resource_type, e.id)),
             resource: r,
             search: SearchMode { mode: "match" },
         })
@@ -911,6 +935,7 @@ async fn everything(
     let bundle = SearchBundle {
         resource_type: "Bundle",
         bundle_type: "searchset",
+        total: None,
         link,
         entry,
     };
