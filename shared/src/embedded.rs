@@ -77,7 +77,7 @@ impl Cluster {
         let listen = if tcp_port.is_some() { "127.0.0.1" } else { "" };
         let options = format!(
             "-c listen_addresses='{listen}' -c port={port} -c unix_socket_directories='{}' \
-             -c unix_socket_permissions=0700 -c max_connections=100 -c shared_buffers=64MB",
+             -c unix_socket_permissions=0700 -c max_connections=100 -c shared_buffers=256MB",
             cluster.socket_dir.display()
         );
         let log = cluster.pg_dir.join("server.log");

@@ -285,13 +285,12 @@ impl Store {
         } else {
             "(SELECT count(*) FROM found)"
         };
-        // The page is cut from the matches first (sort values computed on the matches alone); only
-        // its rows are joined to their versions and keys.
-        b.push_found(ctx, query)?;
-        b.qb.push(format!(
-            "{total} AS total, p.*, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
-               FROM (SELECT h.id, h.version_id"
-        ));
+        // The page is cut from the matches (sort values computed on the matches alone); its
+        // versions are read after, by a second, fixed statement: a search statement planned for
+        // its own values stays small.
+        b.qb.push("WITH found AS MATERIALIZED (");
+        b.push_matches(ctx, query)?;
+        b.qb.push(format!(") SELECT {total} AS total, h.id, h.version_id"));
         for (i, key) in query.sort.iter().enumerate() {
             b.qb.push(", ");
             b.sort_expr(rt.as_str(), key.kind, &key.code, key.descending);
@@ -360,19 +359,14 @@ impl Store {
         b.qb.push(order(""));
         b.qb.push(" LIMIT ");
         b.qb.push_bind(i64::try_from(query.count + 1).unwrap_or(i64::MAX));
-        b.qb.push(") p JOIN resource_versions v ON v.resource_type = ");
-        b.qb.push_bind(rt.as_str());
-        b.qb.push(
-            " AND v.id = p.id AND v.version_id = p.version_id
-               JOIN data_keys k ON k.id = v.dek_id",
-        );
-        b.qb.push(order("p."));
         // Unnamed statements: each search is planned for its own values (a generic plan, blind to
         // how common a code or how large a patient's record is, can be a hundred times slower).
         let rows = b.qb.build().persistent(false).fetch_all(&self.pool).await?;
         let more = rows.len() > query.count;
-        let mut page = Vec::new();
+        let mut wanted: Vec<(String, i64)> = Vec::with_capacity(query.count);
+        let mut values = Vec::with_capacity(query.count);
         for row in rows.iter().take(query.count) {
+            wanted.push((row.try_get("id")?, row.try_get("version_id")?));
             let mut vals = Vec::new();
             for (i, key) in query.sort.iter().enumerate() {
                 vals.push(match key.kind {
@@ -380,8 +374,14 @@ impl Store {
                     _ => row.try_get::<f64, _>(format!("s{i}").as_str())?,
                 });
             }
-            page.push((self.open_row(rt, row).await?, vals));
+            values.push(vals);
         }
+        let mut page: Vec<(StoredResource, Vec<f64>)> = self
+            .load_versions(rt, &wanted)
+            .await?
+            .into_iter()
+            .zip(values)
+            .collect();
         if backwards {
             page.reverse();
         }
@@ -443,12 +443,8 @@ impl Store {
     ) -> Result<Page, StoreError> {
         let rt = query.resource_type;
         let mut b = Builder::new(&keys.index, now);
-        b.push_found(ctx, query)?;
-        b.qb.push(
-            "h.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped",
-        );
-        b.push_found_from(rt.as_str());
-        b.qb.push(" ORDER BY h.id LIMIT ");
+        b.push_matches(ctx, query)?;
+        b.qb.push(" ORDER BY m.id LIMIT ");
         b.qb.push_bind(i64::try_from(MAX_VALUE_SORT + 1).unwrap_or(i64::MAX));
         let rows = b.qb.build().persistent(false).fetch_all(&self.pool).await?;
         if rows.len() > MAX_VALUE_SORT {
@@ -457,9 +453,12 @@ impl Store {
                  the search or sort by _id, _lastUpdated or a date"
             )));
         }
+        let wanted = rows
+            .iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("version_id")?)))
+            .collect::<Result<Vec<(String, i64)>, sqlx::Error>>()?;
         let mut all = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let r = self.open_row(rt, row).await?;
+        for r in self.load_versions(rt, &wanted).await? {
             let doc: Value = serde_json::from_slice(&r.body).map_err(|_| StoreError::Integrity)?;
             let sort_values: Vec<String> = query
                 .sort
@@ -708,6 +707,38 @@ impl Store {
             tx.commit().await?;
             done += pending.len() as u64;
         }
+    }
+
+    /// The versions `wanted` (`(id, version)` of `resource_type`, found by a search), opened, in
+    /// the order asked. Versions never change, so what the search found is what is read.
+    async fn load_versions(
+        &self,
+        resource_type: ResourceType,
+        wanted: &[(String, i64)],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        if wanted.is_empty() {
+            return Ok(vec![]);
+        }
+        let (ids, versions): (Vec<&str>, Vec<i64>) =
+            wanted.iter().map(|(i, v)| (i.as_str(), *v)).unzip();
+        let rows = sqlx::query(
+            "SELECT v.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
+               FROM unnest($2::text[], $3::int8[]) WITH ORDINALITY AS w(id, version_id, n)
+               JOIN resource_versions v
+                 ON v.resource_type = $1 AND v.id = w.id AND v.version_id = w.version_id
+               JOIN data_keys k ON k.id = v.dek_id
+              ORDER BY w.n",
+        )
+        .bind(resource_type.as_str())
+        .bind(&ids)
+        .bind(&versions)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.open_row(resource_type, row).await?);
+        }
+        Ok(out)
     }
 
     /// The current versions of `wanted` that exist and that the caller may read; others are left
@@ -999,34 +1030,6 @@ impl<'k> Builder<'k> {
         a
     }
 
-    /// `WITH found AS MATERIALIZED (...) SELECT <columns> FROM found h JOIN resource_versions v JOIN
-    /// data_keys k`, up to the caller's `WHERE` conditions. The matches (`found`: id and current
-    /// version, narrowed to the caller's compartment) are found first and on their own, so an
-    /// `ORDER BY ... LIMIT` cannot tempt the planner to walk every resource of the type in id order
-    /// and test each, and so a count over them costs no second search.
-    ///
-    /// [`Builder::push_found`] opens the statement up to `SELECT `; the caller adds its columns
-    /// (which may refer to `h`, `v` and `k`) and closes it with [`Builder::push_found_from`].
-    fn push_found(&mut self, ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
-        self.qb.push("WITH found AS MATERIALIZED (");
-        self.push_matches(ctx, query)?;
-        self.qb.push(") SELECT ");
-        Ok(())
-    }
-
-    fn push_found_from(&mut self, rt: &str) {
-        self.qb.push(
-            " FROM found h
-               JOIN resource_versions v ON v.resource_type = ",
-        );
-        self.qb.push_bind(rt.to_string());
-        self.qb.push(
-            " AND v.id = h.id AND v.version_id = h.version_id
-               JOIN data_keys k ON k.id = v.dek_id
-              WHERE true",
-        );
-    }
-
     /// `SELECT m.id, m.version_id FROM resources m ...`: the current resources matching every
     /// filter, only those sealed in the caller's compartment for a patient-context caller.
     ///
@@ -1041,7 +1044,13 @@ impl<'k> Builder<'k> {
         );
         self.qb.push("SELECT m.id, m.version_id FROM ");
         if !sets.is_empty() {
-            self.qb.push("(SELECT DISTINCT i.id FROM (");
+            // INTERSECT returns each id once; one set alone may hold an id twice.
+            let single = sets.len() == 1;
+            self.qb.push(if single {
+                "(SELECT DISTINCT i.id FROM ("
+            } else {
+                "("
+            });
             self.as_set = true;
             for (i, f) in sets.iter().enumerate() {
                 if i > 0 {
@@ -1050,8 +1059,8 @@ impl<'k> Builder<'k> {
                 self.filter(rt, "", f)?;
             }
             self.as_set = false;
-            self.qb
-                .push(") i) ids JOIN resources m ON m.resource_type = ");
+            self.qb.push(if single { ") i) ids" } else { ") ids" });
+            self.qb.push(" JOIN resources m ON m.resource_type = ");
             self.qb.push_bind(rt.to_string());
             self.qb.push(" AND m.id = ids.id");
         } else {
