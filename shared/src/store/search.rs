@@ -200,7 +200,11 @@ impl Store {
         b.push_matches(ctx, query)?;
         b.qb.push(") f LIMIT ");
         b.qb.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = b.qb.build().persistent(false).fetch_all(&self.pool).await?;
+        let rows =
+            b.qb.build()
+                .persistent(b.reusable)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
             .collect()
@@ -227,7 +231,7 @@ impl Store {
             b.qb.push(") f");
             let n: i64 =
                 b.qb.build()
-                    .persistent(false)
+                    .persistent(b.reusable)
                     .fetch_one(&self.pool)
                     .await?
                     .try_get("n")?;
@@ -359,9 +363,11 @@ impl Store {
         b.qb.push(order(""));
         b.qb.push(" LIMIT ");
         b.qb.push_bind(i64::try_from(query.count + 1).unwrap_or(i64::MAX));
-        // Unnamed statements: each search is planned for its own values (a generic plan, blind to
-        // how common a code or how large a patient's record is, can be a hundred times slower).
-        let rows = b.qb.build().persistent(false).fetch_all(&self.pool).await?;
+        let rows =
+            b.qb.build()
+                .persistent(b.reusable)
+                .fetch_all(&self.pool)
+                .await?;
         let more = rows.len() > query.count;
         let mut wanted: Vec<(String, i64)> = Vec::with_capacity(query.count);
         let mut values = Vec::with_capacity(query.count);
@@ -446,7 +452,11 @@ impl Store {
         b.push_matches(ctx, query)?;
         b.qb.push(" ORDER BY m.id LIMIT ");
         b.qb.push_bind(i64::try_from(MAX_VALUE_SORT + 1).unwrap_or(i64::MAX));
-        let rows = b.qb.build().persistent(false).fetch_all(&self.pool).await?;
+        let rows =
+            b.qb.build()
+                .persistent(b.reusable)
+                .fetch_all(&self.pool)
+                .await?;
         if rows.len() > MAX_VALUE_SORT {
             return Err(bad(format!(
                 "sorting by an encrypted parameter is limited to {MAX_VALUE_SORT} matches; narrow \
@@ -987,6 +997,12 @@ struct Builder<'k> {
     /// Writing a parameter as the set of ids it matches (`(SELECT a.id FROM ...)`) rather than as
     /// an `EXISTS` test of one resource.
     as_set: bool,
+    /// Every filter is an id set (see [`Builder::push_matches`]): index scans intersected, then
+    /// primary-key lookups, a plan whose shape no value changes, so the statement is prepared once
+    /// per connection and reused. A statement with `EXISTS` tests is planned for each search's own
+    /// values instead: a generic plan blind to how common a code is or how large a patient's record
+    /// is was measured a hundred times slower.
+    reusable: bool,
 }
 
 impl<'k> Builder<'k> {
@@ -997,6 +1013,7 @@ impl<'k> Builder<'k> {
             now_ms,
             alias: 0,
             as_set: false,
+            reusable: false,
         }
     }
 
@@ -1042,6 +1059,7 @@ impl<'k> Builder<'k> {
         let (sets, tests): (Vec<&Filter>, Vec<&Filter>) = query.filters.iter().partition(
             |f| matches!(f, Filter::Param { modifier, .. } if *modifier != Modifier::Not),
         );
+        self.reusable = tests.is_empty();
         self.qb.push("SELECT m.id, m.version_id FROM ");
         if !sets.is_empty() {
             // INTERSECT returns each id once; one set alone may hold an id twice.

@@ -3,7 +3,8 @@
 //! `Patient/{id}/$everything`, and prints a table with the server's peak RSS.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/search-bench [--synthea DIR]
-//! [--patients N] [--seconds S]`. Without `--synthea` (or when the directory is missing) it loads a
+//! [--patients N] [--seconds S] [--hold]`; `--hold` stops after the load, leaving the stack running
+//! for a look at the database. Without `--synthea` (or when the directory is missing) it loads a
 //! generated Synthea-shaped set of `--patients` patients (default 120, ~760 resources each).
 
 use carapace_tests::synthea::{self, NamedBundle};
@@ -135,6 +136,12 @@ async fn main() -> anyhow::Result<()> {
     // Fresh planner statistics and visibility map, as autovacuum leaves them after a bulk load.
     let db = stack.db().await;
     sqlx::query("VACUUM (ANALYZE)").execute(&db).await?;
+    if args.iter().any(|a| a == "--hold") {
+        // For looking at the loaded database by hand: print where it is and wait to be stopped.
+        eprintln!("loaded; database {} (Ctrl-C to stop)", stack.database_url);
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     let fhir = stack.fhir();
     let count_url = format!("Observation?code=http://loinc.org|{code}&_summary=count");
     let matched = fhir.get(&count_url).await.json()["total"]
