@@ -252,6 +252,9 @@ pub struct Store {
     search_keys: tokio::sync::OnceCell<Arc<search::SearchKeys>>,
     /// Whole values this process has written to the prefix dictionary (see `search_prefix`).
     known_prefixes: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Conditional writes hold a connection (their transaction, with the conditions' locks) while
+    /// they match on others; at most half the pool does so at once, so matches always find one.
+    conditional_slots: tokio::sync::Semaphore,
 }
 
 const MAX_HISTORY_COUNT: usize = 1000;
@@ -271,6 +274,7 @@ impl Store {
         clock: Arc<dyn Clock>,
     ) -> Store {
         let audit = AuditWriter::start(pool.clone());
+        let conditional_slots = (pool.options().get_max_connections() as usize / 2).max(1);
         Store {
             pool,
             keys,
@@ -279,6 +283,7 @@ impl Store {
             audit,
             search_keys: tokio::sync::OnceCell::new(),
             known_prefixes: Default::default(),
+            conditional_slots: tokio::sync::Semaphore::new(conditional_slots),
         }
     }
 
@@ -333,10 +338,19 @@ impl Store {
     ) -> Result<Created, StoreError> {
         ctx.check(resource_type.as_str(), Permission::Create)?;
         check_resource(resource_type, &resource)?;
+        // A conditional create holds its condition's lock from the match to the commit.
+        let mut held = None;
+        let _slot = match if_none_exist {
+            Some(_) => Some(self.conditional_slot().await?),
+            None => None,
+        };
         if let Some(query) = if_none_exist {
+            let mut tx = self.pool.begin().await?;
+            lock_conditions(&mut tx, &[format!("{resource_type}?{query}")]).await?;
             if let Some(existing) = self.conditional_match(ctx, resource_type, query).await? {
                 return Ok(Created::Existing(existing));
             }
+            held = Some(tx);
         }
         let id = uuid::Uuid::new_v4().to_string();
         let mut prefixes = PrefixRows::default();
@@ -346,7 +360,10 @@ impl Store {
         self.write_prefixes(prefixes).await?;
         let now = self.clock.now();
         let (new, body) = seal_new(prepared, now)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = match held {
+            Some(tx) => tx,
+            None => self.pool.begin().await?,
+        };
         self.insert_new(&mut tx, ctx, std::slice::from_ref(&new), now)
             .await?;
         tx.commit().await?;
@@ -1053,8 +1070,40 @@ impl Store {
         mut entries: Vec<TxEntry>,
     ) -> Result<Vec<TxResult>, TxFailure> {
         let fail = |index: usize| move |error: StoreError| TxFailure { index, error };
-        // 0. Conditional entries become plain ones (or no-ops): matched before the database
-        // transaction, like the conditional references below.
+        // Conditional creates, updates and deletes hold their conditions' locks from the match to
+        // the commit: the database transaction begins first when there are any.
+        let conditions: Vec<String> = entries
+            .iter()
+            .filter_map(|e| match e {
+                TxEntry::Create {
+                    resource_type,
+                    if_none_exist: Some(q),
+                    ..
+                }
+                | TxEntry::Update {
+                    resource_type,
+                    target: Target::Query(q),
+                    ..
+                }
+                | TxEntry::Delete {
+                    resource_type,
+                    target: Target::Query(q),
+                } => Some(format!("{resource_type}?{q}")),
+                _ => None,
+            })
+            .collect();
+        let mut held = None;
+        let mut _slot = None;
+        if !conditions.is_empty() {
+            _slot = Some(self.conditional_slot().await.map_err(fail(0))?);
+            let mut tx = self.pool.begin().await.map_err(|e| fail(0)(e.into()))?;
+            lock_conditions(&mut tx, &conditions)
+                .await
+                .map_err(|e| fail(0)(e.into()))?;
+            held = Some(tx);
+        }
+        // 0. Conditional entries become plain ones (or no-ops), like the conditional references
+        // below.
         let mut existing: Vec<Option<StoredResource>> = (0..entries.len()).map(|_| None).collect();
         for (i, entry) in entries.iter_mut().enumerate() {
             match entry {
@@ -1249,7 +1298,10 @@ impl Store {
         // 3. All writes in one database transaction, in the spec's order: deletes, creates (all
         // inserted together), updates.
         let mut results: Vec<Option<TxResult>> = (0..entries.len()).map(|_| None).collect();
-        let mut tx = self.pool.begin().await.map_err(|e| fail(0)(e.into()))?;
+        let mut tx = match held {
+            Some(tx) => tx,
+            None => self.pool.begin().await.map_err(|e| fail(0)(e.into()))?,
+        };
         for (i, entry) in entries.iter().enumerate() {
             if let TxEntry::Delete {
                 resource_type,
@@ -1323,6 +1375,13 @@ impl Store {
             .into_iter()
             .map(|r| r.unwrap_or(TxResult::Skipped))
             .collect())
+    }
+
+    async fn conditional_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        self.conditional_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unsupported("the store is closing".into()))
     }
 
     /// Point a transaction entry's references at what they resolve to: fullUrls of other entries
@@ -1815,6 +1874,34 @@ struct NewVersion<'a> {
     method: &'static str,
     dek_id: Option<i64>,
     sealed: Option<&'a [u8]>,
+}
+
+/// Take a transaction-scoped advisory lock per condition (`Type?query`), in one order so that two
+/// transactions never wait on each other: two concurrent `ifNoneExist` creates of the same patient
+/// make one resource, not two. The locks go with the transaction.
+async fn lock_conditions(
+    tx: &mut sqlx::PgConnection,
+    conditions: &[String],
+) -> Result<(), sqlx::Error> {
+    let mut keys: Vec<i64> = conditions
+        .iter()
+        .map(|c| {
+            let digest = crate::auth::sha256(c.as_bytes());
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            i64::from_le_bytes(first)
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k)
+           FROM (SELECT k FROM unnest($1::int8[]) WITH ORDINALITY AS u(k, n) ORDER BY n) s",
+    )
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_version(tx: &mut sqlx::PgConnection, v: NewVersion<'_>) -> Result<(), sqlx::Error> {

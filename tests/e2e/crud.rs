@@ -693,3 +693,70 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
     assert_eq!(fhir.post("", &cond).await.status, 400);
     assert_eq!(resource_count(&stack).await, before);
 }
+
+/// Concurrent conditional creates of the same resource make one resource: the condition is locked
+/// from its match to the commit. Through REST (`If-None-Exist`) and through transactions
+/// (`ifNoneExist`) at once.
+#[tokio::test]
+async fn concurrent_conditional_creates_make_one_resource() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let body =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "1"}]});
+    let condition = "identifier=urn:race|1";
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": body, "request": {"method": "POST", "url": "Patient", "ifNoneExist": condition}}]});
+    // Twelve requests at once: six REST creates and six one-entry transactions.
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let (path, payload, extra) = if i % 2 == 0 {
+            ("Patient", body.clone(), Some(condition))
+        } else {
+            ("", tx.clone(), None)
+        };
+        let (url, auth) = (stack.server.url(path), stack.server.bearer());
+        requests.spawn(async move {
+            let mut headers = vec![
+                ("Content-Type", FHIR_JSON),
+                ("Authorization", auth.as_str()),
+            ];
+            if let Some(c) = extra {
+                headers.push(("If-None-Exist", c));
+            }
+            let r = http(
+                "POST",
+                &url,
+                &headers,
+                Some(payload.to_string().into_bytes()),
+            )
+            .await
+            .unwrap();
+            (extra.is_some(), r)
+        });
+    }
+    let (mut rest, mut bundles) = (vec![], vec![]);
+    while let Some(done) = requests.join_next().await {
+        let (is_rest, r) = done.unwrap();
+        if is_rest {
+            rest.push(r);
+        } else {
+            bundles.push(r);
+        }
+    }
+    let mut created = 0;
+    for r in &rest {
+        assert!(r.status == 201 || r.status == 200, "{}", r.text());
+        created += usize::from(r.status == 201);
+    }
+    for r in &bundles {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let status = r.json()["entry"][0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        created += usize::from(status.starts_with("201"));
+    }
+    assert_eq!(created, 1, "exactly one request created the patient");
+    let found = fhir.get(&format!("Patient?{condition}")).await.json();
+    assert_eq!(found["total"], 1);
+}
