@@ -6,10 +6,14 @@
 //! only once its event is durable, so no read is answered without a committed audit row.
 
 use crate::access::AccessContext;
+use crate::crypto::Dek;
 use chrono::{DateTime, SecondsFormat, Utc};
+use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sha2::Sha256;
+use sqlx::{PgPool, Row as _};
 use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// The RESTful interaction being audited (the BALP subtype).
@@ -145,66 +149,249 @@ impl AuditRecord {
     }
 }
 
-/// Insert one event inside the caller's transaction.
-pub async fn record_in(
-    conn: &mut sqlx::PgConnection,
-    ctx: &AccessContext,
-    record: &AuditRecord,
-) -> Result<(), sqlx::Error> {
-    record_all_in(conn, ctx, std::slice::from_ref(record)).await
-}
+/// The key of the audit chain's HMAC links: a data key (scope `audit/chain`) wrapped by the key
+/// provider, loaded once at start-up ([`AuditWriter::set_chain_key`]). Without it nothing is
+/// audited, so nothing is served (fail closed).
+pub type ChainKey = Arc<OnceLock<Dek>>;
 
-/// Insert one event per record, all by the same caller, inside the caller's transaction.
-pub async fn record_all_in(
-    conn: &mut sqlx::PgConnection,
-    ctx: &AccessContext,
-    records: &[AuditRecord],
-) -> Result<(), sqlx::Error> {
-    let rows: Vec<Row<'_>> = records
-        .iter()
-        .map(|r| Row {
-            recorded: r.recorded,
-            action: r.interaction.action(),
-            outcome: r.outcome.code(),
-            principal: Cow::Borrowed(&ctx.principal),
-            event: r.to_event(ctx),
-        })
-        .collect();
-    insert_rows(conn, &rows).await
+impl AuditWriter {
+    /// Insert one event per record, all by the same caller, inside the caller's transaction.
+    pub async fn record_all_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        records: &[AuditRecord],
+    ) -> Result<(), sqlx::Error> {
+        let rows: Vec<Row<'_>> = records
+            .iter()
+            .map(|r| Row {
+                recorded: r.recorded,
+                action: Cow::Borrowed(r.interaction.action()),
+                outcome: Cow::Borrowed(r.outcome.code()),
+                principal: Cow::Borrowed(&ctx.principal),
+                event: r.to_event(ctx),
+            })
+            .collect();
+        insert_rows(conn, &self.key, &rows).await
+    }
+
+    /// Load the chain key; until then every audit write fails.
+    pub fn set_chain_key(&self, key: Dek) {
+        let _ = self.key.set(key);
+    }
+
+    pub fn has_chain_key(&self) -> bool {
+        self.key.get().is_some()
+    }
 }
 
 /// One `audit_events` row.
 struct Row<'a> {
     recorded: DateTime<Utc>,
-    action: &'static str,
-    outcome: &'static str,
+    action: Cow<'a, str>,
+    outcome: Cow<'a, str>,
     principal: Cow<'a, str>,
     event: Value,
 }
 
-/// Insert rows with one statement.
-async fn insert_rows<'c, E: sqlx::PgExecutor<'c>>(
-    conn: E,
+/// The link of one event: HMAC-SHA-256 over the previous link and everything the row says.
+fn link(key: &Dek, previous: &[u8], seq: i64, row: &Row<'_>) -> Vec<u8> {
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+    mac.update(previous);
+    mac.update(&seq.to_le_bytes());
+    mac.update(&row.recorded.timestamp_micros().to_le_bytes());
+    for part in [
+        row.action.as_ref(),
+        row.outcome.as_ref(),
+        row.principal.as_ref(),
+    ] {
+        mac.update(part.as_bytes());
+        mac.update(&[0]);
+    }
+    let mut event = Vec::new();
+    canonical(&row.event, &mut event);
+    mac.update(&event);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// JSON with object keys sorted at every level, so that an event hashes the same before it is
+/// stored and after `jsonb` has reordered it.
+fn canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                out.push(b':');
+                canonical(&map[k.as_str()], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(v, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+/// Insert rows with one statement, chained after the last event: the chain head is locked until
+/// the caller's transaction ends, so events are chained in the order they commit.
+async fn insert_rows(
+    conn: &mut sqlx::PgConnection,
+    key: &ChainKey,
     rows: &[Row<'_>],
 ) -> Result<(), sqlx::Error> {
+    let key = key
+        .get()
+        .ok_or_else(|| sqlx::Error::Protocol("the audit chain key is not loaded".into()))?;
+    let head = sqlx::query("SELECT seq, link FROM audit_chain_head FOR UPDATE")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut seq: i64 = head.try_get("seq")?;
+    let mut previous: Vec<u8> = head.try_get("link")?;
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut links = Vec::with_capacity(rows.len());
+    for row in rows {
+        seq += 1;
+        previous = link(key, &previous, seq, row);
+        seqs.push(seq);
+        links.push(previous.clone());
+    }
     let recorded: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded).collect();
-    let action: Vec<&str> = rows.iter().map(|r| r.action).collect();
-    let outcome: Vec<&str> = rows.iter().map(|r| r.outcome).collect();
+    let action: Vec<&str> = rows.iter().map(|r| r.action.as_ref()).collect();
+    let outcome: Vec<&str> = rows.iter().map(|r| r.outcome.as_ref()).collect();
     let principal: Vec<&str> = rows.iter().map(|r| r.principal.as_ref()).collect();
     let event: Vec<sqlx::types::Json<&Value>> =
         rows.iter().map(|r| sqlx::types::Json(&r.event)).collect();
     sqlx::query(
-        "INSERT INTO audit_events (recorded, action, outcome, principal, event)
-         SELECT * FROM UNNEST($1::timestamptz[], $2::char(1)[], $3::text[], $4::text[], $5::jsonb[])",
+        "INSERT INTO audit_events (recorded, action, outcome, principal, event, seq, link)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::char(1)[], $3::text[], $4::text[], $5::jsonb[],
+                              $6::int8[], $7::bytea[])",
     )
     .bind(recorded)
     .bind(action)
     .bind(outcome)
     .bind(principal)
     .bind(event)
-    .execute(conn)
+    .bind(&seqs)
+    .bind(&links)
+    .execute(&mut *conn)
     .await?;
+    sqlx::query("UPDATE audit_chain_head SET seq = $1, link = $2")
+        .bind(seq)
+        .bind(&previous)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// What [`verify_chain`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Chained events checked.
+    pub checked: u64,
+    /// Events recorded before the chain existed (migration 0005), not covered.
+    pub unchained: u64,
+    /// The first break: where, and what is wrong there.
+    pub broken: Option<(i64, String)>,
+}
+
+/// Walk the chain in order, recomputing every link, and report the first event that was edited,
+/// deleted, reordered or inserted. `progress` gets (checked, total).
+pub async fn verify_chain(
+    pool: &PgPool,
+    key: &Dek,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ChainReport, sqlx::Error> {
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let unchained: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events
+          WHERE seq IS NULL AND id < (SELECT coalesce(min(id), 0) FROM audit_events WHERE seq IS NOT NULL)",
+    )
+    .fetch_one(pool)
+    .await?;
+    let mut report = ChainReport {
+        checked: 0,
+        unchained: u64::try_from(unchained).unwrap_or(0),
+        broken: None,
+    };
+    let stray: Option<i64> = sqlx::query_scalar(
+        "SELECT min(id) FROM audit_events
+          WHERE seq IS NULL AND id > (SELECT coalesce(min(id), 0) FROM audit_events WHERE seq IS NOT NULL)",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (mut seq, mut previous) = (0i64, vec![0u8; 32]);
+    loop {
+        let rows = sqlx::query(
+            "SELECT seq, link, recorded, action, outcome, principal, event FROM audit_events
+              WHERE seq > $1 ORDER BY seq LIMIT 1000",
+        )
+        .bind(seq)
+        .fetch_all(pool)
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let at: i64 = r.try_get("seq")?;
+            let row = Row {
+                recorded: r.try_get("recorded")?,
+                action: Cow::Owned(r.try_get("action")?),
+                outcome: Cow::Owned(r.try_get("outcome")?),
+                principal: Cow::Owned(r.try_get("principal")?),
+                event: r.try_get::<sqlx::types::Json<Value>, _>("event")?.0,
+            };
+            let expected = link(key, &previous, at, &row);
+            let stored: Vec<u8> = r.try_get("link")?;
+            if at != seq + 1 {
+                report.broken = Some((
+                    seq + 1,
+                    "the event is missing (deleted or renumbered)".into(),
+                ));
+                return Ok(report);
+            }
+            if stored != expected {
+                report.broken = Some((
+                    at,
+                    "the event does not match its link (edited, moved or inserted)".into(),
+                ));
+                return Ok(report);
+            }
+            seq = at;
+            previous = stored;
+            report.checked += 1;
+        }
+        progress(report.checked, u64::try_from(total).unwrap_or(0));
+    }
+    let head = sqlx::query("SELECT seq, link FROM audit_chain_head")
+        .fetch_one(pool)
+        .await?;
+    let (head_seq, head_link): (i64, Vec<u8>) = (head.try_get("seq")?, head.try_get("link")?);
+    if head_seq != seq || head_link != previous {
+        report.broken = Some((seq + 1, "events after this point are missing".into()));
+    } else if let Some(id) = stray {
+        report.broken = Some((
+            id,
+            "an event outside the chain was inserted (row id)".into(),
+        ));
+    }
+    Ok(report)
 }
 
 struct Pending {
@@ -216,6 +403,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct AuditWriter {
     tx: mpsc::Sender<Pending>,
+    key: ChainKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,8 +416,9 @@ impl AuditWriter {
     /// Start the writer task on `pool`.
     pub fn start(pool: PgPool) -> AuditWriter {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run_writer(pool, rx));
-        AuditWriter { tx }
+        let key = ChainKey::default();
+        tokio::spawn(run_writer(pool, key.clone(), rx));
+        AuditWriter { tx, key }
     }
 
     /// Record an event; returns once it is committed.
@@ -242,8 +431,8 @@ impl AuditWriter {
         let pending = Pending {
             row: Row {
                 recorded: record.recorded,
-                action: record.interaction.action(),
-                outcome: record.outcome.code(),
+                action: Cow::Borrowed(record.interaction.action()),
+                outcome: Cow::Borrowed(record.outcome.code()),
                 principal: Cow::Owned(ctx.principal.clone()),
                 event: record.to_event(ctx),
             },
@@ -259,12 +448,17 @@ impl AuditWriter {
     }
 }
 
-async fn run_writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>) {
+async fn run_writer(pool: PgPool, key: ChainKey, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (rows, waiting): (Vec<Row<'static>>, Vec<_>) =
             batch.drain(..).map(|p| (p.row, p.done)).unzip();
-        let result = insert_rows(&pool, &rows).await.map_err(|e| {
+        let commit = async {
+            let mut tx = pool.begin().await?;
+            insert_rows(&mut tx, &key, &rows).await?;
+            tx.commit().await
+        };
+        let result = commit.await.map_err(|e| {
             tracing::error!(error = %e, events = rows.len(), "audit batch failed");
             "could not write the audit trail".to_string()
         });

@@ -259,6 +259,9 @@ pub struct Store {
 
 const MAX_HISTORY_COUNT: usize = 1000;
 
+/// Key scope of the data key of the audit chain's HMAC links.
+const AUDIT_CHAIN_SCOPE: &str = "audit/chain";
+
 /// Key scope of the data key that seals identity secrets (TOTP seeds).
 const IDENTITY_SCOPE: &str = "identity";
 
@@ -413,6 +416,7 @@ impl Store {
         new: &[NewResource],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let mut records = Vec::with_capacity(new.len());
         for chunk in new.chunks(INSERT_CHUNK) {
             let types: Vec<&str> = chunk.iter().map(|n| n.resource_type.as_str()).collect();
             let ids: Vec<&str> = chunk.iter().map(|n| n.id.as_str()).collect();
@@ -444,18 +448,16 @@ impl Store {
                 .map(|n| (n.resource_type, n.id.as_str(), &n.index))
                 .collect();
             search::insert_index(&mut *tx, &index).await?;
-            let records: Vec<AuditRecord> = chunk
-                .iter()
-                .map(|n| AuditRecord {
-                    interaction: Interaction::Create,
-                    outcome: Outcome::Success,
-                    recorded: now,
-                    what: Some(format!("{}/{}/_history/1", n.resource_type, n.id)),
-                    patient: patient_of(&n.scope),
-                })
-                .collect();
-            audit::record_all_in(&mut *tx, ctx, &records).await?;
+            records.extend(chunk.iter().map(|n| AuditRecord {
+                interaction: Interaction::Create,
+                outcome: Outcome::Success,
+                recorded: now,
+                what: Some(format!("{}/{}/_history/1", n.resource_type, n.id)),
+                patient: patient_of(&n.scope),
+            }));
         }
+        // Chained last: the chain head stays locked from here to the commit.
+        self.audit_all_in(&mut *tx, ctx, &records).await?;
         Ok(())
     }
 
@@ -609,7 +611,7 @@ impl Store {
             what: Some(what),
             patient,
         };
-        self.audit.record(ctx, &record).await?;
+        self.audit_record(ctx, &record).await?;
         result.map(|r| r.resource)
     }
 
@@ -792,7 +794,7 @@ impl Store {
             what: Some(format!("{resource_type}/{id}/_history/{version_id}")),
             patient: patient_of(scope),
         };
-        audit::record_in(&mut *tx, ctx, &record).await?;
+        self.audit_in(&mut *tx, ctx, &record).await?;
         Ok(Updated {
             resource: StoredResource {
                 resource_type,
@@ -956,7 +958,7 @@ impl Store {
             what: Some(format!("{resource_type}/{id}/_history/{version_id}")),
             patient: scope.as_deref().and_then(patient_of),
         };
-        audit::record_in(&mut *tx, ctx, &record).await?;
+        self.audit_in(&mut *tx, ctx, &record).await?;
         Ok(Deleted::Now { version_id })
     }
 
@@ -1056,7 +1058,7 @@ impl Store {
             what,
             patient: None,
         };
-        self.audit.record(ctx, &record).await?;
+        self.audit_record(ctx, &record).await?;
         Ok(HistoryPage { entries, next })
     }
 
@@ -1442,7 +1444,7 @@ impl Store {
             what: Some(reference),
             patient: result.as_ref().ok().map(|_| scope.clone()),
         };
-        self.audit.record(ctx, &record).await?;
+        self.audit_record(ctx, &record).await?;
         result
     }
 
@@ -1570,9 +1572,9 @@ impl Store {
                 progress(done, total);
             }
         }
-        let mut conn = self.pool.acquire().await?;
-        audit::record_in(
-            &mut conn,
+        let mut tx = self.pool.begin().await?;
+        self.audit_in(
+            &mut tx,
             ctx,
             &AuditRecord {
                 interaction: Interaction::Update,
@@ -1583,6 +1585,7 @@ impl Store {
             },
         )
         .await?;
+        tx.commit().await?;
         Ok(done)
     }
 
@@ -1630,7 +1633,64 @@ impl Store {
             what: Some(format!("urn:carapace:admin:{what}")),
             patient: None,
         };
-        Ok(self.audit.record(ctx, &record).await?)
+        self.audit_record(ctx, &record).await
+    }
+
+    /// Load the audit chain's key (a data key under scope `audit/chain`), once. Until it is loaded
+    /// (the key provider may be down at start-up) every audit write tries again, and fails while
+    /// it cannot: no request is served unaudited.
+    pub async fn load_audit_key(&self) -> Result<(), StoreError> {
+        if !self.audit.has_chain_key() {
+            let key = self.audit_key().await?;
+            self.audit.set_chain_key(key);
+        }
+        Ok(())
+    }
+
+    /// Record an event through the group-committing writer; returns once it is committed.
+    async fn audit_record(
+        &self,
+        ctx: &AccessContext,
+        record: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.load_audit_key().await?;
+        Ok(self.audit.record(ctx, record).await?)
+    }
+
+    /// Record an event inside the caller's transaction.
+    async fn audit_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        record: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.audit_all_in(conn, ctx, std::slice::from_ref(record))
+            .await
+    }
+
+    /// Record an event per record inside the caller's transaction.
+    async fn audit_all_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        records: &[AuditRecord],
+    ) -> Result<(), StoreError> {
+        self.load_audit_key().await?;
+        Ok(self.audit.record_all_in(conn, ctx, records).await?)
+    }
+
+    async fn audit_key(&self) -> Result<Dek, StoreError> {
+        let (_, dek) = self.dek_for_scope(AUDIT_CHAIN_SCOPE).await?;
+        Dek::from_bytes(dek.expose()).ok_or(StoreError::Integrity)
+    }
+
+    /// Walk the audit chain and report the first event edited, deleted, reordered or inserted.
+    pub async fn verify_audit_chain(
+        &self,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<audit::ChainReport, StoreError> {
+        let key = self.audit_key().await?;
+        Ok(audit::verify_chain(&self.pool, &key, progress).await?)
     }
 
     /// Stored data keys by key version, for status displays.
@@ -1740,7 +1800,7 @@ impl Store {
                 what: Some(what()),
                 patient: None,
             };
-            if let Err(e) = self.audit.record(ctx, &record).await {
+            if let Err(e) = self.audit_record(ctx, &record).await {
                 tracing::error!(error = %e, "could not audit a failed request");
             }
         }

@@ -105,7 +105,7 @@ async fn pg_dump_contains_no_canary_phi() {
     .fetch_all(&db)
     .await
     .unwrap();
-    assert_eq!(scopes, vec![format!("Patient/{pid}")]);
+    assert_eq!(scopes, vec![format!("Patient/{pid}"), "audit/chain".into()]);
     let wrapped: String = sqlx::query_scalar("SELECT wrapped FROM data_keys LIMIT 1")
         .fetch_one(&db)
         .await

@@ -5,6 +5,7 @@
 // Tests play the client side, whose clock is the real one.
 #![allow(clippy::disallowed_methods)]
 
+mod audit;
 mod auth;
 mod authorize;
 mod bad_input;

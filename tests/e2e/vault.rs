@@ -124,19 +124,8 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
     }
     // The operator signs in to the console with an administrator token (the automation path).
     let db = stack.db().await;
-    let admin = carapace_core::auth::issue(
-        &db,
-        chrono::Utc::now(),
-        "rotation-test",
-        carapace_core::access::Role::Admin,
-        &[],
-        None,
-    )
-    .await
-    .unwrap();
-    let mut env: Vec<(String, String)> = stack.server.env.clone();
+    let mut env = stack.console_env("rotation-test").await;
     env.push(("RUST_LOG".into(), "warn".into()));
-    env.push(("CARAPACE_ADMIN_TOKEN".into(), admin.access_token.clone()));
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin_path("carapace-console"))
             .args(["keys", "rotate"])
@@ -155,8 +144,8 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
         "rotate failed: {stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // 40 patient compartments and the 6 search-index keys
-    assert!(stdout.contains("46 data keys rewrapped"), "{stdout}");
+    // 40 patient compartments, the 6 search-index keys and the audit chain's key
+    assert!(stdout.contains("47 data keys rewrapped"), "{stdout}");
     for reader in readers {
         let (ok, failed) = reader.await.unwrap();
         assert!(ok >= 20);
@@ -181,6 +170,7 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
     assert!(wrapped.iter().all(|w| w.starts_with("vault:v2:")));
 
     // After rotation: a restarted (cold) server unwraps the rewrapped keys, and new keys use v2.
+    let status_env = stack.console_env("rotation-test").await;
     let mut server = stack.server;
     server.restart().await.unwrap();
     let fhir = Fhir { server: &server };
@@ -195,8 +185,7 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
             .unwrap();
     assert_eq!(newest, 2);
     // The console's status shows the same picture an operator checks after a rotation.
-    let mut env = server.env.clone();
-    env.push(("CARAPACE_ADMIN_TOKEN".into(), admin.access_token.clone()));
+    let env = status_env;
     let status = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin_path("carapace-console"))
             .arg("status")
@@ -212,8 +201,8 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
     assert!(status.status.success(), "{text}");
     assert!(text.contains("Vault transit"), "{text}");
     assert!(text.contains("resources:     41 current"), "{text}");
-    // 41 compartments and the 6 search-index keys
-    assert!(text.contains("v2: 47"), "{text}");
+    // 41 compartments, the 6 search-index keys and the audit chain's key
+    assert!(text.contains("v2: 48"), "{text}");
     let audited: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE principal = 'rotation-test'")
             .fetch_one(&db)
@@ -289,9 +278,12 @@ async fn approle_login_with_a_least_privilege_policy_and_short_lived_tokens_that
         .unwrap()
         .to_string();
 
+    // The policy's key from the first start (whatever the server wraps then, such as the audit
+    // chain's key for the token it issues, stays readable after the restart).
     let env = vec![
         ("CARAPACE_VAULT_ROLE_ID".to_string(), role_id),
         ("CARAPACE_VAULT_SECRET_ID".to_string(), secret_id),
+        ("CARAPACE_VAULT_KEY".to_string(), key.clone()),
     ];
     let mut stack = Stack::start_with(bao, env).await.unwrap();
     // Stack::start_with put the root token and its own key name in; restart with AppRole only and

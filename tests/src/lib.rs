@@ -686,6 +686,23 @@ impl Stack {
         }
     }
 
+    /// The server's environment and an administrator token: how a script runs the console.
+    pub async fn console_env(&self, operator: &str) -> Vec<(String, String)> {
+        let admin = carapace_core::auth::issue(
+            &self.db().await,
+            chrono::Utc::now(),
+            operator,
+            carapace_core::access::Role::Admin,
+            &[],
+            None,
+        )
+        .await
+        .expect("an administrator token");
+        let mut env = self.server.env.clone();
+        env.push(("CARAPACE_ADMIN_TOKEN".into(), admin.access_token));
+        env
+    }
+
     /// A direct connection to the test database (as its owner), to look at what is stored.
     pub async fn db(&self) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()
@@ -1002,4 +1019,39 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Run `carapace-console` with exactly `env` (and `PATH`), optionally a line on standard input;
+/// returns (success, stdout, stderr).
+pub fn console(
+    env: &[(String, String)],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin_path("carapace-console"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{input}\n").as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }

@@ -181,7 +181,7 @@ impl Store {
             what: Some(query.resource_type.to_string()),
             patient: ctx.compartment(),
         };
-        self.audit.record(ctx, &record).await?;
+        self.audit_record(ctx, &record).await?;
         result
     }
 

@@ -1,0 +1,105 @@
+//! The audit trail is append-only and hash-chained: the database refuses UPDATE, DELETE and
+//! TRUNCATE of events, and `carapace-console audit verify` finds the first event edited, deleted or
+//! inserted by someone who got around that.
+
+use carapace_tests::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    // Activity of every kind: creates (audited in their transactions), reads and searches (through
+    // the group-committing writer), a transaction Bundle.
+    for i in 0..4 {
+        let r = fhir
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": format!("Chain{i}")}]}),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(fhir.get(&format!("Patient/{id}")).await.status, 200);
+    }
+    assert_eq!(fhir.get("Patient?family=chain").await.status, 200);
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "active": true},
+         "request": {"method": "POST", "url": "Patient"}}]});
+    assert_eq!(fhir.post("", &bundle).await.status, 200);
+
+    // Nobody edits or removes an event, not even the table's owner.
+    let db = stack.db().await;
+    for sql in [
+        "UPDATE audit_events SET principal = 'mallory'",
+        "DELETE FROM audit_events WHERE seq = 1",
+        "TRUNCATE audit_events",
+    ] {
+        let err = sqlx::query(sql).execute(&db).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+
+    let env = stack.console_env("auditor").await;
+    let verify = || {
+        let env = env.clone();
+        async move {
+            tokio::task::spawn_blocking(move || console(&env, &["audit", "verify"], None))
+                .await
+                .unwrap()
+        }
+    };
+    let (ok, out, err) = verify().await;
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("audit chain intact"), "{out}");
+    let chained: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NOT NULL")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(chained >= 10, "{chained} events");
+
+    // Someone with the power to switch the triggers off edits one event in the middle: found.
+    let tamper = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER USER")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query(sql).execute(&mut *tx).await.unwrap();
+            sqlx::query("ALTER TABLE audit_events ENABLE TRIGGER USER")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    tamper("UPDATE audit_events SET principal = principal || ' ' WHERE seq = 5").await;
+    let (ok, _, err) = verify().await;
+    assert!(!ok);
+    assert!(
+        err.contains("BROKEN at event 5") && err.contains("edited"),
+        "{err}"
+    );
+    // Put back exactly as it was, the chain holds again: the links cover the content itself.
+    tamper("UPDATE audit_events SET principal = rtrim(principal) WHERE seq = 5").await;
+    let (ok, out, err) = verify().await;
+    assert!(ok && out.contains("intact"), "{out} {err}");
+    // An event slipped in without a place in the chain.
+    tamper(
+        "INSERT INTO audit_events (recorded, action, outcome, principal, event)
+         VALUES (now(), 'R', '0', 'mallory', '{}')",
+    )
+    .await;
+    let (ok, _, err) = verify().await;
+    assert!(!ok && err.contains("outside the chain"), "{err}");
+    tamper("DELETE FROM audit_events WHERE seq IS NULL").await;
+    // A deleted event.
+    tamper("DELETE FROM audit_events WHERE seq = 7").await;
+    let (ok, _, err) = verify().await;
+    assert!(
+        !ok && err.contains("BROKEN at event 7") && err.contains("missing"),
+        "{err}"
+    );
+}
