@@ -210,12 +210,52 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The client's address as the audit trail records it: the connection's peer, unless the peer is a
+/// trusted proxy; then the nearest address in `X-Forwarded-For` that is not a trusted proxy (the
+/// entries to its left are the client's own word and are not believed).
+fn client_address(
+    trusted: &[ipnet::IpNet],
+    peer: std::net::IpAddr,
+    headers: &hyper::HeaderMap,
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<std::net::IpAddr> = match headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Option<Vec<_>>>()
+    {
+        Some(values) => {
+            let hops: Option<Vec<_>> = values
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(|hop| hop.trim().parse().ok())
+                .collect();
+            // A malformed header is not believed at all.
+            hops.unwrap_or_default()
+        }
+        None => vec![],
+    };
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
 async fn dispatch(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    let peer = SocketAddr::new(
+        client_address(&state.config.trusted_proxies, peer.ip(), req.headers()),
+        peer.port(),
+    );
     let path = req.uri().path().to_string();
     if path == "/fhir" || path.starts_with("/fhir/") {
         return fhir_api::handle(state, req, peer).await;
@@ -272,5 +312,49 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::client_address;
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let headers = |xff: &str| {
+            let mut h = hyper::HeaderMap::new();
+            if !xff.is_empty() {
+                h.insert("x-forwarded-for", xff.parse().unwrap());
+            }
+            h
+        };
+        let cases = [
+            // (peer, X-Forwarded-For, recorded address)
+            ("192.0.2.9", "203.0.113.7", "192.0.2.9"),
+            ("10.1.1.1", "203.0.113.7", "203.0.113.7"),
+            (
+                "10.1.1.1",
+                "198.51.100.2, 203.0.113.7, 10.2.2.2",
+                "203.0.113.7",
+            ),
+            ("10.1.1.1", "", "10.1.1.1"),
+            ("10.1.1.1", "10.3.3.3", "10.1.1.1"),
+            ("10.1.1.1", "not-an-address, 203.0.113.7", "10.1.1.1"),
+        ];
+        for (peer, xff, want) in cases {
+            assert_eq!(
+                client_address(&trusted, ip(peer), &headers(xff)),
+                ip(want),
+                "{peer} {xff}"
+            );
+        }
+        assert_eq!(
+            client_address(&[], ip("10.1.1.1"), &headers("203.0.113.7")),
+            ip("10.1.1.1"),
+            "no proxy is trusted by default"
+        );
     }
 }

@@ -28,6 +28,9 @@ pub struct Config {
     pub db_max_connections: u32,
     /// `CARAPACE_SESSION_IDLE_MINUTES` (default 15) and `CARAPACE_SESSION_MAX_HOURS` (default 8).
     pub sessions: crate::authorize::SessionPolicy,
+    /// `CARAPACE_TRUSTED_PROXIES`: comma-separated addresses or CIDR networks of reverse proxies
+    /// whose `X-Forwarded-For` is believed (default none: the address is the connection's peer).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +146,22 @@ impl Config {
             }
         };
         let max_connections = parse_num("CARAPACE_DB_MAX_CONNECTIONS", 16)?;
+        let trusted_proxies = get("CARAPACE_TRUSTED_PROXIES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ConfigError(
+                            "CARAPACE_TRUSTED_PROXIES lists addresses or networks (10.0.0.0/8)"
+                                .into(),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
             data_dir: get("CARAPACE_DATA_DIR")
@@ -172,6 +191,7 @@ impl Config {
                         .unwrap_or(8),
                 ),
             },
+            trusted_proxies,
         })
     }
 
@@ -200,6 +220,21 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let c = config(&[("CARAPACE_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1 ,")]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[1].contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()));
+        assert!(config(&[]).unwrap().trusted_proxies.is_empty());
+        let err = config(&[("CARAPACE_TRUSTED_PROXIES", "proxy.example")])
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("CARAPACE_TRUSTED_PROXIES"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -103,3 +103,50 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
         "{err}"
     );
 }
+
+/// The address in an AuditEvent is the connection's peer; `X-Forwarded-For` is believed only from
+/// the proxies named in `CARAPACE_TRUSTED_PROXIES`.
+#[tokio::test]
+async fn a_forwarded_address_is_recorded_only_from_a_trusted_proxy() {
+    let mut stack = Stack::start().await.unwrap();
+    let r = stack
+        .fhir()
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "active": true}),
+        )
+        .await;
+    let path = format!("Patient/{}", r.json()["id"].as_str().unwrap());
+    let db = stack.db().await;
+    let read_as = |stack: &Stack, forwarded: &'static str| {
+        let (url, auth) = (stack.server.url(&path), stack.server.bearer());
+        let db = db.clone();
+        async move {
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("X-Forwarded-For", forwarded),
+            ];
+            assert_eq!(http("GET", &url, &headers, None).await.unwrap().status, 200);
+            sqlx::query_scalar::<_, String>(
+                "SELECT event->'agent'->0->'network'->>'address' FROM audit_events
+                  WHERE event->'subtype'->0->>'code' = 'read' ORDER BY seq DESC LIMIT 1",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    // Nothing trusted by default: a client cannot choose the address it is audited under.
+    assert_eq!(read_as(&stack, "203.0.113.7").await, "127.0.0.1");
+    stack
+        .server
+        .env
+        .push(("CARAPACE_TRUSTED_PROXIES".into(), "127.0.0.1".into()));
+    stack.server.restart().await.unwrap();
+    assert_eq!(read_as(&stack, "203.0.113.7").await, "203.0.113.7");
+    // Only the hop the trusted proxy saw counts, not what the client wrote to its left.
+    assert_eq!(
+        read_as(&stack, "198.51.100.2, 203.0.113.9").await,
+        "203.0.113.9"
+    );
+}
