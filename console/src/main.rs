@@ -77,8 +77,13 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the hash chain of every AuditEvent and report the first one edited, deleted,
-    /// reordered or inserted (exit status 1 if the chain is broken).
-    Verify,
+    /// reordered or inserted (exit status 1 if the chain is broken). Prints the head (`SEQ:LINK`)
+    /// to keep elsewhere.
+    Verify {
+        /// A head printed by an earlier run: also prove that nothing up to it was cut from the end.
+        #[arg(long, value_name = "SEQ:LINK")]
+        anchor: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,8 +221,8 @@ async fn dispatch(core: &Core, command: Command) -> anyhow::Result<()> {
             command: KeysCommand::Rotate,
         } => rotate(core, &ctx).await,
         Command::Audit {
-            command: AuditCommand::Verify,
-        } => audit_verify(core, &ctx).await,
+            command: AuditCommand::Verify { anchor },
+        } => audit_verify(core, &ctx, anchor.as_deref()).await,
     }
 }
 
@@ -552,11 +557,24 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
     }
 }
 
-async fn audit_verify(core: &Core, ctx: &AccessContext) -> anyhow::Result<()> {
+async fn audit_verify(
+    core: &Core,
+    ctx: &AccessContext,
+    anchor: Option<&str>,
+) -> anyhow::Result<()> {
+    let anchor = match anchor {
+        None => None,
+        Some(text) => {
+            let parsed = text
+                .split_once(':')
+                .and_then(|(seq, link)| Some((seq.parse::<i64>().ok()?, hex::decode(link).ok()?)));
+            Some(parsed.context("--anchor takes SEQ:LINK as printed by `audit verify`")?)
+        }
+    };
     let mut last_shown = 0;
     let report = core
         .store
-        .verify_audit_chain(|done, total| {
+        .verify_audit_chain(anchor.as_ref(), |done, total| {
             if done == total || done - last_shown >= 10_000 {
                 last_shown = done;
                 eprint!("\rverified {done}/{total} events");
@@ -574,6 +592,11 @@ async fn audit_verify(core: &Core, ctx: &AccessContext) -> anyhow::Result<()> {
             println!(
                 "audit chain intact: {} events verified ({} recorded before the chain began)",
                 report.checked, report.unchained
+            );
+            println!(
+                "head: {}:{} (keep it elsewhere; `--anchor` it next time)",
+                report.head.0,
+                hex::encode(&report.head.1)
             );
             Ok(())
         }

@@ -307,6 +307,10 @@ pub struct ChainReport {
     pub unchained: u64,
     /// The first break: where, and what is wrong there.
     pub broken: Option<(i64, String)>,
+    /// The last event verified: its sequence number and link. Kept somewhere the database's
+    /// administrators cannot reach, it is an anchor: a later `verify` given it proves nothing
+    /// up to it was cut from the end of the chain.
+    pub head: (i64, Vec<u8>),
 }
 
 /// Walk the chain in order, recomputing every link, and report the first event that was edited,
@@ -314,6 +318,7 @@ pub struct ChainReport {
 pub async fn verify_chain(
     pool: &PgPool,
     key: &Dek,
+    anchor: Option<&(i64, Vec<u8>)>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ChainReport, sqlx::Error> {
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NOT NULL")
@@ -329,6 +334,7 @@ pub async fn verify_chain(
         checked: 0,
         unchained: u64::try_from(unchained).unwrap_or(0),
         broken: None,
+        head: (0, vec![0u8; 32]),
     };
     let stray: Option<i64> = sqlx::query_scalar(
         "SELECT min(id) FROM audit_events
@@ -373,9 +379,14 @@ pub async fn verify_chain(
                 ));
                 return Ok(report);
             }
+            if anchor.is_some_and(|(s, l)| *s == at && *l != stored) {
+                report.broken = Some((at, "the event is not the anchor recorded earlier".into()));
+                return Ok(report);
+            }
             seq = at;
             previous = stored;
             report.checked += 1;
+            report.head = (seq, previous.clone());
         }
         progress(report.checked, u64::try_from(total).unwrap_or(0));
     }
@@ -385,6 +396,11 @@ pub async fn verify_chain(
     let (head_seq, head_link): (i64, Vec<u8>) = (head.try_get("seq")?, head.try_get("link")?);
     if head_seq != seq || head_link != previous {
         report.broken = Some((seq + 1, "events after this point are missing".into()));
+    } else if let Some((at, _)) = anchor.filter(|(at, _)| *at > seq) {
+        report.broken = Some((
+            seq + 1,
+            format!("events up to the anchor ({at}) were cut from the end"),
+        ));
     } else if let Some(id) = stray {
         report.broken = Some((
             id,

@@ -1687,10 +1687,11 @@ impl Store {
     /// Walk the audit chain and report the first event edited, deleted, reordered or inserted.
     pub async fn verify_audit_chain(
         &self,
+        anchor: Option<&(i64, Vec<u8>)>,
         progress: impl FnMut(u64, u64),
     ) -> Result<audit::ChainReport, StoreError> {
         let key = self.audit_key().await?;
-        Ok(audit::verify_chain(&self.pool, &key, progress).await?)
+        Ok(audit::verify_chain(&self.pool, &key, anchor, progress).await?)
     }
 
     /// Stored data keys by key version, for status displays.

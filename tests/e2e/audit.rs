@@ -40,17 +40,27 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     }
 
     let env = stack.console_env("auditor").await;
-    let verify = || {
+    let verify_with = |args: Vec<String>| {
         let env = env.clone();
         async move {
-            tokio::task::spawn_blocking(move || console(&env, &["audit", "verify"], None))
-                .await
-                .unwrap()
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                console(&env, &args, None)
+            })
+            .await
+            .unwrap()
         }
     };
+    let verify = || verify_with(vec!["audit".into(), "verify".into()]);
     let (ok, out, err) = verify().await;
     assert!(ok, "{out} {err}");
     assert!(out.contains("audit chain intact"), "{out}");
+    let head = out
+        .lines()
+        .find_map(|l| l.strip_prefix("head: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
     let chained: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NOT NULL")
             .fetch_one(&db)
@@ -59,15 +69,15 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     assert!(chained >= 10, "{chained} events");
 
     // Someone with the power to switch the triggers off edits one event in the middle: found.
-    let tamper = |sql: &'static str| {
-        let db = db.clone();
+    let tamper = |sql: &str| {
+        let (db, sql) = (db.clone(), sql.to_string());
         async move {
             let mut tx = db.begin().await.unwrap();
             sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER USER")
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            sqlx::query(sql).execute(&mut *tx).await.unwrap();
+            sqlx::query(&sql).execute(&mut *tx).await.unwrap();
             sqlx::query("ALTER TABLE audit_events ENABLE TRIGGER USER")
                 .execute(&mut *tx)
                 .await
@@ -95,6 +105,35 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     let (ok, _, err) = verify().await;
     assert!(!ok && err.contains("outside the chain"), "{err}");
     tamper("DELETE FROM audit_events WHERE seq IS NULL").await;
+    // The end cut off and the head row rewound with it: the chain alone cannot tell, the anchor
+    // kept from an earlier run can.
+    let anchor_seq: i64 = head.split(':').next().unwrap().parse().unwrap();
+    tamper(&format!(
+        "DELETE FROM audit_events WHERE seq >= {anchor_seq}"
+    ))
+    .await;
+    sqlx::query(
+        "UPDATE audit_chain_head SET seq = e.seq, link = e.link
+           FROM (SELECT seq, link FROM audit_events ORDER BY seq DESC LIMIT 1) e",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let (ok, out, err) = verify().await;
+    assert!(
+        ok,
+        "without an anchor a rewound end goes unnoticed: {out} {err}"
+    );
+    let anchored = vec![
+        "audit".into(),
+        "verify".into(),
+        "--anchor".into(),
+        head.clone(),
+    ];
+    let (ok, _, err) = verify_with(anchored).await;
+    // (The unanchored run above audited itself into the anchor's place: a different event there.)
+    let at = format!("BROKEN at event {anchor_seq}: the event is not the anchor");
+    assert!(!ok && err.contains(&at), "{err}");
     // A deleted event.
     tamper("DELETE FROM audit_events WHERE seq = 7").await;
     let (ok, _, err) = verify().await;
