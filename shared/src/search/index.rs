@@ -3,8 +3,10 @@
 //!
 //! * strings, tokens, uris, quantity units and composite pairs become keyed blind indexes —
 //!   HMAC-SHA-256 (truncated to 128 bits) under one key per parameter class, over the parameter
-//!   code, a match kind and the normalised value. Strings are indexed by every normalised prefix up
-//!   to [`MAX_PREFIX`] characters so that the default starts-with search is an equality lookup;
+//!   code, a match kind and the normalised value. A value searched by prefix (a string, a token's
+//!   text, a uri under `:below`) is indexed once, by its whole; the prefix dictionary leads from the
+//!   blind index of each prefix (up to [`MAX_PREFIX`] characters) to it, so the default
+//!   starts-with search is an equality lookup;
 //! * dates become millisecond ranges shifted by a secret per-parameter offset (derived from the
 //!   date-class key): order and distances within one parameter survive, absolute dates do not;
 //! * numbers and quantity values are stored as they are (they identify no one on their own);
