@@ -437,30 +437,33 @@ impl AuditWriter {
         AuditWriter { tx, key }
     }
 
-    /// Record an event; returns once it is committed.
-    pub async fn record(
+    /// Record events; returns once all are committed (together, when they arrive together).
+    pub async fn record_all(
         &self,
         ctx: &AccessContext,
-        record: &AuditRecord,
+        records: &[AuditRecord],
     ) -> Result<(), AuditError> {
-        let (done, wait) = oneshot::channel();
-        let pending = Pending {
-            row: Row {
-                recorded: record.recorded,
-                action: Cow::Borrowed(record.interaction.action()),
-                outcome: Cow::Borrowed(record.outcome.code()),
-                principal: Cow::Owned(ctx.principal.clone()),
-                event: record.to_event(ctx),
-            },
-            done,
-        };
-        self.tx
-            .send(pending)
-            .await
-            .map_err(|_| AuditError("writer stopped".into()))?;
-        wait.await
-            .map_err(|_| AuditError("writer stopped".into()))?
-            .map_err(AuditError)
+        let stopped = || AuditError("writer stopped".into());
+        let mut waits = Vec::with_capacity(records.len());
+        for record in records {
+            let (done, wait) = oneshot::channel();
+            let pending = Pending {
+                row: Row {
+                    recorded: record.recorded,
+                    action: Cow::Borrowed(record.interaction.action()),
+                    outcome: Cow::Borrowed(record.outcome.code()),
+                    principal: Cow::Owned(ctx.principal.clone()),
+                    event: record.to_event(ctx),
+                },
+                done,
+            };
+            self.tx.send(pending).await.map_err(|_| stopped())?;
+            waits.push(wait);
+        }
+        for wait in waits {
+            wait.await.map_err(|_| stopped())?.map_err(AuditError)?;
+        }
+        Ok(())
     }
 }
 

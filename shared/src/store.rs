@@ -71,6 +71,8 @@ pub struct StoredResource {
     pub version_id: i64,
     pub last_updated: DateTime<Utc>,
     pub body: Vec<u8>,
+    /// `Patient/<id>` whose compartment the resource is sealed in, if any.
+    pub patient: Option<String>,
 }
 
 impl StoredResource {
@@ -372,6 +374,7 @@ impl Store {
         tx.commit().await?;
         Ok(Created::New(StoredResource {
             resource_type,
+            patient: patient_of(&new.scope),
             id: new.id,
             version_id: 1,
             last_updated: now,
@@ -589,6 +592,7 @@ impl Store {
                                     version_id,
                                     last_updated,
                                     body,
+                                    patient: patient_of(&key.scope),
                                 },
                                 patient: patient_of(&key.scope),
                             })
@@ -802,6 +806,7 @@ impl Store {
                 version_id,
                 last_updated: now,
                 body,
+                patient: patient_of(scope),
             },
             created: !exists,
         })
@@ -1653,8 +1658,18 @@ impl Store {
         ctx: &AccessContext,
         record: &AuditRecord,
     ) -> Result<(), StoreError> {
+        self.audit_records(ctx, std::slice::from_ref(record)).await
+    }
+
+    /// Record events through the group-committing writer (committed together when they can be);
+    /// returns once all are committed.
+    async fn audit_records(
+        &self,
+        ctx: &AccessContext,
+        records: &[AuditRecord],
+    ) -> Result<(), StoreError> {
         self.load_audit_key().await?;
-        Ok(self.audit.record(ctx, record).await?)
+        Ok(self.audit.record_all(ctx, records).await?)
     }
 
     /// Record an event inside the caller's transaction.

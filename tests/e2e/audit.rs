@@ -189,3 +189,60 @@ async fn a_forwarded_address_is_recorded_only_from_a_trusted_proxy() {
         "203.0.113.9"
     );
 }
+
+/// A search writes one AuditEvent per patient whose data it returned (IHE BALP), so each patient's
+/// "who saw my record" finds it; a search that returned nothing still writes one.
+#[tokio::test]
+async fn a_search_is_audited_once_per_patient_returned() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let mut patients = Vec::new();
+    for family in ["Ada", "Bea"] {
+        let r = fhir
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": family}]}),
+            )
+            .await;
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        for _ in 0..2 {
+            let obs = json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "subject": {"reference": format!("Patient/{id}")}});
+            assert_eq!(fhir.post("Observation", &obs).await.status, 201);
+        }
+        patients.push(format!("Patient/{id}"));
+    }
+    let db = stack.db().await;
+    let searched = |query: &'static str| {
+        let (fhir, db) = (stack.fhir(), db.clone());
+        async move {
+            let before: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM audit_events")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            assert_eq!(fhir.get(query).await.status, 200);
+            let mut seen: Vec<Option<String>> = sqlx::query_scalar(
+                "SELECT event->'entity'->0->'what'->>'reference' FROM audit_events
+                  WHERE seq > $1 AND event->'subtype'->0->>'code' = 'search-type'",
+            )
+            .bind(before)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            seen.sort();
+            seen
+        }
+    };
+    let mut want: Vec<Option<String>> = patients.iter().cloned().map(Some).collect();
+    want.sort();
+    assert_eq!(
+        searched("Observation?code=http://loinc.org|8867-4").await,
+        want
+    );
+    assert_eq!(
+        searched("Observation?code=http://loinc.org|0000-0").await,
+        vec![Some("Observation".to_string())],
+        "no data returned: one event for the search"
+    );
+}

@@ -164,24 +164,45 @@ impl Store {
         Ok(())
     }
 
-    /// A search: the matching page, narrowed to what the caller may see, with its includes.
+    /// A search: the matching page, narrowed to what the caller may see, with its includes. One
+    /// AuditEvent per patient whose data the page returned (IHE BALP), or one for the search when it
+    /// returned none.
     pub async fn search(
         &self,
         ctx: &AccessContext,
         query: &SearchQuery,
     ) -> Result<SearchResult, StoreError> {
         let result = self.search_inner(ctx, query).await;
-        let record = AuditRecord {
-            interaction: Interaction::Search,
-            outcome: match &result {
-                Ok(_) => Outcome::Success,
-                Err(e) => super::outcome_of(e),
-            },
-            recorded: self.clock.now(),
-            what: Some(query.resource_type.to_string()),
-            patient: ctx.compartment(),
+        let mut patients: Vec<Option<String>> = match &result {
+            Ok(r) => r
+                .matches
+                .iter()
+                .chain(&r.included)
+                .filter_map(|x| x.patient.clone())
+                .map(Some)
+                .collect(),
+            Err(_) => vec![],
         };
-        self.audit_record(ctx, &record).await?;
+        patients.sort();
+        patients.dedup();
+        if patients.is_empty() {
+            patients.push(ctx.compartment());
+        }
+        let recorded = self.clock.now();
+        let records: Vec<AuditRecord> = patients
+            .into_iter()
+            .map(|patient| AuditRecord {
+                interaction: Interaction::Search,
+                outcome: match &result {
+                    Ok(_) => Outcome::Success,
+                    Err(e) => super::outcome_of(e),
+                },
+                recorded,
+                what: Some(query.resource_type.to_string()),
+                patient,
+            })
+            .collect();
+        self.audit_records(ctx, &records).await?;
         result
     }
 
@@ -538,6 +559,7 @@ impl Store {
             version_id,
             last_updated: row.try_get("last_updated")?,
             body,
+            patient: super::patient_of(&key.scope),
         })
     }
 
