@@ -999,6 +999,67 @@ pub fn pkce() -> (String, String) {
     (verifier, challenge)
 }
 
+/// What [`drive`] measured: every request's latency (sorted), the failures, the wall time.
+pub struct Timing {
+    pub latencies: Vec<std::time::Duration>,
+    pub errors: usize,
+    pub seconds: f64,
+}
+
+impl Timing {
+    pub fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
+    }
+
+    pub fn percentile(&self, p: f64) -> std::time::Duration {
+        percentile(&self.latencies, p)
+    }
+}
+
+/// Run `request(n)` from `concurrency` clients for `seconds` (client `w` sends n = w, w + c,
+/// w + 2c, ...); a request reports whether it succeeded. For benchmark tables.
+pub async fn drive<F, Fut>(concurrency: usize, seconds: f64, request: F) -> Timing
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (stop, request) = (
+        std::sync::Arc::new(AtomicBool::new(false)),
+        std::sync::Arc::new(request),
+    );
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (stop, request) = (stop.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut n) = (Vec::new(), 0, worker);
+            while !stop.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let ok = request(n).await;
+                latencies.push(started.elapsed());
+                errors += usize::from(!ok);
+                n += concurrency;
+            }
+            (latencies, errors)
+        }));
+    }
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap_or_default();
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort();
+    Timing {
+        latencies,
+        errors,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
 /// The `p` quantile (0..1) of sorted latencies.
 pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
     sorted

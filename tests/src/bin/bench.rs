@@ -5,9 +5,8 @@
 //! Run: `cargo build --release --workspace --bins && target/release/bench [--seconds N]`.
 
 use carapace_tests::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Copy)]
 enum Workload {
@@ -51,60 +50,31 @@ async fn run(
         .metric("carapace_key_provider_calls_total")
         .await
         .unwrap_or(0);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let auth = server.bearer();
-        let (stop, base, read_ids, patients) = (
-            stop.clone(),
-            server.base.clone(),
-            read_ids.clone(),
-            patients.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            let mut n = worker;
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let ok = match workload {
-                    Workload::Read => {
-                        let url = format!("{base}/Observation/{}", read_ids[n % read_ids.len()]);
-                        matches!(http("GET", &url, &[("Accept", FHIR_JSON), ("Authorization", &auth)], None).await, Ok(r) if r.status == 200)
-                    }
-                    Workload::Create => {
-                        let body = observation(&patients[n % patients.len()], n);
-                        let url = format!("{base}/Observation");
-                        let headers = [
-                            ("Content-Type", FHIR_JSON),
-                            ("Prefer", "return=minimal"),
-                            ("Authorization", &auth),
-                        ];
-                        matches!(http("POST", &url, &headers, Some(body)).await, Ok(r) if r.status == 201)
-                    }
-                };
-                latencies.push(started.elapsed());
-                if !ok {
-                    errors += 1;
+    let (auth, base) = (server.bearer(), server.base.clone());
+    let t = drive(concurrency, seconds, move |n| {
+        let (auth, base) = (auth.clone(), base.clone());
+        let (read_ids, patients) = (read_ids.clone(), patients.clone());
+        async move {
+            match workload {
+                Workload::Read => {
+                    let url = format!("{base}/Observation/{}", read_ids[n % read_ids.len()]);
+                    let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
+                    matches!(http("GET", &url, &headers, None).await, Ok(r) if r.status == 200)
                 }
-                n += concurrency;
+                Workload::Create => {
+                    let body = observation(&patients[n % patients.len()], n);
+                    let url = format!("{base}/Observation");
+                    let headers = [
+                        ("Content-Type", FHIR_JSON),
+                        ("Prefer", "return=minimal"),
+                        ("Authorization", auth.as_str()),
+                    ];
+                    matches!(http("POST", &url, &headers, Some(body)).await, Ok(r) if r.status == 201)
+                }
             }
-            (latencies, errors)
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pct = |p: f64| percentile(&latencies, p);
+        }
+    })
+    .await;
     let calls_after = server
         .metric("carapace_key_provider_calls_total")
         .await
@@ -115,13 +85,13 @@ async fn run(
             Workload::Create => "create",
         },
         concurrency,
-        requests: latencies.len(),
-        errors,
-        throughput: latencies.len() as f64 / elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
+        requests: t.latencies.len(),
+        errors: t.errors,
+        throughput: t.throughput(),
+        p50: t.percentile(0.50),
+        p99: t.percentile(0.99),
         vault_per_1000: (calls_after - calls_before) as f64 * 1000.0
-            / latencies.len().max(1) as f64,
+            / t.latencies.len().max(1) as f64,
     }
 }
 

@@ -10,7 +10,6 @@
 use carapace_tests::synthea::{self, NamedBundle};
 use carapace_tests::*;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,44 +62,23 @@ async fn timed(
     seconds: f64,
     url: Arc<dyn Fn(usize) -> String + Send + Sync>,
 ) -> Row {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let (auth, stop, url) = (server.bearer(), stop.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors, mut n) = (Vec::new(), 0, worker);
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
-                let ok =
-                    matches!(http("GET", &url(n), &headers, None).await, Ok(r) if r.status == 200);
-                latencies.push(started.elapsed());
-                errors += usize::from(!ok);
-                n += concurrency;
-            }
-            (latencies, errors)
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.unwrap_or_default();
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pct = |p: f64| percentile(&latencies, p);
+    let auth = server.bearer();
+    let t = drive(concurrency, seconds, move |n| {
+        let (url, auth) = (url(n), auth.clone());
+        async move {
+            let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
+            matches!(http("GET", &url, &headers, None).await, Ok(r) if r.status == 200)
+        }
+    })
+    .await;
     Row {
         name: name.to_string(),
         concurrency,
-        requests: latencies.len(),
-        errors,
-        throughput: latencies.len() as f64 / elapsed,
-        p50: pct(0.5),
-        p99: pct(0.99),
+        requests: t.latencies.len(),
+        errors: t.errors,
+        throughput: t.throughput(),
+        p50: t.percentile(0.5),
+        p99: t.percentile(0.99),
     }
 }
 
