@@ -585,15 +585,12 @@ impl Store {
                         let key = DekRow::from_row(&row)?;
                         self.open_body(resource_type, id.as_str(), version_id, &key, &sealed)
                             .await
-                            .map(|body| ReadOutcome {
-                                resource: StoredResource {
-                                    resource_type,
-                                    id: id.as_str().to_string(),
-                                    version_id,
-                                    last_updated,
-                                    body,
-                                    patient: patient_of(&key.scope),
-                                },
+                            .map(|body| StoredResource {
+                                resource_type,
+                                id: id.as_str().to_string(),
+                                version_id,
+                                last_updated,
+                                body,
                                 patient: patient_of(&key.scope),
                             })
                     }
@@ -603,7 +600,7 @@ impl Store {
         let (outcome, what, patient) = match &result {
             Ok(r) => (
                 Outcome::Success,
-                format!("{reference}/_history/{}", r.resource.version_id),
+                format!("{reference}/_history/{}", r.version_id),
                 r.patient.clone(),
             ),
             Err(e) => (outcome_of(e), reference, None),
@@ -616,7 +613,7 @@ impl Store {
             patient,
         };
         self.audit_record(ctx, &record).await?;
-        result.map(|r| r.resource)
+        result
     }
 
     /// Replace a resource, creating it with the client's id if it does not exist. `if_match` is the
@@ -1893,11 +1890,6 @@ fn seal_new(prepared: Prepared, now: DateTime<Utc>) -> Result<(NewResource, Vec<
         },
         body,
     ))
-}
-
-struct ReadOutcome {
-    resource: StoredResource,
-    patient: Option<String>,
 }
 
 struct DekRow {
