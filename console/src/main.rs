@@ -72,6 +72,27 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Break-the-glass grants: the review queue.
+    Btg {
+        #[command(subcommand)]
+        command: BtgCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BtgCommand {
+    /// List grants waiting for review (newest first), with who, why, when and how many accesses.
+    List {
+        /// Reviewed grants too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Mark a grant reviewed, with a note (audited).
+    Review {
+        id: i64,
+        #[arg(long)]
+        note: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +244,19 @@ async fn dispatch(core: &Core, command: Command) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Verify { anchor },
         } => audit_verify(core, &ctx, anchor.as_deref()).await,
+        Command::Btg {
+            command: BtgCommand::List { all },
+        } => btg_list(core, &ctx, all).await,
+        Command::Btg {
+            command: BtgCommand::Review { id, note },
+        } => {
+            if core.store.review_btg(&ctx, id, &note).await? {
+                println!("grant {id} reviewed");
+                Ok(())
+            } else {
+                bail!("no unreviewed break-the-glass grant {id}")
+            }
+        }
     }
 }
 
@@ -622,4 +656,43 @@ async fn rotate(core: &Core, ctx: &AccessContext) -> anyhow::Result<()> {
         .context("rotation")?;
     println!("\nrotation complete: {done} data keys rewrapped");
     versions_table(core).await
+}
+
+async fn btg_list(core: &Core, ctx: &AccessContext, all: bool) -> anyhow::Result<()> {
+    let grants = core.store.btg_grants(all, 500).await?;
+    core.store.record_admin(ctx, "btg-list", true).await?;
+    println!(
+        "{:>6}  {:<20}  {:<12}  {:<20}  {:<20}  {:>8}  {:<20}  REASON",
+        "ID", "WHO", "ROLE", "STARTED", "EXPIRES", "ACCESSES", "REVIEWED"
+    );
+    for g in grants {
+        println!(
+            "{:>6}  {:<20}  {:<12}  {:<20}  {:<20}  {:>8}  {:<20}  {}",
+            g.id,
+            inert(&g.principal, 20),
+            g.role,
+            g.started_at.format("%Y-%m-%d %H:%M:%S"),
+            g.expires_at.format("%Y-%m-%d %H:%M:%S"),
+            g.accesses,
+            g.reviewed_by
+                .as_deref()
+                .map_or("no".into(), |r| inert(r, 20)),
+            inert(&g.reason, 200),
+        );
+    }
+    Ok(())
+}
+
+/// Text from users shown inert: control characters (ANSI escapes, newlines) replaced, cut to `max`
+/// characters.
+fn inert(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
 }

@@ -238,7 +238,12 @@ pub async fn authenticate(
     peer: SocketAddr,
 ) -> Result<AccessContext, ApiError> {
     match bearer(state, headers).await {
-        Some(info) => Ok(info.access_context(Some(peer.ip()), None)),
+        Some(info) => {
+            let (purpose, reason) = purpose_of_use(headers)?;
+            let mut ctx = info.access_context(Some(peer.ip()), purpose);
+            ctx.btg_reason = reason;
+            Ok(ctx)
+        }
         None => Err(ApiError {
             www_authenticate: Some(format!(
                 "Bearer realm=\"carapace\", error=\"invalid_token\", authorization_uri=\"{}\"",
@@ -251,4 +256,38 @@ pub async fn authenticate(
             )
         }),
     }
+}
+
+/// `X-Purpose-Of-Use` (a v3 PurposeOfUse code such as `TREAT` or `BTG`) and, for break-the-glass,
+/// `X-Break-Glass-Reason` (free text, mandatory to open a break-the-glass grant).
+fn purpose_of_use(headers: &HeaderMap) -> Result<(Option<String>, Option<String>), ApiError> {
+    let purpose = match headers.get("x-purpose-of-use") {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().unwrap_or_default().trim();
+            if v.is_empty()
+                || v.len() > 20
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            {
+                return Err(ApiError::bad_request(
+                    "X-Purpose-Of-Use takes one v3 PurposeOfUse code, such as TREAT or BTG",
+                ));
+            }
+            Some(v.to_string())
+        }
+    };
+    let reason = match headers.get("x-break-glass-reason") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("X-Break-Glass-Reason must be visible ASCII text")
+                })?
+                .trim()
+                .to_string(),
+        ),
+    };
+    Ok((purpose, reason))
 }

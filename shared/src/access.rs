@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 /// The roles a principal can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,9 +195,19 @@ pub enum Denied {
     /// The data is outside what this caller may see: answered as not found.
     #[error("not found")]
     Hidden,
-    /// A write would put data outside the caller's patient compartment: 403.
-    #[error("patient-context tokens may only write into their patient's compartment")]
+    /// A write would put data outside what the caller may write (their patient's compartment,
+    /// or a compartment no consent opens to them): 403.
+    #[error("this caller may not write into that patient's record")]
     OutsideCompartment,
+    /// Consents are written by their patient, an administrator or a system client: 403.
+    #[error("Consent resources are managed by their patient, an administrator or the EHR system")]
+    ConsentManagedByPatient,
+    /// Analytics users never write: 403.
+    #[error("the {0} role may not write")]
+    ReadOnlyRole(&'static str),
+    /// A break-the-glass assertion refused (role not allowed, no reason, expired): 403.
+    #[error("{0}")]
+    BreakGlass(String),
 }
 
 /// The caller of one request.
@@ -211,8 +222,13 @@ pub struct AccessContext {
     pub patient: Option<String>,
     /// Purpose of use (e.g. `TREAT`, `BTG`), if asserted.
     pub purpose_of_use: Option<String>,
+    /// The reason given with a break-the-glass assertion (`X-Break-Glass-Reason`).
+    pub btg_reason: Option<String>,
     /// Network address as seen by the server.
     pub address: Option<IpAddr>,
+    /// The policy's decisions for this request, computed by the store on first use and shared by
+    /// every clone (the entries of a Bundle).
+    pub plan: Arc<OnceLock<Arc<crate::policy::Plan>>>,
 }
 
 impl AccessContext {
@@ -224,7 +240,9 @@ impl AccessContext {
             scopes: Vec::new(),
             patient: None,
             purpose_of_use: None,
+            btg_reason: None,
             address: None,
+            plan: Default::default(),
         }
     }
 
@@ -256,18 +274,11 @@ impl AccessContext {
         // narrowed to that compartment.
         self.patient.as_ref().map(|p| format!("Patient/{p}"))
     }
-
-    /// May this caller see data stored under `key_scope` (`Patient/<id>` or `type/<T>`)?
-    pub fn may_see(&self, key_scope: &str) -> bool {
-        match self.compartment() {
-            None => true,
-            Some(own) => key_scope == own,
-        }
-    }
 }
 
 /// Which scope contexts a role may hold: a patient never gets `user/` or `system/` access, a
-/// practitioner never `system/`, a backend client only `system/`.
+/// practitioner never `system/`, a backend client only `system/`, an analytics user only `user/`
+/// (and the policy lets them read only, under research consents).
 pub fn role_allows(role: Role, context: Context) -> bool {
     matches!(
         (role, context),
@@ -275,6 +286,7 @@ pub fn role_allows(role: Role, context: Context) -> bool {
             | (Role::Practitioner, Context::User | Context::Patient)
             | (Role::Admin, Context::User | Context::System)
             | (Role::System, Context::System)
+            | (Role::Analytics, Context::User)
     )
 }
 
@@ -289,7 +301,9 @@ mod tests {
             scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect(),
             patient: patient.map(str::to_string),
             purpose_of_use: None,
+            btg_reason: None,
             address: None,
+            plan: Default::default(),
         }
     }
 
@@ -337,11 +351,9 @@ mod tests {
         assert!(c.check("Observation", Permission::Read).is_ok());
         assert!(c.check("Observation", Permission::Update).is_err());
         assert!(c.check("Condition", Permission::Read).is_err());
-        assert!(
-            c.may_see("Patient/p1") && !c.may_see("Patient/p2") && !c.may_see("type/Organization")
-        );
+        assert_eq!(c.compartment().as_deref(), Some("Patient/p1"));
         let sys = ctx(&["system/*.rs"], None);
-        assert!(sys.may_see("Patient/p2") && sys.check("Patient", Permission::Read).is_ok());
+        assert!(sys.compartment().is_none() && sys.check("Patient", Permission::Read).is_ok());
         assert!(sys.check("Patient", Permission::Delete).is_err());
     }
 
@@ -351,6 +363,7 @@ mod tests {
         assert!(!role_allows(Role::Patient, Context::User));
         assert!(!role_allows(Role::Practitioner, Context::System));
         assert!(!role_allows(Role::System, Context::User));
-        assert!(!role_allows(Role::Analytics, Context::User));
+        assert!(role_allows(Role::Analytics, Context::User));
+        assert!(!role_allows(Role::Analytics, Context::System));
     }
 }

@@ -33,6 +33,8 @@ pub enum Interaction {
     Capabilities,
     /// An administrative action or a sign-in (console, token endpoint).
     Admin,
+    /// A break-the-glass assertion (the grant opened).
+    BreakGlass,
 }
 
 impl Interaction {
@@ -50,6 +52,7 @@ impl Interaction {
             Interaction::Search => "search-type",
             Interaction::Capabilities => "capabilities",
             Interaction::Admin => "admin",
+            Interaction::BreakGlass => "break-glass",
         }
     }
 
@@ -59,7 +62,7 @@ impl Interaction {
             Interaction::Create => "C",
             Interaction::Update => "U",
             Interaction::Delete => "D",
-            Interaction::Admin => "E",
+            Interaction::Admin | Interaction::BreakGlass => "E",
             _ => "R",
         }
     }
@@ -120,6 +123,14 @@ impl AuditRecord {
                 "what": {"reference": patient},
                 "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
                 "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+            }));
+        }
+        if let Some(grant) = ctx.plan.get().and_then(|p| p.btg) {
+            // The reason is kept sealed with the grant; the event points at it.
+            entity.push(json!({
+                "what": {"identifier": {"system": "urn:carapace:break-glass", "value": grant.to_string()}},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "4"},
+                "description": "break-the-glass grant",
             }));
         }
         if let Some(what) = &self.what {

@@ -498,7 +498,9 @@ impl TokenInfo {
             scopes: self.scopes.clone(),
             patient: self.patient.clone(),
             purpose_of_use,
+            btg_reason: None,
             address,
+            plan: Default::default(),
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct Config {
     /// `CARAPACE_TRUSTED_PROXIES`: comma-separated addresses or CIDR networks of reverse proxies
     /// whose `X-Forwarded-For` is believed (default none: the address is the connection's peer).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `CARAPACE_CONSENT_DEFAULT` (`deny`, the default, or `permit`): may practitioners see a
+    /// patient no consent decides? `CARAPACE_BTG_ROLES` (default `practitioner`; `admin` may be
+    /// added) and `CARAPACE_BTG_SECONDS` (default 3600): who may break the glass, for how long.
+    pub policy: crate::policy::PolicyConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +166,37 @@ impl Config {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let default_permit = match get("CARAPACE_CONSENT_DEFAULT").as_deref().map(str::trim) {
+            None | Some("deny") => false,
+            Some("permit") => true,
+            Some(_) => {
+                return Err(ConfigError(
+                    "CARAPACE_CONSENT_DEFAULT is deny or permit".into(),
+                ))
+            }
+        };
+        let btg_roles = get("CARAPACE_BTG_ROLES")
+            .unwrap_or_else(|| "practitioner".into())
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| match crate::access::Role::parse(r) {
+                Some(role @ (crate::access::Role::Practitioner | crate::access::Role::Admin)) => {
+                    Ok(role)
+                }
+                _ => Err(ConfigError(
+                    "CARAPACE_BTG_ROLES lists practitioner and/or admin (patients, analytics \
+                     users and system clients never break the glass)"
+                        .into(),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let btg_seconds = parse_num("CARAPACE_BTG_SECONDS", 3600)?.clamp(1, 24 * 3600);
+        let policy = crate::policy::PolicyConfig {
+            default_permit,
+            btg_roles,
+            btg_duration: chrono::Duration::seconds(i64::try_from(btg_seconds).unwrap_or(3600)),
+        };
         Ok(Config {
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
             data_dir: get("CARAPACE_DATA_DIR")
@@ -192,6 +227,7 @@ impl Config {
                 ),
             },
             trusted_proxies,
+            policy,
         })
     }
 
@@ -220,6 +256,19 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn policy_settings_are_checked() {
+        let c = config(&[
+            ("CARAPACE_CONSENT_DEFAULT", "permit"),
+            ("CARAPACE_BTG_ROLES", "practitioner,admin"),
+        ])
+        .unwrap();
+        assert!(c.policy.default_permit && c.policy.btg_roles.len() == 2);
+        assert!(!config(&[]).unwrap().policy.default_permit);
+        assert!(config(&[("CARAPACE_BTG_ROLES", "patient")]).is_err());
+        assert!(config(&[("CARAPACE_CONSENT_DEFAULT", "maybe")]).is_err());
     }
 
     #[test]

@@ -65,7 +65,13 @@ impl Core {
             }
         };
         let keys = Arc::new(keys);
-        let store = Arc::new(Store::new(pool, keys.clone(), config.dek_cache, clock));
+        let store = Arc::new(Store::new(
+            pool,
+            keys.clone(),
+            config.dek_cache,
+            clock,
+            config.policy.clone(),
+        ));
         Ok(Core {
             store,
             keys,

@@ -14,6 +14,7 @@ pub mod dek_cache;
 pub mod embedded;
 pub mod fhir;
 pub mod keys;
+pub mod policy;
 pub mod search;
 pub mod store;
 pub mod users;

@@ -17,8 +17,10 @@ use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod reach;
 mod search;
 use crate::search::index::IndexRows;
+pub use reach::BtgGrant;
 use search::PrefixRows;
 pub use search::SearchResult;
 
@@ -257,6 +259,7 @@ pub struct Store {
     /// Conditional writes hold a connection (their transaction, with the conditions' locks) while
     /// they match on others; at most half the pool does so at once, so matches always find one.
     conditional_slots: tokio::sync::Semaphore,
+    policy: crate::policy::PolicyConfig,
 }
 
 const MAX_HISTORY_COUNT: usize = 1000;
@@ -277,6 +280,7 @@ impl Store {
         keys: Arc<KeyProvider>,
         cache: DekCacheConfig,
         clock: Arc<dyn Clock>,
+        policy: crate::policy::PolicyConfig,
     ) -> Store {
         let audit = AuditWriter::start(pool.clone());
         let conditional_slots = (pool.options().get_max_connections() as usize / 2).max(1);
@@ -289,6 +293,7 @@ impl Store {
             search_keys: tokio::sync::OnceCell::new(),
             known_prefixes: Default::default(),
             conditional_slots: tokio::sync::Semaphore::new(conditional_slots),
+            policy,
         }
     }
 
@@ -394,9 +399,8 @@ impl Store {
     ) -> Result<Prepared, StoreError> {
         set_id(&mut resource, id);
         let scope = key_scope(resource_type, id, &resource);
-        if !ctx.may_see(&scope) {
-            return Err(Denied::OutsideCompartment.into());
-        }
+        self.check_write(ctx, Permission::Create, resource_type, &scope, &resource)
+            .await?;
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
         let index = self.index_rows(resource_type, &resource, prefixes).await?;
         Ok(Prepared {
@@ -566,11 +570,18 @@ impl Store {
         row: Result<Option<sqlx::postgres::PgRow>, StoreError>,
     ) -> Result<StoredResource, StoreError> {
         let reference = format!("{resource_type}/{id}");
+        let plan = self.plan(ctx).await;
+        let row = match (plan, row) {
+            (Err(e), _) => Err(e),
+            (Ok(_), row) => row,
+        };
         let result = match row {
             Err(e) => Err(e),
             Ok(None) => Err(StoreError::NotFound(reference.clone())),
             // Another compartment's data looks exactly like data that does not exist.
-            Ok(Some(row)) if !visible(ctx, &row)? => Err(StoreError::NotFound(reference.clone())),
+            Ok(Some(row)) if !reach::visible(ctx, resource_type, &row)? => {
+                Err(StoreError::NotFound(reference.clone()))
+            }
             Ok(Some(row)) => {
                 let version_id: i64 = row.try_get("version_id")?;
                 let last_updated: DateTime<Utc> = row.try_get("last_updated")?;
@@ -583,16 +594,27 @@ impl Store {
                     }),
                     Some(sealed) => {
                         let key = DekRow::from_row(&row)?;
-                        self.open_body(resource_type, id.as_str(), version_id, &key, &sealed)
+                        match self
+                            .open_body(resource_type, id.as_str(), version_id, &key, &sealed)
                             .await
-                            .map(|body| StoredResource {
+                        {
+                            // A label above the caller's ceiling hides the resource like any
+                            // other refusal.
+                            Ok(body)
+                                if !ctx.plan.get().is_some_and(|p| p.label_visible_body(&body)) =>
+                            {
+                                Err(StoreError::NotFound(reference.clone()))
+                            }
+                            Ok(body) => Ok(StoredResource {
                                 resource_type,
                                 id: id.as_str().to_string(),
                                 version_id,
                                 last_updated,
                                 body,
                                 patient: patient_of(&key.scope),
-                            })
+                            }),
+                            Err(e) => Err(e),
+                        }
                     }
                 }
             }
@@ -664,9 +686,8 @@ impl Store {
             }
         }
         let scope = key_scope(resource_type, id.as_str(), &resource);
-        if !ctx.may_see(&scope) {
-            return Err(Denied::OutsideCompartment.into());
-        }
+        self.check_write(ctx, Permission::Update, resource_type, &scope, &resource)
+            .await?;
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
         let mut prefixes = PrefixRows::default();
         let index = self
@@ -734,7 +755,7 @@ impl Store {
             None => None,
         };
         if let Some(row) = &head {
-            if !visible(ctx, row)? {
+            if !reach::visible(ctx, resource_type, row)? {
                 return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
             }
         }
@@ -898,6 +919,7 @@ impl Store {
         id: &ResourceId,
     ) -> Result<Deleted, StoreError> {
         ctx.check(resource_type.as_str(), Permission::Delete)?;
+        self.plan(ctx).await?;
         let mut tx = self.pool.begin().await?;
         let deleted = self.write_delete(&mut tx, ctx, resource_type, id).await?;
         tx.commit().await?;
@@ -924,7 +946,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let head = match head {
-            Some(row) if !visible(ctx, &row)? => None,
+            Some(row) if !reach::visible(ctx, resource_type, &row)? => None,
             other => other,
         };
         let Some(head) = head else {
@@ -984,7 +1006,9 @@ impl Store {
             ),
             None => (None, None, None, None),
         };
-        let rows = sqlx::query(
+        let plan = self.plan(ctx).await?;
+        let reach = plan.sql_lists();
+        let sql = format!(
             "SELECT v.resource_type, v.id, v.version_id, v.last_updated, v.method, v.sealed,
                     k.id AS dek_id, k.scope, k.wrapped
                FROM resource_versions v
@@ -994,23 +1018,26 @@ impl Store {
                 AND ($3::timestamptz IS NULL OR v.last_updated >= $3)
                 AND ($4::timestamptz IS NULL
                      OR (v.last_updated, v.resource_type, v.id, v.version_id) < ($4, $5, $6, $7))
-                AND ($9::text IS NULL OR k.scope = $9)
+                AND {}
               ORDER BY v.last_updated DESC, v.resource_type DESC, v.id DESC, v.version_id DESC
               LIMIT $8",
-        )
-        .bind(resource_type.map(|t| t.as_str()))
-        .bind(id.map(|i| i.as_str()))
-        .bind(query.since)
-        .bind(after_time)
-        .bind(after_type)
-        .bind(after_id)
-        .bind(after_version)
-        .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
-        .bind(ctx.compartment())
-        .fetch_all(&self.pool)
-        .await?;
+            reach::reach_condition("k.scope", "v.resource_type", 9)
+        );
+        let query = sqlx::query(&sql)
+            .bind(resource_type.map(|t| t.as_str()))
+            .bind(id.map(|i| i.as_str()))
+            .bind(query.since)
+            .bind(after_time)
+            .bind(after_type)
+            .bind(after_id)
+            .bind(after_version)
+            .bind(i64::try_from(count + 1).unwrap_or(i64::MAX));
+        let rows = reach::bind_reach(query, &reach)
+            .fetch_all(&self.pool)
+            .await?;
         let has_more = rows.len() > count;
         let mut entries = Vec::with_capacity(count.min(rows.len()));
+        let mut last = None;
         for row in rows.iter().take(count) {
             let type_name: String = row.try_get("resource_type")?;
             let Some(entry_type) = ResourceType::parse(&type_name) else {
@@ -1018,14 +1045,26 @@ impl Store {
             };
             let entry_id: String = row.try_get("id")?;
             let version_id: i64 = row.try_get("version_id")?;
+            let last_updated: DateTime<Utc> = row.try_get("last_updated")?;
+            last = Some(HistoryCursor {
+                last_updated,
+                resource_type: type_name,
+                id: entry_id.clone(),
+                version_id,
+            });
             let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
             let body = match sealed {
                 Some(sealed) => {
                     let key = DekRow::from_row(row)?;
-                    Some(
-                        self.open_body(entry_type, &entry_id, version_id, &key, &sealed)
-                            .await?,
-                    )
+                    let body = self
+                        .open_body(entry_type, &entry_id, version_id, &key, &sealed)
+                        .await?;
+                    // A version labelled above the caller's ceiling is left out (the page may
+                    // come out short; the cursor still moves past it).
+                    if !plan.label_visible_body(&body) {
+                        continue;
+                    }
+                    Some(body)
                 }
                 None => None,
             };
@@ -1033,21 +1072,12 @@ impl Store {
                 resource_type: entry_type,
                 id: entry_id,
                 version_id,
-                last_updated: row.try_get("last_updated")?,
+                last_updated,
                 method: row.try_get("method")?,
                 body,
             });
         }
-        let next = if has_more {
-            entries.last().map(|e| HistoryCursor {
-                last_updated: e.last_updated,
-                resource_type: e.resource_type.to_string(),
-                id: e.id.clone(),
-                version_id: e.version_id,
-            })
-        } else {
-            None
-        };
+        let next = if has_more { last } else { None };
         let (interaction, what) = match (resource_type, id) {
             (Some(t), Some(i)) => (Interaction::HistoryInstance, Some(format!("{t}/{i}"))),
             (Some(t), None) => (Interaction::HistoryType, Some(t.to_string())),
@@ -1074,6 +1104,7 @@ impl Store {
         mut entries: Vec<TxEntry>,
     ) -> Result<Vec<TxResult>, TxFailure> {
         let fail = |index: usize| move |error: StoreError| TxFailure { index, error };
+        self.plan(ctx).await.map_err(fail(0))?;
         // Conditional creates, updates and deletes hold their conditions' locks from the match to
         // the commit: the database transaction begins first when there are any.
         let conditions: Vec<String> = entries
@@ -1273,9 +1304,9 @@ impl Store {
                         }])));
                     }
                     let scope = key_scope(*resource_type, id.as_str(), &resource);
-                    if !ctx.may_see(&scope) {
-                        return Err(fail(i)(Denied::OutsideCompartment.into()));
-                    }
+                    self.check_write(ctx, Permission::Update, *resource_type, &scope, &resource)
+                        .await
+                        .map_err(fail(i))?;
                     let (dek_id, dek) = self.dek_for_scope(&scope).await.map_err(fail(i))?;
                     let index = self
                         .index_rows(*resource_type, &resource, &mut prefixes)
@@ -1458,14 +1489,20 @@ impl Store {
         query: &EverythingQuery,
     ) -> Result<EverythingPage, StoreError> {
         ctx.check("Patient", Permission::Read)?;
-        if !ctx.may_see(scope) {
+        let plan = self.plan(ctx).await?;
+        let open: Vec<&str> = ResourceType::all()
+            .map(|t| t.as_str())
+            .filter(|t| ctx.check(t, Permission::Read).is_ok())
+            .filter(|t| plan.visible(Some(scope), t))
+            .collect();
+        // A compartment the caller may see nothing of looks like a patient that does not exist.
+        if open.is_empty() {
             return Err(StoreError::NotFound(format!("Patient/{patient}")));
         }
         // The patient must exist (and not be deleted) for its compartment to be asked for.
         self.read_head(patient).await?;
-        let readable: Vec<&str> = ResourceType::all()
-            .map(|t| t.as_str())
-            .filter(|t| ctx.check(t, Permission::Read).is_ok())
+        let readable: Vec<&str> = open
+            .into_iter()
             .filter(|t| query.types.is_empty() || query.types.iter().any(|q| q.as_str() == *t))
             .collect();
         let count = query.count.clamp(1, MAX_HISTORY_COUNT);
@@ -1497,18 +1534,18 @@ impl Store {
         .await?;
         let has_more = rows.len() > count;
         let mut entries = Vec::with_capacity(count.min(rows.len()));
+        let mut last = None;
         for row in rows.iter().take(count) {
             let type_name: String = row.try_get("resource_type")?;
             let resource_type = ResourceType::parse(&type_name).ok_or(StoreError::Integrity)?;
-            entries.push(self.open_row(resource_type, row).await?);
+            let entry = self.open_row(resource_type, row).await?;
+            last = Some((type_name, entry.id.clone()));
+            // Labelled above the caller's ceiling: left out (the page may come out short).
+            if plan.label_visible_body(&entry.body) {
+                entries.push(entry);
+            }
         }
-        let next = if has_more {
-            entries
-                .last()
-                .map(|e| (e.resource_type.to_string(), e.id.clone()))
-        } else {
-            None
-        };
+        let next = if has_more { last } else { None };
         Ok(EverythingPage { entries, next })
     }
 
@@ -1819,15 +1856,6 @@ impl Store {
         }
         result
     }
-}
-
-/// Is the resource version in `row` (with its key `scope`) inside what the caller may see?
-fn visible(ctx: &AccessContext, row: &sqlx::postgres::PgRow) -> Result<bool, StoreError> {
-    let scope: Option<String> = row.try_get("scope")?;
-    Ok(match scope {
-        Some(scope) => ctx.may_see(&scope),
-        None => ctx.compartment().is_none(),
-    })
 }
 
 /// A create or update checked and keyed, ready to be written inside a transaction.

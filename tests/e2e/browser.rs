@@ -141,14 +141,18 @@ async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_th
         token.json()["refresh_token"].is_string(),
         "offline_access was asked for"
     );
-    let read = http(
-        "GET",
-        &stack.server.url(&format!("Patient/{patient}")),
-        &[("Authorization", &format!("Bearer {access}"))],
-        None,
-    )
-    .await
-    .unwrap();
+    let patient_url = stack.server.url(&format!("Patient/{patient}"));
+    let bearer = format!("Bearer {access}");
+    let auth = [("Authorization", bearer.as_str())];
+    let read_patient = || http("GET", &patient_url, &auth, None);
+    // No consent names the practitioner yet: the patient is not there for them.
+    assert_eq!(read_patient().await.unwrap().status, 404);
+    let consent = stack
+        .fhir()
+        .post("Consent", &permit_consent(&patient, "Practitioner/pr-c"))
+        .await;
+    assert_eq!(consent.status, 201, "{}", consent.text());
+    let read = read_patient().await.unwrap();
     assert_eq!(read.status, 200);
     assert_eq!(read.json()["name"][0]["family"], "Browser");
     // The practitioner's token reads but cannot write (user/*.rs).

@@ -11,6 +11,7 @@ mod authorize;
 mod bad_input;
 mod browser;
 mod conformance;
+mod consent;
 mod crud;
 mod embedded;
 mod encryption;

@@ -1116,3 +1116,44 @@ pub fn console(
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// An active privacy Consent of `patient` (an id) permitting `actor` (`Practitioner/x`,
+/// `Organization/y`; `None` for everyone), optionally only for resource types `classes` and until
+/// `end`.
+pub fn consent(
+    patient: &str,
+    effect: &str,
+    actor: Option<&str>,
+    classes: &[&str],
+    end: Option<&str>,
+) -> Value {
+    let mut provision = serde_json::json!({"type": effect});
+    if let Some(actor) = actor {
+        provision["actor"] = serde_json::json!([{
+            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+            "reference": {"reference": actor}
+        }]);
+    }
+    if !classes.is_empty() {
+        provision["class"] = classes
+            .iter()
+            .map(|c| serde_json::json!({"system": "http://hl7.org/fhir/resource-types", "code": c}))
+            .collect();
+    }
+    if let Some(end) = end {
+        provision["period"] = serde_json::json!({"start": "2000-01-01", "end": end});
+    }
+    serde_json::json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "provision": provision
+    })
+}
+
+/// [`consent`]: a permit for `actor`, every type, no end.
+pub fn permit_consent(patient: &str, actor: &str) -> Value {
+    consent(patient, "permit", Some(actor), &[], None)
+}

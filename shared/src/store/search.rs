@@ -7,6 +7,7 @@ use crate::access::{AccessContext, Permission};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::crypto::{self, Dek};
 use crate::fhir::ResourceType;
+use crate::policy::{Plan, SqlReach};
 use crate::search::index::{self, Class, IndexKeys, IndexRows, HIGHEST, LOWEST, MAX_PREFIX};
 use crate::search::params::{self, Kind};
 use crate::search::query::{
@@ -215,10 +216,11 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         ctx.check(query.resource_type.as_str(), Permission::Search)?;
+        let plan = self.plan(ctx).await?;
         let keys = self.search_keys().await?;
-        let mut b = Builder::new(&keys.index, self.clock.now().timestamp_millis());
+        let mut b = Builder::new(&keys.index, self.clock.now().timestamp_millis(), &plan);
         b.qb.push("SELECT f.id FROM (");
-        b.push_matches(ctx, query)?;
+        b.push_matches(query)?;
         b.qb.push(") f LIMIT ");
         b.qb.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let rows =
@@ -238,6 +240,7 @@ impl Store {
     ) -> Result<SearchResult, StoreError> {
         let rt = query.resource_type;
         ctx.check(rt.as_str(), Permission::Search)?;
+        let plan = self.plan(ctx).await?;
         let keys = self.search_keys().await?;
         let digest = query_digest(query);
         let cursor = match &query.cursor {
@@ -246,9 +249,9 @@ impl Store {
         };
         let now = self.clock.now().timestamp_millis();
         let count = || async {
-            let mut b = Builder::new(&keys.index, now);
+            let mut b = Builder::new(&keys.index, now, &plan);
             b.qb.push("SELECT count(*) AS n FROM (");
-            b.push_matches(ctx, query)?;
+            b.push_matches(query)?;
             b.qb.push(") f");
             let n: i64 =
                 b.qb.build()
@@ -303,7 +306,8 @@ impl Store {
     ) -> Result<Page, StoreError> {
         let rt = query.resource_type;
         let backwards = cursor.as_ref().is_some_and(|c| c.d == 'p');
-        let mut b = Builder::new(&keys.index, now);
+        let plan = self.plan(ctx).await?;
+        let mut b = Builder::new(&keys.index, now, &plan);
         // Every row carries the number of matches: the count costs no second search.
         let total = if query.total == Total::None {
             "NULL::int8"
@@ -314,7 +318,7 @@ impl Store {
         // versions are read after, by a second, fixed statement: a search statement planned for
         // its own values stays small.
         b.qb.push("WITH found AS MATERIALIZED (");
-        b.push_matches(ctx, query)?;
+        b.push_matches(query)?;
         b.qb.push(format!(") SELECT {total} AS total, h.id, h.version_id"));
         for (i, key) in query.sort.iter().enumerate() {
             b.qb.push(", ");
@@ -469,8 +473,9 @@ impl Store {
         now: i64,
     ) -> Result<Page, StoreError> {
         let rt = query.resource_type;
-        let mut b = Builder::new(&keys.index, now);
-        b.push_matches(ctx, query)?;
+        let plan = self.plan(ctx).await?;
+        let mut b = Builder::new(&keys.index, now, &plan);
+        b.push_matches(query)?;
         b.qb.push(" ORDER BY m.id LIMIT ");
         b.qb.push_bind(i64::try_from(MAX_VALUE_SORT + 1).unwrap_or(i64::MAX));
         let rows =
@@ -780,15 +785,31 @@ impl Store {
         ctx: &AccessContext,
         wanted: &[(String, String)],
     ) -> Result<Vec<StoredResource>, StoreError> {
-        let readable: Vec<(&str, &str)> = wanted
+        let plan = self.plan(ctx).await?;
+        let readable: Vec<(String, String)> = wanted
             .iter()
             .filter(|(t, _)| ctx.check(t, Permission::Read).is_ok())
-            .map(|(t, i)| (t.as_str(), i.as_str()))
+            .cloned()
             .collect();
-        if readable.is_empty() {
+        let mut loaded = self.load_rows(&readable).await?;
+        loaded.retain(|r| {
+            plan.visible(r.patient.as_deref(), r.resource_type.as_str())
+                && plan.label_visible_body(&r.body)
+        });
+        Ok(loaded)
+    }
+
+    /// The current versions of `wanted` that exist, whoever may see them: for the store's own use
+    /// (the policy's consents), never returned to a caller as they are.
+    pub(super) async fn load_rows(
+        &self,
+        wanted: &[(String, String)],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        if wanted.is_empty() {
             return Ok(vec![]);
         }
-        let (types, ids): (Vec<&str>, Vec<&str>) = readable.into_iter().unzip();
+        let (types, ids): (Vec<&str>, Vec<&str>) =
+            wanted.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
         let rows = sqlx::query(
             "SELECT h.resource_type, h.id, v.version_id, v.last_updated, v.sealed,
                     k.id AS dek_id, k.scope, k.wrapped
@@ -797,12 +818,11 @@ impl Store {
                JOIN resource_versions v
                  ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
                JOIN data_keys k ON k.id = v.dek_id
-              WHERE NOT h.deleted AND ($3::text IS NULL OR k.scope = $3)
+              WHERE NOT h.deleted
               ORDER BY h.resource_type, h.id",
         )
         .bind(&types)
         .bind(&ids)
-        .bind(ctx.compartment())
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -1025,10 +1045,15 @@ struct Builder<'k> {
     /// values instead: a generic plan blind to how common a code is or how large a patient's record
     /// is was measured a hundred times slower.
     reusable: bool,
+    /// What the caller may see ([`Plan`]), applied to every resource a search touches: its
+    /// matches, chained targets and `_has` sources.
+    reach: SqlReach,
+    sees_everything: bool,
+    hidden_labels: Vec<&'static str>,
 }
 
 impl<'k> Builder<'k> {
-    fn new(keys: &'k IndexKeys, now_ms: i64) -> Builder<'k> {
+    fn new(keys: &'k IndexKeys, now_ms: i64, plan: &Plan) -> Builder<'k> {
         Builder {
             qb: QueryBuilder::new(""),
             keys,
@@ -1036,7 +1061,48 @@ impl<'k> Builder<'k> {
             alias: 0,
             as_set: false,
             reusable: false,
+            reach: plan.sql_lists(),
+            sees_everything: plan.sees_everything(),
+            hidden_labels: plan.hidden_labels(),
         }
+    }
+
+    /// ` AND` resource row `h` (of `resources`) is one the caller may see: its compartment and
+    /// type within the plan, and no security label above the caller's ceiling (by the blind index
+    /// of `_security`).
+    fn push_reach(&mut self, h: &str) -> Result<(), StoreError> {
+        if !self.sees_everything {
+            let c = format!("{h}.compartment");
+            let pair = format!("({c} || '|' || {h}.resource_type)");
+            self.qb.push(format!(" AND (CASE WHEN {c} IS NULL THEN "));
+            self.qb.push_bind(self.reach.others);
+            self.qb.push(format!(" WHEN {c} = ANY("));
+            self.qb.push_bind(self.reach.decided.clone());
+            self.qb.push(format!(") THEN (({c} = ANY("));
+            self.qb.push_bind(self.reach.open.clone());
+            self.qb.push(format!(") AND NOT {pair} = ANY("));
+            self.qb.push_bind(self.reach.closed_typed.clone());
+            self.qb.push(format!(")) OR {pair} = ANY("));
+            self.qb.push_bind(self.reach.open_typed.clone());
+            self.qb.push(")) ELSE ");
+            self.qb.push_bind(self.reach.default);
+            self.qb.push(" END)");
+        }
+        if !self.hidden_labels.is_empty() {
+            let mut hashes = Vec::new();
+            for code in self.hidden_labels.clone() {
+                let value = format!("{}|{code}", crate::policy::CONFIDENTIALITY);
+                hashes.extend(self.token_query("_security", &Modifier::None, &value)?);
+            }
+            let l = self.next_alias();
+            self.qb.push(format!(
+                " AND NOT EXISTS (SELECT 1 FROM search_hash {l} WHERE {l}.resource_type = {h}.resource_type
+                   AND {l}.id = {h}.id AND {l}.param = '_security' AND {l}.h = ANY("
+            ));
+            self.qb.push_bind(hashes);
+            self.qb.push("))");
+        }
+        Ok(())
     }
 
     fn next_alias(&mut self) -> String {
@@ -1076,7 +1142,7 @@ impl<'k> Builder<'k> {
     /// from their index rows and intersected, each an index-only scan planned on its own; only the
     /// ids in every set are looked up in `resources`. (Index rows exist for current resources only:
     /// a delete clears them.) The other filters test each of those resources with `EXISTS`.
-    fn push_matches(&mut self, ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
+    fn push_matches(&mut self, query: &SearchQuery) -> Result<(), StoreError> {
         let rt = query.resource_type.as_str();
         let (sets, tests): (Vec<&Filter>, Vec<&Filter>) = query.filters.iter().partition(
             |f| matches!(f, Filter::Param { modifier, .. } if *modifier != Modifier::Not),
@@ -1106,22 +1172,10 @@ impl<'k> Builder<'k> {
         } else {
             self.qb.push("resources m");
         }
-        let compartment = ctx.compartment();
-        if compartment.is_some() {
-            self.qb.push(
-                " JOIN resource_versions mv
-                    ON mv.resource_type = m.resource_type AND mv.id = m.id
-                   AND mv.version_id = m.version_id
-                  JOIN data_keys mk ON mk.id = mv.dek_id",
-            );
-        }
         self.qb.push(" WHERE m.resource_type = ");
         self.qb.push_bind(rt.to_string());
         self.qb.push(" AND NOT m.deleted");
-        if let Some(compartment) = compartment {
-            self.qb.push(" AND mk.scope = ");
-            self.qb.push_bind(compartment);
-        }
+        self.push_reach("m")?;
         for f in tests {
             self.qb.push(" AND ");
             self.filter(rt, "m.id", f)?;
@@ -1218,6 +1272,8 @@ impl<'k> Builder<'k> {
                 self.qb.push_bind(rt.to_string());
                 self.qb.push(format!(" AND {a}.id = {id} AND {a}.param = "));
                 self.qb.push_bind(code.clone());
+                // A chain never looks into a resource the caller may not see.
+                self.push_reach(&format!("{a}h"))?;
                 self.qb.push(" AND (");
                 for (i, t) in targets.iter().enumerate() {
                     if i > 0 {
@@ -1248,7 +1304,10 @@ impl<'k> Builder<'k> {
                 self.qb.push_bind(code.clone());
                 self.qb.push(format!(" AND {a}.target_type = "));
                 self.qb.push_bind(rt.to_string());
-                self.qb.push(format!(" AND {a}.target_id = {id} AND "));
+                self.qb.push(format!(" AND {a}.target_id = {id}"));
+                // Nor does `_has`: only sources the caller may see count.
+                self.push_reach(&format!("{a}h"))?;
+                self.qb.push(" AND ");
                 self.filter(source.as_str(), &format!("{a}.id"), inner)?;
                 self.qb.push(")");
             }

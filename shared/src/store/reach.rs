@@ -1,0 +1,372 @@
+//! What the policy needs from the database for one request: the caller's actor references, the
+//! consents that may name them, and break-the-glass grants. The decisions themselves are made in
+//! [`crate::policy`].
+
+use super::{Store, StoreError};
+use crate::access::{AccessContext, Denied, Permission, Role};
+use crate::audit::{AuditRecord, Interaction, Outcome};
+use crate::fhir::ResourceType;
+use crate::policy::{ConsentRule, Label, Plan, Reason, SqlReach};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The longest break-the-glass reason kept.
+const MAX_REASON: usize = 1000;
+
+/// One break-the-glass grant, as the review queue shows it.
+#[derive(Debug, Clone)]
+pub struct BtgGrant {
+    pub id: i64,
+    pub principal: String,
+    pub role: String,
+    pub reason: String,
+    pub started_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub accesses: i64,
+    pub reviewed_at: Option<DateTime<Utc>>,
+    pub reviewed_by: Option<String>,
+    pub note: Option<String>,
+}
+
+impl Store {
+    /// The policy's decisions for this request, computed on first use (consents are read again
+    /// for every request, so a revoked consent takes effect on the next one).
+    pub(crate) async fn plan(&self, ctx: &AccessContext) -> Result<Arc<Plan>, StoreError> {
+        if let Some(plan) = ctx.plan.get() {
+            return Ok(plan.clone());
+        }
+        let now = self.clock.now();
+        let btg = self.break_glass(ctx, now).await?;
+        let (actors, consents) = match ctx.role {
+            Role::Practitioner | Role::Analytics if btg.is_none() => {
+                let actors = self.actors_of(ctx).await?;
+                let consents = self.consents_naming(&actors).await?;
+                (actors, consents)
+            }
+            _ => (Vec::new(), BTreeMap::new()),
+        };
+        let plan = Arc::new(Plan::build(ctx, &self.policy, btg, &actors, &consents, now));
+        Ok(ctx.plan.get_or_init(|| plan).clone())
+    }
+
+    /// The references that name this user in a consent's `provision.actor`: their Practitioner,
+    /// its PractitionerRoles and their Organizations, and the CareTeams they take part in.
+    async fn actors_of(&self, ctx: &AccessContext) -> Result<Vec<String>, StoreError> {
+        let practitioner: Option<String> = sqlx::query_scalar(
+            "SELECT practitioner_id FROM users WHERE username = $1 AND role = $2",
+        )
+        .bind(&ctx.principal)
+        .bind(ctx.role.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        let Some(practitioner) = practitioner else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT 'PractitionerRole' AS t, r.id FROM search_ref r
+              WHERE r.resource_type = 'PractitionerRole' AND r.param = 'practitioner'
+                AND r.target_type = 'Practitioner' AND r.target_id = $1
+             UNION
+             SELECT o.target_type, o.target_id FROM search_ref r
+               JOIN search_ref o ON o.resource_type = r.resource_type AND o.id = r.id
+                AND o.param = 'organization'
+              WHERE r.resource_type = 'PractitionerRole' AND r.param = 'practitioner'
+                AND r.target_type = 'Practitioner' AND r.target_id = $1
+             UNION
+             SELECT 'CareTeam', c.id FROM search_ref c
+              WHERE c.resource_type = 'CareTeam' AND c.param = 'participant'
+                AND c.target_type = 'Practitioner' AND c.target_id = $1",
+        )
+        .bind(&practitioner)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut actors = vec![format!("Practitioner/{practitioner}")];
+        for row in &rows {
+            let t: String = row.try_get("t")?;
+            let id: String = row.try_get("id")?;
+            actors.push(format!("{t}/{id}"));
+        }
+        Ok(actors)
+    }
+
+    /// The privacy consents that may apply to these actors — those naming one of them at the top
+    /// of their provision, or naming no actor (everyone) — by the compartment they are sealed in.
+    async fn consents_naming(
+        &self,
+        actors: &[String],
+    ) -> Result<BTreeMap<String, Vec<ConsentRule>>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT c.id FROM resources c
+              WHERE c.resource_type = 'Consent' AND NOT c.deleted
+                AND (EXISTS (SELECT 1 FROM search_ref a
+                              WHERE a.resource_type = 'Consent' AND a.id = c.id AND a.param = 'actor'
+                                AND a.target_type || '/' || a.target_id = ANY($1))
+                     OR NOT EXISTS (SELECT 1 FROM search_ref a
+                              WHERE a.resource_type = 'Consent' AND a.id = c.id
+                                AND a.param = 'actor'))",
+        )
+        .bind(actors)
+        .fetch_all(&self.pool)
+        .await?;
+        let wanted: Vec<(String, String)> = ids
+            .into_iter()
+            .map(|i| ("Consent".to_string(), i))
+            .collect();
+        let mut out: BTreeMap<String, Vec<ConsentRule>> = BTreeMap::new();
+        for stored in self.load_rows(&wanted).await? {
+            let Some(patient) = stored.patient.clone() else {
+                continue;
+            };
+            let doc: serde_json::Value =
+                serde_json::from_slice(&stored.body).map_err(|_| StoreError::Integrity)?;
+            // A stored consent the policy cannot read (written before the rules) decides nothing
+            // for it; only a deny could be lost that way, and writes refuse such consents.
+            if let Ok(Some(rule)) = ConsentRule::parse(&doc) {
+                if rule.patient == patient {
+                    out.entry(patient).or_default().push(rule);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The break-the-glass grant in force for this request, if it asserts `BTG`: the caller's open
+    /// grant, or a new one when a reason comes with it. Refused for roles not configured for it.
+    async fn break_glass(
+        &self,
+        ctx: &AccessContext,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        if ctx.purpose_of_use.as_deref() != Some("BTG") {
+            return Ok(None);
+        }
+        if !self.policy.btg_roles.contains(&ctx.role) || ctx.patient.is_some() {
+            return Err(Denied::BreakGlass(format!(
+                "the {} role may not break the glass",
+                ctx.role.as_str()
+            ))
+            .into());
+        }
+        let open: Option<i64> = sqlx::query_scalar(
+            "UPDATE btg_grants SET accesses = accesses + 1
+              WHERE id = (SELECT id FROM btg_grants WHERE principal = $1 AND expires_at > $2
+                           ORDER BY expires_at DESC LIMIT 1)
+          RETURNING id",
+        )
+        .bind(&ctx.principal)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if open.is_some() {
+            return Ok(open);
+        }
+        let reason = ctx
+            .btg_reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Denied::BreakGlass(
+                    "break-the-glass needs a reason (X-Break-Glass-Reason); an earlier \
+                     assertion may have expired"
+                        .into(),
+                )
+            })?;
+        let reason: String = reason.chars().take(MAX_REASON).collect();
+        let sealed = self.seal_secret("btg-reason", reason.as_bytes()).await?;
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO btg_grants (principal, role, reason_sealed, started_at, expires_at, accesses)
+             VALUES ($1, $2, $3, $4, $5, 1) RETURNING id",
+        )
+        .bind(&ctx.principal)
+        .bind(ctx.role.as_str())
+        .bind(&sealed)
+        .bind(now)
+        .bind(now + self.policy.btg_duration)
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = AuditRecord {
+            interaction: Interaction::BreakGlass,
+            outcome: Outcome::Success,
+            recorded: now,
+            what: Some(format!("urn:carapace:break-glass:{id}")),
+            patient: None,
+        };
+        self.audit_in(&mut tx, ctx, &record).await?;
+        tx.commit().await?;
+        tracing::warn!(grant = id, principal = %ctx.principal, "break-the-glass asserted");
+        Ok(Some(id))
+    }
+
+    /// Break-the-glass grants, newest first: unreviewed ones only, or all.
+    pub async fn btg_grants(&self, all: bool, limit: i64) -> Result<Vec<BtgGrant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, principal, role, reason_sealed, started_at, expires_at, accesses,
+                    reviewed_at, reviewed_by, note_sealed
+               FROM btg_grants WHERE $1 OR reviewed_at IS NULL
+              ORDER BY started_at DESC, id DESC LIMIT $2",
+        )
+        .bind(all)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let reason: Vec<u8> = row.try_get("reason_sealed")?;
+            let note: Option<Vec<u8>> = row.try_get("note_sealed")?;
+            let note = match note {
+                Some(n) => Some(self.open_secret("btg-note", &n).await?),
+                None => None,
+            };
+            out.push(BtgGrant {
+                id: row.try_get("id")?,
+                principal: row.try_get("principal")?,
+                role: row.try_get("role")?,
+                reason: String::from_utf8_lossy(&self.open_secret("btg-reason", &reason).await?)
+                    .into_owned(),
+                started_at: row.try_get("started_at")?,
+                expires_at: row.try_get("expires_at")?,
+                accesses: row.try_get("accesses")?,
+                reviewed_at: row.try_get("reviewed_at")?,
+                reviewed_by: row.try_get("reviewed_by")?,
+                note: note.map(|n| String::from_utf8_lossy(&n).into_owned()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Mark a grant reviewed with a note (audited). `false` if there is no such unreviewed grant.
+    pub async fn review_btg(
+        &self,
+        ctx: &AccessContext,
+        id: i64,
+        note: &str,
+    ) -> Result<bool, StoreError> {
+        let note: String = note.trim().chars().take(MAX_REASON).collect();
+        let sealed = self.seal_secret("btg-note", note.as_bytes()).await?;
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE btg_grants SET reviewed_at = $2, reviewed_by = $3, note_sealed = $4
+              WHERE id = $1 AND reviewed_at IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(&ctx.principal)
+        .bind(&sealed)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let record = AuditRecord {
+            interaction: Interaction::Admin,
+            outcome: if done {
+                Outcome::Success
+            } else {
+                Outcome::MinorFailure
+            },
+            recorded: now,
+            what: Some(format!("urn:carapace:admin:btg-review:{id}")),
+            patient: None,
+        };
+        self.audit_in(&mut tx, ctx, &record).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+}
+
+impl Store {
+    /// Decide a write of `resource` (`resource_type`) into key scope `scope`: scopes, role rules,
+    /// and the compartment and type against the request's plan. A Consent must also be one the
+    /// policy can enforce.
+    pub(super) async fn check_write(
+        &self,
+        ctx: &AccessContext,
+        interaction: Permission,
+        resource_type: ResourceType,
+        scope: &str,
+        resource: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let plan = self.plan(ctx).await?;
+        let compartment = super::patient_of(scope);
+        let decision = plan.decide(
+            ctx,
+            interaction,
+            resource_type.as_str(),
+            compartment.as_deref(),
+            Label::Normal,
+        );
+        if !decision.allowed {
+            return Err(match decision.reason {
+                Reason::NoScope => ctx
+                    .check(resource_type.as_str(), interaction)
+                    .err()
+                    .unwrap_or(Denied::OutsideCompartment),
+                Reason::RoleForbids => Denied::ReadOnlyRole(ctx.role.as_str()),
+                Reason::ConsentManagedByPatient => Denied::ConsentManagedByPatient,
+                _ => Denied::OutsideCompartment,
+            }
+            .into());
+        }
+        if resource_type.as_str() == "Consent" {
+            ConsentRule::parse(resource).map_err(|e| {
+                StoreError::Invalid(vec![crate::fhir::validate::Issue {
+                    path: "Consent.provision".into(),
+                    message: e.0,
+                }])
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Is the stored version in `row` (with its key `scope`) one the request's plan lets the caller
+/// see? The plan must have been made ([`Store::plan`]) by the call's entry point; without one,
+/// nothing is visible.
+pub(super) fn visible(
+    ctx: &AccessContext,
+    resource_type: ResourceType,
+    row: &sqlx::postgres::PgRow,
+) -> Result<bool, StoreError> {
+    let scope: Option<String> = row.try_get("scope")?;
+    let Some(plan) = ctx.plan.get() else {
+        debug_assert!(false, "a store entry point did not make the request's plan");
+        return Ok(false);
+    };
+    let compartment = scope.as_deref().and_then(super::patient_of);
+    Ok(plan.visible(compartment.as_deref(), resource_type.as_str()))
+}
+
+/// The plan as a SQL condition on a row whose key scope is `scope` (`Patient/<id>`, `type/<T>` or
+/// NULL) and type `rt`, binding its lists from `$first` on (six parameters; see
+/// [`bind_reach`]).
+pub(super) fn reach_condition(scope: &str, rt: &str, first: usize) -> String {
+    let [others, default, decided, open, open_typed, closed_typed] =
+        std::array::from_fn::<usize, 6, _>(|i| first + i);
+    format!(
+        "(CASE WHEN {scope} IS NULL OR {scope} NOT LIKE 'Patient/%' THEN ${others}::bool
+               WHEN {scope} = ANY(${decided}::text[])
+               THEN (({scope} = ANY(${open}::text[])
+                      AND NOT ({scope} || '|' || {rt}) = ANY(${closed_typed}::text[]))
+                     OR ({scope} || '|' || {rt}) = ANY(${open_typed}::text[]))
+               ELSE ${default}::bool END)"
+    )
+}
+
+/// Bind the plan's lists for [`reach_condition`], in its order.
+pub(super) fn bind_reach<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    reach: &'q SqlReach,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(reach.others)
+        .bind(reach.default)
+        .bind(&reach.decided)
+        .bind(&reach.open)
+        .bind(&reach.open_typed)
+        .bind(&reach.closed_typed)
+}
