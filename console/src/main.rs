@@ -209,7 +209,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    let core = Core::open(&config).await.context("connecting")?;
+    let core = Core::open_console(&config).await.context("connecting")?;
     let result = dispatch(&core, cli.command).await;
     core.shutdown().await;
     result
@@ -366,8 +366,7 @@ async fn login(core: &Core, ctx: &AccessContext, scopes: &[String]) -> anyhow::R
 
 async fn status(core: &Core) -> anyhow::Result<()> {
     let pool = core.store.pool();
-    let resources = count(pool, "SELECT count(*) FROM resources WHERE NOT deleted").await?;
-    let versions = count(pool, "SELECT count(*) FROM resource_versions").await?;
+    let (resources, versions) = core.store.resource_counts().await?;
     let audit = count(pool, "SELECT count(*) FROM audit_events").await?;
     let people = count(pool, "SELECT count(*) FROM users").await?;
     let clients = count(pool, "SELECT count(*) FROM clients WHERE NOT disabled").await?;

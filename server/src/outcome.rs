@@ -173,6 +173,13 @@ fn database_error(e: sqlx::Error) -> ApiError {
     // The text of a database error can carry SQL or values: log it, never send it.
     tracing::error!(error = %e, "database error");
     match e {
+        // Row-level security or a revoked privilege refused what the store's own checks let
+        // through: the backstop held. Refused, not an internal error.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the database refused this access",
+        ),
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError {
             retry_after: Some(5),
             ..ApiError::new(

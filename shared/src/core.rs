@@ -8,7 +8,7 @@ use crate::keys::{FileKeyring, KeyError, KeyProvider, VaultTransit};
 use crate::store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,24 @@ pub enum OpenError {
     BadUrl,
 }
 
+/// The database role a process works as once the migrations have run (as the owner): the
+/// server's or the console's (see migration 0007). Neither owns tables or bypasses row-level
+/// security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbRole {
+    App,
+    Console,
+}
+
+impl DbRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            DbRole::App => "carapace_app",
+            DbRole::Console => "carapace_console",
+        }
+    }
+}
+
 /// An opened core: the store, and the embedded cluster when there is one (stopped on drop).
 pub struct Core {
     pub store: Arc<Store>,
@@ -44,12 +62,24 @@ impl Core {
         Core::open_with_clock(config, Arc::new(SystemClock)).await
     }
 
+    /// Open as the console (database role `carapace_console`).
+    pub async fn open_console(config: &Config) -> Result<Core, OpenError> {
+        Core::open_as(config, Arc::new(SystemClock), DbRole::Console).await
+    }
+
     pub async fn open_with_clock(
         config: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Core, OpenError> {
-        let (pool, cluster) = connect(config).await?;
-        MIGRATOR.run(&pool).await?;
+        Core::open_as(config, clock, DbRole::App).await
+    }
+
+    pub async fn open_as(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        role: DbRole,
+    ) -> Result<Core, OpenError> {
+        let (pool, cluster) = connect(config, role).await?;
         let (keys, embedded_keys) = match &config.vault {
             Some(vault) => (
                 KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)),
@@ -91,16 +121,13 @@ impl Core {
     }
 }
 
-async fn connect(config: &Config) -> Result<(PgPool, Option<Cluster>), OpenError> {
-    let pool_options = PgPoolOptions::new()
-        .max_connections(config.db_max_connections)
-        .acquire_timeout(Duration::from_secs(10));
-    match &config.database_url {
-        Some(url) => {
-            let options =
-                PgConnectOptions::from_str(url.expose_secret()).map_err(|_| OpenError::BadUrl)?;
-            Ok((pool_options.connect_with(options).await?, None))
-        }
+/// Run the migrations as the owner, then open the pool whose connections work as `role`.
+async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluster>), OpenError> {
+    let (options, cluster) = match &config.database_url {
+        Some(url) => (
+            PgConnectOptions::from_str(url.expose_secret()).map_err(|_| OpenError::BadUrl)?,
+            None,
+        ),
         None => {
             let dir = config.data_dir.clone();
             let cluster = tokio::task::spawn_blocking(move || Cluster::start(&dir, None))
@@ -110,10 +137,25 @@ async fn connect(config: &Config) -> Result<(PgPool, Option<Cluster>), OpenError
                     detail: e.to_string(),
                 })??;
             cluster.ensure_database("carapace").await?;
-            let pool = pool_options
-                .connect_with(cluster.connect_options("carapace"))
-                .await?;
-            Ok((pool, Some(cluster)))
+            (cluster.connect_options("carapace"), Some(cluster))
         }
-    }
+    };
+    let mut owner = PgConnection::connect_with(&options).await?;
+    MIGRATOR.run(&mut owner).await?;
+    owner.close().await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                // A fixed role name, not input.
+                sqlx::query(&format!("SET ROLE {}", role.name()))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok((pool, cluster))
 }

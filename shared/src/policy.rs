@@ -666,6 +666,49 @@ impl Plan {
     }
 }
 
+/// [`Plan`] at the grain of compartments, for the database's row-level security (migration 0007):
+/// a backstop under the store's own checks, which also narrow by type and label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowReach {
+    /// `all`, `listed` (only `compartments`) or `all-but` (all but `compartments`).
+    pub reach: &'static str,
+    pub compartments: Vec<String>,
+    /// Resources outside any patient compartment.
+    pub others: bool,
+}
+
+impl RowReach {
+    /// Everything: for the store's own reads (the policy's consents, re-indexing).
+    pub fn everything() -> RowReach {
+        RowReach {
+            reach: "all",
+            compartments: Vec::new(),
+            others: true,
+        }
+    }
+}
+
+impl Plan {
+    pub fn row_reach(&self) -> RowReach {
+        if self.sees_everything() {
+            return RowReach::everything();
+        }
+        let sees_some = |r: &PatientReach| r.all || r.except.values().any(|v| *v);
+        let (reach, compartments) = if self.default {
+            let closed = self.patients.iter().filter(|(_, r)| !sees_some(r));
+            ("all-but", closed.map(|(p, _)| p.clone()).collect())
+        } else {
+            let open = self.patients.iter().filter(|(_, r)| sees_some(r));
+            ("listed", open.map(|(p, _)| p.clone()).collect())
+        };
+        RowReach {
+            reach,
+            compartments,
+            others: self.others,
+        }
+    }
+}
+
 /// [`Plan`] flattened for binding into SQL.
 #[derive(Debug, Clone, Default)]
 pub struct SqlReach {

@@ -355,7 +355,7 @@ impl Store {
             None => None,
         };
         if let Some(query) = if_none_exist {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_for(ctx).await?;
             lock_conditions(&mut tx, &[format!("{resource_type}?{query}")]).await?;
             if let Some(existing) = self.conditional_match(ctx, resource_type, query).await? {
                 return Ok(Created::Existing(existing));
@@ -372,7 +372,7 @@ impl Store {
         let (new, body) = seal_new(prepared, now)?;
         let mut tx = match held {
             Some(tx) => tx,
-            None => self.pool.begin().await?,
+            None => self.begin_for(ctx).await?,
         };
         self.insert_new(&mut tx, ctx, std::slice::from_ref(&new), now)
             .await?;
@@ -514,7 +514,7 @@ impl Store {
                 .finish_read(ctx, Interaction::Read, resource_type, id, denied)
                 .await;
         }
-        let row = sqlx::query(
+        let query = sqlx::query(
             "SELECT v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM resources h
                JOIN resource_versions v
@@ -523,10 +523,8 @@ impl Store {
               WHERE h.resource_type = $1 AND h.id = $2",
         )
         .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from);
+        .bind(id.as_str());
+        let row = self.fetch_optional_for(ctx, query).await;
         self.finish_read(ctx, Interaction::Read, resource_type, id, row)
             .await
     }
@@ -545,7 +543,7 @@ impl Store {
                 .finish_read(ctx, Interaction::Vread, resource_type, id, denied)
                 .await;
         }
-        let row = sqlx::query(
+        let query = sqlx::query(
             "SELECT v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM resource_versions v
                LEFT JOIN data_keys k ON k.id = v.dek_id
@@ -553,10 +551,8 @@ impl Store {
         )
         .bind(resource_type.as_str())
         .bind(id.as_str())
-        .bind(version_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from);
+        .bind(version_id);
+        let row = self.fetch_optional_for(ctx, query).await;
         self.finish_read(ctx, Interaction::Vread, resource_type, id, row)
             .await
     }
@@ -708,7 +704,7 @@ impl Store {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_for(ctx).await?;
             match self
                 .write_update(&mut tx, ctx, &mut prepared, if_match)
                 .await
@@ -719,6 +715,13 @@ impl Store {
                 }
                 Err(StoreError::Database(sqlx::Error::Database(db)))
                     if db.code().as_deref() == Some("23505") && attempt < 3 => {}
+                // Still taken: the id exists where the caller may not see (row-level security
+                // hid its head), which looks like any resource they cannot see.
+                Err(StoreError::Database(sqlx::Error::Database(db)))
+                    if db.code().as_deref() == Some("23505") =>
+                {
+                    return Err(StoreError::NotFound(format!("{resource_type}/{id}")))
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -919,8 +922,7 @@ impl Store {
         id: &ResourceId,
     ) -> Result<Deleted, StoreError> {
         ctx.check(resource_type.as_str(), Permission::Delete)?;
-        self.plan(ctx).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_for(ctx).await?;
         let deleted = self.write_delete(&mut tx, ctx, resource_type, id).await?;
         tx.commit().await?;
         Ok(deleted)
@@ -1032,8 +1034,8 @@ impl Store {
             .bind(after_id)
             .bind(after_version)
             .bind(i64::try_from(count + 1).unwrap_or(i64::MAX));
-        let rows = reach::bind_reach(query, &reach)
-            .fetch_all(&self.pool)
+        let rows = self
+            .fetch_all_for(ctx, reach::bind_reach(query, &reach))
             .await?;
         let has_more = rows.len() > count;
         let mut entries = Vec::with_capacity(count.min(rows.len()));
@@ -1131,7 +1133,7 @@ impl Store {
         let mut _slot = None;
         if !conditions.is_empty() {
             _slot = Some(self.conditional_slot().await.map_err(fail(0))?);
-            let mut tx = self.pool.begin().await.map_err(|e| fail(0)(e.into()))?;
+            let mut tx = self.begin_for(ctx).await.map_err(fail(0))?;
             lock_conditions(&mut tx, &conditions)
                 .await
                 .map_err(|e| fail(0)(e.into()))?;
@@ -1335,7 +1337,7 @@ impl Store {
         let mut results: Vec<Option<TxResult>> = (0..entries.len()).map(|_| None).collect();
         let mut tx = match held {
             Some(tx) => tx,
-            None => self.pool.begin().await.map_err(|e| fail(0)(e.into()))?,
+            None => self.begin_for(ctx).await.map_err(fail(0))?,
         };
         for (i, entry) in entries.iter().enumerate() {
             if let TxEntry::Delete {
@@ -1499,8 +1501,9 @@ impl Store {
         if open.is_empty() {
             return Err(StoreError::NotFound(format!("Patient/{patient}")));
         }
+        let mut tx = self.begin_for(ctx).await?;
         // The patient must exist (and not be deleted) for its compartment to be asked for.
-        self.read_head(patient).await?;
+        read_head(&mut tx, patient).await?;
         let readable: Vec<&str> = open
             .into_iter()
             .filter(|t| query.types.is_empty() || query.types.iter().any(|q| q.as_str() == *t))
@@ -1530,8 +1533,9 @@ impl Store {
         .bind(after_type)
         .bind(after_id)
         .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let has_more = rows.len() > count;
         let mut entries = Vec::with_capacity(count.min(rows.len()));
         let mut last = None;
@@ -1549,17 +1553,28 @@ impl Store {
         Ok(EverythingPage { entries, next })
     }
 
-    async fn read_head(&self, patient: &ResourceId) -> Result<(), StoreError> {
-        let deleted: Option<bool> = sqlx::query_scalar(
-            "SELECT deleted FROM resources WHERE resource_type = 'Patient' AND id = $1",
-        )
-        .bind(patient.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        match deleted {
-            Some(false) => Ok(()),
-            _ => Err(StoreError::NotFound(format!("Patient/{patient}"))),
-        }
+    /// One statement in a transaction of its own under the caller's row-level security.
+    pub(crate) async fn fetch_all_for<'q>(
+        &self,
+        ctx: &AccessContext,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+        let mut tx = self.begin_for(ctx).await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// [`Store::fetch_all_for`] for at most one row.
+    pub(crate) async fn fetch_optional_for<'q>(
+        &self,
+        ctx: &AccessContext,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Option<sqlx::postgres::PgRow>, StoreError> {
+        let mut tx = self.begin_for(ctx).await?;
+        let row = query.fetch_optional(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     /// Rewrap every stored data key under the key provider's newest key version, in batches, while
@@ -2168,6 +2183,19 @@ fn patient_id_from_reference(reference: &str) -> Option<String> {
     let at = parts.iter().rposition(|p| *p == "Patient")?;
     let id = parts.get(at + 1)?;
     ResourceId::parse(id).ok().map(|id| id.as_str().to_string())
+}
+
+async fn read_head(conn: &mut sqlx::PgConnection, patient: &ResourceId) -> Result<(), StoreError> {
+    let deleted: Option<bool> = sqlx::query_scalar(
+        "SELECT deleted FROM resources WHERE resource_type = 'Patient' AND id = $1",
+    )
+    .bind(patient.as_str())
+    .fetch_optional(conn)
+    .await?;
+    match deleted {
+        Some(false) => Ok(()),
+        _ => Err(StoreError::NotFound(format!("Patient/{patient}"))),
+    }
 }
 
 fn patient_of(scope: &str) -> Option<String> {

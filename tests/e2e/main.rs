@@ -13,6 +13,7 @@ mod browser;
 mod conformance;
 mod consent;
 mod crud;
+mod database;
 mod embedded;
 mod encryption;
 mod identity;

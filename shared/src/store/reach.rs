@@ -6,7 +6,7 @@ use super::{Store, StoreError};
 use crate::access::{AccessContext, Denied, Permission, Role};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::fhir::ResourceType;
-use crate::policy::{ConsentRule, Label, Plan, Reason, SqlReach};
+use crate::policy::{ConsentRule, Label, Plan, Reason, RowReach, SqlReach};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -98,6 +98,7 @@ impl Store {
         &self,
         actors: &[String],
     ) -> Result<BTreeMap<String, Vec<ConsentRule>>, StoreError> {
+        let mut tx = self.begin_internal().await?;
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT c.id FROM resources c
               WHERE c.resource_type = 'Consent' AND NOT c.deleted
@@ -109,14 +110,16 @@ impl Store {
                                 AND a.param = 'actor'))",
         )
         .bind(actors)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let wanted: Vec<(String, String)> = ids
             .into_iter()
             .map(|i| ("Consent".to_string(), i))
             .collect();
         let mut out: BTreeMap<String, Vec<ConsentRule>> = BTreeMap::new();
-        for stored in self.load_rows(&wanted).await? {
+        let loaded = self.load_rows(&mut tx, &wanted).await?;
+        tx.commit().await?;
+        for stored in loaded {
             let Some(patient) = stored.patient.clone() else {
                 continue;
             };
@@ -369,4 +372,56 @@ pub(super) fn bind_reach<'q>(
         .bind(&reach.open)
         .bind(&reach.open_typed)
         .bind(&reach.closed_typed)
+}
+
+impl Store {
+    /// Current resources and stored versions, all compartments: counts for an operator's status
+    /// display (no content).
+    pub async fn resource_counts(&self) -> Result<(i64, i64), StoreError> {
+        let mut tx = self.begin_internal().await?;
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM resources WHERE NOT deleted) AS current,
+                    (SELECT count(*) FROM resource_versions) AS versions",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((row.try_get("current")?, row.try_get("versions")?))
+    }
+
+    /// A transaction whose row-level security lets through what the request's plan does (the
+    /// settings end with it).
+    pub(super) async fn begin_for(
+        &self,
+        ctx: &AccessContext,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let plan = self.plan(ctx).await?;
+        self.begin_with(&plan.row_reach()).await
+    }
+
+    /// A transaction that sees every row: for the store's own reads (the policy's consents,
+    /// re-indexing), never for what a caller asked.
+    pub(super) async fn begin_internal(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.begin_with(&RowReach::everything()).await
+    }
+
+    async fn begin_with(
+        &self,
+        reach: &RowReach,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('carapace.reach', $1, true),
+                    set_config('carapace.compartments', $2, true),
+                    set_config('carapace.others', $3, true)",
+        )
+        .bind(reach.reach)
+        .bind(reach.compartments.join(","))
+        .bind(if reach.others { "on" } else { "off" })
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx)
+    }
 }

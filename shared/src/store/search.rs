@@ -223,11 +223,9 @@ impl Store {
         b.push_matches(query)?;
         b.qb.push(") f LIMIT ");
         b.qb.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows =
-            b.qb.build()
-                .persistent(b.reusable)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = self
+            .fetch_all_for(ctx, b.qb.build().persistent(b.reusable))
+            .await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
             .collect()
@@ -253,12 +251,10 @@ impl Store {
             b.qb.push("SELECT count(*) AS n FROM (");
             b.push_matches(query)?;
             b.qb.push(") f");
-            let n: i64 =
-                b.qb.build()
-                    .persistent(b.reusable)
-                    .fetch_one(&self.pool)
-                    .await?
-                    .try_get("n")?;
+            let rows = self
+                .fetch_all_for(ctx, b.qb.build().persistent(b.reusable))
+                .await?;
+            let n: i64 = rows.first().ok_or(StoreError::Integrity)?.try_get("n")?;
             Ok::<_, StoreError>(u64::try_from(n).unwrap_or(0))
         };
         if query.summary == Summary::Count {
@@ -388,11 +384,9 @@ impl Store {
         b.qb.push(order(""));
         b.qb.push(" LIMIT ");
         b.qb.push_bind(i64::try_from(query.count + 1).unwrap_or(i64::MAX));
-        let rows =
-            b.qb.build()
-                .persistent(b.reusable)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = self
+            .fetch_all_for(ctx, b.qb.build().persistent(b.reusable))
+            .await?;
         let more = rows.len() > query.count;
         let mut wanted: Vec<(String, i64)> = Vec::with_capacity(query.count);
         let mut values = Vec::with_capacity(query.count);
@@ -408,7 +402,7 @@ impl Store {
             values.push(vals);
         }
         let mut page: Vec<(StoredResource, Vec<f64>)> = self
-            .load_versions(rt, &wanted)
+            .load_versions(ctx, rt, &wanted)
             .await?
             .into_iter()
             .zip(values)
@@ -478,11 +472,9 @@ impl Store {
         b.push_matches(query)?;
         b.qb.push(" ORDER BY m.id LIMIT ");
         b.qb.push_bind(i64::try_from(MAX_VALUE_SORT + 1).unwrap_or(i64::MAX));
-        let rows =
-            b.qb.build()
-                .persistent(b.reusable)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = self
+            .fetch_all_for(ctx, b.qb.build().persistent(b.reusable))
+            .await?;
         if rows.len() > MAX_VALUE_SORT {
             return Err(bad(format!(
                 "sorting by an encrypted parameter is limited to {MAX_VALUE_SORT} matches; narrow \
@@ -494,7 +486,7 @@ impl Store {
             .map(|row| Ok((row.try_get("id")?, row.try_get("version_id")?)))
             .collect::<Result<Vec<(String, i64)>, sqlx::Error>>()?;
         let mut all = Vec::with_capacity(rows.len());
-        for r in self.load_versions(rt, &wanted).await? {
+        for r in self.load_versions(ctx, rt, &wanted).await? {
             let doc: Value = serde_json::from_slice(&r.body).map_err(|_| StoreError::Integrity)?;
             let sort_values: Vec<String> = query
                 .sort
@@ -680,7 +672,7 @@ impl Store {
     pub async fn reindex_pending(&self) -> Result<u64, StoreError> {
         let mut done = 0;
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_internal().await?;
             let pending = sqlx::query(
                 "SELECT resource_type, id FROM search_reindex
                   ORDER BY resource_type, id LIMIT 200 FOR UPDATE SKIP LOCKED",
@@ -750,6 +742,7 @@ impl Store {
     /// the order asked. Versions never change, so what the search found is what is read.
     async fn load_versions(
         &self,
+        ctx: &AccessContext,
         resource_type: ResourceType,
         wanted: &[(String, i64)],
     ) -> Result<Vec<StoredResource>, StoreError> {
@@ -758,6 +751,7 @@ impl Store {
         }
         let (ids, versions): (Vec<&str>, Vec<i64>) =
             wanted.iter().map(|(i, v)| (i.as_str(), *v)).unzip();
+        let mut tx = self.begin_for(ctx).await?;
         let rows = sqlx::query(
             "SELECT v.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM unnest($2::text[], $3::int8[]) WITH ORDINALITY AS w(id, version_id, n)
@@ -769,8 +763,9 @@ impl Store {
         .bind(resource_type.as_str())
         .bind(&ids)
         .bind(&versions)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push(self.open_row(resource_type, row).await?);
@@ -791,7 +786,9 @@ impl Store {
             .filter(|(t, _)| ctx.check(t, Permission::Read).is_ok())
             .cloned()
             .collect();
-        let mut loaded = self.load_rows(&readable).await?;
+        let mut tx = self.begin_for(ctx).await?;
+        let mut loaded = self.load_rows(&mut tx, &readable).await?;
+        tx.commit().await?;
         loaded.retain(|r| {
             plan.visible(r.patient.as_deref(), r.resource_type.as_str())
                 && plan.label_visible_body(&r.body)
@@ -799,10 +796,11 @@ impl Store {
         Ok(loaded)
     }
 
-    /// The current versions of `wanted` that exist, whoever may see them: for the store's own use
-    /// (the policy's consents), never returned to a caller as they are.
+    /// The current versions of `wanted` that exist, as far as `conn`'s row-level security lets
+    /// through (for a caller's transaction, or the store's own to read the policy's consents).
     pub(super) async fn load_rows(
         &self,
+        conn: &mut sqlx::PgConnection,
         wanted: &[(String, String)],
     ) -> Result<Vec<StoredResource>, StoreError> {
         if wanted.is_empty() {
@@ -823,7 +821,7 @@ impl Store {
         )
         .bind(&types)
         .bind(&ids)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
