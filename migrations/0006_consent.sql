@@ -8,7 +8,7 @@ UPDATE resources h SET compartment = k.scope
   FROM resource_versions v JOIN data_keys k ON k.id = v.dek_id
  WHERE v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
    AND k.scope LIKE 'Patient/%';
-CREATE INDEX resources_compartment ON resources (compartment, resource_type) WHERE compartment IS NOT NULL;
+CREATE INDEX resources_compartment ON resources (compartment, resource_type, id) WHERE compartment IS NOT NULL;
 
 CREATE FUNCTION resources_set_compartment() RETURNS trigger
     LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$

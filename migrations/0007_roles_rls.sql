@@ -92,11 +92,45 @@ CREATE POLICY reach ON resources
 
 ALTER TABLE resource_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE resource_versions FORCE ROW LEVEL SECURITY;
+-- Versions are keyed by their data key's scope. Written out (not a function) so the planner sees
+-- it: reach `all` costs a comparison per row, and the keys in reach are found once per statement
+-- (uncorrelated subqueries, hashed), not once per row.
+CREATE INDEX data_keys_outside_patients ON data_keys (id) WHERE scope NOT LIKE 'Patient/%';
 CREATE POLICY reach ON resource_versions
-    USING (carapace_reaches((SELECT CASE WHEN k.scope LIKE 'Patient/%' THEN k.scope END
-                               FROM data_keys k WHERE k.id = dek_id)))
-    WITH CHECK (carapace_reaches((SELECT CASE WHEN k.scope LIKE 'Patient/%' THEN k.scope END
-                                    FROM data_keys k WHERE k.id = dek_id)));
+    USING (pg_catalog.current_setting('carapace.reach', true) OPERATOR(pg_catalog.=) 'all'
+     OR (pg_catalog.current_setting('carapace.reach', true) OPERATOR(pg_catalog.=) 'listed'
+         AND dek_id IN (SELECT k.id FROM public.data_keys k
+                WHERE k.scope OPERATOR(pg_catalog.=) ANY (pg_catalog.string_to_array(
+                          pg_catalog.current_setting('carapace.compartments', true), ','))
+               UNION ALL
+               SELECT k.id FROM public.data_keys k
+                WHERE k.scope NOT LIKE 'Patient/%'
+                  AND pg_catalog.current_setting('carapace.others', true) OPERATOR(pg_catalog.=) 'on'))
+     OR (pg_catalog.current_setting('carapace.reach', true) OPERATOR(pg_catalog.=) 'all-but'
+         AND dek_id NOT IN (SELECT k.id FROM public.data_keys k
+                WHERE k.scope OPERATOR(pg_catalog.=) ANY (pg_catalog.string_to_array(
+                          pg_catalog.current_setting('carapace.compartments', true), ','))
+               UNION ALL
+               SELECT k.id FROM public.data_keys k
+                WHERE k.scope NOT LIKE 'Patient/%'
+                  AND pg_catalog.current_setting('carapace.others', true) OPERATOR(pg_catalog.<>) 'on')))
+    WITH CHECK (pg_catalog.current_setting('carapace.reach', true) OPERATOR(pg_catalog.=) 'all'
+     OR (pg_catalog.current_setting('carapace.reach', true) OPERATOR(pg_catalog.=) 'listed'
+         AND dek_id IN (SELECT k.id FROM public.data_keys k
+                WHERE k.scope OPERATOR(pg_catalog.=) ANY (pg_catalog.string_to_array(
+                          pg_catalog.current_setting('carapace.compartments', true), ','))
+               UNION ALL
+               SELECT k.id FROM public.data_keys k
+                WHERE k.scope NOT LIKE 'Patient/%'
+                  AND pg_catalog.current_setting('carapace.others', true) OPERATOR(pg_catalog.=) 'on'))
+     OR (pg_catalog.current_setting('carapace.reach', true) OPERATOR(pg_catalog.=) 'all-but'
+         AND dek_id NOT IN (SELECT k.id FROM public.data_keys k
+                WHERE k.scope OPERATOR(pg_catalog.=) ANY (pg_catalog.string_to_array(
+                          pg_catalog.current_setting('carapace.compartments', true), ','))
+               UNION ALL
+               SELECT k.id FROM public.data_keys k
+                WHERE k.scope NOT LIKE 'Patient/%'
+                  AND pg_catalog.current_setting('carapace.others', true) OPERATOR(pg_catalog.<>) 'on')));
 
 ALTER TABLE audit_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE audit_events FORCE ROW LEVEL SECURITY;

@@ -113,6 +113,9 @@ async fn route(
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
             validate_operation(state, &headers, body, rt, Some(id)).await
         }
+        (["AuditEvent"], &Method::GET) => crate::audit_api::search(state, &ctx, &params).await,
+        (["AuditEvent", id], &Method::GET) => crate::audit_api::read(state, &ctx, id).await,
+        (["AuditEvent", ..], _) => Err(crate::audit_api::not_writable()),
         (["Patient", id, "$everything"], &Method::GET) => {
             let id = resource_id(id)?;
             everything(state, &ctx, &id, &params).await
@@ -487,7 +490,7 @@ fn http_date(at: DateTime<Utc>) -> String {
     httpdate::fmt_http_date(std::time::SystemTime::from(at))
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
     Response::builder()
         .status(status)
         .header("Content-Type", FHIR_JSON)

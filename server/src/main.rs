@@ -1,6 +1,7 @@
 //! carapace-server: the FHIR R4 REST front of Carapace (hyper + tokio). HTTP only: everything else is
 //! in `carapace-core`.
 
+mod audit_api;
 mod capability;
 mod fhir_api;
 mod incoming;

@@ -205,6 +205,9 @@ pub enum Denied {
     /// Analytics users never write: 403.
     #[error("the {0} role may not write")]
     ReadOnlyRole(&'static str),
+    /// AuditEvents are read by administrators, and by patients for their own record: 403.
+    #[error("AuditEvents are readable by administrators, and by patients for their own record")]
+    AuditReaders,
     /// A break-the-glass assertion refused (role not allowed, no reason, expired): 403.
     #[error("{0}")]
     BreakGlass(String),

@@ -98,6 +98,8 @@ pub struct AuditRecord {
     pub what: Option<String>,
     /// `Patient/<id>` whose compartment the resource is in, if any.
     pub patient: Option<String>,
+    /// A search's query string (kept sealed with the event: it may name a patient).
+    pub query: Option<String>,
 }
 
 impl AuditRecord {
@@ -133,6 +135,14 @@ impl AuditRecord {
                 "description": "break-the-glass grant",
             }));
         }
+        if let Some(query) = &self.query {
+            use base64::Engine;
+            entity.push(json!({
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24"},
+                "query": base64::engine::general_purpose::STANDARD.encode(query),
+            }));
+        }
         if let Some(what) = &self.what {
             entity.push(json!({
                 "what": {"reference": what},
@@ -160,10 +170,22 @@ impl AuditRecord {
     }
 }
 
-/// The key of the audit chain's HMAC links: a data key (scope `audit/chain`) wrapped by the key
-/// provider, loaded once at start-up ([`AuditWriter::set_chain_key`]). Without it nothing is
-/// audited, so nothing is served (fail closed).
-pub type ChainKey = Arc<OnceLock<Dek>>;
+/// The audit trail's keys, data keys wrapped by the key provider and loaded on the first audit
+/// write ([`AuditWriter::set_keys`]): `chain` (scope `audit/chain`) for the HMAC links, `seal`
+/// (scope `audit/events`, row `seal_id` of `data_keys`) to seal the events. Without them nothing
+/// is audited, so nothing is served (fail closed).
+pub struct AuditKeys {
+    pub chain: Dek,
+    pub seal: Dek,
+    pub seal_id: i64,
+}
+
+pub type ChainKey = Arc<OnceLock<AuditKeys>>;
+
+/// Additional data binding a sealed event to its place in the chain.
+pub fn event_aad(seq: i64) -> Vec<u8> {
+    format!("carapace/audit-event/v1/{seq}").into_bytes()
+}
 
 impl AuditWriter {
     /// Insert one event per record, all by the same caller, inside the caller's transaction.
@@ -173,22 +195,13 @@ impl AuditWriter {
         ctx: &AccessContext,
         records: &[AuditRecord],
     ) -> Result<(), sqlx::Error> {
-        let rows: Vec<Row<'_>> = records
-            .iter()
-            .map(|r| Row {
-                recorded: r.recorded,
-                action: Cow::Borrowed(r.interaction.action()),
-                outcome: Cow::Borrowed(r.outcome.code()),
-                principal: Cow::Borrowed(&ctx.principal),
-                event: r.to_event(ctx),
-            })
-            .collect();
+        let rows: Vec<Row<'_>> = records.iter().map(|r| Row::new(r, ctx)).collect();
         insert_rows(conn, &self.key, &rows).await
     }
 
-    /// Load the chain key; until then every audit write fails.
-    pub fn set_chain_key(&self, key: Dek) {
-        let _ = self.key.set(key);
+    /// Load the keys; until then every audit write fails.
+    pub fn set_keys(&self, keys: AuditKeys) {
+        let _ = self.key.set(keys);
     }
 
     pub fn has_chain_key(&self) -> bool {
@@ -202,11 +215,38 @@ struct Row<'a> {
     action: Cow<'a, str>,
     outcome: Cow<'a, str>,
     principal: Cow<'a, str>,
-    event: Value,
+    patient: Option<Cow<'a, str>>,
+    subtype: Cow<'a, str>,
+    purpose: Option<Cow<'a, str>>,
+    content: Content,
 }
 
-/// The link of one event: HMAC-SHA-256 over the previous link and everything the row says.
-fn link(key: &Dek, previous: &[u8], seq: i64, row: &Row<'_>) -> Vec<u8> {
+/// What an event holds: sealed (from migration 0008 on), or the plaintext event of older rows.
+enum Content {
+    /// The event to seal when it is chained (its place is bound into the seal).
+    ToSeal(Value),
+    Sealed(Vec<u8>),
+    Plain(Value),
+}
+
+impl Row<'static> {
+    fn new(r: &AuditRecord, ctx: &AccessContext) -> Row<'static> {
+        Row {
+            recorded: r.recorded,
+            action: Cow::Borrowed(r.interaction.action()),
+            outcome: Cow::Borrowed(r.outcome.code()),
+            principal: Cow::Owned(ctx.principal.clone()),
+            patient: r.patient.clone().map(Cow::Owned),
+            subtype: Cow::Borrowed(r.interaction.code()),
+            purpose: ctx.purpose_of_use.clone().map(Cow::Owned),
+            content: Content::ToSeal(r.to_event(ctx)),
+        }
+    }
+}
+
+/// The link of one event: HMAC-SHA-256 over the previous link and everything the row says (for a
+/// sealed event, its ciphertext and the columns it is searched by).
+fn link(key: &Dek, previous: &[u8], seq: i64, row: &Row<'_>, sealed: Option<&[u8]>) -> Vec<u8> {
     #[allow(clippy::expect_used)] // HMAC accepts keys of any length
     let mut mac = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
     mac.update(previous);
@@ -220,9 +260,25 @@ fn link(key: &Dek, previous: &[u8], seq: i64, row: &Row<'_>) -> Vec<u8> {
         mac.update(part.as_bytes());
         mac.update(&[0]);
     }
-    let mut event = Vec::new();
-    canonical(&row.event, &mut event);
-    mac.update(&event);
+    match (sealed, &row.content) {
+        (Some(sealed), _) => {
+            for part in [
+                row.patient.as_deref().unwrap_or(""),
+                row.subtype.as_ref(),
+                row.purpose.as_deref().unwrap_or(""),
+            ] {
+                mac.update(part.as_bytes());
+                mac.update(&[0]);
+            }
+            mac.update(sealed);
+        }
+        (None, Content::Plain(event) | Content::ToSeal(event)) => {
+            let mut bytes = Vec::new();
+            canonical(event, &mut bytes);
+            mac.update(&bytes);
+        }
+        (None, Content::Sealed(sealed)) => mac.update(sealed),
+    }
     mac.finalize().into_bytes().to_vec()
 }
 
@@ -265,9 +321,9 @@ async fn insert_rows(
     key: &ChainKey,
     rows: &[Row<'_>],
 ) -> Result<(), sqlx::Error> {
-    let key = key
+    let keys = key
         .get()
-        .ok_or_else(|| sqlx::Error::Protocol("the audit chain key is not loaded".into()))?;
+        .ok_or_else(|| sqlx::Error::Protocol("the audit keys are not loaded".into()))?;
     let head = sqlx::query("SELECT seq, link FROM audit_chain_head FOR UPDATE")
         .fetch_one(&mut *conn)
         .await?;
@@ -275,30 +331,45 @@ async fn insert_rows(
     let mut previous: Vec<u8> = head.try_get("link")?;
     let mut seqs = Vec::with_capacity(rows.len());
     let mut links = Vec::with_capacity(rows.len());
+    let mut sealed = Vec::with_capacity(rows.len());
     for row in rows {
         seq += 1;
-        previous = link(key, &previous, seq, row);
+        let mut plain = Vec::new();
+        if let Content::ToSeal(event) = &row.content {
+            canonical(event, &mut plain);
+        }
+        let ciphertext = crate::crypto::seal_with_aad(&keys.seal, &event_aad(seq), &plain);
+        previous = link(&keys.chain, &previous, seq, row, Some(&ciphertext));
         seqs.push(seq);
         links.push(previous.clone());
+        sealed.push(ciphertext);
     }
     let recorded: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded).collect();
     let action: Vec<&str> = rows.iter().map(|r| r.action.as_ref()).collect();
     let outcome: Vec<&str> = rows.iter().map(|r| r.outcome.as_ref()).collect();
     let principal: Vec<&str> = rows.iter().map(|r| r.principal.as_ref()).collect();
-    let event: Vec<sqlx::types::Json<&Value>> =
-        rows.iter().map(|r| sqlx::types::Json(&r.event)).collect();
+    let patient: Vec<Option<&str>> = rows.iter().map(|r| r.patient.as_deref()).collect();
+    let subtype: Vec<&str> = rows.iter().map(|r| r.subtype.as_ref()).collect();
+    let purpose: Vec<Option<&str>> = rows.iter().map(|r| r.purpose.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO audit_events (recorded, action, outcome, principal, event, seq, link)
-         SELECT * FROM UNNEST($1::timestamptz[], $2::char(1)[], $3::text[], $4::text[], $5::jsonb[],
-                              $6::int8[], $7::bytea[])",
+        "INSERT INTO audit_events
+                (recorded, action, outcome, principal, patient, subtype, purpose, sealed, seq, link,
+                 dek_id)
+         SELECT *, $11 FROM UNNEST($1::timestamptz[], $2::char(1)[], $3::text[], $4::text[],
+                                   $5::text[], $6::text[], $7::text[], $8::bytea[], $9::int8[],
+                                   $10::bytea[])",
     )
     .bind(recorded)
     .bind(action)
     .bind(outcome)
     .bind(principal)
-    .bind(event)
+    .bind(patient)
+    .bind(subtype)
+    .bind(purpose)
+    .bind(&sealed)
     .bind(&seqs)
     .bind(&links)
+    .bind(keys.seal_id)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE audit_chain_head SET seq = $1, link = $2")
@@ -356,8 +427,9 @@ pub async fn verify_chain(
     let (mut seq, mut previous) = (0i64, vec![0u8; 32]);
     loop {
         let rows = sqlx::query(
-            "SELECT seq, link, recorded, action, outcome, principal, event FROM audit_events
-              WHERE seq > $1 ORDER BY seq LIMIT 1000",
+            "SELECT seq, link, recorded, action, outcome, principal, patient, subtype, purpose,
+                    event, sealed
+               FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 1000",
         )
         .bind(seq)
         .fetch_all(pool)
@@ -367,14 +439,26 @@ pub async fn verify_chain(
         }
         for r in &rows {
             let at: i64 = r.try_get("seq")?;
+            let sealed: Option<Vec<u8>> = r.try_get("sealed")?;
+            let event: Option<sqlx::types::Json<Value>> = r.try_get("event")?;
             let row = Row {
                 recorded: r.try_get("recorded")?,
                 action: Cow::Owned(r.try_get("action")?),
                 outcome: Cow::Owned(r.try_get("outcome")?),
                 principal: Cow::Owned(r.try_get("principal")?),
-                event: r.try_get::<sqlx::types::Json<Value>, _>("event")?.0,
+                patient: r.try_get::<Option<String>, _>("patient")?.map(Cow::Owned),
+                subtype: Cow::Owned(
+                    r.try_get::<Option<String>, _>("subtype")?
+                        .unwrap_or_default(),
+                ),
+                purpose: r.try_get::<Option<String>, _>("purpose")?.map(Cow::Owned),
+                content: match (&sealed, event) {
+                    (Some(s), _) => Content::Sealed(s.clone()),
+                    (None, Some(e)) => Content::Plain(e.0),
+                    (None, None) => Content::Plain(Value::Null),
+                },
             };
-            let expected = link(key, &previous, at, &row);
+            let expected = link(key, &previous, at, &row, sealed.as_deref());
             let stored: Vec<u8> = r.try_get("link")?;
             if at != seq + 1 {
                 report.broken = Some((
@@ -459,13 +543,7 @@ impl AuditWriter {
         for record in records {
             let (done, wait) = oneshot::channel();
             let pending = Pending {
-                row: Row {
-                    recorded: record.recorded,
-                    action: Cow::Borrowed(record.interaction.action()),
-                    outcome: Cow::Borrowed(record.outcome.code()),
-                    principal: Cow::Owned(ctx.principal.clone()),
-                    event: record.to_event(ctx),
-                },
+                row: Row::new(record, ctx),
                 done,
             };
             self.tx.send(pending).await.map_err(|_| stopped())?;

@@ -19,10 +19,12 @@ use std::time::Instant;
 
 mod reach;
 mod search;
+mod trail;
 use crate::search::index::IndexRows;
 pub use reach::BtgGrant;
 use search::PrefixRows;
 pub use search::SearchResult;
+pub use trail::{AuditPage, AuditQuery};
 
 /// Why a store call failed. The server maps each to one HTTP status and OperationOutcome.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +269,9 @@ const MAX_HISTORY_COUNT: usize = 1000;
 /// Key scope of the data key of the audit chain's HMAC links.
 const AUDIT_CHAIN_SCOPE: &str = "audit/chain";
 
+/// Key scope of the data key that seals AuditEvents.
+const AUDIT_EVENTS_SCOPE: &str = "audit/events";
+
 /// Key scope of the data key that seals identity secrets (TOTP seeds).
 const IDENTITY_SCOPE: &str = "identity";
 
@@ -456,6 +461,7 @@ impl Store {
                 .collect();
             search::insert_index(&mut *tx, &index).await?;
             records.extend(chunk.iter().map(|n| AuditRecord {
+                query: None,
                 interaction: Interaction::Create,
                 outcome: Outcome::Success,
                 recorded: now,
@@ -624,6 +630,7 @@ impl Store {
             Err(e) => (outcome_of(e), reference, None),
         };
         let record = AuditRecord {
+            query: None,
             interaction,
             outcome,
             recorded: self.clock.now(),
@@ -809,6 +816,7 @@ impl Store {
         search::clear_index(&mut *tx, resource_type, id.as_str()).await?;
         search::insert_index(&mut *tx, &[(resource_type, id.as_str(), &prepared.index)]).await?;
         let record = AuditRecord {
+            query: None,
             interaction: if exists {
                 Interaction::Update
             } else {
@@ -978,6 +986,7 @@ impl Store {
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, true).await?;
         search::clear_index(&mut *tx, resource_type, id.as_str()).await?;
         let record = AuditRecord {
+            query: None,
             interaction: Interaction::Delete,
             outcome: Outcome::Success,
             recorded: now,
@@ -1086,6 +1095,7 @@ impl Store {
             _ => (Interaction::HistorySystem, None),
         };
         let record = AuditRecord {
+            query: None,
             interaction,
             outcome: Outcome::Success,
             recorded: self.clock.now(),
@@ -1470,6 +1480,7 @@ impl Store {
         let reference = format!("Patient/{patient}/$everything");
         let result = self.everything_inner(ctx, patient, &scope, query).await;
         let record = AuditRecord {
+            query: None,
             interaction: Interaction::Operation,
             outcome: match &result {
                 Ok(_) => Outcome::Success,
@@ -1516,11 +1527,11 @@ impl Store {
         let rows = sqlx::query(
             "SELECT h.resource_type, h.id, v.version_id, v.last_updated, v.sealed,
                     k.id AS dek_id, k.scope, k.wrapped
-               FROM data_keys k
-               JOIN resource_versions v ON v.dek_id = k.id
-               JOIN resources h
-                 ON h.resource_type = v.resource_type AND h.id = v.id AND h.version_id = v.version_id
-              WHERE k.scope = $1 AND NOT h.deleted
+               FROM resources h
+               JOIN resource_versions v
+                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+               JOIN data_keys k ON k.id = v.dek_id
+              WHERE h.compartment = $1 AND NOT h.deleted
                 AND h.resource_type = ANY($2)
                 AND ($3::timestamptz IS NULL OR v.last_updated >= $3)
                 AND ($4::text IS NULL OR (h.resource_type, h.id) > ($4, $5))
@@ -1535,7 +1546,7 @@ impl Store {
         .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
+        drop(tx);
         let has_more = rows.len() > count;
         let mut entries = Vec::with_capacity(count.min(rows.len()));
         let mut last = None;
@@ -1561,7 +1572,8 @@ impl Store {
     ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
         let mut tx = self.begin_for(ctx).await?;
         let rows = query.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        // Read only: the rollback goes out with the connection's next statement.
+        drop(tx);
         Ok(rows)
     }
 
@@ -1573,7 +1585,7 @@ impl Store {
     ) -> Result<Option<sqlx::postgres::PgRow>, StoreError> {
         let mut tx = self.begin_for(ctx).await?;
         let row = query.fetch_optional(&mut *tx).await?;
-        tx.commit().await?;
+        drop(tx);
         Ok(row)
     }
 
@@ -1631,6 +1643,7 @@ impl Store {
             &mut tx,
             ctx,
             &AuditRecord {
+                query: None,
                 interaction: Interaction::Update,
                 outcome: Outcome::Success,
                 recorded: self.clock.now(),
@@ -1677,6 +1690,7 @@ impl Store {
         success: bool,
     ) -> Result<(), StoreError> {
         let record = AuditRecord {
+            query: None,
             interaction: Interaction::Admin,
             outcome: if success {
                 Outcome::Success
@@ -1690,13 +1704,19 @@ impl Store {
         self.audit_record(ctx, &record).await
     }
 
-    /// Load the audit chain's key (a data key under scope `audit/chain`), once. Until it is loaded
-    /// (the key provider may be down at start-up) every audit write tries again, and fails while
-    /// it cannot: no request is served unaudited.
+    /// Load the audit trail's keys (data keys under scopes `audit/chain` and `audit/events`),
+    /// once. Until they are loaded (the key provider may be down at start-up) every audit write
+    /// tries again, and fails while it cannot: no request is served unaudited.
     pub async fn load_audit_key(&self) -> Result<(), StoreError> {
         if !self.audit.has_chain_key() {
-            let key = self.audit_key().await?;
-            self.audit.set_chain_key(key);
+            let chain = self.audit_key().await?;
+            let (seal_id, seal) = self.dek_for_scope(AUDIT_EVENTS_SCOPE).await?;
+            let seal = Dek::from_bytes(seal.expose()).ok_or(StoreError::Integrity)?;
+            self.audit.set_keys(audit::AuditKeys {
+                chain,
+                seal,
+                seal_id,
+            });
         }
         Ok(())
     }
@@ -1859,6 +1879,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         if let Err(error) = &result {
             let record = AuditRecord {
+                query: None,
                 interaction,
                 outcome: outcome_of(error),
                 recorded: self.clock.now(),

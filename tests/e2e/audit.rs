@@ -2,6 +2,8 @@
 //! TRUNCATE of events, and `carapace-console audit verify` finds the first event edited, deleted or
 //! inserted by someone who got around that.
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use carapace_tests::*;
 use serde_json::json;
 
@@ -134,6 +136,16 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     // (The unanchored run above audited itself into the anchor's place: a different event there.)
     let at = format!("BROKEN at event {anchor_seq}: the event is not the anchor");
     assert!(!ok && err.contains(&at), "{err}");
+    // Two events swapped (each moved to the other's place, with its link).
+    let swap = || async {
+        tamper("UPDATE audit_events SET seq = -seq WHERE seq IN (3, 4)").await;
+        tamper("UPDATE audit_events SET seq = CASE seq WHEN -3 THEN 4 ELSE 3 END WHERE seq IN (-3, -4)")
+            .await;
+    };
+    swap().await;
+    let (ok, _, err) = verify().await;
+    assert!(!ok && err.contains("BROKEN at event 3"), "{err}");
+    swap().await;
     // A deleted event.
     tamper("DELETE FROM audit_events WHERE seq = 7").await;
     let (ok, _, err) = verify().await;
@@ -156,36 +168,30 @@ async fn a_forwarded_address_is_recorded_only_from_a_trusted_proxy() {
         )
         .await;
     let path = format!("Patient/{}", r.json()["id"].as_str().unwrap());
-    let db = stack.db().await;
-    let read_as = |stack: &Stack, forwarded: &'static str| {
-        let (url, auth) = (stack.server.url(&path), stack.server.bearer());
-        let db = db.clone();
-        async move {
-            let headers = [
-                ("Authorization", auth.as_str()),
-                ("X-Forwarded-For", forwarded),
-            ];
-            assert_eq!(http("GET", &url, &headers, None).await.unwrap().status, 200);
-            sqlx::query_scalar::<_, String>(
-                "SELECT event->'agent'->0->'network'->>'address' FROM audit_events
-                  WHERE event->'subtype'->0->>'code' = 'read' ORDER BY seq DESC LIMIT 1",
-            )
-            .fetch_one(&db)
-            .await
+    async fn read_as(stack: &Stack, path: &str, forwarded: &str) -> String {
+        let (url, auth) = (stack.server.url(path), stack.server.bearer());
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("X-Forwarded-For", forwarded),
+        ];
+        assert_eq!(http("GET", &url, &headers, None).await.unwrap().status, 200);
+        let events = stack.audit_events("subtype=read&_count=1").await;
+        events[0]["agent"][0]["network"]["address"]
+            .as_str()
             .unwrap()
-        }
-    };
+            .to_string()
+    }
     // Nothing trusted by default: a client cannot choose the address it is audited under.
-    assert_eq!(read_as(&stack, "203.0.113.7").await, "127.0.0.1");
+    assert_eq!(read_as(&stack, &path, "203.0.113.7").await, "127.0.0.1");
     stack
         .server
         .env
         .push(("CARAPACE_TRUSTED_PROXIES".into(), "127.0.0.1".into()));
     stack.server.restart().await.unwrap();
-    assert_eq!(read_as(&stack, "203.0.113.7").await, "203.0.113.7");
+    assert_eq!(read_as(&stack, &path, "203.0.113.7").await, "203.0.113.7");
     // Only the hop the trusted proxy saw counts, not what the client wrote to its left.
     assert_eq!(
-        read_as(&stack, "198.51.100.2, 203.0.113.9").await,
+        read_as(&stack, &path, "198.51.100.2, 203.0.113.9").await,
         "203.0.113.9"
     );
 }
@@ -215,21 +221,36 @@ async fn a_search_is_audited_once_per_patient_returned() {
     }
     let db = stack.db().await;
     let searched = |query: &'static str| {
-        let (fhir, db) = (stack.fhir(), db.clone());
+        let (fhir, db, stack) = (stack.fhir(), db.clone(), &stack);
         async move {
-            let before: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM audit_events")
+            let before: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM audit_events")
                 .fetch_one(&db)
                 .await
                 .unwrap();
             assert_eq!(fhir.get(query).await.status, 200);
-            let mut seen: Vec<Option<String>> = sqlx::query_scalar(
-                "SELECT event->'entity'->0->'what'->>'reference' FROM audit_events
-                  WHERE seq > $1 AND event->'subtype'->0->>'code' = 'search-type'",
-            )
-            .bind(before)
-            .fetch_all(&db)
-            .await
-            .unwrap();
+            // The events after `before`: the search's (carrying its query), read through the API.
+            let mut seen: Vec<Option<String>> = stack
+                .audit_events("subtype=search-type&_count=100")
+                .await
+                .into_iter()
+                .filter(|e| e["id"].as_str().unwrap().parse::<i64>().unwrap() > before)
+                .filter(|e| {
+                    e["entity"].as_array().unwrap().iter().any(|x| {
+                        x["query"].as_str().is_some_and(|q| {
+                            let code = query.rsplit('|').next().unwrap();
+                            let q = String::from_utf8(B64.decode(q).unwrap()).unwrap();
+                            q.starts_with("Observation?") && q.contains(code)
+                        })
+                    })
+                })
+                .map(|e| {
+                    e["entity"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find_map(|x| x["what"]["reference"].as_str().map(str::to_string))
+                })
+                .collect();
             seen.sort();
             seen
         }

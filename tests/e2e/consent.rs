@@ -604,17 +604,105 @@ async fn a_refused_read_looks_exactly_like_a_missing_one_and_is_audited() {
         );
     }
     // The refusal is in the audit trail as a failed read by the practitioner.
+    let failed = w
+        .stack
+        .audit_events("agent=dr&subtype=read&outcome=4")
+        .await;
+    let names_b = |e: &Value| {
+        e["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["what"]["reference"] == format!("Patient/{}", w.b))
+    };
+    assert_eq!(
+        failed.iter().filter(|e| names_b(e)).count(),
+        1,
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_trail_is_read_by_administrators_and_by_patients_for_their_record() {
+    let w = world(vec![]).await;
+    w.grant(permit_consent(&w.a, "Practitioner/pr-1")).await;
+    assert_eq!(w.status(&w.dr, &format!("Patient/{}", w.a)).await, 200);
+    assert_eq!(w.ids(&w.dr, "Patient?family=Alpha").await.len(), 1);
+    // Patient A asks who accessed their record: the practitioner's read and search are there,
+    // with the search's query; nothing about B.
+    let mine = w.get(&w.patient_a, "AuditEvent?agent=dr").await;
+    assert_eq!(mine.status, 200, "{}", mine.text());
+    let events: Vec<Value> = mine.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"].clone())
+        .collect();
+    let subtypes: Vec<&str> = events
+        .iter()
+        .map(|e| e["subtype"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(subtypes, vec!["search-type", "read"], "{events:?}");
+    let query = events[0]["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|x| x["query"].as_str())
+        .unwrap();
+    use base64::Engine;
+    let query = base64::engine::general_purpose::STANDARD
+        .decode(query)
+        .unwrap();
+    assert_eq!(String::from_utf8(query).unwrap(), "Patient?family=Alpha");
+    let theirs = w
+        .get(&w.patient_a, &format!("AuditEvent?patient=Patient/{}", w.b))
+        .await;
+    assert_eq!(theirs.json()["entry"].as_array().map_or(0, Vec::len), 0);
+    // A single event of A's by id; one of B's is not there for A.
+    let id = events[1]["id"].as_str().unwrap();
+    assert_eq!(
+        w.status(&w.patient_a, &format!("AuditEvent/{id}")).await,
+        200
+    );
+    let b_event = w
+        .stack
+        .audit_events(&format!("patient=Patient/{}&_count=1", w.b))
+        .await;
+    let b_id = b_event[0]["id"].as_str().unwrap();
+    assert_eq!(
+        w.status(&w.patient_a, &format!("AuditEvent/{b_id}")).await,
+        404
+    );
+    // Administrators search by agent, action, outcome and date; practitioners do not read it.
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let reads = w
+        .stack
+        .audit_events(&format!("agent=dr&action=R&outcome=0&date=ge{today}"))
+        .await;
+    assert_eq!(reads.len(), 2);
+    assert_eq!(w.status(&w.dr, "AuditEvent").await, 403);
+    // Nobody writes the trail through the API.
+    let forged = w
+        .post(
+            &w.admin(),
+            "AuditEvent",
+            json!({"resourceType": "AuditEvent"}),
+        )
+        .await;
+    assert_eq!(forged.status, 405);
+    let bad = w.get(&w.patient_a, "AuditEvent?name=x").await;
+    assert_eq!(bad.status, 400);
+    // In the database the events are sealed: the searched family name appears nowhere.
     let db = w.stack.db().await;
-    let failed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_events
-          WHERE principal = 'dr' AND action = 'R' AND outcome = '4'
-            AND event::text LIKE '%' || $1 || '%'",
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE event IS NOT NULL),
+                count(*) FILTER (WHERE position('Alpha'::bytea IN sealed) > 0)
+           FROM audit_events",
     )
-    .bind(format!("Patient/{}", w.b))
     .fetch_one(&db)
     .await
     .unwrap();
-    assert_eq!(failed, 1);
+    assert_eq!(row, (0, 0));
 }
 
 #[tokio::test]
@@ -653,16 +741,19 @@ async fn break_the_glass_is_bounded_refused_to_others_and_reviewed() {
     }
 
     // Every access under the grant is audited with the purpose and the grant.
-    let db = w.stack.db().await;
-    let under_btg: Vec<Value> = sqlx::query_scalar(
-        "SELECT event FROM audit_events WHERE principal = 'dr'
-            AND event::text LIKE '%urn:carapace:break-glass%' ORDER BY seq",
-    )
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let mut under_btg = w.stack.audit_events("agent=dr&purpose=BTG").await;
+    under_btg.reverse();
+    let in_grant = |e: &Value| {
+        e["entity"].as_array().unwrap().iter().any(|x| {
+            x["what"]["identifier"]["system"] == "urn:carapace:break-glass"
+                || x["what"]["reference"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("urn:carapace:break-glass:"))
+        })
+    };
     let subtypes: Vec<&str> = under_btg
         .iter()
+        .filter(|e| in_grant(e))
         .map(|e| e["subtype"][0]["code"].as_str().unwrap())
         .collect();
     assert_eq!(
@@ -670,6 +761,9 @@ async fn break_the_glass_is_bounded_refused_to_others_and_reviewed() {
         vec!["break-glass", "read", "search-type", "search-type"],
         "{under_btg:?}"
     );
+    // The bare assertion was refused and audited as a failure, outside any grant.
+    assert_eq!(under_btg[0]["outcome"], "4");
+    assert!(!in_grant(&under_btg[0]));
     for e in &under_btg {
         assert_eq!(e["agent"][0]["purposeOfUse"][0]["coding"][0]["code"], "BTG");
     }

@@ -339,13 +339,12 @@ async fn conditional_create_and_prefer() {
         failures >= 1,
         "the refused conditional create is audited too"
     );
-    let event: Value = sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
-        "SELECT event FROM audit_events WHERE action = 'C' ORDER BY id LIMIT 1",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap()
-    .0;
+    // The first create (the oldest event of its kind).
+    let event = stack
+        .audit_events("action=C&_count=1000")
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(event["resourceType"], "AuditEvent");
     assert_eq!(event["subtype"][0]["code"], "create");
     assert_eq!(event["agent"][0]["network"]["address"], "127.0.0.1");

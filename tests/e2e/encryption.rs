@@ -105,7 +105,14 @@ async fn pg_dump_contains_no_canary_phi() {
     .fetch_all(&db)
     .await
     .unwrap();
-    assert_eq!(scopes, vec![format!("Patient/{pid}"), "audit/chain".into()]);
+    assert_eq!(
+        scopes,
+        vec![
+            format!("Patient/{pid}"),
+            "audit/chain".into(),
+            "audit/events".into()
+        ]
+    );
     let wrapped: String = sqlx::query_scalar("SELECT wrapped FROM data_keys LIMIT 1")
         .fetch_one(&db)
         .await

@@ -509,14 +509,19 @@ async fn an_operator_provisions_users_and_clients_from_a_script() {
     assert!(ok && out.contains("disabled"), "{out}");
 
     // Every action is in the audit trail with the operator as agent.
-    let db = stack.db().await;
-    let actions: Vec<String> = sqlx::query_scalar(
-        "SELECT event->'entity'->0->'what'->>'reference' FROM audit_events
-          WHERE principal = 'root.admin' AND action = 'E' ORDER BY id",
-    )
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let mut events = stack
+        .audit_events("agent=root.admin&action=E&_count=1000")
+        .await;
+    events.reverse();
+    let actions: Vec<String> = events
+        .iter()
+        .map(|e| {
+            e["entity"][0]["what"]["reference"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     for expected in [
         "bootstrap-admin:root.admin",
         "console-login",
@@ -536,9 +541,12 @@ async fn an_operator_provisions_users_and_clients_from_a_script() {
             "{expected} not in {actions:?}"
         );
     }
-    let failed_logins: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_events WHERE action = 'E' AND outcome <> '0' AND event::text LIKE '%console-login%'")
-        .fetch_one(&db).await.unwrap();
+    let failed_logins = stack
+        .audit_events("action=E&outcome=4&_count=1000")
+        .await
+        .iter()
+        .filter(|e| e["entity"][0]["what"]["reference"] == "urn:carapace:admin:console-login")
+        .count();
     assert_eq!(failed_logins, 2);
 
     // Revoking the admin's sessions ends the token at once.

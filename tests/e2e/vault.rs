@@ -144,8 +144,8 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
         "rotate failed: {stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // 40 patient compartments, the 6 search-index keys and the audit chain's key
-    assert!(stdout.contains("47 data keys rewrapped"), "{stdout}");
+    // 40 patient compartments, the 6 search-index keys and the audit trail's two keys
+    assert!(stdout.contains("48 data keys rewrapped"), "{stdout}");
     for reader in readers {
         let (ok, failed) = reader.await.unwrap();
         assert!(ok >= 20);
@@ -201,8 +201,8 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
     assert!(status.status.success(), "{text}");
     assert!(text.contains("Vault transit"), "{text}");
     assert!(text.contains("resources:     41 current"), "{text}");
-    // 41 compartments, the 6 search-index keys and the audit chain's key
-    assert!(text.contains("v2: 48"), "{text}");
+    // 41 compartments, the 6 search-index keys and the audit trail's two keys
+    assert!(text.contains("v2: 49"), "{text}");
     let audited: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE principal = 'rotation-test'")
             .fetch_one(&db)

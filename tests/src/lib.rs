@@ -703,6 +703,38 @@ impl Stack {
         env
     }
 
+    /// AuditEvents through the FHIR API as an administrator (`GET AuditEvent?{query}`), newest
+    /// first. (Reading the trail is itself audited, after the events it returns.)
+    pub async fn audit_events(&self, query: &str) -> Vec<Value> {
+        let admin = carapace_core::auth::issue(
+            &self.db().await,
+            chrono::Utc::now(),
+            "test-auditor",
+            carapace_core::access::Role::Admin,
+            &[carapace_core::access::Scope::parse("user/AuditEvent.rs").expect("scope")],
+            None,
+        )
+        .await
+        .expect("an administrator token");
+        let auth = format!("Bearer {}", admin.access_token);
+        let r = http(
+            "GET",
+            &self.server.url(&format!("AuditEvent?{query}")),
+            &[("Authorization", auth.as_str())],
+            None,
+        )
+        .await
+        .expect("GET AuditEvent");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["entry"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e["resource"].clone())
+            .collect()
+    }
+
     /// A direct connection to the test database (as its owner), to look at what is stored.
     pub async fn db(&self) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()

@@ -193,6 +193,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let record = AuditRecord {
+            query: None,
             interaction: Interaction::BreakGlass,
             outcome: Outcome::Success,
             recorded: now,
@@ -266,6 +267,7 @@ impl Store {
         .rows_affected()
             == 1;
         let record = AuditRecord {
+            query: None,
             interaction: Interaction::Admin,
             outcome: if done {
                 Outcome::Success
@@ -314,6 +316,11 @@ impl Store {
                 _ => Denied::OutsideCompartment,
             }
             .into());
+        }
+        if resource_type.as_str() == "AuditEvent" {
+            return Err(StoreError::Unsupported(
+                "AuditEvents are written by the server alone".into(),
+            ));
         }
         if resource_type.as_str() == "Consent" {
             ConsentRule::parse(resource).map_err(|e| {
@@ -407,21 +414,27 @@ impl Store {
         self.begin_with(&RowReach::everything()).await
     }
 
+    /// `BEGIN` and the settings in one round trip (a custom begin statement: the transaction guard
+    /// still rolls back on drop). The values are fixed words and compartment key scopes, quoted.
     async fn begin_with(
         &self,
         reach: &RowReach,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "SELECT set_config('carapace.reach', $1, true),
-                    set_config('carapace.compartments', $2, true),
-                    set_config('carapace.others', $3, true)",
-        )
-        .bind(reach.reach)
-        .bind(reach.compartments.join(","))
-        .bind(if reach.others { "on" } else { "off" })
-        .execute(&mut *tx)
-        .await?;
-        Ok(tx)
+        let compartments: Vec<&str> = reach
+            .compartments
+            .iter()
+            .map(String::as_str)
+            // A key scope is `Patient/<id>`; an id never holds a comma, a quote or a NUL.
+            .filter(|c| !c.contains([',', '\'', '\0']))
+            .collect();
+        let begin = format!(
+            "BEGIN; SELECT set_config('carapace.reach', '{}', true), \
+             set_config('carapace.compartments', '{}', true), \
+             set_config('carapace.others', '{}', true)",
+            reach.reach,
+            compartments.join(","),
+            if reach.others { "on" } else { "off" }
+        );
+        Ok(self.pool.begin_with(begin).await?)
     }
 }

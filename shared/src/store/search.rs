@@ -190,9 +190,18 @@ impl Store {
             patients.push(ctx.compartment());
         }
         let recorded = self.clock.now();
+        // The query as the server understood it (the parameters it used); sealed with the event.
+        let text = {
+            let mut text = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &query.kept {
+                text.append_pair(k, v);
+            }
+            format!("{}?{}", query.resource_type, text.finish())
+        };
         let records: Vec<AuditRecord> = patients
             .into_iter()
             .map(|patient| AuditRecord {
+                query: Some(text.clone()),
                 interaction: Interaction::Search,
                 outcome: match &result {
                     Ok(_) => Outcome::Success,
@@ -246,32 +255,24 @@ impl Store {
             None => None,
         };
         let now = self.clock.now().timestamp_millis();
-        let count = || async {
-            let mut b = Builder::new(&keys.index, now, &plan);
-            b.qb.push("SELECT count(*) AS n FROM (");
-            b.push_matches(query)?;
-            b.qb.push(") f");
-            let rows = self
-                .fetch_all_for(ctx, b.qb.build().persistent(b.reusable))
-                .await?;
-            let n: i64 = rows.first().ok_or(StoreError::Integrity)?.try_get("n")?;
-            Ok::<_, StoreError>(u64::try_from(n).unwrap_or(0))
-        };
+        // One transaction for the whole search, under the caller's row-level security; it only
+        // reads, so it is dropped (rolled back with the connection's next statement).
+        let mut tx = self.begin_for(ctx).await?;
         if query.summary == Summary::Count {
             return Ok(SearchResult {
                 matches: vec![],
                 included: vec![],
-                total: Some(count().await?),
+                total: Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
                 next: None,
                 previous: None,
             });
         }
         let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
         let page = if by_value {
-            self.page_sorted_in_memory(ctx, query, &keys, &digest, cursor, now)
+            self.page_sorted_in_memory(&mut tx, &plan, query, &keys, &digest, cursor, now)
                 .await?
         } else {
-            self.page_by_keyset(ctx, query, &keys, &digest, cursor, now)
+            self.page_by_keyset(&mut tx, &plan, query, &keys, &digest, cursor, now)
                 .await?
         };
         let (matches, next, previous) = (page.matches, page.next, page.previous);
@@ -279,9 +280,10 @@ impl Store {
             (Total::None, _) => None,
             (_, Some(n)) => Some(n),
             // A page past the last match (the data changed under a cursor) counts on its own.
-            (_, None) => Some(count().await?),
+            (_, None) => Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
         };
-        let included = self.includes(ctx, query, &matches).await?;
+        let included = self.includes(&mut tx, ctx, &plan, query, &matches).await?;
+        drop(tx);
         Ok(SearchResult {
             matches,
             included,
@@ -291,9 +293,11 @@ impl Store {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn page_by_keyset(
         &self,
-        ctx: &AccessContext,
+        conn: &mut sqlx::PgConnection,
+        plan: &Plan,
         query: &SearchQuery,
         keys: &SearchKeys,
         digest: &str,
@@ -302,8 +306,7 @@ impl Store {
     ) -> Result<Page, StoreError> {
         let rt = query.resource_type;
         let backwards = cursor.as_ref().is_some_and(|c| c.d == 'p');
-        let plan = self.plan(ctx).await?;
-        let mut b = Builder::new(&keys.index, now, &plan);
+        let mut b = Builder::new(&keys.index, now, plan);
         // Every row carries the number of matches: the count costs no second search.
         let total = if query.total == Total::None {
             "NULL::int8"
@@ -384,9 +387,11 @@ impl Store {
         b.qb.push(order(""));
         b.qb.push(" LIMIT ");
         b.qb.push_bind(i64::try_from(query.count + 1).unwrap_or(i64::MAX));
-        let rows = self
-            .fetch_all_for(ctx, b.qb.build().persistent(b.reusable))
-            .await?;
+        let rows =
+            b.qb.build()
+                .persistent(b.reusable)
+                .fetch_all(&mut *conn)
+                .await?;
         let more = rows.len() > query.count;
         let mut wanted: Vec<(String, i64)> = Vec::with_capacity(query.count);
         let mut values = Vec::with_capacity(query.count);
@@ -402,7 +407,7 @@ impl Store {
             values.push(vals);
         }
         let mut page: Vec<(StoredResource, Vec<f64>)> = self
-            .load_versions(ctx, rt, &wanted)
+            .load_versions(&mut *conn, rt, &wanted)
             .await?
             .into_iter()
             .zip(values)
@@ -457,9 +462,11 @@ impl Store {
 
     /// Sorting by string, token, uri or reference values needs the decrypted resources: every match
     /// (up to [`MAX_VALUE_SORT`]) is opened and sorted here, and pages are offsets into that order.
+    #[allow(clippy::too_many_arguments)]
     async fn page_sorted_in_memory(
         &self,
-        ctx: &AccessContext,
+        conn: &mut sqlx::PgConnection,
+        plan: &Plan,
         query: &SearchQuery,
         keys: &SearchKeys,
         digest: &str,
@@ -467,14 +474,15 @@ impl Store {
         now: i64,
     ) -> Result<Page, StoreError> {
         let rt = query.resource_type;
-        let plan = self.plan(ctx).await?;
-        let mut b = Builder::new(&keys.index, now, &plan);
+        let mut b = Builder::new(&keys.index, now, plan);
         b.push_matches(query)?;
         b.qb.push(" ORDER BY m.id LIMIT ");
         b.qb.push_bind(i64::try_from(MAX_VALUE_SORT + 1).unwrap_or(i64::MAX));
-        let rows = self
-            .fetch_all_for(ctx, b.qb.build().persistent(b.reusable))
-            .await?;
+        let rows =
+            b.qb.build()
+                .persistent(b.reusable)
+                .fetch_all(&mut *conn)
+                .await?;
         if rows.len() > MAX_VALUE_SORT {
             return Err(bad(format!(
                 "sorting by an encrypted parameter is limited to {MAX_VALUE_SORT} matches; narrow \
@@ -486,7 +494,7 @@ impl Store {
             .map(|row| Ok((row.try_get("id")?, row.try_get("version_id")?)))
             .collect::<Result<Vec<(String, i64)>, sqlx::Error>>()?;
         let mut all = Vec::with_capacity(rows.len());
-        for r in self.load_versions(ctx, rt, &wanted).await? {
+        for r in self.load_versions(&mut *conn, rt, &wanted).await? {
             let doc: Value = serde_json::from_slice(&r.body).map_err(|_| StoreError::Integrity)?;
             let sort_values: Vec<String> = query
                 .sort
@@ -564,7 +572,9 @@ impl Store {
     /// caller may not read.
     async fn includes(
         &self,
+        conn: &mut sqlx::PgConnection,
         ctx: &AccessContext,
+        plan: &Plan,
         query: &SearchQuery,
         matches: &[StoredResource],
     ) -> Result<Vec<StoredResource>, StoreError> {
@@ -595,7 +605,7 @@ impl Store {
             if wanted.is_empty() {
                 break;
             }
-            let loaded = self.load_current(ctx, &wanted).await?;
+            let loaded = self.load_current_in(conn, ctx, plan, &wanted).await?;
             frontier = loaded
                 .iter()
                 .map(|r| (r.resource_type.to_string(), r.id.clone()))
@@ -742,7 +752,7 @@ impl Store {
     /// the order asked. Versions never change, so what the search found is what is read.
     async fn load_versions(
         &self,
-        ctx: &AccessContext,
+        conn: &mut sqlx::PgConnection,
         resource_type: ResourceType,
         wanted: &[(String, i64)],
     ) -> Result<Vec<StoredResource>, StoreError> {
@@ -751,7 +761,6 @@ impl Store {
         }
         let (ids, versions): (Vec<&str>, Vec<i64>) =
             wanted.iter().map(|(i, v)| (i.as_str(), *v)).unzip();
-        let mut tx = self.begin_for(ctx).await?;
         let rows = sqlx::query(
             "SELECT v.id, v.version_id, v.last_updated, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM unnest($2::text[], $3::int8[]) WITH ORDINALITY AS w(id, version_id, n)
@@ -763,9 +772,8 @@ impl Store {
         .bind(resource_type.as_str())
         .bind(&ids)
         .bind(&versions)
-        .fetch_all(&mut *tx)
+        .fetch_all(conn)
         .await?;
-        tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push(self.open_row(resource_type, row).await?);
@@ -773,22 +781,21 @@ impl Store {
         Ok(out)
     }
 
-    /// The current versions of `wanted` that exist and that the caller may read; others are left
-    /// out silently.
-    pub(crate) async fn load_current(
+    /// The current versions of `wanted` that exist and that the caller may read (inside the
+    /// caller's transaction); others are left out silently.
+    async fn load_current_in(
         &self,
+        conn: &mut sqlx::PgConnection,
         ctx: &AccessContext,
+        plan: &Plan,
         wanted: &[(String, String)],
     ) -> Result<Vec<StoredResource>, StoreError> {
-        let plan = self.plan(ctx).await?;
         let readable: Vec<(String, String)> = wanted
             .iter()
             .filter(|(t, _)| ctx.check(t, Permission::Read).is_ok())
             .cloned()
             .collect();
-        let mut tx = self.begin_for(ctx).await?;
-        let mut loaded = self.load_rows(&mut tx, &readable).await?;
-        tx.commit().await?;
+        let mut loaded = self.load_rows(conn, &readable).await?;
         loaded.retain(|r| {
             plan.visible(r.patient.as_deref(), r.resource_type.as_str())
                 && plan.label_visible_body(&r.body)
@@ -831,6 +838,23 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The number of all matches of a search.
+async fn count_matches(
+    conn: &mut sqlx::PgConnection,
+    plan: &Plan,
+    keys: &IndexKeys,
+    query: &SearchQuery,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let mut b = Builder::new(keys, now, plan);
+    b.qb.push("SELECT count(*) AS n FROM (");
+    b.push_matches(query)?;
+    b.qb.push(") f");
+    let row = b.qb.build().persistent(b.reusable).fetch_one(conn).await?;
+    let n: i64 = row.try_get("n")?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Replace a resource's index rows (inside the write's transaction).
