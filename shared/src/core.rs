@@ -146,6 +146,9 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
     let pool = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // No ping before each use: a round trip per statement batch otherwise. A connection the
+        // database dropped fails its next statement (503, retry) and is not reused.
+        .test_before_acquire(false)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 // A fixed role name, not input.

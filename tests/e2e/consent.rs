@@ -399,10 +399,23 @@ async fn consents_decide_what_each_role_sees() {
     assert_eq!(unenforceable.status, 400, "{}", unenforceable.text());
     assert!(unenforceable.text().contains("provision.code"));
 
-    // System clients are institutional: every patient.
+    // System clients and administrators are institutional: every patient, consent or not.
     let admin = w.admin();
     assert_eq!(w.status(&admin, &pa).await, 200);
     assert_eq!(w.ids(&admin, "Observation").await.len(), 2);
+    let db = w.stack.db().await;
+    let administrator = token(&db, "root", Role::Admin, "user/*.cruds", None).await;
+    assert_eq!(w.status(&administrator, &pa).await, 200);
+    assert_eq!(w.ids(&administrator, "Observation").await.len(), 2);
+    // An administrator may record a consent for a patient (as the console does).
+    let recorded = w
+        .post(
+            &administrator,
+            "Consent",
+            permit_consent(b, "Practitioner/pr-9"),
+        )
+        .await;
+    assert_eq!(recorded.status, 201, "{}", recorded.text());
 }
 
 #[tokio::test]

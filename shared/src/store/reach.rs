@@ -427,10 +427,10 @@ impl Store {
             // A key scope is `Patient/<id>`; an id never holds a comma, a quote or a NUL.
             .filter(|c| !c.contains([',', '\'', '\0']))
             .collect();
+        // `SET LOCAL` is `set_config(..., true)` as a utility statement (nothing to plan).
         let begin = format!(
-            "BEGIN; SELECT set_config('carapace.reach', '{}', true), \
-             set_config('carapace.compartments', '{}', true), \
-             set_config('carapace.others', '{}', true)",
+            "BEGIN; SET LOCAL carapace.reach = '{}'; SET LOCAL carapace.compartments = '{}'; \
+             SET LOCAL carapace.others = '{}'",
             reach.reach,
             compartments.join(","),
             if reach.others { "on" } else { "off" }

@@ -313,9 +313,11 @@ impl Store {
         } else {
             "(SELECT count(*) FROM found)"
         };
-        // The page is cut from the matches (sort values computed on the matches alone); its
-        // versions are read after, by a second, fixed statement: a search statement planned for
-        // its own values stays small.
+        // The page is cut from the matches (sort values computed on the matches alone), then
+        // joined to its versions and keys (only the page's rows are looked up).
+        b.qb.push(
+            "SELECT p.*, pv.last_updated, pv.sealed, pk.id AS dek_id, pk.scope, pk.wrapped FROM (",
+        );
         b.qb.push("WITH found AS MATERIALIZED (");
         b.push_matches(query)?;
         b.qb.push(format!(") SELECT {total} AS total, h.id, h.version_id"));
@@ -387,16 +389,19 @@ impl Store {
         b.qb.push(order(""));
         b.qb.push(" LIMIT ");
         b.qb.push_bind(i64::try_from(query.count + 1).unwrap_or(i64::MAX));
+        b.qb.push(") p JOIN resource_versions pv ON pv.resource_type = ");
+        b.qb.push_bind(rt.as_str());
+        b.qb.push(" AND pv.id = p.id AND pv.version_id = p.version_id");
+        b.qb.push(" JOIN data_keys pk ON pk.id = pv.dek_id");
+        b.qb.push(order("p."));
         let rows =
             b.qb.build()
                 .persistent(b.reusable)
                 .fetch_all(&mut *conn)
                 .await?;
         let more = rows.len() > query.count;
-        let mut wanted: Vec<(String, i64)> = Vec::with_capacity(query.count);
-        let mut values = Vec::with_capacity(query.count);
+        let mut page: Vec<(StoredResource, Vec<f64>)> = Vec::with_capacity(query.count);
         for row in rows.iter().take(query.count) {
-            wanted.push((row.try_get("id")?, row.try_get("version_id")?));
             let mut vals = Vec::new();
             for (i, key) in query.sort.iter().enumerate() {
                 vals.push(match key.kind {
@@ -404,14 +409,8 @@ impl Store {
                     _ => row.try_get::<f64, _>(format!("s{i}").as_str())?,
                 });
             }
-            values.push(vals);
+            page.push((self.open_row(rt, row).await?, vals));
         }
-        let mut page: Vec<(StoredResource, Vec<f64>)> = self
-            .load_versions(&mut *conn, rt, &wanted)
-            .await?
-            .into_iter()
-            .zip(values)
-            .collect();
         if backwards {
             page.reverse();
         }
@@ -1092,7 +1091,13 @@ impl<'k> Builder<'k> {
     /// ` AND` resource row `h` (of `resources`) is one the caller may see: its compartment and
     /// type within the plan, and no security label above the caller's ceiling (by the blind index
     /// of `_security`).
-    fn push_reach(&mut self, h: &str) -> Result<(), StoreError> {
+    fn push_reach(&mut self, h: &str, rt: &str) -> Result<(), StoreError> {
+        self.push_compartments(h);
+        self.push_labels(h, rt)
+    }
+
+    /// ` AND` row `h` is in a compartment, and of a type there, that the plan opens.
+    fn push_compartments(&mut self, h: &str) {
         if !self.sees_everything {
             let c = format!("{h}.compartment");
             let pair = format!("({c} || '|' || {h}.resource_type)");
@@ -1110,17 +1115,25 @@ impl<'k> Builder<'k> {
             self.qb.push_bind(self.reach.default);
             self.qb.push(" END)");
         }
+    }
+
+    /// ` AND` row `h` (of type `rt`) carries no security label above the caller's ceiling.
+    fn push_labels(&mut self, h: &str, rt: &str) -> Result<(), StoreError> {
         if !self.hidden_labels.is_empty() {
             let mut hashes = Vec::new();
             for code in self.hidden_labels.clone() {
                 let value = format!("{}|{code}", crate::policy::CONFIDENTIALITY);
                 hashes.extend(self.token_query("_security", &Modifier::None, &value)?);
             }
+            // The labelled resources of the type are found once per statement (few, as a rule)
+            // and each row is looked up among them, rather than probing the index per row.
             let l = self.next_alias();
             self.qb.push(format!(
-                " AND NOT EXISTS (SELECT 1 FROM search_hash {l} WHERE {l}.resource_type = {h}.resource_type
-                   AND {l}.id = {h}.id AND {l}.param = '_security' AND {l}.h = ANY("
+                " AND {h}.id NOT IN (SELECT {l}.id FROM search_hash {l} WHERE {l}.resource_type = "
             ));
+            self.qb.push_bind(rt.to_string());
+            self.qb
+                .push(format!(" AND {l}.param = '_security' AND {l}.h = ANY("));
             self.qb.push_bind(hashes);
             self.qb.push("))");
         }
@@ -1197,7 +1210,7 @@ impl<'k> Builder<'k> {
         self.qb.push(" WHERE m.resource_type = ");
         self.qb.push_bind(rt.to_string());
         self.qb.push(" AND NOT m.deleted");
-        self.push_reach("m")?;
+        self.push_reach("m", rt)?;
         for f in tests {
             self.qb.push(" AND ");
             self.filter(rt, "m.id", f)?;
@@ -1295,7 +1308,7 @@ impl<'k> Builder<'k> {
                 self.qb.push(format!(" AND {a}.id = {id} AND {a}.param = "));
                 self.qb.push_bind(code.clone());
                 // A chain never looks into a resource the caller may not see.
-                self.push_reach(&format!("{a}h"))?;
+                self.push_compartments(&format!("{a}h"));
                 self.qb.push(" AND (");
                 for (i, t) in targets.iter().enumerate() {
                     if i > 0 {
@@ -1303,6 +1316,7 @@ impl<'k> Builder<'k> {
                     }
                     self.qb.push(format!("({a}.target_type = "));
                     self.qb.push_bind(t.clone());
+                    self.push_labels(&format!("{a}h"), t)?;
                     self.qb.push(" AND ");
                     self.filter(t, &format!("{a}.target_id"), inner)?;
                     self.qb.push(")");
@@ -1328,7 +1342,7 @@ impl<'k> Builder<'k> {
                 self.qb.push_bind(rt.to_string());
                 self.qb.push(format!(" AND {a}.target_id = {id}"));
                 // Nor does `_has`: only sources the caller may see count.
-                self.push_reach(&format!("{a}h"))?;
+                self.push_reach(&format!("{a}h"), source.as_str())?;
                 self.qb.push(" AND ");
                 self.filter(source.as_str(), &format!("{a}.id"), inner)?;
                 self.qb.push(")");
