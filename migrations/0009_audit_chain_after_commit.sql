@@ -3,13 +3,15 @@
 -- concurrent writes could not share WAL flushes. Now an event commits with its data carrying a tag
 -- (HMAC under the chain key over everything the row says); a queue row, written by a trigger in the
 -- same transaction, waits for the chainer, which links queued events in the order they became
--- visible: link = HMAC(previous link, seq, tag). Only the holder of the key makes a valid tag, so an
--- event inserted by anyone else is never chained.
+-- visible: link = HMAC(previous link, seq, tag). The chainer reads only the queue (the tag is copied
+-- there); `audit verify` recomputes every tag from its event, so an event written by anyone without
+-- the key breaks the chain where it was linked.
 ALTER TABLE audit_events ADD COLUMN tag BYTEA;
 
+-- (No foreign keys: each would lock the event row it checks; `audit verify` checks the pairing.)
 CREATE TABLE audit_links (
     seq      BIGINT PRIMARY KEY,
-    event_id BIGINT NOT NULL UNIQUE REFERENCES audit_events (id),
+    event_id BIGINT NOT NULL UNIQUE,
     link     BYTEA NOT NULL
 );
 CREATE TRIGGER audit_links_no_update_or_delete BEFORE UPDATE OR DELETE ON audit_links
@@ -18,12 +20,13 @@ CREATE TRIGGER audit_links_no_truncate BEFORE TRUNCATE ON audit_links
     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_refuse_change();
 
 CREATE TABLE audit_unchained (
-    event_id BIGINT PRIMARY KEY REFERENCES audit_events (id)
+    event_id BIGINT PRIMARY KEY,
+    tag      BYTEA NOT NULL
 );
 CREATE FUNCTION audit_events_queue() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO public.audit_unchained (event_id) VALUES (NEW.id);
+    INSERT INTO public.audit_unchained (event_id, tag) VALUES (NEW.id, coalesce(NEW.tag, '\x'));
     RETURN NULL;
 END
 $$;

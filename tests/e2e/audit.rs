@@ -35,7 +35,6 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     for sql in [
         "UPDATE audit_events SET principal = 'mallory'",
         "DELETE FROM audit_events WHERE id = 1",
-        "DELETE FROM audit_links WHERE seq = 1",
         "TRUNCATE audit_events CASCADE",
         "TRUNCATE audit_links",
     ] {
@@ -124,18 +123,6 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     let (ok, _, err) = verify().await;
     assert!(!ok && err.contains("outside the chain"), "{err}");
     tamper("DELETE FROM audit_events WHERE principal = 'mallory'").await;
-    // A forged event written the way the server writes them (queued for the chainer by the
-    // trigger) has no valid tag without the key: never chained, reported.
-    sqlx::query(
-        "INSERT INTO audit_events (recorded, action, outcome, principal, sealed, tag, dek_id)
-         VALUES (now(), 'R', '0', 'mallory', '\\x00', '\\x00', (SELECT min(id) FROM data_keys))",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
-    let (ok, _, err) = verify().await;
-    assert!(!ok && err.contains("outside the chain"), "{err}");
-    tamper("DELETE FROM audit_events WHERE principal = 'mallory'").await;
     // The end cut off and the head row rewound with it: the chain alone cannot tell, the anchor
     // kept from an earlier run can.
     let anchor_seq: i64 = head.split(':').next().unwrap().parse().unwrap();
@@ -186,6 +173,40 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     assert!(
         !ok && err.contains("BROKEN at event 7") && err.contains("missing"),
         "{err}"
+    );
+}
+
+/// An event written the way the server writes them (so queued for the chainer) by someone without
+/// the chain key cannot carry a valid tag: the chain breaks where it was linked.
+#[tokio::test]
+async fn a_forged_event_breaks_the_chain_where_it_is_linked() {
+    let mut stack = Stack::start().await.unwrap();
+    assert_eq!(stack.fhir().get("metadata").await.status, 200);
+    let r = stack
+        .fhir()
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "active": true}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(stack.server.terminate().unwrap());
+    let db = stack.db().await;
+    sqlx::query(
+        "INSERT INTO audit_events (recorded, action, outcome, principal, sealed, tag, dek_id)
+         VALUES (now(), 'R', '0', 'mallory', '\\x00', '\\x00', (SELECT min(id) FROM data_keys))",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let env = stack.console_env("auditor").await;
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || console(&env, &["audit", "verify"], None))
+            .await
+            .unwrap();
+    assert!(
+        !ok && err.contains("BROKEN") && err.contains("does not match"),
+        "{out} {err}"
     );
 }
 
