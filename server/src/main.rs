@@ -110,6 +110,21 @@ async fn run() -> anyhow::Result<()> {
         // Token renewal is the server's job; the task runs for the life of the process.
         tokio::spawn(vault.clone().maintain_token());
     }
+    // AuditEvents commit with their data and are chained here, in the order they became visible,
+    // within a second.
+    let store = core.store.clone();
+    tokio::spawn(async move {
+        loop {
+            let pause = match store.chain_audit().await {
+                Ok(_) => std::time::Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(error = %e, "chaining the audit trail failed; retrying");
+                    std::time::Duration::from_secs(5)
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+    });
     // Resources indexed under an earlier index scheme are indexed again in the background.
     let store = core.store.clone();
     tokio::spawn(async move {

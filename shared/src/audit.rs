@@ -182,9 +182,47 @@ pub struct AuditKeys {
 
 pub type ChainKey = Arc<OnceLock<AuditKeys>>;
 
-/// Additional data binding a sealed event to its place in the chain.
-pub fn event_aad(seq: i64) -> Vec<u8> {
-    format!("carapace/audit-event/v1/{seq}").into_bytes()
+/// Additional data of a sealed event. Events chained on their own row (migration 0008) were
+/// bound to their place; later ones are covered by their tag instead (their place is not known
+/// when they are sealed).
+pub fn event_aad(seq: Option<i64>) -> Vec<u8> {
+    match seq {
+        Some(seq) => format!("carapace/audit-event/v1/{seq}").into_bytes(),
+        None => b"carapace/audit-event/v2".to_vec(),
+    }
+}
+
+/// The tag of an event: HMAC-SHA-256 under the chain key over everything its row says (the
+/// sealed event and the columns it is searched by). Made when the event is written; the chainer
+/// links tags, and only events whose tag holds.
+fn tag(key: &Dek, row: &Row<'_>, sealed: &[u8]) -> Vec<u8> {
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+    mac.update(b"carapace/audit-tag/v1");
+    mac.update(&row.recorded.timestamp_micros().to_le_bytes());
+    for part in [
+        row.action.as_ref(),
+        row.outcome.as_ref(),
+        row.principal.as_ref(),
+        row.patient.as_deref().unwrap_or(""),
+        row.subtype.as_ref(),
+        row.purpose.as_deref().unwrap_or(""),
+    ] {
+        mac.update(part.as_bytes());
+        mac.update(&[0]);
+    }
+    mac.update(sealed);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The link of a chained tag: HMAC-SHA-256 over the previous link, the place and the tag.
+fn tag_link(key: &Dek, previous: &[u8], seq: i64, tag: &[u8]) -> Vec<u8> {
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+    mac.update(previous);
+    mac.update(&seq.to_le_bytes());
+    mac.update(tag);
+    mac.finalize().into_bytes().to_vec()
 }
 
 impl AuditWriter {
@@ -206,6 +244,10 @@ impl AuditWriter {
 
     pub fn has_chain_key(&self) -> bool {
         self.key.get().is_some()
+    }
+
+    pub fn keys(&self) -> Option<&AuditKeys> {
+        self.key.get()
     }
 }
 
@@ -314,8 +356,8 @@ fn canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Insert rows with one statement, chained after the last event: the chain head is locked until
-/// the caller's transaction ends, so events are chained in the order they commit.
+/// Insert rows with one statement, each sealed and tagged; a trigger queues them for the chainer
+/// ([`chain_pending`]). No lock is taken: concurrent writers commit independently.
 async fn insert_rows(
     conn: &mut sqlx::PgConnection,
     key: &ChainKey,
@@ -324,24 +366,15 @@ async fn insert_rows(
     let keys = key
         .get()
         .ok_or_else(|| sqlx::Error::Protocol("the audit keys are not loaded".into()))?;
-    let head = sqlx::query("SELECT seq, link FROM audit_chain_head FOR UPDATE")
-        .fetch_one(&mut *conn)
-        .await?;
-    let mut seq: i64 = head.try_get("seq")?;
-    let mut previous: Vec<u8> = head.try_get("link")?;
-    let mut seqs = Vec::with_capacity(rows.len());
-    let mut links = Vec::with_capacity(rows.len());
     let mut sealed = Vec::with_capacity(rows.len());
+    let mut tags = Vec::with_capacity(rows.len());
     for row in rows {
-        seq += 1;
         let mut plain = Vec::new();
         if let Content::ToSeal(event) = &row.content {
             canonical(event, &mut plain);
         }
-        let ciphertext = crate::crypto::seal_with_aad(&keys.seal, &event_aad(seq), &plain);
-        previous = link(&keys.chain, &previous, seq, row, Some(&ciphertext));
-        seqs.push(seq);
-        links.push(previous.clone());
+        let ciphertext = crate::crypto::seal_with_aad(&keys.seal, &event_aad(None), &plain);
+        tags.push(tag(&keys.chain, row, &ciphertext));
         sealed.push(ciphertext);
     }
     let recorded: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded).collect();
@@ -353,11 +386,10 @@ async fn insert_rows(
     let purpose: Vec<Option<&str>> = rows.iter().map(|r| r.purpose.as_deref()).collect();
     sqlx::query(
         "INSERT INTO audit_events
-                (recorded, action, outcome, principal, patient, subtype, purpose, sealed, seq, link,
+                (recorded, action, outcome, principal, patient, subtype, purpose, sealed, tag,
                  dek_id)
-         SELECT *, $11 FROM UNNEST($1::timestamptz[], $2::char(1)[], $3::text[], $4::text[],
-                                   $5::text[], $6::text[], $7::text[], $8::bytea[], $9::int8[],
-                                   $10::bytea[])",
+         SELECT *, $10 FROM UNNEST($1::timestamptz[], $2::char(1)[], $3::text[], $4::text[],
+                                   $5::text[], $6::text[], $7::text[], $8::bytea[], $9::bytea[])",
     )
     .bind(recorded)
     .bind(action)
@@ -367,17 +399,89 @@ async fn insert_rows(
     .bind(subtype)
     .bind(purpose)
     .bind(&sealed)
-    .bind(&seqs)
-    .bind(&links)
+    .bind(&tags)
     .bind(keys.seal_id)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// The columns of an event that its tag covers.
+const EVENT_COLUMNS: &str =
+    "e.id, e.recorded, e.action, e.outcome, e.principal, e.patient, e.subtype, e.purpose, e.event, \
+     e.sealed, e.tag";
+
+fn stored_row(r: &sqlx::postgres::PgRow) -> Result<(Row<'static>, Option<Vec<u8>>), sqlx::Error> {
+    let sealed: Option<Vec<u8>> = r.try_get("sealed")?;
+    let event: Option<sqlx::types::Json<Value>> = r.try_get("event")?;
+    let row = Row {
+        recorded: r.try_get("recorded")?,
+        action: Cow::Owned(r.try_get::<String, _>("action")?),
+        outcome: Cow::Owned(r.try_get::<String, _>("outcome")?),
+        principal: Cow::Owned(r.try_get::<String, _>("principal")?),
+        patient: r.try_get::<Option<String>, _>("patient")?.map(Cow::Owned),
+        subtype: Cow::Owned(
+            r.try_get::<Option<String>, _>("subtype")?
+                .unwrap_or_default(),
+        ),
+        purpose: r.try_get::<Option<String>, _>("purpose")?.map(Cow::Owned),
+        content: match (&sealed, event) {
+            (Some(s), _) => Content::Sealed(s.clone()),
+            (None, Some(e)) => Content::Plain(e.0),
+            (None, None) => Content::Plain(Value::Null),
+        },
+    };
+    Ok((row, sealed))
+}
+
+/// Chain the queued events, oldest first, in batches: lock the head, link each queued tag, record
+/// the links and advance the head in one transaction. Returns how many were chained. Tags are not
+/// checked here (only the queue is read); `verify_chain` recomputes each from its event.
+pub async fn chain_pending(
+    conn: &mut sqlx::PgConnection,
+    keys: &AuditKeys,
+) -> Result<u64, sqlx::Error> {
+    let head = sqlx::query("SELECT seq, link FROM audit_chain_head FOR UPDATE")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut seq: i64 = head.try_get("seq")?;
+    let mut previous: Vec<u8> = head.try_get("link")?;
+    let rows =
+        sqlx::query("SELECT event_id, tag FROM audit_unchained ORDER BY event_id LIMIT 5000")
+            .fetch_all(&mut *conn)
+            .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let (mut seqs, mut ids, mut links) = (vec![], vec![], vec![]);
+    for r in &rows {
+        let id: i64 = r.try_get("event_id")?;
+        let t: Vec<u8> = r.try_get("tag")?;
+        seq += 1;
+        previous = tag_link(&keys.chain, &previous, seq, &t);
+        seqs.push(seq);
+        ids.push(id);
+        links.push(previous.clone());
+    }
+    sqlx::query(
+        "INSERT INTO audit_links (seq, event_id, link)
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::bytea[])",
+    )
+    .bind(&seqs)
+    .bind(&ids)
+    .bind(&links)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM audit_unchained WHERE event_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("UPDATE audit_chain_head SET seq = $1, link = $2")
         .bind(seq)
         .bind(&previous)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(u64::try_from(ids.len()).unwrap_or(0))
 }
 
 /// What [`verify_chain`] found.
@@ -387,6 +491,8 @@ pub struct ChainReport {
     pub checked: u64,
     /// Events recorded before the chain existed (migration 0005), not covered.
     pub unchained: u64,
+    /// Events committed and waiting for the chainer (normally a fraction of a second's worth).
+    pub pending: u64,
     /// The first break: where, and what is wrong there.
     pub broken: Option<(i64, String)>,
     /// The last event verified: its sequence number and link. Kept somewhere the database's
@@ -395,42 +501,57 @@ pub struct ChainReport {
     pub head: (i64, Vec<u8>),
 }
 
-/// Walk the chain in order, recomputing every link, and report the first event that was edited,
-/// deleted, reordered or inserted. `progress` gets (checked, total).
+/// Walk the chain in order, recomputing every tag and link, and report the first event that was
+/// edited, deleted, reordered or inserted. `progress` gets (checked, total).
 pub async fn verify_chain(
     pool: &PgPool,
     key: &Dek,
     anchor: Option<&(i64, Vec<u8>)>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ChainReport, sqlx::Error> {
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NOT NULL")
+    // Chained on their own row (migrations 0005 to 0008), or through `audit_links` (0009 on).
+    const CHAINED: &str = "(SELECT seq, id AS event_id, link, true AS own_row FROM audit_events
+                             WHERE seq IS NOT NULL
+                            UNION ALL
+                            SELECT seq, event_id, link, false FROM audit_links)";
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {CHAINED} c"))
         .fetch_one(pool)
         .await?;
-    let unchained: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_events
-          WHERE seq IS NULL AND id < (SELECT coalesce(min(id), 0) FROM audit_events WHERE seq IS NOT NULL)",
-    )
-    .fetch_one(pool)
-    .await?;
+    let first: Option<i64> = sqlx::query_scalar(&format!("SELECT min(event_id) FROM {CHAINED} c"))
+        .fetch_one(pool)
+        .await?;
+    let first = first.unwrap_or(i64::MAX);
+    let unchained: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NULL AND id < $1")
+            .bind(first)
+            .fetch_one(pool)
+            .await?;
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_unchained")
+        .fetch_one(pool)
+        .await?;
     let mut report = ChainReport {
         checked: 0,
         unchained: u64::try_from(unchained).unwrap_or(0),
+        pending: u64::try_from(pending).unwrap_or(0),
         broken: None,
         head: (0, vec![0u8; 32]),
     };
     let stray: Option<i64> = sqlx::query_scalar(
-        "SELECT min(id) FROM audit_events
-          WHERE seq IS NULL AND id > (SELECT coalesce(min(id), 0) FROM audit_events WHERE seq IS NOT NULL)",
+        "SELECT min(e.id) FROM audit_events e
+          WHERE e.seq IS NULL AND e.id > $1
+            AND NOT EXISTS (SELECT 1 FROM audit_links l WHERE l.event_id = e.id)
+            AND NOT EXISTS (SELECT 1 FROM audit_unchained u WHERE u.event_id = e.id)",
     )
+    .bind(first)
     .fetch_one(pool)
     .await?;
     let (mut seq, mut previous) = (0i64, vec![0u8; 32]);
     loop {
-        let rows = sqlx::query(
-            "SELECT seq, link, recorded, action, outcome, principal, patient, subtype, purpose,
-                    event, sealed
-               FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 1000",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT c.seq AS at, c.link, c.own_row, {EVENT_COLUMNS}
+               FROM {CHAINED} c JOIN audit_events e ON e.id = c.event_id
+              WHERE c.seq > $1 ORDER BY c.seq LIMIT 1000"
+        ))
         .bind(seq)
         .fetch_all(pool)
         .await?;
@@ -438,28 +559,9 @@ pub async fn verify_chain(
             break;
         }
         for r in &rows {
-            let at: i64 = r.try_get("seq")?;
-            let sealed: Option<Vec<u8>> = r.try_get("sealed")?;
-            let event: Option<sqlx::types::Json<Value>> = r.try_get("event")?;
-            let row = Row {
-                recorded: r.try_get("recorded")?,
-                action: Cow::Owned(r.try_get("action")?),
-                outcome: Cow::Owned(r.try_get("outcome")?),
-                principal: Cow::Owned(r.try_get("principal")?),
-                patient: r.try_get::<Option<String>, _>("patient")?.map(Cow::Owned),
-                subtype: Cow::Owned(
-                    r.try_get::<Option<String>, _>("subtype")?
-                        .unwrap_or_default(),
-                ),
-                purpose: r.try_get::<Option<String>, _>("purpose")?.map(Cow::Owned),
-                content: match (&sealed, event) {
-                    (Some(s), _) => Content::Sealed(s.clone()),
-                    (None, Some(e)) => Content::Plain(e.0),
-                    (None, None) => Content::Plain(Value::Null),
-                },
-            };
-            let expected = link(key, &previous, at, &row, sealed.as_deref());
+            let at: i64 = r.try_get("at")?;
             let stored: Vec<u8> = r.try_get("link")?;
+            let (row, sealed) = stored_row(r)?;
             if at != seq + 1 {
                 report.broken = Some((
                     seq + 1,
@@ -467,7 +569,18 @@ pub async fn verify_chain(
                 ));
                 return Ok(report);
             }
-            if stored != expected {
+            let expected = if r.try_get::<bool, _>("own_row")? {
+                Some(link(key, &previous, at, &row, sealed.as_deref()))
+            } else {
+                let stored_tag: Option<Vec<u8>> = r.try_get("tag")?;
+                match (&sealed, stored_tag) {
+                    (Some(sealed), Some(t)) if tag(key, &row, sealed) == t => {
+                        Some(tag_link(key, &previous, at, &t))
+                    }
+                    _ => None,
+                }
+            };
+            if expected.as_ref() != Some(&stored) {
                 report.broken = Some((
                     at,
                     "the event does not match its link (edited, moved or inserted)".into(),

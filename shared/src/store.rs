@@ -1768,12 +1768,31 @@ impl Store {
         Dek::from_bytes(dek.expose()).ok_or(StoreError::Integrity)
     }
 
-    /// Walk the audit chain and report the first event edited, deleted, reordered or inserted.
+    /// Chain the audit events committed since the last run, in batches, until none wait (see
+    /// [`audit::chain_pending`]). The server runs it continually; `audit verify` first.
+    pub async fn chain_audit(&self) -> Result<u64, StoreError> {
+        self.load_audit_key().await?;
+        let keys = self.audit.keys().ok_or(StoreError::Integrity)?;
+        let mut chained = 0;
+        loop {
+            let mut tx = self.begin_internal().await?;
+            let n = audit::chain_pending(&mut tx, keys).await?;
+            tx.commit().await?;
+            chained += n;
+            if n == 0 {
+                return Ok(chained);
+            }
+        }
+    }
+
+    /// Walk the audit chain and report the first event edited, deleted, reordered or inserted
+    /// (after chaining what waits).
     pub async fn verify_audit_chain(
         &self,
         anchor: Option<&(i64, Vec<u8>)>,
         progress: impl FnMut(u64, u64),
     ) -> Result<audit::ChainReport, StoreError> {
+        self.chain_audit().await?;
         let key = self.audit_key().await?;
         Ok(audit::verify_chain(&self.pool, &key, anchor, progress).await?)
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
-    let stack = Stack::start().await.unwrap();
+    let mut stack = Stack::start().await.unwrap();
     let fhir = stack.fhir();
     // Activity of every kind: creates (audited in their transactions), reads and searches (through
     // the group-committing writer), a transaction Bundle.
@@ -34,12 +34,16 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     let db = stack.db().await;
     for sql in [
         "UPDATE audit_events SET principal = 'mallory'",
-        "DELETE FROM audit_events WHERE seq = 1",
-        "TRUNCATE audit_events",
+        "DELETE FROM audit_events WHERE id = 1",
+        "TRUNCATE audit_events CASCADE",
+        "TRUNCATE audit_links",
     ] {
         let err = sqlx::query(sql).execute(&db).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
+    // The server chains events as they commit; it stops here so that nothing is chained while the
+    // chain is tampered with below (`audit verify` chains what waits before it walks).
+    assert!(stack.server.terminate().unwrap());
 
     let env = stack.console_env("auditor").await;
     let verify_with = |args: Vec<String>| {
@@ -63,11 +67,10 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_string();
-    let chained: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NOT NULL")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let chained: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_links")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert!(chained >= 10, "{chained} events");
 
     // Someone with the power to switch the triggers off edits one event in the middle: found.
@@ -75,19 +78,28 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
         let (db, sql) = (db.clone(), sql.to_string());
         async move {
             let mut tx = db.begin().await.unwrap();
-            sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER USER")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            for table in ["audit_events", "audit_links"] {
+                sqlx::query(&format!("ALTER TABLE {table} DISABLE TRIGGER USER"))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
             sqlx::query(&sql).execute(&mut *tx).await.unwrap();
-            sqlx::query("ALTER TABLE audit_events ENABLE TRIGGER USER")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            for table in ["audit_events", "audit_links"] {
+                sqlx::query(&format!("ALTER TABLE {table} ENABLE TRIGGER USER"))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
             tx.commit().await.unwrap();
         }
     };
-    tamper("UPDATE audit_events SET principal = principal || ' ' WHERE seq = 5").await;
+    let at = |seq: i64| format!("(SELECT event_id FROM audit_links WHERE seq = {seq})");
+    tamper(&format!(
+        "UPDATE audit_events SET principal = principal || ' ' WHERE id = {}",
+        at(5)
+    ))
+    .await;
     let (ok, _, err) = verify().await;
     assert!(!ok);
     assert!(
@@ -95,7 +107,11 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
         "{err}"
     );
     // Put back exactly as it was, the chain holds again: the links cover the content itself.
-    tamper("UPDATE audit_events SET principal = rtrim(principal) WHERE seq = 5").await;
+    tamper(&format!(
+        "UPDATE audit_events SET principal = rtrim(principal) WHERE id = {}",
+        at(5)
+    ))
+    .await;
     let (ok, out, err) = verify().await;
     assert!(ok && out.contains("intact"), "{out} {err}");
     // An event slipped in without a place in the chain.
@@ -106,17 +122,20 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     .await;
     let (ok, _, err) = verify().await;
     assert!(!ok && err.contains("outside the chain"), "{err}");
-    tamper("DELETE FROM audit_events WHERE seq IS NULL").await;
+    tamper("DELETE FROM audit_events WHERE principal = 'mallory'").await;
     // The end cut off and the head row rewound with it: the chain alone cannot tell, the anchor
     // kept from an earlier run can.
     let anchor_seq: i64 = head.split(':').next().unwrap().parse().unwrap();
-    tamper(&format!(
-        "DELETE FROM audit_events WHERE seq >= {anchor_seq}"
-    ))
-    .await;
+    let cut = |from: i64| {
+        format!(
+            "WITH gone AS (DELETE FROM audit_links WHERE seq >= {from} RETURNING event_id)
+             DELETE FROM audit_events WHERE id IN (SELECT event_id FROM gone)"
+        )
+    };
+    tamper(&cut(anchor_seq)).await;
     sqlx::query(
         "UPDATE audit_chain_head SET seq = e.seq, link = e.link
-           FROM (SELECT seq, link FROM audit_events ORDER BY seq DESC LIMIT 1) e",
+           FROM (SELECT seq, link FROM audit_links ORDER BY seq DESC LIMIT 1) e",
     )
     .execute(&db)
     .await
@@ -138,20 +157,56 @@ async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
     assert!(!ok && err.contains(&at), "{err}");
     // Two events swapped (each moved to the other's place, with its link).
     let swap = || async {
-        tamper("UPDATE audit_events SET seq = -seq WHERE seq IN (3, 4)").await;
-        tamper("UPDATE audit_events SET seq = CASE seq WHEN -3 THEN 4 ELSE 3 END WHERE seq IN (-3, -4)")
-            .await;
+        tamper("UPDATE audit_links SET seq = -seq WHERE seq IN (3, 4)").await;
+        tamper(
+            "UPDATE audit_links SET seq = CASE seq WHEN -3 THEN 4 ELSE 3 END WHERE seq IN (-3, -4)",
+        )
+        .await;
     };
     swap().await;
     let (ok, _, err) = verify().await;
     assert!(!ok && err.contains("BROKEN at event 3"), "{err}");
     swap().await;
     // A deleted event.
-    tamper("DELETE FROM audit_events WHERE seq = 7").await;
+    tamper(&cut(7).replace(">=", "=")).await;
     let (ok, _, err) = verify().await;
     assert!(
         !ok && err.contains("BROKEN at event 7") && err.contains("missing"),
         "{err}"
+    );
+}
+
+/// An event written the way the server writes them (so queued for the chainer) by someone without
+/// the chain key cannot carry a valid tag: the chain breaks where it was linked.
+#[tokio::test]
+async fn a_forged_event_breaks_the_chain_where_it_is_linked() {
+    let mut stack = Stack::start().await.unwrap();
+    assert_eq!(stack.fhir().get("metadata").await.status, 200);
+    let r = stack
+        .fhir()
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "active": true}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(stack.server.terminate().unwrap());
+    let db = stack.db().await;
+    sqlx::query(
+        "INSERT INTO audit_events (recorded, action, outcome, principal, sealed, tag, dek_id)
+         VALUES (now(), 'R', '0', 'mallory', '\\x00', '\\x00', (SELECT min(id) FROM data_keys))",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let env = stack.console_env("auditor").await;
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || console(&env, &["audit", "verify"], None))
+            .await
+            .unwrap();
+    assert!(
+        !ok && err.contains("BROKEN") && err.contains("does not match"),
+        "{out} {err}"
     );
 }
 
