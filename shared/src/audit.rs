@@ -182,15 +182,9 @@ pub struct AuditKeys {
 
 pub type ChainKey = Arc<OnceLock<AuditKeys>>;
 
-/// Additional data of a sealed event. Events chained on their own row (migration 0008) were
-/// bound to their place; later ones are covered by their tag instead (their place is not known
-/// when they are sealed).
-pub fn event_aad(seq: Option<i64>) -> Vec<u8> {
-    match seq {
-        Some(seq) => format!("carapace/audit-event/v1/{seq}").into_bytes(),
-        None => b"carapace/audit-event/v2".to_vec(),
-    }
-}
+/// Additional data of a sealed event (its place in the chain is not known when it is sealed; its
+/// tag, which the chain links, covers the ciphertext).
+pub const EVENT_AAD: &[u8] = b"carapace/audit-event/v2";
 
 /// The tag of an event: HMAC-SHA-256 under the chain key over everything its row says (the
 /// sealed event and the columns it is searched by). Made when the event is written; the chainer
@@ -288,7 +282,7 @@ impl Row<'static> {
 
 /// The link of one event: HMAC-SHA-256 over the previous link and everything the row says (for a
 /// sealed event, its ciphertext and the columns it is searched by).
-fn link(key: &Dek, previous: &[u8], seq: i64, row: &Row<'_>, sealed: Option<&[u8]>) -> Vec<u8> {
+fn link(key: &Dek, previous: &[u8], seq: i64, row: &Row<'_>) -> Vec<u8> {
     #[allow(clippy::expect_used)] // HMAC accepts keys of any length
     let mut mac = Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
     mac.update(previous);
@@ -302,24 +296,14 @@ fn link(key: &Dek, previous: &[u8], seq: i64, row: &Row<'_>, sealed: Option<&[u8
         mac.update(part.as_bytes());
         mac.update(&[0]);
     }
-    match (sealed, &row.content) {
-        (Some(sealed), _) => {
-            for part in [
-                row.patient.as_deref().unwrap_or(""),
-                row.subtype.as_ref(),
-                row.purpose.as_deref().unwrap_or(""),
-            ] {
-                mac.update(part.as_bytes());
-                mac.update(&[0]);
-            }
-            mac.update(sealed);
-        }
-        (None, Content::Plain(event) | Content::ToSeal(event)) => {
+    // Only plaintext events were chained on their own row; a sealed one there matches nothing.
+    match &row.content {
+        Content::Plain(event) | Content::ToSeal(event) => {
             let mut bytes = Vec::new();
             canonical(event, &mut bytes);
             mac.update(&bytes);
         }
-        (None, Content::Sealed(sealed)) => mac.update(sealed),
+        Content::Sealed(sealed) => mac.update(sealed),
     }
     mac.finalize().into_bytes().to_vec()
 }
@@ -373,7 +357,7 @@ async fn insert_rows(
         if let Content::ToSeal(event) = &row.content {
             canonical(event, &mut plain);
         }
-        let ciphertext = crate::crypto::seal_with_aad(&keys.seal, &event_aad(None), &plain);
+        let ciphertext = crate::crypto::seal_with_aad(&keys.seal, EVENT_AAD, &plain);
         tags.push(tag(&keys.chain, row, &ciphertext));
         sealed.push(ciphertext);
     }
@@ -570,7 +554,7 @@ pub async fn verify_chain(
                 return Ok(report);
             }
             let expected = if r.try_get::<bool, _>("own_row")? {
-                Some(link(key, &previous, at, &row, sealed.as_deref()))
+                Some(link(key, &previous, at, &row))
             } else {
                 let stored_tag: Option<Vec<u8>> = r.try_get("tag")?;
                 match (&sealed, stored_tag) {

@@ -105,7 +105,7 @@ impl Store {
         let count = query.count.clamp(1, MAX_AUDIT_COUNT);
         let mut tx = self.begin_for(ctx).await?;
         let rows = sqlx::query(
-            "SELECT e.id, e.seq, e.event, e.sealed, k.id AS dek_id, k.scope, k.wrapped
+            "SELECT e.id, e.event, e.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM audit_events e LEFT JOIN data_keys k ON k.id = e.dek_id
               WHERE ($1::int8 IS NULL OR e.id = $1)
                 AND ($2::timestamptz IS NULL OR e.recorded >= $2)
@@ -140,10 +140,8 @@ impl Store {
             let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
             let mut event = match sealed {
                 Some(sealed) => {
-                    // Sealed events chained on their own row are bound to their place.
-                    let seq: Option<i64> = row.try_get("seq")?;
                     let dek = self.dek_by_id(&DekRow::from_row(row)?).await?;
-                    let plain = crypto::open_with_aad(&dek, &audit::event_aad(seq), &sealed)
+                    let plain = crypto::open_with_aad(&dek, audit::EVENT_AAD, &sealed)
                         .map_err(|_| StoreError::Integrity)?;
                     serde_json::from_slice(&plain).map_err(|_| StoreError::Integrity)?
                 }
