@@ -23,8 +23,9 @@ use std::io::{BufRead, IsTerminal, Write};
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
+    /// Without a subcommand the full-screen console opens.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -190,8 +191,44 @@ enum KeysCommand {
     Versions,
 }
 
+mod tui;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.command.is_none() {
+        // The full-screen console owns the terminal: logs go to a file.
+        let path =
+            std::env::var("CARAPACE_CONSOLE_LOG").unwrap_or_else(|_| "carapace-console.log".into());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening the log file {path}"))?;
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        return runtime.block_on(async {
+            let config = Config::from_env()?;
+            let core = Core::open_console(&config).await.context("connecting")?;
+            let idle = config
+                .sessions
+                .idle
+                .to_std()
+                .unwrap_or(std::time::Duration::from_secs(900));
+            let result = tui::run(&core, idle).await;
+            core.shutdown().await;
+            result
+        });
+    }
     // The console's output is for the operator; logs go to stderr and stay quiet by default.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -210,7 +247,10 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let core = Core::open_console(&config).await.context("connecting")?;
-    let result = dispatch(&core, cli.command).await;
+    let Some(command) = cli.command else {
+        return Ok(());
+    };
+    let result = dispatch(&core, command).await;
     core.shutdown().await;
     result
 }

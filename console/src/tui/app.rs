@@ -1,0 +1,362 @@
+//! The application state: which screen is shown, what each holds, how keys become [`Action`]s and
+//! what an action does. Drawing reads the state only; `apply` is the one place that calls the core.
+
+use super::text::inert;
+use carapace_core::access::{AccessContext, Role};
+use carapace_core::core::Core;
+use carapace_core::users;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table};
+use ratatui::Frame;
+use std::time::{Duration, Instant};
+
+/// What a key (or the clock) asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    SignIn,
+    Refresh,
+    /// The operator was idle too long: clear everything and ask again.
+    SignOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    SignIn,
+    Dashboard,
+}
+
+/// The sign-in form: username, password (never shown), TOTP or recovery code.
+#[derive(Debug, Default)]
+struct SignInForm {
+    fields: [String; 3],
+    focus: usize,
+    message: Option<String>,
+}
+
+/// What the dashboard shows, loaded when it opens and on `r`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dashboard {
+    pub key_provider: String,
+    pub resources: i64,
+    pub versions: i64,
+    pub audit_events: i64,
+    pub users: i64,
+    pub key_versions: Vec<(i32, i64)>,
+    pub open_reviews: usize,
+}
+
+pub struct App {
+    pub screen: Screen,
+    form: SignInForm,
+    operator: Option<AccessContext>,
+    pub dashboard: Dashboard,
+    help: bool,
+    idle: Duration,
+    last_key: Instant,
+}
+
+const LABELS: [&str; 3] = ["username", "password", "TOTP or recovery code"];
+
+impl App {
+    pub fn new(idle: Duration) -> App {
+        App {
+            screen: Screen::SignIn,
+            form: SignInForm::default(),
+            operator: None,
+            dashboard: Dashboard::default(),
+            help: false,
+            idle,
+            last_key: Instant::now(),
+        }
+    }
+
+    /// The operator signed in (their name), if any.
+    pub fn operator(&self) -> Option<&str> {
+        self.operator.as_ref().map(|o| o.principal.as_str())
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> Option<Action> {
+        self.last_key = Instant::now();
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            return Some(Action::Quit);
+        }
+        if self.help {
+            self.help = false;
+            return None;
+        }
+        match self.screen {
+            Screen::SignIn => self.sign_in_key(key),
+            Screen::Dashboard => match key.code {
+                KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
+                KeyCode::Char('?') => {
+                    self.help = true;
+                    None
+                }
+                KeyCode::Char('r') => Some(Action::Refresh),
+                _ => None,
+            },
+        }
+    }
+
+    fn sign_in_key(&mut self, key: KeyEvent) -> Option<Action> {
+        let form = &mut self.form;
+        match key.code {
+            KeyCode::Esc => Some(Action::Quit),
+            KeyCode::Tab | KeyCode::Down => {
+                form.focus = (form.focus + 1) % 3;
+                None
+            }
+            KeyCode::BackTab | KeyCode::Up => {
+                form.focus = (form.focus + 2) % 3;
+                None
+            }
+            KeyCode::Enter if form.focus < 2 => {
+                form.focus += 1;
+                None
+            }
+            KeyCode::Enter => Some(Action::SignIn),
+            KeyCode::Backspace => {
+                form.fields[form.focus].pop();
+                None
+            }
+            KeyCode::Char(c) if !c.is_control() && form.fields[form.focus].len() < 256 => {
+                form.fields[form.focus].push(c);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The clock: sign out after the idle timeout.
+    pub fn tick(&mut self) -> Option<Action> {
+        (self.operator.is_some() && self.last_key.elapsed() >= self.idle).then_some(Action::SignOut)
+    }
+
+    /// Do what an action asks; the only place the core is called.
+    pub async fn apply(&mut self, action: Action, core: &Core) {
+        match action {
+            Action::Quit => {}
+            Action::SignOut => {
+                let minutes = self.idle.as_secs() / 60;
+                *self = App::new(self.idle);
+                self.form.message = Some(format!("signed out after {minutes} min idle"));
+            }
+            Action::SignIn => {
+                let [username, password, code] = std::mem::take(&mut self.form.fields);
+                let ctx = AccessContext::operator(&username);
+                let signed_in = users::login(
+                    &core.store,
+                    core.store.now(),
+                    &username,
+                    &password,
+                    Some(&code),
+                )
+                .await;
+                let ok = matches!(&signed_in, Ok(u) if u.role == Role::Admin);
+                if let Err(e) = core.store.record_admin(&ctx, "console-login", ok).await {
+                    tracing::error!(error = %e, "could not audit a console sign-in");
+                }
+                if ok {
+                    self.operator = Some(ctx);
+                    self.screen = Screen::Dashboard;
+                    self.form = SignInForm::default();
+                    self.load_dashboard(core).await;
+                } else {
+                    self.form = SignInForm {
+                        message: Some(users::LoginError::Invalid.to_string()),
+                        ..SignInForm::default()
+                    };
+                }
+            }
+            Action::Refresh => self.load_dashboard(core).await,
+        }
+    }
+
+    async fn load_dashboard(&mut self, core: &Core) {
+        let store = &core.store;
+        let pool = store.pool();
+        let count = |sql: &'static str| async move {
+            carapace_core::sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(pool)
+                .await
+                .unwrap_or(-1)
+        };
+        let (resources, versions) = store.resource_counts().await.unwrap_or((-1, -1));
+        self.dashboard = Dashboard {
+            key_provider: core.keys.describe(),
+            resources,
+            versions,
+            audit_events: count("SELECT count(*) FROM audit_events").await,
+            users: count("SELECT count(*) FROM users").await,
+            key_versions: store.key_versions().await.unwrap_or_default(),
+            open_reviews: store.btg_grants(false, 1000).await.map_or(0, |g| g.len()),
+        };
+    }
+
+    pub fn draw(&self, f: &mut Frame) {
+        let area = f.area();
+        let [title, body, status] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(3),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        let who = self.operator().map_or("not signed in".to_string(), |o| {
+            format!("operator {}", inert(o, 32))
+        });
+        f.render_widget(
+            Paragraph::new(Line::from(vec![
+                Span::styled(
+                    "Carapace console",
+                    Style::new().add_modifier(Modifier::BOLD),
+                ),
+                Span::raw(format!("  ·  {who}")),
+            ])),
+            title,
+        );
+        match self.screen {
+            Screen::SignIn => self.draw_sign_in(f, body),
+            Screen::Dashboard => self.draw_dashboard(f, body),
+        }
+        let keys = match self.screen {
+            Screen::SignIn => "Tab next field · Enter sign in · Esc quit",
+            Screen::Dashboard => "r refresh · ? help · q quit",
+        };
+        f.render_widget(Paragraph::new(keys), status);
+        if self.help {
+            let help = Rect {
+                x: area.width / 6,
+                y: area.height / 4,
+                width: (area.width * 2 / 3).max(20).min(area.width),
+                height: 6.min(area.height),
+            };
+            f.render_widget(Clear, help);
+            f.render_widget(
+                Paragraph::new(vec![
+                    Line::from("r  load the figures again"),
+                    Line::from("?  this help (any key closes it)"),
+                    Line::from("q  quit (Esc too)"),
+                ])
+                .block(Block::default().borders(Borders::ALL).title(" Keys ")),
+                help,
+            );
+        }
+    }
+
+    fn draw_sign_in(&self, f: &mut Frame, area: Rect) {
+        let mut lines = vec![Line::from("Sign in as an administrator."), Line::from("")];
+        for (i, label) in LABELS.iter().enumerate() {
+            let value = match i {
+                1 => "•".repeat(self.form.fields[1].chars().count().min(32)),
+                _ => inert(&self.form.fields[i], 40),
+            };
+            let marker = if self.form.focus == i { "›" } else { " " };
+            lines.push(Line::from(format!("{marker} {label:<22} {value}")));
+        }
+        if let Some(message) = &self.form.message {
+            lines.push(Line::from(""));
+            lines.push(Line::from(inert(message, 70)));
+        }
+        f.render_widget(
+            Paragraph::new(lines)
+                .alignment(Alignment::Left)
+                .block(Block::default().borders(Borders::ALL).title(" Sign in ")),
+            area,
+        );
+    }
+
+    fn draw_dashboard(&self, f: &mut Frame, area: Rect) {
+        let d = &self.dashboard;
+        let mut rows = vec![
+            Row::new(vec!["key provider".to_string(), inert(&d.key_provider, 60)]),
+            Row::new(vec![
+                "resources".to_string(),
+                format!("{} current, {} versions", d.resources, d.versions),
+            ]),
+            Row::new(vec!["audit events".to_string(), d.audit_events.to_string()]),
+            Row::new(vec!["users".to_string(), d.users.to_string()]),
+            Row::new(vec![
+                "break-glass reviews".to_string(),
+                format!("{} open", d.open_reviews),
+            ]),
+        ];
+        for (version, n) in &d.key_versions {
+            rows.push(Row::new(vec![
+                format!("data keys v{version}"),
+                n.to_string(),
+            ]));
+        }
+        f.render_widget(
+            Table::new(rows, [Constraint::Length(22), Constraint::Min(10)])
+                .block(Block::default().borders(Borders::ALL).title(" Dashboard ")),
+            area,
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    fn screen(app: &App, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|f| app.draw(f)).unwrap();
+        format!("{}", terminal.backend())
+    }
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn the_sign_in_form_masks_the_password_and_shows_input_inert() {
+        let mut app = App::new(Duration::from_secs(900));
+        for c in "ad\u{1b}min".chars() {
+            app.handle_key(key(KeyCode::Char(c)));
+        }
+        app.handle_key(key(KeyCode::Tab));
+        for c in "hunter2hunter2".chars() {
+            app.handle_key(key(KeyCode::Char(c)));
+        }
+        let text = screen(&app, 80, 24);
+        assert!(!text.contains("hunter2"), "the password is never drawn");
+        insta::assert_snapshot!("sign_in_80x24", text);
+        assert_eq!(app.handle_key(key(KeyCode::Esc)), Some(Action::Quit));
+    }
+
+    #[test]
+    fn the_dashboard_renders_at_both_sizes() {
+        let mut app = App::new(Duration::from_secs(900));
+        app.screen = Screen::Dashboard;
+        app.dashboard = Dashboard {
+            key_provider: "Vault transit at http://127.0.0.1:8200".into(),
+            resources: 92114,
+            versions: 92200,
+            audit_events: 100_000,
+            users: 3,
+            key_versions: vec![(1, 12), (2, 120)],
+            open_reviews: 1,
+        };
+        insta::assert_snapshot!("dashboard_80x24", screen(&app, 80, 24));
+        app.handle_key(key(KeyCode::Char('?')));
+        insta::assert_snapshot!("dashboard_help_200x50", screen(&app, 200, 50));
+        // Any key closes the help; q quits.
+        assert_eq!(app.handle_key(key(KeyCode::Char('x'))), None);
+        assert_eq!(app.handle_key(key(KeyCode::Char('q'))), Some(Action::Quit));
+    }
+
+    #[test]
+    fn tiny_terminals_do_not_panic() {
+        let app = App::new(Duration::from_secs(900));
+        for (w, h) in [(1, 1), (10, 3), (20, 5)] {
+            screen(&app, w, h);
+        }
+    }
+}
