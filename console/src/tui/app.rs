@@ -21,12 +21,45 @@ pub enum Action {
     Refresh,
     /// The operator was idle too long: clear everything and ask again.
     SignOut,
+    /// Confirmed in the dialog: lock this user (revokes their sessions).
+    Lock(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
     SignIn,
     Dashboard,
+    Users,
+}
+
+/// One user as the Users screen lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub username: String,
+    pub role: String,
+    pub linked: String,
+    pub locked: bool,
+    pub mfa: bool,
+}
+
+/// The Users screen: every user, a filter on the name, a selection, and a pending confirmation.
+#[derive(Debug, Default)]
+pub struct Users {
+    pub rows: Vec<UserRow>,
+    filter: String,
+    typing: bool,
+    selected: usize,
+    confirm: Option<String>,
+}
+
+impl Users {
+    fn visible(&self) -> Vec<&UserRow> {
+        let f = self.filter.to_lowercase();
+        self.rows
+            .iter()
+            .filter(|r| f.is_empty() || r.username.to_lowercase().contains(&f))
+            .collect()
+    }
 }
 
 /// The sign-in form: username, password (never shown), TOTP or recovery code.
@@ -54,6 +87,7 @@ pub struct App {
     form: SignInForm,
     operator: Option<AccessContext>,
     pub dashboard: Dashboard,
+    pub users: Users,
     help: bool,
     idle: Duration,
     last_key: Instant,
@@ -68,6 +102,7 @@ impl App {
             form: SignInForm::default(),
             operator: None,
             dashboard: Dashboard::default(),
+            users: Users::default(),
             help: false,
             idle,
             last_key: Instant::now(),
@@ -88,18 +123,71 @@ impl App {
             self.help = false;
             return None;
         }
-        match self.screen {
-            Screen::SignIn => self.sign_in_key(key),
-            Screen::Dashboard => match key.code {
-                KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
-                KeyCode::Char('?') => {
-                    self.help = true;
-                    None
-                }
-                KeyCode::Char('r') => Some(Action::Refresh),
-                _ => None,
-            },
+        if self.screen == Screen::SignIn {
+            return self.sign_in_key(key);
         }
+        if self.screen == Screen::Users {
+            if let Some(handled) = self.users_key(key) {
+                return handled;
+            }
+        }
+        match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
+            KeyCode::Char('?') => {
+                self.help = true;
+                None
+            }
+            KeyCode::Char('r') => Some(Action::Refresh),
+            KeyCode::Char('1') => {
+                self.screen = Screen::Dashboard;
+                Some(Action::Refresh)
+            }
+            KeyCode::Char('2') => {
+                self.screen = Screen::Users;
+                Some(Action::Refresh)
+            }
+            _ => None,
+        }
+    }
+
+    /// Keys the Users screen takes for itself (`Some`), before the global ones.
+    fn users_key(&mut self, key: KeyEvent) -> Option<Option<Action>> {
+        let users = &mut self.users;
+        if let Some(name) = users.confirm.clone() {
+            users.confirm = None;
+            return Some((key.code == KeyCode::Char('y')).then_some(Action::Lock(name)));
+        }
+        if users.typing {
+            match key.code {
+                KeyCode::Enter | KeyCode::Esc => users.typing = false,
+                KeyCode::Backspace => {
+                    users.filter.pop();
+                }
+                KeyCode::Char(c) if !c.is_control() && users.filter.len() < 64 => {
+                    users.filter.push(c);
+                    users.selected = 0;
+                }
+                _ => {}
+            }
+            return Some(None);
+        }
+        let count = users.visible().len();
+        match key.code {
+            KeyCode::Char('/') => users.typing = true,
+            KeyCode::Down | KeyCode::Char('j') => {
+                users.selected = (users.selected + 1).min(count.saturating_sub(1))
+            }
+            KeyCode::Up | KeyCode::Char('k') => users.selected = users.selected.saturating_sub(1),
+            // Destructive: asks first.
+            KeyCode::Char('l') => {
+                users.confirm = users
+                    .visible()
+                    .get(users.selected)
+                    .map(|r| r.username.clone())
+            }
+            _ => return None,
+        }
+        Some(None)
     }
 
     fn sign_in_key(&mut self, key: KeyEvent) -> Option<Action> {
@@ -172,8 +260,42 @@ impl App {
                     };
                 }
             }
-            Action::Refresh => self.load_dashboard(core).await,
+            Action::Refresh => match self.screen {
+                Screen::Users => self.load_users(core).await,
+                _ => self.load_dashboard(core).await,
+            },
+            Action::Lock(name) => {
+                let done = users::lock(&core.store, &name).await.is_ok();
+                if let Some(ctx) = &self.operator {
+                    if let Err(e) = core
+                        .store
+                        .record_admin(ctx, &format!("user-lock:{name}"), done)
+                        .await
+                    {
+                        tracing::error!(error = %e, "could not audit a lock");
+                    }
+                }
+                self.load_users(core).await;
+            }
         }
+    }
+
+    async fn load_users(&mut self, core: &Core) {
+        let list = users::list(&core.store).await.unwrap_or_default();
+        self.users.rows = list
+            .into_iter()
+            .map(|u| UserRow {
+                role: u.role.as_str().to_string(),
+                linked: u
+                    .practitioner_id
+                    .map(|p| format!("Practitioner/{p}"))
+                    .or(u.patient_id.map(|p| format!("Patient/{p}")))
+                    .unwrap_or_default(),
+                locked: u.admin_locked,
+                mfa: u.mfa_enrolled,
+                username: u.username,
+            })
+            .collect();
     }
 
     async fn load_dashboard(&mut self, core: &Core) {
@@ -221,10 +343,12 @@ impl App {
         match self.screen {
             Screen::SignIn => self.draw_sign_in(f, body),
             Screen::Dashboard => self.draw_dashboard(f, body),
+            Screen::Users => self.draw_users(f, body),
         }
         let keys = match self.screen {
             Screen::SignIn => "Tab next field · Enter sign in · Esc quit",
-            Screen::Dashboard => "r refresh · ? help · q quit",
+            Screen::Dashboard => "1 dashboard · 2 users · r refresh · ? help · q quit",
+            Screen::Users => "/ filter · j/k move · l lock · 1 dashboard · r refresh · q quit",
         };
         f.render_widget(Paragraph::new(keys), status);
         if self.help {
@@ -267,6 +391,69 @@ impl App {
                 .block(Block::default().borders(Borders::ALL).title(" Sign in ")),
             area,
         );
+    }
+
+    fn draw_users(&self, f: &mut Frame, area: Rect) {
+        let visible = self.users.visible();
+        let rows: Vec<Row> = visible
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let row = Row::new(vec![
+                    inert(&u.username, 24),
+                    u.role.clone(),
+                    inert(&u.linked, 40),
+                    if u.locked { "locked" } else { "" }.to_string(),
+                    if u.mfa { "TOTP" } else { "none" }.to_string(),
+                ]);
+                if i == self.users.selected {
+                    row.style(Style::new().add_modifier(Modifier::REVERSED))
+                } else {
+                    row
+                }
+            })
+            .collect();
+        let title = if self.users.filter.is_empty() && !self.users.typing {
+            format!(" Users ({}) ", visible.len())
+        } else {
+            format!(
+                " Users matching '{}' ({}) ",
+                inert(&self.users.filter, 24),
+                visible.len()
+            )
+        };
+        f.render_widget(
+            Table::new(
+                rows,
+                [
+                    Constraint::Length(24),
+                    Constraint::Length(13),
+                    Constraint::Min(10),
+                    Constraint::Length(7),
+                    Constraint::Length(5),
+                ],
+            )
+            .header(Row::new(vec!["USER", "ROLE", "LINKED TO", "LOCK", "MFA"]))
+            .block(Block::default().borders(Borders::ALL).title(title)),
+            area,
+        );
+        if let Some(name) = &self.users.confirm {
+            let dialog = Rect {
+                x: area.x + area.width / 6,
+                y: area.y + area.height / 3,
+                width: (area.width * 2 / 3).max(10).min(area.width),
+                height: 3.min(area.height),
+            };
+            f.render_widget(Clear, dialog);
+            f.render_widget(
+                Paragraph::new(format!(
+                    "Lock {} and end their sessions? y/n",
+                    inert(name, 24)
+                ))
+                .block(Block::default().borders(Borders::ALL).title(" Confirm ")),
+                dialog,
+            );
+        }
     }
 
     fn draw_dashboard(&self, f: &mut Frame, area: Rect) {
@@ -350,6 +537,41 @@ mod tests {
         // Any key closes the help; q quits.
         assert_eq!(app.handle_key(key(KeyCode::Char('x'))), None);
         assert_eq!(app.handle_key(key(KeyCode::Char('q'))), Some(Action::Quit));
+    }
+
+    #[test]
+    fn users_filter_and_a_lock_goes_through_a_confirmation() {
+        let mut app = App::new(Duration::from_secs(900));
+        app.screen = Screen::Users;
+        let row = |name: &str, role: &str| UserRow {
+            username: name.into(),
+            role: role.into(),
+            linked: String::new(),
+            locked: false,
+            mfa: true,
+        };
+        app.users.rows = vec![
+            row("root.admin", "admin"),
+            row("dr.house", "practitioner"),
+            row("dr.\u{1b}[2Jwho", "practitioner"),
+        ];
+        for k in [
+            KeyCode::Char('/'),
+            KeyCode::Char('d'),
+            KeyCode::Char('r'),
+            KeyCode::Enter,
+        ] {
+            assert_eq!(app.handle_key(key(k)), None);
+        }
+        app.handle_key(key(KeyCode::Char('j')));
+        app.handle_key(key(KeyCode::Char('l')));
+        insta::assert_snapshot!("users_confirm_80x24", screen(&app, 80, 24));
+        assert_eq!(
+            app.handle_key(key(KeyCode::Char('y'))),
+            Some(Action::Lock("dr.\u{1b}[2Jwho".into()))
+        );
+        app.handle_key(key(KeyCode::Char('l')));
+        assert_eq!(app.handle_key(key(KeyCode::Char('n'))), None, "n cancels");
     }
 
     #[test]
