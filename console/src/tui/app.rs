@@ -30,6 +30,53 @@ pub enum Screen {
     SignIn,
     Dashboard,
     Users,
+    Audit,
+}
+
+/// One AuditEvent as the audit screen lists it, and the event itself for the detail pane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub recorded: String,
+    pub agent: String,
+    pub action: String,
+    pub outcome: String,
+    pub subtype: String,
+    pub patient: String,
+    pub event: serde_json::Value,
+}
+
+impl AuditRow {
+    pub fn from_event(id: i64, event: serde_json::Value) -> AuditRow {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let patient = event["entity"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"]["code"] == "1")
+            .map(|e| text(&e["what"]["reference"]))
+            .unwrap_or_default();
+        AuditRow {
+            id,
+            recorded: text(&event["recorded"]).chars().take(19).collect(),
+            agent: text(&event["agent"][0]["who"]["display"]),
+            action: text(&event["action"]),
+            outcome: text(&event["outcome"]),
+            subtype: text(&event["subtype"][0]["code"]),
+            patient,
+            event,
+        }
+    }
+}
+
+/// The audit screen: a page of events (newest first), a selection, the pages before.
+#[derive(Debug, Default)]
+pub struct AuditView {
+    pub rows: Vec<AuditRow>,
+    selected: usize,
+    /// `before_id` of each page shown so far (`None` for the newest).
+    pages: Vec<Option<i64>>,
+    pub next: Option<i64>,
 }
 
 /// One user as the Users screen lists them.
@@ -88,6 +135,7 @@ pub struct App {
     operator: Option<AccessContext>,
     pub dashboard: Dashboard,
     pub users: Users,
+    pub audit: AuditView,
     help: bool,
     idle: Duration,
     last_key: Instant,
@@ -103,6 +151,7 @@ impl App {
             operator: None,
             dashboard: Dashboard::default(),
             users: Users::default(),
+            audit: AuditView::default(),
             help: false,
             idle,
             last_key: Instant::now(),
@@ -131,6 +180,28 @@ impl App {
                 return handled;
             }
         }
+        if self.screen == Screen::Audit {
+            let audit = &mut self.audit;
+            match key.code {
+                KeyCode::Down | KeyCode::Char('j') => {
+                    audit.selected = (audit.selected + 1).min(audit.rows.len().saturating_sub(1));
+                    return None;
+                }
+                KeyCode::Up | KeyCode::Char('k') => {
+                    audit.selected = audit.selected.saturating_sub(1);
+                    return None;
+                }
+                KeyCode::PageDown | KeyCode::Char('n') if audit.next.is_some() => {
+                    audit.pages.push(audit.next);
+                    return Some(Action::Refresh);
+                }
+                KeyCode::PageUp | KeyCode::Char('p') if audit.pages.len() > 1 => {
+                    audit.pages.pop();
+                    return Some(Action::Refresh);
+                }
+                _ => {}
+            }
+        }
         match key.code {
             KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
             KeyCode::Char('?') => {
@@ -144,6 +215,14 @@ impl App {
             }
             KeyCode::Char('2') => {
                 self.screen = Screen::Users;
+                Some(Action::Refresh)
+            }
+            KeyCode::Char('3') => {
+                self.screen = Screen::Audit;
+                self.audit = AuditView {
+                    pages: vec![None],
+                    ..AuditView::default()
+                };
                 Some(Action::Refresh)
             }
             _ => None,
@@ -262,6 +341,7 @@ impl App {
             }
             Action::Refresh => match self.screen {
                 Screen::Users => self.load_users(core).await,
+                Screen::Audit => self.load_audit(core).await,
                 _ => self.load_dashboard(core).await,
             },
             Action::Lock(name) => {
@@ -277,6 +357,34 @@ impl App {
                 }
                 self.load_users(core).await;
             }
+        }
+    }
+
+    /// A page of 50 events through the same core call the FHIR API uses (and, like it, audited).
+    async fn load_audit(&mut self, core: &Core) {
+        let Some(operator) = &self.operator else {
+            return;
+        };
+        let mut ctx = operator.clone();
+        ctx.scopes = carapace_core::access::Scope::parse("user/AuditEvent.rs")
+            .into_iter()
+            .collect();
+        let query = carapace_core::store::AuditQuery {
+            count: 50,
+            before_id: self.audit.pages.last().copied().flatten(),
+            ..Default::default()
+        };
+        match core.store.audit_events(&ctx, &query).await {
+            Ok(page) => {
+                self.audit.rows = page
+                    .events
+                    .into_iter()
+                    .map(|(id, e)| AuditRow::from_event(id, e))
+                    .collect();
+                self.audit.next = page.next;
+                self.audit.selected = 0;
+            }
+            Err(e) => tracing::error!(error = %e, "could not read the audit trail"),
         }
     }
 
@@ -344,10 +452,12 @@ impl App {
             Screen::SignIn => self.draw_sign_in(f, body),
             Screen::Dashboard => self.draw_dashboard(f, body),
             Screen::Users => self.draw_users(f, body),
+            Screen::Audit => self.draw_audit(f, body),
         }
         let keys = match self.screen {
             Screen::SignIn => "Tab next field · Enter sign in · Esc quit",
-            Screen::Dashboard => "1 dashboard · 2 users · r refresh · ? help · q quit",
+            Screen::Dashboard => "1 dashboard · 2 users · 3 audit · r refresh · ? help · q quit",
+            Screen::Audit => "j/k move · n/p page · 1 dashboard · 2 users · r refresh · q quit",
             Screen::Users => "/ filter · j/k move · l lock · 1 dashboard · r refresh · q quit",
         };
         f.render_widget(Paragraph::new(keys), status);
@@ -390,6 +500,69 @@ impl App {
                 .alignment(Alignment::Left)
                 .block(Block::default().borders(Borders::ALL).title(" Sign in ")),
             area,
+        );
+    }
+
+    fn draw_audit(&self, f: &mut Frame, area: Rect) {
+        let [list, detail] =
+            Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
+        let rows: Vec<Row> = self
+            .audit
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let row = Row::new(vec![
+                    r.id.to_string(),
+                    inert(&r.recorded, 19),
+                    inert(&r.agent, 20),
+                    inert(&r.action, 1),
+                    inert(&r.outcome, 2),
+                    inert(&r.subtype, 16),
+                    inert(&r.patient, 48),
+                ]);
+                if i == self.audit.selected {
+                    row.style(Style::new().add_modifier(Modifier::REVERSED))
+                } else {
+                    row
+                }
+            })
+            .collect();
+        f.render_widget(
+            Table::new(
+                rows,
+                [
+                    Constraint::Length(7),
+                    Constraint::Length(19),
+                    Constraint::Length(20),
+                    Constraint::Length(3),
+                    Constraint::Length(3),
+                    Constraint::Length(16),
+                    Constraint::Min(10),
+                ],
+            )
+            .header(Row::new(vec![
+                "ID", "RECORDED", "AGENT", "A", "O", "SUBTYPE", "PATIENT",
+            ]))
+            .block(Block::default().borders(Borders::ALL).title(format!(
+                " Audit trail, page {} ",
+                self.audit.pages.len().max(1)
+            ))),
+            list,
+        );
+        let lines: Vec<Line> = self
+            .audit
+            .rows
+            .get(self.audit.selected)
+            .map(|r| serde_json::to_string_pretty(&r.event).unwrap_or_default())
+            .unwrap_or_default()
+            .lines()
+            .take(usize::from(detail.height.saturating_sub(2)))
+            .map(|l| Line::from(inert(l, usize::from(detail.width.saturating_sub(2)))))
+            .collect();
+        f.render_widget(
+            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Event ")),
+            detail,
         );
     }
 
@@ -572,6 +745,27 @@ mod tests {
         );
         app.handle_key(key(KeyCode::Char('l')));
         assert_eq!(app.handle_key(key(KeyCode::Char('n'))), None, "n cancels");
+    }
+
+    #[test]
+    fn the_audit_screen_lists_events_and_shows_the_selected_one() {
+        let mut app = App::new(Duration::from_secs(900));
+        app.screen = Screen::Audit;
+        let event = |agent: &str, subtype: &str| {
+            serde_json::json!({"resourceType": "AuditEvent", "action": "R", "outcome": "0",
+                "recorded": "2026-11-23T10:00:00.000000Z",
+                "subtype": [{"code": subtype}],
+                "agent": [{"who": {"display": agent}}],
+                "entity": [{"type": {"code": "1"}, "what": {"reference": "Patient/p-1"}}]})
+        };
+        app.audit.rows = vec![
+            AuditRow::from_event(12, event("dr.house", "read")),
+            AuditRow::from_event(11, event("evil\u{1b}]0;x\u{7}", "search-type")),
+        ];
+        app.audit.pages = vec![None];
+        app.handle_key(key(KeyCode::Char('j')));
+        insta::assert_snapshot!("audit_80x24", screen(&app, 80, 24));
+        insta::assert_snapshot!("audit_200x50", screen(&app, 200, 50));
     }
 
     #[test]
