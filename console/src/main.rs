@@ -347,27 +347,32 @@ async fn operator(core: &Core) -> anyhow::Result<AccessContext> {
     let username = prompt("username", "CARAPACE_OPERATOR", false)?;
     let password = prompt("password", "CARAPACE_OPERATOR_PASSWORD", true)?;
     let code = prompt("TOTP or recovery code", "CARAPACE_OPERATOR_TOTP", false)?;
-    let ctx = AccessContext::operator(&username);
+    match sign_in(core, &username, &password, &code).await? {
+        Some(ctx) => Ok(ctx),
+        None => bail!("{}", users::LoginError::Invalid),
+    }
+}
+
+/// Sign an administrator in (password and TOTP or recovery code), audited either way: the
+/// operator's context, or `None` for any failure (one answer whatever went wrong).
+pub(crate) async fn sign_in(
+    core: &Core,
+    username: &str,
+    password: &str,
+    code: &str,
+) -> anyhow::Result<Option<AccessContext>> {
+    let ctx = AccessContext::operator(username);
     let user = users::login(
         &core.store,
         core.store.now(),
-        &username,
-        &password,
-        Some(&code),
+        username,
+        password,
+        Some(code),
     )
     .await;
-    match user {
-        Ok(u) if u.role == Role::Admin => {
-            core.store.record_admin(&ctx, "console-login", true).await?;
-            Ok(ctx)
-        }
-        _ => {
-            core.store
-                .record_admin(&ctx, "console-login", false)
-                .await?;
-            bail!("{}", users::LoginError::Invalid)
-        }
-    }
+    let ok = matches!(&user, Ok(u) if u.role == Role::Admin);
+    core.store.record_admin(&ctx, "console-login", ok).await?;
+    Ok(ok.then_some(ctx))
 }
 
 fn print_enrollment(e: &Enrollment) {
@@ -708,30 +713,16 @@ async fn btg_list(core: &Core, ctx: &AccessContext, all: bool) -> anyhow::Result
         println!(
             "{:>6}  {:<20}  {:<12}  {:<20}  {:<20}  {:>8}  {:<20}  {}",
             g.id,
-            inert(&g.principal, 20),
+            tui::inert(&g.principal, 20),
             g.role,
             g.started_at.format("%Y-%m-%d %H:%M:%S"),
             g.expires_at.format("%Y-%m-%d %H:%M:%S"),
             g.accesses,
             g.reviewed_by
                 .as_deref()
-                .map_or("no".into(), |r| inert(r, 20)),
-            inert(&g.reason, 200),
+                .map_or("no".into(), |r| tui::inert(r, 20)),
+            tui::inert(&g.reason, 200),
         );
     }
     Ok(())
-}
-
-/// Text from users shown inert: control characters (ANSI escapes, newlines) replaced, cut to `max`
-/// characters.
-fn inert(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .take(max)
-        .collect();
-    if text.chars().count() > max {
-        out.push('…');
-    }
-    out
 }

@@ -530,7 +530,10 @@ impl Store {
         )
         .bind(resource_type.as_str())
         .bind(id.as_str());
-        let row = self.fetch_optional_for(ctx, query).await;
+        let row = self
+            .fetch_all_for(ctx, query)
+            .await
+            .map(|rows| rows.into_iter().next());
         self.finish_read(ctx, Interaction::Read, resource_type, id, row)
             .await
     }
@@ -558,7 +561,10 @@ impl Store {
         .bind(resource_type.as_str())
         .bind(id.as_str())
         .bind(version_id);
-        let row = self.fetch_optional_for(ctx, query).await;
+        let row = self
+            .fetch_all_for(ctx, query)
+            .await
+            .map(|rows| rows.into_iter().next());
         self.finish_read(ctx, Interaction::Vread, resource_type, id, row)
             .await
     }
@@ -1575,18 +1581,6 @@ impl Store {
         // Read only: the rollback goes out with the connection's next statement.
         drop(tx);
         Ok(rows)
-    }
-
-    /// [`Store::fetch_all_for`] for at most one row.
-    pub(crate) async fn fetch_optional_for<'q>(
-        &self,
-        ctx: &AccessContext,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<Option<sqlx::postgres::PgRow>, StoreError> {
-        let mut tx = self.begin_for(ctx).await?;
-        let row = query.fetch_optional(&mut *tx).await?;
-        drop(tx);
-        Ok(row)
     }
 
     /// Rewrap every stored data key under the key provider's newest key version, in batches, while

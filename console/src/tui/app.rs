@@ -2,7 +2,7 @@
 //! what an action does. Drawing reads the state only; `apply` is the one place that calls the core.
 
 use super::text::inert;
-use carapace_core::access::{AccessContext, Role};
+use carapace_core::access::AccessContext;
 use carapace_core::core::Core;
 use carapace_core::users;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -314,20 +314,14 @@ impl App {
             }
             Action::SignIn => {
                 let [username, password, code] = std::mem::take(&mut self.form.fields);
-                let ctx = AccessContext::operator(&username);
-                let signed_in = users::login(
-                    &core.store,
-                    core.store.now(),
-                    &username,
-                    &password,
-                    Some(&code),
-                )
-                .await;
-                let ok = matches!(&signed_in, Ok(u) if u.role == Role::Admin);
-                if let Err(e) = core.store.record_admin(&ctx, "console-login", ok).await {
-                    tracing::error!(error = %e, "could not audit a console sign-in");
-                }
-                if ok {
+                let signed_in = match crate::sign_in(core, &username, &password, &code).await {
+                    Ok(ctx) => ctx,
+                    Err(e) => {
+                        tracing::error!(error = %e, "console sign-in failed");
+                        None
+                    }
+                };
+                if let Some(ctx) = signed_in {
                     self.operator = Some(ctx);
                     self.screen = Screen::Dashboard;
                     self.form = SignInForm::default();

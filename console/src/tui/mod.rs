@@ -5,6 +5,8 @@
 mod app;
 mod text;
 
+pub use text::inert;
+
 use app::{Action, App};
 
 use anyhow::Context;
