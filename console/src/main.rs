@@ -6,6 +6,8 @@
 //! and every administrative action is audited with that operator as the agent.
 
 use anyhow::{bail, Context};
+use carapace_console::operator::sign_in;
+use carapace_console::tui;
 use carapace_core::access::{AccessContext, Role, Scope};
 use carapace_core::auth;
 use carapace_core::config::Config;
@@ -191,8 +193,6 @@ enum KeysCommand {
     Versions,
 }
 
-mod tui;
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.command.is_none() {
@@ -219,12 +219,7 @@ fn main() -> anyhow::Result<()> {
         return runtime.block_on(async {
             let config = Config::from_env()?;
             let core = Core::open_console(&config).await.context("connecting")?;
-            let idle = config
-                .sessions
-                .idle
-                .to_std()
-                .unwrap_or(std::time::Duration::from_secs(900));
-            let result = tui::run(&core, idle).await;
+            let result = tui::run(&core, config.sessions).await;
             core.shutdown().await;
             result
         });
@@ -351,28 +346,6 @@ async fn operator(core: &Core) -> anyhow::Result<AccessContext> {
         Some(ctx) => Ok(ctx),
         None => bail!("{}", users::LoginError::Invalid),
     }
-}
-
-/// Sign an administrator in (password and TOTP or recovery code), audited either way: the
-/// operator's context, or `None` for any failure (one answer whatever went wrong).
-pub(crate) async fn sign_in(
-    core: &Core,
-    username: &str,
-    password: &str,
-    code: &str,
-) -> anyhow::Result<Option<AccessContext>> {
-    let ctx = AccessContext::operator(username);
-    let user = users::login(
-        &core.store,
-        core.store.now(),
-        username,
-        password,
-        Some(code),
-    )
-    .await;
-    let ok = matches!(&user, Ok(u) if u.role == Role::Admin);
-    core.store.record_admin(&ctx, "console-login", ok).await?;
-    Ok(ok.then_some(ctx))
 }
 
 fn print_enrollment(e: &Enrollment) {

@@ -12,6 +12,7 @@ mod bad_input;
 mod browser;
 mod conformance;
 mod consent;
+mod console_ui;
 mod crud;
 mod database;
 mod embedded;

@@ -1,28 +1,85 @@
 //! The application state: which screen is shown, what each holds, how keys become [`Action`]s and
-//! what an action does. Drawing reads the state only; `apply` is the one place that calls the core.
+//! what an action does. Drawing (in `view`) reads the state only; [`App::apply`] is the one place
+//! that calls the core, and long work (chain verification, rewrap, export) runs there as a [`Job`]
+//! on its own task while the screen keeps answering.
 
-use super::text::inert;
-use carapace_core::access::AccessContext;
+use super::data::{AuditRow, ConsentRow, Dashboard, PatientRow, UserRow};
+use super::form::{Form, FormKey};
+use crate::export;
+use crate::operator::scoped;
+use carapace_core::access::{AccessContext, Role};
+use carapace_core::authorize::SessionPolicy;
 use carapace_core::core::Core;
-use carapace_core::users;
+use carapace_core::fhir::{ResourceId, ResourceType};
+use carapace_core::search::query;
+use carapace_core::store::AuditQuery;
+use carapace_core::store::{Created, StoreError};
+use carapace_core::{auth, users};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use ratatui::layout::{Alignment, Constraint, Layout, Rect};
-use ratatui::style::{Modifier, Style};
-use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table};
-use ratatui::Frame;
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A secret typed by the operator (a new user's password): never printed, not even in debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// What is done to a user (each audited as `user-...:<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserOp {
+    Create {
+        username: String,
+        role: Role,
+        /// `Patient/<id>` or `Practitioner/<id>`.
+        link: Option<String>,
+        password: Secret,
+    },
+    Lock(String),
+    Unlock(String),
+    ResetMfa(String),
+    SetRole(String, Role),
+    /// End every session and token of the user.
+    Revoke(String),
+}
 
 /// What a key (or the clock) asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Quit,
     SignIn,
-    Refresh,
     /// The operator was idle too long: clear everything and ask again.
     SignOut,
-    /// Confirmed in the dialog: lock this user (revokes their sessions).
-    Lock(String),
+    /// Load the current screen again.
+    Refresh,
+    User(UserOp),
+    FindPatients(String),
+    OpenPatient(String),
+    Grant {
+        patient: String,
+        /// `Practitioner/..`, `Organization/..`, `PractitionerRole/..`, `CareTeam/..`, or a user name
+        /// (its linked Practitioner).
+        actor: String,
+        classes: Vec<String>,
+        end: Option<String>,
+    },
+    /// Make a Consent inactive.
+    RevokeConsent(String),
+    Review {
+        id: i64,
+        note: String,
+    },
+    VerifyChain,
+    Export(String),
+    Rotate,
+    /// The running job finished: show its result.
+    JobDone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,42 +87,135 @@ pub enum Screen {
     SignIn,
     Dashboard,
     Users,
+    Consent,
     Audit,
+    Reviews,
+    Keys,
 }
 
-/// One AuditEvent as the audit screen lists it, and the event itself for the detail pane.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditRow {
-    pub id: i64,
-    pub recorded: String,
+impl Screen {
+    pub const MAIN: [(char, Screen, &'static str); 6] = [
+        ('1', Screen::Dashboard, "dashboard"),
+        ('2', Screen::Users, "users"),
+        ('3', Screen::Consent, "consent"),
+        ('4', Screen::Audit, "audit"),
+        ('5', Screen::Reviews, "break-glass"),
+        ('6', Screen::Keys, "keys"),
+    ];
+}
+
+/// The Users screen: every user, a filter on the name, a selection.
+#[derive(Debug, Default)]
+pub struct UsersView {
+    pub rows: Vec<UserRow>,
+    pub filter: String,
+    pub typing: bool,
+    pub selected: usize,
+}
+
+impl UsersView {
+    pub fn visible(&self) -> Vec<&UserRow> {
+        let f = self.filter.to_lowercase();
+        self.rows
+            .iter()
+            .filter(|r| f.is_empty() || r.username.to_lowercase().contains(&f))
+            .collect()
+    }
+
+    fn current(&self) -> Option<String> {
+        self.visible()
+            .get(self.selected)
+            .map(|r| r.username.clone())
+    }
+}
+
+/// The consent screen: patients found, the one opened, their Consents.
+#[derive(Debug, Default)]
+pub struct ConsentView {
+    pub query: String,
+    pub patients: Vec<PatientRow>,
+    pub selected_patient: usize,
+    pub patient: Option<PatientRow>,
+    pub consents: Vec<ConsentRow>,
+    pub selected: usize,
+    /// Keys move in the consent table (else in the patient list).
+    pub in_consents: bool,
+}
+
+/// The audit screen's filter, as typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub since: String,
+    pub until: String,
     pub agent: String,
+    pub patient: String,
     pub action: String,
     pub outcome: String,
-    pub subtype: String,
-    pub patient: String,
-    pub event: serde_json::Value,
+    pub btg_only: bool,
 }
 
-impl AuditRow {
-    pub fn from_event(id: i64, event: serde_json::Value) -> AuditRow {
-        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        let patient = event["entity"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["type"]["code"] == "1")
-            .map(|e| text(&e["what"]["reference"]))
-            .unwrap_or_default();
-        AuditRow {
-            id,
-            recorded: text(&event["recorded"]).chars().take(19).collect(),
-            agent: text(&event["agent"][0]["who"]["display"]),
-            action: text(&event["action"]),
-            outcome: text(&event["outcome"]),
-            subtype: text(&event["subtype"][0]["code"]),
-            patient,
-            event,
+impl AuditFilter {
+    /// The core's query for this filter, or what is wrong with it.
+    pub fn query(&self, count: usize) -> Result<AuditQuery, String> {
+        let time = |s: &str, what: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                return Ok(Some(t.with_timezone(&chrono::Utc)));
+            }
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| Some(t.and_utc()))
+                .ok_or(format!(
+                    "{what}: a date YYYY-MM-DD or a time like 2026-11-23T10:00:00Z"
+                ))
+        };
+        let action = self.action.to_uppercase();
+        if !action.is_empty() && !["C", "R", "U", "D", "E"].contains(&action.as_str()) {
+            return Err("action: C, R, U, D or E".into());
         }
+        if !self.outcome.is_empty() && !["0", "4", "8", "12"].contains(&self.outcome.as_str()) {
+            return Err("outcome: 0 (success), 4, 8 or 12 (failures)".into());
+        }
+        let patient = match self.patient.as_str() {
+            "" => None,
+            p if p.starts_with("Patient/") => Some(p.to_string()),
+            p => Some(format!("Patient/{p}")),
+        };
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(AuditQuery {
+            since: time(&self.since, "from")?,
+            until: time(&self.until, "until")?,
+            agent: opt(&self.agent),
+            patient,
+            action: opt(&action),
+            outcome: opt(&self.outcome),
+            purpose: self.btg_only.then(|| "BTG".to_string()),
+            count,
+            ..AuditQuery::default()
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, v) in [
+            ("from", &self.since),
+            ("until", &self.until),
+            ("agent", &self.agent),
+            ("patient", &self.patient),
+            ("action", &self.action),
+            ("outcome", &self.outcome),
+        ] {
+            if !v.is_empty() {
+                parts.push(format!("{name}={v}"));
+            }
+        }
+        if self.btg_only {
+            parts.push("break-the-glass only".into());
+        }
+        parts.join(" ")
     }
 }
 
@@ -73,86 +223,187 @@ impl AuditRow {
 #[derive(Debug, Default)]
 pub struct AuditView {
     pub rows: Vec<AuditRow>,
-    selected: usize,
+    pub selected: usize,
     /// `before_id` of each page shown so far (`None` for the newest).
-    pages: Vec<Option<i64>>,
+    pub pages: Vec<Option<i64>>,
     pub next: Option<i64>,
+    pub filter: AuditFilter,
 }
 
-/// One user as the Users screen lists them.
+/// One break-the-glass grant in the review queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRow {
-    pub username: String,
+pub struct GrantRow {
+    pub id: i64,
+    pub who: String,
     pub role: String,
-    pub linked: String,
-    pub locked: bool,
-    pub mfa: bool,
+    pub started: String,
+    pub expires: String,
+    pub accesses: i64,
+    pub reason: String,
+    pub reviewed: String,
 }
 
-/// The Users screen: every user, a filter on the name, a selection, and a pending confirmation.
 #[derive(Debug, Default)]
-pub struct Users {
-    pub rows: Vec<UserRow>,
-    filter: String,
-    typing: bool,
-    selected: usize,
-    confirm: Option<String>,
+pub struct ReviewsView {
+    pub rows: Vec<GrantRow>,
+    pub selected: usize,
+    /// Reviewed grants too.
+    pub all: bool,
 }
 
-impl Users {
-    fn visible(&self) -> Vec<&UserRow> {
-        let f = self.filter.to_lowercase();
-        self.rows
-            .iter()
-            .filter(|r| f.is_empty() || r.username.to_lowercase().contains(&f))
-            .collect()
+#[derive(Debug, Default)]
+pub struct KeysView {
+    pub provider: String,
+    pub versions: Vec<(i32, i64)>,
+    pub external_calls: u64,
+}
+
+/// A user just created or re-enrolled: what they need, shown once.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub username: String,
+    pub uri: Option<String>,
+    pub codes: Vec<String>,
+}
+
+/// Which form a dialog is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormKind {
+    CreateUser,
+    SetRole(String),
+    FindPatient,
+    Grant(String),
+    AuditFilter,
+    Review(i64),
+    Export,
+}
+
+/// A dialog over the screen; it takes every key until it closes.
+#[derive(Debug, Clone)]
+pub enum Modal {
+    Form(FormKind, Form),
+    /// `y` runs the action; anything else closes.
+    Confirm(String, Action),
+    Enrollment(Enrolled),
+    Message(String),
+}
+
+/// Progress of a job: `done` of `total` (0 when the total is not known).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+}
+
+impl Progress {
+    fn set(&self, done: u64, total: u64) {
+        self.done.store(done, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
     }
 }
 
-/// The sign-in form: username, password (never shown), TOTP or recovery code.
-#[derive(Debug, Default)]
-struct SignInForm {
-    fields: [String; 3],
-    focus: usize,
-    message: Option<String>,
-}
-
-/// What the dashboard shows, loaded when it opens and on `r`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Dashboard {
-    pub key_provider: String,
-    pub resources: i64,
-    pub versions: i64,
-    pub audit_events: i64,
-    pub users: i64,
-    pub key_versions: Vec<(i32, i64)>,
-    pub open_reviews: usize,
+/// Long work on its own task; its result is a line for the operator.
+pub struct Job {
+    pub title: &'static str,
+    pub progress: Arc<Progress>,
+    handle: tokio::task::JoinHandle<String>,
 }
 
 pub struct App {
     pub screen: Screen,
-    form: SignInForm,
-    operator: Option<AccessContext>,
+    pub sign_in: Form,
+    pub operator: Option<AccessContext>,
     pub dashboard: Dashboard,
-    pub users: Users,
+    pub users: UsersView,
+    pub consent: ConsentView,
     pub audit: AuditView,
-    help: bool,
+    pub reviews: ReviewsView,
+    pub keys: KeysView,
+    pub modal: Option<Modal>,
+    pub help: bool,
+    pub job: Option<Job>,
+    /// The result of the last chain verification in this console.
+    pub chain: String,
+    sessions: SessionPolicy,
+    /// The core's clock when the last action ran (`YYYYmmdd-HHMMSS`), for default file names.
+    stamp: String,
     idle: Duration,
     last_key: Instant,
 }
 
-const LABELS: [&str; 3] = ["username", "password", "TOTP or recovery code"];
+/// Audit events per page.
+pub const AUDIT_PAGE: usize = 50;
+/// Rows PageUp/PageDown move in long lists.
+const PAGE_STEP: usize = 20;
+
+/// Scopes of the operator's FHIR work, per task.
+const PATIENT_SCOPES: [&str; 3] = [
+    "user/Patient.rs",
+    "user/Consent.cruds",
+    "user/Practitioner.rs",
+];
+const AUDIT_SCOPES: [&str; 1] = ["user/AuditEvent.rs"];
+
+fn sign_in_form() -> Form {
+    Form::new(
+        "Sign in",
+        &[
+            ("username", false),
+            ("password", true),
+            ("TOTP or recovery code", false),
+        ],
+    )
+    .hint("Sign in as an administrator. Tab moves between fields, Enter signs in.")
+}
+
+fn move_in(selected: &mut usize, len: usize, key: KeyCode) -> bool {
+    let last = len.saturating_sub(1);
+    *selected = match key {
+        KeyCode::Down | KeyCode::Char('j') => (*selected + 1).min(last),
+        KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
+        KeyCode::PageDown => (*selected + PAGE_STEP).min(last),
+        KeyCode::PageUp => selected.saturating_sub(PAGE_STEP),
+        KeyCode::Home | KeyCode::Char('g') => 0,
+        KeyCode::End | KeyCode::Char('G') => last,
+        _ => return false,
+    };
+    true
+}
+
+fn store_message(e: &StoreError) -> String {
+    match e {
+        StoreError::Invalid(issues) => issues
+            .iter()
+            .take(3)
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        e => e.to_string(),
+    }
+}
 
 impl App {
-    pub fn new(idle: Duration) -> App {
+    pub fn new(sessions: SessionPolicy) -> App {
+        let idle = sessions
+            .idle
+            .to_std()
+            .unwrap_or(Duration::from_secs(15 * 60));
         App {
             screen: Screen::SignIn,
-            form: SignInForm::default(),
+            sign_in: sign_in_form(),
             operator: None,
             dashboard: Dashboard::default(),
-            users: Users::default(),
+            users: UsersView::default(),
+            consent: ConsentView::default(),
             audit: AuditView::default(),
+            reviews: ReviewsView::default(),
+            keys: KeysView::default(),
+            modal: None,
             help: false,
+            job: None,
+            chain: "not verified in this session (4, then v)".into(),
+            sessions,
+            stamp: String::new(),
             idle,
             last_key: Instant::now(),
         }
@@ -161,6 +412,20 @@ impl App {
     /// The operator signed in (their name), if any.
     pub fn operator(&self) -> Option<&str> {
         self.operator.as_ref().map(|o| o.principal.as_str())
+    }
+
+    fn ctx(&self, scopes: &[&str]) -> AccessContext {
+        scoped(self.operator().unwrap_or_default(), scopes)
+    }
+
+    fn form(&mut self, kind: FormKind, form: Form) -> Option<Action> {
+        self.modal = Some(Modal::Form(kind, form));
+        None
+    }
+
+    fn confirm(&mut self, text: String, action: Action) -> Option<Action> {
+        self.modal = Some(Modal::Confirm(text, action));
+        None
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> Option<Action> {
@@ -172,77 +437,186 @@ impl App {
             self.help = false;
             return None;
         }
+        if let Some(modal) = self.modal.take() {
+            return self.modal_key(modal, key);
+        }
         if self.screen == Screen::SignIn {
-            return self.sign_in_key(key);
+            return match self.sign_in.key(key) {
+                FormKey::Submit => Some(Action::SignIn),
+                FormKey::Cancel => Some(Action::Quit),
+                FormKey::Edited => None,
+            };
         }
-        if self.screen == Screen::Users {
-            if let Some(handled) = self.users_key(key) {
-                return handled;
-            }
-        }
-        if self.screen == Screen::Audit {
-            let audit = &mut self.audit;
-            match key.code {
-                KeyCode::Down | KeyCode::Char('j') => {
-                    audit.selected = (audit.selected + 1).min(audit.rows.len().saturating_sub(1));
-                    return None;
-                }
-                KeyCode::Up | KeyCode::Char('k') => {
-                    audit.selected = audit.selected.saturating_sub(1);
-                    return None;
-                }
-                KeyCode::PageDown | KeyCode::Char('n') if audit.next.is_some() => {
-                    audit.pages.push(audit.next);
-                    return Some(Action::Refresh);
-                }
-                KeyCode::PageUp | KeyCode::Char('p') if audit.pages.len() > 1 => {
-                    audit.pages.pop();
-                    return Some(Action::Refresh);
-                }
-                _ => {}
-            }
+        let handled = match self.screen {
+            Screen::Users => self.users_key(key),
+            Screen::Consent => self.consent_key(key),
+            Screen::Audit => self.audit_key(key),
+            Screen::Reviews => self.reviews_key(key),
+            Screen::Keys => self.keys_key(key),
+            Screen::Dashboard | Screen::SignIn => None,
+        };
+        if let Some(action) = handled {
+            return action;
         }
         match key.code {
-            KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
+            KeyCode::Char('q') => Some(Action::Quit),
+            // Esc backs out to the dashboard; q quits.
+            KeyCode::Esc if self.screen != Screen::Dashboard => self.open(Screen::Dashboard),
             KeyCode::Char('?') => {
                 self.help = true;
                 None
             }
             KeyCode::Char('r') => Some(Action::Refresh),
-            KeyCode::Char('1') => {
-                self.screen = Screen::Dashboard;
-                Some(Action::Refresh)
-            }
-            KeyCode::Char('2') => {
-                self.screen = Screen::Users;
-                Some(Action::Refresh)
-            }
-            KeyCode::Char('3') => {
-                self.screen = Screen::Audit;
-                self.audit = AuditView {
-                    pages: vec![None],
-                    ..AuditView::default()
-                };
-                Some(Action::Refresh)
-            }
+            KeyCode::Char(c) => match Screen::MAIN.iter().find(|(k, ..)| *k == c) {
+                Some(&(_, screen, _)) => self.open(screen),
+                None => None,
+            },
             _ => None,
         }
     }
 
-    /// Keys the Users screen takes for itself (`Some`), before the global ones.
+    fn open(&mut self, screen: Screen) -> Option<Action> {
+        self.screen = screen;
+        if screen == Screen::Audit {
+            self.audit.pages = vec![None];
+        }
+        Some(Action::Refresh)
+    }
+
+    fn modal_key(&mut self, modal: Modal, key: KeyEvent) -> Option<Action> {
+        match modal {
+            Modal::Confirm(_, action) => (key.code == KeyCode::Char('y')).then_some(action),
+            Modal::Enrollment(_) | Modal::Message(_)
+                if matches!(key.code, KeyCode::Enter | KeyCode::Esc | KeyCode::Char('q')) =>
+            {
+                None
+            }
+            keep @ (Modal::Enrollment(_) | Modal::Message(_)) => {
+                self.modal = Some(keep);
+                None
+            }
+            Modal::Form(kind, mut form) => match form.key(key) {
+                FormKey::Cancel => None,
+                FormKey::Edited => self.form(kind, form),
+                FormKey::Submit => match self.submit(&kind, &form) {
+                    Ok(action) => action,
+                    Err(error) => {
+                        form.error = Some(error);
+                        self.form(kind, form)
+                    }
+                },
+            },
+        }
+    }
+
+    /// A form's values as the action it asks for (or a dialog after it), or what is wrong.
+    fn submit(&mut self, kind: &FormKind, form: &Form) -> Result<Option<Action>, String> {
+        let parse_role = |s: &str| {
+            Role::parse(s).ok_or("role: admin, practitioner, patient or analytics".to_string())
+        };
+        match kind {
+            FormKind::CreateUser => {
+                let username = form.value(0).to_string();
+                users::check_username(&username).map_err(|e| e.to_string())?;
+                let role = parse_role(form.value(1))?;
+                let link = match form.value(2) {
+                    "" => None,
+                    l if l.starts_with("Patient/") || l.starts_with("Practitioner/") => {
+                        Some(l.to_string())
+                    }
+                    _ => return Err("link: Patient/<id> or Practitioner/<id>, or empty".into()),
+                };
+                if form.value(3) != form.value(4) {
+                    return Err("the two passwords differ".into());
+                }
+                users::check_password_policy(&username, form.value(3))
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(Action::User(UserOp::Create {
+                    username,
+                    role,
+                    link,
+                    password: Secret(form.value(3).to_string()),
+                })))
+            }
+            FormKind::SetRole(name) => {
+                let role = parse_role(form.value(0))?;
+                Ok(self.confirm(
+                    format!(
+                        "Make {} {} and end their sessions?",
+                        super::inert(name, 32),
+                        role.as_str()
+                    ),
+                    Action::User(UserOp::SetRole(name.clone(), role)),
+                ))
+            }
+            FormKind::FindPatient => match form.value(0) {
+                "" => Err("type a name or an identifier".into()),
+                q => Ok(Some(Action::FindPatients(q.to_string()))),
+            },
+            FormKind::Grant(patient) => {
+                let actor = form.value(0).to_string();
+                if actor.is_empty() {
+                    return Err("who: a user name, or Practitioner/<id>, Organization/<id>, PractitionerRole/<id>, CareTeam/<id>".into());
+                }
+                let mut classes = Vec::new();
+                for c in form.value(1).split([',', ' ']).filter(|c| !c.is_empty()) {
+                    ResourceType::parse(c).ok_or(format!("records: {c} is not a resource type"))?;
+                    classes.push(c.to_string());
+                }
+                let end = match form.value(2) {
+                    "" => None,
+                    e => {
+                        chrono::NaiveDate::parse_from_str(e, "%Y-%m-%d")
+                            .map_err(|_| "until: a date YYYY-MM-DD, or empty".to_string())?;
+                        Some(e.to_string())
+                    }
+                };
+                Ok(Some(Action::Grant {
+                    patient: patient.clone(),
+                    actor,
+                    classes,
+                    end,
+                }))
+            }
+            FormKind::AuditFilter => {
+                let btg = form.value(6).to_lowercase();
+                let filter = AuditFilter {
+                    since: form.value(0).to_string(),
+                    until: form.value(1).to_string(),
+                    agent: form.value(2).to_string(),
+                    patient: form.value(3).to_string(),
+                    action: form.value(4).to_uppercase(),
+                    outcome: form.value(5).to_string(),
+                    btg_only: btg.starts_with('y'),
+                };
+                filter.query(AUDIT_PAGE)?;
+                self.audit.filter = filter;
+                self.audit.pages = vec![None];
+                Ok(Some(Action::Refresh))
+            }
+            FormKind::Review(id) => match form.value(0) {
+                "" => Err("a review needs a note".into()),
+                note => Ok(Some(Action::Review {
+                    id: *id,
+                    note: note.to_string(),
+                })),
+            },
+            FormKind::Export => match form.value(0) {
+                "" => Err("a file name, ending .csv or .ndjson".into()),
+                path => Ok(Some(Action::Export(path.to_string()))),
+            },
+        }
+    }
+
     fn users_key(&mut self, key: KeyEvent) -> Option<Option<Action>> {
         let users = &mut self.users;
-        if let Some(name) = users.confirm.clone() {
-            users.confirm = None;
-            return Some((key.code == KeyCode::Char('y')).then_some(Action::Lock(name)));
-        }
         if users.typing {
             match key.code {
                 KeyCode::Enter | KeyCode::Esc => users.typing = false,
                 KeyCode::Backspace => {
                     users.filter.pop();
                 }
-                KeyCode::Char(c) if !c.is_control() && users.filter.len() < 64 => {
+                KeyCode::Char(c) if !c.is_control() && users.filter.chars().count() < 64 => {
                     users.filter.push(c);
                     users.selected = 0;
                 }
@@ -251,124 +625,696 @@ impl App {
             return Some(None);
         }
         let count = users.visible().len();
-        match key.code {
-            KeyCode::Char('/') => users.typing = true,
-            KeyCode::Down | KeyCode::Char('j') => {
-                users.selected = (users.selected + 1).min(count.saturating_sub(1))
-            }
-            KeyCode::Up | KeyCode::Char('k') => users.selected = users.selected.saturating_sub(1),
-            // Destructive: asks first.
-            KeyCode::Char('l') => {
-                users.confirm = users
-                    .visible()
-                    .get(users.selected)
-                    .map(|r| r.username.clone())
-            }
-            _ => return None,
+        if move_in(&mut users.selected, count, key.code) {
+            return Some(None);
         }
-        Some(None)
+        if key.code == KeyCode::Char('/') {
+            users.typing = true;
+            return Some(None);
+        }
+        if key.code == KeyCode::Char('c') {
+            return Some(self.form(
+                FormKind::CreateUser,
+                Form::new(
+                    "New user",
+                    &[
+                        ("user name", false),
+                        ("role", false),
+                        ("linked to", false),
+                        ("password", true),
+                        ("password again", true),
+                    ],
+                )
+                .hint("role: admin, practitioner, patient or analytics · linked to: Practitioner/<id> or Patient/<id> · passwords: 12+ characters"),
+            ));
+        }
+        let name = users.current()?;
+        let shown = super::inert(&name, 32);
+        Some(match key.code {
+            // Destructive actions ask first.
+            KeyCode::Char('l') => self.confirm(
+                format!("Lock {shown} and end their sessions?"),
+                Action::User(UserOp::Lock(name)),
+            ),
+            KeyCode::Char('u') => Some(Action::User(UserOp::Unlock(name))),
+            KeyCode::Char('m') => self.confirm(
+                format!(
+                    "Reset {shown}'s MFA? Their authenticator and recovery codes stop working."
+                ),
+                Action::User(UserOp::ResetMfa(name)),
+            ),
+            KeyCode::Char('x') => self.confirm(
+                format!("End every session and token of {shown}?"),
+                Action::User(UserOp::Revoke(name)),
+            ),
+            KeyCode::Char('o') => self.form(
+                FormKind::SetRole(name),
+                Form::new(&format!("Role of {shown}"), &[("new role", false)])
+                    .hint("admin, practitioner, patient or analytics"),
+            ),
+            _ => return None,
+        })
     }
 
-    fn sign_in_key(&mut self, key: KeyEvent) -> Option<Action> {
-        let form = &mut self.form;
+    fn consent_key(&mut self, key: KeyEvent) -> Option<Option<Action>> {
+        let view = &mut self.consent;
+        if view.in_consents {
+            if move_in(&mut view.selected, view.consents.len(), key.code) {
+                return Some(None);
+            }
+        } else if move_in(&mut view.selected_patient, view.patients.len(), key.code) {
+            return Some(None);
+        }
         match key.code {
-            KeyCode::Esc => Some(Action::Quit),
-            KeyCode::Tab | KeyCode::Down => {
-                form.focus = (form.focus + 1) % 3;
-                None
+            KeyCode::Char('/') => Some(
+                self.form(
+                    FormKind::FindPatient,
+                    Form::new("Find a patient", &[("name or identifier", false)])
+                        .with(0, &self.consent.query.clone()),
+                ),
+            ),
+            KeyCode::Tab => {
+                view.in_consents = !view.in_consents && view.patient.is_some();
+                Some(None)
             }
-            KeyCode::BackTab | KeyCode::Up => {
-                form.focus = (form.focus + 2) % 3;
-                None
+            KeyCode::Enter if !view.in_consents => Some(
+                view.patients
+                    .get(view.selected_patient)
+                    .map(|p| Action::OpenPatient(p.id.clone())),
+            ),
+            KeyCode::Char('a') => {
+                let patient = view.patient.clone()?;
+                Some(self.form(
+                    FormKind::Grant(patient.id.clone()),
+                    Form::new(
+                        &format!("Grant access to {}", super::inert(&patient.name, 40)),
+                        &[("who", false), ("records", false), ("until", false)],
+                    )
+                    .hint("who: a user name or Practitioner/<id>, Organization/<id> · records: resource types, empty for all · until: YYYY-MM-DD, empty for no end"),
+                ))
             }
-            KeyCode::Enter if form.focus < 2 => {
-                form.focus += 1;
-                None
-            }
-            KeyCode::Enter => Some(Action::SignIn),
-            KeyCode::Backspace => {
-                form.fields[form.focus].pop();
-                None
-            }
-            KeyCode::Char(c) if !c.is_control() && form.fields[form.focus].len() < 256 => {
-                form.fields[form.focus].push(c);
-                None
+            KeyCode::Char('x') if view.in_consents => {
+                let c = view.consents.get(view.selected)?;
+                if c.status != "active" {
+                    return Some(None);
+                }
+                let text = format!(
+                    "Revoke consent {} ({} for {})?",
+                    super::inert(&c.id, 40),
+                    c.effect,
+                    super::inert(&c.who, 40)
+                );
+                let action = Action::RevokeConsent(c.id.clone());
+                Some(self.confirm(text, action))
             }
             _ => None,
         }
     }
 
-    /// The clock: sign out after the idle timeout.
+    fn audit_key(&mut self, key: KeyEvent) -> Option<Option<Action>> {
+        let audit = &mut self.audit;
+        if move_in(&mut audit.selected, audit.rows.len(), key.code) {
+            return Some(None);
+        }
+        Some(match key.code {
+            KeyCode::Char('n') | KeyCode::Right if audit.next.is_some() => {
+                audit.pages.push(audit.next);
+                Some(Action::Refresh)
+            }
+            KeyCode::Char('p') | KeyCode::Left if audit.pages.len() > 1 => {
+                audit.pages.pop();
+                Some(Action::Refresh)
+            }
+            KeyCode::Char('f') => {
+                let f = audit.filter.clone();
+                self.form(
+                    FormKind::AuditFilter,
+                    Form::new(
+                        "Filter the audit trail",
+                        &[
+                            ("from", false),
+                            ("until", false),
+                            ("agent", false),
+                            ("patient", false),
+                            ("action", false),
+                            ("outcome", false),
+                            ("break-the-glass only", false),
+                        ],
+                    )
+                    .with(0, &f.since)
+                    .with(1, &f.until)
+                    .with(2, &f.agent)
+                    .with(3, &f.patient)
+                    .with(4, &f.action)
+                    .with(5, &f.outcome)
+                    .with(6, if f.btg_only { "y" } else { "n" })
+                    .hint("dates YYYY-MM-DD (UTC) · action C R U D E · outcome 0 ok, 4/8/12 failed · y/n"),
+                )
+            }
+            KeyCode::Char('c') => {
+                audit.filter = AuditFilter::default();
+                audit.pages = vec![None];
+                Some(Action::Refresh)
+            }
+            KeyCode::Char('v') if self.job.is_none() => Some(Action::VerifyChain),
+            KeyCode::Char('e') if self.job.is_none() => {
+                let name = format!("carapace-audit-{}.csv", self.stamp);
+                self.form(
+                    FormKind::Export,
+                    Form::new("Export the filtered trail", &[("file", false)])
+                        .with(0, &name)
+                        .hint("ending .csv (spreadsheet-safe) or .ndjson; written 0600, never over a file"),
+                )
+            }
+            _ => return None,
+        })
+    }
+
+    fn reviews_key(&mut self, key: KeyEvent) -> Option<Option<Action>> {
+        let view = &mut self.reviews;
+        if move_in(&mut view.selected, view.rows.len(), key.code) {
+            return Some(None);
+        }
+        Some(match key.code {
+            KeyCode::Char('a') => {
+                view.all = !view.all;
+                Some(Action::Refresh)
+            }
+            KeyCode::Enter | KeyCode::Char('m') => {
+                let grant = view.rows.get(view.selected)?;
+                if !grant.reviewed.is_empty() {
+                    return Some(None);
+                }
+                let id = grant.id;
+                self.form(
+                    FormKind::Review(id),
+                    Form::new(&format!("Review grant {id}"), &[("note", false)])
+                        .hint("What was checked and found; kept sealed with the grant."),
+                )
+            }
+            _ => return None,
+        })
+    }
+
+    fn keys_key(&mut self, key: KeyEvent) -> Option<Option<Action>> {
+        (key.code == KeyCode::Char('R') && self.job.is_none()).then(|| {
+            self.confirm(
+                "Rotate the key-encryption key and rewrap every data key under the new version?"
+                    .into(),
+                Action::Rotate,
+            )
+        })
+    }
+
+    /// The clock: sign out after the idle timeout; notice a finished job.
     pub fn tick(&mut self) -> Option<Action> {
+        if self.job.as_ref().is_some_and(|j| j.handle.is_finished()) {
+            return Some(Action::JobDone);
+        }
         (self.operator.is_some() && self.last_key.elapsed() >= self.idle).then_some(Action::SignOut)
+    }
+
+    /// Wait for the running job and show its result (tests, and nothing else).
+    pub async fn finish_job(&mut self, core: &Core) {
+        while self.job.as_ref().is_some_and(|j| !j.handle.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.apply(Action::JobDone, core).await;
     }
 
     /// Do what an action asks; the only place the core is called.
     pub async fn apply(&mut self, action: Action, core: &Core) {
+        self.stamp = core.store.now().format("%Y%m%d-%H%M%S").to_string();
+        if self.operator.is_none() && !matches!(action, Action::SignIn | Action::Quit) {
+            return;
+        }
         match action {
             Action::Quit => {}
             Action::SignOut => {
                 let minutes = self.idle.as_secs() / 60;
-                *self = App::new(self.idle);
-                self.form.message = Some(format!("signed out after {minutes} min idle"));
+                if let Some(job) = self.job.take() {
+                    job.handle.abort();
+                }
+                *self = App::new(self.sessions);
+                self.sign_in.error = Some(format!("signed out after {minutes} min idle"));
             }
             Action::SignIn => {
-                let [username, password, code] = std::mem::take(&mut self.form.fields);
-                let signed_in = match crate::sign_in(core, &username, &password, &code).await {
-                    Ok(ctx) => ctx,
+                let (username, password, code) = (
+                    self.sign_in.value(0).to_string(),
+                    self.sign_in.value(1).to_string(),
+                    self.sign_in.value(2).to_string(),
+                );
+                self.sign_in = sign_in_form();
+                match crate::operator::sign_in(core, &username, &password, &code).await {
+                    Ok(Some(ctx)) => {
+                        self.operator = Some(ctx);
+                        self.screen = Screen::Dashboard;
+                        self.load(core).await;
+                    }
+                    Ok(None) => self.sign_in.error = Some(users::LoginError::Invalid.to_string()),
                     Err(e) => {
                         tracing::error!(error = %e, "console sign-in failed");
-                        None
+                        self.sign_in.error = Some("the sign-in service is unavailable".into());
                     }
-                };
-                if let Some(ctx) = signed_in {
-                    self.operator = Some(ctx);
-                    self.screen = Screen::Dashboard;
-                    self.form = SignInForm::default();
-                    self.load_dashboard(core).await;
-                } else {
-                    self.form = SignInForm {
-                        message: Some(users::LoginError::Invalid.to_string()),
-                        ..SignInForm::default()
-                    };
                 }
             }
-            Action::Refresh => match self.screen {
-                Screen::Users => self.load_users(core).await,
-                Screen::Audit => self.load_audit(core).await,
-                _ => self.load_dashboard(core).await,
-            },
-            Action::Lock(name) => {
-                let done = users::lock(&core.store, &name).await.is_ok();
-                if let Some(ctx) = &self.operator {
-                    if let Err(e) = core
-                        .store
-                        .record_admin(ctx, &format!("user-lock:{name}"), done)
+            Action::Refresh => self.load(core).await,
+            Action::User(op) => self.user_op(op, core).await,
+            Action::FindPatients(q) => self.find_patients(q, core).await,
+            Action::OpenPatient(id) => {
+                self.consent.patient = self.consent.patients.iter().find(|p| p.id == id).cloned();
+                self.consent.in_consents = true;
+                self.consent.selected = 0;
+                self.load_consents(core).await;
+            }
+            Action::Grant {
+                patient,
+                actor,
+                classes,
+                end,
+            } => {
+                let message = match self
+                    .grant(core, &patient, &actor, &classes, end.as_deref())
+                    .await
+                {
+                    Ok((id, actor)) => format!(
+                        "Consent/{id} written: {} may now see this record.",
+                        super::inert(&actor, 60)
+                    ),
+                    Err(e) => format!("Not granted: {e}"),
+                };
+                self.modal = Some(Modal::Message(message));
+                self.load_consents(core).await;
+            }
+            Action::RevokeConsent(id) => {
+                let message = match self.revoke_consent(core, &id).await {
+                    Ok(()) => format!("Consent/{id} is now inactive; access ends with it."),
+                    Err(e) => format!("Not revoked: {e}"),
+                };
+                self.modal = Some(Modal::Message(message));
+                self.load_consents(core).await;
+            }
+            Action::Review { id, note } => {
+                let ctx = self.ctx(&[]);
+                let message = match core.store.review_btg(&ctx, id, &note).await {
+                    Ok(true) => format!("Grant {id} marked reviewed."),
+                    Ok(false) => format!("Grant {id} is not waiting for review."),
+                    Err(e) => format!("Not reviewed: {e}"),
+                };
+                self.modal = Some(Modal::Message(message));
+                self.load(core).await;
+            }
+            Action::VerifyChain => self.verify(core),
+            Action::Export(path) => self.export(core, path),
+            Action::Rotate => self.rotate(core),
+            Action::JobDone => {
+                if let Some(job) = self.job.take() {
+                    let message = job
+                        .handle
                         .await
-                    {
-                        tracing::error!(error = %e, "could not audit a lock");
+                        .unwrap_or_else(|_| format!("{} stopped unexpectedly", job.title));
+                    if job.title == "verifying the audit chain" {
+                        self.chain = message.clone();
                     }
+                    self.modal = Some(Modal::Message(message));
+                    self.load(core).await;
                 }
-                self.load_users(core).await;
             }
         }
     }
 
-    /// A page of 50 events through the same core call the FHIR API uses (and, like it, audited).
-    async fn load_audit(&mut self, core: &Core) {
-        let Some(operator) = &self.operator else {
+    /// Load what the current screen shows.
+    async fn load(&mut self, core: &Core) {
+        match self.screen {
+            Screen::SignIn => {}
+            Screen::Dashboard => self.load_dashboard(core).await,
+            Screen::Users => self.load_users(core).await,
+            Screen::Consent => self.load_consents(core).await,
+            Screen::Audit => self.load_audit(core).await,
+            Screen::Reviews => self.load_reviews(core).await,
+            Screen::Keys => {
+                self.keys = KeysView {
+                    provider: core.keys.describe(),
+                    versions: core.store.key_versions().await.unwrap_or_default(),
+                    external_calls: core.keys.external_calls(),
+                }
+            }
+        }
+    }
+
+    async fn user_op(&mut self, op: UserOp, core: &Core) {
+        let store = &core.store;
+        let (what, result): (String, Result<Option<Enrolled>, String>) = match op {
+            UserOp::Create {
+                username,
+                role,
+                link,
+                password,
+            } => {
+                let (patient, practitioner) = match link.as_deref().map(|l| l.split_once('/')) {
+                    Some(Some(("Patient", id))) => (Some(id), None),
+                    Some(Some(("Practitioner", id))) => (None, Some(id)),
+                    _ => (None, None),
+                };
+                let new = users::NewUser {
+                    username: &username,
+                    role,
+                    patient_id: patient,
+                    practitioner_id: practitioner,
+                    password: &password.0,
+                };
+                let r = users::create_user(store, &new).await.map(|e| {
+                    Some(Enrolled {
+                        username: username.clone(),
+                        uri: e.totp_uri,
+                        codes: e.recovery_codes,
+                    })
+                });
+                (
+                    format!("user-create:{username}"),
+                    r.map_err(|e| e.to_string()),
+                )
+            }
+            UserOp::Lock(name) => (
+                format!("user-lock:{name}"),
+                users::lock(store, &name)
+                    .await
+                    .map(|()| None)
+                    .map_err(|e| e.to_string()),
+            ),
+            UserOp::Unlock(name) => (
+                format!("user-unlock:{name}"),
+                users::unlock(store, &name)
+                    .await
+                    .map(|()| None)
+                    .map_err(|e| e.to_string()),
+            ),
+            UserOp::ResetMfa(name) => {
+                let r = users::reset_mfa(store, &name).await.map(|e| {
+                    Some(Enrolled {
+                        username: name.clone(),
+                        uri: e.totp_uri,
+                        codes: e.recovery_codes,
+                    })
+                });
+                (
+                    format!("user-reset-mfa:{name}"),
+                    r.map_err(|e| e.to_string()),
+                )
+            }
+            UserOp::SetRole(name, role) => (
+                format!("user-set-role:{name}:{}", role.as_str()),
+                users::set_role(store, &name, role)
+                    .await
+                    .map(|()| None)
+                    .map_err(|e| e.to_string()),
+            ),
+            UserOp::Revoke(name) => (
+                format!("session-revoke:{name}"),
+                auth::revoke_matching(store.pool(), store.now(), &name)
+                    .await
+                    .map(|_| None)
+                    .map_err(|_| "database error".to_string()),
+            ),
+        };
+        if let Err(e) = store
+            .record_admin(&self.ctx(&[]), &what, result.is_ok())
+            .await
+        {
+            tracing::error!(error = %e, "could not audit an administrative action");
+        }
+        self.modal = Some(match result {
+            Ok(Some(enrolled)) => Modal::Enrollment(enrolled),
+            Ok(None) => Modal::Message(format!("Done: {}", super::inert(&what, 80))),
+            Err(e) => Modal::Message(format!("Refused: {e}")),
+        });
+        self.load_users(core).await;
+    }
+
+    async fn find_patients(&mut self, q: String, core: &Core) {
+        let ctx = self.ctx(&PATIENT_SCOPES);
+        let mut found: Vec<PatientRow> = Vec::new();
+        // An identifier (system|value or a bare value), then names: both served by the blind index.
+        for param in ["identifier", "name"] {
+            let pairs = [
+                (param.to_string(), q.clone()),
+                ("_count".into(), "50".into()),
+            ];
+            let Some(Ok(query)) =
+                ResourceType::parse("Patient").map(|t| query::parse(t, &pairs, false))
+            else {
+                continue;
+            };
+            match core.store.search(&ctx, &query).await {
+                Ok(result) => {
+                    for r in result.matches {
+                        if found.iter().all(|p| p.id != r.id) {
+                            let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                            found.push(PatientRow::from_resource(&r.id, &body));
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "patient search failed"),
+            }
+        }
+        self.consent = ConsentView {
+            query: q,
+            patients: found,
+            ..ConsentView::default()
+        };
+    }
+
+    async fn load_consents(&mut self, core: &Core) {
+        let Some(patient) = self.consent.patient.clone() else {
             return;
         };
-        let mut ctx = operator.clone();
-        ctx.scopes = carapace_core::access::Scope::parse("user/AuditEvent.rs")
-            .into_iter()
-            .collect();
-        let query = carapace_core::store::AuditQuery {
-            count: 50,
-            before_id: self.audit.pages.last().copied().flatten(),
-            ..Default::default()
+        let ctx = self.ctx(&PATIENT_SCOPES);
+        let pairs = [
+            ("patient".to_string(), format!("Patient/{}", patient.id)),
+            ("_count".into(), "100".into()),
+        ];
+        let Some(consent) = ResourceType::parse("Consent") else {
+            return;
         };
-        match core.store.audit_events(&ctx, &query).await {
+        let rows = match query::parse(consent, &pairs, false) {
+            Ok(query) => match core.store.search(&ctx, &query).await {
+                Ok(result) => result
+                    .matches
+                    .iter()
+                    .map(|r| {
+                        let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                        ConsentRow::from_resource(&r.id, &body)
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, "consent search failed");
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        self.consent.consents = rows;
+        self.consent.selected = self
+            .consent
+            .selected
+            .min(self.consent.consents.len().saturating_sub(1));
+    }
+
+    async fn grant(
+        &self,
+        core: &Core,
+        patient: &str,
+        actor: &str,
+        classes: &[String],
+        end: Option<&str>,
+    ) -> Result<(String, String), String> {
+        let actor = if actor.contains('/') {
+            let kind = actor.split('/').next().unwrap_or_default();
+            if ![
+                "Practitioner",
+                "Organization",
+                "PractitionerRole",
+                "CareTeam",
+            ]
+            .contains(&kind)
+            {
+                return Err(
+                    "who: Practitioner/, Organization/, PractitionerRole/ or CareTeam/".into(),
+                );
+            }
+            actor.to_string()
+        } else {
+            let user = users::find(&core.store, actor)
+                .await
+                .map_err(|_| format!("no user '{}'", super::inert(actor, 32)))?;
+            let id = user.practitioner_id.ok_or(format!(
+                "'{}' is not linked to a Practitioner",
+                super::inert(actor, 32)
+            ))?;
+            format!("Practitioner/{id}")
+        };
+        let today = core.store.now().format("%Y-%m-%d").to_string();
+        let body = super::data::grant_consent(patient, &actor, classes, end, &today);
+        let consent = ResourceType::parse("Consent").ok_or("no Consent type")?;
+        match core
+            .store
+            .create(&self.ctx(&PATIENT_SCOPES), consent, body, None)
+            .await
+        {
+            Ok(Created::New(r) | Created::Existing(r)) => Ok((r.id, actor)),
+            Err(e) => Err(store_message(&e)),
+        }
+    }
+
+    async fn revoke_consent(&self, core: &Core, id: &str) -> Result<(), String> {
+        let ctx = self.ctx(&PATIENT_SCOPES);
+        let consent = ResourceType::parse("Consent").ok_or("no Consent type")?;
+        let id = ResourceId::parse(id).map_err(|e| e.to_string())?;
+        let stored = core
+            .store
+            .read(&ctx, consent, &id)
+            .await
+            .map_err(|e| store_message(&e))?;
+        let mut body: Value = serde_json::from_slice(&stored.body).map_err(|e| e.to_string())?;
+        body["status"] = "inactive".into();
+        core.store
+            .update(&ctx, consent, &id, body, Some(stored.version_id))
+            .await
+            .map(|_| ())
+            .map_err(|e| store_message(&e))
+    }
+
+    fn spawn(
+        &mut self,
+        title: &'static str,
+        work: impl FnOnce(Arc<Progress>) -> tokio::task::JoinHandle<String>,
+    ) {
+        let progress = Arc::new(Progress::default());
+        let handle = work(progress.clone());
+        self.job = Some(Job {
+            title,
+            progress,
+            handle,
+        });
+    }
+
+    fn verify(&mut self, core: &Core) {
+        let store = core.store.clone();
+        let ctx = self.ctx(&[]);
+        self.spawn("verifying the audit chain", move |progress| {
+            tokio::spawn(async move {
+                let report = store
+                    .verify_audit_chain(None, |done, total| progress.set(done, total))
+                    .await;
+                let (ok, message) = match report {
+                    Ok(r) => match r.broken {
+                        None => (
+                            true,
+                            format!(
+                                "Audit chain intact: {} events verified; head {}:{}",
+                                r.checked,
+                                r.head.0,
+                                hex::encode(&r.head.1)
+                            ),
+                        ),
+                        Some((at, why)) => (
+                            false,
+                            format!(
+                                "Audit chain BROKEN at event {at}: {}",
+                                super::inert(&why, 120)
+                            ),
+                        ),
+                    },
+                    Err(e) => (false, format!("Could not verify the chain: {e}")),
+                };
+                if let Err(e) = store.record_admin(&ctx, "audit-verify", ok).await {
+                    tracing::error!(error = %e, "could not audit the verification");
+                }
+                message
+            })
+        });
+    }
+
+    fn export(&mut self, core: &Core, path: String) {
+        let query = match self.audit.filter.query(1000) {
+            Ok(q) => q,
+            Err(e) => {
+                self.modal = Some(Modal::Message(e));
+                return;
+            }
+        };
+        let store = core.store.clone();
+        let ctx = self.ctx(&AUDIT_SCOPES);
+        let admin = self.ctx(&[]);
+        self.spawn("exporting the audit trail", move |progress| {
+            tokio::spawn(async move {
+                let format = export::Format::of_path(&path);
+                let result: anyhow::Result<u64> = async {
+                    let file = export::create_private(&path)?;
+                    let mut out = export::Writer::new(format, std::io::BufWriter::new(file))?;
+                    let mut query = query;
+                    let mut n = 0;
+                    loop {
+                        let page = store.audit_events(&ctx, &query).await?;
+                        for (id, event) in &page.events {
+                            out.write(*id, event)?;
+                            n += 1;
+                        }
+                        progress.set(n, 0);
+                        match page.next {
+                            Some(next) => query.before_id = Some(next),
+                            None => break,
+                        }
+                    }
+                    out.finish()?;
+                    Ok(n)
+                }
+                .await;
+                let what = format!("audit-export:{}", result.as_ref().map_or(0, |n| *n));
+                if let Err(e) = store.record_admin(&admin, &what, result.is_ok()).await {
+                    tracing::error!(error = %e, "could not audit the export");
+                }
+                match result {
+                    Ok(n) => format!("Exported {n} events to {}", super::inert(&path, 80)),
+                    Err(e) => format!("Export failed: {}", super::inert(&e.to_string(), 120)),
+                }
+            })
+        });
+    }
+
+    fn rotate(&mut self, core: &Core) {
+        let store = core.store.clone();
+        let ctx = self.ctx(&[]);
+        self.spawn("rewrapping data keys", move |progress| {
+            tokio::spawn(async move {
+                match store
+                    .rewrap_all(&ctx, |done, total| progress.set(done, total))
+                    .await
+                {
+                    Ok(n) => format!("Rotation complete: {n} data keys rewrapped."),
+                    Err(e) => format!("Rotation failed: {e}"),
+                }
+            })
+        });
+    }
+
+    async fn load_audit(&mut self, core: &Core) {
+        let mut query = match self.audit.filter.query(AUDIT_PAGE) {
+            Ok(q) => q,
+            Err(e) => {
+                self.modal = Some(Modal::Message(e));
+                return;
+            }
+        };
+        if self.audit.pages.is_empty() {
+            self.audit.pages.push(None);
+        }
+        query.before_id = self.audit.pages.last().copied().flatten();
+        match core
+            .store
+            .audit_events(&self.ctx(&AUDIT_SCOPES), &query)
+            .await
+        {
             Ok(page) => {
                 self.audit.rows = page
                     .events
@@ -382,8 +1328,42 @@ impl App {
         }
     }
 
+    async fn load_reviews(&mut self, core: &Core) {
+        let grants = core.store.btg_grants(self.reviews.all, 500).await;
+        if let Err(e) = core
+            .store
+            .record_admin(&self.ctx(&[]), "btg-list", true)
+            .await
+        {
+            tracing::error!(error = %e, "could not audit the review queue");
+        }
+        let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
+        self.reviews.rows = grants
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| GrantRow {
+                id: g.id,
+                who: g.principal,
+                role: g.role,
+                started: time(g.started_at),
+                expires: time(g.expires_at),
+                accesses: g.accesses,
+                reason: g.reason,
+                reviewed: g.reviewed_by.unwrap_or_default(),
+            })
+            .collect();
+        self.reviews.selected = self
+            .reviews
+            .selected
+            .min(self.reviews.rows.len().saturating_sub(1));
+    }
+
     async fn load_users(&mut self, core: &Core) {
-        let list = users::list(&core.store).await.unwrap_or_default();
+        let store = &core.store;
+        let list = users::list(store).await.unwrap_or_default();
+        let tokens = auth::active_tokens(store.pool(), store.now(), None, &self.sessions)
+            .await
+            .unwrap_or_default();
         self.users.rows = list
             .into_iter()
             .map(|u| UserRow {
@@ -395,9 +1375,14 @@ impl App {
                     .unwrap_or_default(),
                 locked: u.admin_locked,
                 mfa: u.mfa_enrolled,
+                sessions: tokens.iter().filter(|t| t.subject == u.username).count(),
                 username: u.username,
             })
             .collect();
+        self.users.selected = self
+            .users
+            .selected
+            .min(self.users.visible().len().saturating_sub(1));
     }
 
     async fn load_dashboard(&mut self, core: &Core) {
@@ -409,364 +1394,242 @@ impl App {
                 .await
                 .unwrap_or(-1)
         };
+        let database = carapace_core::sqlx::query_scalar::<_, String>("SHOW server_version")
+            .fetch_one(pool)
+            .await
+            .map_or("unreachable".into(), |v| {
+                format!(
+                    "PostgreSQL {}{}",
+                    v.split_whitespace().next().unwrap_or_default(),
+                    if core.cluster.is_some() {
+                        " (embedded)"
+                    } else {
+                        ""
+                    }
+                )
+            });
+        let server = match store.chain_queue().await {
+            Ok((0, _)) => "running (audit chain up to date)".to_string(),
+            Ok((n, Some(age))) if age < 10.0 => format!("running ({n} events being chained)"),
+            Ok((n, age)) => format!(
+                "not chaining: {n} events waiting for {:.0} s (is carapace-server running?)",
+                age.unwrap_or_default()
+            ),
+            Err(_) => "unknown".into(),
+        };
+        let by_type = store.resource_types().await.unwrap_or_default();
+        let failed = AuditQuery {
+            subtype: Some("admin".into()),
+            outcome: Some("4".into()),
+            count: 5,
+            ..AuditQuery::default()
+        };
+        let failed_logins = store
+            .audit_events(&self.ctx(&AUDIT_SCOPES), &failed)
+            .await
+            .map(|page| {
+                page.events
+                    .into_iter()
+                    .map(|(id, e)| AuditRow::from_event(id, e))
+                    .filter(|r| r.what.ends_with("login"))
+                    .map(|r| (r.recorded, r.agent))
+                    .collect()
+            })
+            .unwrap_or_default();
         let (resources, versions) = store.resource_counts().await.unwrap_or((-1, -1));
         self.dashboard = Dashboard {
+            database,
             key_provider: core.keys.describe(),
+            server,
+            patients: by_type
+                .iter()
+                .find(|(t, _)| t == "Patient")
+                .map_or(0, |(_, n)| *n),
             resources,
             versions,
+            by_type,
             audit_events: count("SELECT count(*) FROM audit_events").await,
             users: count("SELECT count(*) FROM users").await,
+            sessions: auth::active_tokens(pool, store.now(), None, &self.sessions)
+                .await
+                .map_or(0, |t| t.len()),
             key_versions: store.key_versions().await.unwrap_or_default(),
             open_reviews: store.btg_grants(false, 1000).await.map_or(0, |g| g.len()),
+            failed_logins,
+            chain: self.chain.clone(),
         };
-    }
-
-    pub fn draw(&self, f: &mut Frame) {
-        let area = f.area();
-        let [title, body, status] = Layout::vertical([
-            Constraint::Length(1),
-            Constraint::Min(3),
-            Constraint::Length(1),
-        ])
-        .areas(area);
-        let who = self.operator().map_or("not signed in".to_string(), |o| {
-            format!("operator {}", inert(o, 32))
-        });
-        f.render_widget(
-            Paragraph::new(Line::from(vec![
-                Span::styled(
-                    "Carapace console",
-                    Style::new().add_modifier(Modifier::BOLD),
-                ),
-                Span::raw(format!("  ·  {who}")),
-            ])),
-            title,
-        );
-        match self.screen {
-            Screen::SignIn => self.draw_sign_in(f, body),
-            Screen::Dashboard => self.draw_dashboard(f, body),
-            Screen::Users => self.draw_users(f, body),
-            Screen::Audit => self.draw_audit(f, body),
-        }
-        let keys = match self.screen {
-            Screen::SignIn => "Tab next field · Enter sign in · Esc quit",
-            Screen::Dashboard => "1 dashboard · 2 users · 3 audit · r refresh · ? help · q quit",
-            Screen::Audit => "j/k move · n/p page · 1 dashboard · 2 users · r refresh · q quit",
-            Screen::Users => "/ filter · j/k move · l lock · 1 dashboard · r refresh · q quit",
-        };
-        f.render_widget(Paragraph::new(keys), status);
-        if self.help {
-            let help = Rect {
-                x: area.width / 6,
-                y: area.height / 4,
-                width: (area.width * 2 / 3).max(20).min(area.width),
-                height: 6.min(area.height),
-            };
-            f.render_widget(Clear, help);
-            f.render_widget(
-                Paragraph::new(vec![
-                    Line::from("r  load the figures again"),
-                    Line::from("?  this help (any key closes it)"),
-                    Line::from("q  quit (Esc too)"),
-                ])
-                .block(Block::default().borders(Borders::ALL).title(" Keys ")),
-                help,
-            );
-        }
-    }
-
-    fn draw_sign_in(&self, f: &mut Frame, area: Rect) {
-        let mut lines = vec![Line::from("Sign in as an administrator."), Line::from("")];
-        for (i, label) in LABELS.iter().enumerate() {
-            let value = match i {
-                1 => "•".repeat(self.form.fields[1].chars().count().min(32)),
-                _ => inert(&self.form.fields[i], 40),
-            };
-            let marker = if self.form.focus == i { "›" } else { " " };
-            lines.push(Line::from(format!("{marker} {label:<22} {value}")));
-        }
-        if let Some(message) = &self.form.message {
-            lines.push(Line::from(""));
-            lines.push(Line::from(inert(message, 70)));
-        }
-        f.render_widget(
-            Paragraph::new(lines)
-                .alignment(Alignment::Left)
-                .block(Block::default().borders(Borders::ALL).title(" Sign in ")),
-            area,
-        );
-    }
-
-    fn draw_audit(&self, f: &mut Frame, area: Rect) {
-        let [list, detail] =
-            Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
-        let rows: Vec<Row> = self
-            .audit
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let row = Row::new(vec![
-                    r.id.to_string(),
-                    inert(&r.recorded, 19),
-                    inert(&r.agent, 20),
-                    inert(&r.action, 1),
-                    inert(&r.outcome, 2),
-                    inert(&r.subtype, 16),
-                    inert(&r.patient, 48),
-                ]);
-                if i == self.audit.selected {
-                    row.style(Style::new().add_modifier(Modifier::REVERSED))
-                } else {
-                    row
-                }
-            })
-            .collect();
-        f.render_widget(
-            Table::new(
-                rows,
-                [
-                    Constraint::Length(7),
-                    Constraint::Length(19),
-                    Constraint::Length(20),
-                    Constraint::Length(3),
-                    Constraint::Length(3),
-                    Constraint::Length(16),
-                    Constraint::Min(10),
-                ],
-            )
-            .header(Row::new(vec![
-                "ID", "RECORDED", "AGENT", "A", "O", "SUBTYPE", "PATIENT",
-            ]))
-            .block(Block::default().borders(Borders::ALL).title(format!(
-                " Audit trail, page {} ",
-                self.audit.pages.len().max(1)
-            ))),
-            list,
-        );
-        let lines: Vec<Line> = self
-            .audit
-            .rows
-            .get(self.audit.selected)
-            .map(|r| serde_json::to_string_pretty(&r.event).unwrap_or_default())
-            .unwrap_or_default()
-            .lines()
-            .take(usize::from(detail.height.saturating_sub(2)))
-            .map(|l| Line::from(inert(l, usize::from(detail.width.saturating_sub(2)))))
-            .collect();
-        f.render_widget(
-            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Event ")),
-            detail,
-        );
-    }
-
-    fn draw_users(&self, f: &mut Frame, area: Rect) {
-        let visible = self.users.visible();
-        let rows: Vec<Row> = visible
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let row = Row::new(vec![
-                    inert(&u.username, 24),
-                    u.role.clone(),
-                    inert(&u.linked, 40),
-                    if u.locked { "locked" } else { "" }.to_string(),
-                    if u.mfa { "TOTP" } else { "none" }.to_string(),
-                ]);
-                if i == self.users.selected {
-                    row.style(Style::new().add_modifier(Modifier::REVERSED))
-                } else {
-                    row
-                }
-            })
-            .collect();
-        let title = if self.users.filter.is_empty() && !self.users.typing {
-            format!(" Users ({}) ", visible.len())
-        } else {
-            format!(
-                " Users matching '{}' ({}) ",
-                inert(&self.users.filter, 24),
-                visible.len()
-            )
-        };
-        f.render_widget(
-            Table::new(
-                rows,
-                [
-                    Constraint::Length(24),
-                    Constraint::Length(13),
-                    Constraint::Min(10),
-                    Constraint::Length(7),
-                    Constraint::Length(5),
-                ],
-            )
-            .header(Row::new(vec!["USER", "ROLE", "LINKED TO", "LOCK", "MFA"]))
-            .block(Block::default().borders(Borders::ALL).title(title)),
-            area,
-        );
-        if let Some(name) = &self.users.confirm {
-            let dialog = Rect {
-                x: area.x + area.width / 6,
-                y: area.y + area.height / 3,
-                width: (area.width * 2 / 3).max(10).min(area.width),
-                height: 3.min(area.height),
-            };
-            f.render_widget(Clear, dialog);
-            f.render_widget(
-                Paragraph::new(format!(
-                    "Lock {} and end their sessions? y/n",
-                    inert(name, 24)
-                ))
-                .block(Block::default().borders(Borders::ALL).title(" Confirm ")),
-                dialog,
-            );
-        }
-    }
-
-    fn draw_dashboard(&self, f: &mut Frame, area: Rect) {
-        let d = &self.dashboard;
-        let mut rows = vec![
-            Row::new(vec!["key provider".to_string(), inert(&d.key_provider, 60)]),
-            Row::new(vec![
-                "resources".to_string(),
-                format!("{} current, {} versions", d.resources, d.versions),
-            ]),
-            Row::new(vec!["audit events".to_string(), d.audit_events.to_string()]),
-            Row::new(vec!["users".to_string(), d.users.to_string()]),
-            Row::new(vec![
-                "break-glass reviews".to_string(),
-                format!("{} open", d.open_reviews),
-            ]),
-        ];
-        for (version, n) in &d.key_versions {
-            rows.push(Row::new(vec![
-                format!("data keys v{version}"),
-                n.to_string(),
-            ]));
-        }
-        f.render_widget(
-            Table::new(rows, [Constraint::Length(22), Constraint::Min(10)])
-                .block(Block::default().borders(Borders::ALL).title(" Dashboard ")),
-            area,
-        );
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use ratatui::backend::TestBackend;
-    use ratatui::Terminal;
-
-    fn screen(app: &App, width: u16, height: u16) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-        terminal.draw(|f| app.draw(f)).unwrap();
-        format!("{}", terminal.backend())
-    }
+    use crossterm::event::KeyEvent;
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
     }
 
-    #[test]
-    fn the_sign_in_form_masks_the_password_and_shows_input_inert() {
-        let mut app = App::new(Duration::from_secs(900));
-        for c in "ad\u{1b}min".chars() {
-            app.handle_key(key(KeyCode::Char(c)));
-        }
-        app.handle_key(key(KeyCode::Tab));
-        for c in "hunter2hunter2".chars() {
-            app.handle_key(key(KeyCode::Char(c)));
-        }
-        let text = screen(&app, 80, 24);
-        assert!(!text.contains("hunter2"), "the password is never drawn");
-        insta::assert_snapshot!("sign_in_80x24", text);
-        assert_eq!(app.handle_key(key(KeyCode::Esc)), Some(Action::Quit));
-    }
-
-    #[test]
-    fn the_dashboard_renders_at_both_sizes() {
-        let mut app = App::new(Duration::from_secs(900));
+    fn signed_in(idle_ms: i64) -> App {
+        let mut app = App::new(SessionPolicy {
+            idle: chrono::Duration::milliseconds(idle_ms),
+            absolute: chrono::Duration::hours(8),
+        });
+        app.operator = Some(AccessContext::operator("root.admin"));
         app.screen = Screen::Dashboard;
-        app.dashboard = Dashboard {
-            key_provider: "Vault transit at http://127.0.0.1:8200".into(),
-            resources: 92114,
-            versions: 92200,
-            audit_events: 100_000,
-            users: 3,
-            key_versions: vec![(1, 12), (2, 120)],
-            open_reviews: 1,
-        };
-        insta::assert_snapshot!("dashboard_80x24", screen(&app, 80, 24));
-        app.handle_key(key(KeyCode::Char('?')));
-        insta::assert_snapshot!("dashboard_help_200x50", screen(&app, 200, 50));
-        // Any key closes the help; q quits.
-        assert_eq!(app.handle_key(key(KeyCode::Char('x'))), None);
-        assert_eq!(app.handle_key(key(KeyCode::Char('q'))), Some(Action::Quit));
+        app
     }
 
     #[test]
-    fn users_filter_and_a_lock_goes_through_a_confirmation() {
-        let mut app = App::new(Duration::from_secs(900));
+    fn the_idle_clock_signs_out_only_a_signed_in_operator() {
+        let mut app = App::new(SessionPolicy {
+            idle: chrono::Duration::zero(),
+            absolute: chrono::Duration::hours(8),
+        });
+        assert_eq!(app.tick(), None, "nobody to sign out");
+        app.operator = Some(AccessContext::operator("root.admin"));
+        assert_eq!(app.tick(), Some(Action::SignOut));
+        let mut busy = signed_in(60_000);
+        busy.handle_key(key(KeyCode::Char('2')));
+        assert_eq!(busy.tick(), None, "a key resets the clock");
+    }
+
+    #[test]
+    fn destructive_user_actions_ask_first_and_n_cancels() {
+        let mut app = signed_in(60_000);
         app.screen = Screen::Users;
-        let row = |name: &str, role: &str| UserRow {
-            username: name.into(),
-            role: role.into(),
+        app.users.rows = vec![UserRow {
+            username: "dr.house".into(),
+            role: "practitioner".into(),
             linked: String::new(),
             locked: false,
             mfa: true,
-        };
-        app.users.rows = vec![
-            row("root.admin", "admin"),
-            row("dr.house", "practitioner"),
-            row("dr.\u{1b}[2Jwho", "practitioner"),
-        ];
-        for k in [
-            KeyCode::Char('/'),
-            KeyCode::Char('d'),
-            KeyCode::Char('r'),
-            KeyCode::Enter,
+            sessions: 1,
+        }];
+        for (k, op) in [
+            ('l', UserOp::Lock("dr.house".into())),
+            ('m', UserOp::ResetMfa("dr.house".into())),
+            ('x', UserOp::Revoke("dr.house".into())),
         ] {
-            assert_eq!(app.handle_key(key(k)), None);
+            assert_eq!(
+                app.handle_key(key(KeyCode::Char(k))),
+                None,
+                "{k} asks first"
+            );
+            assert!(matches!(app.modal, Some(Modal::Confirm(..))));
+            assert_eq!(app.handle_key(key(KeyCode::Char('n'))), None);
+            assert!(app.modal.is_none(), "n closes the dialog");
+            app.handle_key(key(KeyCode::Char(k)));
+            assert_eq!(
+                app.handle_key(key(KeyCode::Char('y'))),
+                Some(Action::User(op))
+            );
         }
-        app.handle_key(key(KeyCode::Char('j')));
-        app.handle_key(key(KeyCode::Char('l')));
-        insta::assert_snapshot!("users_confirm_80x24", screen(&app, 80, 24));
+        // Unlocking is not destructive: no dialog.
         assert_eq!(
-            app.handle_key(key(KeyCode::Char('y'))),
-            Some(Action::Lock("dr.\u{1b}[2Jwho".into()))
+            app.handle_key(key(KeyCode::Char('u'))),
+            Some(Action::User(UserOp::Unlock("dr.house".into())))
         );
-        app.handle_key(key(KeyCode::Char('l')));
-        assert_eq!(app.handle_key(key(KeyCode::Char('n'))), None, "n cancels");
     }
 
     #[test]
-    fn the_audit_screen_lists_events_and_shows_the_selected_one() {
-        let mut app = App::new(Duration::from_secs(900));
-        app.screen = Screen::Audit;
-        let event = |agent: &str, subtype: &str| {
-            serde_json::json!({"resourceType": "AuditEvent", "action": "R", "outcome": "0",
-                "recorded": "2026-11-23T10:00:00.000000Z",
-                "subtype": [{"code": subtype}],
-                "agent": [{"who": {"display": agent}}],
-                "entity": [{"type": {"code": "1"}, "what": {"reference": "Patient/p-1"}}]})
+    fn a_new_user_form_refuses_what_the_core_would_and_never_prints_the_password() {
+        let mut app = signed_in(60_000);
+        app.screen = Screen::Users;
+        app.handle_key(key(KeyCode::Char('c')));
+        let mut typed = |text: &str, then: KeyCode| {
+            for c in text.chars() {
+                app.handle_key(key(KeyCode::Char(c)));
+            }
+            app.handle_key(key(then))
         };
-        app.audit.rows = vec![
-            AuditRow::from_event(12, event("dr.house", "read")),
-            AuditRow::from_event(11, event("evil\u{1b}]0;x\u{7}", "search-type")),
-        ];
-        app.audit.pages = vec![None];
-        app.handle_key(key(KeyCode::Char('j')));
-        insta::assert_snapshot!("audit_80x24", screen(&app, 80, 24));
-        insta::assert_snapshot!("audit_200x50", screen(&app, 200, 50));
+        typed("dr.who", KeyCode::Tab);
+        typed("surgeon", KeyCode::Tab);
+        typed("", KeyCode::Tab);
+        typed("a long enough password", KeyCode::Tab);
+        assert_eq!(typed("a long enough password", KeyCode::Enter), None);
+        let Some(Modal::Form(_, form)) = &app.modal else {
+            panic!("the form stays open");
+        };
+        assert!(form.error.as_deref().unwrap().starts_with("role:"));
+        let action = Action::User(UserOp::Create {
+            username: "x".into(),
+            role: Role::Admin,
+            link: None,
+            password: Secret("hunter2hunter2".into()),
+        });
+        assert!(!format!("{action:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn audit_filters_are_checked_before_they_are_run() {
+        let ok = AuditFilter {
+            since: "2026-11-01".into(),
+            until: "2026-11-23T10:00:00Z".into(),
+            agent: "dr.house".into(),
+            patient: "pat-1".into(),
+            action: "R".into(),
+            outcome: "0".into(),
+            btg_only: true,
+        }
+        .query(50)
+        .unwrap();
+        assert_eq!(ok.patient.as_deref(), Some("Patient/pat-1"));
+        assert_eq!(ok.purpose.as_deref(), Some("BTG"));
+        assert_eq!(ok.since.unwrap().to_rfc3339(), "2026-11-01T00:00:00+00:00");
+        for bad in [
+            AuditFilter {
+                since: "yesterday".into(),
+                ..AuditFilter::default()
+            },
+            AuditFilter {
+                action: "X".into(),
+                ..AuditFilter::default()
+            },
+            AuditFilter {
+                outcome: "1".into(),
+                ..AuditFilter::default()
+            },
+        ] {
+            assert!(bad.query(50).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn q_quits_esc_backs_out_and_help_closes_on_any_key() {
+        let mut app = signed_in(60_000);
+        app.screen = Screen::Keys;
+        assert_eq!(app.handle_key(key(KeyCode::Esc)), Some(Action::Refresh));
+        assert_eq!(app.screen, Screen::Dashboard);
+        app.handle_key(key(KeyCode::Char('?')));
+        assert!(app.help);
+        assert_eq!(app.handle_key(key(KeyCode::Char('q'))), None);
+        assert!(!app.help);
+        assert_eq!(app.handle_key(key(KeyCode::Char('q'))), Some(Action::Quit));
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(
+            App::new(SessionPolicy::default()).handle_key(ctrl_c),
+            Some(Action::Quit)
+        );
     }
 
     #[test]
     fn tiny_terminals_do_not_panic() {
-        let app = App::new(Duration::from_secs(900));
-        for (w, h) in [(1, 1), (10, 3), (20, 5)] {
-            screen(&app, w, h);
+        use ratatui::backend::TestBackend;
+        use ratatui::Terminal;
+        let mut app = signed_in(60_000);
+        app.modal = Some(Modal::Enrollment(Enrolled {
+            username: "x".repeat(300),
+            uri: Some("otpauth://totp/Carapace:x?secret=JBSWY3DPEHPK3PXP&issuer=Carapace".into()),
+            codes: vec!["0000-0000-0000-0000".into(); 10],
+        }));
+        for &(_, screen, _) in Screen::MAIN.iter() {
+            app.screen = screen;
+            for (w, h) in [(1, 1), (10, 3), (20, 5), (45, 12)] {
+                let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+                terminal.draw(|f| app.draw(f)).unwrap();
+            }
         }
     }
 }

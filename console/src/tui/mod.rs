@@ -1,17 +1,22 @@
 //! The full-screen console (`carapace-console` with no subcommand): ratatui over crossterm, one
 //! event loop, screens that turn keys into [`Action`]s and draw themselves; work that touches the
-//! database or the key provider runs as an effect of an action, never inside drawing.
+//! database or the key provider runs as an effect of an action, never inside drawing, and long
+//! work (chain verification, rewrap, export) on its own task with its progress on screen.
 
 mod app;
+mod data;
+mod form;
 mod text;
+mod view;
 
+pub use app::{Action, App, Modal, Screen, UserOp};
+pub use data::grant_consent;
 pub use text::inert;
 
-use app::{Action, App};
-
 use anyhow::Context;
+use carapace_core::authorize::SessionPolicy;
 use carapace_core::core::Core;
-use crossterm::event::{self, Event};
+use crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
 };
@@ -26,7 +31,7 @@ fn restore() {
     let _ = crossterm::execute!(std::io::stdout(), LeaveAlternateScreen);
 }
 
-pub async fn run(core: &Core, idle: Duration) -> anyhow::Result<()> {
+pub async fn run(core: &Core, sessions: SessionPolicy) -> anyhow::Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore();
@@ -34,33 +39,44 @@ pub async fn run(core: &Core, idle: Duration) -> anyhow::Result<()> {
     }));
     enable_raw_mode().context("the console needs a terminal")?;
     crossterm::execute!(std::io::stdout(), EnterAlternateScreen)?;
-    let result = event_loop(core, idle).await;
+    let result = event_loop(core, sessions).await;
     restore();
     result
 }
 
-async fn event_loop(core: &Core, idle: Duration) -> anyhow::Result<()> {
+enum Input {
+    Key(KeyEvent),
+    /// The terminal changed size: draw again at once.
+    Resize,
+}
+
+async fn event_loop(core: &Core, sessions: SessionPolicy) -> anyhow::Result<()> {
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
-    // Keys are read on their own thread and sent here, so the loop also wakes for the idle clock.
-    let (keys, mut incoming) = tokio::sync::mpsc::channel(64);
+    // Terminal events are read on their own thread and sent here, so the loop also wakes for the
+    // clock (idle sign-out, job progress).
+    let (events, mut incoming) = tokio::sync::mpsc::channel(64);
     std::thread::spawn(move || loop {
-        match event::read() {
-            Ok(Event::Key(key)) => {
-                if keys.blocking_send(key).is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
+        let input = match event::read() {
+            Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => Input::Key(key),
+            Ok(Event::Resize(..)) => Input::Resize,
+            Ok(_) => continue,
             Err(_) => return,
+        };
+        if events.blocking_send(input).is_err() {
+            return;
         }
     });
-    let mut app = App::new(idle);
+    let mut app = App::new(sessions);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         terminal.draw(|f| app.draw(f))?;
         let action = tokio::select! {
-            key = incoming.recv() => match key {
-                Some(key) => app.handle_key(key),
+            input = incoming.recv() => match input {
+                Some(Input::Key(key)) => app.handle_key(key),
+                Some(Input::Resize) => {
+                    terminal.autoresize()?;
+                    None
+                }
                 None => Some(Action::Quit),
             },
             _ = tick.tick() => app.tick(),

@@ -1,11 +1,24 @@
 //! Text from users and the database shown inert: control characters (ANSI escapes, newlines)
 //! replaced, and cut to fit.
 
-/// `text` with every control character replaced by `�`, cut to `max` characters (`…` marks a cut).
+/// Characters that would change how the rest of the line is shown: bidirectional overrides,
+/// embeddings and isolates (the "Trojan Source" characters) and zero-width marks.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every control character (ANSI escapes, newlines) and every character that reorders
+/// the display replaced by `�`, cut to `max` characters (`…` marks a cut).
 pub fn inert(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .map(|c| {
+            if c.is_control() || reorders(c) {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
         .take(max)
         .collect();
     if text.chars().count() > max {
@@ -24,5 +37,6 @@ mod tests {
             "a\u{fffd}[31mred\u{fffd}x"
         );
         assert_eq!(super::inert("abcdef", 4), "abc…");
+        assert_eq!(super::inert("exe\u{202e}fdp", 40), "exe\u{fffd}fdp");
     }
 }

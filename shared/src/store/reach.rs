@@ -396,6 +396,34 @@ impl Store {
         Ok((row.try_get("current")?, row.try_get("versions")?))
     }
 
+    /// Current resources per type, most first: what the console's dashboard shows.
+    pub async fn resource_types(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut tx = self.begin_internal().await?;
+        let rows = sqlx::query(
+            "SELECT resource_type, count(*) AS n FROM resources WHERE NOT deleted
+              GROUP BY resource_type ORDER BY n DESC, resource_type",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("resource_type")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// The audit chain's queue: events committed and waiting for a server's chainer, and how long
+    /// the oldest has waited (seconds). A running server keeps both near zero.
+    pub async fn chain_queue(&self) -> Result<(i64, Option<f64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n,
+                    extract(epoch FROM now() - min(e.recorded))::float8 AS oldest
+               FROM audit_unchained q JOIN audit_events e ON e.id = q.event_id",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+
     /// A transaction whose row-level security lets through what the request's plan does (the
     /// settings end with it).
     pub(super) async fn begin_for(
