@@ -131,6 +131,11 @@ async fn ward() -> Ward {
                    "name": [{"family": "House", "given": ["Gregory"]}]}),
         ),
         (
+            "Practitioner/pr-wilson",
+            json!({"resourceType": "Practitioner", "id": "pr-wilson",
+                   "name": [{"family": "Wilson", "given": ["James"]}]}),
+        ),
+        (
             "Patient/pat-ada",
             json!({"resourceType": "Patient", "id": "pat-ada", "birthDate": "1815-12-10",
                    "identifier": [{"system": "urn:mrn", "value": "MRN-1001"}],
@@ -546,4 +551,163 @@ async fn every_screen_against_the_real_core() {
         }
     }
     c.core.shutdown().await;
+}
+
+/// Keep a capture for the README when `CARAPACE_CAPTURE_DIR` is set.
+fn keep(name: &str, screen: &str) {
+    if let Ok(dir) = std::env::var("CARAPACE_CAPTURE_DIR") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/{name}.txt"), screen).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_real_console_binary_in_tmux() {
+    let ward = ward().await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut env = ward.stack.server.env.clone();
+    env.push((
+        "CARAPACE_CONSOLE_LOG".into(),
+        log.path().display().to_string(),
+    ));
+    let t = Tmux::start(&bin_path("carapace-console"), &env, 120, 36);
+
+    // Sign in with the TOTP code.
+    t.wait_for("Sign in as an administrator", 30);
+    t.type_text("root.admin");
+    t.keys(&["Tab"]);
+    t.type_text(ADMIN_PASSWORD);
+    t.keys(&["Tab"]);
+    t.type_text(&code(&ward.admin_uri));
+    t.keys(&["Enter"]);
+    let dashboard = t.wait_for("Health", 30);
+    assert!(dashboard.contains("PostgreSQL 15"), "{dashboard}");
+    assert!(!dashboard.contains(ADMIN_PASSWORD));
+    keep("dashboard", &dashboard);
+
+    // Create a practitioner user linked to their Practitioner resource.
+    t.keys(&["2"]);
+    t.wait_for("Users (2)", 10);
+    t.keys(&["c"]);
+    t.wait_for("New user", 10);
+    for (value, then) in [
+        ("dr.wilson", "Tab"),
+        ("practitioner", "Tab"),
+        ("Practitioner/pr-wilson", "Tab"),
+        ("oncology is a team sport", "Tab"),
+        ("oncology is a team sport", "Enter"),
+    ] {
+        t.type_text(value);
+        t.keys(&[then]);
+    }
+    let enrolment = t.wait_for("User dr.wilson created", 30);
+    assert!(
+        enrolment.contains("otpauth://totp/Carapace:dr.wilson"),
+        "{enrolment}"
+    );
+    assert!(enrolment.contains("Recovery codes"), "{enrolment}");
+    assert!(enrolment.contains('█'), "a QR code at 120x36: {enrolment}");
+    t.keys(&["Enter"]);
+    let users = t.wait_for("Users (3)", 10);
+    assert!(
+        users.contains("dr.wilson") && users.contains("Practitioner/pr-wilson"),
+        "{users}"
+    );
+    keep("users", &users);
+
+    // The new practitioner cannot see Ada's record until a consent names them.
+    let wilson = carapace_core::auth::issue(
+        &ward.stack.db().await,
+        chrono::Utc::now(),
+        "dr.wilson",
+        Role::Practitioner,
+        &[Scope::parse("user/*.rs").unwrap()],
+        None,
+    )
+    .await
+    .unwrap()
+    .access_token;
+    let wilson_reads = || async {
+        let auth = format!("Bearer {wilson}");
+        http(
+            "GET",
+            &ward.stack.server.url("Patient/pat-ada"),
+            &[("Authorization", auth.as_str())],
+            None,
+        )
+        .await
+        .unwrap()
+        .status
+    };
+    assert_eq!(wilson_reads().await, 404);
+
+    // Grant it from the consent screen.
+    t.keys(&["3", "/"]);
+    t.wait_for("Find a patient", 10);
+    t.type_text("MRN-1001");
+    t.keys(&["Enter"]);
+    t.wait_for("Ada Lovelace", 10);
+    t.keys(&["Enter"]);
+    t.wait_for("Consents of Ada Lovelace", 10);
+    t.keys(&["a"]);
+    t.wait_for("Grant access to Ada Lovelace", 10);
+    t.type_text("dr.wilson");
+    t.keys(&["Tab", "Tab", "Enter"]);
+    t.wait_for("may now see this record", 10);
+    t.keys(&["Enter"]);
+    let consent = t.wait_gone("Enter to close", 10);
+    assert!(consent.contains("Practitioner/pr-wilson"), "{consent}");
+    assert!(consent.contains("active"), "{consent}");
+    keep("consent", &consent);
+    assert_eq!(
+        wilson_reads().await,
+        200,
+        "the consent granted in the console acts"
+    );
+
+    // The audit screen shows what the operator did (and the practitioner's read).
+    t.keys(&["4"]);
+    let audit = t.wait_for("Audit trail", 10);
+    for expected in [
+        "user-create:dr.wilson",
+        "Consent/",
+        "console-login",
+        "dr.wilson",
+    ] {
+        assert!(audit.contains(expected), "{expected} in:\n{audit}");
+    }
+    keep("audit", &audit);
+
+    // Verify the chain, with the result on screen.
+    t.keys(&["v"]);
+    let verified = t.wait_for("Audit chain intact", 60);
+    keep("verified", &verified);
+    t.keys(&["Enter"]);
+    t.wait_gone("Enter to close", 10);
+
+    // A smaller terminal redraws at its size.
+    t.resize(80, 24);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let small = t.wait_for("Audit trail", 10);
+    assert!(small.lines().all(|l| l.chars().count() <= 80), "{small}");
+    assert_eq!(small.lines().count(), 24, "{small}");
+
+    // Break-the-glass and keys screens open; q quits and the program ends.
+    t.keys(&["5"]);
+    t.wait_for("Break-the-glass grants", 10);
+    t.keys(&["6"]);
+    keep(
+        "keys",
+        &t.wait_for("data keys by key-encryption key version", 10),
+    );
+    t.keys(&["q"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.running() {
+        assert!(std::time::Instant::now() < deadline, "q did not quit");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The log file has what happened, never a password or a patient's name.
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(!logged.contains(ADMIN_PASSWORD) && !logged.contains("oncology is a team sport"));
+    assert!(!logged.contains("Lovelace"), "{logged}");
 }

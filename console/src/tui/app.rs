@@ -1410,7 +1410,7 @@ impl App {
             });
         let server = match store.chain_queue().await {
             Ok((0, _)) => "running (audit chain up to date)".to_string(),
-            Ok((n, Some(age))) if age < 10.0 => format!("running ({n} events being chained)"),
+            Ok((n, Some(age))) if age < 10.0 => format!("running ({n} queued for the chain)"),
             Ok((n, age)) => format!(
                 "not chaining: {n} events waiting for {:.0} s (is carapace-server running?)",
                 age.unwrap_or_default()

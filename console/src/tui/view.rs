@@ -332,17 +332,20 @@ impl App {
 
     fn draw_consent(&self, f: &mut Frame, area: Rect) {
         let c = &self.consent;
-        let [left, right] =
-            Layout::horizontal([Constraint::Percentage(35), Constraint::Percentage(65)])
-                .areas(area);
+        // Patients above, their consents below: the consent table needs the width.
+        let [left, right] = Layout::vertical([
+            Constraint::Length((c.patients.len().clamp(1, 8) + 3) as u16),
+            Constraint::Min(4),
+        ])
+        .areas(area);
         let rows: Vec<Row> = c
             .patients
             .iter()
             .map(|p| {
                 Row::new(vec![
-                    inert(&p.name, 28),
+                    inert(&p.name, 60),
                     inert(&p.birth, 10),
-                    inert(&p.identifier, 20),
+                    inert(&p.identifier, 40),
                 ])
             })
             .collect();
@@ -357,9 +360,9 @@ impl App {
             title,
             &["NAME", "BORN", "IDENTIFIER"],
             &[
-                Constraint::Min(10),
+                Constraint::Min(20),
                 Constraint::Length(10),
-                Constraint::Length(14),
+                Constraint::Length(30),
             ],
             rows,
             (!c.patients.is_empty() && !c.in_consents).then_some(c.selected_patient),
@@ -400,9 +403,9 @@ impl App {
                 Constraint::Length(8),
                 Constraint::Length(8),
                 Constraint::Length(7),
-                Constraint::Min(14),
-                Constraint::Length(12),
-                Constraint::Length(24),
+                Constraint::Min(16),
+                Constraint::Length(20),
+                Constraint::Length(23),
                 Constraint::Length(7),
             ],
             rows,
