@@ -1,6 +1,7 @@
 //! Exporting AuditEvents: NDJSON (one event per line, as the API serves them) or CSV for a
 //! spreadsheet. CSV cells that a spreadsheet would run as a formula (starting with `=`, `+`, `-`,
-//! `@`, a tab or a carriage return) are escaped with a leading `'` (OWASP "CSV injection").
+//! `@`, their full-width forms, a tab, a carriage return or a newline) are escaped with a leading
+//! `'` (OWASP "CSV injection").
 
 use serde_json::Value;
 use std::io::Write;
@@ -29,7 +30,9 @@ pub const CSV_HEADER: [&str; 10] = [
 /// A cell a spreadsheet shows as text, never evaluates.
 pub fn csv_cell(value: &str) -> String {
     match value.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}"),
+        Some('=' | '+' | '-' | '@' | '\t' | '\r' | '\n' | '＝' | '＋' | '－' | '＠') => {
+            format!("'{value}")
+        }
         _ => value.to_string(),
     }
 }

@@ -199,9 +199,12 @@ fn main() -> anyhow::Result<()> {
         // The full-screen console owns the terminal: logs go to a file.
         let path =
             std::env::var("CARAPACE_CONSOLE_LOG").unwrap_or_else(|_| "carapace-console.log".into());
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        // The operator's log: readable by them only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
             .open(&path)
             .with_context(|| format!("opening the log file {path}"))?;
         tracing_subscriber::fmt()

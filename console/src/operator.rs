@@ -13,7 +13,8 @@ pub async fn sign_in(
     password: &str,
     code: &str,
 ) -> anyhow::Result<Option<AccessContext>> {
-    let ctx = AccessContext::operator(username);
+    // The name as typed is whatever someone typed: recorded printable.
+    let ctx = AccessContext::operator(&carapace_core::fhir::printable(username));
     let user = users::login(
         &core.store,
         core.store.now(),

@@ -1589,6 +1589,21 @@ impl Store {
     pub async fn rewrap_all(
         &self,
         ctx: &AccessContext,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<u64, StoreError> {
+        // Audited when it starts (it may run long, or be stopped) and when it fails, besides the
+        // completion event.
+        self.record_admin(ctx, "key-rotation-start", true).await?;
+        let result = self.rewrap_all_inner(ctx, progress).await;
+        if result.is_err() {
+            self.record_admin(ctx, "key-rotation", false).await?;
+        }
+        result
+    }
+
+    async fn rewrap_all_inner(
+        &self,
+        ctx: &AccessContext,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, StoreError> {
         let target: i32 = self.keys.rotate().await?;

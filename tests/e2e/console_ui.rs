@@ -538,18 +538,36 @@ async fn every_screen_against_the_real_core() {
             .handle_key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE)),
         Some(carapace_console::tui::Action::Quit)
     );
-    // Every size draws without panicking, down to a single cell.
+    // Every screen and dialog draws at every size without panicking, down to a single cell.
+    c.press(KeyCode::Char('2')).await;
+    c.press(KeyCode::Char('c')).await;
     for screen in [
+        Screen::SignIn,
         Screen::Dashboard,
         Screen::Users,
         Screen::Consent,
         Screen::Audit,
+        Screen::Reviews,
+        Screen::Keys,
     ] {
         c.app.screen = screen;
         for (w, h) in [(1, 1), (20, 5), (40, 10), (80, 24), (200, 50)] {
             c.screen(w, h);
         }
     }
+    c.press(KeyCode::Esc).await;
+    c.app.screen = Screen::Users;
+
+    // An operator locked by another administrator is signed out at their next action.
+    users::lock(&c.core.store, "root.admin").await.unwrap();
+    c.press(KeyCode::Char('r')).await;
+    assert_eq!(c.app.screen, Screen::SignIn);
+    assert!(c.app.operator.is_none());
+    assert!(
+        c.screen(80, 24).contains("account changed"),
+        "{}",
+        c.screen(80, 24)
+    );
     c.core.shutdown().await;
 }
 

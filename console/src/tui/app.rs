@@ -157,7 +157,11 @@ pub struct AuditFilter {
 impl AuditFilter {
     /// The core's query for this filter, or what is wrong with it.
     pub fn query(&self, count: usize) -> Result<AuditQuery, String> {
-        let time = |s: &str, what: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+        // A date alone means the whole day: from its start, until the end of it.
+        let time = |s: &str,
+                    what: &str,
+                    days: u64|
+         -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
             if s.is_empty() {
                 return Ok(None);
             }
@@ -166,6 +170,7 @@ impl AuditFilter {
             }
             chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
                 .ok()
+                .and_then(|d| d.checked_add_days(chrono::Days::new(days)))
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
                 .map(|t| Some(t.and_utc()))
                 .ok_or(format!(
@@ -186,8 +191,8 @@ impl AuditFilter {
         };
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Ok(AuditQuery {
-            since: time(&self.since, "from")?,
-            until: time(&self.until, "until")?,
+            since: time(&self.since, "from", 0)?,
+            until: time(&self.until, "until", 1)?,
             agent: opt(&self.agent),
             patient,
             action: opt(&action),
@@ -228,6 +233,8 @@ pub struct AuditView {
     pub pages: Vec<Option<i64>>,
     pub next: Option<i64>,
     pub filter: AuditFilter,
+    /// Lines the detail pane is scrolled by.
+    pub detail_scroll: u16,
 }
 
 /// One break-the-glass grant in the review queue.
@@ -259,11 +266,21 @@ pub struct KeysView {
 }
 
 /// A user just created or re-enrolled: what they need, shown once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Enrolled {
     pub username: String,
     pub uri: Option<String>,
     pub codes: Vec<String>,
+}
+
+/// The TOTP seed and the recovery codes never reach debug output.
+impl std::fmt::Debug for Enrolled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolled")
+            .field("username", &self.username)
+            .field("codes", &self.codes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which form a dialog is.
@@ -350,7 +367,7 @@ fn sign_in_form() -> Form {
         &[
             ("username", false),
             ("password", true),
-            ("TOTP or recovery code", false),
+            ("TOTP or recovery code", true),
         ],
     )
     .hint("Sign in as an administrator. Tab moves between fields, Enter signs in.")
@@ -459,6 +476,10 @@ impl App {
             return action;
         }
         match key.code {
+            KeyCode::Char('q') if self.job.is_some() => self.confirm(
+                "A job is still running and stops if the console quits. Quit anyway?".into(),
+                Action::Quit,
+            ),
             KeyCode::Char('q') => Some(Action::Quit),
             // Esc backs out to the dashboard; q quits.
             KeyCode::Esc if self.screen != Screen::Dashboard => self.open(Screen::Dashboard),
@@ -734,9 +755,19 @@ impl App {
     fn audit_key(&mut self, key: KeyEvent) -> Option<Option<Action>> {
         let audit = &mut self.audit;
         if move_in(&mut audit.selected, audit.rows.len(), key.code) {
+            audit.detail_scroll = 0;
             return Some(None);
         }
         Some(match key.code {
+            // The detail pane scrolls through the whole event.
+            KeyCode::Char('J') => {
+                audit.detail_scroll = audit.detail_scroll.saturating_add(5);
+                None
+            }
+            KeyCode::Char('K') => {
+                audit.detail_scroll = audit.detail_scroll.saturating_sub(5);
+                None
+            }
             KeyCode::Char('n') | KeyCode::Right if audit.next.is_some() => {
                 audit.pages.push(audit.next);
                 Some(Action::Refresh)
@@ -828,7 +859,12 @@ impl App {
 
     /// The clock: sign out after the idle timeout; notice a finished job.
     pub fn tick(&mut self) -> Option<Action> {
-        if self.job.as_ref().is_some_and(|j| j.handle.is_finished()) {
+        // A result waits for the open dialog (an enrolment shown once, a half-typed form).
+        if self.job.as_ref().is_some_and(|j| j.handle.is_finished())
+            && self.modal.is_none()
+            && !self.help
+            && self.operator.is_some()
+        {
             return Some(Action::JobDone);
         }
         (self.operator.is_some() && self.last_key.elapsed() >= self.idle).then_some(Action::SignOut)
@@ -848,15 +884,28 @@ impl App {
         if self.operator.is_none() && !matches!(action, Action::SignIn | Action::Quit) {
             return;
         }
+        // The operator may have been locked, demoted or removed since signing in.
+        if !matches!(action, Action::Quit | Action::SignIn | Action::SignOut)
+            && !self.operator_still_admin(core).await
+        {
+            self.sign_out(core, "the operator's account changed: signed out")
+                .await;
+            return;
+        }
         match action {
-            Action::Quit => {}
+            Action::Quit => {
+                if let Err(e) = core
+                    .store
+                    .record_admin(&self.ctx(&[]), "console-quit", true)
+                    .await
+                {
+                    tracing::error!(error = %e, "could not audit the end of the session");
+                }
+            }
             Action::SignOut => {
                 let minutes = self.idle.as_secs() / 60;
-                if let Some(job) = self.job.take() {
-                    job.handle.abort();
-                }
-                *self = App::new(self.sessions);
-                self.sign_in.error = Some(format!("signed out after {minutes} min idle"));
+                self.sign_out(core, &format!("signed out after {minutes} min idle"))
+                    .await;
             }
             Action::SignIn => {
                 let (username, password, code) = (
@@ -893,10 +942,20 @@ impl App {
                 classes,
                 end,
             } => {
-                let message = match self
+                let result = self
                     .grant(core, &patient, &actor, &classes, end.as_deref())
-                    .await
-                {
+                    .await;
+                if let Err(refused) = &result {
+                    // Refused before a Consent reached the store (which audits what it sees).
+                    if !refused.starts_with("store: ") {
+                        let what = format!("consent-grant:Patient/{patient}");
+                        if let Err(e) = core.store.record_admin(&self.ctx(&[]), &what, false).await
+                        {
+                            tracing::error!(error = %e, "could not audit a refused grant");
+                        }
+                    }
+                }
+                let message = match result {
                     Ok((id, actor)) => format!(
                         "Consent/{id} written: {} may now see this record.",
                         super::inert(&actor, 60)
@@ -941,6 +1000,32 @@ impl App {
                 }
             }
         }
+    }
+
+    async fn operator_still_admin(&self, core: &Core) -> bool {
+        let Some(name) = self.operator() else {
+            return false;
+        };
+        matches!(users::find(&core.store, name).await,
+            Ok(u) if u.role == Role::Admin && !u.admin_locked)
+    }
+
+    /// End the operator's session (audited): everything on screen is cleared; a running job goes
+    /// on (it audits itself) and its result waits for the next sign-in.
+    async fn sign_out(&mut self, core: &Core, why: &str) {
+        if self.operator.is_some() {
+            if let Err(e) = core
+                .store
+                .record_admin(&self.ctx(&[]), "console-sign-out", true)
+                .await
+            {
+                tracing::error!(error = %e, "could not audit the sign-out");
+            }
+        }
+        let job = self.job.take();
+        *self = App::new(self.sessions);
+        self.job = job;
+        self.sign_in.error = Some(why.to_string());
     }
 
     /// Load what the current screen shows.
@@ -1162,7 +1247,7 @@ impl App {
             .await
         {
             Ok(Created::New(r) | Created::Existing(r)) => Ok((r.id, actor)),
-            Err(e) => Err(store_message(&e)),
+            Err(e) => Err(format!("store: {}", store_message(&e))),
         }
     }
 
@@ -1270,7 +1355,15 @@ impl App {
                     Ok(n)
                 }
                 .await;
-                let what = format!("audit-export:{}", result.as_ref().map_or(0, |n| *n));
+                let what = format!(
+                    "audit-export:{}:{}",
+                    if format == export::Format::Csv {
+                        "csv"
+                    } else {
+                        "ndjson"
+                    },
+                    result.as_ref().map_or(0, |n| *n)
+                );
                 if let Err(e) = store.record_admin(&admin, &what, result.is_ok()).await {
                     tracing::error!(error = %e, "could not audit the export");
                 }
@@ -1421,7 +1514,7 @@ impl App {
         let failed = AuditQuery {
             subtype: Some("admin".into()),
             outcome: Some("4".into()),
-            count: 5,
+            count: 50,
             ..AuditQuery::default()
         };
         let failed_logins = store
@@ -1431,15 +1524,24 @@ impl App {
                 page.events
                     .into_iter()
                     .map(|(id, e)| AuditRow::from_event(id, e))
-                    .filter(|r| r.what.ends_with("login"))
+                    .filter(|r| r.what.contains("login"))
+                    .take(5)
                     .map(|r| (r.recorded, r.agent))
                     .collect()
             })
             .unwrap_or_default();
         let (resources, versions) = store.resource_counts().await.unwrap_or((-1, -1));
+        // A real call (a data key made and thrown away), bounded: a sealed or unreachable Vault
+        // shows here rather than on the next write.
+        let probe = tokio::time::timeout(Duration::from_secs(3), core.keys.generate()).await;
+        let key_provider = match probe {
+            Ok(Ok(_)) => format!("answering · {}", core.keys.describe()),
+            Ok(Err(e)) => format!("FAILING ({e}) · {}", core.keys.describe()),
+            Err(_) => format!("NOT ANSWERING in 3 s · {}", core.keys.describe()),
+        };
         self.dashboard = Dashboard {
             database,
-            key_provider: core.keys.describe(),
+            key_provider,
             server,
             patients: by_type
                 .iter()
@@ -1631,5 +1733,56 @@ mod tests {
                 terminal.draw(|f| app.draw(f)).unwrap();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_finished_job_waits_for_the_open_dialog() {
+        let mut app = App::new(SessionPolicy::default());
+        app.operator = Some(AccessContext::operator("root.admin"));
+        app.screen = Screen::Users;
+        app.job = Some(Job {
+            title: "exporting the audit trail",
+            progress: Arc::default(),
+            handle: tokio::spawn(async { "Exported 3 events".to_string() }),
+        });
+        while !app.job.as_ref().is_some_and(|j| j.handle.is_finished()) {
+            tokio::task::yield_now().await;
+        }
+        app.modal = Some(Modal::Enrollment(Enrolled {
+            username: "dr.who".into(),
+            uri: Some("otpauth://totp/Carapace:dr.who?secret=JBSWY3DPEHPK3PXP".into()),
+            codes: vec!["0123-4567-89ab-cdef".into()],
+        }));
+        assert_eq!(
+            app.tick(),
+            None,
+            "the enrolment is shown once: not replaced"
+        );
+        assert!(
+            !format!("{:?}", app.modal).contains("JBSWY3DP"),
+            "no secret in debug output"
+        );
+        assert!(!format!("{:?}", app.modal).contains("0123-4567"));
+        app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        assert_eq!(app.tick(), Some(Action::JobDone));
+        // q while a job runs asks first.
+        app.job = Some(Job {
+            title: "rewrapping data keys",
+            progress: Arc::default(),
+            handle: tokio::spawn(std::future::pending()),
+        });
+        assert_eq!(
+            app.handle_key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE)),
+            None
+        );
+        assert_eq!(
+            app.handle_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE)),
+            Some(Action::Quit)
+        );
     }
 }

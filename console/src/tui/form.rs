@@ -18,7 +18,7 @@ pub enum FormKey {
     Edited,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Field {
     label: &'static str,
     value: String,
@@ -26,13 +26,35 @@ struct Field {
 }
 
 /// Labelled fields and a focus; `error` is shown under them (after a refused submit).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Form {
     pub title: String,
     fields: Vec<Field>,
     focus: usize,
     pub hint: Option<String>,
     pub error: Option<String>,
+}
+
+/// Secrets typed into a form never reach debug output or logs.
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|x| {
+                if x.secret {
+                    format!("{}: …", x.label)
+                } else {
+                    format!("{}: {:?}", x.label, x.value)
+                }
+            })
+            .collect();
+        f.debug_struct("Form")
+            .field("title", &self.title)
+            .field("fields", &fields)
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 /// Longest value a field takes (a keyboard is not a bulk channel).

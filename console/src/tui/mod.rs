@@ -32,9 +32,14 @@ fn restore() {
 }
 
 pub async fn run(core: &Core, sessions: SessionPolicy) -> anyhow::Result<()> {
+    // A panic on the UI thread restores the terminal before the message is printed. (A job's
+    // task that panics is reported as a failed job instead, the screen left as it is.)
+    let ui = std::thread::current().id();
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        restore();
+        if std::thread::current().id() == ui {
+            restore();
+        }
         default_hook(info);
     }));
     enable_raw_mode().context("the console needs a terminal")?;

@@ -2,9 +2,17 @@
 //! replaced, and cut to fit.
 
 /// Characters that would change how the rest of the line is shown: bidirectional overrides,
-/// embeddings and isolates (the "Trojan Source" characters) and zero-width marks.
+/// embeddings and isolates (the "Trojan Source" characters), line and paragraph separators and
+/// zero-width or invisible marks.
 fn reorders(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// `text` with every control character (ANSI escapes, newlines) and every character that reorders

@@ -84,6 +84,7 @@ fn keys(screen: Screen) -> &'static [(&'static str, &'static str)] {
             ("f", "filter"),
             ("c", "clear the filter"),
             ("n/p", "next/previous page"),
+            ("J/K", "scroll the event"),
             ("v", "verify the chain"),
             ("e", "export CSV/NDJSON"),
             ("j/k", "move"),
@@ -470,10 +471,14 @@ impl App {
             .map(|r| serde_json::to_string_pretty(&r.event).unwrap_or_default())
             .unwrap_or_default()
             .lines()
+            .skip(usize::from(self.audit.detail_scroll))
             .take(usize::from(detail.height.saturating_sub(2)))
             .map(|l| Line::from(inert(l, usize::from(detail.width.saturating_sub(2)))))
             .collect();
-        f.render_widget(Paragraph::new(lines).block(boxed("Event")), detail);
+        f.render_widget(
+            Paragraph::new(lines).block(boxed("Event (J/K scroll)")),
+            detail,
+        );
     }
 
     fn draw_reviews(&self, f: &mut Frame, area: Rect) {
@@ -564,7 +569,7 @@ impl App {
         if k.versions.len() > 1 {
             lines.push(Line::from(""));
             lines.push(Line::from(
-                "Keys under older versions: a rotation's rewrap has not finished (R runs it again).",
+                "Keys under older versions: a rotation's rewrap has not finished (R rotates again and rewraps every key).",
             ));
         }
         f.render_widget(Paragraph::new(lines).block(boxed("Keys")), area);

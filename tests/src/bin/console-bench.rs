@@ -1,0 +1,230 @@
+//! Console benchmark: is the full-screen console responsive over a large audit trail? Starts a
+//! private PostgreSQL, `bao server -dev` and the release `carapace-server`, fills the trail with
+//! 100,000+ AuditEvents made the real way (audited reads through the API), then drives the
+//! console's own `App` as an operator would: every keypress handled, applied against the core and
+//! drawn at 120×36, timed from key to drawn screen. Prints a table (p50 and worst per key), the
+//! chain verification's time and whether keys were answered while it ran, and peak RSS.
+//!
+//! Run: `cargo build --release --workspace --bins && target/release/console-bench [--events N]`.
+
+use carapace_console::tui::{App, Screen};
+use carapace_core::config::Config;
+use carapace_core::core::Core;
+use carapace_tests::*;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use std::time::{Duration, Instant};
+
+struct Console {
+    app: App,
+    core: Core,
+    terminal: Terminal<TestBackend>,
+}
+
+impl Console {
+    /// One key, as the event loop does it: handle, apply, draw. Returns the time it took.
+    async fn press(&mut self, code: KeyCode) -> Duration {
+        let start = Instant::now();
+        if let Some(action) = self.app.handle_key(KeyEvent::new(code, KeyModifiers::NONE)) {
+            self.app.apply(action, &self.core).await;
+        }
+        let app = &self.app;
+        self.terminal.draw(|f| app.draw(f)).expect("draw");
+        start.elapsed()
+    }
+
+    async fn chars(&mut self, text: &str) {
+        for c in text.chars() {
+            self.press(KeyCode::Char(c)).await;
+        }
+    }
+
+    /// Open the filter form with `agent` and `patient` typed, focus on the last field (the
+    /// next Enter runs it).
+    async fn filter(&mut self, agent: &str, patient: &str) {
+        self.press(KeyCode::Char('c')).await;
+        self.press(KeyCode::Char('f')).await;
+        self.press(KeyCode::Tab).await;
+        self.press(KeyCode::Tab).await;
+        self.chars(agent).await;
+        self.press(KeyCode::Tab).await;
+        self.chars(patient).await;
+        for _ in 0..3 {
+            self.press(KeyCode::Tab).await;
+        }
+    }
+}
+
+struct Timed {
+    key: &'static str,
+    what: &'static str,
+    times: Vec<Duration>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let target: i64 = args
+        .iter()
+        .position(|a| a == "--events")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    eprintln!("starting PostgreSQL, OpenBao and carapace-server ...");
+    let stack = Stack::start().await?;
+    let fhir = stack.fhir();
+    let mut patients = Vec::new();
+    for i in 0..100 {
+        let r = fhir
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": format!("Bench{i}")}]}),
+            )
+            .await;
+        patients.push(r.json()["id"].as_str().unwrap_or_default().to_string());
+    }
+    let patients = std::sync::Arc::new(patients);
+    let db = stack.db().await;
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_events")
+            .fetch_one(&db)
+            .await
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while count().await < target {
+        let (auth, base, patients) = (
+            stack.server.bearer(),
+            stack.server.base.clone(),
+            patients.clone(),
+        );
+        drive(32, 5.0, move |n| {
+            let url = format!("{base}/Patient/{}", patients[n % patients.len()]);
+            let auth = auth.clone();
+            async move {
+                let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
+                matches!(http("GET", &url, &headers, None).await, Ok(r) if r.status == 200)
+            }
+        })
+        .await;
+        eprintln!("{} audit events", count().await);
+    }
+    let events = count().await;
+    eprintln!(
+        "{events} audit events written in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let env: std::collections::HashMap<String, String> = stack.server.env.iter().cloned().collect();
+    let config = Config::from_lookup(|k| env.get(k).cloned())?;
+    let core = Core::open_console(&config).await?;
+    let password = "benchmark operator passphrase";
+    let enrolled =
+        carapace_core::users::bootstrap_admin(&core.store, "bench.admin", password).await?;
+    let code = totp_rs::TOTP::from_url_unchecked(enrolled.totp_uri.as_deref().unwrap_or(""))?
+        .generate_current()?;
+    let mut c = Console {
+        app: App::new(config.sessions),
+        core,
+        terminal: Terminal::new(TestBackend::new(120, 36))?,
+    };
+    for field in ["bench.admin", password, code.as_str()] {
+        c.chars(field).await;
+        c.press(KeyCode::Enter).await;
+    }
+    anyhow::ensure!(
+        c.app.screen == Screen::Dashboard,
+        "the operator could not sign in"
+    );
+    let some_patient = format!("Patient/{}", patients[7]);
+
+    let mut rows: Vec<Timed> = Vec::new();
+    let mut timed = |key, what, times| rows.push(Timed { key, what, times });
+    let mut t = Vec::new();
+    for _ in 0..10 {
+        t.push(c.press(KeyCode::Char('1')).await);
+    }
+    timed("1", "dashboard (counts over the whole trail)", t);
+    let mut t = Vec::new();
+    for _ in 0..10 {
+        t.push(c.press(KeyCode::Char('4')).await);
+    }
+    timed("4", "audit screen, newest 50 events", t);
+    let mut t = Vec::new();
+    for _ in 0..50 {
+        t.push(c.press(KeyCode::Char('j')).await);
+    }
+    timed("j", "next event (detail pane redrawn)", t);
+    let mut t = Vec::new();
+    for _ in 0..40 {
+        t.push(c.press(KeyCode::Char('n')).await);
+    }
+    timed("n", "next page (40 pages deep)", t);
+    let mut t = Vec::new();
+    for _ in 0..20 {
+        t.push(c.press(KeyCode::Char('p')).await);
+    }
+    timed("p", "previous page", t);
+    let mut t = Vec::new();
+    for _ in 0..5 {
+        c.filter("", &some_patient).await;
+        t.push(c.press(KeyCode::Enter).await);
+    }
+    timed("f ⏎", "filter: one patient", t);
+    let mut t = Vec::new();
+    for _ in 0..5 {
+        c.filter("nobody.at.all", "").await;
+        t.push(c.press(KeyCode::Enter).await);
+    }
+    timed("f ⏎", "filter: an agent with no events", t);
+    c.press(KeyCode::Char('c')).await;
+    let mut t = Vec::new();
+    for _ in 0..5 {
+        t.push(c.press(KeyCode::Char('2')).await);
+    }
+    timed("2", "users screen", t);
+    c.press(KeyCode::Char('4')).await;
+
+    // Verify the whole chain on its own task; keys are answered meanwhile.
+    let verify_started = Instant::now();
+    let mut during = vec![c.press(KeyCode::Char('v')).await];
+    while c.app.job.is_some() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        during.push(c.press(KeyCode::Char('j')).await);
+        if c.app.tick().is_some() {
+            c.app.finish_job(&c.core).await;
+        }
+    }
+    let verify = verify_started.elapsed();
+    timed("v, j…", "keys while the chain is verified", during);
+
+    println!("| key | what | presses | p50 (ms) | worst (ms) |");
+    println!("|---|---|---:|---:|---:|");
+    for r in &mut rows {
+        r.times.sort();
+        println!(
+            "| `{}` | {} | {} | {:.1} | {:.1} |",
+            r.key,
+            r.what,
+            r.times.len(),
+            ms(percentile(&r.times, 0.5)),
+            ms(*r.times.last().unwrap_or(&Duration::ZERO))
+        );
+    }
+    println!(
+        "\n{events} AuditEvents; chain verified in {:.1} s; console peak RSS (VmHWM) {:.1} MB, server {:.1} MB; {} cores",
+        verify.as_secs_f64(),
+        peak_rss_mb(std::process::id()),
+        stack.server.pid().map(peak_rss_mb).unwrap_or(f64::NAN),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+    );
+    c.core.shutdown().await;
+    Ok(())
+}
