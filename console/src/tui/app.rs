@@ -263,6 +263,9 @@ pub struct KeysView {
     pub provider: String,
     pub versions: Vec<(i32, i64)>,
     pub external_calls: u64,
+    /// When the figures were read: the screen reads them again every second, so a rewrap run
+    /// elsewhere (another console, `keys rotate`) shows its progress here too.
+    pub loaded: Option<Instant>,
 }
 
 /// A user just created or re-enrolled: what they need, shown once.
@@ -867,7 +870,14 @@ impl App {
         {
             return Some(Action::JobDone);
         }
-        (self.operator.is_some() && self.last_key.elapsed() >= self.idle).then_some(Action::SignOut)
+        if self.operator.is_some() && self.last_key.elapsed() >= self.idle {
+            return Some(Action::SignOut);
+        }
+        let stale = self
+            .keys
+            .loaded
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        (self.screen == Screen::Keys && self.modal.is_none() && stale).then_some(Action::Refresh)
     }
 
     /// Wait for the running job and show its result (tests, and nothing else).
@@ -1032,7 +1042,8 @@ impl App {
     async fn load(&mut self, core: &Core) {
         match self.screen {
             Screen::SignIn => {}
-            Screen::Dashboard => self.load_dashboard(core).await,
+            // On the heap: eleven queries joined make a large future.
+            Screen::Dashboard => Box::pin(self.load_dashboard(core)).await,
             Screen::Users => self.load_users(core).await,
             Screen::Consent => self.load_consents(core).await,
             Screen::Audit => self.load_audit(core).await,
@@ -1042,6 +1053,7 @@ impl App {
                     provider: core.keys.describe(),
                     versions: core.store.key_versions().await.unwrap_or_default(),
                     external_calls: core.keys.external_calls(),
+                    loaded: Some(Instant::now()),
                 }
             }
         }
@@ -1487,58 +1499,97 @@ impl App {
                 .await
                 .unwrap_or(-1)
         };
-        let database = carapace_core::sqlx::query_scalar::<_, String>("SHOW server_version")
-            .fetch_one(pool)
-            .await
-            .map_or("unreachable".into(), |v| {
-                format!(
-                    "PostgreSQL {}{}",
-                    v.split_whitespace().next().unwrap_or_default(),
-                    if core.cluster.is_some() {
-                        " (embedded)"
-                    } else {
-                        ""
-                    }
-                )
-            });
-        let server = match store.chain_queue().await {
-            Ok((0, _)) => "running (audit chain up to date)".to_string(),
-            Ok((n, Some(age))) if age < 10.0 => format!("running ({n} queued for the chain)"),
-            Ok((n, age)) => format!(
-                "not chaining: {n} events waiting for {:.0} s (is carapace-server running?)",
-                age.unwrap_or_default()
-            ),
-            Err(_) => "unknown".into(),
+        let database = async {
+            carapace_core::sqlx::query_scalar::<_, String>("SHOW server_version")
+                .fetch_one(pool)
+                .await
+                .map_or("unreachable".into(), |v| {
+                    format!(
+                        "PostgreSQL {}{}",
+                        v.split_whitespace().next().unwrap_or_default(),
+                        if core.cluster.is_some() {
+                            " (embedded)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
         };
-        let by_type = store.resource_types().await.unwrap_or_default();
+        let server = async {
+            match store.chain_queue().await {
+                Ok((0, _)) => "running (audit chain up to date)".to_string(),
+                Ok((n, Some(age))) if age < 10.0 => format!("running ({n} queued for the chain)"),
+                Ok((n, age)) => format!(
+                    "not chaining: {n} events waiting for {:.0} s (is carapace-server running?)",
+                    age.unwrap_or_default()
+                ),
+                Err(_) => "unknown".into(),
+            }
+        };
         let failed = AuditQuery {
             subtype: Some("admin".into()),
             outcome: Some("4".into()),
             count: 50,
             ..AuditQuery::default()
         };
-        let failed_logins = store
-            .audit_events(&self.ctx(&AUDIT_SCOPES), &failed)
-            .await
-            .map(|page| {
-                page.events
-                    .into_iter()
-                    .map(|(id, e)| AuditRow::from_event(id, e))
-                    .filter(|r| r.what.contains("login"))
-                    .take(5)
-                    .map(|r| (r.recorded, r.agent))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let (resources, versions) = store.resource_counts().await.unwrap_or((-1, -1));
+        let ctx = self.ctx(&AUDIT_SCOPES);
+        let failed_logins = async {
+            store
+                .audit_events(&ctx, &failed)
+                .await
+                .map(|page| {
+                    page.events
+                        .into_iter()
+                        .map(|(id, e)| AuditRow::from_event(id, e))
+                        .filter(|r| r.what.contains("login"))
+                        .take(5)
+                        .map(|r| (r.recorded, r.agent))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         // A real call (a data key made and thrown away), bounded: a sealed or unreachable Vault
         // shows here rather than on the next write.
-        let probe = tokio::time::timeout(Duration::from_secs(3), core.keys.generate()).await;
-        let key_provider = match probe {
-            Ok(Ok(_)) => format!("answering · {}", core.keys.describe()),
-            Ok(Err(e)) => format!("FAILING ({e}) · {}", core.keys.describe()),
-            Err(_) => format!("NOT ANSWERING in 3 s · {}", core.keys.describe()),
+        let key_provider = async {
+            match tokio::time::timeout(Duration::from_secs(3), core.keys.generate()).await {
+                Ok(Ok(_)) => format!("answering · {}", core.keys.describe()),
+                Ok(Err(e)) => format!("FAILING ({e}) · {}", core.keys.describe()),
+                Err(_) => format!("NOT ANSWERING in 3 s · {}", core.keys.describe()),
+            }
         };
+        let sessions = async {
+            auth::active_tokens(pool, store.now(), None, &self.sessions)
+                .await
+                .map_or(0, |t| t.len())
+        };
+        // Independent questions, asked at once (the pool has connections to spare).
+        let (
+            database,
+            server,
+            by_type,
+            failed_logins,
+            counts,
+            key_provider,
+            audit_events,
+            users,
+            sessions,
+            key_versions,
+            reviews,
+        ) = tokio::join!(
+            database,
+            server,
+            store.resource_types(),
+            failed_logins,
+            store.resource_counts(),
+            key_provider,
+            count("SELECT count(*) FROM audit_events"),
+            count("SELECT count(*) FROM users"),
+            sessions,
+            store.key_versions(),
+            store.btg_grants(false, 1000),
+        );
+        let by_type = by_type.unwrap_or_default();
+        let (resources, versions) = counts.unwrap_or((-1, -1));
         self.dashboard = Dashboard {
             database,
             key_provider,
@@ -1550,13 +1601,11 @@ impl App {
             resources,
             versions,
             by_type,
-            audit_events: count("SELECT count(*) FROM audit_events").await,
-            users: count("SELECT count(*) FROM users").await,
-            sessions: auth::active_tokens(pool, store.now(), None, &self.sessions)
-                .await
-                .map_or(0, |t| t.len()),
-            key_versions: store.key_versions().await.unwrap_or_default(),
-            open_reviews: store.btg_grants(false, 1000).await.map_or(0, |g| g.len()),
+            audit_events,
+            users,
+            sessions,
+            key_versions: key_versions.unwrap_or_default(),
+            open_reviews: reviews.map_or(0, |g| g.len()),
             failed_logins,
             chain: self.chain.clone(),
         };
@@ -1784,5 +1833,23 @@ mod job_tests {
             app.handle_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE)),
             Some(Action::Quit)
         );
+    }
+}
+
+#[cfg(test)]
+mod keys_tests {
+    use super::*;
+
+    #[test]
+    fn the_keys_screen_reads_its_figures_again_every_second() {
+        let mut app = App::new(SessionPolicy::default());
+        app.operator = Some(AccessContext::operator("root.admin"));
+        app.screen = Screen::Keys;
+        assert_eq!(app.tick(), Some(Action::Refresh));
+        app.keys.loaded = Some(Instant::now());
+        assert_eq!(app.tick(), None, "fresh figures are kept");
+        app.screen = Screen::Users;
+        app.keys.loaded = None;
+        assert_eq!(app.tick(), None, "other screens load on keys only");
     }
 }

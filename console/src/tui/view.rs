@@ -567,7 +567,16 @@ impl App {
             lines.push(Line::from(format!("v{v:<4} {n:>8}  {bar}{note}")));
         }
         if k.versions.len() > 1 {
+            let older: i64 = k
+                .versions
+                .iter()
+                .filter(|(v, _)| *v < newest)
+                .map(|(_, n)| n)
+                .sum();
             lines.push(Line::from(""));
+            lines.push(Line::from(format!(
+                "{older} of {total} data keys still under older versions (read every second)."
+            )));
             lines.push(Line::from(
                 "Keys under older versions: a rotation's rewrap has not finished (R rotates again and rewraps every key).",
             ));

@@ -416,8 +416,9 @@ impl Store {
     pub async fn chain_queue(&self) -> Result<(i64, Option<f64>), StoreError> {
         let row = sqlx::query(
             "SELECT count(*) AS n,
-                    extract(epoch FROM now() - min(e.recorded))::float8 AS oldest
-               FROM audit_unchained q JOIN audit_events e ON e.id = q.event_id",
+                    (SELECT extract(epoch FROM now() - e.recorded)::float8 FROM audit_events e
+                      WHERE e.id = (SELECT min(event_id) FROM audit_unchained)) AS oldest
+               FROM audit_unchained",
         )
         .fetch_one(&self.pool)
         .await?;

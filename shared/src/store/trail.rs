@@ -119,6 +119,10 @@ impl Store {
                 AND ($10::int8 IS NULL OR e.id < $10)
               ORDER BY e.id DESC LIMIT $11",
         )
+        // Planned afresh with the values (an unnamed statement): which filters are set decides
+        // which index serves, and a cached generic plan would walk the whole trail backwards for a
+        // rare subtype or outcome.
+        .persistent(false)
         .bind(query.id)
         .bind(query.since)
         .bind(query.until)

@@ -5,7 +5,8 @@
 //! drawn at 120×36, timed from key to drawn screen. Prints a table (p50 and worst per key), the
 //! chain verification's time and whether keys were answered while it ran, and peak RSS.
 //!
-//! Run: `cargo build --release --workspace --bins && target/release/console-bench [--events N]`.
+//! Run: `cargo build --release --workspace --bins && target/release/console-bench [--events N]`
+//! (`--hold` keeps the stack running afterwards, its database URL printed).
 
 use carapace_console::tui::{App, Screen};
 use carapace_core::config::Config;
@@ -119,6 +120,21 @@ async fn main() -> anyhow::Result<()> {
         "{events} audit events written in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    // The server links committed events into the chain after the fact; measure the console on a
+    // server that has caught up (not one still busy chaining the burst above).
+    let caught_up = Instant::now();
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_unchained")
+        .fetch_one(&db)
+        .await
+        .unwrap_or(0)
+        > 0
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "the server chained them {:.1} s later",
+        caught_up.elapsed().as_secs_f64()
+    );
 
     let env: std::collections::HashMap<String, String> = stack.server.env.iter().cloned().collect();
     let config = Config::from_lookup(|k| env.get(k).cloned())?;
@@ -201,6 +217,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let verify = verify_started.elapsed();
+    anyhow::ensure!(
+        c.app.chain.starts_with("Audit chain intact"),
+        "verification: {}",
+        c.app.chain
+    );
+    let verified = c
+        .app
+        .chain
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     timed("v, j…", "keys while the chain is verified", during);
 
     println!("| key | what | presses | p50 (ms) | worst (ms) |");
@@ -217,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\n{events} AuditEvents; chain verified in {:.1} s; console peak RSS (VmHWM) {:.1} MB, server {:.1} MB; {} cores",
+        "\n{events} AuditEvents; {verified} in {:.1} s; console peak RSS (VmHWM) {:.1} MB, server {:.1} MB; {} cores",
         verify.as_secs_f64(),
         peak_rss_mb(std::process::id()),
         stack.server.pid().map(peak_rss_mb).unwrap_or(f64::NAN),
@@ -226,5 +254,9 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(0),
     );
     c.core.shutdown().await;
+    if args.iter().any(|a| a == "--hold") {
+        eprintln!("holding the stack: {} (Ctrl-C ends)", stack.database_url);
+        tokio::signal::ctrl_c().await?;
+    }
     Ok(())
 }
