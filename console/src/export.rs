@@ -37,16 +37,22 @@ pub fn csv_cell(value: &str) -> String {
     }
 }
 
+/// The references an AuditEvent's entities name: the patient's (entity type 1), or the others'
+/// (the resource or administrative object acted on).
+pub fn entity_references(event: &Value, patient: bool) -> impl Iterator<Item = &str> {
+    event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |e| (e["type"]["code"] == "1") == patient)
+        .filter_map(|e| e["what"]["reference"].as_str())
+}
+
 /// The CSV columns of one event.
 pub fn csv_row(id: i64, event: &Value) -> [String; 10] {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let entity = |patient: bool| {
-        event["entity"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| (e["type"]["code"] == "1") == patient)
-            .map(|e| s(&e["what"]["reference"]))
+        entity_references(event, patient)
             .collect::<Vec<_>>()
             .join(" ")
     };

@@ -167,17 +167,7 @@ async fn ward() -> Ward {
     )
     .await
     .unwrap();
-    let dr_token = carapace_core::auth::issue(
-        &stack.db().await,
-        chrono::Utc::now(),
-        "dr.house",
-        Role::Practitioner,
-        &[Scope::parse("user/*.rs").unwrap()],
-        None,
-    )
-    .await
-    .unwrap()
-    .access_token;
+    let dr_token = practitioner_token(&stack, "dr.house").await;
     console.core.shutdown().await;
     Ward {
         stack,
@@ -186,15 +176,35 @@ async fn ward() -> Ward {
     }
 }
 
+/// A token for a practitioner user, as their EHR session would hold.
+async fn practitioner_token(stack: &Stack, username: &str) -> String {
+    carapace_core::auth::issue(
+        &stack.db().await,
+        chrono::Utc::now(),
+        username,
+        Role::Practitioner,
+        &[Scope::parse("user/*.rs").unwrap()],
+        None,
+    )
+    .await
+    .unwrap()
+    .access_token
+}
+
+/// The status of `GET path` with `token` (and more headers).
+async fn status_as(stack: &Stack, token: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let auth = format!("Bearer {token}");
+    let mut all = vec![("Authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    http("GET", &stack.server.url(path), &all, None)
+        .await
+        .unwrap()
+        .status
+}
+
 impl Ward {
     async fn dr_reads(&self, path: &str, headers: &[(&str, &str)]) -> u16 {
-        let auth = format!("Bearer {}", self.dr_token);
-        let mut all = vec![("Authorization", auth.as_str())];
-        all.extend_from_slice(headers);
-        http("GET", &self.stack.server.url(path), &all, None)
-            .await
-            .unwrap()
-            .status
+        status_as(&self.stack, &self.dr_token, path, headers).await
     }
 }
 
@@ -634,29 +644,8 @@ async fn the_real_console_binary_in_tmux() {
     keep("users", &users);
 
     // The new practitioner cannot see Ada's record until a consent names them.
-    let wilson = carapace_core::auth::issue(
-        &ward.stack.db().await,
-        chrono::Utc::now(),
-        "dr.wilson",
-        Role::Practitioner,
-        &[Scope::parse("user/*.rs").unwrap()],
-        None,
-    )
-    .await
-    .unwrap()
-    .access_token;
-    let wilson_reads = || async {
-        let auth = format!("Bearer {wilson}");
-        http(
-            "GET",
-            &ward.stack.server.url("Patient/pat-ada"),
-            &[("Authorization", auth.as_str())],
-            None,
-        )
-        .await
-        .unwrap()
-        .status
-    };
+    let wilson = practitioner_token(&ward.stack, "dr.wilson").await;
+    let wilson_reads = || status_as(&ward.stack, &wilson, "Patient/pat-ada", &[]);
     assert_eq!(wilson_reads().await, 404);
 
     // Grant it from the consent screen.

@@ -564,6 +564,21 @@ pub struct Fhir<'a> {
 pub const FHIR_JSON: &str = "application/fhir+json";
 
 impl Fhir<'_> {
+    /// Create `n` patients named `Bench0`, `Bench1`, ... (benchmarks' data); their ids.
+    pub async fn bench_patients(&self, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = self
+                .post(
+                    "Patient",
+                    &json!({"resourceType": "Patient", "name": [{"family": format!("Bench{i}")}]}),
+                )
+                .await;
+            ids.push(r.json()["id"].as_str().unwrap_or_default().to_string());
+        }
+        ids
+    }
+
     pub async fn get(&self, path: &str) -> HttpResponse {
         let auth = self.server.bearer();
         let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
@@ -1302,4 +1317,13 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         self.tmux(&["kill-server"]);
     }
+}
+
+/// The value after `--name` on the command line, parsed (benchmarks' and tools' options).
+pub fn arg<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
 }

@@ -22,12 +22,8 @@ impl AuditRow {
     pub fn from_event(id: i64, event: Value) -> AuditRow {
         let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
         let entity = |patient: bool| {
-            event["entity"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| (e["type"]["code"] == "1") == patient)
-                .find_map(|e| e["what"]["reference"].as_str())
+            crate::export::entity_references(&event, patient)
+                .next()
                 .unwrap_or_default()
                 .trim_start_matches("urn:carapace:admin:")
                 .to_string()

@@ -97,28 +97,13 @@ async fn run(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let seconds: f64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10.0);
+    let seconds: f64 = arg("--seconds").unwrap_or(10.0);
     eprintln!("starting PostgreSQL, OpenBao and carapace-server ...");
     let stack = Stack::start().await?;
     let server = &stack.server;
     let fhir = stack.fhir();
     // 200 patients, 2,000 observations: reads spread over many compartments (and data keys).
-    let mut patients = Vec::new();
-    for i in 0..200 {
-        let r = fhir
-            .post(
-                "Patient",
-                &json!({"resourceType": "Patient", "name": [{"family": format!("Bench{i}")}]}),
-            )
-            .await;
-        patients.push(r.json()["id"].as_str().unwrap_or_default().to_string());
-    }
+    let patients = fhir.bench_patients(200).await;
     let mut read_ids = Vec::new();
     for i in 0..2000 {
         let r = fhir

@@ -70,25 +70,11 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let target: i64 = args
-        .iter()
-        .position(|a| a == "--events")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+    let target: i64 = arg("--events").unwrap_or(100_000);
     eprintln!("starting PostgreSQL, OpenBao and carapace-server ...");
     let stack = Stack::start().await?;
     let fhir = stack.fhir();
-    let mut patients = Vec::new();
-    for i in 0..100 {
-        let r = fhir
-            .post(
-                "Patient",
-                &json!({"resourceType": "Patient", "name": [{"family": format!("Bench{i}")}]}),
-            )
-            .await;
-        patients.push(r.json()["id"].as_str().unwrap_or_default().to_string());
-    }
+    let patients = fhir.bench_patients(100).await;
     let patients = std::sync::Arc::new(patients);
     let db = stack.db().await;
     let count = || async {

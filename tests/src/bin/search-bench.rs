@@ -23,13 +23,6 @@ struct Row {
     p99: Duration,
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-}
-
 /// The most frequent Observation LOINC code in the bundles.
 fn commonest_code(bundles: &[NamedBundle]) -> String {
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -85,9 +78,9 @@ async fn timed(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: f64 = arg(&args, "--seconds").unwrap_or(10.0);
-    let patients: usize = arg(&args, "--patients").unwrap_or(120);
-    let dir: Option<std::path::PathBuf> = arg::<String>(&args, "--synthea").map(Into::into);
+    let seconds: f64 = arg("--seconds").unwrap_or(10.0);
+    let patients: usize = arg("--patients").unwrap_or(120);
+    let dir: Option<std::path::PathBuf> = arg::<String>("--synthea").map(Into::into);
     let (source, bundles) = match &dir {
         Some(d) if d.is_dir() => (
             format!("Synthea export {}", d.display()),
