@@ -224,9 +224,12 @@ impl App {
 
     fn draw_dashboard(&self, f: &mut Frame, area: Rect) {
         let d = &self.dashboard;
-        let [left, right] =
-            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
-                .areas(area);
+        // Side by side when there is room; on a narrow terminal the health table takes the width.
+        let [left, right] = if area.width >= 100 {
+            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area)
+        } else {
+            Layout::vertical([Constraint::Length(12), Constraint::Min(0)]).areas(area)
+        };
         let pair = |k: &str, v: String| Row::new(vec![k.to_string(), v]);
         let rows = vec![
             pair("database", inert(&d.database, 60)),
