@@ -713,6 +713,17 @@ async fn the_real_console_binary_in_tmux() {
         assert!(std::time::Instant::now() < deadline, "q did not quit");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The end of the session is audited too.
+    let ended = ward
+        .stack
+        .audit_events("agent=root.admin&subtype=admin")
+        .await;
+    assert!(
+        ended
+            .iter()
+            .any(|e| e["entity"][0]["what"]["reference"] == "urn:carapace:admin:console-quit"),
+        "{ended:?}"
+    );
     // The log file has what happened, never a password or a patient's name.
     let logged = std::fs::read_to_string(log.path()).unwrap();
     assert!(!logged.contains(ADMIN_PASSWORD) && !logged.contains("oncology is a team sport"));

@@ -903,6 +903,7 @@ impl App {
             return;
         }
         match action {
+            Action::Quit if self.operator.is_none() => {}
             Action::Quit => {
                 if let Err(e) = core
                     .store

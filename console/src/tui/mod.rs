@@ -87,10 +87,12 @@ async fn event_loop(core: &Core, sessions: SessionPolicy) -> anyhow::Result<()> 
             _ = tick.tick() => app.tick(),
         };
         if let Some(action) = action {
-            if action == Action::Quit {
+            let quit = action == Action::Quit;
+            // Quitting goes through `apply` too: the end of the session is audited.
+            app.apply(action, core).await;
+            if quit {
                 return Ok(());
             }
-            app.apply(action, core).await;
         }
     }
 }
