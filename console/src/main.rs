@@ -463,11 +463,7 @@ async fn user(core: &Core, ctx: &AccessContext, command: UserCommand) -> anyhow:
                 } else {
                     "active"
                 };
-                let link = u
-                    .patient_id
-                    .map(|p| format!("Patient/{p}"))
-                    .or(u.practitioner_id.map(|p| format!("Practitioner/{p}")))
-                    .unwrap_or_default();
+                let link = u.link().unwrap_or_default();
                 println!(
                     "{:<24} {:<13} {:<8} {:<10} {link}",
                     carapace_core::fhir::printable(&u.username),

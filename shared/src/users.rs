@@ -118,6 +118,20 @@ pub struct User {
     pub mfa_enrolled: bool,
 }
 
+impl User {
+    /// The resource the user is linked to: `Patient/<id>` or `Practitioner/<id>`, if any.
+    pub fn link(&self) -> Option<String> {
+        self.patient_id
+            .as_ref()
+            .map(|p| format!("Patient/{p}"))
+            .or_else(|| {
+                self.practitioner_id
+                    .as_ref()
+                    .map(|p| format!("Practitioner/{p}"))
+            })
+    }
+}
+
 pub struct NewUser<'a> {
     pub username: &'a str,
     pub role: Role,

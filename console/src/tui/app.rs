@@ -1474,11 +1474,7 @@ impl App {
             .into_iter()
             .map(|u| UserRow {
                 role: u.role.as_str().to_string(),
-                linked: u
-                    .practitioner_id
-                    .map(|p| format!("Practitioner/{p}"))
-                    .or(u.patient_id.map(|p| format!("Patient/{p}")))
-                    .unwrap_or_default(),
+                linked: u.link().unwrap_or_default(),
                 locked: u.admin_locked,
                 mfa: u.mfa_enrolled,
                 sessions: tokens.iter().filter(|t| t.subject == u.username).count(),
