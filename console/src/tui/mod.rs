@@ -9,8 +9,7 @@ mod form;
 mod text;
 mod view;
 
-pub use app::{Action, App, Modal, Screen, UserOp};
-pub use data::grant_consent;
+pub use app::{Action, App, Modal, Screen};
 pub use text::inert;
 
 use anyhow::Context;

@@ -35,6 +35,15 @@ impl Console {
         start.elapsed()
     }
 
+    /// `key` pressed `n` times: how long each took.
+    async fn repeat(&mut self, key: char, n: usize) -> Vec<Duration> {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            times.push(self.press(KeyCode::Char(key)).await);
+        }
+        times
+    }
+
     async fn chars(&mut self, text: &str) {
         for c in text.chars() {
             self.press(KeyCode::Char(c)).await;
@@ -147,31 +156,23 @@ async fn main() -> anyhow::Result<()> {
 
     let mut rows: Vec<Timed> = Vec::new();
     let mut timed = |key, what, times| rows.push(Timed { key, what, times });
-    let mut t = Vec::new();
-    for _ in 0..10 {
-        t.push(c.press(KeyCode::Char('1')).await);
-    }
-    timed("1", "dashboard (counts over the whole trail)", t);
-    let mut t = Vec::new();
-    for _ in 0..10 {
-        t.push(c.press(KeyCode::Char('4')).await);
-    }
-    timed("4", "audit screen, newest 50 events", t);
-    let mut t = Vec::new();
-    for _ in 0..50 {
-        t.push(c.press(KeyCode::Char('j')).await);
-    }
-    timed("j", "next event (detail pane redrawn)", t);
-    let mut t = Vec::new();
-    for _ in 0..40 {
-        t.push(c.press(KeyCode::Char('n')).await);
-    }
-    timed("n", "next page (40 pages deep)", t);
-    let mut t = Vec::new();
-    for _ in 0..20 {
-        t.push(c.press(KeyCode::Char('p')).await);
-    }
-    timed("p", "previous page", t);
+    timed(
+        "1",
+        "dashboard (counts over the whole trail)",
+        c.repeat('1', 10).await,
+    );
+    timed(
+        "4",
+        "audit screen, newest 50 events",
+        c.repeat('4', 10).await,
+    );
+    timed(
+        "j",
+        "next event (detail pane redrawn)",
+        c.repeat('j', 50).await,
+    );
+    timed("n", "next page (40 pages deep)", c.repeat('n', 40).await);
+    timed("p", "previous page", c.repeat('p', 20).await);
     let mut t = Vec::new();
     for _ in 0..5 {
         c.filter("", &some_patient).await;
@@ -185,11 +186,7 @@ async fn main() -> anyhow::Result<()> {
     }
     timed("f ⏎", "filter: an agent with no events", t);
     c.press(KeyCode::Char('c')).await;
-    let mut t = Vec::new();
-    for _ in 0..5 {
-        t.push(c.press(KeyCode::Char('2')).await);
-    }
-    timed("2", "users screen", t);
+    timed("2", "users screen", c.repeat('2', 5).await);
     c.press(KeyCode::Char('4')).await;
 
     // Verify the whole chain on its own task; keys are answered meanwhile.
