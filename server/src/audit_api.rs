@@ -7,6 +7,7 @@ use crate::fhir_api::json_response;
 use crate::outcome::{ApiError, HttpResponse};
 use crate::AppState;
 use carapace_core::access::AccessContext;
+use carapace_core::fhir::reference::SearchTarget;
 use carapace_core::store::AuditQuery;
 use hyper::StatusCode;
 use serde_json::json;
@@ -21,6 +22,13 @@ fn parse(params: &[(String, String)]) -> Result<AuditQuery, ApiError> {
         ..AuditQuery::default()
     };
     for (name, value) in params {
+        // Values are bound as text, and PostgreSQL text holds no NUL.
+        if name.contains('\0') || value.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "search parameter '{}' holds a NUL character",
+                carapace_core::fhir::printable(name)
+            )));
+        }
         let value = value.trim();
         let text = || Some(value.to_string());
         match name.as_str() {
@@ -39,11 +47,15 @@ fn parse(params: &[(String, String)]) -> Result<AuditQuery, ApiError> {
             }
             "agent" | "agent-name" => q.agent = text(),
             "patient" => {
-                q.patient = Some(if value.starts_with("Patient/") {
-                    value.to_string()
-                } else {
-                    format!("Patient/{value}")
-                })
+                let bad = || ApiError::bad_request("patient: give a patient's id or Patient/id");
+                q.patient = match SearchTarget::parse(value).map_err(|_| bad())? {
+                    SearchTarget::Resource { resource_type, id }
+                        if resource_type.is_none_or(|t| t.as_str() == "Patient") =>
+                    {
+                        Some(format!("Patient/{id}"))
+                    }
+                    _ => return Err(bad()),
+                }
             }
             "action" if matches!(value, "C" | "R" | "U" | "D" | "E") => q.action = text(),
             "outcome" if matches!(value, "0" | "4" | "8" | "12") => q.outcome = text(),

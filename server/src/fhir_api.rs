@@ -130,7 +130,7 @@ async fn route(
         ([type_name], &Method::POST) => {
             let rt = resource_type(type_name)?;
             let resource = read_resource(state, &headers, body).await?;
-            let if_none_exist = header_str(&headers, "if-none-exist")?;
+            let if_none_exist = create_condition(&headers, &params)?;
             let created = state
                 .store
                 .create(&ctx, rt, resource, if_none_exist.as_deref())
@@ -1168,6 +1168,40 @@ fn updated_response(state: &AppState, updated: &Updated, headers: &HeaderMap) ->
         prefer(headers),
         updated.created,
     )
+}
+
+/// The condition of a create: `If-None-Exist`, or search parameters on the URL (`POST
+/// Patient?identifier=a|b`, the convention of fhirpy and Aidbox), which are never ignored. Both,
+/// when they differ, are refused.
+fn create_condition(
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Result<Option<String>, ApiError> {
+    let header = header_str(headers, "if-none-exist")?;
+    let search: Vec<&(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+        .collect();
+    if search.is_empty() {
+        return Ok(header);
+    }
+    let mut url = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &search {
+        url.append_pair(k, v);
+    }
+    let url = url.finish();
+    let same = |h: &str| {
+        form_urlencoded::parse(h.trim_start_matches('?').as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .eq(search.iter().map(|p| (p.0.clone(), p.1.clone())))
+    };
+    match header {
+        Some(h) if !same(&h) => Err(ApiError::bad_request(
+            "a create with search parameters on its URL is conditional; If-None-Exist, when \
+             also sent, must be the same query",
+        )),
+        _ => Ok(Some(url)),
+    }
 }
 
 /// The query of a conditional update or delete; it must hold search parameters.

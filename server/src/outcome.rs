@@ -180,6 +180,12 @@ fn database_error(e: sqlx::Error) -> ApiError {
             "forbidden",
             "the database refused this access",
         ),
+        // Class 22 (data exception: a NUL or an unencodable character in text, a number out of
+        // range) comes from a value the client sent that a check above the database missed: a
+        // bad request, never an internal error.
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+            ApiError::bad_request("a value in the request cannot be stored or searched for")
+        }
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError {
             retry_after: Some(5),
             ..ApiError::new(

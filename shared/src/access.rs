@@ -199,6 +199,9 @@ pub enum Denied {
     /// or a compartment no consent opens to them): 403.
     #[error("this caller may not write into that patient's record")]
     OutsideCompartment,
+    /// A write would label data above what the caller may read: 403.
+    #[error("this caller may not write data labelled above what it may read")]
+    LabelAboveCeiling,
     /// Consents are written by their patient, an administrator or a system client: 403.
     #[error("Consent resources are managed by their patient, an administrator or the EHR system")]
     ConsentManagedByPatient,

@@ -403,6 +403,27 @@ pub fn purpose(ctx: &AccessContext) -> &str {
     }
 }
 
+/// May this caller create a resource with an id of its choosing (update-as-create)? Only callers
+/// no compartment narrows — system clients and administrators without a launch patient: for
+/// anyone else, a 201 for a fresh id beside a 404 for an id in a record hidden from them would
+/// tell what exists there.
+pub fn may_choose_ids(ctx: &AccessContext) -> bool {
+    ctx.patient.is_none() && matches!(ctx.role, Role::System | Role::Admin)
+}
+
+/// The label a write is decided at: the label the new version carries — a caller may only write
+/// what it may read — except that a system client (the source EHR, the labelling authority) may
+/// write data labelled above what it reads itself ("write-up": it labels what it sends, and
+/// cannot read it back). It still writes only over versions it may read: it can raise a label,
+/// never drop one.
+pub fn write_label(ctx: &AccessContext, label: Label) -> Label {
+    if ctx.role == Role::System {
+        Label::Normal
+    } else {
+        label
+    }
+}
+
 /// One request for one resource, with everything the decision needs.
 pub struct Request<'a> {
     pub ctx: &'a AccessContext,
@@ -654,6 +675,11 @@ impl Plan {
     /// Every compartment and type is open (labels aside): nothing to narrow.
     pub fn sees_everything(&self) -> bool {
         self.others && self.default && self.patients.values().all(|p| p.all && p.except.is_empty())
+    }
+
+    /// Every patient compartment is open for every type (labels aside).
+    pub fn sees_all_compartments(&self) -> bool {
+        self.default && self.patients.values().all(|p| p.all && p.except.is_empty())
     }
 
     /// Codes of v3 Confidentiality labels hidden from this caller.

@@ -416,6 +416,7 @@ impl Store {
             dek_id,
             dek,
             index,
+            server_id: true,
         })
     }
 
@@ -595,21 +596,34 @@ impl Store {
                 let last_updated: DateTime<Utc> = row.try_get("last_updated")?;
                 let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
                 match sealed {
-                    None => Err(StoreError::Gone {
-                        resource: reference.clone(),
-                        version_id,
-                        last_updated,
-                    }),
+                    // A deleted resource the caller could not have seen is as missing as any.
+                    None => {
+                        let mut tx = self.begin_for(ctx).await?;
+                        if self
+                            .stored_visible(&mut tx, ctx, resource_type, id.as_str(), &row)
+                            .await?
+                        {
+                            Err(StoreError::Gone {
+                                resource: reference.clone(),
+                                version_id,
+                                last_updated,
+                            })
+                        } else {
+                            Err(StoreError::NotFound(reference.clone()))
+                        }
+                    }
                     Some(sealed) => {
                         let key = DekRow::from_row(&row)?;
                         match self
                             .open_body(resource_type, id.as_str(), version_id, &key, &sealed)
                             .await
                         {
-                            // A label above the caller's ceiling hides the resource like any
-                            // other refusal.
+                            // A label above the caller's ceiling, or another patient's
+                            // compartment it is in, hides it like any other refusal.
                             Ok(body)
-                                if !ctx.plan.get().is_some_and(|p| p.label_visible_body(&body)) =>
+                                if !ctx.plan.get().is_some_and(|p| {
+                                    reach::body_visible(p, resource_type, id.as_str(), &body)
+                                }) =>
                             {
                                 Err(StoreError::NotFound(reference.clone()))
                             }
@@ -711,6 +725,7 @@ impl Store {
             dek_id,
             dek,
             index,
+            server_id: false,
         };
         // Two clients creating the same new id race on the primary key; the loser retries once as an
         // ordinary update.
@@ -755,7 +770,7 @@ impl Store {
         let (dek_id, dek) = (prepared.dek_id, prepared.dek.clone());
         let resource = &mut prepared.resource;
         let head = sqlx::query(
-            "SELECT h.version_id, h.deleted, k.scope
+            "SELECT h.version_id, h.deleted, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM resources h
                JOIN resource_versions v
                  ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
@@ -770,10 +785,22 @@ impl Store {
             Some(row) => Some(row.try_get("version_id")?),
             None => None,
         };
+        // A write is allowed only on what the caller may read: a hidden resource (another
+        // compartment, a label above the caller's) is answered as missing, before its version
+        // can be compared.
         if let Some(row) = &head {
-            if !reach::visible(ctx, resource_type, row)? {
+            if !self
+                .stored_visible(&mut *tx, ctx, resource_type, id.as_str(), row)
+                .await?
+            {
                 return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
             }
+        }
+        // Update-as-create with an id of the client's choosing is for callers no compartment
+        // narrows: for anyone else a fresh id and an id hidden from them answer alike (404), so
+        // PUT is no oracle for what exists in other records.
+        if head.is_none() && !prepared.server_id && !crate::policy::may_choose_ids(ctx) {
+            return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
         }
         // Updating a deleted resource brings it back: a creation, continuing its version line.
         let exists = match &head {
@@ -950,7 +977,7 @@ impl Store {
         id: &ResourceId,
     ) -> Result<Deleted, StoreError> {
         let head = sqlx::query(
-            "SELECT h.version_id, h.deleted, k.scope, k.id AS dek_id
+            "SELECT h.version_id, h.deleted, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM resources h
                JOIN resource_versions v
                  ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
@@ -962,7 +989,13 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let head = match head {
-            Some(row) if !reach::visible(ctx, resource_type, &row)? => None,
+            Some(row)
+                if !self
+                    .stored_visible(&mut *tx, ctx, resource_type, id.as_str(), &row)
+                    .await? =>
+            {
+                None
+            }
             other => other,
         };
         let Some(head) = head else {
@@ -1078,7 +1111,7 @@ impl Store {
                         .await?;
                     // A version labelled above the caller's ceiling is left out (the page may
                     // come out short; the cursor still moves past it).
-                    if !plan.label_visible_body(&body) {
+                    if !reach::body_visible(&plan, entry_type, &entry_id, &body) {
                         continue;
                     }
                     Some(body)
@@ -1158,6 +1191,8 @@ impl Store {
         // 0. Conditional entries become plain ones (or no-ops), like the conditional references
         // below.
         let mut existing: Vec<Option<StoredResource>> = (0..entries.len()).map(|_| None).collect();
+        // Conditional updates that matched nothing get an id of the server's choosing.
+        let mut server_ids = vec![false; entries.len()];
         for (i, entry) in entries.iter_mut().enumerate() {
             match entry {
                 TxEntry::Create {
@@ -1188,7 +1223,10 @@ impl Store {
                         Some(found) => found.id,
                         None => match value.get("id").and_then(Value::as_str) {
                             Some(id) => id.to_string(),
-                            None => uuid::Uuid::new_v4().to_string(),
+                            None => {
+                                server_ids[i] = true;
+                                uuid::Uuid::new_v4().to_string()
+                            }
                         },
                     };
                     if value
@@ -1231,6 +1269,37 @@ impl Store {
                     }
                 }
                 _ => {}
+            }
+        }
+        // R4 (http.html#trules): if the resources that deletes, creates and updates act on
+        // overlap — conditional ones as resolved — the transaction fails.
+        let mut touched: std::collections::HashMap<String, usize> = Default::default();
+        for (i, entry) in entries.iter().enumerate() {
+            let target = match (entry, &existing[i]) {
+                (TxEntry::Create { resource_type, .. }, Some(found)) => {
+                    Some(format!("{resource_type}/{}", found.id))
+                }
+                (
+                    TxEntry::Update {
+                        resource_type,
+                        target: Target::Id(id),
+                        ..
+                    }
+                    | TxEntry::Delete {
+                        resource_type,
+                        target: Target::Id(id),
+                    },
+                    _,
+                ) => Some(format!("{resource_type}/{id}")),
+                _ => None,
+            };
+            if let Some(target) = target {
+                if let Some(first) = touched.insert(target.clone(), i) {
+                    return Err(fail(i)(StoreError::BadRequest(format!(
+                        "entries {first} and {i} both act on {target}: a transaction acts on \
+                         each resource once"
+                    ))));
+                }
             }
         }
         // 1. Ids for new resources, and what each fullUrl now means.
@@ -1338,6 +1407,7 @@ impl Store {
                         dek_id,
                         dek,
                         index,
+                        server_id: server_ids[i],
                     });
                 }
                 TxEntry::Delete { resource_type, .. } => {
@@ -1470,6 +1540,16 @@ impl Store {
             resolved.insert(reference, format!("{rt}/{}", found.id));
         }
         resolve_references(resource, resolved);
+        // A `urn:` reference that names no entry of the transaction would be stored pointing
+        // nowhere (R4: the transaction fails). A Bundle's own entries refer to each other.
+        if resource.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+            if let Some(dangling) = first_urn_reference(resource) {
+                return Err(StoreError::BadRequest(format!(
+                    "the reference {} names no entry of this transaction",
+                    crate::fhir::printable(dangling)
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -1562,7 +1642,7 @@ impl Store {
             let entry = self.open_row(resource_type, row).await?;
             last = Some((type_name, entry.id.clone()));
             // Labelled above the caller's ceiling: left out (the page may come out short).
-            if plan.label_visible_body(&entry.body) {
+            if reach::body_visible(&plan, resource_type, &entry.id, &entry.body) {
                 entries.push(entry);
             }
         }
@@ -1931,6 +2011,9 @@ struct Prepared {
     dek_id: i64,
     dek: Arc<Dek>,
     index: IndexRows,
+    /// The server chose the id (a create, a conditional update that matched nothing): no caller
+    /// learns anything from where it lands.
+    server_id: bool,
 }
 
 /// A new resource, stamped as version 1, sealed and indexed: all an insert needs, without the
@@ -1958,6 +2041,7 @@ fn seal_new(prepared: Prepared, now: DateTime<Utc>) -> Result<(NewResource, Vec<
         dek_id,
         dek,
         index,
+        server_id: _,
     } = prepared;
     stamp_meta(&mut resource, 1, now);
     let body = serialize(&resource)?;
@@ -2174,6 +2258,18 @@ fn conditional_references(value: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// The first `reference` that is still a `urn:` (after resolution: one that named no entry).
+fn first_urn_reference(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(map) => map.iter().find_map(|(k, v)| match (k.as_str(), v) {
+            ("reference", Value::String(r)) if r.starts_with("urn:") => Some(r.as_str()),
+            _ => first_urn_reference(v),
+        }),
+        Value::Array(items) => items.iter().find_map(first_urn_reference),
+        _ => None,
+    }
+}
+
 fn resolve_references(value: &mut Value, resolved: &std::collections::HashMap<String, String>) {
     match value {
         Value::Object(map) => {
@@ -2194,44 +2290,12 @@ fn resolve_references(value: &mut Value, resolved: &std::collections::HashMap<St
     }
 }
 
-/// The key scope of a resource: its patient's compartment if it has one, else its type.
+/// The key scope of a resource: its (first) patient's compartment if it has one, else its type.
 pub fn key_scope(resource_type: ResourceType, id: &str, resource: &Value) -> String {
-    if resource_type.as_str() == "Patient" {
-        return format!("Patient/{id}");
-    }
-    for path in crate::fhir::schema::patient_compartment_paths(resource_type.as_str()) {
-        if let Some(patient) = find_patient_reference(resource, path) {
-            return format!("Patient/{patient}");
-        }
-    }
-    format!("type/{resource_type}")
-}
-
-fn find_patient_reference(value: &Value, path: &str) -> Option<String> {
-    let mut current = vec![value];
-    for step in path.split('.') {
-        let mut next = Vec::new();
-        for v in current {
-            match v.get(step) {
-                Some(Value::Array(items)) => next.extend(items.iter()),
-                Some(other) => next.push(other),
-                None => {}
-            }
-        }
-        current = next;
-    }
-    current.into_iter().find_map(|reference| {
-        let text = reference.get("reference")?.as_str()?;
-        patient_id_from_reference(text)
-    })
-}
-
-/// `Patient/123`, `Patient/123/_history/2` or `https://host/fhir/Patient/123` → `123`.
-fn patient_id_from_reference(reference: &str) -> Option<String> {
-    let parts: Vec<&str> = reference.split('/').collect();
-    let at = parts.iter().rposition(|p| *p == "Patient")?;
-    let id = parts.get(at + 1)?;
-    ResourceId::parse(id).ok().map(|id| id.as_str().to_string())
+    crate::fhir::reference::patient_compartments(resource_type, id, resource)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| format!("type/{resource_type}"))
 }
 
 async fn read_head(conn: &mut sqlx::PgConnection, patient: &ResourceId) -> Result<(), StoreError> {

@@ -185,6 +185,20 @@ fn check_object<'a>(
     if def.name() == "Extension" {
         check_extension(c, map);
     }
+    if def.name() == "Reference" {
+        check_reference(c, map);
+    }
+}
+
+/// `Reference.reference` by the one grammar every other reader of references uses
+/// ([`super::reference`]): a reference the key scope and the index could read differently is
+/// refused here.
+fn check_reference<'a>(c: &mut Checker<'a>, map: &'a Map<String, Value>) {
+    if let Some(Value::String(text)) = map.get("reference") {
+        if let Err(e) = super::reference::Reference::parse(text) {
+            c.issue_at("reference", format!("not a valid reference: {e}"));
+        }
+    }
 }
 
 fn note_choice<'a>(

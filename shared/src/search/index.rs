@@ -17,6 +17,7 @@
 
 use super::params::{self, Kind, Path, SearchParam};
 use crate::crypto::Dek;
+use crate::fhir::reference::Reference;
 use chrono::{DateTime, Months, NaiveDate, TimeZone, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -550,6 +551,20 @@ pub fn index_resource(keys: &IndexKeys, resource_type: &str, resource: &Value) -
         }
         index_param(keys, param, resource, &mut rows);
     }
+    // The patient compartments it is in besides its key scope's (the first), by the same function
+    // that gives the key scope, so that searches decide on all of them in SQL (`_compartment`).
+    if let Some(rt) = crate::fhir::ResourceType::parse(resource_type) {
+        let id = resource.get("id").and_then(Value::as_str).unwrap_or_default();
+        for c in crate::fhir::reference::access_compartments(rt, id, resource)
+            .iter()
+            .skip(1)
+        {
+            if let Some(patient) = c.strip_prefix("Patient/") {
+                rows.refs
+                    .push(("_compartment", "Patient".to_string(), patient.to_string()));
+            }
+        }
+    }
     rows.hashes.sort();
     rows.hashes.dedup();
     rows.prefixes.sort();
@@ -623,16 +638,18 @@ fn index_param(
                     _ => None,
                 };
                 let Some(reference) = reference else { continue };
-                match params::split_reference(reference) {
-                    Some((t, id)) => rows.refs.push((code, t.into(), id.into())),
+                match Reference::parse(reference) {
+                    Ok(Reference::Resource {
+                        resource_type, id, ..
+                    }) => rows.refs.push((code, resource_type.to_string(), id.into())),
                     // Only a plain absolute URL (canonical or external) is kept whole: anything
                     // else (a conditional `Type?identifier=...` outside a transaction, a urn) may
                     // carry PHI and is not indexed.
-                    None if reference.contains("://") && !reference.contains(['?', '#']) => {
-                        let plain = reference.split('|').next().unwrap_or(reference);
+                    Ok(Reference::Url(url)) if url.contains("://") && !url.contains(['?', '#']) => {
+                        let plain = url.split('|').next().unwrap_or(url);
                         rows.refs.push((code, String::new(), plain.into()));
                     }
-                    None => {}
+                    _ => {}
                 }
             }
             Kind::Date => {

@@ -266,19 +266,10 @@ pub fn reference_type(reference: &str) -> Option<&str> {
 /// `(type, id)` of a literal reference, relative or absolute; `None` for contained (`#x`),
 /// `urn:` and malformed references.
 pub fn split_reference(reference: &str) -> Option<(&str, &str)> {
-    let trimmed = match reference.find("/_history/") {
-        Some(at) => &reference[..at],
-        None => reference,
-    };
-    let mut parts = trimmed.rsplitn(3, '/');
-    let id = parts.next()?;
-    let t = parts.next()?;
-    let starts_upper = t.chars().next().is_some_and(|c| c.is_ascii_uppercase());
-    if !starts_upper || crate::fhir::ResourceType::parse(t).is_none() {
-        return None;
-    }
-    crate::fhir::ResourceId::parse(id).ok()?;
-    Some((t, id))
+    crate::fhir::reference::Reference::parse(reference)
+        .ok()?
+        .target()
+        .map(|(t, id)| (t.as_str(), id))
 }
 
 #[cfg(test)]

@@ -114,6 +114,35 @@ pub struct SearchQuery {
     pub ignored: Vec<String>,
 }
 
+impl SearchQuery {
+    /// Every resource type the search reads besides its own: the targets of its chains and the
+    /// sources of its `_has` filters, at any depth. Matching on them is reading them (a chain on
+    /// `subject:Patient.name` tells whether a patient has that name), so each needs the scopes a
+    /// search of that type needs.
+    pub fn joined_types(&self) -> Vec<&str> {
+        fn walk<'a>(f: &'a Filter, out: &mut Vec<&'a str>) {
+            match f {
+                Filter::Chain { targets, inner, .. } => {
+                    out.extend(targets.iter().map(String::as_str));
+                    walk(inner, out);
+                }
+                Filter::Has { source, inner, .. } => {
+                    out.push(source.as_str());
+                    walk(inner, out);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for f in &self.filters {
+            walk(f, &mut out);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 /// Why a search was refused (400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -177,6 +206,15 @@ pub fn parse(
         ignored: vec![],
     };
     for (name, value) in pairs {
+        // Every name and value here may reach SQL (ids, reference targets, URLs are bound as
+        // text), and PostgreSQL text holds no NUL: refuse it here, for every search, conditional
+        // create, update, delete and conditional reference alike.
+        if name.contains('\0') || value.contains('\0') {
+            return Err(bad(format!(
+                "search parameter '{}' holds a NUL character",
+                printable(name)
+            )));
+        }
         let keep = match name.as_str() {
             "_count" => {
                 let n: usize = value
@@ -195,7 +233,13 @@ pub fn parse(
             "_format" | "_pretty" => false,
             "_sort" => {
                 q.sort = parse_sort(resource_type, value)?;
-                true
+                if q.sort.is_empty() {
+                    if strict {
+                        return Err(bad("_sort names no sort key"));
+                    }
+                    q.ignored.push("_sort (empty)".into());
+                }
+                !q.sort.is_empty()
             }
             "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
                 let include = parse_include(value, name.ends_with(":iterate"))?;

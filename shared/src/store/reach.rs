@@ -297,14 +297,25 @@ impl Store {
         resource: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let plan = self.plan(ctx).await?;
-        let compartment = super::patient_of(scope);
-        let decision = plan.decide(
-            ctx,
-            interaction,
-            resource_type.as_str(),
-            compartment.as_deref(),
-            Label::Normal,
-        );
+        let label = crate::policy::write_label(ctx, Label::of(resource));
+        // Every compartment the new version is in: its key scope's first, then the others.
+        let id = resource.get("id").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let mut compartments: Vec<Option<String>> =
+            crate::fhir::reference::access_compartments(resource_type, id, resource)
+                .into_iter()
+                .map(Some)
+                .collect();
+        if compartments.is_empty() {
+            compartments.push(super::patient_of(scope));
+        }
+        let decision = compartments
+            .iter()
+            .map(|c| plan.decide(ctx, interaction, resource_type.as_str(), c.as_deref(), label))
+            .find(|d| !d.allowed)
+            .unwrap_or(crate::policy::Decision {
+                allowed: true,
+                reason: Reason::InReach,
+            });
         if !decision.allowed {
             return Err(match decision.reason {
                 Reason::NoScope => ctx
@@ -313,6 +324,7 @@ impl Store {
                     .unwrap_or(Denied::OutsideCompartment),
                 Reason::RoleForbids => Denied::ReadOnlyRole(ctx.role.as_str()),
                 Reason::ConsentManagedByPatient => Denied::ConsentManagedByPatient,
+                Reason::Labelled => Denied::LabelAboveCeiling,
                 _ => Denied::OutsideCompartment,
             }
             .into());
@@ -332,6 +344,88 @@ impl Store {
         }
         Ok(())
     }
+}
+
+impl Store {
+    /// The gate for a stored resource a write would replace or delete, or a deleted one a read
+    /// would report: may the caller see it? Its key scope's compartment, its other compartments
+    /// and its label — of the version in `row`, or for a deletion of the last version with a body
+    /// (a deleted resource keeps the label and compartments it had). `row` has `version_id`,
+    /// `sealed`, `dek_id`, `scope` and `wrapped`; `conn` reads under the caller's reach.
+    pub(super) async fn stored_visible(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &str,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<bool, StoreError> {
+        if !visible(ctx, resource_type, row)? {
+            return Ok(false);
+        }
+        let Some(plan) = ctx.plan.get() else {
+            return Ok(false);
+        };
+        let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
+        let (version_id, sealed, key) = match sealed {
+            Some(sealed) => (
+                row.try_get::<i64, _>("version_id")?,
+                sealed,
+                super::DekRow::from_row(row)?,
+            ),
+            None => {
+                let last = sqlx::query(
+                    "SELECT v.version_id, v.sealed, k.id AS dek_id, k.scope, k.wrapped
+                       FROM resource_versions v JOIN data_keys k ON k.id = v.dek_id
+                      WHERE v.resource_type = $1 AND v.id = $2 AND v.sealed IS NOT NULL
+                      ORDER BY v.version_id DESC LIMIT 1",
+                )
+                .bind(resource_type.as_str())
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(last) = last else {
+                    return Ok(true);
+                };
+                (
+                    last.try_get("version_id")?,
+                    last.try_get("sealed")?,
+                    super::DekRow::from_row(&last)?,
+                )
+            }
+        };
+        let body = self
+            .open_body(resource_type, id, version_id, &key, &sealed)
+            .await?;
+        Ok(body_visible(plan, resource_type, id, &body))
+    }
+}
+
+/// The part of the gate that needs a version's content: its label, and every patient compartment
+/// it is in besides its key scope's (a Group listing A and B is hidden from whoever may not see
+/// B). Every path that hands out or replaces a stored body asks this after opening it.
+pub(super) fn body_visible(plan: &Plan, resource_type: ResourceType, id: &str, body: &[u8]) -> bool {
+    if !plan.label_visible_body(body) {
+        return false;
+    }
+    if plan.sees_all_compartments() || !may_name_other_patients(resource_type, body) {
+        return true;
+    }
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    crate::fhir::reference::access_compartments(resource_type, id, &doc)
+        .iter()
+        .all(|c| plan.visible(Some(c), resource_type.as_str()))
+}
+
+/// A body with fewer than two `Patient/` in it names at most the patient of its key scope, so
+/// the compartment test needs no parse (the common case of every read).
+fn may_name_other_patients(resource_type: ResourceType, body: &[u8]) -> bool {
+    if resource_type.as_str() == "Patient" {
+        return false;
+    }
+    body.windows(8).filter(|w| *w == b"Patient/").nth(1).is_some()
 }
 
 /// Is the stored version in `row` (with its key `scope`) one the request's plan lets the caller

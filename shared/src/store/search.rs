@@ -7,6 +7,7 @@ use crate::access::{AccessContext, Permission};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::crypto::{self, Dek};
 use crate::fhir::ResourceType;
+use crate::fhir::reference::SearchTarget;
 use crate::policy::{Plan, SqlReach};
 use crate::search::index::{self, Class, IndexKeys, IndexRows, HIGHEST, LOWEST, MAX_PREFIX};
 use crate::search::params::{self, Kind};
@@ -76,6 +77,16 @@ pub(crate) struct PrefixRows {
 /// How many whole values a process remembers having written to the prefix dictionary (16 bytes
 /// each; forgotten all at once when full, which only costs rewriting rows that are there).
 const KNOWN_PREFIXES: usize = 200_000;
+
+/// The scopes of a search: a search of its type, and of every type its chains and `_has`
+/// filters match on. The one check both entry points (searches and conditional matches) pass.
+fn authorize_search(ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
+    ctx.check(query.resource_type.as_str(), Permission::Search)?;
+    for joined in query.joined_types() {
+        ctx.check(joined, Permission::Search)?;
+    }
+    Ok(())
+}
 
 fn bad(msg: impl Into<String>) -> StoreError {
     StoreError::BadRequest(msg.into())
@@ -224,7 +235,7 @@ impl Store {
         query: &SearchQuery,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        ctx.check(query.resource_type.as_str(), Permission::Search)?;
+        authorize_search(ctx, query)?;
         let plan = self.plan(ctx).await?;
         let keys = self.search_keys().await?;
         let mut b = Builder::new(&keys.index, self.clock.now().timestamp_millis(), &plan);
@@ -245,8 +256,7 @@ impl Store {
         ctx: &AccessContext,
         query: &SearchQuery,
     ) -> Result<SearchResult, StoreError> {
-        let rt = query.resource_type;
-        ctx.check(rt.as_str(), Permission::Search)?;
+        authorize_search(ctx, query)?;
         let plan = self.plan(ctx).await?;
         let keys = self.search_keys().await?;
         let digest = query_digest(query);
@@ -797,7 +807,7 @@ impl Store {
         let mut loaded = self.load_rows(conn, &readable).await?;
         loaded.retain(|r| {
             plan.visible(r.patient.as_deref(), r.resource_type.as_str())
-                && plan.label_visible_body(&r.body)
+                && super::reach::body_visible(plan, r.resource_type, &r.id, &r.body)
         });
         Ok(loaded)
     }
@@ -1096,11 +1106,30 @@ impl<'k> Builder<'k> {
         self.push_labels(h, rt)
     }
 
-    /// ` AND` row `h` is in a compartment, and of a type there, that the plan opens.
+    /// ` AND` row `h` is in a compartment, and of a type there, that the plan opens — its key
+    /// scope's and every other patient compartment it is in (the `_compartment` rows of its
+    /// index, [`crate::fhir::reference::patient_compartments`]).
     fn push_compartments(&mut self, h: &str) {
         if !self.sees_everything {
-            let c = format!("{h}.compartment");
-            let pair = format!("({c} || '|' || {h}.resource_type)");
+            self.push_compartment_case(&format!("{h}.compartment"), &format!("{h}.resource_type"));
+            let e = self.next_alias();
+            self.qb.push(format!(
+                " AND NOT EXISTS (SELECT 1 FROM search_ref {e} WHERE {e}.resource_type = \
+                 {h}.resource_type AND {e}.id = {h}.id AND {e}.param = '_compartment' AND NOT \
+                 (true"
+            ));
+            self.push_compartment_case(
+                &format!("('Patient/' || {e}.target_id)"),
+                &format!("{h}.resource_type"),
+            );
+            self.qb.push("))");
+        }
+    }
+
+    /// ` AND` compartment `c` (a key scope, or NULL outside any) is open for type `rt` in the plan.
+    fn push_compartment_case(&mut self, c: &str, rt: &str) {
+        {
+            let pair = format!("({c} || '|' || {rt})");
             self.qb.push(format!(" AND (CASE WHEN {c} IS NULL THEN "));
             self.qb.push_bind(self.reach.others);
             self.qb.push(format!(" WHEN {c} = ANY("));
@@ -1605,8 +1634,16 @@ impl<'k> Builder<'k> {
                     Some((n, u)) => (n, Some(u)),
                     None => (rest, None),
                 };
+                if unit.is_some() && kind == Kind::Number {
+                    return Err(bad(format!("a value of '{code}' is a number, without a unit")));
+                }
                 if let Some(unit) = unit {
                     let (system, unit_code) = unit.split_once('|').unwrap_or(("", unit));
+                    if unit_code.contains('|') {
+                        return Err(bad(format!(
+                            "a value of '{code}' is [prefix]number|system|code: it has too many '|'"
+                        )));
+                    }
                     if !unit_code.is_empty() {
                         if system.is_empty() {
                             self.qb.push(format!("{a}.unit_c = "));
@@ -1729,34 +1766,45 @@ fn unescape(value: &str) -> String {
     out
 }
 
-/// A reference search value as (type, id-or-url).
+/// A reference search value as (type, id-or-url), read by the same grammar as stored references
+/// ([`SearchTarget`]).
 fn reference_value(
     param: &params::SearchParam,
     modifier: &Modifier,
     value: &str,
 ) -> Result<(Option<String>, String), StoreError> {
-    if let Some((t, id)) = params::split_reference(value) {
-        if let Modifier::Type(want) = modifier {
-            if want != t {
-                return Err(bad(format!(
-                    "'{}:{want}' was given a reference to a {t}",
-                    param.code
-                )));
+    let target = SearchTarget::parse(value)
+        .map_err(|e| bad(format!("the value of '{}' is not a reference: {e}", param.code)))?;
+    match target {
+        SearchTarget::Resource {
+            resource_type: Some(t),
+            id,
+        } => {
+            if let Modifier::Type(want) = modifier {
+                if want != t.as_str() {
+                    return Err(bad(format!(
+                        "'{}:{want}' was given a reference to a {t}",
+                        param.code
+                    )));
+                }
             }
+            Ok((Some(t.to_string()), id.to_string()))
         }
-        return Ok((Some(t.to_string()), id.to_string()));
-    }
-    if value.contains(':') || value.contains('/') {
         // A canonical or external URL: compared whole (without a |version).
-        let plain = value.split('|').next().unwrap_or(value);
-        return Ok((Some(String::new()), plain.to_string()));
+        SearchTarget::Url(url) => {
+            let plain = url.split('|').next().unwrap_or(url);
+            Ok((Some(String::new()), plain.to_string()))
+        }
+        SearchTarget::Resource {
+            resource_type: None,
+            id,
+        } => {
+            let t = match modifier {
+                Modifier::Type(t) => Some(t.clone()),
+                _ if param.targets.len() == 1 => Some(param.targets[0].clone()),
+                _ => None,
+            };
+            Ok((t, id.to_string()))
+        }
     }
-    crate::fhir::ResourceId::parse(value)
-        .map_err(|_| bad(format!("'{}' is not a reference or id", param.code)))?;
-    let t = match modifier {
-        Modifier::Type(t) => Some(t.clone()),
-        _ if param.targets.len() == 1 => Some(param.targets[0].clone()),
-        _ => None,
-    };
-    Ok((t, value.to_string()))
 }
