@@ -76,7 +76,9 @@ impl<'a> Reference<'a> {
             return if id.is_empty() || is_id(id) {
                 Ok(Reference::Contained(id))
             } else {
-                Err(bad("a contained reference is '#' and the contained resource's id"))
+                Err(bad(
+                    "a contained reference is '#' and the contained resource's id",
+                ))
             };
         }
         if let Some(uuid) = s.strip_prefix("urn:uuid:") {
@@ -203,7 +205,10 @@ fn is_absolute_uri(s: &str) -> bool {
         return false;
     };
     !rest.is_empty()
-        && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))

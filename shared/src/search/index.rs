@@ -554,7 +554,10 @@ pub fn index_resource(keys: &IndexKeys, resource_type: &str, resource: &Value) -
     // The patient compartments it is in besides its key scope's (the first), by the same function
     // that gives the key scope, so that searches decide on all of them in SQL (`_compartment`).
     if let Some(rt) = crate::fhir::ResourceType::parse(resource_type) {
-        let id = resource.get("id").and_then(Value::as_str).unwrap_or_default();
+        let id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         for c in crate::fhir::reference::access_compartments(rt, id, resource)
             .iter()
             .skip(1)

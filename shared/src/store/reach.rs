@@ -299,7 +299,10 @@ impl Store {
         let plan = self.plan(ctx).await?;
         let label = crate::policy::write_label(ctx, Label::of(resource));
         // Every compartment the new version is in: its key scope's first, then the others.
-        let id = resource.get("id").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let id = resource
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
         let mut compartments: Vec<Option<String>> =
             crate::fhir::reference::access_compartments(resource_type, id, resource)
                 .into_iter()
@@ -310,7 +313,15 @@ impl Store {
         }
         let decision = compartments
             .iter()
-            .map(|c| plan.decide(ctx, interaction, resource_type.as_str(), c.as_deref(), label))
+            .map(|c| {
+                plan.decide(
+                    ctx,
+                    interaction,
+                    resource_type.as_str(),
+                    c.as_deref(),
+                    label,
+                )
+            })
             .find(|d| !d.allowed)
             .unwrap_or(crate::policy::Decision {
                 allowed: true,
@@ -404,7 +415,12 @@ impl Store {
 /// The part of the gate that needs a version's content: its label, and every patient compartment
 /// it is in besides its key scope's (a Group listing A and B is hidden from whoever may not see
 /// B). Every path that hands out or replaces a stored body asks this after opening it.
-pub(super) fn body_visible(plan: &Plan, resource_type: ResourceType, id: &str, body: &[u8]) -> bool {
+pub(super) fn body_visible(
+    plan: &Plan,
+    resource_type: ResourceType,
+    id: &str,
+    body: &[u8],
+) -> bool {
     if !plan.label_visible_body(body) {
         return false;
     }
@@ -425,7 +441,10 @@ fn may_name_other_patients(resource_type: ResourceType, body: &[u8]) -> bool {
     if resource_type.as_str() == "Patient" {
         return false;
     }
-    body.windows(8).filter(|w| *w == b"Patient/").nth(1).is_some()
+    body.windows(8)
+        .filter(|w| *w == b"Patient/")
+        .nth(1)
+        .is_some()
 }
 
 /// Is the stored version in `row` (with its key `scope`) one the request's plan lets the caller

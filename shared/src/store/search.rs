@@ -6,8 +6,8 @@ use super::{DekRow, Store, StoreError, StoredResource};
 use crate::access::{AccessContext, Permission};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::crypto::{self, Dek};
-use crate::fhir::ResourceType;
 use crate::fhir::reference::SearchTarget;
+use crate::fhir::ResourceType;
 use crate::policy::{Plan, SqlReach};
 use crate::search::index::{self, Class, IndexKeys, IndexRows, HIGHEST, LOWEST, MAX_PREFIX};
 use crate::search::params::{self, Kind};
@@ -1635,7 +1635,9 @@ impl<'k> Builder<'k> {
                     None => (rest, None),
                 };
                 if unit.is_some() && kind == Kind::Number {
-                    return Err(bad(format!("a value of '{code}' is a number, without a unit")));
+                    return Err(bad(format!(
+                        "a value of '{code}' is a number, without a unit"
+                    )));
                 }
                 if let Some(unit) = unit {
                     let (system, unit_code) = unit.split_once('|').unwrap_or(("", unit));
@@ -1773,8 +1775,12 @@ fn reference_value(
     modifier: &Modifier,
     value: &str,
 ) -> Result<(Option<String>, String), StoreError> {
-    let target = SearchTarget::parse(value)
-        .map_err(|e| bad(format!("the value of '{}' is not a reference: {e}", param.code)))?;
+    let target = SearchTarget::parse(value).map_err(|e| {
+        bad(format!(
+            "the value of '{}' is not a reference: {e}",
+            param.code
+        ))
+    })?;
     match target {
         SearchTarget::Resource {
             resource_type: Some(t),
