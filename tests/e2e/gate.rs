@@ -693,14 +693,14 @@ async fn strict_handling_and_conditional_create_by_url() {
 /// below (README, "Consent, labels and break-the-glass"). `sees`: read it; `writes`: replace or
 /// delete it (it must be seen, and the caller needs the write scopes).
 fn expected(caller: &str, target: &str) -> (bool, bool) {
-    let sees = match (caller, target) {
-        ("system" | "admin", "a" | "b" | "ab") => true,
-        ("narrow", "a" | "b") => true,
-        ("dr", "a" | "a-r") => true,
-        ("patient-a", "a" | "a-r" | "a-v") => true,
-        ("analyst", "a") => true,
-        _ => false,
-    };
+    let sees = matches!(
+        (caller, target),
+        ("system" | "admin", "a" | "b" | "ab")
+            | ("narrow", "a" | "b")
+            | ("dr", "a" | "a-r")
+            | ("patient-a", "a" | "a-r" | "a-v")
+            | ("analyst", "a")
+    );
     let may_write = matches!(caller, "system" | "admin" | "dr" | "patient-a");
     (sees, sees && may_write)
 }
@@ -857,10 +857,7 @@ async fn every_path_answers_as_the_policy_decides() {
             let rt = body["resourceType"].as_str().unwrap().to_string();
             let id = created(&f.post(&rt, &body).await);
             let label = format!("{caller} × {t}");
-            let scope_ok = match *caller {
-                "narrow" | "analyst" => false,
-                _ => true,
-            };
+            let scope_ok = !matches!(*caller, "narrow" | "analyst");
             // Refusals by scope come first (403, whatever exists); so do refusals of what the
             // caller's own body would write (data into B's record from someone B's record is
             // closed to: 403 for any id, taken or not). Then a hidden resource looks missing.
