@@ -18,6 +18,7 @@ mod database;
 mod embedded;
 mod encryption;
 mod identity;
+mod narrative;
 mod operations;
 mod search;
 mod tls;
