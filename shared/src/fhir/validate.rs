@@ -893,6 +893,17 @@ mod tests {
                 json!({"text": {"status": "generated"}}),
                 "Observation.text.div",
             ),
+            // txt-1: the narrative check runs on every xhtml value, named at the element.
+            (
+                json!({"text": {"status": "generated",
+                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>x</script></div>"}}),
+                "Observation.text.div",
+            ),
+            (
+                json!({"contained": [{"resourceType": "Patient", "id": "p", "text": {"status": "generated",
+                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>"}}]}),
+                "Observation.contained[0].text.div",
+            ),
         ];
         for (extra, path) in cases {
             assert_eq!(paths(obs(extra.clone())), [path], "{extra}");
