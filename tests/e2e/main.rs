@@ -19,6 +19,7 @@ mod embedded;
 mod encryption;
 mod gate;
 mod identity;
+mod narrative;
 mod operations;
 mod search;
 mod tls;

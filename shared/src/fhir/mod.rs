@@ -2,6 +2,7 @@
 //! definitions, and the parsed newtypes (`ResourceType`, `ResourceId`) every other layer takes.
 
 pub mod json;
+pub mod narrative;
 pub mod reference;
 pub mod schema;
 pub mod validate;

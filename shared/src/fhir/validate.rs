@@ -7,6 +7,7 @@
 //! [`super::schema`], and allocates no strings unless it finds a problem: the current location is a
 //! stack of borrowed segments, rendered into a path only for an issue.
 
+use super::narrative;
 use super::printable;
 use super::schema::{self, Element, Kind, Primitive, TypeDef};
 use regex::Regex;
@@ -436,7 +437,16 @@ fn check_string(c: &mut Checker<'_>, s: &str, p: Primitive) {
         Primitive::Instant => matches_pattern(|p| &p.instant, s) && day_exists(s),
         Primitive::Time => matches_pattern(|p| &p.time, s),
         Primitive::Base64Binary => is_base64(s),
-        Primitive::Xhtml => s.starts_with("<div"),
+        // Narrative is markup every EHR renders: txt-1 and txt-2 with a real XML parser, and each
+        // problem named at this element (`Patient.text.div`).
+        Primitive::Xhtml => {
+            if let Err(problems) = narrative::check(s) {
+                for problem in problems {
+                    c.issue(problem);
+                }
+            }
+            return;
+        }
         _ => true,
     };
     if !ok {
@@ -896,6 +906,17 @@ mod tests {
             (
                 json!({"text": {"status": "generated"}}),
                 "Observation.text.div",
+            ),
+            // txt-1: the narrative check runs on every xhtml value, named at the element.
+            (
+                json!({"text": {"status": "generated",
+                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>x</script></div>"}}),
+                "Observation.text.div",
+            ),
+            (
+                json!({"contained": [{"resourceType": "Patient", "id": "p", "text": {"status": "generated",
+                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>"}}]}),
+                "Observation.contained[0].text.div",
             ),
         ];
         for (extra, path) in cases {
