@@ -1116,7 +1116,17 @@ impl Store {
                     }
                     Some(body)
                 }
-                None => None,
+                // A deletion of a version the caller could not see is left out like it.
+                None => {
+                    let mut tx = self.begin_for(ctx).await?;
+                    if !self
+                        .stored_visible(&mut tx, ctx, entry_type, &entry_id, row)
+                        .await?
+                    {
+                        continue;
+                    }
+                    None
+                }
             };
             entries.push(HistoryEntry {
                 resource_type: entry_type,

@@ -361,7 +361,7 @@ impl Store {
     /// The gate for a stored resource a write would replace or delete, or a deleted one a read
     /// would report: may the caller see it? Its key scope's compartment, its other compartments
     /// and its label — of the version in `row`, or for a deletion of the last version with a body
-    /// (a deleted resource keeps the label and compartments it had). `row` has `version_id`,
+    /// (a deletion keeps the label and compartments of the version it deleted). `row` has `version_id`,
     /// `sealed`, `dek_id`, `scope` and `wrapped`; `conn` reads under the caller's reach.
     pub(super) async fn stored_visible(
         &self,
@@ -389,10 +389,12 @@ impl Store {
                     "SELECT v.version_id, v.sealed, k.id AS dek_id, k.scope, k.wrapped
                        FROM resource_versions v JOIN data_keys k ON k.id = v.dek_id
                       WHERE v.resource_type = $1 AND v.id = $2 AND v.sealed IS NOT NULL
+                        AND v.version_id < $3
                       ORDER BY v.version_id DESC LIMIT 1",
                 )
                 .bind(resource_type.as_str())
                 .bind(id)
+                .bind(row.try_get::<i64, _>("version_id")?)
                 .fetch_optional(&mut *conn)
                 .await?;
                 let Some(last) = last else {
