@@ -17,6 +17,7 @@ mod crud;
 mod database;
 mod embedded;
 mod encryption;
+mod http_edge;
 mod identity;
 mod operations;
 mod search;
