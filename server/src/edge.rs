@@ -208,6 +208,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Refusals<T> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // hyper puts a head in a buffer of its own, first: a refusal is that buffer alone.
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(head) if replacement(head).is_some() => self.poll_write(cx, head),
+            _ => {
+                std::task::ready!(self.drain(cx))?;
+                Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // Kept as the connection has it: hyper then writes a head and its body in one call
+        // instead of copying the body after the head.
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -217,8 +238,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Refusals<T> {
         std::task::ready!(self.drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-
-    // Not vectored: hyper then writes each head as one buffer, which `replacement` sees whole.
 }
 
 #[cfg(test)]
