@@ -3,6 +3,8 @@
 
 mod audit_api;
 mod capability;
+mod cors;
+mod edge;
 mod fhir_api;
 mod incoming;
 mod login;
@@ -36,6 +38,8 @@ pub struct AppState {
     /// body and its sealed, indexed entries in memory (about three times the body), so memory stays
     /// bounded however many clients load at once.
     pub bundle_slots: tokio::sync::Semaphore,
+    /// The origins browser apps may call from (`CARAPACE_CORS_ORIGINS`).
+    pub cors: cors::Cors,
 }
 
 const HELP: &str = "\
@@ -54,6 +58,8 @@ Configuration (environment variables):
   CARAPACE_BODY_LIMIT          request body limit in bytes (default 16777216)
   CARAPACE_DEK_CACHE_MAX_AGE   seconds an unwrapped data key stays cached (default 3600)
   CARAPACE_DB_MAX_CONNECTIONS  database pool size (default 16)
+  CARAPACE_CORS_ORIGINS        comma-separated browser origins allowed to call /fhir and /auth/token
+                               (https://app.example,http://localhost:3000; default none; '*' refused)
   RUST_LOG                     log filter (default info)";
 
 fn main() -> anyhow::Result<()> {
@@ -145,6 +151,7 @@ async fn run() -> anyhow::Result<()> {
     let base = config.fhir_base();
     let state = Arc::new(AppState {
         bundle_slots: tokio::sync::Semaphore::new(2),
+        cors: cors::Cors::new(config.cors_origins.clone()),
         base: base.clone(),
         store: core.store.clone(),
         config,
@@ -189,8 +196,11 @@ async fn run() -> anyhow::Result<()> {
                 });
                 match &tls {
                     None => {
-                        let conn = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        let conn = builder()
+                            .serve_connection_with_upgrades(
+                                TokioIo::new(edge::Refusals::new(stream)),
+                                service,
+                            )
                             .into_owned();
                         let conn = graceful.watch(conn);
                         tokio::spawn(async move { let _ = conn.await; });
@@ -201,8 +211,11 @@ async fn run() -> anyhow::Result<()> {
                         tokio::spawn(async move {
                             match acceptor.accept(stream).await {
                                 Ok(tls_stream) => {
-                                    let conn = auto::Builder::new(TokioExecutor::new())
-                                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                                    let conn = builder()
+                                        .serve_connection_with_upgrades(
+                                            TokioIo::new(edge::Refusals::new(tls_stream)),
+                                            service,
+                                        )
                                         .into_owned();
                                     let _ = watcher.watch(conn).await;
                                 }
@@ -224,6 +237,21 @@ async fn run() -> anyhow::Result<()> {
     core.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP/1 and HTTP/2 connection settings: heads up to hyper's limits (see `edge`) reach the
+/// handlers, which refuse past the server's own, smaller limits with an OperationOutcome.
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(edge::HYPER_MAX_BUF_BYTES)
+        .max_headers(edge::HYPER_MAX_HEADERS);
+    // HTTP/2 refuses a header list past this by itself (a stream reset): the same bound.
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(edge::HYPER_MAX_BUF_BYTES).unwrap_or(u32::MAX));
+    builder
 }
 
 /// The client's address as the audit trail records it: the connection's peer, unless the peer is a
@@ -273,16 +301,35 @@ async fn dispatch(
         peer.port(),
     );
     let path = req.uri().path().to_string();
+    // Every request passes the edge (limits, encoding) and CORS here, whatever it is for.
+    let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+    let mut resp = match edge::check(req.uri(), req.headers()) {
+        Err(e) => e.into_response(),
+        Ok(()) => match state.cors.preflight(req.method(), &path, req.headers()) {
+            Some(answer) => answer,
+            None => route(state.clone(), req, peer, &path).await,
+        },
+    };
+    state.cors.decorate(&path, origin.as_ref(), &mut resp);
+    resp
+}
+
+async fn route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    path: &str,
+) -> Response<Full<Bytes>> {
     if path == "/fhir" || path.starts_with("/fhir/") {
         return fhir_api::handle(state, req, peer).await;
     }
-    match path.as_str() {
+    match path {
         "/auth/authorize" | "/auth/login" | "/auth/login/totp" | "/auth/consent"
         | "/auth/logout" => return login::handle(&state, req).await,
         p if p.starts_with("/auth/") => return oauth::handle(&state, req, peer).await,
         _ => {}
     }
-    match path.as_str() {
+    match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/metrics" => text(StatusCode::OK, metrics(&state)),
         _ => {

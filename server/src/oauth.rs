@@ -58,10 +58,24 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
 
 fn oauth_error(e: &OAuthError) -> HttpResponse {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-    json_response(
+    let mut resp = json_response(
         status,
         &json!({"error": e.error, "error_description": e.description}),
-    )
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert("Retry-After", hyper::header::HeaderValue::from_static("5"));
+    }
+    resp
+}
+
+/// RFC 6749's answer when the server cannot decide now (its database is away): retry.
+fn temporarily_unavailable() -> HttpResponse {
+    oauth_error(&OAuthError {
+        status: 503,
+        error: "temporarily_unavailable",
+        description: "the server cannot check tokens right now; retry shortly".into(),
+    })
 }
 
 pub async fn read_form(
@@ -170,7 +184,11 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
         "/auth/introspect" => {
             // Only an authenticated backend system (a resource server) or admin may introspect.
             match bearer(state, &parts.headers).await {
-                Some(caller)
+                Err(e) => {
+                    tracing::warn!(message = %e.message, "introspection: caller not checked");
+                    return temporarily_unavailable();
+                }
+                Ok(Some(caller))
                     if matches!(
                         caller.role,
                         carapace_core::access::Role::System | carapace_core::access::Role::Admin
@@ -183,7 +201,13 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                 }
             }
             let info = match field("token") {
-                Some(t) => auth::lookup(pool, clock.now(), &t).await.ok().flatten(),
+                Some(t) => match auth::lookup(pool, clock.now(), &t).await {
+                    Ok(info) => info,
+                    Err(e) => {
+                        tracing::error!(error = %e, "introspection lookup failed");
+                        return temporarily_unavailable();
+                    }
+                },
                 None => None,
             };
             let body = match info {
@@ -215,20 +239,24 @@ async fn audit_token(state: &AppState, subject: &str, peer: SocketAddr, success:
     }
 }
 
-/// The verified token behind `Authorization: Bearer ...`, if any.
-pub async fn bearer(state: &AppState, headers: &HeaderMap) -> Option<auth::TokenInfo> {
-    let value = headers.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+/// The verified token behind `Authorization: Bearer ...`: `Ok(None)` if there is none or it is not
+/// valid (401), `Err` (503) if the database could not say, so a valid token is never called invalid.
+pub async fn bearer(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<auth::TokenInfo>, ApiError> {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return Ok(None);
+    };
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
+        return Ok(None);
     }
-    match auth::lookup(state.store.pool(), state.store.now(), token.trim()).await {
-        Ok(info) => info,
-        Err(e) => {
-            tracing::error!(error = %e, "token lookup failed");
-            None
-        }
-    }
+    auth::lookup(state.store.pool(), state.store.now(), token.trim())
+        .await
+        .map_err(crate::outcome::token_lookup_failed)
 }
 
 /// The access context of a FHIR request, or the 401 that tells the client how to authenticate.
@@ -237,7 +265,7 @@ pub async fn authenticate(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<AccessContext, ApiError> {
-    match bearer(state, headers).await {
+    match bearer(state, headers).await? {
         Some(info) => {
             let (purpose, reason) = purpose_of_use(headers)?;
             let mut ctx = info.access_context(Some(peer.ip()), purpose);

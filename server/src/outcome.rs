@@ -17,6 +17,10 @@
 //! | Audit / Database                   | 503 / 500 | transient / exception |
 //! | Denied (scope, compartment write)  | 403    | forbidden      |
 //! | (no or invalid bearer token)       | 401 + WWW-Authenticate | login |
+//! | (token lookup: database away)      | 503 + Retry-After | transient |
+//! | (URL, header limits; hyper's own)  | 414 / 431 / 400 | too-costly / structure |
+//! | (Content-Encoding not identity)    | 415    | not-supported  |
+//! | (CORS preflight, unlisted origin)  | 403    | forbidden      |
 
 use bytes::Bytes;
 use carapace_core::access::Denied;
@@ -63,7 +67,8 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", message)
     }
 
-    pub fn into_response(self) -> HttpResponse {
+    /// The OperationOutcome, as JSON bytes.
+    pub fn body(&self) -> Vec<u8> {
         let issues: Vec<serde_json::Value> = if self.issues.is_empty() {
             vec![json!({"severity": "error", "code": self.code, "diagnostics": self.message})]
         } else {
@@ -79,7 +84,13 @@ impl ApiError {
                 })
                 .collect()
         };
-        let body = json!({"resourceType": "OperationOutcome", "issue": issues});
+        json!({"resourceType": "OperationOutcome", "issue": issues})
+            .to_string()
+            .into_bytes()
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        let body = self.body();
         let mut builder = Response::builder()
             .status(self.status)
             .header("Content-Type", FHIR_JSON);
@@ -90,8 +101,42 @@ impl ApiError {
             builder = builder.header("Retry-After", secs.to_string());
         }
         builder
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+}
+
+/// What hyper refused by itself, before any handler saw the request (see `edge::Refusals`):
+/// only the status is known.
+pub fn refused_by_http_layer(status: StatusCode) -> ApiError {
+    let message = match status {
+        StatusCode::URI_TOO_LONG => {
+            "the URL is too long (send long searches as POST [type]/_search)"
+        }
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            "the request header fields are too large or too many"
+        }
+        _ => "the request could not be parsed as HTTP",
+    };
+    let code = if status == StatusCode::BAD_REQUEST {
+        "structure"
+    } else {
+        "too-costly"
+    };
+    ApiError::new(status, code, message)
+}
+
+/// The bearer token could not be looked up: the database did not answer. Not a 401, which would
+/// tell the client to throw its valid token away; a 503 it retries.
+pub fn token_lookup_failed(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "token lookup failed");
+    unavailable("the access token could not be checked: the database is unavailable; retry shortly")
+}
+
+fn unavailable(message: &str) -> ApiError {
+    ApiError {
+        retry_after: Some(5),
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", message)
     }
 }
 
@@ -186,14 +231,18 @@ fn database_error(e: sqlx::Error) -> ApiError {
         sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
             ApiError::bad_request("a value in the request cannot be stored or searched for")
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError {
-            retry_after: Some(5),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "the database is unavailable; retry shortly",
-            )
-        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            unavailable("the database is unavailable; retry shortly")
+        }
+        // Connection exceptions (class 08), the server shutting down or starting (57P01-57P03)
+        // and too many connections (53300): the database is away, not wrong.
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| {
+                c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
+            }) =>
+        {
+            unavailable("the database is unavailable; retry shortly")
+        }
         _ => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "exception",

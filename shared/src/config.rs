@@ -35,6 +35,50 @@ pub struct Config {
     /// patient no consent decides? `CARAPACE_BTG_ROLES` (default `practitioner`; `admin` may be
     /// added) and `CARAPACE_BTG_SECONDS` (default 3600): who may break the glass, for how long.
     pub policy: crate::policy::PolicyConfig,
+    /// `CARAPACE_CORS_ORIGINS`: comma-separated browser origins (`https://app.example:8443`)
+    /// that may call `/fhir` and `/auth/token` from a web page (default none: no CORS at all).
+    pub cors_origins: Vec<CorsOrigin>,
+}
+
+/// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
+/// optional port, nothing else, in the lower-case form browsers send in `Origin`. `*` is refused:
+/// these are PHI endpoints, and an origin list is what a deployment knows anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsOrigin(String);
+
+impl CorsOrigin {
+    pub fn parse(text: &str) -> Result<CorsOrigin, ConfigError> {
+        let bad = || {
+            ConfigError(format!(
+                "CARAPACE_CORS_ORIGINS lists exact origins such as https://app.example or \
+                 http://localhost:3000 (no '*', path or trailing slash); '{}' is not one",
+                crate::fhir::printable(text)
+            ))
+        };
+        let lower = text.trim().to_ascii_lowercase();
+        let host = lower
+            .strip_prefix("https://")
+            .or_else(|| lower.strip_prefix("http://"))
+            .ok_or_else(bad)?;
+        let (name, port) = match host.rsplit_once(':') {
+            // An IPv6 literal without a port ends in `]`.
+            Some((name, port)) if !port.ends_with(']') => (name, Some(port)),
+            _ => (host, None),
+        };
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+        if !name_ok || !port_ok {
+            return Err(bad());
+        }
+        Ok(CorsOrigin(lower))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -197,7 +241,15 @@ impl Config {
             btg_roles,
             btg_duration: chrono::Duration::seconds(i64::try_from(btg_seconds).unwrap_or(3600)),
         };
+        let cors_origins = get("CARAPACE_CORS_ORIGINS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(CorsOrigin::parse)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
+            cors_origins,
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
             data_dir: get("CARAPACE_DATA_DIR")
                 .unwrap_or_else(|| "./carapace-data".into())
@@ -269,6 +321,42 @@ mod tests {
         assert!(!config(&[]).unwrap().policy.default_permit);
         assert!(config(&[("CARAPACE_BTG_ROLES", "patient")]).is_err());
         assert!(config(&[("CARAPACE_CONSENT_DEFAULT", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let c = config(&[(
+            "CARAPACE_CORS_ORIGINS",
+            "https://App.example, http://localhost:3000,http://[::1]:8080",
+        )])
+        .unwrap();
+        let shown: Vec<&str> = c.cors_origins.iter().map(CorsOrigin::as_str).collect();
+        assert_eq!(
+            shown,
+            [
+                "https://app.example",
+                "http://localhost:3000",
+                "http://[::1]:8080"
+            ]
+        );
+        assert!(config(&[]).unwrap().cors_origins.is_empty());
+        for bad in [
+            "*",
+            "https://app.example/",
+            "https://app.example/path",
+            "app.example",
+            "ftp://app.example",
+            "https://",
+            "https://a.example:0",
+            "https://a.example:99999",
+            "https://user@a.example",
+        ] {
+            let err = config(&[("CARAPACE_CORS_ORIGINS", bad)]).err();
+            assert!(
+                err.is_some_and(|e| e.to_string().contains("CARAPACE_CORS_ORIGINS")),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

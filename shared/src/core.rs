@@ -130,12 +130,18 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
         ),
         None => {
             let dir = config.data_dir.clone();
-            let cluster = tokio::task::spawn_blocking(move || Cluster::start(&dir, None))
-                .await
-                .map_err(|e| embedded::EmbeddedError::Command {
-                    what: "starting PostgreSQL".into(),
-                    detail: e.to_string(),
-                })??;
+            // The server owns the cluster it uses; the console works on the server's.
+            let ownership = match role {
+                DbRole::App => embedded::Ownership::Exclusive,
+                DbRole::Console => embedded::Ownership::Shared,
+            };
+            let cluster =
+                tokio::task::spawn_blocking(move || Cluster::start_as(&dir, None, ownership))
+                    .await
+                    .map_err(|e| embedded::EmbeddedError::Command {
+                        what: "starting PostgreSQL".into(),
+                        detail: e.to_string(),
+                    })??;
             cluster.ensure_database("carapace").await?;
             (cluster.connect_options("carapace"), Some(cluster))
         }

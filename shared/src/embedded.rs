@@ -14,8 +14,80 @@ pub enum EmbeddedError {
     NoUnprivilegedUser,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
+    #[error("the data directory {dir} is in use by another Carapace process{holder}; stop it first, or give this one another CARAPACE_DATA_DIR")]
+    InUse { dir: String, holder: String },
+    #[error("the data directory {dir} is held by another Carapace process{holder}, whose PostgreSQL is not running (starting or stopping); try again")]
+    NotRunning { dir: String, holder: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Whether a process may share the cluster with the one that started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// The server: it owns the cluster (starts it, or adopts one whose owner died, and stops it).
+    /// A data directory another live process owns is refused, before the cluster is touched:
+    /// otherwise that process stops the cluster under it on exit.
+    Exclusive,
+    /// The console: it owns the cluster when nobody else does, and otherwise works on the one the
+    /// server runs, leaving stopping it to the server.
+    Shared,
+}
+
+/// `carapace.lock` in the data directory, locked (flock) for as long as its owner runs the
+/// cluster, holding the owner's pid and program name for the message a second process prints.
+/// The kernel drops the lock when the process ends however it ends, so a stale file never blocks.
+/// std's `File::try_lock` (flock on Linux, stable since Rust 1.89) is used rather than the `fs4`
+/// or `fd-lock` crates, or `libc::flock` by hand: the same call, with no dependency and no unsafe.
+struct DirLock {
+    _file: std::fs::File,
+}
+
+const LOCK_FILE: &str = "carapace.lock";
+
+impl DirLock {
+    /// The lock, or `Ok(Err(holder))` when another process holds it (`holder`: its own words).
+    fn try_acquire(data_dir: &Path) -> Result<Result<DirLock, String>, EmbeddedError> {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {
+                let program = std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_default();
+                file.set_len(0)?;
+                writeln!(file, "{} {program}", std::process::id())?;
+                file.flush()?;
+                Ok(Ok(DirLock { _file: file }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                // Read what the holder wrote; a read failure only loses the detail.
+                let _ = file.read_to_string(&mut text);
+                let mut words = text.split_whitespace();
+                let holder = match (words.next(), words.next()) {
+                    (Some(pid), Some(program)) if pid.bytes().all(|b| b.is_ascii_digit()) => {
+                        format!(" (pid {pid}, {})", crate::fhir::printable(program))
+                    }
+                    (Some(pid), None) if pid.bytes().all(|b| b.is_ascii_digit()) => {
+                        format!(" (pid {pid})")
+                    }
+                    _ => String::new(),
+                };
+                Ok(Err(holder))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
 }
 
 /// A running private cluster. [`Cluster::stop`] shuts it down (fast mode); so does dropping it.
@@ -26,6 +98,8 @@ pub struct Cluster {
     run_as: Option<(u32, u32)>,
     port: u16,
     stopped: bool,
+    /// Held while this process owns the cluster; released (on drop) after the cluster stopped.
+    _lock: Option<DirLock>,
 }
 
 pub const SUPERUSER: &str = "carapace";
@@ -33,7 +107,17 @@ pub const SUPERUSER: &str = "carapace";
 impl Cluster {
     /// Initialise (first time) and start a cluster under `data_dir`, listening on a unix socket only
     /// (or also on `127.0.0.1:tcp_port` when given, for tools such as `pg_dump` in tests).
+    /// Attaches to a cluster another process owns ([`Ownership::Shared`]).
     pub fn start(data_dir: &Path, tcp_port: Option<u16>) -> Result<Cluster, EmbeddedError> {
+        Cluster::start_as(data_dir, tcp_port, Ownership::Shared)
+    }
+
+    /// [`Cluster::start`], as `ownership` says.
+    pub fn start_as(
+        data_dir: &Path,
+        tcp_port: Option<u16>,
+        ownership: Ownership,
+    ) -> Result<Cluster, EmbeddedError> {
         let bin_dir = find_bin_dir().ok_or(EmbeddedError::NoBinaries)?;
         let run_as = if unsafe_is_root() {
             Some(postgres_user().ok_or(EmbeddedError::NoUnprivilegedUser)?)
@@ -42,6 +126,17 @@ impl Cluster {
         };
         std::fs::create_dir_all(data_dir)?;
         let data_dir = std::fs::canonicalize(data_dir)?;
+        let lock = match DirLock::try_acquire(&data_dir)? {
+            Ok(lock) => Ok(lock),
+            Err(holder) if ownership == Ownership::Exclusive => {
+                return Err(EmbeddedError::InUse {
+                    dir: data_dir.display().to_string(),
+                    holder,
+                })
+            }
+            // Attaching: the owner's cluster must be up (checked once the paths are known).
+            Err(holder) => Err(holder),
+        };
         let pg_dir = data_dir.join("postgres");
         let socket_dir = data_dir.join("run");
         std::fs::create_dir_all(&socket_dir)?;
@@ -64,14 +159,33 @@ impl Cluster {
             run_as,
             port,
             stopped: false,
+            _lock: None,
         };
+        let lock = match lock {
+            Ok(lock) => lock,
+            Err(holder) => {
+                // Another live process (the server, when this is the console) owns the cluster:
+                // attach, and leave stopping it to its owner.
+                cluster.stopped = true;
+                if !cluster.is_running() {
+                    return Err(EmbeddedError::NotRunning {
+                        dir: data_dir.display().to_string(),
+                        holder,
+                    });
+                }
+                return Ok(cluster);
+            }
+        };
+        cluster._lock = Some(lock);
         if !cluster.pg_dir.join("PG_VERSION").exists() {
             cluster.initdb()?;
         }
         if cluster.is_running() {
-            // Another process (the server, when this is the console) runs it: attach, and leave
-            // stopping it to its owner.
-            cluster.stopped = true;
+            // Nobody holds the lock, yet PostgreSQL runs: its owner died without stopping it.
+            // Adopt it (and stop it on exit) rather than leave it to nobody.
+            tracing::info!(
+                "adopting the embedded PostgreSQL cluster a previous process left running"
+            );
             return Ok(cluster);
         }
         let listen = if tcp_port.is_some() { "127.0.0.1" } else { "" };

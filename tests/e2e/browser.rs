@@ -170,3 +170,65 @@ async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_th
     assert_eq!(write.status, 403);
     core.shutdown().await;
 }
+
+/// Defect 12 in a real browser: a SMART app page on a listed origin reads a resource with its
+/// token from headless Chromium (preflight, then the call, its ETag readable); the same page on an
+/// unlisted origin is stopped by the browser itself.
+#[tokio::test]
+async fn a_browser_app_on_a_listed_origin_calls_the_api_from_chromium() {
+    let Ok(chromium) = std::env::var("CARAPACE_CHROMIUM") else {
+        eprintln!("SKIPPED: set CARAPACE_CHROMIUM (tests/run installs Debian's chromium)");
+        return;
+    };
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        scripts.join("node_modules/playwright-core").exists(),
+        "run `npm ci` in tests/browser"
+    );
+    // Page origins on loopback, as the server is: no private-network rules get in the way.
+    let listed = format!("http://localhost:{}", free_port());
+    let unlisted = format!("http://localhost:{}", free_port());
+    let stack = Stack::start_with(
+        Bao::start_dev().await.unwrap(),
+        vec![("CARAPACE_CORS_ORIGINS".into(), listed.clone())],
+    )
+    .await
+    .unwrap();
+    let created = stack
+        .fhir()
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "CrossOrigin"}]}),
+        )
+        .await;
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let out = tokio::process::Command::new("node")
+        .arg(scripts.join("cors.mjs"))
+        .current_dir(&scripts)
+        .env("CARAPACE_CHROMIUM", chromium)
+        .env("RESOURCE_URL", stack.server.url(&format!("Patient/{id}")))
+        .env("TOKEN", stack.server.token.as_deref().unwrap())
+        .env("ORIGINS", format!("{listed},{unlisted}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let console = String::from_utf8_lossy(&out.stderr);
+    let ok = &result[listed.as_str()];
+    assert_eq!(ok["status"], 200, "{result} {console}");
+    assert_eq!(ok["family"], "CrossOrigin", "{result}");
+    assert_eq!(ok["etag"], "W/\"1\"", "ETag is exposed: {result}");
+    let refused = &result[unlisted.as_str()];
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Failed to fetch")),
+        "{result}"
+    );
+}

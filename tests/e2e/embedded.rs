@@ -59,3 +59,67 @@ async fn embedded_mode_keeps_its_data_across_restarts() {
     assert_eq!(read.status, 200, "{}", read.text());
     assert_eq!(read.json()["name"][0]["family"], "Embedded");
 }
+
+/// Defect 11: a second server on a data directory in use exits at once with a message naming the
+/// directory and the first server's pid, without touching its cluster (before the fix it started,
+/// attached to the first one's PostgreSQL, and answered 401 to everything once the first stopped).
+/// The console still works on the same directory while the server runs.
+#[tokio::test]
+async fn a_second_server_on_a_data_directory_in_use_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("carapace-data");
+    let env = vec![(
+        "CARAPACE_DATA_DIR".to_string(),
+        data_dir.display().to_string(),
+    )];
+    let mut first = Server::start(env.clone()).await.unwrap();
+    let pid = first.pid().unwrap();
+    let pool = embedded_pool(&data_dir).await;
+    first.authorize(&pool).await;
+    pool.close().await;
+
+    let started = std::time::Instant::now();
+    let err = Server::start(env.clone()).await.err().unwrap().to_string();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "refused at once"
+    );
+    let canonical = std::fs::canonicalize(&data_dir).unwrap();
+    assert!(
+        err.contains(&canonical.display().to_string()) && err.contains("in use"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+
+    // The first server and its cluster are untouched; the console works beside it.
+    let fhir = Fhir { server: &first };
+    let created = fhir
+        .post("Patient", &json!({"resourceType": "Patient"}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let (ok, out, stderr) = console(
+        &env,
+        &["bootstrap-admin", "--username", "ops", "--password-stdin"],
+        Some("correct horse battery staple"),
+    );
+    assert!(ok, "console beside the server: {out} {stderr}");
+    assert_eq!(fhir.get("metadata").await.status, 200);
+    assert_eq!(
+        fhir.get(&format!(
+            "Patient/{}",
+            created.json()["id"].as_str().unwrap()
+        ))
+        .await
+        .status,
+        200,
+        "the console did not stop the server's cluster"
+    );
+
+    // Once the first has stopped, the directory is free.
+    assert!(first.terminate().unwrap());
+    let second = Server::start(env).await.unwrap();
+    let r = http("GET", &second.url("metadata"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
