@@ -278,7 +278,7 @@ async fn dispatch(
     }
     match path.as_str() {
         "/auth/authorize" | "/auth/login" | "/auth/login/totp" | "/auth/consent"
-        | "/auth/logout" => return login::handle(&state, req).await,
+        | "/auth/logout" => return login::handle(&state, req, peer).await,
         p if p.starts_with("/auth/") => return oauth::handle(&state, req, peer).await,
         _ => {}
     }

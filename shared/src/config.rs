@@ -35,6 +35,10 @@ pub struct Config {
     /// patient no consent decides? `CARAPACE_BTG_ROLES` (default `practitioner`; `admin` may be
     /// added) and `CARAPACE_BTG_SECONDS` (default 3600): who may break the glass, for how long.
     pub policy: crate::policy::PolicyConfig,
+    /// `CARAPACE_LOGIN_FAILURE_DECAY_HOURS` (default 24), `CARAPACE_LOGIN_ADDRESS_FAILURES`
+    /// (default 50) and `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60): when a user's sign-in
+    /// failures stop counting, and how many failures one address may have per window.
+    pub sign_in: crate::users::SignInLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +201,24 @@ impl Config {
             btg_roles,
             btg_duration: chrono::Duration::seconds(i64::try_from(btg_seconds).unwrap_or(3600)),
         };
+        let sign_in = crate::users::SignInLimits {
+            decay: chrono::Duration::hours(
+                i64::try_from(
+                    parse_num("CARAPACE_LOGIN_FAILURE_DECAY_HOURS", 24)?.clamp(1, 24 * 30),
+                )
+                .unwrap_or(24),
+            ),
+            address_failures: i32::try_from(
+                parse_num("CARAPACE_LOGIN_ADDRESS_FAILURES", 50)?.clamp(1, 1_000_000),
+            )
+            .unwrap_or(50),
+            address_window: chrono::Duration::minutes(
+                i64::try_from(
+                    parse_num("CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES", 60)?.clamp(1, 24 * 60),
+                )
+                .unwrap_or(60),
+            ),
+        };
         Ok(Config {
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
             data_dir: get("CARAPACE_DATA_DIR")
@@ -228,6 +250,7 @@ impl Config {
             },
             trusted_proxies,
             policy,
+            sign_in,
         })
     }
 
