@@ -166,6 +166,10 @@ enum ClientCommand {
         /// system/ scopes the client may request, e.g. system/*.rs (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// May call /auth/introspect (RFC 7662): for a resource server that checks the tokens
+        /// presented to it. Introspection tells who holds a token; grant it sparingly.
+        #[arg(long)]
+        introspect: bool,
     },
     /// Register a user-facing app (authorization code + PKCE); prints the client_id.
     RegisterApp {
@@ -546,14 +550,16 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
             name,
             jwks_file,
             scopes,
+            introspect,
         } => {
             let text = std::fs::read_to_string(&jwks_file)
                 .with_context(|| format!("reading {}", jwks_file.display()))?;
             let jwks: serde_json::Value =
                 serde_json::from_str(&text).context("the JWKS file is not JSON")?;
-            let client_id = auth::register_client(pool, core.store.clock(), &name, &jwks, &scopes)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.description))?;
+            let client_id =
+                auth::register_client(pool, core.store.clock(), &name, &jwks, &scopes, introspect)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.description))?;
             core.store
                 .record_admin(ctx, &format!("client-register:{client_id}"), true)
                 .await?;
@@ -584,11 +590,12 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
             println!("{:<38} {:<9} {:<24} scopes", "client_id", "state", "name");
             for c in auth::list_clients(pool).await? {
                 println!(
-                    "{:<38} {:<9} {:<24} {}",
+                    "{:<38} {:<9} {:<24} {}{}",
                     c.client_id,
                     if c.disabled { "disabled" } else { "active" },
                     carapace_core::fhir::printable(&c.name),
-                    c.scopes.join(" ")
+                    c.scopes.join(" "),
+                    if c.introspect { " +introspect" } else { "" }
                 );
             }
             Ok(())

@@ -1,6 +1,14 @@
 //! The browser side of the authorization-code flow: `/auth/authorize`, a server-rendered sign-in page
 //! (password, then TOTP), and a consent page. Every value put into HTML is escaped; pages are never
 //! cached or framed.
+//!
+//! Every form POST (sign-in, TOTP, consent) carries an anti-forgery token, checked in [`handle`]
+//! before anything else is done; a missing or wrong one gets 403. The TOTP and consent forms carry
+//! their session's token (bound server-side to the session). The sign-in form has no session yet:
+//! it is a double-submitted token, in a cookie set with the page and in the form. The cookie is
+//! `SameSite=Strict` (another site's page cannot make the browser send it) and, over https,
+//! `__Host-` prefixed (no sibling subdomain can plant one), so another site cannot sign the
+//! browser in to an account of its choosing (login CSRF).
 
 use crate::oauth::{origin, read_form};
 use crate::outcome::HttpResponse;
@@ -12,8 +20,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode};
+use std::net::SocketAddr;
 
 const COOKIE: &str = "carapace_session";
+/// The sign-in form's anti-forgery cookie; `__Host-` prefixed when it can be `Secure`.
+const LOGIN_COOKIE: &str = "carapace_login";
+const LOGIN_COOKIE_SECURE: &str = "__Host-carapace_login";
 
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -67,17 +79,17 @@ fn redirect(location: &str, cookie: Option<String>) -> HttpResponse {
     builder.body(Full::new(Bytes::new())).unwrap_or_default()
 }
 
+/// Secure whenever the public base is https, including behind a TLS-terminating proxy.
+fn secure(state: &AppState) -> bool {
+    state.config.tls.is_some() || state.base.starts_with("https://")
+}
+
 fn session_cookie(state: &AppState, token: &str) -> String {
-    // Secure whenever the public base is https, including behind a TLS-terminating proxy.
-    let secure = if state.config.tls.is_some() || state.base.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
+    let secure = if secure(state) { "; Secure" } else { "" };
     format!("{COOKIE}={token}; Path=/auth; HttpOnly; SameSite=Lax{secure}")
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
+fn named_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all("cookie")
         .iter()
@@ -85,9 +97,66 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .find_map(|kv| {
             kv.trim()
-                .strip_prefix(&format!("{COOKIE}="))
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
                 .map(str::to_string)
         })
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    named_cookie(headers, COOKIE)
+}
+
+fn login_cookie_name(state: &AppState) -> &'static str {
+    if secure(state) {
+        LOGIN_COOKIE_SECURE
+    } else {
+        LOGIN_COOKIE
+    }
+}
+
+/// The sign-in form's anti-forgery token the browser brought, if any.
+fn login_csrf(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    named_cookie(headers, login_cookie_name(state)).filter(|v| !v.is_empty())
+}
+
+/// The anti-forgery token for a sign-in page: the browser's own if it has one (so two tabs both
+/// work), else a fresh one with the cookie that sets it.
+fn login_csrf_for_page(state: &AppState, headers: &HeaderMap) -> (String, Option<String>) {
+    match login_csrf(state, headers) {
+        Some(token) => (token, None),
+        None => {
+            let token = authorize::new_csrf_token();
+            let secure = if secure(state) { "; Secure" } else { "" };
+            let cookie = format!(
+                "{}={token}; Path=/; HttpOnly; SameSite=Strict{secure}",
+                login_cookie_name(state)
+            );
+            (token, Some(cookie))
+        }
+    }
+}
+
+/// A sign-in page for this browser (with its anti-forgery token).
+fn login_page_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &str,
+    error: Option<&str>,
+) -> HttpResponse {
+    let (csrf, cookie) = login_csrf_for_page(state, headers);
+    login_page(query, &csrf, error, cookie)
+}
+
+/// A form POST without the right anti-forgery token: nothing is done.
+fn forged() -> HttpResponse {
+    tracing::info!("a sign-in form arrived without its anti-forgery token; refused");
+    page(
+        StatusCode::FORBIDDEN,
+        "Cannot continue",
+        "<p class=\"err\">The form is stale; start again.</p>",
+        None,
+    )
 }
 
 async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<(String, WebSession)> {
@@ -115,16 +184,22 @@ fn hidden(name: &str, value: &str) -> String {
     )
 }
 
-fn login_page(query: &str, error: Option<&str>) -> HttpResponse {
+fn login_page(
+    query: &str,
+    csrf: &str,
+    error: Option<&str>,
+    cookie: Option<String>,
+) -> HttpResponse {
     let err = error
         .map(|e| format!("<p class=\"err\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
     let body = format!(
-        "{err}<form method=\"post\" action=\"/auth/login\">{}\
+        "{err}<form method=\"post\" action=\"/auth/login\">{}{}\
          <label for=\"username\">Username</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required>\
          <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
          <button id=\"sign-in\" type=\"submit\">Sign in</button></form>",
-        hidden("continue", query)
+        hidden("continue", query),
+        hidden("csrf", csrf)
     );
     page(
         if error.is_some() {
@@ -134,20 +209,21 @@ fn login_page(query: &str, error: Option<&str>) -> HttpResponse {
         },
         "Sign in",
         &body,
-        None,
+        cookie,
     )
 }
 
-fn totp_page(query: &str, error: Option<&str>, cookie: Option<String>) -> HttpResponse {
+fn totp_page(query: &str, csrf: &str, error: Option<&str>, cookie: Option<String>) -> HttpResponse {
     let err = error
         .map(|e| format!("<p class=\"err\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
     let body = format!(
-        "{err}<form method=\"post\" action=\"/auth/login/totp\">{}\
+        "{err}<form method=\"post\" action=\"/auth/login/totp\">{}{}\
          <label for=\"code\">Authenticator code (or a recovery code)</label>\
          <input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required>\
          <button id=\"verify\" type=\"submit\">Verify</button></form>",
-        hidden("continue", query)
+        hidden("continue", query),
+        hidden("csrf", csrf)
     );
     page(
         if error.is_some() {
@@ -219,7 +295,9 @@ async fn validated(state: &AppState, query: &str) -> Result<AuthorizeRequest, Ht
 }
 
 /// Serve `/auth/authorize`, `/auth/login`, `/auth/login/totp`, `/auth/consent`, `/auth/logout`.
-pub async fn handle(state: &AppState, req: Request<Incoming>) -> HttpResponse {
+/// `peer` is the client's address (trusted proxies honoured): sign-in failures are limited per
+/// address.
+pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -248,21 +326,47 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> HttpResponse {
             .unwrap_or_default()
     };
     let cont = field("continue");
+    let presented = field("csrf");
+    let headers = &parts.headers;
     match path.as_str() {
-        "/auth/login" => login_post(state, &cont, &field("username"), &field("password")).await,
-        "/auth/login/totp" => totp_post(state, &parts.headers, &cont, &field("code")).await,
-        "/auth/consent" => {
-            consent_post(
+        "/auth/login" => {
+            // Before anything is looked at: no password is checked, no failure counted.
+            let Some(expected) = login_csrf(state, headers)
+                .filter(|expected| authorize::csrf_matches(expected, &presented))
+            else {
+                return forged();
+            };
+            login_post(
                 state,
-                &parts.headers,
+                peer,
                 &cont,
-                &field("csrf"),
-                &field("decision"),
+                &expected,
+                &field("username"),
+                &field("password"),
             )
             .await
         }
+        "/auth/login/totp" | "/auth/consent" => {
+            let Some((token, session)) = current_session(state, headers).await else {
+                return login_page_for(
+                    state,
+                    headers,
+                    &cont,
+                    Some("your sign-in expired; sign in again"),
+                );
+            };
+            if !authorize::csrf_matches(&session.csrf, &presented) {
+                return forged();
+            }
+            if path == "/auth/login/totp" {
+                totp_post(state, &cont, &token, &session, &field("code")).await
+            } else {
+                consent_post(state, headers, &cont, &session, &field("decision")).await
+            }
+        }
         "/auth/logout" => {
-            if let Some(token) = cookie_value(&parts.headers) {
+            // Signing out needs no token: at worst another site signs the browser out.
+            if let Some(token) = cookie_value(headers) {
                 let _ = authorize::end_session(&state.store, &token).await;
             }
             page(
@@ -285,73 +389,92 @@ async fn authorize_get(state: &AppState, headers: &HeaderMap, query: &str) -> Ht
         Some((_, session)) if session.verified => {
             consent_page(query, &request, &session, &request.scopes)
         }
-        Some((_, _)) => totp_page(query, None, None),
-        None => login_page(query, None),
+        Some((_, session)) => totp_page(query, &session.csrf, None, None),
+        None => login_page_for(state, headers, query, None),
     }
 }
 
-async fn login_post(state: &AppState, query: &str, username: &str, password: &str) -> HttpResponse {
+async fn login_post(
+    state: &AppState,
+    peer: SocketAddr,
+    query: &str,
+    csrf: &str,
+    username: &str,
+    password: &str,
+) -> HttpResponse {
     if let Err(resp) = validated(state, query).await {
         return resp;
     }
     let now = state.store.now();
     let pending: PendingLogin =
-        match users::verify_credentials(&state.store, now, username, password).await {
+        match users::verify_credentials(&state.store, now, Some(peer.ip()), username, password)
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!("browser sign-in refused");
                 audit_sign_in(state, username, "web-login-password", false).await;
-                return login_page(query, Some(&e.to_string()));
+                return login_page(query, csrf, Some(&e.to_string()), None);
             }
         };
+    let unavailable = || {
+        login_page(
+            query,
+            csrf,
+            Some("the sign-in service is unavailable"),
+            None,
+        )
+    };
     // A fresh session at every sign-in (no fixation); verified once the second factor is done.
     let verified = !pending.needs_mfa;
     if verified && users::succeed(&state.store, &pending).await.is_err() {
-        return login_page(query, Some("the sign-in service is unavailable"));
+        return unavailable();
     }
-    let token = match authorize::start_session(&state.store, pending.user_id, verified).await {
+    let started = match authorize::start_session(&state.store, pending.user_id, verified).await {
         Ok(t) => t,
-        Err(_) => return login_page(query, Some("the sign-in service is unavailable")),
+        Err(_) => return unavailable(),
     };
-    let cookie = Some(session_cookie(state, &token));
+    let cookie = Some(session_cookie(state, &started.token));
     if verified {
         audit_sign_in(state, username, "web-login", true).await;
-    }
-    if verified {
         redirect(
             &format!("{}/auth/authorize?{query}", origin(&state.base)),
             cookie,
         )
     } else {
-        totp_page(query, None, cookie)
+        totp_page(query, &started.csrf, None, cookie)
     }
 }
 
-async fn totp_post(state: &AppState, headers: &HeaderMap, query: &str, code: &str) -> HttpResponse {
-    let Some((token, session)) = current_session(state, headers).await else {
-        return login_page(query, Some("your sign-in expired; sign in again"));
-    };
+async fn totp_post(
+    state: &AppState,
+    query: &str,
+    token: &str,
+    session: &WebSession,
+    code: &str,
+) -> HttpResponse {
     let pending = PendingLogin {
         user_id: session.user_id,
         username: session.user.username.clone(),
         needs_mfa: true,
     };
+    let retry = |error: &str| totp_page(query, &session.csrf, Some(error), None);
     if let Err(e) = users::check_code(&state.store, state.store.now(), &pending, code).await {
         audit_sign_in(state, &pending.username, "web-login-totp", false).await;
-        return totp_page(query, Some(&e.to_string()), None);
+        return retry(&e.to_string());
     }
     audit_sign_in(state, &pending.username, "web-login", true).await;
     if users::succeed(&state.store, &pending).await.is_err() {
-        return totp_page(query, Some("the sign-in service is unavailable"), None);
+        return retry("the sign-in service is unavailable");
     }
     // Rotate: the half-signed-in session ends, a verified one begins.
-    let _ = authorize::end_session(&state.store, &token).await;
+    let _ = authorize::end_session(&state.store, token).await;
     match authorize::start_session(&state.store, session.user_id, true).await {
         Ok(new) => redirect(
             &format!("{}/auth/authorize?{query}", origin(&state.base)),
-            Some(session_cookie(state, &new)),
+            Some(session_cookie(state, &new.token)),
         ),
-        Err(_) => totp_page(query, Some("the sign-in service is unavailable"), None),
+        Err(_) => retry("the sign-in service is unavailable"),
     }
 }
 
@@ -359,25 +482,19 @@ async fn consent_post(
     state: &AppState,
     headers: &HeaderMap,
     query: &str,
-    csrf: &str,
+    session: &WebSession,
     decision: &str,
 ) -> HttpResponse {
     let request = match validated(state, query).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let Some((_, session)) = current_session(state, headers)
-        .await
-        .filter(|(_, s)| s.verified)
-    else {
-        return login_page(query, Some("your sign-in expired; sign in again"));
-    };
-    if csrf.is_empty() || csrf != session.csrf {
-        return page(
-            StatusCode::FORBIDDEN,
-            "Cannot continue",
-            "<p class=\"err\">The form is stale; start again.</p>",
-            None,
+    if !session.verified {
+        return login_page_for(
+            state,
+            headers,
+            query,
+            Some("your sign-in expired; sign in again"),
         );
     }
     if decision != "allow" {

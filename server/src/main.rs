@@ -325,7 +325,7 @@ async fn route(
     }
     match path {
         "/auth/authorize" | "/auth/login" | "/auth/login/totp" | "/auth/consent"
-        | "/auth/logout" => return login::handle(&state, req).await,
+        | "/auth/logout" => return login::handle(&state, req, peer).await,
         p if p.starts_with("/auth/") => return oauth::handle(&state, req, peer).await,
         _ => {}
     }

@@ -5,7 +5,7 @@ use crate::outcome::{ApiError, HttpResponse};
 use crate::AppState;
 use bytes::Bytes;
 use carapace_core::access::AccessContext;
-use carapace_core::auth::{self, OAuthError};
+use carapace_core::auth::{self, IntrospectError, OAuthError};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
@@ -182,46 +182,57 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
             json_response(StatusCode::OK, &json!({}))
         }
         "/auth/introspect" => {
-            // Only an authenticated backend system (a resource server) or admin may introspect.
-            match bearer(state, &parts.headers).await {
+            // RFC 7662 §2.1: the endpoint is protected; who may use it is the core's rule.
+            let caller = match bearer(state, &parts.headers).await {
+                Ok(Some(caller)) => caller,
+                Ok(None) => {
+                    return oauth_error(&OAuthError::new(
+                        401,
+                        "invalid_token",
+                        "introspection needs an administrator's or a registered client's token",
+                    ))
+                }
                 Err(e) => {
                     tracing::warn!(message = %e.message, "introspection: caller not checked");
                     return temporarily_unavailable();
                 }
-                Ok(Some(caller))
-                    if matches!(
-                        caller.role,
-                        carapace_core::access::Role::System | carapace_core::access::Role::Admin
-                    ) => {}
-                _ => {
-                    return json_response(
-                        StatusCode::UNAUTHORIZED,
-                        &json!({"error": "invalid_token", "error_description": "introspection needs a system or admin token"}),
-                    )
+            };
+            let token = field("token").unwrap_or_default();
+            let info = match auth::introspect(pool, clock.now(), &caller, &token).await {
+                Ok(info) => info,
+                Err(IntrospectError::Forbidden) => {
+                    return oauth_error(&OAuthError::new(
+                        403,
+                        "insufficient_scope",
+                        "introspection is for administrators and for clients registered with --introspect",
+                    ))
                 }
-            }
-            let info = match field("token") {
-                Some(t) => match auth::lookup(pool, clock.now(), &t).await {
-                    Ok(info) => info,
-                    Err(e) => {
-                        tracing::error!(error = %e, "introspection lookup failed");
-                        return temporarily_unavailable();
-                    }
-                },
-                None => None,
+                Err(IntrospectError::Database(e)) => {
+                    tracing::error!(error = %e, "introspection failed");
+                    return oauth_error(&OAuthError::new(
+                        503,
+                        "temporarily_unavailable",
+                        "try again",
+                    ));
+                }
             };
             let body = match info {
                 None => json!({"active": false}),
-                Some(i) => json!({
-                    "active": true,
-                    "sub": i.subject,
-                    "client_id": i.subject,
-                    "scope": i.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "),
-                    "patient": i.patient,
-                    "iat": i.issued_at.timestamp(),
-                    "exp": i.expires_at.timestamp(),
-                    "token_type": "bearer",
-                }),
+                Some(i) => {
+                    let mut body = json!({
+                        "active": true,
+                        "sub": i.subject,
+                        "scope": i.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "),
+                        "patient": i.patient,
+                        "iat": i.issued_at.timestamp(),
+                        "exp": i.expires_at.timestamp(),
+                        "token_type": "bearer",
+                    });
+                    if let Some(client) = i.client_id {
+                        body["client_id"] = json!(client);
+                    }
+                    body
+                }
             };
             json_response(StatusCode::OK, &body)
         }

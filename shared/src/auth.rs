@@ -3,6 +3,11 @@
 //!
 //! Access tokens are opaque: 256 random bits, base64url, stored only as their SHA-256, looked up on
 //! every request. Revocation is therefore immediate, and a database dump yields no usable token.
+//! A token names the client it was issued to and, from the authorization-code flow, its refresh
+//! family; [`lookup`] refuses it once that client is disabled or that family revoked.
+//!
+//! Introspection (RFC 7662) tells who holds a token, so [`introspect`] answers only administrators
+//! and backend clients registered for it.
 
 use crate::access::{role_allows, AccessContext, Context, Role, Scope};
 use crate::clock::Clock;
@@ -70,6 +75,8 @@ pub struct Client {
     pub name: String,
     pub scopes: Vec<String>,
     pub disabled: bool,
+    /// Registered to call the introspection endpoint.
+    pub introspect: bool,
 }
 
 pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -77,12 +84,18 @@ pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Register a backend client with its public keys. Its scopes must be `system/` scopes.
+///
+/// `introspect` registers it to call the introspection endpoint (a resource server checking the
+/// tokens presented to it). That is a registration option rather than a scope because it is not
+/// access to FHIR data and is never asked for per token: an operator decides it once, and
+/// `carapace-console client list` shows it.
 pub async fn register_client(
     pool: &PgPool,
     clock: &dyn Clock,
     name: &str,
     jwks: &Value,
     scopes: &[String],
+    introspect: bool,
 ) -> Result<String, OAuthError> {
     let keys = jwks
         .get("keys")
@@ -126,13 +139,15 @@ pub async fn register_client(
     }
     let client_id = uuid::Uuid::new_v4().to_string();
     sqlx::query(
-        "INSERT INTO clients (client_id, name, jwks, scopes, created_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO clients (client_id, name, jwks, scopes, created_at, introspect)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&client_id)
     .bind(name)
     .bind(sqlx::types::Json(jwks))
     .bind(scopes)
     .bind(clock.now())
+    .bind(introspect)
     .execute(pool)
     .await
     .map_err(OAuthError::server)?;
@@ -140,10 +155,11 @@ pub async fn register_client(
 }
 
 pub async fn list_clients(pool: &PgPool) -> Result<Vec<Client>, sqlx::Error> {
-    let rows =
-        sqlx::query("SELECT client_id, name, scopes, disabled FROM clients ORDER BY created_at")
-            .fetch_all(pool)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT client_id, name, scopes, disabled, introspect FROM clients ORDER BY created_at",
+    )
+    .fetch_all(pool)
+    .await?;
     rows.iter()
         .map(|r| {
             Ok(Client {
@@ -151,12 +167,14 @@ pub async fn list_clients(pool: &PgPool) -> Result<Vec<Client>, sqlx::Error> {
                 name: r.try_get("name")?,
                 scopes: r.try_get("scopes")?,
                 disabled: r.try_get("disabled")?,
+                introspect: r.try_get("introspect")?,
             })
         })
         .collect()
 }
 
-/// Disable a client and revoke every token it holds. Returns whether the client exists.
+/// Disable a client and revoke every token it holds. Returns whether the client exists. (The access
+/// tokens an app's users hold through it end too: [`lookup`] refuses tokens of a disabled client.)
 pub async fn disable_client(
     pool: &PgPool,
     clock: &dyn Clock,
@@ -248,7 +266,11 @@ pub async fn client_credentials(
             "none of the requested scopes is registered for this client",
         ));
     }
-    issue(pool, now, &client_id, Role::System, &granted, None)
+    let binding = Binding {
+        client_id: Some(&client_id),
+        refresh_family: None,
+    };
+    issue_bound(pool, now, &client_id, Role::System, &granted, None, binding)
         .await
         .map_err(OAuthError::server)
 }
@@ -402,7 +424,17 @@ async fn verify_assertion(
     Ok(client_id)
 }
 
-/// Issue an access token.
+/// What an access token lives and dies with besides its own expiry and revocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Binding<'a> {
+    /// The client it was issued to: disabling the client ends it.
+    pub client_id: Option<&'a str>,
+    /// The refresh-token family it came from (authorization-code flow): revoking the family, as a
+    /// replayed refresh token does, ends it.
+    pub refresh_family: Option<uuid::Uuid>,
+}
+
+/// Issue an operator's access token (the console's sign-in): bound to no client.
 pub async fn issue(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -411,13 +443,37 @@ pub async fn issue(
     scopes: &[Scope],
     patient: Option<&str>,
 ) -> Result<IssuedToken, sqlx::Error> {
+    issue_bound(
+        pool,
+        now,
+        subject,
+        role,
+        scopes,
+        patient,
+        Binding::default(),
+    )
+    .await
+}
+
+/// Issue an access token bound to a client and, for user apps, a refresh family.
+pub async fn issue_bound(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    subject: &str,
+    role: Role,
+    scopes: &[Scope],
+    patient: Option<&str>,
+    binding: Binding<'_>,
+) -> Result<IssuedToken, sqlx::Error> {
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = B64URL.encode(raw);
     let scope_strings: Vec<String> = scopes.iter().map(Scope::to_string).collect();
     sqlx::query(
-        "INSERT INTO access_tokens (token_hash, subject, role, scopes, patient, issued_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO access_tokens
+           (token_hash, subject, role, scopes, patient, issued_at, expires_at, client_id,
+            refresh_family)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(sha256(token.as_bytes()))
     .bind(subject)
@@ -426,6 +482,8 @@ pub async fn issue(
     .bind(patient)
     .bind(now)
     .bind(now + Duration::seconds(ACCESS_TOKEN_SECONDS))
+    .bind(binding.client_id)
+    .bind(binding.refresh_family)
     .execute(pool)
     .await?;
     Ok(IssuedToken {
@@ -442,6 +500,8 @@ pub async fn issue(
 #[derive(Debug, Clone)]
 pub struct TokenInfo {
     pub subject: String,
+    /// The client it was issued to (`None` for operator tokens).
+    pub client_id: Option<String>,
     pub role: Role,
     pub scopes: Vec<Scope>,
     pub patient: Option<String>,
@@ -449,7 +509,18 @@ pub struct TokenInfo {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Look up a bearer token: `None` unless it exists, is unexpired and unrevoked.
+/// The one definition of a live access token (`t`, at time `$1`), for every lookup and listing:
+/// unexpired, unrevoked, its client (if any) not disabled, its refresh family (if any) not revoked.
+/// A family is revoked as a whole (refresh-token replay, RFC 7009 revocation, disabling the app,
+/// ending the user's sessions), so one revoked member marks it.
+const LIVE_TOKEN: &str = "t.revoked_at IS NULL AND t.expires_at > $1
+    AND (t.client_id IS NULL
+         OR EXISTS (SELECT 1 FROM clients c WHERE c.client_id = t.client_id AND NOT c.disabled))
+    AND (t.refresh_family IS NULL
+         OR NOT EXISTS (SELECT 1 FROM refresh_tokens r
+                         WHERE r.family = t.refresh_family AND r.revoked_at IS NOT NULL))";
+
+/// Look up a bearer token: `None` unless it is live (see [`LIVE_TOKEN`]).
 pub async fn lookup(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -458,12 +529,13 @@ pub async fn lookup(
     if token.is_empty() || token.len() > 512 {
         return Ok(None);
     }
-    let row = sqlx::query(
-        "SELECT subject, role, scopes, patient, issued_at, expires_at FROM access_tokens
-          WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
-    )
-    .bind(sha256(token.as_bytes()))
+    let row = sqlx::query(&format!(
+        "SELECT t.subject, t.client_id, t.role, t.scopes, t.patient, t.issued_at, t.expires_at
+           FROM access_tokens t
+          WHERE t.token_hash = $2 AND {LIVE_TOKEN}"
+    ))
     .bind(now)
+    .bind(sha256(token.as_bytes()))
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -473,6 +545,7 @@ pub async fn lookup(
     let scopes: Vec<String> = row.try_get("scopes")?;
     Ok(Some(TokenInfo {
         subject: row.try_get("subject")?,
+        client_id: row.try_get("client_id")?,
         role,
         // Defence in depth: a stored scope the role may not hold is dropped, not honoured.
         scopes: scopes
@@ -503,6 +576,44 @@ impl TokenInfo {
             plan: Default::default(),
         }
     }
+}
+
+/// Why an introspection request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectError {
+    /// The caller is neither an administrator nor a client registered to introspect.
+    #[error("introspection is for administrators and clients registered for it")]
+    Forbidden,
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+/// RFC 7662: what `token` says about its holder, for a `caller` allowed to ask — an administrator
+/// signed in at the console (a token bound to no client: an app an administrator signed in to does
+/// not inherit this), or a backend client registered with `introspect`. Anyone else learns nothing,
+/// not even whether the token is active. `Ok(None)` is an inactive token.
+pub async fn introspect(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    caller: &TokenInfo,
+    token: &str,
+) -> Result<Option<TokenInfo>, IntrospectError> {
+    let allowed = match caller.role {
+        Role::Admin => caller.client_id.is_none(),
+        Role::System => sqlx::query_scalar::<_, bool>(
+            "SELECT introspect FROM clients
+              WHERE client_id = $1 AND kind = 'backend' AND NOT disabled",
+        )
+        .bind(&caller.subject)
+        .fetch_optional(pool)
+        .await?
+        .unwrap_or(false),
+        _ => false,
+    };
+    if !allowed {
+        return Err(IntrospectError::Forbidden);
+    }
+    Ok(lookup(pool, now, token).await?)
 }
 
 /// Revoke a token (RFC 7009): takes effect on the next request. Unknown tokens are not an error.
@@ -540,19 +651,19 @@ pub async fn active_tokens(
     subject: Option<&str>,
     sessions: &crate::authorize::SessionPolicy,
 ) -> Result<Vec<ActiveToken>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT encode(substring(token_hash from 1 for 8), 'hex') AS id, 'token' AS kind, subject, role,
-                issued_at, expires_at
-           FROM access_tokens
-          WHERE revoked_at IS NULL AND expires_at > $1 AND ($2::text IS NULL OR subject = $2)
+    let rows = sqlx::query(&format!(
+        "SELECT encode(substring(t.token_hash from 1 for 8), 'hex') AS id, 'token' AS kind,
+                t.subject, t.role, t.issued_at, t.expires_at
+           FROM access_tokens t
+          WHERE {LIVE_TOKEN} AND ($2::text IS NULL OR t.subject = $2)
          UNION ALL
          SELECT encode(substring(s.token_hash from 1 for 8), 'hex'), 'browser', u.username, u.role,
                 s.created_at, LEAST(s.last_seen + $3::interval, s.created_at + $4::interval)
            FROM web_sessions s JOIN users u ON u.id = s.user_id
           WHERE s.revoked_at IS NULL AND ($2::text IS NULL OR u.username = $2)
             AND s.last_seen > $1 - $3::interval AND s.created_at > $1 - $4::interval
-          ORDER BY issued_at",
-    )
+          ORDER BY issued_at"
+    ))
     .bind(now)
     .bind(subject)
     .bind(format!("{} seconds", sessions.idle.num_seconds()))

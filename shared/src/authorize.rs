@@ -445,9 +445,23 @@ async fn tokens_for(
         .filter(|s| role_allows(role, s.context))
         .collect();
     let now = store.now();
-    let mut issued = auth::issue(store.pool(), now, &username, role, &parsed, patient)
-        .await
-        .map_err(OAuthError::server)?;
+    // Bound to the app and the family: disabling the app, or a replay that revokes the family,
+    // ends this access token too, not only the refresh tokens.
+    let binding = auth::Binding {
+        client_id: Some(client_id),
+        refresh_family: Some(family),
+    };
+    let mut issued = auth::issue_bound(
+        store.pool(),
+        now,
+        &username,
+        role,
+        &parsed,
+        patient,
+        binding,
+    )
+    .await
+    .map_err(OAuthError::server)?;
     if !scopes.iter().any(|s| s == "offline_access") {
         return Ok(issued);
     }
@@ -561,13 +575,34 @@ pub struct WebSession {
     pub csrf: String,
 }
 
-/// Start a session (at sign-in: a fresh token every time). Returns the cookie value.
+/// A fresh anti-forgery token: for the sign-in form, which has no session yet (the front sets it
+/// in a cookie and in the form, and a POST must bring both).
+pub fn new_csrf_token() -> String {
+    random_token()
+}
+
+/// Does a form's anti-forgery token match the expected one? Constant time (`subtle`, the RustCrypto
+/// crate made for this comparison), and an empty token never matches.
+pub fn csrf_matches(expected: &str, presented: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+}
+
+/// A session just started: the cookie value and the anti-forgery token its forms carry.
+#[derive(Debug, Clone)]
+pub struct StartedSession {
+    pub token: String,
+    pub csrf: String,
+}
+
+/// Start a session (at sign-in: a fresh token every time).
 pub async fn start_session(
     store: &Store,
     user_id: i64,
     verified: bool,
-) -> Result<String, sqlx::Error> {
+) -> Result<StartedSession, sqlx::Error> {
     let token = random_token();
+    let csrf = random_token();
     let now = store.now();
     sqlx::query(
         "INSERT INTO web_sessions (token_hash, user_id, verified, csrf, created_at, last_seen)
@@ -576,11 +611,11 @@ pub async fn start_session(
     .bind(sha256(token.as_bytes()))
     .bind(user_id)
     .bind(verified)
-    .bind(random_token())
+    .bind(&csrf)
     .bind(now)
     .execute(store.pool())
     .await?;
-    Ok(token)
+    Ok(StartedSession { token, csrf })
 }
 
 /// The session behind a cookie, if it is still alive (idle and absolute timeouts); touches it.

@@ -38,6 +38,10 @@ pub struct Config {
     /// `CARAPACE_CORS_ORIGINS`: comma-separated browser origins (`https://app.example:8443`)
     /// that may call `/fhir` and `/auth/token` from a web page (default none: no CORS at all).
     pub cors_origins: Vec<CorsOrigin>,
+    /// `CARAPACE_LOGIN_FAILURE_DECAY_HOURS` (default 24), `CARAPACE_LOGIN_ADDRESS_FAILURES`
+    /// (default 50) and `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60): when a user's sign-in
+    /// failures stop counting, and how many failures one address may have per window.
+    pub sign_in: crate::users::SignInLimits,
 }
 
 /// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
@@ -248,6 +252,24 @@ impl Config {
             .filter(|o| !o.is_empty())
             .map(CorsOrigin::parse)
             .collect::<Result<Vec<_>, _>>()?;
+        let sign_in = crate::users::SignInLimits {
+            decay: chrono::Duration::hours(
+                i64::try_from(
+                    parse_num("CARAPACE_LOGIN_FAILURE_DECAY_HOURS", 24)?.clamp(1, 24 * 30),
+                )
+                .unwrap_or(24),
+            ),
+            address_failures: i32::try_from(
+                parse_num("CARAPACE_LOGIN_ADDRESS_FAILURES", 50)?.clamp(1, 1_000_000),
+            )
+            .unwrap_or(50),
+            address_window: chrono::Duration::minutes(
+                i64::try_from(
+                    parse_num("CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES", 60)?.clamp(1, 24 * 60),
+                )
+                .unwrap_or(60),
+            ),
+        };
         Ok(Config {
             cors_origins,
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
@@ -280,6 +302,7 @@ impl Config {
             },
             trusted_proxies,
             policy,
+            sign_in,
         })
     }
 

@@ -95,13 +95,16 @@ impl Core {
             }
         };
         let keys = Arc::new(keys);
-        let store = Arc::new(Store::new(
-            pool,
-            keys.clone(),
-            config.dek_cache,
-            clock,
-            config.policy.clone(),
-        ));
+        let store = Arc::new(
+            Store::new(
+                pool,
+                keys.clone(),
+                config.dek_cache,
+                clock,
+                config.policy.clone(),
+            )
+            .with_sign_in_limits(config.sign_in),
+        );
         Ok(Core {
             store,
             keys,

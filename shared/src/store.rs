@@ -262,6 +262,8 @@ pub struct Store {
     /// they match on others; at most half the pool does so at once, so matches always find one.
     conditional_slots: tokio::sync::Semaphore,
     policy: crate::policy::PolicyConfig,
+    /// Back-off decay and the per-address limit on sign-in failures (see `users`).
+    sign_in: crate::users::SignInLimits,
 }
 
 const MAX_HISTORY_COUNT: usize = 1000;
@@ -299,7 +301,18 @@ impl Store {
             known_prefixes: Default::default(),
             conditional_slots: tokio::sync::Semaphore::new(conditional_slots),
             policy,
+            sign_in: crate::users::SignInLimits::default(),
         }
+    }
+
+    /// The store with these sign-in limits (the defaults otherwise).
+    pub fn with_sign_in_limits(mut self, limits: crate::users::SignInLimits) -> Store {
+        self.sign_in = limits;
+        self
+    }
+
+    pub fn sign_in_limits(&self) -> crate::users::SignInLimits {
+        self.sign_in
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -3,17 +3,26 @@
 //! recovery codes stored hashed, and lockout by exponential back-off.
 //!
 //! Every login failure — unknown user, wrong password, wrong or replayed code, back-off in force,
-//! locked account — is the same [`LoginError::Invalid`], and an unknown user costs the same Argon2id
-//! work as a known one, so neither the message nor the timing tells them apart.
+//! locked account, an address over its limit — is the same [`LoginError::Invalid`], and every one
+//! costs the same Argon2id work, so neither the message nor the timing tells them apart.
+//!
+//! Back-off is decided before anything is verified: an attempt is first *admitted* — counted as a
+//! failure in one atomic step, for the user and for the client address — and only an admitted
+//! attempt is checked against the real hash or seed. A right answer takes its count back. So N
+//! parallel guesses cannot all be verified before the first is counted: once the count reaches the
+//! free attempts, the rest are refused unverified. Failures decay (they stop counting once the
+//! last one is older than [`SignInLimits::decay`]) and an address that fails too often across
+//! usernames (password spraying) is refused for the rest of its window.
 
 use crate::access::Role;
 use crate::store::{Store, StoreError};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::net::IpAddr;
 use std::sync::LazyLock;
 
 pub const MIN_PASSWORD_LEN: usize = 12;
@@ -24,6 +33,30 @@ const FREE_ATTEMPTS: i32 = 5;
 const BACKOFF_BASE_SECONDS: i64 = 30;
 const BACKOFF_MAX_SECONDS: i64 = 15 * 60;
 const RECOVERY_CODES: usize = 10;
+
+/// How sign-in failures are limited, beyond the per-user back-off.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInLimits {
+    /// `CARAPACE_LOGIN_FAILURE_DECAY_HOURS` (default 24): a user's failures stop counting once the
+    /// last one is this old, so a few typos a day never add up to a back-off.
+    pub decay: Duration,
+    /// `CARAPACE_LOGIN_ADDRESS_FAILURES` (default 50): sign-in failures one client address (an
+    /// IPv4 address or an IPv6 /64) may have per window, whatever the usernames; past it, every
+    /// sign-in from the address is refused until the window ends.
+    pub address_failures: i32,
+    /// `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60).
+    pub address_window: Duration,
+}
+
+impl Default for SignInLimits {
+    fn default() -> Self {
+        SignInLimits {
+            decay: Duration::hours(24),
+            address_failures: 50,
+            address_window: Duration::minutes(60),
+        }
+    }
+}
 const TOTP_STEP: i64 = 30;
 
 /// A small built-in list of the most common passwords of 12+ characters.
@@ -377,7 +410,8 @@ pub async fn admin_exists(store: &Store) -> Result<bool, UserError> {
     )
 }
 
-/// Check username, password and (for roles that need it) a TOTP or recovery code at `now`.
+/// Check username, password and (for roles that need it) a TOTP or recovery code at `now`: the
+/// console's sign-in, which has no client address (it runs on the operator's own terminal).
 pub async fn login(
     store: &Store,
     now: DateTime<Utc>,
@@ -385,7 +419,7 @@ pub async fn login(
     password: &str,
     code: Option<&str>,
 ) -> Result<User, LoginError> {
-    let pending = verify_credentials(store, now, username, password).await?;
+    let pending = verify_credentials(store, now, None, username, password).await?;
     if pending.needs_mfa {
         check_code(store, now, &pending, code.unwrap_or("")).await?;
     }
@@ -405,41 +439,47 @@ fn unavailable(e: &dyn std::fmt::Display) -> LoginError {
     LoginError::Unavailable
 }
 
-/// First step: the password. Counts a failure (and backs off) when it is wrong.
+/// First step: the password, from `address` (the client's, as the server computes it; `None` for
+/// the console). The attempt is admitted (and counted) for the address and the user before the
+/// password is verified; a right password takes the user's and the address's count back.
 pub async fn verify_credentials(
     store: &Store,
     now: DateTime<Utc>,
+    address: Option<IpAddr>,
     username: &str,
     password: &str,
 ) -> Result<PendingLogin, LoginError> {
-    let row = sqlx::query(
-        "SELECT id, password_hash, role, locked_until, admin_locked FROM users WHERE username = $1",
-    )
-    .bind(username)
-    .fetch_optional(store.pool())
-    .await
-    .map_err(|e| unavailable(&e))?;
+    let limits = store.sign_in_limits();
+    let address = address.map(address_key);
+    if let Some(key) = &address {
+        if !admit_address(store, now, &limits, key).await? {
+            refuse_in_equal_time(password);
+            return Err(LoginError::Invalid);
+        }
+    }
+    let row = sqlx::query("SELECT id, password_hash, role FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(|e| unavailable(&e))?;
     let Some(row) = row else {
-        // Same work as a real check.
-        verify_password(password, &DUMMY_HASH);
+        refuse_in_equal_time(password);
         return Err(LoginError::Invalid);
     };
     let id: i64 = row.try_get("id").map_err(|e| unavailable(&e))?;
     let hash: String = row.try_get("password_hash").map_err(|e| unavailable(&e))?;
-    let locked_until: Option<DateTime<Utc>> =
-        row.try_get("locked_until").map_err(|e| unavailable(&e))?;
-    let admin_locked: bool = row.try_get("admin_locked").map_err(|e| unavailable(&e))?;
     let role_text: String = row.try_get("role").map_err(|e| unavailable(&e))?;
-    let password_ok = verify_password(password, &hash);
-    if admin_locked || locked_until.is_some_and(|t| now < t) {
-        // The password was still checked above, so a locked account answers in the same time.
+    let Some(admitted) = admit_user(store, now, &limits, id).await? else {
+        // Locked or backing off: refused without looking at the password.
+        refuse_in_equal_time(password);
+        return Err(LoginError::Invalid);
+    };
+    if !verify_password(password, &hash) {
         return Err(LoginError::Invalid);
     }
     let role = Role::parse(&role_text).ok_or(LoginError::Invalid)?;
-    if !password_ok {
-        record_failure(store, now, id).await?;
-        return Err(LoginError::Invalid);
-    }
+    // A right password is not a failure; the second factor, if any, is admitted on its own.
+    take_back(store, &admitted, address.as_deref()).await?;
     Ok(PendingLogin {
         user_id: id,
         username: username.to_string(),
@@ -447,26 +487,32 @@ pub async fn verify_credentials(
     })
 }
 
-/// Second step: a TOTP or recovery code. Counts a failure when it is wrong or replayed.
+/// The Argon2id work of a real check, on a hash nobody's password matches: a refusal takes as long
+/// as a verification.
+fn refuse_in_equal_time(password: &str) {
+    verify_password(password, &DUMMY_HASH);
+}
+
+/// Second step: a TOTP or recovery code. Admitted (and counted) before the code is checked, like
+/// the password.
 pub async fn check_code(
     store: &Store,
     now: DateTime<Utc>,
     pending: &PendingLogin,
     code: &str,
 ) -> Result<(), LoginError> {
-    let row = sqlx::query(
-        "SELECT totp_sealed, totp_last_step, locked_until, admin_locked FROM users WHERE id = $1",
-    )
-    .bind(pending.user_id)
-    .fetch_one(store.pool())
-    .await
-    .map_err(|e| unavailable(&e))?;
-    let locked_until: Option<DateTime<Utc>> =
-        row.try_get("locked_until").map_err(|e| unavailable(&e))?;
-    let admin_locked: bool = row.try_get("admin_locked").map_err(|e| unavailable(&e))?;
-    if admin_locked || locked_until.is_some_and(|t| now < t) {
+    let limits = store.sign_in_limits();
+    if admit_user(store, now, &limits, pending.user_id)
+        .await?
+        .is_none()
+    {
         return Err(LoginError::Invalid);
     }
+    let row = sqlx::query("SELECT totp_sealed, totp_last_step FROM users WHERE id = $1")
+        .bind(pending.user_id)
+        .fetch_one(store.pool())
+        .await
+        .map_err(|e| unavailable(&e))?;
     let sealed: Option<Vec<u8>> = row.try_get("totp_sealed").map_err(|e| unavailable(&e))?;
     let last_step: i64 = row.try_get("totp_last_step").map_err(|e| unavailable(&e))?;
     let ok = match sealed {
@@ -484,47 +530,182 @@ pub async fn check_code(
         }
         _ => false,
     };
+    // A wrong code is already counted; a right one is followed by `succeed`, which clears it.
     if ok {
         Ok(())
     } else {
-        record_failure(store, now, pending.user_id).await?;
         Err(LoginError::Invalid)
     }
 }
 
 /// Both steps passed: clear the back-off.
 pub async fn succeed(store: &Store, pending: &PendingLogin) -> Result<User, LoginError> {
-    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
-        .bind(pending.user_id)
-        .execute(store.pool())
-        .await
-        .map_err(|e| unavailable(&e))?;
+    sqlx::query(
+        "UPDATE users SET failed_logins = 0, locked_until = NULL, last_failed_at = NULL WHERE id = $1",
+    )
+    .bind(pending.user_id)
+    .execute(store.pool())
+    .await
+    .map_err(|e| unavailable(&e))?;
     find(store, &pending.username)
         .await
         .map_err(|_| LoginError::Unavailable)
 }
 
-async fn record_failure(store: &Store, now: DateTime<Utc>, user_id: i64) -> Result<(), LoginError> {
-    let failed: i32 = sqlx::query_scalar(
-        "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+/// An attempt let through the user's back-off and counted as a failure, with what it changed, so
+/// a right answer can take it back.
+struct Admitted {
+    user_id: i64,
+    /// The back-off this attempt started (when it was at or past the free attempts).
+    lock_set: Option<DateTime<Utc>>,
+    /// The (expired or absent) back-off before it.
+    lock_before: Option<DateTime<Utc>>,
+}
+
+/// How long to back off after `failed` counted failures, if at all: doubling from 30 s per failure
+/// past the free ones, capped at 15 minutes.
+fn backoff(failed: i32) -> Option<Duration> {
+    if failed < FREE_ATTEMPTS {
+        return None;
+    }
+    let doublings = u32::try_from(failed - FREE_ATTEMPTS)
+        .unwrap_or(u32::MAX)
+        .min(10);
+    Some(Duration::seconds(
+        (BACKOFF_BASE_SECONDS << doublings).min(BACKOFF_MAX_SECONDS),
+    ))
+}
+
+/// Admit an attempt for a user and count it as a failure, atomically (the row is locked for the
+/// decision): `None` when the account is locked or backing off. The attempt that reaches the free
+/// attempts starts the back-off itself, so attempts racing it are refused unverified.
+async fn admit_user(
+    store: &Store,
+    now: DateTime<Utc>,
+    limits: &SignInLimits,
+    user_id: i64,
+) -> Result<Option<Admitted>, LoginError> {
+    // PostgreSQL keeps microseconds: the lock is compared exactly when it is taken back.
+    let now = now.trunc_subsecs(6);
+    let mut tx = store.pool().begin().await.map_err(|e| unavailable(&e))?;
+    let row = sqlx::query(
+        "SELECT failed_logins, last_failed_at, locked_until, admin_locked FROM users
+          WHERE id = $1 FOR UPDATE",
     )
     .bind(user_id)
-    .fetch_one(store.pool())
+    .fetch_one(&mut *tx)
     .await
     .map_err(|e| unavailable(&e))?;
-    if failed >= FREE_ATTEMPTS {
-        let doublings = u32::try_from(failed - FREE_ATTEMPTS)
-            .unwrap_or(u32::MAX)
-            .min(10);
-        let wait = (BACKOFF_BASE_SECONDS << doublings).min(BACKOFF_MAX_SECONDS);
-        sqlx::query("UPDATE users SET locked_until = $2 WHERE id = $1")
-            .bind(user_id)
-            .bind(now + Duration::seconds(wait))
-            .execute(store.pool())
-            .await
-            .map_err(|e| unavailable(&e))?;
+    let failed: i32 = row.try_get("failed_logins").map_err(|e| unavailable(&e))?;
+    let last_failed: Option<DateTime<Utc>> =
+        row.try_get("last_failed_at").map_err(|e| unavailable(&e))?;
+    let locked_until: Option<DateTime<Utc>> =
+        row.try_get("locked_until").map_err(|e| unavailable(&e))?;
+    let admin_locked: bool = row.try_get("admin_locked").map_err(|e| unavailable(&e))?;
+    if admin_locked || locked_until.is_some_and(|t| now < t) {
+        return Ok(None);
+    }
+    // Failures decay: once the last one is older than the window, counting starts over.
+    let failed = if last_failed.is_some_and(|t| t > now - limits.decay) {
+        failed.saturating_add(1)
+    } else {
+        1
+    };
+    let lock_set = backoff(failed).map(|wait| now + wait);
+    sqlx::query(
+        "UPDATE users SET failed_logins = $2, last_failed_at = $3, locked_until = $4 WHERE id = $1",
+    )
+    .bind(user_id)
+    .bind(failed)
+    .bind(now)
+    .bind(lock_set)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| unavailable(&e))?;
+    tx.commit().await.map_err(|e| unavailable(&e))?;
+    Ok(Some(Admitted {
+        user_id,
+        lock_set,
+        lock_before: locked_until,
+    }))
+}
+
+/// A right answer: take back what admitting it counted (for the user, and for the address). The
+/// back-off it started is lifted only if no later failure replaced it.
+async fn take_back(
+    store: &Store,
+    admitted: &Admitted,
+    address: Option<&str>,
+) -> Result<(), LoginError> {
+    sqlx::query(
+        "UPDATE users SET failed_logins = GREATEST(failed_logins - 1, 0),
+                locked_until = CASE WHEN locked_until IS NOT DISTINCT FROM $2 THEN $3
+                                    ELSE locked_until END
+          WHERE id = $1",
+    )
+    .bind(admitted.user_id)
+    .bind(admitted.lock_set)
+    .bind(admitted.lock_before)
+    .execute(store.pool())
+    .await
+    .map_err(|e| unavailable(&e))?;
+    if let Some(key) = address {
+        sqlx::query(
+            "UPDATE sign_in_addresses SET failures = GREATEST(failures - 1, 0) WHERE address = $1",
+        )
+        .bind(key)
+        .execute(store.pool())
+        .await
+        .map_err(|e| unavailable(&e))?;
     }
     Ok(())
+}
+
+/// What the per-address limit counts by: the address itself for IPv4, its /64 for IPv6 (one
+/// subscriber's allocation, which an attacker can draw fresh addresses from at will).
+fn address_key(address: IpAddr) -> String {
+    match address.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
+            .map(|net| net.trunc().to_string())
+            .unwrap_or_else(|_| v6.to_string()),
+    }
+}
+
+/// Admit an attempt from an address and count it, in one statement: false once the address has
+/// had its failures for the window (the window starts over when it has passed).
+async fn admit_address(
+    store: &Store,
+    now: DateTime<Utc>,
+    limits: &SignInLimits,
+    key: &str,
+) -> Result<bool, LoginError> {
+    let window = format!("{} seconds", limits.address_window.num_seconds());
+    // Windows long past are forgotten (the table holds only addresses that failed lately).
+    sqlx::query("DELETE FROM sign_in_addresses WHERE window_started <= $1 - $2::interval")
+        .bind(now)
+        .bind(&window)
+        .execute(store.pool())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let admitted: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO sign_in_addresses AS a (address, failures, window_started) VALUES ($1, 1, $2)
+         ON CONFLICT (address) DO UPDATE SET
+             failures = CASE WHEN a.window_started <= $2 - $3::interval THEN 1
+                             ELSE a.failures + 1 END,
+             window_started = CASE WHEN a.window_started <= $2 - $3::interval THEN $2
+                                   ELSE a.window_started END
+          WHERE a.window_started <= $2 - $3::interval OR a.failures < $4
+         RETURNING failures",
+    )
+    .bind(key)
+    .bind(now)
+    .bind(&window)
+    .bind(limits.address_failures)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(|e| unavailable(&e))?;
+    Ok(admitted.is_some())
 }
 
 /// A TOTP code for the current, previous or next step that is newer than the last one used, or an
@@ -673,7 +854,9 @@ pub async fn unlock(store: &Store, username: &str) -> Result<(), UserError> {
     update_user(
         store,
         username,
-        "UPDATE users SET admin_locked = false, failed_logins = 0, locked_until = NULL WHERE username = $1",
+        "UPDATE users SET admin_locked = false, failed_logins = 0, locked_until = NULL,
+                last_failed_at = NULL
+          WHERE username = $1",
         None,
     )
     .await
@@ -760,6 +943,24 @@ mod tests {
     fn usernames() {
         assert!(check_username("dr.who@ward-3").is_ok());
         assert!(check_username("Dr").is_err() && check_username("a b").is_err());
+    }
+
+    #[test]
+    fn addresses_count_by_ipv4_address_or_ipv6_64() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("203.0.113.9"), "203.0.113.9");
+        assert_eq!(key("::ffff:203.0.113.9"), "203.0.113.9", "v4-mapped is v4");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:bbbb::7"), key("2001:db8:1:2:aaaa::1"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+    }
+
+    #[test]
+    fn backoff_starts_at_the_fifth_failure_doubles_and_is_capped() {
+        assert_eq!(backoff(4), None);
+        assert_eq!(backoff(5), Some(Duration::seconds(30)));
+        assert_eq!(backoff(6), Some(Duration::seconds(60)));
+        assert_eq!(backoff(1000), Some(Duration::minutes(15)));
     }
 
     #[test]

@@ -92,7 +92,22 @@ async fn fhir_requests_need_a_valid_unexpired_unrevoked_token() {
                 .unwrap()
         }
     };
-    let info = introspect(token.clone(), stack.server.bearer()).await;
+    // (Introspection is for administrators: see `introspection_is_for_administrators_...`.)
+    let admin = format!(
+        "Bearer {}",
+        carapace_core::auth::issue(
+            &stack.db().await,
+            chrono::Utc::now(),
+            "ops",
+            carapace_core::access::Role::Admin,
+            &[],
+            None,
+        )
+        .await
+        .unwrap()
+        .access_token
+    );
+    let info = introspect(token.clone(), admin.clone()).await;
     assert_eq!(info.json()["active"], true, "{}", info.text());
     assert_eq!(info.json()["scope"], "system/*.rs");
     assert_eq!(
@@ -110,10 +125,7 @@ async fn fhir_requests_need_a_valid_unexpired_unrevoked_token() {
     .unwrap();
     assert_eq!(revoke.status, 200);
     assert_eq!(get(&stack, &path, Some(&token)).await.status, 401);
-    assert_eq!(
-        introspect(token, stack.server.bearer()).await.json()["active"],
-        false
-    );
+    assert_eq!(introspect(token, admin).await.json()["active"], false);
 }
 
 #[tokio::test]
@@ -541,4 +553,118 @@ async fn the_readme_registration_script_gets_a_working_token() {
         404,
         "the token is accepted"
     );
+}
+
+/// Defect 7 (issue 13): introspection maps tokens to people, so it is for administrators and for
+/// backend clients an operator registered for it (`client register --introspect`); any other
+/// caller gets 403 and learns nothing about the token, not even whether it is active.
+#[tokio::test]
+async fn introspection_is_for_administrators_and_registered_clients_only() {
+    let stack = Stack::start().await.unwrap();
+    let db = stack.db().await;
+    let url = format!("{}/auth/introspect", stack.server.origin());
+    let introspect = |token: String, bearer: String| {
+        let url = url.clone();
+        async move {
+            http(
+                "POST",
+                &url,
+                &[
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Authorization", &format!("Bearer {bearer}")),
+                ],
+                Some(format!("token={token}").into_bytes()),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let plain = BackendClient::register(&db, Algorithm::ES384, &["system/*.rs"]).await;
+    let target = plain.token(&stack.server, "system/*.rs").await;
+
+    // A plain backend client, even one with every FHIR scope: 403, nothing about the token.
+    let plain_token = plain.token(&stack.server, "system/*.rs").await;
+    let full = stack.server.token.clone().unwrap();
+    for caller in [plain_token, full] {
+        let r = introspect(target.clone(), caller).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(r.json()["error"], "insufficient_scope");
+        assert!(r.json().get("active").is_none(), "{}", r.text());
+    }
+    // A patient's or practitioner's token: 403 too.
+    let practitioner = carapace_core::auth::issue(
+        &db,
+        chrono::Utc::now(),
+        "dr.curious",
+        Role::Practitioner,
+        &[Scope::parse("user/*.rs").unwrap()],
+        None,
+    )
+    .await
+    .unwrap()
+    .access_token;
+    assert_eq!(introspect(target.clone(), practitioner).await.status, 403);
+
+    // An administrator: 200, active, with the holder.
+    let admin = carapace_core::auth::issue(&db, chrono::Utc::now(), "ops", Role::Admin, &[], None)
+        .await
+        .unwrap()
+        .access_token;
+    let r = introspect(target.clone(), admin.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["active"], true);
+    assert_eq!(r.json()["client_id"], plain.client_id.as_str());
+
+    // A client registered with `carapace-console client register --introspect`: 200.
+    let (private_pem, jwk) = BackendClient::keypair(Algorithm::ES384);
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, json!({"keys": [jwk.clone()]}).to_string()).unwrap();
+    let out = tokio::process::Command::new(bin_path("carapace-console"))
+        .args([
+            "client",
+            "register",
+            "--name",
+            "resource server",
+            "--jwks-file",
+        ])
+        .arg(&jwks_file)
+        .args(["--scope", "system/Patient.r", "--introspect"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(stack.server.env.iter().cloned())
+        .env("CARAPACE_ADMIN_TOKEN", &admin)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let introspector = BackendClient {
+        client_id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        kid: jwk["kid"].as_str().unwrap().to_string(),
+        alg: Algorithm::ES384,
+        private_pem,
+        jwk,
+    };
+    let own = introspector.token(&stack.server, "system/Patient.r").await;
+    let r = introspect(target.clone(), own.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["active"], true);
+    assert_eq!(r.json()["scope"], "system/*.rs");
+    assert_eq!(
+        introspect("no-such-token".into(), own.clone()).await.json()["active"],
+        false
+    );
+    // Once the client is disabled its token is no token at all: 401.
+    assert!(carapace_core::auth::disable_client(
+        &db,
+        &carapace_core::clock::SystemClock,
+        &introspector.client_id
+    )
+    .await
+    .unwrap());
+    assert_eq!(introspect(target, own).await.status, 401);
 }

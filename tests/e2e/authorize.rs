@@ -129,6 +129,7 @@ async fn sign_in_and_allow(
         .text()
         .contains("<form method=\"post\" action=\"/auth/login\">"));
     let cont = hidden_field(&login.text(), "continue").unwrap();
+    let login_csrf = hidden_field(&login.text(), "csrf").unwrap();
     let r = browser
         .post_form(
             &format!("{}/auth/login", stack.server.origin()),
@@ -136,6 +137,7 @@ async fn sign_in_and_allow(
                 ("username", user),
                 ("password", password),
                 ("continue", &cont),
+                ("csrf", &login_csrf),
             ],
         )
         .await;
@@ -500,8 +502,9 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
             .any(|l| l.contains("browser") && l.contains("pat.own")),
         "{listed}"
     );
+    // The app is disabled, so the access tokens pat.own holds through it are dead and not listed.
     assert!(
-        listed
+        !listed
             .lines()
             .any(|l| l.contains("token") && l.contains("pat.own")),
         "{listed}"
@@ -583,6 +586,7 @@ async fn pkce_plain_redirect_mismatch_and_totp_replay_are_refused() {
         let mut b = Browser::new();
         let login = b.get(&url).await;
         let cont = hidden_field(&login.text(), "continue").unwrap();
+        let login_csrf = hidden_field(&login.text(), "csrf").unwrap();
         let wrong = b
             .post_form(
                 &format!("{}/auth/login", stack.server.origin()),
@@ -590,6 +594,7 @@ async fn pkce_plain_redirect_mismatch_and_totp_replay_are_refused() {
                     ("username", "dr.web"),
                     ("password", "wrong password!!"),
                     ("continue", &cont),
+                    ("csrf", &login_csrf),
                 ],
             )
             .await;
@@ -602,17 +607,19 @@ async fn pkce_plain_redirect_mismatch_and_totp_replay_are_refused() {
                     ("username", "dr.web"),
                     ("password", "practitioner passphrase"),
                     ("continue", &cont),
+                    ("csrf", &login_csrf),
                 ],
             )
             .await;
         assert_eq!(totp_page.status, 200);
+        let totp_csrf = hidden_field(&totp_page.text(), "csrf").unwrap();
         assert!(totp_page.text().contains("Two-step verification"));
         // Half signed in is not signed in: the authorize page asks for the code again.
         assert!(b.get(&url).await.text().contains("Two-step verification"));
         let r = b
             .post_form(
                 &format!("{}/auth/login/totp", stack.server.origin()),
-                &[("code", &code), ("continue", &cont)],
+                &[("code", &code), ("continue", &cont), ("csrf", &totp_csrf)],
             )
             .await;
         if attempt == 0 {
@@ -663,7 +670,10 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
         .unwrap();
 
     // Idle timeout: 15 minutes without use.
-    let s = authorize::start_session(store, id, true).await.unwrap();
+    let s = authorize::start_session(store, id, true)
+        .await
+        .unwrap()
+        .token;
     clock.advance(chrono::Duration::minutes(14));
     assert!(authorize::session(store, &policy, &s)
         .await
@@ -687,7 +697,10 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
     );
 
     // Absolute timeout: 8 hours however busy.
-    let s = authorize::start_session(store, id, true).await.unwrap();
+    let s = authorize::start_session(store, id, true)
+        .await
+        .unwrap()
+        .token;
     for _ in 0..47 {
         clock.advance(chrono::Duration::minutes(10));
         assert!(authorize::session(store, &policy, &s)
@@ -705,7 +718,10 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
     );
 
     // A password change ends every session.
-    let s = authorize::start_session(store, id, true).await.unwrap();
+    let s = authorize::start_session(store, id, true)
+        .await
+        .unwrap()
+        .token;
     assert!(authorize::session(store, &policy, &s)
         .await
         .unwrap()
@@ -718,4 +734,317 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
         .unwrap()
         .is_none());
     core.shutdown().await;
+}
+
+/// The status of `GET Patient/{id}` with an access token.
+async fn read_status(stack: &Stack, id: &str, token: &str) -> u16 {
+    http(
+        "GET",
+        &stack.server.url(&format!("Patient/{id}")),
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    )
+    .await
+    .unwrap()
+    .status
+}
+
+/// Exchange a code for tokens: (access token, refresh token).
+async fn exchange(stack: &Stack, app: &App, code: &str, verifier: &str) -> (String, String) {
+    let r = token(
+        stack,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &app.client_id),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    (
+        t["access_token"].as_str().unwrap().to_string(),
+        t["refresh_token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn create_patient_user(stack: &Stack, username: &str, patient: &str, password: &str) {
+    let core = core_for(stack, Arc::new(carapace_core::clock::SystemClock)).await;
+    users::create_user(
+        &core.store,
+        &NewUser {
+            username,
+            role: Role::Patient,
+            patient_id: Some(patient),
+            practitioner_id: None,
+            password,
+        },
+    )
+    .await
+    .unwrap();
+    core.shutdown().await;
+}
+
+/// Defect 13 (issue 13): a user app's access tokens are bound to the app and to their refresh
+/// family. A replayed refresh token revokes the family — and with it the live access token — and
+/// disabling the app ends its users' access tokens at once, not only its refresh tokens.
+#[tokio::test]
+async fn app_access_tokens_die_with_their_refresh_family_and_their_app() {
+    let stack = Stack::start().await.unwrap();
+    let (app, own, _) = setup(&stack).await;
+    create_patient_user(&stack, "pat.bound", &own, "a bound patient passphrase").await;
+    let (verifier, challenge) = pkce();
+    let mut browser = Browser::new();
+    let redirect = sign_in_and_allow(
+        &stack,
+        &mut browser,
+        &authorize_url(&stack, &app, &challenge, "S256", REDIRECT, "b-1"),
+        "pat.bound",
+        "a bound patient passphrase",
+    )
+    .await;
+    let code = redirect
+        .iter()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .clone();
+    let (first_access, first_refresh) = exchange(&stack, &app, &code, &verifier).await;
+    let rotate = |refresh: String| {
+        let stack = &stack;
+        let client_id = app.client_id.clone();
+        async move {
+            token(
+                stack,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &refresh),
+                    ("client_id", &client_id),
+                ],
+            )
+            .await
+        }
+    };
+    let r = rotate(first_refresh.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let live_access = r.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(read_status(&stack, &own, &live_access).await, 200);
+    assert_eq!(read_status(&stack, &own, &first_access).await, 200);
+
+    // The rotated-away refresh token comes back (theft): the family is revoked, and every access
+    // token it produced stops working on the next request.
+    assert_eq!(rotate(first_refresh).await.status, 400);
+    assert_eq!(
+        read_status(&stack, &own, &live_access).await,
+        401,
+        "the live access token dies with its family"
+    );
+    assert_eq!(read_status(&stack, &own, &first_access).await, 401);
+
+    // A new sign-in is a new family, unaffected.
+    let (verifier, challenge) = pkce();
+    let code = allow(&stack, &mut browser, &app, &challenge, "b-2").await;
+    let (access, _) = exchange(&stack, &app, &code, &verifier).await;
+    assert_eq!(read_status(&stack, &own, &access).await, 200);
+
+    // Disabling the app (as `carapace-console client disable` does): its users' access tokens end.
+    assert!(carapace_core::auth::disable_client(
+        &stack.db().await,
+        &carapace_core::clock::SystemClock,
+        &app.client_id
+    )
+    .await
+    .unwrap());
+    assert_eq!(
+        read_status(&stack, &own, &access).await,
+        401,
+        "a disabled app's access token is refused"
+    );
+}
+
+/// Defect 13 (issue 13): every sign-in form POST needs its anti-forgery token. The sign-in form's is
+/// double-submitted (a `SameSite=Strict` cookie set with the page, and a hidden field); without it,
+/// or with a wrong one, the POST is refused with 403 and nothing is done — no password checked, no
+/// failure counted, no session started. The TOTP form carries its session's token.
+#[tokio::test]
+async fn sign_in_forms_without_their_anti_forgery_token_are_refused() {
+    let stack = Stack::start().await.unwrap();
+    let (app, own, _) = setup(&stack).await;
+    create_patient_user(&stack, "pat.csrf", &own, "a csrf patient passphrase").await;
+    let login_url = format!("{}/auth/login", stack.server.origin());
+    let url = authorize_url(&stack, &app, &pkce().1, "S256", REDIRECT, "c-1");
+
+    let mut browser = Browser::new();
+    let login = browser.get(&url).await;
+    assert_eq!(login.status, 200);
+    let set = login.header("set-cookie").unwrap();
+    assert!(
+        set.starts_with("carapace_login=") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cont = hidden_field(&login.text(), "continue").unwrap();
+    let csrf = hidden_field(&login.text(), "csrf").unwrap();
+    let credentials = |password: &'static str| {
+        vec![
+            ("username", "pat.csrf"),
+            ("password", password),
+            ("continue", cont.as_str()),
+        ]
+    };
+
+    // Without the field, with a wrong one, and from another site's page (the field, but no
+    // cookie: a cross-site form cannot make the browser send a SameSite=Strict cookie): 403.
+    let mut wrong = credentials("a csrf patient passphrase");
+    wrong.push(("csrf", "forged-forged-forged"));
+    let mut cross_site = credentials("a csrf patient passphrase");
+    cross_site.push(("csrf", &csrf));
+    for (fields, fresh) in [
+        (credentials("a csrf patient passphrase"), false),
+        (wrong, false),
+        (cross_site, true),
+    ] {
+        let mut b = if fresh {
+            Browser::new()
+        } else {
+            Browser {
+                cookies: browser.cookies.clone(),
+            }
+        };
+        let r = b.post_form(&login_url, &fields).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(r.header("set-cookie").is_none(), "no session is started");
+        assert!(r.text().contains("The form is stale"), "{}", r.text());
+    }
+    // Nothing was counted: ten forged wrong-password POSTs engage no back-off.
+    for _ in 0..10 {
+        let r = browser
+            .post_form(&login_url, &credentials("not the password!"))
+            .await;
+        assert_eq!(r.status, 403);
+    }
+    let mut right = credentials("a csrf patient passphrase");
+    right.push(("csrf", &csrf));
+    let r = browser.post_form(&login_url, &right).await;
+    assert_eq!(r.status, 303, "the real form still signs in: {}", r.text());
+
+    // The TOTP form carries its session's token.
+    let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
+    let enrolled = users::create_user(
+        &core.store,
+        &NewUser {
+            username: "dr.csrf",
+            role: Role::Practitioner,
+            patient_id: None,
+            practitioner_id: Some("pr"),
+            password: "practitioner csrf passphrase",
+        },
+    )
+    .await
+    .unwrap();
+    core.shutdown().await;
+    let url = url.replace("launch%2Fpatient+patient%2F*.rs", "user%2F*.rs");
+    let mut b = Browser::new();
+    let login = b.get(&url).await;
+    let cont = hidden_field(&login.text(), "continue").unwrap();
+    let csrf = hidden_field(&login.text(), "csrf").unwrap();
+    let totp_page = b
+        .post_form(
+            &login_url,
+            &[
+                ("username", "dr.csrf"),
+                ("password", "practitioner csrf passphrase"),
+                ("continue", &cont),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(totp_page.status, 200, "{}", totp_page.text());
+    let totp_csrf = hidden_field(&totp_page.text(), "csrf").unwrap();
+    let code = totp_rs::TOTP::from_url_unchecked(enrolled.totp_uri.as_deref().unwrap())
+        .unwrap()
+        .generate_current()
+        .unwrap();
+    let totp_url = format!("{}/auth/login/totp", stack.server.origin());
+    for forged in ["", "forged", csrf.as_str()] {
+        let r = b
+            .post_form(
+                &totp_url,
+                &[("code", &code), ("continue", &cont), ("csrf", forged)],
+            )
+            .await;
+        assert_eq!(r.status, 403, "TOTP with csrf '{forged}': {}", r.text());
+    }
+    let r = b
+        .post_form(
+            &totp_url,
+            &[("code", &code), ("continue", &cont), ("csrf", &totp_csrf)],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        303,
+        "the code was not spent by the refused POSTs: {}",
+        r.text()
+    );
+}
+
+/// Defect 13 (issue 13): sign-in failures are limited per client address across usernames
+/// (password spraying), the address computed honouring CARAPACE_TRUSTED_PROXIES. Past the limit,
+/// even the right password from that address gets the one generic answer; other addresses are
+/// unaffected.
+#[tokio::test]
+async fn an_address_that_fails_across_usernames_is_refused() {
+    let stack = Stack::start_with(
+        Bao::start_dev().await.unwrap(),
+        vec![
+            ("CARAPACE_LOGIN_ADDRESS_FAILURES".into(), "3".into()),
+            ("CARAPACE_TRUSTED_PROXIES".into(), "127.0.0.1/32".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    let (app, own, _) = setup(&stack).await;
+    create_patient_user(&stack, "pat.spray", &own, "a sprayed patient passphrase").await;
+    let login_url = format!("{}/auth/login", stack.server.origin());
+    let url = authorize_url(&stack, &app, &pkce().1, "S256", REDIRECT, "s-1");
+    let mut browser = Browser::new();
+    let login = browser.get(&url).await;
+    let cont = hidden_field(&login.text(), "continue").unwrap();
+    let csrf = hidden_field(&login.text(), "csrf").unwrap();
+    let cookie = browser.cookie_header();
+    let sign_in = |from: &'static str, username: &'static str, password: &'static str| {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("username", username)
+            .append_pair("password", password)
+            .append_pair("continue", &cont)
+            .append_pair("csrf", &csrf)
+            .finish();
+        let (url, cookie) = (login_url.clone(), cookie.clone());
+        async move {
+            http(
+                "POST",
+                &url,
+                &[
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Cookie", &cookie),
+                    ("X-Forwarded-For", from),
+                ],
+                Some(body.into_bytes()),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let sprayer = "203.0.113.9";
+    for username in ["alice.x", "bob.x", "carol.x"] {
+        let r = sign_in(sprayer, username, "Spring2026!spray").await;
+        assert_eq!(r.status, 401);
+    }
+    let r = sign_in(sprayer, "pat.spray", "a sprayed patient passphrase").await;
+    assert_eq!(r.status, 401, "the address is backing off: {}", r.text());
+    assert!(r.text().contains("invalid username, password or code"));
+    let r = sign_in("198.51.100.7", "pat.spray", "a sprayed patient passphrase").await;
+    assert_eq!(r.status, 303, "another address signs in: {}", r.text());
 }

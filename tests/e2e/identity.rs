@@ -554,3 +554,107 @@ async fn an_operator_provisions_users_and_clients_from_a_script() {
     assert!(ok && out.contains("revoked"), "{out}");
     assert!(!run(vec!["status"], admin.clone(), None).await.0);
 }
+
+/// Defect 13 (issue 13): a sign-in attempt is counted before its password is verified. Twenty
+/// parallel wrong guesses get the five free attempts verified and no more: the rest are refused
+/// unverified, so the back-off is the one five failures earn (30 s), not twenty's (15 minutes) —
+/// the right password is refused while it lasts and works once it is over. Failures also decay:
+/// a day later, old ones no longer count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_guesses_are_counted_before_verifying_and_failures_decay() {
+    let stack = Stack::start().await.unwrap();
+    let start = chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::new(FixedClock::new(start));
+    let core = core_with_clock(&stack, clock.clone()).await;
+    let password = "an analyst's long passphrase";
+    users::create_user(
+        &core.store,
+        &NewUser {
+            username: "ana.lyst",
+            role: Role::Analytics,
+            patient_id: None,
+            practitioner_id: None,
+            password,
+        },
+    )
+    .await
+    .unwrap();
+    let guesses: Vec<_> = (0..20)
+        .map(|i| {
+            let store = core.store.clone();
+            let now = clock_now(&clock);
+            tokio::spawn(async move {
+                users::login(
+                    &store,
+                    now,
+                    "ana.lyst",
+                    &format!("guess number {i:02}!"),
+                    None,
+                )
+                .await
+            })
+        })
+        .collect();
+    for g in guesses {
+        assert_eq!(g.await.unwrap().unwrap_err(), LoginError::Invalid);
+    }
+    let (failed, locked_until): (i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT failed_logins, locked_until FROM users WHERE username = 'ana.lyst'")
+            .fetch_one(&stack.db().await)
+            .await
+            .unwrap();
+    assert_eq!(
+        failed, 5,
+        "only the five free attempts were verified (and counted)"
+    );
+    assert_eq!(locked_until, Some(start + chrono::Duration::seconds(30)));
+    let store = &core.store;
+    assert_eq!(
+        users::login(store, clock_now(&clock), "ana.lyst", password, None)
+            .await
+            .unwrap_err(),
+        LoginError::Invalid,
+        "backing off"
+    );
+    clock.advance(chrono::Duration::seconds(31));
+    assert!(
+        users::login(store, clock_now(&clock), "ana.lyst", password, None)
+            .await
+            .is_ok(),
+        "the back-off ends: the account is not locked for good"
+    );
+
+    // Decay: four failures, a day's pause, four more — never five within the window, no back-off.
+    for _ in 0..4 {
+        assert!(users::login(
+            store,
+            clock_now(&clock),
+            "ana.lyst",
+            "a wrong guess!!",
+            None
+        )
+        .await
+        .is_err());
+    }
+    clock.advance(chrono::Duration::hours(25));
+    for _ in 0..4 {
+        assert!(users::login(
+            store,
+            clock_now(&clock),
+            "ana.lyst",
+            "a wrong guess!!",
+            None
+        )
+        .await
+        .is_err());
+    }
+    assert!(
+        users::login(store, clock_now(&clock), "ana.lyst", password, None)
+            .await
+            .is_ok(),
+        "failures older than the window stopped counting"
+    );
+    core.shutdown().await;
+}

@@ -853,6 +853,16 @@ impl BackendClient {
         alg: jsonwebtoken::Algorithm,
         scopes: &[&str],
     ) -> BackendClient {
+        BackendClient::register_with(pool, alg, scopes, false).await
+    }
+
+    /// Register a new client, registered to introspect tokens if `introspect`.
+    pub async fn register_with(
+        pool: &sqlx::PgPool,
+        alg: jsonwebtoken::Algorithm,
+        scopes: &[&str],
+        introspect: bool,
+    ) -> BackendClient {
         let (private_pem, jwk) = BackendClient::keypair(alg);
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         let client_id = carapace_core::auth::register_client(
@@ -861,6 +871,7 @@ impl BackendClient {
             "test client",
             &json!({"keys": [jwk.clone()]}),
             &scopes,
+            introspect,
         )
         .await
         .expect("register client");
@@ -960,29 +971,43 @@ pub async fn embedded_pool(data_dir: &Path) -> sqlx::PgPool {
         .expect("connect to the embedded cluster")
 }
 
-/// A scripted browser for the authorization-code flow: follows nothing by itself, keeps one cookie.
+/// A scripted browser for the authorization-code flow: follows nothing by itself, keeps its
+/// cookies (by name; an empty value removes one).
 pub struct Browser {
-    pub cookie: Option<String>,
+    pub cookies: std::collections::BTreeMap<String, String>,
 }
 
 impl Browser {
     pub fn new() -> Browser {
-        Browser { cookie: None }
+        Browser {
+            cookies: Default::default(),
+        }
     }
 
     fn remember(&mut self, r: &HttpResponse) {
         if let Some(set) = r.header("set-cookie") {
-            let pair = set.split(';').next().unwrap_or("").to_string();
-            self.cookie = if pair.ends_with('=') {
-                None
-            } else {
-                Some(pair)
-            };
+            let pair = set.split(';').next().unwrap_or("");
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() {
+                    self.cookies.remove(name.trim());
+                } else {
+                    self.cookies.insert(name.trim().into(), value.into());
+                }
+            }
         }
     }
 
+    /// The `Cookie` header this browser sends.
+    pub fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub async fn get(&mut self, url: &str) -> HttpResponse {
-        let cookie = self.cookie.clone().unwrap_or_default();
+        let cookie = self.cookie_header();
         let r = http("GET", url, &[("Cookie", &cookie)], None)
             .await
             .expect("GET");
@@ -995,7 +1020,7 @@ impl Browser {
         for (k, v) in fields {
             ser.append_pair(k, v);
         }
-        let cookie = self.cookie.clone().unwrap_or_default();
+        let cookie = self.cookie_header();
         let r = http(
             "POST",
             url,
