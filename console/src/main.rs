@@ -12,6 +12,7 @@ use carapace_core::access::{AccessContext, Role, Scope};
 use carapace_core::auth;
 use carapace_core::config::Config;
 use carapace_core::core::Core;
+use carapace_core::store::OperatorCounts;
 use carapace_core::users::{self, Enrollment, NewUser};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
@@ -390,11 +391,12 @@ async fn login(core: &Core, ctx: &AccessContext, scopes: &[String]) -> anyhow::R
 }
 
 async fn status(core: &Core) -> anyhow::Result<()> {
-    let pool = core.store.pool();
     let (resources, versions) = core.store.resource_counts().await?;
-    let audit = count(pool, "SELECT count(*) FROM audit_events").await?;
-    let people = count(pool, "SELECT count(*) FROM users").await?;
-    let clients = count(pool, "SELECT count(*) FROM clients WHERE NOT disabled").await?;
+    let OperatorCounts {
+        audit_events: audit,
+        users: people,
+        clients,
+    } = core.store.operator_counts().await?;
     println!(
         "database:      connected{}",
         if core.cluster.is_some() {
@@ -408,12 +410,6 @@ async fn status(core: &Core) -> anyhow::Result<()> {
     println!("audit events:  {audit}");
     println!("users:         {people}; backend clients: {clients}");
     versions_table(core).await
-}
-
-async fn count(pool: &carapace_core::sqlx::PgPool, sql: &str) -> anyhow::Result<i64> {
-    Ok(carapace_core::sqlx::query_scalar(sql)
-        .fetch_one(pool)
-        .await?)
 }
 
 async fn versions_table(core: &Core) -> anyhow::Result<()> {

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use carapace_core::access::Denied;
 use carapace_core::fhir::validate::Issue;
 use carapace_core::keys::KeyError;
-use carapace_core::sqlx;
+use carapace_core::db::{self, DbError, DbFailure};
 use carapace_core::store::StoreError;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
@@ -128,7 +128,7 @@ pub fn refused_by_http_layer(status: StatusCode) -> ApiError {
 
 /// The bearer token could not be looked up: the database did not answer. Not a 401, which would
 /// tell the client to throw its valid token away; a 503 it retries.
-pub fn token_lookup_failed(e: sqlx::Error) -> ApiError {
+pub fn token_lookup_failed(e: DbError) -> ApiError {
     tracing::error!(error = %e, "token lookup failed");
     unavailable("the access token could not be checked: the database is unavailable; retry shortly")
 }
@@ -214,36 +214,24 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn database_error(e: sqlx::Error) -> ApiError {
+fn database_error(e: DbError) -> ApiError {
     // The text of a database error can carry SQL or values: log it, never send it.
     tracing::error!(error = %e, "database error");
-    match e {
+    match db::failure(&e) {
         // Row-level security or a revoked privilege refused what the store's own checks let
         // through: the backstop held. Refused, not an internal error.
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => ApiError::new(
+        DbFailure::Refused => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "the database refused this access",
         ),
-        // Class 22 (data exception: a NUL or an unencodable character in text, a number out of
-        // range) comes from a value the client sent that a check above the database missed: a
-        // bad request, never an internal error.
-        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+        // A value the client sent that a check above the database missed: a bad request,
+        // never an internal error.
+        DbFailure::BadValue => {
             ApiError::bad_request("a value in the request cannot be stored or searched for")
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            unavailable("the database is unavailable; retry shortly")
-        }
-        // Connection exceptions (class 08), the server shutting down or starting (57P01-57P03)
-        // and too many connections (53300): the database is away, not wrong.
-        sqlx::Error::Database(db)
-            if db.code().is_some_and(|c| {
-                c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
-            }) =>
-        {
-            unavailable("the database is unavailable; retry shortly")
-        }
-        _ => ApiError::new(
+        DbFailure::Unavailable => unavailable("the database is unavailable; retry shortly"),
+        DbFailure::Internal => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "exception",
             "an internal database error occurred",

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod db;
 pub mod dek_cache;
 pub mod embedded;
 pub mod fhir;
@@ -20,4 +21,3 @@ pub mod store;
 pub mod users;
 
 pub use secrecy;
-pub use sqlx;

@@ -21,7 +21,7 @@ mod reach;
 mod search;
 mod trail;
 use crate::search::index::IndexRows;
-pub use reach::BtgGrant;
+pub use reach::{BtgGrant, OperatorCounts};
 use search::PrefixRows;
 pub use search::SearchResult;
 pub use trail::{AuditPage, AuditQuery};

@@ -1490,20 +1490,13 @@ impl App {
     async fn load_dashboard(&mut self, core: &Core) {
         let store = &core.store;
         let pool = store.pool();
-        let count = |sql: &'static str| async move {
-            carapace_core::sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(pool)
-                .await
-                .unwrap_or(-1)
-        };
         let database = async {
-            carapace_core::sqlx::query_scalar::<_, String>("SHOW server_version")
-                .fetch_one(pool)
+            store
+                .database_version()
                 .await
                 .map_or("unreachable".into(), |v| {
                     format!(
-                        "PostgreSQL {}{}",
-                        v.split_whitespace().next().unwrap_or_default(),
+                        "PostgreSQL {v}{}",
                         if core.cluster.is_some() {
                             " (embedded)"
                         } else {
@@ -1567,8 +1560,7 @@ impl App {
             failed_logins,
             counts,
             key_provider,
-            audit_events,
-            users,
+            operator_counts,
             sessions,
             key_versions,
             reviews,
@@ -1579,14 +1571,14 @@ impl App {
             failed_logins,
             store.resource_counts(),
             key_provider,
-            count("SELECT count(*) FROM audit_events"),
-            count("SELECT count(*) FROM users"),
+            store.operator_counts(),
             sessions,
             store.key_versions(),
             store.btg_grants(false, 1000),
         );
         let by_type = by_type.unwrap_or_default();
         let (resources, versions) = counts.unwrap_or((-1, -1));
+        let (audit_events, users) = operator_counts.map_or((-1, -1), |c| (c.audit_events, c.users));
         self.dashboard = Dashboard {
             database,
             key_provider,

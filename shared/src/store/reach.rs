@@ -15,6 +15,14 @@ use std::sync::Arc;
 /// The longest break-the-glass reason kept.
 const MAX_REASON: usize = 1000;
 
+/// Counts of what the console administers (no content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperatorCounts {
+    pub audit_events: i64,
+    pub users: i64,
+    pub clients: i64,
+}
+
 /// One break-the-glass grant, as the review queue shows it.
 #[derive(Debug, Clone)]
 pub struct BtgGrant {
@@ -509,6 +517,30 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok((row.try_get("current")?, row.try_get("versions")?))
+    }
+
+    /// AuditEvents, people and enabled backend clients: counts for an operator's status display.
+    pub async fn operator_counts(&self) -> Result<OperatorCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM audit_events) AS audit_events,
+                    (SELECT count(*) FROM users) AS users,
+                    (SELECT count(*) FROM clients WHERE NOT disabled) AS clients",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OperatorCounts {
+            audit_events: row.try_get("audit_events")?,
+            users: row.try_get("users")?,
+            clients: row.try_get("clients")?,
+        })
+    }
+
+    /// The database server's version (`15.8`), for an operator's status display.
+    pub async fn database_version(&self) -> Result<String, StoreError> {
+        let v: String = sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.split_whitespace().next().unwrap_or_default().to_string())
     }
 
     /// Current resources per type, most first: what the console's dashboard shows.

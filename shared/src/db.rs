@@ -1,0 +1,40 @@
+//! What the fronts may know of the database: the kind of a failure, never its text or its SQL.
+//! Every query is the core's; `server/` and `console/` do not depend on sqlx (`tests/run` fails
+//! the build if they do) and pass database errors along only to ask [`failure`] what they mean.
+
+/// A database error as the core's functions return it (the fronts only pass it to [`failure`]).
+pub use sqlx::Error as DbError;
+
+/// What a database error means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// Row-level security or a missing privilege refused what the core's own checks let
+    /// through: the backstop held (SQLSTATE 42501).
+    Refused,
+    /// A value the client sent that no check above the database caught (class 22: a NUL or an
+    /// unencodable character, a number out of range).
+    BadValue,
+    /// The database is away: unreachable, shutting down or starting, out of connections.
+    Unavailable,
+    /// Anything else: a defect.
+    Internal,
+}
+
+pub fn failure(e: &DbError) -> DbFailure {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            DbFailure::Unavailable
+        }
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("42501") => DbFailure::Refused,
+            Some(c) if c.starts_with("22") => DbFailure::BadValue,
+            // Connection exceptions (class 08), the server shutting down or starting
+            // (57P01-57P03) and too many connections (53300).
+            Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300") => {
+                DbFailure::Unavailable
+            }
+            _ => DbFailure::Internal,
+        },
+        _ => DbFailure::Internal,
+    }
+}
