@@ -262,10 +262,6 @@ async fn dispatch(core: &Core, command: Command) -> anyhow::Result<()> {
     if let Command::BootstrapAdmin { username, .. } = &command {
         let password = read_secret_line("password")?;
         let enrollment = users::bootstrap_admin(&core.store, username, &password).await?;
-        let ctx = AccessContext::operator(username);
-        core.store
-            .record_admin(&ctx, &format!("bootstrap-admin:{username}"), true)
-            .await?;
         println!("administrator '{username}' created");
         print_enrollment(&enrollment);
         return Ok(());
@@ -444,7 +440,7 @@ async fn user(core: &Core, ctx: &AccessContext, command: UserCommand) -> anyhow:
                 practitioner_id: practitioner.as_deref(),
                 password: &password,
             };
-            let r = users::create_user(store, &new).await.map(|e| {
+            let r = users::create_user(store, ctx, &new).await.map(|e| {
                 println!("user '{username}' created ({})", role.as_str());
                 print_enrollment(&e);
             });
@@ -475,29 +471,29 @@ async fn user(core: &Core, ctx: &AccessContext, command: UserCommand) -> anyhow:
             return Ok(());
         }
         UserCommand::Lock { username } => {
-            let r = users::lock(store, &username).await;
+            let r = users::lock(store, ctx, &username).await;
             (format!("user-lock:{username}"), r.map_err(Into::into))
         }
         UserCommand::Unlock { username } => {
-            let r = users::unlock(store, &username).await;
+            let r = users::unlock(store, ctx, &username).await;
             (format!("user-unlock:{username}"), r.map_err(Into::into))
         }
         UserCommand::ResetMfa { username } => {
-            let r = users::reset_mfa(store, &username)
+            let r = users::reset_mfa(store, ctx, &username)
                 .await
                 .map(|e| print_enrollment(&e));
             (format!("user-reset-mfa:{username}"), r.map_err(Into::into))
         }
         UserCommand::SetRole { username, role } => {
             let role = parse_role(&role)?;
-            let r = users::set_role(store, &username, role).await;
+            let r = users::set_role(store, ctx, &username, role).await;
             (
                 format!("user-set-role:{username}:{}", role.as_str()),
                 r.map_err(Into::into),
             )
         }
     };
-    store.record_admin(ctx, &what, result.is_ok()).await?;
+    // Each operation checked the operator's role and audited itself, with its change.
     if result.is_ok() && !what.starts_with("user-create") && !what.starts_with("user-reset-mfa") {
         println!("done: {what}");
     }
@@ -529,10 +525,7 @@ async fn session(core: &Core, ctx: &AccessContext, command: SessionCommand) -> a
             Ok(())
         }
         SessionCommand::Revoke { target } => {
-            let n = auth::revoke_matching(pool, now, &target).await?;
-            core.store
-                .record_admin(ctx, &format!("session-revoke:{target}"), true)
-                .await?;
+            let n = users::end_sessions(&core.store, ctx, &target).await?;
             println!("revoked {n} token(s)");
             Ok(())
         }

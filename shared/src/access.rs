@@ -199,6 +199,9 @@ pub enum Denied {
     /// or a compartment no consent opens to them): 403.
     #[error("this caller may not write into that patient's record")]
     OutsideCompartment,
+    /// Administrative operations (users, roles, MFA, sessions) are for administrators: 403.
+    #[error("administrative operations are for administrators")]
+    AdministratorsOnly,
     /// A write would label data above what the caller may read: 403.
     #[error("this caller may not write data labelled above what it may read")]
     LabelAboveCeiling,

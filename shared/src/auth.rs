@@ -686,8 +686,8 @@ pub async fn active_tokens(
 
 /// Revoke every active token, refresh token and browser session of a subject (user or client), or
 /// the one token or session whose id is `target`. Returns how many were revoked.
-pub async fn revoke_matching(
-    pool: &PgPool,
+pub(crate) async fn revoke_matching(
+    conn: &mut sqlx::PgConnection,
     now: DateTime<Utc>,
     target: &str,
 ) -> Result<u64, sqlx::Error> {
@@ -706,7 +706,7 @@ pub async fn revoke_matching(
         n += sqlx::query(sql)
             .bind(target)
             .bind(now)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
     }

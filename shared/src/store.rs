@@ -17,6 +17,7 @@ use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod admin;
 mod reach;
 mod search;
 mod trail;
@@ -1801,19 +1802,13 @@ impl Store {
         what: &str,
         success: bool,
     ) -> Result<(), StoreError> {
-        let record = AuditRecord {
-            query: None,
-            interaction: Interaction::Admin,
-            outcome: if success {
-                Outcome::Success
-            } else {
-                Outcome::MinorFailure
-            },
-            recorded: self.clock.now(),
-            what: Some(format!("urn:carapace:admin:{what}")),
-            patient: None,
+        let outcome = if success {
+            Outcome::Success
+        } else {
+            Outcome::MinorFailure
         };
-        self.audit_record(ctx, &record).await
+        self.audit_record(ctx, &admin::admin_record(self, what, outcome))
+            .await
     }
 
     /// Load the audit trail's keys (data keys under scopes `audit/chain` and `audit/events`),

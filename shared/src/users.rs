@@ -14,7 +14,7 @@
 //! last one is older than [`SignInLimits::decay`]) and an address that fails too often across
 //! usernames (password spraying) is refused for the rest of its window.
 
-use crate::access::Role;
+use crate::access::{AccessContext, Role};
 use crate::store::{Store, StoreError};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -328,8 +328,30 @@ async fn enroll(
     })
 }
 
-/// Create a user. Admins and practitioners are enrolled in TOTP at once.
-pub async fn create_user(store: &Store, new: &NewUser<'_>) -> Result<Enrollment, UserError> {
+/// Create a user (an administrative operation: the operator must be an administrator, and the
+/// creation is audited with it). Admins and practitioners are enrolled in TOTP at once.
+pub async fn create_user(
+    store: &Store,
+    ctx: &AccessContext,
+    new: &NewUser<'_>,
+) -> Result<Enrollment, UserError> {
+    let what = format!("user-create:{}", new.username);
+    let result = async {
+        let mut tx = store.begin_admin(ctx).await?;
+        let enrollment = insert_user(store, &mut tx, new).await?;
+        store.commit_admin(tx, ctx, &what).await?;
+        Ok(enrollment)
+    }
+    .await;
+    store.audit_admin_result(ctx, &what, result).await
+}
+
+/// The checks and the rows of a new user, inside `tx`.
+async fn insert_user(
+    store: &Store,
+    tx: &mut sqlx::PgConnection,
+    new: &NewUser<'_>,
+) -> Result<Enrollment, UserError> {
     check_username(new.username)?;
     check_password_policy(new.username, new.password)?;
     match new.role {
@@ -351,7 +373,6 @@ pub async fn create_user(store: &Store, new: &NewUser<'_>) -> Result<Enrollment,
         _ => {}
     }
     let hash = hash_password(new.password)?;
-    let mut tx = store.pool().begin().await?;
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO users (username, role, patient_id, practitioner_id, password_hash, created_at)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING RETURNING id",
@@ -365,12 +386,11 @@ pub async fn create_user(store: &Store, new: &NewUser<'_>) -> Result<Enrollment,
     .fetch_optional(&mut *tx)
     .await?;
     let id = id.ok_or_else(|| UserError::Exists(new.username.to_string()))?;
-    let enrollment = enroll(store, &mut tx, id, new.username, role_needs_mfa(new.role)).await?;
-    tx.commit().await?;
-    Ok(enrollment)
+    enroll(store, tx, id, new.username, role_needs_mfa(new.role)).await
 }
 
-/// First run: create the first administrator. Refused once any administrator exists.
+/// First run: create the first administrator, audited with them as its agent. Refused once any
+/// administrator exists. (The one user creation without an operator: there is none yet.)
 pub async fn bootstrap_admin(
     store: &Store,
     username: &str,
@@ -387,8 +407,9 @@ pub async fn bootstrap_admin(
     if admins > 0 {
         return Err(UserError::AdminExists);
     }
-    let enrollment = create_user(
+    let enrollment = insert_user(
         store,
+        &mut tx,
         &NewUser {
             username,
             role: Role::Admin,
@@ -398,7 +419,10 @@ pub async fn bootstrap_admin(
         },
     )
     .await?;
-    tx.commit().await?;
+    let ctx = AccessContext::operator(username);
+    store
+        .commit_admin(tx, &ctx, &format!("bootstrap-admin:{username}"))
+        .await?;
     Ok(enrollment)
 }
 
@@ -821,28 +845,39 @@ async fn revoke_tokens(
     Ok(())
 }
 
+/// One administrative change of a user row (`sql` binds the username, then `role`), audited as
+/// `what` in its transaction; the user's tokens and sessions end with it.
 async fn update_user(
     store: &Store,
+    ctx: &AccessContext,
+    what: &str,
     username: &str,
     sql: &str,
     role: Option<&str>,
 ) -> Result<(), UserError> {
-    let mut tx = store.pool().begin().await?;
-    let mut q = sqlx::query(sql).bind(username);
-    if let Some(role) = role {
-        q = q.bind(role);
+    let result = async {
+        let mut tx = store.begin_admin(ctx).await?;
+        let mut q = sqlx::query(sql).bind(username);
+        if let Some(role) = role {
+            q = q.bind(role);
+        }
+        if q.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Err(UserError::NotFound);
+        }
+        revoke_tokens(&mut tx, username, store.now()).await?;
+        store.commit_admin(tx, ctx, what).await?;
+        Ok(())
     }
-    if q.execute(&mut *tx).await?.rows_affected() == 0 {
-        return Err(UserError::NotFound);
-    }
-    revoke_tokens(&mut tx, username, store.now()).await?;
-    tx.commit().await?;
-    Ok(())
+    .await;
+    store.audit_admin_result(ctx, what, result).await
 }
 
-pub async fn lock(store: &Store, username: &str) -> Result<(), UserError> {
+/// Lock a user out (an administrative operation); their tokens and sessions end.
+pub async fn lock(store: &Store, ctx: &AccessContext, username: &str) -> Result<(), UserError> {
     update_user(
         store,
+        ctx,
+        &format!("user-lock:{username}"),
         username,
         "UPDATE users SET admin_locked = true WHERE username = $1",
         None,
@@ -850,9 +885,12 @@ pub async fn lock(store: &Store, username: &str) -> Result<(), UserError> {
     .await
 }
 
-pub async fn unlock(store: &Store, username: &str) -> Result<(), UserError> {
+/// Unlock a user and clear their back-off (an administrative operation).
+pub async fn unlock(store: &Store, ctx: &AccessContext, username: &str) -> Result<(), UserError> {
     update_user(
         store,
+        ctx,
+        &format!("user-unlock:{username}"),
         username,
         "UPDATE users SET admin_locked = false, failed_logins = 0, locked_until = NULL,
                 last_failed_at = NULL
@@ -862,14 +900,24 @@ pub async fn unlock(store: &Store, username: &str) -> Result<(), UserError> {
     .await
 }
 
-pub async fn set_role(store: &Store, username: &str, role: Role) -> Result<(), UserError> {
+/// Change a user's role (an administrative operation); their tokens and sessions end.
+pub async fn set_role(
+    store: &Store,
+    ctx: &AccessContext,
+    username: &str,
+    role: Role,
+) -> Result<(), UserError> {
+    let what = format!("user-set-role:{username}:{}", role.as_str());
     if role == Role::System {
-        return Err(UserError::Invalid(
+        let refused = Err(UserError::Invalid(
             "system access is for registered clients".into(),
         ));
+        return store.audit_admin_result(ctx, &what, refused).await;
     }
     update_user(
         store,
+        ctx,
+        &what,
         username,
         "UPDATE users SET role = $2 WHERE username = $1",
         Some(role.as_str()),
@@ -877,18 +925,46 @@ pub async fn set_role(store: &Store, username: &str, role: Role) -> Result<(), U
     .await
 }
 
-/// New TOTP seed and recovery codes; the old ones stop working and the user's tokens are revoked.
-pub async fn reset_mfa(store: &Store, username: &str) -> Result<Enrollment, UserError> {
-    let mut tx = store.pool().begin().await?;
-    let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
-        .bind(username)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(UserError::NotFound)?;
-    let enrollment = enroll(store, &mut tx, id, username, true).await?;
-    revoke_tokens(&mut tx, username, store.now()).await?;
-    tx.commit().await?;
-    Ok(enrollment)
+/// New TOTP seed and recovery codes (an administrative operation); the old ones stop working and
+/// the user's tokens are revoked.
+pub async fn reset_mfa(
+    store: &Store,
+    ctx: &AccessContext,
+    username: &str,
+) -> Result<Enrollment, UserError> {
+    let what = format!("user-reset-mfa:{username}");
+    let result = async {
+        let mut tx = store.begin_admin(ctx).await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(UserError::NotFound)?;
+        let enrollment = enroll(store, &mut tx, id, username, true).await?;
+        revoke_tokens(&mut tx, username, store.now()).await?;
+        store.commit_admin(tx, ctx, &what).await?;
+        Ok(enrollment)
+    }
+    .await;
+    store.audit_admin_result(ctx, &what, result).await
+}
+
+/// End every token and browser session of a subject (user or client), or the one whose id is
+/// `target` (an administrative operation). Returns how many ended.
+pub async fn end_sessions(
+    store: &Store,
+    ctx: &AccessContext,
+    target: &str,
+) -> Result<u64, UserError> {
+    let what = format!("session-revoke:{target}");
+    let result = async {
+        let mut tx = store.begin_admin(ctx).await?;
+        let n = crate::auth::revoke_matching(&mut tx, store.now(), target).await?;
+        store.commit_admin(tx, ctx, &what).await?;
+        Ok(n)
+    }
+    .await;
+    store.audit_admin_result(ctx, &what, result).await
 }
 
 /// Change a password (policy checked); revokes the user's tokens.

@@ -182,6 +182,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
     let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
     users::create_user(
         &core.store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
             username: "pat.own",
             role: Role::Patient,
@@ -565,6 +566,7 @@ async fn pkce_plain_redirect_mismatch_and_totp_replay_are_refused() {
     let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
     let enrolled = users::create_user(
         &core.store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
             username: "dr.web",
             role: Role::Practitioner,
@@ -654,6 +656,7 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
     );
     users::create_user(
         store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
             username: "pat.clock",
             role: Role::Patient,
@@ -774,6 +777,7 @@ async fn create_patient_user(stack: &Stack, username: &str, patient: &str, passw
     let core = core_for(stack, Arc::new(carapace_core::clock::SystemClock)).await;
     users::create_user(
         &core.store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
             username,
             role: Role::Patient,
@@ -933,6 +937,7 @@ async fn sign_in_forms_without_their_anti_forgery_token_are_refused() {
     let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
     let enrolled = users::create_user(
         &core.store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
             username: "dr.csrf",
             role: Role::Practitioner,

@@ -47,6 +47,7 @@ async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_th
         .unwrap();
     let enrolled = users::create_user(
         &core.store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
             username: "dr.chromium",
             role: Role::Practitioner,

@@ -157,6 +157,7 @@ async fn ward() -> Ward {
         .unwrap();
     users::create_user(
         &console.core.store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &users::NewUser {
             username: "dr.house",
             role: Role::Practitioner,
@@ -569,7 +570,13 @@ async fn every_screen_against_the_real_core() {
     c.app.screen = Screen::Users;
 
     // An operator locked by another administrator is signed out at their next action.
-    users::lock(&c.core.store, "root.admin").await.unwrap();
+    users::lock(
+        &c.core.store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
+        "root.admin",
+    )
+    .await
+    .unwrap();
     c.press(KeyCode::Char('r')).await;
     assert_eq!(c.app.screen, Screen::SignIn);
     assert!(c.app.operator.is_none());

@@ -39,6 +39,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     for weak in ["short-one", "Password1234", "dr.house-is-here"] {
         let r = users::create_user(
             store,
+            &carapace_core::access::AccessContext::operator("test-admin"),
             &NewUser {
                 username: "dr.house",
                 role: Role::Practitioner,
@@ -52,6 +53,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     }
     let enrolled = users::create_user(
         store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
             username: "dr.house",
             role: Role::Practitioner,
@@ -194,7 +196,13 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     assert_eq!(row, (0, None), "success resets the back-off");
 
     // An administrator's lock is not lifted by time, only by unlock.
-    users::lock(store, "dr.house").await.unwrap();
+    users::lock(
+        store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
+        "dr.house",
+    )
+    .await
+    .unwrap();
     clock.advance(chrono::Duration::hours(24));
     assert!(users::login(
         store,
@@ -205,7 +213,13 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     )
     .await
     .is_err());
-    users::unlock(store, "dr.house").await.unwrap();
+    users::unlock(
+        store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
+        "dr.house",
+    )
+    .await
+    .unwrap();
     clock.advance(chrono::Duration::seconds(30));
     assert!(users::login(
         store,
@@ -571,6 +585,7 @@ async fn parallel_guesses_are_counted_before_verifying_and_failures_decay() {
     let password = "an analyst's long passphrase";
     users::create_user(
         &core.store,
+        &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
             username: "ana.lyst",
             role: Role::Analytics,
@@ -657,4 +672,84 @@ async fn parallel_guesses_are_counted_before_verifying_and_failures_decay() {
         "failures older than the window stopped counting"
     );
     core.shutdown().await;
+}
+
+/// Issue 13, "administrative operations are core operations": creating, locking, unlocking,
+/// role changes, MFA resets and ending sessions take the operator's context, are refused to anyone
+/// but an administrator (nothing changes), and are audited by the core with their change.
+#[tokio::test]
+async fn administrative_operations_are_for_administrators_and_audit_themselves() {
+    use carapace_core::access::AccessContext;
+    let stack = Stack::start().await.unwrap();
+    let clock = Arc::new(FixedClock::new(chrono::Utc::now()));
+    let core = core_with_clock(&stack, clock).await;
+    let store = &core.store;
+    let admin = AccessContext::operator("ops.admin");
+    let practitioner = AccessContext {
+        role: Role::Practitioner,
+        ..AccessContext::operator("dr.mallory")
+    };
+    let new = NewUser {
+        username: "nurse.joy",
+        role: Role::Practitioner,
+        patient_id: None,
+        practitioner_id: Some("pr-joy"),
+        password: "a long enough passphrase for joy",
+    };
+    let refused = users::create_user(store, &practitioner, &new).await;
+    assert!(refused.is_err());
+    assert!(
+        users::find(store, "nurse.joy").await.is_err(),
+        "nothing was created"
+    );
+    users::create_user(store, &admin, &new).await.unwrap();
+    assert!(users::lock(store, &practitioner, "nurse.joy")
+        .await
+        .is_err());
+    assert!(!users::find(store, "nurse.joy").await.unwrap().admin_locked);
+    assert!(
+        users::set_role(store, &practitioner, "nurse.joy", Role::Admin)
+            .await
+            .is_err()
+    );
+    assert!(users::reset_mfa(store, &practitioner, "nurse.joy")
+        .await
+        .is_err());
+    assert!(users::end_sessions(store, &practitioner, "nurse.joy")
+        .await
+        .is_err());
+    users::lock(store, &admin, "nurse.joy").await.unwrap();
+    assert!(users::find(store, "nurse.joy").await.unwrap().admin_locked);
+    users::unlock(store, &admin, "nurse.joy").await.unwrap();
+
+    let what = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| {
+                e["entity"][0]["what"]["reference"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    let by_admin = what(&stack.audit_events("agent=ops.admin&subtype=admin").await);
+    for op in [
+        "user-create:nurse.joy",
+        "user-lock:nurse.joy",
+        "user-unlock:nurse.joy",
+    ] {
+        assert!(
+            by_admin.contains(&format!("urn:carapace:admin:{op}")),
+            "{op}: {by_admin:?}"
+        );
+    }
+    let refusals = stack
+        .audit_events("agent=dr.mallory&subtype=admin&outcome=4")
+        .await;
+    assert_eq!(
+        refusals.len(),
+        5,
+        "every refused operation is audited: {:?}",
+        what(&refusals)
+    );
 }

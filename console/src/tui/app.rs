@@ -49,6 +49,20 @@ pub enum UserOp {
     Revoke(String),
 }
 
+impl UserOp {
+    /// What the operation does, as its AuditEvent names it (`user-lock:alice`).
+    fn what(&self) -> String {
+        match self {
+            UserOp::Create { username, .. } => format!("user-create:{username}"),
+            UserOp::Lock(name) => format!("user-lock:{name}"),
+            UserOp::Unlock(name) => format!("user-unlock:{name}"),
+            UserOp::ResetMfa(name) => format!("user-reset-mfa:{name}"),
+            UserOp::SetRole(name, role) => format!("user-set-role:{name}:{}", role.as_str()),
+            UserOp::Revoke(name) => format!("session-revoke:{name}"),
+        }
+    }
+}
+
 /// What a key (or the clock) asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -1062,7 +1076,10 @@ impl App {
 
     async fn user_op(&mut self, op: UserOp, core: &Core) {
         let store = &core.store;
-        let (what, result): (String, Result<Option<Enrolled>, String>) = match op {
+        // Each operation checks the operator's role and audits itself, with its change.
+        let ctx = self.ctx(&[]);
+        let what = op.what();
+        let result: Result<Option<Enrolled>, String> = match op {
             UserOp::Create {
                 username,
                 role,
@@ -1081,66 +1098,42 @@ impl App {
                     practitioner_id: practitioner,
                     password: &password.0,
                 };
-                let r = users::create_user(store, &new).await.map(|e| {
+                let r = users::create_user(store, &ctx, &new).await.map(|e| {
                     Some(Enrolled {
                         username: username.clone(),
                         uri: e.totp_uri,
                         codes: e.recovery_codes,
                     })
                 });
-                (
-                    format!("user-create:{username}"),
-                    r.map_err(|e| e.to_string()),
-                )
+                r.map_err(|e| e.to_string())
             }
-            UserOp::Lock(name) => (
-                format!("user-lock:{name}"),
-                users::lock(store, &name)
-                    .await
-                    .map(|()| None)
-                    .map_err(|e| e.to_string()),
-            ),
-            UserOp::Unlock(name) => (
-                format!("user-unlock:{name}"),
-                users::unlock(store, &name)
-                    .await
-                    .map(|()| None)
-                    .map_err(|e| e.to_string()),
-            ),
+            UserOp::Lock(name) => users::lock(store, &ctx, &name)
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
+            UserOp::Unlock(name) => users::unlock(store, &ctx, &name)
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
             UserOp::ResetMfa(name) => {
-                let r = users::reset_mfa(store, &name).await.map(|e| {
+                let r = users::reset_mfa(store, &ctx, &name).await.map(|e| {
                     Some(Enrolled {
                         username: name.clone(),
                         uri: e.totp_uri,
                         codes: e.recovery_codes,
                     })
                 });
-                (
-                    format!("user-reset-mfa:{name}"),
-                    r.map_err(|e| e.to_string()),
-                )
+                r.map_err(|e| e.to_string())
             }
-            UserOp::SetRole(name, role) => (
-                format!("user-set-role:{name}:{}", role.as_str()),
-                users::set_role(store, &name, role)
-                    .await
-                    .map(|()| None)
-                    .map_err(|e| e.to_string()),
-            ),
-            UserOp::Revoke(name) => (
-                format!("session-revoke:{name}"),
-                auth::revoke_matching(store.pool(), store.now(), &name)
-                    .await
-                    .map(|_| None)
-                    .map_err(|_| "database error".to_string()),
-            ),
+            UserOp::SetRole(name, role) => users::set_role(store, &ctx, &name, role)
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
+            UserOp::Revoke(name) => users::end_sessions(store, &ctx, &name)
+                .await
+                .map(|_| None)
+                .map_err(|e| e.to_string()),
         };
-        if let Err(e) = store
-            .record_admin(&self.ctx(&[]), &what, result.is_ok())
-            .await
-        {
-            tracing::error!(error = %e, "could not audit an administrative action");
-        }
         self.modal = Some(match result {
             Ok(Some(enrolled)) => Modal::Enrollment(enrolled),
             Ok(None) => Modal::Message(format!("Done: {}", super::inert(&what, 80))),
