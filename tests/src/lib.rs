@@ -476,6 +476,60 @@ impl Drop for Server {
     }
 }
 
+/// A running `hello-server` (`src/bin/hello-server.rs`): the trivial hyper server the benchmarks
+/// measure in the same run, as a yardstick for a shared, noisy machine. Killed when dropped.
+pub struct Hello {
+    child: Child,
+    /// `http://127.0.0.1:PORT`; every path answers 200 with the same small JSON body.
+    pub base: String,
+}
+
+impl Hello {
+    /// Start it on a free loopback port and wait until it accepts connections.
+    pub async fn start() -> anyhow::Result<Hello> {
+        let mut child = Command::new(bin_path("hello-server"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting hello-server")?;
+        let stdout = child.stdout.take().context("hello-server stdout")?;
+        // Like carapace-server, it prints its URL on stdout once it is listening.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(base) = line.split("listening: ").nth(1) {
+                    let _ = tx.send(base.trim().to_string());
+                }
+            }
+        });
+        let mut hello = Hello {
+            child,
+            base: String::new(),
+        };
+        hello.base = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await?
+            .map_err(|_| anyhow!("hello-server did not start"))?;
+        Ok(hello)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Hello {
+    fn drop(&mut self) {
+        // Nothing to flush or stop cleanly.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A complete HTTP response.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
@@ -748,6 +802,31 @@ impl Stack {
             .into_iter()
             .map(|e| e["resource"].clone())
             .collect()
+    }
+
+    /// An access token for `subject` with `role` and `scopes` (space-separated), issued directly in
+    /// the database as the token endpoint would after a sign-in.
+    pub async fn token(
+        &self,
+        subject: &str,
+        role: carapace_core::access::Role,
+        scopes: &str,
+        patient: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let scopes = scopes
+            .split_whitespace()
+            .map(carapace_core::access::Scope::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let issued = carapace_core::auth::issue(
+            &self.db().await,
+            chrono::Utc::now(),
+            subject,
+            role,
+            &scopes,
+            patient,
+        )
+        .await?;
+        Ok(issued.access_token)
     }
 
     /// A direct connection to the test database (as its owner), to look at what is stored.
@@ -1130,6 +1209,24 @@ where
         errors,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// Header cells for the columns [`vs_hello`] prints, after a table's own.
+pub const VS_HELLO_HEADER: &str = " hello (req/s) | throughput ÷ hello | p50 ÷ hello |";
+/// Alignment cells for [`VS_HELLO_HEADER`].
+pub const VS_HELLO_ALIGN: &str = "---:|---:|---:|";
+
+/// A workload's figures beside the hello server's, measured in the same run with the same driver
+/// and concurrency: hello's throughput, the workload's throughput as a fraction of it, and the
+/// workload's p50 as a multiple of hello's. The ratios are what compare across runs and machines.
+pub fn vs_hello(workload: &Timing, hello: &Timing) -> String {
+    let p50 = |t: &Timing| t.percentile(0.50).as_secs_f64();
+    format!(
+        " {:.0} | {:.3}× | {:.1}× |",
+        hello.throughput(),
+        workload.throughput() / hello.throughput(),
+        p50(workload) / p50(hello)
+    )
 }
 
 /// The `p` quantile (0..1) of sorted latencies.

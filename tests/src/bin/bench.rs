@@ -1,28 +1,51 @@
 //! Benchmark: starts a private PostgreSQL, `bao server -dev` and the release `carapace-server`, then
-//! drives read-by-id and create workloads at 1 and 32 concurrent clients over loopback and prints a
-//! table: throughput, p50, p99, Vault calls per 1,000 requests and the server's peak RSS.
+//! drives read-by-id and create workloads at 1 and 32 concurrent clients over loopback (and a read
+//! by id as a practitioner under consent at 32) and prints a table: throughput, p50, p99, Vault
+//! calls per 1,000 requests and the server's peak RSS. Each row is also run against `hello-server`
+//! (a trivial hyper server in its own process) just before, with the same driver, concurrency and
+//! duration, and printed beside it as hello's throughput and the workload's throughput and p50 as
+//! ratios of hello's: on a shared, noisy machine the ratios are what compare between runs.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/bench [--seconds N]`.
 
+use carapace_core::access::Role;
 use carapace_tests::*;
 use std::sync::Arc;
-use std::time::Duration;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Workload {
     Read,
+    /// A read by id as a practitioner user whose reach is a patient's permit Consent: the access
+    /// gate reads the consents on every request, as it does for every caller narrowed by consent.
+    ReadAsPractitioner,
     Create,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Read => "read by id",
+            Workload::ReadAsPractitioner => "read by id (practitioner)",
+            Workload::Create => "create",
+        }
+    }
 }
 
 struct Row {
     name: &'static str,
     concurrency: usize,
-    requests: usize,
-    errors: usize,
-    throughput: f64,
-    p50: Duration,
-    p99: Duration,
+    timing: Timing,
+    hello: Timing,
     vault_per_1000: f64,
+}
+
+/// Where a run's requests go: carapace-server, or the hello server in its place (which answers
+/// everything with 200).
+#[derive(Clone)]
+struct Target {
+    base: String,
+    auth: String,
+    hello: bool,
 }
 
 fn observation(patient: &str, n: usize) -> Vec<u8> {
@@ -38,27 +61,24 @@ fn observation(patient: &str, n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn run(
-    server: &Server,
+/// Drive `workload` against `target` from `concurrency` clients for `seconds`.
+async fn measure(
+    target: Target,
     workload: Workload,
     concurrency: usize,
     seconds: f64,
     read_ids: Arc<Vec<String>>,
     patients: Arc<Vec<String>>,
-) -> Row {
-    let calls_before = server
-        .metric("carapace_key_provider_calls_total")
-        .await
-        .unwrap_or(0);
-    let (auth, base) = (server.bearer(), server.base.clone());
-    let t = drive(concurrency, seconds, move |n| {
-        let (auth, base) = (auth.clone(), base.clone());
+) -> Timing {
+    drive(concurrency, seconds, move |n| {
+        let target = target.clone();
         let (read_ids, patients) = (read_ids.clone(), patients.clone());
         async move {
+            let (base, auth) = (&target.base, target.auth.as_str());
             match workload {
-                Workload::Read => {
+                Workload::Read | Workload::ReadAsPractitioner => {
                     let url = format!("{base}/Observation/{}", read_ids[n % read_ids.len()]);
-                    let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
+                    let headers = [("Accept", FHIR_JSON), ("Authorization", auth)];
                     matches!(http("GET", &url, &headers, None).await, Ok(r) if r.status == 200)
                 }
                 Workload::Create => {
@@ -67,39 +87,100 @@ async fn run(
                     let headers = [
                         ("Content-Type", FHIR_JSON),
                         ("Prefer", "return=minimal"),
-                        ("Authorization", auth.as_str()),
+                        ("Authorization", auth),
                     ];
-                    matches!(http("POST", &url, &headers, Some(body)).await, Ok(r) if r.status == 201)
+                    let created = if target.hello { 200 } else { 201 };
+                    matches!(http("POST", &url, &headers, Some(body)).await, Ok(r) if r.status == created)
                 }
             }
         }
     })
+    .await
+}
+
+/// One table row: the hello server first, then carapace-server, the same requests from the same
+/// driver at the same concurrency for the same time.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    server: &Server,
+    hello: &Hello,
+    auth: &str,
+    workload: Workload,
+    concurrency: usize,
+    seconds: f64,
+    read_ids: Arc<Vec<String>>,
+    patients: Arc<Vec<String>>,
+) -> Row {
+    let hello_target = Target {
+        base: hello.base.clone(),
+        auth: auth.to_string(),
+        hello: true,
+    };
+    let hello_timing = measure(
+        hello_target,
+        workload,
+        concurrency,
+        seconds,
+        read_ids.clone(),
+        patients.clone(),
+    )
     .await;
+    let calls_before = server
+        .metric("carapace_key_provider_calls_total")
+        .await
+        .unwrap_or(0);
+    let target = Target {
+        base: server.base.clone(),
+        auth: auth.to_string(),
+        hello: false,
+    };
+    let timing = measure(target, workload, concurrency, seconds, read_ids, patients).await;
     let calls_after = server
         .metric("carapace_key_provider_calls_total")
         .await
         .unwrap_or(0);
     Row {
-        name: match workload {
-            Workload::Read => "read by id",
-            Workload::Create => "create",
-        },
+        name: workload.name(),
         concurrency,
-        requests: t.latencies.len(),
-        errors: t.errors,
-        throughput: t.throughput(),
-        p50: t.percentile(0.50),
-        p99: t.percentile(0.99),
         vault_per_1000: (calls_after - calls_before) as f64 * 1000.0
-            / t.latencies.len().max(1) as f64,
+            / timing.latencies.len().max(1) as f64,
+        timing,
+        hello: hello_timing,
     }
+}
+
+/// A practitioner user (`bench-dr`, Practitioner/pr-bench) whom every patient's permit Consent
+/// names, as tests/e2e/consent.rs sets one up.
+async fn practitioner(stack: &Stack, patients: &[String]) -> anyhow::Result<()> {
+    let fhir = stack.fhir();
+    let r = fhir
+        .put(
+            "Practitioner/pr-bench",
+            &json!({"resourceType": "Practitioner", "id": "pr-bench"}),
+        )
+        .await;
+    anyhow::ensure!(r.status < 300, "Practitioner: {}", r.text());
+    sqlx::query(
+        "INSERT INTO users (username, role, practitioner_id, password_hash, created_at)
+         VALUES ('bench-dr', 'practitioner', 'pr-bench', 'not used: tokens are issued directly', now())",
+    )
+    .execute(&stack.db().await)
+    .await?;
+    for p in patients {
+        let r = fhir
+            .post("Consent", &permit_consent(p, "Practitioner/pr-bench"))
+            .await;
+        anyhow::ensure!(r.status == 201, "Consent: {}", r.text());
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: f64 = arg("--seconds").unwrap_or(10.0);
-    eprintln!("starting PostgreSQL, OpenBao and carapace-server ...");
+    eprintln!("starting PostgreSQL, OpenBao, carapace-server and hello-server ...");
     let stack = Stack::start().await?;
+    let hello = Hello::start().await?;
     let server = &stack.server;
     let fhir = stack.fhir();
     // 200 patients, 2,000 observations: reads spread over many compartments (and data keys).
@@ -116,10 +197,14 @@ async fn main() -> anyhow::Result<()> {
             .await;
         read_ids.push(r.json()["id"].as_str().unwrap_or_default().to_string());
     }
+    practitioner(&stack, &patients).await?;
     let (read_ids, patients) = (Arc::new(read_ids), Arc::new(patients));
-    // Warm-up: every data key unwrapped once, connections open.
+    let system = server.bearer();
+    // Warm-up: every data key unwrapped once, connections open (to both servers).
     run(
         server,
+        &hello,
+        &system,
         Workload::Read,
         8,
         2.0,
@@ -132,19 +217,29 @@ async fn main() -> anyhow::Result<()> {
     for (workload, concurrency) in [
         (Workload::Read, 1),
         (Workload::Read, 32),
+        (Workload::ReadAsPractitioner, 32),
         (Workload::Create, 1),
         (Workload::Create, 32),
     ] {
         eprintln!(
-            "running {} x{concurrency} for {seconds} s",
-            match workload {
-                Workload::Read => "read",
-                Workload::Create => "create",
-            }
+            "running {} x{concurrency} for {seconds} s (hello-server, then carapace-server)",
+            workload.name()
         );
+        // Issued for each row: access tokens live five minutes.
+        let auth = match workload {
+            Workload::ReadAsPractitioner => format!(
+                "Bearer {}",
+                stack
+                    .token("bench-dr", Role::Practitioner, "user/*.rs", None)
+                    .await?
+            ),
+            _ => system.clone(),
+        };
         rows.push(
             run(
                 server,
+                &hello,
+                &auth,
                 workload,
                 concurrency,
                 seconds,
@@ -155,27 +250,35 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let rss = server.pid().map(peak_rss_mb).unwrap_or(f64::NAN);
-    println!("| workload | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | Vault calls / 1,000 req |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let hello_rss = peak_rss_mb(hello.pid());
+    println!("| workload | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | Vault calls / 1,000 req |{VS_HELLO_HEADER}");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|{VS_HELLO_ALIGN}");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |{}",
             r.name,
             r.concurrency,
-            r.requests,
-            r.errors,
-            r.throughput,
-            r.p50.as_secs_f64() * 1000.0,
-            r.p99.as_secs_f64() * 1000.0,
-            r.vault_per_1000
+            r.timing.latencies.len(),
+            r.timing.errors,
+            r.timing.throughput(),
+            r.timing.percentile(0.50).as_secs_f64() * 1000.0,
+            r.timing.percentile(0.99).as_secs_f64() * 1000.0,
+            r.vault_per_1000,
+            vs_hello(&r.timing, &r.hello)
         );
     }
+    let hello_errors: usize = rows.iter().map(|r| r.hello.errors).sum();
     println!(
-        "\nserver peak RSS (VmHWM): {rss:.1} MB; {} cores; {} s per workload",
+        "\nserver peak RSS (VmHWM): {rss:.1} MB; hello-server peak RSS: {hello_rss:.1} MB; {} cores; {} s per workload and server",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         seconds
     );
+    if hello_errors > 0 {
+        anyhow::bail!(
+            "{hello_errors} requests to hello-server failed: its figures are not a baseline"
+        );
+    }
     Ok(())
 }

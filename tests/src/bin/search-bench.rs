@@ -1,6 +1,8 @@
 //! Search benchmark (issue 4): loads Synthea transaction bundles with 8 concurrent clients, then
 //! measures a patient-scoped search page, a count over all Observations by code, and
-//! `Patient/{id}/$everything`, and prints a table with the server's peak RSS.
+//! `Patient/{id}/$everything`, and prints a table with the server's peak RSS. Each timed row is
+//! also run against `hello-server` (a trivial hyper server in its own process) just before, with
+//! the same driver, concurrency and duration, and printed as ratios of hello's figures.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/search-bench [--synthea DIR]
 //! [--patients N] [--seconds S] [--hold]`; `--hold` stops after the load, leaving the stack running
@@ -11,17 +13,18 @@ use carapace_tests::synthea::{self, NamedBundle};
 use carapace_tests::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 struct Row {
     name: String,
     concurrency: usize,
-    requests: usize,
-    errors: usize,
-    throughput: f64,
-    p50: Duration,
-    p99: Duration,
+    timing: Timing,
+    hello: Timing,
 }
+
+/// A workload's URL for request `n`, on the base URL given (carapace-server's, or hello-server's
+/// in its place).
+type Url = Arc<dyn Fn(&str, usize) -> String + Send + Sync>;
 
 /// The most frequent Observation LOINC code in the bundles.
 fn commonest_code(bundles: &[NamedBundle]) -> String {
@@ -47,31 +50,43 @@ fn commonest_code(bundles: &[NamedBundle]) -> String {
         .unwrap_or_else(|| "8302-2".into())
 }
 
-/// Run GETs of `url(n)` from `concurrency` clients for `seconds`.
-async fn timed(
-    server: &Server,
-    name: &str,
-    concurrency: usize,
-    seconds: f64,
-    url: Arc<dyn Fn(usize) -> String + Send + Sync>,
-) -> Row {
-    let auth = server.bearer();
-    let t = drive(concurrency, seconds, move |n| {
-        let (url, auth) = (url(n), auth.clone());
+/// Run GETs of `url(base, n)` from `concurrency` clients for `seconds` against `base`.
+async fn get_all(base: String, auth: String, concurrency: usize, seconds: f64, url: Url) -> Timing {
+    drive(concurrency, seconds, move |n| {
+        let (url, auth) = (url(&base, n), auth.clone());
         async move {
             let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
             matches!(http("GET", &url, &headers, None).await, Ok(r) if r.status == 200)
         }
     })
+    .await
+}
+
+/// One table row: the same GETs against hello-server, then carapace-server, from the same
+/// driver at the same concurrency for the same time.
+async fn timed(
+    server: &Server,
+    hello: &Hello,
+    name: &str,
+    concurrency: usize,
+    seconds: f64,
+    url: Url,
+) -> Row {
+    let auth = server.bearer();
+    let hello = get_all(
+        hello.base.clone(),
+        auth.clone(),
+        concurrency,
+        seconds,
+        url.clone(),
+    )
     .await;
+    let timing = get_all(server.base.clone(), auth, concurrency, seconds, url).await;
     Row {
         name: name.to_string(),
         concurrency,
-        requests: t.latencies.len(),
-        errors: t.errors,
-        throughput: t.throughput(),
-        p50: t.percentile(0.5),
-        p99: t.percentile(0.99),
+        timing,
+        hello,
     }
 }
 
@@ -93,10 +108,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let code = commonest_code(&bundles);
     eprintln!(
-        "{} bundles from {source}; starting PostgreSQL, OpenBao and carapace-server ...",
+        "{} bundles from {source}; starting PostgreSQL, OpenBao, carapace-server and hello-server ...",
         bundles.len()
     );
     let stack = Stack::start().await?;
+    let hello = Hello::start().await?;
     let server = &stack.server;
 
     eprintln!("loading with 8 concurrent clients ...");
@@ -134,24 +150,26 @@ async fn main() -> anyhow::Result<()> {
 
     let ids = Arc::new(load.patients.clone());
     anyhow::ensure!(!ids.is_empty(), "no patients were loaded");
-    let base = server.base.clone();
-    let (b1, ids1, code1) = (base.clone(), ids.clone(), code.clone());
-    let search: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |n| {
+    let (ids1, code1) = (ids.clone(), code.clone());
+    let search: Url = Arc::new(move |base, n| {
         format!(
-            "{b1}/Observation?patient={}&code=http://loinc.org|{code1}&_count=20",
+            "{base}/Observation?patient={}&code=http://loinc.org|{code1}&_count=20",
             ids1[n % ids1.len()]
         )
     });
-    let (b2, ids2) = (base.clone(), ids.clone());
-    let everything: Arc<dyn Fn(usize) -> String + Send + Sync> =
-        Arc::new(move |n| format!("{b2}/Patient/{}/$everything", ids2[n % ids2.len()]));
-    timed(server, "warm-up", 8, 2.0, search.clone()).await;
+    let ids2 = ids.clone();
+    let everything: Url =
+        Arc::new(move |base, n| format!("{base}/Patient/{}/$everything", ids2[n % ids2.len()]));
+    timed(server, &hello, "warm-up", 8, 2.0, search.clone()).await;
     let mut rows = Vec::new();
     for c in [1, 8] {
-        eprintln!("patient-scoped search x{c} for {seconds} s");
+        eprintln!(
+            "patient-scoped search x{c} for {seconds} s (hello-server, then carapace-server)"
+        );
         rows.push(
             timed(
                 server,
+                &hello,
                 "Observation?patient=X&code=Y (page of 20)",
                 c,
                 seconds,
@@ -160,10 +178,11 @@ async fn main() -> anyhow::Result<()> {
             .await,
         );
     }
-    eprintln!("$everything x8 for {seconds} s");
+    eprintln!("$everything x8 for {seconds} s (hello-server, then carapace-server)");
     rows.push(
         timed(
             server,
+            &hello,
             "Patient/X/$everything (first page)",
             8,
             seconds,
@@ -172,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         .await,
     );
     let rss = server.pid().map(peak_rss_mb).unwrap_or(f64::NAN);
+    let hello_rss = peak_rss_mb(hello.pid());
 
     println!("source: {source}");
     println!(
@@ -187,26 +207,33 @@ async fn main() -> anyhow::Result<()> {
         count_times[count_times.len() / 2].as_secs_f64() * 1000.0,
         count_times.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
-    println!("\n| workload | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("\n| workload | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |{VS_HELLO_HEADER}");
+    println!("|---|---:|---:|---:|---:|---:|---:|{VS_HELLO_ALIGN}");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} |{}",
             r.name,
             r.concurrency,
-            r.requests,
-            r.errors,
-            r.throughput,
-            r.p50.as_secs_f64() * 1000.0,
-            r.p99.as_secs_f64() * 1000.0
+            r.timing.latencies.len(),
+            r.timing.errors,
+            r.timing.throughput(),
+            r.timing.percentile(0.5).as_secs_f64() * 1000.0,
+            r.timing.percentile(0.99).as_secs_f64() * 1000.0,
+            vs_hello(&r.timing, &r.hello)
         );
     }
     println!(
-        "\nserver peak RSS (VmHWM): {rss:.1} MB; {} cores; {seconds} s per timed workload",
+        "\nserver peak RSS (VmHWM): {rss:.1} MB; hello-server peak RSS: {hello_rss:.1} MB; {} cores; {seconds} s per timed workload and server",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    let hello_errors: usize = rows.iter().map(|r| r.hello.errors).sum();
+    if hello_errors > 0 {
+        anyhow::bail!(
+            "{hello_errors} requests to hello-server failed: its figures are not a baseline"
+        );
+    }
     if !load.failures.is_empty() {
         anyhow::bail!("{} bundles were not accepted", load.failures.len());
     }
