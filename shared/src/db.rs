@@ -30,7 +30,9 @@ pub fn failure(e: &DbError) -> DbFailure {
             Some(c) if c.starts_with("22") => DbFailure::BadValue,
             // Connection exceptions (class 08), the server shutting down or starting
             // (57P01-57P03) and too many connections (53300).
-            Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300") => {
+            Some(c)
+                if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300") =>
+            {
                 DbFailure::Unavailable
             }
             _ => DbFailure::Internal,

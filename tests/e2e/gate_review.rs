@@ -365,3 +365,49 @@ async fn a_contained_resource_is_never_labelled_past_the_gate() {
         assert_eq!(r.status, 400, "{}", r.text());
     }
 }
+
+/// Finding: reading a resource in two patients' records is audited in the first one only. The
+/// gate decides a Group listing A and B on both compartments, but its read's AuditEvent names A
+/// alone (`patient_of(key scope)`), so B's "who accessed my record" never shows that B's
+/// membership was read. Fix: `Store::finish_read` and `Store::search` (`store.rs`,
+/// `store/search.rs`): one AuditEvent (or one patient entity) per compartment the resource handed
+/// out is in (`fhir::reference::access_compartments`), as the gate decides.
+#[tokio::test]
+async fn reading_a_two_patient_resource_is_audited_in_both_records() {
+    let w = world().await;
+    let b = {
+        let r = w.get("system", "Patient?family=Bravo").await;
+        r.json()["entry"][0]["resource"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let group = json!({"resourceType": "Group", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": format!("Patient/{}", w.a)}},
+                   {"entity": {"reference": format!("Patient/{b}")}}]});
+    let gid = w.system_writes("POST", "Group", &group).await;
+    assert_eq!(w.get("system", &format!("Group/{gid}")).await.status, 200);
+    assert_eq!(
+        w.get("system", &format!("Group?member=Patient/{b}"))
+            .await
+            .status,
+        200
+    );
+    let db = w.stack.db().await;
+    let patient_b = issue(&db, "patient-b", Role::Patient, "patient/*.rs", Some(&b)).await;
+    let auth = format!("Bearer {patient_b}");
+    let trail = http(
+        "GET",
+        &w.stack.server.url("AuditEvent?_count=100"),
+        &[("Authorization", auth.as_str()), ("Accept", FHIR_JSON)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(trail.status, 200, "{}", trail.text());
+    assert!(
+        trail.text().contains(&format!("Group/{gid}")),
+        "B's own audit trail does not show the read of the Group listing B: {}",
+        trail.text()
+    );
+}
