@@ -1,7 +1,8 @@
 //! Issue 13, the gate reviewed as an attacker would: paths where "a caller touches only what it
 //! may read, and a refusal answers exactly as a missing resource does" (README, "The access gate")
 //! did not hold when this module was written. Each test is one finding, and fails until it is
-//! fixed; the doc comment of each says where the fix belongs.
+//! fixed; the doc comment of each says where the fix belongs (one test marked "regression" held
+//! and is kept as such).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
@@ -313,10 +314,8 @@ async fn everything_cursors_name_no_hidden_resource() {
     }
 }
 
-/// Finding: a NUL in a history or `$everything` paging cursor (client-controlled: plain base64url)
-/// reaches PostgreSQL as text, which holds no NUL: a 5xx from input (defect 4's class).
-/// Fix: `server/src/fhir_api.rs` `decode_cursor` and the `$everything` `_page` parser (or, better,
-/// sealed cursors the store opens and checks, as `store/search.rs` does for searches).
+/// Regression (holds today): a NUL in a history or `$everything` paging cursor (client-controlled,
+/// plain base64url) is refused with 400 before it could reach PostgreSQL text (defect 4's class).
 #[tokio::test]
 async fn nul_in_a_paging_cursor_is_a_400() {
     let w = world().await;
@@ -410,4 +409,29 @@ async fn reading_a_two_patient_resource_is_audited_in_both_records() {
         "B's own audit trail does not show the read of the Group listing B: {}",
         trail.text()
     );
+}
+
+/// Finding (low): FHIR responses carrying PHI have no `Cache-Control`, so the browser SMART apps
+/// CORS now admits may leave patient data in a browser's disk cache (the token and sign-in
+/// endpoints already send `no-store`). Fix: one place every `/fhir` response passes
+/// (`server/src/edge.rs` or `outcome.rs`): `Cache-Control: no-store` (or `private, no-cache`).
+#[tokio::test]
+async fn phi_responses_are_not_cacheable() {
+    let w = world().await;
+    let id = w
+        .system_writes("POST", "Observation", &obs(&w.a, None))
+        .await;
+    for path in [
+        format!("Observation/{id}"),
+        format!("Observation?subject=Patient/{}", w.a),
+        format!("Patient/{}/$everything", w.a),
+    ] {
+        let r = w.get("dr", &path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let cc = r.header("cache-control").unwrap_or_default();
+        assert!(
+            cc.contains("no-store") || cc.contains("private"),
+            "{path}: Cache-Control {cc:?}"
+        );
+    }
 }
