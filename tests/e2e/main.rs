@@ -18,6 +18,7 @@ mod database;
 mod embedded;
 mod encryption;
 mod gate;
+mod gate_review;
 mod http_edge;
 mod identity;
 mod narrative;
