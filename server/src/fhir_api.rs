@@ -5,8 +5,6 @@ use crate::capability;
 use crate::incoming::{IncomingBundle, IncomingEntry};
 use crate::outcome::{ApiError, HttpResponse, FHIR_JSON};
 use crate::AppState;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
 use bytes::Bytes;
 use carapace_core::access::AccessContext;
 use carapace_core::fhir::printable;
@@ -14,8 +12,8 @@ use carapace_core::fhir::validate;
 use carapace_core::fhir::{json, ResourceId, ResourceType};
 use carapace_core::search::query as search_query;
 use carapace_core::store::{
-    Created, Deleted, EntryResource, EverythingQuery, HistoryCursor, HistoryQuery, StoreError,
-    StoredResource, Target, TxEntry, TxResult, Updated, Written,
+    Created, Deleted, EntryResource, EverythingQuery, HistoryQuery, StoreError, StoredResource,
+    Target, TxEntry, TxResult, Updated, Written,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
@@ -602,7 +600,7 @@ async fn history(
                 })?;
                 query.since = Some(since.to_utc());
             }
-            "_page" => query.after = Some(decode_cursor(value)?),
+            "_page" => query.after = Some(value.clone()),
             _ => {}
         }
     }
@@ -619,13 +617,7 @@ async fn history(
             since.to_rfc3339_opts(SecondsFormat::Micros, true),
         ));
     }
-    let links = page_links(
-        &path,
-        &base_params,
-        params,
-        page.next.as_ref().map(encode_cursor),
-        None,
-    );
+    let links = page_links(&path, &base_params, params, page.next.clone(), None);
     let raw: Vec<Option<Box<RawValue>>> = page
         .entries
         .iter()
@@ -878,16 +870,7 @@ async fn everything(
                         })?);
                 }
             }
-            "_page" => {
-                let bad = || ApiError::bad_request("_page is not a valid paging cursor");
-                let text = B64URL
-                    .decode(value)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(bad)?;
-                let (t, i) = text.split_once('|').ok_or_else(bad)?;
-                query.after = Some((t.to_string(), i.to_string()));
-            }
+            "_page" => query.after = Some(value.clone()),
             _ => {}
         }
     }
@@ -904,11 +887,7 @@ async fn everything(
         let types: Vec<&str> = query.types.iter().map(|t| t.as_str()).collect();
         base_params.push(("_type".into(), types.join(",")));
     }
-    let next = page
-        .next
-        .as_ref()
-        .map(|(t, i)| B64URL.encode(format!("{t}|{i}")));
-    let link = page_links(&path, &base_params, params, next, None);
+    let link = page_links(&path, &base_params, params, page.next.clone(), None);
     let raw: Vec<Box<RawValue>> = page
         .entries
         .iter()
@@ -1460,33 +1439,4 @@ fn page_links(
         });
     }
     links
-}
-
-fn encode_cursor(c: &HistoryCursor) -> String {
-    let text = format!(
-        "{}|{}|{}|{}",
-        c.last_updated.to_rfc3339_opts(SecondsFormat::Micros, true),
-        c.resource_type,
-        c.id,
-        c.version_id
-    );
-    B64URL.encode(text)
-}
-
-fn decode_cursor(s: &str) -> Result<HistoryCursor, ApiError> {
-    let bad = || ApiError::bad_request("_page is not a valid paging cursor");
-    let bytes = B64URL.decode(s).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let mut parts = text.splitn(4, '|');
-    let (Some(t), Some(rt), Some(id), Some(v)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    Ok(HistoryCursor {
-        last_updated: DateTime::parse_from_rfc3339(t).map_err(|_| bad())?.to_utc(),
-        resource_type: rt.to_string(),
-        id: id.to_string(),
-        version_id: v.parse().map_err(|_| bad())?,
-    })
 }

@@ -311,6 +311,13 @@ async fn dispatch(
         },
     };
     state.cors.decorate(&path, origin.as_ref(), &mut resp);
+    // Every answer may carry PHI or a token: no cache (a browser's, a proxy's) keeps it.
+    if !resp.headers().contains_key(hyper::header::CACHE_CONTROL) {
+        resp.headers_mut().insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-store"),
+        );
+    }
     resp
 }
 

@@ -202,6 +202,9 @@ pub enum Denied {
     /// Administrative operations (users, roles, MFA, sessions) are for administrators: 403.
     #[error("administrative operations are for administrators")]
     AdministratorsOnly,
+    /// A write would lower a security label; declassifying is the patient's alone: 403.
+    #[error("a security label is lowered only by the patient whose record it is")]
+    LabelLowered,
     /// A write would label data above what the caller may read: 403.
     #[error("this caller may not write data labelled above what it may read")]
     LabelAboveCeiling,

@@ -424,6 +424,13 @@ pub fn write_label(ctx: &AccessContext, label: Label) -> Label {
     }
 }
 
+/// May this caller replace a version labelled `stored` by one labelled `new`? Lowering a label
+/// (declassifying: R to none, V to R) is for the patient whose record it is; everyone else may
+/// keep or raise it.
+pub fn may_lower_label(ctx: &AccessContext, stored: Label, new: Label) -> bool {
+    new >= stored || ctx.role == Role::Patient
+}
+
 /// One request for one resource, with everything the decision needs.
 pub struct Request<'a> {
     pub ctx: &'a AccessContext,

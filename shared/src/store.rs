@@ -11,6 +11,7 @@ use crate::dek_cache::DekCache;
 use crate::fhir::validate::{self, Issue};
 use crate::fhir::{ResourceId, ResourceType};
 use crate::keys::{KeyError, KeyProvider};
+use crate::policy::Label;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use sqlx::{PgPool, Row};
@@ -97,9 +98,10 @@ pub struct HistoryEntry {
     pub body: Option<Vec<u8>>,
 }
 
-/// Position after the last entry of a history page (newest first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryCursor {
+/// Position after the last row a history page read (newest first); sealed before it leaves the
+/// store, as it may name a row the caller was not shown.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct HistoryCursor {
     pub last_updated: DateTime<Utc>,
     pub resource_type: String,
     pub id: String,
@@ -110,26 +112,29 @@ pub struct HistoryCursor {
 pub struct HistoryQuery {
     pub since: Option<DateTime<Utc>>,
     pub count: usize,
-    pub after: Option<HistoryCursor>,
+    /// A page's sealed `next` position (`_page`).
+    pub after: Option<String>,
 }
 
 pub struct HistoryPage {
     pub entries: Vec<HistoryEntry>,
-    pub next: Option<HistoryCursor>,
+    /// Sealed: opaque to the client, bound to history pages.
+    pub next: Option<String>,
 }
 
-/// A `$everything` request: `_since`, `_type`, `_count` and the paging position (type, id).
+/// A `$everything` request: `_since`, `_type`, `_count` and the sealed paging position.
 #[derive(Debug, Clone, Default)]
 pub struct EverythingQuery {
     pub since: Option<DateTime<Utc>>,
     pub types: Vec<ResourceType>,
     pub count: usize,
-    pub after: Option<(String, String)>,
+    pub after: Option<String>,
 }
 
 pub struct EverythingPage {
     pub entries: Vec<StoredResource>,
-    pub next: Option<(String, String)>,
+    /// Sealed: opaque to the client, bound to `$everything` pages.
+    pub next: Option<String>,
 }
 
 /// A half-open instant range `[lo, hi)`, or everything outside it when `negate`.
@@ -268,6 +273,10 @@ pub struct Store {
 }
 
 const MAX_HISTORY_COUNT: usize = 1000;
+
+/// A history or `$everything` page is filled past rows the caller may not see for at most this
+/// many further reads of the database, then ends early (its sealed position goes on past them).
+const MAX_FILL_ROUNDS: usize = 8;
 
 /// Key scope of the data key of the audit chain's HMAC links.
 const AUDIT_CHAIN_SCOPE: &str = "audit/chain";
@@ -655,23 +664,45 @@ impl Store {
                 }
             }
         };
-        let (outcome, what, patient) = match &result {
+        // An older version is handed out only while the resource as it is now may be seen: a
+        // label raised later, or a move to another record, hides what came before.
+        let result = match result {
+            Ok(_) | Err(StoreError::Gone { .. }) if interaction == Interaction::Vread => {
+                let mut tx = self.begin_for(ctx).await?;
+                if self
+                    .current_visible(&mut tx, ctx, resource_type, id.as_str())
+                    .await?
+                {
+                    result
+                } else {
+                    Err(StoreError::NotFound(reference.clone()))
+                }
+            }
+            other => other,
+        };
+        // One event per patient record the answer is part of (a Group of A and B is a read of
+        // both records, and each patient's "who accessed my record" shows it).
+        let (outcome, what, patients) = match &result {
             Ok(r) => (
                 Outcome::Success,
                 format!("{reference}/_history/{}", r.version_id),
-                r.patient.clone(),
+                reach::compartments_of(resource_type, &r.id, r.patient.as_deref(), &r.body),
             ),
-            Err(e) => (outcome_of(e), reference, None),
+            Err(e) => (outcome_of(e), reference, vec![None]),
         };
-        let record = AuditRecord {
-            query: None,
-            interaction,
-            outcome,
-            recorded: self.clock.now(),
-            what: Some(what),
-            patient,
-        };
-        self.audit_record(ctx, &record).await?;
+        let recorded = self.clock.now();
+        let records: Vec<AuditRecord> = patients
+            .into_iter()
+            .map(|patient| AuditRecord {
+                query: None,
+                interaction,
+                outcome,
+                recorded,
+                what: Some(what.clone()),
+                patient,
+            })
+            .collect();
+        self.audit_records(ctx, &records).await?;
         result
     }
 
@@ -803,11 +834,16 @@ impl Store {
         // compartment, a label above the caller's) is answered as missing, before its version
         // can be compared.
         if let Some(row) = &head {
-            if !self
-                .stored_visible(&mut *tx, ctx, resource_type, id.as_str(), row)
+            let Some(stored) = self
+                .stored_label(&mut *tx, ctx, resource_type, id.as_str(), row)
                 .await?
-            {
+            else {
                 return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
+            };
+            // Declassifying is the patient's alone: whoever else may read a labelled version
+            // may not write it back less restricted for those who may not.
+            if !crate::policy::may_lower_label(ctx, stored, Label::of(resource)) {
+                return Err(Denied::LabelLowered.into());
             }
         }
         // Update-as-create with an id of the client's choosing is for callers no compartment
@@ -1050,7 +1086,10 @@ impl Store {
         Ok(Deleted::Now { version_id })
     }
 
-    /// History of one resource, of a type, or of the whole server, newest first.
+    /// History of one resource, of a type, or of the whole server, newest first. A version is
+    /// handed out when the caller may see it and the resource as it is now (a label raised or a
+    /// record moved later hides the earlier versions too); pages are filled past what is left out,
+    /// and the `next` position is sealed, so neither tells what was skipped.
     pub async fn history(
         &self,
         ctx: &AccessContext,
@@ -1061,14 +1100,9 @@ impl Store {
         // System history needs a wildcard scope; `*` is no resource type, so only `*` scopes match.
         ctx.check(resource_type.map_or("*", |t| t.as_str()), Permission::Read)?;
         let count = query.count.clamp(1, MAX_HISTORY_COUNT);
-        let (after_time, after_type, after_id, after_version) = match &query.after {
-            Some(c) => (
-                Some(c.last_updated),
-                Some(c.resource_type.as_str()),
-                Some(c.id.as_str()),
-                Some(c.version_id),
-            ),
-            None => (None, None, None, None),
+        let mut after: Option<HistoryCursor> = match &query.after {
+            Some(text) => Some(self.open_position("history", text).await?),
+            None => None,
         };
         let plan = self.plan(ctx).await?;
         let reach = plan.sql_lists();
@@ -1087,71 +1121,100 @@ impl Store {
               LIMIT $8",
             reach::reach_condition("k.scope", "v.resource_type", 9)
         );
-        let query = sqlx::query(&sql)
-            .bind(resource_type.map(|t| t.as_str()))
-            .bind(id.map(|i| i.as_str()))
-            .bind(query.since)
-            .bind(after_time)
-            .bind(after_type)
-            .bind(after_id)
-            .bind(after_version)
-            .bind(i64::try_from(count + 1).unwrap_or(i64::MAX));
-        let rows = self
-            .fetch_all_for(ctx, reach::bind_reach(query, &reach))
-            .await?;
-        let has_more = rows.len() > count;
-        let mut entries = Vec::with_capacity(count.min(rows.len()));
-        let mut last = None;
-        for row in rows.iter().take(count) {
-            let type_name: String = row.try_get("resource_type")?;
-            let Some(entry_type) = ResourceType::parse(&type_name) else {
-                return Err(StoreError::Integrity);
-            };
-            let entry_id: String = row.try_get("id")?;
-            let version_id: i64 = row.try_get("version_id")?;
-            let last_updated: DateTime<Utc> = row.try_get("last_updated")?;
-            last = Some(HistoryCursor {
-                last_updated,
-                resource_type: type_name,
-                id: entry_id.clone(),
-                version_id,
-            });
-            let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
-            let body = match sealed {
-                Some(sealed) => {
-                    let key = DekRow::from_row(row)?;
-                    let body = self
-                        .open_body(entry_type, &entry_id, version_id, &key, &sealed)
-                        .await?;
-                    // A version labelled above the caller's ceiling is left out (the page may
-                    // come out short; the cursor still moves past it).
-                    if !reach::body_visible(&plan, entry_type, &entry_id, &body) {
-                        continue;
-                    }
-                    Some(body)
+        let mut tx = self.begin_for(ctx).await?;
+        let mut entries = Vec::with_capacity(count);
+        let mut next = None;
+        // Whether the caller may see each resource as it is now, asked once per resource.
+        let mut now_visible: std::collections::HashMap<(ResourceType, String), bool> =
+            Default::default();
+        'pages: for round in 0..MAX_FILL_ROUNDS {
+            let q = sqlx::query(&sql)
+                .bind(resource_type.map(|t| t.as_str()))
+                .bind(id.map(|i| i.as_str()))
+                .bind(query.since)
+                .bind(after.as_ref().map(|c| c.last_updated))
+                .bind(after.as_ref().map(|c| c.resource_type.clone()))
+                .bind(after.as_ref().map(|c| c.id.clone()))
+                .bind(after.as_ref().map(|c| c.version_id))
+                .bind(i64::try_from(count + 1).unwrap_or(i64::MAX));
+            let rows = reach::bind_reach(q, &reach).fetch_all(&mut *tx).await?;
+            let exhausted = rows.len() <= count;
+            for row in &rows {
+                if entries.len() == count {
+                    next = after.clone();
+                    break 'pages;
                 }
-                // A deletion of a version the caller could not see is left out like it.
-                None => {
-                    let mut tx = self.begin_for(ctx).await?;
-                    if !self
-                        .stored_visible(&mut tx, ctx, entry_type, &entry_id, row)
-                        .await?
-                    {
-                        continue;
+                let type_name: String = row.try_get("resource_type")?;
+                let entry_type = ResourceType::parse(&type_name).ok_or(StoreError::Integrity)?;
+                let entry_id: String = row.try_get("id")?;
+                let version_id: i64 = row.try_get("version_id")?;
+                let last_updated: DateTime<Utc> = row.try_get("last_updated")?;
+                after = Some(HistoryCursor {
+                    last_updated,
+                    resource_type: type_name,
+                    id: entry_id.clone(),
+                    version_id,
+                });
+                let key = (entry_type, entry_id.clone());
+                let current = match now_visible.get(&key) {
+                    Some(v) => *v,
+                    None => {
+                        let v = self
+                            .current_visible(&mut tx, ctx, entry_type, &entry_id)
+                            .await?;
+                        now_visible.insert(key, v);
+                        v
                     }
-                    None
+                };
+                if !current {
+                    continue;
                 }
-            };
-            entries.push(HistoryEntry {
-                resource_type: entry_type,
-                id: entry_id,
-                version_id,
-                last_updated,
-                method: row.try_get("method")?,
-                body,
-            });
+                let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
+                let body = match sealed {
+                    Some(sealed) => {
+                        let key = DekRow::from_row(row)?;
+                        let body = self
+                            .open_body(entry_type, &entry_id, version_id, &key, &sealed)
+                            .await?;
+                        if !reach::body_visible(&plan, entry_type, &entry_id, &body) {
+                            continue;
+                        }
+                        Some(body)
+                    }
+                    // A deletion of a version the caller could not see is left out like it.
+                    None => {
+                        if !self
+                            .stored_visible(&mut tx, ctx, entry_type, &entry_id, row)
+                            .await?
+                        {
+                            continue;
+                        }
+                        None
+                    }
+                };
+                entries.push(HistoryEntry {
+                    resource_type: entry_type,
+                    id: entry_id,
+                    version_id,
+                    last_updated,
+                    method: row.try_get("method")?,
+                    body,
+                });
+            }
+            if exhausted {
+                break;
+            }
+            // Still short after this many rounds of hidden rows: the page ends here, and the
+            // sealed position carries on past them.
+            if round + 1 == MAX_FILL_ROUNDS {
+                next = after.clone();
+            }
         }
-        let next = if has_more { last } else { None };
+        drop(tx);
+        let next = match next {
+            Some(c) => Some(self.seal_position("history", &c).await?),
+            None => None,
+        };
         let (interaction, what) = match (resource_type, id) {
             (Some(t), Some(i)) => (Interaction::HistoryInstance, Some(format!("{t}/{i}"))),
             (Some(t), None) => (Interaction::HistoryType, Some(t.to_string())),
@@ -1622,6 +1685,10 @@ impl Store {
         if open.is_empty() {
             return Err(StoreError::NotFound(format!("Patient/{patient}")));
         }
+        let mut after: Option<(String, String)> = match &query.after {
+            Some(text) => Some(self.open_position("everything", text).await?),
+            None => None,
+        };
         let mut tx = self.begin_for(ctx).await?;
         // The patient must exist (and not be deleted) for its compartment to be asked for.
         read_head(&mut tx, patient).await?;
@@ -1630,47 +1697,60 @@ impl Store {
             .filter(|t| query.types.is_empty() || query.types.iter().any(|q| q.as_str() == *t))
             .collect();
         let count = query.count.clamp(1, MAX_HISTORY_COUNT);
-        let (after_type, after_id) = match &query.after {
-            Some((t, i)) => (Some(t.as_str()), Some(i.as_str())),
-            None => (None, None),
-        };
-        let rows = sqlx::query(
-            "SELECT h.resource_type, h.id, v.version_id, v.last_updated, v.sealed,
-                    k.id AS dek_id, k.scope, k.wrapped
-               FROM resources h
-               JOIN resource_versions v
-                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
-               JOIN data_keys k ON k.id = v.dek_id
-              WHERE h.compartment = $1 AND NOT h.deleted
-                AND h.resource_type = ANY($2)
-                AND ($3::timestamptz IS NULL OR v.last_updated >= $3)
-                AND ($4::text IS NULL OR (h.resource_type, h.id) > ($4, $5))
-              ORDER BY h.resource_type, h.id
-              LIMIT $6",
-        )
-        .bind(scope)
-        .bind(&readable)
-        .bind(query.since)
-        .bind(after_type)
-        .bind(after_id)
-        .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
-        drop(tx);
-        let has_more = rows.len() > count;
-        let mut entries = Vec::with_capacity(count.min(rows.len()));
-        let mut last = None;
-        for row in rows.iter().take(count) {
-            let type_name: String = row.try_get("resource_type")?;
-            let resource_type = ResourceType::parse(&type_name).ok_or(StoreError::Integrity)?;
-            let entry = self.open_row(resource_type, row).await?;
-            last = Some((type_name, entry.id.clone()));
-            // Labelled above the caller's ceiling: left out (the page may come out short).
-            if reach::body_visible(&plan, resource_type, &entry.id, &entry.body) {
-                entries.push(entry);
+        let mut entries = Vec::with_capacity(count);
+        let mut next = None;
+        // Pages are filled past what the caller may not see (a label, another patient's
+        // compartment), and the sealed position never tells what was skipped.
+        'pages: for round in 0..MAX_FILL_ROUNDS {
+            let rows = sqlx::query(
+                "SELECT h.resource_type, h.id, v.version_id, v.last_updated, v.sealed,
+                        k.id AS dek_id, k.scope, k.wrapped
+                   FROM resources h
+                   JOIN resource_versions v
+                     ON v.resource_type = h.resource_type AND v.id = h.id
+                    AND v.version_id = h.version_id
+                   JOIN data_keys k ON k.id = v.dek_id
+                  WHERE h.compartment = $1 AND NOT h.deleted
+                    AND h.resource_type = ANY($2)
+                    AND ($3::timestamptz IS NULL OR v.last_updated >= $3)
+                    AND ($4::text IS NULL OR (h.resource_type, h.id) > ($4, $5))
+                  ORDER BY h.resource_type, h.id
+                  LIMIT $6",
+            )
+            .bind(scope)
+            .bind(&readable)
+            .bind(query.since)
+            .bind(after.as_ref().map(|(t, _)| t.clone()))
+            .bind(after.as_ref().map(|(_, i)| i.clone()))
+            .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            let exhausted = rows.len() <= count;
+            for row in &rows {
+                if entries.len() == count {
+                    next = after.clone();
+                    break 'pages;
+                }
+                let type_name: String = row.try_get("resource_type")?;
+                let resource_type = ResourceType::parse(&type_name).ok_or(StoreError::Integrity)?;
+                let entry = self.open_row(resource_type, row).await?;
+                after = Some((type_name, entry.id.clone()));
+                if reach::body_visible(&plan, resource_type, &entry.id, &entry.body) {
+                    entries.push(entry);
+                }
+            }
+            if exhausted {
+                break;
+            }
+            if round + 1 == MAX_FILL_ROUNDS {
+                next = after.clone();
             }
         }
-        let next = if has_more { last } else { None };
+        drop(tx);
+        let next = match next {
+            Some(position) => Some(self.seal_position("everything", &position).await?),
+            None => None,
+        };
         Ok(EverythingPage { entries, next })
     }
 

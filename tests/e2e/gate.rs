@@ -351,6 +351,40 @@ async fn labels_are_decided_on_writes() {
         .send("dr", "POST", "Observation", &obs(&w.a, Some("R")))
         .await;
     assert_eq!(r_ok.status, 201, "{}", r_ok.text());
+    // Nor may they declassify what they can read (dropping R opens it to system clients,
+    // administrators and analytics); the patient may, for their own record.
+    let mut unlabelled = obs(&w.a, None);
+    unlabelled["id"] = json!(restricted);
+    let drop_r = w
+        .send(
+            "dr",
+            "PUT",
+            &format!("Observation/{restricted}"),
+            &unlabelled,
+        )
+        .await;
+    assert_eq!(drop_r.status, 403, "{}", drop_r.text());
+    assert_eq!(
+        w.get("system", &format!("Observation/{restricted}"))
+            .await
+            .status,
+        404
+    );
+    let by_patient = w
+        .send(
+            "patient-a",
+            "PUT",
+            &format!("Observation/{restricted}"),
+            &unlabelled,
+        )
+        .await;
+    assert_eq!(by_patient.status, 200, "{}", by_patient.text());
+    assert_eq!(
+        w.get("system", &format!("Observation/{restricted}"))
+            .await
+            .status,
+        200
+    );
 }
 
 /// Defect 2: a reference that the key scope and the index read differently was sealed in A's
@@ -871,8 +905,10 @@ async fn every_path_answers_as_the_policy_decides() {
                     404
                 }
             };
+            // Dropping a label the caller can see is declassifying: the patient's alone.
+            let lowers = writes && matches!(t, "a-r" | "a-v") && *caller != "patient-a";
             let put_status = |ok: u16| {
-                if scope_ok && body_refused {
+                if scope_ok && (body_refused || lowers) {
                     403
                 } else {
                     status(ok)
@@ -968,7 +1004,11 @@ async fn every_path_answers_as_the_policy_decides() {
             // Whatever was refused left the system's copy as it was.
             let after = f.get(&format!("{rt}/{id}")).await;
             if writes {
-                assert_eq!(after.status, 410, "{label}: deleted");
+                // Deleted; the system client sees the deletion where it saw the last version
+                // (only the patient could have dropped its label).
+                let seen = expected("system", t).0 || *caller == "patient-a";
+                let want = if seen { 410 } else { 404 };
+                assert_eq!(after.status, want, "{label}: deleted");
             } else if expected("system", t).0 {
                 assert_eq!(after.json()["meta"]["versionId"], "1", "{label}: untouched");
             }

@@ -117,6 +117,20 @@ fn check_resource<'a>(c: &mut Checker<'a>, map: &'a Map<String, Value>, root: bo
     if root {
         c.path.push(Seg::Name(rt));
     }
+    // dom-5: a contained resource carries no security label of its own (its container's label
+    // is the one the access gate decides on, so a label here would be ignored, not honoured).
+    let contained = matches!(
+        c.path.as_slice(),
+        [.., Seg::Name("contained"), Seg::Index(_)]
+    );
+    if contained && map.get("meta").and_then(|m| m.get("security")).is_some() {
+        c.path.push(Seg::Name("meta"));
+        c.issue_at(
+            "security",
+            "a contained resource must not have a security label (dom-5): label the container",
+        );
+        c.path.pop();
+    }
     check_object(c, map, def, true);
     if root {
         c.path.pop();

@@ -379,11 +379,27 @@ impl Store {
         id: &str,
         row: &sqlx::postgres::PgRow,
     ) -> Result<bool, StoreError> {
+        Ok(self
+            .stored_label(conn, ctx, resource_type, id, row)
+            .await?
+            .is_some())
+    }
+
+    /// [`Store::stored_visible`], with the label of the version that decided: `None` when the
+    /// caller may not see it.
+    pub(super) async fn stored_label(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &str,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<Option<Label>, StoreError> {
         if !visible(ctx, resource_type, row)? {
-            return Ok(false);
+            return Ok(None);
         }
         let Some(plan) = ctx.plan.get() else {
-            return Ok(false);
+            return Ok(None);
         };
         let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
         let (version_id, sealed, key) = match sealed {
@@ -406,7 +422,7 @@ impl Store {
                 .fetch_optional(&mut *conn)
                 .await?;
                 let Some(last) = last else {
-                    return Ok(true);
+                    return Ok(Some(Label::Normal));
                 };
                 (
                     last.try_get("version_id")?,
@@ -418,7 +434,40 @@ impl Store {
         let body = self
             .open_body(resource_type, id, version_id, &key, &sealed)
             .await?;
-        Ok(body_visible(plan, resource_type, id, &body))
+        Ok(body_visible(plan, resource_type, id, &body).then(|| Label::of_body(&body)))
+    }
+}
+
+impl Store {
+    /// May the caller see resource `id` as it is now (its current version, or for a deleted one
+    /// the version it deleted)? Every older version a caller is handed must pass this too: a label
+    /// raised later, or a move to another patient's record, hides the earlier versions.
+    pub(super) async fn current_visible(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let head = sqlx::query(
+            "SELECT h.version_id, h.deleted, v.sealed, k.id AS dek_id, k.scope, k.wrapped
+               FROM resources h
+               JOIN resource_versions v
+                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+               LEFT JOIN data_keys k ON k.id = v.dek_id
+              WHERE h.resource_type = $1 AND h.id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match head {
+            Some(row) => {
+                self.stored_visible(conn, ctx, resource_type, id, &row)
+                    .await
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -443,6 +492,27 @@ pub(super) fn body_visible(
     crate::fhir::reference::access_compartments(resource_type, id, &doc)
         .iter()
         .all(|c| plan.visible(Some(c), resource_type.as_str()))
+}
+
+/// The patient records a version handed out is part of, for its AuditEvents: its key scope's
+/// patient (`primary`) and every other compartment it is in; `[None]` for data outside any.
+pub(super) fn compartments_of(
+    resource_type: ResourceType,
+    id: &str,
+    primary: Option<&str>,
+    body: &[u8],
+) -> Vec<Option<String>> {
+    let mut out = vec![primary.map(str::to_string)];
+    if primary.is_some() && may_name_other_patients(resource_type, body) {
+        if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) {
+            for c in crate::fhir::reference::access_compartments(resource_type, id, &doc) {
+                if !out.iter().any(|o| o.as_deref() == Some(c.as_str())) {
+                    out.push(Some(c));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A body with fewer than two `Patient/` in it names at most the patient of its key scope, so

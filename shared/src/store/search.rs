@@ -190,7 +190,15 @@ impl Store {
                 .matches
                 .iter()
                 .chain(&r.included)
-                .filter_map(|x| x.patient.clone())
+                .flat_map(|x| {
+                    super::reach::compartments_of(
+                        x.resource_type,
+                        &x.id,
+                        x.patient.as_deref(),
+                        &x.body,
+                    )
+                })
+                .flatten()
                 .map(Some)
                 .collect(),
             Err(_) => vec![],
@@ -1038,6 +1046,47 @@ fn query_digest(query: &SearchQuery) -> String {
 }
 
 const CURSOR_AAD: &[u8] = b"carapace/search-cursor/v1";
+
+impl Store {
+    /// Seal a paging position of history or `$everything` (`purpose` binds it to its kind) as
+    /// search cursors are: it may name a row the page left out, which the client must not read.
+    pub(super) async fn seal_position<T: Serialize>(
+        &self,
+        purpose: &str,
+        position: &T,
+    ) -> Result<String, StoreError> {
+        use base64::Engine;
+        let keys = self.search_keys().await?;
+        let json = serde_json::to_vec(position).map_err(|_| StoreError::Integrity)?;
+        let aad = format!("carapace/page/v1/{purpose}");
+        Ok(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crypto::seal_with_aad(
+                &keys.cursor,
+                aad.as_bytes(),
+                &json,
+            )),
+        )
+    }
+
+    /// The position [`Store::seal_position`] sealed, or 400 for anything else.
+    pub(super) async fn open_position<T: serde::de::DeserializeOwned>(
+        &self,
+        purpose: &str,
+        text: &str,
+    ) -> Result<T, StoreError> {
+        use base64::Engine;
+        let invalid =
+            || bad("_page is not a paging position of this list (it may have been altered)");
+        let keys = self.search_keys().await?;
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| invalid())?;
+        let aad = format!("carapace/page/v1/{purpose}");
+        let json =
+            crypto::open_with_aad(&keys.cursor, aad.as_bytes(), &sealed).map_err(|_| invalid())?;
+        serde_json::from_slice(&json).map_err(|_| invalid())
+    }
+}
 
 fn seal_cursor(key: &Dek, cursor: &Cursor) -> String {
     use base64::Engine;
