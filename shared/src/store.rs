@@ -270,7 +270,14 @@ pub struct Store {
     policy: crate::policy::PolicyConfig,
     /// Back-off decay and the per-address limit on sign-in failures (see `users`).
     sign_in: crate::users::SignInLimits,
+    /// Each consent version's rule (or `None`: it decides nothing), by (id, version): versions
+    /// never change, so a rule is parsed once; which versions are current is read per request.
+    consent_rules: ConsentRules,
 }
+
+type ConsentRules = std::sync::Mutex<
+    std::collections::HashMap<(String, i64), Option<(String, crate::policy::ConsentRule)>>,
+>;
 
 const MAX_HISTORY_COUNT: usize = 1000;
 
@@ -312,6 +319,7 @@ impl Store {
             conditional_slots: tokio::sync::Semaphore::new(conditional_slots),
             policy,
             sign_in: crate::users::SignInLimits::default(),
+            consent_rules: Default::default(),
         }
     }
 

@@ -12,6 +12,9 @@ use sqlx::Row;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Parsed consent versions kept in memory (then the cache starts over).
+const MAX_CACHED_CONSENTS: usize = 100_000;
+
 /// The longest break-the-glass reason kept.
 const MAX_REASON: usize = 1000;
 
@@ -107,8 +110,11 @@ impl Store {
         actors: &[String],
     ) -> Result<BTreeMap<String, Vec<ConsentRule>>, StoreError> {
         let mut tx = self.begin_internal().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT c.id FROM resources c
+        // Which consents, at which versions, on every request: a revocation (a new version, or a
+        // deletion) takes effect at once. A version's rule never changes, so it is decrypted and
+        // parsed once per process (`consent_rules`), not once per request.
+        let current: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT c.id, c.version_id FROM resources c
               WHERE c.resource_type = 'Consent' AND NOT c.deleted
                 AND (EXISTS (SELECT 1 FROM search_ref a
                               WHERE a.resource_type = 'Consent' AND a.id = c.id AND a.param = 'actor'
@@ -120,26 +126,46 @@ impl Store {
         .bind(actors)
         .fetch_all(&mut *tx)
         .await?;
-        let wanted: Vec<(String, String)> = ids
-            .into_iter()
-            .map(|i| ("Consent".to_string(), i))
-            .collect();
-        let mut out: BTreeMap<String, Vec<ConsentRule>> = BTreeMap::new();
+        let mut rules: Vec<Option<(String, ConsentRule)>> = Vec::with_capacity(current.len());
+        let mut wanted = Vec::new();
+        {
+            let cache = self.consent_rules.lock().unwrap_or_else(|p| p.into_inner());
+            for key in &current {
+                match cache.get(key) {
+                    Some(rule) => rules.push(rule.clone()),
+                    None => wanted.push(("Consent".to_string(), key.0.clone())),
+                }
+            }
+        }
         let loaded = self.load_rows(&mut tx, &wanted).await?;
         tx.commit().await?;
+        let mut fresh = Vec::with_capacity(loaded.len());
         for stored in loaded {
-            let Some(patient) = stored.patient.clone() else {
-                continue;
-            };
             let doc: serde_json::Value =
                 serde_json::from_slice(&stored.body).map_err(|_| StoreError::Integrity)?;
             // A stored consent the policy cannot read (written before the rules) decides nothing
             // for it; only a deny could be lost that way, and writes refuse such consents.
-            if let Ok(Some(rule)) = ConsentRule::parse(&doc) {
-                if rule.patient == patient {
-                    out.entry(patient).or_default().push(rule);
+            let rule = match (&stored.patient, ConsentRule::parse(&doc)) {
+                (Some(patient), Ok(Some(rule))) if rule.patient == *patient => {
+                    Some((patient.clone(), rule))
                 }
+                _ => None,
+            };
+            fresh.push(((stored.id.clone(), stored.version_id), rule));
+        }
+        {
+            let mut cache = self.consent_rules.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() + fresh.len() > MAX_CACHED_CONSENTS {
+                cache.clear();
             }
+            for (key, rule) in fresh {
+                rules.push(rule.clone());
+                cache.insert(key, rule);
+            }
+        }
+        let mut out: BTreeMap<String, Vec<ConsentRule>> = BTreeMap::new();
+        for (patient, rule) in rules.into_iter().flatten() {
+            out.entry(patient).or_default().push(rule);
         }
         Ok(out)
     }
