@@ -10,10 +10,11 @@
 //! | all header fields together              | 64 KiB  | 431     |
 //! | `Content-Encoding` other than identity  |         | 415     |
 //!
-//! hyper is configured to parse a head four times larger than these (400 fields, 256 KiB), so a
-//! head near a limit reaches [`check`] and gets a precise message. What hyper still refuses itself
-//! (a URL past its fixed 65,534 bytes, a head past 256 KiB or 400 fields, a head it cannot parse)
-//! is answered with its own status (414, 431, 400) and an OperationOutcome by [`Refusals`].
+//! hyper is configured to parse a head of up to 256 KiB, so a head near a size limit reaches
+//! [`check`] and gets a precise message; it keeps its own limit of 100 header fields (raising it
+//! moves every request's header array from the stack to the heap). What hyper refuses itself (more
+//! than 100 fields, a URL past its fixed 65,534 bytes, a head past 256 KiB, a head it cannot parse)
+//! is answered with its own status (431, 414, 400) and an OperationOutcome by [`Refusals`].
 
 use crate::outcome::ApiError;
 use hyper::{HeaderMap, StatusCode, Uri};
@@ -32,8 +33,6 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// What hyper parses at most (its read buffer; hyper's minimum is 8 KiB) before it refuses alone.
 pub const HYPER_MAX_BUF_BYTES: usize = 256 * 1024;
-/// Header fields hyper parses at most before it refuses alone.
-pub const HYPER_MAX_HEADERS: usize = 4 * MAX_HEADERS;
 
 /// Every limit above, for one request: the first one broken, as the client will be told.
 pub fn check(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {

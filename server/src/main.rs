@@ -245,8 +245,7 @@ fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .max_buf_size(edge::HYPER_MAX_BUF_BYTES)
-        .max_headers(edge::HYPER_MAX_HEADERS);
+        .max_buf_size(edge::HYPER_MAX_BUF_BYTES);
     // HTTP/2 refuses a header list past this by itself (a stream reset): the same bound.
     builder
         .http2()
