@@ -243,9 +243,7 @@ async fn run() -> anyhow::Result<()> {
 /// handlers, which refuse past the server's own, smaller limits with an OperationOutcome.
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .max_buf_size(edge::HYPER_MAX_BUF_BYTES);
+    builder.http1().max_buf_size(edge::HYPER_MAX_BUF_BYTES);
     // HTTP/2 refuses a header list past this by itself (a stream reset): the same bound.
     builder
         .http2()
