@@ -18,6 +18,18 @@ use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The query of [`head_row`] (a macro, so that its locking form is a constant too).
+macro_rules! head_sql {
+    () => {
+        "SELECT h.version_id, h.deleted, v.sealed, k.id AS dek_id, k.scope, k.wrapped
+           FROM resources h
+           JOIN resource_versions v
+             ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+           LEFT JOIN data_keys k ON k.id = v.dek_id
+          WHERE h.resource_type = $1 AND h.id = $2"
+    };
+}
+
 mod admin;
 mod reach;
 mod search;
@@ -822,18 +834,7 @@ impl Store {
         let scope = prepared.scope.as_str();
         let (dek_id, dek) = (prepared.dek_id, prepared.dek.clone());
         let resource = &mut prepared.resource;
-        let head = sqlx::query(
-            "SELECT h.version_id, h.deleted, v.sealed, k.id AS dek_id, k.scope, k.wrapped
-               FROM resources h
-               JOIN resource_versions v
-                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
-               LEFT JOIN data_keys k ON k.id = v.dek_id
-              WHERE h.resource_type = $1 AND h.id = $2 FOR UPDATE OF h",
-        )
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let head = head_row(&mut *tx, resource_type, id.as_str(), true).await?;
         let current: Option<i64> = match &head {
             Some(row) => Some(row.try_get("version_id")?),
             None => None,
@@ -1034,18 +1035,7 @@ impl Store {
         resource_type: ResourceType,
         id: &ResourceId,
     ) -> Result<Deleted, StoreError> {
-        let head = sqlx::query(
-            "SELECT h.version_id, h.deleted, v.sealed, k.id AS dek_id, k.scope, k.wrapped
-               FROM resources h
-               JOIN resource_versions v
-                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
-               LEFT JOIN data_keys k ON k.id = v.dek_id
-              WHERE h.resource_type = $1 AND h.id = $2 FOR UPDATE OF h",
-        )
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let head = head_row(&mut *tx, resource_type, id.as_str(), true).await?;
         let head = match head {
             Some(row)
                 if !self
@@ -2402,6 +2392,26 @@ pub fn key_scope(resource_type: ResourceType, id: &str, resource: &Value) -> Str
         .into_iter()
         .next()
         .unwrap_or_else(|| format!("type/{resource_type}"))
+}
+
+/// The current version of a resource with its key (what the gate decides on), locked for a write
+/// when `for_update`: `version_id`, `deleted`, `sealed`, `dek_id`, `scope`, `wrapped`.
+async fn head_row(
+    conn: &mut sqlx::PgConnection,
+    resource_type: ResourceType,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
+    let sql = if for_update {
+        concat!(head_sql!(), " FOR UPDATE OF h")
+    } else {
+        head_sql!()
+    };
+    sqlx::query(sql)
+        .bind(resource_type.as_str())
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }
 
 async fn read_head(conn: &mut sqlx::PgConnection, patient: &ResourceId) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 //! gate), and a table over caller × interaction × label × compartment that checks every path
 //! answers as the one policy decides.
 
-use carapace_core::access::{Role, Scope};
+use carapace_core::access::Role;
 use carapace_tests::*;
 
 const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
@@ -11,31 +11,14 @@ const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confiden
 /// Two patients A and B; a practitioner `dr` whom A's consent opens A's record to (not B's); A's
 /// own token; an analytics user under a research consent of A; a system client with only
 /// `system/Observation.rs`; an administrator; and the stack's system client (`system/*.cruds`).
-struct World {
-    stack: Stack,
-    a: String,
-    b: String,
-    callers: Vec<(&'static str, String)>,
+pub(super) struct World {
+    pub(super) stack: Stack,
+    pub(super) a: String,
+    pub(super) b: String,
+    pub(super) callers: Vec<(&'static str, String)>,
 }
 
-async fn issue(
-    db: &sqlx::PgPool,
-    user: &str,
-    role: Role,
-    scopes: &str,
-    patient: Option<&str>,
-) -> String {
-    let scopes: Vec<Scope> = scopes
-        .split_whitespace()
-        .map(|s| Scope::parse(s).unwrap())
-        .collect();
-    carapace_core::auth::issue(db, chrono::Utc::now(), user, role, &scopes, patient)
-        .await
-        .unwrap()
-        .access_token
-}
-
-fn obs(patient: &str, label: Option<&str>) -> Value {
+pub(super) fn obs(patient: &str, label: Option<&str>) -> Value {
     let mut o = json!({"resourceType": "Observation", "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
         "subject": {"reference": format!("Patient/{patient}")}});
@@ -55,7 +38,7 @@ fn created(r: &HttpResponse) -> String {
     r.json()["id"].as_str().unwrap().to_string()
 }
 
-async fn world() -> World {
+pub(super) async fn world() -> World {
     let stack = Stack::start().await.unwrap();
     let f = stack.fhir();
     for body in [json!({"resourceType": "Practitioner", "id": "pr-1"})] {
@@ -101,30 +84,38 @@ async fn world() -> World {
         ),
         (
             "narrow",
-            issue(
-                &db,
-                "narrow-client",
-                Role::System,
-                "system/Observation.rs",
-                None,
-            )
-            .await,
+            stack
+                .token("narrow-client", Role::System, "system/Observation.rs", None)
+                .await
+                .unwrap(),
         ),
         (
             "admin",
-            issue(&db, "root", Role::Admin, "system/*.cruds", None).await,
+            stack
+                .token("root", Role::Admin, "system/*.cruds", None)
+                .await
+                .unwrap(),
         ),
         (
             "dr",
-            issue(&db, "dr", Role::Practitioner, "user/*.cruds", None).await,
+            stack
+                .token("dr", Role::Practitioner, "user/*.cruds", None)
+                .await
+                .unwrap(),
         ),
         (
             "patient-a",
-            issue(&db, "patient-a", Role::Patient, "patient/*.cruds", Some(&a)).await,
+            stack
+                .token("patient-a", Role::Patient, "patient/*.cruds", Some(&a))
+                .await
+                .unwrap(),
         ),
         (
             "analyst",
-            issue(&db, "analyst", Role::Analytics, "user/*.rs", None).await,
+            stack
+                .token("analyst", Role::Analytics, "user/*.rs", None)
+                .await
+                .unwrap(),
         ),
     ];
     World {
@@ -140,7 +131,7 @@ impl World {
         &self.callers.iter().find(|(c, _)| *c == caller).unwrap().1
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         caller: &str,
         method: &str,
@@ -163,11 +154,17 @@ impl World {
             .unwrap()
     }
 
-    async fn get(&self, caller: &str, path: &str) -> HttpResponse {
+    pub(super) async fn get(&self, caller: &str, path: &str) -> HttpResponse {
         self.call(caller, "GET", path, None, &[]).await
     }
 
-    async fn send(&self, caller: &str, method: &str, path: &str, body: &Value) -> HttpResponse {
+    pub(super) async fn send(
+        &self,
+        caller: &str,
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> HttpResponse {
         self.call(
             caller,
             method,
@@ -176,6 +173,13 @@ impl World {
             &[],
         )
         .await
+    }
+
+    /// The system client writes `body` (POST to a type, or PUT to `Type/id`); the id.
+    pub(super) async fn system_writes(&self, method: &str, path: &str, body: &Value) -> String {
+        let r = self.send("system", method, path, body).await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
     }
 
     /// `Type/id` of a search's entries of `mode`.

@@ -475,18 +475,7 @@ impl Store {
         resource_type: ResourceType,
         id: &str,
     ) -> Result<bool, StoreError> {
-        let head = sqlx::query(
-            "SELECT h.version_id, h.deleted, v.sealed, k.id AS dek_id, k.scope, k.wrapped
-               FROM resources h
-               JOIN resource_versions v
-                 ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
-               LEFT JOIN data_keys k ON k.id = v.dek_id
-              WHERE h.resource_type = $1 AND h.id = $2",
-        )
-        .bind(resource_type.as_str())
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let head = super::head_row(&mut *conn, resource_type, id, false).await?;
         match head {
             Some(row) => {
                 self.stored_visible(conn, ctx, resource_type, id, &row)
