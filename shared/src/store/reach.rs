@@ -287,7 +287,8 @@ impl Store {
         let note: String = note.trim().chars().take(MAX_REASON).collect();
         let sealed = self.seal_secret("btg-note", note.as_bytes()).await?;
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        // Reviewing is an administrator's (refused to anyone else before anything is written).
+        let mut tx = self.begin_admin(ctx).await?;
         let done = sqlx::query(
             "UPDATE btg_grants SET reviewed_at = $2, reviewed_by = $3, note_sealed = $4
               WHERE id = $1 AND reviewed_at IS NULL",
