@@ -1773,6 +1773,11 @@ impl Store {
         ctx: &AccessContext,
         progress: impl FnMut(u64, u64),
     ) -> Result<u64, StoreError> {
+        // An administrator's operation (refused, and audited as refused, to anyone else).
+        if ctx.role != crate::access::Role::Admin {
+            self.record_admin(ctx, "key-rotation", false).await?;
+            return Err(Denied::AdministratorsOnly.into());
+        }
         // Audited when it starts (it may run long, or be stopped) and when it fails, besides the
         // completion event.
         self.record_admin(ctx, "key-rotation-start", true).await?;
