@@ -49,9 +49,22 @@ impl OAuthError {
         OAuthError::new(401, "invalid_client", description)
     }
 
-    pub fn server(e: impl std::fmt::Display) -> OAuthError {
+    /// A failure of the server, not the client: 503 `temporarily_unavailable` (retry) when the
+    /// database is away, else 500 `server_error`. The cause is logged, never sent.
+    pub fn server(e: impl std::error::Error + 'static) -> OAuthError {
         tracing::error!(error = %e, "token endpoint failure");
-        OAuthError::new(500, "server_error", "the authorization server failed")
+        let away = (&e as &dyn std::error::Error)
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(|db| crate::db::failure(db) == crate::db::DbFailure::Unavailable);
+        if away {
+            OAuthError::new(
+                503,
+                "temporarily_unavailable",
+                "the authorization server is unavailable; retry shortly",
+            )
+        } else {
+            OAuthError::new(500, "server_error", "the authorization server failed")
+        }
     }
 }
 

@@ -175,7 +175,25 @@ async fn oversized_request_heads_are_refused_with_an_operation_outcome() {
 async fn a_database_outage_while_checking_a_token_is_503_not_401() {
     let mut stack = Stack::start().await.unwrap();
     assert_eq!(stack.fhir().get("Patient").await.status, 200);
+    let client = BackendClient::register(
+        &stack.db().await,
+        jsonwebtoken::Algorithm::ES384,
+        &["system/*.rs"],
+    )
+    .await;
     stack.postgres.cluster.stop().unwrap();
+    // Asking for a token meanwhile is a retry later too (RFC 6749 temporarily_unavailable),
+    // not a server error.
+    let url = stack.server.token_url();
+    let token = BackendClient::request_token(
+        &stack.server,
+        &client.sign(client.header(), &client.claims(&url)),
+        "system/*.rs",
+    )
+    .await;
+    assert_eq!(token.status, 503, "{}", token.text());
+    assert_eq!(token.json()["error"], "temporarily_unavailable");
+    assert!(token.header("retry-after").is_some());
     let r = stack.fhir().get("Patient").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
