@@ -141,6 +141,13 @@ async fn a_ciphertext_swapped_into_another_row_fails_to_open() {
         )
         .await
         .json();
+    let c = fhir
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Gamma"}]}),
+        )
+        .await
+        .json();
     let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
     let mut a2 = a.clone();
     a2["gender"] = json!("female");
@@ -174,11 +181,17 @@ async fn a_ciphertext_swapped_into_another_row_fails_to_open() {
     let r = fhir.get(&format!("Patient/{a_id}")).await;
     assert_eq!(r.status, 500);
     assert!(!r.text().contains("Alpha"));
-    // Untouched rows still read.
+    // Untouched rows still read; an older version of a resource whose current version fails its
+    // check fails closed too (the gate decides every version on the resource as it is now).
+    let c_id = c["id"].as_str().unwrap();
+    assert_eq!(fhir.get(&format!("Patient/{c_id}")).await.status, 200);
     assert_eq!(
-        fhir.get(&format!("Patient/{a_id}/_history/1")).await.status,
+        fhir.get(&format!("Patient/{c_id}/_history/1")).await.status,
         200
     );
+    let old = fhir.get(&format!("Patient/{a_id}/_history/1")).await;
+    assert_eq!(old.status, 500);
+    assert!(!old.text().contains("Alpha"));
     let log = stack.server.log_text();
     assert!(
         log.contains("did not open"),
