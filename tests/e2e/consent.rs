@@ -104,21 +104,8 @@ async fn world(extra_env: Vec<(String, String)>) -> World {
     let obs_b = id(f.post("Observation", &secret).await);
 
     let db = stack.db().await;
-    for (user, role, practitioner) in [
-        ("dr", "practitioner", Some("pr-1")),
-        ("analyst", "analytics", None),
-    ] {
-        sqlx::query(
-            "INSERT INTO users (username, role, practitioner_id, password_hash, created_at)
-             VALUES ($1, $2, $3, 'not used: tokens are issued directly', now())",
-        )
-        .bind(user)
-        .bind(role)
-        .bind(practitioner)
-        .execute(&db)
-        .await
-        .unwrap();
-    }
+    stack.token_user("dr", "practitioner", Some("pr-1")).await;
+    stack.token_user("analyst", "analytics", None).await;
     let dr = token(&db, "dr", Role::Practitioner, "user/*.cruds", None).await;
     let analyst = token(&db, "analyst", Role::Analytics, "user/*.rs", None).await;
     let patient_a = token(&db, "patient-a", Role::Patient, "patient/*.cruds", Some(&a)).await;

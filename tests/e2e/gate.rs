@@ -57,22 +57,8 @@ pub(super) async fn world() -> World {
     research["provision"]["purpose"] =
         json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]);
     assert_eq!(f.post("Consent", &research).await.status, 201);
-    let db = stack.db().await;
-    for (user, role, practitioner) in [
-        ("dr", "practitioner", Some("pr-1")),
-        ("analyst", "analytics", None),
-    ] {
-        sqlx::query(
-            "INSERT INTO users (username, role, practitioner_id, password_hash, created_at)
-             VALUES ($1, $2, $3, 'not used: tokens are issued directly', now())",
-        )
-        .bind(user)
-        .bind(role)
-        .bind(practitioner)
-        .execute(&db)
-        .await
-        .unwrap();
-    }
+    stack.token_user("dr", "practitioner", Some("pr-1")).await;
+    stack.token_user("analyst", "analytics", None).await;
     let callers = vec![
         (
             "system",

@@ -806,6 +806,21 @@ impl Stack {
 
     /// An access token for `subject` with `role` and `scopes` (space-separated), issued directly in
     /// the database as the token endpoint would after a sign-in.
+    /// A user row for tests that issue their tokens directly ([`Stack::token`]): no password to
+    /// sign in with, only the role and the Practitioner link the access policy reads.
+    pub async fn token_user(&self, username: &str, role: &str, practitioner: Option<&str>) {
+        sqlx::query(
+            "INSERT INTO users (username, role, practitioner_id, password_hash, created_at)
+             VALUES ($1, $2, $3, 'not used: tokens are issued directly', now())",
+        )
+        .bind(username)
+        .bind(role)
+        .bind(practitioner)
+        .execute(&self.db().await)
+        .await
+        .expect("a user row");
+    }
+
     pub async fn token(
         &self,
         subject: &str,

@@ -160,12 +160,9 @@ async fn practitioner(stack: &Stack, patients: &[String]) -> anyhow::Result<()> 
         )
         .await;
     anyhow::ensure!(r.status < 300, "Practitioner: {}", r.text());
-    sqlx::query(
-        "INSERT INTO users (username, role, practitioner_id, password_hash, created_at)
-         VALUES ('bench-dr', 'practitioner', 'pr-bench', 'not used: tokens are issued directly', now())",
-    )
-    .execute(&stack.db().await)
-    .await?;
+    stack
+        .token_user("bench-dr", "practitioner", Some("pr-bench"))
+        .await;
     for p in patients {
         let r = fhir
             .post("Consent", &permit_consent(p, "Practitioner/pr-bench"))
