@@ -168,20 +168,7 @@ impl World {
     async fn entries(&self, token: &str, query: &str, mode: &str) -> Vec<String> {
         let r = self.get(token, query).await;
         assert_eq!(r.status, 200, "{query}: {}", r.text());
-        let mut ids: Vec<String> = r.json()["entry"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e["search"]["mode"] == mode)
-            .map(|e| {
-                format!(
-                    "{}/{}",
-                    e["resource"]["resourceType"].as_str().unwrap(),
-                    e["resource"]["id"].as_str().unwrap()
-                )
-            })
-            .collect();
+        let mut ids = r.entry_refs(mode);
         ids.sort();
         ids
     }

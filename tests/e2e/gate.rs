@@ -171,20 +171,7 @@ impl World {
     /// `Type/id` of a search's entries of `mode`.
     fn listed(r: &HttpResponse, mode: &str) -> Vec<String> {
         assert_eq!(r.status, 200, "{}", r.text());
-        r.json()["entry"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e["search"]["mode"] == mode)
-            .map(|e| {
-                format!(
-                    "{}/{}",
-                    e["resource"]["resourceType"].as_str().unwrap(),
-                    e["resource"]["id"].as_str().unwrap()
-                )
-            })
-            .collect()
+        r.entry_refs(mode)
     }
 
     async fn versions(&self) -> i64 {

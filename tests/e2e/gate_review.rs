@@ -100,13 +100,7 @@ async fn a_resource_moved_to_another_record_hides_its_old_versions() {
     let id = w
         .system_writes("POST", "Observation", &obs(&w.a, None))
         .await;
-    let b = {
-        let r = w.get("system", "Patient?family=Bravo").await;
-        r.json()["entry"][0]["resource"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let b = w.b.clone();
     let mut moved = obs(&b, None);
     moved["id"] = json!(id);
     w.system_writes("PUT", &format!("Observation/{id}"), &moved)
@@ -236,13 +230,7 @@ async fn a_contained_resource_is_never_labelled_past_the_gate() {
 #[tokio::test]
 async fn reading_a_two_patient_resource_is_audited_in_both_records() {
     let w = world().await;
-    let b = {
-        let r = w.get("system", "Patient?family=Bravo").await;
-        r.json()["entry"][0]["resource"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let b = w.b.clone();
     let group = json!({"resourceType": "Group", "type": "person", "actual": true,
         "member": [{"entity": {"reference": format!("Patient/{}", w.a)}},
                    {"entity": {"reference": format!("Patient/{b}")}}]});

@@ -548,6 +548,24 @@ impl HttpResponse {
             .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
     }
 
+    /// `Type/id` of each entry of a Bundle whose `search.mode` is `mode` (`match`, `include`).
+    pub fn entry_refs(&self, mode: &str) -> Vec<String> {
+        self.json()["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == mode)
+            .map(|e| {
+                let r = &e["resource"];
+                let part = |k: &str| {
+                    r[k].as_str()
+                        .expect("an entry's resource has a type and id")
+                };
+                format!("{}/{}", part("resourceType"), part("id"))
+            })
+            .collect()
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
