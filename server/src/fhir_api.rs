@@ -771,17 +771,17 @@ async fn validate_operation(
     };
     let mut issues = Vec::new();
     if resource["resourceType"].as_str() != Some(rt.as_str()) {
-        issues.push(validate::Issue {
-            path: "resourceType".into(),
-            message: format!("the resource is not a {rt}"),
-        });
+        issues.push(validate::Issue::invalid(
+            "resourceType",
+            format!("the resource is not a {rt}"),
+        ));
     }
     if let Some(id) = &id {
         if resource["id"].as_str() != Some(id.as_str()) {
-            issues.push(validate::Issue {
-                path: format!("{rt}.id"),
-                message: "the id in the resource does not match the id in the URL".into(),
-            });
+            issues.push(validate::Issue::invalid(
+                format!("{rt}.id"),
+                "the id in the resource does not match the id in the URL",
+            ));
         }
     }
     if let Err(found) = validate::validate_resource(&resource) {
@@ -792,13 +792,7 @@ async fn validate_operation(
             "severity": "information", "code": "informational",
             "diagnostics": "the resource is valid R4"}]})
     } else {
-        let issue: Vec<serde_json::Value> = issues
-            .iter()
-            .map(|i| {
-                serde_json::json!({"severity": "error", "code": "invalid",
-                                        "diagnostics": i.message, "expression": [i.path]})
-            })
-            .collect();
+        let issue: Vec<serde_json::Value> = issues.iter().map(validate::Issue::to_json).collect();
         serde_json::json!({"resourceType": "OperationOutcome", "issue": issue})
     };
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
@@ -1009,10 +1003,10 @@ async fn transaction(
                 issue.path = format!("Bundle.entry[{i}].resource{rest}");
             }
             if !e.issues.is_empty() {
-                e.issues.push(validate::Issue {
-                    path: format!("Bundle.entry[{i}]"),
-                    message: "this entry failed; nothing was written".into(),
-                });
+                e.issues.push(validate::Issue::invalid(
+                    format!("Bundle.entry[{i}]"),
+                    "this entry failed; nothing was written",
+                ));
             }
             return Err(ApiError {
                 message: format!("Bundle.entry[{i}]: {}; nothing was written", e.message),

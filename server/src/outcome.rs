@@ -72,17 +72,7 @@ impl ApiError {
         let issues: Vec<serde_json::Value> = if self.issues.is_empty() {
             vec![json!({"severity": "error", "code": self.code, "diagnostics": self.message})]
         } else {
-            self.issues
-                .iter()
-                .map(|i| {
-                    let mut issue = json!({"severity": "error", "code": self.code,
-                                           "diagnostics": i.message});
-                    if !i.path.is_empty() {
-                        issue["expression"] = json!([i.path]);
-                    }
-                    issue
-                })
-                .collect()
+            self.issues.iter().map(Issue::to_json).collect()
         };
         json!({"resourceType": "OperationOutcome", "issue": issues})
             .to_string()

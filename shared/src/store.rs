@@ -761,16 +761,16 @@ impl Store {
         match resource.get("id").and_then(Value::as_str) {
             Some(body_id) if body_id == id.as_str() => {}
             Some(_) => {
-                return Err(StoreError::Invalid(vec![Issue {
-                    path: format!("{resource_type}.id"),
-                    message: "the id in the resource does not match the id in the URL".into(),
-                }]))
+                return Err(StoreError::Invalid(vec![Issue::invalid(
+                    format!("{resource_type}.id"),
+                    "the id in the resource does not match the id in the URL",
+                )]))
             }
             None => {
-                return Err(StoreError::Invalid(vec![Issue {
-                    path: format!("{resource_type}.id"),
-                    message: "an update must carry the resource's id".into(),
-                }]))
+                return Err(StoreError::Invalid(vec![Issue::invalid(
+                    format!("{resource_type}.id"),
+                    "an update must carry the resource's id",
+                )]))
             }
         }
         let scope = key_scope(resource_type, id.as_str(), &resource);
@@ -990,10 +990,10 @@ impl Store {
             == Some(resource_type.as_str())
             && doc.get("id").and_then(Value::as_str) == Some(id.as_str());
         if !same_identity {
-            return Err(StoreError::Invalid(vec![Issue {
-                path: format!("{resource_type}.id"),
-                message: "a patch may not change the resource's type or id".into(),
-            }]));
+            return Err(StoreError::Invalid(vec![Issue::invalid(
+                format!("{resource_type}.id"),
+                "a patch may not change the resource's type or id",
+            )]));
         }
         Ok((doc, current.version_id))
     }
@@ -1319,11 +1319,10 @@ impl Store {
                         .and_then(Value::as_str)
                         .is_some_and(|b| b != id)
                     {
-                        return Err(fail(i)(StoreError::Invalid(vec![Issue {
-                            path: format!("{resource_type}.id"),
-                            message: "the id in the resource is not the one the condition matched"
-                                .into(),
-                        }])));
+                        return Err(fail(i)(StoreError::Invalid(vec![Issue::invalid(
+                            format!("{resource_type}.id"),
+                            "the id in the resource is not the one the condition matched",
+                        )])));
                     }
                     set_id(&mut value, &id);
                     *resource = EntryResource::Parsed(value);
@@ -1416,10 +1415,10 @@ impl Store {
             };
             if let (Some(url), Some(target)) = (full_url, target) {
                 if resolved.insert(url, target).is_some() {
-                    return Err(fail(i)(StoreError::Invalid(vec![Issue {
-                        path: format!("Bundle.entry[{i}].fullUrl"),
-                        message: "two entries have the same fullUrl".into(),
-                    }])));
+                    return Err(fail(i)(StoreError::Invalid(vec![Issue::invalid(
+                        format!("Bundle.entry[{i}].fullUrl"),
+                        "two entries have the same fullUrl",
+                    )])));
                 }
             }
         }
@@ -1470,10 +1469,10 @@ impl Store {
                         .map_err(|e| fail(i)(e.into()))?;
                     check_resource(*resource_type, &resource).map_err(fail(i))?;
                     if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
-                        return Err(fail(i)(StoreError::Invalid(vec![Issue {
-                            path: format!("{resource_type}.id"),
-                            message: "the id in the resource does not match the entry's URL".into(),
-                        }])));
+                        return Err(fail(i)(StoreError::Invalid(vec![Issue::invalid(
+                            format!("{resource_type}.id"),
+                            "the id in the resource does not match the entry's URL",
+                        )])));
                     }
                     let scope = key_scope(*resource_type, id.as_str(), &resource);
                     self.check_write(ctx, Permission::Update, *resource_type, &scope, &resource)
@@ -2291,12 +2290,12 @@ fn check_resource(resource_type: ResourceType, resource: &Value) -> Result<(), S
     let declared = resource.get("resourceType").and_then(Value::as_str);
     if let Some(declared) = declared {
         if declared != resource_type.as_str() && crate::fhir::schema::is_resource_type(declared) {
-            return Err(StoreError::Invalid(vec![Issue {
-                path: "resourceType".into(),
-                message: format!(
+            return Err(StoreError::Invalid(vec![Issue::invalid(
+                "resourceType",
+                format!(
                     "resourceType '{declared}' does not match the URL's type '{resource_type}'"
                 ),
-            }]));
+            )]));
         }
     }
     validate::validate_resource(resource).map_err(StoreError::Invalid)
@@ -2328,10 +2327,10 @@ fn stamp_meta(resource: &mut Value, version_id: i64, at: DateTime<Utc>) {
 
 fn serialize(resource: &Value) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(resource).map_err(|_| {
-        StoreError::Invalid(vec![Issue {
-            path: String::new(),
-            message: "resource could not be serialised".into(),
-        }])
+        StoreError::Invalid(vec![Issue::invalid(
+            String::new(),
+            "resource could not be serialised",
+        )])
     })
 }
 

@@ -16,10 +16,124 @@ use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 /// One problem found in a resource; safe to show to the client (element paths, never values).
+///
+/// `path` is a FHIRPath expression (`Patient.name[0].given[1]`, `Observation.value.ofType(Quantity)`)
+/// and is rendered as both the issue's `expression` and its legacy `location`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {
+    pub severity: Severity,
+    pub code: IssueType,
     pub path: String,
     pub message: String,
+}
+
+/// `OperationOutcome.issue.severity`. Only errors refuse a write; warnings and information are
+/// reported by `$validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Fatal,
+    Error,
+    Warning,
+    Information,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Fatal => "fatal",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Information => "information",
+        }
+    }
+}
+
+/// The `OperationOutcome.issue.code`s (R4 value set `issue-type`) that validation reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueType {
+    /// Content invalid against the specification or a profile (the generic code).
+    Invalid,
+    /// A structural problem: unknown element, wrong JSON type, wrong array-ness.
+    Structure,
+    /// A required element is missing.
+    Required,
+    /// A primitive's value is not in its lexical space.
+    Value,
+    /// A FHIRPath invariant (constraint) failed.
+    Invariant,
+    /// A code is not in the value set its binding names.
+    CodeInvalid,
+    /// An extension is used where its definition does not allow it, or with the wrong value.
+    Extension,
+    /// A referenced resource does not exist.
+    NotFound,
+    /// Something the validator cannot check (an unknown code system, a profile it does not have).
+    NotSupported,
+    /// A rule of this server (business rule) rather than of R4.
+    BusinessRule,
+    /// Nothing wrong: a note for the caller.
+    Informational,
+}
+
+impl IssueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssueType::Invalid => "invalid",
+            IssueType::Structure => "structure",
+            IssueType::Required => "required",
+            IssueType::Value => "value",
+            IssueType::Invariant => "invariant",
+            IssueType::CodeInvalid => "code-invalid",
+            IssueType::Extension => "extension",
+            IssueType::NotFound => "not-found",
+            IssueType::NotSupported => "not-supported",
+            IssueType::BusinessRule => "business-rule",
+            IssueType::Informational => "informational",
+        }
+    }
+}
+
+impl Issue {
+    /// An error of the generic `invalid` type.
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Issue {
+        Issue::error(IssueType::Invalid, path, message)
+    }
+
+    pub fn error(code: IssueType, path: impl Into<String>, message: impl Into<String>) -> Issue {
+        Issue {
+            severity: Severity::Error,
+            code,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(code: IssueType, path: impl Into<String>, message: impl Into<String>) -> Issue {
+        Issue {
+            severity: Severity::Warning,
+            code,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity <= Severity::Error
+    }
+
+    /// The issue as an `OperationOutcome.issue` element.
+    pub fn to_json(&self) -> Value {
+        let mut issue = serde_json::json!({
+            "severity": self.severity.as_str(),
+            "code": self.code.as_str(),
+            "diagnostics": self.message,
+        });
+        if !self.path.is_empty() {
+            issue["expression"] = serde_json::json!([self.path]);
+            issue["location"] = serde_json::json!([self.path]);
+        }
+        issue
+    }
 }
 
 const MAX_ISSUES: usize = 100;
@@ -83,10 +197,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        self.issues.push(Issue {
-            path,
-            message: message.into(),
-        });
+        self.issues.push(Issue::invalid(path, message));
     }
 
     fn issue_at(&mut self, name: &'a str, message: impl Into<String>) {

@@ -382,10 +382,10 @@ impl Store {
         }
         if resource_type.as_str() == "Consent" {
             ConsentRule::parse(resource).map_err(|e| {
-                StoreError::Invalid(vec![crate::fhir::validate::Issue {
-                    path: "Consent.provision".into(),
-                    message: e.0,
-                }])
+                StoreError::Invalid(vec![crate::fhir::validate::Issue::invalid(
+                    "Consent.provision",
+                    e.0,
+                )])
             })?;
         }
         Ok(())
