@@ -784,9 +784,7 @@ async fn validate_operation(
             ));
         }
     }
-    if let Err(found) = validate::validate_resource(&resource) {
-        issues.extend(found);
-    }
+    issues.extend(validate::validate_report(&resource));
     let body = if issues.is_empty() {
         serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
             "severity": "information", "code": "informational",

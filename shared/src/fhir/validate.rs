@@ -145,21 +145,42 @@ const MAX_DEPTH: usize = 256;
 /// the body limit.
 const MAX_STRING: usize = 1024 * 1024;
 
-/// Check a resource; `Err` lists every problem found (at most 100).
+/// How much a validation run reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// On every write: errors only (a warning never refuses a write, so it is not computed).
+    Write,
+    /// For `$validate`: errors, warnings and information.
+    Report,
+}
+
+/// Check a resource before it is written; `Err` lists every error found (at most 100).
 pub fn validate_resource(resource: &Value) -> Result<(), Vec<Issue>> {
+    let mut issues = run(resource, Depth::Write);
+    issues.retain(Issue::is_error);
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(issues)
+    }
+}
+
+/// Check a resource for `$validate`: every error, warning and note, in document order.
+pub fn validate_report(resource: &Value) -> Vec<Issue> {
+    run(resource, Depth::Report)
+}
+
+fn run(resource: &Value, depth: Depth) -> Vec<Issue> {
     let mut c = Checker {
         issues: Vec::new(),
         path: Vec::with_capacity(16),
+        depth,
     };
     match resource {
         Value::Object(map) => check_resource(&mut c, map, true),
         _ => c.issue("a resource must be a JSON object"),
     }
-    if c.issues.is_empty() {
-        Ok(())
-    } else {
-        Err(c.issues)
-    }
+    c.issues
 }
 
 #[derive(Clone, Copy)]
@@ -171,6 +192,11 @@ enum Seg<'a> {
 struct Checker<'a> {
     issues: Vec<Issue>,
     path: Vec<Seg<'a>>,
+    #[expect(
+        dead_code,
+        reason = "read by the binding and invariant checks being added"
+    )]
+    depth: Depth,
 }
 
 impl<'a> Checker<'a> {
