@@ -508,13 +508,7 @@ struct RawConcept<'a> {
 }
 
 #[derive(Deserialize)]
-struct RawValueSet(
-    String,
-    String,
-    String,
-    String,
-    Option<Vec<RawGroup>>,
-);
+struct RawValueSet(String, String, String, String, Option<Vec<RawGroup>>);
 
 /// One system of an expansion: url, version, indexes of shipped concepts, listed [code, display?].
 #[derive(Deserialize)]
