@@ -426,7 +426,9 @@ class System:
     def __init__(self, cs):
         self.cs = cs
         self.url = cs["url"]
-        self.complete = cs.get("content") == "complete"
+        # Two R4 systems say `complete` but ship no concepts (message-events, v3-policyHolderRole):
+        # their codes are defined elsewhere, so they cannot be enumerated here.
+        self.complete = cs.get("content") == "complete" and bool(cs.get("concept"))
         self.case_sensitive = bool(cs.get("caseSensitive"))
         self.concepts, self.index, self.props = [], {}, []
         parents = []

@@ -424,7 +424,8 @@ impl ValueSet {
                 return Membership::In;
             }
         }
-        if judged || (system.is_none() && self.groups.is_empty()) {
+        // With no system every group was judged (an empty value set holds nothing).
+        if judged || system.is_none() {
             Membership::NotIn
         } else {
             Membership::Unknown
