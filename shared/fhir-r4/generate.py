@@ -41,7 +41,8 @@ extensions.json
   {extension url: [contexts, value types, modifier, parts]}
   Every core extension definition (Bundle-extensions.json). `contexts` lists the element paths or
   type names (`Patient`, `Element`, `HumanName.given`) of its `element` contexts, or is null when a
-  `fhirpath` or `extension` context makes it usable anywhere we cannot decide cheaply; `value
+  `fhirpath` or `extension` context makes it usable anywhere we cannot decide cheaply (plus the
+  contexts the HL7 validator adds, see CONTEXT_FIXES); `value
   types` the types its `Extension.value[x]` allows (empty for a complex extension, whose value[x]
   is 0..0); `modifier` 1 when it must be a modifierExtension, else 0; `parts` for a complex
   extension, {sub-extension url: [value types]} of the sub-extensions it defines.
@@ -409,12 +410,21 @@ def build_summary(pkg):
     return dict(sorted(out.items()))
 
 
+# Contexts the R4 definitions state too narrowly, widened as the HL7 Java validator does
+# (InstanceValidator.fixContexts): the spec's own definitions use these extensions there.
+CONTEXT_FIXES = {
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type": ["ElementDefinition.type"],
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-normative-version": ["Element"],
+    "http://hl7.org/fhir/StructureDefinition/regex": ["ElementDefinition.type"],
+}
+
+
 def build_extensions(pkg):
     out = {}
     for sd in load_entries(pkg, "Bundle-extensions.json"):
         if sd.get("resourceType") != "StructureDefinition" or sd.get("type") != "Extension":
             continue
-        contexts = []
+        contexts = list(CONTEXT_FIXES.get(sd["url"], []))
         for ctx in sd.get("context", []):
             if ctx["type"] != "element":
                 contexts = None
