@@ -90,7 +90,10 @@ mod tests {
         assert_eq!(TABLE.len(), 393);
         let birth_place =
             definition("http://hl7.org/fhir/StructureDefinition/patient-birthPlace").unwrap();
-        assert_eq!(birth_place.contexts.as_deref(), Some(&[Box::from("Patient")][..]));
+        assert_eq!(
+            birth_place.contexts.as_deref(),
+            Some(&[Box::from("Patient")][..])
+        );
         assert!(birth_place.allows_type("Address") && !birth_place.allows_type("string"));
         assert!(!birth_place.modifier && birth_place.parts.is_empty());
         let nationality =

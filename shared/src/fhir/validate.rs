@@ -347,15 +347,13 @@ fn check_resource<'a>(c: &mut Checker<'a>, map: &'a Map<String, Value>, root: bo
     }
     check_object(c, map, def, Holder::Resource);
     c.in_contained = outer;
-    c.path.pop();
-    if let Some(Value::Array(items)) = map.get("contained") {
-        if contained.is_none() {
+    if contained.is_none() {
+        if let Some(Value::Array(items)) = map.get("contained") {
             check_contained(c, items, refs_from);
         }
-    }
-    if contained.is_none() {
         c.local_refs.truncate(refs_from);
     }
+    c.path.pop();
 }
 
 /// dom-2, dom-3, dom-4 on a resource's `contained` (each reported at `Patient.contained[i]`):
@@ -577,13 +575,18 @@ fn check_extension<'a>(c: &mut Checker<'a>, map: &'a Map<String, Value>) {
             .filter(|el| el.choice.is_some())
             .map(|el| type_name(el.kind))
     });
+    // A `valueFoo` of no R4 type is reported as unknown; it still counts as the value attempted.
+    let valued = value.is_some()
+        || map
+            .keys()
+            .any(|k| k.starts_with("value") || k.starts_with("_value"));
     let nested = map.get("extension");
-    match (value, nested) {
-        (Some(_), Some(_)) => c.issue(
+    match (valued, nested) {
+        (true, Some(_)) => c.issue(
             IssueType::Invariant,
             "ext-1: an extension has either a value[x] or nested extensions, not both",
         ),
-        (None, None) => c.issue(
+        (false, None) => c.issue(
             IssueType::Invariant,
             "ext-1: an extension needs a value[x] or nested extensions",
         ),
@@ -646,7 +649,10 @@ fn check_extension<'a>(c: &mut Checker<'a>, map: &'a Map<String, Value>) {
         if !contexts.iter().any(|ctx| in_context(c, ctx)) {
             c.issue(
                 IssueType::Extension,
-                format!("this extension is not allowed here (only on {})", list(contexts)),
+                format!(
+                    "this extension is not allowed here (only on {})",
+                    list(contexts)
+                ),
             );
         }
     }
@@ -674,8 +680,10 @@ fn in_context(c: &Checker<'_>, ctx: &str) -> bool {
         return true;
     }
     let n = c.frames.len();
-    let (Some(frames), Some(end)) = (c.frames.get(..n.saturating_sub(1)), c.path.len().checked_sub(2))
-    else {
+    let (Some(frames), Some(end)) = (
+        c.frames.get(..n.saturating_sub(1)),
+        c.path.len().checked_sub(2),
+    ) else {
         return false;
     };
     let Some(holder) = frames.last() else {
@@ -1258,70 +1266,220 @@ mod tests {
         let ok = [
             json!({"resourceType": "Patient", "_birthDate": {"id": "b", "extension": [
                 {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}}),
-            json!({"resourceType": "Patient", "name": [{"given": [null, "b"], "_given": [{"id": "g"}, null]}]}),
-            json!({"resourceType": "Patient", "name": [{"_given": [{"id": "g"}]}]}),
-            json!({"resourceType": "Patient", "_deceasedBoolean": {"id": "d"}}),
+            json!({"resourceType": "Patient", "name": [{"given": [null, "b"], "_given": [{"extension": [
+                {"url": "http://example.org/x", "valueCode": "c"}]}, null]}]}),
+            json!({"resourceType": "Patient", "birthDate": "2000", "_birthDate": {"id": "b"}}),
+            json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": [{"id": "g"}]}]}),
         ];
         for resource in ok {
             assert_eq!(issues(resource.clone()), vec![], "{resource}");
         }
+        // Problems in `_name` are named at the primitive itself, as FHIRPath sees it.
         let cases = [
             (
                 json!({"resourceType": "Patient", "_birthDate": "x"}),
-                "Patient._birthDate",
+                "Patient.birthDate",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": null}),
-                "Patient._birthDate",
+                "Patient.birthDate",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": {}}),
-                "Patient._birthDate",
+                "Patient.birthDate",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": [{"id": "b"}]}),
-                "Patient._birthDate",
+                "Patient.birthDate",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": {"url": "u"}}),
-                "Patient._birthDate.url",
+                "Patient.birthDate.url",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": {"extension": [{"url": "u"}]}}),
-                "Patient._birthDate.extension[0]",
+                "Patient.birthDate.extension[0]",
+            ),
+            (
+                json!({"resourceType": "Patient", "_gender": {"extension": [{"url": "u", "valueCode": 1}]}}),
+                "Patient.gender.extension[0].value.ofType(code)",
             ),
             (
                 json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": {"id": "g"}}]}),
-                "Patient.name[0]._given",
+                "Patient.name[0].given",
             ),
             (
                 json!({"resourceType": "Patient", "name": [{"given": ["a", "b"], "_given": [{"id": "g"}]}]}),
-                "Patient.name[0]._given",
+                "Patient.name[0].given",
             ),
             (
                 json!({"resourceType": "Patient", "name": [{"_given": [null]}]}),
-                "Patient.name[0]._given[0]",
+                "Patient.name[0].given[0]",
             ),
             (
                 json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": [3]}]}),
-                "Patient.name[0]._given[0]",
+                "Patient.name[0].given[0]",
             ),
         ];
         for (resource, path) in cases {
             assert_eq!(paths(resource.clone()), [path], "{resource}");
         }
-        // Both sides null at one position: each side is reported.
+        // Both sides null at one position: reported once.
         assert_eq!(
             paths(
                 json!({"resourceType": "Patient", "name": [{"given": [null], "_given": [null]}]})
             ),
-            ["Patient.name[0].given[0]", "Patient.name[0]._given[0]"]
+            ["Patient.name[0].given[0]"]
         );
         assert_eq!(
             paths(
                 json!({"resourceType": "Patient", "name": [{"given": ["a", null], "_given": [{"id": "g"}]}]})
             ),
-            ["Patient.name[0].given[1]", "Patient.name[0]._given"]
+            ["Patient.name[0].given[1]", "Patient.name[0].given"]
+        );
+    }
+
+    #[test]
+    fn ele_1_every_element_has_a_value_or_children() {
+        let ele1 = |v: Value| -> Vec<(String, IssueType, String)> {
+            issues(v)
+                .into_iter()
+                .map(|i| (i.path, i.code, i.message))
+                .collect()
+        };
+        let at = |p: &str| vec![(p.to_string(), IssueType::Invariant, ELE_1.to_string())];
+        // The issue's example: `given[0]` has an id and nothing else.
+        assert_eq!(
+            ele1(
+                json!({"resourceType": "Patient", "name": [{"given": [null, "x"], "_given": [{"id": "x"}, null]}]})
+            ),
+            at("Patient.name[0].given[0]")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "_gender": {"id": "g"}})),
+            at("Patient.gender")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "_deceasedBoolean": {"id": "d"}})),
+            at("Patient.deceased.ofType(boolean)")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "name": [{"_given": [{"id": "g"}]}]})),
+            at("Patient.name[0].given[0]")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "name": [{"id": "a"}]})),
+            at("Patient.name[0]")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "maritalStatus": {}})),
+            at("Patient.maritalStatus")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "contact": [{"name": {"id": "n"}}]})),
+            at("Patient.contact[0].name")
+        );
+        // An id next to other content, or extensions alone, are children enough.
+        for good in [
+            json!({"resourceType": "Patient", "name": [{"id": "a", "text": "t"}]}),
+            json!({"resourceType": "Patient", "_gender": {"extension": [
+                {"url": "http://example.org/x", "valueBoolean": true}]}}),
+        ] {
+            assert_eq!(issues(good.clone()), vec![], "{good}");
+        }
+    }
+
+    #[test]
+    fn contained_resources_follow_dom_2_3_and_4() {
+        let rules = |v: Value| -> Vec<(String, String)> {
+            issues(v)
+                .into_iter()
+                .map(|i| {
+                    assert_eq!(i.code, IssueType::Invariant, "{i:?}");
+                    (i.path, i.message.split(':').next().unwrap().to_string())
+                })
+                .collect()
+        };
+        let org = |extra: Value| {
+            let mut o = json!({"resourceType": "Organization", "id": "o", "name": "x"});
+            for (k, v) in extra.as_object().unwrap() {
+                o[k] = v.clone();
+            }
+            o
+        };
+        let patient = |contained: Vec<Value>, extra: Value| {
+            let mut p = json!({"resourceType": "Patient", "contained": contained,
+                               "managingOrganization": {"reference": "#o"}});
+            for (k, v) in extra.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            p
+        };
+        assert_eq!(rules(patient(vec![org(json!({}))], json!({}))), vec![]);
+        // dom-2: no nested contained resources.
+        let nested = org(json!({"contained": [{"resourceType": "Location", "id": "l"}]}));
+        assert_eq!(
+            rules(patient(vec![nested], json!({}))),
+            [("Patient.contained[0]".to_string(), "dom-2".to_string())]
+        );
+        // dom-4: no meta.versionId or meta.lastUpdated.
+        for meta in [
+            json!({"versionId": "1"}),
+            json!({"lastUpdated": "2020-01-01T00:00:00Z"}),
+        ] {
+            assert_eq!(
+                rules(patient(vec![org(json!({"meta": meta}))], json!({}))),
+                [("Patient.contained[0]".to_string(), "dom-4".to_string())]
+            );
+        }
+        // dom-3: an id, and a reference to it from elsewhere in the resource...
+        let second = json!({"resourceType": "Practitioner", "id": "pr"});
+        assert_eq!(
+            rules(patient(vec![org(json!({})), second.clone()], json!({}))),
+            [("Patient.contained[1]".to_string(), "dom-3".to_string())]
+        );
+        let no_id = json!({"resourceType": "Practitioner"});
+        assert_eq!(
+            rules(patient(vec![org(json!({})), no_id], json!({}))),
+            [("Patient.contained[1]".to_string(), "dom-3".to_string())]
+        );
+        // ...through a reference anywhere (here from the other contained resource), a uri or a
+        // canonical, or from the contained resource to its container (`#`).
+        let referring = org(json!({"endpoint": [{"reference": "#pr"}]}));
+        assert_eq!(
+            rules(patient(vec![referring, second.clone()], json!({}))),
+            vec![]
+        );
+        let by_uri = json!({"extension": [{"url": "http://example.org/u", "valueUri": "#pr"}]});
+        assert_eq!(
+            rules(patient(vec![org(json!({})), second.clone()], by_uri)),
+            vec![]
+        );
+        let to_container = json!({"resourceType": "Practitioner", "id": "pr", "extension": [
+            {"url": "http://example.org/r", "valueReference": {"reference": "#"}}]});
+        assert_eq!(
+            rules(patient(
+                vec![org(json!({})), to_container.clone()],
+                json!({})
+            )),
+            vec![]
+        );
+        // `#` from the container itself refers to nothing contained.
+        let self_ref = json!({"link": [{"type": "seealso", "other": {"reference": "#"}}]});
+        assert_eq!(
+            rules(patient(vec![org(json!({})), second.clone()], self_ref)),
+            [("Patient.contained[1]".to_string(), "dom-3".to_string())]
+        );
+        // Each resource of a Bundle has its own contained resources and references.
+        let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": patient(vec![org(json!({}))], json!({}))},
+            {"resource": {"resourceType": "Patient", "contained": [org(json!({}))]}}]});
+        assert_eq!(
+            rules(bundle),
+            [(
+                "Bundle.entry[1].resource.ofType(Patient).contained[0]".to_string(),
+                "dom-3".to_string()
+            )]
         );
     }
 
@@ -1360,7 +1518,13 @@ mod tests {
         ];
         for (field, value) in bad {
             let p = patient_with(field, value.clone());
-            assert_eq!(paths(p), [format!("Patient.{field}")], "{field} = {value}");
+            // A choice is named by its FHIRPath type test.
+            let at = match field {
+                "deceasedDateTime" => "Patient.deceased.ofType(dateTime)".to_string(),
+                "multipleBirthInteger" => "Patient.multipleBirth.ofType(integer)".to_string(),
+                f => format!("Patient.{f}"),
+            };
+            assert_eq!(paths(p), [at], "{field} = {value}");
         }
         let good = [
             ("birthDate", json!("2000")),
@@ -1430,8 +1594,14 @@ mod tests {
         for good in ["1.50", "-0.0", "1e-3", "123456789012345678901234567890.5"] {
             assert_eq!(paths(obs(good)), Vec::<String>::new(), "{good}");
         }
-        assert_eq!(paths(obs("\"1.5\"")), ["Observation.valueQuantity.value"]);
-        assert_eq!(paths(obs("true")), ["Observation.valueQuantity.value"]);
+        assert_eq!(
+            paths(obs("\"1.5\"")),
+            ["Observation.value.ofType(Quantity).value"]
+        );
+        assert_eq!(
+            paths(obs("true")),
+            ["Observation.value.ofType(Quantity).value"]
+        );
     }
 
     #[test]
@@ -1450,8 +1620,14 @@ mod tests {
                 json!({"issued": "2020-01-01T10:00:00"}),
                 "Observation.issued",
             ),
-            (json!({"valueTime": "25:00:00"}), "Observation.valueTime"),
-            (json!({"valueTime": "10:00"}), "Observation.valueTime"),
+            (
+                json!({"valueTime": "25:00:00"}),
+                "Observation.value.ofType(time)",
+            ),
+            (
+                json!({"valueTime": "10:00"}),
+                "Observation.value.ofType(time)",
+            ),
             (
                 json!({"meta": {"profile": ["http://x y"]}}),
                 "Observation.meta.profile[0]",
@@ -1476,8 +1652,9 @@ mod tests {
             ),
             (
                 json!({"contained": [{"resourceType": "Patient", "id": "p", "text": {"status": "generated",
-                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>"}}]}),
-                "Observation.contained[0].text.div",
+                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>"}}],
+                    "subject": {"reference": "#p"}}),
+                "Observation.contained[0].ofType(Patient).text.div",
             ),
         ];
         for (extra, path) in cases {
@@ -1529,11 +1706,11 @@ mod tests {
         assert_eq!(issues(oid("urn:oid:2.16.840.1.113883")), vec![]);
         assert_eq!(
             paths(oid("urn:oid:2.016")),
-            ["NamingSystem.extension[0].valueOid"]
+            ["NamingSystem.extension[0].value.ofType(oid)"]
         );
         assert_eq!(
             paths(oid("2.16.840")),
-            ["NamingSystem.extension[0].valueOid"]
+            ["NamingSystem.extension[0].value.ofType(oid)"]
         );
         let uuid = |v: &str| {
             json!({"resourceType": "Patient",
@@ -1545,7 +1722,7 @@ mod tests {
         );
         assert_eq!(
             paths(uuid("urn:uuid:C757873D-EC9A-4326-A141-556F43239520")),
-            ["Patient.extension[0].valueUuid"]
+            ["Patient.extension[0].value.ofType(uuid)"]
         );
     }
 
@@ -1564,14 +1741,15 @@ mod tests {
                 json!({"resourceType": "Questionnaire", "status": "draft", "item": [
                 {"linkId": "1", "type": "choice", "enableWhen": [{"question": "0", "operator": "exists"}]}]})
             ),
-            ["Questionnaire.item[0].enableWhen[0].answer[x]"]
+            ["Questionnaire.item[0].enableWhen[0].answer"]
         );
         let two = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
                          "valueString": "a", "valueBoolean": true});
-        assert_eq!(paths(two), ["Observation.valueBoolean"]);
+        assert_eq!(paths(two), ["Observation.value.ofType(boolean)"]);
         let two = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                         "valueString": "a", "_valueBoolean": {"id": "b"}});
-        assert_eq!(paths(two), ["Observation._valueBoolean"]);
+                         "valueString": "a", "_valueBoolean": {"extension": [
+                             {"url": "http://example.org/b", "valueCode": "c"}]}});
+        assert_eq!(paths(two), ["Observation.value.ofType(boolean)"]);
         let one = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
                          "valueString": "a", "_valueString": {"id": "s"}});
         assert_eq!(issues(one), vec![]);
@@ -1588,7 +1766,7 @@ mod tests {
             paths(ext(
                 json!({"url": "u", "valueString": "x", "valueBoolean": true})
             )),
-            ["Patient.extension[0].valueBoolean"]
+            ["Patient.extension[0].value.ofType(boolean)"]
         );
         assert_eq!(
             paths(ext(
@@ -1608,18 +1786,193 @@ mod tests {
             vec![]
         );
         assert_eq!(
-            issues(ext(json!({"url": "u", "_valueCode": {"id": "c"}}))),
+            issues(ext(
+                json!({"url": "u", "_valueCode": {"extension": [{"url": "v", "valueBoolean": true}]}})
+            )),
             vec![]
         );
         assert_eq!(
             paths(ext(json!({"url": "u", "valueReference": {"reference": 1}}))),
-            ["Patient.extension[0].valueReference.reference"]
+            ["Patient.extension[0].value.ofType(Reference).reference"]
         );
         let modifier = json!({"resourceType": "Patient", "modifierExtension": [{"url": "u", "valueBoolean": "no"}]});
         assert_eq!(
             paths(modifier),
-            ["Patient.modifierExtension[0].valueBoolean"]
+            ["Patient.modifierExtension[0].value.ofType(boolean)"]
         );
+    }
+
+    #[test]
+    fn core_extensions_are_checked_against_their_definitions() {
+        const BIRTH_PLACE: &str = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace";
+        const BIRTH_TIME: &str = "http://hl7.org/fhir/StructureDefinition/patient-birthTime";
+        const NATIONALITY: &str = "http://hl7.org/fhir/StructureDefinition/patient-nationality";
+        let found = |v: Value| -> Vec<(String, IssueType)> {
+            issues(v).into_iter().map(|i| (i.path, i.code)).collect()
+        };
+        let ext = |path: &str| vec![(path.to_string(), IssueType::Extension)];
+        let place = json!({"url": BIRTH_PLACE, "valueAddress": {"city": "x"}});
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "extension": [place.clone()]})),
+            vec![]
+        );
+        // The wrong value type, named at the extension as the HL7 validator does.
+        let wrong = json!({"resourceType": "Patient", "extension": [{"url": BIRTH_PLACE, "valueString": "x"}]});
+        assert_eq!(found(wrong.clone()), ext("Patient.extension[0]"));
+        let message = &issues(wrong)[0].message;
+        assert!(
+            message.contains("Address") && message.contains("string"),
+            "{message}"
+        );
+        // The wrong context: patient-birthPlace is for Patient only.
+        assert_eq!(
+            found(json!({"resourceType": "Practitioner", "extension": [place.clone()]})),
+            ext("Practitioner.extension[0]")
+        );
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "name": [{"extension": [place.clone()]}]})),
+            ext("Patient.name[0].extension[0]")
+        );
+        // An element-path context: patient-birthTime on Patient.birthDate only.
+        let time = json!({"url": BIRTH_TIME, "valueDateTime": "2000-01-01T10:00:00Z"});
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "birthDate": "2000-01-01",
+                         "_birthDate": {"extension": [time.clone()]}})),
+            vec![]
+        );
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "extension": [time.clone()]})),
+            ext("Patient.extension[0]")
+        );
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "contact": [{"name": {
+                "_family": {"extension": [time.clone()]}}}]})),
+            ext("Patient.contact[0].name.family.extension[0]")
+        );
+        // A type context matches the type wherever it is (HumanName.given on a contact's name),
+        // and `Element` anything.
+        let own_prefix = json!({"url": "http://hl7.org/fhir/StructureDefinition/humanname-own-prefix",
+                                "valueString": "van"});
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "contact": [{"name": {"given": ["a"],
+                "_given": [{"extension": [own_prefix.clone()]}]}}]})
+            ),
+            ext("Patient.contact[0].name.given[0].extension[0]")
+        );
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "contact": [{"name": {"family": "a",
+                "_family": {"extension": [own_prefix]}}}]})
+            ),
+            vec![]
+        );
+        let absent = json!({"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                            "valueCode": "unknown"});
+        assert_eq!(
+            found(
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                         "component": [{"code": {"text": "y"}, "_valueBoolean": {"extension": [absent]}}]})
+            ),
+            vec![]
+        );
+        // A complex extension takes no value; its own parts are checked for their value types,
+        // other parts are allowed (its slicing is open).
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "extension": [{"url": NATIONALITY, "valueString": "x"}]})
+            ),
+            ext("Patient.extension[0]")
+        );
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "extension": [{"url": NATIONALITY, "extension": [
+                {"url": "code", "valueCodeableConcept": {"text": "x"}},
+                {"url": "other", "valueString": "x"}]}]})
+            ),
+            vec![]
+        );
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "extension": [{"url": NATIONALITY, "extension": [
+                {"url": "code", "valueString": "x"}]}]})
+            ),
+            ext("Patient.extension[0].extension[0]")
+        );
+        // Modifier extensions only as modifierExtension, and only those.
+        let modifier = "http://hl7.org/fhir/StructureDefinition/request-doNotPerform";
+        assert!(extensions::definition(modifier).unwrap().modifier);
+        let request = |key: &str| {
+            let mut r = json!({"resourceType": "NutritionOrder", "status": "active", "intent": "order",
+                               "patient": {"reference": "Patient/1"}, "dateTime": "2020"});
+            r[key] = json!([{"url": modifier, "valueBoolean": true}]);
+            r
+        };
+        assert_eq!(found(request("modifierExtension")), vec![]);
+        assert_eq!(
+            found(request("extension")),
+            ext("NutritionOrder.extension[0]")
+        );
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "modifierExtension": [place]})),
+            ext("Patient.modifierExtension[0]")
+        );
+        // Extensions not in R4 are open by design.
+        assert_eq!(
+            found(json!({"resourceType": "Practitioner", "extension": [
+                {"url": "http://example.org/anything", "valueString": "x"}]})),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn issues_carry_their_r4_issue_type() {
+        let codes =
+            |v: Value| -> Vec<IssueType> { issues(v).into_iter().map(|i| i.code).collect() };
+        assert_eq!(
+            codes(
+                json!({"resourceType": "Patient", "colour": "red", "name": {"text": "x"}, "active": "yes"})
+            ),
+            [
+                IssueType::Structure,
+                IssueType::Structure,
+                IssueType::Structure
+            ]
+        );
+        assert_eq!(
+            codes(json!({"resourceType": "Observation", "code": {"text": "x"}})),
+            [IssueType::Required]
+        );
+        assert_eq!(
+            codes(json!({"resourceType": "Patient", "birthDate": "1970-13-01", "gender": " male"})),
+            [IssueType::Value, IssueType::Value]
+        );
+        assert_eq!(
+            codes(
+                json!({"resourceType": "Patient", "extension": [{"url": "http://example.org/u"}]})
+            ),
+            [IssueType::Invariant]
+        );
+        // The issue's examples: a choice and a primitive's extensions, each at its FHIRPath.
+        let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                         "valueBoolean": "true"});
+        assert_eq!(paths(obs), ["Observation.value.ofType(boolean)"]);
+        let gender = json!({"resourceType": "Patient", "_gender": {"extension": [{"url": 1, "valueCode": "x"}]}});
+        assert_eq!(paths(gender), ["Patient.gender.extension[0].url"]);
+        let gender = json!({"resourceType": "Patient", "_gender": "unknown"});
+        assert_eq!(paths(gender), ["Patient.gender"]);
+        let deep = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                          "valueQuantity": {"value": 1, "comparator": " <"}});
+        assert_eq!(
+            paths(deep),
+            ["Observation.value.ofType(Quantity).comparator"]
+        );
+        // The rendered issue: expression and location carry the same FHIRPath.
+        let issue = &issues(json!({"resourceType": "Patient", "name": [{"given": ["a", 1]}]}))[0];
+        let rendered = issue.to_json();
+        assert_eq!(rendered["expression"], json!(["Patient.name[0].given[1]"]));
+        assert_eq!(rendered["location"], json!(["Patient.name[0].given[1]"]));
+        assert_eq!(rendered["code"], "structure");
     }
 
     #[test]
@@ -1634,18 +1987,25 @@ mod tests {
         assert_eq!(
             paths(bundle),
             [
-                "Bundle.entry[0].resource.gender",
+                "Bundle.entry[0].resource.ofType(Patient).gender",
                 "Bundle.entry[1].resource.resourceType",
                 "Bundle.entry[2].resource.resourceType",
                 "Bundle.entry[3].resource",
             ]
         );
         let contained = json!({"resourceType": "Patient", "contained": [
-            {"resourceType": "Organization", "id": "o", "colour": "red"}]});
-        assert_eq!(paths(contained), ["Patient.contained[0].colour"]);
+            {"resourceType": "Organization", "id": "o", "colour": "red"}],
+            "managingOrganization": {"reference": "#o"}});
+        assert_eq!(
+            paths(contained),
+            ["Patient.contained[0].ofType(Organization).colour"]
+        );
         let params = json!({"resourceType": "Parameters", "parameter": [
             {"name": "p", "resource": {"resourceType": "Observation", "code": {"text": "x"}}}]});
-        assert_eq!(paths(params), ["Parameters.parameter[0].resource.status"]);
+        assert_eq!(
+            paths(params),
+            ["Parameters.parameter[0].resource.ofType(Observation).status"]
+        );
         let q = json!({"resourceType": "Questionnaire", "status": "draft", "item": [
             {"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string", "bogus": 1}]}]});
         assert_eq!(paths(q), ["Questionnaire.item[0].item[0].bogus"]);
@@ -1744,13 +2104,17 @@ mod tests {
             let result = validate_resource(&v);
             times.push(start.elapsed());
             if let Err(issues) = result {
-                let kinds: std::collections::BTreeSet<_> =
-                    issues.iter().map(|i| i.message.as_str()).collect();
-                failed.push(format!(
-                    "{name}: {} issue(s) {kinds:?}, e.g. {}",
+                // The rule each refusal breaks: its ele-/dom-/txt- key, else the message.
+                let rules: std::collections::BTreeSet<String> = issues
+                    .iter()
+                    .map(|i| i.message.split(':').next().unwrap_or("").to_string())
+                    .collect();
+                eprintln!(
+                    "  {name}: {} issue(s), e.g. {}",
                     issues.len(),
                     issues[0].path
-                ));
+                );
+                failed.push((name, rules.into_iter().collect::<Vec<_>>().join("; ")));
             }
         }
         times.sort();
@@ -1761,13 +2125,36 @@ mod tests {
             times.get(times.len() / 2).copied().unwrap_or_default(),
             times.get(times.len() * 9 / 10).copied().unwrap_or_default(),
         );
-        for f in &failed {
-            eprintln!("  {f}");
-        }
         assert!(total > 5000);
-        assert!(
-            failed.len() * 100 <= total,
-            "more than 1% of the official examples fail"
-        );
+        // Every refusal, with the rule it breaks. All but one were refused before issue 14; the
+        // DICOM CodeSystem uses an extension outside its declared context, which the HL7
+        // validator reports as an error too (its context fixes do not cover this extension).
+        let expected = [
+            ("ActivityDefinition-blood-tubes-supply.json", "the narrative must have some non-whitespace content (txt-2)"),
+            ("ActivityDefinition-heart-valve-replacement.json", "the narrative must have some non-whitespace content (txt-2)"),
+            // valueset-concept-comments, defined for ValueSet.compose.include.concept, on CodeSystem.concept.
+            ("CodeSystem-dicom-dcim.json", "this extension is not allowed here (only on ValueSet.compose.include.concept)"),
+            ("EventDefinition-example.json", "the narrative must have some non-whitespace content (txt-2)"),
+            ("ImplementationGuide-fhir.json", "not a valid reference; required element 'name' is missing; required element 'status' is missing"),
+            ("Questionnaire-qs1.json", "required element 'linkId' is missing"),
+            ("Questionnaire-zika-virus-exposure-assessment.json", "the narrative must have some non-whitespace content (txt-2)"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-author.json", "required element 'base' is missing"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-effective.json", "required element 'base' is missing"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-end.json", "required element 'base' is missing"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-keyword.json", "required element 'base' is missing"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-workflow.json", "required element 'base' is missing"),
+            ("SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json", "not a valid id"),
+            ("SearchParameter-valueset-extensions-ValueSet-author.json", "required element 'base' is missing"),
+            ("SearchParameter-valueset-extensions-ValueSet-effective.json", "required element 'base' is missing"),
+            ("SearchParameter-valueset-extensions-ValueSet-end.json", "required element 'base' is missing"),
+            ("SearchParameter-valueset-extensions-ValueSet-keyword.json", "required element 'base' is missing"),
+            ("SearchParameter-valueset-extensions-ValueSet-workflow.json", "required element 'base' is missing"),
+            ("ig-r4.json", "not a valid reference; required element 'name' is missing; required element 'status' is missing"),
+        ];
+        let failed: Vec<(&str, &str)> = failed
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(failed, expected);
     }
 }
