@@ -1,11 +1,16 @@
 //! Structural validation of R4 JSON resources against the R4 definitions: known elements only, the
 //! right JSON types, arrays where (and only where) the definition repeats, primitives in their lexical
-//! forms, required elements present, embedded resources checked as resources. Every problem is named
-//! by a FHIRPath-like location (`Patient.name[0].given[1]`).
+//! forms, required elements present, embedded resources checked as resources; the invariants that
+//! are structure (ele-1, ext-1, dom-2 to dom-5, txt-1/txt-2) natively; core extensions against their
+//! definitions ([`super::extensions`]: value type, context, modifier or not). Every problem is
+//! named by FHIRPath, as the HL7 validator names it (`Patient.name[0].given[1]`,
+//! `Observation.value.ofType(Quantity)`, `Patient.gender` for `_gender`,
+//! `Bundle.entry[0].resource.ofType(Patient)`), with its R4 issue type.
 //!
 //! This runs on every write, so it walks the document once over the precomputed tables of
 //! [`super::schema`], and allocates no strings unless it finds a problem: the current location is a
-//! stack of borrowed segments, rendered into a path only for an issue.
+//! stack of borrowed segments, rendered into a path only for an issue; the objects around it are a
+//! stack of frames (their types), which is what an extension's context is matched against.
 
 use super::extensions;
 use super::narrative;
