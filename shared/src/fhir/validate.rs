@@ -701,7 +701,7 @@ fn in_context(c: &Checker<'_>, ctx: &str) -> bool {
                 && (ctx == "Resource"
                     || (ctx == "DomainResource"
                         && !matches!(ty, "Bundle" | "Binary" | "Parameters"))))
-            || (ctx == "Quantity" && matches!(ty, "Age" | "Count" | "Distance" | "Duration"))
+            || base_type(ty).is_some_and(|base| base == ctx)
             || (ctx == "BackboneElement" && ty.contains('.'));
         if is_a {
             return true;
@@ -739,6 +739,18 @@ fn in_context(c: &Checker<'_>, ctx: &str) -> bool {
         }
         rest.is_empty()
     })
+}
+
+/// The type a datatype specialises (its StructureDefinition's base other than `Element` or
+/// `PrimitiveType`): a context naming the base admits the specialisation, as in the HL7 validator.
+fn base_type(ty: &str) -> Option<&'static str> {
+    match ty {
+        "code" | "id" | "markdown" => Some("string"),
+        "url" | "canonical" | "oid" | "uuid" => Some("uri"),
+        "positiveInt" | "unsignedInt" => Some("integer"),
+        "Age" | "Count" | "Distance" | "Duration" => Some("Quantity"),
+        _ => None,
+    }
 }
 
 fn check_element<'a>(
@@ -1871,6 +1883,19 @@ mod tests {
                 "_family": {"extension": [own_prefix]}}}]})
             ),
             vec![]
+        );
+        // A context naming a type admits its specialisations: `string` admits `code`.
+        let rendering = |ext: &str| {
+            json!({"resourceType": "Patient", "gender": "male", "_gender": {"extension": [
+                {"url": format!("http://hl7.org/fhir/StructureDefinition/{ext}"), "valueString": "m"}]}})
+        };
+        assert_eq!(found(rendering("rendering-xhtml")), vec![]);
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "active": true, "_active": {"extension": [
+                {"url": "http://hl7.org/fhir/StructureDefinition/rendering-xhtml", "valueString": "m"}]}})
+            ),
+            ext("Patient.active.extension[0]")
         );
         let absent = json!({"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
                             "valueCode": "unknown"});
