@@ -37,6 +37,43 @@ compartment-patient.json
   {resource type: [element paths relative to the resource, e.g. "subject", "participant.actor"]}
   The references that put a resource in a patient's compartment, derived from the search
   parameters CompartmentDefinition-patient names (their FHIRPath `expression`).
+extensions.json
+  {extension url: [contexts, value types, modifier, parts]}
+  Every core extension definition (Bundle-extensions.json). `contexts` lists the element paths or
+  type names (`Patient`, `Element`, `HumanName.given`) of its `element` contexts, or is null when a
+  `fhirpath` or `extension` context makes it usable anywhere we cannot decide cheaply (plus the
+  contexts the HL7 validator adds, see CONTEXT_FIXES); `value
+  types` the types its `Extension.value[x]` allows (empty for a complex extension, whose value[x]
+  is 0..0); `modifier` 1 when it must be a modifierExtension, else 0; `parts` for a complex
+  extension, {sub-extension url: [value types]} of the sub-extensions it defines.
+
+terminology.json
+  The terminology that ships with R4: every CodeSystem-*.json and ValueSet-*.json of the package
+  (the same resources as the bundles `valuesets`, `v2-valuesets` and `v3-valuesets`, read once),
+  and the binding of every code, Coding and CodeableConcept element:
+  {"codeSystems": [[url, version, name, content, caseSensitive, concepts], ...],
+   "valueSets":   [[url, version, name, title, expansion], ...],
+   "bindings":    {type name: {JSON property: [strength, value set url, type]}}}
+    content        the CodeSystem's `content` (`complete`, `not-present`, `example`, ...);
+    caseSensitive  1, or 0 when false or absent (then codes compare case-insensitively);
+    concepts       [[code, display, definition, [parent concept indexes]], ...], trailing empty
+                   fields dropped; parents come from nesting and from the `child`, `parent` and
+                   `subsumedBy` properties (a hierarchy may be a DAG);
+    expansion      the value set's members computed here from `compose` (concept lists, whole
+                   systems, is-a / descendent-of / is-not-a / in / regex / = filters, included
+                   value sets, excludes), or null when it cannot be enumerated from what ships
+                   (SNOMED CT, LOINC, UCUM, BCP-47 and other external systems, filters on
+                   properties no shipped system carries): [[system, version, shipped, listed], ...]
+                   per system, `shipped` being concept indexes into that shipped system and
+                   `listed` [code, display?] for concepts the value set lists but no shipped
+                   system holds (a concept list over SNOMED CT, UCUM, ...). Abstract and
+                   deprecated concepts are kept: a superset of the published expansions, never
+                   a subset (the generator compares with Bundle-valueset-expansions.json);
+    strength       r, e, p, x (required, extensible, preferred, example);
+    type           code, Coding or CodeableConcept (the bound element's type);
+    value set url  the binding's canonical without `|4.0.1`.
+  Bindings are keyed like schema.json: `Patient` / `gender`, `Observation.component` / `code`,
+  `Observation` / `valueCodeableConcept`.
 """
 import json
 import os
@@ -401,6 +438,47 @@ def build_summary(pkg):
     return dict(sorted(out.items()))
 
 
+# Contexts the R4 definitions state too narrowly, widened as the HL7 Java validator does
+# (InstanceValidator.fixContexts): the spec's own definitions use these extensions there.
+CONTEXT_FIXES = {
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type": ["ElementDefinition.type"],
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-normative-version": ["Element"],
+    "http://hl7.org/fhir/StructureDefinition/regex": ["ElementDefinition.type"],
+}
+
+
+def build_extensions(pkg):
+    out = {}
+    for sd in load_entries(pkg, "Bundle-extensions.json"):
+        if sd.get("resourceType") != "StructureDefinition" or sd.get("type") != "Extension":
+            continue
+        contexts = list(CONTEXT_FIXES.get(sd["url"], []))
+        for ctx in sd.get("context", []):
+            if ctx["type"] != "element":
+                contexts = None
+                break
+            contexts.append(ctx["expression"])
+        elements = sd["snapshot"]["element"]
+        root = next(e for e in elements if e["path"] == "Extension")
+        value = next(e for e in elements if e["id"] == "Extension.value[x]")
+        types = [] if value["max"] == "0" else sorted({type_code(t) for t in value.get("type", [])})
+        parts = {}
+        for e in elements:
+            # `Extension.extension:code.url` fixes a sub-extension's url; its value[x] sits beside it.
+            m = re.fullmatch(r"Extension\.extension:([^.]+)\.url", e["id"])
+            if not m or "fixedUri" not in e:
+                continue
+            sub = next((x for x in elements if x["id"] == f"Extension.extension:{m[1]}.value[x]"), None)
+            if sub is None or sub["max"] == "0":
+                parts[e["fixedUri"]] = []
+            else:
+                parts[e["fixedUri"]] = sorted({type_code(t) for t in sub.get("type", [])})
+        modifier = 1 if root.get("isModifier") else 0
+        out[sd["url"]] = [sorted(set(contexts)) if contexts is not None else None, types, modifier,
+                          dict(sorted(parts.items()))]
+    return dict(sorted(out.items()))
+
+
 STRENGTHS = {"required": "r", "extensible": "e", "preferred": "p", "example": "x"}
 BOUND_TYPES = ("code", "Coding", "CodeableConcept")
 
@@ -593,7 +671,7 @@ def expand(url, sets, systems, stack=()):
     return members
 
 
-def build_terminology(pkg, types_schema):
+def build_terminology(pkg):
     cs_raw, vs_raw = load_terminology(pkg)
     systems = {url: System(cs) for url, cs in cs_raw.items()}
     out_cs = []
@@ -689,7 +767,8 @@ def main(pkg):
     search = build_search_params(pkg, schema)
     for name, data in (("schema.json", schema), ("compartment-patient.json", compartment),
                        ("search-params.json", search), ("summary.json", build_summary(pkg)),
-                       ("terminology.json", build_terminology(pkg, schema["types"]))):
+                       ("extensions.json", build_extensions(pkg)),
+                       ("terminology.json", build_terminology(pkg))):
         with open(os.path.join(here, name), "w", encoding="utf-8") as f:
             json.dump(data, f, separators=(",", ":"), ensure_ascii=True)
             f.write("\n")

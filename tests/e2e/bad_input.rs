@@ -264,7 +264,7 @@ async fn codes_outside_a_required_value_set_are_refused_at_their_path() {
         ),
         (
             obs(json!({"valueQuantity": {"value": 120, "comparator": "=<"}})),
-            "Observation.valueQuantity.comparator",
+            "Observation.value.ofType(Quantity).comparator",
             "http://hl7.org/fhir/ValueSet/quantity-comparator",
         ),
     ];

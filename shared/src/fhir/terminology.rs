@@ -960,12 +960,12 @@ mod tests {
             error_paths(obs(
                 json!({"valueQuantity": {"value": 1, "comparator": "=<"}})
             )),
-            ["Observation.valueQuantity.comparator"]
+            ["Observation.value.ofType(Quantity).comparator"]
         );
         assert_eq!(
             error_paths(obs(json!({"component": [{"code": {"text": "c"}},
                 {"code": {"text": "d"}, "valueQuantity": {"value": 1, "comparator": "~"}}]}))),
-            ["Observation.component[1].valueQuantity.comparator"]
+            ["Observation.component[1].value.ofType(Quantity).comparator"]
         );
         // Repeating code elements are judged item by item.
         let cs = |codes: Value| {
