@@ -494,7 +494,11 @@ fn check_members<'a>(
         let before = c.issues.len();
         check_element(c, value, el, map);
         // A value already refused for its form is not judged against its binding too.
-        if c.issues.len() == before {
+        if !c
+            .issues
+            .get(before..)
+            .is_some_and(|new| new.iter().any(Issue::is_error))
+        {
             check_bound(c, value, el, def, key);
         }
         c.path.pop();
