@@ -772,10 +772,16 @@ pub fn check_binding(binding: &Binding, value: &Value, depth: Depth) -> Option<F
         Membership::Unknown if report && binding.strength == Strength::Required => Some(Finding {
             severity: Severity::Information,
             code: IssueType::NotSupported,
-            message: format!(
-                "the code cannot be checked against the required value set {}: it draws on terminology that is not shipped here",
-                named()
-            ),
+            message: match vs.and_then(ValueSet::expansion) {
+                Some(_) => format!(
+                    "the code cannot be checked against the required value set {}: its system is not one the value set draws from (or no system is given)",
+                    named()
+                ),
+                None => format!(
+                    "the code cannot be checked against the required value set {}: it draws on terminology that is not shipped here",
+                    named()
+                ),
+            },
         }),
         Membership::Unknown => None,
     }
