@@ -1282,8 +1282,10 @@ fn eval<'a>(e: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Vec<Item<'a>>> {
                 None => focus.to_vec(),
             };
             match f {
+                // On an empty input `is` gives false, not empty, as in the HL7 validator's
+                // engine: R4's ras-2 (`probability is decimal implies ...`) relies on it.
                 Func::Is => match singleton(&input)? {
-                    None => Vec::new(),
+                    None => vec![Item::Bool(false)],
                     Some(i) => vec![Item::Bool(is_type(i, name))],
                 },
                 // `as` on several items is an error in the spec; R4's own invariants use it on
@@ -1557,8 +1559,11 @@ fn call<'a>(
             }]
         ))],
         Func::StartsWith | Func::EndsWith | Func::Contains => {
+            // On an empty input these give false, not empty, as in the HL7 validator's engine:
+            // R4's ref-1 (`reference.startsWith('#').not() or ...`) and bdl-8 are written for
+            // that reading (R5 rewrote both with `exists() implies`).
             let Some(item) = singleton(&input)? else {
-                return Ok(Vec::new());
+                return Ok(vec![Item::Bool(false)]);
             };
             let Some(s) = string(item) else {
                 return unsupported("a string function on a non-string");

@@ -34,8 +34,26 @@ const NATIVE: &[(&str, &str)] = &[
 ];
 
 /// R4 4.0.1 expressions that are wrong as published, with the expression we evaluate instead
-/// (`None`: not evaluated) and why. The HL7 validator carries the same corrections.
-const CORRECTED: &[(&str, Option<&str>, &str)] = &[];
+/// (`None`: not evaluated) and why.
+const CORRECTED: &[(&str, Option<&str>, &str)] = &[(
+    "per-1",
+    Some(
+        "start.hasValue().not() or end.hasValue().not() or (start <= end) or (start <= end).empty()",
+    ),
+    // `start <= end` is empty when the two agree to the coarser precision (`2021-03` and
+    // `2021-03-01`), so R4's text refuses overlapping periods. R5 compares
+    // `start.lowBoundary() <= end.highBoundary()`, which holds exactly when `start <= end` is not
+    // false.
+    "dates of different precision",
+)];
+
+/// The canonical resources' `xxx-0` warning (`name.matches('[A-Z]([A-Za-z0-9_]){0,254}')`, "Name
+/// should be usable as an identifier") fires on a resource without a name, which R4 allows
+/// (`name` is 0..1): R5 guards it with `name.exists() implies`, and so do we.
+fn corrected_name_rule(key: &str, expression: &str) -> Option<String> {
+    (key.ends_with("-0") && expression.starts_with("name.matches("))
+        .then(|| format!("name.exists() implies {expression}"))
+}
 
 /// One compiled constraint.
 #[derive(Debug)]
@@ -133,13 +151,13 @@ fn load() -> Table {
                 continue;
             }
             let expression = match CORRECTED.iter().find(|(k, _, _)| *k == key) {
-                Some((_, Some(fixed), _)) => fixed,
+                Some((_, Some(fixed), _)) => (*fixed).to_string(),
                 Some((_, None, _)) => continue,
-                None => field(3),
+                None => corrected_name_rule(key, field(3)).unwrap_or_else(|| field(3).to_string()),
             };
             ids.push(t.invariants.len());
             t.invariants
-                .push(Invariant::compile(key, field(1), field(2), expression));
+                .push(Invariant::compile(key, field(1), field(2), &expression));
         }
         ids
     };
@@ -248,6 +266,11 @@ impl<'a> Walker<'a, '_> {
                 return;
             }
             if self.depth == Depth::Write && inv.severity != Severity::Error {
+                continue;
+            }
+            // dom-6 asks a resource for its narrative; a contained resource is described by its
+            // container's narrative (R4 resource.html), so it is not asked.
+            if &*inv.key == "dom-6" && is_contained(resource, root) {
                 continue;
             }
             match inv.holds_on(node.clone(), resource.clone(), root.clone()) {
@@ -396,6 +419,15 @@ impl<'a> Walker<'a, '_> {
     }
 }
 
+fn is_contained(resource: &Item, root: &Item) -> bool {
+    match (resource, root) {
+        (Item::Node { value: Some(a), .. }, Item::Node { value: Some(b), .. }) => {
+            !std::ptr::eq(*a, *b)
+        }
+        _ => false,
+    }
+}
+
 fn kind_name(el: &Element) -> &'static str {
     match el.kind {
         Kind::Primitive(p) => p.name(),
@@ -407,6 +439,53 @@ fn kind_name(el: &Element) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::validate::{validate_report, validate_resource};
+    use serde_json::json;
+
+    /// The invariant issues of a resource at `$validate` depth, as (severity, key, path).
+    fn report(resource: &Value) -> Vec<(Severity, String, String)> {
+        validate_report(resource)
+            .into_iter()
+            .filter(|i| i.code == IssueType::Invariant)
+            .map(|i| {
+                let key = i.message.split(':').next().unwrap_or("").to_string();
+                (i.severity, key, i.path)
+            })
+            .collect()
+    }
+
+    fn refused(resource: &Value) -> Vec<(String, String)> {
+        match validate_resource(resource) {
+            Ok(()) => Vec::new(),
+            Err(issues) => issues
+                .into_iter()
+                .map(|i| {
+                    assert_eq!(i.code, IssueType::Invariant, "{i:?}");
+                    let key = i.message.split(':').next().unwrap_or("").to_string();
+                    (key, i.path)
+                })
+                .collect(),
+        }
+    }
+
+    fn errors(key: &str, path: &str) -> Vec<(String, String)> {
+        vec![(key.to_string(), path.to_string())]
+    }
+
+    fn narrative() -> Value {
+        json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"})
+    }
+
+    fn observation() -> Value {
+        json!({
+            "resourceType": "Observation",
+            "text": narrative(),
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+            "referenceRange": [{"low": {"value": 60, "system": "http://unitsofmeasure.org", "code": "/min"}}]
+        })
+    }
 
     #[test]
     fn every_r4_invariant_compiles() {
@@ -417,5 +496,134 @@ mod tests {
             .collect();
         assert!(failed.is_empty(), "{failed:#?}");
         assert!(TABLE.invariants.len() > 200, "{}", TABLE.invariants.len());
+        // Natively checked constraints are not evaluated twice.
+        assert!(TABLE.invariants.iter().all(|i| NATIVE.iter().all(|(k, _)| *k != &*i.key)));
+    }
+
+    #[test]
+    fn valid_resources_pass() {
+        assert_eq!(validate_resource(&observation()), Ok(()));
+        assert!(report(&observation()).is_empty(), "{:?}", report(&observation()));
+        let patient = json!({
+            "resourceType": "Patient",
+            "text": narrative(),
+            "name": [{"family": "Doe", "period": {"start": "2020-01-01", "end": "2021-06"}}],
+            "contact": [{"name": {"family": "Roe"}}],
+            "managingOrganization": {"reference": "#org"},
+            "contained": [{"resourceType": "Organization", "id": "org", "name": "Clinic"}]
+        });
+        assert_eq!(validate_resource(&patient), Ok(()));
+        assert!(report(&patient).is_empty(), "{:?}", report(&patient));
+    }
+
+    #[test]
+    fn obs_6_and_obs_7_are_refused_at_the_observation() {
+        let mut o = observation();
+        o["dataAbsentReason"] = json!({"text": "unknown"});
+        assert_eq!(refused(&o), errors("obs-6", "Observation"));
+
+        let mut o = observation();
+        o["component"] = json!([{"code": o["code"].clone(), "valueString": "x"}]);
+        assert_eq!(refused(&o), errors("obs-7", "Observation"));
+        // A component with another code is fine.
+        o["component"][0]["code"]["coding"][0]["code"] = json!("8480-6");
+        assert_eq!(refused(&o), Vec::new());
+    }
+
+    #[test]
+    fn pat_1_is_refused_at_the_contact() {
+        let p = json!({
+            "resourceType": "Patient",
+            "contact": [{"name": {"family": "Roe"}}, {"gender": "female"}]
+        });
+        assert_eq!(refused(&p), errors("pat-1", "Patient.contact[1]"));
+    }
+
+    #[test]
+    fn dom_2_and_dom_4_are_refused_at_the_resource() {
+        let nested = json!({
+            "resourceType": "Patient",
+            "managingOrganization": {"reference": "#org"},
+            "contained": [{"resourceType": "Organization", "id": "org", "name": "Clinic",
+                "contained": [{"resourceType": "Organization", "id": "inner", "name": "Ward"}]}]
+        });
+        let found = refused(&nested);
+        assert!(found.contains(&("dom-2".into(), "Patient".into())), "{found:?}");
+        let versioned = json!({
+            "resourceType": "Patient",
+            "managingOrganization": {"reference": "#org"},
+            "contained": [{"resourceType": "Organization", "id": "org", "name": "Clinic",
+                "meta": {"versionId": "3"}}]
+        });
+        assert_eq!(refused(&versioned), errors("dom-4", "Patient"));
+    }
+
+    #[test]
+    fn datatype_invariants_apply_wherever_the_type_is() {
+        let backwards = json!({"start": "2021-03-04T10:00:00Z", "end": "2021-03-04T09:00:00Z"});
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Doe"}, {"family": "Roe", "period": backwards}]});
+        assert_eq!(refused(&p), errors("per-1", "Patient.name[1].period"));
+        // Inside an extension's value, named by the choice.
+        let p = json!({"resourceType": "Patient", "extension": [
+            {"url": "http://example.org/x", "valuePeriod": backwards}]});
+        assert_eq!(
+            refused(&p),
+            errors("per-1", "Patient.extension[0].value.ofType(Period)")
+        );
+        // Inside a contained resource and a backbone element: qty-3 (a code needs a system).
+        let o = json!({"resourceType": "Patient", "managingOrganization": {"reference": "#o"},
+            "contained": [{"resourceType": "Observation", "id": "o", "status": "final",
+                "code": {"text": "x"}, "referenceRange": [{"low": {"value": 1, "code": "mg"}}]}]});
+        assert_eq!(
+            refused(&o),
+            errors("qty-3", "Patient.contained[0].referenceRange[0].low")
+        );
+        // Time zones are compared as instants: 10:00+02:00 is before 09:00Z.
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Doe",
+            "period": {"start": "2021-03-04T10:00:00+02:00", "end": "2021-03-04T09:00:00Z"}}]});
+        assert_eq!(refused(&p), Vec::new());
+        // Different precisions that overlap are not refused.
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Doe",
+            "period": {"start": "2021-03", "end": "2021-03-01"}}]});
+        assert_eq!(refused(&p), Vec::new());
+        // ref-1: a local reference needs its contained resource.
+        let p = json!({"resourceType": "Patient", "managingOrganization": {"reference": "#missing"}});
+        let found = refused(&p);
+        assert!(
+            found.contains(&("ref-1".into(), "Patient.managingOrganization".into())),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn warnings_are_reported_only_by_validate() {
+        // dom-6: a resource should have a narrative.
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Doe"}]});
+        assert_eq!(validate_resource(&p), Ok(()));
+        assert_eq!(
+            report(&p),
+            [(Severity::Warning, "dom-6".to_string(), "Patient".to_string())]
+        );
+        let mut checked = Vec::new();
+        check(&p, Depth::Write, &mut checked);
+        assert!(checked.is_empty());
+    }
+
+    #[test]
+    fn a_profile_constraint_can_be_evaluated_on_its_own() {
+        let inv = Invariant::compile(
+            "us-1",
+            "error",
+            "a name needs a family name",
+            "name.all(family.exists())",
+        );
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Doe"}, {"given": ["J"]}]});
+        assert_eq!(inv.holds(&p, "Patient", &p), Ok(false));
+        let name = &p["name"][0];
+        let on_name = Invariant::compile("us-2", "error", "family", "family.exists()");
+        assert_eq!(on_name.holds(name, "HumanName", &p), Ok(true));
+        assert_eq!(on_name.message(), "us-2: family");
+        let bad = Invariant::compile("us-3", "error", "x", "name.memberOf('http://x')");
+        assert!(bad.holds(&p, "Patient", &p).is_err());
     }
 }
