@@ -1691,3 +1691,119 @@ fn call<'a>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Evaluate `expr` on a resource and render the result as JSON-ish strings.
+    fn eval_on(resource: &Value, expr: &str) -> Vec<String> {
+        let Some(root) = Item::resource(resource) else {
+            panic!("not a resource")
+        };
+        let path = Path::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
+        path.evaluate(root.clone(), root.clone(), root)
+            .unwrap_or_else(|e| panic!("{expr}: {e:?}"))
+            .iter()
+            .map(|i| match i {
+                Item::Node { value: Some(v), .. } => v.to_string(),
+                other => to_string(other).map(Cow::into_owned).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    fn patient() -> Value {
+        json!({
+            "resourceType": "Patient", "id": "example", "active": true,
+            "name": [{"use": "official", "family": "Chalmers", "given": ["Peter", "James"]},
+                     {"use": "usual", "given": ["Jim"]}],
+            "birthDate": "1974-12-25",
+            "_birthDate": {"extension": [{"url": "http://x", "valueDateTime": "1974-12-25T14:35:45-05:00"}]},
+            "deceasedBoolean": false
+        })
+    }
+
+    // Cases of the R4 FHIRPath suite (tests-fhir-r4.xml) on its patient example.
+    #[test]
+    fn paths_and_functions_follow_the_r4_suite() {
+        let p = patient();
+        let cases: &[(&str, &[&str])] = &[
+            ("name.given", &["\"Peter\"", "\"James\"", "\"Jim\""]),
+            ("Patient.name.given.count()", &["3"]),
+            ("name.where(use = 'usual').given", &["\"Jim\""]),
+            ("name.select(given.first())", &["\"Peter\"", "\"Jim\""]),
+            ("name.given.exists($this = 'Jim')", &["true"]),
+            ("name.all(given.exists())", &["true"]),
+            ("name.all(family.exists())", &["false"]),
+            ("name.tail().given", &["\"Jim\""]),
+            ("name[1].given", &["\"Jim\""]),
+            ("deceased", &["false"]),
+            ("deceased is boolean", &["true"]),
+            ("deceased.is(FHIR.boolean)", &["true"]),
+            ("birthDate.extension.value.ofType(dateTime).exists()", &["true"]),
+            ("name.given.isDistinct()", &["true"]),
+            ("(name.given | name.given).count()", &["3"]),
+            ("name.given.combine(name.given).count()", &["6"]),
+            ("name.family.startsWith('Chal')", &["true"]),
+            ("name.family.substring(1, 3)", &["hal"]),
+            ("name.family.matches('^C[a-z]+$')", &["true"]),
+            ("name.family.replaceMatches('[aeiou]', '')", &["Chlmrs"]),
+            ("iif(active, 'yes', 'no')", &["yes"]),
+            ("{}.empty()", &["true"]),
+            ("descendants().where($this = 'Jim').count()", &["1"]),
+            ("children().count() > 3", &["true"]),
+            ("'a' in ('a' | 'b')", &["true"]),
+            ("('a' | 'b') contains 'c'", &["false"]),
+            ("1 + 2 * 3 = 7", &["true"]),
+            ("'1' & '2'", &["12"]),
+            ("birthDate.toString()", &["1974-12-25"]),
+            ("'12'.toInteger() = 12", &["true"]),
+        ];
+        for (expr, want) in cases {
+            assert_eq!(eval_on(&p, expr), *want, "{expr}");
+        }
+    }
+
+    #[test]
+    fn logic_is_three_valued() {
+        let p = patient();
+        let cases: &[(&str, &[&str])] = &[
+            ("{} and true", &[]),
+            ("{} and false", &["false"]),
+            ("{} or true", &["true"]),
+            ("{} or false", &[]),
+            ("false implies {}", &["true"]),
+            ("{} implies true", &["true"]),
+            ("true xor {}", &[]),
+            ("{}.not()", &[]),
+            ("gender = 'male'", &[]),
+        ];
+        for (expr, want) in cases {
+            assert_eq!(eval_on(&p, expr), *want, "{expr}");
+        }
+    }
+
+    #[test]
+    fn dates_compare_to_their_common_precision() {
+        let d = |s: &str| parse_date(s).unwrap_or_else(|| panic!("{s}"));
+        assert_eq!(d("2021-03").compare(d("2021-04-01"), 3), Some(Ordering::Less));
+        assert_eq!(d("2021-03").compare(d("2021-03-01"), 3), None);
+        assert_eq!(
+            d("2021-03-04T10:00:00+02:00").compare(d("2021-03-04T08:00:00Z"), 3),
+            Some(Ordering::Equal)
+        );
+        assert_eq!(
+            d("2021-03-04T10:00:00.5Z").compare(d("2021-03-04T10:00:00Z"), 3),
+            Some(Ordering::Greater)
+        );
+        assert!(parse_date("2021-13x").is_none());
+    }
+
+    #[test]
+    fn what_is_not_supported_does_not_compile() {
+        for expr in ["name.memberOf('x')", "name.given.aggregate($this)", "a ~ b", "name.matches(given)"] {
+            assert!(Path::compile(expr).is_err(), "{expr}");
+        }
+    }
+}

@@ -1013,7 +1013,7 @@ mod tests {
             parse(&format!(
                 r#"{{"resourceType": "MedicationRequest", "status": "active", "intent": "order",
                     "medicationCodeableConcept": {{"text": "x"}}, "subject": {{"reference": "Patient/1"}},
-                    "dosageInstruction": [{{"timing": {{"repeat": {{"{field}": {v}}}}}}}]}}"#
+                    "dosageInstruction": [{{"timing": {{"repeat": {{"when": ["MORN"], "{field}": {v}}}}}}}]}}"#
             ))
         };
         let at =
@@ -1106,7 +1106,9 @@ mod tests {
         assert_eq!(paths(photo(json!({"size": -1}))), ["Patient.photo[0].size"]);
         for good in ["YWJj\nZA==", "YQ==", " YWJj ", "+/+/"] {
             assert_eq!(
-                issues(photo(json!({"data": good, "size": 0}))),
+                issues(photo(
+                    json!({"contentType": "image/png", "data": good, "size": 0})
+                )),
                 vec![],
                 "{good}"
             );
@@ -1309,6 +1311,7 @@ mod tests {
         let mut total = 0;
         let mut failed = Vec::new();
         let mut times = Vec::new();
+        let mut invariant_refusals = std::collections::BTreeSet::new();
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .flatten()
@@ -1349,6 +1352,10 @@ mod tests {
             let result = validate_resource(&v);
             times.push(start.elapsed());
             if let Err(issues) = result {
+                for i in issues.iter().filter(|i| i.code == IssueType::Invariant) {
+                    let key = i.message.split(':').next().unwrap_or("");
+                    invariant_refusals.insert(format!("{name} {key}"));
+                }
                 let kinds: std::collections::BTreeSet<_> =
                     issues.iter().map(|i| i.message.as_str()).collect();
                 failed.push(format!(
@@ -1370,6 +1377,18 @@ mod tests {
             eprintln!("  {f}");
         }
         assert!(total > 5000);
+        // The examples an R4 invariant refuses, with the key. The four logical models of R4's
+        // patterns are neither abstract nor derived from a base: sdf-4 as written (and as the
+        // HL7 validator evaluates it) refuses them.
+        assert_eq!(
+            invariant_refusals.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "StructureDefinition-Definition.json sdf-4",
+                "StructureDefinition-Event.json sdf-4",
+                "StructureDefinition-FiveWs.json sdf-4",
+                "StructureDefinition-Request.json sdf-4",
+            ]
+        );
         assert!(
             failed.len() * 100 <= total,
             "more than 1% of the official examples fail"
