@@ -33,19 +33,26 @@ const NATIVE: &[(&str, &str)] = &[
     ("txt-2", "narrative.rs"),
 ];
 
-/// R4 4.0.1 expressions that are wrong as published, with the expression we evaluate instead
-/// (`None`: not evaluated) and why.
-const CORRECTED: &[(&str, Option<&str>, &str)] = &[(
-    "per-1",
-    Some(
-        "start.hasValue().not() or end.hasValue().not() or (start <= end) or (start <= end).empty()",
+/// R4 4.0.1 expressions that are wrong as published, with the expression we evaluate instead.
+/// (Two more corrections live in the evaluator, as the HL7 validator's engine reads them: on an
+/// empty input `is`, `startsWith`, `endsWith` and `contains` give false, which ref-1, bdl-8 and
+/// ras-2 rely on; and [`corrected_name_rule`] below.)
+const CORRECTED: &[(&str, &str)] = &[
+    // ref-1: a contained resource may point at its container with `#` (R4 dom-3 says so), which
+    // R4's text refuses (`''` is no contained id); R5 adds the case.
+    (
+        "ref-1",
+        "reference.startsWith('#').not() or (reference.substring(1) in %rootResource.contained.id) or (reference = '#' and %rootResource != %resource)",
     ),
-    // `start <= end` is empty when the two agree to the coarser precision (`2021-03` and
+    // per-1: `start <= end` is empty when the two agree to the coarser precision (`2021-03` and
     // `2021-03-01`), so R4's text refuses overlapping periods. R5 compares
     // `start.lowBoundary() <= end.highBoundary()`, which holds exactly when `start <= end` is not
     // false.
-    "dates of different precision",
-)];
+    (
+        "per-1",
+        "start.hasValue().not() or end.hasValue().not() or (start <= end) or (start <= end).empty()",
+    ),
+];
 
 /// The canonical resources' `xxx-0` warning (`name.matches('[A-Z]([A-Za-z0-9_]){0,254}')`, "Name
 /// should be usable as an identifier") fires on a resource without a name, which R4 allows
@@ -95,15 +102,24 @@ impl Invariant {
     /// Whether the constraint holds on `node`, an element of FHIR type `type_name` (a resource,
     /// datatype or backbone name as in the schema) inside `resource`. `Err` when it cannot be
     /// evaluated (never a reason to refuse).
-    pub fn holds(&self, node: &Value, type_name: &str, resource: &Value) -> Result<bool, Unsupported> {
+    pub fn holds(
+        &self,
+        node: &Value,
+        type_name: &str,
+        resource: &Value,
+    ) -> Result<bool, Unsupported> {
         let def = schema::type_def(type_name)
             .ok_or_else(|| Unsupported(format!("unknown type {type_name}")))?;
-        let res = Item::resource(resource)
-            .ok_or_else(|| Unsupported("not a resource".into()))?;
+        let res = Item::resource(resource).ok_or_else(|| Unsupported("not a resource".into()))?;
         self.holds_on(Item::complex(node, def), res.clone(), res)
     }
 
-    fn holds_on<'a>(&self, node: Item<'a>, resource: Item<'a>, root: Item<'a>) -> Result<bool, Unsupported> {
+    fn holds_on<'a>(
+        &self,
+        node: Item<'a>,
+        resource: Item<'a>,
+        root: Item<'a>,
+    ) -> Result<bool, Unsupported> {
         let path = self.path.as_ref().map_err(Clone::clone)?;
         let result = path.evaluate(node, resource, root)?;
         // Singleton evaluation: an empty result is not `true`, so the constraint fails (as in
@@ -150,9 +166,8 @@ fn load() -> Table {
             if NATIVE.iter().any(|(k, _)| *k == key) {
                 continue;
             }
-            let expression = match CORRECTED.iter().find(|(k, _, _)| *k == key) {
-                Some((_, Some(fixed), _)) => (*fixed).to_string(),
-                Some((_, None, _)) => continue,
+            let expression = match CORRECTED.iter().find(|(k, _)| *k == key) {
+                Some((_, fixed)) => (*fixed).to_string(),
                 None => corrected_name_rule(key, field(3)).unwrap_or_else(|| field(3).to_string()),
             };
             ids.push(t.invariants.len());
@@ -315,7 +330,13 @@ impl<'a> Walker<'a, '_> {
     }
 
     /// The elements of an object of type `def`.
-    fn content(&mut self, value: &'a Value, def: &'static TypeDef, resource: &Item<'a>, root: &Item<'a>) {
+    fn content(
+        &mut self,
+        value: &'a Value,
+        def: &'static TypeDef,
+        resource: &Item<'a>,
+        root: &Item<'a>,
+    ) {
         let Value::Object(map) = value else { return };
         let table = &*TABLE;
         for (key, v) in map {
@@ -377,7 +398,9 @@ impl<'a> Walker<'a, '_> {
                             let Some(rt) = v.get("resourceType").and_then(Value::as_str) else {
                                 return;
                             };
-                            let Some(t) = schema::type_def(rt) else { return };
+                            let Some(t) = schema::type_def(rt) else {
+                                return;
+                            };
                             if contained {
                                 w.resource(v, t, root);
                             } else {
@@ -393,7 +416,13 @@ impl<'a> Walker<'a, '_> {
     }
 
     /// A complex datatype or backbone element: its type's constraints, then its content.
-    fn complex(&mut self, value: &'a Value, def: &'static TypeDef, resource: &Item<'a>, root: &Item<'a>) {
+    fn complex(
+        &mut self,
+        value: &'a Value,
+        def: &'static TypeDef,
+        resource: &Item<'a>,
+        root: &Item<'a>,
+    ) {
         if let Some(ids) = TABLE.by_type.get(&addr(def)) {
             self.evaluate(ids, &Item::complex(value, def), resource, root);
         }
@@ -497,13 +526,20 @@ mod tests {
         assert!(failed.is_empty(), "{failed:#?}");
         assert!(TABLE.invariants.len() > 200, "{}", TABLE.invariants.len());
         // Natively checked constraints are not evaluated twice.
-        assert!(TABLE.invariants.iter().all(|i| NATIVE.iter().all(|(k, _)| *k != &*i.key)));
+        assert!(TABLE
+            .invariants
+            .iter()
+            .all(|i| NATIVE.iter().all(|(k, _)| *k != &*i.key)));
     }
 
     #[test]
     fn valid_resources_pass() {
         assert_eq!(validate_resource(&observation()), Ok(()));
-        assert!(report(&observation()).is_empty(), "{:?}", report(&observation()));
+        assert!(
+            report(&observation()).is_empty(),
+            "{:?}",
+            report(&observation())
+        );
         let patient = json!({
             "resourceType": "Patient",
             "text": narrative(),
@@ -548,7 +584,10 @@ mod tests {
                 "contained": [{"resourceType": "Organization", "id": "inner", "name": "Ward"}]}]
         });
         let found = refused(&nested);
-        assert!(found.contains(&("dom-2".into(), "Patient".into())), "{found:?}");
+        assert!(
+            found.contains(&("dom-2".into(), "Patient".into())),
+            "{found:?}"
+        );
         let versioned = json!({
             "resourceType": "Patient",
             "managingOrganization": {"reference": "#org"},
@@ -586,8 +625,14 @@ mod tests {
         let p = json!({"resourceType": "Patient", "name": [{"family": "Doe",
             "period": {"start": "2021-03", "end": "2021-03-01"}}]});
         assert_eq!(refused(&p), Vec::new());
+        // A contained resource may point at its container.
+        let p = json!({"resourceType": "Patient", "managingOrganization": {"reference": "#o"},
+            "contained": [{"resourceType": "Observation", "id": "o", "status": "final",
+                "code": {"text": "x"}, "subject": {"reference": "#"}}]});
+        assert_eq!(refused(&p), Vec::new());
         // ref-1: a local reference needs its contained resource.
-        let p = json!({"resourceType": "Patient", "managingOrganization": {"reference": "#missing"}});
+        let p =
+            json!({"resourceType": "Patient", "managingOrganization": {"reference": "#missing"}});
         let found = refused(&p);
         assert!(
             found.contains(&("ref-1".into(), "Patient.managingOrganization".into())),
@@ -602,7 +647,11 @@ mod tests {
         assert_eq!(validate_resource(&p), Ok(()));
         assert_eq!(
             report(&p),
-            [(Severity::Warning, "dom-6".to_string(), "Patient".to_string())]
+            [(
+                Severity::Warning,
+                "dom-6".to_string(),
+                "Patient".to_string()
+            )]
         );
         let mut checked = Vec::new();
         check(&p, Depth::Write, &mut checked);

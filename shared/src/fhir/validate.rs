@@ -1381,7 +1381,10 @@ mod tests {
         // patterns are neither abstract nor derived from a base: sdf-4 as written (and as the
         // HL7 validator evaluates it) refuses them.
         assert_eq!(
-            invariant_refusals.iter().map(String::as_str).collect::<Vec<_>>(),
+            invariant_refusals
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             [
                 "StructureDefinition-Definition.json sdf-4",
                 "StructureDefinition-Event.json sdf-4",

@@ -40,7 +40,10 @@ fn official(dir: &std::path::Path) -> anyhow::Result<Vec<Value>> {
         "valueset-expansions",
     ];
     let mut out = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     names.sort();
     for path in names {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -95,16 +98,27 @@ fn main() -> anyhow::Result<()> {
         bundles.iter().flat_map(|b| entries(&b.bundle)).collect(),
     ));
     if let Some(examples) = std::env::var_os("CARAPACE_R4_EXAMPLES") {
-        sets.push(("official examples", official(std::path::Path::new(&examples))?));
+        sets.push((
+            "official examples",
+            official(std::path::Path::new(&examples))?,
+        ));
     }
-    println!("| set               | validation      | resources | µs/resource | resources/s | refused |");
-    println!("|-------------------|-----------------|-----------|-------------|-------------|---------|");
+    println!(
+        "| set               | validation      | resources | µs/resource | resources/s | refused |"
+    );
+    println!(
+        "|-------------------|-----------------|-----------|-------------|-------------|---------|"
+    );
     for (name, resources) in &sets {
         let structure = time(resources, passes, |r| {
-            !validate::validate_structure(r).iter().any(validate::Issue::is_error)
+            !validate::validate_structure(r)
+                .iter()
+                .any(validate::Issue::is_error)
         });
         row(name, "structure only", resources.len(), structure);
-        let all = time(resources, passes, |r| validate::validate_resource(r).is_ok());
+        let all = time(resources, passes, |r| {
+            validate::validate_resource(r).is_ok()
+        });
         row(name, "everything", resources.len(), all);
     }
     Ok(())
