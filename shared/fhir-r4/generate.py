@@ -50,6 +50,15 @@ constraints.json
   element's values, plus the constraints of the type profiles an element names
   (`SimpleQuantity`'s sqty-1 on `Observation.referenceRange.low`). severity is `error` or
   `warning`.
+extensions.json
+  {extension url: [contexts, value types, modifier, parts]}
+  Every core extension definition (Bundle-extensions.json). `contexts` lists the element paths or
+  type names (`Patient`, `Element`, `HumanName.given`) of its `element` contexts, or is null when a
+  `fhirpath` or `extension` context makes it usable anywhere we cannot decide cheaply (plus the
+  contexts the HL7 validator adds, see CONTEXT_FIXES); `value
+  types` the types its `Extension.value[x]` allows (empty for a complex extension, whose value[x]
+  is 0..0); `modifier` 1 when it must be a modifierExtension, else 0; `parts` for a complex
+  extension, {sub-extension url: [value types]} of the sub-extensions it defines.
 """
 import json
 import os
@@ -445,6 +454,47 @@ def build_constraints(pkg, types):
     return {"types": dict(sorted(by_type.items())), "elements": dict(sorted(by_element.items()))}
 
 
+# Contexts the R4 definitions state too narrowly, widened as the HL7 Java validator does
+# (InstanceValidator.fixContexts): the spec's own definitions use these extensions there.
+CONTEXT_FIXES = {
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type": ["ElementDefinition.type"],
+    "http://hl7.org/fhir/StructureDefinition/structuredefinition-normative-version": ["Element"],
+    "http://hl7.org/fhir/StructureDefinition/regex": ["ElementDefinition.type"],
+}
+
+
+def build_extensions(pkg):
+    out = {}
+    for sd in load_entries(pkg, "Bundle-extensions.json"):
+        if sd.get("resourceType") != "StructureDefinition" or sd.get("type") != "Extension":
+            continue
+        contexts = list(CONTEXT_FIXES.get(sd["url"], []))
+        for ctx in sd.get("context", []):
+            if ctx["type"] != "element":
+                contexts = None
+                break
+            contexts.append(ctx["expression"])
+        elements = sd["snapshot"]["element"]
+        root = next(e for e in elements if e["path"] == "Extension")
+        value = next(e for e in elements if e["id"] == "Extension.value[x]")
+        types = [] if value["max"] == "0" else sorted({type_code(t) for t in value.get("type", [])})
+        parts = {}
+        for e in elements:
+            # `Extension.extension:code.url` fixes a sub-extension's url; its value[x] sits beside it.
+            m = re.fullmatch(r"Extension\.extension:([^.]+)\.url", e["id"])
+            if not m or "fixedUri" not in e:
+                continue
+            sub = next((x for x in elements if x["id"] == f"Extension.extension:{m[1]}.value[x]"), None)
+            if sub is None or sub["max"] == "0":
+                parts[e["fixedUri"]] = []
+            else:
+                parts[e["fixedUri"]] = sorted({type_code(t) for t in sub.get("type", [])})
+        modifier = 1 if root.get("isModifier") else 0
+        out[sd["url"]] = [sorted(set(contexts)) if contexts is not None else None, types, modifier,
+                          dict(sorted(parts.items()))]
+    return dict(sorted(out.items()))
+
+
 def main(pkg):
     here = os.path.dirname(os.path.abspath(__file__))
     schema = build_schema(pkg)
@@ -452,7 +502,8 @@ def main(pkg):
     search = build_search_params(pkg, schema)
     for name, data in (("schema.json", schema), ("compartment-patient.json", compartment),
                        ("search-params.json", search), ("summary.json", build_summary(pkg)),
-                       ("constraints.json", build_constraints(pkg, schema["types"]))):
+                       ("constraints.json", build_constraints(pkg, schema["types"])),
+                       ("extensions.json", build_extensions(pkg))):
         with open(os.path.join(here, name), "w", encoding="utf-8") as f:
             json.dump(data, f, separators=(",", ":"), ensure_ascii=True)
             f.write("\n")

@@ -25,4 +25,5 @@ mod narrative;
 mod operations;
 mod search;
 mod tls;
+mod validation;
 mod vault;

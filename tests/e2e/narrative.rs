@@ -141,7 +141,11 @@ async fn hostile_narratives_are_refused_on_every_write_path() {
             "contained": [{"resourceType": "Patient", "id": "p",
                            "text": {"status": "generated", "div": hostile}}]});
         let r = fhir.post("Observation", &contained).await;
-        assert_refused(what, &r, "Observation.contained[0].text.div");
+        assert_refused(
+            what,
+            &r,
+            "Observation.contained[0].ofType(Patient).text.div",
+        );
 
         let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"resource": patient_with(&div("fine")), "request": {"method": "POST", "url": "Patient"}},

@@ -1,6 +1,7 @@
 //! FHIR R4 (4.0.1) resource handling: strict JSON intake, structural validation against the R4
 //! definitions, and the parsed newtypes (`ResourceType`, `ResourceId`) every other layer takes.
 
+pub mod extensions;
 pub mod fhirpath;
 pub mod invariants;
 pub mod json;

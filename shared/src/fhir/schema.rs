@@ -11,7 +11,7 @@ const COMPARTMENT_JSON: &str = include_str!("../../fhir-r4/compartment-patient.j
 
 /// FNV-1a: the tables are fixed at start-up and element names are short, so a simple hash beats
 /// SipHash; a client choosing keys cannot grow a table, only probe it.
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Fnv {
@@ -31,7 +31,7 @@ impl Hasher for Fnv {
     }
 }
 
-type FastMap<V> = HashMap<Box<str>, V, BuildHasherDefault<Fnv>>;
+pub(crate) type FastMap<V> = HashMap<Box<str>, V, BuildHasherDefault<Fnv>>;
 
 /// The R4 primitive types (datatypes.html), each with its own JSON form and lexical rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

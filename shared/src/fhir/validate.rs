@@ -1,12 +1,18 @@
 //! Structural validation of R4 JSON resources against the R4 definitions: known elements only, the
 //! right JSON types, arrays where (and only where) the definition repeats, primitives in their lexical
-//! forms, required elements present, embedded resources checked as resources. Every problem is named
-//! by a FHIRPath-like location (`Patient.name[0].given[1]`).
+//! forms, required elements present, embedded resources checked as resources; the invariants that
+//! are structure (ele-1, ext-1, dom-2 to dom-5, txt-1/txt-2) natively; core extensions against their
+//! definitions ([`super::extensions`]: value type, context, modifier or not). Every problem is
+//! named by FHIRPath, as the HL7 validator names it (`Patient.name[0].given[1]`,
+//! `Observation.value.ofType(Quantity)`, `Patient.gender` for `_gender`,
+//! `Bundle.entry[0].resource.ofType(Patient)`), with its R4 issue type.
 //!
 //! This runs on every write, so it walks the document once over the precomputed tables of
 //! [`super::schema`], and allocates no strings unless it finds a problem: the current location is a
-//! stack of borrowed segments, rendered into a path only for an issue.
+//! stack of borrowed segments, rendered into a path only for an issue; the objects around it are a
+//! stack of frames (their types), which is what an extension's context is matched against.
 
+use super::extensions;
 use super::narrative;
 use super::printable;
 use super::schema::{self, Element, Kind, Primitive, TypeDef};
@@ -189,24 +195,55 @@ fn walk(resource: &Value, depth: Depth) -> Vec<Issue> {
     let mut c = Checker {
         issues: Vec::new(),
         path: Vec::with_capacity(16),
+        frames: Vec::with_capacity(16),
+        local_refs: Vec::new(),
+        in_contained: 0,
         depth,
     };
     match resource {
         Value::Object(map) => check_resource(&mut c, map, true),
-        _ => c.issue("a resource must be a JSON object"),
+        _ => c.issue(IssueType::Structure, "a resource must be a JSON object"),
     }
     c.issues
 }
 
+/// One step of the current location. Rendered as FHIRPath only when an issue is raised.
 #[derive(Clone, Copy)]
 enum Seg<'a> {
+    /// An element of the definition (`name`), a primitive's `_name` (named as the primitive), or a
+    /// key the definition does not have (rendered through [`printable`]).
     Name(&'a str),
+    /// A position in a repeating element: `[0]`.
     Index(usize),
+    /// An expanded choice, `valueQuantity`: `value.ofType(Quantity)`.
+    Choice(&'static str, &'static str),
+    /// Into an embedded resource, whose element is typed `Resource`: `.ofType(Patient)`, as the
+    /// HL7 validator writes it (`Bundle.entry[0].resource.ofType(Patient).name[0]`) and a typed
+    /// FHIRPath engine can evaluate.
+    Resource(&'a str),
+}
+
+/// An object being walked: where it starts in the path and its type (`HumanName`, a backbone's
+/// path `Patient.contact`, a resource type, or a primitive's type for its `_name` object). The
+/// frames name the element an extension is on, for its definition's contexts.
+#[derive(Clone, Copy)]
+struct Frame<'a> {
+    at: usize,
+    ty: &'static str,
+    resource: bool,
+    /// An extension's url (empty for other objects): the parent of its nested extensions.
+    url: &'a str,
 }
 
 struct Checker<'a> {
     issues: Vec<Issue>,
     path: Vec<Seg<'a>>,
+    frames: Vec<Frame<'a>>,
+    /// dom-3: the `#` references (and uris) of the resource being walked and its contained
+    /// resources, each with the contained resource it is in (index + 1, 0 for the container).
+    local_refs: Vec<(&'a str, usize)>,
+    /// The contained resource being walked (index + 1), 0 outside one.
+    in_contained: usize,
     #[expect(
         dead_code,
         reason = "read by the binding and invariant checks being added"
@@ -219,10 +256,8 @@ impl<'a> Checker<'a> {
         self.issues.len() >= MAX_ISSUES
     }
 
-    fn issue(&mut self, message: impl Into<String>) {
-        if self.full() {
-            return;
-        }
+    /// The current location as FHIRPath.
+    fn render(&self) -> String {
         let mut path = String::new();
         for seg in &self.path {
             match seg {
@@ -236,103 +271,244 @@ impl<'a> Checker<'a> {
                 Seg::Index(i) => {
                     let _ = write!(path, "[{i}]");
                 }
+                Seg::Choice(base, ty) => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    let _ = write!(path, "{base}.ofType({ty})");
+                }
+                Seg::Resource(ty) => {
+                    let _ = write!(path, ".ofType({})", printable(ty));
+                }
             }
         }
-        self.issues.push(Issue::invalid(path, message));
+        path
     }
 
-    fn issue_at(&mut self, name: &'a str, message: impl Into<String>) {
+    fn issue(&mut self, code: IssueType, message: impl Into<String>) {
+        if self.full() {
+            return;
+        }
+        let path = self.render();
+        self.issues.push(Issue::error(code, path, message));
+    }
+
+    fn issue_at(&mut self, name: &'a str, code: IssueType, message: impl Into<String>) {
         self.path.push(Seg::Name(name));
-        self.issue(message);
+        self.issue(code, message);
         self.path.pop();
     }
 }
+
+/// What an object is, for the rules that differ between them.
+#[derive(Clone, Copy)]
+enum Holder {
+    Resource,
+    /// A complex datatype or backbone element.
+    Element,
+    /// A primitive's `_name` object; `has_value` when the primitive also has a value.
+    Primitive(Primitive, bool),
+}
+
+const ELE_1: &str = "ele-1: All FHIR elements must have a @value or children";
 
 fn check_resource<'a>(c: &mut Checker<'a>, map: &'a Map<String, Value>, root: bool) {
     let rt = match map.get("resourceType") {
         Some(Value::String(rt)) if schema::is_resource_type(rt) => rt.as_str(),
         Some(Value::String(_)) => {
-            c.issue_at("resourceType", "resourceType is not an R4 resource type");
+            c.issue_at(
+                "resourceType",
+                IssueType::Structure,
+                "resourceType is not an R4 resource type",
+            );
             return;
         }
         _ => {
-            c.issue_at("resourceType", "resourceType is missing or not a string");
+            c.issue_at(
+                "resourceType",
+                IssueType::Structure,
+                "resourceType is missing or not a string",
+            );
             return;
         }
     };
     let Some(def) = schema::type_def(rt) else {
-        c.issue("resource type has no definition");
+        c.issue(IssueType::Invalid, "resource type has no definition");
         return;
     };
     // A resource's own paths start with its type (`Patient.name`); an embedded one keeps its place
-    // (`Bundle.entry[0].resource.name`).
-    if root {
-        c.path.push(Seg::Name(rt));
-    }
+    // and names its type (`Bundle.entry[0].resource.ofType(Patient).name`).
+    let contained = match c.path.as_slice() {
+        [.., Seg::Name("contained"), Seg::Index(i)] => Some(*i),
+        _ => None,
+    };
+    c.path.push(if root {
+        Seg::Name(rt)
+    } else {
+        Seg::Resource(rt)
+    });
     // dom-5: a contained resource carries no security label of its own (its container's label
     // is the one the access gate decides on, so a label here would be ignored, not honoured).
-    let contained = matches!(
-        c.path.as_slice(),
-        [.., Seg::Name("contained"), Seg::Index(_)]
-    );
-    if contained && map.get("meta").and_then(|m| m.get("security")).is_some() {
+    if contained.is_some() && map.get("meta").and_then(|m| m.get("security")).is_some() {
         c.path.push(Seg::Name("meta"));
         c.issue_at(
             "security",
-            "a contained resource must not have a security label (dom-5): label the container",
+            IssueType::Invariant,
+            "dom-5: a contained resource must not have a security label: label the container",
         );
         c.path.pop();
     }
-    check_object(c, map, def, true);
-    if root {
+    // A contained resource's references count for its container (dom-3); any other resource has
+    // its own.
+    let refs_from = c.local_refs.len();
+    let outer = c.in_contained;
+    if let Some(i) = contained {
+        c.in_contained = i + 1;
+    }
+    check_object(c, map, def, Holder::Resource);
+    c.in_contained = outer;
+    if contained.is_none() {
+        if let Some(Value::Array(items)) = map.get("contained") {
+            check_contained(c, items, refs_from);
+        }
+        c.local_refs.truncate(refs_from);
+    }
+    c.path.pop();
+}
+
+/// dom-2, dom-3, dom-4 on a resource's `contained` (each reported at `Patient.contained[i]`):
+/// no nested contained resources, no meta.versionId or meta.lastUpdated, an id, and a reference
+/// to it from elsewhere in the resource (`#id`), or from it to the container (`#`). References
+/// were collected in the one walk; this is linear in references + contained resources.
+fn check_contained<'a>(c: &mut Checker<'a>, items: &'a [Value], refs_from: usize) {
+    c.path.push(Seg::Name("contained"));
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(res) = item else { continue };
+        c.path.push(Seg::Index(i));
+        if res.contains_key("contained") {
+            c.issue(
+                IssueType::Invariant,
+                "dom-2: If the resource is contained in another resource, it SHALL NOT contain nested Resources",
+            );
+        }
+        let meta = res.get("meta");
+        if meta.is_some_and(|m| m.get("versionId").is_some() || m.get("lastUpdated").is_some()) {
+            c.issue(
+                IssueType::Invariant,
+                "dom-4: If a resource is contained in another resource, it SHALL NOT have a meta.versionId or a meta.lastUpdated",
+            );
+        }
+        match res.get("id").and_then(Value::as_str) {
+            None => c.issue(
+                IssueType::Invariant,
+                "dom-3: a contained resource needs an id, to be referenced from its container",
+            ),
+            Some(id) => {
+                let refs = c.local_refs.get(refs_from..).unwrap_or(&[]);
+                let referenced = refs.iter().any(|&(r, from)| {
+                    r.strip_prefix('#') == Some(id) || (r == "#" && from == i + 1)
+                });
+                if !referenced {
+                    c.issue(
+                        IssueType::Invariant,
+                        "dom-3: If the resource is contained in another resource, it SHALL be referred to from elsewhere in the resource or SHALL refer to the containing resource",
+                    );
+                }
+            }
+        }
         c.path.pop();
     }
+    c.path.pop();
 }
 
 fn check_object<'a>(
     c: &mut Checker<'a>,
     map: &'a Map<String, Value>,
     def: &'static TypeDef,
-    is_resource: bool,
+    holder: Holder,
 ) {
     if map.is_empty() {
-        c.issue("an object must not be empty");
+        c.issue(IssueType::Invariant, ELE_1);
         return;
     }
     if c.path.len() > MAX_DEPTH {
-        c.issue("elements are nested too deeply");
+        c.issue(IssueType::Structure, "elements are nested too deeply");
         return;
     }
+    // ele-1: an id alone is neither a value nor a child.
+    let id_only = map.len() == 1 && map.contains_key("id");
+    match holder {
+        Holder::Element | Holder::Primitive(_, false) if id_only => {
+            c.issue(IssueType::Invariant, ELE_1);
+        }
+        _ => {}
+    }
+    c.frames.push(Frame {
+        at: c.path.len(),
+        ty: match holder {
+            Holder::Primitive(p, _) => p.name(),
+            _ => def.name(),
+        },
+        resource: matches!(holder, Holder::Resource),
+        url: match map.get("url") {
+            Some(Value::String(url)) if def.name() == "Extension" => url,
+            _ => "",
+        },
+    });
+    check_members(c, map, def, holder);
+    if def.name() == "Extension" {
+        check_extension(c, map);
+    }
+    if def.name() == "Reference" {
+        check_reference(c, map);
+    }
+    c.frames.pop();
+}
+
+fn check_members<'a>(
+    c: &mut Checker<'a>,
+    map: &'a Map<String, Value>,
+    def: &'static TypeDef,
+    holder: Holder,
+) {
     // One bit per choice group (`value[x]`) seen so far; the schema test keeps groups under 64.
     let mut choices: u64 = 0;
     for (key, value) in map {
         if c.full() {
             return;
         }
-        if is_resource && key == "resourceType" {
+        if matches!(holder, Holder::Resource) && key == "resourceType" {
             continue;
         }
         if let Some(base) = key.strip_prefix('_') {
             match def.element(base) {
                 Some(el) if el.is_primitive() => {
                     // `_valueString` alone stands for the choice; with `valueString` it is counted once.
+                    c.path.push(seg(el, def));
                     if !map.contains_key(base) {
-                        note_choice(c, &mut choices, el, def, key);
+                        note_choice(c, &mut choices, el, def);
                     }
-                    c.path.push(Seg::Name(key));
                     check_shadow(c, value, el, map.get(base));
                     c.path.pop();
                 }
-                _ => c.issue_at(key, format!("unknown element '{}'", printable(key))),
+                _ => c.issue_at(
+                    key,
+                    IssueType::Structure,
+                    format!("unknown element '{}'", printable(key)),
+                ),
             }
             continue;
         }
         let Some(el) = def.element(key) else {
-            c.issue_at(key, format!("unknown element '{}'", printable(key)));
+            c.issue_at(
+                key,
+                IssueType::Structure,
+                format!("unknown element '{}'", printable(key)),
+            );
             continue;
         };
-        note_choice(c, &mut choices, el, def, key);
-        c.path.push(Seg::Name(key));
+        c.path.push(seg(el, def));
+        note_choice(c, &mut choices, el, def);
         check_element(c, value, el, map);
         c.path.pop();
     }
@@ -346,58 +522,249 @@ fn check_object<'a>(
                     || (!e.shadow_name().is_empty() && map.contains_key(e.shadow_name()))
             });
         if !present {
-            c.issue_at(req.name(), "required element is missing");
+            // `answer[x]` is `answer` in FHIRPath.
+            let name = req.name();
+            c.issue_at(
+                name.strip_suffix("[x]").unwrap_or(name),
+                IssueType::Required,
+                format!("required element '{name}' is missing"),
+            );
         }
     }
-    if def.name() == "Extension" {
-        check_extension(c, map);
+}
+
+/// The path step of a defined element: its name, or `base.ofType(Type)` for a choice.
+fn seg(el: &'static Element, def: &'static TypeDef) -> Seg<'static> {
+    match el.choice {
+        Some(group) => Seg::Choice(def.choice_name(group), type_name(el.kind)),
+        None => Seg::Name(el.name()),
     }
-    if def.name() == "Reference" {
-        check_reference(c, map);
+}
+
+fn type_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Primitive(p) => p.name(),
+        Kind::Complex(i) => schema::type_at(i).map_or("Element", TypeDef::name),
+        Kind::Resource => "Resource",
     }
 }
 
 /// `Reference.reference` by the one grammar every other reader of references uses
 /// ([`super::reference`]): a reference the key scope and the index could read differently is
-/// refused here.
+/// refused here. A local one (`#id`) is noted for dom-3.
 fn check_reference<'a>(c: &mut Checker<'a>, map: &'a Map<String, Value>) {
     if let Some(Value::String(text)) = map.get("reference") {
+        if text.starts_with('#') {
+            c.local_refs.push((text, c.in_contained));
+        }
         if let Err(e) = super::reference::Reference::parse(text) {
-            c.issue_at("reference", format!("not a valid reference: {e}"));
+            c.issue_at(
+                "reference",
+                IssueType::Value,
+                format!("not a valid reference: {e}"),
+            );
         }
     }
 }
 
-fn note_choice<'a>(
-    c: &mut Checker<'a>,
-    seen: &mut u64,
-    el: &Element,
-    def: &'static TypeDef,
-    key: &'a str,
-) {
+/// At most one element of a choice group; called with the element's step on the path.
+fn note_choice(c: &mut Checker<'_>, seen: &mut u64, el: &Element, def: &'static TypeDef) {
     let Some(group) = el.choice.filter(|g| *g < 64) else {
         return;
     };
     let bit = 1u64 << group;
     if *seen & bit != 0 {
-        c.issue_at(
-            key,
+        c.issue(
+            IssueType::Structure,
             format!("only one of {}[x] may be present", def.choice_name(group)),
         );
     }
     *seen |= bit;
 }
 
-/// ext-1: an extension carries either a value or nested extensions, never both, never neither.
-fn check_extension(c: &mut Checker<'_>, map: &Map<String, Value>) {
-    let has_value = map
-        .keys()
-        .any(|k| k.starts_with("value") || k.starts_with("_value"));
-    let has_nested = map.contains_key("extension");
-    if has_value && has_nested {
-        c.issue("an extension has either a value[x] or nested extensions, not both");
-    } else if !has_value && !has_nested {
-        c.issue("an extension needs a value[x] or nested extensions");
+/// ext-1 (a value or nested extensions, never both, never neither), then a core extension against
+/// its definition: its value type, where it is used, modifier or not, and a complex one's parts.
+/// Called with the extension's frame on top and the path at `....extension[i]`.
+fn check_extension<'a>(c: &mut Checker<'a>, map: &'a Map<String, Value>) {
+    let Some(ext) = schema::type_def("Extension") else {
+        return;
+    };
+    // The value element (`valueAddress`, or `_valueCode` alone) and its type.
+    let value = map.keys().find_map(|k| {
+        ext.element(k.strip_prefix('_').unwrap_or(k))
+            .filter(|el| el.choice.is_some())
+            .map(|el| type_name(el.kind))
+    });
+    // A `valueFoo` of no R4 type is reported as unknown; it still counts as the value attempted.
+    let valued = value.is_some()
+        || map
+            .keys()
+            .any(|k| k.starts_with("value") || k.starts_with("_value"));
+    let nested = map.get("extension");
+    match (valued, nested) {
+        (true, Some(_)) => c.issue(
+            IssueType::Invariant,
+            "ext-1: an extension has either a value[x] or nested extensions, not both",
+        ),
+        (false, None) => c.issue(
+            IssueType::Invariant,
+            "ext-1: an extension needs a value[x] or nested extensions",
+        ),
+        _ => {}
+    }
+    let Some(Value::String(url)) = map.get("url") else {
+        return;
+    };
+    // A sub-extension of a known complex extension (`code` in patient-nationality).
+    let parent = parent_extension(c);
+    // Their slicing is open: a sub-extension the definition does not name is allowed.
+    if let Some(types) = parent.and_then(|p| p.part(url)) {
+        if let Some(ty) = value.filter(|ty| !types.iter().any(|t| **t == **ty)) {
+            c.issue(
+                IssueType::Extension,
+                format!(
+                    "sub-extension '{}' takes a value of type {}, not {ty}",
+                    printable(url),
+                    list(types)
+                ),
+            );
+        }
+        return;
+    }
+    let Some(def) = extensions::definition(url) else {
+        return;
+    };
+    if let Some(ty) = value {
+        if def.types.is_empty() {
+            c.issue(
+                IssueType::Extension,
+                "this extension is complex: it takes nested extensions, not a value[x]",
+            );
+        } else if !def.allows_type(ty) {
+            c.issue(
+                IssueType::Extension,
+                format!(
+                    "this extension takes a value of type {}, not {ty}",
+                    list(&def.types)
+                ),
+            );
+        }
+    }
+    let modifier = matches!(
+        c.path.as_slice(),
+        [.., Seg::Name("modifierExtension"), Seg::Index(_)]
+    );
+    if def.modifier && !modifier {
+        c.issue(
+            IssueType::Extension,
+            "this extension is a modifier: it must be a modifierExtension",
+        );
+    } else if !def.modifier && modifier {
+        c.issue(
+            IssueType::Extension,
+            "this extension is not a modifier: it must not be a modifierExtension",
+        );
+    }
+    if let Some(contexts) = &def.contexts {
+        if !contexts.iter().any(|ctx| in_context(c, ctx)) {
+            c.issue(
+                IssueType::Extension,
+                format!(
+                    "this extension is not allowed here (only on {})",
+                    list(contexts)
+                ),
+            );
+        }
+    }
+}
+
+fn list(items: &[Box<str>]) -> String {
+    items.join(", ")
+}
+
+/// The core definition of the extension this one is nested in, if any.
+fn parent_extension(c: &Checker<'_>) -> Option<&'static extensions::Definition> {
+    let n = c.frames.len();
+    let holder = c.frames.get(n.checked_sub(2)?)?;
+    if holder.ty != "Extension" {
+        return None;
+    }
+    extensions::definition(holder.url)
+}
+
+/// Whether the extension on top of the frames sits on an element its definition's context names:
+/// a type (`HumanName`, `Element`, `Resource`) of the element holding it, or an element path
+/// (`Patient.birthDate`, `HumanName.given`) from that element's resource or any datatype around it.
+fn in_context(c: &Checker<'_>, ctx: &str) -> bool {
+    if ctx == "Element" {
+        return true;
+    }
+    let n = c.frames.len();
+    let (Some(frames), Some(end)) = (
+        c.frames.get(..n.saturating_sub(1)),
+        c.path.len().checked_sub(2),
+    ) else {
+        return false;
+    };
+    let Some(holder) = frames.last() else {
+        return false;
+    };
+    if holder.at == end {
+        let ty = holder.ty;
+        let is_a = ty == ctx
+            || (holder.resource
+                && (ctx == "Resource"
+                    || (ctx == "DomainResource"
+                        && !matches!(ty, "Bundle" | "Binary" | "Parameters"))))
+            || base_type(ty).is_some_and(|base| base == ctx)
+            || (ctx == "BackboneElement" && ty.contains('.'));
+        if is_a {
+            return true;
+        }
+    }
+    // Any extension may appear inside an ElementDefinition's example, fixed or pattern value (an
+    // instance of some other type), as the HL7 validator allows.
+    let in_example = frames.iter().any(|f| {
+        matches!(
+            (f.ty, c.path.get(f.at)),
+            (
+                "ElementDefinition",
+                Some(Seg::Choice("fixed" | "pattern", _))
+            ) | ("ElementDefinition.example", Some(Seg::Choice("value", _)))
+        )
+    });
+    if in_example {
+        return true;
+    }
+    frames.iter().any(|f| {
+        let Some(mut rest) = ctx.strip_prefix(f.ty) else {
+            return false;
+        };
+        for seg in c.path.get(f.at..end).unwrap_or(&[]) {
+            let name = match seg {
+                Seg::Name(name) => *name,
+                Seg::Choice(base, _) => base,
+                Seg::Index(_) => continue,
+                Seg::Resource(_) => return false,
+            };
+            match rest.strip_prefix('.').and_then(|r| r.strip_prefix(name)) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        rest.is_empty()
+    })
+}
+
+/// The type a datatype specialises (its StructureDefinition's base other than `Element` or
+/// `PrimitiveType`): a context naming the base admits the specialisation, as in the HL7 validator.
+fn base_type(ty: &str) -> Option<&'static str> {
+    match ty {
+        "code" | "id" | "markdown" => Some("string"),
+        "url" | "canonical" | "oid" | "uuid" => Some("uri"),
+        "positiveInt" | "unsignedInt" => Some("integer"),
+        "Age" | "Count" | "Distance" | "Duration" => Some("Quantity"),
+        _ => None,
     }
 }
 
@@ -409,19 +776,27 @@ fn check_element<'a>(
 ) {
     if !el.is_array {
         match value {
-            Value::Array(_) => c.issue("this element does not repeat: it must not be an array"),
-            Value::Null => c.issue("null is not a value"),
+            Value::Array(_) => c.issue(
+                IssueType::Structure,
+                "this element does not repeat: it must not be an array",
+            ),
+            Value::Null => c.issue(IssueType::Structure, "null is not a value"),
             _ => check_value(c, value, el.kind),
         }
         return;
     }
     let items = match value {
         Value::Array(items) => items,
-        Value::Null => return c.issue("null is not a value"),
-        _ => return c.issue("this element repeats: it must be a JSON array"),
+        Value::Null => return c.issue(IssueType::Structure, "null is not a value"),
+        _ => {
+            return c.issue(
+                IssueType::Structure,
+                "this element repeats: it must be a JSON array",
+            )
+        }
     };
     if items.is_empty() {
-        c.issue("arrays must not be empty");
+        c.issue(IssueType::Structure, "arrays must not be empty");
         return;
     }
     // A repeating primitive may hold null where its `_name` array carries that entry's extensions.
@@ -438,11 +813,14 @@ fn check_element<'a>(
         if item.is_null() {
             let covered = shadow.and_then(|s| s.get(i)).is_some_and(|s| !s.is_null());
             if !covered {
-                c.issue(if el.is_primitive() {
-                    "null is not a value (only a placeholder for an entry of the '_' array)"
-                } else {
-                    "null is not a value"
-                });
+                c.issue(
+                    IssueType::Structure,
+                    if el.is_primitive() {
+                        "null is not a value (only a placeholder for an entry of the '_' array)"
+                    } else {
+                        "null is not a value"
+                    },
+                );
             }
         } else {
             check_value(c, item, el.kind);
@@ -451,7 +829,8 @@ fn check_element<'a>(
     }
 }
 
-/// `_birthDate` / `_given`: a primitive's id and extensions, aligned with its values.
+/// `_birthDate` / `_given`: a primitive's id and extensions, aligned with its values, reported at
+/// the primitive's own path (`Patient.birthDate`, `Patient.name[0].given[1]`).
 fn check_shadow<'a>(
     c: &mut Checker<'a>,
     value: &'a Value,
@@ -459,30 +838,53 @@ fn check_shadow<'a>(
     values: Option<&'a Value>,
 ) {
     let Some(holder) = schema::type_def("Element") else {
-        c.issue("no definition for Element");
+        c.issue(IssueType::Invalid, "no definition for Element");
+        return;
+    };
+    let Kind::Primitive(p) = el.kind else {
         return;
     };
     if !el.is_array {
         match value {
-            Value::Object(m) => check_object(c, m, holder, false),
-            Value::Null => c.issue("null is not a value"),
-            _ => c.issue("a primitive's id and extensions are a JSON object"),
+            Value::Object(m) => check_object(
+                c,
+                m,
+                holder,
+                Holder::Primitive(p, values.is_some_and(|v| !v.is_null())),
+            ),
+            Value::Null => c.issue(IssueType::Structure, "null is not a value"),
+            _ => c.issue(
+                IssueType::Structure,
+                "a primitive's id and extensions are a JSON object",
+            ),
         }
         return;
     }
     let items = match value {
         Value::Array(items) => items,
-        Value::Null => return c.issue("null is not a value"),
-        _ => return c.issue("this element repeats: it must be a JSON array"),
+        Value::Null => return c.issue(IssueType::Structure, "null is not a value"),
+        _ => {
+            return c.issue(
+                IssueType::Structure,
+                "this element repeats: its id and extensions are a JSON array",
+            )
+        }
     };
     if items.is_empty() {
-        c.issue("arrays must not be empty");
+        c.issue(IssueType::Structure, "arrays must not be empty");
         return;
     }
     let values = values.and_then(Value::as_array);
     if let Some(values) = values {
         if values.len() != items.len() {
-            c.issue(format!("must have as many entries as '{}'", el.name()));
+            c.issue(
+                IssueType::Structure,
+                format!(
+                    "'_{}' must have as many entries as '{}'",
+                    el.name(),
+                    el.name()
+                ),
+            );
         }
     }
     for (i, item) in items.iter().enumerate() {
@@ -490,18 +892,27 @@ fn check_shadow<'a>(
             return;
         }
         c.path.push(Seg::Index(i));
+        let value = values.and_then(|v| v.get(i));
         match item {
-            Value::Object(m) => check_object(c, m, holder, false),
-            Value::Null => {
-                let covered = values.and_then(|v| v.get(i)).is_some_and(|v| !v.is_null());
-                if !covered {
-                    c.issue(format!(
-                        "null is only a placeholder for an entry that has a value in '{}'",
-                        el.name()
-                    ));
-                }
-            }
-            _ => c.issue("a primitive's id and extensions are a JSON object"),
+            Value::Object(m) => check_object(
+                c,
+                m,
+                holder,
+                Holder::Primitive(p, value.is_some_and(|v| !v.is_null())),
+            ),
+            // A value there: nothing to add. Both sides null: the value side has said so.
+            Value::Null if value.is_some() => {}
+            Value::Null => c.issue(
+                IssueType::Structure,
+                format!(
+                    "null is only a placeholder for an entry that has a value in '{}'",
+                    el.name()
+                ),
+            ),
+            _ => c.issue(
+                IssueType::Structure,
+                "a primitive's id and extensions are a JSON object",
+            ),
         }
         c.path.pop();
     }
@@ -512,31 +923,43 @@ fn check_value<'a>(c: &mut Checker<'a>, value: &'a Value, kind: Kind) {
         Kind::Primitive(p) => check_primitive(c, value, p),
         Kind::Resource => match value {
             Value::Object(map) => check_resource(c, map, false),
-            _ => c.issue("an embedded resource must be a JSON object"),
+            _ => c.issue(
+                IssueType::Structure,
+                "an embedded resource must be a JSON object",
+            ),
         },
         Kind::Complex(index) => {
             let Some(def) = schema::type_at(index) else {
-                c.issue("element has no definition");
+                c.issue(IssueType::Invalid, "element has no definition");
                 return;
             };
             match value {
-                Value::Object(map) => check_object(c, map, def, false),
-                _ => c.issue(format!("must be a JSON object ({})", def.name())),
+                Value::Object(map) => check_object(c, map, def, Holder::Element),
+                _ => c.issue(
+                    IssueType::Structure,
+                    format!("must be a JSON object ({})", def.name()),
+                ),
             }
         }
     }
 }
 
-fn check_primitive(c: &mut Checker<'_>, value: &Value, p: Primitive) {
+fn check_primitive<'a>(c: &mut Checker<'a>, value: &'a Value, p: Primitive) {
     match p {
         Primitive::Boolean => {
             if !value.is_boolean() {
-                c.issue("must be a JSON boolean (true or false)");
+                c.issue(
+                    IssueType::Structure,
+                    "must be a JSON boolean (true or false)",
+                );
             }
         }
         Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt => {
             let Value::Number(n) = value else {
-                c.issue(format!("must be a JSON number ({})", p.name()));
+                c.issue(
+                    IssueType::Structure,
+                    format!("must be a JSON number ({})", p.name()),
+                );
                 return;
             };
             let min = match p {
@@ -547,20 +970,23 @@ fn check_primitive(c: &mut Checker<'_>, value: &Value, p: Primitive) {
             // The number's own text (arbitrary_precision): `1.0` and `1e2` are not integers.
             match n.as_str().parse::<i64>() {
                 Ok(v) if v >= min && v <= i64::from(i32::MAX) => {}
-                _ => c.issue(format!(
-                    "must be a whole number in the range of {}",
-                    p.name()
-                )),
+                _ => c.issue(
+                    IssueType::Value,
+                    format!("must be a whole number in the range of {}", p.name()),
+                ),
             }
         }
         Primitive::Decimal => {
             if !value.is_number() {
-                c.issue("must be a JSON number (decimal)");
+                c.issue(IssueType::Structure, "must be a JSON number (decimal)");
             }
         }
         _ => {
             let Value::String(s) = value else {
-                c.issue(format!("must be a JSON string ({})", p.name()));
+                c.issue(
+                    IssueType::Structure,
+                    format!("must be a JSON string ({})", p.name()),
+                );
                 return;
             };
             check_string(c, s, p);
@@ -568,9 +994,9 @@ fn check_primitive(c: &mut Checker<'_>, value: &Value, p: Primitive) {
     }
 }
 
-fn check_string(c: &mut Checker<'_>, s: &str, p: Primitive) {
+fn check_string<'a>(c: &mut Checker<'a>, s: &'a str, p: Primitive) {
     if s.is_empty() {
-        c.issue("strings must not be empty");
+        c.issue(IssueType::Value, "strings must not be empty");
         return;
     }
     // R4 counts characters. A narrative is not a string: the official examples carry xhtml over 1 MB.
@@ -578,14 +1004,17 @@ fn check_string(c: &mut Checker<'_>, s: &str, p: Primitive) {
         && !matches!(p, Primitive::Base64Binary | Primitive::Xhtml)
         && s.chars().count() > MAX_STRING
     {
-        c.issue("string is longer than 1 MB");
+        c.issue(IssueType::Value, "string is longer than 1 MB");
         return;
     }
     // UTF-8 continuation bytes are >= 0x80, so a byte scan finds exactly the control characters.
     if s.bytes()
         .any(|b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
     {
-        c.issue("control characters are not allowed in FHIR strings");
+        c.issue(
+            IssueType::Value,
+            "control characters are not allowed in FHIR strings",
+        );
         return;
     }
     let ok = match p {
@@ -595,7 +1024,13 @@ fn check_string(c: &mut Checker<'_>, s: &str, p: Primitive) {
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         }
-        Primitive::Uri | Primitive::Url | Primitive::Canonical => !s.bytes().any(is_xml_space),
+        Primitive::Uri | Primitive::Url | Primitive::Canonical => {
+            // dom-3 counts a uri, url or canonical `#id` as a reference to a contained resource.
+            if s.starts_with('#') {
+                c.local_refs.push((s, c.in_contained));
+            }
+            !s.bytes().any(is_xml_space)
+        }
         Primitive::Oid => matches_pattern(|p| &p.oid, s),
         Primitive::Uuid => matches_pattern(|p| &p.uuid, s),
         Primitive::Date => matches_pattern(|p| &p.date, s) && day_exists(s),
@@ -608,7 +1043,7 @@ fn check_string(c: &mut Checker<'_>, s: &str, p: Primitive) {
         Primitive::Xhtml => {
             if let Err(problems) = narrative::check(s) {
                 for problem in problems {
-                    c.issue(problem);
+                    c.issue(IssueType::Invariant, problem);
                 }
             }
             return;
@@ -616,7 +1051,7 @@ fn check_string(c: &mut Checker<'_>, s: &str, p: Primitive) {
         _ => true,
     };
     if !ok {
-        c.issue(format!("not a valid {}", p.name()));
+        c.issue(IssueType::Value, format!("not a valid {}", p.name()));
     }
 }
 
@@ -863,70 +1298,220 @@ mod tests {
         let ok = [
             json!({"resourceType": "Patient", "_birthDate": {"id": "b", "extension": [
                 {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}}),
-            json!({"resourceType": "Patient", "name": [{"given": [null, "b"], "_given": [{"id": "g"}, null]}]}),
-            json!({"resourceType": "Patient", "name": [{"_given": [{"id": "g"}]}]}),
-            json!({"resourceType": "Patient", "_deceasedBoolean": {"id": "d"}}),
+            json!({"resourceType": "Patient", "name": [{"given": [null, "b"], "_given": [{"extension": [
+                {"url": "http://example.org/x", "valueCode": "c"}]}, null]}]}),
+            json!({"resourceType": "Patient", "birthDate": "2000", "_birthDate": {"id": "b"}}),
+            json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": [{"id": "g"}]}]}),
         ];
         for resource in ok {
             assert_eq!(issues(resource.clone()), vec![], "{resource}");
         }
+        // Problems in `_name` are named at the primitive itself, as FHIRPath sees it.
         let cases = [
             (
                 json!({"resourceType": "Patient", "_birthDate": "x"}),
-                "Patient._birthDate",
+                "Patient.birthDate",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": null}),
-                "Patient._birthDate",
+                "Patient.birthDate",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": {}}),
-                "Patient._birthDate",
+                "Patient.birthDate",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": [{"id": "b"}]}),
-                "Patient._birthDate",
+                "Patient.birthDate",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": {"url": "u"}}),
-                "Patient._birthDate.url",
+                "Patient.birthDate.url",
             ),
             (
                 json!({"resourceType": "Patient", "_birthDate": {"extension": [{"url": "u"}]}}),
-                "Patient._birthDate.extension[0]",
+                "Patient.birthDate.extension[0]",
+            ),
+            (
+                json!({"resourceType": "Patient", "_gender": {"extension": [{"url": "u", "valueCode": 1}]}}),
+                "Patient.gender.extension[0].value.ofType(code)",
             ),
             (
                 json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": {"id": "g"}}]}),
-                "Patient.name[0]._given",
+                "Patient.name[0].given",
             ),
             (
                 json!({"resourceType": "Patient", "name": [{"given": ["a", "b"], "_given": [{"id": "g"}]}]}),
-                "Patient.name[0]._given",
+                "Patient.name[0].given",
             ),
             (
                 json!({"resourceType": "Patient", "name": [{"_given": [null]}]}),
-                "Patient.name[0]._given[0]",
+                "Patient.name[0].given[0]",
             ),
             (
                 json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": [3]}]}),
-                "Patient.name[0]._given[0]",
+                "Patient.name[0].given[0]",
             ),
         ];
         for (resource, path) in cases {
             assert_eq!(paths(resource.clone()), [path], "{resource}");
         }
-        // Both sides null at one position: each side is reported.
+        // Both sides null at one position: reported once.
         assert_eq!(
             paths(
                 json!({"resourceType": "Patient", "name": [{"given": [null], "_given": [null]}]})
             ),
-            ["Patient.name[0].given[0]", "Patient.name[0]._given[0]"]
+            ["Patient.name[0].given[0]"]
         );
         assert_eq!(
             paths(
                 json!({"resourceType": "Patient", "name": [{"given": ["a", null], "_given": [{"id": "g"}]}]})
             ),
-            ["Patient.name[0].given[1]", "Patient.name[0]._given"]
+            ["Patient.name[0].given[1]", "Patient.name[0].given"]
+        );
+    }
+
+    #[test]
+    fn ele_1_every_element_has_a_value_or_children() {
+        let ele1 = |v: Value| -> Vec<(String, IssueType, String)> {
+            issues(v)
+                .into_iter()
+                .map(|i| (i.path, i.code, i.message))
+                .collect()
+        };
+        let at = |p: &str| vec![(p.to_string(), IssueType::Invariant, ELE_1.to_string())];
+        // The issue's example: `given[0]` has an id and nothing else.
+        assert_eq!(
+            ele1(
+                json!({"resourceType": "Patient", "name": [{"given": [null, "x"], "_given": [{"id": "x"}, null]}]})
+            ),
+            at("Patient.name[0].given[0]")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "_gender": {"id": "g"}})),
+            at("Patient.gender")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "_deceasedBoolean": {"id": "d"}})),
+            at("Patient.deceased.ofType(boolean)")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "name": [{"_given": [{"id": "g"}]}]})),
+            at("Patient.name[0].given[0]")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "name": [{"id": "a"}]})),
+            at("Patient.name[0]")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "maritalStatus": {}})),
+            at("Patient.maritalStatus")
+        );
+        assert_eq!(
+            ele1(json!({"resourceType": "Patient", "contact": [{"name": {"id": "n"}}]})),
+            at("Patient.contact[0].name")
+        );
+        // An id next to other content, or extensions alone, are children enough.
+        for good in [
+            json!({"resourceType": "Patient", "name": [{"id": "a", "text": "t"}]}),
+            json!({"resourceType": "Patient", "_gender": {"extension": [
+                {"url": "http://example.org/x", "valueBoolean": true}]}}),
+        ] {
+            assert_eq!(issues(good.clone()), vec![], "{good}");
+        }
+    }
+
+    #[test]
+    fn contained_resources_follow_dom_2_3_and_4() {
+        let rules = |v: Value| -> Vec<(String, String)> {
+            issues(v)
+                .into_iter()
+                .map(|i| {
+                    assert_eq!(i.code, IssueType::Invariant, "{i:?}");
+                    (i.path, i.message.split(':').next().unwrap().to_string())
+                })
+                .collect()
+        };
+        let org = |extra: Value| {
+            let mut o = json!({"resourceType": "Organization", "id": "o", "name": "x"});
+            for (k, v) in extra.as_object().unwrap() {
+                o[k] = v.clone();
+            }
+            o
+        };
+        let patient = |contained: Vec<Value>, extra: Value| {
+            let mut p = json!({"resourceType": "Patient", "contained": contained,
+                               "managingOrganization": {"reference": "#o"}});
+            for (k, v) in extra.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            p
+        };
+        assert_eq!(rules(patient(vec![org(json!({}))], json!({}))), vec![]);
+        // dom-2: no nested contained resources.
+        let nested = org(json!({"contained": [{"resourceType": "Location", "id": "l"}]}));
+        assert_eq!(
+            rules(patient(vec![nested], json!({}))),
+            [("Patient.contained[0]".to_string(), "dom-2".to_string())]
+        );
+        // dom-4: no meta.versionId or meta.lastUpdated.
+        for meta in [
+            json!({"versionId": "1"}),
+            json!({"lastUpdated": "2020-01-01T00:00:00Z"}),
+        ] {
+            assert_eq!(
+                rules(patient(vec![org(json!({"meta": meta}))], json!({}))),
+                [("Patient.contained[0]".to_string(), "dom-4".to_string())]
+            );
+        }
+        // dom-3: an id, and a reference to it from elsewhere in the resource...
+        let second = json!({"resourceType": "Practitioner", "id": "pr"});
+        assert_eq!(
+            rules(patient(vec![org(json!({})), second.clone()], json!({}))),
+            [("Patient.contained[1]".to_string(), "dom-3".to_string())]
+        );
+        let no_id = json!({"resourceType": "Practitioner"});
+        assert_eq!(
+            rules(patient(vec![org(json!({})), no_id], json!({}))),
+            [("Patient.contained[1]".to_string(), "dom-3".to_string())]
+        );
+        // ...through a reference anywhere (here from the other contained resource), a uri or a
+        // canonical, or from the contained resource to its container (`#`).
+        let referring = org(json!({"endpoint": [{"reference": "#pr"}]}));
+        assert_eq!(
+            rules(patient(vec![referring, second.clone()], json!({}))),
+            vec![]
+        );
+        let by_uri = json!({"extension": [{"url": "http://example.org/u", "valueUri": "#pr"}]});
+        assert_eq!(
+            rules(patient(vec![org(json!({})), second.clone()], by_uri)),
+            vec![]
+        );
+        let to_container = json!({"resourceType": "Practitioner", "id": "pr", "extension": [
+            {"url": "http://example.org/r", "valueReference": {"reference": "#"}}]});
+        assert_eq!(
+            rules(patient(
+                vec![org(json!({})), to_container.clone()],
+                json!({})
+            )),
+            vec![]
+        );
+        // `#` from the container itself refers to nothing contained.
+        let self_ref = json!({"link": [{"type": "seealso", "other": {"reference": "#"}}]});
+        assert_eq!(
+            rules(patient(vec![org(json!({})), second.clone()], self_ref)),
+            [("Patient.contained[1]".to_string(), "dom-3".to_string())]
+        );
+        // Each resource of a Bundle has its own contained resources and references.
+        let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": patient(vec![org(json!({}))], json!({}))},
+            {"resource": {"resourceType": "Patient", "contained": [org(json!({}))]}}]});
+        assert_eq!(
+            rules(bundle),
+            [(
+                "Bundle.entry[1].resource.ofType(Patient).contained[0]".to_string(),
+                "dom-3".to_string()
+            )]
         );
     }
 
@@ -965,7 +1550,13 @@ mod tests {
         ];
         for (field, value) in bad {
             let p = patient_with(field, value.clone());
-            assert_eq!(paths(p), [format!("Patient.{field}")], "{field} = {value}");
+            // A choice is named by its FHIRPath type test.
+            let at = match field {
+                "deceasedDateTime" => "Patient.deceased.ofType(dateTime)".to_string(),
+                "multipleBirthInteger" => "Patient.multipleBirth.ofType(integer)".to_string(),
+                f => format!("Patient.{f}"),
+            };
+            assert_eq!(paths(p), [at], "{field} = {value}");
         }
         let good = [
             ("birthDate", json!("2000")),
@@ -1035,8 +1626,14 @@ mod tests {
         for good in ["1.50", "-0.0", "1e-3", "123456789012345678901234567890.5"] {
             assert_eq!(paths(obs(good)), Vec::<String>::new(), "{good}");
         }
-        assert_eq!(paths(obs("\"1.5\"")), ["Observation.valueQuantity.value"]);
-        assert_eq!(paths(obs("true")), ["Observation.valueQuantity.value"]);
+        assert_eq!(
+            paths(obs("\"1.5\"")),
+            ["Observation.value.ofType(Quantity).value"]
+        );
+        assert_eq!(
+            paths(obs("true")),
+            ["Observation.value.ofType(Quantity).value"]
+        );
     }
 
     #[test]
@@ -1055,8 +1652,14 @@ mod tests {
                 json!({"issued": "2020-01-01T10:00:00"}),
                 "Observation.issued",
             ),
-            (json!({"valueTime": "25:00:00"}), "Observation.valueTime"),
-            (json!({"valueTime": "10:00"}), "Observation.valueTime"),
+            (
+                json!({"valueTime": "25:00:00"}),
+                "Observation.value.ofType(time)",
+            ),
+            (
+                json!({"valueTime": "10:00"}),
+                "Observation.value.ofType(time)",
+            ),
             (
                 json!({"meta": {"profile": ["http://x y"]}}),
                 "Observation.meta.profile[0]",
@@ -1081,8 +1684,9 @@ mod tests {
             ),
             (
                 json!({"contained": [{"resourceType": "Patient", "id": "p", "text": {"status": "generated",
-                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>"}}]}),
-                "Observation.contained[0].text.div",
+                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>"}}],
+                    "subject": {"reference": "#p"}}),
+                "Observation.contained[0].ofType(Patient).text.div",
             ),
         ];
         for (extra, path) in cases {
@@ -1136,11 +1740,11 @@ mod tests {
         assert_eq!(issues(oid("urn:oid:2.16.840.1.113883")), vec![]);
         assert_eq!(
             paths(oid("urn:oid:2.016")),
-            ["NamingSystem.extension[0].valueOid"]
+            ["NamingSystem.extension[0].value.ofType(oid)"]
         );
         assert_eq!(
             paths(oid("2.16.840")),
-            ["NamingSystem.extension[0].valueOid"]
+            ["NamingSystem.extension[0].value.ofType(oid)"]
         );
         let uuid = |v: &str| {
             json!({"resourceType": "Patient",
@@ -1152,7 +1756,7 @@ mod tests {
         );
         assert_eq!(
             paths(uuid("urn:uuid:C757873D-EC9A-4326-A141-556F43239520")),
-            ["Patient.extension[0].valueUuid"]
+            ["Patient.extension[0].value.ofType(uuid)"]
         );
     }
 
@@ -1171,14 +1775,15 @@ mod tests {
                 json!({"resourceType": "Questionnaire", "status": "draft", "item": [
                 {"linkId": "1", "type": "choice", "enableWhen": [{"question": "0", "operator": "exists"}]}]})
             ),
-            ["Questionnaire.item[0].enableWhen[0].answer[x]"]
+            ["Questionnaire.item[0].enableWhen[0].answer"]
         );
         let two = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
                          "valueString": "a", "valueBoolean": true});
-        assert_eq!(paths(two), ["Observation.valueBoolean"]);
+        assert_eq!(paths(two), ["Observation.value.ofType(boolean)"]);
         let two = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                         "valueString": "a", "_valueBoolean": {"id": "b"}});
-        assert_eq!(paths(two), ["Observation._valueBoolean"]);
+                         "valueString": "a", "_valueBoolean": {"extension": [
+                             {"url": "http://example.org/b", "valueCode": "c"}]}});
+        assert_eq!(paths(two), ["Observation.value.ofType(boolean)"]);
         let one = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
                          "valueString": "a", "_valueString": {"id": "s"}});
         assert_eq!(issues(one), vec![]);
@@ -1195,7 +1800,7 @@ mod tests {
             paths(ext(
                 json!({"url": "u", "valueString": "x", "valueBoolean": true})
             )),
-            ["Patient.extension[0].valueBoolean"]
+            ["Patient.extension[0].value.ofType(boolean)"]
         );
         assert_eq!(
             paths(ext(
@@ -1215,18 +1820,206 @@ mod tests {
             vec![]
         );
         assert_eq!(
-            issues(ext(json!({"url": "u", "_valueCode": {"id": "c"}}))),
+            issues(ext(
+                json!({"url": "u", "_valueCode": {"extension": [{"url": "v", "valueBoolean": true}]}})
+            )),
             vec![]
         );
         assert_eq!(
             paths(ext(json!({"url": "u", "valueReference": {"reference": 1}}))),
-            ["Patient.extension[0].valueReference.reference"]
+            ["Patient.extension[0].value.ofType(Reference).reference"]
         );
         let modifier = json!({"resourceType": "Patient", "modifierExtension": [{"url": "u", "valueBoolean": "no"}]});
         assert_eq!(
             paths(modifier),
-            ["Patient.modifierExtension[0].valueBoolean"]
+            ["Patient.modifierExtension[0].value.ofType(boolean)"]
         );
+    }
+
+    #[test]
+    fn core_extensions_are_checked_against_their_definitions() {
+        const BIRTH_PLACE: &str = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace";
+        const BIRTH_TIME: &str = "http://hl7.org/fhir/StructureDefinition/patient-birthTime";
+        const NATIONALITY: &str = "http://hl7.org/fhir/StructureDefinition/patient-nationality";
+        let found = |v: Value| -> Vec<(String, IssueType)> {
+            issues(v).into_iter().map(|i| (i.path, i.code)).collect()
+        };
+        let ext = |path: &str| vec![(path.to_string(), IssueType::Extension)];
+        let place = json!({"url": BIRTH_PLACE, "valueAddress": {"city": "x"}});
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "extension": [place.clone()]})),
+            vec![]
+        );
+        // The wrong value type, named at the extension as the HL7 validator does.
+        let wrong = json!({"resourceType": "Patient", "extension": [{"url": BIRTH_PLACE, "valueString": "x"}]});
+        assert_eq!(found(wrong.clone()), ext("Patient.extension[0]"));
+        let message = &issues(wrong)[0].message;
+        assert!(
+            message.contains("Address") && message.contains("string"),
+            "{message}"
+        );
+        // The wrong context: patient-birthPlace is for Patient only.
+        assert_eq!(
+            found(json!({"resourceType": "Practitioner", "extension": [place.clone()]})),
+            ext("Practitioner.extension[0]")
+        );
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "name": [{"extension": [place.clone()]}]})),
+            ext("Patient.name[0].extension[0]")
+        );
+        // An element-path context: patient-birthTime on Patient.birthDate only.
+        let time = json!({"url": BIRTH_TIME, "valueDateTime": "2000-01-01T10:00:00Z"});
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "birthDate": "2000-01-01",
+                         "_birthDate": {"extension": [time.clone()]}})),
+            vec![]
+        );
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "extension": [time.clone()]})),
+            ext("Patient.extension[0]")
+        );
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "contact": [{"name": {
+                "_family": {"extension": [time.clone()]}}}]})),
+            ext("Patient.contact[0].name.family.extension[0]")
+        );
+        // A type context matches the type wherever it is (HumanName.given on a contact's name),
+        // and `Element` anything.
+        let own_prefix = json!({"url": "http://hl7.org/fhir/StructureDefinition/humanname-own-prefix",
+                                "valueString": "van"});
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "contact": [{"name": {"given": ["a"],
+                "_given": [{"extension": [own_prefix.clone()]}]}}]})
+            ),
+            ext("Patient.contact[0].name.given[0].extension[0]")
+        );
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "contact": [{"name": {"family": "a",
+                "_family": {"extension": [own_prefix]}}}]})
+            ),
+            vec![]
+        );
+        // A context naming a type admits its specialisations: `string` admits `code`.
+        let rendering = |ext: &str| {
+            json!({"resourceType": "Patient", "gender": "male", "_gender": {"extension": [
+                {"url": format!("http://hl7.org/fhir/StructureDefinition/{ext}"), "valueString": "m"}]}})
+        };
+        assert_eq!(found(rendering("rendering-xhtml")), vec![]);
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "active": true, "_active": {"extension": [
+                {"url": "http://hl7.org/fhir/StructureDefinition/rendering-xhtml", "valueString": "m"}]}})
+            ),
+            ext("Patient.active.extension[0]")
+        );
+        let absent = json!({"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                            "valueCode": "unknown"});
+        assert_eq!(
+            found(
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                         "component": [{"code": {"text": "y"}, "_valueBoolean": {"extension": [absent]}}]})
+            ),
+            vec![]
+        );
+        // A complex extension takes no value; its own parts are checked for their value types,
+        // other parts are allowed (its slicing is open).
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "extension": [{"url": NATIONALITY, "valueString": "x"}]})
+            ),
+            ext("Patient.extension[0]")
+        );
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "extension": [{"url": NATIONALITY, "extension": [
+                {"url": "code", "valueCodeableConcept": {"text": "x"}},
+                {"url": "other", "valueString": "x"}]}]})
+            ),
+            vec![]
+        );
+        assert_eq!(
+            found(
+                json!({"resourceType": "Patient", "extension": [{"url": NATIONALITY, "extension": [
+                {"url": "code", "valueString": "x"}]}]})
+            ),
+            ext("Patient.extension[0].extension[0]")
+        );
+        // Modifier extensions only as modifierExtension, and only those.
+        let modifier = "http://hl7.org/fhir/StructureDefinition/request-doNotPerform";
+        assert!(extensions::definition(modifier).unwrap().modifier);
+        let request = |key: &str| {
+            let mut r = json!({"resourceType": "NutritionOrder", "status": "active", "intent": "order",
+                               "patient": {"reference": "Patient/1"}, "dateTime": "2020"});
+            r[key] = json!([{"url": modifier, "valueBoolean": true}]);
+            r
+        };
+        assert_eq!(found(request("modifierExtension")), vec![]);
+        assert_eq!(
+            found(request("extension")),
+            ext("NutritionOrder.extension[0]")
+        );
+        assert_eq!(
+            found(json!({"resourceType": "Patient", "modifierExtension": [place]})),
+            ext("Patient.modifierExtension[0]")
+        );
+        // Extensions not in R4 are open by design.
+        assert_eq!(
+            found(json!({"resourceType": "Practitioner", "extension": [
+                {"url": "http://example.org/anything", "valueString": "x"}]})),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn issues_carry_their_r4_issue_type() {
+        let codes =
+            |v: Value| -> Vec<IssueType> { issues(v).into_iter().map(|i| i.code).collect() };
+        assert_eq!(
+            codes(
+                json!({"resourceType": "Patient", "colour": "red", "name": {"text": "x"}, "active": "yes"})
+            ),
+            [
+                IssueType::Structure,
+                IssueType::Structure,
+                IssueType::Structure
+            ]
+        );
+        assert_eq!(
+            codes(json!({"resourceType": "Observation", "code": {"text": "x"}})),
+            [IssueType::Required]
+        );
+        assert_eq!(
+            codes(json!({"resourceType": "Patient", "birthDate": "1970-13-01", "gender": " male"})),
+            [IssueType::Value, IssueType::Value]
+        );
+        assert_eq!(
+            codes(
+                json!({"resourceType": "Patient", "extension": [{"url": "http://example.org/u"}]})
+            ),
+            [IssueType::Invariant]
+        );
+        // The issue's examples: a choice and a primitive's extensions, each at its FHIRPath.
+        let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                         "valueBoolean": "true"});
+        assert_eq!(paths(obs), ["Observation.value.ofType(boolean)"]);
+        let gender = json!({"resourceType": "Patient", "_gender": {"extension": [{"url": 1, "valueCode": "x"}]}});
+        assert_eq!(paths(gender), ["Patient.gender.extension[0].url"]);
+        let gender = json!({"resourceType": "Patient", "_gender": "unknown"});
+        assert_eq!(paths(gender), ["Patient.gender"]);
+        let deep = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                          "valueQuantity": {"value": 1, "comparator": " <"}});
+        assert_eq!(
+            paths(deep),
+            ["Observation.value.ofType(Quantity).comparator"]
+        );
+        // The rendered issue: expression and location carry the same FHIRPath.
+        let issue = &issues(json!({"resourceType": "Patient", "name": [{"given": ["a", 1]}]}))[0];
+        let rendered = issue.to_json();
+        assert_eq!(rendered["expression"], json!(["Patient.name[0].given[1]"]));
+        assert_eq!(rendered["location"], json!(["Patient.name[0].given[1]"]));
+        assert_eq!(rendered["code"], "structure");
     }
 
     #[test]
@@ -1241,18 +2034,25 @@ mod tests {
         assert_eq!(
             paths(bundle),
             [
-                "Bundle.entry[0].resource.gender",
+                "Bundle.entry[0].resource.ofType(Patient).gender",
                 "Bundle.entry[1].resource.resourceType",
                 "Bundle.entry[2].resource.resourceType",
                 "Bundle.entry[3].resource",
             ]
         );
         let contained = json!({"resourceType": "Patient", "contained": [
-            {"resourceType": "Organization", "id": "o", "colour": "red"}]});
-        assert_eq!(paths(contained), ["Patient.contained[0].colour"]);
+            {"resourceType": "Organization", "id": "o", "colour": "red"}],
+            "managingOrganization": {"reference": "#o"}});
+        assert_eq!(
+            paths(contained),
+            ["Patient.contained[0].ofType(Organization).colour"]
+        );
         let params = json!({"resourceType": "Parameters", "parameter": [
             {"name": "p", "resource": {"resourceType": "Observation", "code": {"text": "x"}}}]});
-        assert_eq!(paths(params), ["Parameters.parameter[0].resource.status"]);
+        assert_eq!(
+            paths(params),
+            ["Parameters.parameter[0].resource.ofType(Observation).status"]
+        );
         let q = json!({"resourceType": "Questionnaire", "status": "draft", "item": [
             {"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string", "bogus": 1}]}]});
         assert_eq!(paths(q), ["Questionnaire.item[0].item[0].bogus"]);
@@ -1311,7 +2111,6 @@ mod tests {
         let mut total = 0;
         let mut failed = Vec::new();
         let mut times = Vec::new();
-        let mut invariant_refusals = std::collections::BTreeSet::new();
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .flatten()
@@ -1352,17 +2151,17 @@ mod tests {
             let result = validate_resource(&v);
             times.push(start.elapsed());
             if let Err(issues) = result {
-                for i in issues.iter().filter(|i| i.code == IssueType::Invariant) {
-                    let key = i.message.split(':').next().unwrap_or("");
-                    invariant_refusals.insert(format!("{name} {key}"));
-                }
-                let kinds: std::collections::BTreeSet<_> =
-                    issues.iter().map(|i| i.message.as_str()).collect();
-                failed.push(format!(
-                    "{name}: {} issue(s) {kinds:?}, e.g. {}",
+                // The rule each refusal breaks: its ele-/dom-/txt- key, else the message.
+                let rules: std::collections::BTreeSet<String> = issues
+                    .iter()
+                    .map(|i| i.message.split(':').next().unwrap_or("").to_string())
+                    .collect();
+                eprintln!(
+                    "  {name}: {} issue(s), e.g. {}",
                     issues.len(),
                     issues[0].path
-                ));
+                );
+                failed.push((name, rules.into_iter().collect::<Vec<_>>().join("; ")));
             }
         }
         times.sort();
@@ -1373,28 +2172,42 @@ mod tests {
             times.get(times.len() / 2).copied().unwrap_or_default(),
             times.get(times.len() * 9 / 10).copied().unwrap_or_default(),
         );
-        for f in &failed {
-            eprintln!("  {f}");
-        }
         assert!(total > 5000);
-        // The examples an R4 invariant refuses, with the key. The four logical models of R4's
-        // patterns are neither abstract nor derived from a base: sdf-4 as written (and as the
-        // HL7 validator evaluates it) refuses them.
-        assert_eq!(
-            invariant_refusals
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-            [
-                "StructureDefinition-Definition.json sdf-4",
-                "StructureDefinition-Event.json sdf-4",
-                "StructureDefinition-FiveWs.json sdf-4",
-                "StructureDefinition-Request.json sdf-4",
-            ]
-        );
-        assert!(
-            failed.len() * 100 <= total,
-            "more than 1% of the official examples fail"
-        );
+        // Every refusal, with the rule it breaks. All but five were refused before issue 14; the
+        // DICOM CodeSystem uses an extension outside its declared context, which the HL7
+        // validator reports as an error too (its context fixes do not cover this extension).
+        let expected = [
+            ("ActivityDefinition-blood-tubes-supply.json", "the narrative must have some non-whitespace content (txt-2)"),
+            ("ActivityDefinition-heart-valve-replacement.json", "the narrative must have some non-whitespace content (txt-2)"),
+            // valueset-concept-comments, defined for ValueSet.compose.include.concept, on CodeSystem.concept.
+            ("CodeSystem-dicom-dcim.json", "this extension is not allowed here (only on ValueSet.compose.include.concept)"),
+            ("EventDefinition-example.json", "the narrative must have some non-whitespace content (txt-2)"),
+            ("ImplementationGuide-fhir.json", "not a valid reference; required element 'name' is missing; required element 'status' is missing"),
+            ("Questionnaire-qs1.json", "required element 'linkId' is missing"),
+            ("Questionnaire-zika-virus-exposure-assessment.json", "the narrative must have some non-whitespace content (txt-2)"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-author.json", "required element 'base' is missing"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-effective.json", "required element 'base' is missing"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-end.json", "required element 'base' is missing"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-keyword.json", "required element 'base' is missing"),
+            ("SearchParameter-codesystem-extensions-CodeSystem-workflow.json", "required element 'base' is missing"),
+            ("SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json", "not a valid id"),
+            ("SearchParameter-valueset-extensions-ValueSet-author.json", "required element 'base' is missing"),
+            ("SearchParameter-valueset-extensions-ValueSet-effective.json", "required element 'base' is missing"),
+            ("SearchParameter-valueset-extensions-ValueSet-end.json", "required element 'base' is missing"),
+            ("SearchParameter-valueset-extensions-ValueSet-keyword.json", "required element 'base' is missing"),
+            ("SearchParameter-valueset-extensions-ValueSet-workflow.json", "required element 'base' is missing"),
+            // Logical models of R4's patterns, neither abstract nor derived from a base: sdf-4 as
+            // written (and as the HL7 validator evaluates it) refuses them.
+            ("StructureDefinition-Definition.json", "sdf-4"),
+            ("StructureDefinition-Event.json", "sdf-4"),
+            ("StructureDefinition-FiveWs.json", "sdf-4"),
+            ("StructureDefinition-Request.json", "sdf-4"),
+            ("ig-r4.json", "not a valid reference; required element 'name' is missing; required element 'status' is missing"),
+        ];
+        let failed: Vec<(&str, &str)> = failed
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(failed, expected);
     }
 }
