@@ -914,7 +914,8 @@ async fn every_path_answers_as_the_policy_decides() {
                 stale.text()
             );
             let patch_body: &[u8] = if rt == "Group" {
-                br#"[{"op":"replace","path":"/actual","value":false}]"#
+                // (not `actual`: a Group with members is an actual one, grp-1)
+                br#"[{"op":"add","path":"/name","value":"Ward"}]"#
             } else {
                 br#"[{"op":"replace","path":"/status","value":"amended"}]"#
             };

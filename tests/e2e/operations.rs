@@ -8,14 +8,49 @@ use carapace_tests::*;
 async fn validate_reports_r4_problems_without_storing_anything() {
     let stack = Stack::start().await.unwrap();
     let fhir = stack.fhir();
+    let text = json!({"status": "generated",
+        "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">A patient</div>"});
     let ok = fhir
+        .post(
+            "Patient/$validate",
+            &json!({"resourceType": "Patient", "text": text, "birthDate": "1970-01-01"}),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["issue"][0]["severity"], "information");
+    // A warning invariant (dom-6: a resource should have a narrative) is reported, not refused.
+    let warned = fhir
         .post(
             "Patient/$validate",
             &json!({"resourceType": "Patient", "birthDate": "1970-01-01"}),
         )
         .await;
-    assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(ok.json()["issue"][0]["severity"], "information");
+    assert_eq!(warned.status, 200, "{}", warned.text());
+    let issue = &warned.json()["issue"][0];
+    assert_eq!(
+        (&issue["severity"], &issue["code"], &issue["expression"][0]),
+        (&json!("warning"), &json!("invariant"), &json!("Patient")),
+        "{}",
+        warned.text()
+    );
+    assert!(issue["diagnostics"]
+        .as_str()
+        .unwrap()
+        .starts_with("dom-6: "));
+    // An error invariant refuses: pat-1 (a contact needs some detail), named at the contact.
+    let contact = fhir
+        .post(
+            "Patient/$validate",
+            &json!({"resourceType": "Patient", "text": text, "contact": [{"gender": "male"}]}),
+        )
+        .await;
+    let issue = &contact.json()["issue"][0];
+    assert_eq!(
+        (&issue["severity"], &issue["expression"][0]),
+        (&json!("error"), &json!("Patient.contact[0]")),
+        "{}",
+        contact.text()
+    );
     let bad = fhir
         .post(
             "Patient/$validate",

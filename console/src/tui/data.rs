@@ -191,6 +191,8 @@ pub fn grant_consent(
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": format!("Patient/{patient}")},
         "dateTime": today,
+        // ppc-1: a Consent names its policy; this one is an opt-in to sharing.
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         "provision": provision
     })
 }

@@ -2,6 +2,8 @@
 //! definitions, and the parsed newtypes (`ResourceType`, `ResourceId`) every other layer takes.
 
 pub mod extensions;
+pub mod fhirpath;
+pub mod invariants;
 pub mod json;
 pub mod narrative;
 pub mod reference;

@@ -1,0 +1,125 @@
+//! Validation benchmark (issue 14): validates every resource of the Synthea export (and the
+//! official R4 examples when `CARAPACE_R4_EXAMPLES` names their package directory) in-process, and
+//! prints µs per resource and resources per second for the structural walk alone
+//! (`validate::validate_structure`, a hidden entry for this benchmark) and for the whole write-path
+//! validator (`validate::validate_resource`: structure, then the R4 invariants), plus how many
+//! resources the validator refuses.
+//!
+//! Run: `cargo build --release -p carapace-tests --bin validate-bench &&
+//! target/release/validate-bench [--synthea DIR] [--passes N]` (default DIR is the shared
+//! Synthea-120 export, N = 3; the best pass is reported).
+
+use carapace_core::fhir::validate;
+use carapace_tests::synthea;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Every resource of a Bundle's entries (the Synthea bundles are transactions and batches).
+fn entries(bundle: &Value) -> impl Iterator<Item = Value> + '_ {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("resource").cloned())
+}
+
+/// The official examples, less the package's definition bundles (as the core test reads them).
+fn official(dir: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+    const DEFINITIONS: [&str; 12] = [
+        "resources",
+        "types",
+        "searchParams",
+        "dataelements",
+        "extensions",
+        "profiles-others",
+        "terminologies",
+        "valuesets",
+        "v2-valuesets",
+        "v3-valuesets",
+        "conceptmaps",
+        "valueset-expansions",
+    ];
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    for path in names {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.ends_with(".json") || name == "package.json" || name.starts_with('.') {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        if v["resourceType"] == "Bundle" && DEFINITIONS.iter().any(|d| v["id"] == *d) {
+            continue;
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// The best of `passes` runs of `f` over every resource.
+fn time(resources: &[Value], passes: usize, f: impl Fn(&Value) -> bool) -> (Duration, usize) {
+    let mut best = Duration::MAX;
+    let mut refused = 0;
+    for _ in 0..passes.max(1) {
+        let start = Instant::now();
+        refused = resources.iter().filter(|r| !f(r)).count();
+        best = best.min(start.elapsed());
+    }
+    (best, refused)
+}
+
+fn row(set: &str, what: &str, n: usize, (elapsed, refused): (Duration, usize)) {
+    let secs = elapsed.as_secs_f64();
+    #[expect(clippy::cast_precision_loss, reason = "counts are small")]
+    let n_f = n as f64;
+    println!(
+        "| {set:<17} | {what:<15} | {n:>9} | {:>11.1} | {:>11.0} | {refused:>7} |",
+        secs * 1e6 / n_f,
+        n_f / secs
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let dir = arg("--synthea").unwrap_or_else(|| "/work/shared/data/synthea-120".into());
+    let passes: usize = arg("--passes").and_then(|p| p.parse().ok()).unwrap_or(3);
+    let mut sets: Vec<(&str, Vec<Value>)> = Vec::new();
+    let bundles = synthea::read_dir(std::path::Path::new(&dir))?;
+    sets.push((
+        "Synthea",
+        bundles.iter().flat_map(|b| entries(&b.bundle)).collect(),
+    ));
+    if let Some(examples) = std::env::var_os("CARAPACE_R4_EXAMPLES") {
+        sets.push((
+            "official examples",
+            official(std::path::Path::new(&examples))?,
+        ));
+    }
+    println!(
+        "| set               | validation      | resources | µs/resource | resources/s | refused |"
+    );
+    println!(
+        "|-------------------|-----------------|-----------|-------------|-------------|---------|"
+    );
+    for (name, resources) in &sets {
+        let structure = time(resources, passes, |r| {
+            !validate::validate_structure(r)
+                .iter()
+                .any(validate::Issue::is_error)
+        });
+        row(name, "structure only", resources.len(), structure);
+        let all = time(resources, passes, |r| {
+            validate::validate_resource(r).is_ok()
+        });
+        row(name, "everything", resources.len(), all);
+    }
+    Ok(())
+}
