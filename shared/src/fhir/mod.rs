@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod narrative;
+pub mod profile;
 pub mod reference;
 pub mod schema;
 pub mod validate;
