@@ -42,6 +42,9 @@ pub struct Config {
     /// (default 50) and `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60): when a user's sign-in
     /// failures stop counting, and how many failures one address may have per window.
     pub sign_in: crate::users::SignInLimits,
+    /// `CARAPACE_ENFORCE_PROFILES` (`off`, the default, or `on`): refuse a write whose
+    /// `meta.profile` names a StructureDefinition stored here that the resource fails.
+    pub enforce_profiles: bool,
 }
 
 /// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
@@ -270,7 +273,17 @@ impl Config {
                 .unwrap_or(60),
             ),
         };
+        let enforce_profiles = match get("CARAPACE_ENFORCE_PROFILES").as_deref().map(str::trim) {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(_) => {
+                return Err(ConfigError(
+                    "CARAPACE_ENFORCE_PROFILES is on or off".into(),
+                ))
+            }
+        };
         Ok(Config {
+            enforce_profiles,
             cors_origins,
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
             data_dir: get("CARAPACE_DATA_DIR")
