@@ -337,7 +337,14 @@ async fn read_resource(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<serde_json::Value, ApiError> {
-    let value = read_json(state, headers, body, RESOURCE_MEDIA_TYPES).await?;
+    let bytes = read_body(state, headers, body, RESOURCE_MEDIA_TYPES).await?;
+    resource_of(&bytes)
+}
+
+/// A body that must be one resource: a JSON object.
+fn resource_of(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let value =
+        json::parse(bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "structure", e.0))?;
     if !value.is_object() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -775,11 +782,18 @@ async fn validate_operation(
         }
     }
     // A POST may have no body only to ask whether an instance may be deleted.
+    let delete = mode.as_deref() == Some("delete");
     let body = match body {
-        Some(body) if headers.contains_key("content-type") || mode.as_deref() != Some("delete") => {
-            Some(read_resource(state, headers, body).await?)
+        Some(_) if delete && !headers.contains_key("content-type") => None,
+        Some(body) => {
+            let bytes = read_body(state, headers, body, RESOURCE_MEDIA_TYPES).await?;
+            if bytes.is_empty() && delete {
+                None
+            } else {
+                Some(resource_of(&bytes)?)
+            }
         }
-        _ => None,
+        None => None,
     };
     let resource = match body {
         Some(value) if value["resourceType"] == "Parameters" => {
