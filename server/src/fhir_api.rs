@@ -800,10 +800,16 @@ async fn validate_operation(
             let mut resource = None;
             for p in value["parameter"].as_array().into_iter().flatten() {
                 let text = || {
-                    ["valueCode", "valueString", "valueUri", "valueCanonical", "valueUrl"]
-                        .iter()
-                        .find_map(|k| p[k].as_str())
-                        .map(str::to_string)
+                    [
+                        "valueCode",
+                        "valueString",
+                        "valueUri",
+                        "valueCanonical",
+                        "valueUrl",
+                    ]
+                    .iter()
+                    .find_map(|k| p[k].as_str())
+                    .map(str::to_string)
                 };
                 match p["name"].as_str() {
                     Some("resource") if p["resource"].is_object() => {

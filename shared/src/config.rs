@@ -276,11 +276,7 @@ impl Config {
         let enforce_profiles = match get("CARAPACE_ENFORCE_PROFILES").as_deref().map(str::trim) {
             None | Some("off") => false,
             Some("on") => true,
-            Some(_) => {
-                return Err(ConfigError(
-                    "CARAPACE_ENFORCE_PROFILES is on or off".into(),
-                ))
-            }
+            Some(_) => return Err(ConfigError("CARAPACE_ENFORCE_PROFILES is on or off".into())),
         };
         Ok(Config {
             enforce_profiles,

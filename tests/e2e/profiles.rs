@@ -96,7 +96,9 @@ async fn validate_takes_parameters_modes_and_instances() {
         .post("Patient/$validate?mode=create", &conforming())
         .await;
     assert!(is_valid(&r), "{}", r.text());
-    let r = fhir.post("Patient/$validate?mode=bogus", &conforming()).await;
+    let r = fhir
+        .post("Patient/$validate?mode=bogus", &conforming())
+        .await;
     assert_eq!(r.status, 400, "{}", r.text());
 
     // mode=delete on an instance that does not exist: reported, nothing deleted.
@@ -210,7 +212,11 @@ async fn the_ips_patient_profile_is_checked_once_stored() {
         issues(&bad),
         [
             ("Patient.name".into(), "required".into(), "error".into()),
-            ("Patient.birthDate".into(), "required".into(), "error".into())
+            (
+                "Patient.birthDate".into(),
+                "required".into(),
+                "error".into()
+            )
         ],
         "{}",
         bad.text()
@@ -240,7 +246,11 @@ async fn the_ips_patient_profile_is_checked_once_stored() {
         .await;
     assert_eq!(
         issues(&r),
-        [("Patient.birthDate".into(), "required".into(), "error".into())],
+        [(
+            "Patient.birthDate".into(),
+            "required".into(),
+            "error".into()
+        )],
         "{}",
         r.text()
     );
@@ -255,12 +265,9 @@ async fn enforced_profiles_refuse_writes_that_fail_them() {
         return;
     };
     let bao = Bao::start_dev().await.unwrap();
-    let stack = Stack::start_with(
-        bao,
-        vec![("CARAPACE_ENFORCE_PROFILES".into(), "on".into())],
-    )
-    .await
-    .unwrap();
+    let stack = Stack::start_with(bao, vec![("CARAPACE_ENFORCE_PROFILES".into(), "on".into())])
+        .await
+        .unwrap();
     let fhir = stack.fhir();
     let with_profile = |mut p: Value| {
         p["meta"] = json!({"profile": [IPS_PATIENT]});
@@ -273,10 +280,7 @@ async fn enforced_profiles_refuse_writes_that_fail_them() {
             .status,
         201
     );
-    assert_eq!(
-        fhir.post("StructureDefinition", &sd).await.status,
-        201
-    );
+    assert_eq!(fhir.post("StructureDefinition", &sd).await.status, 201);
     let refused = fhir.post("Patient", &with_profile(non_conforming())).await;
     assert_eq!(refused.status, 400, "{}", refused.text());
     let paths: Vec<String> = issues(&refused).into_iter().map(|i| i.0).collect();

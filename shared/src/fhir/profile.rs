@@ -50,6 +50,8 @@ struct Node {
     path: String,
     /// The JSON name without `[x]` (`name`, `deceased`).
     name: String,
+    /// `_name`: where a primitive's id and extensions are.
+    shadow: String,
     choice: bool,
     min: u32,
     /// `None` is `*`.
@@ -269,11 +271,21 @@ fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
     };
     let mut types = Vec::new();
     let mut type_profiles = Vec::new();
-    for t in e.get("type").and_then(Value::as_array).into_iter().flatten() {
+    for t in e
+        .get("type")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(code) = t.get("code").and_then(Value::as_str) {
             types.push(code.to_string());
         }
-        for p in t.get("profile").and_then(Value::as_array).into_iter().flatten() {
+        for p in t
+            .get("profile")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(p) = p.as_str() {
                 type_profiles.push(p.split('|').next().unwrap_or(p).to_string());
             }
@@ -303,6 +315,7 @@ fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
     Ok(Node {
         path: path.to_string(),
         name: name.to_string(),
+        shadow: format!("_{name}"),
         choice,
         min,
         max,
@@ -421,7 +434,7 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
             }
             let items = items_of(map, child);
             self.path.push(Seg::Name(&child.name));
-            self.cardinality(child, items.len(), &child.path);
+            self.cardinality(child, items.len(), &child.path, None);
             self.path.pop();
             for item in &items {
                 self.at(child, item, |c| c.item(child, item));
@@ -446,9 +459,19 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
         self.path.truncate(depth);
     }
 
-    fn cardinality(&mut self, node: &Node, count: usize, what: &str) {
+    /// `count` values of `node` (or of its slice `slice`) against the profile's min and max.
+    fn cardinality(&mut self, node: &Node, count: usize, element: &str, slice: Option<&str>) {
         let count = u32::try_from(count).unwrap_or(u32::MAX);
-        if count < node.min {
+        let below = count < node.min;
+        let above = node.max.is_some_and(|max| count > max);
+        if !below && !above {
+            return;
+        }
+        let what = match slice {
+            Some(slice) => format!("{element}:{slice}"),
+            None => element.to_string(),
+        };
+        if below {
             self.error(
                 IssueType::Required,
                 format_args!(
@@ -457,13 +480,11 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
                 ),
             );
         }
-        if let Some(max) = node.max {
-            if count > max {
-                self.error(
-                    IssueType::Structure,
-                    format_args!("{what}: maximum allowed = {max}, but found {count}"),
-                );
-            }
+        if let (true, Some(max)) = (above, node.max) {
+            self.error(
+                IssueType::Structure,
+                format_args!("{what}: maximum allowed = {max}, but found {count}"),
+            );
         }
     }
 
@@ -496,7 +517,10 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
             if !matches_pattern(item.value, pattern) {
                 self.error(
                     IssueType::Value,
-                    format_args!("{}: the value does not match the profile's pattern", node.path),
+                    format_args!(
+                        "{}: the value does not match the profile's pattern",
+                        node.path
+                    ),
                 );
             }
         }
@@ -543,8 +567,7 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
         }
         self.path.push(Seg::Name(&node.name));
         for (slice, count) in node.slices.iter().zip(counts) {
-            let what = format!("{}:{}", node.path, slice.name);
-            self.cardinality(&slice.node, count, &what);
+            self.cardinality(&slice.node, count, &node.path, Some(&slice.name));
         }
         self.path.pop();
     }
@@ -571,10 +594,7 @@ fn items_of<'a>(map: &'a Map<String, Value>, node: &'a Node) -> Vec<Item<'a>> {
         // `_valueString` alone stands for the choice.
         if out.is_empty() {
             for key in map.keys() {
-                let Some(suffix) = key
-                    .strip_prefix('_')
-                    .and_then(|k| k.strip_prefix(node.name.as_str()))
-                else {
+                let Some(suffix) = key.strip_prefix(node.shadow.as_str()) else {
                     continue;
                 };
                 if suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
@@ -589,16 +609,14 @@ fn items_of<'a>(map: &'a Map<String, Value>, node: &'a Node) -> Vec<Item<'a>> {
         return out;
     }
     let value = map.get(node.name.as_str());
-    let shadow = map.get(format!("_{}", node.name).as_str());
+    let shadow = map.get(node.shadow.as_str());
     match (value, shadow) {
         (Some(Value::Array(values)), shadow) => {
             let shadow_len = shadow.and_then(Value::as_array).map_or(0, Vec::len);
             for i in 0..values.len().max(shadow_len) {
                 let v = values.get(i).unwrap_or(&NULL);
-                let present = !v.is_null()
-                    || shadow
-                        .and_then(|s| s.get(i))
-                        .is_some_and(|s| !s.is_null());
+                let present =
+                    !v.is_null() || shadow.and_then(|s| s.get(i)).is_some_and(|s| !s.is_null());
                 if present {
                     out.push(Item {
                         value: v,
@@ -800,7 +818,10 @@ mod tests {
             "_birthDate": {"extension": [{"url": "http://example.org/x", "valueString": "y"}]}});
         assert_eq!(profile.check(&shadow), vec![]);
         let wrong_type = json!({"resourceType": "Observation"});
-        assert_eq!(paths(&profile.check(&wrong_type)), [("", IssueType::Structure)]);
+        assert_eq!(
+            paths(&profile.check(&wrong_type)),
+            [("", IssueType::Structure)]
+        );
     }
 
     #[test]
@@ -908,7 +929,10 @@ mod tests {
     fn a_definition_without_snapshot_is_refused() {
         let sd = json!({"resourceType": "StructureDefinition", "kind": "resource",
             "type": "Patient", "differential": {"element": []}});
-        assert!(matches!(Profile::compile(&sd), Err(CompileError::NoSnapshot)));
+        assert!(matches!(
+            Profile::compile(&sd),
+            Err(CompileError::NoSnapshot)
+        ));
         let ext = json!({"resourceType": "StructureDefinition", "kind": "complex-type",
             "type": "Extension"});
         assert!(matches!(

@@ -15,7 +15,8 @@ use std::sync::Arc;
 const MAX_CACHED_PROFILES: usize = 256;
 
 /// Compiled profiles by (StructureDefinition id, version): a stored version never changes.
-pub(super) type ProfileCache = std::sync::Mutex<std::collections::HashMap<(String, i64), Arc<Profile>>>;
+pub(super) type ProfileCache =
+    std::sync::Mutex<std::collections::HashMap<(String, i64), Arc<Profile>>>;
 
 /// `$validate`'s `mode` (R4 `resource-validation-mode`), or none: validate the content only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,13 +82,13 @@ impl Store {
             }
             match self.read(ctx, resource_type, id).await {
                 Ok(_) => {}
-                Err(StoreError::NotFound(_) | StoreError::Gone { .. }) => issues.push(
-                    Issue::error(
+                Err(StoreError::NotFound(_) | StoreError::Gone { .. }) => {
+                    issues.push(Issue::error(
                         IssueType::NotFound,
                         resource_type.as_str(),
                         format!("{resource_type}/{id} is not known, so it cannot be deleted"),
-                    ),
-                ),
+                    ))
+                }
                 Err(e) => return Err(e),
             }
             return Ok(issues);
@@ -112,7 +113,9 @@ impl Store {
         }
         let body_id = resource.get("id").and_then(Value::as_str);
         match mode {
-            ValidateMode::Create => self.permitted(ctx, resource_type, Permission::Create, &mut issues),
+            ValidateMode::Create => {
+                self.permitted(ctx, resource_type, Permission::Create, &mut issues)
+            }
             ValidateMode::Update => {
                 self.permitted(ctx, resource_type, Permission::Update, &mut issues);
                 match (body_id, id) {
