@@ -925,6 +925,49 @@ mod tests {
         );
     }
 
+    /// Every example the IPS package ships conforms to the package's profiles it declares (no
+    /// false positives), and each declared profile is one of the package's.
+    #[test]
+    fn the_ips_examples_conform_to_their_profiles() {
+        let Some(dir) = std::env::var_os("CARAPACE_IPS_PACKAGE") else {
+            eprintln!("SKIPPED: set CARAPACE_IPS_PACKAGE to the hl7.fhir.uv.ips 2.0.0 package dir");
+            return;
+        };
+        let dir = std::path::Path::new(&dir);
+        let mut profiles = std::collections::HashMap::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !name.starts_with("StructureDefinition-") {
+                continue;
+            }
+            let sd: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            if let Ok(p) = Profile::compile(&sd) {
+                profiles.insert(p.url().to_string(), p);
+            }
+        }
+        assert!(profiles.len() >= 25, "{} profiles compiled", profiles.len());
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir.join("example")).unwrap() {
+            let path = entry.unwrap().path();
+            let example: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let declared = example["meta"]["profile"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for url in declared.iter().filter_map(Value::as_str) {
+                let Some(p) = profiles.get(url.split('|').next().unwrap()) else {
+                    continue;
+                };
+                let issues = p.check(&example);
+                assert_eq!(issues, vec![], "{} against {url}", path.display());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "{checked} examples checked");
+    }
+
     #[test]
     fn a_definition_without_snapshot_is_refused() {
         let sd = json!({"resourceType": "StructureDefinition", "kind": "resource",
