@@ -37,6 +37,19 @@ compartment-patient.json
   {resource type: [element paths relative to the resource, e.g. "subject", "participant.actor"]}
   The references that put a resource in a patient's compartment, derived from the search
   parameters CompartmentDefinition-patient names (their FHIRPath `expression`).
+
+constraints.json
+  {"types": {type name: [[key, severity, human, expression], ...]},
+   "elements": {element path: [[key, severity, human, expression], ...]}}
+  The FHIRPath invariants of the definitions (ElementDefinition.constraint), each once, where it
+  is defined (its `source` is the definition itself: ele-1 from Element, dom-* from
+  DomainResource, not repeated on every element). `types` holds those of a resource, datatype or
+  backbone element (named as in schema.json: `Patient`, `Quantity`, `Patient.contact`), evaluated
+  on every instance of that type; `elements` those attached to one element of one definition
+  (`Organization.telecom`, `RiskAssessment.prediction.probability[x]`), evaluated on that
+  element's values, plus the constraints of the type profiles an element names
+  (`SimpleQuantity`'s sqty-1 on `Observation.referenceRange.low`). severity is `error` or
+  `warning`.
 """
 import json
 import os
@@ -401,13 +414,45 @@ def build_summary(pkg):
     return dict(sorted(out.items()))
 
 
+def build_constraints(pkg, types):
+    """The invariants of every definition, where they are defined (see the docstring)."""
+    sds = [r for name in ("Bundle-types.json", "Bundle-resources.json")
+           for r in load_entries(pkg, name) if r.get("resourceType") == "StructureDefinition"]
+    profiles = {sd["url"]: sd for sd in sds if sd.get("derivation") == "constraint"}
+    by_type, by_element = {}, {}
+
+    def own(sd, el):
+        return [[c["key"], c["severity"], c["human"], c["expression"]]
+                for c in el.get("constraint", [])
+                if c.get("source", sd["url"]) == sd["url"] and c.get("expression")]
+
+    for sd in sds:
+        if sd.get("derivation") == "constraint" or sd["kind"] in ("logical", "primitive-type"):
+            continue
+        for el in sd["snapshot"]["element"]:
+            path = el["path"]
+            found = own(sd, el)
+            for t in el.get("type", []):
+                for url in t.get("profile", []):
+                    if url in profiles:
+                        found += own(profiles[url], profiles[url]["snapshot"]["element"][0])
+            if not found:
+                continue
+            if path in types:
+                by_type.setdefault(path, []).extend(found)
+            else:
+                by_element.setdefault(path, []).extend(found)
+    return {"types": dict(sorted(by_type.items())), "elements": dict(sorted(by_element.items()))}
+
+
 def main(pkg):
     here = os.path.dirname(os.path.abspath(__file__))
     schema = build_schema(pkg)
     compartment = build_compartment(pkg, schema["types"])
     search = build_search_params(pkg, schema)
     for name, data in (("schema.json", schema), ("compartment-patient.json", compartment),
-                       ("search-params.json", search), ("summary.json", build_summary(pkg))):
+                       ("search-params.json", search), ("summary.json", build_summary(pkg)),
+                       ("constraints.json", build_constraints(pkg, schema["types"]))):
         with open(os.path.join(here, name), "w", encoding="utf-8") as f:
             json.dump(data, f, separators=(",", ":"), ensure_ascii=True)
             f.write("\n")

@@ -1,6 +1,8 @@
 //! FHIR R4 (4.0.1) resource handling: strict JSON intake, structural validation against the R4
 //! definitions, and the parsed newtypes (`ResourceType`, `ResourceId`) every other layer takes.
 
+pub mod fhirpath;
+pub mod invariants;
 pub mod json;
 pub mod narrative;
 pub mod profile;
