@@ -221,6 +221,13 @@ async fn the_ips_patient_profile_is_checked_once_stored() {
         "{}",
         bad.text()
     );
+    // The profile's own invariant (ips-pat-1): a name needs a family, given or text.
+    let mut unnamed = conforming();
+    unnamed["name"] = json!([{"use": "official"}]);
+    assert_eq!(
+        issues(&fhir.post(&ask, &unnamed).await),
+        [("Patient.name[0]".into(), "invariant".into(), "error".into())]
+    );
     // The same through a Parameters body, and through meta.profile.
     let params = json!({"resourceType": "Parameters", "parameter": [
         {"name": "profile", "valueCanonical": IPS_PATIENT},

@@ -124,8 +124,8 @@ fn lex(src: &str) -> Res<Vec<Tok>> {
             while i < chars.len() && chars[i].is_ascii_digit() {
                 i += 1;
             }
-            let is_dec = chars.get(i) == Some(&'.')
-                && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit());
+            let is_dec =
+                chars.get(i) == Some(&'.') && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit());
             if is_dec {
                 i += 1;
                 while i < chars.len() && chars[i].is_ascii_digit() {
@@ -613,7 +613,12 @@ impl Path {
 
     /// Evaluate on `node` (of FHIR type `ty`) inside `resource` (`%resource`) and `root`
     /// (`%rootResource`, the container of a contained resource).
-    pub fn evaluate<'a>(&self, node: Item<'a>, resource: Item<'a>, root: Item<'a>) -> Res<Vec<Item<'a>>> {
+    pub fn evaluate<'a>(
+        &self,
+        node: Item<'a>,
+        resource: Item<'a>,
+        root: Item<'a>,
+    ) -> Res<Vec<Item<'a>>> {
         let env = Env {
             resource,
             root,
@@ -668,7 +673,11 @@ impl<'a> Item<'a> {
 
     /// An element of the given kind: its JSON value and, for a primitive, its `_name` shadow;
     /// `None` when neither holds anything.
-    pub fn node(value: Option<&'a Value>, shadow: Option<&'a Value>, kind: Kind) -> Option<Item<'a>> {
+    pub fn node(
+        value: Option<&'a Value>,
+        shadow: Option<&'a Value>,
+        kind: Kind,
+    ) -> Option<Item<'a>> {
         let ty = match kind {
             Kind::Primitive(p) => Ty::Primitive(p),
             Kind::Complex(i) => Ty::Def(schema::type_at(i)?),
@@ -828,7 +837,10 @@ impl Temporal {
         let common = level(&a).min(level(&b));
         for i in 0..common.min(7) {
             let (x, y) = if i == sec {
-                (a.parts[i] * 1000 + a.parts[i + 1], b.parts[i] * 1000 + b.parts[i + 1])
+                (
+                    a.parts[i] * 1000 + a.parts[i + 1],
+                    b.parts[i] * 1000 + b.parts[i + 1],
+                )
             } else {
                 (a.parts[i], b.parts[i])
             };
@@ -1323,7 +1335,13 @@ fn eval<'a>(e: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Vec<Item<'a>>> {
     })
 }
 
-fn binary<'a>(op: BinOp, l: &Expr, r: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Vec<Item<'a>>> {
+fn binary<'a>(
+    op: BinOp,
+    l: &Expr,
+    r: &Expr,
+    focus: &[Item<'a>],
+    env: &Env<'a>,
+) -> Res<Vec<Item<'a>>> {
     let left = eval(l, focus, env)?;
     // Short-circuits of three-valued logic.
     match op {
@@ -1475,7 +1493,12 @@ fn arg<'a>(args: &[Expr], i: usize, focus: &[Item<'a>], env: &Env<'a>) -> Res<Ve
     }
 }
 
-fn string_arg<'a>(args: &[Expr], i: usize, focus: &[Item<'a>], env: &Env<'a>) -> Res<Option<String>> {
+fn string_arg<'a>(
+    args: &[Expr],
+    i: usize,
+    focus: &[Item<'a>],
+    env: &Env<'a>,
+) -> Res<Option<String>> {
     let v = arg(args, i, focus, env)?;
     Ok(singleton(&v)?.and_then(string).map(Cow::into_owned))
 }
@@ -1517,10 +1540,14 @@ fn call<'a>(
             vec![Item::Bool(all)]
         }
         Func::AllTrue => vec![Item::Bool(
-            input.iter().all(|i| matches!(sys(i), Some(Sys::Bool(true)))),
+            input
+                .iter()
+                .all(|i| matches!(sys(i), Some(Sys::Bool(true)))),
         )],
         Func::AnyTrue => vec![Item::Bool(
-            input.iter().any(|i| matches!(sys(i), Some(Sys::Bool(true)))),
+            input
+                .iter()
+                .any(|i| matches!(sys(i), Some(Sys::Bool(true)))),
         )],
         Func::Where => {
             let mut out = Vec::new();
@@ -1602,7 +1629,9 @@ fn call<'a>(
                 Some(n) => usize::try_from(n).unwrap_or(0),
                 None => len,
             };
-            vec![Item::Str(Cow::Owned(s.chars().skip(start).take(take).collect()))]
+            vec![Item::Str(Cow::Owned(
+                s.chars().skip(start).take(take).collect(),
+            ))]
         }
         Func::Length => match singleton(&input)?.and_then(string) {
             Some(s) => vec![Item::Int(

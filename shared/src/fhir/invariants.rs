@@ -95,15 +95,24 @@ impl Invariant {
     /// Whether the constraint holds on `node`, an element of FHIR type `type_name` (a resource,
     /// datatype or backbone name as in the schema) inside `resource`. `Err` when it cannot be
     /// evaluated (never a reason to refuse).
-    pub fn holds(&self, node: &Value, type_name: &str, resource: &Value) -> Result<bool, Unsupported> {
+    pub fn holds(
+        &self,
+        node: &Value,
+        type_name: &str,
+        resource: &Value,
+    ) -> Result<bool, Unsupported> {
         let def = schema::type_def(type_name)
             .ok_or_else(|| Unsupported(format!("unknown type {type_name}")))?;
-        let res = Item::resource(resource)
-            .ok_or_else(|| Unsupported("not a resource".into()))?;
+        let res = Item::resource(resource).ok_or_else(|| Unsupported("not a resource".into()))?;
         self.holds_on(Item::complex(node, def), res.clone(), res)
     }
 
-    fn holds_on<'a>(&self, node: Item<'a>, resource: Item<'a>, root: Item<'a>) -> Result<bool, Unsupported> {
+    fn holds_on<'a>(
+        &self,
+        node: Item<'a>,
+        resource: Item<'a>,
+        root: Item<'a>,
+    ) -> Result<bool, Unsupported> {
         let path = self.path.as_ref().map_err(Clone::clone)?;
         let result = path.evaluate(node, resource, root)?;
         // Singleton evaluation: an empty result is not `true`, so the constraint fails (as in
@@ -315,7 +324,13 @@ impl<'a> Walker<'a, '_> {
     }
 
     /// The elements of an object of type `def`.
-    fn content(&mut self, value: &'a Value, def: &'static TypeDef, resource: &Item<'a>, root: &Item<'a>) {
+    fn content(
+        &mut self,
+        value: &'a Value,
+        def: &'static TypeDef,
+        resource: &Item<'a>,
+        root: &Item<'a>,
+    ) {
         let Value::Object(map) = value else { return };
         let table = &*TABLE;
         for (key, v) in map {
@@ -377,7 +392,9 @@ impl<'a> Walker<'a, '_> {
                             let Some(rt) = v.get("resourceType").and_then(Value::as_str) else {
                                 return;
                             };
-                            let Some(t) = schema::type_def(rt) else { return };
+                            let Some(t) = schema::type_def(rt) else {
+                                return;
+                            };
                             if contained {
                                 w.resource(v, t, root);
                             } else {
@@ -393,7 +410,13 @@ impl<'a> Walker<'a, '_> {
     }
 
     /// A complex datatype or backbone element: its type's constraints, then its content.
-    fn complex(&mut self, value: &'a Value, def: &'static TypeDef, resource: &Item<'a>, root: &Item<'a>) {
+    fn complex(
+        &mut self,
+        value: &'a Value,
+        def: &'static TypeDef,
+        resource: &Item<'a>,
+        root: &Item<'a>,
+    ) {
         if let Some(ids) = TABLE.by_type.get(&addr(def)) {
             self.evaluate(ids, &Item::complex(value, def), resource, root);
         }
@@ -497,13 +520,20 @@ mod tests {
         assert!(failed.is_empty(), "{failed:#?}");
         assert!(TABLE.invariants.len() > 200, "{}", TABLE.invariants.len());
         // Natively checked constraints are not evaluated twice.
-        assert!(TABLE.invariants.iter().all(|i| NATIVE.iter().all(|(k, _)| *k != &*i.key)));
+        assert!(TABLE
+            .invariants
+            .iter()
+            .all(|i| NATIVE.iter().all(|(k, _)| *k != &*i.key)));
     }
 
     #[test]
     fn valid_resources_pass() {
         assert_eq!(validate_resource(&observation()), Ok(()));
-        assert!(report(&observation()).is_empty(), "{:?}", report(&observation()));
+        assert!(
+            report(&observation()).is_empty(),
+            "{:?}",
+            report(&observation())
+        );
         let patient = json!({
             "resourceType": "Patient",
             "text": narrative(),
@@ -548,7 +578,10 @@ mod tests {
                 "contained": [{"resourceType": "Organization", "id": "inner", "name": "Ward"}]}]
         });
         let found = refused(&nested);
-        assert!(found.contains(&("dom-2".into(), "Patient".into())), "{found:?}");
+        assert!(
+            found.contains(&("dom-2".into(), "Patient".into())),
+            "{found:?}"
+        );
         let versioned = json!({
             "resourceType": "Patient",
             "managingOrganization": {"reference": "#org"},
@@ -587,7 +620,8 @@ mod tests {
             "period": {"start": "2021-03", "end": "2021-03-01"}}]});
         assert_eq!(refused(&p), Vec::new());
         // ref-1: a local reference needs its contained resource.
-        let p = json!({"resourceType": "Patient", "managingOrganization": {"reference": "#missing"}});
+        let p =
+            json!({"resourceType": "Patient", "managingOrganization": {"reference": "#missing"}});
         let found = refused(&p);
         assert!(
             found.contains(&("ref-1".into(), "Patient.managingOrganization".into())),
@@ -602,7 +636,11 @@ mod tests {
         assert_eq!(validate_resource(&p), Ok(()));
         assert_eq!(
             report(&p),
-            [(Severity::Warning, "dom-6".to_string(), "Patient".to_string())]
+            [(
+                Severity::Warning,
+                "dom-6".to_string(),
+                "Patient".to_string()
+            )]
         );
         let mut checked = Vec::new();
         check(&p, Depth::Write, &mut checked);

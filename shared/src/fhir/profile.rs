@@ -1,20 +1,22 @@
 //! Profiles: a StructureDefinition's snapshot compiled once into a [`Profile`] that checks a
 //! resource against the constraints the profile adds to R4 — cardinality, types (choice
 //! restrictions), fixed and pattern values, slicing (discriminators `value`, `pattern`, `type`,
-//! `exists`; slice cardinality; closed slicing). The base R4 rules are the validator's
+//! `exists`; slice cardinality; closed slicing) and the invariants the profile adds (FHIRPath, by
+//! [`super::invariants`]). The base R4 rules are the validator's
 //! ([`super::validate`]); a profile only narrows them, so this module reports only what the
 //! profile says beyond R4.
 //!
 //! Pure: no storage. The store finds a profile's StructureDefinition by its canonical URL, compiles
 //! it here once per stored version and keeps the result.
 //!
-//! Not checked (yet): bindings (terminology), profile invariants (FHIRPath), type profiles of
+//! Not checked (yet): bindings (terminology), type profiles of
 //! referenced or nested elements (`Reference(X-profile)`, an extension's own definition), and the
 //! `profile` discriminator; a slicing whose discriminator cannot be evaluated is skipped, never
 //! guessed.
 
+use super::invariants::Invariant;
 use super::printable;
-use super::validate::{Issue, IssueType};
+use super::validate::{Issue, IssueType, Severity};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
@@ -27,6 +29,8 @@ const MAX_DEPTH: usize = 64;
 #[derive(Debug)]
 pub struct Profile {
     url: String,
+    /// How issues name the profile: its URL, or its name when the URL is too long to echo.
+    label: String,
     version: Option<String>,
     resource_type: String,
     root: Node,
@@ -62,6 +66,8 @@ struct Node {
     type_profiles: Vec<String>,
     fixed: Option<Value>,
     pattern: Option<Value>,
+    /// The constraints the profile adds (those of R4 itself are the validator's).
+    invariants: Vec<Invariant>,
     children: Vec<Node>,
     slicing: Option<Slicing>,
     slices: Vec<Slice>,
@@ -119,12 +125,18 @@ impl Profile {
                 "the first element is not the profiled type",
             ));
         }
+        let url = sd
+            .get("url")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let label = match printable(&url) {
+            short if short == url => short,
+            _ => printable(sd.get("name").and_then(Value::as_str).unwrap_or_default()),
+        };
         Ok(Profile {
-            url: sd
-                .get("url")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            url,
+            label,
             version: sd
                 .get("version")
                 .and_then(Value::as_str)
@@ -147,10 +159,13 @@ impl Profile {
         &self.resource_type
     }
 
-    /// Every way `resource` fails this profile (errors), in document order; empty when it conforms.
+    /// Every way `resource` fails this profile, in document order: errors, and warnings (a
+    /// warning-severity invariant that fails, one this module cannot evaluate); empty when it
+    /// conforms.
     pub fn check(&self, resource: &Value) -> Vec<Issue> {
         let mut c = Check {
             profile: self,
+            resource,
             issues: Vec::new(),
             path: Vec::with_capacity(16),
         };
@@ -166,6 +181,7 @@ impl Profile {
             return c.issues;
         }
         c.path.push(Seg::Name(&self.resource_type));
+        c.invariants(&self.root, resource, &self.resource_type);
         c.node(&self.root, map);
         c.issues
     }
@@ -302,6 +318,28 @@ fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
             }
         }
     }
+    let invariants = e
+        .get("constraint")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            // R4's own constraints (`source` a core definition) are already checked for every
+            // resource by the validator.
+            !c.get("source")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.starts_with(CORE_DEFINITIONS))
+        })
+        .filter_map(|c| {
+            let text = |k: &str| c.get(k).and_then(Value::as_str);
+            Some(Invariant::compile(
+                text("key")?,
+                text("severity").unwrap_or("error"),
+                text("human").unwrap_or_default(),
+                text("expression")?,
+            ))
+        })
+        .collect();
     let slicing = e.get("slicing").map(|s| Slicing {
         discriminators: s
             .get("discriminator")
@@ -323,11 +361,15 @@ fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
         type_profiles,
         fixed,
         pattern,
+        invariants,
         children: Vec::new(),
         slicing,
         slices: Vec::new(),
     })
 }
+
+/// Where R4's own definitions live; their constraints are not a profile's.
+const CORE_DEFINITIONS: &str = "http://hl7.org/fhir/StructureDefinition/";
 
 /// `fixedCode`, `patternCodeableConcept`: the prefix, then a type name.
 fn is_typed_key(key: &str, prefix: &str) -> bool {
@@ -382,6 +424,7 @@ struct Item<'a> {
 
 struct Check<'p, 'a> {
     profile: &'p Profile,
+    resource: &'a Value,
     issues: Vec<Issue>,
     path: Vec<Seg<'a>>,
 }
@@ -419,7 +462,7 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
             return;
         }
         let path = self.render();
-        let message = format!("{message} (profile {})", printable(&self.profile.url));
+        let message = format!("{message} (profile {})", self.profile.label);
         self.issues.push(Issue::error(code, path, message));
     }
 
@@ -525,7 +568,53 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
             }
         }
         if let Value::Object(map) = item.value {
+            if !node.invariants.is_empty() {
+                // A backbone element's definition is named by its path (`Patient.contact`).
+                let type_name = match item.type_code.or(node.types.first().map(String::as_str)) {
+                    Some("BackboneElement" | "Element") | None => node.path.as_str(),
+                    Some(t) => t,
+                };
+                self.invariants(node, item.value, type_name);
+            }
             self.node(node, map);
+        }
+    }
+
+    /// The profile's constraints on `value` (the current location), of FHIR type `type_name`.
+    fn invariants(&mut self, node: &Node, value: &Value, type_name: &str) {
+        for inv in &node.invariants {
+            match inv.holds(value, type_name, self.resource) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if self.full() {
+                        return;
+                    }
+                    let message = format!("{} (profile {})", inv.message(), self.profile.label);
+                    let path = self.render();
+                    self.issues.push(match inv.severity() {
+                        Severity::Warning | Severity::Information => {
+                            Issue::warning(IssueType::Invariant, path, message)
+                        }
+                        Severity::Error | Severity::Fatal => {
+                            Issue::error(IssueType::Invariant, path, message)
+                        }
+                    });
+                }
+                // Never a reason to refuse: reported as not checked.
+                Err(_) => {
+                    if self.full() {
+                        return;
+                    }
+                    let message = format!(
+                        "{}: this invariant of profile {} could not be evaluated, so it was not checked",
+                        inv.key(),
+                        self.profile.label
+                    );
+                    let path = self.render();
+                    self.issues
+                        .push(Issue::warning(IssueType::NotSupported, path, message));
+                }
+            }
         }
     }
 
@@ -813,6 +902,16 @@ mod tests {
         );
         assert!(issues.iter().all(Issue::is_error));
         assert!(issues[0].message.contains("Patient-uv-ips"), "{issues:?}");
+        // ips-pat-1 (a profile invariant): a name needs a family, given or text.
+        let nameless = json!({"resourceType": "Patient", "name": [{"text": "x"}, {"use": "official"}],
+            "birthDate": "1970"});
+        let issues = profile.check(&nameless);
+        assert_eq!(
+            paths(&issues),
+            [("Patient.name[1]", IssueType::Invariant)],
+            "{issues:?}"
+        );
+        assert!(issues[0].message.starts_with("ips-pat-1: "), "{issues:?}");
         // A birth date carried only as an extension (`_birthDate`) is present.
         let shadow = json!({"resourceType": "Patient", "name": [{"text": "x"}],
             "_birthDate": {"extension": [{"url": "http://example.org/x", "valueString": "y"}]}});
@@ -906,9 +1005,17 @@ mod tests {
                 "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                     "code": category}]}],
                 "code": {"text": "x"}, "subject": {"reference": "Patient/p"},
-                "effectiveDateTime": "2020", "performer": [{"reference": "Practitioner/x"}]})
+                "effectiveDateTime": "2020", "performer": [{"reference": "Practitioner/x"}],
+                "valueString": "x"})
         };
         assert_eq!(profile.check(&lab("laboratory")), vec![]);
+        // ips-2, the profile's invariant on the resource: a value, a reason for its absence, ...
+        let mut valueless = lab("laboratory");
+        valueless.as_object_mut().unwrap().remove("valueString");
+        let issues = profile.check(&valueless);
+        assert_eq!(paths(&issues), [("Observation", IssueType::Invariant)]);
+        assert!(issues[0].message.starts_with("ips-2: "), "{issues:?}");
+        assert!(issues[0].is_error());
         let issues = profile.check(&lab("imaging"));
         assert_eq!(
             paths(&issues),
