@@ -8,6 +8,7 @@ pub mod narrative;
 pub mod profile;
 pub mod reference;
 pub mod schema;
+pub mod terminology;
 pub mod validate;
 
 use std::fmt;
