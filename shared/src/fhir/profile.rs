@@ -1,22 +1,25 @@
 //! Profiles: a StructureDefinition's snapshot compiled once into a [`Profile`] that checks a
 //! resource against the constraints the profile adds to R4 — cardinality, types (choice
 //! restrictions), fixed and pattern values, slicing (discriminators `value`, `pattern`, `type`,
-//! `exists`; slice cardinality; closed slicing) and the invariants the profile adds (FHIRPath, by
-//! [`super::invariants`]). The base R4 rules are the validator's
+//! `exists`; slice cardinality; closed slicing), the bindings the profile adds or tightens (by
+//! [`super::terminology`], for the value sets that ship with R4) and the invariants the profile adds
+//! (FHIRPath, by [`super::invariants`]). The base R4 rules are the validator's
 //! ([`super::validate`]); a profile only narrows them, so this module reports only what the
 //! profile says beyond R4.
 //!
 //! Pure: no storage. The store finds a profile's StructureDefinition by its canonical URL, compiles
 //! it here once per stored version and keeps the result.
 //!
-//! Not checked (yet): bindings (terminology), type profiles of
+//! Not checked (yet): bindings to value sets that do not ship with R4 (an implementation guide's
+//! own, or SNOMED CT / LOINC based ones), type profiles of
 //! referenced or nested elements (`Reference(X-profile)`, an extension's own definition), and the
 //! `profile` discriminator; a slicing whose discriminator cannot be evaluated is skipped, never
 //! guessed.
 
 use super::invariants::Invariant;
 use super::printable;
-use super::validate::{Issue, IssueType, Severity};
+use super::terminology::{self, Binding, BoundType, Strength};
+use super::validate::{Depth, Issue, IssueType, Severity};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
@@ -68,6 +71,10 @@ struct Node {
     pattern: Option<Value>,
     /// The constraints the profile adds (those of R4 itself are the validator's).
     invariants: Vec<Invariant>,
+    /// The binding as the snapshot states it (`strength`, value set canonical), until
+    /// [`settle_bindings`] keeps it in `binding` only if it differs from R4's and can be judged.
+    stated_binding: Option<(Strength, String)>,
+    binding: Option<Binding>,
     children: Vec<Node>,
     slicing: Option<Slicing>,
     slices: Vec<Slice>,
@@ -163,9 +170,16 @@ impl Profile {
     /// warning-severity invariant that fails, one this module cannot evaluate); empty when it
     /// conforms.
     pub fn check(&self, resource: &Value) -> Vec<Issue> {
+        self.check_at(resource, Depth::Report)
+    }
+
+    /// [`Profile::check`] for a write ([`Depth::Write`]: what could refuse it, binding warnings
+    /// and notes left out) or for `$validate` ([`Depth::Report`]).
+    pub fn check_at(&self, resource: &Value, depth: Depth) -> Vec<Issue> {
         let mut c = Check {
             profile: self,
             resource,
+            depth,
             issues: Vec::new(),
             path: Vec::with_capacity(16),
         };
@@ -264,7 +278,81 @@ fn build_tree(elements: &[Value]) -> Result<Node, CompileError> {
         n.slices.iter_mut().for_each(|s| restore_order(&mut s.node));
     }
     restore_order(&mut root);
+    let own_type = root.path.clone();
+    settle_bindings(&mut root, &own_type);
     Ok(root)
+}
+
+/// Keep a child's binding only where the profile changes R4's (R4's own are the validator's) and
+/// the value set ships here; `own_type` names `node`'s definition as the binding table does (a
+/// resource, a datatype, or a backbone element's path).
+fn settle_bindings(node: &mut Node, own_type: &str) {
+    for child in &mut node.children {
+        settle_binding(child, own_type);
+    }
+}
+
+/// [`settle_bindings`] for one element `child` of the definition `own_type`, then its children.
+fn settle_binding(child: &mut Node, own_type: &str) {
+    if let Some((strength, canonical)) = child.stated_binding.take() {
+        let bound = child.types.iter().find_map(|t| match t.as_str() {
+            "code" => Some((BoundType::Code, t.as_str())),
+            "Coding" => Some((BoundType::Coding, t.as_str())),
+            "CodeableConcept" => Some((BoundType::CodeableConcept, t.as_str())),
+            _ => None,
+        });
+        let url = canonical.split('|').next().unwrap_or(&canonical);
+        if let (Some((bound_type, type_code)), Some(vs)) =
+            (bound, terminology::value_set(&canonical))
+        {
+            let property = if child.choice {
+                format!("{}{}", child.name, upper_first(type_code))
+            } else {
+                child.name.clone()
+            };
+            let base = terminology::binding(own_type, &property);
+            if !base.is_some_and(|b| b.strength == strength && b.value_set == url) {
+                child.binding = Some(Binding {
+                    strength,
+                    value_set: vs.url(),
+                    bound_type,
+                });
+            }
+        }
+    }
+    let inner = match child_type(child) {
+        Some(t) => t.to_string(),
+        None => child.path.clone(),
+    };
+    for grandchild in &mut child.children {
+        settle_binding(grandchild, &inner);
+    }
+    // A slice is the element again, narrowed: bound and defined where the element is.
+    for slice in &mut child.slices {
+        settle_binding(&mut slice.node, own_type);
+    }
+}
+
+/// The definition a node's children belong to: its one complex datatype, or (a backbone element,
+/// several types, none) `None`, meaning its own path.
+fn child_type(node: &Node) -> Option<&str> {
+    match node.types.as_slice() {
+        [t] if t != "BackboneElement"
+            && t != "Element"
+            && t.starts_with(|c: char| c.is_ascii_uppercase()) =>
+        {
+            Some(t.as_str())
+        }
+        _ => None,
+    }
+}
+
+fn upper_first(s: &str) -> String {
+    let mut cs = s.chars();
+    match cs.next() {
+        Some(c) => c.to_ascii_uppercase().to_string() + cs.as_str(),
+        None => String::new(),
+    }
 }
 
 fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
@@ -340,6 +428,15 @@ fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
             ))
         })
         .collect();
+    let stated_binding = e.get("binding").and_then(|b| {
+        let strength = match b.get("strength").and_then(Value::as_str)? {
+            "required" => Strength::Required,
+            "extensible" => Strength::Extensible,
+            "preferred" => Strength::Preferred,
+            _ => return None,
+        };
+        Some((strength, b.get("valueSet")?.as_str()?.to_string()))
+    });
     let slicing = e.get("slicing").map(|s| Slicing {
         discriminators: s
             .get("discriminator")
@@ -362,6 +459,8 @@ fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
         fixed,
         pattern,
         invariants,
+        stated_binding,
+        binding: None,
         children: Vec::new(),
         slicing,
         slices: Vec::new(),
@@ -425,6 +524,7 @@ struct Item<'a> {
 struct Check<'p, 'a> {
     profile: &'p Profile,
     resource: &'a Value,
+    depth: Depth,
     issues: Vec<Issue>,
     path: Vec<Seg<'a>>,
 }
@@ -567,6 +667,19 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
                 );
             }
         }
+        if let Some(binding) = &node.binding {
+            if let Some(found) = terminology::check_binding(binding, item.value, self.depth) {
+                if !self.full() {
+                    let path = self.render();
+                    self.issues.push(Issue {
+                        severity: found.severity,
+                        code: found.code,
+                        path,
+                        message: format!("{} (profile {})", found.message, self.profile.label),
+                    });
+                }
+            }
+        }
         if let Value::Object(map) = item.value {
             if !node.invariants.is_empty() {
                 // A backbone element's definition is named by its path (`Patient.contact`).
@@ -583,6 +696,10 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
     /// The profile's constraints on `value` (the current location), of FHIR type `type_name`.
     fn invariants(&mut self, node: &Node, value: &Value, type_name: &str) {
         for inv in &node.invariants {
+            // A warning never refuses a write: not evaluated for one.
+            if self.depth == Depth::Write && inv.severity() != Severity::Error {
+                continue;
+            }
             match inv.holds(value, type_name, self.resource) {
                 Ok(true) => {}
                 Ok(false) => {
@@ -601,6 +718,7 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
                     });
                 }
                 // Never a reason to refuse: reported as not checked.
+                Err(_) if self.depth == Depth::Write => {}
                 Err(_) => {
                     if self.full() {
                         return;
@@ -947,6 +1065,37 @@ mod tests {
         // Open as published: the same unknown extension is fine.
         let open = Profile::compile(&ips(PATIENT).unwrap()).unwrap();
         assert_eq!(open.check(&unknown), vec![]);
+    }
+
+    #[test]
+    fn a_binding_the_profile_tightens_is_checked() {
+        let Some(mut sd) = ips(PATIENT) else { return };
+        let elements = sd["snapshot"]["element"].as_array_mut().unwrap();
+        let marital = elements
+            .iter_mut()
+            .find(|e| e["id"] == "Patient.maritalStatus")
+            .unwrap();
+        // R4 binds maritalStatus extensibly; this profile requires the value set.
+        marital["binding"]["strength"] = json!("required");
+        let profile = Profile::compile(&sd).unwrap();
+        let with_status = |code: &str| {
+            json!({"resourceType": "Patient", "name": [{"text": "x"}], "birthDate": "1970",
+                "maritalStatus": {"coding": [{"system":
+                    "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": code}]}})
+        };
+        assert_eq!(profile.check(&with_status("M")), vec![]);
+        let issues = profile.check_at(&with_status("Q"), Depth::Write);
+        assert_eq!(
+            paths(&issues),
+            [("Patient.maritalStatus", IssueType::CodeInvalid)],
+            "{issues:?}"
+        );
+        assert!(issues[0].is_error());
+        // As published (R4's own binding, and R4's own `name.use`), the validator's business.
+        let published = Profile::compile(&ips(PATIENT).unwrap()).unwrap();
+        let mut odd_use = with_status("Q");
+        odd_use["name"][0]["use"] = json!("nickname-ish");
+        assert_eq!(published.check(&odd_use), vec![]);
     }
 
     fn tobacco() -> Value {

@@ -215,7 +215,11 @@ impl Store {
         let mut issues = Vec::new();
         for url in declared_profiles(resource) {
             if let Resolved::Found(p) = self.resolve_profile(ctx, url).await? {
-                issues.extend(p.check(resource).into_iter().filter(Issue::is_error));
+                issues.extend(
+                    p.check_at(resource, validate::Depth::Write)
+                        .into_iter()
+                        .filter(Issue::is_error),
+                );
             }
         }
         if issues.is_empty() {
