@@ -1,7 +1,7 @@
 //! `$validate` and profiles in the store: the operation's checks (the validator, the mode's rules,
 //! the profiles asked for and declared), and profiles found among the StructureDefinitions stored on
-//! this server — by canonical URL, through the caller's own search (so the access gate decides what
-//! they may use), compiled once per stored version.
+//! this server — by canonical URL, through the caller's own gated search (so the access gate decides
+//! what they may use), compiled once per stored version.
 
 use super::{Store, StoreError};
 use crate::access::{AccessContext, Permission};
@@ -9,10 +9,13 @@ use crate::fhir::profile::Profile;
 use crate::fhir::validate::{self, Issue, IssueType};
 use crate::fhir::{printable, ResourceId, ResourceType};
 use serde_json::Value;
+use sqlx::Row;
 use std::sync::Arc;
 
 /// Compiled profiles kept at most; a full cache is emptied (profiles are few on any real server).
 const MAX_CACHED_PROFILES: usize = 256;
+/// StructureDefinitions sharing one url that are looked at (versions of one profile).
+const MAX_SAME_URL: usize = 100;
 
 /// Compiled profiles by (StructureDefinition id, version): a stored version never changes.
 pub(super) type ProfileCache =
@@ -230,7 +233,9 @@ impl Store {
     }
 
     /// The StructureDefinition stored with this canonical (`url` or `url|version`) that the
-    /// caller may read, the most recently written if several, compiled (once per version).
+    /// caller may search, the most recently written if several, compiled once per stored version.
+    /// Found through the caller's own gated search; only a version not compiled yet is read (and
+    /// that read audited like any).
     async fn resolve_profile(
         &self,
         ctx: &AccessContext,
@@ -243,44 +248,60 @@ impl Store {
         let Some(sd_type) = ResourceType::parse("StructureDefinition") else {
             return Ok(Resolved::Missing);
         };
-        // A `uri` search matches exactly; `_count` bounds what one canonical may bring back.
-        let pairs = [
-            ("url".to_string(), url.to_string()),
-            ("_count".to_string(), "20".to_string()),
-        ];
+        let mut pairs = vec![("url".to_string(), url.to_string())];
+        if let Some(version) = version {
+            pairs.push(("version".to_string(), version.to_string()));
+        }
         let Ok(query) = crate::search::query::parse(sd_type, &pairs, true) else {
             return Ok(Resolved::Missing);
         };
-        let found = match self.search(ctx, &query).await {
-            Ok(found) => found,
-            // A caller who may not read StructureDefinitions has none to use.
+        let ids = match self.matching_ids(ctx, &query, MAX_SAME_URL).await {
+            Ok(ids) => ids,
+            // A caller who may not search StructureDefinitions has none to use.
             Err(StoreError::Denied(_)) => return Ok(Resolved::Missing),
             Err(e) => return Err(e),
         };
-        let mut best: Option<(&super::StoredResource, Value)> = None;
-        for stored in &found.matches {
-            let Ok(sd) = serde_json::from_slice::<Value>(&stored.body) else {
-                continue;
-            };
-            if sd.get("url").and_then(Value::as_str) != Some(url) {
-                continue;
-            }
-            if version.is_some() && sd.get("version").and_then(Value::as_str) != version {
-                continue;
-            }
-            if best
-                .as_ref()
-                .is_none_or(|(b, _)| stored.last_updated > b.last_updated)
-            {
-                best = Some((stored, sd));
-            }
+        if ids.is_empty() {
+            return Ok(Resolved::Missing);
         }
-        let Some((stored, sd)) = best else {
+        let rows = self
+            .fetch_all_for(
+                ctx,
+                sqlx::query(
+                    "SELECT h.id, h.version_id
+                       FROM resources h
+                       JOIN resource_versions v
+                         ON v.resource_type = h.resource_type AND v.id = h.id
+                        AND v.version_id = h.version_id
+                      WHERE h.resource_type = 'StructureDefinition' AND h.id = ANY($1)
+                        AND NOT h.deleted
+                      ORDER BY v.last_updated DESC, h.id
+                      LIMIT 1",
+                )
+                .bind(&ids),
+            )
+            .await?;
+        let Some(row) = rows.first() else {
             return Ok(Resolved::Missing);
         };
-        let key = (stored.id.clone(), stored.version_id);
+        let key: (String, i64) = (row.try_get("id")?, row.try_get("version_id")?);
         if let Some(p) = self.cached_profile(&key) {
-            return Ok(Resolved::Found(p));
+            return Ok(if p.url() == url {
+                Resolved::Found(p)
+            } else {
+                Resolved::Missing
+            });
+        }
+        let id = ResourceId::parse(&key.0).map_err(|_| StoreError::Integrity)?;
+        let stored = match self.read(ctx, sd_type, &id).await {
+            Ok(stored) => stored,
+            Err(StoreError::NotFound(_) | StoreError::Gone { .. }) => return Ok(Resolved::Missing),
+            Err(e) => return Err(e),
+        };
+        let sd: Value = serde_json::from_slice(&stored.body).map_err(|_| StoreError::Integrity)?;
+        // The index matched the url; the body must say so too.
+        if sd.get("url").and_then(Value::as_str) != Some(url) {
+            return Ok(Resolved::Missing);
         }
         match Profile::compile(&sd) {
             Ok(p) => {
@@ -292,7 +313,7 @@ impl Store {
                 if cache.len() >= MAX_CACHED_PROFILES {
                     cache.clear();
                 }
-                cache.insert(key, p.clone());
+                cache.insert((key.0, stored.version_id), p.clone());
                 Ok(Resolved::Found(p))
             }
             Err(e) => Ok(Resolved::Unusable(e.to_string())),
