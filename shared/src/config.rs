@@ -356,6 +356,22 @@ mod tests {
     }
 
     #[test]
+    fn profile_enforcement_is_off_unless_turned_on() {
+        assert!(!config(&[]).unwrap().enforce_profiles);
+        assert!(
+            config(&[("CARAPACE_ENFORCE_PROFILES", "on")])
+                .unwrap()
+                .enforce_profiles
+        );
+        assert!(
+            !config(&[("CARAPACE_ENFORCE_PROFILES", "off")])
+                .unwrap()
+                .enforce_profiles
+        );
+        assert!(config(&[("CARAPACE_ENFORCE_PROFILES", "yes")]).is_err());
+    }
+
+    #[test]
     fn cors_origins_are_exact_origins() {
         let c = config(&[(
             "CARAPACE_CORS_ORIGINS",

@@ -177,6 +177,22 @@ async fn validate_takes_parameters_modes_and_instances() {
         as_patient(format!("Patient/{id}/$validate")).await.status,
         404
     );
+    // mode=delete asks the gate as a delete would: a patient may read their record, not delete it.
+    let r = http(
+        "POST",
+        &stack
+            .server
+            .url(&format!("Patient/{mine}/$validate?mode=delete")),
+        &[("Authorization", &format!("Bearer {token}"))],
+        Some(vec![]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        issues(&r),
+        [("Patient".into(), "forbidden".into(), "error".into())]
+    );
 }
 
 #[tokio::test]
