@@ -11,10 +11,10 @@
 //! it here once per stored version and keeps the result.
 //!
 //! Not checked (yet): bindings to value sets that do not ship with R4 (an implementation guide's
-//! own, or SNOMED CT / LOINC based ones), type profiles of
-//! referenced or nested elements (`Reference(X-profile)`, an extension's own definition), and the
-//! `profile` discriminator; a slicing whose discriminator cannot be evaluated is skipped, never
-//! guessed.
+//! own, or SNOMED CT / LOINC based ones); type profiles of referenced or nested elements
+//! (`Reference(X-profile)`, an extension's own definition); `ordered` slicing; the `profile`
+//! discriminator and discriminator paths with functions (`resolve()`, `extension(url)`): such a
+//! slicing is skipped, never guessed.
 
 use super::invariants::Invariant;
 use super::printable;
@@ -34,7 +34,6 @@ pub struct Profile {
     url: String,
     /// How issues name the profile: its URL, or its name when the URL is too long to echo.
     label: String,
-    version: Option<String>,
     resource_type: String,
     root: Node,
 }
@@ -51,7 +50,7 @@ pub enum CompileError {
 }
 
 /// One element of the snapshot, with its children and slices.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Node {
     /// The element path of the definition (`Patient.name`), for messages.
     path: String,
@@ -144,10 +143,6 @@ impl Profile {
         Ok(Profile {
             url,
             label,
-            version: sd
-                .get("version")
-                .and_then(Value::as_str)
-                .map(str::to_string),
             resource_type,
             root,
         })
@@ -155,15 +150,6 @@ impl Profile {
 
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    pub fn version(&self) -> Option<&str> {
-        self.version.as_deref()
-    }
-
-    /// The resource type this profile constrains.
-    pub fn resource_type(&self) -> &str {
-        &self.resource_type
     }
 
     /// Every way `resource` fails this profile, in document order: errors, and warnings (a
