@@ -9,13 +9,10 @@ use crate::fhir::profile::Profile;
 use crate::fhir::validate::{self, Issue, IssueType};
 use crate::fhir::{printable, ResourceId, ResourceType};
 use serde_json::Value;
-use sqlx::Row;
 use std::sync::Arc;
 
 /// Compiled profiles kept at most; a full cache is emptied (profiles are few on any real server).
 const MAX_CACHED_PROFILES: usize = 256;
-/// StructureDefinitions sharing one url that are looked at (versions of one profile).
-const MAX_SAME_URL: usize = 100;
 
 /// Compiled profiles by (StructureDefinition id, version): a stored version never changes.
 pub(super) type ProfileCache =
@@ -255,36 +252,13 @@ impl Store {
         let Ok(query) = crate::search::query::parse(sd_type, &pairs, true) else {
             return Ok(Resolved::Missing);
         };
-        let ids = match self.matching_ids(ctx, &query, MAX_SAME_URL).await {
-            Ok(ids) => ids,
+        let key = match self.latest_match(ctx, &query).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Ok(Resolved::Missing),
             // A caller who may not search StructureDefinitions has none to use.
             Err(StoreError::Denied(_)) => return Ok(Resolved::Missing),
             Err(e) => return Err(e),
         };
-        if ids.is_empty() {
-            return Ok(Resolved::Missing);
-        }
-        let rows = self
-            .fetch_all_for(
-                ctx,
-                sqlx::query(
-                    "SELECT h.id, h.version_id
-                       FROM resources h
-                       JOIN resource_versions v
-                         ON v.resource_type = h.resource_type AND v.id = h.id
-                        AND v.version_id = h.version_id
-                      WHERE h.resource_type = 'StructureDefinition' AND h.id = ANY($1)
-                        AND NOT h.deleted
-                      ORDER BY v.last_updated DESC, h.id
-                      LIMIT 1",
-                )
-                .bind(&ids),
-            )
-            .await?;
-        let Some(row) = rows.first() else {
-            return Ok(Resolved::Missing);
-        };
-        let key: (String, i64) = (row.try_get("id")?, row.try_get("version_id")?);
         if let Some(p) = self.cached_profile(&key) {
             return Ok(if p.url() == url {
                 Resolved::Found(p)
