@@ -327,6 +327,18 @@ async fn enforced_profiles_refuse_writes_that_fail_them() {
         fhir.put(&format!("Patient/{id}"), &update).await.status,
         400
     );
+    // So is every entry of a transaction, which then writes nothing.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": with_profile(conforming()), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": with_profile(non_conforming()), "request": {"method": "POST", "url": "Patient"}}]});
+    let before = fhir.get("Patient?_summary=count").await.json()["total"].clone();
+    let tx = fhir.post("", &bundle).await;
+    assert_eq!(tx.status, 400, "{}", tx.text());
+    assert!(tx.text().contains("Patient.birthDate"), "{}", tx.text());
+    assert_eq!(
+        fhir.get("Patient?_summary=count").await.json()["total"],
+        before
+    );
     // A write declaring no profile pays nothing and is held to none.
     assert_eq!(fhir.post("Patient", &non_conforming()).await.status, 201);
 }
