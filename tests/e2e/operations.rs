@@ -8,10 +8,13 @@ use carapace_tests::*;
 async fn validate_reports_r4_problems_without_storing_anything() {
     let stack = Stack::start().await.unwrap();
     let fhir = stack.fhir();
+    // With a narrative: R4's dom-6 warns about a resource without one.
     let ok = fhir
         .post(
             "Patient/$validate",
-            &json!({"resourceType": "Patient", "birthDate": "1970-01-01"}),
+            &json!({"resourceType": "Patient", "birthDate": "1970-01-01", "text": {
+                "status": "generated",
+                "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">A patient</div>"}}),
         )
         .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
