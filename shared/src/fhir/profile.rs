@@ -501,9 +501,11 @@ enum Seg<'a> {
 
 /// One value found for an element: the value and, for a choice element, its type.
 struct Item<'a> {
+    /// `null` for a primitive present only as `_name` (an id or extensions, no value).
     value: &'a Value,
-    /// Present only as `_name` (an extension or id on a primitive with no value).
+    /// The position in the JSON array, for a repeating element.
     index: Option<usize>,
+    /// A choice element's type (`Quantity` for `valueQuantity`).
     type_code: Option<&'a str>,
 }
 
