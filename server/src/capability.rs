@@ -120,8 +120,9 @@ fn build(base: &str) -> Value {
                               search runs over keyed blind indexes (HMAC), shifted dates and opaque \
                               references, never over cleartext PHI. Conditional create, update and \
                               delete (single match) take any search parameters. PATCH takes JSON Patch \
-                              (application/json-patch+json). Operations: $validate (type and instance) \
-                              and Patient/[id]/$everything (_since, _type, _count). Batch and transaction \
+                              (application/json-patch+json). Operations: $validate (type and instance, \
+                              GET and POST, mode create/update/delete, profile= against \
+                              StructureDefinitions stored here) and Patient/[id]/$everything (_since, _type, _count). Batch and transaction \
                               Bundles: transactions are atomic, resolve urn:uuid and conditional \
                               references (Type?query) and honour ifNoneExist and ifMatch. Search: every \
                               parameter listed per type, AND/OR, chaining (any depth) and _has (nested), \

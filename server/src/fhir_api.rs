@@ -13,7 +13,7 @@ use carapace_core::fhir::{json, ResourceId, ResourceType};
 use carapace_core::search::query as search_query;
 use carapace_core::store::{
     Created, Deleted, EntryResource, EverythingQuery, HistoryQuery, StoreError, StoredResource,
-    Target, TxEntry, TxResult, Updated, Written,
+    Target, TxEntry, TxResult, Updated, ValidateMode, Written,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
@@ -105,11 +105,15 @@ async fn route(
         (["_history"], &Method::GET) => history(state, &ctx, None, None, &params).await,
         ([type_name, "$validate"], &Method::POST) => {
             let rt = resource_type(type_name)?;
-            validate_operation(state, &headers, body, rt, None).await
+            validate_operation(state, &ctx, &headers, Some(body), &params, rt, None).await
         }
         ([type_name, id, "$validate"], &Method::POST) => {
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
-            validate_operation(state, &headers, body, rt, Some(id)).await
+            validate_operation(state, &ctx, &headers, Some(body), &params, rt, Some(id)).await
+        }
+        ([type_name, id, "$validate"], &Method::GET) => {
+            let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
+            validate_operation(state, &ctx, &headers, None, &params, rt, Some(id)).await
         }
         (["AuditEvent"], &Method::GET) => crate::audit_api::search(state, &ctx, &params).await,
         (["AuditEvent", id], &Method::GET) => crate::audit_api::read(state, &ctx, id).await,
@@ -333,7 +337,14 @@ async fn read_resource(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<serde_json::Value, ApiError> {
-    let value = read_json(state, headers, body, RESOURCE_MEDIA_TYPES).await?;
+    let bytes = read_body(state, headers, body, RESOURCE_MEDIA_TYPES).await?;
+    resource_of(&bytes)
+}
+
+/// A body that must be one resource: a JSON object.
+fn resource_of(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let value =
+        json::parse(bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "structure", e.0))?;
     if !value.is_object() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -748,47 +759,93 @@ async fn search(
     Ok(json_response(StatusCode::OK, body))
 }
 
-/// `$validate` (type and instance): the same R4 checks as create and update, answered as an
-/// OperationOutcome (200 whether or not the resource is valid: the operation itself succeeded).
+/// `$validate` at type and instance level, GET and POST: the operation's parameters (`mode`,
+/// `profile`) from the query and from a `Parameters` body (whose `resource` is the resource to
+/// validate; any other body is the resource itself). The checks are the store's; the answer is an
+/// OperationOutcome, 200 whether or not the resource is valid (the operation itself succeeded).
 async fn validate_operation(
     state: &AppState,
+    ctx: &AccessContext,
     headers: &HeaderMap,
-    body: Incoming,
+    body: Option<Incoming>,
+    params: &[(String, String)],
     rt: ResourceType,
     id: Option<ResourceId>,
 ) -> Result<HttpResponse, ApiError> {
-    let value = read_resource(state, headers, body).await?;
-    // The resource may come bare or as the `resource` parameter of a Parameters resource.
-    let resource = if value["resourceType"] == "Parameters" && rt.as_str() != "Parameters" {
-        value["parameter"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == "resource"))
-            .map(|p| p["resource"].clone())
-            .filter(|r| r.is_object())
-            .ok_or_else(|| ApiError::bad_request("Parameters has no 'resource' parameter"))?
-    } else {
-        value
-    };
-    let mut issues = Vec::new();
-    if resource["resourceType"].as_str() != Some(rt.as_str()) {
-        issues.push(validate::Issue::invalid(
-            "resourceType",
-            format!("the resource is not a {rt}"),
-        ));
-    }
-    if let Some(id) = &id {
-        if resource["id"].as_str() != Some(id.as_str()) {
-            issues.push(validate::Issue::invalid(
-                format!("{rt}.id"),
-                "the id in the resource does not match the id in the URL",
-            ));
+    let mut mode = None;
+    let mut profiles = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "mode" => mode = Some(v.clone()),
+            "profile" => profiles.push(v.clone()),
+            _ => {}
         }
     }
-    issues.extend(validate::validate_report(&resource));
+    // A POST may have no body only to ask whether an instance may be deleted.
+    let delete = mode.as_deref() == Some("delete");
+    let body = match body {
+        Some(_) if delete && !headers.contains_key("content-type") => None,
+        Some(body) => {
+            let bytes = read_body(state, headers, body, RESOURCE_MEDIA_TYPES).await?;
+            if bytes.is_empty() && delete {
+                None
+            } else {
+                Some(resource_of(&bytes)?)
+            }
+        }
+        None => None,
+    };
+    let resource = match body {
+        Some(value) if value["resourceType"] == "Parameters" => {
+            let mut resource = None;
+            for p in value["parameter"].as_array().into_iter().flatten() {
+                let text = || {
+                    [
+                        "valueCode",
+                        "valueString",
+                        "valueUri",
+                        "valueCanonical",
+                        "valueUrl",
+                    ]
+                    .iter()
+                    .find_map(|k| p[k].as_str())
+                    .map(str::to_string)
+                };
+                match p["name"].as_str() {
+                    Some("resource") if p["resource"].is_object() => {
+                        resource = Some(p["resource"].clone())
+                    }
+                    Some("resource") => {
+                        return Err(ApiError::bad_request(
+                            "the 'resource' parameter must carry a resource",
+                        ))
+                    }
+                    Some("mode") => mode = text().or(mode),
+                    Some("profile") => profiles.extend(text()),
+                    _ => {}
+                }
+            }
+            resource
+        }
+        other => other,
+    };
+    let mode = match mode.as_deref() {
+        None => ValidateMode::Content,
+        Some(code) => ValidateMode::parse(code).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "mode '{}' is not one of create, update, delete",
+                printable(code)
+            ))
+        })?,
+    };
+    let issues = state
+        .store
+        .validate(ctx, rt, id.as_ref(), resource, mode, &profiles)
+        .await?;
     let body = if issues.is_empty() {
         serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
             "severity": "information", "code": "informational",
-            "diagnostics": "the resource is valid R4"}]})
+            "diagnostics": "the resource is valid"}]})
     } else {
         let issue: Vec<serde_json::Value> = issues.iter().map(validate::Issue::to_json).collect();
         serde_json::json!({"resourceType": "OperationOutcome", "issue": issue})

@@ -60,6 +60,7 @@ Configuration (environment variables):
   CARAPACE_DB_MAX_CONNECTIONS  database pool size (default 16)
   CARAPACE_CORS_ORIGINS        comma-separated browser origins allowed to call /fhir and /auth/token
                                (https://app.example,http://localhost:3000; default none; '*' refused)
+  CARAPACE_ENFORCE_PROFILES    on: refuse writes failing a stored profile their meta.profile names (default off)
   RUST_LOG                     log filter (default info)";
 
 fn main() -> anyhow::Result<()> {

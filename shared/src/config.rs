@@ -42,6 +42,9 @@ pub struct Config {
     /// (default 50) and `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60): when a user's sign-in
     /// failures stop counting, and how many failures one address may have per window.
     pub sign_in: crate::users::SignInLimits,
+    /// `CARAPACE_ENFORCE_PROFILES` (`off`, the default, or `on`): refuse a write whose
+    /// `meta.profile` names a StructureDefinition stored here that the resource fails.
+    pub enforce_profiles: bool,
 }
 
 /// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
@@ -270,7 +273,13 @@ impl Config {
                 .unwrap_or(60),
             ),
         };
+        let enforce_profiles = match get("CARAPACE_ENFORCE_PROFILES").as_deref().map(str::trim) {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(_) => return Err(ConfigError("CARAPACE_ENFORCE_PROFILES is on or off".into())),
+        };
         Ok(Config {
+            enforce_profiles,
             cors_origins,
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
             data_dir: get("CARAPACE_DATA_DIR")
@@ -344,6 +353,22 @@ mod tests {
         assert!(!config(&[]).unwrap().policy.default_permit);
         assert!(config(&[("CARAPACE_BTG_ROLES", "patient")]).is_err());
         assert!(config(&[("CARAPACE_CONSENT_DEFAULT", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn profile_enforcement_is_off_unless_turned_on() {
+        assert!(!config(&[]).unwrap().enforce_profiles);
+        assert!(
+            config(&[("CARAPACE_ENFORCE_PROFILES", "on")])
+                .unwrap()
+                .enforce_profiles
+        );
+        assert!(
+            !config(&[("CARAPACE_ENFORCE_PROFILES", "off")])
+                .unwrap()
+                .enforce_profiles
+        );
+        assert!(config(&[("CARAPACE_ENFORCE_PROFILES", "yes")]).is_err());
     }
 
     #[test]

@@ -103,7 +103,8 @@ impl Core {
                 clock,
                 config.policy.clone(),
             )
-            .with_sign_in_limits(config.sign_in),
+            .with_sign_in_limits(config.sign_in)
+            .with_profile_enforcement(config.enforce_profiles),
         );
         Ok(Core {
             store,

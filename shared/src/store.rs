@@ -31,10 +31,12 @@ macro_rules! head_sql {
 }
 
 mod admin;
+mod profiles;
 mod reach;
 mod search;
 mod trail;
 use crate::search::index::IndexRows;
+pub use profiles::ValidateMode;
 pub use reach::{BtgGrant, OperatorCounts};
 use search::PrefixRows;
 pub use search::SearchResult;
@@ -285,6 +287,9 @@ pub struct Store {
     /// Each consent version's rule (or `None`: it decides nothing), by (id, version): versions
     /// never change, so a rule is parsed once; which versions are current is read per request.
     consent_rules: ConsentRules,
+    /// `CARAPACE_ENFORCE_PROFILES`: writes must conform to the stored profiles they declare.
+    enforce_profiles: bool,
+    profiles: profiles::ProfileCache,
 }
 
 type ConsentRules = std::sync::Mutex<
@@ -332,7 +337,15 @@ impl Store {
             policy,
             sign_in: crate::users::SignInLimits::default(),
             consent_rules: Default::default(),
+            enforce_profiles: false,
+            profiles: Default::default(),
         }
+    }
+
+    /// The store refusing writes that fail a stored profile their `meta.profile` declares.
+    pub fn with_profile_enforcement(mut self, on: bool) -> Store {
+        self.enforce_profiles = on;
+        self
     }
 
     /// The store with these sign-in limits (the defaults otherwise).
@@ -396,6 +409,7 @@ impl Store {
     ) -> Result<Created, StoreError> {
         ctx.check(resource_type.as_str(), Permission::Create)?;
         check_resource(resource_type, &resource)?;
+        self.check_declared_profiles(ctx, &resource).await?;
         // A conditional create holds its condition's lock from the match to the commit.
         let mut held = None;
         let _slot = match if_none_exist {
@@ -758,6 +772,7 @@ impl Store {
     ) -> Result<Updated, StoreError> {
         ctx.check(resource_type.as_str(), Permission::Update)?;
         check_resource(resource_type, &resource)?;
+        self.check_declared_profiles(ctx, &resource).await?;
         match resource.get("id").and_then(Value::as_str) {
             Some(body_id) if body_id == id.as_str() => {}
             Some(_) => {
@@ -1444,6 +1459,9 @@ impl Store {
                     ctx.check(resource_type.as_str(), Permission::Create)
                         .map_err(|e| fail(i)(e.into()))?;
                     check_resource(*resource_type, &resource).map_err(fail(i))?;
+                    self.check_declared_profiles(ctx, &resource)
+                        .await
+                        .map_err(fail(i))?;
                     let id = new_ids[i].clone().unwrap_or_default();
                     let prepared = self
                         .prepare_create(ctx, *resource_type, resource, &id, &mut prefixes)
@@ -1468,6 +1486,9 @@ impl Store {
                     ctx.check(resource_type.as_str(), Permission::Update)
                         .map_err(|e| fail(i)(e.into()))?;
                     check_resource(*resource_type, &resource).map_err(fail(i))?;
+                    self.check_declared_profiles(ctx, &resource)
+                        .await
+                        .map_err(fail(i))?;
                     if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                         return Err(fail(i)(StoreError::Invalid(vec![Issue::invalid(
                             format!("{resource_type}.id"),

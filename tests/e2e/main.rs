@@ -23,6 +23,7 @@ mod http_edge;
 mod identity;
 mod narrative;
 mod operations;
+mod profiles;
 mod search;
 mod tls;
 mod validation;

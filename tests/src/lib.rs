@@ -726,6 +726,19 @@ pub fn examples_dir() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The International Patient Summary package directory (`package/` of `hl7.fhir.uv.ips` 2.0.0), if
+/// fetched: `CARAPACE_IPS_PACKAGE`, else `.cache/ips/package` at the workspace root.
+pub fn ips_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CARAPACE_IPS_PACKAGE") {
+        return Some(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
+    let p = root.join(".cache/ips/package");
+    p.exists().then_some(p)
+}
+
 /// Everything a test needs: its own database in the shared test cluster, a Vault, a server.
 pub struct Stack {
     pub server: Server,

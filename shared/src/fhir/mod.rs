@@ -6,6 +6,7 @@ pub mod fhirpath;
 pub mod invariants;
 pub mod json;
 pub mod narrative;
+pub mod profile;
 pub mod reference;
 pub mod schema;
 pub mod terminology;

@@ -78,6 +78,8 @@ pub enum IssueType {
     NotSupported,
     /// A rule of this server (business rule) rather than of R4.
     BusinessRule,
+    /// The caller may not do what the validated interaction would do (`$validate` modes).
+    Forbidden,
     /// Nothing wrong: a note for the caller.
     Informational,
 }
@@ -95,6 +97,7 @@ impl IssueType {
             IssueType::NotFound => "not-found",
             IssueType::NotSupported => "not-supported",
             IssueType::BusinessRule => "business-rule",
+            IssueType::Forbidden => "forbidden",
             IssueType::Informational => "informational",
         }
     }

@@ -235,6 +235,34 @@ impl Store {
         result
     }
 
+    /// The id and current version of the most recently written resource matching `query` that
+    /// the caller may see (the StructureDefinition a profile URL names), without reading it.
+    pub(crate) async fn latest_match(
+        &self,
+        ctx: &AccessContext,
+        query: &SearchQuery,
+    ) -> Result<Option<(String, i64)>, StoreError> {
+        authorize_search(ctx, query)?;
+        let plan = self.plan(ctx).await?;
+        let keys = self.search_keys().await?;
+        let mut b = Builder::new(&keys.index, self.clock.now().timestamp_millis(), &plan);
+        b.qb.push("SELECT f.id, f.version_id FROM (");
+        b.push_matches(query)?;
+        b.qb.push(") f JOIN resource_versions v ON v.resource_type = ");
+        b.qb.push_bind(query.resource_type.as_str().to_string());
+        b.qb.push(
+            " AND v.id = f.id AND v.version_id = f.version_id \
+             ORDER BY v.last_updated DESC, f.id LIMIT 1",
+        );
+        let rows = self
+            .fetch_all_for(ctx, b.qb.build().persistent(b.reusable))
+            .await?;
+        match rows.first() {
+            Some(r) => Ok(Some((r.try_get("id")?, r.try_get("version_id")?))),
+            None => Ok(None),
+        }
+    }
+
     /// The ids of every resource matching a conditional query (for conditional create, update,
     /// delete and references), at most `limit`.
     pub(crate) async fn matching_ids(
