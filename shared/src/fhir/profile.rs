@@ -298,11 +298,7 @@ fn settle_binding(child: &mut Node, own_type: &str) {
             };
             let base = terminology::binding(own_type, &property);
             if !base.is_some_and(|b| b.strength == strength && b.value_set == url) {
-                child.binding = Some(Binding {
-                    strength,
-                    value_set: vs.url(),
-                    bound_type,
-                });
+                child.binding = Some(Binding::to(strength, vs, bound_type));
             }
         }
     }

@@ -162,6 +162,16 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// A binding to a shipped value set (a profile's own binding, say).
+    pub fn to(strength: Strength, value_set: &'static ValueSet, bound_type: BoundType) -> Binding {
+        Binding {
+            strength,
+            value_set: value_set.url(),
+            bound_type,
+            resolved: TABLES.value_set_by_url.get(value_set.url()).copied(),
+        }
+    }
+
     /// The bound value set, if it ships.
     pub fn value_set(&self) -> Option<&'static ValueSet> {
         self.resolved.and_then(|i| TABLES.value_sets.get(i))
