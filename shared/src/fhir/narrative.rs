@@ -176,7 +176,10 @@ const DATA_IMAGE_TYPES: &[&str] = &[
     "image/webp",
 ];
 /// CSS functions an inline style may call; `url()` is checked as an image source.
-const CSS_FUNCTIONS: &[&str] = &["calc", "hsl", "hsla", "rgb", "rgba", "url"];
+/// `var()` reads a custom property (the IG Publisher's narratives use `var(--ig-left,left)`): every
+/// function call in the whole attribute, custom property values and fallbacks included, is checked,
+/// so a `var()` can only bring in what the attribute could say directly.
+const CSS_FUNCTIONS: &[&str] = &["calc", "hsl", "hsla", "rgb", "rgba", "url", "var"];
 
 /// Check a narrative; `Err` lists the problems found (at most ten), each a short message that names
 /// the element or attribute at fault but never repeats the content.
@@ -438,7 +441,7 @@ fn css_fault(style: &str) -> Option<&'static str> {
         let function = &before[start..];
         if !CSS_FUNCTIONS.contains(&function) {
             return Some(
-                "a CSS function that is not allowed (only url, rgb, rgba, hsl, hsla, calc)",
+                "a CSS function that is not allowed (only url, rgb, rgba, hsl, hsla, calc, var)",
             );
         }
         let after = &rest[open + 1..];
@@ -453,8 +456,12 @@ fn css_fault(style: &str) -> Option<&'static str> {
             if let Some(fault) = url_fault(arg, IMAGE_SCHEMES, true) {
                 return Some(fault);
             }
+            rest = &after[close..];
+        } else {
+            // Other functions' arguments are scanned too: a call nested in calc() or var() is
+            // checked like any other.
+            rest = after;
         }
-        rest = &after[close..];
     }
     None
 }
@@ -593,6 +600,8 @@ mod tests {
             "background:u\\72l(javascript:x)",
             "color:red/**/;x:expr/**/ession(1)",
             "@import 'x.css'",
+            "background:var(--a, url(javascript:x))",
+            "width:calc(1px + image-set('x.png' 1x))",
         ] {
             refused_for(
                 &div(&format!("<p style=\"{style}\">x</p>")),
@@ -676,6 +685,8 @@ mod tests {
             "<!-- a plain comment -->",
             "<map name=\"m\"><area shape=\"rect\" coords=\"0,0,1,1\" href=\"#a\" alt=\"a\"/></map>",
             "<img src=\"x.png\" usemap=\"#m\" alt=\"\"/>",
+            // As the IG Publisher writes its narratives (the IPS profiles' among them).
+            "<table style=\"float: var(--ig-left,left); --ig-left: left\"><tr><td>x</td></tr></table>",
         ));
         assert_eq!(check(&rich), Ok(()));
         // Extra namespace declarations are harmless while nothing uses them.

@@ -202,8 +202,8 @@ impl Store {
     }
 
     /// On a write with `CARAPACE_ENFORCE_PROFILES=on`: the resource must conform to every profile
-    /// its `meta.profile` names that is stored here (profiles not stored are not checked). Free
-    /// when enforcement is off or nothing is declared.
+    /// its `meta.profile` names that is stored here (profiles not stored are not checked),
+    /// whoever writes it. Free when enforcement is off or nothing is declared.
     pub(super) async fn check_declared_profiles(
         &self,
         ctx: &AccessContext,
@@ -213,8 +213,12 @@ impl Store {
             return Ok(());
         }
         let mut issues = Vec::new();
+        // A stored profile binds every writer, whatever the writer may read: profiles are looked
+        // up as the server's own reader of definitions (StructureDefinitions only, no PHI),
+        // audited under the writer's name.
+        let definitions = definitions_reader(ctx);
         for url in declared_profiles(resource) {
-            if let Resolved::Found(p) = self.resolve_profile(ctx, url).await? {
+            if let Resolved::Found(p) = self.resolve_profile(&definitions, url).await? {
                 issues.extend(
                     p.check_at(resource, validate::Depth::Write)
                         .into_iter()
@@ -312,4 +316,21 @@ fn declared_profiles(resource: &Value) -> impl Iterator<Item = &str> {
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
+}
+
+/// The context profile enforcement reads StructureDefinitions under: a system reader of that one
+/// type, named after the writer (so the read is audited as done on the writer's behalf).
+fn definitions_reader(writer: &AccessContext) -> AccessContext {
+    AccessContext {
+        principal: writer.principal.clone(),
+        role: crate::access::Role::System,
+        scopes: crate::access::Scope::parse("system/StructureDefinition.read")
+            .into_iter()
+            .collect(),
+        patient: None,
+        purpose_of_use: None,
+        btg_reason: None,
+        address: writer.address,
+        plan: Default::default(),
+    }
 }
