@@ -42,6 +42,9 @@ pub struct Config {
     /// (default 50) and `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60): when a user's sign-in
     /// failures stop counting, and how many failures one address may have per window.
     pub sign_in: crate::users::SignInLimits,
+    /// `CARAPACE_REFERENTIAL_INTEGRITY` (`on`, the default, or `off`): does a write that refers to
+    /// a resource of this server that does not exist, or was deleted, fail (400)?
+    pub referential_integrity: bool,
 }
 
 /// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
@@ -270,7 +273,20 @@ impl Config {
                 .unwrap_or(60),
             ),
         };
+        let referential_integrity = match get("CARAPACE_REFERENTIAL_INTEGRITY")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(_) => {
+                return Err(ConfigError(
+                    "CARAPACE_REFERENTIAL_INTEGRITY is on or off".into(),
+                ))
+            }
+        };
         Ok(Config {
+            referential_integrity,
             cors_origins,
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
             data_dir: get("CARAPACE_DATA_DIR")
@@ -344,6 +360,17 @@ mod tests {
         assert!(!config(&[]).unwrap().policy.default_permit);
         assert!(config(&[("CARAPACE_BTG_ROLES", "patient")]).is_err());
         assert!(config(&[("CARAPACE_CONSENT_DEFAULT", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn referential_integrity_is_on_unless_turned_off() {
+        assert!(config(&[]).unwrap().referential_integrity);
+        assert!(
+            !config(&[("CARAPACE_REFERENTIAL_INTEGRITY", "off")])
+                .unwrap()
+                .referential_integrity
+        );
+        assert!(config(&[("CARAPACE_REFERENTIAL_INTEGRITY", "no")]).is_err());
     }
 
     #[test]

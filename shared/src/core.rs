@@ -103,7 +103,8 @@ impl Core {
                 clock,
                 config.policy.clone(),
             )
-            .with_sign_in_limits(config.sign_in),
+            .with_sign_in_limits(config.sign_in)
+            .with_referential_integrity(config.referential_integrity),
         );
         Ok(Core {
             store,

@@ -21,6 +21,7 @@ mod gate;
 mod gate_review;
 mod http_edge;
 mod identity;
+mod integrity;
 mod narrative;
 mod operations;
 mod search;
