@@ -595,10 +595,9 @@ async fn history(
                     })?;
             }
             "_since" => {
-                let since = DateTime::parse_from_rfc3339(value).map_err(|_| {
-                    ApiError::bad_request("_since must be an instant such as 2024-01-01T00:00:00Z")
-                })?;
-                query.since = Some(since.to_utc());
+                query.since = Some(
+                    carapace_core::fhir::since_instant(value).map_err(ApiError::bad_request)?,
+                );
             }
             "_page" => query.after = Some(value.clone()),
             _ => {}
@@ -845,10 +844,9 @@ async fn everything(
                     })?;
             }
             "_since" => {
-                let since = DateTime::parse_from_rfc3339(value).map_err(|_| {
-                    ApiError::bad_request("_since must be an instant such as 2024-01-01T00:00:00Z")
-                })?;
-                query.since = Some(since.to_utc());
+                query.since = Some(
+                    carapace_core::fhir::since_instant(value).map_err(ApiError::bad_request)?,
+                );
             }
             "_type" => {
                 for t in value.split(',').filter(|t| !t.is_empty()) {
