@@ -401,13 +401,292 @@ def build_summary(pkg):
     return dict(sorted(out.items()))
 
 
+STRENGTHS = {"required": "r", "extensible": "e", "preferred": "p", "example": "x"}
+BOUND_TYPES = ("code", "Coding", "CodeableConcept")
+
+
+def load_terminology(pkg):
+    """Every CodeSystem-*.json and ValueSet-*.json file, by url (each url ships once)."""
+    systems, sets = {}, {}
+    for name in sorted(os.listdir(pkg)):
+        if not name.endswith(".json") or not name.startswith(("CodeSystem-", "ValueSet-")):
+            continue
+        with open(os.path.join(pkg, name), encoding="utf-8") as f:
+            res = json.load(f)
+        table = systems if res["resourceType"] == "CodeSystem" else sets
+        if res["url"] in table:
+            raise SystemExit(f"{res['url']}: shipped twice")
+        table[res["url"]] = res
+    return systems, sets
+
+
+class System:
+    """A shipped CodeSystem flattened: concepts in document order, parents and children by index."""
+
+    def __init__(self, cs):
+        self.cs = cs
+        self.url = cs["url"]
+        self.complete = cs.get("content") == "complete"
+        self.case_sensitive = bool(cs.get("caseSensitive"))
+        self.concepts, self.index, self.props = [], {}, []
+        parents = []
+
+        def visit(concepts, parent):
+            for c in concepts:
+                i = self.index.get(c["code"])
+                if i is None:
+                    i = len(self.concepts)
+                    self.index[c["code"]] = i
+                    self.concepts.append(c)
+                    parents.append([])
+                    self.props.append({})
+                if parent is not None and parent not in parents[i]:
+                    parents[i].append(parent)
+                for prop in c.get("property", []):
+                    value = next((v for k, v in prop.items() if k.startswith("value")), None)
+                    self.props[i].setdefault(prop["code"], []).append(value)
+                visit(c.get("concept", []), i)
+
+        visit(cs.get("concept", []), None)
+        # Parent links given as properties (a concept may have several parents).
+        for i, props in enumerate(self.props):
+            for kid in props.get("child", []):
+                k = self.index.get(kid)
+                if k is not None and i not in parents[k]:
+                    parents[k].append(i)
+            for key in ("parent", "subsumedBy"):
+                for par in props.get(key, []):
+                    p = self.index.get(par)
+                    if p is not None and p not in parents[i]:
+                        parents[i].append(p)
+        self.parents = parents
+        self.children = [[] for _ in parents]
+        for i, ps in enumerate(parents):
+            for p in ps:
+                self.children[p].append(i)
+
+    def find(self, code):
+        i = self.index.get(code)
+        if i is None and not self.case_sensitive:
+            low = code.lower()
+            i = next((j for c, j in self.index.items() if c.lower() == low), None)
+        return i
+
+    def descendants(self, i):
+        out, stack = [], list(self.children[i])
+        seen = set()
+        while stack:
+            j = stack.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            out.append(j)
+            stack.extend(self.children[j])
+        return out
+
+    def filter(self, f):
+        """The concept indexes a compose filter selects, or None if it cannot be computed here."""
+        prop, op, value = f.get("property"), f.get("op"), f.get("value", "")
+        if prop == "concept" and op in ("is-a", "descendent-of", "is-not-a"):
+            i = self.find(value)
+            if i is None:
+                return []
+            below = self.descendants(i)
+            if op == "descendent-of":
+                return below
+            if op == "is-a":
+                return [i] + below
+            excluded = set(below) | {i}
+            return [j for j in range(len(self.concepts)) if j not in excluded]
+        if prop in ("concept", "code") and op == "in":
+            codes = [c.strip() for c in value.split(",")]
+            return [i for i in (self.find(c) for c in codes) if i is not None]
+        if prop in ("concept", "code") and op == "regex":
+            try:
+                rx = re.compile(value)
+            except re.error:
+                return None
+            return [i for i, c in enumerate(self.concepts) if rx.fullmatch(c["code"])]
+        if op == "=" and prop not in ("concept", "code"):
+            # A concept property: only properties the system declares and its concepts carry.
+            declared = {p["code"] for p in self.cs.get("property", [])}
+            if prop not in declared:
+                return None
+            return [i for i, props in enumerate(self.props)
+                    if any(str(v).lower() == value.lower() if isinstance(v, bool) else v == value
+                           for v in props.get(prop, []))]
+        return None
+
+
+def expand(url, sets, systems, stack=()):
+    """A value set's members as an ordered dict {(system, code): display}, or None."""
+    vs = sets.get(url)
+    if vs is None or url in stack:
+        return None
+    compose = vs.get("compose")
+    if not compose:
+        return None
+    stack = stack + (url,)
+
+    def part(inc):
+        selected = None  # ordered dict, or None until the first constraint
+        if "system" in inc:
+            system = inc["system"]
+            shipped = systems.get(system)
+            version = inc.get("version")
+            if "concept" in inc:
+                selected = {}
+                for c in inc["concept"]:
+                    display = c.get("display")
+                    if shipped is not None:
+                        i = shipped.find(c["code"])
+                        if i is not None:
+                            display = display or shipped.concepts[i].get("display")
+                            code = shipped.concepts[i]["code"]
+                        elif shipped.complete:
+                            continue  # not a code of the system: the HL7 expander drops it too
+                        else:
+                            code = c["code"]
+                    else:
+                        code = c["code"]
+                    selected[(system, code)] = display
+                if inc.get("filter"):
+                    return None
+            else:
+                if shipped is None or not shipped.complete:
+                    return None
+                chosen = list(range(len(shipped.concepts)))
+                for f in inc.get("filter", []):
+                    got = shipped.filter(f)
+                    if got is None:
+                        return None
+                    keep = set(got)
+                    chosen = [i for i in chosen if i in keep]
+                selected = {(system, shipped.concepts[i]["code"]):
+                            shipped.concepts[i].get("display") for i in chosen}
+            del version
+        for ref in inc.get("valueSet", []):
+            other = expand(ref.split("|")[0], sets, systems, stack)
+            if other is None:
+                return None
+            if selected is None:
+                selected = dict(other)
+            else:
+                selected = {k: v for k, v in selected.items() if k in other}
+        return selected if selected is not None else None
+
+    members = {}
+    for inc in compose.get("include", []):
+        got = part(inc)
+        if got is None:
+            return None
+        for k, v in got.items():
+            members.setdefault(k, v)
+    for exc in compose.get("exclude", []):
+        got = part(exc)
+        if got is None:
+            return None
+        for k in got:
+            members.pop(k, None)
+    return members
+
+
+def build_terminology(pkg, types_schema):
+    cs_raw, vs_raw = load_terminology(pkg)
+    systems = {url: System(cs) for url, cs in cs_raw.items()}
+    out_cs = []
+    for url in sorted(systems):
+        s = systems[url]
+        concepts = []
+        for i, c in enumerate(s.concepts):
+            row = [c["code"], c.get("display", ""), c.get("definition", ""), s.parents[i]]
+            while len(row) > 1 and row[-1] in ("", []):
+                row.pop()
+            concepts.append(row)
+        out_cs.append([url, s.cs.get("version", ""), s.cs.get("name", ""),
+                       s.cs.get("content", ""), 1 if s.case_sensitive else 0, concepts])
+    out_vs, enumerable = [], 0
+    for url in sorted(vs_raw):
+        vs = vs_raw[url]
+        members = expand(url, vs_raw, systems)
+        expansion = None
+        if members is not None:
+            enumerable += 1
+            groups = {}
+            for (system, code), display in members.items():
+                shipped = systems.get(system)
+                i = shipped.index.get(code) if shipped else None
+                item = i if i is not None else [code, display or ""]
+                if item is not i and not item[1]:
+                    item.pop()
+                version = shipped.cs.get("version", "") if shipped else ""
+                groups.setdefault(system, [system, version, []])[2].append(item)
+            expansion = list(groups.values())
+        out_vs.append([url, vs.get("version", ""), vs.get("name", ""), vs.get("title", ""),
+                       expansion])
+    bindings = build_bindings(pkg)
+    check_expansions(pkg, vs_raw, systems)
+    print(f"terminology: {len(out_cs)} code systems, {len(out_vs)} value sets "
+          f"({enumerable} enumerable), bindings on {sum(len(b) for b in bindings.values())} "
+          f"elements of {len(bindings)} types", file=sys.stderr)
+    return {"codeSystems": out_cs, "valueSets": out_vs, "bindings": bindings}
+
+
+def check_expansions(pkg, sets, systems):
+    """Compare with the expansions the package ships (Bundle-valueset-expansions.json)."""
+    same = differ = skipped = 0
+    for vs in load_entries(pkg, "Bundle-valueset-expansions.json"):
+        ours = expand(vs["url"], sets, systems)
+        if ours is None:
+            skipped += 1
+            continue
+        theirs = set()
+
+        def walk(items):
+            for c in items:
+                if "code" in c:
+                    theirs.add((c.get("system"), c["code"]))
+                walk(c.get("contains", []))
+
+        walk(vs.get("expansion", {}).get("contains", []))
+        if set(ours) == theirs:
+            same += 1
+        else:
+            differ += 1
+            print(f"expansion differs: {vs['url']}: ours {len(ours)}, shipped {len(theirs)}",
+                  file=sys.stderr)
+    print(f"expansions: {same} match the shipped ones, {differ} differ, {skipped} not enumerable",
+          file=sys.stderr)
+
+
+def build_bindings(pkg):
+    out = {}
+    for sd in [r for name in ("Bundle-types.json", "Bundle-resources.json")
+               for r in load_entries(pkg, name) if r.get("resourceType") == "StructureDefinition"]:
+        if sd.get("derivation") == "constraint" or sd["kind"] in ("logical", "primitive-type"):
+            continue
+        for el in sd["snapshot"]["element"]:
+            binding = el.get("binding")
+            if not binding or "valueSet" not in binding or "." not in el["path"]:
+                continue
+            parent, name = el["path"].rsplit(".", 1)
+            entry = [STRENGTHS[binding["strength"]], binding["valueSet"].split("|")[0]]
+            for code in (type_code(t) for t in el.get("type", [])):
+                if code not in BOUND_TYPES:
+                    continue
+                prop = name[:-3] + upper_first(code) if name.endswith("[x]") else name
+                out.setdefault(parent, {})[prop] = entry + [code]
+    return {t: dict(sorted(p.items())) for t, p in sorted(out.items())}
+
+
 def main(pkg):
     here = os.path.dirname(os.path.abspath(__file__))
     schema = build_schema(pkg)
     compartment = build_compartment(pkg, schema["types"])
     search = build_search_params(pkg, schema)
     for name, data in (("schema.json", schema), ("compartment-patient.json", compartment),
-                       ("search-params.json", search), ("summary.json", build_summary(pkg))):
+                       ("search-params.json", search), ("summary.json", build_summary(pkg)),
+                       ("terminology.json", build_terminology(pkg, schema["types"]))):
         with open(os.path.join(here, name), "w", encoding="utf-8") as f:
             json.dump(data, f, separators=(",", ":"), ensure_ascii=True)
             f.write("\n")

@@ -5,6 +5,7 @@ pub mod json;
 pub mod narrative;
 pub mod reference;
 pub mod schema;
+pub mod terminology;
 pub mod validate;
 
 use std::fmt;

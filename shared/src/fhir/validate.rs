@@ -10,6 +10,7 @@
 use super::narrative;
 use super::printable;
 use super::schema::{self, Element, Kind, Primitive, TypeDef};
+use super::terminology;
 use regex::Regex;
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
@@ -192,10 +193,6 @@ enum Seg<'a> {
 struct Checker<'a> {
     issues: Vec<Issue>,
     path: Vec<Seg<'a>>,
-    #[expect(
-        dead_code,
-        reason = "read by the binding and invariant checks being added"
-    )]
     depth: Depth,
 }
 
@@ -208,6 +205,11 @@ impl<'a> Checker<'a> {
         if self.full() {
             return;
         }
+        let path = self.render();
+        self.issues.push(Issue::invalid(path, message));
+    }
+
+    fn render(&self) -> String {
         let mut path = String::new();
         for seg in &self.path {
             match seg {
@@ -223,7 +225,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        self.issues.push(Issue::invalid(path, message));
+        path
     }
 
     fn issue_at(&mut self, name: &'a str, message: impl Into<String>) {
@@ -318,7 +320,12 @@ fn check_object<'a>(
         };
         note_choice(c, &mut choices, el, def, key);
         c.path.push(Seg::Name(key));
+        let before = c.issues.len();
         check_element(c, value, el, map);
+        // A value already refused for its form is not judged against its binding too.
+        if c.issues.len() == before {
+            check_bound(c, value, el, def, key);
+        }
         c.path.pop();
     }
     for req in def.required() {
@@ -433,6 +440,54 @@ fn check_element<'a>(
             check_value(c, item, el.kind);
         }
         c.path.pop();
+    }
+}
+
+/// A code, Coding or CodeableConcept element against its binding ([`terminology::check_binding`]
+/// decides; this only walks a repeating element's items and names the path).
+fn check_bound<'a>(
+    c: &mut Checker<'a>,
+    value: &'a Value,
+    el: &'static Element,
+    def: &'static TypeDef,
+    key: &'a str,
+) {
+    let coded = match el.kind {
+        Kind::Primitive(p) => p == Primitive::Code,
+        Kind::Complex(i) => {
+            schema::type_at(i).is_some_and(|t| matches!(t.name(), "Coding" | "CodeableConcept"))
+        }
+        Kind::Resource => false,
+    };
+    let Some(binding) = coded
+        .then(|| terminology::binding(def.name(), key))
+        .flatten()
+    else {
+        return;
+    };
+    let one = |c: &mut Checker<'a>, item: &Value| {
+        if let Some(f) = terminology::check_binding(&binding, item, c.depth) {
+            if !c.full() {
+                let path = c.render();
+                let message = format!("{path}: {}", f.message);
+                c.issues.push(Issue {
+                    severity: f.severity,
+                    code: f.code,
+                    path,
+                    message,
+                });
+            }
+        }
+    };
+    match value {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                c.path.push(Seg::Index(i));
+                one(c, item);
+                c.path.pop();
+            }
+        }
+        _ => one(c, value),
     }
 }
 
@@ -964,8 +1019,9 @@ mod tests {
             ("id", json!("A-z.09")),
             ("id", json!("a".repeat(64))),
             // `\s` in the R4 regexes is XML whitespace: a non-breaking space is part of a code.
-            ("gender", json!("a\u{a0}")),
-            ("gender", json!("a b\tc")),
+            // (`language`: a code whose binding, preferred, never refuses a write.)
+            ("language", json!("a\u{a0}")),
+            ("language", json!("a b\tc")),
         ];
         for (field, value) in good {
             assert_eq!(
