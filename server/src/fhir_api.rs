@@ -111,6 +111,13 @@ async fn route(
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
             validate_operation(state, &headers, body, rt, Some(id)).await
         }
+        ([type_name, op], &Method::GET | &Method::POST)
+            if crate::terminology_api::Operation::of(type_name, op).is_some() =>
+        {
+            let op = crate::terminology_api::Operation::of(type_name, op)
+                .ok_or_else(|| ApiError::not_found("no such operation"))?;
+            crate::terminology_api::serve(state, &method, &headers, body, &params, op).await
+        }
         (["AuditEvent"], &Method::GET) => crate::audit_api::search(state, &ctx, &params).await,
         (["AuditEvent", id], &Method::GET) => crate::audit_api::read(state, &ctx, id).await,
         (["AuditEvent", ..], _) => Err(crate::audit_api::not_writable()),
@@ -328,7 +335,7 @@ fn negotiate(headers: &HeaderMap, params: &[(String, String)]) -> Result<(), Api
 }
 
 /// Read, parse and check a request body: JSON media type (415), size limit (413), strict JSON (400).
-async fn read_resource(
+pub(crate) async fn read_resource(
     state: &AppState,
     headers: &HeaderMap,
     body: Incoming,
@@ -595,9 +602,8 @@ async fn history(
                     })?;
             }
             "_since" => {
-                query.since = Some(
-                    carapace_core::fhir::since_instant(value).map_err(ApiError::bad_request)?,
-                );
+                query.since =
+                    Some(carapace_core::fhir::since_instant(value).map_err(ApiError::bad_request)?);
             }
             "_page" => query.after = Some(value.clone()),
             _ => {}
@@ -844,9 +850,8 @@ async fn everything(
                     })?;
             }
             "_since" => {
-                query.since = Some(
-                    carapace_core::fhir::since_instant(value).map_err(ApiError::bad_request)?,
-                );
+                query.since =
+                    Some(carapace_core::fhir::since_instant(value).map_err(ApiError::bad_request)?);
             }
             "_type" => {
                 for t in value.split(',').filter(|t| !t.is_empty()) {

@@ -10,6 +10,7 @@ mod incoming;
 mod login;
 mod oauth;
 mod outcome;
+mod terminology_api;
 mod tls;
 
 use anyhow::Context;

@@ -236,7 +236,9 @@ async fn history_pages_with_count_since_and_next_links() {
     for since in [day, &day[..7], &day[..4]] {
         let all = fhir.get(&format!("_history?_since={since}")).await;
         assert_eq!(entries(all), 8, "{since}");
-        let typed = fhir.get(&format!("Observation/_history?_since={since}")).await;
+        let typed = fhir
+            .get(&format!("Observation/_history?_since={since}"))
+            .await;
         assert_eq!(entries(typed), 8, "{since}");
         let one = fhir
             .get(&format!("Observation/{}/_history?_since={since}", ids[0]))
@@ -245,9 +247,7 @@ async fn history_pages_with_count_since_and_next_links() {
     }
     let later = fhir.get(&format!("_history?_since={next_day}")).await;
     assert_eq!(entries(later), 0);
-    let no_zone = fhir
-        .get(&format!("_history?_since={day}T00:00:00"))
-        .await;
+    let no_zone = fhir.get(&format!("_history?_since={day}T00:00:00")).await;
     assert_eq!(no_zone.status, 400, "{}", no_zone.text());
     let forged = fhir.get("Observation/_history?_page=bm9wZQ").await;
     assert_eq!(forged.status, 400);

@@ -125,7 +125,8 @@ async fn writes_that_refer_to_missing_or_deleted_resources_are_refused() {
         &["Observation.subject"],
         &[],
     );
-    let patch = json!([{"op": "add", "path": "/hasMember", "value": [reference("Observation/missing")]}]);
+    let patch =
+        json!([{"op": "add", "path": "/hasMember", "value": [reference("Observation/missing")]}]);
     let r = f
         .send(
             "PATCH",
@@ -148,7 +149,10 @@ async fn writes_that_refer_to_missing_or_deleted_resources_are_refused() {
     let r = f.post("", &batch).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let entries = r.json()["entry"].clone();
-    assert_eq!(entries[0]["response"]["status"], "400 Bad Request", "{entries}");
+    assert_eq!(
+        entries[0]["response"]["status"], "400 Bad Request",
+        "{entries}"
+    );
     assert_eq!(
         entries[0]["response"]["outcome"]["issue"][0]["expression"][0],
         "Observation.subject"
@@ -191,7 +195,10 @@ async fn transactions_are_checked_after_all_their_writes() {
     ]);
     let r = f.post("", &ok).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let (patients, observations) = (count(&stack, "Patient").await, count(&stack, "Observation").await);
+    let (patients, observations) = (
+        count(&stack, "Patient").await,
+        count(&stack, "Observation").await,
+    );
     assert_eq!((patients, observations), (2, 2));
 
     // A dangling reference in entry 2: the whole transaction fails, naming it; nothing written.
@@ -275,14 +282,26 @@ async fn references_to_what_the_caller_cannot_see_pass_and_tell_nothing() {
         .system_writes("POST", "Observation", &super::gate::obs(&b, None))
         .await;
     let r = w
-        .call("system", "DELETE", &format!("Observation/{b_gone}"), None, &[])
+        .call(
+            "system",
+            "DELETE",
+            &format!("Observation/{b_gone}"),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(r.status, 204);
     let a_gone = w
         .system_writes("POST", "Observation", &super::gate::obs(&a, None))
         .await;
     let r = w
-        .call("system", "DELETE", &format!("Observation/{a_gone}"), None, &[])
+        .call(
+            "system",
+            "DELETE",
+            &format!("Observation/{a_gone}"),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(r.status, 204);
     let derived = |target: &str| {
@@ -293,7 +312,9 @@ async fn references_to_what_the_caller_cannot_see_pass_and_tell_nothing() {
     for caller in ["dr", "patient-a"] {
         let mut answers = Vec::new();
         for target in [of_b.as_str(), b_gone.as_str(), "never-was"] {
-            let r = w.send(caller, "POST", "Observation", &derived(target)).await;
+            let r = w
+                .send(caller, "POST", "Observation", &derived(target))
+                .await;
             assert_eq!(r.status, 201, "{caller} → {target}: {}", r.text());
             let mut body = r.json();
             assert_eq!(body["derivedFrom"], derived(target)["derivedFrom"]);
@@ -302,12 +323,19 @@ async fn references_to_what_the_caller_cannot_see_pass_and_tell_nothing() {
             }
             answers.push(body);
         }
-        assert!(answers.windows(2).all(|p| p[0] == p[1]), "{caller}: {answers:?}");
+        assert!(
+            answers.windows(2).all(|p| p[0] == p[1]),
+            "{caller}: {answers:?}"
+        );
         // What the caller does see is checked.
-        let r = w.send(caller, "POST", "Observation", &derived(&a_gone)).await;
+        let r = w
+            .send(caller, "POST", "Observation", &derived(&a_gone))
+            .await;
         refused(&r, &["Observation.derivedFrom[0]"], &[&a_gone]);
     }
     // The administrator sees every record: a missing one is missing.
-    let r = w.send("admin", "POST", "Observation", &derived("never-was")).await;
+    let r = w
+        .send("admin", "POST", "Observation", &derived("never-was"))
+        .await;
     refused(&r, &["Observation.derivedFrom[0]"], &["never-was"]);
 }

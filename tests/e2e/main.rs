@@ -25,5 +25,6 @@ mod integrity;
 mod narrative;
 mod operations;
 mod search;
+mod terminology;
 mod tls;
 mod vault;

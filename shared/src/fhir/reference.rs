@@ -576,7 +576,10 @@ mod tests {
                     "Observation.status.extension[0].value.ofType(Reference)".into(),
                     "Device/dv2".into()
                 ),
-                ("Observation.contained[0].subject".into(), "Patient/p2".into()),
+                (
+                    "Observation.contained[0].subject".into(),
+                    "Patient/p2".into()
+                ),
             ]
         );
         // A Bundle's entries refer to each other; they are not this server's references.

@@ -482,9 +482,10 @@ fn terminology_values(code: &str, modifier: &str, value: &str) -> Result<Vec<Str
                 out.extend(expansion.iter().map(|c| token(c.system, c.code)));
             }
             _ => {
-                let Some((system, c)) = v.split_once('|').filter(|(s, c)| {
-                    !s.is_empty() && !c.is_empty()
-                }) else {
+                let Some((system, c)) = v
+                    .split_once('|')
+                    .filter(|(s, c)| !s.is_empty() && !c.is_empty())
+                else {
                     return Err(bad(format!(
                         "'{code}:{modifier}' takes system|code (a code of a code system whose \
                          hierarchy ships with R4)"
@@ -679,8 +680,7 @@ mod tests {
     #[test]
     fn terminology_modifiers_become_lists_of_codes() {
         let status = "http://hl7.org/fhir/observation-status";
-        let (m, values) =
-            token_values("status:in=http://hl7.org/fhir/ValueSet/observation-status");
+        let (m, values) = token_values("status:in=http://hl7.org/fhir/ValueSet/observation-status");
         assert_eq!(m, Modifier::None);
         assert!(values.contains(&format!("{status}|final")), "{values:?}");
         assert!(values.contains(&format!("{status}|amended")) && values.len() == 8);
@@ -695,10 +695,16 @@ mod tests {
         assert!(above.contains(&format!("{status}|amended")), "{above:?}");
         for (q, says) in [
             ("code:in=http://example.org/ValueSet/nope", "does not have"),
-            ("code:in=http://hl7.org/fhir/ValueSet/observation-codes", "cannot be enumerated"),
+            (
+                "code:in=http://hl7.org/fhir/ValueSet/observation-codes",
+                "cannot be enumerated",
+            ),
             ("code:below=http://loinc.org|1234-5", "out of scope"),
             ("code:below=1234-5", "system|code"),
-            ("status:below=http://hl7.org/fhir/observation-status|nope", "not a code"),
+            (
+                "status:below=http://hl7.org/fhir/observation-status|nope",
+                "not a code",
+            ),
         ] {
             let e = obs(q).unwrap_err();
             assert!(e.0.contains(says), "{q}: {}", e.0);

@@ -197,7 +197,9 @@ impl Store {
                 let why = verdicts.get(slot)?.as_ref()?;
                 let t = w.resource_type;
                 let message = match why {
-                    Broken::Missing => format!("refers to a {t} that does not exist on this server"),
+                    Broken::Missing => {
+                        format!("refers to a {t} that does not exist on this server")
+                    }
                     Broken::Deleted => format!("refers to a {t} that was deleted"),
                     Broken::NoSuchVersion => {
                         format!("refers to a version of a {t} that does not exist")
@@ -219,8 +221,14 @@ fn would_see(ctx: &AccessContext, rt: ResourceType, id: &str) -> bool {
         return false;
     };
     let may = |compartment: Option<&str>| {
-        plan.decide(ctx, Permission::Read, rt.as_str(), compartment, Label::Normal)
-            .allowed
+        plan.decide(
+            ctx,
+            Permission::Read,
+            rt.as_str(),
+            compartment,
+            Label::Normal,
+        )
+        .allowed
     };
     if rt.as_str() == "Patient" {
         may(Some(&format!("Patient/{id}")))
