@@ -616,11 +616,12 @@ def build_terminology(pkg, types_schema):
             for (system, code), display in members.items():
                 shipped = systems.get(system)
                 i = shipped.index.get(code) if shipped else None
-                item = i if i is not None else [code, display or ""]
-                if item is not i and not item[1]:
-                    item.pop()
                 version = shipped.cs.get("version", "") if shipped else ""
-                groups.setdefault(system, [system, version, []])[2].append(item)
+                group = groups.setdefault(system, [system, version, [], []])
+                if i is not None:
+                    group[2].append(i)
+                else:
+                    group[3].append([code, display] if display else [code])
             expansion = list(groups.values())
         out_vs.append([url, vs.get("version", ""), vs.get("name", ""), vs.get("title", ""),
                        expansion])

@@ -226,3 +226,97 @@ async fn media_types_and_size_limits() {
     assert_eq!(n, 1);
     assert!(!stack.server.log_text().contains("panicked"));
 }
+
+#[tokio::test]
+async fn codes_outside_a_required_value_set_are_refused_at_their_path() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let obs = |extra: Value| {
+        let mut o =
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
+        for (k, v) in extra.as_object().unwrap() {
+            o[k] = v.clone();
+        }
+        o
+    };
+    let gender = "http://hl7.org/fhir/ValueSet/administrative-gender";
+    let cases = [
+        (
+            json!({"resourceType": "Patient", "gender": "robot"}),
+            "Patient.gender",
+            gender,
+        ),
+        (
+            json!({"resourceType": "Patient", "gender": "mmale"}),
+            "Patient.gender",
+            gender,
+        ),
+        // administrative-gender is case sensitive
+        (
+            json!({"resourceType": "Patient", "gender": "Female"}),
+            "Patient.gender",
+            gender,
+        ),
+        (
+            obs(json!({"status": "bogus"})),
+            "Observation.status",
+            "http://hl7.org/fhir/ValueSet/observation-status",
+        ),
+        (
+            obs(json!({"valueQuantity": {"value": 120, "comparator": "=<"}})),
+            "Observation.valueQuantity.comparator",
+            "http://hl7.org/fhir/ValueSet/quantity-comparator",
+        ),
+    ];
+    for (resource, path, value_set) in &cases {
+        let rt = resource["resourceType"].as_str().unwrap();
+        let r = fhir.post(rt, resource).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        let issue = &r.json()["issue"][0];
+        assert_eq!(issue["code"], "code-invalid", "{}", r.text());
+        assert_eq!(issue["expression"][0], *path, "{}", r.text());
+        assert!(
+            issue["diagnostics"].as_str().unwrap().contains(value_set),
+            "{}",
+            r.text()
+        );
+        // $validate reports the same error
+        let v = fhir.post(&format!("{rt}/$validate"), resource).await;
+        assert_eq!(v.status, 200);
+        assert!(
+            v.json()["issue"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["severity"] == "error" && i["expression"][0] == *path),
+            "{}",
+            v.text()
+        );
+    }
+    assert_eq!(stored_versions(&stack).await, 0, "nothing was written");
+
+    // Codes in the value set are stored; a code of an extensible binding outside its value set is
+    // stored and only warned about by $validate; codes of terminology that does not ship (mime
+    // types, SNOMED CT) are never refused.
+    let good = json!({"resourceType": "Patient", "gender": "female",
+        "maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "ZZZ"}]},
+        "photo": [{"contentType": "image/x-unheard-of"}]});
+    assert_eq!(fhir.post("Patient", &good).await.status, 201);
+    let v = fhir.post("Patient/$validate", &good).await;
+    let issues = v.json()["issue"].as_array().unwrap().clone();
+    assert!(
+        issues.iter().all(|i| i["severity"] != "error"),
+        "{}",
+        v.text()
+    );
+    assert!(
+        issues.iter().any(|i| i["severity"] == "warning"
+            && i["code"] == "code-invalid"
+            && i["expression"][0] == "Patient.maritalStatus"),
+        "{}",
+        v.text()
+    );
+    let q = obs(json!({"valueQuantity": {"value": 120, "comparator": "<="},
+        "interpretation": [{"coding": [{"system": "http://snomed.info/sct", "code": "281302008"}]}]}));
+    assert_eq!(fhir.post("Observation", &q).await.status, 201);
+}
