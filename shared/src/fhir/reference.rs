@@ -321,8 +321,9 @@ pub fn access_compartments(
 }
 
 /// A literal reference to a resource by type and id, as found in a resource: the FHIRPath of its
-/// `Reference` element (`Observation.performer[0]`, `Extension.value.ofType(Reference)` as
-/// `Patient.extension[0].value.ofType(Reference)`) and the parsed `reference`.
+/// `Reference` element, in the validator's form (`Observation.performer[0]`,
+/// `Patient.extension[0].value.ofType(Reference)`,
+/// `Observation.contained[0].ofType(Specimen).subject`), and the parsed `reference`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found<'a> {
     pub path: String,
@@ -406,13 +407,20 @@ fn walk_references<'a>(
             let Value::Object(child) = v else { return };
             match el_def {
                 Some(t) => walk_references(child, t, path, depth + 1, out),
+                // Into a contained resource, typed as the validator names it:
+                // `Observation.contained[0].ofType(Specimen).subject`.
                 None => {
                     if let Some(t) = child
                         .get("resourceType")
                         .and_then(Value::as_str)
                         .and_then(type_def)
                     {
+                        let at = path.len();
+                        path.push_str(".ofType(");
+                        path.push_str(t.name());
+                        path.push(')');
                         walk_references(child, t, path, depth + 1, out);
+                        path.truncate(at);
                     }
                 }
             }
@@ -577,7 +585,7 @@ mod tests {
                     "Device/dv2".into()
                 ),
                 (
-                    "Observation.contained[0].subject".into(),
+                    "Observation.contained[0].ofType(Specimen).subject".into(),
                     "Patient/p2".into()
                 ),
             ]
