@@ -62,6 +62,26 @@ pub fn statement(base: &str) -> Value {
     }
 }
 
+/// The terminology operations a type serves (`ValueSet`, `CodeSystem`), as CapabilityStatement
+/// `rest.resource.operation` entries.
+fn terminology_operations(resource_type: &str) -> Vec<Value> {
+    let op = |name: &str, id: &str| {
+        json!({"name": name,
+               "definition": format!("http://hl7.org/fhir/OperationDefinition/{id}")})
+    };
+    match resource_type {
+        "ValueSet" => vec![
+            op("expand", "ValueSet-expand"),
+            op("validate-code", "ValueSet-validate-code"),
+        ],
+        "CodeSystem" => vec![
+            op("lookup", "CodeSystem-lookup"),
+            op("validate-code", "CodeSystem-validate-code"),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 fn build(base: &str) -> Value {
     let interactions = json!([
         {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"}, {"code": "delete"},
@@ -88,7 +108,7 @@ fn build(base: &str) -> Value {
                         .map(move |p| format!("{s}:{}", p.code))
                 })
                 .collect();
-            json!({
+            let mut r = json!({
                 "type": t.as_str(),
                 "interaction": interactions,
                 "versioning": "versioned-update",
@@ -101,7 +121,12 @@ fn build(base: &str) -> Value {
                 "searchInclude": includes,
                 "searchRevInclude": revincludes,
                 "searchParam": search_params(t),
-            })
+            });
+            let operations = terminology_operations(t.as_str());
+            if !operations.is_empty() {
+                r["operation"] = Value::Array(operations);
+            }
+            r
         })
         .collect();
     json!({
@@ -131,12 +156,27 @@ fn build(base: &str) -> Value {
                               parameters for up to 2,000 matches), _count (at most 1000), _summary, \
                               _elements, _total, sealed paging cursors (next/previous), POST _search. \
                               Unknown parameters are ignored with a warning (an error with Prefer: \
-                              handling=strict).",
+                              handling=strict). Token parameters take :in and :not-in (a value set \
+                              that ships with R4) and :below and :above (system|code of a code \
+                              system whose hierarchy ships), expanded to at most 1000 codes. \
+                              _history and $everything take _since as an instant or a date (its \
+                              start, UTC). Writes that refer to a resource of this server that does \
+                              not exist or was deleted are refused (400) unless the server runs with \
+                              CARAPACE_REFERENTIAL_INTEGRITY=off. Terminology: ValueSet/$expand \
+                              (filter, count, offset), CodeSystem/$lookup, ValueSet/$validate-code and \
+                              CodeSystem/$validate-code serve the code systems and value sets that \
+                              ship with R4 (4.0.1); large external terminologies (SNOMED CT, LOINC, \
+                              RxNorm, UCUM, ...) are out of scope: $lookup answers 404 and \
+                              $validate-code an informational 'unknown system' for them.",
             "resource": resources,
             "interaction": [{"code": "history-system"}, {"code": "batch"}, {"code": "transaction"}],
             "operation": [
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
-                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "expand", "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"},
+                {"name": "lookup", "definition": "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup"},
+                {"name": "validate-code", "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code"},
+                {"name": "validate-code", "definition": "http://hl7.org/fhir/OperationDefinition/CodeSystem-validate-code"}
             ],
         }],
     })

@@ -115,6 +115,13 @@ async fn route(
             let (rt, id) = (resource_type(type_name)?, resource_id(id)?);
             validate_operation(state, &ctx, &headers, None, &params, rt, Some(id)).await
         }
+        ([type_name, op], &Method::GET | &Method::POST)
+            if crate::terminology_api::Operation::of(type_name, op).is_some() =>
+        {
+            let op = crate::terminology_api::Operation::of(type_name, op)
+                .ok_or_else(|| ApiError::not_found("no such operation"))?;
+            crate::terminology_api::serve(state, &method, &headers, body, &params, op).await
+        }
         (["AuditEvent"], &Method::GET) => crate::audit_api::search(state, &ctx, &params).await,
         (["AuditEvent", id], &Method::GET) => crate::audit_api::read(state, &ctx, id).await,
         (["AuditEvent", ..], _) => Err(crate::audit_api::not_writable()),
@@ -332,7 +339,7 @@ fn negotiate(headers: &HeaderMap, params: &[(String, String)]) -> Result<(), Api
 }
 
 /// Read, parse and check a request body: JSON media type (415), size limit (413), strict JSON (400).
-async fn read_resource(
+pub(crate) async fn read_resource(
     state: &AppState,
     headers: &HeaderMap,
     body: Incoming,
@@ -606,10 +613,8 @@ async fn history(
                     })?;
             }
             "_since" => {
-                let since = DateTime::parse_from_rfc3339(value).map_err(|_| {
-                    ApiError::bad_request("_since must be an instant such as 2024-01-01T00:00:00Z")
-                })?;
-                query.since = Some(since.to_utc());
+                query.since =
+                    Some(carapace_core::fhir::since_instant(value).map_err(ApiError::bad_request)?);
             }
             "_page" => query.after = Some(value.clone()),
             _ => {}
@@ -902,10 +907,8 @@ async fn everything(
                     })?;
             }
             "_since" => {
-                let since = DateTime::parse_from_rfc3339(value).map_err(|_| {
-                    ApiError::bad_request("_since must be an instant such as 2024-01-01T00:00:00Z")
-                })?;
-                query.since = Some(since.to_utc());
+                query.since =
+                    Some(carapace_core::fhir::since_instant(value).map_err(ApiError::bad_request)?);
             }
             "_type" => {
                 for t in value.split(',').filter(|t| !t.is_empty()) {

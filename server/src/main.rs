@@ -10,6 +10,7 @@ mod incoming;
 mod login;
 mod oauth;
 mod outcome;
+mod terminology_api;
 mod tls;
 
 use anyhow::Context;
@@ -58,6 +59,8 @@ Configuration (environment variables):
   CARAPACE_BODY_LIMIT          request body limit in bytes (default 16777216)
   CARAPACE_DEK_CACHE_MAX_AGE   seconds an unwrapped data key stays cached (default 3600)
   CARAPACE_DB_MAX_CONNECTIONS  database pool size (default 16)
+  CARAPACE_REFERENTIAL_INTEGRITY on (default) or off: refuse writes that refer to resources of
+                               this server that do not exist or were deleted
   CARAPACE_CORS_ORIGINS        comma-separated browser origins allowed to call /fhir and /auth/token
                                (https://app.example,http://localhost:3000; default none; '*' refused)
   CARAPACE_ENFORCE_PROFILES    on: refuse writes failing a stored profile their meta.profile names (default off)
@@ -150,6 +153,7 @@ async fn run() -> anyhow::Result<()> {
         config.listen = local;
     }
     let base = config.fhir_base();
+    core.store.serve_at(&base);
     let state = Arc::new(AppState {
         bundle_slots: tokio::sync::Semaphore::new(2),
         cors: cors::Cors::new(config.cors_origins.clone()),

@@ -6,6 +6,7 @@
 //! | NotFound                           | 404    | not-found      |
 //! | Gone (deleted)                     | 410    | deleted        |
 //! | Invalid (R4 validation)            | 400    | invalid / structure |
+//! | Unresolved (referential integrity) | 400    | not-found      |
 //! | VersionConflict (If-Match)         | 412    | conflict       |
 //! | PreconditionFailed                 | 412    | duplicate      |
 //! | Conflict (concurrent create)       | 409    | conflict       |
@@ -142,6 +143,14 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(issues) => ApiError {
                 issues,
                 ..ApiError::bad_request("the resource is not valid R4")
+            },
+            StoreError::Unresolved(issues) => ApiError {
+                issues,
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "not-found",
+                    "the resource refers to resources this server does not have",
+                )
             },
             e @ StoreError::VersionConflict { .. } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "conflict", e.to_string())

@@ -45,6 +45,9 @@ pub struct Config {
     /// `CARAPACE_ENFORCE_PROFILES` (`off`, the default, or `on`): refuse a write whose
     /// `meta.profile` names a StructureDefinition stored here that the resource fails.
     pub enforce_profiles: bool,
+    /// `CARAPACE_REFERENTIAL_INTEGRITY` (`on`, the default, or `off`): does a write that refers to
+    /// a resource of this server that does not exist, or was deleted, fail (400)?
+    pub referential_integrity: bool,
 }
 
 /// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
@@ -278,8 +281,21 @@ impl Config {
             Some("on") => true,
             Some(_) => return Err(ConfigError("CARAPACE_ENFORCE_PROFILES is on or off".into())),
         };
+        let referential_integrity = match get("CARAPACE_REFERENTIAL_INTEGRITY")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(_) => {
+                return Err(ConfigError(
+                    "CARAPACE_REFERENTIAL_INTEGRITY is on or off".into(),
+                ))
+            }
+        };
         Ok(Config {
             enforce_profiles,
+            referential_integrity,
             cors_origins,
             database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
             data_dir: get("CARAPACE_DATA_DIR")
@@ -369,6 +385,17 @@ mod tests {
                 .enforce_profiles
         );
         assert!(config(&[("CARAPACE_ENFORCE_PROFILES", "yes")]).is_err());
+    }
+
+    #[test]
+    fn referential_integrity_is_on_unless_turned_off() {
+        assert!(config(&[]).unwrap().referential_integrity);
+        assert!(
+            !config(&[("CARAPACE_REFERENTIAL_INTEGRITY", "off")])
+                .unwrap()
+                .referential_integrity
+        );
+        assert!(config(&[("CARAPACE_REFERENTIAL_INTEGRITY", "no")]).is_err());
     }
 
     #[test]

@@ -104,7 +104,8 @@ impl Core {
                 config.policy.clone(),
             )
             .with_sign_in_limits(config.sign_in)
-            .with_profile_enforcement(config.enforce_profiles),
+            .with_profile_enforcement(config.enforce_profiles)
+            .with_referential_integrity(config.referential_integrity),
         );
         Ok(Core {
             store,

@@ -31,6 +31,7 @@ macro_rules! head_sql {
 }
 
 mod admin;
+mod integrity;
 mod profiles;
 mod reach;
 mod search;
@@ -55,6 +56,10 @@ pub enum StoreError {
     },
     #[error("the resource is invalid")]
     Invalid(Vec<Issue>),
+    /// References to resources of this server that do not exist or were deleted (each an issue
+    /// at its element): 400.
+    #[error("the resource refers to resources this server does not have")]
+    Unresolved(Vec<Issue>),
     #[error("version conflict: expected version {expected}, current is {current}")]
     VersionConflict { expected: i64, current: String },
     #[error("{0}")]
@@ -290,6 +295,8 @@ pub struct Store {
     /// `CARAPACE_ENFORCE_PROFILES`: writes must conform to the stored profiles they declare.
     enforce_profiles: bool,
     profiles: profiles::ProfileCache,
+    /// Referential integrity: on, and the base URL of this server's absolute references.
+    integrity: integrity::Integrity,
 }
 
 type ConsentRules = std::sync::Mutex<
@@ -339,6 +346,10 @@ impl Store {
             consent_rules: Default::default(),
             enforce_profiles: false,
             profiles: Default::default(),
+            integrity: integrity::Integrity {
+                on: true,
+                base: Default::default(),
+            },
         }
     }
 
@@ -425,6 +436,7 @@ impl Store {
             held = Some(tx);
         }
         let id = uuid::Uuid::new_v4().to_string();
+        let references = self.references_to_check(0, &resource);
         let mut prefixes = PrefixRows::default();
         let prepared = self
             .prepare_create(ctx, resource_type, resource, &id, &mut prefixes)
@@ -438,6 +450,7 @@ impl Store {
         };
         self.insert_new(&mut tx, ctx, std::slice::from_ref(&new), now)
             .await?;
+        self.check_references(&mut tx, ctx, &references).await?;
         tx.commit().await?;
         Ok(Created::New(StoredResource {
             resource_type,
@@ -791,6 +804,7 @@ impl Store {
         let scope = key_scope(resource_type, id.as_str(), &resource);
         self.check_write(ctx, Permission::Update, resource_type, &scope, &resource)
             .await?;
+        let references = self.references_to_check(0, &resource);
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
         let mut prefixes = PrefixRows::default();
         let index = self
@@ -818,6 +832,7 @@ impl Store {
                 .await
             {
                 Ok(updated) => {
+                    self.check_references(&mut tx, ctx, &references).await?;
                     tx.commit().await?;
                     return Ok(updated);
                 }
@@ -1444,6 +1459,8 @@ impl Store {
         let mut prefixes = PrefixRows::default();
         let mut creates: Vec<(usize, NewResource)> = Vec::new();
         let mut updates: Vec<Option<Prepared>> = (0..entries.len()).map(|_| None).collect();
+        // Checked after every write, so that entries may refer to each other.
+        let mut references = Vec::new();
         for (i, entry) in entries.iter_mut().enumerate() {
             match entry {
                 TxEntry::Create { .. } if existing[i].is_some() => {}
@@ -1462,6 +1479,7 @@ impl Store {
                     self.check_declared_profiles(ctx, &resource)
                         .await
                         .map_err(fail(i))?;
+                    references.extend(self.references_to_check(i, &resource));
                     let id = new_ids[i].clone().unwrap_or_default();
                     let prepared = self
                         .prepare_create(ctx, *resource_type, resource, &id, &mut prefixes)
@@ -1495,6 +1513,7 @@ impl Store {
                             "the id in the resource does not match the entry's URL",
                         )])));
                     }
+                    references.extend(self.references_to_check(i, &resource));
                     let scope = key_scope(*resource_type, id.as_str(), &resource);
                     self.check_write(ctx, Permission::Update, *resource_type, &scope, &resource)
                         .await
@@ -1577,6 +1596,18 @@ impl Store {
                     .map_err(fail(i))?;
                 results[i] = Some(TxResult::Updated(updated));
             }
+        }
+        let broken = self
+            .unresolved(&mut tx, ctx, &references)
+            .await
+            .map_err(fail(0))?;
+        if let Some(&(first, _)) = broken.first() {
+            let issues = broken
+                .into_iter()
+                .filter(|(i, _)| *i == first)
+                .map(|(_, issue)| issue)
+                .collect();
+            return Err(fail(first)(StoreError::Unresolved(issues)));
         }
         tx.commit().await.map_err(|e| fail(0)(e.into()))?;
         // 4. Reads see the committed state.

@@ -386,7 +386,8 @@ async fn consents_decide_what_each_role_sees() {
         .post(
             &administrator,
             "Consent",
-            permit_consent(b, "Practitioner/pr-9"),
+            // (a practitioner this server has: referential integrity)
+            permit_consent(b, "Practitioner/pr-1"),
         )
         .await;
     assert_eq!(recorded.status, 201, "{}", recorded.text());

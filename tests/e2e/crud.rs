@@ -223,6 +223,32 @@ async fn history_pages_with_count_since_and_next_links() {
     );
     let bad = fhir.get("Observation/_history?_since=yesterday").await;
     assert_eq!(bad.status, 400);
+    // A date is the start of that year, month or day (UTC), at every level of history; a time
+    // without a zone is no instant.
+    let day = &since[..10];
+    let next_day = (chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap()
+        + chrono::Duration::days(1))
+    .to_string();
+    let entries = |r: HttpResponse| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["entry"].as_array().map_or(0, Vec::len)
+    };
+    for since in [day, &day[..7], &day[..4]] {
+        let all = fhir.get(&format!("_history?_since={since}")).await;
+        assert_eq!(entries(all), 8, "{since}");
+        let typed = fhir
+            .get(&format!("Observation/_history?_since={since}"))
+            .await;
+        assert_eq!(entries(typed), 8, "{since}");
+        let one = fhir
+            .get(&format!("Observation/{}/_history?_since={since}", ids[0]))
+            .await;
+        assert_eq!(entries(one), 1, "{since}");
+    }
+    let later = fhir.get(&format!("_history?_since={next_day}")).await;
+    assert_eq!(entries(later), 0);
+    let no_zone = fhir.get(&format!("_history?_since={day}T00:00:00")).await;
+    assert_eq!(no_zone.status, 400, "{}", no_zone.text());
     let forged = fhir.get("Observation/_history?_page=bm9wZQ").await;
     assert_eq!(forged.status, 400);
 

@@ -81,6 +81,29 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// Parse a `_since` value (`_history`, `$everything`): an instant (`2024-01-01T10:00:00Z`, a
+/// zone required), or a date — `2024`, `2024-01`, `2024-01-01` — meaning the start of that year,
+/// month or day in UTC. A dateTime with a time but no zone is refused: its instant is unknown.
+pub fn since_instant(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let bad = || {
+        "_since is an instant such as 2024-01-01T00:00:00Z, or a date (2024, 2024-01, \
+         2024-01-01: its start, in UTC)"
+            .to_string()
+    };
+    if !value.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if matches!(value.len(), 4 | 7 | 10) {
+        return date_search_range(value)
+            .ok()
+            .and_then(|r| r.lo)
+            .ok_or_else(bad);
+    }
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.to_utc())
+        .map_err(|_| bad())
+}
+
 /// Parse a date search value with its prefix (`ge2024-01`, `2024-01-02T10:00:00Z`) into the range
 /// of instants it selects, following the spec's precision semantics: `2024-01` means all of January.
 /// `ap` is refused rather than guessed.
@@ -201,6 +224,29 @@ mod tests {
             date_search_range("2024-0é-01").is_err(),
             "no panic on multi-byte input"
         );
+    }
+
+    #[test]
+    fn since_takes_an_instant_or_the_start_of_a_date_in_utc() {
+        let at = |v: &str| since_instant(v).map(|t| t.to_rfc3339());
+        assert_eq!(at("2020").unwrap(), "2020-01-01T00:00:00+00:00");
+        assert_eq!(at("2020-03").unwrap(), "2020-03-01T00:00:00+00:00");
+        assert_eq!(at("2020-03-04").unwrap(), "2020-03-04T00:00:00+00:00");
+        assert_eq!(
+            at("2020-03-04T10:00:00+02:00").unwrap(),
+            "2020-03-04T08:00:00+00:00"
+        );
+        for bad in [
+            "2020-03-04T10:00:00",
+            "2020-03-04T10:00",
+            "ge2020",
+            "2020-13",
+            "2020-02-30",
+            "yesterday",
+            "",
+        ] {
+            assert!(at(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -320,6 +320,129 @@ pub fn access_compartments(
     patient_compartments(resource_type, id, resource)
 }
 
+/// A literal reference to a resource by type and id, as found in a resource: the FHIRPath of its
+/// `Reference` element, in the validator's form (`Observation.performer[0]`,
+/// `Patient.extension[0].value.ofType(Reference)`,
+/// `Observation.contained[0].ofType(Specimen).subject`), and the parsed `reference`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found<'a> {
+    pub path: String,
+    pub reference: Reference<'a>,
+}
+
+/// Every `Reference` element of a resource (and of its contained resources) whose `reference`
+/// names a resource by type and id ([`Reference::Resource`], relative or absolute), walked by the
+/// R4 definitions so that each comes with its FHIRPath. Contained (`#id`), `urn:` and conditional
+/// references, other URLs, logical references (an `identifier` alone) and canonicals (a `canonical`
+/// is a primitive, never a `Reference`) are not returned; nor are the references inside resources a
+/// Bundle or a Parameters carries, which resolve inside that Bundle (R4 `bundle.html#references`).
+/// The resource is expected to have passed validation (an unknown element is skipped here).
+pub fn resource_references(resource: &serde_json::Value) -> Vec<Found<'_>> {
+    let mut out = Vec::new();
+    let Some(map) = resource.as_object() else {
+        return out;
+    };
+    let Some(rt) = map.get("resourceType").and_then(serde_json::Value::as_str) else {
+        return out;
+    };
+    if let Some(def) = super::schema::type_def(rt) {
+        let mut path = String::from(rt);
+        walk_references(map, def, &mut path, 0, &mut out);
+    }
+    out
+}
+
+/// Deeper than validation allows: nothing more is walked (validation refused it already).
+const MAX_REFERENCE_DEPTH: usize = 64;
+
+fn walk_references<'a>(
+    map: &'a serde_json::Map<String, serde_json::Value>,
+    def: &'static super::schema::TypeDef,
+    path: &mut String,
+    depth: usize,
+    out: &mut Vec<Found<'a>>,
+) {
+    use super::schema::{type_at, type_def, Kind};
+    use serde_json::Value;
+    if depth > MAX_REFERENCE_DEPTH {
+        return;
+    }
+    if def.name() == "Reference" {
+        if let Some(Value::String(text)) = map.get("reference") {
+            if let Ok(reference @ Reference::Resource { .. }) = Reference::parse(text) {
+                out.push(Found {
+                    path: path.clone(),
+                    reference,
+                });
+            }
+        }
+    }
+    for (key, value) in map {
+        // A primitive's `_name` holds its id and extensions, which may hold references; they
+        // belong to the primitive's own path.
+        let (name, el_def) = match key.strip_prefix('_') {
+            Some(base) if def.element(base).is_some_and(|e| e.is_primitive()) => {
+                (base, type_def("Element"))
+            }
+            Some(_) => continue,
+            None => match def.element(key).map(|e| e.kind) {
+                Some(Kind::Complex(i)) => (key.as_str(), type_at(i)),
+                Some(Kind::Resource) if key == "contained" => (key.as_str(), None),
+                _ => continue,
+            },
+        };
+        let mark = path.len();
+        path.push('.');
+        match def.element(key).and_then(|e| e.choice) {
+            Some(group) => {
+                let type_name = el_def.map(|t| t.name()).unwrap_or_default();
+                path.push_str(def.choice_name(group));
+                path.push_str(".ofType(");
+                path.push_str(type_name);
+                path.push(')');
+            }
+            None => path.push_str(name),
+        }
+        let mut visit = |v: &'a Value, path: &mut String| {
+            let Value::Object(child) = v else { return };
+            match el_def {
+                Some(t) => walk_references(child, t, path, depth + 1, out),
+                // Into a contained resource, typed as the validator names it:
+                // `Observation.contained[0].ofType(Specimen).subject`.
+                None => {
+                    if let Some(t) = child
+                        .get("resourceType")
+                        .and_then(Value::as_str)
+                        .and_then(type_def)
+                    {
+                        let at = path.len();
+                        path.push_str(".ofType(");
+                        path.push_str(t.name());
+                        path.push(')');
+                        walk_references(child, t, path, depth + 1, out);
+                        path.truncate(at);
+                    }
+                }
+            }
+        };
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = path.len();
+                    {
+                        use std::fmt::Write;
+                        let _ = write!(path, "[{i}]");
+                    }
+                    visit(item, path);
+                    path.truncate(at);
+                }
+            }
+            other => visit(other, path),
+        }
+        path.truncate(mark);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,5 +533,67 @@ mod tests {
         );
         assert!(SearchTarget::parse("Patient/B/_history/1/Patient/A").is_err());
         assert!(SearchTarget::parse("a\u{0}b").is_err());
+    }
+
+    fn found(resource: serde_json::Value) -> Vec<(String, String)> {
+        resource_references(&resource)
+            .into_iter()
+            .map(|f| {
+                let (t, id) = f.reference.target().unwrap_or_else(|| unreachable!());
+                (f.path, format!("{t}/{id}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resource_references_come_with_their_fhirpath() {
+        let obs = serde_json::json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": "Patient/p1"},
+            "performer": [
+                {"reference": "#c1"},
+                {"reference": "Practitioner/d1/_history/2"},
+                {"identifier": {"value": "logical", "assigner": {"reference": "Organization/o1"}}},
+            ],
+            "hasMember": [{"reference": "urn:uuid:6f1a9d3e-0b7c-4e7a-9d2f-1a2b3c4d5e6f"}],
+            "derivedFrom": [{"reference": "https://other.example/fhir/Observation/o9"}],
+            "focus": [{"reference": "Patient?identifier=a|b"}],
+            "extension": [{"url": "u", "valueReference": {"reference": "Device/dv1"}}],
+            "_status": {"extension": [{"url": "u", "valueReference": {"reference": "Device/dv2"}}]},
+            "contained": [{"resourceType": "Specimen", "id": "c1",
+                           "subject": {"reference": "Patient/p2"}}],
+            "instantiatesCanonical": ["http://example.org/PlanDefinition/x"],
+        });
+        assert_eq!(
+            found(obs),
+            [
+                ("Observation.subject".into(), "Patient/p1".into()),
+                ("Observation.performer[1]".into(), "Practitioner/d1".into()),
+                (
+                    "Observation.performer[2].identifier.assigner".into(),
+                    "Organization/o1".into()
+                ),
+                ("Observation.derivedFrom[0]".into(), "Observation/o9".into()),
+                (
+                    "Observation.extension[0].value.ofType(Reference)".into(),
+                    "Device/dv1".into()
+                ),
+                (
+                    "Observation.status.extension[0].value.ofType(Reference)".into(),
+                    "Device/dv2".into()
+                ),
+                (
+                    "Observation.contained[0].ofType(Specimen).subject".into(),
+                    "Patient/p2".into()
+                ),
+            ]
+        );
+        // A Bundle's entries refer to each other; they are not this server's references.
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": {"resourceType": "Observation",
+                                    "subject": {"reference": "Patient/p1"}}}]});
+        assert!(found(bundle).is_empty());
     }
 }

@@ -268,6 +268,33 @@ impl CodeSystem {
         self.closure(code, |i| self.row(i).map(|r| &r.parents))
     }
 
+    /// The codes directly above `code` (its parents); empty for a top or unknown code.
+    pub fn parents(&self, code: &str) -> Vec<&'static str> {
+        self.index(code)
+            .and_then(|i| self.row(i))
+            .map(|r| {
+                r.parents
+                    .iter()
+                    .filter_map(|&p| self.row(p))
+                    .map(|p| p.code)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The codes directly below `code` (its children); empty for a leaf or unknown code.
+    pub fn children(&self, code: &str) -> Vec<&'static str> {
+        self.index(code)
+            .and_then(|i| self.children.get(i as usize))
+            .map(|c| {
+                c.iter()
+                    .filter_map(|&j| self.row(j))
+                    .map(|r| r.code)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `code` is `ancestor` or below it (`ancestor` subsumes `code`); false if either is unknown.
     pub fn subsumes(&self, ancestor: &str, code: &str) -> bool {
         let (Some(top), Some(start)) = (self.index(ancestor), self.index(code)) else {

@@ -417,6 +417,19 @@ fn parse_filter(resource_type: &str, name: &str, value: &str) -> Result<Option<F
     let Some(param) = params::lookup(resource_type, code).filter(|p| index::supported(p)) else {
         return Ok(None);
     };
+    if let (Kind::Token, Some(m @ ("in" | "not-in" | "below" | "above"))) = (param.kind, modifier) {
+        // A set of codes from the shipped terminology, searched as an OR-list of `system|code`
+        // tokens (each blind-indexed as any other); `:not-in` is `:not` of that list.
+        return Ok(Some(Filter::Param {
+            param,
+            modifier: if m == "not-in" {
+                Modifier::Not
+            } else {
+                Modifier::None
+            },
+            values: terminology_values(&param.code, m, value)?,
+        }));
+    }
     let modifier = parse_modifier(param, modifier)?;
     let values = split_values(value);
     if values.iter().any(String::is_empty) {
@@ -430,6 +443,94 @@ fn parse_filter(resource_type: &str, name: &str, value: &str) -> Result<Option<F
         modifier,
         values,
     }))
+}
+
+/// The most codes a terminology modifier (`:in`, `:not-in`, `:below`, `:above`) stands for; a
+/// larger set is refused rather than sent to the database as that many index lookups.
+pub const MAX_EXPANSION: usize = 1000;
+
+/// The `system|code` tokens a terminology modifier on token parameter `code` stands for: the
+/// members of the value sets named (`:in`, `:not-in`), or the codes at and below (`:below`) or
+/// above (`:above`) a `system|code` of a shipped hierarchy. Refused, saying why, for a value set
+/// that does not ship or cannot be enumerated, a system without a shipped hierarchy, or a set
+/// larger than [`MAX_EXPANSION`].
+fn terminology_values(code: &str, modifier: &str, value: &str) -> Result<Vec<String>, BadSearch> {
+    use crate::fhir::terminology;
+    // The token grammar's escapes, so that a code holding `|` or `\` stays one code.
+    let token = |system: &str, c: &str| {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('|', "\\|");
+        format!("{}|{}", esc(system), esc(c))
+    };
+    let mut out: Vec<String> = Vec::new();
+    for v in split_values(value) {
+        match modifier {
+            "in" | "not-in" => {
+                let vs = terminology::value_set(&v).ok_or_else(|| {
+                    bad(format!(
+                        "'{code}:{modifier}' names a value set this server does not have (it \
+                         knows the value sets that ship with R4)"
+                    ))
+                })?;
+                let expansion = vs.expansion().ok_or_else(|| {
+                    bad(format!(
+                        "'{code}:{modifier}': the value set {} cannot be enumerated here (it \
+                         draws on a code system that does not ship, such as SNOMED CT or LOINC, \
+                         or on a filter that cannot be computed)",
+                        vs.url()
+                    ))
+                })?;
+                out.extend(expansion.iter().map(|c| token(c.system, c.code)));
+            }
+            _ => {
+                let Some((system, c)) = v
+                    .split_once('|')
+                    .filter(|(s, c)| !s.is_empty() && !c.is_empty())
+                else {
+                    return Err(bad(format!(
+                        "'{code}:{modifier}' takes system|code (a code of a code system whose \
+                         hierarchy ships with R4)"
+                    )));
+                };
+                let cs = terminology::code_system(system)
+                    .filter(|cs| cs.is_hierarchical())
+                    .ok_or_else(|| {
+                        bad(if terminology::is_external(system) {
+                            format!(
+                                "'{code}:{modifier}': the code system is a large external one \
+                                 (SNOMED CT, LOINC, RxNorm, ...) whose hierarchy is out of scope"
+                            )
+                        } else {
+                            format!(
+                                "'{code}:{modifier}': the code system is not one whose hierarchy \
+                                 ships with R4"
+                            )
+                        })
+                    })?;
+                let Some(concept) = cs.lookup(c) else {
+                    return Err(bad(format!(
+                        "'{code}:{modifier}': '{}' is not a code of {}",
+                        printable(c),
+                        cs.url()
+                    )));
+                };
+                let related = if modifier == "below" {
+                    cs.descendants(concept.code)
+                } else {
+                    cs.ancestors(concept.code)
+                };
+                out.push(token(cs.url(), concept.code));
+                out.extend(related.into_iter().map(|r| token(cs.url(), r)));
+            }
+        }
+        if out.len() > MAX_EXPANSION {
+            return Err(bad(format!(
+                "'{code}:{modifier}' stands for more than {MAX_EXPANSION} codes; narrow it"
+            )));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 fn parse_modifier(param: &SearchParam, modifier: Option<&str>) -> Result<Modifier, BadSearch> {
@@ -565,6 +666,49 @@ mod tests {
             &pairs(q),
             false,
         )
+    }
+
+    fn token_values(q: &str) -> (Modifier, Vec<String>) {
+        match obs(q).unwrap().filters.into_iter().next() {
+            Some(Filter::Param {
+                modifier, values, ..
+            }) => (modifier, values),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn terminology_modifiers_become_lists_of_codes() {
+        let status = "http://hl7.org/fhir/observation-status";
+        let (m, values) = token_values("status:in=http://hl7.org/fhir/ValueSet/observation-status");
+        assert_eq!(m, Modifier::None);
+        assert!(values.contains(&format!("{status}|final")), "{values:?}");
+        assert!(values.contains(&format!("{status}|amended")) && values.len() == 8);
+        let (m, not_in) =
+            token_values("status:not-in=http://hl7.org/fhir/ValueSet/observation-status");
+        assert_eq!((m, not_in), (Modifier::Not, values));
+        // `amended` is below nothing; `corrected` is below `amended`.
+        let (_, below) = token_values(&format!("status:below={status}|amended"));
+        assert!(below.contains(&format!("{status}|corrected")), "{below:?}");
+        assert!(!below.contains(&format!("{status}|final")));
+        let (_, above) = token_values(&format!("status:above={status}|corrected"));
+        assert!(above.contains(&format!("{status}|amended")), "{above:?}");
+        for (q, says) in [
+            ("code:in=http://example.org/ValueSet/nope", "does not have"),
+            (
+                "code:in=http://hl7.org/fhir/ValueSet/observation-codes",
+                "cannot be enumerated",
+            ),
+            ("code:below=http://loinc.org|1234-5", "out of scope"),
+            ("code:below=1234-5", "system|code"),
+            (
+                "status:below=http://hl7.org/fhir/observation-status|nope",
+                "not a code",
+            ),
+        ] {
+            let e = obs(q).unwrap_err();
+            assert!(e.0.contains(says), "{q}: {}", e.0);
+        }
     }
 
     #[test]

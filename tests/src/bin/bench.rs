@@ -6,7 +6,8 @@
 //! duration, and printed beside it as hello's throughput and the workload's throughput and p50 as
 //! ratios of hello's: on a shared, noisy machine the ratios are what compare between runs.
 //!
-//! Run: `cargo build --release --workspace --bins && target/release/bench [--seconds N]`.
+//! Run: `cargo build --release --workspace --bins && target/release/bench [--seconds N]
+//! [--integrity on|off]`.
 
 use carapace_core::access::Role;
 use carapace_tests::*;
@@ -176,7 +177,13 @@ async fn practitioner(stack: &Stack, patients: &[String]) -> anyhow::Result<()> 
 async fn main() -> anyhow::Result<()> {
     let seconds: f64 = arg("--seconds").unwrap_or(10.0);
     eprintln!("starting PostgreSQL, OpenBao, carapace-server and hello-server ...");
-    let stack = Stack::start().await?;
+    // `--integrity off`: the server without referential integrity, to measure what it costs.
+    let integrity: String = arg("--integrity").unwrap_or_else(|| "on".into());
+    let stack = Stack::start_with(
+        Bao::start_dev().await?,
+        vec![("CARAPACE_REFERENTIAL_INTEGRITY".into(), integrity)],
+    )
+    .await?;
     let hello = Hello::start().await?;
     let server = &stack.server;
     let fhir = stack.fhir();

@@ -1,8 +1,11 @@
 //! Conformance runner: round-trips every official R4 example against a Carapace server and prints
 //! the count and each failure's reason. See `conformance/README.md`.
 //!
-//! `conformance [--base URL] [--examples DIR] [--concurrency N]` — without `--base`, it starts its
-//! own private PostgreSQL, `bao server -dev` and `carapace-server`.
+//! `conformance [--base URL] [--examples DIR] [--concurrency N] [--integrity on|off]` — without
+//! `--base`, it starts its own private PostgreSQL, `bao server -dev` and `carapace-server`, with
+//! referential integrity off unless `--integrity on` (the examples refer to examples that are not
+//! loaded, or come later; against `--base`, start that server with
+//! `CARAPACE_REFERENTIAL_INTEGRITY=off`).
 
 use carapace_tests::conformance::round_trip_all;
 use carapace_tests::*;
@@ -40,7 +43,14 @@ async fn main() -> anyhow::Result<()> {
             )
         }
         None => {
-            let stack = Stack::start().await?;
+            let stack = Stack::start_with(
+                Bao::start_dev().await?,
+                vec![(
+                    "CARAPACE_REFERENTIAL_INTEGRITY".into(),
+                    arg("--integrity").unwrap_or_else(|| "off".into()),
+                )],
+            )
+            .await?;
             let base = stack.server.base.clone();
             let authorization = stack.server.bearer();
             (Some(stack), base, authorization)

@@ -5,8 +5,9 @@
 //! the same driver, concurrency and duration, and printed as ratios of hello's figures.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/search-bench [--synthea DIR]
-//! [--patients N] [--seconds S] [--hold]`; `--hold` stops after the load, leaving the stack running
-//! for a look at the database. Without `--synthea` (or when the directory is missing) it loads a
+//! [--patients N] [--seconds S] [--integrity on|off] [--hold]`; `--hold` stops after the load,
+//! leaving the stack running for a look at the database; `--integrity off` runs the server without
+//! referential integrity, to measure what it costs. Without `--synthea` (or when the directory is missing) it loads a
 //! generated Synthea-shaped set of `--patients` patients (default 120, ~760 resources each).
 
 use carapace_tests::synthea::{self, NamedBundle};
@@ -111,7 +112,13 @@ async fn main() -> anyhow::Result<()> {
         "{} bundles from {source}; starting PostgreSQL, OpenBao, carapace-server and hello-server ...",
         bundles.len()
     );
-    let stack = Stack::start().await?;
+    // `--integrity off`: the server without referential integrity, to measure what it costs.
+    let integrity: String = arg("--integrity").unwrap_or_else(|| "on".into());
+    let stack = Stack::start_with(
+        Bao::start_dev().await?,
+        vec![("CARAPACE_REFERENTIAL_INTEGRITY".into(), integrity)],
+    )
+    .await?;
     let hello = Hello::start().await?;
     let server = &stack.server;
 
