@@ -148,6 +148,15 @@ async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_th
     let read_patient = || http("GET", &patient_url, &auth, None);
     // No consent names the practitioner yet: the patient is not there for them.
     assert_eq!(read_patient().await.unwrap().status, 404);
+    // The consent names the practitioner's record, which must exist (referential integrity).
+    let practitioner = stack
+        .fhir()
+        .put(
+            "Practitioner/pr-c",
+            &json!({"resourceType": "Practitioner", "id": "pr-c"}),
+        )
+        .await;
+    assert_eq!(practitioner.status, 201, "{}", practitioner.text());
     let consent = stack
         .fhir()
         .post("Consent", &permit_consent(&patient, "Practitioner/pr-c"))

@@ -237,7 +237,7 @@ async fn strings_tokens_and_references() {
         &fhir,
         "Observation",
         &[("code:below", "8480")],
-        "not supported",
+        "takes system|code",
     )
     .await;
 
