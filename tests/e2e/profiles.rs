@@ -3,7 +3,7 @@
 //! Patient profile posted as a StructureDefinition, then used by `$validate?profile=`, by
 //! `meta.profile`, and — with `CARAPACE_ENFORCE_PROFILES=on` — on writes.
 
-use carapace_core::access::{Role, Scope};
+use carapace_core::access::Role;
 use carapace_tests::*;
 
 const IPS_PATIENT: &str = "http://hl7.org/fhir/uv/ips/StructureDefinition/Patient-uv-ips";
@@ -140,17 +140,10 @@ async fn validate_takes_parameters_modes_and_instances() {
         .as_str()
         .unwrap()
         .to_string();
-    let token = carapace_core::auth::issue(
-        &stack.db().await,
-        chrono::Utc::now(),
-        "patient-a",
-        Role::Patient,
-        &[Scope::parse("patient/*.rs").unwrap()],
-        Some(&mine),
-    )
-    .await
-    .unwrap()
-    .access_token;
+    let token = stack
+        .token("patient-a", Role::Patient, "patient/*.rs", Some(&mine))
+        .await
+        .unwrap();
     let as_patient = |path: String| {
         let token = token.clone();
         let url = stack.server.url(&path);
@@ -337,17 +330,15 @@ async fn enforced_profiles_refuse_writes_that_fail_them() {
     );
     // A writer who may not read StructureDefinitions (a patient updating their own record) is
     // held to the stored profile all the same.
-    let token = carapace_core::auth::issue(
-        &stack.db().await,
-        chrono::Utc::now(),
-        "patient-enforced",
-        Role::Patient,
-        &[Scope::parse("patient/Patient.cruds").unwrap()],
-        Some(&id),
-    )
-    .await
-    .unwrap()
-    .access_token;
+    let token = stack
+        .token(
+            "patient-enforced",
+            Role::Patient,
+            "patient/Patient.cruds",
+            Some(&id),
+        )
+        .await
+        .unwrap();
     let own = http(
         "PUT",
         &stack.server.url(&format!("Patient/{id}")),

@@ -835,8 +835,6 @@ impl Stack {
             .collect()
     }
 
-    /// An access token for `subject` with `role` and `scopes` (space-separated), issued directly in
-    /// the database as the token endpoint would after a sign-in.
     /// A user row for tests that issue their tokens directly ([`Stack::token`]): no password to
     /// sign in with, only the role and the Practitioner link the access policy reads.
     pub async fn token_user(&self, username: &str, role: &str, practitioner: Option<&str>) {
@@ -852,6 +850,8 @@ impl Stack {
         .expect("a user row");
     }
 
+    /// An access token for `subject` with `role` and `scopes` (space-separated), issued directly in
+    /// the database as the token endpoint would after a sign-in.
     pub async fn token(
         &self,
         subject: &str,

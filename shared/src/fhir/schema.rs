@@ -9,6 +9,24 @@ use std::sync::LazyLock;
 const SCHEMA_JSON: &str = include_str!("../../fhir-r4/schema.json");
 const COMPARTMENT_JSON: &str = include_str!("../../fhir-r4/compartment-patient.json");
 
+/// The ids of the Bundles in the official package (`hl7.fhir.r4.examples`) that hold its
+/// definitions (every StructureDefinition, SearchParameter, ValueSet...) rather than examples: what
+/// the tables here are generated from, skipped where the examples are run.
+pub const PACKAGE_DEFINITION_BUNDLES: [&str; 12] = [
+    "resources",
+    "types",
+    "searchParams",
+    "dataelements",
+    "extensions",
+    "profiles-others",
+    "terminologies",
+    "valuesets",
+    "v2-valuesets",
+    "v3-valuesets",
+    "conceptmaps",
+    "valueset-expansions",
+];
+
 /// FNV-1a: the tables are fixed at start-up and element names are short, so a simple hash beats
 /// SipHash; a client choosing keys cannot grow a table, only probe it.
 pub(crate) struct Fnv(u64);

@@ -28,33 +28,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::{LazyLock, OnceLock};
 
 const TERMINOLOGY_JSON: &str = include_str!("../../fhir-r4/terminology.json");
 
-/// FNV-1a, as in [`super::schema`]: fixed tables of short keys.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+/// Fixed tables of short keys: the schema tables' FNV-1a hasher.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<super::schema::Fnv>>;
 
 /// Large terminologies R4 binds to but does not ship; codes from them are never judged here.
 const EXTERNAL: &[&str] = &[
@@ -695,33 +675,38 @@ fn parse() -> Option<Tables> {
 
 /// A shipped value set by canonical: `url` or `url|version` (the version must match when given).
 pub fn value_set(canonical: &str) -> Option<&'static ValueSet> {
-    let (url, version) = match canonical.split_once('|') {
-        Some((u, v)) => (u, Some(v)),
-        None => (canonical, None),
-    };
-    let vs = TABLES
-        .value_set_by_url
-        .get(url)
-        .and_then(|&i| TABLES.value_sets.get(i))?;
-    match version {
-        Some(v) if !vs.version.is_empty() && v != vs.version => None,
-        _ => Some(vs),
-    }
+    by_canonical(
+        canonical,
+        &TABLES.value_set_by_url,
+        &TABLES.value_sets,
+        |vs| vs.version,
+    )
 }
 
 /// A shipped code system by url (`url|version` accepted as for [`value_set`]).
 pub fn code_system(canonical: &str) -> Option<&'static CodeSystem> {
+    by_canonical(
+        canonical,
+        &TABLES.code_system_by_url,
+        &TABLES.code_systems,
+        |cs| cs.version,
+    )
+}
+
+fn by_canonical<T>(
+    canonical: &str,
+    by_url: &FastMap<&'static str, usize>,
+    all: &'static [T],
+    version_of: impl Fn(&T) -> &str,
+) -> Option<&'static T> {
     let (url, version) = match canonical.split_once('|') {
         Some((u, v)) => (u, Some(v)),
         None => (canonical, None),
     };
-    let cs = TABLES
-        .code_system_by_url
-        .get(url)
-        .and_then(|&i| TABLES.code_systems.get(i))?;
+    let found = by_url.get(url).and_then(|&i| all.get(i))?;
     match version {
-        Some(v) if !cs.version.is_empty() && v != cs.version => None,
-        _ => Some(cs),
+        Some(v) if !version_of(found).is_empty() && v != version_of(found) => None,
+        _ => Some(found),
     }
 }
 

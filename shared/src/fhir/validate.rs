@@ -2185,22 +2185,9 @@ mod tests {
             // The definition bundles (all StructureDefinitions, SearchParameters, ValueSets...) are
             // the package's payload rather than examples.
             if v["resourceType"] == "Bundle"
-                && [
-                    "resources",
-                    "types",
-                    "searchParams",
-                    "dataelements",
-                    "extensions",
-                    "profiles-others",
-                    "terminologies",
-                    "valuesets",
-                    "v2-valuesets",
-                    "v3-valuesets",
-                    "conceptmaps",
-                    "valueset-expansions",
-                ]
-                .iter()
-                .any(|b| v["id"] == *b)
+                && schema::PACKAGE_DEFINITION_BUNDLES
+                    .iter()
+                    .any(|b| v["id"] == *b)
             {
                 continue;
             }

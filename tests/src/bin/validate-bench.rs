@@ -25,20 +25,6 @@ fn entries(bundle: &Value) -> impl Iterator<Item = Value> + '_ {
 
 /// The official examples, less the package's definition bundles (as the core test reads them).
 fn official(dir: &std::path::Path) -> anyhow::Result<Vec<Value>> {
-    const DEFINITIONS: [&str; 12] = [
-        "resources",
-        "types",
-        "searchParams",
-        "dataelements",
-        "extensions",
-        "profiles-others",
-        "terminologies",
-        "valuesets",
-        "v2-valuesets",
-        "v3-valuesets",
-        "conceptmaps",
-        "valueset-expansions",
-    ];
     let mut out = Vec::new();
     let mut names: Vec<_> = std::fs::read_dir(dir)?
         .flatten()
@@ -51,7 +37,11 @@ fn official(dir: &std::path::Path) -> anyhow::Result<Vec<Value>> {
             continue;
         }
         let v: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-        if v["resourceType"] == "Bundle" && DEFINITIONS.iter().any(|d| v["id"] == *d) {
+        if v["resourceType"] == "Bundle"
+            && carapace_core::fhir::schema::PACKAGE_DEFINITION_BUNDLES
+                .iter()
+                .any(|d| v["id"] == *d)
+        {
             continue;
         }
         out.push(v);
