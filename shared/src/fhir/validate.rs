@@ -180,14 +180,15 @@ pub fn validate_report(resource: &Value) -> Vec<Issue> {
     run(resource, Depth::Report)
 }
 
-/// The structural walk alone, without the invariants: for the validation benchmark.
+/// Parts of the write-path validator, for the validation benchmark only (which reports what
+/// bindings and invariants cost): the structural walk, with or without the binding checks.
 #[doc(hidden)]
-pub fn validate_structure(resource: &Value) -> Vec<Issue> {
-    walk(resource, Depth::Write)
+pub fn validate_structure(resource: &Value, bindings: bool) -> Vec<Issue> {
+    walk(resource, Depth::Write, bindings)
 }
 
 fn run(resource: &Value, depth: Depth) -> Vec<Issue> {
-    let mut issues = walk(resource, depth);
+    let mut issues = walk(resource, depth, true);
     // The invariants read a structurally valid resource (types and shapes as defined).
     if !issues.iter().any(Issue::is_error) {
         super::invariants::check(resource, depth, &mut issues);
@@ -195,8 +196,9 @@ fn run(resource: &Value, depth: Depth) -> Vec<Issue> {
     issues
 }
 
-fn walk(resource: &Value, depth: Depth) -> Vec<Issue> {
+fn walk(resource: &Value, depth: Depth, bindings: bool) -> Vec<Issue> {
     let mut c = Checker {
+        bindings,
         issues: Vec::new(),
         path: Vec::with_capacity(16),
         frames: Vec::with_capacity(16),
@@ -249,6 +251,8 @@ struct Checker<'a> {
     /// The contained resource being walked (index + 1), 0 outside one.
     in_contained: usize,
     depth: Depth,
+    /// Check coded elements' bindings (always, but for the benchmark's structure-only row).
+    bindings: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -512,10 +516,11 @@ fn check_members<'a>(
         let before = c.issues.len();
         check_element(c, value, el, map);
         // A value already refused for its form is not judged against its binding too.
-        if !c
-            .issues
-            .get(before..)
-            .is_some_and(|new| new.iter().any(Issue::is_error))
+        if c.bindings
+            && !c
+                .issues
+                .get(before..)
+                .is_some_and(|new| new.iter().any(Issue::is_error))
         {
             check_bound(c, value, el, def, key);
         }
