@@ -46,6 +46,9 @@ pub(super) struct Wanted {
     pub version: Option<i64>,
 }
 
+/// Up to this many distinct targets are probed one by one; more go in one batched statement.
+const FEW_TARGETS: usize = 4;
+
 /// Why a target is refused.
 enum Broken {
     Missing,
@@ -143,37 +146,67 @@ impl Store {
                 })
             })
             .collect();
-        let types: Vec<&str> = targets.iter().map(|t| t.0.as_str()).collect();
-        let ids: Vec<&str> = targets.iter().map(|t| t.1).collect();
-        let versions: Vec<Option<i64>> = targets.iter().map(|t| t.2).collect();
-        let rows = sqlx::query(
-            "SELECT u.n, h.deleted,
-                    (u.v IS NULL OR EXISTS (
-                        SELECT 1 FROM resource_versions v
-                         WHERE v.resource_type = u.t AND v.id = u.i AND v.version_id = u.v
-                           AND v.sealed IS NOT NULL)) AS has_version
-               FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY AS u(t, i, v, n)
-               JOIN resources h ON h.resource_type = u.t AND h.id = u.i",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .bind(&versions)
-        .fetch_all(&mut *conn)
-        .await?;
+        // (slot, deleted, has the version named) of every target that has a row in reach.
+        let mut found: Vec<(usize, bool, bool)> = Vec::with_capacity(targets.len());
+        if targets.len() <= FEW_TARGETS {
+            // A write names few resources: one primary-key probe each, by a statement whose
+            // plan does not depend on how many there are.
+            for (slot, &(rt, id, version)) in targets.iter().enumerate() {
+                let row = sqlx::query(
+                    "SELECT h.deleted,
+                            ($3::int8 IS NULL OR EXISTS (
+                                SELECT 1 FROM resource_versions v
+                                 WHERE v.resource_type = $1 AND v.id = $2 AND v.version_id = $3
+                                   AND v.sealed IS NOT NULL)) AS has_version
+                       FROM resources h WHERE h.resource_type = $1 AND h.id = $2",
+                )
+                .bind(rt.as_str())
+                .bind(id)
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some(row) = row {
+                    found.push((slot, row.try_get("deleted")?, row.try_get("has_version")?));
+                }
+            }
+        } else {
+            let types: Vec<&str> = targets.iter().map(|t| t.0.as_str()).collect();
+            let ids: Vec<&str> = targets.iter().map(|t| t.1).collect();
+            let versions: Vec<Option<i64>> = targets.iter().map(|t| t.2).collect();
+            let rows = sqlx::query(
+                "SELECT u.n, h.deleted,
+                        (u.v IS NULL OR EXISTS (
+                            SELECT 1 FROM resource_versions v
+                             WHERE v.resource_type = u.t AND v.id = u.i AND v.version_id = u.v
+                               AND v.sealed IS NOT NULL)) AS has_version
+                   FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY AS u(t, i, v, n)
+                  -- One primary-key probe per target, not a hash of the whole table.
+                  CROSS JOIN LATERAL (
+                        SELECT r.deleted FROM resources r
+                         WHERE r.resource_type = u.t AND r.id = u.i
+                         LIMIT 1) h",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .bind(&versions)
+            .fetch_all(&mut *conn)
+            .await?;
+            for row in &rows {
+                let n: i64 = row.try_get("n")?;
+                let slot = usize::try_from(n - 1).map_err(|_| StoreError::Integrity)?;
+                found.push((slot, row.try_get("deleted")?, row.try_get("has_version")?));
+            }
+        }
         // `None`: the target may be named; otherwise why not. No row in reach: missing, when
         // the caller would have seen it there.
         let mut verdicts: Vec<Option<Broken>> = targets
             .iter()
             .map(|&(rt, id, _)| would_see(ctx, rt, id).then_some(Broken::Missing))
             .collect();
-        for row in &rows {
-            let n: i64 = row.try_get("n")?;
-            let slot = usize::try_from(n - 1).map_err(|_| StoreError::Integrity)?;
+        for (slot, deleted, has_version) in found {
             let Some(&(rt, id, version)) = targets.get(slot) else {
                 return Err(StoreError::Integrity);
             };
-            let deleted: bool = row.try_get("deleted")?;
-            let has_version: bool = row.try_get("has_version")?;
             let broken = match version {
                 Some(_) if !has_version => Some(Broken::NoSuchVersion),
                 Some(_) => None,
