@@ -376,7 +376,15 @@ enum Expr {
 struct Parser {
     toks: Vec<Tok>,
     at: usize,
+    /// How deep the parse is nested: expressions come from profiles clients store too, and
+    /// neither parsing nor evaluating (both recursive) may exhaust the stack.
+    depth: usize,
 }
+
+/// Bounds on an expression (R4's longest invariant has about 150 tokens and nests 6 deep): a
+/// longer or deeper one is not compiled, so is reported as not evaluated, never run.
+const MAX_TOKENS: usize = 1024;
+const MAX_NESTING: usize = 64;
 
 impl Parser {
     fn peek(&self) -> Option<&Tok> {
@@ -492,7 +500,19 @@ impl Parser {
         Ok(name)
     }
 
+    /// Every recursive path of the parser passes here, so this is where nesting is bounded.
     fn unary(&mut self) -> Res<Expr> {
+        self.depth += 1;
+        let parsed = if self.depth > MAX_NESTING {
+            unsupported("an expression nested more than 64 deep")
+        } else {
+            self.unary_unbounded()
+        };
+        self.depth -= 1;
+        parsed
+    }
+
+    fn unary_unbounded(&mut self) -> Res<Expr> {
         if self.eat("-") {
             return Ok(Expr::Neg(Box::new(self.unary()?)));
         }
@@ -606,9 +626,14 @@ pub struct Path(Expr);
 
 impl Path {
     pub fn compile(src: &str) -> Res<Path> {
+        let toks = lex(src)?;
+        if toks.len() > MAX_TOKENS {
+            return unsupported("an expression of more than 1,024 tokens");
+        }
         let mut p = Parser {
-            toks: lex(src)?,
+            toks,
             at: 0,
+            depth: 0,
         };
         let e = p.expr(0)?;
         if p.at != p.toks.len() {
@@ -1732,6 +1757,18 @@ fn call<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expressions_too_long_or_too_deep_are_not_compiled() {
+        let deep = format!("{}true{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(Path::compile(&deep).is_err());
+        let negated = format!("{}1", "-".repeat(100_000));
+        assert!(Path::compile(&negated).is_err());
+        let long = vec!["1"; 5_000].join(" + ");
+        assert!(Path::compile(&long).is_err());
+        let fine = format!("{}true{}", "(".repeat(20), ")".repeat(20));
+        assert!(Path::compile(&fine).is_ok());
+    }
     use serde_json::json;
 
     /// Evaluate `expr` on a resource and render the result as JSON-ish strings.
