@@ -3,14 +3,6 @@
 
 use carapace_tests::*;
 
-async fn stored_versions(stack: &Stack) -> i64 {
-    let db = stack.db().await;
-    sqlx::query_scalar("SELECT count(*) FROM resource_versions")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-}
-
 fn assert_outcome(r: &HttpResponse, status: u16, needle: &str) {
     assert_eq!(r.status, status, "expected {status}: {}", r.text());
     let oo = r.json();
@@ -147,7 +139,7 @@ async fn invalid_resources_are_refused_with_a_named_path_and_nothing_is_written(
             r.text()
         );
     }
-    assert_eq!(stored_versions(&stack).await, 0, "nothing was written");
+    assert_eq!(stack.stored_versions().await, 0, "nothing was written");
 
     // id mismatch and missing id on update
     let r = fhir
@@ -174,7 +166,7 @@ async fn invalid_resources_are_refused_with_a_named_path_and_nothing_is_written(
         )
         .await;
     assert_outcome(&r, 400, "If-Match");
-    assert_eq!(stored_versions(&stack).await, 0, "nothing was written");
+    assert_eq!(stack.stored_versions().await, 0, "nothing was written");
 }
 
 #[tokio::test]
@@ -293,7 +285,7 @@ async fn codes_outside_a_required_value_set_are_refused_at_their_path() {
             v.text()
         );
     }
-    assert_eq!(stored_versions(&stack).await, 0, "nothing was written");
+    assert_eq!(stack.stored_versions().await, 0, "nothing was written");
 
     // Codes in the value set are stored; a code of an extensible binding outside its value set is
     // stored and only warned about by $validate; codes of terminology that does not ship (mime

@@ -278,32 +278,22 @@ async fn references_to_what_the_caller_cannot_see_pass_and_tell_nothing() {
     let of_b = w
         .system_writes("POST", "Observation", &super::gate::obs(&b, None))
         .await;
-    let b_gone = w
-        .system_writes("POST", "Observation", &super::gate::obs(&b, None))
-        .await;
-    let r = w
-        .call(
-            "system",
-            "DELETE",
-            &format!("Observation/{b_gone}"),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 204);
-    let a_gone = w
-        .system_writes("POST", "Observation", &super::gate::obs(&a, None))
-        .await;
-    let r = w
-        .call(
-            "system",
-            "DELETE",
-            &format!("Observation/{a_gone}"),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 204);
+    // An Observation in a patient's record, written and then deleted by the system client.
+    let deleted_of = |patient: String| {
+        let w = &w;
+        async move {
+            let id = w
+                .system_writes("POST", "Observation", &super::gate::obs(&patient, None))
+                .await;
+            let r = w
+                .call("system", "DELETE", &format!("Observation/{id}"), None, &[])
+                .await;
+            assert_eq!(r.status, 204);
+            id
+        }
+    };
+    let b_gone = deleted_of(b.clone()).await;
+    let a_gone = deleted_of(a.clone()).await;
     let derived = |target: &str| {
         let mut o = super::gate::obs(&a, None);
         o["derivedFrom"] = json!([reference(&format!("Observation/{target}"))]);

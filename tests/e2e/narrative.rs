@@ -75,14 +75,6 @@ fn hostile() -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn stored_versions(stack: &Stack) -> i64 {
-    let db = stack.db().await;
-    sqlx::query_scalar("SELECT count(*) FROM resource_versions")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-}
-
 /// 400, an OperationOutcome, an issue at `path`, and no echo of the attack.
 fn assert_refused(what: &str, r: &HttpResponse, path: &str) {
     assert_eq!(r.status, 400, "{what}: {}", r.text());
@@ -114,7 +106,7 @@ async fn hostile_narratives_are_refused_on_every_write_path() {
     let r = fhir.post("Patient", &patient_with(&div("safe"))).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
-    let before = stored_versions(&stack).await;
+    let before = stack.stored_versions().await;
 
     for (what, hostile) in hostile() {
         let r = fhir.post("Patient", &patient_with(&hostile)).await;
@@ -174,7 +166,7 @@ async fn hostile_narratives_are_refused_on_every_write_path() {
         );
     }
     assert_eq!(
-        stored_versions(&stack).await,
+        stack.stored_versions().await,
         before,
         "no hostile narrative was stored"
     );

@@ -4,14 +4,6 @@
 
 use carapace_tests::*;
 
-async fn stored_versions(stack: &Stack) -> i64 {
-    let db = stack.db().await;
-    sqlx::query_scalar("SELECT count(*) FROM resource_versions")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-}
-
 /// The issue at `path` in a refusal, with its code.
 fn issue_at<'a>(oo: &'a Value, path: &str) -> Option<&'a Value> {
     oo["issue"]
@@ -100,7 +92,7 @@ async fn refusals_name_the_fhirpath_and_the_issue_type() {
             "value",
         ),
     ];
-    let before = stored_versions(&stack).await;
+    let before = stack.stored_versions().await;
     for (what, resource, path, code) in &cases {
         let rt = resource["resourceType"].as_str().unwrap();
         let r = fhir.post(rt, resource).await;
@@ -118,7 +110,7 @@ async fn refusals_name_the_fhirpath_and_the_issue_type() {
         let same = issue_at(&report, path).unwrap_or_else(|| panic!("{what}: $validate {report}"));
         assert_eq!(same["code"], *code, "{what}");
     }
-    assert_eq!(stored_versions(&stack).await, before, "nothing is written");
+    assert_eq!(stack.stored_versions().await, before, "nothing is written");
 
     // The same content, valid: a core extension where and as its definition says, a referenced
     // contained resource, a primitive with an id and a value.

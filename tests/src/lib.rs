@@ -875,6 +875,14 @@ impl Stack {
         Ok(issued.access_token)
     }
 
+    /// How many resource versions are stored, of every type: a refused write must not change it.
+    pub async fn stored_versions(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM resource_versions")
+            .fetch_one(&self.db().await)
+            .await
+            .expect("count the stored versions")
+    }
+
     /// A direct connection to the test database (as its owner), to look at what is stored.
     pub async fn db(&self) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()
