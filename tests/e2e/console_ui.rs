@@ -681,7 +681,9 @@ async fn the_real_console_binary_in_tmux() {
 
     // The audit screen shows what the operator did (and the practitioner's read).
     t.keys(&["4"]);
-    let audit = t.wait_for("Audit trail", 10);
+    t.wait_for("Audit trail", 10);
+    // The table may still be drawing when its title shows: wait for its oldest row listed here.
+    let audit = t.wait_for("user-create:dr.wilson", 10);
     for expected in [
         "user-create:dr.wilson",
         "Consent/",
