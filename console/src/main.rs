@@ -9,11 +9,11 @@ use anyhow::{bail, Context};
 use carapace_console::operator::sign_in;
 use carapace_console::tui;
 use carapace_core::access::{AccessContext, Role, Scope};
-use carapace_core::auth;
 use carapace_core::config::Config;
 use carapace_core::core::Core;
+use carapace_core::identity::tokens;
+use carapace_core::identity::users::{self, Enrollment, NewUser};
 use carapace_core::store::OperatorCounts;
-use carapace_core::users::{self, Enrollment, NewUser};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -337,7 +337,7 @@ fn prompt(what: &str, env: &str, secret: bool) -> anyhow::Result<String> {
 /// Authenticate the operator: an admin token, or username + password + TOTP.
 async fn operator(core: &Core) -> anyhow::Result<AccessContext> {
     if let Ok(token) = std::env::var("CARAPACE_ADMIN_TOKEN") {
-        let info = auth::lookup(core.store.pool(), core.store.now(), token.trim())
+        let info = tokens::lookup(core.store.pool(), core.store.now(), token.trim())
             .await?
             .filter(|i| i.role == Role::Admin)
             .context("CARAPACE_ADMIN_TOKEN is not an active administrator token")?;
@@ -371,7 +371,7 @@ async fn login(core: &Core, ctx: &AccessContext, scopes: &[String]) -> anyhow::R
         }
         parsed.push(scope);
     }
-    let token = auth::issue(
+    let token = tokens::issue(
         core.store.pool(),
         core.store.now(),
         &ctx.principal,
@@ -506,7 +506,7 @@ async fn session(core: &Core, ctx: &AccessContext, command: SessionCommand) -> a
     match command {
         SessionCommand::List { subject } => {
             let policy = Config::from_env()?.sessions;
-            let rows = auth::active_tokens(pool, now, subject.as_deref(), &policy).await?;
+            let rows = tokens::active_tokens(pool, now, subject.as_deref(), &policy).await?;
             println!(
                 "{:<18} {:<8} {:<38} {:<13} {:<22} ends",
                 "id", "kind", "subject", "role", "started"
@@ -545,10 +545,16 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
                 .with_context(|| format!("reading {}", jwks_file.display()))?;
             let jwks: serde_json::Value =
                 serde_json::from_str(&text).context("the JWKS file is not JSON")?;
-            let client_id =
-                auth::register_client(pool, core.store.clock(), &name, &jwks, &scopes, introspect)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{}", e.description))?;
+            let client_id = tokens::register_client(
+                pool,
+                core.store.clock(),
+                &name,
+                &jwks,
+                &scopes,
+                introspect,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.description))?;
             core.store
                 .record_admin(ctx, &format!("client-register:{client_id}"), true)
                 .await?;
@@ -560,7 +566,7 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
             redirect_uris,
             scopes,
         } => {
-            let client_id = carapace_core::authorize::register_app(
+            let client_id = carapace_core::identity::authorize::register_app(
                 pool,
                 core.store.clock(),
                 &name,
@@ -577,7 +583,7 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
         }
         ClientCommand::List => {
             println!("{:<38} {:<9} {:<24} scopes", "client_id", "state", "name");
-            for c in auth::list_clients(pool).await? {
+            for c in tokens::list_clients(pool).await? {
                 println!(
                     "{:<38} {:<9} {:<24} {}{}",
                     c.client_id,
@@ -590,7 +596,7 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
             Ok(())
         }
         ClientCommand::Disable { client_id } => {
-            let found = auth::disable_client(pool, core.store.clock(), &client_id).await?;
+            let found = tokens::disable_client(pool, core.store.clock(), &client_id).await?;
             core.store
                 .record_admin(ctx, &format!("client-disable:{client_id}"), found)
                 .await?;

@@ -3,7 +3,7 @@
 
 use carapace_core::access::{AccessContext, Role, Scope};
 use carapace_core::core::Core;
-use carapace_core::users;
+use carapace_core::identity::users;
 
 /// Sign an administrator in (password and TOTP or recovery code), audited either way: the
 /// operator's context, or `None` for any failure (one answer whatever went wrong).

@@ -116,7 +116,7 @@ async fn run() -> anyhow::Result<()> {
             config.data_dir.display()
         );
     }
-    if let carapace_core::keys::KeyProvider::Vault(vault) = &*core.keys {
+    if let carapace_core::crypto::keys::KeyProvider::Vault(vault) = &*core.keys {
         // Token renewal is the server's job; the task runs for the life of the process.
         tokio::spawn(vault.clone().maintain_token());
     }
@@ -165,7 +165,7 @@ async fn run() -> anyhow::Result<()> {
     // One line on stdout for people and scripts: where the server is.
     println!("Carapace FHIR R4 server listening: {base}");
     println!("Try: curl -s {base}/metadata | head -c 300");
-    if !carapace_core::users::admin_exists(&core.store)
+    if !carapace_core::identity::users::admin_exists(&core.store)
         .await
         .unwrap_or(true)
     {

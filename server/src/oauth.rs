@@ -5,7 +5,7 @@ use crate::outcome::{ApiError, HttpResponse};
 use crate::AppState;
 use bytes::Bytes;
 use carapace_core::access::AccessContext;
-use carapace_core::auth::{self, IntrospectError, OAuthError};
+use carapace_core::identity::tokens::{self, IntrospectError, OAuthError};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
@@ -124,13 +124,13 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
         "/auth/token" => {
             let result = match field("grant_type").as_deref() {
                 Some("client_credentials") => {
-                    auth::client_credentials(pool, clock, &token_url(&state.base), &form).await
+                    tokens::client_credentials(pool, clock, &token_url(&state.base), &form).await
                 }
                 Some("authorization_code") => {
-                    carapace_core::authorize::exchange_code(&state.store, &form).await
+                    carapace_core::identity::authorize::exchange_code(&state.store, &form).await
                 }
                 Some("refresh_token") => {
-                    carapace_core::authorize::refresh(&state.store, &form).await
+                    carapace_core::identity::authorize::refresh(&state.store, &form).await
                 }
                 _ => Err(OAuthError {
                     status: 400,
@@ -168,7 +168,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
         }
         "/auth/revoke" => {
             if let Some(token) = field("token") {
-                if let Err(e) = auth::revoke(pool, clock.now(), &token).await {
+                if let Err(e) = tokens::revoke(pool, clock.now(), &token).await {
                     return oauth_error(&OAuthError {
                         status: 503,
                         error: "temporarily_unavailable",
@@ -198,7 +198,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                 }
             };
             let token = field("token").unwrap_or_default();
-            let info = match auth::introspect(pool, clock.now(), &caller, &token).await {
+            let info = match tokens::introspect(pool, clock.now(), &caller, &token).await {
                 Ok(info) => info,
                 Err(IntrospectError::Forbidden) => {
                     return oauth_error(&OAuthError::new(
@@ -255,7 +255,7 @@ async fn audit_token(state: &AppState, subject: &str, peer: SocketAddr, success:
 pub async fn bearer(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<Option<auth::TokenInfo>, ApiError> {
+) -> Result<Option<tokens::TokenInfo>, ApiError> {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
@@ -265,7 +265,7 @@ pub async fn bearer(
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
-    auth::lookup(state.store.pool(), state.store.now(), token.trim())
+    tokens::lookup(state.store.pool(), state.store.now(), token.trim())
         .await
         .map_err(crate::outcome::token_lookup_failed)
 }

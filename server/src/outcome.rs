@@ -25,9 +25,9 @@
 
 use bytes::Bytes;
 use carapace_core::access::Denied;
+use carapace_core::crypto::keys::KeyError;
 use carapace_core::db::{self, DbError, DbFailure};
 use carapace_core::fhir::validate::Issue;
-use carapace_core::keys::KeyError;
 use carapace_core::store::StoreError;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};

@@ -1,6 +1,8 @@
 //! Configuration: defaults, then `CARAPACE_*` environment variables. Secrets live in `SecretString`,
 //! which never prints its value.
 
+pub use crate::crypto::dek_cache::DekCacheConfig;
+pub use crate::crypto::keys::{VaultAuth, VaultConfig};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,21 +29,21 @@ pub struct Config {
     /// `CARAPACE_DB_MAX_CONNECTIONS` (default 16).
     pub db_max_connections: u32,
     /// `CARAPACE_SESSION_IDLE_MINUTES` (default 15) and `CARAPACE_SESSION_MAX_HOURS` (default 8).
-    pub sessions: crate::authorize::SessionPolicy,
+    pub sessions: crate::identity::authorize::SessionPolicy,
     /// `CARAPACE_TRUSTED_PROXIES`: comma-separated addresses or CIDR networks of reverse proxies
     /// whose `X-Forwarded-For` is believed (default none: the address is the connection's peer).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `CARAPACE_CONSENT_DEFAULT` (`deny`, the default, or `permit`): may practitioners see a
     /// patient no consent decides? `CARAPACE_BTG_ROLES` (default `practitioner`; `admin` may be
     /// added) and `CARAPACE_BTG_SECONDS` (default 3600): who may break the glass, for how long.
-    pub policy: crate::policy::PolicyConfig,
+    pub policy: crate::access::policy::PolicyConfig,
     /// `CARAPACE_CORS_ORIGINS`: comma-separated browser origins (`https://app.example:8443`)
     /// that may call `/fhir` and `/auth/token` from a web page (default none: no CORS at all).
     pub cors_origins: Vec<CorsOrigin>,
     /// `CARAPACE_LOGIN_FAILURE_DECAY_HOURS` (default 24), `CARAPACE_LOGIN_ADDRESS_FAILURES`
     /// (default 50) and `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60): when a user's sign-in
     /// failures stop counting, and how many failures one address may have per window.
-    pub sign_in: crate::users::SignInLimits,
+    pub sign_in: crate::access::SignInLimits,
     /// `CARAPACE_ENFORCE_PROFILES` (`off`, the default, or `on`): refuse a write whose
     /// `meta.profile` names a StructureDefinition stored here that the resource fails.
     pub enforce_profiles: bool,
@@ -92,48 +94,9 @@ impl CorsOrigin {
 }
 
 #[derive(Debug, Clone)]
-pub struct VaultConfig {
-    /// `CARAPACE_VAULT_ADDR`.
-    pub addr: String,
-    pub auth: VaultAuth,
-    /// `CARAPACE_VAULT_TRANSIT_MOUNT` (default `transit`).
-    pub mount: String,
-    /// `CARAPACE_VAULT_KEY` (default `carapace`).
-    pub key_name: String,
-}
-
-#[derive(Debug, Clone)]
-pub enum VaultAuth {
-    /// `CARAPACE_VAULT_TOKEN`.
-    Token(SecretString),
-    /// `CARAPACE_VAULT_ROLE_ID` + `CARAPACE_VAULT_SECRET_ID` (AppRole, mount `approle`).
-    AppRole {
-        role_id: String,
-        secret_id: SecretString,
-    },
-}
-
-#[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct DekCacheConfig {
-    pub max_age: Duration,
-    pub max_uses: u64,
-    pub max_entries: usize,
-}
-
-impl Default for DekCacheConfig {
-    fn default() -> Self {
-        Self {
-            max_age: Duration::from_secs(3600),
-            max_uses: 10_000_000,
-            max_entries: 100_000,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +209,7 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let btg_seconds = parse_num("CARAPACE_BTG_SECONDS", 3600)?.clamp(1, 24 * 3600);
-        let policy = crate::policy::PolicyConfig {
+        let policy = crate::access::policy::PolicyConfig {
             default_permit,
             btg_roles,
             btg_duration: chrono::Duration::seconds(i64::try_from(btg_seconds).unwrap_or(3600)),
@@ -258,7 +221,7 @@ impl Config {
             .filter(|o| !o.is_empty())
             .map(CorsOrigin::parse)
             .collect::<Result<Vec<_>, _>>()?;
-        let sign_in = crate::users::SignInLimits {
+        let sign_in = crate::access::SignInLimits {
             decay: chrono::Duration::hours(
                 i64::try_from(
                     parse_num("CARAPACE_LOGIN_FAILURE_DECAY_HOURS", 24)?.clamp(1, 24 * 30),
@@ -313,7 +276,7 @@ impl Config {
                 ..DekCacheConfig::default()
             },
             db_max_connections: u32::try_from(max_connections.clamp(1, 1000)).unwrap_or(16),
-            sessions: crate::authorize::SessionPolicy {
+            sessions: crate::identity::authorize::SessionPolicy {
                 idle: chrono::Duration::minutes(
                     i64::try_from(
                         parse_num("CARAPACE_SESSION_IDLE_MINUTES", 15)?.clamp(1, 24 * 60),

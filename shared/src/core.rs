@@ -3,8 +3,8 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::embedded::{self, Cluster};
-use crate::keys::{FileKeyring, KeyError, KeyProvider, VaultTransit};
+use crate::crypto::keys::{FileKeyring, KeyError, KeyProvider, VaultTransit};
+use crate::db::embedded::{self, Cluster};
 use crate::store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

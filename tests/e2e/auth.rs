@@ -95,7 +95,7 @@ async fn fhir_requests_need_a_valid_unexpired_unrevoked_token() {
     // (Introspection is for administrators: see `introspection_is_for_administrators_...`.)
     let admin = format!(
         "Bearer {}",
-        carapace_core::auth::issue(
+        carapace_core::identity::tokens::issue(
             &stack.db().await,
             chrono::Utc::now(),
             "ops",
@@ -279,7 +279,7 @@ async fn client_assertions_are_verified_rule_by_rule() {
 
     // A disabled client gets nothing, and its tokens stop working at once.
     let token = client.token(&stack.server, scope).await;
-    assert!(carapace_core::auth::disable_client(
+    assert!(carapace_core::identity::tokens::disable_client(
         &db,
         &carapace_core::clock::SystemClock,
         &client.client_id
@@ -376,7 +376,7 @@ async fn scopes_limit_interactions_and_patient_tokens_see_only_their_compartment
 
     // Patient A's token (as the authorization-code flow issues it for a patient app).
     let scopes = [Scope::parse("patient/*.rs").unwrap()];
-    let issued = carapace_core::auth::issue(
+    let issued = carapace_core::identity::tokens::issue(
         &db,
         chrono::Utc::now(),
         "patient-a",
@@ -448,7 +448,7 @@ async fn scopes_limit_interactions_and_patient_tokens_see_only_their_compartment
 
     // A patient token with write scope still cannot write into another compartment.
     let scopes = [Scope::parse("patient/*.cruds").unwrap()];
-    let tw = carapace_core::auth::issue(
+    let tw = carapace_core::identity::tokens::issue(
         &db,
         chrono::Utc::now(),
         "patient-a",
@@ -516,7 +516,7 @@ async fn scopes_limit_interactions_and_patient_tokens_see_only_their_compartment
 #[tokio::test]
 async fn the_readme_registration_script_gets_a_working_token() {
     let stack = Stack::start().await.unwrap();
-    let admin = carapace_core::auth::issue(
+    let admin = carapace_core::identity::tokens::issue(
         &stack.db().await,
         chrono::Utc::now(),
         "script-admin",
@@ -592,7 +592,7 @@ async fn introspection_is_for_administrators_and_registered_clients_only() {
         assert!(r.json().get("active").is_none(), "{}", r.text());
     }
     // A patient's or practitioner's token: 403 too.
-    let practitioner = carapace_core::auth::issue(
+    let practitioner = carapace_core::identity::tokens::issue(
         &db,
         chrono::Utc::now(),
         "dr.curious",
@@ -606,10 +606,17 @@ async fn introspection_is_for_administrators_and_registered_clients_only() {
     assert_eq!(introspect(target.clone(), practitioner).await.status, 403);
 
     // An administrator: 200, active, with the holder.
-    let admin = carapace_core::auth::issue(&db, chrono::Utc::now(), "ops", Role::Admin, &[], None)
-        .await
-        .unwrap()
-        .access_token;
+    let admin = carapace_core::identity::tokens::issue(
+        &db,
+        chrono::Utc::now(),
+        "ops",
+        Role::Admin,
+        &[],
+        None,
+    )
+    .await
+    .unwrap()
+    .access_token;
     let r = introspect(target.clone(), admin.clone()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["active"], true);
@@ -659,7 +666,7 @@ async fn introspection_is_for_administrators_and_registered_clients_only() {
         false
     );
     // Once the client is disabled its token is no token at all: 401.
-    assert!(carapace_core::auth::disable_client(
+    assert!(carapace_core::identity::tokens::disable_client(
         &db,
         &carapace_core::clock::SystemClock,
         &introspector.client_id

@@ -3,11 +3,11 @@
 //! browser sessions with idle and absolute timeouts (on a controlled clock).
 
 use carapace_core::access::Role;
-use carapace_core::authorize;
 use carapace_core::clock::{Clock, FixedClock};
 use carapace_core::config::Config;
 use carapace_core::core::Core;
-use carapace_core::users::{self, NewUser};
+use carapace_core::identity::authorize;
+use carapace_core::identity::users::{self, NewUser};
 use carapace_tests::*;
 use std::sync::Arc;
 
@@ -435,7 +435,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
     )
     .await;
     let live_refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
-    assert!(carapace_core::auth::disable_client(
+    assert!(carapace_core::identity::tokens::disable_client(
         &stack.db().await,
         &carapace_core::clock::SystemClock,
         &app.client_id
@@ -465,7 +465,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
     assert_eq!(r.status, 400, "a disabled app cannot start a flow");
 
     // The operator sees the browser session and ends it: the next visit asks to sign in again.
-    let admin = carapace_core::auth::issue(
+    let admin = carapace_core::identity::tokens::issue(
         &stack.db().await,
         chrono::Utc::now(),
         "ops",
@@ -854,7 +854,7 @@ async fn app_access_tokens_die_with_their_refresh_family_and_their_app() {
     assert_eq!(read_status(&stack, &own, &access).await, 200);
 
     // Disabling the app (as `carapace-console client disable` does): its users' access tokens end.
-    assert!(carapace_core::auth::disable_client(
+    assert!(carapace_core::identity::tokens::disable_client(
         &stack.db().await,
         &carapace_core::clock::SystemClock,
         &app.client_id

@@ -32,7 +32,7 @@ async fn token(
         .split_whitespace()
         .map(|s| Scope::parse(s).unwrap())
         .collect();
-    carapace_core::auth::issue(db, chrono::Utc::now(), user, role, &scopes, patient)
+    carapace_core::identity::tokens::issue(db, chrono::Utc::now(), user, role, &scopes, patient)
         .await
         .unwrap()
         .access_token

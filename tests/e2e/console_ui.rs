@@ -8,7 +8,7 @@ use carapace_console::tui::{App, Modal, Screen};
 use carapace_core::access::{Role, Scope};
 use carapace_core::config::Config;
 use carapace_core::core::Core;
-use carapace_core::users;
+use carapace_core::identity::users;
 use carapace_tests::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
@@ -179,7 +179,7 @@ async fn ward() -> Ward {
 
 /// A token for a practitioner user, as their EHR session would hold.
 async fn practitioner_token(stack: &Stack, username: &str) -> String {
-    carapace_core::auth::issue(
+    carapace_core::identity::tokens::issue(
         &stack.db().await,
         chrono::Utc::now(),
         username,

@@ -540,7 +540,7 @@ async fn batch_entries_succeed_and_fail_on_their_own() {
         .as_str()
         .unwrap()
         .to_string();
-    let token = carapace_core::auth::issue(
+    let token = carapace_core::identity::tokens::issue(
         &stack.db().await,
         chrono::Utc::now(),
         "p",

@@ -7,7 +7,7 @@ use carapace_core::access::Role;
 use carapace_core::clock::FixedClock;
 use carapace_core::config::Config;
 use carapace_core::core::Core;
-use carapace_core::users::{self, LoginError, NewUser};
+use carapace_core::identity::users::{self, LoginError, NewUser};
 use carapace_tests::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -271,7 +271,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     );
 
     // A password change revokes the user's tokens at once.
-    let token = carapace_core::auth::issue(
+    let token = carapace_core::identity::tokens::issue(
         &db,
         chrono::Utc::now(),
         "dr.house",
@@ -282,17 +282,21 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     .await
     .unwrap()
     .access_token;
-    assert!(carapace_core::auth::lookup(&db, chrono::Utc::now(), &token)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(
+        carapace_core::identity::tokens::lookup(&db, chrono::Utc::now(), &token)
+            .await
+            .unwrap()
+            .is_some()
+    );
     users::set_password(store, "dr.house", "another long passphrase")
         .await
         .unwrap();
-    assert!(carapace_core::auth::lookup(&db, chrono::Utc::now(), &token)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        carapace_core::identity::tokens::lookup(&db, chrono::Utc::now(), &token)
+            .await
+            .unwrap()
+            .is_none()
+    );
     core.shutdown().await;
 }
 

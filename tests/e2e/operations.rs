@@ -230,7 +230,7 @@ async fn everything_returns_the_compartment_paged_and_narrowed() {
 
     // Narrowed by access: B's patient token cannot ask for A; an Observation-only system token sees no Patient.
     let db = stack.db().await;
-    let tb = carapace_core::auth::issue(
+    let tb = carapace_core::identity::tokens::issue(
         &db,
         chrono::Utc::now(),
         "patient-b",
@@ -259,7 +259,7 @@ async fn everything_returns_the_compartment_paged_and_narrowed() {
     .await
     .unwrap();
     assert_eq!(own.json()["entry"].as_array().unwrap().len(), 2);
-    let obs_only = carapace_core::auth::issue(
+    let obs_only = carapace_core::identity::tokens::issue(
         &db,
         chrono::Utc::now(),
         "c",
@@ -433,7 +433,7 @@ async fn search_by_id_and_last_updated_is_paged_and_narrowed() {
     assert_eq!(ids(&r.json()), vec![c.clone()]);
 
     // Narrowed silently to what the caller may see.
-    let token = carapace_core::auth::issue(
+    let token = carapace_core::identity::tokens::issue(
         &stack.db().await,
         chrono::Utc::now(),
         "patient-a",

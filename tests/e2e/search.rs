@@ -582,7 +582,7 @@ async fn chains_has_includes_and_access() {
     assert_eq!(included(&r), vec!["Provenance/prov1"]);
 
     // A patient's token: matches, includes, chains and _has all stay inside their compartment.
-    let token = carapace_core::auth::issue(
+    let token = carapace_core::identity::tokens::issue(
         &stack.db().await,
         chrono::Utc::now(),
         "patient-p2",

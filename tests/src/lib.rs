@@ -10,7 +10,7 @@ pub mod synthea;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use carapace_core::embedded::Cluster;
+use carapace_core::db::embedded::Cluster;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -788,7 +788,7 @@ impl Stack {
 
     /// The server's environment and an administrator token: how a script runs the console.
     pub async fn console_env(&self, operator: &str) -> Vec<(String, String)> {
-        let admin = carapace_core::auth::issue(
+        let admin = carapace_core::identity::tokens::issue(
             &self.db().await,
             chrono::Utc::now(),
             operator,
@@ -806,7 +806,7 @@ impl Stack {
     /// AuditEvents through the FHIR API as an administrator (`GET AuditEvent?{query}`), newest
     /// first. (Reading the trail is itself audited, after the events it returns.)
     pub async fn audit_events(&self, query: &str) -> Vec<Value> {
-        let admin = carapace_core::auth::issue(
+        let admin = carapace_core::identity::tokens::issue(
             &self.db().await,
             chrono::Utc::now(),
             "test-auditor",
@@ -863,7 +863,7 @@ impl Stack {
             .split_whitespace()
             .map(carapace_core::access::Scope::parse)
             .collect::<Result<Vec<_>, _>>()?;
-        let issued = carapace_core::auth::issue(
+        let issued = carapace_core::identity::tokens::issue(
             &self.db().await,
             chrono::Utc::now(),
             subject,
@@ -998,7 +998,7 @@ impl BackendClient {
     ) -> BackendClient {
         let (private_pem, jwk) = BackendClient::keypair(alg);
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        let client_id = carapace_core::auth::register_client(
+        let client_id = carapace_core::identity::tokens::register_client(
             pool,
             &carapace_core::clock::SystemClock,
             "test client",
@@ -1095,7 +1095,7 @@ impl Server {
 pub async fn embedded_pool(data_dir: &Path) -> sqlx::PgPool {
     let options = sqlx::postgres::PgConnectOptions::new()
         .socket(data_dir.join("run"))
-        .username(carapace_core::embedded::SUPERUSER)
+        .username(carapace_core::db::embedded::SUPERUSER)
         .database("carapace");
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)

@@ -13,8 +13,8 @@ pub use app::{Action, App, Modal, Screen};
 pub use text::inert;
 
 use anyhow::Context;
-use carapace_core::authorize::SessionPolicy;
 use carapace_core::core::Core;
+use carapace_core::identity::authorize::SessionPolicy;
 use crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,

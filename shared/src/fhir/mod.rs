@@ -104,10 +104,18 @@ pub fn since_instant(value: &str) -> Result<chrono::DateTime<chrono::Utc>, Strin
         .map_err(|_| bad())
 }
 
+/// A half-open instant range `[lo, hi)`, or everything outside it when `negate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstantRange {
+    pub lo: Option<chrono::DateTime<chrono::Utc>>,
+    pub hi: Option<chrono::DateTime<chrono::Utc>>,
+    pub negate: bool,
+}
+
 /// Parse a date search value with its prefix (`ge2024-01`, `2024-01-02T10:00:00Z`) into the range
 /// of instants it selects, following the spec's precision semantics: `2024-01` means all of January.
 /// `ap` is refused rather than guessed.
-pub fn date_search_range(value: &str) -> Result<crate::store::InstantRange, String> {
+pub fn date_search_range(value: &str) -> Result<InstantRange, String> {
     use chrono::{DateTime, Months, NaiveDate, TimeZone, Utc};
     let (prefix, rest) = match value.get(..2) {
         Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => {
@@ -154,7 +162,7 @@ pub fn date_search_range(value: &str) -> Result<crate::store::InstantRange, Stri
             (t, t + precision)
         }
     };
-    use crate::store::InstantRange as R;
+    use InstantRange as R;
     Ok(match prefix {
         "eq" => R {
             lo: Some(lo),

@@ -443,6 +443,18 @@ fn walk_references<'a>(
     }
 }
 
+/// The key scope of a resource: its (first) patient's compartment if it has one, else its type.
+pub fn key_scope(
+    resource_type: crate::fhir::ResourceType,
+    id: &str,
+    resource: &serde_json::Value,
+) -> String {
+    patient_compartments(resource_type, id, resource)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| format!("type/{resource_type}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -829,7 +829,7 @@ mod tests {
             let id = resource["id"].as_str().unwrap();
             let policy: Vec<String> = access_compartments(t, id, &resource);
             // The key scope is the first of them (or the type's own scope).
-            let scope = crate::store::key_scope(t, id, &resource);
+            let scope = crate::fhir::reference::key_scope(t, id, &resource);
             match policy.first() {
                 Some(first) => assert_eq!(&scope, first, "{resource}"),
                 None => assert_eq!(scope, format!("type/{rt}"), "{resource}"),

@@ -2,7 +2,7 @@
 //! refused unless the operator is an administrator, and writes its AuditEvent in the same
 //! transaction as the change — or, when it fails, on its own. The fronts call the operation and
 //! never audit it themselves (users: create, lock, unlock, role, MFA reset, in
-//! [`crate::users`]; break-the-glass review in [`Store::review_btg`]).
+//! [`crate::identity::users`]; break-the-glass review in [`Store::review_btg`]).
 
 use super::{Store, StoreError};
 use crate::access::{AccessContext, Denied, Role};

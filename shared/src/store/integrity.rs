@@ -15,11 +15,11 @@
 //! references pass unchecked.
 
 use super::{head_row, Store, StoreError};
+use crate::access::policy::Label;
 use crate::access::{AccessContext, Permission};
 use crate::fhir::reference::{resource_references, Reference};
 use crate::fhir::validate::{Issue, IssueType};
 use crate::fhir::ResourceType;
-use crate::policy::Label;
 use serde_json::Value;
 use sqlx::Row;
 use std::collections::HashMap;

@@ -1,12 +1,12 @@
 //! What the policy needs from the database for one request: the caller's actor references, the
 //! consents that may name them, and break-the-glass grants. The decisions themselves are made in
-//! [`crate::policy`].
+//! [`crate::access::policy`].
 
 use super::{Store, StoreError};
+use crate::access::policy::{ConsentRule, Label, Plan, Reason, RowReach, SqlReach};
 use crate::access::{AccessContext, Denied, Permission, Role};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::fhir::ResourceType;
-use crate::policy::{ConsentRule, Label, Plan, Reason, RowReach, SqlReach};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -332,7 +332,7 @@ impl Store {
         resource: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let plan = self.plan(ctx).await?;
-        let label = crate::policy::write_label(ctx, Label::of(resource));
+        let label = crate::access::policy::write_label(ctx, Label::of(resource));
         // Every compartment the new version is in: its key scope's first, then the others.
         let id = resource
             .get("id")
@@ -358,7 +358,7 @@ impl Store {
                 )
             })
             .find(|d| !d.allowed)
-            .unwrap_or(crate::policy::Decision {
+            .unwrap_or(crate::access::policy::Decision {
                 allowed: true,
                 reason: Reason::InReach,
             });

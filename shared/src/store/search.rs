@@ -3,12 +3,12 @@
 //! resources (inside the write's transaction).
 
 use super::{DekRow, Store, StoreError, StoredResource};
+use crate::access::policy::{Plan, SqlReach};
 use crate::access::{AccessContext, Permission};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::crypto::{self, Dek};
 use crate::fhir::reference::SearchTarget;
 use crate::fhir::ResourceType;
-use crate::policy::{Plan, SqlReach};
 use crate::search::index::{self, Class, IndexKeys, IndexRows, HIGHEST, LOWEST, MAX_PREFIX};
 use crate::search::params::{self, Kind};
 use crate::search::query::{
@@ -1228,7 +1228,7 @@ impl<'k> Builder<'k> {
         if !self.hidden_labels.is_empty() {
             let mut hashes = Vec::new();
             for code in self.hidden_labels.clone() {
-                let value = format!("{}|{code}", crate::policy::CONFIDENTIALITY);
+                let value = format!("{}|{code}", crate::access::policy::CONFIDENTIALITY);
                 hashes.extend(self.token_query("_security", &Modifier::None, &value)?);
             }
             // The labelled resources of the type are found once per statement (few, as a rule)

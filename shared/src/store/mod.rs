@@ -2,16 +2,17 @@
 //! R4 resource over PostgreSQL, every body sealed under its compartment's data key before it is sent
 //! to the database, every interaction audited.
 
+use crate::access::policy::Label;
 use crate::access::{AccessContext, Denied, Permission};
 use crate::audit::{self, AuditRecord, AuditWriter, Interaction, Outcome};
 use crate::clock::Clock;
-use crate::config::DekCacheConfig;
+use crate::crypto::dek_cache::DekCache;
+use crate::crypto::dek_cache::DekCacheConfig;
+use crate::crypto::keys::{KeyError, KeyProvider};
 use crate::crypto::{self, Binding, Dek};
-use crate::dek_cache::DekCache;
+use crate::fhir::reference::key_scope;
 use crate::fhir::validate::{self, Issue};
 use crate::fhir::{ResourceId, ResourceType};
-use crate::keys::{KeyError, KeyProvider};
-use crate::policy::Label;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use sqlx::{PgPool, Row};
@@ -156,13 +157,7 @@ pub struct EverythingPage {
     pub next: Option<String>,
 }
 
-/// A half-open instant range `[lo, hi)`, or everything outside it when `negate`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstantRange {
-    pub lo: Option<DateTime<Utc>>,
-    pub hi: Option<DateTime<Utc>>,
-    pub negate: bool,
-}
+pub use crate::fhir::InstantRange;
 
 /// One entry of a transaction.
 pub enum TxEntry {
@@ -286,9 +281,9 @@ pub struct Store {
     /// Conditional writes hold a connection (their transaction, with the conditions' locks) while
     /// they match on others; at most half the pool does so at once, so matches always find one.
     conditional_slots: tokio::sync::Semaphore,
-    policy: crate::policy::PolicyConfig,
+    policy: crate::access::policy::PolicyConfig,
     /// Back-off decay and the per-address limit on sign-in failures (see `users`).
-    sign_in: crate::users::SignInLimits,
+    sign_in: crate::access::SignInLimits,
     /// Each consent version's rule (or `None`: it decides nothing), by (id, version): versions
     /// never change, so a rule is parsed once; which versions are current is read per request.
     consent_rules: ConsentRules,
@@ -300,7 +295,7 @@ pub struct Store {
 }
 
 type ConsentRules = std::sync::Mutex<
-    std::collections::HashMap<(String, i64), Option<(String, crate::policy::ConsentRule)>>,
+    std::collections::HashMap<(String, i64), Option<(String, crate::access::policy::ConsentRule)>>,
 >;
 
 const MAX_HISTORY_COUNT: usize = 1000;
@@ -328,7 +323,7 @@ impl Store {
         keys: Arc<KeyProvider>,
         cache: DekCacheConfig,
         clock: Arc<dyn Clock>,
-        policy: crate::policy::PolicyConfig,
+        policy: crate::access::policy::PolicyConfig,
     ) -> Store {
         let audit = AuditWriter::start(pool.clone());
         let conditional_slots = (pool.options().get_max_connections() as usize / 2).max(1);
@@ -342,7 +337,7 @@ impl Store {
             known_prefixes: Default::default(),
             conditional_slots: tokio::sync::Semaphore::new(conditional_slots),
             policy,
-            sign_in: crate::users::SignInLimits::default(),
+            sign_in: crate::access::SignInLimits::default(),
             consent_rules: Default::default(),
             enforce_profiles: false,
             profiles: Default::default(),
@@ -360,12 +355,12 @@ impl Store {
     }
 
     /// The store with these sign-in limits (the defaults otherwise).
-    pub fn with_sign_in_limits(mut self, limits: crate::users::SignInLimits) -> Store {
+    pub fn with_sign_in_limits(mut self, limits: crate::access::SignInLimits) -> Store {
         self.sign_in = limits;
         self
     }
 
-    pub fn sign_in_limits(&self) -> crate::users::SignInLimits {
+    pub fn sign_in_limits(&self) -> crate::access::SignInLimits {
         self.sign_in
     }
 
@@ -881,14 +876,14 @@ impl Store {
             };
             // Declassifying is the patient's alone: whoever else may read a labelled version
             // may not write it back less restricted for those who may not.
-            if !crate::policy::may_lower_label(ctx, stored, Label::of(resource)) {
+            if !crate::access::policy::may_lower_label(ctx, stored, Label::of(resource)) {
                 return Err(Denied::LabelLowered.into());
             }
         }
         // Update-as-create with an id of the client's choosing is for callers no compartment
         // narrows: for anyone else a fresh id and an id hidden from them answer alike (404), so
         // PUT is no oracle for what exists in other records.
-        if head.is_none() && !prepared.server_id && !crate::policy::may_choose_ids(ctx) {
+        if head.is_none() && !prepared.server_id && !crate::access::policy::may_choose_ids(ctx) {
             return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
         }
         // Updating a deleted resource brings it back: a creation, continuing its version line.
@@ -2282,7 +2277,7 @@ async fn lock_conditions(
     let mut keys: Vec<i64> = conditions
         .iter()
         .map(|c| {
-            let digest = crate::auth::sha256(c.as_bytes());
+            let digest = crate::crypto::sha256(c.as_bytes());
             let mut first = [0u8; 8];
             first.copy_from_slice(&digest[..8]);
             i64::from_le_bytes(first)
@@ -2440,14 +2435,6 @@ fn resolve_references(value: &mut Value, resolved: &std::collections::HashMap<St
             .for_each(|v| resolve_references(v, resolved)),
         _ => {}
     }
-}
-
-/// The key scope of a resource: its (first) patient's compartment if it has one, else its type.
-pub fn key_scope(resource_type: ResourceType, id: &str, resource: &Value) -> String {
-    crate::fhir::reference::patient_compartments(resource_type, id, resource)
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| format!("type/{resource_type}"))
 }
 
 /// The current version of a resource with its key (what the gate decides on), locked for a write

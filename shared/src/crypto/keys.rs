@@ -9,11 +9,10 @@
 //! Every call that leaves the process is counted, so the benchmark can show that a warm server makes
 //! no key-provider call per request.
 
-use crate::config::{VaultAuth, VaultConfig};
 use crate::crypto::{self, Dek};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +20,29 @@ use std::time::Duration;
 use tokio::sync::RwLock;
 use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
+
+/// Where Vault is and how to sign in to it (`CARAPACE_VAULT_*`).
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// `CARAPACE_VAULT_ADDR`.
+    pub addr: String,
+    pub auth: VaultAuth,
+    /// `CARAPACE_VAULT_TRANSIT_MOUNT` (default `transit`).
+    pub mount: String,
+    /// `CARAPACE_VAULT_KEY` (default `carapace`).
+    pub key_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultAuth {
+    /// `CARAPACE_VAULT_TOKEN`.
+    Token(SecretString),
+    /// `CARAPACE_VAULT_ROLE_ID` + `CARAPACE_VAULT_SECRET_ID` (AppRole, mount `approle`).
+    AppRole {
+        role_id: String,
+        secret_id: SecretString,
+    },
+}
 
 /// A DEK as stored: wrapped by the provider's key-encryption key, with that key's version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,10 +4,11 @@
 //! revokes its whole family).
 
 use crate::access::{role_allows, Context, Role, Scope};
-use crate::auth::{self, sha256, IssuedToken, OAuthError};
 use crate::clock::Clock;
+use crate::crypto::sha256;
+use crate::identity::tokens::{self, IssuedToken, OAuthError};
+use crate::identity::users::{self, User};
 use crate::store::Store;
-use crate::users::{self, User};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
@@ -447,11 +448,11 @@ async fn tokens_for(
     let now = store.now();
     // Bound to the app and the family: disabling the app, or a replay that revokes the family,
     // ends this access token too, not only the refresh tokens.
-    let binding = auth::Binding {
+    let binding = tokens::Binding {
         client_id: Some(client_id),
         refresh_family: Some(family),
     };
-    let mut issued = auth::issue_bound(
+    let mut issued = tokens::issue_bound(
         store.pool(),
         now,
         &username,

@@ -2,11 +2,28 @@
 //! request. Entries expire by age and by number of uses; evicted keys are zeroized (`Dek` zeroizes on
 //! drop, and the cache holds the only long-lived copies).
 
-use crate::config::DekCacheConfig;
 use crate::crypto::Dek;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Limits of the cache (`CARAPACE_DEK_CACHE_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct DekCacheConfig {
+    pub max_age: Duration,
+    pub max_uses: u64,
+    pub max_entries: usize,
+}
+
+impl Default for DekCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(3600),
+            max_uses: 10_000_000,
+            max_entries: 100_000,
+        }
+    }
+}
 
 struct Entry {
     dek: Arc<Dek>,

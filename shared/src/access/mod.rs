@@ -6,6 +6,8 @@
 //! SMART v1 forms (`patient/*.read`, `user/Observation.write`, `system/*.*`) are accepted and mapped
 //! (`read` → `rs`, `write` → `cud`, `*` → `cruds`).
 
+pub mod policy;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -240,7 +242,7 @@ pub struct AccessContext {
     pub address: Option<IpAddr>,
     /// The policy's decisions for this request, computed by the store on first use and shared by
     /// every clone (the entries of a Bundle).
-    pub plan: Arc<OnceLock<Arc<crate::policy::Plan>>>,
+    pub plan: Arc<OnceLock<Arc<crate::access::policy::Plan>>>,
 }
 
 impl AccessContext {
@@ -300,6 +302,30 @@ pub fn role_allows(role: Role, context: Context) -> bool {
             | (Role::System, Context::System)
             | (Role::Analytics, Context::User)
     )
+}
+
+/// How sign-in failures are limited, beyond the per-user back-off.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInLimits {
+    /// `CARAPACE_LOGIN_FAILURE_DECAY_HOURS` (default 24): a user's failures stop counting once the
+    /// last one is this old, so a few typos a day never add up to a back-off.
+    pub decay: chrono::Duration,
+    /// `CARAPACE_LOGIN_ADDRESS_FAILURES` (default 50): sign-in failures one client address (an
+    /// IPv4 address or an IPv6 /64) may have per window, whatever the usernames; past it, every
+    /// sign-in from the address is refused until the window ends.
+    pub address_failures: i32,
+    /// `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60).
+    pub address_window: chrono::Duration,
+}
+
+impl Default for SignInLimits {
+    fn default() -> Self {
+        SignInLimits {
+            decay: chrono::Duration::hours(24),
+            address_failures: 50,
+            address_window: chrono::Duration::minutes(60),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -34,29 +34,8 @@ const BACKOFF_BASE_SECONDS: i64 = 30;
 const BACKOFF_MAX_SECONDS: i64 = 15 * 60;
 const RECOVERY_CODES: usize = 10;
 
-/// How sign-in failures are limited, beyond the per-user back-off.
-#[derive(Debug, Clone, Copy)]
-pub struct SignInLimits {
-    /// `CARAPACE_LOGIN_FAILURE_DECAY_HOURS` (default 24): a user's failures stop counting once the
-    /// last one is this old, so a few typos a day never add up to a back-off.
-    pub decay: Duration,
-    /// `CARAPACE_LOGIN_ADDRESS_FAILURES` (default 50): sign-in failures one client address (an
-    /// IPv4 address or an IPv6 /64) may have per window, whatever the usernames; past it, every
-    /// sign-in from the address is refused until the window ends.
-    pub address_failures: i32,
-    /// `CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES` (default 60).
-    pub address_window: Duration,
-}
+pub use crate::access::SignInLimits;
 
-impl Default for SignInLimits {
-    fn default() -> Self {
-        SignInLimits {
-            decay: Duration::hours(24),
-            address_failures: 50,
-            address_window: Duration::minutes(60),
-        }
-    }
-}
 const TOTP_STEP: i64 = 30;
 
 /// A small built-in list of the most common passwords of 12+ characters.
@@ -959,7 +938,7 @@ pub async fn end_sessions(
     let what = format!("session-revoke:{target}");
     let result = async {
         let mut tx = store.begin_admin(ctx).await?;
-        let n = crate::auth::revoke_matching(&mut tx, store.now(), target).await?;
+        let n = crate::identity::tokens::revoke_matching(&mut tx, store.now(), target).await?;
         store.commit_admin(tx, ctx, &what).await?;
         Ok(n)
     }

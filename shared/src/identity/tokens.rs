@@ -11,12 +11,12 @@
 
 use crate::access::{role_allows, AccessContext, Context, Role, Scope};
 use crate::clock::Clock;
+use crate::crypto::sha256;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 use std::net::IpAddr;
 
@@ -90,10 +90,6 @@ pub struct Client {
     pub disabled: bool,
     /// Registered to call the introspection endpoint.
     pub introspect: bool,
-}
-
-pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
-    Sha256::digest(bytes).to_vec()
 }
 
 /// Register a backend client with its public keys. Its scopes must be `system/` scopes.
@@ -662,7 +658,7 @@ pub async fn active_tokens(
     pool: &PgPool,
     now: DateTime<Utc>,
     subject: Option<&str>,
-    sessions: &crate::authorize::SessionPolicy,
+    sessions: &crate::identity::authorize::SessionPolicy,
 ) -> Result<Vec<ActiveToken>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT encode(substring(t.token_hash from 1 for 8), 'hex') AS id, 'token' AS kind,

@@ -2,6 +2,8 @@
 //! Every query is the core's; `server/` and `console/` do not depend on sqlx (`tests/run` fails
 //! the build if they do) and pass database errors along only to ask [`failure`] what they mean.
 
+pub mod embedded;
+
 /// A database error as the core's functions return it (the fronts only pass it to [`failure`]).
 pub use sqlx::Error as DbError;
 

@@ -1,0 +1,6 @@
+//! Who people and programs are: user accounts and their sign-in ([`users`]), access tokens and
+//! backend clients ([`tokens`]), the SMART authorization-code flow for apps ([`authorize`]).
+
+pub mod authorize;
+pub mod tokens;
+pub mod users;
