@@ -11,8 +11,8 @@ use carapace_console::tui;
 use carapace_core::access::{AccessContext, Role, Scope};
 use carapace_core::config::Config;
 use carapace_core::core::Core;
-use carapace_core::identity::tokens;
 use carapace_core::identity::users::{self, Enrollment, NewUser};
+use carapace_core::identity::{admin, tokens};
 use carapace_core::store::OperatorCounts;
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
@@ -261,7 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn dispatch(core: &Core, command: Command) -> anyhow::Result<()> {
     if let Command::BootstrapAdmin { username, .. } = &command {
         let password = read_secret_line("password")?;
-        let enrollment = users::bootstrap_admin(&core.store, username, &password).await?;
+        let enrollment = admin::bootstrap_admin(&core.store, username, &password).await?;
         println!("administrator '{username}' created");
         print_enrollment(&enrollment);
         return Ok(());
@@ -440,7 +440,7 @@ async fn user(core: &Core, ctx: &AccessContext, command: UserCommand) -> anyhow:
                 practitioner_id: practitioner.as_deref(),
                 password: &password,
             };
-            let r = users::create_user(store, ctx, &new).await.map(|e| {
+            let r = admin::create_user(store, ctx, &new).await.map(|e| {
                 println!("user '{username}' created ({})", role.as_str());
                 print_enrollment(&e);
             });
@@ -471,22 +471,22 @@ async fn user(core: &Core, ctx: &AccessContext, command: UserCommand) -> anyhow:
             return Ok(());
         }
         UserCommand::Lock { username } => {
-            let r = users::lock(store, ctx, &username).await;
+            let r = admin::lock(store, ctx, &username).await;
             (format!("user-lock:{username}"), r.map_err(Into::into))
         }
         UserCommand::Unlock { username } => {
-            let r = users::unlock(store, ctx, &username).await;
+            let r = admin::unlock(store, ctx, &username).await;
             (format!("user-unlock:{username}"), r.map_err(Into::into))
         }
         UserCommand::ResetMfa { username } => {
-            let r = users::reset_mfa(store, ctx, &username)
+            let r = admin::reset_mfa(store, ctx, &username)
                 .await
                 .map(|e| print_enrollment(&e));
             (format!("user-reset-mfa:{username}"), r.map_err(Into::into))
         }
         UserCommand::SetRole { username, role } => {
             let role = parse_role(&role)?;
-            let r = users::set_role(store, ctx, &username, role).await;
+            let r = admin::set_role(store, ctx, &username, role).await;
             (
                 format!("user-set-role:{username}:{}", role.as_str()),
                 r.map_err(Into::into),
@@ -525,7 +525,7 @@ async fn session(core: &Core, ctx: &AccessContext, command: SessionCommand) -> a
             Ok(())
         }
         SessionCommand::Revoke { target } => {
-            let n = users::end_sessions(&core.store, ctx, &target).await?;
+            let n = admin::end_sessions(&core.store, ctx, &target).await?;
             println!("revoked {n} token(s)");
             Ok(())
         }
@@ -545,16 +545,10 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
                 .with_context(|| format!("reading {}", jwks_file.display()))?;
             let jwks: serde_json::Value =
                 serde_json::from_str(&text).context("the JWKS file is not JSON")?;
-            let client_id = tokens::register_client(
-                pool,
-                core.store.clock(),
-                &name,
-                &jwks,
-                &scopes,
-                introspect,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.description))?;
+            let client_id =
+                admin::register_client(pool, core.store.clock(), &name, &jwks, &scopes, introspect)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.description))?;
             core.store
                 .record_admin(ctx, &format!("client-register:{client_id}"), true)
                 .await?;
@@ -566,7 +560,7 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
             redirect_uris,
             scopes,
         } => {
-            let client_id = carapace_core::identity::authorize::register_app(
+            let client_id = carapace_core::identity::admin::register_app(
                 pool,
                 core.store.clock(),
                 &name,
@@ -596,7 +590,7 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
             Ok(())
         }
         ClientCommand::Disable { client_id } => {
-            let found = tokens::disable_client(pool, core.store.clock(), &client_id).await?;
+            let found = admin::disable_client(pool, core.store.clock(), &client_id).await?;
             core.store
                 .record_admin(ctx, &format!("client-disable:{client_id}"), found)
                 .await?;

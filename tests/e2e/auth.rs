@@ -279,7 +279,7 @@ async fn client_assertions_are_verified_rule_by_rule() {
 
     // A disabled client gets nothing, and its tokens stop working at once.
     let token = client.token(&stack.server, scope).await;
-    assert!(carapace_core::identity::tokens::disable_client(
+    assert!(carapace_core::identity::admin::disable_client(
         &db,
         &carapace_core::clock::SystemClock,
         &client.client_id
@@ -666,7 +666,7 @@ async fn introspection_is_for_administrators_and_registered_clients_only() {
         false
     );
     // Once the client is disabled its token is no token at all: 401.
-    assert!(carapace_core::identity::tokens::disable_client(
+    assert!(carapace_core::identity::admin::disable_client(
         &db,
         &carapace_core::clock::SystemClock,
         &introspector.client_id

@@ -6,8 +6,9 @@ use carapace_core::access::Role;
 use carapace_core::clock::{Clock, FixedClock};
 use carapace_core::config::Config;
 use carapace_core::core::Core;
+use carapace_core::identity::admin;
 use carapace_core::identity::authorize;
-use carapace_core::identity::users::{self, NewUser};
+use carapace_core::identity::users::NewUser;
 use carapace_tests::*;
 use std::sync::Arc;
 
@@ -34,7 +35,7 @@ async fn setup(stack: &Stack) -> (App, String, String) {
         .await
         .json();
     let db = stack.db().await;
-    let client_id = authorize::register_app(
+    let client_id = admin::register_app(
         &db,
         &carapace_core::clock::SystemClock,
         "Patient portal",
@@ -180,7 +181,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
     let stack = Stack::start().await.unwrap();
     let (app, own, other) = setup(&stack).await;
     let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
-    users::create_user(
+    admin::create_user(
         &core.store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
@@ -435,7 +436,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
     )
     .await;
     let live_refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
-    assert!(carapace_core::identity::tokens::disable_client(
+    assert!(carapace_core::identity::admin::disable_client(
         &stack.db().await,
         &carapace_core::clock::SystemClock,
         &app.client_id
@@ -564,7 +565,7 @@ async fn pkce_plain_redirect_mismatch_and_totp_replay_are_refused() {
 
     // A practitioner signs in with password, then TOTP; the same code cannot be used twice.
     let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
-    let enrolled = users::create_user(
+    let enrolled = admin::create_user(
         &core.store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
@@ -654,7 +655,7 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
         (policy.idle.num_minutes(), policy.absolute.num_hours()),
         (15, 8)
     );
-    users::create_user(
+    admin::create_user(
         store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
@@ -729,7 +730,7 @@ async fn browser_sessions_time_out_and_end_on_password_change() {
         .await
         .unwrap()
         .is_some());
-    users::set_password(store, "pat.clock", "a new patient passphrase")
+    admin::set_password(store, "pat.clock", "a new patient passphrase")
         .await
         .unwrap();
     assert!(authorize::session(store, &policy, &s)
@@ -775,7 +776,7 @@ async fn exchange(stack: &Stack, app: &App, code: &str, verifier: &str) -> (Stri
 
 async fn create_patient_user(stack: &Stack, username: &str, patient: &str, password: &str) {
     let core = core_for(stack, Arc::new(carapace_core::clock::SystemClock)).await;
-    users::create_user(
+    admin::create_user(
         &core.store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
@@ -854,7 +855,7 @@ async fn app_access_tokens_die_with_their_refresh_family_and_their_app() {
     assert_eq!(read_status(&stack, &own, &access).await, 200);
 
     // Disabling the app (as `carapace-console client disable` does): its users' access tokens end.
-    assert!(carapace_core::identity::tokens::disable_client(
+    assert!(carapace_core::identity::admin::disable_client(
         &stack.db().await,
         &carapace_core::clock::SystemClock,
         &app.client_id
@@ -935,7 +936,7 @@ async fn sign_in_forms_without_their_anti_forgery_token_are_refused() {
 
     // The TOTP form carries its session's token.
     let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
-    let enrolled = users::create_user(
+    let enrolled = admin::create_user(
         &core.store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {

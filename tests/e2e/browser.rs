@@ -6,7 +6,8 @@
 use carapace_core::access::Role;
 use carapace_core::config::Config;
 use carapace_core::core::Core;
-use carapace_core::identity::users::{self, NewUser};
+use carapace_core::identity::admin;
+use carapace_core::identity::users::NewUser;
 use carapace_tests::*;
 use std::path::Path;
 
@@ -32,7 +33,7 @@ async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_th
     let patient = created.json()["id"].as_str().unwrap().to_string();
     let redirect = "http://127.0.0.1:9/app/callback";
     let db = stack.db().await;
-    let client_id = carapace_core::identity::authorize::register_app(
+    let client_id = carapace_core::identity::admin::register_app(
         &db,
         &carapace_core::clock::SystemClock,
         "Ward <b>viewer</b>",
@@ -45,7 +46,7 @@ async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_th
     let core = Core::open(&Config::from_lookup(|k| env.get(k).cloned()).unwrap())
         .await
         .unwrap();
-    let enrolled = users::create_user(
+    let enrolled = admin::create_user(
         &core.store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {

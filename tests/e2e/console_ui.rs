@@ -8,6 +8,7 @@ use carapace_console::tui::{App, Modal, Screen};
 use carapace_core::access::{Role, Scope};
 use carapace_core::config::Config;
 use carapace_core::core::Core;
+use carapace_core::identity::admin;
 use carapace_core::identity::users;
 use carapace_tests::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -152,10 +153,10 @@ async fn ward() -> Ward {
         assert_eq!(r.status, 201, "{}", r.text());
     }
     let console = Console::open(&stack).await;
-    let enrolled = users::bootstrap_admin(&console.core.store, "root.admin", ADMIN_PASSWORD)
+    let enrolled = admin::bootstrap_admin(&console.core.store, "root.admin", ADMIN_PASSWORD)
         .await
         .unwrap();
-    users::create_user(
+    admin::create_user(
         &console.core.store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &users::NewUser {
@@ -570,7 +571,7 @@ async fn every_screen_against_the_real_core() {
     c.app.screen = Screen::Users;
 
     // An operator locked by another administrator is signed out at their next action.
-    users::lock(
+    admin::lock(
         &c.core.store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         "root.admin",

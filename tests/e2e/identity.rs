@@ -7,6 +7,7 @@ use carapace_core::access::Role;
 use carapace_core::clock::FixedClock;
 use carapace_core::config::Config;
 use carapace_core::core::Core;
+use carapace_core::identity::admin;
 use carapace_core::identity::users::{self, LoginError, NewUser};
 use carapace_tests::*;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
 
     // Policy: short, common and username-containing passwords are refused.
     for weak in ["short-one", "Password1234", "dr.house-is-here"] {
-        let r = users::create_user(
+        let r = admin::create_user(
             store,
             &carapace_core::access::AccessContext::operator("test-admin"),
             &NewUser {
@@ -51,7 +52,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
         .await;
         assert!(r.is_err(), "{weak}");
     }
-    let enrolled = users::create_user(
+    let enrolled = admin::create_user(
         store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
@@ -196,7 +197,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     assert_eq!(row, (0, None), "success resets the back-off");
 
     // An administrator's lock is not lifted by time, only by unlock.
-    users::lock(
+    admin::lock(
         store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         "dr.house",
@@ -213,7 +214,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     )
     .await
     .is_err());
-    users::unlock(
+    admin::unlock(
         store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         "dr.house",
@@ -288,7 +289,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
             .unwrap()
             .is_some()
     );
-    users::set_password(store, "dr.house", "another long passphrase")
+    admin::set_password(store, "dr.house", "another long passphrase")
         .await
         .unwrap();
     assert!(
@@ -587,7 +588,7 @@ async fn parallel_guesses_are_counted_before_verifying_and_failures_decay() {
     let clock = Arc::new(FixedClock::new(start));
     let core = core_with_clock(&stack, clock.clone()).await;
     let password = "an analyst's long passphrase";
-    users::create_user(
+    admin::create_user(
         &core.store,
         &carapace_core::access::AccessContext::operator("test-admin"),
         &NewUser {
@@ -700,31 +701,31 @@ async fn administrative_operations_are_for_administrators_and_audit_themselves()
         practitioner_id: Some("pr-joy"),
         password: "a long enough passphrase for joy",
     };
-    let refused = users::create_user(store, &practitioner, &new).await;
+    let refused = admin::create_user(store, &practitioner, &new).await;
     assert!(refused.is_err());
     assert!(
         users::find(store, "nurse.joy").await.is_err(),
         "nothing was created"
     );
-    users::create_user(store, &admin, &new).await.unwrap();
-    assert!(users::lock(store, &practitioner, "nurse.joy")
+    admin::create_user(store, &admin, &new).await.unwrap();
+    assert!(admin::lock(store, &practitioner, "nurse.joy")
         .await
         .is_err());
     assert!(!users::find(store, "nurse.joy").await.unwrap().admin_locked);
     assert!(
-        users::set_role(store, &practitioner, "nurse.joy", Role::Admin)
+        admin::set_role(store, &practitioner, "nurse.joy", Role::Admin)
             .await
             .is_err()
     );
-    assert!(users::reset_mfa(store, &practitioner, "nurse.joy")
+    assert!(admin::reset_mfa(store, &practitioner, "nurse.joy")
         .await
         .is_err());
-    assert!(users::end_sessions(store, &practitioner, "nurse.joy")
+    assert!(admin::end_sessions(store, &practitioner, "nurse.joy")
         .await
         .is_err());
-    users::lock(store, &admin, "nurse.joy").await.unwrap();
+    admin::lock(store, &admin, "nurse.joy").await.unwrap();
     assert!(users::find(store, "nurse.joy").await.unwrap().admin_locked);
-    users::unlock(store, &admin, "nurse.joy").await.unwrap();
+    admin::unlock(store, &admin, "nurse.joy").await.unwrap();
 
     let what = |events: &[Value]| -> Vec<String> {
         events

@@ -998,7 +998,7 @@ impl BackendClient {
     ) -> BackendClient {
         let (private_pem, jwk) = BackendClient::keypair(alg);
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        let client_id = carapace_core::identity::tokens::register_client(
+        let client_id = carapace_core::identity::admin::register_client(
             pool,
             &carapace_core::clock::SystemClock,
             "test client",

@@ -11,7 +11,7 @@ use carapace_core::access::{AccessContext, Role};
 use carapace_core::core::Core;
 use carapace_core::fhir::{ResourceId, ResourceType};
 use carapace_core::identity::authorize::SessionPolicy;
-use carapace_core::identity::{tokens as auth, users};
+use carapace_core::identity::{admin, tokens as auth, users};
 use carapace_core::search::query;
 use carapace_core::store::AuditQuery;
 use carapace_core::store::{Created, StoreError};
@@ -1098,7 +1098,7 @@ impl App {
                     practitioner_id: practitioner,
                     password: &password.0,
                 };
-                let r = users::create_user(store, &ctx, &new).await.map(|e| {
+                let r = admin::create_user(store, &ctx, &new).await.map(|e| {
                     Some(Enrolled {
                         username: username.clone(),
                         uri: e.totp_uri,
@@ -1107,16 +1107,16 @@ impl App {
                 });
                 r.map_err(|e| e.to_string())
             }
-            UserOp::Lock(name) => users::lock(store, &ctx, &name)
+            UserOp::Lock(name) => admin::lock(store, &ctx, &name)
                 .await
                 .map(|()| None)
                 .map_err(|e| e.to_string()),
-            UserOp::Unlock(name) => users::unlock(store, &ctx, &name)
+            UserOp::Unlock(name) => admin::unlock(store, &ctx, &name)
                 .await
                 .map(|()| None)
                 .map_err(|e| e.to_string()),
             UserOp::ResetMfa(name) => {
-                let r = users::reset_mfa(store, &ctx, &name).await.map(|e| {
+                let r = admin::reset_mfa(store, &ctx, &name).await.map(|e| {
                     Some(Enrolled {
                         username: name.clone(),
                         uri: e.totp_uri,
@@ -1125,11 +1125,11 @@ impl App {
                 });
                 r.map_err(|e| e.to_string())
             }
-            UserOp::SetRole(name, role) => users::set_role(store, &ctx, &name, role)
+            UserOp::SetRole(name, role) => admin::set_role(store, &ctx, &name, role)
                 .await
                 .map(|()| None)
                 .map_err(|e| e.to_string()),
-            UserOp::Revoke(name) => users::end_sessions(store, &ctx, &name)
+            UserOp::Revoke(name) => admin::end_sessions(store, &ctx, &name)
                 .await
                 .map(|_| None)
                 .map_err(|e| e.to_string()),

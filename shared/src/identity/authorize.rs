@@ -4,7 +4,6 @@
 //! revokes its whole family).
 
 use crate::access::{role_allows, Context, Role, Scope};
-use crate::clock::Clock;
 use crate::crypto::sha256;
 use crate::identity::tokens::{self, IssuedToken, OAuthError};
 use crate::identity::users::{self, User};
@@ -37,7 +36,7 @@ const REFRESH_HOURS: i64 = 12;
 const REFRESH_FAMILY_DAYS: i64 = 7;
 
 /// Non-resource scopes an app may ask for.
-const OTHER_SCOPES: &[&str] = &[
+pub(super) const OTHER_SCOPES: &[&str] = &[
     "launch/patient",
     "openid",
     "fhirUser",
@@ -51,57 +50,9 @@ fn random_token() -> String {
     B64URL.encode(raw)
 }
 
-/// Register a user-facing app: its exact redirect URIs and the scopes it may ask for.
-pub async fn register_app(
-    pool: &PgPool,
-    clock: &dyn Clock,
-    name: &str,
-    redirect_uris: &[String],
-    scopes: &[String],
-) -> Result<String, OAuthError> {
-    let bad = |d: String| OAuthError::new(400, "invalid_client_metadata", d);
-    if redirect_uris.is_empty() {
-        return Err(bad("an app needs at least one redirect URI".into()));
-    }
-    for uri in redirect_uris {
-        let ok = redirect_uri_allowed(uri);
-        if !ok {
-            return Err(bad(format!(
-                "redirect URI '{}' must be https (or http on loopback) without a fragment",
-                crate::fhir::printable(uri)
-            )));
-        }
-    }
-    for s in scopes {
-        let ok = OTHER_SCOPES.contains(&s.as_str())
-            || Scope::parse(s)
-                .is_ok_and(|sc| matches!(sc.context, Context::Patient | Context::User));
-        if !ok {
-            return Err(bad(format!(
-                "'{}' is not a scope for user apps",
-                crate::fhir::printable(s)
-            )));
-        }
-    }
-    let client_id = uuid::Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO clients (client_id, name, kind, redirect_uris, scopes, created_at)
-         VALUES ($1, $2, 'app', $3, $4, $5)",
-    )
-    .bind(&client_id)
-    .bind(name)
-    .bind(redirect_uris)
-    .bind(scopes)
-    .bind(clock.now())
-    .execute(pool)
-    .await
-    .map_err(OAuthError::server)?;
-    Ok(client_id)
-}
-
 /// https anywhere, or plain http only to a loopback host (compared exactly, so
 /// `http://localhost.evil.example/` is not loopback); no fragment, no whitespace, no user info.
-fn redirect_uri_allowed(uri: &str) -> bool {
+pub(super) fn redirect_uri_allowed(uri: &str) -> bool {
     if uri.contains('#') || uri.contains(char::is_whitespace) {
         return false;
     }

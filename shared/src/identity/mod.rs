@@ -1,6 +1,8 @@
 //! Who people and programs are: user accounts and their sign-in ([`users`]), access tokens and
-//! backend clients ([`tokens`]), the SMART authorization-code flow for apps ([`authorize`]).
+//! backend clients ([`tokens`]), the SMART authorization-code flow for apps ([`authorize`]), and
+//! the audited administrative operations that create and change them ([`admin`]).
 
+pub mod admin;
 pub mod authorize;
 pub mod tokens;
 pub mod users;

@@ -92,77 +92,6 @@ pub struct Client {
     pub introspect: bool,
 }
 
-/// Register a backend client with its public keys. Its scopes must be `system/` scopes.
-///
-/// `introspect` registers it to call the introspection endpoint (a resource server checking the
-/// tokens presented to it). That is a registration option rather than a scope because it is not
-/// access to FHIR data and is never asked for per token: an operator decides it once, and
-/// `carapace-console client list` shows it.
-pub async fn register_client(
-    pool: &PgPool,
-    clock: &dyn Clock,
-    name: &str,
-    jwks: &Value,
-    scopes: &[String],
-    introspect: bool,
-) -> Result<String, OAuthError> {
-    let keys = jwks
-        .get("keys")
-        .and_then(Value::as_array)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| OAuthError::new(400, "invalid_client_metadata", "the JWKS has no keys"))?;
-    for key in keys {
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.clone()).map_err(|_| {
-            OAuthError::new(
-                400,
-                "invalid_client_metadata",
-                "a JWKS key is not a valid JWK",
-            )
-        })?;
-        if jwk.common.key_id.is_none() {
-            return Err(OAuthError::new(
-                400,
-                "invalid_client_metadata",
-                "every key needs a kid",
-            ));
-        }
-        if key.get("d").is_some() {
-            return Err(OAuthError::new(
-                400,
-                "invalid_client_metadata",
-                "the JWKS holds a private key; register public keys only",
-            ));
-        }
-    }
-    for s in scopes {
-        match Scope::parse(s) {
-            Ok(scope) if scope.context == Context::System => {}
-            _ => {
-                return Err(OAuthError::new(
-                    400,
-                    "invalid_client_metadata",
-                    format!("'{}' is not a system/ scope", crate::fhir::printable(s)),
-                ))
-            }
-        }
-    }
-    let client_id = uuid::Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO clients (client_id, name, jwks, scopes, created_at, introspect)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&client_id)
-    .bind(name)
-    .bind(sqlx::types::Json(jwks))
-    .bind(scopes)
-    .bind(clock.now())
-    .bind(introspect)
-    .execute(pool)
-    .await
-    .map_err(OAuthError::server)?;
-    Ok(client_id)
-}
-
 pub async fn list_clients(pool: &PgPool) -> Result<Vec<Client>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT client_id, name, scopes, disabled, introspect FROM clients ORDER BY created_at",
@@ -180,35 +109,6 @@ pub async fn list_clients(pool: &PgPool) -> Result<Vec<Client>, sqlx::Error> {
             })
         })
         .collect()
-}
-
-/// Disable a client and revoke every token it holds. Returns whether the client exists. (The access
-/// tokens an app's users hold through it end too: [`lookup`] refuses tokens of a disabled client.)
-pub async fn disable_client(
-    pool: &PgPool,
-    clock: &dyn Clock,
-    client_id: &str,
-) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let found = sqlx::query("UPDATE clients SET disabled = true WHERE client_id = $1")
-        .bind(client_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        > 0;
-    // Its own tokens end, and an app's users keep no way back in through it (refresh tokens).
-    for sql in [
-        "UPDATE access_tokens SET revoked_at = $2 WHERE subject = $1 AND revoked_at IS NULL",
-        "UPDATE refresh_tokens SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL",
-    ] {
-        sqlx::query(sql)
-            .bind(client_id)
-            .bind(clock.now())
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(found)
 }
 
 #[derive(serde::Deserialize)]

@@ -14,7 +14,7 @@
 //! last one is older than [`SignInLimits::decay`]) and an address that fails too often across
 //! usernames (password spraying) is refused for the rest of its window.
 
-use crate::access::{AccessContext, Role};
+use crate::access::Role;
 use crate::store::{Store, StoreError};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -32,7 +32,7 @@ const FREE_ATTEMPTS: i32 = 5;
 /// Back-off doubles from 30 s per failure past the free ones, capped at 15 minutes: never permanent.
 const BACKOFF_BASE_SECONDS: i64 = 30;
 const BACKOFF_MAX_SECONDS: i64 = 15 * 60;
-const RECOVERY_CODES: usize = 10;
+pub(super) const RECOVERY_CODES: usize = 10;
 
 pub use crate::access::SignInLimits;
 
@@ -162,7 +162,7 @@ fn argon2() -> Argon2<'static> {
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| hash_password("carapace-timing-equaliser").unwrap_or_default());
 
-fn hash_password(password: &str) -> Result<String, UserError> {
+pub(super) fn hash_password(password: &str) -> Result<String, UserError> {
     let mut salt = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut salt);
     let salt = SaltString::encode_b64(&salt).map_err(|e| UserError::Invalid(e.to_string()))?;
@@ -220,11 +220,11 @@ pub fn check_password_policy(username: &str, password: &str) -> Result<(), UserE
     Ok(())
 }
 
-fn role_needs_mfa(role: Role) -> bool {
+pub(super) fn role_needs_mfa(role: Role) -> bool {
     matches!(role, Role::Admin | Role::Practitioner)
 }
 
-fn totp(secret: &[u8], username: &str) -> Option<totp_rs::TOTP> {
+pub(super) fn totp(secret: &[u8], username: &str) -> Option<totp_rs::TOTP> {
     totp_rs::TOTP::new(
         totp_rs::Algorithm::SHA1,
         6,
@@ -237,7 +237,7 @@ fn totp(secret: &[u8], username: &str) -> Option<totp_rs::TOTP> {
     .ok()
 }
 
-fn recovery_hash(code: &str) -> String {
+pub(super) fn recovery_hash(code: &str) -> String {
     let normalised: String = code
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
@@ -246,163 +246,8 @@ fn recovery_hash(code: &str) -> String {
     hex(&Sha256::digest(normalised.as_bytes()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Fresh TOTP seed (sealed) and recovery codes for a user; returns what to show once.
-async fn enroll(
-    store: &Store,
-    tx: &mut sqlx::PgConnection,
-    user_id: i64,
-    username: &str,
-    with_totp: bool,
-) -> Result<Enrollment, UserError> {
-    let mut totp_uri = None;
-    let mut sealed = None;
-    if with_totp {
-        let mut secret = [0u8; 20];
-        rand::rngs::OsRng.fill_bytes(&mut secret);
-        let t = totp(&secret, username)
-            .ok_or_else(|| UserError::Invalid("cannot make a TOTP seed".into()))?;
-        totp_uri = Some(t.get_url());
-        sealed = Some(
-            store
-                .seal_secret(&format!("totp/{user_id}"), &secret)
-                .await?,
-        );
-        zeroize::Zeroize::zeroize(&mut secret);
-    }
-    sqlx::query("UPDATE users SET totp_sealed = $2, totp_last_step = 0 WHERE id = $1")
-        .bind(user_id)
-        .bind(sealed)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-    let mut codes = Vec::with_capacity(RECOVERY_CODES);
-    for _ in 0..RECOVERY_CODES {
-        let mut raw = [0u8; 8];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let text = hex(&raw);
-        let code = format!(
-            "{}-{}-{}-{}",
-            &text[0..4],
-            &text[4..8],
-            &text[8..12],
-            &text[12..16]
-        );
-        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
-            .bind(user_id)
-            .bind(recovery_hash(&code))
-            .execute(&mut *tx)
-            .await?;
-        codes.push(code);
-    }
-    Ok(Enrollment {
-        totp_uri,
-        recovery_codes: codes,
-    })
-}
-
-/// Create a user (an administrative operation: the operator must be an administrator, and the
-/// creation is audited with it). Admins and practitioners are enrolled in TOTP at once.
-pub async fn create_user(
-    store: &Store,
-    ctx: &AccessContext,
-    new: &NewUser<'_>,
-) -> Result<Enrollment, UserError> {
-    let what = format!("user-create:{}", new.username);
-    let result = async {
-        let mut tx = store.begin_admin(ctx).await?;
-        let enrollment = insert_user(store, &mut tx, new).await?;
-        store.commit_admin(tx, ctx, &what).await?;
-        Ok(enrollment)
-    }
-    .await;
-    store.audit_admin_result(ctx, &what, result).await
-}
-
-/// The checks and the rows of a new user, inside `tx`.
-async fn insert_user(
-    store: &Store,
-    tx: &mut sqlx::PgConnection,
-    new: &NewUser<'_>,
-) -> Result<Enrollment, UserError> {
-    check_username(new.username)?;
-    check_password_policy(new.username, new.password)?;
-    match new.role {
-        Role::Patient if new.patient_id.is_none() => {
-            return Err(UserError::Invalid(
-                "a patient user needs --patient ID".into(),
-            ))
-        }
-        Role::Practitioner if new.practitioner_id.is_none() => {
-            return Err(UserError::Invalid(
-                "a practitioner user needs --practitioner ID".into(),
-            ))
-        }
-        Role::System => {
-            return Err(UserError::Invalid(
-                "system access is for registered clients".into(),
-            ))
-        }
-        _ => {}
-    }
-    let hash = hash_password(new.password)?;
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO users (username, role, patient_id, practitioner_id, password_hash, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username) DO NOTHING RETURNING id",
-    )
-    .bind(new.username)
-    .bind(new.role.as_str())
-    .bind(new.patient_id)
-    .bind(new.practitioner_id)
-    .bind(hash)
-    .bind(store.now())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let id = id.ok_or_else(|| UserError::Exists(new.username.to_string()))?;
-    enroll(store, tx, id, new.username, role_needs_mfa(new.role)).await
-}
-
-/// First run: create the first administrator, audited with them as its agent. Refused once any
-/// administrator exists. (The one user creation without an operator: there is none yet.)
-pub async fn bootstrap_admin(
-    store: &Store,
-    username: &str,
-    password: &str,
-) -> Result<Enrollment, UserError> {
-    // Serialise concurrent bootstraps: the advisory lock is held for this transaction only.
-    let mut tx = store.pool().begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
-        .execute(&mut *tx)
-        .await?;
-    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'")
-        .fetch_one(&mut *tx)
-        .await?;
-    if admins > 0 {
-        return Err(UserError::AdminExists);
-    }
-    let enrollment = insert_user(
-        store,
-        &mut tx,
-        &NewUser {
-            username,
-            role: Role::Admin,
-            patient_id: None,
-            practitioner_id: None,
-            password,
-        },
-    )
-    .await?;
-    let ctx = AccessContext::operator(username);
-    store
-        .commit_admin(tx, &ctx, &format!("bootstrap-admin:{username}"))
-        .await?;
-    Ok(enrollment)
 }
 
 pub async fn admin_exists(store: &Store) -> Result<bool, UserError> {
@@ -799,170 +644,6 @@ pub async fn list(store: &Store) -> Result<Vec<User>, UserError> {
     .fetch_all(store.pool())
     .await?;
     Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
-}
-
-/// End everything the user holds — access tokens, refresh tokens, browser sessions — on a lock, role
-/// change, MFA or password change.
-async fn revoke_tokens(
-    tx: &mut sqlx::PgConnection,
-    username: &str,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    for sql in [
-        "UPDATE access_tokens SET revoked_at = $2 WHERE subject = $1 AND revoked_at IS NULL",
-        "UPDATE refresh_tokens SET revoked_at = $2
-          WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username = $1)",
-        "UPDATE web_sessions SET revoked_at = $2
-          WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username = $1)",
-    ] {
-        sqlx::query(sql)
-            .bind(username)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// One administrative change of a user row (`sql` binds the username, then `role`), audited as
-/// `what` in its transaction; the user's tokens and sessions end with it.
-async fn update_user(
-    store: &Store,
-    ctx: &AccessContext,
-    what: &str,
-    username: &str,
-    sql: &str,
-    role: Option<&str>,
-) -> Result<(), UserError> {
-    let result = async {
-        let mut tx = store.begin_admin(ctx).await?;
-        let mut q = sqlx::query(sql).bind(username);
-        if let Some(role) = role {
-            q = q.bind(role);
-        }
-        if q.execute(&mut *tx).await?.rows_affected() == 0 {
-            return Err(UserError::NotFound);
-        }
-        revoke_tokens(&mut tx, username, store.now()).await?;
-        store.commit_admin(tx, ctx, what).await?;
-        Ok(())
-    }
-    .await;
-    store.audit_admin_result(ctx, what, result).await
-}
-
-/// Lock a user out (an administrative operation); their tokens and sessions end.
-pub async fn lock(store: &Store, ctx: &AccessContext, username: &str) -> Result<(), UserError> {
-    update_user(
-        store,
-        ctx,
-        &format!("user-lock:{username}"),
-        username,
-        "UPDATE users SET admin_locked = true WHERE username = $1",
-        None,
-    )
-    .await
-}
-
-/// Unlock a user and clear their back-off (an administrative operation).
-pub async fn unlock(store: &Store, ctx: &AccessContext, username: &str) -> Result<(), UserError> {
-    update_user(
-        store,
-        ctx,
-        &format!("user-unlock:{username}"),
-        username,
-        "UPDATE users SET admin_locked = false, failed_logins = 0, locked_until = NULL,
-                last_failed_at = NULL
-          WHERE username = $1",
-        None,
-    )
-    .await
-}
-
-/// Change a user's role (an administrative operation); their tokens and sessions end.
-pub async fn set_role(
-    store: &Store,
-    ctx: &AccessContext,
-    username: &str,
-    role: Role,
-) -> Result<(), UserError> {
-    let what = format!("user-set-role:{username}:{}", role.as_str());
-    if role == Role::System {
-        let refused = Err(UserError::Invalid(
-            "system access is for registered clients".into(),
-        ));
-        return store.audit_admin_result(ctx, &what, refused).await;
-    }
-    update_user(
-        store,
-        ctx,
-        &what,
-        username,
-        "UPDATE users SET role = $2 WHERE username = $1",
-        Some(role.as_str()),
-    )
-    .await
-}
-
-/// New TOTP seed and recovery codes (an administrative operation); the old ones stop working and
-/// the user's tokens are revoked.
-pub async fn reset_mfa(
-    store: &Store,
-    ctx: &AccessContext,
-    username: &str,
-) -> Result<Enrollment, UserError> {
-    let what = format!("user-reset-mfa:{username}");
-    let result = async {
-        let mut tx = store.begin_admin(ctx).await?;
-        let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
-            .bind(username)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(UserError::NotFound)?;
-        let enrollment = enroll(store, &mut tx, id, username, true).await?;
-        revoke_tokens(&mut tx, username, store.now()).await?;
-        store.commit_admin(tx, ctx, &what).await?;
-        Ok(enrollment)
-    }
-    .await;
-    store.audit_admin_result(ctx, &what, result).await
-}
-
-/// End every token and browser session of a subject (user or client), or the one whose id is
-/// `target` (an administrative operation). Returns how many ended.
-pub async fn end_sessions(
-    store: &Store,
-    ctx: &AccessContext,
-    target: &str,
-) -> Result<u64, UserError> {
-    let what = format!("session-revoke:{target}");
-    let result = async {
-        let mut tx = store.begin_admin(ctx).await?;
-        let n = crate::identity::tokens::revoke_matching(&mut tx, store.now(), target).await?;
-        store.commit_admin(tx, ctx, &what).await?;
-        Ok(n)
-    }
-    .await;
-    store.audit_admin_result(ctx, &what, result).await
-}
-
-/// Change a password (policy checked); revokes the user's tokens.
-pub async fn set_password(store: &Store, username: &str, password: &str) -> Result<(), UserError> {
-    check_password_policy(username, password)?;
-    let hash = hash_password(password)?;
-    let mut tx = store.pool().begin().await?;
-    let n = sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
-        .bind(username)
-        .bind(hash)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(UserError::NotFound);
-    }
-    revoke_tokens(&mut tx, username, store.now()).await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 #[cfg(test)]

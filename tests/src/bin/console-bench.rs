@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     let core = Core::open_console(&config).await?;
     let password = "benchmark operator passphrase";
     let enrolled =
-        carapace_core::identity::users::bootstrap_admin(&core.store, "bench.admin", password)
+        carapace_core::identity::admin::bootstrap_admin(&core.store, "bench.admin", password)
             .await?;
     let code = totp_rs::TOTP::from_url_unchecked(enrolled.totp_uri.as_deref().unwrap_or(""))?
         .generate_current()?;
