@@ -4,6 +4,8 @@
 
 pub mod embedded;
 
+use crate::access::policy::RowReach;
+
 /// A database error as the core's functions return it (the fronts only pass it to [`failure`]).
 pub use sqlx::Error as DbError;
 
@@ -41,4 +43,29 @@ pub fn failure(e: &DbError) -> DbFailure {
         },
         _ => DbFailure::Internal,
     }
+}
+
+/// `BEGIN` and the settings in one round trip (a custom begin statement: the transaction guard
+/// still rolls back on drop): every transaction the store opens for a caller starts here, so
+/// PostgreSQL's row-level security (migration 0007) sees only what the caller's plan lets through. The values are fixed words and compartment key scopes, quoted.
+pub(crate) async fn begin_with_reach(
+    pool: &sqlx::PgPool,
+    reach: &RowReach,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let compartments: Vec<&str> = reach
+        .compartments
+        .iter()
+        .map(String::as_str)
+        // A key scope is `Patient/<id>`; an id never holds a comma, a quote or a NUL.
+        .filter(|c| !c.contains([',', '\'', '\0']))
+        .collect();
+    // `SET LOCAL` is `set_config(..., true)` as a utility statement (nothing to plan).
+    let begin = format!(
+        "BEGIN; SET LOCAL carapace.reach = '{}'; SET LOCAL carapace.compartments = '{}'; \
+         SET LOCAL carapace.others = '{}'",
+        reach.reach,
+        compartments.join(","),
+        if reach.others { "on" } else { "off" }
+    );
+    pool.begin_with(begin).await
 }

@@ -2,10 +2,11 @@
 //! cursors, `_include`/`_revinclude`, and the index writes that keep the index in step with the
 //! resources (inside the write's transaction).
 
+use super::audited::{Event, Recorded};
 use super::{DekRow, Store, StoreError, StoredResource};
 use crate::access::policy::{Plan, SqlReach};
 use crate::access::{AccessContext, Permission};
-use crate::audit::{AuditRecord, Interaction, Outcome};
+use crate::audit::Interaction;
 use crate::crypto::{self, Dek};
 use crate::fhir::reference::SearchTarget;
 use crate::fhir::ResourceType;
@@ -184,9 +185,69 @@ impl Store {
         ctx: &AccessContext,
         query: &SearchQuery,
     ) -> Result<SearchResult, StoreError> {
-        let result = self.search_inner(ctx, query).await;
-        let mut patients: Vec<Option<String>> = match &result {
-            Ok(r) => r
+        let work = async {
+            authorize_search(ctx, query)?;
+            let plan = self.plan(ctx).await?;
+            let keys = self.search_keys().await?;
+            let digest = query_digest(query);
+            let cursor = match &query.cursor {
+                Some(c) => Some(open_cursor(&keys.cursor, c, &digest)?),
+                None => None,
+            };
+            let now = self.clock.now().timestamp_millis();
+            // One transaction for the whole search, under the caller's row-level security; it only
+            // reads, so it is dropped (rolled back with the connection's next statement).
+            let mut tx = self.begin_for(ctx).await?;
+            if query.summary == Summary::Count {
+                return Ok(SearchResult {
+                    matches: vec![],
+                    included: vec![],
+                    total: Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
+                    next: None,
+                    previous: None,
+                });
+            }
+            let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
+            let page = if by_value {
+                self.page_sorted_in_memory(&mut tx, &plan, query, &keys, &digest, cursor, now)
+                    .await?
+            } else {
+                self.page_by_keyset(&mut tx, &plan, query, &keys, &digest, cursor, now)
+                    .await?
+            };
+            let (matches, next, previous) = (page.matches, page.next, page.previous);
+            let total = match (query.total, page.total) {
+                (Total::None, _) => None,
+                (_, Some(n)) => Some(n),
+                // A page past the last match (the data changed under a cursor) counts on its own.
+                (_, None) => Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
+            };
+            let included = self.includes(&mut tx, ctx, &plan, query, &matches).await?;
+            drop(tx);
+            Ok(SearchResult {
+                matches,
+                included,
+                total,
+                next,
+                previous,
+            })
+        };
+        // The query as the server understood it (the parameters it used); sealed with the event.
+        let text = {
+            let mut text = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &query.kept {
+                text.append_pair(k, v);
+            }
+            format!("{}?{}", query.resource_type, text.finish())
+        };
+        let event = Event {
+            query: Some(text),
+            patient: ctx.compartment(),
+            ..Event::new(Interaction::Search, query.resource_type.to_string())
+        };
+        // One event per patient whose data the page returned, or one for the search.
+        let patients = |r: &SearchResult| {
+            let mut patients: Vec<Option<String>> = r
                 .matches
                 .iter()
                 .chain(&r.included)
@@ -200,39 +261,15 @@ impl Store {
                 })
                 .flatten()
                 .map(Some)
-                .collect(),
-            Err(_) => vec![],
-        };
-        patients.sort();
-        patients.dedup();
-        if patients.is_empty() {
-            patients.push(ctx.compartment());
-        }
-        let recorded = self.clock.now();
-        // The query as the server understood it (the parameters it used); sealed with the event.
-        let text = {
-            let mut text = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in &query.kept {
-                text.append_pair(k, v);
+                .collect();
+            patients.sort();
+            patients.dedup();
+            if patients.is_empty() {
+                patients.push(ctx.compartment());
             }
-            format!("{}?{}", query.resource_type, text.finish())
+            Recorded::Here(patients)
         };
-        let records: Vec<AuditRecord> = patients
-            .into_iter()
-            .map(|patient| AuditRecord {
-                query: Some(text.clone()),
-                interaction: Interaction::Search,
-                outcome: match &result {
-                    Ok(_) => Outcome::Success,
-                    Err(e) => super::outcome_of(e),
-                },
-                recorded,
-                what: Some(query.resource_type.to_string()),
-                patient,
-            })
-            .collect();
-        self.audit_records(ctx, &records).await?;
-        result
+        self.audited(ctx, event, work, patients).await
     }
 
     /// The id and current version of the most recently written resource matching `query` that
@@ -285,58 +322,6 @@ impl Store {
         rows.iter()
             .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
             .collect()
-    }
-
-    async fn search_inner(
-        &self,
-        ctx: &AccessContext,
-        query: &SearchQuery,
-    ) -> Result<SearchResult, StoreError> {
-        authorize_search(ctx, query)?;
-        let plan = self.plan(ctx).await?;
-        let keys = self.search_keys().await?;
-        let digest = query_digest(query);
-        let cursor = match &query.cursor {
-            Some(c) => Some(open_cursor(&keys.cursor, c, &digest)?),
-            None => None,
-        };
-        let now = self.clock.now().timestamp_millis();
-        // One transaction for the whole search, under the caller's row-level security; it only
-        // reads, so it is dropped (rolled back with the connection's next statement).
-        let mut tx = self.begin_for(ctx).await?;
-        if query.summary == Summary::Count {
-            return Ok(SearchResult {
-                matches: vec![],
-                included: vec![],
-                total: Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
-                next: None,
-                previous: None,
-            });
-        }
-        let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
-        let page = if by_value {
-            self.page_sorted_in_memory(&mut tx, &plan, query, &keys, &digest, cursor, now)
-                .await?
-        } else {
-            self.page_by_keyset(&mut tx, &plan, query, &keys, &digest, cursor, now)
-                .await?
-        };
-        let (matches, next, previous) = (page.matches, page.next, page.previous);
-        let total = match (query.total, page.total) {
-            (Total::None, _) => None,
-            (_, Some(n)) => Some(n),
-            // A page past the last match (the data changed under a cursor) counts on its own.
-            (_, None) => Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
-        };
-        let included = self.includes(&mut tx, ctx, &plan, query, &matches).await?;
-        drop(tx);
-        Ok(SearchResult {
-            matches,
-            included,
-            total,
-            next,
-            previous,
-        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -2,9 +2,10 @@
 //! patients (the events about their own record: who accessed it). Events are opened from their
 //! seal; the columns they are searched by are the only plaintext.
 
+use super::audited::{Event, Recorded};
 use super::{DekRow, Store, StoreError};
 use crate::access::{AccessContext, Denied, Permission, Role};
-use crate::audit::{self, AuditRecord, Interaction, Outcome};
+use crate::audit::{self, Interaction};
 use crate::crypto;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -52,60 +53,33 @@ impl Store {
         ctx: &AccessContext,
         query: &AuditQuery,
     ) -> Result<AuditPage, StoreError> {
-        let result = self.audit_events_inner(ctx, query).await;
-        let record = AuditRecord {
-            interaction: if query.id.is_some() {
-                Interaction::Read
-            } else {
-                Interaction::Search
-            },
-            outcome: match &result {
-                Ok(_) => Outcome::Success,
-                Err(e) => super::outcome_of(e),
-            },
-            recorded: self.clock.now(),
-            what: Some(match query.id {
-                Some(id) => format!("AuditEvent/{id}"),
-                None => "AuditEvent".into(),
-            }),
-            patient: ctx.compartment(),
-            query: None,
-        };
-        self.audit_record(ctx, &record).await?;
-        result
-    }
-
-    async fn audit_events_inner(
-        &self,
-        ctx: &AccessContext,
-        query: &AuditQuery,
-    ) -> Result<AuditPage, StoreError> {
-        ctx.check(
-            "AuditEvent",
-            if query.id.is_some() {
-                Permission::Read
-            } else {
-                Permission::Search
-            },
-        )?;
-        let patient = match ctx.role {
-            Role::Admin => query.patient.clone(),
-            Role::Patient => {
-                let own = ctx.compartment().ok_or(Denied::Hidden)?;
-                if query.patient.as_ref().is_some_and(|p| *p != own) {
-                    return Ok(AuditPage {
-                        events: vec![],
-                        next: None,
-                    });
+        let work = async {
+            ctx.check(
+                "AuditEvent",
+                if query.id.is_some() {
+                    Permission::Read
+                } else {
+                    Permission::Search
+                },
+            )?;
+            let patient = match ctx.role {
+                Role::Admin => query.patient.clone(),
+                Role::Patient => {
+                    let own = ctx.compartment().ok_or(Denied::Hidden)?;
+                    if query.patient.as_ref().is_some_and(|p| *p != own) {
+                        return Ok(AuditPage {
+                            events: vec![],
+                            next: None,
+                        });
+                    }
+                    Some(own)
                 }
-                Some(own)
-            }
-            _ => return Err(Denied::AuditReaders.into()),
-        };
-        let count = query.count.clamp(1, MAX_AUDIT_COUNT);
-        let mut tx = self.begin_for(ctx).await?;
-        let rows = sqlx::query(
-            "SELECT e.id, e.event, e.sealed, k.id AS dek_id, k.scope, k.wrapped
+                _ => return Err(Denied::AuditReaders.into()),
+            };
+            let count = query.count.clamp(1, MAX_AUDIT_COUNT);
+            let mut tx = self.begin_for(ctx).await?;
+            let rows = sqlx::query(
+                "SELECT e.id, e.event, e.sealed, k.id AS dek_id, k.scope, k.wrapped
                FROM audit_events e LEFT JOIN data_keys k ON k.id = e.dek_id
               WHERE ($1::int8 IS NULL OR e.id = $1)
                 AND ($2::timestamptz IS NULL OR e.recorded >= $2)
@@ -118,52 +92,69 @@ impl Store {
                 AND ($9::text IS NULL OR e.purpose = $9)
                 AND ($10::int8 IS NULL OR e.id < $10)
               ORDER BY e.id DESC LIMIT $11",
-        )
-        // Planned afresh with the values (an unnamed statement): which filters are set decides
-        // which index serves, and a cached generic plan would walk the whole trail backwards for a
-        // rare subtype or outcome.
-        .persistent(false)
-        .bind(query.id)
-        .bind(query.since)
-        .bind(query.until)
-        .bind(query.agent.as_deref())
-        .bind(patient.as_deref())
-        .bind(query.action.as_deref())
-        .bind(query.outcome.as_deref())
-        .bind(query.subtype.as_deref())
-        .bind(query.purpose.as_deref())
-        .bind(query.before_id)
-        .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
-        drop(tx);
-        let more = rows.len() > count;
-        let mut events = Vec::with_capacity(count.min(rows.len()));
-        for row in rows.iter().take(count) {
-            let id: i64 = row.try_get("id")?;
-            let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
-            let mut event = match sealed {
-                Some(sealed) => {
-                    let dek = self.dek_by_id(&DekRow::from_row(row)?).await?;
-                    let plain = crypto::open_with_aad(&dek, audit::EVENT_AAD, &sealed)
-                        .map_err(|_| StoreError::Integrity)?;
-                    serde_json::from_slice(&plain).map_err(|_| StoreError::Integrity)?
+            )
+            // Planned afresh with the values (an unnamed statement): which filters are set decides
+            // which index serves, and a cached generic plan would walk the whole trail backwards for a
+            // rare subtype or outcome.
+            .persistent(false)
+            .bind(query.id)
+            .bind(query.since)
+            .bind(query.until)
+            .bind(query.agent.as_deref())
+            .bind(patient.as_deref())
+            .bind(query.action.as_deref())
+            .bind(query.outcome.as_deref())
+            .bind(query.subtype.as_deref())
+            .bind(query.purpose.as_deref())
+            .bind(query.before_id)
+            .bind(i64::try_from(count + 1).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            drop(tx);
+            let more = rows.len() > count;
+            let mut events = Vec::with_capacity(count.min(rows.len()));
+            for row in rows.iter().take(count) {
+                let id: i64 = row.try_get("id")?;
+                let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
+                let mut event = match sealed {
+                    Some(sealed) => {
+                        let dek = self.dek_by_id(&DekRow::from_row(row)?).await?;
+                        let plain = crypto::open_with_aad(&dek, audit::EVENT_AAD, &sealed)
+                            .map_err(|_| StoreError::Integrity)?;
+                        serde_json::from_slice(&plain).map_err(|_| StoreError::Integrity)?
+                    }
+                    None => row
+                        .try_get::<Option<sqlx::types::Json<Value>>, _>("event")?
+                        .map(|j| j.0)
+                        .unwrap_or(Value::Null),
+                };
+                if let Some(obj) = event.as_object_mut() {
+                    obj.insert("id".into(), Value::String(id.to_string()));
                 }
-                None => row
-                    .try_get::<Option<sqlx::types::Json<Value>>, _>("event")?
-                    .map(|j| j.0)
-                    .unwrap_or(Value::Null),
-            };
-            if let Some(obj) = event.as_object_mut() {
-                obj.insert("id".into(), Value::String(id.to_string()));
+                events.push((id, event));
             }
-            events.push((id, event));
-        }
-        let next = if more {
-            events.last().map(|(id, _)| *id)
-        } else {
-            None
+            let next = if more {
+                events.last().map(|(id, _)| *id)
+            } else {
+                None
+            };
+            Ok(AuditPage { events, next })
         };
-        Ok(AuditPage { events, next })
+        let interaction = if query.id.is_some() {
+            Interaction::Read
+        } else {
+            Interaction::Search
+        };
+        let what = match query.id {
+            Some(id) => format!("AuditEvent/{id}"),
+            None => "AuditEvent".into(),
+        };
+        let patient = ctx.compartment();
+        let event = Event {
+            patient: patient.clone(),
+            ..Event::new(interaction, what)
+        };
+        self.audited(ctx, event, work, |_| Recorded::Here(vec![patient]))
+            .await
     }
 }
