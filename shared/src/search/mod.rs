@@ -2,9 +2,11 @@
 //! the blind index, and the parsing of search requests. The store runs the searches
 //! (`store/search.rs`).
 
+pub(crate) mod cursor;
 pub mod index;
 pub mod params;
 pub mod query;
+pub(crate) mod sql;
 
 use query::Summary;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! (all or nothing), references between entries (`urn:uuid:`, conditional references) resolved
 //! first, integrity checked after the last entry.
 
-use super::search::PrefixRows;
+use super::index::PrefixRows;
 use super::{
     check_resource, lock_conditions, seal_new, set_id, Deleted, NewResource, Prepared, Store,
     StoreError, StoredResource, Updated,

@@ -31,6 +31,7 @@ mod audited; // the audit event of every interaction; administrative transaction
 mod bundle; // transaction Bundles
 mod compartment; // Patient/$everything
 mod history; // _history
+mod index; // index rows written with each version; re-indexing
 mod integrity; // referential integrity of a write
 mod keys; // data keys, opening bodies, sealed secrets, re-wrapping
 mod profiles; // declared profiles, $validate

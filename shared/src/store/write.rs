@@ -3,7 +3,8 @@
 //! event in one transaction; a refusal is audited outside it.
 
 use super::audited::{Event, Recorded};
-use super::{head_row, patient_of, search, Store, StoreError, StoredResource};
+use super::index::PrefixRows;
+use super::{head_row, index, patient_of, Store, StoreError, StoredResource};
 use crate::access::policy::Label;
 use crate::access::{AccessContext, Denied, Permission};
 use crate::audit::{AuditRecord, Interaction, Outcome};
@@ -13,7 +14,6 @@ use crate::fhir::validate::{self, Issue};
 use crate::fhir::{ResourceId, ResourceType};
 use crate::search::index::IndexRows;
 use chrono::{DateTime, SecondsFormat, Utc};
-use search::PrefixRows;
 use serde_json::{Map, Value};
 use sqlx::Row;
 use std::sync::Arc;
@@ -367,7 +367,7 @@ impl Store {
                 .iter()
                 .map(|n| (n.resource_type, n.id.as_str(), &n.index))
                 .collect();
-            search::insert_index(&mut *tx, &index).await?;
+            index::insert_index(&mut *tx, &index).await?;
             records.extend(chunk.iter().map(|n| AuditRecord {
                 query: None,
                 interaction: Interaction::Create,
@@ -553,8 +553,8 @@ impl Store {
         )
         .await?;
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, false).await?;
-        search::clear_index(&mut *tx, resource_type, id.as_str()).await?;
-        search::insert_index(&mut *tx, &[(resource_type, id.as_str(), &prepared.index)]).await?;
+        index::clear_index(&mut *tx, resource_type, id.as_str()).await?;
+        index::insert_index(&mut *tx, &[(resource_type, id.as_str(), &prepared.index)]).await?;
         let record = AuditRecord {
             query: None,
             interaction: if exists {
@@ -713,7 +713,7 @@ impl Store {
         )
         .await?;
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, true).await?;
-        search::clear_index(&mut *tx, resource_type, id.as_str()).await?;
+        index::clear_index(&mut *tx, resource_type, id.as_str()).await?;
         let record = AuditRecord {
             query: None,
             interaction: Interaction::Delete,
