@@ -13,11 +13,11 @@ fn needed(config: &Config) -> Vec<(&'static str, &'static str)> {
     if config.database_url.is_none() {
         needed.push((
             "postgres/PG_VERSION",
-            "an initialised embedded PostgreSQL cluster",
+            "initialised embedded PostgreSQL cluster",
         ));
     }
     if config.vault.is_none() {
-        needed.push(("master.key", "the file key provider's master key"));
+        needed.push(("master.key", "master key of the file key provider"));
     }
     needed
 }

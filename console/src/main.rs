@@ -19,11 +19,14 @@ use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 
 /// Carapace administrator console. Configuration comes from the same CARAPACE_* environment
-/// variables as the server (see `carapace-server --help`).
+/// variables as the server (see `carapace-server --help`). Without CARAPACE_DATABASE_URL or a
+/// Vault it works on the server's data directory (CARAPACE_DATA_DIR, default ./carapace-data) and
+/// refuses one the server has not made.
 ///
 /// Operator sign-in: set CARAPACE_ADMIN_TOKEN to a token from `carapace-console login`, or
 /// CARAPACE_OPERATOR, CARAPACE_OPERATOR_PASSWORD and CARAPACE_OPERATOR_TOTP (a TOTP or recovery
-/// code); on a terminal, missing values are prompted for.
+/// code); on a terminal, missing values are asked for once the console has started (leave the
+/// TOTP unset: a code set before a build may expire).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
