@@ -6,6 +6,7 @@
 //! and every administrative action is audited with that operator as the agent.
 
 use anyhow::{bail, Context};
+use carapace_console::data_dir;
 use carapace_console::operator::sign_in;
 use carapace_console::tui;
 use carapace_core::access::{AccessContext, Role, Scope};
@@ -18,11 +19,14 @@ use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 
 /// Carapace administrator console. Configuration comes from the same CARAPACE_* environment
-/// variables as the server (see `carapace-server --help`).
+/// variables as the server (see `carapace-server --help`). Without CARAPACE_DATABASE_URL or a
+/// Vault it works on the server's data directory (CARAPACE_DATA_DIR, default ./carapace-data) and
+/// refuses one the server has not made.
 ///
 /// Operator sign-in: set CARAPACE_ADMIN_TOKEN to a token from `carapace-console login`, or
 /// CARAPACE_OPERATOR, CARAPACE_OPERATOR_PASSWORD and CARAPACE_OPERATOR_TOTP (a TOTP or recovery
-/// code); on a terminal, missing values are prompted for.
+/// code); on a terminal, missing values are asked for once the console has started (leave the
+/// TOTP unset: a code set before a build may expire).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -200,6 +204,9 @@ enum KeysCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before anything is created (the log file, a cluster, a key): is this the server's data?
+    let config = Config::from_env()?;
+    data_dir::check(&config)?;
     if cli.command.is_none() {
         // The full-screen console owns the terminal: logs go to a file.
         let path =
@@ -225,7 +232,6 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the async runtime")?;
         return runtime.block_on(async {
-            let config = Config::from_env()?;
             let core = Core::open_console(&config).await.context("connecting")?;
             let result = tui::run(&core, config.sessions).await;
             core.shutdown().await;
@@ -244,11 +250,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(cli))
+    runtime.block_on(run(cli, config))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::from_env()?;
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let core = Core::open_console(&config).await.context("connecting")?;
     let Some(command) = cli.command else {
         return Ok(());
@@ -315,6 +320,8 @@ fn read_secret_line(what: &str) -> anyhow::Result<String> {
     Ok(line)
 }
 
+/// `env`'s value, or asked for on the terminal. Called only once the core is open: a TOTP code
+/// typed before the console has started (a build, a cluster starting) could expire first.
 fn prompt(what: &str, env: &str, secret: bool) -> anyhow::Result<String> {
     if let Ok(v) = std::env::var(env) {
         if !v.is_empty() {
@@ -327,8 +334,10 @@ fn prompt(what: &str, env: &str, secret: bool) -> anyhow::Result<String> {
     if secret {
         return Ok(rpassword::prompt_password(format!("{what}: "))?);
     }
-    print!("{what}: ");
-    std::io::stdout().flush()?;
+    // On standard error: standard output is the command's answer (`TOKEN=$(carapace-console
+    // login)` captures the token, not the prompt).
+    eprint!("{what}: ");
+    std::io::stderr().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim().to_string())
@@ -348,8 +357,19 @@ async fn operator(core: &Core) -> anyhow::Result<AccessContext> {
     let code = prompt("TOTP or recovery code", "CARAPACE_OPERATOR_TOTP", false)?;
     match sign_in(core, &username, &password, &code).await? {
         Some(ctx) => Ok(ctx),
+        None if std::env::var("CARAPACE_OPERATOR_TOTP").is_ok_and(|v| !v.is_empty()) => bail!(
+            "{} (the code came from CARAPACE_OPERATOR_TOTP and a TOTP code lasts 30 seconds: \
+             leave it unset to be asked for it once the console has started)",
+            users::LoginError::Invalid
+        ),
         None => bail!("{}", users::LoginError::Invalid),
     }
+}
+
+/// Text from users and the database in a listing: letters and spaces as they are ("Ward EHR"),
+/// control characters (escapes, newlines) and characters that reorder the line neutralised.
+fn shown(text: &str) -> String {
+    tui::inert(text, 64)
 }
 
 fn print_enrollment(e: &Enrollment) {
@@ -462,7 +482,7 @@ async fn user(core: &Core, ctx: &AccessContext, command: UserCommand) -> anyhow:
                 let link = u.link().unwrap_or_default();
                 println!(
                     "{:<24} {:<13} {:<8} {:<10} {link}",
-                    carapace_core::fhir::printable(&u.username),
+                    shown(&u.username),
                     u.role.as_str(),
                     if u.mfa_enrolled { "totp" } else { "-" },
                     state
@@ -516,7 +536,7 @@ async fn session(core: &Core, ctx: &AccessContext, command: SessionCommand) -> a
                     "{:<18} {:<8} {:<38} {:<13} {:<22} {}",
                     t.id,
                     t.kind,
-                    carapace_core::fhir::printable(&t.subject),
+                    shown(&t.subject),
                     t.role,
                     t.issued_at.format("%Y-%m-%d %H:%M:%S"),
                     t.expires_at.format("%H:%M:%S")
@@ -582,7 +602,7 @@ async fn client(core: &Core, ctx: &AccessContext, command: ClientCommand) -> any
                     "{:<38} {:<9} {:<24} {}{}",
                     c.client_id,
                     if c.disabled { "disabled" } else { "active" },
-                    carapace_core::fhir::printable(&c.name),
+                    shown(&c.name),
                     c.scopes.join(" "),
                     if c.introspect { " +introspect" } else { "" }
                 );

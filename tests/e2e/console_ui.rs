@@ -739,3 +739,123 @@ async fn the_real_console_binary_in_tmux() {
     assert!(!logged.contains(ADMIN_PASSWORD) && !logged.contains("oncology is a team sport"));
     assert!(!logged.contains("Lovelace"), "{logged}");
 }
+
+/// Run from another directory the console used to start a second, empty cluster under a fresh
+/// master key, then refuse every sign-in. Now it refuses before creating anything (no cluster, no
+/// key, not even its log), naming the absolute path it looked at and how to point it at the
+/// server's: for the full-screen console and the subcommands alike, bootstrap included.
+#[test]
+fn the_console_refuses_a_data_directory_the_server_did_not_make() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(elsewhere.path()).unwrap();
+    let missing = root.join("carapace-data");
+    let empty = root.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let log = root.join("console.log");
+    let commands: [&[&str]; 3] = [
+        &["status"],
+        &["bootstrap-admin", "--username", "ops", "--password-stdin"],
+        &[],
+    ];
+    for dir in [&missing, &empty] {
+        for args in commands {
+            let env = vec![
+                ("CARAPACE_DATA_DIR".to_string(), dir.display().to_string()),
+                (
+                    "CARAPACE_CONSOLE_LOG".to_string(),
+                    log.display().to_string(),
+                ),
+            ];
+            let (ok, _, err) = console(&env, args, None);
+            assert!(!ok, "{args:?} on {}: {err}", dir.display());
+            assert!(
+                err.contains(&format!("no Carapace data directory at {}", dir.display()))
+                    && err.contains("CARAPACE_DATA_DIR="),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert!(!missing.exists(), "nothing created");
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "nothing created"
+    );
+    assert!(!log.exists(), "refused before its log file too");
+
+    // The newcomer's case: the default `./carapace-data`, from a directory the server never ran in.
+    let out = std::process::Command::new(bin_path("carapace-console"))
+        .arg("status")
+        .current_dir(&root)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(!missing.exists(), "nothing created");
+}
+
+/// The command-line console as a newcomer uses it: the TOTP code is asked for on the terminal once
+/// the console has started (a code set before a build expires), on standard error so that
+/// `TOKEN=$(carapace-console login)` captures the token alone; listings show names as typed
+/// (`Ward EHR`, not `Ward?EHR`) with escapes still neutralised.
+#[tokio::test]
+async fn the_command_line_console_asks_on_the_terminal_and_lists_names_as_typed() {
+    let ward = ward().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("login.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nTOKEN=$(\"$CONSOLE\" login)\ncase \"$TOKEN\" in\n  *TOTP*|'') echo \"NO TOKEN: $TOKEN\" ;;\n  *) echo \"a token of ${#TOKEN} characters\" ;;\nesac\nsleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut env = ward.stack.server.env.clone();
+    env.extend([
+        ("CARAPACE_OPERATOR".to_string(), "root.admin".to_string()),
+        (
+            "CARAPACE_OPERATOR_PASSWORD".to_string(),
+            ADMIN_PASSWORD.to_string(),
+        ),
+        (
+            "CONSOLE".to_string(),
+            bin_path("carapace-console").display().to_string(),
+        ),
+    ]);
+    let t = Tmux::start(&script, &env, 100, 20);
+    t.wait_for("TOTP or recovery code:", 60);
+    t.type_text(&code(&ward.admin_uri));
+    t.keys(&["Enter"]);
+    let screen = t.wait_for(" characters", 30);
+    assert!(screen.contains("a token of "), "{screen}");
+
+    let env = ward.stack.console_env("root.admin").await;
+    let (_, jwk) = BackendClient::keypair(jsonwebtoken::Algorithm::ES384);
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).unwrap();
+    let jwks = jwks.display().to_string();
+    for name in ["Ward EHR", "Evil\u{1b}[2J\nlab"] {
+        let (ok, _, err) = console(
+            &env,
+            &[
+                "client",
+                "register",
+                "--name",
+                name,
+                "--jwks-file",
+                &jwks,
+                "--scope",
+                "system/*.rs",
+            ],
+            None,
+        );
+        assert!(ok, "{err}");
+    }
+    let (ok, out, err) = console(&env, &["client", "list"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains(" Ward EHR "), "{out}");
+    assert!(out.contains("Evil\u{fffd}[2J\u{fffd}lab"), "{out}");
+    assert!(!out.contains('\u{1b}'), "{out}");
+}

@@ -197,28 +197,6 @@ pub fn grant_consent(
     })
 }
 
-/// What the dashboard shows, loaded when it opens and on `r`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Dashboard {
-    pub database: String,
-    pub key_provider: String,
-    /// Whether a server is chaining the audit trail (its chainer empties the queue every second).
-    pub server: String,
-    pub patients: i64,
-    pub resources: i64,
-    pub versions: i64,
-    pub by_type: Vec<(String, i64)>,
-    pub audit_events: i64,
-    pub users: i64,
-    pub sessions: usize,
-    pub key_versions: Vec<(i32, i64)>,
-    pub open_reviews: usize,
-    /// `(when, who)` of the latest failed sign-ins.
-    pub failed_logins: Vec<(String, String)>,
-    /// The last chain verification in this console, if any.
-    pub chain: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

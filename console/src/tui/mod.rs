@@ -2,10 +2,15 @@
 //! event loop, screens that turn keys into [`Action`]s and draw themselves; work that touches the
 //! database or the key provider runs as an effect of an action, never inside drawing, and long
 //! work (chain verification, rewrap, export) on its own task with its progress on screen.
+//!
+//! `app` is the shell (screen switching, dialogs, jobs, [`App::apply`]); `screens/` has one file
+//! per screen with its state, keys, loading and drawing; `view` draws the frame and the dialogs;
+//! `form`, `data` and `text` are the pieces the screens share (forms, rows, inert text).
 
 mod app;
 mod data;
 mod form;
+mod screens;
 mod text;
 mod view;
 
