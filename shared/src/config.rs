@@ -245,7 +245,7 @@ pub const SETTINGS: &[Setting] = &[
     secret(setting(
         "CARAPACE_VAULT_TOKEN",
         Nothing,
-        "Vault token (renewed by the server), or use AppRole:",
+        "Vault token (renewed by the server); or AppRole, the next two.",
     )),
     setting(
         "CARAPACE_VAULT_ROLE_ID",
