@@ -203,7 +203,8 @@ async fn run() -> anyhow::Result<()> {
              Then get a 5-minute access token and read the API with it:\n  \
              export TOKEN=$(CARAPACE_OPERATOR=admin CARAPACE_OPERATOR_PASSWORD='choose-a-long-passphrase' \
              CARAPACE_OPERATOR_TOTP=<6-digit code> {console} login)\n  \
-             curl -s -H \"Authorization: Bearer $TOKEN\" {base}/Patient/_history\n\
+             export BASE={base}\n  \
+             curl -s -H \"Authorization: Bearer $TOKEN\" \"$BASE/Patient/_history\"\n\
              EHR systems register as SMART backend clients: {console} client register --help"
         );
     }

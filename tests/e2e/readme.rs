@@ -191,6 +191,19 @@ async fn the_readme_examples_run_as_written() {
         );
     }
     let stack = Stack::start().await.unwrap();
+    let health = http(
+        "GET",
+        &format!("{}/healthz", stack.server.origin()),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (health.status, health.text().as_str()),
+        (200, "ok\n"),
+        "/healthz as the README says"
+    );
     let fhir = stack.fhir();
     let patient = json!({"resourceType": "Patient", "id": "123",
         "name": [{"family": "Peña", "given": ["Ana"]}], "birthDate": "1970-03-04"});
@@ -228,6 +241,8 @@ async fn the_readme_examples_run_as_written() {
             .arg("-c")
             .arg(&script)
             .current_dir(work.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("BASE", &stack.server.base)
             .env("TOKEN", stack.server.token.clone().unwrap())
             .env("ADMIN_TOKEN", &admin)
@@ -343,4 +358,77 @@ async fn a_malformed_or_unreachable_database_url_is_named_without_its_password()
         "{err}"
     );
     assert!(!err.contains("Pa55"), "{err}");
+}
+
+/// The README's first-start block, as a newcomer runs it on the embedded default: the console's
+/// `cargo run --release -p carapace-console --` is the console cargo built, the TOTP code is the
+/// one an authenticator shows for the printed URI, and the server is where the harness started it.
+#[tokio::test]
+async fn the_readme_first_start_runs_as_written() {
+    let readme = readme();
+    let block = between(
+        between(&readme, "<!-- first start:", "<!--"),
+        "```sh\n",
+        "```",
+    );
+    let (bootstrap, rest) = block
+        .split_once("# add the printed otpauth:// URI to an authenticator app, then:\n")
+        .expect("the README's first-start block in two steps");
+    assert!(rest.contains("CARAPACE_OPERATOR_TOTP=123456") && rest.contains("127.0.0.1:8080"));
+    let data = tempfile::tempdir().unwrap();
+    let env = vec![(
+        "CARAPACE_DATA_DIR".to_string(),
+        data.path().join("carapace-data").display().to_string(),
+    )];
+    let server = Server::start(env.clone()).await.unwrap();
+    let run = |script: String| {
+        let env = env.clone();
+        async move {
+            let script = format!(
+                "set -euo pipefail\n\
+                 cargo() {{ [ \"$1 $2 $3 $4 $5\" = \"run --release -p carapace-console --\" ] \
+                 || return 97; shift 5; \"$CONSOLE_BIN\" \"$@\"; }}\n{script}\necho \"TOKEN=${{TOKEN:-}}\""
+            );
+            let out = tokio::process::Command::new("bash")
+                .arg("-c")
+                .arg(script)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("CONSOLE_BIN", bin_path("carapace-console"))
+                .envs(env)
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+        }
+    };
+    let enrolled = run(bootstrap.to_string()).await;
+    let uri = enrolled
+        .split_whitespace()
+        .find(|w| w.starts_with("otpauth://"))
+        .unwrap_or_else(|| panic!("{enrolled}"));
+    let code = totp_rs::TOTP::from_url_unchecked(uri)
+        .unwrap()
+        .generate_current()
+        .unwrap();
+    let origin = server.origin();
+    let host = origin.trim_start_matches("http://");
+    let out = run(rest
+        .replace(
+            "CARAPACE_OPERATOR_TOTP=123456",
+            &format!("CARAPACE_OPERATOR_TOTP={code}"),
+        )
+        .replace("127.0.0.1:8080", host))
+    .await;
+    let (bundle, token) = out.rsplit_once("TOKEN=").unwrap();
+    assert!(token.trim().len() > 20, "a token: {out}");
+    let bundle: Value = serde_json::from_str(bundle.trim()).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(bundle["resourceType"], "Bundle", "{bundle}");
+    assert_eq!(bundle["type"], "history", "{bundle}");
 }
