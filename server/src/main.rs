@@ -67,8 +67,8 @@ fn help() -> String {
         }
     }
     out.push_str(
-        "\ncarapace-console reads the same configuration (give it the same CARAPACE_DATA_DIR or \
-         CARAPACE_DATABASE_URL),\nand its operator sign-in: carapace-console --help.\n",
+        "\ncarapace-console reads the same configuration (give it the same CARAPACE_DATA_DIR\n\
+         or CARAPACE_DATABASE_URL), and its operator sign-in: carapace-console --help.\n",
     );
     out
 }
