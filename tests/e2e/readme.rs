@@ -139,6 +139,7 @@ fn the_readme_registration_script_is_the_script() {
 async fn the_registration_script_finds_the_console_cargo_built() {
     let stack = Stack::start().await.unwrap();
     let admin = admin_token(&stack).await;
+    let console = bin_path("carapace-console");
     let path = std::env::var("PATH").unwrap_or_default();
     let path: Vec<&str> = path
         .split(':')
@@ -151,6 +152,11 @@ async fn the_registration_script_finds_the_console_cargo_built() {
         .envs(stack.server.env.iter().cloned())
         .env("CARAPACE_ADMIN_TOKEN", admin)
         .env("CARAPACE_URL", stack.server.origin())
+        // Where this test's binaries are, should cargo have put them outside the checkout.
+        .env(
+            "CARGO_TARGET_DIR",
+            console.parent().and_then(Path::parent).unwrap(),
+        )
         .output()
         .await
         .unwrap();
