@@ -38,8 +38,8 @@ fn runnable_blocks(text: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn the_readme_configuration_table_is_the_generated_one() {
+#[test]
+fn the_readme_configuration_table_is_the_generated_one() {
     let out = std::process::Command::new(bin_path("carapace-server"))
         .arg("--config-table")
         .output()
@@ -331,8 +331,8 @@ fn a_data_directory_the_postgres_user_cannot_reach_is_named() {
     );
 }
 
-#[tokio::test]
-async fn a_malformed_or_unreachable_database_url_is_named_without_its_password() {
+#[test]
+fn a_malformed_or_unreachable_database_url_is_named_without_its_password() {
     let err = refused_start(&[(
         "CARAPACE_DATABASE_URL",
         "postgres://carapace:Pa55-w0rd@localhost:5432x/carapace".into(),
