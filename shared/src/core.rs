@@ -23,12 +23,8 @@ pub enum OpenError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// The first connection failed: named by where it went (never with the password).
-    #[error("connecting to PostgreSQL at {target}: {source}")]
-    Connect {
-        target: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error("connecting to PostgreSQL at {target}: {cause}")]
+    Connect { target: String, cause: sqlx::Error },
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("key provider: {0}")]
@@ -181,9 +177,9 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
     };
     let mut owner = PgConnection::connect_with(&options)
         .await
-        .map_err(|source| OpenError::Connect {
+        .map_err(|cause| OpenError::Connect {
             target: connect_target(&options, cluster.is_some()),
-            source,
+            cause,
         })?;
     MIGRATOR.run(&mut owner).await?;
     owner.close().await?;
