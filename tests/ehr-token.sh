@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # How an EHR system registers with Carapace and gets an access token (SMART Backend Services), with
-# nothing but openssl, python3 and curl. README.md shows this script; tests/e2e/auth.rs runs it.
+# nothing but openssl, python3 and curl. README.md shows this script; tests/e2e/auth.rs and readme.rs run it.
 #
 #   CARAPACE_URL      server origin (default http://127.0.0.1:8080)
-#   CONSOLE           the console command (default carapace-console); needs an operator sign-in,
-#                     e.g. CARAPACE_ADMIN_TOKEN from `carapace-console login`
+#   CONSOLE           the console command (default: carapace-console on PATH, else the newest one
+#                     cargo built in this checkout or CARGO_TARGET_DIR, else `cargo run` builds
+#                     it); needs an operator sign-in, e.g. CARAPACE_ADMIN_TOKEN from
+#                     `carapace-console login`
 # Prints the token response JSON.
 set -euo pipefail
 url=${CARAPACE_URL:-http://127.0.0.1:8080}
-console=${CONSOLE:-carapace-console}
+checkout=$(dirname "$0")/..
+console=${CONSOLE:-$(command -v carapace-console || ls -t "${CARGO_TARGET_DIR:-$checkout/target}"/*/carapace-console 2>/dev/null | head -n1 || true)}
+console=${console:-cargo run -q --release --manifest-path $checkout/Cargo.toml -p carapace-console --}
 work=$(mktemp -d)
 b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
 

@@ -43,28 +43,53 @@ pub struct AppState {
     pub cors: cors::Cors,
 }
 
-const HELP: &str = "\
-Configuration (environment variables):
-  CARAPACE_LISTEN              address:port to listen on (default 127.0.0.1:8080)
-  CARAPACE_BASE_URL            public FHIR base URL (default http://LISTEN/fhir)
-  CARAPACE_DATA_DIR            data directory for the embedded database and file keys (default ./carapace-data)
-  CARAPACE_DATABASE_URL        PostgreSQL URL; unset = embedded private cluster under the data directory
-  CARAPACE_VAULT_ADDR          Vault/OpenBao address; unset = file key provider (development only)
-  CARAPACE_VAULT_TOKEN         Vault token, or:
-  CARAPACE_VAULT_ROLE_ID       AppRole role id, with
-  CARAPACE_VAULT_SECRET_ID     AppRole secret id
-  CARAPACE_VAULT_TRANSIT_MOUNT transit mount (default transit)
-  CARAPACE_VAULT_KEY           transit key name (default carapace)
-  CARAPACE_TLS_CERT/_KEY       PEM certificate chain and private key: serve HTTPS
-  CARAPACE_BODY_LIMIT          request body limit in bytes (default 16777216)
-  CARAPACE_DEK_CACHE_MAX_AGE   seconds an unwrapped data key stays cached (default 3600)
-  CARAPACE_DB_MAX_CONNECTIONS  database pool size (default 16)
-  CARAPACE_REFERENTIAL_INTEGRITY on (default) or off: refuse writes that refer to resources of
-                               this server that do not exist or were deleted
-  CARAPACE_CORS_ORIGINS        comma-separated browser origins allowed to call /fhir and /auth/token
-                               (https://app.example,http://localhost:3000; default none; '*' refused)
-  CARAPACE_ENFORCE_PROFILES    on: refuse writes failing a stored profile their meta.profile names (default off)
-  RUST_LOG                     log filter (default info)";
+/// `--help`: the usage and every setting the server reads, from the core's one table of them.
+fn help() -> String {
+    use carapace_core::config::{ReadBy, Unset, SETTINGS};
+    let mut out = format!(
+        "carapace-server {}\nFHIR R4 server with encryption at rest.\n\n\
+         Usage: carapace-server                 serve, configured by the environment below\n       \
+         carapace-server --help          this text\n       \
+         carapace-server --config-table  the settings as README.md's Markdown table\n\n\
+         Configuration (environment variables; empty counts as unset):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for s in SETTINGS.iter().filter(|s| s.read_by != ReadBy::Console) {
+        let default = match s.unset {
+            Unset::Value(v) => format!("default {v}"),
+            Unset::Means(words) => format!("unset: {words}"),
+            Unset::Nothing => "optional".into(),
+        };
+        let secret = if s.secret { ", secret" } else { "" };
+        out.push_str(&format!("  {} ({default}{secret})\n", s.name));
+        for line in wrap(&s.meaning.replace('`', ""), 90) {
+            out.push_str(&format!("      {line}\n"));
+        }
+    }
+    out.push_str(
+        "\ncarapace-console reads the same configuration (give it the same CARAPACE_DATA_DIR\n\
+         or CARAPACE_DATABASE_URL), and its operator sign-in: carapace-console --help.\n",
+    );
+    out
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().map(|l| l.chars().count()).unwrap_or(0);
+        if last > 0 && last + 1 + word.chars().count() > width {
+            lines.push(String::new());
+        }
+        if let Some(line) = lines.last_mut() {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}
 
 fn main() -> anyhow::Result<()> {
     // glibc gives every thread its own malloc arena, and memory freed after a large Bundle stays
@@ -76,10 +101,11 @@ fn main() -> anyhow::Result<()> {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!(
-            "carapace-server {}\nFHIR R4 server with encryption at rest.\n\n{HELP}",
-            env!("CARGO_PKG_VERSION")
-        );
+        print!("{}", help());
+        return Ok(());
+    }
+    if args.iter().any(|a| a == "--config-table") {
+        print!("{}", carapace_core::config::markdown_table());
         return Ok(());
     }
     if let Some(a) = args.first() {
@@ -177,7 +203,8 @@ async fn run() -> anyhow::Result<()> {
              Then get a 5-minute access token and read the API with it:\n  \
              export TOKEN=$(CARAPACE_OPERATOR=admin CARAPACE_OPERATOR_PASSWORD='choose-a-long-passphrase' \
              CARAPACE_OPERATOR_TOTP=<6-digit code> {console} login)\n  \
-             curl -s -H \"Authorization: Bearer $TOKEN\" {base}/Patient/_history\n\
+             export BASE={base}\n  \
+             curl -s -H \"Authorization: Bearer $TOKEN\" \"$BASE/Patient/_history\"\n\
              EHR systems register as SMART backend clients: {console} client register --help"
         );
     }
@@ -390,7 +417,32 @@ async fn shutdown_signal() {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::client_address;
+    use super::{client_address, help, wrap};
+
+    /// `--help` lists every setting the server reads, each with its default.
+    #[test]
+    fn help_lists_every_setting_the_server_reads() {
+        use carapace_core::config::{ReadBy, SETTINGS};
+        let text = help();
+        for s in SETTINGS {
+            let listed = text
+                .lines()
+                .any(|l| l.starts_with(&format!("  {} (", s.name)));
+            assert_eq!(listed, s.read_by != ReadBy::Console, "{}", s.name);
+        }
+        assert!(
+            text.contains("CARAPACE_BTG_SECONDS (default 3600)"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
+    }
+
+    #[test]
+    fn help_text_wraps_at_spaces() {
+        assert_eq!(wrap("aaa bbb ccc", 7), ["aaa bbb", "ccc"]);
+        assert_eq!(wrap("", 7), [""]);
+        assert_eq!(wrap("longerthanwidth x", 4), ["longerthanwidth", "x"]);
+    }
 
     #[test]
     fn forwarded_addresses_are_believed_only_from_trusted_proxies() {

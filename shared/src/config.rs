@@ -1,5 +1,10 @@
-//! Configuration: defaults, then `CARAPACE_*` environment variables. Secrets live in `SecretString`,
-//! which never prints its value.
+//! Configuration: defaults, then `CARAPACE_*` environment variables, all declared once in
+//! [`SETTINGS`] (`settings.rs`). Secrets live in `SecretString`, which never prints its value.
+
+mod settings;
+
+use settings::Lookup;
+pub use settings::{markdown_table, setting_named, ReadBy, Setting, Unset, SETTINGS};
 
 pub use crate::crypto::dek_cache::DekCacheConfig;
 pub use crate::crypto::keys::{VaultAuth, VaultConfig};
@@ -103,37 +108,121 @@ pub struct TlsConfig {
 #[error("configuration: {0}")]
 pub struct ConfigError(String);
 
+/// Connection parameters a `CARAPACE_DATABASE_URL` may carry (what the PostgreSQL driver reads).
+const URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Why `url` is not a PostgreSQL URL the server can use, in words that never repeat its password
+/// (or anything else of it but a parameter name): checked at start-up, so a typo is not reported
+/// later as a connection refused by some other host.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    let trimmed = url.trim();
+    let Some((scheme, _)) = trimmed.split_once("://") else {
+        return Err("it must begin with postgres:// or postgresql://".into());
+    };
+    if !matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "postgres" | "postgresql"
+    ) {
+        return Err("it must begin with postgres:// or postgresql://".into());
+    }
+    // The url crate's errors name the problem ("invalid port number"), never the input.
+    let parsed = url::Url::parse(trimmed).map_err(|e| e.to_string())?;
+    let decodes = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .is_ok()
+    };
+    if !decodes(parsed.username()) {
+        return Err("the user name is not valid percent-encoded UTF-8".into());
+    }
+    if !parsed.password().is_none_or(decodes) {
+        return Err(
+            "the password is not valid percent-encoded UTF-8 (percent-encode \
+                    reserved characters such as @ : / ? # as %40 %3A %2F %3F %23)"
+                .into(),
+        );
+    }
+    if parsed.path().trim_start_matches('/').contains('/') || !decodes(parsed.path()) {
+        return Err("the path must be one database name (/DATABASE)".into());
+    }
+    for (key, value) in parsed.query_pairs() {
+        if !URL_PARAMETERS.contains(&key.as_ref()) && !key.starts_with("options[") {
+            return Err(format!(
+                "unknown connection parameter '{}' (known: {})",
+                crate::fhir::printable(&key),
+                URL_PARAMETERS.join(", ")
+            ));
+        }
+        let number_ok = |v: &str| v.parse::<u16>().is_ok();
+        match key.as_ref() {
+            "sslmode" | "ssl-mode"
+                if ![
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ]
+                .contains(&value.to_ascii_lowercase().as_str()) =>
+            {
+                return Err(
+                    "sslmode is one of disable, allow, prefer, require, verify-ca, \
+                            verify-full"
+                        .into(),
+                )
+            }
+            "port" if !number_ok(&value) => return Err("port is a number up to 65535".into()),
+            "hostaddr" if value.parse::<std::net::IpAddr>().is_err() => {
+                return Err("hostaddr is an IP address".into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Read the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
-    /// Read the configuration through `get` (tests pass a map instead of the environment).
+    /// Read the configuration through `get` (tests pass a map instead of the environment). Only
+    /// variables of [`SETTINGS`] are read, and an unset one takes the default stated there.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let parse_num = |k: &str, default: u64| -> Result<u64, ConfigError> {
-            match get(k) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| ConfigError(format!("{k} must be a whole number"))),
-            }
-        };
-        let listen = match get("CARAPACE_LISTEN") {
-            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
-            Some(v) => v
-                .parse()
-                .map_err(|_| ConfigError("CARAPACE_LISTEN must be ADDRESS:PORT".into()))?,
-        };
-        let vault = match get("CARAPACE_VAULT_ADDR") {
+        let env = Lookup(&get);
+        let listen = env
+            .text("CARAPACE_LISTEN")?
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| ConfigError("CARAPACE_LISTEN must be ADDRESS:PORT".into()))?;
+        let vault = match env.text("CARAPACE_VAULT_ADDR")? {
             None => None,
             Some(addr) => {
                 let auth = match (
-                    get("CARAPACE_VAULT_TOKEN"),
-                    get("CARAPACE_VAULT_ROLE_ID"),
-                    get("CARAPACE_VAULT_SECRET_ID"),
+                    env.text("CARAPACE_VAULT_TOKEN")?,
+                    env.text("CARAPACE_VAULT_ROLE_ID")?,
+                    env.text("CARAPACE_VAULT_SECRET_ID")?,
                 ) {
                     (Some(t), _, _) => VaultAuth::Token(SecretString::from(t)),
                     (None, Some(role_id), Some(secret)) => VaultAuth::AppRole {
@@ -149,12 +238,17 @@ impl Config {
                 Some(VaultConfig {
                     addr,
                     auth,
-                    mount: get("CARAPACE_VAULT_TRANSIT_MOUNT").unwrap_or_else(|| "transit".into()),
-                    key_name: get("CARAPACE_VAULT_KEY").unwrap_or_else(|| "carapace".into()),
+                    mount: env
+                        .text("CARAPACE_VAULT_TRANSIT_MOUNT")?
+                        .unwrap_or_default(),
+                    key_name: env.text("CARAPACE_VAULT_KEY")?.unwrap_or_default(),
                 })
             }
         };
-        let tls = match (get("CARAPACE_TLS_CERT"), get("CARAPACE_TLS_KEY")) {
+        let tls = match (
+            env.text("CARAPACE_TLS_CERT")?,
+            env.text("CARAPACE_TLS_KEY")?,
+        ) {
             (Some(cert), Some(key)) => Some(TlsConfig {
                 cert: cert.into(),
                 key: key.into(),
@@ -166,12 +260,9 @@ impl Config {
                 ))
             }
         };
-        let max_connections = parse_num("CARAPACE_DB_MAX_CONNECTIONS", 16)?;
-        let trusted_proxies = get("CARAPACE_TRUSTED_PROXIES")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
+        let max_connections = env.number("CARAPACE_DB_MAX_CONNECTIONS")?;
+        let trusted_proxies = env
+            .list("CARAPACE_TRUSTED_PROXIES")?
             .map(|p| {
                 p.parse::<ipnet::IpNet>()
                     .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -183,21 +274,10 @@ impl Config {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let default_permit = match get("CARAPACE_CONSENT_DEFAULT").as_deref().map(str::trim) {
-            None | Some("deny") => false,
-            Some("permit") => true,
-            Some(_) => {
-                return Err(ConfigError(
-                    "CARAPACE_CONSENT_DEFAULT is deny or permit".into(),
-                ))
-            }
-        };
-        let btg_roles = get("CARAPACE_BTG_ROLES")
-            .unwrap_or_else(|| "practitioner".into())
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(|r| match crate::access::Role::parse(r) {
+        let default_permit = env.switch("CARAPACE_CONSENT_DEFAULT", "permit", "deny")?;
+        let btg_roles = env
+            .list("CARAPACE_BTG_ROLES")?
+            .map(|r| match crate::access::Role::parse(&r) {
                 Some(role @ (crate::access::Role::Practitioner | crate::access::Role::Admin)) => {
                     Ok(role)
                 }
@@ -208,83 +288,80 @@ impl Config {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let btg_seconds = parse_num("CARAPACE_BTG_SECONDS", 3600)?.clamp(1, 24 * 3600);
+        let btg_seconds = env.number("CARAPACE_BTG_SECONDS")?.clamp(1, 24 * 3600);
         let policy = crate::access::policy::PolicyConfig {
             default_permit,
             btg_roles,
             btg_duration: chrono::Duration::seconds(i64::try_from(btg_seconds).unwrap_or(3600)),
         };
-        let cors_origins = get("CARAPACE_CORS_ORIGINS")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(CorsOrigin::parse)
+        let cors_origins = env
+            .list("CARAPACE_CORS_ORIGINS")?
+            .map(|o| CorsOrigin::parse(&o))
             .collect::<Result<Vec<_>, _>>()?;
         let sign_in = crate::access::SignInLimits {
             decay: chrono::Duration::hours(
                 i64::try_from(
-                    parse_num("CARAPACE_LOGIN_FAILURE_DECAY_HOURS", 24)?.clamp(1, 24 * 30),
+                    env.number("CARAPACE_LOGIN_FAILURE_DECAY_HOURS")?
+                        .clamp(1, 24 * 30),
                 )
                 .unwrap_or(24),
             ),
             address_failures: i32::try_from(
-                parse_num("CARAPACE_LOGIN_ADDRESS_FAILURES", 50)?.clamp(1, 1_000_000),
+                env.number("CARAPACE_LOGIN_ADDRESS_FAILURES")?
+                    .clamp(1, 1_000_000),
             )
             .unwrap_or(50),
             address_window: chrono::Duration::minutes(
                 i64::try_from(
-                    parse_num("CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES", 60)?.clamp(1, 24 * 60),
+                    env.number("CARAPACE_LOGIN_ADDRESS_WINDOW_MINUTES")?
+                        .clamp(1, 24 * 60),
                 )
                 .unwrap_or(60),
             ),
         };
-        let enforce_profiles = match get("CARAPACE_ENFORCE_PROFILES").as_deref().map(str::trim) {
-            None | Some("off") => false,
-            Some("on") => true,
-            Some(_) => return Err(ConfigError("CARAPACE_ENFORCE_PROFILES is on or off".into())),
-        };
-        let referential_integrity = match get("CARAPACE_REFERENTIAL_INTEGRITY")
-            .as_deref()
-            .map(str::trim)
-        {
-            None | Some("on") => true,
-            Some("off") => false,
-            Some(_) => {
-                return Err(ConfigError(
-                    "CARAPACE_REFERENTIAL_INTEGRITY is on or off".into(),
-                ))
+        let enforce_profiles = env.switch("CARAPACE_ENFORCE_PROFILES", "on", "off")?;
+        let referential_integrity = env.switch("CARAPACE_REFERENTIAL_INTEGRITY", "on", "off")?;
+        let database_url = match env.text("CARAPACE_DATABASE_URL")? {
+            None => None,
+            Some(url) => {
+                check_database_url(&url).map_err(|reason| {
+                    ConfigError(format!(
+                        "CARAPACE_DATABASE_URL is not a valid PostgreSQL URL: {reason}"
+                    ))
+                })?;
+                Some(SecretString::from(url))
             }
         };
         Ok(Config {
             enforce_profiles,
             referential_integrity,
             cors_origins,
-            database_url: get("CARAPACE_DATABASE_URL").map(SecretString::from),
-            data_dir: get("CARAPACE_DATA_DIR")
-                .unwrap_or_else(|| "./carapace-data".into())
-                .into(),
+            database_url,
+            data_dir: env.text("CARAPACE_DATA_DIR")?.unwrap_or_default().into(),
             listen,
-            base_url: get("CARAPACE_BASE_URL").map(|u| u.trim_end_matches('/').to_string()),
+            base_url: env
+                .text("CARAPACE_BASE_URL")?
+                .map(|u| u.trim_end_matches('/').to_string()),
             vault,
             tls,
-            body_limit: usize::try_from(parse_num("CARAPACE_BODY_LIMIT", 16 * 1024 * 1024)?)
+            body_limit: usize::try_from(env.number("CARAPACE_BODY_LIMIT")?)
                 .map_err(|_| ConfigError("CARAPACE_BODY_LIMIT is too large".into()))?,
             dek_cache: DekCacheConfig {
-                max_age: Duration::from_secs(parse_num("CARAPACE_DEK_CACHE_MAX_AGE", 3600)?),
-                max_uses: parse_num("CARAPACE_DEK_CACHE_MAX_USES", 10_000_000)?,
+                max_age: Duration::from_secs(env.number("CARAPACE_DEK_CACHE_MAX_AGE")?),
+                max_uses: env.number("CARAPACE_DEK_CACHE_MAX_USES")?,
                 ..DekCacheConfig::default()
             },
             db_max_connections: u32::try_from(max_connections.clamp(1, 1000)).unwrap_or(16),
             sessions: crate::identity::authorize::SessionPolicy {
                 idle: chrono::Duration::minutes(
                     i64::try_from(
-                        parse_num("CARAPACE_SESSION_IDLE_MINUTES", 15)?.clamp(1, 24 * 60),
+                        env.number("CARAPACE_SESSION_IDLE_MINUTES")?
+                            .clamp(1, 24 * 60),
                     )
                     .unwrap_or(15),
                 ),
                 absolute: chrono::Duration::hours(
-                    i64::try_from(parse_num("CARAPACE_SESSION_MAX_HOURS", 8)?.clamp(1, 24 * 7))
+                    i64::try_from(env.number("CARAPACE_SESSION_MAX_HOURS")?.clamp(1, 24 * 7))
                         .unwrap_or(8),
                 ),
             },
@@ -433,6 +510,155 @@ mod tests {
         match c.vault.unwrap().auth {
             VaultAuth::Token(t) => assert_eq!(t.expose_secret(), "s.very-secret-token"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// `from_lookup` reads exactly the settings the table declares for it: every variable it
+    /// asks for is declared, and every declared one is asked for (Vault's once an address is set).
+    #[test]
+    fn the_configuration_reads_exactly_the_declared_settings() {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        for pairs in [
+            vec![],
+            vec![
+                ("CARAPACE_VAULT_ADDR", "http://127.0.0.1:8200"),
+                ("CARAPACE_VAULT_TOKEN", "t"),
+            ],
+        ] {
+            let map: HashMap<&str, &str> = pairs.into_iter().collect();
+            let _ = Config::from_lookup(|k| {
+                asked.borrow_mut().insert(k.to_string());
+                map.get(k).map(|v| v.to_string())
+            });
+        }
+        let declared: std::collections::BTreeSet<String> = SETTINGS
+            .iter()
+            .filter(|s| s.read_by == ReadBy::Config)
+            .map(|s| s.name.to_string())
+            .collect();
+        assert_eq!(asked.into_inner(), declared);
+        let mut names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SETTINGS.len(), "a setting is declared twice");
+    }
+
+    /// The defaults the table states are the ones the server uses.
+    #[test]
+    fn stated_defaults_are_the_defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./carapace-data"));
+        assert_eq!(c.body_limit, 16 * 1024 * 1024);
+        assert_eq!(c.dek_cache.max_age, Duration::from_secs(3600));
+        assert_eq!(c.dek_cache.max_uses, 10_000_000);
+        assert_eq!(c.db_max_connections, 16);
+        assert_eq!(c.sessions.idle, chrono::Duration::minutes(15));
+        assert_eq!(c.sessions.absolute, chrono::Duration::hours(8));
+        assert_eq!(c.policy.btg_roles, [crate::access::Role::Practitioner]);
+        assert_eq!(c.policy.btg_duration, chrono::Duration::seconds(3600));
+        assert_eq!(c.sign_in.decay, chrono::Duration::hours(24));
+        assert_eq!(c.sign_in.address_failures, 50);
+        assert_eq!(c.sign_in.address_window, chrono::Duration::minutes(60));
+        let v = config(&[
+            ("CARAPACE_VAULT_ADDR", "http://127.0.0.1:8200"),
+            ("CARAPACE_VAULT_TOKEN", "t"),
+        ])
+        .unwrap()
+        .vault
+        .unwrap();
+        assert_eq!(
+            (v.mount.as_str(), v.key_name.as_str()),
+            ("transit", "carapace")
+        );
+        let table = markdown_table();
+        for shown in [
+            "`127.0.0.1:8080`",
+            "`./carapace-data`",
+            "`16777216`",
+            "`10000000`",
+        ] {
+            assert!(table.contains(shown), "{shown}");
+        }
+    }
+
+    /// Every setting the table calls secret stays out of the configuration's `Debug`.
+    #[test]
+    fn settings_declared_secret_never_print() {
+        let values: Vec<(String, String)> = SETTINGS
+            .iter()
+            .filter(|s| s.read_by == ReadBy::Config)
+            .filter(|s| s.secret)
+            .map(|s| {
+                let sentinel = format!("sentinel-{}", s.name.to_ascii_lowercase());
+                let value = match s.name {
+                    "CARAPACE_DATABASE_URL" => format!("postgres://u:{sentinel}@h/d"),
+                    _ => sentinel,
+                };
+                (s.name.to_string(), value)
+            })
+            .collect();
+        assert!(values.len() >= 3, "{values:?}");
+        let mut pairs: Vec<(&str, &str)> = values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.push(("CARAPACE_VAULT_ADDR", "http://127.0.0.1:8200"));
+        pairs.push(("CARAPACE_VAULT_ROLE_ID", "role"));
+        let shown = format!("{:?}", config(&pairs).unwrap());
+        for (name, _) in &values {
+            let sentinel = format!("sentinel-{}", name.to_ascii_lowercase());
+            assert!(!shown.contains(&sentinel), "{name} printed");
+        }
+    }
+
+    #[test]
+    fn a_malformed_database_url_is_named_without_its_password() {
+        let password = "Sup3r-s3cret";
+        for (url, reason) in [
+            ("localhost:5432/carapace", "must begin with postgres://"),
+            ("mysql://u:Sup3r-s3cret@h/d", "must begin with postgres://"),
+            (
+                "postgres//u:Sup3r-s3cret@h/d",
+                "must begin with postgres://",
+            ),
+            ("postgres://u:Sup3r-s3cret@h:54x2/d", "invalid port number"),
+            ("postgres://u:Sup/3r-s3cret@h/d", "invalid port number"),
+            ("postgres://u:Sup3r-s3cret@h/d/extra", "one database name"),
+            (
+                "postgres://u:Sup3r-s3cret@h/d?sslmod=require",
+                "unknown connection parameter 'sslmod'",
+            ),
+            (
+                "postgres://u:Sup3r-s3cret@h/d?sslmode=always",
+                "sslmode is one of",
+            ),
+            (
+                "postgres://u:Sup3r-s3cret@h/d?port=99999",
+                "port is a number",
+            ),
+        ] {
+            let err = config(&[("CARAPACE_DATABASE_URL", url)])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("CARAPACE_DATABASE_URL is not a valid PostgreSQL URL")
+                    && err.contains(reason),
+                "{url}: {err}"
+            );
+            assert!(
+                !err.contains(password) && !err.contains("3r-s3"),
+                "{url}: {err}"
+            );
+        }
+        for good in [
+            "postgres://carapace@127.0.0.1:5432/carapace_test",
+            "postgresql://u:p%40ss@db.example/carapace?sslmode=verify-full&application_name=x",
+            "postgres:///carapace?host=/run/postgresql",
+            "postgres://u:p@ss@db.example/carapace",
+        ] {
+            assert!(config(&[("CARAPACE_DATABASE_URL", good)]).is_ok(), "{good}");
         }
     }
 

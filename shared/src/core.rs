@@ -22,12 +22,15 @@ pub enum OpenError {
     Embedded(#[from] embedded::EmbeddedError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The first connection failed: named by where it went (never with the password).
+    #[error("connecting to PostgreSQL at {target}: {cause}")]
+    Connect { target: String, cause: sqlx::Error },
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("key provider: {0}")]
     Keys(#[from] KeyError),
-    #[error("CARAPACE_DATABASE_URL is not a valid PostgreSQL URL")]
-    BadUrl,
+    #[error("CARAPACE_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    BadUrl(String),
 }
 
 /// The database role a process works as once the migrations have run (as the owner): the
@@ -86,7 +89,7 @@ impl Core {
                 false,
             ),
             None => {
-                std::fs::create_dir_all(&config.data_dir)
+                embedded::create_data_dir(&config.data_dir)
                     .map_err(|e| KeyError::Other(e.to_string()))?;
                 (
                     KeyProvider::File(FileKeyring::open_or_create(&config.data_dir)?),
@@ -126,13 +129,34 @@ impl Core {
     }
 }
 
+/// Where `options` connect, for a message: host, port, database and user, never the password.
+fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
+    let place = match options.get_socket() {
+        Some(socket) => format!("the unix socket in {}", socket.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    let source = if embedded {
+        "the embedded cluster"
+    } else {
+        "CARAPACE_DATABASE_URL"
+    };
+    format!(
+        "{place}, database {}, user {} ({source})",
+        options.get_database().unwrap_or("(the user's)"),
+        options.get_username()
+    )
+}
+
 /// Run the migrations as the owner, then open the pool whose connections work as `role`.
 async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluster>), OpenError> {
     let (options, cluster) = match &config.database_url {
-        Some(url) => (
-            PgConnectOptions::from_str(url.expose_secret()).map_err(|_| OpenError::BadUrl)?,
-            None,
-        ),
+        Some(url) => {
+            crate::config::check_database_url(url.expose_secret()).map_err(OpenError::BadUrl)?;
+            // The driver's own error may quote the URL: only that it failed is told.
+            let options = PgConnectOptions::from_str(url.expose_secret())
+                .map_err(|_| OpenError::BadUrl("the PostgreSQL driver cannot read it".into()))?;
+            (options, None)
+        }
         None => {
             let dir = config.data_dir.clone();
             // The server owns the cluster it uses; the console works on the server's.
@@ -151,7 +175,12 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
             (cluster.connect_options("carapace"), Some(cluster))
         }
     };
-    let mut owner = PgConnection::connect_with(&options).await?;
+    let mut owner = PgConnection::connect_with(&options)
+        .await
+        .map_err(|cause| OpenError::Connect {
+            target: connect_target(&options, cluster.is_some()),
+            cause,
+        })?;
     MIGRATOR.run(&mut owner).await?;
     owner.close().await?;
     let pool = PgPoolOptions::new()

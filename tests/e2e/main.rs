@@ -25,6 +25,7 @@ mod integrity;
 mod narrative;
 mod operations;
 mod profiles;
+mod readme;
 mod search;
 mod terminology;
 mod tls;

@@ -18,8 +18,84 @@ pub enum EmbeddedError {
     InUse { dir: String, holder: String },
     #[error("the data directory {dir} is held by another Carapace process{holder}, whose PostgreSQL is not running (starting or stopping); try again")]
     NotRunning { dir: String, holder: String },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    #[error("CARAPACE_DATA_DIR {dir} {problem}")]
+    DataDir { dir: String, problem: String },
+    #[error("running as root, PostgreSQL runs as the unprivileged `postgres` system user (initdb refuses root), which cannot enter {dir} (mode {mode:o}, owner uid {owner}) on the way to the data directory {data_dir}: make it traversable (chmod o+x {dir}) or choose a CARAPACE_DATA_DIR outside it")]
+    NotTraversable {
+        dir: String,
+        mode: u32,
+        owner: u32,
+        data_dir: String,
+    },
+    #[error("{doing} {path}: {source}")]
+    Path {
+        doing: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `e` about `path`, for `map_err`.
+fn at(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EmbeddedError {
+    let path = path.display().to_string();
+    move |source| EmbeddedError::Path {
+        doing,
+        path,
+        source,
+    }
+}
+
+/// Create the data directory (`CARAPACE_DATA_DIR`) if it is missing, refusing clearly a path that
+/// is a file, or under one.
+pub fn create_data_dir(dir: &Path) -> Result<(), EmbeddedError> {
+    let refuse = |problem: String| EmbeddedError::DataDir {
+        dir: dir.display().to_string(),
+        problem,
+    };
+    if let Some(file) = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.exists() && !a.is_dir())
+    {
+        return Err(refuse(if file == dir {
+            "is a file, not a directory".into()
+        } else {
+            format!(
+                "cannot be created: {} is a file, not a directory",
+                file.display()
+            )
+        }));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| refuse(format!("cannot be created: {e}")))
+}
+
+/// As root, the `postgres` user (`uid`, `gid`) must pass through every directory above the data
+/// directory; the first one it cannot enter is named, before anything is created under it.
+fn check_traversable(data_dir: &Path, uid: u32, gid: u32) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in data_dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        let may_enter = if meta.uid() == uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !may_enter {
+            return Err(EmbeddedError::NotTraversable {
+                dir: dir.display().to_string(),
+                mode,
+                owner: meta.uid(),
+                data_dir: data_dir.display().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether a process may share the cluster with the one that started it.
@@ -57,16 +133,18 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&path)?;
+            .open(&path)
+            .map_err(at("opening", &path))?;
         match file.try_lock() {
             Ok(()) => {
                 let program = std::env::current_exe()
                     .ok()
                     .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                     .unwrap_or_default();
-                file.set_len(0)?;
-                writeln!(file, "{} {program}", std::process::id())?;
-                file.flush()?;
+                file.set_len(0)
+                    .and_then(|()| writeln!(file, "{} {program}", std::process::id()))
+                    .and_then(|()| file.flush())
+                    .map_err(at("writing", &path))?;
                 Ok(Ok(DirLock { _file: file }))
             }
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -85,7 +163,7 @@ impl DirLock {
                 };
                 Ok(Err(holder))
             }
-            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+            Err(std::fs::TryLockError::Error(e)) => Err(at("locking", &path)(e)),
         }
     }
 }
@@ -124,8 +202,11 @@ impl Cluster {
         } else {
             None
         };
-        std::fs::create_dir_all(data_dir)?;
-        let data_dir = std::fs::canonicalize(data_dir)?;
+        create_data_dir(data_dir)?;
+        let data_dir = std::fs::canonicalize(data_dir).map_err(at("resolving", data_dir))?;
+        if let Some((uid, gid)) = run_as {
+            check_traversable(&data_dir, uid, gid)?;
+        }
         let lock = match DirLock::try_acquire(&data_dir)? {
             Ok(lock) => Ok(lock),
             Err(holder) if ownership == Ownership::Exclusive => {
@@ -139,13 +220,19 @@ impl Cluster {
         };
         let pg_dir = data_dir.join("postgres");
         let socket_dir = data_dir.join("run");
-        std::fs::create_dir_all(&socket_dir)?;
-        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(&socket_dir).map_err(at("creating", &socket_dir))?;
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(at("setting the mode of", &socket_dir))?;
         if let Some((uid, gid)) = run_as {
             // The unprivileged user must be able to pass through the data directory (not list it:
             // the master key file stays root-only) and own its own directories.
-            let mode = std::fs::metadata(&data_dir)?.permissions().mode() & 0o777;
-            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(mode | 0o711))?;
+            let mode = std::fs::metadata(&data_dir)
+                .map_err(at("reading", &data_dir))?
+                .permissions()
+                .mode()
+                & 0o777;
+            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(mode | 0o711))
+                .map_err(at("setting the mode of", &data_dir))?;
             chown(&socket_dir, uid, gid)?;
             if pg_dir.exists() {
                 chown(&pg_dir, uid, gid)?;
@@ -209,8 +296,9 @@ impl Cluster {
     }
 
     fn initdb(&self) -> Result<(), EmbeddedError> {
-        std::fs::create_dir_all(&self.pg_dir)?;
-        std::fs::set_permissions(&self.pg_dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(&self.pg_dir).map_err(at("creating", &self.pg_dir))?;
+        std::fs::set_permissions(&self.pg_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(at("setting the mode of", &self.pg_dir))?;
         if let Some((uid, gid)) = self.run_as {
             chown(&self.pg_dir, uid, gid)?;
         }
@@ -270,7 +358,21 @@ impl Cluster {
             .output()
             .map_err(|e| EmbeddedError::Command {
                 what: program.into(),
-                detail: e.to_string(),
+                detail: match self.run_as {
+                    // The child could not enter its working directory or run the binary as
+                    // `postgres`: say so, and where.
+                    Some((uid, _)) => format!(
+                        "{} could not be started as the unprivileged `postgres` system user (uid \
+                         {uid}; running as root, PostgreSQL runs as it) in {}: {e}",
+                        self.bin_dir.join(program).display(),
+                        self.socket_dir.display()
+                    ),
+                    None => format!(
+                        "{} could not be started in {}: {e}",
+                        self.bin_dir.join(program).display(),
+                        self.socket_dir.display()
+                    ),
+                },
             })?;
         if out.status.success() {
             Ok(())
@@ -378,8 +480,8 @@ fn postgres_user() -> Option<(u32, u32)> {
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), EmbeddedError> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-    Ok(())
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(at("giving the `postgres` user", path))
 }
 
 /// The first directory holding `initdb`, `pg_ctl` and `postgres` of version 15 or newer.
@@ -427,4 +529,57 @@ fn major_version(bin_dir: &Path) -> u32 {
             version.split('.').next()?.parse().ok()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_that_is_a_file_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("carapace-data");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let err = create_data_dir(&file).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "CARAPACE_DATA_DIR {} is a file, not a directory",
+                file.display()
+            )
+        );
+        let under = file.join("inner");
+        let err = create_data_dir(&under).unwrap_err().to_string();
+        assert!(
+            err.contains(&under.display().to_string())
+                && err.contains(&format!("{} is a file, not a directory", file.display())),
+            "{err}"
+        );
+        let fine = tmp.path().join("a/b");
+        create_data_dir(&fine).unwrap();
+        create_data_dir(&fine).unwrap();
+        assert!(fine.is_dir());
+    }
+
+    #[test]
+    fn a_parent_the_postgres_user_cannot_enter_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let private = tmp.path().join("private");
+        let data_dir = private.join("carapace-data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A uid and gid that own nothing here.
+        let err = check_traversable(&data_dir, 4_000_001, 4_000_001)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("cannot enter {} (mode 700", private.display()))
+                && err.contains("`postgres`")
+                && err.contains(&data_dir.display().to_string()),
+            "{err}"
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        check_traversable(&data_dir, 4_000_001, 4_000_001).unwrap();
+    }
 }
