@@ -51,7 +51,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
                  works on the data directory carapace-server made and never creates one: run it \
                  from the directory the server runs in, or point it at the server's with \
                  CARAPACE_DATA_DIR=/path/to/carapace-data (or the same CARAPACE_DATABASE_URL and \
-                 CARAPACE_VAULT_* settings as the server).",
+                 CARAPACE_VAULT_ADDR and Vault credentials as the server).",
                 dir.display(),
                 path.display()
             ),

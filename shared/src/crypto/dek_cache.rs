@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Limits of the cache (`CARAPACE_DEK_CACHE_*`).
+/// Limits of the cache (`CARAPACE_DEK_CACHE_MAX_AGE`, `CARAPACE_DEK_CACHE_MAX_USES`).
 #[derive(Debug, Clone, Copy)]
 pub struct DekCacheConfig {
     pub max_age: Duration,

@@ -21,7 +21,7 @@ use tokio::sync::RwLock;
 use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
-/// Where Vault is and how to sign in to it (`CARAPACE_VAULT_*`).
+/// Where Vault is and how to sign in to it (`CARAPACE_VAULT_ADDR` and the settings after it).
 #[derive(Debug, Clone)]
 pub struct VaultConfig {
     /// `CARAPACE_VAULT_ADDR`.

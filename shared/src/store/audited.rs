@@ -170,7 +170,7 @@ impl Store {
         Ok(audit::verify_chain(&self.pool, &key, anchor, progress).await?)
     }
 
-    /// One audited interaction: `work` runs, then its outcome is recorded. A failure or refusal
+    /// The outcome of one interaction, recorded: `result` is what the interaction's work gave. A failure or refusal
     /// is recorded here, outside the (rolled back) data transaction, against `event.patient`. A
     /// success is recorded as `recorded(&value)` says: in its own transaction already (writes), or
     /// here, one event per patient whose data it returned (reads) — and a read that cannot be
@@ -179,10 +179,9 @@ impl Store {
         &self,
         ctx: &AccessContext,
         event: Event,
-        work: impl std::future::Future<Output = Result<T, StoreError>>,
+        result: Result<T, StoreError>,
         recorded: impl FnOnce(&T) -> Recorded,
     ) -> Result<T, StoreError> {
-        let result = work.await;
         let at = self.clock.now();
         let record = |outcome, patient| AuditRecord {
             query: event.query.clone(),

@@ -97,53 +97,6 @@ impl Store {
         ctx: &AccessContext,
         query: &SearchQuery,
     ) -> Result<SearchResult, StoreError> {
-        let work = async {
-            authorize_search(ctx, query)?;
-            let plan = self.plan(ctx).await?;
-            let keys = self.search_keys().await?;
-            let digest = query_digest(query);
-            let cursor = match &query.cursor {
-                Some(c) => Some(open_cursor(&keys.cursor, c, &digest)?),
-                None => None,
-            };
-            let now = self.clock.now().timestamp_millis();
-            // One transaction for the whole search, under the caller's row-level security; it only
-            // reads, so it is dropped (rolled back with the connection's next statement).
-            let mut tx = self.begin_for(ctx).await?;
-            if query.summary == Summary::Count {
-                return Ok(SearchResult {
-                    matches: vec![],
-                    included: vec![],
-                    total: Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
-                    next: None,
-                    previous: None,
-                });
-            }
-            let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
-            let page = if by_value {
-                self.page_sorted_in_memory(&mut tx, &plan, query, &keys, &digest, cursor, now)
-                    .await?
-            } else {
-                self.page_by_keyset(&mut tx, &plan, query, &keys, &digest, cursor, now)
-                    .await?
-            };
-            let (matches, next, previous) = (page.matches, page.next, page.previous);
-            let total = match (query.total, page.total) {
-                (Total::None, _) => None,
-                (_, Some(n)) => Some(n),
-                // A page past the last match (the data changed under a cursor) counts on its own.
-                (_, None) => Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
-            };
-            let included = self.includes(&mut tx, ctx, &plan, query, &matches).await?;
-            drop(tx);
-            Ok(SearchResult {
-                matches,
-                included,
-                total,
-                next,
-                previous,
-            })
-        };
         // The query as the server understood it (the parameters it used); sealed with the event.
         let text = {
             let mut text = form_urlencoded::Serializer::new(String::new());
@@ -181,7 +134,62 @@ impl Store {
             }
             Recorded::Here(patients)
         };
-        self.audited(ctx, event, work, patients).await
+        self.audited(
+            ctx,
+            event,
+            async {
+                authorize_search(ctx, query)?;
+                let plan = self.plan(ctx).await?;
+                let keys = self.search_keys().await?;
+                let digest = query_digest(query);
+                let cursor = match &query.cursor {
+                    Some(c) => Some(open_cursor(&keys.cursor, c, &digest)?),
+                    None => None,
+                };
+                let now = self.clock.now().timestamp_millis();
+                // One transaction for the whole search, under the caller's row-level security; it only
+                // reads, so it is dropped (rolled back with the connection's next statement).
+                let mut tx = self.begin_for(ctx).await?;
+                if query.summary == Summary::Count {
+                    return Ok(SearchResult {
+                        matches: vec![],
+                        included: vec![],
+                        total: Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
+                        next: None,
+                        previous: None,
+                    });
+                }
+                let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
+                let page = if by_value {
+                    self.page_sorted_in_memory(&mut tx, &plan, query, &keys, &digest, cursor, now)
+                        .await?
+                } else {
+                    self.page_by_keyset(&mut tx, &plan, query, &keys, &digest, cursor, now)
+                        .await?
+                };
+                let (matches, next, previous) = (page.matches, page.next, page.previous);
+                let total = match (query.total, page.total) {
+                    (Total::None, _) => None,
+                    (_, Some(n)) => Some(n),
+                    // A page past the last match (the data changed under a cursor) counts on its own.
+                    (_, None) => {
+                        Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?)
+                    }
+                };
+                let included = self.includes(&mut tx, ctx, &plan, query, &matches).await?;
+                drop(tx);
+                Ok(SearchResult {
+                    matches,
+                    included,
+                    total,
+                    next,
+                    previous,
+                })
+            }
+            .await,
+            patients,
+        )
+        .await
     }
 
     /// The id and current version of the most recently written resource matching `query` that

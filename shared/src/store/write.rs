@@ -293,7 +293,8 @@ impl Store {
                     last_updated: now,
                     body,
                 }))
-            },
+            }
+            .await,
             |_| Recorded::InItsTransaction,
         )
         .await
@@ -462,7 +463,8 @@ impl Store {
                         Err(e) => return Err(e),
                     }
                 }
-            },
+            }
+            .await,
             |_| Recorded::InItsTransaction,
         )
         .await
@@ -600,7 +602,7 @@ impl Store {
             Ok(prepared) => prepared,
             Err(e) => {
                 let event = Event::new(Interaction::Update, format!("{resource_type}/{id}"));
-                let refused = async { Err(e) };
+                let refused = Err(e);
                 return self
                     .audited(ctx, event, refused, |_| Recorded::InItsTransaction)
                     .await;
@@ -664,7 +666,8 @@ impl Store {
                 let deleted = self.write_delete(&mut tx, ctx, resource_type, id).await?;
                 tx.commit().await?;
                 Ok(deleted)
-            },
+            }
+            .await,
             |_| Recorded::InItsTransaction,
         )
         .await
