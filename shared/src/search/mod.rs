@@ -3,6 +3,7 @@
 //! (`store/search.rs`).
 
 pub mod index;
+pub mod interaction_params;
 pub mod params;
 pub mod query;
 
