@@ -112,6 +112,11 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
     use Interaction as I;
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let by_post = method == "POST";
+    if let ([t, op], "GET" | "POST") = (segments.as_slice(), method) {
+        if let Some(op) = Operation::of(t, op) {
+            return Ok(Route::Interaction(Interaction::Terminology { op, by_post }));
+        }
+    }
     let interaction = match (segments.as_slice(), method) {
         (["metadata"], "GET") => return Ok(Route::Capabilities),
         ([".well-known", "smart-configuration"], "GET") => return Ok(Route::SmartConfiguration),
@@ -133,10 +138,6 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
             rt: resource_type(t)?,
             id: Some(resource_id(id)?),
             by_post,
-        },
-        ([t, op], "GET" | "POST") if Operation::of(t, op).is_some() => match Operation::of(t, op) {
-            Some(op) => I::Terminology { op, by_post },
-            None => return Err(Unroutable::Bad(ApiError::not_found("no such operation"))),
         },
         (["AuditEvent"], "GET") => I::AuditSearch,
         (["AuditEvent", id], "GET") => I::AuditRead { id: id.to_string() },
@@ -244,6 +245,7 @@ fn conditional_target(query: &str) -> Result<Target, Unroutable> {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 
