@@ -1,16 +1,12 @@
 //! carapace-server: the FHIR R4 REST front of Carapace (hyper + tokio). HTTP only: everything else is
 //! in `carapace-core`.
 
-mod audit_api;
-mod capability;
 mod cors;
 mod edge;
-mod fhir_api;
-mod incoming;
+mod fhir;
 mod login;
 mod oauth;
 mod outcome;
-mod terminology_api;
 mod tls;
 
 use anyhow::Context;
@@ -357,7 +353,7 @@ async fn route(
     path: &str,
 ) -> Response<Full<Bytes>> {
     if path == "/fhir" || path.starts_with("/fhir/") {
-        return fhir_api::handle(state, req, peer).await;
+        return fhir::handle(state, req, peer).await;
     }
     match path {
         "/auth/authorize" | "/auth/login" | "/auth/login/totp" | "/auth/consent"

@@ -94,7 +94,7 @@ pub async fn read_form(
     if !form_type {
         return Err(bad("send application/x-www-form-urlencoded"));
     }
-    let bytes = crate::fhir_api::read_limited(body, FORM_LIMIT, None)
+    let bytes = crate::fhir::intake::read_limited(body, FORM_LIMIT, None)
         .await
         .map_err(|_| bad("the request body could not be read"))?
         .ok_or_else(|| bad("the form is too large"))?;

@@ -4,6 +4,7 @@
 
 pub(crate) mod cursor;
 pub mod index;
+pub mod interaction_params;
 pub mod params;
 pub mod query;
 pub(crate) mod sql;

@@ -35,24 +35,6 @@ impl IncomingEntry {
             .filter(|raw| raw.first() == Some(&b'{'))
             .map(EntryResource::Raw)
     }
-
-    /// The whole entry as a JSON value (for the batch path, one entry at a time).
-    pub fn to_value(&self) -> Value {
-        let mut entry = serde_json::Map::new();
-        if let Some(url) = &self.full_url {
-            entry.insert("fullUrl".into(), Value::String(url.clone()));
-        }
-        if !self.request.is_null() {
-            entry.insert("request".into(), self.request.clone());
-        }
-        if let Some(raw) = &self.resource {
-            // The body was checked whole before it was split, so this parses.
-            if let Ok(resource) = serde_json::from_slice(raw) {
-                entry.insert("resource".into(), resource);
-            }
-        }
-        Value::Object(entry)
-    }
 }
 
 #[derive(Deserialize)]
@@ -136,7 +118,6 @@ mod tests {
         );
         assert_eq!(b.entries[0].request["url"], "Patient");
         assert!(b.entries[1].resource.is_none());
-        assert_eq!(b.entries[0].to_value()["resource"]["active"], true);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! `agent` (user name or client id), `patient`, `action`, `outcome`, `subtype` and `purpose`;
 //! newest first, `_count` per page, `next` links. AuditEvents are written by the server alone.
 
-use crate::fhir_api::json_response;
-use crate::outcome::{ApiError, HttpResponse};
+use super::answer::Answer;
+use crate::outcome::ApiError;
 use crate::AppState;
 use carapace_core::access::AccessContext;
 use carapace_core::fhir::reference::SearchTarget;
@@ -95,7 +95,7 @@ pub async fn search(
     state: &AppState,
     ctx: &AccessContext,
     params: &[(String, String)],
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Answer, ApiError> {
     let query = parse(params)?;
     let page = state.store.audit_events(ctx, &query).await?;
     let base = format!("{}/AuditEvent", state.base);
@@ -128,17 +128,10 @@ pub async fn search(
         .collect();
     let bundle = json!({"resourceType": "Bundle", "type": "searchset", "link": link,
                         "entry": entry});
-    Ok(json_response(
-        StatusCode::OK,
-        bundle.to_string().into_bytes(),
-    ))
+    Ok(Answer::Json(bundle.to_string().into_bytes()))
 }
 
-pub async fn read(
-    state: &AppState,
-    ctx: &AccessContext,
-    id: &str,
-) -> Result<HttpResponse, ApiError> {
+pub async fn read(state: &AppState, ctx: &AccessContext, id: &str) -> Result<Answer, ApiError> {
     let not_found = || {
         ApiError::not_found(format!(
             "AuditEvent/{} is not known",
@@ -153,10 +146,7 @@ pub async fn read(
     };
     let page = state.store.audit_events(ctx, &query).await?;
     match page.events.into_iter().next() {
-        Some((_, event)) => Ok(json_response(
-            StatusCode::OK,
-            event.to_string().into_bytes(),
-        )),
+        Some((_, event)) => Ok(Answer::Json(event.to_string().into_bytes())),
         None => Err(not_found()),
     }
 }

@@ -5,16 +5,15 @@
 //! RxNorm, ...) are out of scope: `$lookup` answers 404 for them, `$validate-code` a `false`
 //! result with an informational issue saying the system is unknown here.
 
-use crate::fhir_api::json_response;
-use crate::outcome::{ApiError, HttpResponse};
+use super::answer::Answer;
+use super::dispatch::Input;
+use crate::outcome::ApiError;
 use crate::AppState;
 use carapace_core::fhir::printable;
 use carapace_core::fhir::terminology::{self, CodeSystem, Membership, ValueSet};
 use carapace_core::fhir::validate::{Issue, IssueType, Severity};
 use chrono::SecondsFormat;
-use hyper::body::Incoming;
-use hyper::header::HeaderMap;
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 use serde_json::{json, Value};
 
 /// The most concepts one `$expand` page holds (`count` is reduced to it).
@@ -45,17 +44,16 @@ impl Operation {
 /// Serve one terminology operation.
 pub async fn serve(
     state: &AppState,
-    method: &Method,
-    headers: &HeaderMap,
-    body: Incoming,
-    params: &[(String, String)],
+    by_post: bool,
+    input: Input<'_>,
     op: Operation,
-) -> Result<HttpResponse, ApiError> {
-    let args = if *method == Method::POST {
-        let body = crate::fhir_api::read_resource(state, headers, body).await?;
+) -> Result<Answer, ApiError> {
+    let args = if by_post {
+        let (headers, body) = input.body.http()?;
+        let body = super::intake::read_resource(state, headers, body).await?;
         Args::from_parameters(&body)?
     } else {
-        Args::from_query(params)
+        Args::from_query(input.params)
     };
     let answer = match op {
         Operation::Expand => expand(state, &args)?,
@@ -63,10 +61,7 @@ pub async fn serve(
         Operation::ValidateValueSet => validate_in_value_set(&args)?,
         Operation::ValidateCodeSystem => validate_in_code_system(&args)?,
     };
-    Ok(json_response(
-        StatusCode::OK,
-        answer.to_string().into_bytes(),
-    ))
+    Ok(Answer::Json(answer.to_string().into_bytes()))
 }
 
 /// The operation's input parameters, by name: strings (query parameters, primitive `value[x]`)

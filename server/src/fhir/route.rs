@@ -1,0 +1,325 @@
+//! The one parse of a FHIR request's method and URL into what it asks for. REST requests, batch
+//! entries and transaction entries all come through here, so `PUT Patient?identifier=a|b` means
+//! the same thing whichever way it arrives.
+
+use super::terminology::Operation;
+use crate::outcome::ApiError;
+use carapace_core::fhir::{printable, ResourceId, ResourceType};
+use carapace_core::store::Target;
+use hyper::StatusCode;
+
+/// Where a request goes: discovery (no token needed), a batch or transaction Bundle, or one
+/// interaction.
+pub enum Route {
+    Capabilities,
+    SmartConfiguration,
+    /// `POST` to the base: a batch or transaction Bundle.
+    Bundle,
+    Interaction(Interaction),
+}
+
+/// One interaction on resources (R4 `http.html`), or an operation.
+pub enum Interaction {
+    Read {
+        rt: ResourceType,
+        id: ResourceId,
+    },
+    Vread {
+        rt: ResourceType,
+        id: ResourceId,
+        version: i64,
+    },
+    /// `GET Type?…`, or `POST Type/_search` with the parameters (also) in a form body.
+    Search {
+        rt: ResourceType,
+        by_post: bool,
+    },
+    /// `POST Type`; conditional when the URL holds search parameters or `If-None-Exist` is sent.
+    Create {
+        rt: ResourceType,
+    },
+    Update {
+        rt: ResourceType,
+        target: Target,
+    },
+    Patch {
+        rt: ResourceType,
+        id: ResourceId,
+    },
+    Delete {
+        rt: ResourceType,
+        target: Target,
+    },
+    /// System (`_history`), type or instance history.
+    History {
+        rt: Option<ResourceType>,
+        id: Option<ResourceId>,
+    },
+    Everything {
+        patient: ResourceId,
+    },
+    /// `$validate` at type or instance level.
+    Validate {
+        rt: ResourceType,
+        id: Option<ResourceId>,
+        by_post: bool,
+    },
+    Terminology {
+        op: Operation,
+        by_post: bool,
+    },
+    AuditSearch,
+    AuditRead {
+        id: String,
+    },
+}
+
+impl Interaction {
+    /// Writes answer as `Prefer: return=` asks; reads always return the resource.
+    pub fn follows_prefer(&self) -> bool {
+        matches!(
+            self,
+            Interaction::Create { .. } | Interaction::Update { .. } | Interaction::Patch { .. }
+        )
+    }
+
+    /// Updates and patches may be conditional on the version (`If-Match`).
+    pub fn takes_if_match(&self) -> bool {
+        matches!(self, Interaction::Update { .. } | Interaction::Patch { .. })
+    }
+}
+
+/// Why a request routes nowhere.
+pub enum Unroutable {
+    /// A part of the URL is wrong (an unknown type, a malformed id, a version that is not one):
+    /// the same answer over REST and in a Bundle entry.
+    Bad(ApiError),
+    /// No interaction has this method and path (REST answers 404, 405 or 501; a Bundle entry
+    /// names its request as unsupported).
+    NoInteraction(ApiError),
+}
+
+impl Unroutable {
+    pub fn into_error(self) -> ApiError {
+        match self {
+            Unroutable::Bad(e) | Unroutable::NoInteraction(e) => e,
+        }
+    }
+}
+
+/// Parse `method` and `path` (below the FHIR base; leading `/` optional) with its raw `query`.
+pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable> {
+    use Interaction as I;
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let by_post = method == "POST";
+    if let ([t, op], "GET" | "POST") = (segments.as_slice(), method) {
+        if let Some(op) = Operation::of(t, op) {
+            return Ok(Route::Interaction(Interaction::Terminology { op, by_post }));
+        }
+    }
+    let interaction = match (segments.as_slice(), method) {
+        (["metadata"], "GET") => return Ok(Route::Capabilities),
+        ([".well-known", "smart-configuration"], "GET") => return Ok(Route::SmartConfiguration),
+        ([], "POST") => return Ok(Route::Bundle),
+        ([], _) => {
+            return Err(Unroutable::NoInteraction(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                "the base URL takes POST of a batch Bundle",
+            )))
+        }
+        (["_history"], "GET") => I::History { rt: None, id: None },
+        ([t, "$validate"], "POST") => I::Validate {
+            rt: resource_type(t)?,
+            id: None,
+            by_post,
+        },
+        ([t, id, "$validate"], "POST" | "GET") => I::Validate {
+            rt: resource_type(t)?,
+            id: Some(resource_id(id)?),
+            by_post,
+        },
+        (["AuditEvent"], "GET") => I::AuditSearch,
+        (["AuditEvent", id], "GET") => I::AuditRead { id: id.to_string() },
+        (["AuditEvent", ..], _) => return Err(Unroutable::Bad(super::audit::not_writable())),
+        (["Patient", id, "$everything"], "GET") => I::Everything {
+            patient: resource_id(id)?,
+        },
+        ([t, ..], _) if t.starts_with('_') || t.starts_with('$') => {
+            return Err(Unroutable::NoInteraction(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-supported",
+                "this operation is not supported yet",
+            )))
+        }
+        ([t], "POST") => I::Create {
+            rt: resource_type(t)?,
+        },
+        ([t], "GET") => I::Search {
+            rt: resource_type(t)?,
+            by_post: false,
+        },
+        ([t, "_search"], "POST") => I::Search {
+            rt: resource_type(t)?,
+            by_post: true,
+        },
+        ([t], "PUT") => I::Update {
+            rt: resource_type(t)?,
+            target: conditional_target(query)?,
+        },
+        ([t], "DELETE") => I::Delete {
+            rt: resource_type(t)?,
+            target: conditional_target(query)?,
+        },
+        ([t, "_history"], "GET") => I::History {
+            rt: Some(resource_type(t)?),
+            id: None,
+        },
+        ([t, id], "GET") => I::Read {
+            rt: resource_type(t)?,
+            id: resource_id(id)?,
+        },
+        ([t, id], "PUT") => I::Update {
+            rt: resource_type(t)?,
+            target: Target::Id(resource_id(id)?),
+        },
+        ([t, id], "PATCH") => I::Patch {
+            rt: resource_type(t)?,
+            id: resource_id(id)?,
+        },
+        ([t, id], "DELETE") => I::Delete {
+            rt: resource_type(t)?,
+            target: Target::Id(resource_id(id)?),
+        },
+        ([t, id, "_history"], "GET") => I::History {
+            rt: Some(resource_type(t)?),
+            id: Some(resource_id(id)?),
+        },
+        ([t, id, "_history", version], "GET") => {
+            let (rt, id) = (resource_type(t)?, resource_id(id)?);
+            let version = version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                Unroutable::Bad(ApiError::not_found(format!(
+                    "{rt}/{id} has no version '{}'",
+                    printable(version)
+                )))
+            })?;
+            I::Vread { rt, id, version }
+        }
+        ([_, ..], _) if segments.len() <= 4 => {
+            return Err(Unroutable::NoInteraction(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                format!("{} is not supported here", printable(method)),
+            )))
+        }
+        _ => {
+            return Err(Unroutable::NoInteraction(ApiError::not_found(
+                "no such endpoint",
+            )))
+        }
+    };
+    Ok(Route::Interaction(interaction))
+}
+
+fn resource_type(name: &str) -> Result<ResourceType, Unroutable> {
+    ResourceType::parse(name).ok_or_else(|| {
+        Unroutable::Bad(ApiError::not_found(format!(
+            "'{}' is not an R4 resource type",
+            printable(name)
+        )))
+    })
+}
+
+fn resource_id(id: &str) -> Result<ResourceId, Unroutable> {
+    ResourceId::parse(id).map_err(|e| Unroutable::Bad(ApiError::bad_request(e.to_string())))
+}
+
+/// The query of a conditional update or delete; it must hold search parameters.
+fn conditional_target(query: &str) -> Result<Target, Unroutable> {
+    if query.is_empty() {
+        return Err(Unroutable::Bad(ApiError::bad_request(
+            "a conditional update or delete needs search parameters, such as ?identifier=a|b",
+        )));
+    }
+    Ok(Target::Query(query.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn interaction(method: &str, path: &str, query: &str) -> Option<Interaction> {
+        match parse(method, path, query) {
+            Ok(Route::Interaction(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    fn refusal(method: &str, path: &str, query: &str) -> (bool, StatusCode) {
+        match parse(method, path, query) {
+            Err(Unroutable::Bad(e)) => (true, e.status),
+            Err(Unroutable::NoInteraction(e)) => (false, e.status),
+            Ok(_) => panic!("{method} {path}?{query} routed"),
+        }
+    }
+
+    #[test]
+    fn a_url_means_the_same_with_or_without_a_leading_slash() {
+        for path in ["Patient/p1", "/Patient/p1", "Patient/p1/"] {
+            assert!(matches!(
+                interaction("GET", path, ""),
+                Some(Interaction::Read { rt, id }) if rt.as_str() == "Patient" && id.as_str() == "p1"
+            ));
+        }
+        assert!(matches!(parse("POST", "", ""), Ok(Route::Bundle)));
+        assert!(matches!(
+            parse("GET", "/metadata", ""),
+            Ok(Route::Capabilities)
+        ));
+    }
+
+    #[test]
+    fn conditional_writes_take_their_condition_from_the_query() {
+        assert!(matches!(
+            interaction("PUT", "Patient", "identifier=a|b"),
+            Some(Interaction::Update { target: Target::Query(q), .. }) if q == "identifier=a|b"
+        ));
+        assert!(matches!(
+            interaction("DELETE", "Patient/x", "_format=json"),
+            Some(Interaction::Delete {
+                target: Target::Id(_),
+                ..
+            })
+        ));
+        assert_eq!(
+            refusal("DELETE", "Patient", ""),
+            (true, StatusCode::BAD_REQUEST)
+        );
+    }
+
+    #[test]
+    fn bad_parts_and_missing_interactions_are_told_apart() {
+        assert_eq!(refusal("GET", "Nope/1", ""), (true, StatusCode::NOT_FOUND));
+        assert_eq!(
+            refusal("GET", "Patient/1/_history/0", ""),
+            (true, StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            refusal("POST", "Patient/1", ""),
+            (false, StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            refusal("GET", "$meta", ""),
+            (false, StatusCode::NOT_IMPLEMENTED)
+        );
+        assert_eq!(
+            refusal("GET", "a/b/c/d/e", ""),
+            (false, StatusCode::NOT_FOUND)
+        );
+        assert!(matches!(
+            interaction("GET", "Patient/1/_history/2", ""),
+            Some(Interaction::Vread { version: 2, .. })
+        ));
+    }
+}
