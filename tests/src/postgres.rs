@@ -174,8 +174,15 @@ extern "C" fn stop_shared_at_exit() {
     if let Some(Ok(shared)) = SHARED.get() {
         // Not waiting on a lock at exit: the watchdog stops a cluster left here.
         if let Ok(mut cluster) = shared.cluster.try_lock() {
-            if cluster.stop().is_ok() {
-                let _ = std::fs::remove_dir_all(&shared.dir);
+            let stopped = cluster
+                .stop()
+                .map_err(anyhow::Error::from)
+                .and_then(|()| Ok(std::fs::remove_dir_all(&shared.dir)?));
+            if let Err(e) = stopped {
+                eprintln!(
+                    "stopping the shared test cluster in {} at exit: {e:#} (its watchdog stops it)",
+                    shared.dir.display()
+                );
             }
         }
     }
