@@ -19,7 +19,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::processes::free_port;
 
@@ -36,10 +37,10 @@ enum Place {
     },
 }
 
-/// The process's shared cluster, with what the tests need from it copied out of the [`Cluster`]
-/// (which the exit handler alone locks, to stop it).
+/// The process's shared cluster, with what the tests need from it.
 struct Shared {
-    cluster: Mutex<Cluster>,
+    /// Kept (never dropped: a static), holding the data directory's lock until exit.
+    _cluster: Cluster,
     dir: PathBuf,
     port: u16,
     bin_dir: PathBuf,
@@ -158,7 +159,7 @@ impl Shared {
             bin_dir: cluster.bin_dir().to_path_buf(),
             port,
             dir,
-            cluster: Mutex::new(cluster),
+            _cluster: cluster,
             _watchdog: watchdog,
         };
         // SAFETY: registers a plain function without arguments, called once at exit.
@@ -169,34 +170,51 @@ impl Shared {
     }
 }
 
-/// Stop the shared cluster and remove its directory, at a normal exit of the test process.
+/// Stop the shared cluster and remove its directory, at a normal exit of the test process. An
+/// immediate shutdown (SIGQUIT to the postmaster): the data is thrown away, so the shutdown
+/// checkpoint a fast one writes (a minute, for a whole suite's databases on a busy machine) is
+/// skipped.
 extern "C" fn stop_shared_at_exit() {
     if let Some(Ok(shared)) = SHARED.get() {
-        // Not waiting on a lock at exit: the watchdog stops a cluster left here.
-        if let Ok(mut cluster) = shared.cluster.try_lock() {
-            let stopped = cluster
-                .stop()
-                .map_err(anyhow::Error::from)
-                .and_then(|()| Ok(std::fs::remove_dir_all(&shared.dir)?));
-            if let Err(e) = stopped {
-                eprintln!(
-                    "stopping the shared test cluster in {} at exit: {e:#} (its watchdog stops it)",
-                    shared.dir.display()
-                );
-            }
+        if let Err(e) = stop_and_remove(&shared.dir) {
+            eprintln!(
+                "stopping the shared test cluster in {} at exit: {e:#} (its watchdog stops it)",
+                shared.dir.display()
+            );
         }
     }
 }
 
+fn stop_and_remove(dir: &Path) -> anyhow::Result<()> {
+    let pid_file = dir.join("postgres/postmaster.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("reading {}", pid_file.display()))?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no pid in {}", pid_file.display()))?;
+    // SAFETY: kill(2) with a pid PostgreSQL wrote for its postmaster; signal 0 only checks.
+    unsafe { libc::kill(pid, libc::SIGQUIT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // SAFETY: as above.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        if Instant::now() > deadline {
+            bail!("the postmaster (pid {pid}) did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
 /// A shell, in a process group of its own (a Ctrl-C to the tests does not reach it), that waits
 /// for its standard input to close — when this process ends, however it ends, since only this
-/// process holds the write end — then stops the cluster in `dir` if it still runs (SIGINT: a
-/// fast shutdown, sent by pid, so it works whichever user runs PostgreSQL) and removes `dir`.
+/// process holds the write end — then stops the cluster in `dir` if it still runs (SIGQUIT: an
+/// immediate shutdown, sent by pid, so it works whichever user runs PostgreSQL) and removes `dir`.
 fn watchdog(dir: &Path) -> anyhow::Result<(Child, ChildStdin)> {
     use std::os::unix::process::CommandExt;
     const SCRIPT: &str = r#"cat >/dev/null
 pid=$(head -n 1 "$1/postgres/postmaster.pid" 2>/dev/null)
-if [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null; then
+if [ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null; then
     i=0
     while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 fi
