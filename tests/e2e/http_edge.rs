@@ -173,7 +173,8 @@ async fn oversized_request_heads_are_refused_with_an_operation_outcome() {
 /// to throw it away and sign in again): the answer is 503 with Retry-After and an OperationOutcome.
 #[tokio::test]
 async fn a_database_outage_while_checking_a_token_is_503_not_401() {
-    let mut stack = Stack::start().await.unwrap();
+    // A cluster of its own: it is stopped below.
+    let mut stack = Stack::start_on_own_cluster().await.unwrap();
     assert_eq!(stack.fhir().get("Patient").await.status, 200);
     let client = BackendClient::register(
         &stack.db().await,
@@ -181,7 +182,7 @@ async fn a_database_outage_while_checking_a_token_is_503_not_401() {
         &["system/*.rs"],
     )
     .await;
-    stack.postgres.cluster.stop().unwrap();
+    stack.postgres.stop().unwrap();
     // Asking for a token meanwhile is a retry later too (RFC 6749 temporarily_unavailable),
     // not a server error.
     let url = stack.server.token_url();

@@ -1,0 +1,179 @@
+//! HTTP clients: one request ([`http`]) on a shared connection pool, the complete response it
+//! returns, and [`Fhir`], the FHIR JSON helpers that send a server's kept token.
+
+use crate::processes::Server;
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::time::Duration;
+
+/// A complete HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
+    }
+
+    /// `Type/id` of each entry of a Bundle whose `search.mode` is `mode` (`match`, `include`).
+    pub fn entry_refs(&self, mode: &str) -> Vec<String> {
+        self.json()["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == mode)
+            .map(|e| {
+                let r = &e["resource"];
+                let part = |k: &str| {
+                    r[k].as_str()
+                        .expect("an entry's resource has a type and id")
+                };
+                format!("{}/{}", part("resourceType"), part("id"))
+            })
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn client() -> &'static HttpClient {
+    static CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .build(connector)
+    })
+}
+
+/// One HTTP request.
+pub async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<HttpResponse> {
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let resp = tokio::time::timeout(Duration::from_secs(120), client().request(req))
+        .await
+        .context("request timed out")??;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(HttpResponse {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+pub(crate) async fn http_json(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let r = http(
+        method,
+        url,
+        headers,
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await?;
+    let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    Ok((r.status, v))
+}
+
+/// FHIR helpers over [`http`], with the FHIR JSON media type.
+pub struct Fhir<'a> {
+    pub server: &'a Server,
+}
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+impl Fhir<'_> {
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        let auth = self.server.bearer();
+        let headers = [("Accept", FHIR_JSON), ("Authorization", auth.as_str())];
+        http("GET", &self.server.url(path), &headers, None)
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> HttpResponse {
+        self.send("POST", path, body, &[]).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> HttpResponse {
+        self.send("PUT", path, body, &[]).await
+    }
+
+    pub async fn delete(&self, path: &str) -> HttpResponse {
+        let auth = self.server.bearer();
+        http(
+            "DELETE",
+            &self.server.url(path),
+            &[("Authorization", &auth)],
+            None,
+        )
+        .await
+        .expect("DELETE")
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+        extra: &[(&str, &str)],
+    ) -> HttpResponse {
+        self.raw(method, path, body.to_string().into_bytes(), extra)
+            .await
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        extra: &[(&str, &str)],
+    ) -> HttpResponse {
+        let auth = self.server.bearer();
+        let mut headers = vec![
+            ("Content-Type", FHIR_JSON),
+            ("Accept", FHIR_JSON),
+            ("Authorization", auth.as_str()),
+        ];
+        for (k, v) in extra {
+            headers.retain(|(h, _)| !h.eq_ignore_ascii_case(k));
+            headers.push((k, v));
+        }
+        http(method, &self.server.url(path), &headers, Some(body))
+            .await
+            .expect("request")
+    }
+}
