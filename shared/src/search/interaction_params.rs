@@ -4,7 +4,24 @@
 
 use super::query::BadSearch;
 use crate::fhir::{printable, since_instant, ResourceType};
-use crate::store::{EverythingQuery, HistoryQuery};
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub since: Option<DateTime<Utc>>,
+    pub count: usize,
+    /// A page's sealed `next` position (`_page`).
+    pub after: Option<String>,
+}
+
+/// A `$everything` request: `_since`, `_type`, `_count` and the sealed paging position.
+#[derive(Debug, Clone, Default)]
+pub struct EverythingQuery {
+    pub since: Option<DateTime<Utc>>,
+    pub types: Vec<ResourceType>,
+    pub count: usize,
+    pub after: Option<String>,
+}
 
 /// Entries per history or `$everything` page when `_count` is not given.
 pub const DEFAULT_PAGE_COUNT: usize = 50;

@@ -8,17 +8,8 @@ use super::{
 use crate::access::{AccessContext, Permission};
 use crate::audit::Interaction;
 use crate::fhir::{ResourceId, ResourceType};
-use chrono::{DateTime, Utc};
+use crate::search::interaction_params::EverythingQuery;
 use sqlx::Row;
-
-/// A `$everything` request: `_since`, `_type`, `_count` and the sealed paging position.
-#[derive(Debug, Clone, Default)]
-pub struct EverythingQuery {
-    pub since: Option<DateTime<Utc>>,
-    pub types: Vec<ResourceType>,
-    pub count: usize,
-    pub after: Option<String>,
-}
 
 pub struct EverythingPage {
     pub entries: Vec<StoredResource>,

@@ -5,6 +5,7 @@ use super::{reach, DekRow, Store, StoreError, MAX_FILL_ROUNDS, MAX_HISTORY_COUNT
 use crate::access::{AccessContext, Permission};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::fhir::{ResourceId, ResourceType};
+use crate::search::interaction_params::HistoryQuery;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
@@ -27,14 +28,6 @@ struct HistoryCursor {
     pub resource_type: String,
     pub id: String,
     pub version_id: i64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct HistoryQuery {
-    pub since: Option<DateTime<Utc>>,
-    pub count: usize,
-    /// A page's sealed `next` position (`_page`).
-    pub after: Option<String>,
 }
 
 pub struct HistoryPage {

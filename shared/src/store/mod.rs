@@ -117,9 +117,10 @@ impl StoredResource {
 }
 
 pub use crate::fhir::InstantRange;
+pub use crate::search::interaction_params::{EverythingQuery, HistoryQuery};
 pub use bundle::{EntryResource, Target, TxEntry, TxFailure, TxResult, Written};
-pub use compartment::{EverythingPage, EverythingQuery};
-pub use history::{HistoryEntry, HistoryPage, HistoryQuery};
+pub use compartment::EverythingPage;
+pub use history::{HistoryEntry, HistoryPage};
 pub use write::{Created, Deleted, Updated};
 
 pub struct Store {
