@@ -43,7 +43,7 @@ pub(super) fn singleton<'a, 'c>(c: &'c [Item<'a>]) -> Res<Option<&'c Item<'a>>> 
 }
 
 /// The children of an element named `name` (a choice base name finds its one expansion).
-pub(super) fn member<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
+fn member<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
     let Item::Node {
         value, shadow, ty, ..
     } = item
@@ -100,12 +100,12 @@ pub(super) fn member<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
     }
 }
 
-pub(super) fn element_kind(type_name: &str, name: &str) -> Option<Kind> {
+fn element_kind(type_name: &str, name: &str) -> Option<Kind> {
     Some(schema::type_def(type_name)?.element(name)?.kind)
 }
 
 /// Push a JSON property (one value or an array, with its `_name` shadow) as typed items.
-pub(super) fn push_values<'a>(
+fn push_values<'a>(
     v: &'a Value,
     shadow: Option<&'a Value>,
     kind: Option<Kind>,
@@ -318,7 +318,7 @@ pub(super) fn eval<'a>(e: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Vec<I
     })
 }
 
-pub(super) fn binary<'a>(
+fn binary<'a>(
     op: BinOp,
     l: &Expr,
     r: &Expr,

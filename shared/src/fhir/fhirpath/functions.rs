@@ -9,19 +9,14 @@ use super::{unsupported, Item, Res, Ty};
 use std::borrow::Cow;
 
 /// Evaluate a function argument once, on the expression's focus.
-pub(super) fn arg<'a>(
-    args: &[Expr],
-    i: usize,
-    focus: &[Item<'a>],
-    env: &Env<'a>,
-) -> Res<Vec<Item<'a>>> {
+fn arg<'a>(args: &[Expr], i: usize, focus: &[Item<'a>], env: &Env<'a>) -> Res<Vec<Item<'a>>> {
     match args.get(i) {
         Some(a) => eval(a, focus, env),
         None => Ok(Vec::new()),
     }
 }
 
-pub(super) fn string_arg<'a>(
+fn string_arg<'a>(
     args: &[Expr],
     i: usize,
     focus: &[Item<'a>],

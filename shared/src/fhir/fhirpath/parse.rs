@@ -73,7 +73,7 @@ pub(super) enum Func {
     AnyTrue,
 }
 
-pub(super) fn func(name: &str) -> Option<Func> {
+fn func(name: &str) -> Option<Func> {
     Some(match name {
         "empty" => Func::Empty,
         "exists" => Func::Exists,
@@ -117,7 +117,7 @@ pub(super) fn func(name: &str) -> Option<Func> {
 }
 
 /// Argument counts each function accepts (min, max).
-pub(super) fn arity(f: Func) -> (usize, usize) {
+fn arity(f: Func) -> (usize, usize) {
     match f {
         Func::Exists => (0, 1),
         Func::All | Func::Where | Func::Select | Func::Matches => (1, 1),

@@ -29,7 +29,7 @@ pub(super) struct Temporal {
     tz: Option<i64>,
 }
 
-pub(super) fn parse_date(s: &str) -> Option<Temporal> {
+fn parse_date(s: &str) -> Option<Temporal> {
     let (date, time) = match s.split_once('T') {
         Some((d, t)) => (d, Some(t)),
         None => (s, None),
@@ -57,7 +57,7 @@ pub(super) fn parse_date(s: &str) -> Option<Temporal> {
     Some(Temporal { parts, len, tz })
 }
 
-pub(super) fn split_tz(t: &str) -> (&str, Option<i64>) {
+fn split_tz(t: &str) -> (&str, Option<i64>) {
     if let Some(clock) = t.strip_suffix('Z') {
         return (clock, Some(0));
     }
@@ -72,7 +72,7 @@ pub(super) fn split_tz(t: &str) -> (&str, Option<i64>) {
     (t, None)
 }
 
-pub(super) fn parse_clock(t: &str) -> Option<Temporal> {
+fn parse_clock(t: &str) -> Option<Temporal> {
     let mut parts = [0i64; 7];
     let (hms, frac) = match t.split_once('.') {
         Some((a, b)) => (a, Some(b)),
@@ -170,7 +170,7 @@ impl Temporal {
     }
 }
 
-pub(super) fn prim_sys<'a>(p: Primitive, v: &'a Value) -> Option<Sys<'a>> {
+fn prim_sys<'a>(p: Primitive, v: &'a Value) -> Option<Sys<'a>> {
     Some(match (p, v) {
         (_, Value::Bool(b)) => Sys::Bool(*b),
         (Primitive::Decimal, Value::Number(n)) => Sys::Dec(n.as_f64()?),

@@ -38,7 +38,7 @@ pub(super) fn check(profile: &Profile, resource: &Value, depth: Depth) -> Vec<Is
 
 /// A segment of the current location; rendered only for an issue.
 #[derive(Clone, Copy)]
-pub(super) enum Seg<'a> {
+enum Seg<'a> {
     Name(&'a str),
     Index(usize),
     /// `.ofType(T)` after a choice element's name.
@@ -55,7 +55,7 @@ pub(super) struct Item<'a> {
     pub(super) type_code: Option<&'a str>,
 }
 
-pub(super) struct Check<'p, 'a> {
+struct Check<'p, 'a> {
     profile: &'p Profile,
     resource: &'a Value,
     depth: Depth,
@@ -63,7 +63,7 @@ pub(super) struct Check<'p, 'a> {
     path: Vec<Seg<'a>>,
 }
 
-pub(super) static NULL: Value = Value::Null;
+static NULL: Value = Value::Null;
 
 impl<'p: 'a, 'a> Check<'p, 'a> {
     fn full(&self) -> bool {
@@ -316,7 +316,7 @@ impl<'p: 'a, 'a> Check<'p, 'a> {
 
 /// The values of `node`'s element in `map`: the JSON property (an array's items, or the single
 /// value), its `_name` companion for primitives, and for a choice element the `nameType` present.
-pub(super) fn items_of<'a>(map: &'a Map<String, Value>, node: &'a Node) -> Vec<Item<'a>> {
+fn items_of<'a>(map: &'a Map<String, Value>, node: &'a Node) -> Vec<Item<'a>> {
     let mut out = Vec::new();
     if node.choice {
         for (key, value) in map {
@@ -395,7 +395,7 @@ pub(super) fn items_of<'a>(map: &'a Map<String, Value>, node: &'a Node) -> Vec<I
 
 /// The type code a choice suffix stands for (`Quantity`, `dateTime` for `DateTime`), as the
 /// element's own type list spells it; a suffix of no allowed type is returned as it is.
-pub(super) fn type_of_suffix<'a>(suffix: &'a str, node: &'a Node) -> &'a str {
+fn type_of_suffix<'a>(suffix: &'a str, node: &'a Node) -> &'a str {
     node.types
         .iter()
         .find(|t| {

@@ -99,7 +99,7 @@ pub(super) fn settle_bindings(node: &mut Node, own_type: &str) {
 }
 
 /// [`settle_bindings`] for one element `child` of the definition `own_type`, then its children.
-pub(super) fn settle_binding(child: &mut Node, own_type: &str) {
+fn settle_binding(child: &mut Node, own_type: &str) {
     if let Some((strength, canonical)) = child.stated_binding.take() {
         let bound = child.types.iter().find_map(|t| match t.as_str() {
             "code" => Some((BoundType::Code, t.as_str())),
@@ -137,7 +137,7 @@ pub(super) fn settle_binding(child: &mut Node, own_type: &str) {
 
 /// The definition a node's children belong to: its one complex datatype, or (a backbone element,
 /// several types, none) `None`, meaning its own path.
-pub(super) fn child_type(node: &Node) -> Option<&str> {
+fn child_type(node: &Node) -> Option<&str> {
     match node.types.as_slice() {
         [t] if t != "BackboneElement"
             && t != "Element"
@@ -149,7 +149,7 @@ pub(super) fn child_type(node: &Node) -> Option<&str> {
     }
 }
 
-pub(super) fn upper_first(s: &str) -> String {
+fn upper_first(s: &str) -> String {
     let mut cs = s.chars();
     match cs.next() {
         Some(c) => c.to_ascii_uppercase().to_string() + cs.as_str(),
@@ -157,7 +157,7 @@ pub(super) fn upper_first(s: &str) -> String {
     }
 }
 
-pub(super) fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
+fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> {
     let last = path.rsplit('.').next().unwrap_or(path);
     let (name, choice) = match last.strip_suffix("[x]") {
         Some(base) => (base, true),
@@ -270,15 +270,15 @@ pub(super) fn compile_node(e: &Value, path: &str) -> Result<Node, CompileError> 
 }
 
 /// Where R4's own definitions live; their constraints are not a profile's.
-pub(super) const CORE_DEFINITIONS: &str = "http://hl7.org/fhir/StructureDefinition/";
+const CORE_DEFINITIONS: &str = "http://hl7.org/fhir/StructureDefinition/";
 
 /// `fixedCode`, `patternCodeableConcept`: the prefix, then a type name.
-pub(super) fn is_typed_key(key: &str, prefix: &str) -> bool {
+fn is_typed_key(key: &str, prefix: &str) -> bool {
     key.strip_prefix(prefix)
         .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
 }
 
-pub(super) fn compile_discriminator(d: &Value) -> Discriminator {
+fn compile_discriminator(d: &Value) -> Discriminator {
     let path = d.get("path").and_then(Value::as_str).unwrap_or("$this");
     let kind = match d.get("type").and_then(Value::as_str) {
         Some("value") => DiscriminatorKind::Value,

@@ -66,13 +66,13 @@ pub(super) fn slice_matches(
     })
 }
 
-pub(super) enum Expected<'a> {
+enum Expected<'a> {
     Value(&'a Value),
     Url(&'a str),
 }
 
 /// The definition at a discriminator path below a slice (the slice itself for `$this`).
-pub(super) fn descend<'n>(node: &'n Node, path: &[String]) -> Option<&'n Node> {
+fn descend<'n>(node: &'n Node, path: &[String]) -> Option<&'n Node> {
     let mut n = node;
     for seg in path {
         n = n.children.iter().find(|c| c.name == *seg)?;
@@ -81,7 +81,7 @@ pub(super) fn descend<'n>(node: &'n Node, path: &[String]) -> Option<&'n Node> {
 }
 
 /// The values at a plain path below `value` (arrays flattened, as FHIRPath does).
-pub(super) fn values_at<'a>(value: &'a Value, path: &[String]) -> Vec<&'a Value> {
+fn values_at<'a>(value: &'a Value, path: &[String]) -> Vec<&'a Value> {
     let mut current = vec![value];
     for seg in path {
         let mut next = Vec::new();

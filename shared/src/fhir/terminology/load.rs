@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 pub(super) const TERMINOLOGY_JSON: &str = include_str!("../../../fhir-r4/terminology.json");
 
 #[derive(Deserialize)]
-pub(super) struct RawFile<'a> {
+struct RawFile<'a> {
     #[serde(rename = "codeSystems", borrow)]
     code_systems: Vec<RawCodeSystem<'a>>,
     #[serde(rename = "valueSets")]
@@ -23,7 +23,7 @@ pub(super) struct RawFile<'a> {
 }
 
 #[derive(Deserialize)]
-pub(super) struct RawCodeSystem<'a>(
+struct RawCodeSystem<'a>(
     String,
     String,
     String,
@@ -35,7 +35,7 @@ pub(super) struct RawCodeSystem<'a>(
 /// Codes, displays and definitions are most of the file: borrowed from it where they have no
 /// JSON escapes, copied (once) where they do.
 #[derive(Deserialize)]
-pub(super) struct RawConcept<'a> {
+struct RawConcept<'a> {
     #[serde(borrow)]
     code: Cow<'a, str>,
     #[serde(default, borrow)]
@@ -47,15 +47,15 @@ pub(super) struct RawConcept<'a> {
 }
 
 #[derive(Deserialize)]
-pub(super) struct RawValueSet(String, String, String, String, Option<Vec<RawGroup>>);
+struct RawValueSet(String, String, String, String, Option<Vec<RawGroup>>);
 
 /// One system of an expansion: url, version, indexes of shipped concepts, listed [code, display?].
 #[derive(Deserialize)]
-pub(super) struct RawGroup(String, String, Vec<u32>, Vec<Vec<String>>);
+struct RawGroup(String, String, Vec<u32>, Vec<Vec<String>>);
 
 /// The tables live as long as the process: their strings are leaked once, so that every answer
 /// can hand out `&'static str` without copying.
-pub(super) fn leak(s: impl Into<Cow<'static, str>>) -> &'static str {
+fn leak(s: impl Into<Cow<'static, str>>) -> &'static str {
     match s.into() {
         Cow::Borrowed(s) => s,
         Cow::Owned(s) if s.is_empty() => "",

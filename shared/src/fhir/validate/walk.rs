@@ -115,7 +115,7 @@ impl<'a> Checker<'a> {
         self.issues.push(Issue::error(code, path, message));
     }
 
-    pub(super) fn issue_at(&mut self, name: &'a str, code: IssueType, message: impl Into<String>) {
+    fn issue_at(&mut self, name: &'a str, code: IssueType, message: impl Into<String>) {
         self.path.push(Seg::Name(name));
         self.issue(code, message);
         self.path.pop();
