@@ -92,7 +92,7 @@ pub(super) fn build_tree(elements: &[Value]) -> Result<Node, CompileError> {
 /// Keep a child's binding only where the profile changes R4's (R4's own are the validator's) and
 /// the value set ships here; `own_type` names `node`'s definition as the binding table does (a
 /// resource, a datatype, or a backbone element's path).
-pub(super) fn settle_bindings(node: &mut Node, own_type: &str) {
+fn settle_bindings(node: &mut Node, own_type: &str) {
     for child in &mut node.children {
         settle_binding(child, own_type);
     }

@@ -77,7 +77,7 @@ struct Node {
     /// The constraints the profile adds (those of R4 itself are the validator's).
     invariants: Vec<Invariant>,
     /// The binding as the snapshot states it (`strength`, value set canonical), until
-    /// [`settle_bindings`] keeps it in `binding` only if it differs from R4's and can be judged.
+    /// `compile::settle_bindings` keeps it in `binding` only if it differs from R4's and can be judged.
     stated_binding: Option<(Strength, String)>,
     binding: Option<Binding>,
     children: Vec<Node>,

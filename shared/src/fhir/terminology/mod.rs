@@ -4,16 +4,16 @@
 //! CodeSystem and ValueSet resources (its docstring describes `terminology.json`); they are embedded
 //! at build time and parsed once, on first use.
 //!
-//! - [`value_set`] (`url` or `url|version`) → [`ValueSet`]: its [`ValueSet::expansion`], computed at
-//!   generation time from `compose` (concept lists, whole systems, `is-a` / `descendent-of` /
+//! - [`value_set`](fn@value_set) (`url` or `url|version`) → [`ValueSet`]: its
+//!   [`ValueSet::expansion`], computed at generation time from `compose` (concept lists, whole systems, `is-a` / `descendent-of` /
 //!   `is-not-a` / `in` / `regex` / `=` filters on a shipped hierarchy, included value sets,
 //!   excludes), and [`ValueSet::contains`] in O(1). A value set that draws on a system that does not
 //!   ship (SNOMED CT, LOINC, UCUM, BCP-47, ...) or on a filter we cannot compute has no expansion, and
 //!   every membership question about it is [`Membership::Unknown`]: it never refuses anything.
 //!   Expansions keep abstract (`notSelectable`) and deprecated concepts, so they may be a superset
 //!   of the ones the spec publishes, never a subset.
-//! - [`code_system`] → [`CodeSystem`]: [`CodeSystem::lookup`] (display, definition),
-//!   [`CodeSystem::descendants`] / [`CodeSystem::ancestors`] over the hierarchy (nested concepts and
+//! - [`code_system`](fn@code_system) → [`CodeSystem`]: [`CodeSystem::lookup`] (display,
+//!   definition), [`CodeSystem::descendants`] / [`CodeSystem::ancestors`] over the hierarchy (nested concepts and
 //!   the `child` / `parent` / `subsumedBy` properties; it may be a DAG). Codes compare case
 //!   sensitively only where the CodeSystem says `caseSensitive: true`.
 //! - [`binding`] (`Patient`, `gender`) → [`Binding`]: strength and value set of an element of type
@@ -155,7 +155,7 @@ pub fn value_set(canonical: &str) -> Option<&'static ValueSet> {
     )
 }
 
-/// A shipped code system by url (`url|version` accepted as for [`value_set`]).
+/// A shipped code system by url (`url|version` accepted as for [`value_set`](fn@value_set)).
 pub fn code_system(canonical: &str) -> Option<&'static CodeSystem> {
     by_canonical(
         canonical,
