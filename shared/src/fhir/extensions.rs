@@ -1,5 +1,5 @@
 //! The core R4 extension definitions (the 393 StructureDefinitions of `Bundle-extensions.json`) as
-//! a lookup table: where each may be used, which value[x] types it takes, whether it is a modifier,
+//! a lookup table: where each may be used, which `value[x]` types it takes, whether it is a modifier,
 //! and the sub-extensions of a complex one. Compiled by `shared/fhir-r4/generate.py`
 //! (`extensions.json`, format in its docstring) and embedded at build time; the validator consults
 //! it for every extension whose url is a core one. Other extensions are open by design.
@@ -15,7 +15,7 @@ pub struct Definition {
     /// Element paths or type names it may be used on (`Patient`, `Element`, `HumanName.given`);
     /// `None` when a context we do not decide (fhirpath, extension) allows it anywhere.
     pub contexts: Option<Vec<Box<str>>>,
-    /// The value[x] types it allows (`Address`, `dateTime`); empty for a complex extension.
+    /// The `value[x]` types it allows (`Address`, `dateTime`); empty for a complex extension.
     pub types: Vec<Box<str>>,
     /// It changes the meaning of its holder: it must be a `modifierExtension`, and only such.
     pub modifier: bool,

@@ -20,17 +20,17 @@ const CONSTRAINTS_JSON: &str = include_str!("../../fhir-r4/constraints.json");
 /// Constraints checked natively elsewhere, and so skipped here.
 const NATIVE: &[(&str, &str)] = &[
     // "All FHIR elements must have a @value or children": the structural walk refuses empty
-    // objects, arrays and nulls (validate.rs).
-    ("ele-1", "validate.rs (structural walk)"),
-    // "Must have either extensions or value[x], not both": validate.rs `check_extension`.
-    ("ext-1", "validate.rs (extensions)"),
+    // objects, arrays and nulls (validate/walk.rs).
+    ("ele-1", "validate/walk.rs (structural walk)"),
+    // "Must have either extensions or value[x], not both": validate/extension.rs `check_extension`.
+    ("ext-1", "validate/extension.rs"),
     // dom-2 (no nested contained), dom-3 (contained resources referenced from the container),
-    // dom-4 (no meta.versionId/lastUpdated), dom-5 (no security labels): validate.rs, on each
+    // dom-4 (no meta.versionId/lastUpdated), dom-5 (no security labels): validate/walk.rs, on each
     // `contained[i]`.
-    ("dom-2", "validate.rs (contained resources)"),
-    ("dom-3", "validate.rs (contained resources)"),
-    ("dom-4", "validate.rs (contained resources)"),
-    ("dom-5", "validate.rs (contained resources)"),
+    ("dom-2", "validate/walk.rs (contained resources)"),
+    ("dom-3", "validate/walk.rs (contained resources)"),
+    ("dom-4", "validate/walk.rs (contained resources)"),
+    ("dom-5", "validate/walk.rs (contained resources)"),
     // The narrative's XHTML: a real XML parser with R4's allow-list.
     ("txt-1", "narrative.rs"),
     ("txt-2", "narrative.rs"),

@@ -64,7 +64,7 @@ fn resource_type(s: &str) -> Option<ResourceType> {
 }
 
 impl<'a> Reference<'a> {
-    /// Parse a `Reference.reference` (or a reference search value, see [`Reference::search_value`]).
+    /// Parse a `Reference.reference` (or a reference search value, see [`SearchTarget::parse`]).
     pub fn parse(s: &'a str) -> Result<Reference<'a>, BadReference> {
         if s.is_empty() {
             return Err(bad("a reference must not be empty"));
