@@ -4,8 +4,9 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use carapace_core::access::Role;
 use carapace_tests::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn the_audit_trail_is_append_only_and_verify_finds_tampering() {
@@ -321,4 +322,33 @@ async fn a_search_is_audited_once_per_patient_returned() {
         vec![Some("Observation".to_string())],
         "no data returned: one event for the search"
     );
+}
+
+/// A refused history is audited like a refused read: a caller without a wildcard scope asks for
+/// the whole server's history, is refused, and the refusal is in the trail (subtype
+/// `history-system`, a failure outcome, the caller as agent).
+#[tokio::test]
+async fn a_refused_history_is_audited() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack
+        .token("narrow-client", Role::System, "system/Observation.rs", None)
+        .await
+        .unwrap();
+    let auth = format!("Bearer {token}");
+    let refused = http(
+        "GET",
+        &stack.server.url("_history"),
+        &[("Authorization", auth.as_str())],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    let events = stack.audit_events("subtype=history-system").await;
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["outcome"].as_str() != Some("0"))
+        .filter(|e| e.to_string().contains("narrow-client"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:#?}");
 }

@@ -38,6 +38,15 @@ pub enum Interaction {
 }
 
 impl Interaction {
+    /// Create, update or delete: an interaction that writes data (and records its success in its
+    /// own transaction).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Interaction::Create | Interaction::Update | Interaction::Delete
+        )
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Interaction::Read => "read",

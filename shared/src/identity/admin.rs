@@ -1,8 +1,11 @@
 //! The administrative operations on people, clients and roles — the only code that creates,
-//! changes or retires them (`tests/layers.py` checks that no other file writes those rows). Each
-//! is audited: it runs in a transaction begun for its operator and records its event there, and a
-//! refusal is recorded too ([`Store::audit_admin_result`]). Sign-in's own bookkeeping (failure
-//! counts, the last TOTP step used) stays with sign-in in [`super::users`].
+//! changes or retires them (`tests/layers.py` checks that no other file writes those rows). The
+//! operations on people (create, lock, unlock, role, MFA reset, ending sessions) take the
+//! operator's [`AccessContext`], are refused to anyone but an administrator, and record their event
+//! in the change's transaction, a refusal too ([`Store::audit_admin_result`]). Client and app
+//! registration, disabling a client and setting a password take no operator yet: their callers
+//! (the console's commands, run by a signed-in administrator) record them. Sign-in's own
+//! bookkeeping (failure counts, the last TOTP step used) stays with sign-in in [`super::users`].
 
 use super::authorize::{redirect_uri_allowed, OTHER_SCOPES};
 use super::tokens::OAuthError;

@@ -32,8 +32,9 @@ pub(super) fn outcome_of(e: &StoreError) -> Outcome {
 /// What an interaction's audit event names.
 pub(super) struct Event {
     pub interaction: Interaction,
-    /// The resource, type or operation (`Patient/1`, `Observation`, `Patient/1/$everything`).
-    pub what: String,
+    /// The resource, type or operation (`Patient/1`, `Observation`, `Patient/1/$everything`);
+    /// none for the whole server (system history).
+    pub what: Option<String>,
     /// The query as the server understood it (searches), sealed with the event.
     pub query: Option<String>,
     /// The patient a failure is recorded against.
@@ -44,7 +45,7 @@ impl Event {
     pub(super) fn new(interaction: Interaction, what: String) -> Event {
         Event {
             interaction,
-            what,
+            what: Some(what),
             query: None,
             patient: None,
         }
@@ -188,13 +189,17 @@ impl Store {
             interaction: event.interaction,
             outcome,
             recorded: at,
-            what: Some(event.what.clone()),
+            what: event.what.clone(),
             patient,
         };
         match &result {
             Err(error) => {
                 let failed = record(outcome_of(error), event.patient.clone());
                 if let Err(e) = self.audit_record(ctx, &failed).await {
+                    // A write's own error is the answer; a read that cannot be audited fails.
+                    if !event.interaction.is_write() {
+                        return Err(e);
+                    }
                     tracing::error!(error = %e, "could not audit a failed request");
                 }
             }
