@@ -3,8 +3,9 @@
 //! operations on people (create, lock, unlock, role, MFA reset, ending sessions) take the
 //! operator's [`AccessContext`], are refused to anyone but an administrator, and record their event
 //! in the change's transaction, a refusal too ([`Store::audit_admin_result`]). Client and app
-//! registration, disabling a client and setting a password take no operator yet: their callers
-//! (the console's commands, run by a signed-in administrator) record them. Sign-in's own
+//! registration and disabling a client take no operator yet: the console's commands, run by a
+//! signed-in administrator, record them. Setting a password (no command calls it; the tests use
+//! it to set up) is not audited. Sign-in's own
 //! bookkeeping (failure counts, the last TOTP step used) stays with sign-in in [`super::users`].
 
 use super::authorize::{redirect_uri_allowed, OTHER_SCOPES};
