@@ -29,6 +29,7 @@ FLOORS = [
     ["search"],
     ["store"],
     ["identity"],
+    ["export"],
     ["config"],
     ["core"],
 ]

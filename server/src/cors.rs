@@ -103,7 +103,12 @@ impl Cors {
     /// Mark a response to an API request: `Access-Control-Allow-Origin` for a listed origin, and
     /// `Vary: Origin` whenever an origin list exists (the answer depends on the origin, and a
     /// shared cache must not hand one origin's answer to another).
-    pub fn decorate(&self, path: &str, origin: Option<&HeaderValue>, resp: &mut HttpResponse) {
+    pub fn decorate<B>(
+        &self,
+        path: &str,
+        origin: Option<&HeaderValue>,
+        resp: &mut hyper::Response<B>,
+    ) {
         if self.origins.is_empty() || api(path).is_none() {
             return;
         }

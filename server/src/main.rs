@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// Every response's body: whole (almost all), or streamed (an export file's download).
+pub type Body = http_body_util::Either<Full<Bytes>, fhir::export::Chunks>;
+
 /// Shared by every request.
 pub struct AppState {
     pub config: Config,
@@ -37,6 +40,8 @@ pub struct AppState {
     pub bundle_slots: tokio::sync::Semaphore,
     /// The origins browser apps may call from (`CARAPACE_CORS_ORIGINS`).
     pub cors: cors::Cors,
+    /// Bulk Data export jobs (the core's runner, started with the server).
+    pub exporter: Arc<carapace_core::export::Exporter>,
 }
 
 /// `--help`: the usage and every setting the server reads, from the core's one table of them.
@@ -176,7 +181,10 @@ async fn run() -> anyhow::Result<()> {
     }
     let base = config.fhir_base();
     core.store.serve_at(&base);
+    let exporter = carapace_core::export::Exporter::new(core.store.clone(), config.export.clone());
+    exporter.start();
     let state = Arc::new(AppState {
+        exporter,
         bundle_slots: tokio::sync::Semaphore::new(2),
         cors: cors::Cors::new(config.cors_origins.clone()),
         base: base.clone(),
@@ -319,7 +327,7 @@ async fn dispatch(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let peer = SocketAddr::new(
         client_address(&state.config.trusted_proxies, peer.ip(), req.headers()),
@@ -329,10 +337,21 @@ async fn dispatch(
     // Every request passes the edge (limits, encoding) and CORS here, whatever it is for.
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
     let mut resp = match edge::check(req.uri(), req.headers()) {
-        Err(e) => e.into_response(),
+        Err(e) => e.into_response().map(http_body_util::Either::Left),
         Ok(()) => match state.cors.preflight(req.method(), &path, req.headers()) {
-            Some(answer) => answer,
-            None => route(state.clone(), req, peer, &path).await,
+            Some(answer) => answer.map(http_body_util::Either::Left),
+            None => match fhir::export::file_path(&path) {
+                // An export file streams; everything else is answered whole.
+                Some((job, file)) if req.method() == hyper::Method::GET => {
+                    let (job, file) = (job.to_string(), file.to_string());
+                    fhir::export::download(&state, req, peer, &job, &file)
+                        .await
+                        .unwrap_or_else(fhir::export::refused)
+                }
+                _ => route(state.clone(), req, peer, &path)
+                    .await
+                    .map(http_body_util::Either::Left),
+            },
         },
     };
     state.cors.decorate(&path, origin.as_ref(), &mut resp);

@@ -237,3 +237,27 @@ fn database_error(e: DbError) -> ApiError {
         ),
     }
 }
+
+impl From<carapace_core::export::ExportError> for ApiError {
+    fn from(e: carapace_core::export::ExportError) -> ApiError {
+        use carapace_core::export::ExportError as E;
+        match e {
+            E::BadRequest(b) => ApiError::bad_request(b.0),
+            E::Denied(d) => StoreError::Denied(d).into(),
+            E::NotFound => ApiError::not_found("no such export job or file"),
+            E::TooMany(m) => ApiError {
+                retry_after: Some(30),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", m)
+            },
+            E::Store(s) => s.into(),
+            E::Storage(io) => {
+                tracing::error!(error = %io, "export storage failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "exception",
+                    "the export storage failed; the incident has been logged",
+                )
+            }
+        }
+    }
+}

@@ -55,6 +55,8 @@ pub struct Config {
     /// `CARAPACE_REFERENTIAL_INTEGRITY` (`on`, the default, or `off`): does a write that refers to
     /// a resource of this server that does not exist, or was deleted, fail (400)?
     pub referential_integrity: bool,
+    /// `CARAPACE_EXPORT_*`: Bulk Data export files, expiry and limits.
+    pub export: crate::export::ExportConfig,
 }
 
 /// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
@@ -332,12 +334,27 @@ impl Config {
                 Some(SecretString::from(url))
             }
         };
+        let data_dir: PathBuf = env.text("CARAPACE_DATA_DIR")?.unwrap_or_default().into();
+        let export = crate::export::ExportConfig {
+            dir: match env.text("CARAPACE_EXPORT_DIR")? {
+                Some(dir) => dir.into(),
+                None => crate::export::ExportConfig::under(&data_dir).dir,
+            },
+            ttl_seconds: i64::try_from(env.number("CARAPACE_EXPORT_TTL")?.clamp(1, 30 * 24 * 3600))
+                .unwrap_or(3600),
+            concurrent: usize::try_from(env.number("CARAPACE_EXPORT_JOBS")?.clamp(1, 64))
+                .unwrap_or(2),
+            per_client: i64::try_from(env.number("CARAPACE_EXPORT_PER_CLIENT")?.clamp(1, 1000))
+                .unwrap_or(1),
+            file_bytes: env.number("CARAPACE_EXPORT_FILE_BYTES")?.max(1 << 10),
+        };
         Ok(Config {
+            export,
             enforce_profiles,
             referential_integrity,
             cors_origins,
             database_url,
-            data_dir: env.text("CARAPACE_DATA_DIR")?.unwrap_or_default().into(),
+            data_dir,
             listen,
             base_url: env
                 .text("CARAPACE_BASE_URL")?

@@ -24,6 +24,8 @@ pub enum Answer {
     Deleted(Option<i64>),
     /// 200 with a JSON body built by the interaction (a Bundle, an OperationOutcome, …).
     Json(Vec<u8>),
+    /// A response only REST gives (the Bulk Data kick-off and status): sent as it is.
+    Http(HttpResponse),
 }
 
 impl Answer {
@@ -51,6 +53,7 @@ impl Answer {
                 resp.body(Full::new(Bytes::new())).unwrap_or_default()
             }
             Answer::Json(body) => json_response(StatusCode::OK, body),
+            Answer::Http(resp) => resp,
         }
     }
 
@@ -67,6 +70,7 @@ impl Answer {
                 resource: raw(body),
                 ..Entry::status(StatusCode::OK)
             },
+            Answer::Http(resp) => Entry::status(resp.status()),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::answer::Answer;
 use super::route::Interaction;
-use super::{audit, history, intake, operations, read, search, terminology, write};
+use super::{audit, export, history, intake, operations, read, search, terminology, write};
 use crate::outcome::ApiError;
 use crate::AppState;
 use bytes::Bytes;
@@ -77,6 +77,9 @@ pub async fn run(
         I::Patch { rt, id } => write::patch(state, ctx, rt, &id, input).await,
         I::Delete { rt, target } => write::delete(state, ctx, rt, target).await,
         I::History { rt, id } => history::history(state, ctx, rt, id.as_ref(), input.params).await,
+        I::Export { level, by_post } => export::kick_off(state, ctx, level, by_post, input).await,
+        I::ExportStatus { job, cancel: false } => export::status(state, ctx, &job).await,
+        I::ExportStatus { job, cancel: true } => export::cancel(state, ctx, &job).await,
         I::Everything { patient } => {
             operations::everything(state, ctx, &patient, input.params).await
         }

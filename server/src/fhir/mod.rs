@@ -12,12 +12,14 @@
 //! | `read.rs`, `write.rs`, `search.rs`, `history.rs` | the interactions on resources |
 //! | `operations.rs`, `terminology.rs`, `audit.rs`, `capability.rs` | operations, AuditEvent, metadata |
 //! | `bundle.rs`, `incoming.rs` | batch and transaction Bundles |
+//! | `export.rs` | Bulk Data kick-off, status, cancel and streamed downloads |
 
 mod answer;
 mod audit;
 mod bundle;
 mod capability;
 mod dispatch;
+pub mod export;
 mod history;
 mod incoming;
 pub mod intake;

@@ -72,6 +72,16 @@ pub enum Interaction {
     AuditRead {
         id: String,
     },
+    /// A Bulk Data kick-off (`$export`, `Patient/$export`, `Group/[id]/$export`).
+    Export {
+        level: carapace_core::export::Level,
+        by_post: bool,
+    },
+    /// A Bulk Data status URL: polled (`GET`) or cancelled (`DELETE`).
+    ExportStatus {
+        job: String,
+        cancel: bool,
+    },
 }
 
 impl Interaction {
@@ -129,6 +139,22 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
             )))
         }
         (["_history"], "GET") => I::History { rt: None, id: None },
+        (["$export"], "GET" | "POST") => I::Export {
+            level: carapace_core::export::Level::System,
+            by_post,
+        },
+        (["Patient", "$export"], "GET" | "POST") => I::Export {
+            level: carapace_core::export::Level::Patient,
+            by_post,
+        },
+        (["Group", id, "$export"], "GET" | "POST") => I::Export {
+            level: carapace_core::export::Level::Group(resource_id(id)?.as_str().to_string()),
+            by_post,
+        },
+        (["_export", job], "GET" | "DELETE") => I::ExportStatus {
+            job: job.to_string(),
+            cancel: method == "DELETE",
+        },
         ([t, "$validate"], "POST") => I::Validate {
             rt: resource_type(t)?,
             id: None,

@@ -240,6 +240,9 @@ pub struct AccessContext {
     pub btg_reason: Option<String>,
     /// Network address as seen by the server.
     pub address: Option<IpAddr>,
+    /// The client (SMART app or backend client) the token was issued to, if any: with the
+    /// principal, who owns what the caller starts (a Bulk export job).
+    pub client: Option<String>,
     /// The policy's decisions for this request, computed by the store on first use and shared by
     /// every clone (the entries of a Bundle).
     pub plan: Arc<OnceLock<Arc<crate::access::policy::Plan>>>,
@@ -256,6 +259,7 @@ impl AccessContext {
             purpose_of_use: None,
             btg_reason: None,
             address: None,
+            client: None,
             plan: Default::default(),
         }
     }
@@ -341,6 +345,7 @@ mod tests {
             purpose_of_use: None,
             btg_reason: None,
             address: None,
+            client: None,
             plan: Default::default(),
         }
     }

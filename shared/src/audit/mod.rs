@@ -35,6 +35,8 @@ pub enum Interaction {
     Admin,
     /// A break-the-glass assertion (the grant opened).
     BreakGlass,
+    /// Bulk Data `$export`: a kick-off, a file handed out, a patient's data written to a job.
+    Export,
 }
 
 impl Interaction {
@@ -62,6 +64,7 @@ impl Interaction {
             Interaction::Capabilities => "capabilities",
             Interaction::Admin => "admin",
             Interaction::BreakGlass => "break-glass",
+            Interaction::Export => "export",
         }
     }
 
@@ -158,12 +161,27 @@ impl AuditRecord {
                 "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
             }));
         }
+        // An export is DICOM's Export event (as BALP's and IHE's data-export patterns record it),
+        // subtyped by the Bulk Data operation; everything else a RESTful operation.
+        let (event_type, subtype) = match self.interaction {
+            Interaction::Export => (
+                json!({"system": "http://dicom.nema.org/resources/ontology/DCM",
+                       "code": "110106", "display": "Export"}),
+                json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": "operation"},
+                       {"system": "urn:ietf:rfc:3986",
+                        "code": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]),
+            ),
+            _ => (
+                json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                       "code": "rest", "display": "RESTful Operation"}),
+                json!([{"system": "http://hl7.org/fhir/restful-interaction",
+                        "code": self.interaction.code()}]),
+            ),
+        };
         let mut event = json!({
             "resourceType": "AuditEvent",
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                     "code": "rest", "display": "RESTful Operation"},
-            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction",
-                         "code": self.interaction.code()}],
+            "type": event_type,
+            "subtype": subtype,
             "action": self.interaction.action(),
             "recorded": self.recorded.to_rfc3339_opts(SecondsFormat::Micros, true),
             "outcome": self.outcome.code(),

@@ -223,6 +223,34 @@ pub const SETTINGS: &[Setting] = &[
         "The per-address window.",
     ),
     setting(
+        "CARAPACE_EXPORT_DIR",
+        Means("`exports` under `CARAPACE_DATA_DIR`"),
+        "Where Bulk Data export files are written (each sealed under its job's data key; a copy \
+         of the directory reveals nothing).",
+    ),
+    setting(
+        "CARAPACE_EXPORT_TTL",
+        Value("3600"),
+        "Seconds a finished export's files stay downloadable; the server then removes them and \
+         their key (within 5 seconds).",
+    ),
+    setting(
+        "CARAPACE_EXPORT_JOBS",
+        Value("2"),
+        "Export jobs this server runs at once; more wait in the queue.",
+    ),
+    setting(
+        "CARAPACE_EXPORT_PER_CLIENT",
+        Value("1"),
+        "Export jobs one client (token subject and client id) may have queued or running at \
+         once; a further kick-off gets 429.",
+    ),
+    setting(
+        "CARAPACE_EXPORT_FILE_BYTES",
+        Value("67108864"),
+        "An export's NDJSON file of one type is split into another file past this many bytes.",
+    ),
+    setting(
         "CARAPACE_REFERENTIAL_INTEGRITY",
         Value("on"),
         "`on`: a create, update, patch or transaction whose relative reference (`Patient/123`, or \

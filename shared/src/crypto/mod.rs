@@ -1,7 +1,8 @@
 //! Cryptography at rest: sealing with AES-256-GCM under data keys ([`seal`]), the key providers that
-//! make and wrap those keys ([`keys`]), the bounded cache of unwrapped keys ([`dek_cache`]) and
+//! make and wrap those keys ([`keys`]), streams sealed in chunks ([`chunks`]), the bounded cache of unwrapped keys ([`dek_cache`]) and
 //! digests. Nothing here knows FHIR, SQL or who is asking.
 
+pub mod chunks;
 pub mod dek_cache;
 pub mod keys;
 mod seal;

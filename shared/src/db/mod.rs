@@ -52,6 +52,28 @@ pub(crate) async fn begin_with_reach(
     pool: &sqlx::PgPool,
     reach: &RowReach,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    begin_as(pool, reach, "BEGIN").await
+}
+
+/// [`begin_with_reach`] for a read-only snapshot: every statement of the transaction sees the
+/// database as it was at its first (a Bulk export's files all reflect one `transactionTime`).
+pub(crate) async fn begin_snapshot_with_reach(
+    pool: &sqlx::PgPool,
+    reach: &RowReach,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    begin_as(
+        pool,
+        reach,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    )
+    .await
+}
+
+async fn begin_as(
+    pool: &sqlx::PgPool,
+    reach: &RowReach,
+    begin: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let compartments: Vec<&str> = reach
         .compartments
         .iter()
@@ -61,7 +83,7 @@ pub(crate) async fn begin_with_reach(
         .collect();
     // `SET LOCAL` is `set_config(..., true)` as a utility statement (nothing to plan).
     let begin = format!(
-        "BEGIN; SET LOCAL carapace.reach = '{}'; SET LOCAL carapace.compartments = '{}'; \
+        "{begin}; SET LOCAL carapace.reach = '{}'; SET LOCAL carapace.compartments = '{}'; \
          SET LOCAL carapace.others = '{}'",
         reach.reach,
         compartments.join(","),

@@ -482,6 +482,7 @@ impl TokenInfo {
             purpose_of_use,
             btg_reason: None,
             address,
+            client: self.client_id.clone(),
             plan: Default::default(),
         }
     }

@@ -30,6 +30,7 @@ macro_rules! head_sql {
 mod audited; // the audit event of every interaction; administrative transactions
 mod bundle; // transaction Bundles
 mod compartment; // Patient/$everything
+pub mod export; // what a Bulk Data export reads
 mod history; // _history
 mod index; // index rows written with each version; re-indexing
 mod integrity; // referential integrity of a write

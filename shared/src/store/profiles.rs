@@ -331,6 +331,7 @@ fn definitions_reader(writer: &AccessContext) -> AccessContext {
         purpose_of_use: None,
         btg_reason: None,
         address: writer.address,
+        client: None,
         plan: Default::default(),
     }
 }

@@ -57,7 +57,7 @@ struct Page {
 
 /// The scopes of a search: a search of its type, and of every type its chains and `_has`
 /// filters match on. The one check both entry points (searches and conditional matches) pass.
-fn authorize_search(ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
+pub(super) fn authorize_search(ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
     ctx.check(query.resource_type.as_str(), Permission::Search)?;
     for joined in query.joined_types() {
         ctx.check(joined, Permission::Search)?;

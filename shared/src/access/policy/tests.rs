@@ -21,6 +21,7 @@ fn ctx(role: Role, scopes: &str, patient: Option<&str>) -> AccessContext {
         purpose_of_use: None,
         address: None,
         btg_reason: None,
+        client: None,
         plan: Default::default(),
     }
 }
