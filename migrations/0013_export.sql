@@ -42,6 +42,8 @@ CREATE INDEX export_jobs_owner ON export_jobs (principal, client_id) WHERE state
 CREATE TABLE export_files (
     job_id        text NOT NULL REFERENCES export_jobs (id) ON DELETE CASCADE,
     name          text NOT NULL,
+    -- The order the job wrote it in (the manifest's order).
+    position      integer NOT NULL,
     -- output | error | deleted
     kind          text NOT NULL,
     resource_type text NOT NULL,

@@ -269,6 +269,8 @@ async fn run() -> anyhow::Result<()> {
     }
     drop(listener);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+    // Running exports stop here (another start runs them again); the pool can then close.
+    state.exporter.stop();
     drop(state);
     core.shutdown().await;
     tracing::info!("stopped");

@@ -315,7 +315,7 @@ impl Exporter {
     pub(super) async fn files_of(&self, id: &str) -> Result<Vec<ManifestFile>, ExportError> {
         let rows = sqlx::query(
             "SELECT kind, resource_type, name, count, bytes FROM export_files WHERE job_id = $1
-              ORDER BY kind DESC, resource_type, name",
+              ORDER BY position",
         )
         .bind(id)
         .fetch_all(self.store.pool())
@@ -538,6 +538,23 @@ impl Exporter {
     ) -> Result<bool, ExportError> {
         let now = self.store.now();
         let mut tx = self.store.pool().begin().await?;
+        // Files first, the state last: the job's row is locked only for the final update, so a
+        // cancel never waits on a finishing job (and wins: the update then finds it cancelled).
+        for (position, f) in files.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO export_files (job_id, name, kind, resource_type, count, bytes, position)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(id)
+            .bind(&f.name)
+            .bind(&f.kind)
+            .bind(&f.resource_type)
+            .bind(f.count)
+            .bind(f.bytes)
+            .bind(i32::try_from(position).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
         let done = sqlx::query(
             "UPDATE export_jobs SET state = 'complete', finished_at = $2, heartbeat = $2,
                     expires_at = $3, transaction_time = $4, members_left_out = $5,
@@ -562,20 +579,6 @@ impl Exporter {
         .rows_affected();
         if done == 0 {
             return Ok(false);
-        }
-        for f in files {
-            sqlx::query(
-                "INSERT INTO export_files (job_id, name, kind, resource_type, count, bytes)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id)
-            .bind(&f.name)
-            .bind(&f.kind)
-            .bind(&f.resource_type)
-            .bind(f.count)
-            .bind(f.bytes)
-            .execute(&mut *tx)
-            .await?;
         }
         tx.commit().await?;
         Ok(true)

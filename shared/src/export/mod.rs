@@ -108,6 +108,8 @@ pub struct Exporter {
     config: ExportConfig,
     /// Wakes the runner when a job is queued.
     wake: tokio::sync::Notify,
+    /// The runner, the clean-up and the running jobs, stopped together at shutdown.
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Exporter {
@@ -116,7 +118,25 @@ impl Exporter {
             store,
             config,
             wake: tokio::sync::Notify::new(),
+            tasks: Default::default(),
         })
+    }
+
+    fn track(&self, task: tokio::task::AbortHandle) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+        }
+    }
+
+    /// Stop the runner and every running job (at shutdown). A stopped job stays `running` in the
+    /// table; once its heartbeat is stale, the next server to look runs it again from the start.
+    pub fn stop(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
     }
 
     pub fn config(&self) -> &ExportConfig {
@@ -127,9 +147,9 @@ impl Exporter {
     /// the life of the process.
     pub fn start(self: &Arc<Self>) {
         let me = self.clone();
-        tokio::spawn(async move { me.run_jobs().await });
+        self.track(tokio::spawn(async move { me.run_jobs().await }).abort_handle());
         let me = self.clone();
-        tokio::spawn(async move {
+        let cleanup = tokio::spawn(async move {
             loop {
                 if let Err(e) = me.remove_expired().await {
                     tracing::warn!(error = %e, "removing expired exports failed; retrying");
@@ -137,5 +157,6 @@ impl Exporter {
                 tokio::time::sleep(std::time::Duration::from_secs(CLEANUP_SECONDS)).await;
             }
         });
+        self.track(cleanup.abort_handle());
     }
 }

@@ -53,10 +53,11 @@ impl Exporter {
             match self.claim().await {
                 Ok(Some(job)) => {
                     let me = self.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         me.run(job).await;
                         drop(permit);
                     });
+                    self.track(task.abort_handle());
                 }
                 Ok(None) => {
                     drop(permit);
@@ -110,6 +111,7 @@ impl Exporter {
                 }
             })
         };
+        self.track(beat.abort_handle());
         let result = match self.remove_files(&id) {
             Ok(()) => self.write(&job, &progress).await,
             Err(e) => Err(Stop::Failed(e.into())),
@@ -170,12 +172,13 @@ impl Exporter {
         }
     }
 
-    /// A cheap handle for the heartbeat task.
+    /// A handle for the heartbeat task (which ends with its job: it is aborted, or returns).
     fn clone_handle(&self) -> Arc<Exporter> {
         Arc::new(Exporter {
             store: self.store.clone(),
             config: self.config.clone(),
             wake: tokio::sync::Notify::new(),
+            tasks: Default::default(),
         })
     }
 
