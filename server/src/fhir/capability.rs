@@ -122,7 +122,15 @@ fn build(base: &str) -> Value {
                 "searchRevInclude": revincludes,
                 "searchParam": search_params(t),
             });
-            let operations = terminology_operations(t.as_str());
+            let mut operations = terminology_operations(t.as_str());
+            // Bulk Data (IG 2.0.0) kick-offs at Patient and Group level.
+            match t.as_str() {
+                "Patient" => operations.push(json!({"name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"})),
+                "Group" => operations.push(json!({"name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"})),
+                _ => {}
+            }
             if !operations.is_empty() {
                 r["operation"] = Value::Array(operations);
             }
@@ -138,6 +146,7 @@ fn build(base: &str) -> Value {
         "software": {"name": "Carapace", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "Carapace FHIR R4 server (encrypted at rest)", "url": base},
         "fhirVersion": "4.0.1",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "format": ["json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
@@ -147,7 +156,12 @@ fn build(base: &str) -> Value {
                               delete (single match) take any search parameters. PATCH takes JSON Patch \
                               (application/json-patch+json). Operations: $validate (type and instance, \
                               GET and POST, mode create/update/delete, profile= against \
-                              StructureDefinitions stored here) and Patient/[id]/$everything (_since, _type, _count). Batch and transaction \
+                              StructureDefinitions stored here), Patient/[id]/$everything (_since, _type, _count) and \
+                              Bulk Data $export (IG 2.0.0) at system, Patient and Group level (GET or \
+                              POST Parameters; Prefer: respond-async; _outputFormat, _since with deleted[], \
+                              _type, _typeFilter, _elements, patient, includeAssociatedData=\
+                              LatestProvenanceResources; files NDJSON, sealed at rest, for the starting \
+                              client only, removed after CARAPACE_EXPORT_TTL). Batch and transaction \
                               Bundles: transactions are atomic, resolve urn:uuid and conditional \
                               references (Type?query) and honour ifNoneExist and ifMatch. Search: every \
                               parameter listed per type, AND/OR, chaining (any depth) and _has (nested), \
@@ -173,6 +187,7 @@ fn build(base: &str) -> Value {
             "operation": [
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
                 {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
                 {"name": "expand", "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"},
                 {"name": "lookup", "definition": "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup"},
                 {"name": "validate-code", "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code"},

@@ -77,6 +77,19 @@ impl Exporter {
 
     async fn run(&self, job: Claimed) {
         let id = job.id.clone();
+        if job.attempts > super::MAX_ATTEMPTS {
+            // Started and cut off (a crash, a restart) too often: it is not started again.
+            if let Err(e) = self.remove_files(&id) {
+                tracing::warn!(job = %id, error = %e, "removing an abandoned export's files failed");
+            }
+            if let Err(e) = self
+                .fail(&id, "the export was interrupted too many times", false)
+                .await
+            {
+                tracing::warn!(job = %id, error = %e, "recording an export's end failed");
+            }
+            return;
+        }
         tracing::info!(job = %id, attempt = job.attempts, "export started");
         let progress = Arc::new(Progress::default());
         let beat = {
@@ -118,37 +131,40 @@ impl Exporter {
         };
         beat.abort();
         let outcome = match result {
-            Ok(written) => match self
-                .finish(
-                    &id,
-                    &written.files,
-                    written.transaction_time,
-                    written.members_left_out,
-                )
-                .await
-            {
-                Ok(true) => {
-                    let patients: Vec<Option<String>> =
-                        written.patients.into_iter().map(Some).collect();
-                    // One event per patient whose data the job wrote, naming the job.
-                    if let Err(e) = self
-                        .store
-                        .audit_export(
-                            &job.ctx,
-                            &format!("urn:carapace:export:{id}"),
-                            &patients,
-                            true,
+            Ok(written) => {
+                let patients: Vec<Option<String>> =
+                    written.patients.iter().cloned().map(Some).collect();
+                // One event per patient whose data the job wrote, naming the job, recorded before
+                // the job completes: a job whose audit fails never offers its files.
+                match self
+                    .store
+                    .audit_export(
+                        &job.ctx,
+                        &format!("urn:carapace:export:{id}"),
+                        &patients,
+                        true,
+                    )
+                    .await
+                {
+                    Err(e) => Stop::Failed(e.into()),
+                    Ok(()) => match self
+                        .finish(
+                            &id,
+                            &written.files,
+                            written.transaction_time,
+                            written.members_left_out,
                         )
                         .await
                     {
-                        tracing::error!(job = %id, error = %e, "auditing an export's patients failed");
-                    }
-                    tracing::info!(job = %id, files = written.files.len(), patients = patients.len(), "export complete");
-                    return;
+                        Ok(true) => {
+                            tracing::info!(job = %id, files = written.files.len(), patients = patients.len(), "export complete");
+                            return;
+                        }
+                        Ok(false) => Stop::Cancelled,
+                        Err(e) => Stop::Failed(e),
+                    },
                 }
-                Ok(false) => Stop::Cancelled,
-                Err(e) => Stop::Failed(e),
-            },
+            }
             Err(stop) => stop,
         };
         if let Err(e) = self.remove_files(&id) {
