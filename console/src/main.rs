@@ -12,6 +12,7 @@ use carapace_console::tui;
 use carapace_core::access::{AccessContext, Role, Scope};
 use carapace_core::config::Config;
 use carapace_core::core::Core;
+use carapace_core::export::{ExportError, Exporter};
 use carapace_core::identity::users::{self, Enrollment, NewUser};
 use carapace_core::identity::{admin, tokens};
 use carapace_core::store::OperatorCounts;
@@ -84,6 +85,23 @@ enum Command {
     Btg {
         #[command(subcommand)]
         command: BtgCommand,
+    },
+    /// Bulk Data export jobs: list them, cancel one.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
+}
+
+/// Bulk Data `$export` jobs (not the audit trail's CSV export, which is the full-screen console's).
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// List export jobs, newest first (at most 500): who asked, level, state, size, expiry.
+    List,
+    /// Cancel a job by its id (audited): the server stops it and removes its files.
+    Cancel {
+        /// The job's id, as `export list` prints it.
+        id: String,
     },
 }
 
@@ -301,6 +319,24 @@ async fn dispatch(core: &Core, command: Command) -> anyhow::Result<()> {
                 bail!("no unreviewed break-the-glass grant {id}")
             }
         }
+        Command::Export {
+            command: ExportCommand::List,
+        } => export_list(core, &ctx).await,
+        Command::Export {
+            command: ExportCommand::Cancel { id },
+        } => match Exporter::cancel_as_operator(&core.store, &ctx, &id).await {
+            Ok(()) => {
+                println!("export {id} cancelled; the server stops it and removes its files");
+                Ok(())
+            }
+            Err(ExportError::NotFound) => {
+                bail!(
+                    "no export job {} to cancel (unknown, or already cancelled)",
+                    shown(&id)
+                )
+            }
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
@@ -710,6 +746,31 @@ async fn btg_list(core: &Core, ctx: &AccessContext, all: bool) -> anyhow::Result
                 .as_deref()
                 .map_or("no".into(), |r| tui::inert(r, 20)),
             tui::inert(&g.reason, 200),
+        );
+    }
+    Ok(())
+}
+
+/// `export list`: every job as a plain table (sizes in bytes, times in UTC, for scripts).
+async fn export_list(core: &Core, ctx: &AccessContext) -> anyhow::Result<()> {
+    let jobs = Exporter::list(&core.store, ctx).await?;
+    println!(
+        "{:<36}  {:<40}  {:<7}  {:<9}  {:>9}  {:>12}  {:>5}  {:<19}  EXPIRES",
+        "ID", "CLIENT", "LEVEL", "STATE", "RESOURCES", "BYTES", "FILES", "CREATED"
+    );
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    for j in jobs {
+        println!(
+            "{:<36}  {:<40}  {:<7}  {:<9}  {:>9}  {:>12}  {:>5}  {:<19}  {}",
+            tui::inert(&j.id, 36),
+            tui::inert(&tui::requester(&j), 40),
+            tui::inert(&j.level, 7),
+            j.state.as_str(),
+            j.resources,
+            j.bytes,
+            j.files,
+            time(j.created_at),
+            j.expires_at.map_or("-".into(), time),
         );
     }
     Ok(())

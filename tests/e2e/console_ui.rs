@@ -561,6 +561,7 @@ async fn every_screen_against_the_real_core() {
         Screen::Audit,
         Screen::Reviews,
         Screen::Keys,
+        Screen::Exports,
     ] {
         c.app.screen = screen;
         for (w, h) in [(1, 1), (20, 5), (40, 10), (80, 24), (200, 50)] {
@@ -858,4 +859,271 @@ async fn the_command_line_console_asks_on_the_terminal_and_lists_names_as_typed(
     assert!(out.contains(" Ward EHR "), "{out}");
     assert!(out.contains("Evil\u{fffd}[2J\u{fffd}lab"), "{out}");
     assert!(!out.contains('\u{1b}'), "{out}");
+}
+
+/// A Bulk Data export job as the server's kick-off would leave it, written straight into the
+/// table (its sealed request is never read by the listing, so any bytes do).
+#[derive(Default)]
+struct JobRow<'a> {
+    id: &'a str,
+    principal: &'a str,
+    client: Option<&'a str>,
+    level: &'a str,
+    state: &'a str,
+    progress: &'a str,
+    resources: i64,
+    bytes: i64,
+    /// Output files registered for it.
+    files: &'a [&'a str],
+    error: Option<&'a str>,
+    minutes_ago: i32,
+}
+
+impl JobRow<'_> {
+    async fn insert(&self, db: &sqlx::PgPool) {
+        let running = self.state == "running";
+        sqlx::query(
+            "INSERT INTO export_jobs (id, principal, client_id, role, scopes, level, request, state,
+                                      progress, resources, bytes, error, created_at, heartbeat,
+                                      expires_at)
+             VALUES ($1, $2, $3, 'practitioner', ARRAY['system/*.rs'], $4, $5, $6, $7, $8, $9,
+                     $10, now() - make_interval(mins => $11),
+                     CASE WHEN $12 THEN now() + interval '1 hour' END,
+                     CASE WHEN $12 THEN NULL ELSE now() + interval '1 hour' END)",
+        )
+        .bind(self.id)
+        .bind(self.principal)
+        .bind(self.client)
+        .bind(self.level)
+        .bind(vec![0u8])
+        .bind(self.state)
+        .bind(self.progress)
+        .bind(self.resources)
+        .bind(self.bytes)
+        .bind(self.error)
+        .bind(self.minutes_ago)
+        // A running job's worker is alive: a heartbeat ahead of the clock keeps the server's
+        // runner from claiming it again while the test looks at it.
+        .bind(running)
+        .execute(db)
+        .await
+        .unwrap();
+        for (i, resource_type) in self.files.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO export_files (job_id, name, position, kind, resource_type, count, bytes)
+                 VALUES ($1, $2, $3, 'output', $4, 1, 1)",
+            )
+            .bind(self.id)
+            .bind(format!("{resource_type}.{i}.ndjson"))
+            .bind(i as i32)
+            .bind(resource_type)
+            .execute(db)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// A job's state in the table: cancelled, or already removed by the server's clean-up (which
+/// takes cancelled jobs within seconds).
+async fn job_state(db: &sqlx::PgPool, id: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM export_jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+const RUNNING_JOB: &str = "5e1f0c2a-7d4b-4c8e-9a31-2b6d8f0e4a17";
+
+#[tokio::test]
+async fn the_exports_screen_lists_jobs_and_cancels_one() {
+    let ward = ward().await;
+    let db = ward.stack.db().await;
+    for job in [
+        JobRow {
+            id: RUNNING_JOB,
+            principal: "dr.house",
+            client: Some("ward-portal"),
+            level: "patient",
+            state: "running",
+            progress: "Observation",
+            resources: 1200,
+            bytes: 345_678,
+            minutes_ago: 1,
+            ..JobRow::default()
+        },
+        JobRow {
+            id: "c0ffee00-1111-4222-8333-444455556666",
+            principal: "ward-ehr",
+            client: Some("ward-ehr"),
+            level: "system",
+            state: "complete",
+            progress: "complete",
+            resources: 52_000,
+            bytes: 73 << 20,
+            files: &["Patient", "Observation", "Observation"],
+            minutes_ago: 30,
+            ..JobRow::default()
+        },
+        JobRow {
+            id: "f00dface-1111-4222-8333-444455556666",
+            principal: "ward-ehr",
+            client: Some("ward-ehr"),
+            level: "group",
+            state: "failed",
+            progress: "failed",
+            error: Some("the export failed on the server"),
+            minutes_ago: 90,
+            ..JobRow::default()
+        },
+    ] {
+        job.insert(&db).await;
+    }
+
+    let mut c = Console::open(&ward.stack).await;
+    c.fill(&["root.admin", ADMIN_PASSWORD, &code(&ward.admin_uri)])
+        .await;
+    assert_eq!(c.app.screen, Screen::Dashboard, "{}", c.screen(100, 30));
+    c.chars("7").await;
+    assert_eq!(c.app.screen, Screen::Exports);
+    assert_eq!(c.app.exports.rows.len(), 3, "{}", c.screen(120, 30));
+    let screen = c.screen(120, 30);
+    snapshot("tui_exports_120x30", &screen);
+    for expected in [
+        "5e1f0c2a",
+        "dr.house via ward-portal",
+        "337.6 KiB",
+        "73.0 MiB",
+        "7 exports",
+    ] {
+        assert!(screen.contains(expected), "{expected} in:\n{screen}");
+    }
+    // The selected job in full below the table: why the failed one failed.
+    c.press(KeyCode::Char('G')).await;
+    let failed = c.screen(120, 30);
+    assert!(
+        failed.contains("error     the export failed on the server"),
+        "{failed}"
+    );
+    c.press(KeyCode::Char('g')).await;
+
+    // Cancel the running one: asks first (n keeps it), then the core cancels it, audited.
+    c.press(KeyCode::Char('c')).await;
+    assert!(
+        matches!(&c.app.modal, Some(Modal::Confirm(text, _)) if text.contains(RUNNING_JOB)),
+        "{}",
+        c.screen(120, 30)
+    );
+    c.press(KeyCode::Char('n')).await;
+    assert_eq!(
+        job_state(&db, RUNNING_JOB).await.as_deref(),
+        Some("running")
+    );
+    c.press(KeyCode::Char('c')).await;
+    c.press(KeyCode::Char('y')).await;
+    assert!(
+        c.message().starts_with("Export 5e1f0c2a cancelled"),
+        "{}",
+        c.message()
+    );
+    assert!(
+        matches!(
+            job_state(&db, RUNNING_JOB).await.as_deref(),
+            None | Some("cancelled")
+        ),
+        "the job is cancelled"
+    );
+    c.press(KeyCode::Enter).await;
+    assert!(c
+        .app
+        .exports
+        .rows
+        .iter()
+        .all(|j| j.id != RUNNING_JOB || j.state.as_str() == "cancelled"));
+    let admin = ward
+        .stack
+        .audit_events("agent=root.admin&subtype=admin")
+        .await;
+    let cancelled = format!("urn:carapace:admin:export-cancel:{RUNNING_JOB}");
+    assert!(
+        admin.iter().any(
+            |e| e["entity"][0]["what"]["reference"] == cancelled.as_str() && e["outcome"] == "0"
+        ),
+        "{admin:?}"
+    );
+    c.core.shutdown().await;
+}
+
+/// `export list` and `export cancel` as a script runs them: a plain table, exit status 0 for a
+/// cancelled job, and a clear refusal (non-zero) for an id that is not there.
+#[tokio::test]
+async fn the_export_subcommands_list_and_cancel_jobs() {
+    const JOB: &str = "0a2b4c6d-1111-4222-8333-444455556666";
+    let stack = Stack::start().await.unwrap();
+    let db = stack.db().await;
+    JobRow {
+        id: JOB,
+        principal: "ward-ehr",
+        client: Some("ward-ehr"),
+        level: "system",
+        state: "complete",
+        progress: "complete",
+        resources: 12,
+        bytes: 4096,
+        files: &["Patient"],
+        minutes_ago: 5,
+        ..JobRow::default()
+    }
+    .insert(&db)
+    .await;
+    let env = stack.console_env("root.admin").await;
+
+    let (ok, out, err) = console(&env, &["export", "list"], None);
+    assert!(ok, "{err}");
+    let header = out.lines().next().unwrap();
+    for column in [
+        "ID",
+        "CLIENT",
+        "LEVEL",
+        "STATE",
+        "RESOURCES",
+        "BYTES",
+        "FILES",
+        "CREATED",
+        "EXPIRES",
+    ] {
+        assert!(header.contains(column), "{column} in {header}");
+    }
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with(JOB))
+        .unwrap_or_else(|| panic!("the job is listed: {out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..7],
+        &[JOB, "ward-ehr", "system", "complete", "12", "4096", "1"],
+        "{out}"
+    );
+
+    let (ok, out, err) = console(&env, &["export", "cancel", JOB], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    assert!(
+        matches!(
+            job_state(&db, JOB).await.as_deref(),
+            None | Some("cancelled")
+        ),
+        "the job is cancelled"
+    );
+
+    for id in ["no-such-job", JOB] {
+        let (ok, _, err) = console(&env, &["export", "cancel", id], None);
+        assert!(!ok, "cancelling {id} again fails");
+        assert!(
+            err.contains(&format!("no export job {id} to cancel")),
+            "{id}: {err}"
+        );
+    }
 }

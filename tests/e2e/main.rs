@@ -17,6 +17,7 @@ mod crud;
 mod database;
 mod embedded;
 mod encryption;
+mod export;
 mod gate;
 mod gate_review;
 mod http_edge;

@@ -8,6 +8,7 @@ use super::form::{Form, FormKey};
 use super::screens::audit::{self, AuditView, VERIFY_JOB};
 use super::screens::consent::{self, ConsentView};
 use super::screens::dashboard::Dashboard;
+use super::screens::exports::{self, ExportsView};
 use super::screens::keys::{self, KeysView};
 use super::screens::reviews::{self, ReviewsView};
 use super::screens::users::{self, UserOp, UsersView};
@@ -50,6 +51,8 @@ pub enum Action {
     VerifyChain,
     Export(String),
     Rotate,
+    /// Cancel a Bulk Data export job (by its id).
+    CancelExportJob(String),
     /// The running job finished: show its result.
     JobDone,
 }
@@ -63,16 +66,18 @@ pub enum Screen {
     Audit,
     Reviews,
     Keys,
+    Exports,
 }
 
 impl Screen {
-    pub const MAIN: [(char, Screen, &'static str); 6] = [
+    pub const MAIN: [(char, Screen, &'static str); 7] = [
         ('1', Screen::Dashboard, "dashboard"),
         ('2', Screen::Users, "users"),
         ('3', Screen::Consent, "consent"),
         ('4', Screen::Audit, "audit"),
         ('5', Screen::Reviews, "break-glass"),
         ('6', Screen::Keys, "keys"),
+        ('7', Screen::Exports, "exports"),
     ];
 
     /// The screen's keys: the status line shows the first few, the help overlay all.
@@ -85,6 +90,7 @@ impl Screen {
             Screen::Audit => audit::KEYS,
             Screen::Reviews => reviews::KEYS,
             Screen::Keys => keys::KEYS,
+            Screen::Exports => exports::KEYS,
         }
     }
 }
@@ -176,6 +182,7 @@ pub struct App {
     pub audit: AuditView,
     pub reviews: ReviewsView,
     pub keys: KeysView,
+    pub exports: ExportsView,
     pub modal: Option<Modal>,
     pub help: bool,
     pub job: Option<Job>,
@@ -204,6 +211,7 @@ impl App {
             audit: AuditView::default(),
             reviews: ReviewsView::default(),
             keys: KeysView::default(),
+            exports: ExportsView::default(),
             modal: None,
             help: false,
             job: None,
@@ -263,6 +271,7 @@ impl App {
             Screen::Audit => self.audit.key(key, busy, &self.stamp),
             Screen::Reviews => self.reviews.key(key),
             Screen::Keys => self.keys.key(key, busy),
+            Screen::Exports => self.exports.key(key),
             Screen::Dashboard | Screen::SignIn => None,
         };
         if let Some(step) = step {
@@ -350,8 +359,13 @@ impl App {
         if self.operator.is_some() && self.last_key.elapsed() >= self.idle {
             return Some(Action::SignOut);
         }
-        (self.screen == Screen::Keys && self.modal.is_none() && self.keys.stale())
-            .then_some(Action::Refresh)
+        // The keys and exports screens show work going on elsewhere: read again every second.
+        let stale = match self.screen {
+            Screen::Keys => self.keys.stale(),
+            Screen::Exports => self.exports.stale(),
+            _ => false,
+        };
+        (stale && self.modal.is_none()).then_some(Action::Refresh)
     }
 
     /// Wait for the running job and show its result (tests, and nothing else).
@@ -432,6 +446,10 @@ impl App {
                 Err(e) => self.modal = Some(Modal::Message(e)),
             },
             Action::Rotate => self.job = Some(keys::rotate(core, &who)),
+            Action::CancelExportJob(id) => {
+                self.modal = Some(exports::cancel(core, &who, &id).await);
+                self.load(core).await;
+            }
             Action::JobDone => {
                 if let Some(job) = self.job.take() {
                     let message = job
@@ -493,6 +511,7 @@ impl App {
             }
             Screen::Reviews => self.reviews.load(core, &who).await,
             Screen::Keys => self.keys = KeysView::load(core).await,
+            Screen::Exports => self.exports.load(core, &who).await,
         }
     }
 }

@@ -15,6 +15,7 @@ mod text;
 mod view;
 
 pub use app::{Action, App, Modal, Screen};
+pub use screens::exports::requester;
 pub use text::inert;
 
 use anyhow::Context;

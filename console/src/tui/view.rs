@@ -79,6 +79,7 @@ impl App {
             Screen::Audit => self.audit.draw(f, body),
             Screen::Reviews => self.reviews.draw(f, body),
             Screen::Keys => self.keys.draw(f, body),
+            Screen::Exports => self.exports.draw(f, body),
         }
         if let Some(job) = &self.job {
             let done = job.progress.done.load(Ordering::Relaxed);
@@ -138,8 +139,11 @@ impl App {
             .map(|(k, what)| Line::from(format!("{k:>6}  {what}")))
             .collect();
         lines.push(Line::from(""));
+        // The screens as the title bar numbers them.
+        let numbers = format!("1-{}", Screen::MAIN.len());
+        let screens = Screen::MAIN.map(|(_, _, name)| name).join(", ");
         for (k, what) in [
-            ("1-6", "dashboard, users, consent, audit, break-glass, keys"),
+            (numbers.as_str(), screens.as_str()),
             ("r", "load again"),
             ("Esc", "close a dialog, or back to the dashboard"),
             ("q", "quit (Ctrl-C too)"),
@@ -147,7 +151,7 @@ impl App {
         ] {
             lines.push(Line::from(format!("{k:>6}  {what}")));
         }
-        let dialog = centered(area, 64, lines.len() as u16 + 2);
+        let dialog = centered(area, 72, lines.len() as u16 + 2);
         f.render_widget(Clear, dialog);
         f.render_widget(Paragraph::new(lines).block(boxed("Keys")), dialog);
     }

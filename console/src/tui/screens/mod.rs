@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod consent;
 pub mod dashboard;
+pub mod exports;
 pub mod keys;
 pub mod reviews;
 pub mod sign_in;
