@@ -17,6 +17,8 @@ struct World {
     a: String,
     b: String,
     group: String,
+    /// An Observation about A performed by B: in both records, so not dr's to see.
+    shared: String,
     dr: String,
 }
 
@@ -67,6 +69,9 @@ async fn world(extra: Vec<(String, String)>) -> World {
     restricted["meta"] = json!({"security": [{
         "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]});
     id(f.post("Observation", &restricted).await);
+    let mut shared = obs(&a, "8867-4");
+    shared["performer"] = json!([{"reference": format!("Patient/{b}")}]);
+    let shared = id(f.post("Observation", &shared).await);
     id(f.post("Observation", &obs(&b, "8867-4")).await);
     id(f.post(
         "Condition",
@@ -100,6 +105,7 @@ async fn world(extra: Vec<(String, String)>) -> World {
         a,
         b,
         group,
+        shared,
         dr,
     }
 }
@@ -222,14 +228,14 @@ async fn searched(stack: &Stack, token: &str, query: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every file under the export directory, read raw.
+/// Every file under the export directory (jobs, their runs), read raw.
 fn files_on_disk(dir: &std::path::Path) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for job in std::fs::read_dir(dir).unwrap().flatten() {
-        if job.path().is_dir() {
-            for f in std::fs::read_dir(job.path()).unwrap().flatten() {
-                out.push(std::fs::read(f.path()).unwrap());
-            }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            out.extend(files_on_disk(&entry.path()));
+        } else {
+            out.push(std::fs::read(entry.path()).unwrap());
         }
     }
     out
@@ -358,6 +364,60 @@ async fn exports_hold_exactly_what_the_callers_searches_hold() {
     assert_eq!(call("GET", file, &other, &[]).await.status, 404);
     assert_eq!(call("GET", file, &w.dr, &[]).await.status, 404);
     assert_eq!(call("GET", file, "not-a-token", &[]).await.status, 401);
+    // The same subject with a narrower token (a script's, a refreshed one) does not reach it.
+    let narrow = s
+        .token("dr", Role::Practitioner, "user/Patient.rs", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        call("GET", &theirs.status_url, &narrow, &[]).await.status,
+        404
+    );
+    assert_eq!(
+        call("GET", &theirs.status_url, &w.dr, &[]).await.status,
+        200
+    );
+
+    // POST: the patients in a Parameters body; parameters in its URL are refused.
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient,Observation"},
+        {"name": "patient", "valueReference": {"reference": format!("Patient/{}", w.b)}}]});
+    let auth = format!("Bearer {system}");
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Accept", FHIR_JSON),
+        ("Content-Type", FHIR_JSON),
+        ("Prefer", "respond-async"),
+    ];
+    let r = http(
+        "POST",
+        &s.server.url("Patient/$export?_type=Patient"),
+        &headers,
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = http(
+        "POST",
+        &s.server.url("Patient/$export"),
+        &headers,
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let m = manifest(&r.header("content-location").unwrap(), &system).await;
+    let types: Vec<&str> = m["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Patient", "Observation"]);
+    assert_eq!(m["output"][0]["count"], 1);
+    // B's own Observation and the one B performed on A: both in B's record.
+    assert_eq!(m["output"][1]["count"], 2);
 
     // The files at rest are sealed: no canary, no JSON.
     let on_disk = files_on_disk(w.dir.path());
@@ -413,6 +473,33 @@ async fn since_deleted_cancel_limits_and_expiry() {
     let gone = gone.into_iter().next().unwrap();
     assert_eq!(f.delete(&format!("Observation/{gone}")).await.status, 204);
 
+    assert_eq!(
+        f.delete(&format!("Observation/{}", w.shared)).await.status,
+        204
+    );
+    // A deletion is listed only to whom its last version was visible: dr sees A's record, but
+    // not what is in B's too.
+    let theirs = export(
+        s,
+        &w.dr,
+        &format!(
+            "$export?_type=Observation&_since={}",
+            since.replace('+', "%2B")
+        ),
+    )
+    .await;
+    let listed = call(
+        "GET",
+        theirs.manifest["deleted"][0]["url"].as_str().unwrap(),
+        &w.dr,
+        &[],
+    )
+    .await
+    .text();
+    assert!(listed.contains(&format!("Observation/{gone}")), "{listed}");
+    assert!(!listed.contains(&w.shared), "{listed}");
+    assert_eq!(listed.lines().count(), 1);
+
     let changed = export(
         s,
         &system,
@@ -426,13 +513,29 @@ async fn since_deleted_cancel_limits_and_expiry() {
     assert!(changed.ids("Observation").is_empty());
     let deleted = changed.manifest["deleted"].as_array().unwrap();
     assert_eq!(deleted.len(), 1);
-    let r = call("GET", deleted[0]["url"].as_str().unwrap(), &system, &[]).await;
-    let bundle: Value = serde_json::from_str(r.text().trim()).unwrap();
-    assert_eq!(bundle["type"], "transaction");
-    assert_eq!(bundle["entry"][0]["request"]["method"], "DELETE");
     assert_eq!(
-        bundle["entry"][0]["request"]["url"],
-        format!("Observation/{gone}").as_str()
+        deleted[0]["count"], 2,
+        "the system client sees both deletions"
+    );
+    let r = call("GET", deleted[0]["url"].as_str().unwrap(), &system, &[]).await;
+    let mut urls = BTreeSet::new();
+    for line in r.text().lines() {
+        let bundle: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(bundle["type"], "transaction");
+        assert_eq!(bundle["entry"][0]["request"]["method"], "DELETE");
+        urls.insert(
+            bundle["entry"][0]["request"]["url"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        urls,
+        BTreeSet::from([
+            format!("Observation/{gone}"),
+            format!("Observation/{}", w.shared)
+        ])
     );
 
     // Refusals: no Prefer, unknown parameters (unless lenient), a bad _since.
@@ -521,7 +624,7 @@ async fn a_job_interrupted_by_a_restart_runs_again_whole() {
     let status = r.header("content-location").unwrap();
     let job = status.rsplit('/').next().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_dir(w.dir.path().join(&job))
+    while !std::fs::read_dir(w.dir.path().join(&job).join("r1"))
         .map(|d| d.count() >= 2)
         .unwrap_or(false)
     {
@@ -538,7 +641,11 @@ async fn a_job_interrupted_by_a_restart_runs_again_whole() {
     assert_eq!(state, "running", "the job was cut off while running");
     // Something half-written is left behind, as a crash would leave it.
     std::fs::write(
-        w.dir.path().join(&job).join("Observation-9.ndjson.part"),
+        w.dir
+            .path()
+            .join(&job)
+            .join("r1")
+            .join("Observation-9.ndjson.part"),
         b"x",
     )
     .unwrap();
@@ -574,7 +681,13 @@ async fn a_job_interrupted_by_a_restart_runs_again_whole() {
         .await
         .unwrap();
     assert_eq!(attempts, 2);
-    let mut names: Vec<String> = std::fs::read_dir(w.dir.path().join(&job))
+    let runs: Vec<String> = std::fs::read_dir(w.dir.path().join(&job))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(runs, ["r2"], "the cut-off run's files are gone");
+    let mut names: Vec<String> = std::fs::read_dir(w.dir.path().join(&job).join("r2"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -588,5 +701,57 @@ async fn a_job_interrupted_by_a_restart_runs_again_whole() {
             r.text().lines().count() as u64,
             out["count"].as_u64().unwrap()
         );
+    }
+}
+
+/// A third-party client — plain HTTP as the Bulk Data IG's sample client, every NDJSON line
+/// parsed by the published strict R4 models of `fhirclient` — completes a system export and a
+/// patient's export of their own record.
+#[tokio::test]
+async fn a_published_strict_r4_client_completes_an_export() {
+    let Ok(python) = std::env::var("CARAPACE_PYTHON_CLIENTS") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CARAPACE_PYTHON_CLIENTS is unset (tests/run installs fhirclient)"
+        );
+        eprintln!("SKIPPED: set CARAPACE_PYTHON_CLIENTS (tests/run installs fhirclient)");
+        return;
+    };
+    let w = world(vec![]).await;
+    let s = &w.stack;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/bulk_export.py");
+    s.token_user("patient-a", "patient", None).await;
+    let patient = s
+        .token("patient-a", Role::Patient, "patient/*.rs", Some(&w.a))
+        .await
+        .unwrap();
+    let system = s.server.token.clone().unwrap();
+    for (token, args, patients) in [
+        (
+            &system,
+            vec!["--type", "Patient,Observation,Condition,Group"],
+            2,
+        ),
+        (&patient, vec!["--level", "patient"], 1),
+    ] {
+        let base = s.server.base.clone();
+        let mut command = std::process::Command::new(&python);
+        command.arg(&script).arg(&base).arg(token).args(&args);
+        let out = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["resources"]["Patient"], patients, "{report}");
+        let total: u64 = report["resources"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(report["parsed"], total);
+        assert!(report["resources"]["Observation"].as_u64().unwrap() >= 2);
     }
 }

@@ -53,6 +53,12 @@ pub async fn kick_off(
         Level::Group(id) => format!("Group/{id}/$export"),
     };
     let url = kick_off_url(&state.base, &path, params);
+    if by_post && params.iter().any(|(k, _)| k != "_format") {
+        // The manifest's `request` names the kick-off: a POST's parameters are its body's alone.
+        return Err(ApiError::bad_request(
+            "a POST kick-off takes its parameters in the Parameters body, not the URL",
+        ));
+    }
     let request = if by_post {
         let parameters =
             intake::read_json(state, headers, body, intake::RESOURCE_MEDIA_TYPES).await?;

@@ -107,6 +107,14 @@ impl DekCache {
         dek
     }
 
+    /// Forget the key of a scope (a key that was destroyed: an expired export's).
+    pub fn forget_scope(&self, scope: &str) {
+        let mut inner = self.lock();
+        if let Some(id) = inner.by_scope.remove(scope) {
+            inner.by_id.remove(&id);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().by_id.len()
     }

@@ -7,6 +7,7 @@ use super::{owner, ExportError, Exporter};
 use crate::access::AccessContext;
 use crate::crypto::chunks::{ChunkReader, ChunkWriter};
 use crate::crypto::Dek;
+use sqlx::Row;
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::PathBuf;
@@ -39,7 +40,8 @@ pub(super) struct FileSet {
 }
 
 impl FileSet {
-    pub fn create(dir: PathBuf, job: &str, dek: &Dek, max_bytes: u64) -> io::Result<FileSet> {
+    /// Files in `dir`, each bound to `run` (`<job>/r<attempt>`) and its name.
+    pub fn create(dir: PathBuf, run: &str, dek: &Dek, max_bytes: u64) -> io::Result<FileSet> {
         std::fs::create_dir_all(&dir)?;
         #[cfg(unix)]
         {
@@ -48,7 +50,7 @@ impl FileSet {
         }
         Ok(FileSet {
             dir,
-            job: job.to_string(),
+            job: run.to_string(),
             dek: dek.clone(),
             max_bytes: max_bytes.max(1),
             open: None,
@@ -170,8 +172,9 @@ impl Exporter {
             return Err(ExportError::NotFound);
         }
         let (principal, client) = owner(ctx);
-        let bytes: Option<i64> = sqlx::query_scalar(
-            "SELECT f.bytes FROM export_files f JOIN export_jobs j ON j.id = f.job_id
+        let row = sqlx::query(
+            "SELECT f.bytes, j.attempts, j.scopes, j.patient
+               FROM export_files f JOIN export_jobs j ON j.id = f.job_id
               WHERE j.id = $1 AND f.name = $2 AND j.principal = $3
                 AND j.client_id IS NOT DISTINCT FROM $4 AND j.state = 'complete'
                 AND j.expires_at > $5",
@@ -182,10 +185,26 @@ impl Exporter {
         .bind(client)
         .bind(self.store.now())
         .fetch_optional(self.store.pool())
-        .await?;
-        let bytes = bytes.ok_or(ExportError::NotFound)?;
-        let dek = self.store.export_key(id).await?;
-        let path = self.config.dir.join(id).join(name);
+        .await?
+        .ok_or(ExportError::NotFound)?;
+        if !super::jobs::may_see(
+            ctx,
+            &row.try_get::<Vec<String>, _>("scopes")?,
+            &row.try_get("patient")?,
+        ) {
+            return Err(ExportError::NotFound);
+        }
+        let bytes: i64 = row.try_get("bytes")?;
+        let attempt: i32 = row.try_get("attempts")?;
+        // Each download holds a blocking thread while its client reads: a bounded number at once.
+        let permit = self.downloads.clone().try_acquire_owned().map_err(|_| {
+            ExportError::TooMany(
+                "this server is sending as many export files as it may at once; retry shortly"
+                    .into(),
+            )
+        })?;
+        let dek = self.store.export_key(id, false).await?;
+        let path = self.run_dir(id, attempt).join(name);
         let file = File::open(&path)?;
         self.store
             .audit_export(
@@ -196,9 +215,10 @@ impl Exporter {
             )
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let object = format!("{id}/{name}");
+        let object = format!("{id}/r{attempt}/{name}");
         let dek = Dek::clone(&dek);
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut reader = ChunkReader::new(io::BufReader::new(file), &dek, PURPOSE, object);
             loop {
                 let next = match reader.next_chunk() {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
 
-/// Purpose of the sealed kick-off request (see [`crate::store::Store::seal_secret`]).
+/// Purpose of the sealed kick-off request (bound, with the job, into its additional data).
 const REQUEST_PURPOSE: &str = "export-request";
 
 /// Where a job is.
@@ -139,7 +139,23 @@ pub(super) struct Claimed {
     pub id: String,
     pub ctx: AccessContext,
     pub sealed: Sealed,
+    /// The run's number (1, 2, ...): fences every later write of the run (a run overtaken by
+    /// another claim can neither beat, finish nor fail the job).
     pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The additional data of a job's sealed request: bound to its job.
+fn request_aad(id: &str) -> Vec<u8> {
+    format!("{REQUEST_PURPOSE}\0{id}").into_bytes()
+}
+
+/// May `ctx` see a job that `scopes` and `patient` started? Its owner (subject and client, in the
+/// query) with at least the job's scopes and the same launch patient: a narrower token of the same
+/// client (a script's, a refreshed one) or another patient's launch does not reach the export.
+pub(super) fn may_see(ctx: &AccessContext, scopes: &[String], patient: &Option<String>) -> bool {
+    let mine: Vec<String> = ctx.scopes.iter().map(Scope::to_string).collect();
+    ctx.patient == *patient && scopes.iter().all(|s| mine.contains(s))
 }
 
 fn audit_what(id: &str) -> String {
@@ -158,15 +174,19 @@ impl Exporter {
     ) -> Result<String, ExportError> {
         let id = uuid::Uuid::new_v4().to_string();
         let result = self.kick_off_inner(ctx, request, url, &id).await;
-        let what = match &result {
-            Ok(_) => audit_what(&id),
-            Err(_) => "urn:carapace:export:refused".to_string(),
-        };
-        self.store
-            .audit_export(ctx, &what, &[ctx.compartment()], result.is_ok())
-            .await?;
-        if result.is_ok() {
-            self.wake.notify_one();
+        match &result {
+            // An accepted kick-off committed with its event.
+            Ok(()) => self.wake.notify_one(),
+            Err(_) => {
+                self.store
+                    .audit_export(
+                        ctx,
+                        "urn:carapace:export:refused",
+                        &[ctx.compartment()],
+                        false,
+                    )
+                    .await?
+            }
         }
         result.map(|()| id)
     }
@@ -215,7 +235,6 @@ impl Exporter {
             request: request.clone(),
         })
         .map_err(|_| ExportError::NotFound)?;
-        let sealed = self.store.seal_secret(REQUEST_PURPOSE, &sealed).await?;
         let mut tx = self.store.pool().begin().await?;
         // One kick-off per owner at a time decides the limit (two racing kick-offs cannot both
         // pass it).
@@ -239,6 +258,9 @@ impl Exporter {
                 self.config.per_client
             )));
         }
+        // The job's own key (destroyed with the job) seals its request and its files.
+        let key = self.store.export_key(id, true).await?;
+        let sealed = crate::crypto::seal_with_aad(&key, &request_aad(id), &sealed);
         let scopes: Vec<String> = ctx.scopes.iter().map(Scope::to_string).collect();
         let group = match &request.level {
             Level::Group(g) => Some(g.clone()),
@@ -261,15 +283,31 @@ impl Exporter {
         .bind(self.store.now())
         .execute(&mut *tx)
         .await?;
+        self.store
+            .audit_export_in(&mut tx, ctx, &audit_what(id), ctx.compartment())
+            .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Open a job's sealed request with its key.
+    pub(super) async fn open_request(
+        &self,
+        id: &str,
+        sealed: &[u8],
+    ) -> Result<Sealed, ExportError> {
+        let key = self.store.export_key(id, false).await?;
+        let plain = crate::crypto::open_with_aad(&key, &request_aad(id), sealed)
+            .map_err(|_| crate::store::StoreError::Integrity)?;
+        serde_json::from_slice(&plain).map_err(|_| crate::store::StoreError::Integrity.into())
     }
 
     /// A job's status, for its owner only (another's job is not found).
     pub async fn status(&self, ctx: &AccessContext, id: &str) -> Result<Status, ExportError> {
         let (principal, client) = owner(ctx);
         let row = sqlx::query(
-            "SELECT state, progress, error, transaction_time, request, members_left_out, expires_at
+            "SELECT state, progress, error, transaction_time, request, members_left_out, expires_at,
+                    scopes, patient, resources
                FROM export_jobs
               WHERE id = $1 AND principal = $2 AND client_id IS NOT DISTINCT FROM $3
                 AND state <> 'cancelled' AND (expires_at IS NULL OR expires_at > $4)",
@@ -281,11 +319,22 @@ impl Exporter {
         .fetch_optional(self.store.pool())
         .await?
         .ok_or(ExportError::NotFound)?;
+        if !may_see(
+            ctx,
+            &row.try_get::<Vec<String>, _>("scopes")?,
+            &row.try_get("patient")?,
+        ) {
+            return Err(ExportError::NotFound);
+        }
         let state = JobState::parse(&row.try_get::<String, _>("state")?);
         match state {
             JobState::Queued | JobState::Running => Ok(Status::InProgress {
                 state,
-                progress: row.try_get("progress")?,
+                progress: format!(
+                    "{}, {} resources written",
+                    row.try_get::<String, _>("progress")?,
+                    row.try_get::<i64, _>("resources")?
+                ),
             }),
             JobState::Failed | JobState::Cancelled => Ok(Status::Failed(
                 row.try_get::<Option<String>, _>("error")?
@@ -293,10 +342,7 @@ impl Exporter {
             )),
             JobState::Complete => {
                 let sealed: Vec<u8> = row.try_get("request")?;
-                let sealed: Sealed = serde_json::from_slice(
-                    &self.store.open_secret(REQUEST_PURPOSE, &sealed).await?,
-                )
-                .map_err(|_| crate::store::StoreError::Integrity)?;
+                let sealed = self.open_request(id, &sealed).await?;
                 let files = self.files_of(id).await?;
                 Ok(Status::Complete(Manifest {
                     job: id.to_string(),
@@ -337,14 +383,30 @@ impl Exporter {
     /// go; its status is not found from then on.
     pub async fn cancel(&self, ctx: &AccessContext, id: &str) -> Result<(), ExportError> {
         let (principal, client) = owner(ctx);
-        let done = sqlx::query(
-            "UPDATE export_jobs SET state = 'cancelled', expires_at = $4, finished_at = $4
+        let row = sqlx::query(
+            "SELECT scopes, patient FROM export_jobs
               WHERE id = $1 AND principal = $2 AND client_id IS NOT DISTINCT FROM $3
                 AND state <> 'cancelled' AND (expires_at IS NULL OR expires_at > $4)",
         )
         .bind(id)
         .bind(principal)
         .bind(client)
+        .bind(self.store.now())
+        .fetch_optional(self.store.pool())
+        .await?
+        .ok_or(ExportError::NotFound)?;
+        if !may_see(
+            ctx,
+            &row.try_get::<Vec<String>, _>("scopes")?,
+            &row.try_get("patient")?,
+        ) {
+            return Err(ExportError::NotFound);
+        }
+        let done = sqlx::query(
+            "UPDATE export_jobs SET state = 'cancelled', expires_at = $2, finished_at = $2
+              WHERE id = $1 AND state <> 'cancelled'",
+        )
+        .bind(id)
         .bind(self.store.now())
         .execute(self.store.pool())
         .await?
@@ -427,26 +489,41 @@ impl Exporter {
         Ok(())
     }
 
-    /// Take the oldest waiting job (or one whose worker went silent), if any.
+    /// Take the oldest waiting job (or one whose worker went silent), if any. Times here are the
+    /// database's, so that servers whose clocks differ agree on which heartbeat is stale.
     pub(super) async fn claim(&self) -> Result<Option<Claimed>, ExportError> {
-        let now = self.store.now();
-        let stale = now - chrono::Duration::seconds(STALE_SECONDS);
         let Some(row) = sqlx::query(
-            "UPDATE export_jobs SET state = 'running', attempts = attempts + 1, heartbeat = $1,
-                    started_at = $1, progress = 'starting', resources = 0, bytes = 0
+            "UPDATE export_jobs SET state = 'running', attempts = attempts + 1, heartbeat = now(),
+                    started_at = now(), progress = 'starting', resources = 0, bytes = 0
               WHERE id = (SELECT id FROM export_jobs
-                           WHERE state = 'queued' OR (state = 'running' AND heartbeat < $2)
+                           WHERE state = 'queued'
+                              OR (state = 'running' AND heartbeat < now() - make_interval(secs => $1))
                            ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-              RETURNING id, principal, client_id, role, scopes, patient, request, attempts",
+              RETURNING id, principal, client_id, role, scopes, patient, request, attempts,
+                        created_at",
         )
-        .bind(now)
-        .bind(stale)
+        .bind(STALE_SECONDS as f64)
         .fetch_optional(self.store.pool())
         .await?
         else {
             return Ok(None);
         };
         let id: String = row.try_get("id")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        let decoded = self.decode_claim(&id, &row).await;
+        if decoded.is_err() {
+            // A job that cannot be read back never runs: it fails now, not on every claim.
+            self.fail(&id, attempts, "the export could not be started", false)
+                .await?;
+        }
+        decoded.map(Some)
+    }
+
+    async fn decode_claim(
+        &self,
+        id: &str,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<Claimed, ExportError> {
         let role = Role::parse(&row.try_get::<String, _>("role")?).ok_or(ExportError::NotFound)?;
         let scopes: Vec<String> = row.try_get("scopes")?;
         let ctx = AccessContext {
@@ -461,15 +538,13 @@ impl Exporter {
             plan: Default::default(),
         };
         let sealed: Vec<u8> = row.try_get("request")?;
-        let sealed: Sealed =
-            serde_json::from_slice(&self.store.open_secret(REQUEST_PURPOSE, &sealed).await?)
-                .map_err(|_| crate::store::StoreError::Integrity)?;
-        Ok(Some(Claimed {
-            id,
+        Ok(Claimed {
+            id: id.to_string(),
             ctx,
-            sealed,
+            sealed: self.open_request(id, &sealed).await?,
             attempts: row.try_get("attempts")?,
-        }))
+            created_at: row.try_get("created_at")?,
+        })
     }
 
     /// Does the account that started a job still stand: not locked or disabled, the same role?
@@ -508,16 +583,17 @@ impl Exporter {
     pub(super) async fn heartbeat(
         &self,
         id: &str,
+        attempt: i32,
         progress: &str,
         resources: i64,
         bytes: i64,
     ) -> Result<bool, ExportError> {
         let alive = sqlx::query(
-            "UPDATE export_jobs SET heartbeat = $2, progress = $3, resources = $4, bytes = $5
-              WHERE id = $1 AND state = 'running'",
+            "UPDATE export_jobs SET heartbeat = now(), progress = $3, resources = $4, bytes = $5
+              WHERE id = $1 AND attempts = $2 AND state = 'running'",
         )
         .bind(id)
-        .bind(self.store.now())
+        .bind(attempt)
         .bind(progress)
         .bind(resources)
         .bind(bytes)
@@ -532,6 +608,7 @@ impl Exporter {
     pub(super) async fn finish(
         &self,
         id: &str,
+        attempt: i32,
         files: &[ManifestFile],
         transaction_time: DateTime<Utc>,
         members_left_out: Option<i32>,
@@ -559,7 +636,7 @@ impl Exporter {
             "UPDATE export_jobs SET state = 'complete', finished_at = $2, heartbeat = $2,
                     expires_at = $3, transaction_time = $4, members_left_out = $5,
                     progress = 'complete', resources = $6, bytes = $7
-              WHERE id = $1 AND state = 'running'",
+              WHERE id = $1 AND attempts = $8 AND state = 'running'",
         )
         .bind(id)
         .bind(now)
@@ -574,6 +651,7 @@ impl Exporter {
                 .sum::<i64>(),
         )
         .bind(files.iter().map(|f| f.bytes).sum::<i64>())
+        .bind(attempt)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -588,6 +666,7 @@ impl Exporter {
     pub(super) async fn fail(
         &self,
         id: &str,
+        attempt: i32,
         reason: &str,
         again: bool,
     ) -> Result<(), ExportError> {
@@ -603,19 +682,22 @@ impl Exporter {
         sqlx::query(
             "UPDATE export_jobs SET state = $2, error = $3, finished_at = $4, expires_at = $5,
                     progress = $2
-              WHERE id = $1 AND state = 'running'",
+              WHERE id = $1 AND attempts = $6 AND state = 'running'",
         )
         .bind(id)
         .bind(state)
         .bind(reason)
         .bind(now)
         .bind(expires)
+        .bind(attempt)
         .execute(self.store.pool())
         .await?;
         Ok(())
     }
 
-    /// Remove expired and cancelled jobs: their files, their data key, their rows.
+    /// Remove expired and cancelled jobs: their data key first (a copy of the files then opens
+    /// to nothing), their files, their rows; and any key or directory whose job is gone. One job
+    /// that fails to go is logged and does not hold the others back.
     pub(super) async fn remove_expired(&self) -> Result<(), ExportError> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM export_jobs WHERE expires_at <= $1 AND state <> 'running'",
@@ -623,22 +705,49 @@ impl Exporter {
         .bind(self.store.now())
         .fetch_all(self.store.pool())
         .await?;
-        for id in ids {
-            self.remove_files(&id)?;
-            let mut tx = self.store.pool().begin().await?;
-            // Without its key, a copy of the files taken before they went opens to nothing.
-            sqlx::query("DELETE FROM data_keys WHERE scope = $1")
-                .bind(format!("export/{id}"))
-                .execute(&mut *tx)
-                .await?;
+        self.store.forget_export_keys(&ids).await?;
+        for id in &ids {
+            if let Err(e) = self.remove_files(id) {
+                tracing::warn!(job = %id, error = %e, "removing an expired export's files failed");
+                continue;
+            }
             sqlx::query("DELETE FROM export_jobs WHERE id = $1")
-                .bind(&id)
-                .execute(&mut *tx)
+                .bind(id)
+                .execute(self.store.pool())
                 .await?;
-            tx.commit().await?;
             tracing::info!(job = %id, "export removed");
         }
+        // Directories no job names (a job removed while its files could not be).
+        let known: std::collections::HashSet<String> =
+            sqlx::query_scalar::<_, String>("SELECT id FROM export_jobs")
+                .fetch_all(self.store.pool())
+                .await?
+                .into_iter()
+                .collect();
+        if let Ok(entries) = std::fs::read_dir(&self.config.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if uuid::Uuid::parse_str(&name).is_ok() && !known.contains(&name) {
+                    if let Err(e) = self.remove_files(&name) {
+                        tracing::warn!(job = %name, error = %e, "removing an orphaned export failed");
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Where one run of a job writes its files: a directory of its own, so that a run overtaken
+    /// by another (its server stalled past the heartbeat) cannot touch the newer run's files.
+    pub(super) fn run_dir(&self, id: &str, attempt: i32) -> std::path::PathBuf {
+        self.config.dir.join(id).join(format!("r{attempt}"))
+    }
+
+    pub(super) fn remove_run_files(&self, id: &str, attempt: i32) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(self.run_dir(id, attempt)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub(super) fn remove_files(&self, id: &str) -> std::io::Result<()> {

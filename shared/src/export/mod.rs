@@ -34,6 +34,9 @@ pub use request::{BadRequest, ExportRequest, Level};
 /// A job is run at most this many times (a restart or crash during a run counts as one).
 pub const MAX_ATTEMPTS: i32 = 3;
 
+/// A job that waited this long to start is not started: the authority it was given is stale.
+const MAX_WAIT_SECONDS: i64 = 3600;
+
 /// A running job says it is alive this often; one silent for [`STALE_SECONDS`] is run again.
 const HEARTBEAT_SECONDS: u64 = 2;
 const STALE_SECONDS: i64 = 10;
@@ -110,7 +113,12 @@ pub struct Exporter {
     wake: tokio::sync::Notify,
     /// The runner, the clean-up and the running jobs, stopped together at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Downloads being sent (each holds a blocking thread while its client reads).
+    downloads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Export files sent at once by one server; more get 429.
+const MAX_DOWNLOADS: usize = 32;
 
 impl Exporter {
     pub fn new(store: Arc<Store>, config: ExportConfig) -> Arc<Exporter> {
@@ -119,6 +127,7 @@ impl Exporter {
             config,
             wake: tokio::sync::Notify::new(),
             tasks: Default::default(),
+            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
         })
     }
 

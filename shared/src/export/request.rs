@@ -55,6 +55,11 @@ fn bad(msg: impl Into<String>) -> BadRequest {
     BadRequest(msg.into())
 }
 
+/// At most this many `patient` parameters, `_typeFilter` searches and `_elements` per kick-off.
+const MAX_PATIENTS: usize = 10_000;
+const MAX_FILTERS: usize = 50;
+const MAX_ELEMENTS: usize = 100;
+
 /// The media types `_outputFormat` may name (the IG's NDJSON and its abbreviations).
 const NDJSON: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
@@ -89,6 +94,7 @@ impl ExportRequest {
             return Err(bad("a POST kick-off takes a Parameters resource"));
         }
         let mut r = ExportRequest::empty(level);
+        let mut seen = std::collections::HashSet::new();
         for p in body["parameter"].as_array().into_iter().flatten() {
             let name = p["name"].as_str().unwrap_or("");
             if name == "patient" {
@@ -104,8 +110,13 @@ impl ExportRequest {
                             printable(reference)
                         ))
                     })?;
-                if !r.patients.iter().any(|p| p == id) {
+                if seen.insert(id.to_string()) {
                     r.patients.push(id.to_string());
+                }
+                if r.patients.len() > MAX_PATIENTS {
+                    return Err(bad(format!(
+                        "at most {MAX_PATIENTS} patients per kick-off (define a Group for a larger cohort)"
+                    )));
                 }
                 continue;
             }
@@ -194,6 +205,11 @@ impl ExportRequest {
                     parse_type_filter(&filter)?;
                     self.type_filters.push(filter);
                 }
+                if self.type_filters.len() > MAX_FILTERS {
+                    return Err(bad(format!(
+                        "at most {MAX_FILTERS} _typeFilter searches per kick-off"
+                    )));
+                }
             }
             "_elements" => {
                 for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -216,6 +232,11 @@ impl ExportRequest {
                         )));
                     }
                     self.elements.push(e.to_string());
+                }
+                if self.elements.len() > MAX_ELEMENTS {
+                    return Err(bad(format!(
+                        "at most {MAX_ELEMENTS} _elements per kick-off"
+                    )));
                 }
             }
             "includeAssociatedData" => {

@@ -76,22 +76,29 @@ impl Exporter {
     }
 
     async fn run(&self, job: Claimed) {
-        let id = job.id.clone();
-        if job.attempts > super::MAX_ATTEMPTS {
+        let (id, attempt) = (job.id.clone(), job.attempts);
+        let waited = self.store.now() - job.created_at;
+        let refused = if attempt > super::MAX_ATTEMPTS {
             // Started and cut off (a crash, a restart) too often: it is not started again.
+            Some("the export was interrupted too many times")
+        } else if waited > chrono::Duration::seconds(super::MAX_WAIT_SECONDS) {
+            Some("the export waited too long to start; start it again")
+        } else {
+            None
+        };
+        if let Some(words) = refused {
             if let Err(e) = self.remove_files(&id) {
                 tracing::warn!(job = %id, error = %e, "removing an abandoned export's files failed");
             }
-            if let Err(e) = self
-                .fail(&id, "the export was interrupted too many times", false)
-                .await
-            {
+            if let Err(e) = self.fail(&id, attempt, words, false).await {
                 tracing::warn!(job = %id, error = %e, "recording an export's end failed");
             }
             return;
         }
-        tracing::info!(job = %id, attempt = job.attempts, "export started");
+        tracing::info!(job = %id, attempt, "export started");
         let progress = Arc::new(Progress::default());
+        // The heartbeat goes on until the job's end is recorded (a completing transaction may wait
+        // on locks), and stops the job when its row is no longer this run's.
         let beat = {
             let (store_id, progress) = (id.clone(), progress.clone());
             let me = self.clone_handle();
@@ -108,6 +115,7 @@ impl Exporter {
                     match me
                         .heartbeat(
                             &store_id,
+                            attempt,
                             &text,
                             i64::try_from(resources).unwrap_or(i64::MAX),
                             i64::try_from(bytes).unwrap_or(i64::MAX),
@@ -125,11 +133,12 @@ impl Exporter {
             })
         };
         self.track(beat.abort_handle());
-        let result = match self.remove_files(&id) {
+        // Whatever an earlier run of the job left is removed; this run writes in a directory
+        // of its own.
+        let result = match self.remove_earlier_runs(&id, attempt) {
             Ok(()) => self.write(&job, &progress).await,
             Err(e) => Err(Stop::Failed(e.into())),
         };
-        beat.abort();
         let outcome = match result {
             Ok(written) => {
                 let patients: Vec<Option<String>> =
@@ -150,6 +159,7 @@ impl Exporter {
                     Ok(()) => match self
                         .finish(
                             &id,
+                            attempt,
                             &written.files,
                             written.transaction_time,
                             written.members_left_out,
@@ -157,6 +167,7 @@ impl Exporter {
                         .await
                     {
                         Ok(true) => {
+                            beat.abort();
                             tracing::info!(job = %id, files = written.files.len(), patients = patients.len(), "export complete");
                             return;
                         }
@@ -167,25 +178,34 @@ impl Exporter {
             }
             Err(stop) => stop,
         };
-        if let Err(e) = self.remove_files(&id) {
+        beat.abort();
+        if let Err(e) = self.remove_run_files(&id, attempt) {
             tracing::warn!(job = %id, error = %e, "removing a stopped export's files failed");
         }
         let ended = match outcome {
             Stop::Cancelled => {
-                tracing::info!(job = %id, "export cancelled");
+                tracing::info!(job = %id, "export stopped (cancelled, or taken over)");
                 Ok(())
             }
-            Stop::Refused(words) => self.fail(&id, words, false).await,
+            Stop::Refused(words) => self.fail(&id, attempt, words, false).await,
             Stop::Failed(e) => {
                 tracing::error!(job = %id, error = %e, "export failed");
-                let again = !Self::max_attempts_reached(job.attempts);
-                self.fail(&id, "the export failed on the server", again)
+                let again = !Self::max_attempts_reached(attempt);
+                self.fail(&id, attempt, "the export failed on the server", again)
                     .await
             }
         };
         if let Err(e) = ended {
             tracing::warn!(job = %id, error = %e, "recording an export's end failed");
         }
+    }
+
+    /// Remove the directories of a job's runs before `attempt`.
+    fn remove_earlier_runs(&self, id: &str, attempt: i32) -> std::io::Result<()> {
+        for earlier in 1..attempt {
+            self.remove_run_files(id, earlier)?;
+        }
+        Ok(())
     }
 
     /// A handle for the heartbeat task (which ends with its job: it is aborted, or returns).
@@ -195,6 +215,7 @@ impl Exporter {
             config: self.config.clone(),
             wake: tokio::sync::Notify::new(),
             tasks: Default::default(),
+            downloads: self.downloads.clone(),
         })
     }
 
@@ -207,12 +228,12 @@ impl Exporter {
         let request = &job.sealed.request;
         let dek = self
             .store
-            .export_key(&job.id)
+            .export_key(&job.id, false)
             .await
             .map_err(ExportError::from)?;
         let mut files = FileSet::create(
-            self.config.dir.join(&job.id),
-            &job.id,
+            self.run_dir(&job.id, job.attempts),
+            &format!("{}/r{}", job.id, job.attempts),
             &dek,
             self.config.file_bytes,
         )
@@ -265,7 +286,8 @@ impl Exporter {
                     ));
                 }
                 if !request.patients.is_empty() {
-                    visible.retain(|p| request.patients.contains(p));
+                    let asked: HashSet<&String> = request.patients.iter().collect();
+                    visible.retain(|p| asked.contains(p));
                 }
                 Some(visible)
             }
@@ -275,7 +297,10 @@ impl Exporter {
             (Level::System, None) => Patients::Any,
             (_, None) => Patients::InSome,
         };
-        let present = reader.types_present().await.map_err(ExportError::from)?;
+        let present = reader
+            .types_present(request.since.is_some())
+            .await
+            .map_err(ExportError::from)?;
         let mut types: Vec<ResourceType> = match &request.types {
             Some(names) => names
                 .iter()

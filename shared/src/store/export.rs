@@ -138,11 +138,13 @@ impl Store {
 }
 
 impl ExportReader<'_> {
-    /// The types with current resources this caller may search, in name order.
-    pub async fn types_present(&mut self) -> Result<Vec<ResourceType>, StoreError> {
+    /// The types with current resources this caller may search (with `deleted`, or deleted
+    /// ones: a `_since` export lists deletions of a type that has nothing left), in name order.
+    pub async fn types_present(&mut self, deleted: bool) -> Result<Vec<ResourceType>, StoreError> {
         let names: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT resource_type FROM resources WHERE NOT deleted ORDER BY 1",
+            "SELECT DISTINCT resource_type FROM resources WHERE $1 OR NOT deleted ORDER BY 1",
         )
+        .bind(deleted)
         .fetch_all(&mut *self.tx)
         .await?;
         Ok(names
@@ -264,8 +266,11 @@ impl ExportReader<'_> {
         Ok(count)
     }
 
-    /// Resources of the slice's type deleted at or after `since` that the caller could have seen
-    /// (by compartment and type: a deletion has no body and no labels left), as `Type/id`.
+    /// Resources of the slice's type deleted at or after `since` that the caller could have seen,
+    /// as `Type/id`: by compartment and type (the deletion's row), and by the last version it had
+    /// — its labels and every patient it named, as history decides on a deletion. (A deletion has
+    /// no index rows left: `_typeFilter` cannot be asked of it, so the type's deletions are listed
+    /// whole.)
     pub async fn each_deleted(
         &mut self,
         slice: &Slice<'_>,
@@ -277,8 +282,14 @@ impl ExportReader<'_> {
         let keys = self.keys.clone();
         let mut b = Builder::new(&keys.index, self.now_ms(), &self.plan);
         b.qb.push(
-            "SELECT h.id FROM resources h JOIN resource_versions v ON v.resource_type = \
+            "SELECT h.id, p.version_id, p.last_updated, p.sealed, k.id AS dek_id, k.scope, \
+             k.wrapped FROM resources h JOIN resource_versions v ON v.resource_type = \
              h.resource_type AND v.id = h.id AND v.version_id = h.version_id \
+             LEFT JOIN LATERAL (SELECT x.version_id, x.last_updated, x.sealed, x.dek_id \
+                  FROM resource_versions x WHERE x.resource_type = h.resource_type \
+                   AND x.id = h.id AND x.sealed IS NOT NULL \
+                 ORDER BY x.version_id DESC LIMIT 1) p ON true \
+             LEFT JOIN data_keys k ON k.id = p.dek_id \
              WHERE h.deleted AND h.resource_type = ",
         );
         b.qb.push_bind(rt.as_str());
@@ -290,6 +301,15 @@ impl ExportReader<'_> {
         let mut rows = b.qb.build().fetch(&mut *self.tx);
         while let Some(row) = rows.try_next().await? {
             let id: String = row.try_get("id")?;
+            let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
+            // Its last content decides, as for a history entry of the deletion; a resource
+            // never stored with content shows nothing to hide.
+            if sealed.is_some() {
+                let last = self.store.open_row(rt, &row).await?;
+                if !reach::body_visible(&self.plan, rt, &id, &last.body) {
+                    continue;
+                }
+            }
             each(&format!("{rt}/{id}"))?;
             count += 1;
         }
@@ -378,7 +398,18 @@ impl ExportReader<'_> {
         let doc: serde_json::Value =
             serde_json::from_slice(&resource.body).map_err(|_| StoreError::Integrity)?;
         let mut members = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let now = self.transaction_time;
         for member in doc["member"].as_array().into_iter().flatten() {
+            // A former member (inactive, or whose membership period ended) is not in the cohort.
+            let ended = member["period"]["end"]
+                .as_str()
+                .and_then(|end| crate::fhir::date_search_range(end).ok())
+                .and_then(|r| r.hi)
+                .is_some_and(|hi| hi < now);
+            if member["inactive"] == true || ended {
+                continue;
+            }
             let Some(text) = member["entity"]["reference"].as_str() else {
                 continue;
             };
@@ -386,7 +417,7 @@ impl ExportReader<'_> {
                 .ok()
                 .and_then(|r| r.patient_compartment());
             if let Some(id) = patient.as_deref().and_then(|p| p.strip_prefix("Patient/")) {
-                if !members.iter().any(|m: &String| m == id) {
+                if seen.insert(id.to_string()) {
                     members.push(id.to_string());
                 }
             }
@@ -396,9 +427,64 @@ impl ExportReader<'_> {
 }
 
 impl Store {
-    /// The data key of one export job (scope `export/<job>`, made on first use, wrapped by the key
-    /// provider like every data key, removed with the job).
-    pub async fn export_key(&self, job: &str) -> Result<Arc<crate::crypto::Dek>, StoreError> {
-        Ok(self.dek_for_scope(&format!("export/{job}")).await?.1)
+    /// The data key of one export job (scope `export/<job>`, wrapped by the key provider like every
+    /// data key): made at the kick-off (`create`), only looked up after it — a job whose key was
+    /// destroyed (it expired) has none, and opens nothing.
+    pub async fn export_key(
+        &self,
+        job: &str,
+        create: bool,
+    ) -> Result<Arc<crate::crypto::Dek>, StoreError> {
+        let scope = format!("export/{job}");
+        if !create {
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM data_keys WHERE scope = $1")
+                    .bind(&scope)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("the key of export {job}")));
+            }
+        }
+        Ok(self.dek_for_scope(&scope).await?.1)
+    }
+
+    /// Destroy the data keys of these export jobs (and of any export whose job is gone — made more
+    /// than ten minutes ago, so never one whose kick-off is still committing), here and
+    /// in this process's cache: a copy of their files opens to nothing from then on.
+    pub async fn forget_export_keys(&self, jobs: &[String]) -> Result<u64, StoreError> {
+        let scopes: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM data_keys WHERE scope LIKE 'export/%'
+                AND (substr(scope, 8) = ANY($1)
+                     OR (created_at < now() - interval '10 minutes'
+                         AND NOT EXISTS (SELECT 1 FROM export_jobs j WHERE j.id = substr(scope, 8))))
+             RETURNING scope",
+        )
+        .bind(jobs)
+        .fetch_all(&self.pool)
+        .await?;
+        for scope in &scopes {
+            self.cache.forget_scope(scope);
+        }
+        Ok(scopes.len() as u64)
+    }
+
+    /// Record export events inside the caller's transaction (a kick-off commits with its event).
+    pub async fn audit_export_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        what: &str,
+        patient: Option<String>,
+    ) -> Result<(), StoreError> {
+        let record = AuditRecord {
+            interaction: Interaction::Export,
+            outcome: Outcome::Success,
+            recorded: self.clock.now(),
+            what: Some(what.to_string()),
+            patient,
+            query: None,
+        };
+        self.audit_in(conn, ctx, &record).await
     }
 }
