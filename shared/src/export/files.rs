@@ -3,7 +3,7 @@
 //! opened for the job's owner and decrypted a chunk at a time while it is sent.
 
 use super::jobs::ManifestFile;
-use super::{owner, ExportError, Exporter};
+use super::{ExportError, Exporter};
 use crate::access::AccessContext;
 use crate::crypto::chunks::{ChunkReader, ChunkWriter};
 use crate::crypto::Dek;
@@ -171,31 +171,18 @@ impl Exporter {
         if uuid::Uuid::parse_str(id).is_err() || !valid_name(name) {
             return Err(ExportError::NotFound);
         }
-        let (principal, client) = owner(ctx);
-        let row = sqlx::query(
-            "SELECT f.bytes, j.attempts, j.scopes, j.patient
-               FROM export_files f JOIN export_jobs j ON j.id = f.job_id
-              WHERE j.id = $1 AND f.name = $2 AND j.principal = $3
-                AND j.client_id IS NOT DISTINCT FROM $4 AND j.state = 'complete'
-                AND j.expires_at > $5",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(principal)
-        .bind(client)
-        .bind(self.store.now())
-        .fetch_optional(self.store.pool())
-        .await?
-        .ok_or(ExportError::NotFound)?;
-        if !super::jobs::may_see(
-            ctx,
-            &row.try_get::<Vec<String>, _>("scopes")?,
-            &row.try_get("patient")?,
-        ) {
+        let job = self.owned_job(ctx, id).await?;
+        if job.try_get::<String, _>("state")? != "complete" {
             return Err(ExportError::NotFound);
         }
-        let bytes: i64 = row.try_get("bytes")?;
-        let attempt: i32 = row.try_get("attempts")?;
+        let attempt: i32 = job.try_get("attempts")?;
+        let bytes: i64 =
+            sqlx::query_scalar("SELECT bytes FROM export_files WHERE job_id = $1 AND name = $2")
+                .bind(id)
+                .bind(name)
+                .fetch_optional(self.store.pool())
+                .await?
+                .ok_or(ExportError::NotFound)?;
         // Each download holds a blocking thread while its client reads: a bounded number at once.
         let permit = self.downloads.clone().try_acquire_owned().map_err(|_| {
             ExportError::TooMany(

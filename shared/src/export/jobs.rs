@@ -153,7 +153,7 @@ fn request_aad(id: &str) -> Vec<u8> {
 /// May `ctx` see a job that `scopes` and `patient` started? Its owner (subject and client, in the
 /// query) with at least the job's scopes and the same launch patient: a narrower token of the same
 /// client (a script's, a refreshed one) or another patient's launch does not reach the export.
-pub(super) fn may_see(ctx: &AccessContext, scopes: &[String], patient: &Option<String>) -> bool {
+fn may_see(ctx: &AccessContext, scopes: &[String], patient: &Option<String>) -> bool {
     let mine: Vec<String> = ctx.scopes.iter().map(Scope::to_string).collect();
     ctx.patient == *patient && scopes.iter().all(|s| mine.contains(s))
 }
@@ -302,12 +302,17 @@ impl Exporter {
         serde_json::from_slice(&plain).map_err(|_| crate::store::StoreError::Integrity.into())
     }
 
-    /// A job's status, for its owner only (another's job is not found).
-    pub async fn status(&self, ctx: &AccessContext, id: &str) -> Result<Status, ExportError> {
+    /// The caller's job, neither cancelled nor expired: not found for anyone but its owner with
+    /// at least its scopes ([`may_see`]).
+    pub(super) async fn owned_job(
+        &self,
+        ctx: &AccessContext,
+        id: &str,
+    ) -> Result<sqlx::postgres::PgRow, ExportError> {
         let (principal, client) = owner(ctx);
         let row = sqlx::query(
             "SELECT state, progress, error, transaction_time, request, members_left_out, expires_at,
-                    scopes, patient, resources
+                    scopes, patient, resources, attempts
                FROM export_jobs
               WHERE id = $1 AND principal = $2 AND client_id IS NOT DISTINCT FROM $3
                 AND state <> 'cancelled' AND (expires_at IS NULL OR expires_at > $4)",
@@ -319,13 +324,16 @@ impl Exporter {
         .fetch_optional(self.store.pool())
         .await?
         .ok_or(ExportError::NotFound)?;
-        if !may_see(
-            ctx,
-            &row.try_get::<Vec<String>, _>("scopes")?,
-            &row.try_get("patient")?,
-        ) {
+        let scopes: Vec<String> = row.try_get("scopes")?;
+        if !may_see(ctx, &scopes, &row.try_get("patient")?) {
             return Err(ExportError::NotFound);
         }
+        Ok(row)
+    }
+
+    /// A job's status, for its owner only (another's job is not found).
+    pub async fn status(&self, ctx: &AccessContext, id: &str) -> Result<Status, ExportError> {
+        let row = self.owned_job(ctx, id).await?;
         let state = JobState::parse(&row.try_get::<String, _>("state")?);
         match state {
             JobState::Queued | JobState::Running => Ok(Status::InProgress {
@@ -382,26 +390,7 @@ impl Exporter {
     /// `DELETE` on the status URL: the job stops (a running one at its next heartbeat), its files
     /// go; its status is not found from then on.
     pub async fn cancel(&self, ctx: &AccessContext, id: &str) -> Result<(), ExportError> {
-        let (principal, client) = owner(ctx);
-        let row = sqlx::query(
-            "SELECT scopes, patient FROM export_jobs
-              WHERE id = $1 AND principal = $2 AND client_id IS NOT DISTINCT FROM $3
-                AND state <> 'cancelled' AND (expires_at IS NULL OR expires_at > $4)",
-        )
-        .bind(id)
-        .bind(principal)
-        .bind(client)
-        .bind(self.store.now())
-        .fetch_optional(self.store.pool())
-        .await?
-        .ok_or(ExportError::NotFound)?;
-        if !may_see(
-            ctx,
-            &row.try_get::<Vec<String>, _>("scopes")?,
-            &row.try_get("patient")?,
-        ) {
-            return Err(ExportError::NotFound);
-        }
+        self.owned_job(ctx, id).await?;
         let done = sqlx::query(
             "UPDATE export_jobs SET state = 'cancelled', expires_at = $2, finished_at = $2
               WHERE id = $1 AND state <> 'cancelled'",

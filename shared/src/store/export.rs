@@ -250,20 +250,7 @@ impl ExportReader<'_> {
             b.qb.push_bind(since);
         }
         Self::push_patients(&mut b, "r", slice.patients);
-        let mut count = 0u64;
-        let mut rows = b.qb.build().fetch(&mut *self.tx);
-        while let Some(row) = rows.try_next().await? {
-            let resource = self.store.open_row(rt, &row).await?;
-            let patients = reach::compartments_of(
-                rt,
-                &resource.id,
-                resource.patient.as_deref(),
-                &resource.body,
-            );
-            each(&resource, patients)?;
-            count += 1;
-        }
-        Ok(count)
+        opened(self.store, &mut self.tx, rt, b.qb.build(), &mut each).await
     }
 
     /// Resources of the slice's type deleted at or after `since` that the caller could have seen,
@@ -353,21 +340,40 @@ impl ExportReader<'_> {
              AND v.version_id = p.version_id JOIN data_keys k ON k.id = v.dek_id \
              ORDER BY t.target_id, v.last_updated DESC, p.id",
         );
-        let mut count = 0u64;
-        let mut rows = b.qb.build().fetch(&mut *self.tx);
-        while let Some(row) = rows.try_next().await? {
-            let resource = self.store.open_row(provenance, &row).await?;
-            let patients = reach::compartments_of(
-                provenance,
-                &resource.id,
-                resource.patient.as_deref(),
-                &resource.body,
-            );
-            each(&resource, patients)?;
-            count += 1;
-        }
-        Ok(count)
+        opened(
+            self.store,
+            &mut self.tx,
+            provenance,
+            b.qb.build(),
+            &mut each,
+        )
+        .await
     }
+}
+
+/// Stream `query`'s rows (a version and its key each) from the snapshot, open each, and hand it
+/// to `each` with the patient compartments it is in; how many.
+async fn opened(
+    store: &Store,
+    tx: &mut sqlx::PgConnection,
+    rt: ResourceType,
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    each: &mut impl FnMut(&StoredResource, Vec<Option<String>>) -> std::io::Result<()>,
+) -> Result<u64, ReadError> {
+    let mut count = 0u64;
+    let mut rows = query.fetch(&mut *tx);
+    while let Some(row) = rows.try_next().await? {
+        let resource = store.open_row(rt, &row).await?;
+        let patients = reach::compartments_of(
+            rt,
+            &resource.id,
+            resource.patient.as_deref(),
+            &resource.body,
+        );
+        each(&resource, patients)?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 impl ExportReader<'_> {
