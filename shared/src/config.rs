@@ -55,7 +55,7 @@ pub struct Config {
     /// `CARAPACE_REFERENTIAL_INTEGRITY` (`on`, the default, or `off`): does a write that refers to
     /// a resource of this server that does not exist, or was deleted, fail (400)?
     pub referential_integrity: bool,
-    /// `CARAPACE_EXPORT_*`: Bulk Data export files, expiry and limits.
+    /// `CARAPACE_EXPORT_DIR`, `_TTL`, `_JOBS`, `_PER_CLIENT`, `_FILE_BYTES`: Bulk Data exports.
     pub export: crate::export::ExportConfig,
 }
 

@@ -44,7 +44,7 @@ const STALE_SECONDS: i64 = 10;
 /// How often expired jobs are removed: files are gone at most this long after they expire.
 const CLEANUP_SECONDS: u64 = 5;
 
-/// Where and how exports are made (`CARAPACE_EXPORT_*`).
+/// Where and how exports are made (`CARAPACE_EXPORT_DIR`, `_TTL`, `_JOBS`, `_PER_CLIENT`, `_FILE_BYTES`).
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
     /// `CARAPACE_EXPORT_DIR` (default `<data dir>/exports`).
