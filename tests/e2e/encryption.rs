@@ -3,7 +3,7 @@
 
 use carapace_tests::*;
 
-const CANARIES: [&str; 8] = [
+pub(crate) const CANARIES: [&str; 8] = [
     "Zqxcanaryfamily",
     "Zqxcanarygiven",
     "ZQX-CANARY-MRN-77123",
@@ -14,7 +14,7 @@ const CANARIES: [&str; 8] = [
     "Zqxcanary narrative secret",
 ];
 
-fn canary_patient() -> Value {
+pub(crate) fn canary_patient() -> Value {
     json!({
         "resourceType": "Patient",
         "identifier": [{"system": "urn:oid:2.16.840.1.113883.4.1", "value": CANARIES[2]}],

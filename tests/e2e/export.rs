@@ -86,6 +86,9 @@ async fn world(extra: Vec<(String, String)>) -> World {
                                {"entity": {"reference": format!("Patient/{b}")}}]}),
         )
         .await);
+    // The encryption test's canary patient, whose values must appear in no file on disk.
+    id(f.post("Patient", &crate::encryption::canary_patient())
+        .await);
     // dr sees A's record (a permit for every type) and of B only the Group (a permit for it).
     id(f.post("Consent", &permit_consent(&a, "Practitioner/pr-1"))
         .await);
@@ -294,6 +297,33 @@ async fn exports_hold_exactly_what_the_callers_searches_hold() {
     }
     assert_eq!(theirs.ids("Patient"), BTreeSet::from([w.a.clone()]));
 
+    // includeAssociatedData=LatestProvenanceResources: for each exported resource, the latest
+    // Provenance naming it.
+    let target = searched(s, &system, "Observation?code=http://loinc.org|2339-0").await;
+    let target = target.into_iter().next().unwrap();
+    let provenance = |when: &str| {
+        json!({"resourceType": "Provenance", "recorded": when,
+               "target": [{"reference": format!("Observation/{target}")}],
+               "agent": [{"who": {"reference": "Practitioner/pr-1"}}]})
+    };
+    let f = s.fhir();
+    let older = f
+        .post("Provenance", &provenance("2024-01-01T00:00:00Z"))
+        .await;
+    assert_eq!(older.status, 201, "{}", older.text());
+    let newer = f
+        .post("Provenance", &provenance("2024-02-01T00:00:00Z"))
+        .await;
+    let newer = newer.json()["id"].as_str().unwrap().to_string();
+    let associated = export(
+        s,
+        &system,
+        "$export?_type=Observation&includeAssociatedData=LatestProvenanceResources",
+    )
+    .await;
+    assert_eq!(associated.ids("Provenance"), BTreeSet::from([newer]));
+    assert!(associated.ids("Observation").contains(&target));
+
     // A patient: `Patient/$export` is exactly their compartment, and nothing else is theirs to
     // start.
     s.token_user("patient-a", "patient", None).await;
@@ -419,11 +449,21 @@ async fn exports_hold_exactly_what_the_callers_searches_hold() {
     // B's own Observation and the one B performed on A: both in B's record.
     assert_eq!(m["output"][1]["count"], 2);
 
-    // The files at rest are sealed: no canary, no JSON.
+    // The files at rest are sealed: none of the encryption test's canaries, no JSON — though
+    // the downloads hold them.
+    assert!(all.files[0]
+        .1
+        .iter()
+        .any(|p| p["name"][0]["family"] == crate::encryption::CANARIES[0]));
     let on_disk = files_on_disk(w.dir.path());
     assert!(on_disk.len() >= 8);
     for bytes in &on_disk {
-        assert!(!bytes.windows(CANARY.len()).any(|x| x == CANARY.as_bytes()));
+        for canary in crate::encryption::CANARIES.iter().chain([&CANARY]) {
+            assert!(
+                !bytes.windows(canary.len()).any(|x| x == canary.as_bytes()),
+                "{canary}"
+            );
+        }
         assert!(!bytes.windows(12).any(|x| x == b"resourceType"));
     }
 
@@ -441,8 +481,9 @@ async fn exports_hold_exactly_what_the_callers_searches_hold() {
             })
             .count()
     };
-    // Kick-off + one event per patient (A and B).
-    assert_eq!(naming(""), 3, "{events:#?}");
+    // Kick-off + one event per patient (A, B and the canary patient).
+    assert_eq!(naming(""), 1 + all.ids("Patient").len(), "{events:#?}");
+    assert_eq!(all.ids("Patient").len(), 3);
     for out in all.manifest["output"].as_array().unwrap() {
         let name = out["url"].as_str().unwrap().rsplit('/').next().unwrap();
         assert_eq!(naming(&format!("/{name}")), 1, "{name}");
@@ -671,7 +712,7 @@ async fn a_job_interrupted_by_a_restart_runs_again_whole() {
     assert_eq!(
         counts,
         [
-            ("Patient".to_string(), 2),
+            ("Patient".to_string(), 3),
             ("Observation".to_string(), observations)
         ]
     );
@@ -730,7 +771,7 @@ async fn a_published_strict_r4_client_completes_an_export() {
         (
             &system,
             vec!["--type", "Patient,Observation,Condition,Group"],
-            2,
+            3,
         ),
         (&patient, vec!["--level", "patient"], 1),
     ] {
