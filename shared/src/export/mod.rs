@@ -94,6 +94,19 @@ pub enum ExportError {
     Storage(#[from] std::io::Error),
 }
 
+impl ExportError {
+    /// The error for a log line: a refused request's words may quote its parameters (a
+    /// `_typeFilter` can name a patient), so they are not logged.
+    pub fn for_log(&self) -> String {
+        match self {
+            ExportError::BadRequest(_) | ExportError::Store(StoreError::BadRequest(_)) => {
+                "a parameter of the request was refused".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ExportError {
     fn from(e: sqlx::Error) -> ExportError {
         ExportError::Store(e.into())
@@ -167,5 +180,24 @@ impl Exporter {
             }
         });
         self.track(cleanup.abort_handle());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_parameter_is_not_logged_in_its_words() {
+        let refused = ExportError::BadRequest(BadRequest(
+            "_typeFilter 'Patient?name=Zqxsmith': bad".into(),
+        ));
+        assert!(!refused.for_log().contains("Zqxsmith"));
+        let search = ExportError::Store(StoreError::BadRequest("name=Zqxsmith".into()));
+        assert!(!search.for_log().contains("Zqxsmith"));
+        assert_eq!(
+            ExportError::NotFound.for_log(),
+            "no such export job or file"
+        );
     }
 }

@@ -68,7 +68,7 @@ impl Exporter {
                 }
                 Err(e) => {
                     drop(permit);
-                    tracing::warn!(error = %e, "claiming an export job failed; retrying");
+                    tracing::warn!(error = %e.for_log(), "claiming an export job failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 }
             }
@@ -189,7 +189,7 @@ impl Exporter {
             }
             Stop::Refused(words) => self.fail(&id, attempt, words, false).await,
             Stop::Failed(e) => {
-                tracing::error!(job = %id, error = %e, "export failed");
+                tracing::error!(job = %id, error = %e.for_log(), "export failed");
                 let again = !Self::max_attempts_reached(attempt);
                 self.fail(&id, attempt, "the export failed on the server", again)
                     .await
