@@ -23,7 +23,7 @@ CORE = ROOT / "shared" / "src"
 FLOORS = [
     ["clock"],
     ["fhir", "crypto"],
-    ["access"],
+    ["access", "deid"],
     ["db"],
     ["audit"],
     ["search"],

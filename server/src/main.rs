@@ -147,6 +147,25 @@ async fn run() -> anyhow::Result<()> {
         // Token renewal is the server's job; the task runs for the life of the process.
         tokio::spawn(vault.clone().maintain_token());
     }
+    // A de-identification rule set not run before goes into the audit trail: now, before the
+    // first request — or, when the trail cannot be written yet (the key provider down at
+    // start-up), as soon as it can.
+    let server = carapace_core::access::AccessContext::operator("carapace-server");
+    if let Err(e) = core.store.record_deid_rules(&server).await {
+        tracing::warn!(error = %e, "recording the de-identification rules failed; retrying");
+        let store = core.store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                match store.record_deid_rules(&server).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recording the de-identification rules failed; retrying")
+                    }
+                }
+            }
+        });
+    }
     // AuditEvents commit with their data and are chained here, in the order they became visible,
     // within a second.
     let store = core.store.clone();

@@ -55,6 +55,9 @@ pub struct Config {
     /// `CARAPACE_REFERENTIAL_INTEGRITY` (`on`, the default, or `off`): does a write that refers to
     /// a resource of this server that does not exist, or was deleted, fail (400)?
     pub referential_integrity: bool,
+    /// `CARAPACE_DEID_RULES`: the de-identification rules read from that file (`None`: the
+    /// Safe Harbor rules that ship).
+    pub deid_rules: Option<crate::deid::Rules>,
     /// `CARAPACE_EXPORT_DIR`, `_TTL`, `_JOBS`, `_PER_CLIENT`, `_FILE_BYTES`: Bulk Data exports.
     pub export: crate::export::ExportConfig,
 }
@@ -348,7 +351,20 @@ impl Config {
                 .unwrap_or(1),
             file_bytes: env.number("CARAPACE_EXPORT_FILE_BYTES")?.max(1 << 10),
         };
+        let deid_rules = match env.text("CARAPACE_DEID_RULES")? {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError(format!("CARAPACE_DEID_RULES: cannot read {path}: {e}"))
+                })?;
+                Some(
+                    crate::deid::Rules::parse(&text)
+                        .map_err(|e| ConfigError(format!("CARAPACE_DEID_RULES: {path}: {e}")))?,
+                )
+            }
+        };
         Ok(Config {
+            deid_rules,
             export,
             enforce_profiles,
             referential_integrity,

@@ -98,18 +98,20 @@ impl Core {
             }
         };
         let keys = Arc::new(keys);
-        let store = Arc::new(
-            Store::new(
-                pool,
-                keys.clone(),
-                config.dek_cache,
-                clock,
-                config.policy.clone(),
-            )
-            .with_sign_in_limits(config.sign_in)
-            .with_profile_enforcement(config.enforce_profiles)
-            .with_referential_integrity(config.referential_integrity),
-        );
+        let mut store = Store::new(
+            pool,
+            keys.clone(),
+            config.dek_cache,
+            clock,
+            config.policy.clone(),
+        )
+        .with_sign_in_limits(config.sign_in)
+        .with_profile_enforcement(config.enforce_profiles)
+        .with_referential_integrity(config.referential_integrity);
+        if let Some(rules) = &config.deid_rules {
+            store = store.with_deid_rules(rules.clone());
+        }
+        let store = Arc::new(store);
         Ok(Core {
             store,
             keys,

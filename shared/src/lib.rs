@@ -12,6 +12,7 @@ pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod db;
+pub mod deid;
 pub mod export;
 pub mod fhir;
 pub mod identity;

@@ -15,6 +15,7 @@ mod consent;
 mod console_ui;
 mod crud;
 mod database;
+mod deid;
 mod embedded;
 mod encryption;
 mod export;

@@ -216,6 +216,11 @@ pub enum Denied {
     /// Analytics users never write: 403.
     #[error("the {0} role may not write")]
     ReadOnlyRole(&'static str),
+    /// An analytics caller receives de-identified data only: a search by what could single out a
+    /// person (a name, an identifier, a date finer than a year), or a check of a stored
+    /// resource's own content, is refused: 403.
+    #[error("analytics callers receive de-identified data only; {0} could identify a person")]
+    Reidentifying(String),
     /// AuditEvents are read by administrators, and by patients for their own record: 403.
     #[error("AuditEvents are readable by administrators, and by patients for their own record")]
     AuditReaders,

@@ -260,6 +260,14 @@ pub const SETTINGS: &[Setting] = &[
          order).",
     ),
     setting(
+        "CARAPACE_DEID_RULES",
+        Means("HIPAA Safe Harbor, `shared/deid-safe-harbor.json`"),
+        "A JSON file of de-identification rules for what `analytics` callers receive (the \
+         shipped Safe Harbor file shows the form: `path` `type:T` or `T.element`, `method` keep, \
+         redact, generalise, pseudonymise, dateshift or perturb). Checked at start-up; a rule \
+         set not seen before is recorded in the audit trail.",
+    ),
+    setting(
         "CARAPACE_ENFORCE_PROFILES",
         Value("off"),
         "`on`: a write whose `meta.profile` names a StructureDefinition stored here that the \

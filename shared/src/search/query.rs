@@ -115,6 +115,82 @@ pub struct SearchQuery {
 }
 
 impl SearchQuery {
+    /// The first parameter of this search (its chains and `_has` included) that could single out
+    /// a person: names, identifiers, telecoms, addresses below the state, dates finer than a year,
+    /// or a sort by a date or a value; a birth or death date that could reach anyone 90 or older
+    /// in `this_year` (whose years of birth de-identification makes one value). What an
+    /// analytics caller, who receives de-identified data only, may not search by; `None` when
+    /// the search is clear of them.
+    pub fn reidentifying(&self, this_year: i32) -> Option<String> {
+        fn date_finer_than_year(values: &[String]) -> bool {
+            values.iter().any(|v| {
+                let v = v.trim_start_matches(|c: char| c.is_ascii_lowercase());
+                v.len() > 4
+            })
+        }
+        // A year-only value that selects no one 90 or older: `[eq|ge|gt|sa]YYYY` after the cut.
+        let reaches_the_oldest = |values: &[String]| {
+            values.iter().any(|v| {
+                let prefix: String = v.chars().take_while(|c| c.is_ascii_lowercase()).collect();
+                let year = v[prefix.len()..]
+                    .get(..4)
+                    .and_then(|y| y.parse::<i32>().ok());
+                !matches!(prefix.as_str(), "" | "eq" | "ge" | "gt" | "sa")
+                    || year.is_none_or(|y| y <= this_year - 90)
+            })
+        };
+        fn walk(f: &Filter, oldest: &dyn Fn(&[String]) -> bool) -> Option<String> {
+            match f {
+                Filter::Id(_) | Filter::Missing { .. } => None,
+                Filter::LastUpdated(values) => {
+                    date_finer_than_year(values).then(|| "_lastUpdated finer than a year".into())
+                }
+                Filter::Param { param, values, .. } => {
+                    let personal = param.paths.iter().any(|p| {
+                        matches!(
+                            p.datatype.as_str(),
+                            "HumanName" | "Identifier" | "ContactPoint" | "Address"
+                        )
+                    }) || matches!(
+                        param.code.as_str(),
+                        "name"
+                            | "family"
+                            | "given"
+                            | "phonetic"
+                            | "identifier"
+                            | "telecom"
+                            | "phone"
+                            | "email"
+                            | "address"
+                            | "address-city"
+                            | "address-postalcode"
+                    ) || (param.kind == super::params::Kind::Date
+                        && date_finer_than_year(values))
+                        || (matches!(param.code.as_str(), "birthdate" | "death-date")
+                            && oldest(values));
+                    personal.then(|| param.code.clone())
+                }
+                Filter::Chain { inner, .. } | Filter::Has { inner, .. } => walk(inner, oldest),
+            }
+        }
+        if let Some(code) = self
+            .filters
+            .iter()
+            .find_map(|f| walk(f, &reaches_the_oldest))
+        {
+            return Some(code);
+        }
+        self.sort
+            .iter()
+            .find(|k| {
+                matches!(
+                    k.kind,
+                    SortKind::LastUpdated | SortKind::Range | SortKind::Value
+                )
+            })
+            .map(|k| format!("_sort={}", k.code))
+    }
+
     /// Every resource type the search reads besides its own: the targets of its chains and the
     /// sources of its `_has` filters, at any depth. Matching on them is reading them (a chain on
     /// `subject:Patient.name` tells whether a patient has that name), so each needs the scopes a

@@ -176,7 +176,7 @@ impl Store {
     /// success is recorded as `recorded(&value)` says: in its own transaction already (writes), or
     /// here, one event per patient whose data it returned (reads) — and a read that cannot be
     /// recorded is not returned.
-    pub(super) async fn audited<T>(
+    pub(super) async fn audited<T: super::release::Outgoing>(
         &self,
         ctx: &AccessContext,
         event: Event,
@@ -214,7 +214,11 @@ impl Store {
                 }
             },
         }
-        result
+        // Audited as what it was; handed out as the caller may receive it.
+        match result {
+            Ok(value) => self.release(ctx, value).await,
+            Err(e) => Err(e),
+        }
     }
 }
 

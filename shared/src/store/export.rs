@@ -75,6 +75,8 @@ pub struct ExportReader<'s> {
     plan: Arc<Plan>,
     keys: Arc<SearchKeys>,
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// For an analytics caller, what every resource passes before it is written.
+    release: Option<Arc<crate::deid::Deidentifier>>,
     /// The snapshot's time: nothing written after it is read (Bulk Data `transactionTime`).
     pub transaction_time: DateTime<Utc>,
 }
@@ -89,6 +91,7 @@ impl Store {
         };
         let plan = self.plan(&ctx).await?;
         let keys = self.search_keys().await?;
+        let release = self.releaser(&ctx).await?;
         let mut tx = crate::db::begin_snapshot_with_reach(&self.pool, &plan.row_reach()).await?;
         // The snapshot is taken by this first statement; the clock is read after it, so every
         // write the snapshot holds was committed before `transaction_time`.
@@ -100,6 +103,7 @@ impl Store {
             plan,
             keys,
             tx,
+            release,
             transaction_time,
         })
     }
@@ -210,7 +214,11 @@ impl ExportReader<'_> {
             slice.filters
         };
         for (i, query) in queries.iter().enumerate() {
-            authorize_search(&self.ctx, query)?;
+            authorize_search(
+                &self.ctx,
+                query,
+                chrono::Datelike::year(&self.transaction_time),
+            )?;
             if i > 0 {
                 b.qb.push(" UNION ");
             }
@@ -250,7 +258,16 @@ impl ExportReader<'_> {
             b.qb.push_bind(since);
         }
         Self::push_patients(&mut b, "r", slice.patients);
-        opened(self.store, &mut self.tx, rt, b.qb.build(), &mut each).await
+        let release = self.release.as_deref();
+        opened(
+            self.store,
+            &mut self.tx,
+            rt,
+            b.qb.build(),
+            release,
+            &mut each,
+        )
+        .await
     }
 
     /// Resources of the slice's type deleted at or after `since` that the caller could have seen,
@@ -297,6 +314,10 @@ impl ExportReader<'_> {
                     continue;
                 }
             }
+            let id = match &self.release {
+                Some(deid) => deid.pseudonym(rt.as_str(), &id),
+                None => id,
+            };
             each(&format!("{rt}/{id}"))?;
             count += 1;
         }
@@ -345,6 +366,7 @@ impl ExportReader<'_> {
             &mut self.tx,
             provenance,
             b.qb.build(),
+            self.release.as_deref(),
             &mut each,
         )
         .await
@@ -352,24 +374,29 @@ impl ExportReader<'_> {
 }
 
 /// Stream `query`'s rows (a version and its key each) from the snapshot, open each, and hand it
-/// to `each` with the patient compartments it is in; how many.
+/// to `each` — de-identified for an analytics caller (`release`) — with the patient compartments
+/// it is in (for the job's audit: the real ones); how many.
 async fn opened(
     store: &Store,
     tx: &mut sqlx::PgConnection,
     rt: ResourceType,
     query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    release: Option<&crate::deid::Deidentifier>,
     each: &mut impl FnMut(&StoredResource, Vec<Option<String>>) -> std::io::Result<()>,
 ) -> Result<u64, ReadError> {
     let mut count = 0u64;
     let mut rows = query.fetch(&mut *tx);
     while let Some(row) = rows.try_next().await? {
-        let resource = store.open_row(rt, &row).await?;
+        let mut resource = store.open_row(rt, &row).await?;
         let patients = reach::compartments_of(
             rt,
             &resource.id,
             resource.patient.as_deref(),
             &resource.body,
         );
+        if let Some(deid) = release {
+            resource = super::release::release_resource(deid, resource);
+        }
         each(&resource, patients)?;
         count += 1;
     }

@@ -38,6 +38,7 @@ mod keys; // data keys, opening bodies, sealed secrets, re-wrapping
 mod profiles; // declared profiles, $validate
 mod reach; // the gate: the request's plan, consents, break-the-glass, write decisions
 mod read; // read, vread, conditional matching
+mod release; // de-identification of what analytics callers receive
 mod search; // the search interaction
 mod stats; // counts for the console and monitoring
 mod trail; // reading the audit trail
@@ -147,6 +148,10 @@ pub struct Store {
     profiles: profiles::ProfileCache,
     /// Referential integrity: on, and the base URL of this server's absolute references.
     integrity: integrity::Integrity,
+    /// What analytics callers receive is de-identified by these rules (`CARAPACE_DEID_RULES`),
+    /// under a key loaded once.
+    deid_rules: Option<Arc<crate::deid::Rules>>,
+    deid: tokio::sync::OnceCell<Arc<crate::deid::Deidentifier>>,
 }
 
 type ConsentRules = std::sync::Mutex<
@@ -187,7 +192,17 @@ impl Store {
                 on: true,
                 base: Default::default(),
             },
+            // The shipped rules parse (a unit test says so); were they not to, analytics callers
+            // would get nothing (`releaser` fails closed).
+            deid_rules: crate::deid::Rules::safe_harbor().ok().map(Arc::new),
+            deid: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The store de-identifying what analytics callers receive by these rules.
+    pub fn with_deid_rules(mut self, rules: crate::deid::Rules) -> Store {
+        self.deid_rules = Some(Arc::new(rules));
+        self
     }
 
     /// The store refusing writes that fail a stored profile their `meta.profile` declares.

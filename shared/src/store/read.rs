@@ -72,7 +72,8 @@ impl Store {
             [] => Ok(None),
             [one] => {
                 let id = ResourceId::parse(one).map_err(|_| StoreError::Integrity)?;
-                match self.read(ctx, resource_type, &id).await {
+                // The match as it is stored: a write's business, never handed out as it is.
+                match self.read_stored(ctx, resource_type, &id).await {
                     Ok(found) => Ok(Some(found)),
                     Err(StoreError::NotFound(_) | StoreError::Gone { .. }) => Ok(None),
                     Err(e) => Err(e),
@@ -84,8 +85,20 @@ impl Store {
         }
     }
 
-    /// The current version of a resource.
+    /// The current version of a resource, as the caller may receive it (de-identified for
+    /// analytics callers).
     pub async fn read(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<StoredResource, StoreError> {
+        let stored = self.read_stored(ctx, resource_type, id).await?;
+        self.release(ctx, stored).await
+    }
+
+    /// [`Store::read`] as stored: through the gate and audited, not yet released.
+    pub(super) async fn read_stored(
         &self,
         ctx: &AccessContext,
         resource_type: ResourceType,
@@ -117,6 +130,19 @@ impl Store {
 
     /// One version of a resource.
     pub async fn vread(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        version_id: i64,
+    ) -> Result<StoredResource, StoreError> {
+        let stored = self
+            .vread_stored(ctx, resource_type, id, version_id)
+            .await?;
+        self.release(ctx, stored).await
+    }
+
+    async fn vread_stored(
         &self,
         ctx: &AccessContext,
         resource_type: ResourceType,

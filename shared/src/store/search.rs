@@ -57,10 +57,22 @@ struct Page {
 
 /// The scopes of a search: a search of its type, and of every type its chains and `_has`
 /// filters match on. The one check both entry points (searches and conditional matches) pass.
-pub(super) fn authorize_search(ctx: &AccessContext, query: &SearchQuery) -> Result<(), StoreError> {
+pub(super) fn authorize_search(
+    ctx: &AccessContext,
+    query: &SearchQuery,
+    this_year: i32,
+) -> Result<(), StoreError> {
     ctx.check(query.resource_type.as_str(), Permission::Search)?;
     for joined in query.joined_types() {
         ctx.check(joined, Permission::Search)?;
+    }
+    // What analytics callers receive is de-identified; so is what they may search by.
+    if ctx.role == crate::access::Role::Analytics {
+        if let Some(param) = query.reidentifying(this_year) {
+            return Err(
+                crate::access::Denied::Reidentifying(format!("searching by {param}")).into(),
+            );
+        }
     }
     Ok(())
 }
@@ -138,7 +150,7 @@ impl Store {
             ctx,
             event,
             async {
-                authorize_search(ctx, query)?;
+                authorize_search(ctx, query, chrono::Datelike::year(&self.clock.now()))?;
                 let plan = self.plan(ctx).await?;
                 let keys = self.search_keys().await?;
                 let digest = query_digest(query);
@@ -199,7 +211,7 @@ impl Store {
         ctx: &AccessContext,
         query: &SearchQuery,
     ) -> Result<Option<(String, i64)>, StoreError> {
-        authorize_search(ctx, query)?;
+        authorize_search(ctx, query, chrono::Datelike::year(&self.clock.now()))?;
         let plan = self.plan(ctx).await?;
         let keys = self.search_keys().await?;
         let mut b = Builder::new(&keys.index, self.clock.now().timestamp_millis(), &plan);
@@ -228,7 +240,7 @@ impl Store {
         query: &SearchQuery,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        authorize_search(ctx, query)?;
+        authorize_search(ctx, query, chrono::Datelike::year(&self.clock.now()))?;
         let plan = self.plan(ctx).await?;
         let keys = self.search_keys().await?;
         let mut b = Builder::new(&keys.index, self.clock.now().timestamp_millis(), &plan);

@@ -624,7 +624,7 @@ impl Store {
         if_match: Option<i64>,
     ) -> Result<(Value, i64), StoreError> {
         ctx.check(resource_type.as_str(), Permission::Update)?;
-        let current = self.read(ctx, resource_type, id).await?;
+        let current = self.read_stored(ctx, resource_type, id).await?;
         if let Some(expected) = if_match {
             if expected != current.version_id {
                 return Err(StoreError::VersionConflict {
