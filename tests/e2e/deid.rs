@@ -171,6 +171,9 @@ async fn analytics_callers_receive_de_identified_data_only() {
         "Observation?date=ge2024-03-04",
         "Observation?subject:Patient.name=Zqx",
         "Patient?_sort=birthdate",
+        // Free text, which de-identified answers leave out: no oracle on it either.
+        "Observation?code:text=Zqx",
+        "Observation?value-string=Zqx",
         // A year of birth of someone 90 or older is not asked after either.
         "Patient?birthdate=1931",
         "Patient?birthdate=lt1990",

@@ -145,29 +145,39 @@ impl SearchQuery {
                 Filter::LastUpdated(values) => {
                     date_finer_than_year(values).then(|| "_lastUpdated finer than a year".into())
                 }
-                Filter::Param { param, values, .. } => {
-                    let personal = param.paths.iter().any(|p| {
-                        matches!(
-                            p.datatype.as_str(),
-                            "HumanName" | "Identifier" | "ContactPoint" | "Address"
-                        )
-                    }) || matches!(
-                        param.code.as_str(),
-                        "name"
-                            | "family"
-                            | "given"
-                            | "phonetic"
-                            | "identifier"
-                            | "telecom"
-                            | "phone"
-                            | "email"
-                            | "address"
-                            | "address-city"
-                            | "address-postalcode"
-                    ) || (param.kind == super::params::Kind::Date
-                        && date_finer_than_year(values))
-                        || (matches!(param.code.as_str(), "birthdate" | "death-date")
-                            && oldest(values));
+                Filter::Param {
+                    param,
+                    values,
+                    modifier,
+                } => {
+                    // Strings are names and free text (which de-identified answers leave out, so
+                    // a search on them would be an oracle); a code's `:text` is its free text too.
+                    let text = (param.kind == super::params::Kind::String
+                        && !matches!(param.code.as_str(), "address-state" | "address-country"))
+                        || *modifier == Modifier::Text;
+                    let personal =
+                        text || param.paths.iter().any(|p| {
+                            matches!(
+                                p.datatype.as_str(),
+                                "HumanName" | "Identifier" | "ContactPoint" | "Address"
+                            )
+                        }) || matches!(
+                            param.code.as_str(),
+                            "name"
+                                | "family"
+                                | "given"
+                                | "phonetic"
+                                | "identifier"
+                                | "telecom"
+                                | "phone"
+                                | "email"
+                                | "address"
+                                | "address-city"
+                                | "address-postalcode"
+                        ) || (param.kind == super::params::Kind::Date
+                            && date_finer_than_year(values))
+                            || (matches!(param.code.as_str(), "birthdate" | "death-date")
+                                && oldest(values));
                     personal.then(|| param.code.clone())
                 }
                 Filter::Chain { inner, .. } | Filter::Has { inner, .. } => walk(inner, oldest),
