@@ -171,6 +171,11 @@ async fn analytics_callers_receive_de_identified_data_only() {
         "Observation?date=ge2024-03-04",
         "Observation?subject:Patient.name=Zqx",
         "Patient?_sort=birthdate",
+        // Ages past 89 (answers say "90 or more"), URIs, composites.
+        "Condition?onset-age=gt96",
+        "Observation?value-quantity=gt95||a",
+        "DocumentReference?location=http://x",
+        "Observation?code-value-quantity=http://loinc.org|8867-4$gt60",
         // Free text, which de-identified answers leave out: no oracle on it either.
         "Observation?code:text=Zqx",
         "Observation?value-string=Zqx",
@@ -183,6 +188,46 @@ async fn analytics_callers_receive_de_identified_data_only() {
         assert_eq!(r.json()["resourceType"], "OperationOutcome");
         assert!(r.text().contains("de-identified"), "{query}: {}", r.text());
     }
+    // `_since` finer than a year would find when a record was written.
+    for path in [
+        format!("Patient/{}/_history?_since=2026-02-03T04:05:06Z", w.patient),
+        format!(
+            "Patient/{}/$everything?_since=2026-02-03T04:05:06Z",
+            w.patient
+        ),
+    ] {
+        assert_eq!(w.get(a, &path).await.status, 403, "{path}");
+    }
+    assert_eq!(
+        w.get(
+            a,
+            &format!("Patient/{}/_history?_since=2020-01-01T00:00:00Z", w.patient)
+        )
+        .await
+        .status,
+        200
+    );
+    // A conditional create is the first step of a write: no oracle for a caller who never writes.
+    let probe = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "request": {"method": "POST", "url": "Patient",
+                    "ifNoneExist": format!("identifier={}", CANARIES[2])},
+        "resource": {"resourceType": "Patient"}}]});
+    let auth = format!("Bearer {a}");
+    let r = http(
+        "POST",
+        &w.stack.server.url(""),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", FHIR_JSON),
+            ("Accept", FHIR_JSON),
+        ],
+        Some(probe.to_string().into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    w.clean("transaction", &r.text());
+
     // Aggregates and coarse filters are allowed.
     let count = w
         .get(a, "Patient?_summary=count&address-state:missing=true")

@@ -165,6 +165,20 @@ impl Rules {
     }
 }
 
+/// The Quantity datatype and its R4 profiles.
+fn is_quantity(name: &str) -> bool {
+    matches!(
+        name,
+        "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity" | "MoneyQuantity"
+    )
+}
+
+/// Elements that hold a birth date (Patient, RelatedPerson, Person, Practitioner,
+/// FamilyMemberHistory): their years are aggregated at 90, their extensions (a birth time) go.
+fn is_birth(element: &str) -> bool {
+    matches!(element, "birthDate" | "bornDate")
+}
+
 fn is_primitive(name: &str) -> bool {
     matches!(
         name,
@@ -195,8 +209,6 @@ fn is_primitive(name: &str) -> bool {
 pub struct Deidentifier {
     rules: Rules,
     key: Dek,
-    /// The year ages are counted to (ages over 89 are aggregated).
-    this_year: i32,
 }
 
 /// What a node becomes.
@@ -207,12 +219,8 @@ enum Outcome {
 }
 
 impl Deidentifier {
-    pub fn new(rules: Rules, key: Dek, this_year: i32) -> Deidentifier {
-        Deidentifier {
-            rules,
-            key,
-            this_year,
-        }
+    pub fn new(rules: Rules, key: Dek) -> Deidentifier {
+        Deidentifier { rules, key }
     }
 
     pub fn rules(&self) -> &Rules {
@@ -235,8 +243,9 @@ impl Deidentifier {
         mac.finalize().into_bytes().to_vec()
     }
 
-    /// De-identify a resource of `resource_type` in place; `patient` (an id) keys date shifts.
-    pub fn apply(&self, resource: &mut Value, patient: Option<&str>) {
+    /// De-identify a resource in place; `patient` (an id) keys date shifts, `this_year` is the
+    /// year ages are counted to (ages over 89 are aggregated).
+    pub fn apply(&self, resource: &mut Value, patient: Option<&str>, this_year: i32) {
         let Some(obj) = resource.as_object_mut() else {
             return;
         };
@@ -253,6 +262,7 @@ impl Deidentifier {
         let ctx = Walk {
             resource_type: &rt,
             patient: patient.unwrap_or(""),
+            this_year,
         };
         self.object(obj, def, true, &ctx);
         // Every result says what was done to it.
@@ -299,8 +309,9 @@ impl Deidentifier {
             };
             if shadow {
                 // A primitive's extensions and id follow the primitive: gone with it, walked as
-                // Element otherwise.
-                if matches!(method, Some(Method::Keep)) {
+                // Element otherwise (a kept primitive's too: its extensions are not kept with it).
+                if is_birth(element_name) {
+                    obj.remove(&name);
                     continue;
                 }
                 if method.is_some()
@@ -333,15 +344,27 @@ impl Deidentifier {
                     (_, Some(Method::Keep)) => Outcome::Keep,
                     (_, Some(Method::Redact)) => Outcome::Remove,
                     (Kind::Resource, _) => {
-                        // A contained resource: its own rules, its ids local.
-                        if let Some(o) = v.as_object_mut() {
-                            let rt = o
-                                .get("resourceType")
-                                .and_then(Value::as_str)
-                                .map(str::to_string);
-                            if let Some(inner) = rt.as_deref().and_then(schema::type_def) {
-                                self.object(o, inner, false, ctx);
-                            }
+                        // A contained resource keeps its local id (`#id` references name it); a
+                        // Bundle's or a Parameters' resources are resources of their own.
+                        let contained = element_name == "contained";
+                        let Some(o) = v.as_object_mut() else {
+                            return Outcome::Remove;
+                        };
+                        let rt = o
+                            .get("resourceType")
+                            .and_then(Value::as_str)
+                            .map(str::to_string);
+                        let Some(inner) = rt.as_deref().and_then(schema::type_def) else {
+                            return Outcome::Remove;
+                        };
+                        if contained {
+                            self.object(o, inner, false, ctx);
+                        } else {
+                            let walk = Walk {
+                                resource_type: rt.as_deref().unwrap_or(""),
+                                ..*ctx
+                            };
+                            self.object(o, inner, true, &walk);
                         }
                         Outcome::Keep
                     }
@@ -426,8 +449,8 @@ impl Deidentifier {
                         return Outcome::Remove;
                     };
                     // Ages over 89: the year of birth of anyone 90 or older is one value.
-                    let year = if path == ("Patient", "birthDate") {
-                        year.max(self.this_year - 90)
+                    let year = if is_birth(path.1) {
+                        year.max(ctx.this_year - 90)
                     } else {
                         year
                     };
@@ -508,15 +531,35 @@ impl Deidentifier {
                     Outcome::Remove
                 }
             }
-            (Method::Generalise, "Age") => {
-                if o.get("value")
-                    .and_then(Value::as_f64)
-                    .is_some_and(|a| a > 89.0)
-                {
+            (Method::Generalise, t) if is_quantity(t) => {
+                // Coded parts only: a unit other than its UCUM code is free text; extensions go.
+                let code = o.get("code").and_then(Value::as_str).map(str::to_string);
+                o.retain(|k, v| match k.as_str() {
+                    "value" | "comparator" | "system" | "code" | "currency" => true,
+                    "unit" => v.as_str() == code.as_deref(),
+                    _ => false,
+                });
+                // Ages over 89, in whatever time unit, become "90 years or more".
+                let years = match (o.get("value").and_then(Value::as_f64), code.as_deref()) {
+                    (Some(v), Some("a")) => Some(v),
+                    (Some(v), Some("mo")) => Some(v / 12.0),
+                    (Some(v), Some("wk")) => Some(v / 52.0),
+                    (Some(v), Some("d")) => Some(v / 365.0),
+                    _ => None,
+                };
+                if years.is_some_and(|y| y > 89.0) {
                     o.insert("value".into(), Value::from(90));
                     o.insert("comparator".into(), Value::String(">=".into()));
+                    o.insert("code".into(), Value::String("a".into()));
+                    if o.contains_key("unit") {
+                        o.insert("unit".into(), Value::String("a".into()));
+                    }
                 }
-                Outcome::Keep
+                if o.is_empty() {
+                    Outcome::Remove
+                } else {
+                    Outcome::Keep
+                }
             }
             (Method::Generalise | Method::Dateshift, "Period") => {
                 for end in ["start", "end"] {
@@ -554,9 +597,11 @@ impl Deidentifier {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Walk<'a> {
     resource_type: &'a str,
     patient: &'a str,
+    this_year: i32,
 }
 
 fn hex(bytes: &[u8]) -> String {

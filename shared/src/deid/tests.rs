@@ -5,7 +5,6 @@ fn deid() -> Deidentifier {
     Deidentifier::new(
         Rules::safe_harbor().unwrap(),
         Dek::from_bytes(&[7; 32]).unwrap(),
-        2026,
     )
 }
 
@@ -47,7 +46,7 @@ fn canary_patient() -> Value {
 #[test]
 fn safe_harbor_leaves_no_canary_and_keeps_what_analytics_needs() {
     let mut p = canary_patient();
-    deid().apply(&mut p, Some("p-canary"));
+    deid().apply(&mut p, Some("p-canary"), 2026);
     let text = p.to_string();
     for canary in CANARIES.iter().chain(&[
         "Zqxtown",
@@ -93,7 +92,6 @@ fn pseudonyms_are_stable_under_one_key_and_differ_under_another() {
     let other = Deidentifier::new(
         Rules::safe_harbor().unwrap(),
         Dek::from_bytes(&[8; 32]).unwrap(),
-        2026,
     );
     assert_ne!(a, other.pseudonym("Patient", "p1"));
     assert!(crate::fhir::ResourceId::parse(&a).is_ok());
@@ -110,7 +108,7 @@ fn clinical_content_stays_and_dates_keep_their_year() {
         "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
         "note": [{"text": "Zqxnote"}]
     });
-    deid().apply(&mut obs, Some("p1"));
+    deid().apply(&mut obs, Some("p1"), 2026);
     assert_eq!(obs["code"]["coding"][0]["display"], "Heart rate");
     assert!(obs["code"].get("text").is_none());
     assert_eq!(
@@ -135,16 +133,16 @@ fn other_rules_shift_dates_per_patient_and_perturb_values() {
         {"path": "Resource.id", "method": "keep"}]}"#,
     )
     .unwrap();
-    let d = Deidentifier::new(rules, Dek::from_bytes(&[7; 32]).unwrap(), 2026);
+    let d = Deidentifier::new(rules, Dek::from_bytes(&[7; 32]).unwrap());
     let obs = |p: &str| {
         json!({"resourceType": "Observation", "id": "o1", "status": "final",
         "code": {"text": "x"}, "effectiveDateTime": "2024-03-04T10:00:00Z",
         "valueQuantity": {"value": 100}, "subject": {"reference": format!("Patient/{p}")}})
     };
     let (mut a, mut a2, mut b) = (obs("p1"), obs("p1"), obs("p2"));
-    d.apply(&mut a, Some("p1"));
-    d.apply(&mut a2, Some("p1"));
-    d.apply(&mut b, Some("p2"));
+    d.apply(&mut a, Some("p1"), 2026);
+    d.apply(&mut a2, Some("p1"), 2026);
+    d.apply(&mut b, Some("p2"), 2026);
     assert_eq!(
         a["effectiveDateTime"], a2["effectiveDateTime"],
         "one patient, one shift"
@@ -167,4 +165,43 @@ fn rules_that_name_nothing_are_refused() {
         assert!(Rules::parse(bad).is_err(), "{bad}");
     }
     assert_eq!(Rules::safe_harbor().unwrap().digest.len(), 64);
+}
+
+#[test]
+fn the_oldest_are_one_group_wherever_their_age_is_written() {
+    let mut related = json!({"resourceType": "RelatedPerson", "id": "r1", "patient": {"reference": "Patient/p1"},
+        "birthDate": "1919-02-03", "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime": "1919-02-03T04:05:00Z"}]}});
+    deid().apply(&mut related, Some("p1"), 2026);
+    assert_eq!(related["birthDate"], "1936");
+    assert!(related.get("_birthDate").is_none());
+    let mut age = json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "30525-0"}]},
+        "valueQuantity": {"value": 1248, "unit": "months of Zqx", "system": "http://unitsofmeasure.org", "code": "mo"}});
+    deid().apply(&mut age, Some("p1"), 2026);
+    assert_eq!(
+        age["valueQuantity"],
+        json!({"value": 90, "comparator": ">=", "system": "http://unitsofmeasure.org", "code": "a"})
+    );
+    let mut young = json!({"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"},
+        "valueQuantity": {"value": 45, "unit": "a", "system": "http://unitsofmeasure.org", "code": "a"}});
+    deid().apply(&mut young, Some("p1"), 2026);
+    assert_eq!(young["valueQuantity"]["value"], 45);
+    assert_eq!(young["valueQuantity"]["unit"], "a");
+}
+
+#[test]
+fn a_bundles_resources_are_resources_of_their_own() {
+    let mut bundle = json!({"resourceType": "Bundle", "id": "b1", "type": "collection",
+        "entry": [{"fullUrl": "http://x/Patient/mrn-1", "resource": {"resourceType": "Patient", "id": "mrn-1",
+                   "name": [{"family": "Zqxfam"}]}}]});
+    deid().apply(&mut bundle, None, 2026);
+    let text = bundle.to_string();
+    assert!(
+        !text.contains("mrn-1") && !text.contains("Zqxfam"),
+        "{text}"
+    );
+    assert_eq!(
+        bundle["entry"][0]["resource"]["id"],
+        deid().pseudonym("Patient", "mrn-1")
+    );
 }

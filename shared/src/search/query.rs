@@ -122,6 +122,23 @@ impl SearchQuery {
     /// analytics caller, who receives de-identified data only, may not search by; `None` when
     /// the search is clear of them.
     pub fn reidentifying(&self, this_year: i32) -> Option<String> {
+        /// A quantity comparison past 89 in no unit, or in a unit of time: it could count ages.
+        fn past_89(values: &[String]) -> bool {
+            values.iter().any(|v| {
+                let v = v.trim_start_matches(|c: char| c.is_ascii_lowercase());
+                let mut parts = v.split('|');
+                let number = parts.next().and_then(|n| n.parse::<f64>().ok());
+                let unit = parts.nth(1).unwrap_or("");
+                let years = match unit {
+                    "" | "a" => number,
+                    "mo" => number.map(|n| n / 12.0),
+                    "wk" => number.map(|n| n / 52.0),
+                    "d" => number.map(|n| n / 365.0),
+                    _ => None,
+                };
+                years.is_some_and(|y| y > 89.0)
+            })
+        }
         fn date_finer_than_year(values: &[String]) -> bool {
             values.iter().any(|v| {
                 let v = v.trim_start_matches(|c: char| c.is_ascii_lowercase());
@@ -152,9 +169,15 @@ impl SearchQuery {
                 } => {
                     // Strings are names and free text (which de-identified answers leave out, so
                     // a search on them would be an oracle); a code's `:text` is its free text too.
-                    let text = (param.kind == super::params::Kind::String
+                    use super::params::Kind as K;
+                    let text = (param.kind == K::String
                         && !matches!(param.code.as_str(), "address-state" | "address-country"))
-                        || *modifier == Modifier::Text;
+                        || *modifier == Modifier::Text
+                        // URIs name documents and sources; composites pair a code with a value
+                        // the answers may leave out.
+                        || matches!(param.kind, K::Uri | K::Composite)
+                        // An age in a quantity past 89 (answers say "90 or more").
+                        || (matches!(param.kind, K::Quantity | K::Number) && past_89(values));
                     let personal =
                         text || param.paths.iter().any(|p| {
                             matches!(

@@ -36,6 +36,7 @@ impl Store {
             async {
                 let scope: &str = &scope;
                 ctx.check("Patient", Permission::Read)?;
+                super::release::since_allowed(ctx, query.since)?;
                 let plan = self.plan(ctx).await?;
                 let open: Vec<&str> = ResourceType::all()
                     .map(|t| t.as_str())

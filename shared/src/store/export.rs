@@ -238,6 +238,7 @@ impl ExportReader<'_> {
     ) -> Result<u64, ReadError> {
         let rt = slice.resource_type;
         self.ctx.check(rt.as_str(), Permission::Search)?;
+        super::release::since_allowed(&self.ctx, slice.since)?;
         let keys = self.keys.clone();
         let mut b = Builder::new(&keys.index, self.now_ms(), &self.plan);
         b.qb.push(
@@ -259,12 +260,14 @@ impl ExportReader<'_> {
         }
         Self::push_patients(&mut b, "r", slice.patients);
         let release = self.release.as_deref();
+        let this_year = chrono::Datelike::year(&self.transaction_time);
         opened(
             self.store,
             &mut self.tx,
             rt,
             b.qb.build(),
             release,
+            this_year,
             &mut each,
         )
         .await
@@ -367,6 +370,7 @@ impl ExportReader<'_> {
             provenance,
             b.qb.build(),
             self.release.as_deref(),
+            chrono::Datelike::year(&self.transaction_time),
             &mut each,
         )
         .await
@@ -382,6 +386,7 @@ async fn opened(
     rt: ResourceType,
     query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     release: Option<&crate::deid::Deidentifier>,
+    this_year: i32,
     each: &mut impl FnMut(&StoredResource, Vec<Option<String>>) -> std::io::Result<()>,
 ) -> Result<u64, ReadError> {
     let mut count = 0u64;
@@ -395,7 +400,8 @@ async fn opened(
             &resource.body,
         );
         if let Some(deid) = release {
-            resource = super::release::release_resource(deid, resource);
+            let release = super::release::Release { deid, this_year };
+            resource = super::release::release_resource(&release, resource);
         }
         each(&resource, patients)?;
         count += 1;

@@ -67,6 +67,7 @@ impl Store {
             async {
                 // System history needs a wildcard scope; `*` is no resource type, so only `*` scopes match.
                 ctx.check(resource_type.map_or("*", |t| t.as_str()), Permission::Read)?;
+                super::release::since_allowed(ctx, query.since)?;
                 let count = query.count.clamp(1, MAX_HISTORY_COUNT);
                 let mut after: Option<HistoryCursor> = match &query.after {
                     Some(text) => Some(self.open_position("history", text).await?),

@@ -59,6 +59,16 @@ impl Store {
         resource_type: ResourceType,
         query: &str,
     ) -> Result<Option<StoredResource>, StoreError> {
+        // A conditional match is the first step of a write: only a caller who may write the
+        // type learns what it matches (an analytics or read-only caller's conditional
+        // create would otherwise be an oracle, answered before any write check).
+        let rt = resource_type.as_str();
+        if ctx.role == crate::access::Role::Analytics {
+            return Err(crate::access::Denied::ReadOnlyRole("analytics").into());
+        }
+        ctx.check(rt, Permission::Create)
+            .or_else(|_| ctx.check(rt, Permission::Update))
+            .or_else(|_| ctx.check(rt, Permission::Delete))?;
         let pairs = form_pairs(query);
         let parsed = crate::search::query::parse(resource_type, &pairs, true)?;
         if parsed.filters.is_empty() {

@@ -16,9 +16,15 @@ use std::sync::Arc;
 /// Key scope of the data key pseudonyms and date shifts are keyed by.
 const DEID_SCOPE: &str = "deid/pseudonym";
 
+/// The de-identifier and the year ages are counted to, for one answer.
+pub(crate) struct Release<'a> {
+    pub deid: &'a Deidentifier,
+    pub this_year: i32,
+}
+
 /// What a result becomes on its way out to a caller who sees de-identified data only.
 pub(crate) trait Outgoing: Sized {
-    fn release(self, deid: &Deidentifier) -> Self;
+    fn release(self, deid: &Release<'_>) -> Self;
 }
 
 impl Store {
@@ -37,8 +43,7 @@ impl Store {
                 let (_, key) = self.dek_for_scope(DEID_SCOPE).await?;
                 let key =
                     crate::crypto::Dek::from_bytes(key.expose()).ok_or(StoreError::Integrity)?;
-                let year = chrono::Datelike::year(&self.clock.now());
-                Ok::<_, StoreError>(Arc::new(Deidentifier::new((*rules).clone(), key, year)))
+                Ok::<_, StoreError>(Arc::new(Deidentifier::new((*rules).clone(), key)))
             })
             .await?;
         Ok(Some(deid.clone()))
@@ -51,7 +56,10 @@ impl Store {
         value: T,
     ) -> Result<T, StoreError> {
         Ok(match self.releaser(ctx).await? {
-            Some(deid) => value.release(&deid),
+            Some(deid) => value.release(&Release {
+                deid: &deid,
+                this_year: chrono::Datelike::year(&self.clock.now()),
+            }),
             None => value,
         })
     }
@@ -67,17 +75,25 @@ impl Store {
         let Some(rules) = self.deid_rules.clone() else {
             return Ok(false);
         };
-        let new = sqlx::query(
-            "INSERT INTO deid_rules_seen (digest, name, first_seen) VALUES ($1, $2, $3)
-             ON CONFLICT (digest) DO NOTHING",
+        // The rules in force are those last recorded: a set different from them (new, or one
+        // run before and left) is recorded again, with the time it took effect.
+        let latest: Option<String> = sqlx::query_scalar(
+            "SELECT digest FROM deid_rules_seen ORDER BY first_seen DESC LIMIT 1",
         )
-        .bind(&rules.digest)
-        .bind(&rules.name)
-        .bind(self.clock.now())
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            > 0;
+        .fetch_optional(&self.pool)
+        .await?;
+        let new = latest.as_deref() != Some(rules.digest.as_str());
+        if new {
+            sqlx::query(
+                "INSERT INTO deid_rules_seen (digest, name, first_seen) VALUES ($1, $2, $3)
+                 ON CONFLICT (digest) DO UPDATE SET first_seen = EXCLUDED.first_seen",
+            )
+            .bind(&rules.digest)
+            .bind(&rules.name)
+            .bind(self.clock.now())
+            .execute(&self.pool)
+            .await?;
+        }
         if new {
             self.record_admin(operator, &format!("deid-rules:{}", rules.digest), true)
                 .await?;
@@ -86,9 +102,27 @@ impl Store {
     }
 }
 
+/// `_since` for an analytics caller: whole years only (a finer one, moved by halves, would find
+/// when a record was written — the date of care — to the second).
+pub(super) fn since_allowed(
+    ctx: &AccessContext,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), StoreError> {
+    use chrono::{Datelike, Timelike};
+    let whole_year = |t: chrono::DateTime<chrono::Utc>| {
+        t.month() == 1 && t.day() == 1 && t.num_seconds_from_midnight() == 0 && t.nanosecond() == 0
+    };
+    match since {
+        Some(t) if ctx.role == Role::Analytics && !whole_year(t) => {
+            Err(crate::access::Denied::Reidentifying("_since finer than a year".into()).into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// One resource: its body de-identified, its id a pseudonym (so links and `fullUrl`s name the
 /// pseudonym), its time cut to the year (`Last-Modified`).
-pub(crate) fn release_resource(deid: &Deidentifier, mut r: StoredResource) -> StoredResource {
+pub(crate) fn release_resource(deid: &Release<'_>, mut r: StoredResource) -> StoredResource {
     let patient = r
         .patient
         .as_deref()
@@ -98,7 +132,8 @@ pub(crate) fn release_resource(deid: &Deidentifier, mut r: StoredResource) -> St
     // `fullUrl`s name; a body without one keeps no id the rules did not give.
     let (body, id) = match serde_json::from_slice::<serde_json::Value>(&r.body) {
         Ok(mut doc) => {
-            deid.apply(&mut doc, patient.as_deref());
+            deid.deid
+                .apply(&mut doc, patient.as_deref(), deid.this_year);
             let id = doc["id"].as_str().map(str::to_string);
             (serde_json::to_vec(&doc).unwrap_or_default(), id)
         }
@@ -106,7 +141,7 @@ pub(crate) fn release_resource(deid: &Deidentifier, mut r: StoredResource) -> St
         Err(_) => (b"{}".to_vec(), None),
     };
     r.body = body;
-    r.id = id.unwrap_or_else(|| deid.pseudonym(r.resource_type.as_str(), &r.id));
+    r.id = id.unwrap_or_else(|| deid.deid.pseudonym(r.resource_type.as_str(), &r.id));
     r.last_updated = year_of(r.last_updated);
     r.patient = None;
     r
@@ -121,13 +156,13 @@ fn year_of(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
 }
 
 impl Outgoing for StoredResource {
-    fn release(self, deid: &Deidentifier) -> Self {
+    fn release(self, deid: &Release<'_>) -> Self {
         release_resource(deid, self)
     }
 }
 
 impl Outgoing for super::SearchResult {
-    fn release(mut self, deid: &Deidentifier) -> Self {
+    fn release(mut self, deid: &Release<'_>) -> Self {
         self.matches = self
             .matches
             .into_iter()
@@ -143,7 +178,7 @@ impl Outgoing for super::SearchResult {
 }
 
 impl Outgoing for EverythingPage {
-    fn release(mut self, deid: &Deidentifier) -> Self {
+    fn release(mut self, deid: &Release<'_>) -> Self {
         self.entries = self
             .entries
             .into_iter()
@@ -154,7 +189,7 @@ impl Outgoing for EverythingPage {
 }
 
 impl Outgoing for HistoryPage {
-    fn release(mut self, deid: &Deidentifier) -> Self {
+    fn release(mut self, deid: &Release<'_>) -> Self {
         self.entries = self
             .entries
             .into_iter()
@@ -164,7 +199,7 @@ impl Outgoing for HistoryPage {
     }
 }
 
-fn release_entry(deid: &Deidentifier, mut e: HistoryEntry) -> HistoryEntry {
+fn release_entry(deid: &Release<'_>, mut e: HistoryEntry) -> HistoryEntry {
     match e.body.take() {
         Some(body) => {
             let r = release_resource(
@@ -182,7 +217,7 @@ fn release_entry(deid: &Deidentifier, mut e: HistoryEntry) -> HistoryEntry {
             e.id = r.id;
         }
         // A deletion names the resource as its versions' bodies would.
-        None => e.id = deid.pseudonym(e.resource_type.as_str(), &e.id),
+        None => e.id = deid.deid.pseudonym(e.resource_type.as_str(), &e.id),
     }
     e.last_updated = year_of(e.last_updated);
     e
@@ -191,7 +226,7 @@ fn release_entry(deid: &Deidentifier, mut e: HistoryEntry) -> HistoryEntry {
 // Writes: analytics callers never write (the policy refuses), but what a write hands back — a
 // conditional create's existing match above all — is released like a read.
 impl Outgoing for super::Created {
-    fn release(self, deid: &Deidentifier) -> Self {
+    fn release(self, deid: &Release<'_>) -> Self {
         match self {
             super::Created::New(r) => super::Created::New(release_resource(deid, r)),
             super::Created::Existing(r) => super::Created::Existing(release_resource(deid, r)),
@@ -199,7 +234,7 @@ impl Outgoing for super::Created {
     }
 }
 impl Outgoing for super::Updated {
-    fn release(mut self, deid: &Deidentifier) -> Self {
+    fn release(mut self, deid: &Release<'_>) -> Self {
         self.resource = release_resource(deid, self.resource);
         self
     }
@@ -207,12 +242,12 @@ impl Outgoing for super::Updated {
 // A deletion carries a version number; AuditEvents are not for analytics callers (the policy
 // refuses) and hold references and codes only.
 impl Outgoing for super::Deleted {
-    fn release(self, _: &Deidentifier) -> Self {
+    fn release(self, _: &Release<'_>) -> Self {
         self
     }
 }
 impl Outgoing for super::AuditPage {
-    fn release(self, _: &Deidentifier) -> Self {
+    fn release(self, _: &Release<'_>) -> Self {
         self
     }
 }
