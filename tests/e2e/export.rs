@@ -23,20 +23,9 @@ struct World {
 }
 
 async fn world(extra: Vec<(String, String)>) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = vec![(
-        "CARAPACE_EXPORT_DIR".to_string(),
-        dir.path().display().to_string(),
-    )];
-    env.extend(extra);
-    let stack = Stack::start_with(Bao::start_dev().await.unwrap(), env)
-        .await
-        .unwrap();
+    let (stack, dir) = Stack::start_exporting(extra).await.unwrap();
     let f = stack.fhir();
-    let id = |r: HttpResponse| {
-        assert_eq!(r.status, 201, "{}", r.text());
-        r.json()["id"].as_str().unwrap().to_string()
-    };
+    let id = |r: HttpResponse| r.created_id();
     let r = f
         .put(
             "Practitioner/pr-1",

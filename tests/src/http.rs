@@ -46,6 +46,15 @@ impl HttpResponse {
             .collect()
     }
 
+    /// The id of the resource a create answered with 201 (anything else fails the test).
+    pub fn created_id(&self) -> String {
+        assert_eq!(self.status, 201, "{}", self.text());
+        self.json()["id"]
+            .as_str()
+            .expect("a created resource's id")
+            .to_string()
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)

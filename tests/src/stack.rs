@@ -29,6 +29,20 @@ impl Stack {
         Stack::start_on(Postgres::shared().await?, bao, extra_env).await
     }
 
+    /// [`Stack::start_with`] a fresh OpenBao, writing Bulk exports into a directory of the test's
+    /// own (returned: the test looks at the files, and drops it last).
+    pub async fn start_exporting(
+        extra_env: Vec<(String, String)>,
+    ) -> anyhow::Result<(Stack, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        let mut env = vec![(
+            "CARAPACE_EXPORT_DIR".to_string(),
+            dir.path().display().to_string(),
+        )];
+        env.extend(extra_env);
+        Ok((Stack::start_with(Bao::start_dev().await?, env).await?, dir))
+    }
+
     /// [`Stack::start`] on a PostgreSQL cluster of the test's own, for a test that stops it.
     pub async fn start_on_own_cluster() -> anyhow::Result<Stack> {
         Stack::start_on(Postgres::start().await?, Bao::start_dev().await?, vec![]).await
