@@ -60,6 +60,9 @@ pub struct Config {
     pub deid_rules: Option<crate::deid::Rules>,
     /// `CARAPACE_EXPORT_DIR`, `_TTL`, `_JOBS`, `_PER_CLIENT`, `_FILE_BYTES`: Bulk Data exports.
     pub export: crate::export::ExportConfig,
+    /// `CARAPACE_RETENTION_HISTORY`, `CARAPACE_AUDIT_RETENTION_DAYS`, `CARAPACE_AUDIT_ARCHIVE_DIR`,
+    /// `CARAPACE_RETENTION_INTERVAL`: what is purged when.
+    pub retention: crate::store::RetentionConfig,
 }
 
 /// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
@@ -351,6 +354,18 @@ impl Config {
                 .unwrap_or(1),
             file_bytes: env.number("CARAPACE_EXPORT_FILE_BYTES")?.max(1 << 10),
         };
+        let mut retention = crate::store::RetentionConfig::under(&data_dir);
+        if let Some(text) = env.text("CARAPACE_RETENTION_HISTORY")? {
+            (retention.history, retention.history_default) =
+                crate::store::RetentionConfig::parse_history(&text)
+                    .map_err(|e| ConfigError(format!("CARAPACE_RETENTION_HISTORY: {e}")))?;
+        }
+        retention.audit_days = u32::try_from(env.number("CARAPACE_AUDIT_RETENTION_DAYS")?)
+            .map_err(|_| ConfigError("CARAPACE_AUDIT_RETENTION_DAYS is too large".into()))?;
+        if let Some(dir) = env.text("CARAPACE_AUDIT_ARCHIVE_DIR")? {
+            retention.archive_dir = dir.into();
+        }
+        retention.interval_seconds = env.number("CARAPACE_RETENTION_INTERVAL")?;
         let deid_rules = match env.text("CARAPACE_DEID_RULES")? {
             None => None,
             Some(path) => {
@@ -364,6 +379,7 @@ impl Config {
             }
         };
         Ok(Config {
+            retention,
             deid_rules,
             export,
             enforce_profiles,

@@ -251,6 +251,33 @@ pub const SETTINGS: &[Setting] = &[
         "An export's NDJSON file of one type is split into another file past this many bytes.",
     ),
     setting(
+        "CARAPACE_RETENTION_HISTORY",
+        Means("every version is kept"),
+        "How long non-current versions are kept: comma-separated `Type=days`, `*=days` for \
+         every other type (`Observation=730,*=3650`). A version replaced more than that many \
+         days ago is purged (current versions never are); patients under a legal hold are \
+         exempt.",
+    ),
+    setting(
+        "CARAPACE_AUDIT_RETENTION_DAYS",
+        Value("2555"),
+        "Days audit events stay in the database; older ones are archived (sealed, with their \
+         chain anchors) and then removed, except those of patients under a legal hold. `0` keeps \
+         them for ever.",
+    ),
+    setting(
+        "CARAPACE_AUDIT_ARCHIVE_DIR",
+        Means("`audit-archive` under `CARAPACE_DATA_DIR`"),
+        "Where archived audit segments are written (keep a copy off the machine: they are the \
+         only record of the events they hold).",
+    ),
+    setting(
+        "CARAPACE_RETENTION_INTERVAL",
+        Value("3600"),
+        "Seconds between the server's retention runs (history purge, audit archive, pending key \
+         destructions). `0`: the server never purges; `carapace-console retention run` does.",
+    ),
+    setting(
         "CARAPACE_REFERENTIAL_INTEGRITY",
         Value("on"),
         "`on`: a create, update, patch or transaction whose relative reference (`Patient/123`, or \

@@ -39,6 +39,7 @@ mod profiles; // declared profiles, $validate
 mod reach; // the gate: the request's plan, consents, break-the-glass, write decisions
 mod read; // read, vread, conditional matching
 mod release; // de-identification of what analytics callers receive
+mod retention; // what is purged when
 mod search; // the search interaction
 mod stats; // counts for the console and monitoring
 mod trail; // reading the audit trail
@@ -51,6 +52,7 @@ use write::{check_resource, lock_conditions, seal_new, set_id, NewResource, Prep
 
 pub use profiles::ValidateMode;
 pub use reach::BtgGrant;
+pub use retention::RetentionConfig;
 pub use search::SearchResult;
 pub use stats::OperatorCounts;
 pub use trail::{AuditPage, AuditQuery};

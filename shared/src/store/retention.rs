@@ -1,0 +1,99 @@
+//! Retention: how long what is no longer current is kept, and the purge that removes what is past
+//! its time — non-current resource versions by type, and the audit trail's oldest events (archived
+//! first, see `audit_archive.rs`). A patient under a legal hold is exempt from both; the database
+//! functions that remove versions check holds themselves (`migrations/0015_retention_erasure.sql`).
+
+use crate::fhir::ResourceType;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The retention policy (`CARAPACE_RETENTION_HISTORY`, `CARAPACE_AUDIT_RETENTION_DAYS`,
+/// `CARAPACE_AUDIT_ARCHIVE_DIR`, `CARAPACE_RETENTION_INTERVAL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Days a non-current version of a type is kept after a newer version replaced it.
+    pub history: HashMap<ResourceType, u32>,
+    /// The same for every type `history` does not name; `None`: kept for ever.
+    pub history_default: Option<u32>,
+    /// Days an audit event is kept in the database before it is archived and removed; 0: for ever.
+    pub audit_days: u32,
+    /// Where archived audit segments are written.
+    pub archive_dir: PathBuf,
+    /// Seconds between the server's purge runs; 0: the server never purges (the console's
+    /// `retention run` still does).
+    pub interval_seconds: u64,
+}
+
+/// HIPAA's documentation retention: six years; seven is the common hospital policy.
+pub const DEFAULT_AUDIT_DAYS: u32 = 2555;
+
+impl RetentionConfig {
+    /// Keep every version; audit events for 2,555 days, archived under `data_dir`.
+    pub fn under(data_dir: &Path) -> RetentionConfig {
+        RetentionConfig {
+            history: HashMap::new(),
+            history_default: None,
+            audit_days: DEFAULT_AUDIT_DAYS,
+            archive_dir: data_dir.join("audit-archive"),
+            interval_seconds: 3600,
+        }
+    }
+
+    /// `Observation=730,DiagnosticReport=3650,*=3650`: days per type, `*` for the others.
+    pub fn parse_history(text: &str) -> Result<(HashMap<ResourceType, u32>, Option<u32>), String> {
+        let mut history = HashMap::new();
+        let mut default = None;
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, days) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not Type=days"))?;
+            let days: u32 = days
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: days must be a whole number"))?;
+            let name = name.trim();
+            if name == "*" {
+                if default.replace(days).is_some() {
+                    return Err("`*` is given twice".into());
+                }
+                continue;
+            }
+            let ty = ResourceType::parse(name)
+                .ok_or_else(|| format!("`{name}` is not an R4 resource type"))?;
+            if history.insert(ty, days).is_some() {
+                return Err(format!("`{name}` is given twice"));
+            }
+        }
+        Ok((history, default))
+    }
+
+    /// Days a non-current version of `ty` is kept, `None` for ever.
+    pub fn history_days(&self, ty: ResourceType) -> Option<u32> {
+        self.history.get(&ty).copied().or(self.history_default)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_retention_reads_types_and_a_default() {
+        let (h, d) = RetentionConfig::parse_history("Observation=730, *=3650,Encounter=0").unwrap();
+        assert_eq!(h.get(&ResourceType::Observation), Some(&730));
+        assert_eq!(h.get(&ResourceType::Encounter), Some(&0));
+        assert_eq!(d, Some(3650));
+        let mut c = RetentionConfig::under(Path::new("/d"));
+        (c.history, c.history_default) = (h, d);
+        assert_eq!(c.history_days(ResourceType::Patient), Some(3650));
+        assert!(RetentionConfig::parse_history("Observaton=1").is_err());
+        assert!(RetentionConfig::parse_history("Observation=-1").is_err());
+        assert!(RetentionConfig::parse_history("Observation").is_err());
+        assert!(RetentionConfig::parse_history("*=1,*=2").is_err());
+        assert_eq!(
+            RetentionConfig::parse_history("").unwrap(),
+            (HashMap::new(), None)
+        );
+    }
+}
