@@ -19,6 +19,7 @@ CREATE TABLE legal_holds (
 CREATE INDEX legal_holds_in_force ON legal_holds (patient) WHERE released_at IS NULL;
 GRANT SELECT ON legal_holds TO carapace_app;
 GRANT SELECT, INSERT, UPDATE ON legal_holds TO carapace_console;
+GRANT USAGE ON SEQUENCE legal_holds_id_seq TO carapace_console;
 
 CREATE FUNCTION carapace_held(scope TEXT) RETURNS BOOLEAN
     LANGUAGE sql STABLE AS $$

@@ -5,5 +5,6 @@
 
 pub mod data_dir;
 pub mod export;
+pub mod lifecycle;
 pub mod operator;
 pub mod tui;

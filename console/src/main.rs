@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context};
 use carapace_console::data_dir;
+use carapace_console::lifecycle;
 use carapace_console::operator::sign_in;
 use carapace_console::tui;
 use carapace_core::access::{AccessContext, Role, Scope};
@@ -91,6 +92,25 @@ enum Command {
         #[command(subcommand)]
         command: ExportCommand,
     },
+    /// A patient's record as a whole: erase it (crypto-shredding).
+    Patient {
+        #[command(subcommand)]
+        command: lifecycle::PatientCommand,
+    },
+    /// Legal holds: exempt a patient's data and audit events from purges and erasure.
+    Hold {
+        #[command(subcommand)]
+        command: lifecycle::HoldCommand,
+    },
+    /// Retention: purge what is past its time (CARAPACE_RETENTION_HISTORY,
+    /// CARAPACE_AUDIT_RETENTION_DAYS).
+    Retention {
+        #[command(subcommand)]
+        command: lifecycle::RetentionCommand,
+    },
+    /// Hard-delete every non-current version of one resource (`Type/id`), for minimisation; the
+    /// current version stays. Refused under a legal hold; audited.
+    Expunge { reference: String },
 }
 
 /// Bulk Data `$export` jobs (not the audit trail's CSV export, which is the full-screen console's).
@@ -276,12 +296,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let Some(command) = cli.command else {
         return Ok(());
     };
-    let result = dispatch(&core, command).await;
+    let result = dispatch(&core, &config, command).await;
     core.shutdown().await;
     result
 }
 
-async fn dispatch(core: &Core, command: Command) -> anyhow::Result<()> {
+async fn dispatch(core: &Core, config: &Config, command: Command) -> anyhow::Result<()> {
     if let Command::BootstrapAdmin { username, .. } = &command {
         let password = read_secret_line("password")?;
         let enrollment = admin::bootstrap_admin(&core.store, username, &password).await?;
@@ -319,6 +339,12 @@ async fn dispatch(core: &Core, command: Command) -> anyhow::Result<()> {
                 bail!("no unreviewed break-the-glass grant {id}")
             }
         }
+        Command::Patient { command } => lifecycle::patient(&core.store, &ctx, command).await,
+        Command::Hold { command } => lifecycle::hold(&core.store, &ctx, command).await,
+        Command::Retention { command } => {
+            lifecycle::retention(&core.store, &ctx, &config.retention, command).await
+        }
+        Command::Expunge { reference } => lifecycle::expunge(&core.store, &ctx, &reference).await,
         Command::Export {
             command: ExportCommand::List,
         } => export_list(core, &ctx).await,

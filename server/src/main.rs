@@ -190,6 +190,43 @@ async fn run() -> anyhow::Result<()> {
             Err(e) => tracing::error!(error = %e, "rebuilding the search index failed"),
         }
     });
+    // Patients' data keys written before per-patient KEKs get their own, so that erasing them
+    // reaches backups too.
+    let store = core.store.clone();
+    tokio::spawn(async move {
+        match store.adopt_patient_keks().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "patient data keys moved under their own KEKs"),
+            Err(e) => {
+                tracing::error!(error = %e, "moving patient data keys under their own KEKs failed")
+            }
+        }
+    });
+    // Retention: history past its time, audit events past theirs (archived first), and erasures
+    // whose key destruction failed, every CARAPACE_RETENTION_INTERVAL seconds (0: never here).
+    if config.retention.interval_seconds > 0 {
+        let store = core.store.clone();
+        let retention = config.retention.clone();
+        let server = carapace_core::access::AccessContext::operator("carapace-server");
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(retention.interval_seconds);
+            loop {
+                tokio::time::sleep(every).await;
+                match store.run_retention(&server, &retention, false).await {
+                    Ok(report) => {
+                        if report.history.total() > 0 || report.erasures_finished > 0 {
+                            tracing::info!(
+                                versions = report.history.total(),
+                                erasures_finished = report.erasures_finished,
+                                "retention run"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "retention run failed; next run retries"),
+                }
+            }
+        });
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

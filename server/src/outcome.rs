@@ -4,7 +4,7 @@
 //! | core error                         | status | issue code     |
 //! |------------------------------------|--------|----------------|
 //! | NotFound                           | 404    | not-found      |
-//! | Gone (deleted)                     | 410    | deleted        |
+//! | Gone (deleted) / Erased             | 410    | deleted        |
 //! | Invalid (R4 validation)            | 400    | invalid / structure |
 //! | Unresolved (referential integrity) | 400    | not-found      |
 //! | VersionConflict (If-Match)         | 412    | conflict       |
@@ -159,6 +159,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "duplicate", m)
             }
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ StoreError::Erased(_) => ApiError::new(StatusCode::GONE, "deleted", e.to_string()),
             StoreError::Unsupported(m) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "not-supported", m)
             }

@@ -103,10 +103,10 @@ async fn world(extra: Vec<(String, String)>) -> World {
 }
 
 /// A finished export: its manifest and each output file's resources, by type.
-struct Exported {
-    manifest: Value,
-    status_url: String,
-    files: Vec<(String, Vec<Value>)>,
+pub(crate) struct Exported {
+    pub(crate) manifest: Value,
+    pub(crate) status_url: String,
+    pub(crate) files: Vec<(String, Vec<Value>)>,
 }
 
 impl Exported {
@@ -168,7 +168,7 @@ async fn manifest(status_url: &str, token: &str) -> Value {
     }
 }
 
-async fn export(stack: &Stack, token: &str, path: &str) -> Exported {
+pub(crate) async fn export(stack: &Stack, token: &str, path: &str) -> Exported {
     let r = kick_off(stack, token, path).await;
     assert_eq!(r.status, 202, "{path}: {}", r.text());
     let status_url = r.header("content-location").unwrap();

@@ -18,6 +18,7 @@ mod database;
 mod deid;
 mod embedded;
 mod encryption;
+mod erasure;
 mod export;
 mod gate;
 mod gate_review;

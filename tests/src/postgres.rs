@@ -125,6 +125,32 @@ impl Postgres {
         }
     }
 
+    /// A new database made from a [`Postgres::dump`] (a backup restored), as its `postgres://` URL.
+    pub async fn restore(&self, database: &str, dump: &[u8]) -> anyhow::Result<String> {
+        use std::io::Write;
+        let url = self.database(database).await?;
+        let bin_dir = match &self.place {
+            Place::Shared(shared) => shared.bin_dir.as_path(),
+            Place::Own { cluster, .. } => cluster.bin_dir(),
+        };
+        let mut psql = Command::new(bin_dir.join("psql"))
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", &url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running psql")?;
+        psql.stdin
+            .take()
+            .context("psql's standard input")?
+            .write_all(dump)?;
+        let out = psql.wait_with_output()?;
+        if !out.status.success() {
+            bail!("restoring failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(url)
+    }
+
     /// `pg_dump` of a database, as plain SQL text.
     pub fn dump(&self, database: &str) -> anyhow::Result<Vec<u8>> {
         let bin_dir = match &self.place {

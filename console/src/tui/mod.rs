@@ -11,7 +11,7 @@ mod app;
 mod data;
 mod form;
 mod screens;
-mod text;
+pub mod text;
 mod view;
 
 pub use app::{Action, App, Modal, Screen};

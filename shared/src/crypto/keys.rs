@@ -6,6 +6,12 @@
 //! - [`FileKeyring`]: development only. A random 256-bit master key, versioned, in a 0600 file in the
 //!   data directory.
 //!
+//! A patient's DEK is wrapped under that patient's own key-encryption key ([`PatientKek`]: a Vault
+//! transit key per patient, or a key file per patient in the dev keyring), named in the wrapped
+//! form (`kek:p-<32 hex>:<provider ciphertext>`). Erasing the patient destroys that KEK in the
+//! provider, so every copy of the wrapped DEK — in the database, its dumps, its backups — stops
+//! opening. Other DEKs are wrapped under the main key.
+//!
 //! Every call that leaves the process is counted, so the benchmark can show that a warm server makes
 //! no key-provider call per request.
 
@@ -51,6 +57,75 @@ pub struct WrappedDek {
     pub key_version: i32,
 }
 
+impl WrappedDek {
+    fn under(self, kek: Option<&PatientKek>) -> WrappedDek {
+        match kek {
+            None => self,
+            Some(kek) => WrappedDek {
+                wrapped: format!("kek:{}:{}", kek.name(), self.wrapped),
+                key_version: self.key_version,
+            },
+        }
+    }
+
+    /// The patient KEK this DEK is wrapped under, if any.
+    pub fn kek(&self) -> Option<PatientKek> {
+        PatientKek::of(&self.wrapped)
+    }
+}
+
+/// A patient's key-encryption key, by name: `p-` and 32 random hex digits (no patient id in it,
+/// so the provider's key list names nobody). The name is checked wherever it is read back, as a
+/// wrapped key comes from the database and names a provider key (or, in the dev keyring, a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientKek(String);
+
+impl PatientKek {
+    fn fresh() -> PatientKek {
+        let bytes: [u8; 16] = rand::random();
+        PatientKek(format!(
+            "p-{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ))
+    }
+
+    pub fn parse(name: &str) -> Result<PatientKek, KeyError> {
+        let ok = name.len() == 34
+            && name.starts_with("p-")
+            && name[2..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(PatientKek(name.to_string()))
+        } else {
+            Err(KeyError::Rejected("not a patient key name".into()))
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The KEK a stored wrapped key names, if any (and if well formed).
+    pub fn of(wrapped: &str) -> Option<PatientKek> {
+        PatientKek::split(wrapped).ok().and_then(|(k, _)| k)
+    }
+
+    /// `kek:<name>:<inner>` → the KEK and the provider's own wrapped form; anything else is
+    /// wrapped under the main key.
+    fn split(wrapped: &str) -> Result<(Option<PatientKek>, &str), KeyError> {
+        match wrapped.strip_prefix("kek:") {
+            None => Ok((None, wrapped)),
+            Some(rest) => {
+                let (name, inner) = rest
+                    .split_once(':')
+                    .ok_or_else(|| KeyError::Rejected("malformed patient-wrapped key".into()))?;
+                Ok((Some(PatientKek::parse(name)?), inner))
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The provider cannot be reached, is sealed, or refused for a transient reason: retry later.
@@ -70,33 +145,119 @@ pub enum KeyProvider {
 }
 
 impl KeyProvider {
-    /// Create a fresh DEK: the clear key for immediate use and its wrapped form for storage.
-    pub async fn generate(&self) -> Result<(Dek, WrappedDek), KeyError> {
-        match self {
-            KeyProvider::Vault(v) => v.generate().await,
-            KeyProvider::File(f) => f.generate(),
+    /// Create a fresh DEK for a key scope: the clear key for immediate use and its wrapped form
+    /// for storage. A patient scope (`Patient/<id>`) gets a key-encryption key of its own first.
+    pub async fn generate_for(&self, scope: &str) -> Result<(Dek, WrappedDek), KeyError> {
+        if !scope.starts_with("Patient/") {
+            return self.generate_under(None).await;
         }
+        let kek = PatientKek::fresh();
+        self.create_kek(&kek).await?;
+        match self.generate_under(Some(&kek)).await {
+            Ok(made) => Ok(made),
+            Err(e) => {
+                self.destroy_quietly(&kek).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn generate_under(
+        &self,
+        kek: Option<&PatientKek>,
+    ) -> Result<(Dek, WrappedDek), KeyError> {
+        let (dek, inner) = match self {
+            KeyProvider::Vault(v) => v.generate(&v.key_for(kek)).await?,
+            KeyProvider::File(f) => f.ring(kek)?.generate()?,
+        };
+        Ok((dek, inner.under(kek)))
     }
 
     pub async fn unwrap_dek(&self, wrapped: &str) -> Result<Dek, KeyError> {
+        let (kek, inner) = PatientKek::split(wrapped)?;
         match self {
-            KeyProvider::Vault(v) => v.unwrap_dek(wrapped).await,
-            KeyProvider::File(f) => f.unwrap_dek(wrapped),
+            KeyProvider::Vault(v) => v.unwrap_dek(&v.key_for(kek.as_ref()), inner).await,
+            KeyProvider::File(f) => f.ring(kek.as_ref())?.unwrap_dek(inner),
         }
     }
 
-    /// Re-encrypt a wrapped DEK under the newest key version; the DEK itself does not change.
+    /// Re-encrypt a wrapped DEK under the newest version of the key that wraps it (the main key,
+    /// or its patient's KEK); the DEK itself does not change.
     pub async fn rewrap(&self, wrapped: &str) -> Result<WrappedDek, KeyError> {
+        let (kek, inner) = PatientKek::split(wrapped)?;
+        let rewrapped = match self {
+            KeyProvider::Vault(v) => v.rewrap(&v.key_for(kek.as_ref()), inner).await?,
+            KeyProvider::File(f) => f.ring(kek.as_ref())?.rewrap(inner)?,
+        };
+        Ok(rewrapped.under(kek.as_ref()))
+    }
+
+    /// Move a patient's DEK wrapped under the main key (written before per-patient KEKs) under a
+    /// KEK of its own. The caller stores the result in place of `wrapped` (or destroys its KEK,
+    /// [`WrappedDek::kek`], when another process moved it first).
+    pub async fn adopt(&self, wrapped: &str) -> Result<WrappedDek, KeyError> {
+        if PatientKek::split(wrapped)?.0.is_some() {
+            return Err(KeyError::Other("this key already has its own KEK".into()));
+        }
+        let dek = self.unwrap_dek(wrapped).await?;
+        let kek = PatientKek::fresh();
+        self.create_kek(&kek).await?;
+        let inner = match self {
+            KeyProvider::Vault(v) => v.wrap(&v.key_for(Some(&kek)), &dek).await,
+            KeyProvider::File(f) => f.ring(Some(&kek)).map(|ring| ring.wrap(&dek)),
+        };
+        match inner {
+            Ok(inner) => Ok(inner.under(Some(&kek))),
+            Err(e) => {
+                self.destroy_quietly(&kek).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_kek(&self, kek: &PatientKek) -> Result<(), KeyError> {
         match self {
-            KeyProvider::Vault(v) => v.rewrap(wrapped).await,
-            KeyProvider::File(f) => f.rewrap(wrapped),
+            KeyProvider::Vault(v) => v.create_key(&v.key_for(Some(kek))).await,
+            KeyProvider::File(f) => f.create_patient_ring(kek),
+        }
+    }
+
+    /// Add a version to a patient's KEK (key rotation); DEKs it wraps are then rewrapped.
+    pub async fn rotate_kek(&self, kek: &PatientKek) -> Result<i32, KeyError> {
+        match self {
+            KeyProvider::Vault(v) => v.rotate(&v.key_for(Some(kek))).await,
+            KeyProvider::File(f) => f.ring(Some(kek))?.rotate(),
+        }
+    }
+
+    /// Destroy a patient's KEK: nothing it wrapped opens again, anywhere. Destroying one already
+    /// gone succeeds (an erasure finished twice).
+    pub async fn destroy_kek(&self, kek: &PatientKek) -> Result<(), KeyError> {
+        match self {
+            KeyProvider::Vault(v) => v.delete_key(&v.key_for(Some(kek))).await,
+            KeyProvider::File(f) => f.destroy_patient_ring(kek),
+        }
+    }
+
+    /// Does the provider still hold this KEK? (For reports and tests: an erasure's KEK must not.)
+    pub async fn kek_exists(&self, kek: &PatientKek) -> Result<bool, KeyError> {
+        match self {
+            KeyProvider::Vault(v) => v.key_exists(&v.key_for(Some(kek))).await,
+            KeyProvider::File(f) => Ok(f.patient_ring_path(kek).exists()),
+        }
+    }
+
+    /// Remove a KEK this process made but could not use (a lost race, a failed call after it).
+    pub async fn destroy_quietly(&self, kek: &PatientKek) {
+        if let Err(e) = self.destroy_kek(kek).await {
+            tracing::warn!(kek = kek.name(), error = %e, "an unused patient KEK could not be removed");
         }
     }
 
     /// Add a new key-encryption key version; new DEKs are wrapped under it. Returns that version.
     pub async fn rotate(&self) -> Result<i32, KeyError> {
         match self {
-            KeyProvider::Vault(v) => v.rotate().await,
+            KeyProvider::Vault(v) => v.rotate(&v.config.key_name).await,
             KeyProvider::File(f) => f.rotate(),
         }
     }
@@ -249,13 +410,73 @@ impl VaultTransit {
         Ok(Some(auth.lease_duration))
     }
 
-    async fn generate(&self) -> Result<(Dek, WrappedDek), KeyError> {
+    /// The transit key wrapping under `kek` (`<key>-p-...`), or the main key.
+    fn key_for(&self, kek: Option<&PatientKek>) -> String {
+        match kek {
+            None => self.config.key_name.clone(),
+            Some(kek) => format!("{}-{}", self.config.key_name, kek.name()),
+        }
+    }
+
+    async fn create_key(&self, key: &str) -> Result<(), KeyError> {
+        let client = self.client.read().await;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        vaultrs::transit::key::create(&*client, &self.config.mount, key, None)
+            .await
+            .map_err(vault_error)
+    }
+
+    async fn key_exists(&self, key: &str) -> Result<bool, KeyError> {
+        let client = self.client.read().await;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        match vaultrs::transit::key::read(&*client, &self.config.mount, key).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::APIError { code: 404, .. }) => Ok(false),
+            Err(e) => Err(vault_error(e)),
+        }
+    }
+
+    /// Allow the key's deletion, then delete it. A key already gone is not an error.
+    async fn delete_key(&self, key: &str) -> Result<(), KeyError> {
+        if !self.key_exists(key).await? {
+            return Ok(());
+        }
+        let client = self.client.read().await;
+        self.calls.fetch_add(2, Ordering::Relaxed);
+        let mut allow = vaultrs::api::transit::requests::UpdateKeyConfigurationRequest::builder();
+        allow.deletion_allowed(true);
+        vaultrs::transit::key::update(&*client, &self.config.mount, key, Some(&mut allow))
+            .await
+            .map_err(vault_error)?;
+        vaultrs::transit::key::delete(&*client, &self.config.mount, key)
+            .await
+            .map_err(vault_error)
+    }
+
+    async fn wrap(&self, key: &str, dek: &Dek) -> Result<WrappedDek, KeyError> {
+        let client = self.client.read().await;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut plaintext = B64.encode(dek.expose());
+        let out =
+            vaultrs::transit::data::encrypt(&*client, &self.config.mount, key, &plaintext, None)
+                .await
+                .map_err(vault_error);
+        zeroize::Zeroize::zeroize(&mut plaintext);
+        let out = out?;
+        let key_version = vault_key_version(&out.ciphertext)?;
+        Ok(WrappedDek {
+            wrapped: out.ciphertext,
+            key_version,
+        })
+    }
+
+    async fn generate(&self, key: &str) -> Result<(Dek, WrappedDek), KeyError> {
         let client = self.client.read().await;
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = vaultrs::transit::generate::data_key(
             &*client,
             &self.config.mount,
-            &self.config.key_name,
+            key,
             vaultrs::api::transit::requests::DataKeyType::Plaintext,
             None,
         )
@@ -275,33 +496,21 @@ impl VaultTransit {
         ))
     }
 
-    async fn unwrap_dek(&self, wrapped: &str) -> Result<Dek, KeyError> {
+    async fn unwrap_dek(&self, key: &str, wrapped: &str) -> Result<Dek, KeyError> {
         let client = self.client.read().await;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let out = vaultrs::transit::data::decrypt(
-            &*client,
-            &self.config.mount,
-            &self.config.key_name,
-            wrapped,
-            None,
-        )
-        .await
-        .map_err(vault_error)?;
+        let out = vaultrs::transit::data::decrypt(&*client, &self.config.mount, key, wrapped, None)
+            .await
+            .map_err(vault_error)?;
         decode_dek(&out.plaintext)
     }
 
-    async fn rewrap(&self, wrapped: &str) -> Result<WrappedDek, KeyError> {
+    async fn rewrap(&self, key: &str, wrapped: &str) -> Result<WrappedDek, KeyError> {
         let client = self.client.read().await;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let out = vaultrs::transit::data::rewrap(
-            &*client,
-            &self.config.mount,
-            &self.config.key_name,
-            wrapped,
-            None,
-        )
-        .await
-        .map_err(vault_error)?;
+        let out = vaultrs::transit::data::rewrap(&*client, &self.config.mount, key, wrapped, None)
+            .await
+            .map_err(vault_error)?;
         let key_version = vault_key_version(&out.ciphertext)?;
         Ok(WrappedDek {
             wrapped: out.ciphertext,
@@ -309,17 +518,17 @@ impl VaultTransit {
         })
     }
 
-    async fn rotate(&self) -> Result<i32, KeyError> {
+    async fn rotate(&self, key: &str) -> Result<i32, KeyError> {
         let client = self.client.read().await;
         self.calls.fetch_add(2, Ordering::Relaxed);
-        vaultrs::transit::key::rotate(&*client, &self.config.mount, &self.config.key_name)
+        vaultrs::transit::key::rotate(&*client, &self.config.mount, key)
             .await
             .map_err(vault_error)?;
         // The newest version is the one a fresh wrap uses.
         let probe = vaultrs::transit::data::encrypt(
             &*client,
             &self.config.mount,
-            &self.config.key_name,
+            key,
             &B64.encode([0u8; 1]),
             None,
         )
@@ -339,7 +548,24 @@ fn decode_dek(b64: &str) -> Result<Dek, KeyError> {
     dek
 }
 
-/// Development key provider: versioned master keys in `<data_dir>/master.key` (mode 0600).
+/// The dev keyring's main key or a patient's, as [`FileKeyring::ring`] opens it.
+enum Ring<'a> {
+    Main(&'a FileKeyring),
+    Patient(FileKeyring),
+}
+
+impl std::ops::Deref for Ring<'_> {
+    type Target = FileKeyring;
+    fn deref(&self) -> &FileKeyring {
+        match self {
+            Ring::Main(ring) => ring,
+            Ring::Patient(ring) => ring,
+        }
+    }
+}
+
+/// Development key provider: versioned master keys in `<data_dir>/master.key` (mode 0600), and
+/// patients' KEKs in `<data_dir>/patient-keys/` (one 0600 file each, removed by erasure).
 pub struct FileKeyring {
     path: PathBuf,
     keys: std::sync::RwLock<Vec<Dek>>,
@@ -350,8 +576,53 @@ const FILE_WRAP_AAD: &[u8] = b"carapace/file-keyring/dek/v1";
 impl FileKeyring {
     /// Open the keyring in `dir`, creating it with a fresh random master key if absent.
     pub fn open_or_create(dir: &Path) -> Result<FileKeyring, KeyError> {
-        let path = dir.join("master.key");
-        let keys = if path.exists() {
+        FileKeyring::open_path(dir.join("master.key"), true)
+    }
+
+    /// The keyring of a patient's KEK (`patient-keys/<name>.key` beside the master key), which
+    /// must exist: one destroyed by an erasure is never made again by reading it.
+    fn ring(&self, kek: Option<&PatientKek>) -> Result<Ring<'_>, KeyError> {
+        match kek {
+            None => Ok(Ring::Main(self)),
+            Some(kek) => {
+                let path = self.patient_ring_path(kek);
+                if !path.exists() {
+                    return Err(KeyError::Rejected("the patient key was destroyed".into()));
+                }
+                Ok(Ring::Patient(FileKeyring::open_path(path, false)?))
+            }
+        }
+    }
+
+    fn patient_ring_path(&self, kek: &PatientKek) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        dir.join("patient-keys").join(format!("{}.key", kek.name()))
+    }
+
+    fn create_patient_ring(&self, kek: &PatientKek) -> Result<(), KeyError> {
+        let path = self.patient_ring_path(kek);
+        if let Some(dir) = path.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| KeyError::Other(format!("creating {}: {e}", dir.display())))?;
+        }
+        FileKeyring::open_path(path, true).map(|_| ())
+    }
+
+    fn destroy_patient_ring(&self, kek: &PatientKek) -> Result<(), KeyError> {
+        let path = self.patient_ring_path(kek);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(KeyError::Other(format!("removing {}: {e}", path.display()))),
+        }
+    }
+
+    fn open_path(path: PathBuf, create: bool) -> Result<FileKeyring, KeyError> {
+        let keys = if path.exists() || !create {
             check_private(&path)?;
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| KeyError::Other(format!("reading {}: {e}", path.display())))?;
@@ -428,7 +699,7 @@ impl FileKeyring {
 
     fn rotate(&self) -> Result<i32, KeyError> {
         // Re-read the file first: another process (the console) may have rotated already.
-        let fresh = FileKeyring::open_or_create(self.path.parent().unwrap_or(Path::new(".")))?;
+        let fresh = FileKeyring::open_path(self.path.clone(), true)?;
         let mut keys = fresh.keys().clone();
         keys.push(Dek::random());
         write_private(&self.path, &keys)?;
@@ -439,7 +710,7 @@ impl FileKeyring {
 
     /// Pick up versions added by another process (a rotation run from the console).
     pub fn reload(&self) -> Result<(), KeyError> {
-        let fresh = FileKeyring::open_or_create(self.path.parent().unwrap_or(Path::new(".")))?;
+        let fresh = FileKeyring::open_path(self.path.clone(), true)?;
         let keys = fresh.keys().clone();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
         Ok(())

@@ -68,6 +68,12 @@ impl Store {
                 // System history needs a wildcard scope; `*` is no resource type, so only `*` scopes match.
                 ctx.check(resource_type.map_or("*", |t| t.as_str()), Permission::Read)?;
                 super::release::since_allowed(ctx, query.since)?;
+                // An erased resource's history is gone with it.
+                if let (Some(t), Some(i)) = (resource_type, id) {
+                    if let erased @ StoreError::Erased(_) = self.missing(t, i.as_str()).await? {
+                        return Err(erased);
+                    }
+                }
                 let count = query.count.clamp(1, MAX_HISTORY_COUNT);
                 let mut after: Option<HistoryCursor> = match &query.after {
                     Some(text) => Some(self.open_position("history", text).await?),

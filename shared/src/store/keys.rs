@@ -5,7 +5,7 @@
 use super::{Store, StoreError};
 use crate::access::{AccessContext, Denied};
 use crate::audit::{AuditRecord, Interaction, Outcome};
-use crate::crypto::keys::KeyError;
+use crate::crypto::keys::{KeyError, PatientKek};
 use crate::crypto::{self, Binding, Dek};
 use crate::fhir::ResourceType;
 use sqlx::Row;
@@ -44,43 +44,50 @@ impl Store {
         self.record_admin(ctx, "key-rotation-start", true).await?;
         let result = async {
         let mut progress = progress;
+        let started = self.clock.now();
         let target: i32 = self.keys.rotate().await?;
-        let total: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE key_version < $1")
-                .bind(target)
-                .fetch_one(&self.pool)
-                .await?;
+        // Main-key DEKs wrapped under an older version; every patient's DEK (its KEK is rotated
+        // first, or made when the DEK still had none).
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM data_keys
+              WHERE (wrapped NOT LIKE 'kek:%' AND scope NOT LIKE 'Patient/%' AND key_version < $1)
+                 OR scope LIKE 'Patient/%'",
+        )
+        .bind(target)
+        .fetch_one(&self.pool)
+        .await?;
         let total = u64::try_from(total).unwrap_or(0);
         let mut done = 0u64;
         let mut after = 0i64;
         loop {
             let batch = sqlx::query(
-                "SELECT id, wrapped FROM data_keys WHERE key_version < $1 AND id > $2 ORDER BY id LIMIT 100",
+                "SELECT id, scope, wrapped FROM data_keys
+                  WHERE ((wrapped NOT LIKE 'kek:%' AND scope NOT LIKE 'Patient/%' AND key_version < $1)
+                         OR (scope LIKE 'Patient/%' AND (rewrapped_at IS NULL OR rewrapped_at < $3)))
+                    AND id > $2 ORDER BY id LIMIT 100",
             )
             .bind(target)
             .bind(after)
+            .bind(started)
             .fetch_all(&self.pool)
             .await?;
             if batch.is_empty() {
                 break;
             }
             for row in &batch {
-                let id: i64 = row.try_get("id")?;
-                let wrapped: String = row.try_get("wrapped")?;
-                let rewrapped = self.keys.rewrap(&wrapped).await?;
-                // Only replace what we read: a concurrent rewrap of the same row wins harmlessly.
-                sqlx::query(
-                    "UPDATE data_keys SET wrapped = $1, key_version = $2, rewrapped_at = $3
-                      WHERE id = $4 AND wrapped = $5",
-                )
-                .bind(&rewrapped.wrapped)
-                .bind(rewrapped.key_version)
-                .bind(self.clock.now())
-                .bind(id)
-                .bind(&wrapped)
-                .execute(&self.pool)
-                .await?;
-                after = id;
+                let key = DekRow::from_parts(row)?;
+                let rewrapped = match PatientKek::of(&key.wrapped) {
+                    Some(kek) => {
+                        self.keys.rotate_kek(&kek).await?;
+                        self.keys.rewrap(&key.wrapped).await?
+                    }
+                    None if key.scope.starts_with("Patient/") => {
+                        self.keys.adopt(&key.wrapped).await?
+                    }
+                    None => self.keys.rewrap(&key.wrapped).await?,
+                };
+                self.replace_wrapped(&key, &rewrapped).await?;
+                after = key.id;
                 done += 1;
                 progress(done, total);
             }
@@ -107,6 +114,65 @@ impl Store {
             self.record_admin(ctx, "key-rotation", false).await?;
         }
         result
+    }
+
+    /// Store a key's new wrapped form in place of the one read. Only what was read is replaced: a
+    /// concurrent rewrap (or erasure) of the same row wins, and a KEK made for this one is dropped.
+    async fn replace_wrapped(
+        &self,
+        key: &DekRow,
+        rewrapped: &crate::crypto::keys::WrappedDek,
+    ) -> Result<(), StoreError> {
+        let replaced = sqlx::query(
+            "UPDATE data_keys SET wrapped = $1, key_version = $2, rewrapped_at = $3
+              WHERE id = $4 AND wrapped = $5",
+        )
+        .bind(&rewrapped.wrapped)
+        .bind(rewrapped.key_version)
+        .bind(self.clock.now())
+        .bind(key.id)
+        .bind(&key.wrapped)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let made_here = rewrapped
+            .kek()
+            .filter(|kek| PatientKek::of(&key.wrapped).as_ref() != Some(kek));
+        if replaced == 0 {
+            if let Some(kek) = made_here {
+                self.keys.destroy_quietly(&kek).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Give every patient's data key written before per-patient KEKs one of its own (run by the
+    /// server in the background at start-up; `keys rotate` does it too). Until then erasing that
+    /// patient cannot reach backups, which hold the key wrapped under the main key. Returns how
+    /// many keys moved.
+    pub async fn adopt_patient_keks(&self) -> Result<u64, StoreError> {
+        let mut moved = 0u64;
+        let mut after = 0i64;
+        loop {
+            let batch = sqlx::query(
+                "SELECT id, scope, wrapped FROM data_keys
+                  WHERE scope LIKE 'Patient/%' AND wrapped NOT LIKE 'kek:%' AND id > $1
+                  ORDER BY id LIMIT 100",
+            )
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            for row in &batch {
+                let key = DekRow::from_parts(row)?;
+                let adopted = self.keys.adopt(&key.wrapped).await?;
+                self.replace_wrapped(&key, &adopted).await?;
+                after = key.id;
+                moved += 1;
+            }
+        }
     }
 
     /// Seal a small server secret (a TOTP seed) under the identity data key, bound to `purpose`.
@@ -201,7 +267,16 @@ impl Store {
             let key = DekRow::from_parts(&row)?;
             return Ok((key.id, self.dek_by_id(&key).await?));
         }
-        let (dek, wrapped) = self.keys.generate().await?;
+        // An erased patient's record stays erased: nothing is sealed for it again.
+        let erased: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM erasures WHERE scope = $1)")
+                .bind(scope)
+                .fetch_one(&self.pool)
+                .await?;
+        if erased {
+            return Err(StoreError::Erased(scope.to_string()));
+        }
+        let (dek, wrapped) = self.keys.generate_for(scope).await?;
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO data_keys (scope, wrapped, key_version, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (scope) DO NOTHING RETURNING id",
@@ -215,7 +290,11 @@ impl Store {
         match inserted {
             Some(id) => Ok((id, self.cache.insert(id, scope, dek, Instant::now()))),
             None => {
-                // Another request created this scope's key first: use theirs.
+                // Another request created this scope's key first: use theirs (and drop the KEK
+                // made for ours).
+                if let Some(kek) = wrapped.kek() {
+                    self.keys.destroy_quietly(&kek).await;
+                }
                 let row = sqlx::query("SELECT id, scope, wrapped FROM data_keys WHERE scope = $1")
                     .bind(scope)
                     .fetch_one(&self.pool)

@@ -30,6 +30,7 @@ macro_rules! head_sql {
 mod audited; // the audit event of every interaction; administrative transactions
 mod bundle; // transaction Bundles
 mod compartment; // Patient/$everything
+mod erasure; // legal holds, history purges, erasing a patient
 pub mod export; // what a Bulk Data export reads
 mod history; // _history
 mod index; // index rows written with each version; re-indexing
@@ -50,9 +51,10 @@ use keys::DekRow;
 use read::{head_row, read_head};
 use write::{check_resource, lock_conditions, seal_new, set_id, NewResource, Prepared};
 
+pub use erasure::{patient_scope, Erasure, HistoryPurge, LegalHold};
 pub use profiles::ValidateMode;
 pub use reach::BtgGrant;
-pub use retention::RetentionConfig;
+pub use retention::{RetentionConfig, RetentionReport};
 pub use search::SearchResult;
 pub use stats::OperatorCounts;
 pub use trail::{AuditPage, AuditQuery};
@@ -76,6 +78,10 @@ pub enum StoreError {
     Unresolved(Vec<Issue>),
     #[error("version conflict: expected version {expected}, current is {current}")]
     VersionConflict { expected: i64, current: String },
+    /// The resource (or, for a write, the patient record it belongs to) was erased: 410, and
+    /// the id is never used again.
+    #[error("{0} was erased")]
+    Erased(String),
     #[error("{0}")]
     PreconditionFailed(String),
     #[error("{0}")]
@@ -93,13 +99,26 @@ pub enum StoreError {
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// A malformed or unsupported request (a search the server cannot serve): 400.
     #[error("{0}")]
     BadRequest(String),
     /// Refused by the access policy (scopes, role, compartment).
     #[error(transparent)]
     Denied(#[from] Denied),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        // A version sealed under a data key an erasure removed meanwhile (this process still had
+        // the key cached): the record it was written to is gone.
+        if let sqlx::Error::Database(db) = &e {
+            if db.constraint() == Some("resource_versions_dek_id_fkey") {
+                return StoreError::Erased("the patient record this belongs to".into());
+            }
+        }
+        StoreError::Database(e)
+    }
 }
 
 /// A resource version as read back from the store; `body` is its JSON, exactly as stored.

@@ -51,6 +51,28 @@ pub(super) fn form_pairs(query: &str) -> Vec<(String, String)> {
 }
 
 impl Store {
+    /// Why a resource that has no row is missing: erased (410, its id kept as a tombstone) or
+    /// never here (404).
+    pub(super) async fn missing(
+        &self,
+        resource_type: ResourceType,
+        id: &str,
+    ) -> Result<StoreError, StoreError> {
+        let erased: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM erased_resources WHERE resource_type = $1 AND id = $2)",
+        )
+        .bind(resource_type.as_str())
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        let reference = format!("{resource_type}/{id}");
+        Ok(if erased {
+            StoreError::Erased(reference)
+        } else {
+            StoreError::NotFound(reference)
+        })
+    }
+
     /// The one resource a conditional query (`identifier=sys|val`) matches: `None` for no match,
     /// 412 for several. The query must hold at least one search parameter.
     pub async fn conditional_match(
@@ -198,7 +220,7 @@ impl Store {
         };
         let result = match row {
             Err(e) => Err(e),
-            Ok(None) => Err(StoreError::NotFound(reference.clone())),
+            Ok(None) => Err(self.missing(resource_type, id.as_str()).await?),
             // Another compartment's data looks exactly like data that does not exist.
             Ok(Some(row)) if !reach::visible(ctx, resource_type, &row)? => {
                 Err(StoreError::NotFound(reference.clone()))

@@ -3,6 +3,8 @@
 //! first, see `audit_archive.rs`). A patient under a legal hold is exempt from both; the database
 //! functions that remove versions check holds themselves (`migrations/0015_retention_erasure.sql`).
 
+use super::{HistoryPurge, Store, StoreError};
+use crate::access::AccessContext;
 use crate::fhir::ResourceType;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +75,36 @@ impl RetentionConfig {
     }
 }
 
+/// What one retention run did (or, dry, would do).
+#[derive(Debug, Clone, Default)]
+pub struct RetentionReport {
+    pub history: HistoryPurge,
+    /// Erasures whose key-encryption key was destroyed in this run (it had failed before).
+    pub erasures_finished: u64,
+}
+
+impl Store {
+    /// One retention run: history past its time, then erasures left unfinished. The server runs
+    /// it every `interval_seconds`; `carapace-console retention run [--dry-run]` on demand.
+    pub async fn run_retention(
+        &self,
+        ctx: &AccessContext,
+        config: &RetentionConfig,
+        dry_run: bool,
+    ) -> Result<RetentionReport, StoreError> {
+        let history = self.purge_history(ctx, config, dry_run).await?;
+        let erasures_finished = if dry_run {
+            0
+        } else {
+            self.finish_erasures().await?
+        };
+        Ok(RetentionReport {
+            history,
+            erasures_finished,
+        })
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -81,12 +113,18 @@ mod tests {
     #[test]
     fn history_retention_reads_types_and_a_default() {
         let (h, d) = RetentionConfig::parse_history("Observation=730, *=3650,Encounter=0").unwrap();
-        assert_eq!(h.get(&ResourceType::Observation), Some(&730));
-        assert_eq!(h.get(&ResourceType::Encounter), Some(&0));
+        assert_eq!(
+            h.get(&ResourceType::parse("Observation").unwrap()),
+            Some(&730)
+        );
+        assert_eq!(h.get(&ResourceType::parse("Encounter").unwrap()), Some(&0));
         assert_eq!(d, Some(3650));
         let mut c = RetentionConfig::under(Path::new("/d"));
         (c.history, c.history_default) = (h, d);
-        assert_eq!(c.history_days(ResourceType::Patient), Some(3650));
+        assert_eq!(
+            c.history_days(ResourceType::parse("Patient").unwrap()),
+            Some(3650)
+        );
         assert!(RetentionConfig::parse_history("Observaton=1").is_err());
         assert!(RetentionConfig::parse_history("Observation=-1").is_err());
         assert!(RetentionConfig::parse_history("Observation").is_err());

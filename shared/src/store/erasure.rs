@@ -1,0 +1,431 @@
+//! The end of a record: legal holds, purging history past its retention, hard-deleting a
+//! resource's old versions, and erasing a patient by crypto-shredding.
+//!
+//! What removes a version is in the database (`migrations/0015_retention_erasure.sql`:
+//! `carapace_purge_versions`, `carapace_erase_patient`), which checks legal holds itself, so no
+//! caller can forget them. These methods are administrators' (the server's retention task runs as
+//! its own operator context) and each is audited with counts, never content.
+
+use super::{RetentionConfig, Store, StoreError};
+use crate::access::{AccessContext, Denied, Role};
+use crate::audit::{AuditRecord, Interaction, Outcome};
+use crate::crypto::keys::PatientKek;
+use crate::fhir::{ResourceId, ResourceType};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+/// Rows removed per call of the purge function: each call is one short transaction.
+const PURGE_BATCH: i32 = 1000;
+
+/// A legal hold as the console lists it.
+#[derive(Debug, Clone)]
+pub struct LegalHold {
+    pub id: i64,
+    pub patient: String,
+    pub reason: String,
+    pub placed_by: String,
+    pub placed_at: DateTime<Utc>,
+}
+
+/// What an erasure removed, and whether it reaches backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub resources: i64,
+    pub versions: i64,
+    /// The patient's own key-encryption key was destroyed in the key provider: every copy of the
+    /// wrapped data key (backups, dumps) is now useless. False when the data key was still wrapped
+    /// by the main key (written before per-patient keys and not yet moved) or had none.
+    pub kek_destroyed: bool,
+}
+
+/// Non-current versions purged (or, on a dry run, due) per resource type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPurge {
+    pub per_type: Vec<(ResourceType, i64)>,
+}
+
+impl HistoryPurge {
+    pub fn total(&self) -> i64 {
+        self.per_type.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// The reference a hold or an erasure names: `Patient/<id>` with a valid id.
+pub fn patient_scope(reference: &str) -> Result<String, StoreError> {
+    let id = reference
+        .strip_prefix("Patient/")
+        .and_then(|id| ResourceId::parse(id).ok())
+        .ok_or_else(|| StoreError::BadRequest(format!("`{reference}` is not Patient/<id>")))?;
+    Ok(format!("Patient/{id}"))
+}
+
+fn administrators_only(ctx: &AccessContext) -> Result<(), StoreError> {
+    if ctx.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(Denied::AdministratorsOnly.into())
+    }
+}
+
+/// SQLSTATEs the two functions raise.
+fn refusal(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.code().as_deref() {
+            Some("CH001") => {
+                return StoreError::Conflict("the patient is under a legal hold".into())
+            }
+            Some("CH002") => {
+                return StoreError::Conflict(
+                    "a user account belongs to this patient: remove it first".into(),
+                )
+            }
+            _ => {}
+        }
+    }
+    e.into()
+}
+
+fn record(
+    store: &Store,
+    what: String,
+    patient: Option<String>,
+    interaction: Interaction,
+) -> AuditRecord {
+    AuditRecord {
+        query: None,
+        interaction,
+        outcome: Outcome::Success,
+        recorded: store.clock.now(),
+        what: Some(what),
+        patient,
+    }
+}
+
+impl Store {
+    /// Place a legal hold on a patient's data and audit events (administrators; audited).
+    pub async fn place_hold(
+        &self,
+        ctx: &AccessContext,
+        patient: &str,
+        reason: &str,
+    ) -> Result<i64, StoreError> {
+        let scope = patient_scope(patient)?;
+        if let Err(e) = administrators_only(ctx) {
+            self.record_admin(ctx, "legal-hold", false).await?;
+            return Err(e);
+        }
+        if reason.trim().is_empty() {
+            return Err(StoreError::BadRequest("a legal hold needs a reason".into()));
+        }
+        let sealed = self.seal_secret("legal-hold", reason.as_bytes()).await?;
+        let mut tx = self.pool.begin().await?;
+        // The erasure function takes the same lock: a hold and an erasure do not cross.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('carapace-hold:' || $1, 0))")
+            .bind(&scope)
+            .execute(&mut *tx)
+            .await?;
+        let erased: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM erasures WHERE scope = $1)")
+                .bind(&scope)
+                .fetch_one(&mut *tx)
+                .await?;
+        if erased {
+            return Err(StoreError::Erased(scope));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO legal_holds (patient, reason_sealed, placed_by, placed_at)
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(&scope)
+        .bind(&sealed)
+        .bind(&ctx.principal)
+        .bind(self.clock.now())
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = record(
+            self,
+            format!("urn:carapace:legal-hold:{id}"),
+            Some(scope),
+            Interaction::Admin,
+        );
+        self.audit_in(&mut tx, ctx, &event).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Release a hold (administrators; audited). Purges and erasure apply again once no hold on
+    /// the patient is in force.
+    pub async fn release_hold(&self, ctx: &AccessContext, id: i64) -> Result<(), StoreError> {
+        if let Err(e) = administrators_only(ctx) {
+            self.record_admin(ctx, "legal-hold-release", false).await?;
+            return Err(e);
+        }
+        let mut tx = self.pool.begin().await?;
+        let patient: Option<String> = sqlx::query_scalar(
+            "UPDATE legal_holds SET released_by = $1, released_at = $2
+              WHERE id = $3 AND released_at IS NULL RETURNING patient",
+        )
+        .bind(&ctx.principal)
+        .bind(self.clock.now())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(patient) = patient else {
+            return Err(StoreError::NotFound(format!("legal hold {id} in force")));
+        };
+        let event = record(
+            self,
+            format!("urn:carapace:legal-hold-release:{id}"),
+            Some(patient),
+            Interaction::Admin,
+        );
+        self.audit_in(&mut tx, ctx, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Holds in force, oldest first, with their reasons (administrators).
+    pub async fn holds(&self, ctx: &AccessContext) -> Result<Vec<LegalHold>, StoreError> {
+        administrators_only(ctx)?;
+        let rows = sqlx::query(
+            "SELECT id, patient, reason_sealed, placed_by, placed_at FROM legal_holds
+              WHERE released_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut holds = Vec::with_capacity(rows.len());
+        for row in rows {
+            let sealed: Vec<u8> = row.try_get("reason_sealed")?;
+            let reason = self.open_secret("legal-hold", &sealed).await?;
+            holds.push(LegalHold {
+                id: row.try_get("id")?,
+                patient: row.try_get("patient")?,
+                reason: String::from_utf8_lossy(&reason).into_owned(),
+                placed_by: row.try_get("placed_by")?,
+                placed_at: row.try_get("placed_at")?,
+            });
+        }
+        Ok(holds)
+    }
+
+    /// Erase a patient's record by crypto-shredding (administrators; audited; refused under a
+    /// legal hold): every resource sealed in the patient's compartment and every version sealed
+    /// under its data key is removed with its index rows, the data key's row is removed, tombstones
+    /// keep the ids answering 410, and then the patient's key-encryption key is destroyed in the
+    /// key provider — which is what reaches backups taken before. Audit events stay (they hold no
+    /// PHI in the clear and are sealed under the audit trail's own key). Asked again for an
+    /// erased patient, it finishes what a failure left (the KEK's destruction) and reports it.
+    pub async fn erase_patient(
+        &self,
+        ctx: &AccessContext,
+        patient: &str,
+    ) -> Result<Erasure, StoreError> {
+        let scope = patient_scope(patient)?;
+        if let Err(e) = administrators_only(ctx) {
+            self.record_admin(ctx, "erase", false).await?;
+            return Err(e);
+        }
+        let done = sqlx::query("SELECT resources, versions FROM erasures WHERE scope = $1")
+            .bind(&scope)
+            .fetch_optional(&self.pool)
+            .await?;
+        let (resources, versions) = match done {
+            Some(row) => (row.try_get("resources")?, row.try_get("versions")?),
+            None => {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query("SELECT * FROM carapace_erase_patient($1, $2, $3)")
+                    .bind(&scope)
+                    .bind(&ctx.principal)
+                    .bind(self.clock.now())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(refusal)?;
+                let resources: i64 = row.try_get("erased_resources_n")?;
+                let versions: i64 = row.try_get("erased_versions_n")?;
+                let event = record(
+                    self,
+                    format!(
+                        "urn:carapace:erasure:{scope}:resources={resources}:versions={versions}"
+                    ),
+                    Some(scope.clone()),
+                    Interaction::Delete,
+                );
+                if let Err(e) = self.audit_in(&mut tx, ctx, &event).await {
+                    self.record_admin(ctx, "erase", false).await?;
+                    return Err(e);
+                }
+                tx.commit().await?;
+                (resources, versions)
+            }
+        };
+        self.cache.forget_scope(&scope);
+        let kek_destroyed = self.finish_erasure(&scope).await?;
+        Ok(Erasure {
+            resources,
+            versions,
+            kek_destroyed,
+        })
+    }
+
+    /// Destroy an erasure's KEK if that is still to do; true once it is destroyed (false when the
+    /// erased key had no KEK of its own).
+    async fn finish_erasure(&self, scope: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT kek, kek_destroyed FROM erasures WHERE scope = $1")
+            .bind(scope)
+            .fetch_one(&self.pool)
+            .await?;
+        let kek: Option<String> = row.try_get("kek")?;
+        let destroyed: Option<DateTime<Utc>> = row.try_get("kek_destroyed")?;
+        let Some(kek) = kek else {
+            return Ok(false);
+        };
+        if destroyed.is_none() {
+            let kek = PatientKek::parse(&kek)?;
+            self.keys.destroy_kek(&kek).await?;
+            sqlx::query("UPDATE erasures SET kek_destroyed = $1 WHERE scope = $2")
+                .bind(self.clock.now())
+                .bind(scope)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// Destroy the KEKs of erasures whose destruction failed (the key provider was down); run
+    /// with every retention pass. Returns how many were destroyed.
+    pub async fn finish_erasures(&self) -> Result<u64, StoreError> {
+        let pending: Vec<String> = sqlx::query_scalar(
+            "SELECT scope FROM erasures WHERE kek IS NOT NULL AND kek_destroyed IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut done = 0;
+        for scope in pending {
+            self.cache.forget_scope(&scope);
+            if self.finish_erasure(&scope).await? {
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Purge non-current versions past the history retention of their type (or, `dry_run`,
+    /// count them), sparing held patients. Administrators; audited with the counts per type.
+    pub async fn purge_history(
+        &self,
+        ctx: &AccessContext,
+        config: &RetentionConfig,
+        dry_run: bool,
+    ) -> Result<HistoryPurge, StoreError> {
+        if let Err(e) = administrators_only(ctx) {
+            self.record_admin(ctx, "retention", false).await?;
+            return Err(e);
+        }
+        let now = self.clock.now();
+        let mut report = HistoryPurge::default();
+        for ty in ResourceType::all() {
+            let Some(days) = config.history_days(ty) else {
+                continue;
+            };
+            let before = now - chrono::Duration::days(i64::from(days));
+            let n = self
+                .purge_versions(ctx, ty, None, before, dry_run, None)
+                .await?;
+            if n > 0 {
+                report.per_type.push((ty, n));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Hard-delete every non-current version of one resource now (an administrator's `$expunge`
+    /// for minimisation; refused under a legal hold, audited). The current version stays. Returns
+    /// how many versions were removed.
+    pub async fn expunge_history(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<i64, StoreError> {
+        if let Err(e) = administrators_only(ctx) {
+            self.record_admin(ctx, "expunge", false).await?;
+            return Err(e);
+        }
+        let compartment: Option<Option<String>> = {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT set_config('carapace.reach', 'all', true)")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query_scalar(
+                "SELECT compartment FROM resources WHERE resource_type = $1 AND id = $2",
+            )
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let Some(compartment) = compartment else {
+            return Err(self.missing(resource_type, id.as_str()).await?);
+        };
+        if let Some(scope) = &compartment {
+            let held: bool = sqlx::query_scalar("SELECT carapace_held($1)")
+                .bind(scope)
+                .fetch_one(&self.pool)
+                .await?;
+            if held {
+                return Err(StoreError::Conflict(
+                    "the patient is under a legal hold".into(),
+                ));
+            }
+        }
+        let far = self.clock.now() + chrono::Duration::days(1);
+        self.purge_versions(
+            ctx,
+            resource_type,
+            Some(id.as_str()),
+            far,
+            false,
+            compartment,
+        )
+        .await
+    }
+
+    /// Run the purge function in batches, each batch one transaction with its AuditEvent (the
+    /// type or resource and the count: no content), so nothing is removed unrecorded.
+    async fn purge_versions(
+        &self,
+        ctx: &AccessContext,
+        ty: ResourceType,
+        id: Option<&str>,
+        before: DateTime<Utc>,
+        dry_run: bool,
+        patient: Option<String>,
+    ) -> Result<i64, StoreError> {
+        let mut total = 0i64;
+        loop {
+            let limit = if dry_run { i32::MAX } else { PURGE_BATCH };
+            let mut tx = self.pool.begin().await?;
+            let n: i64 = sqlx::query_scalar("SELECT carapace_purge_versions($1, $2, $3, $4, $5)")
+                .bind(ty.as_str())
+                .bind(id)
+                .bind(before)
+                .bind(limit)
+                .bind(dry_run)
+                .fetch_one(&mut *tx)
+                .await?;
+            if n > 0 && !dry_run {
+                let what = match id {
+                    Some(id) => format!("urn:carapace:expunge:{ty}/{id}:versions={n}"),
+                    None => format!("urn:carapace:retention:{ty}:versions={n}"),
+                };
+                let event = record(self, what, patient.clone(), Interaction::Delete);
+                self.audit_in(&mut tx, ctx, &event).await?;
+            }
+            tx.commit().await?;
+            total += n;
+            if dry_run || n < i64::from(PURGE_BATCH) {
+                return Ok(total);
+            }
+        }
+    }
+}
