@@ -163,11 +163,21 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
         vec![2],
         "every data key is wrapped under the new key version"
     );
-    let wrapped: Vec<String> = sqlx::query_scalar("SELECT wrapped FROM data_keys")
+    // Patients' keys are wrapped under their own KEKs, each rotated too; the rest under the main key.
+    let wrapped: Vec<(String, String)> = sqlx::query_as("SELECT scope, wrapped FROM data_keys")
         .fetch_all(&db)
         .await
         .unwrap();
-    assert!(wrapped.iter().all(|w| w.starts_with("vault:v2:")));
+    for (scope, wrapped) in &wrapped {
+        let inner = match wrapped.strip_prefix("kek:p-") {
+            Some(rest) => {
+                assert!(scope.starts_with("Patient/"), "{scope}");
+                rest.split_once(':').unwrap().1
+            }
+            None => wrapped,
+        };
+        assert!(inner.starts_with("vault:v2:"), "{scope}: {inner}");
+    }
 
     // After rotation: a restarted (cold) server unwraps the rewrapped keys, and new keys use v2.
     let status_env = stack.console_env("rotation-test").await;
@@ -177,13 +187,17 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
     for id in &ids {
         assert_eq!(fhir.get(&format!("Patient/{id}")).await.status, 200);
     }
-    assert_eq!(fhir.post("Patient", &patient(99)).await.status, 201);
+    // A new key under the main key is wrapped by its new version (a new patient's, by its own
+    // new KEK's first).
+    let practitioner = json!({"resourceType": "Practitioner", "name": [{"family": "After"}]});
+    assert_eq!(fhir.post("Practitioner", &practitioner).await.status, 201);
     let newest: i32 =
         sqlx::query_scalar("SELECT key_version FROM data_keys ORDER BY id DESC LIMIT 1")
             .fetch_one(&db)
             .await
             .unwrap();
     assert_eq!(newest, 2);
+    assert_eq!(fhir.post("Patient", &patient(99)).await.status, 201);
     // The console's status shows the same picture an operator checks after a rotation.
     let env = status_env;
     let status = tokio::task::spawn_blocking(move || {
@@ -200,9 +214,11 @@ async fn key_rotation_rewraps_every_data_key_while_reads_continue() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{text}");
     assert!(text.contains("Vault transit"), "{text}");
-    assert!(text.contains("resources:     41 current"), "{text}");
-    // 41 compartments, the 6 search-index keys and the audit trail's two keys
+    assert!(text.contains("resources:     42 current"), "{text}");
+    // 40 compartments, the 6 search-index keys, the audit trail's two keys and Practitioner's;
+    // the new patient's own KEK is at its first version
     assert!(text.contains("v2: 49"), "{text}");
+    assert!(text.contains("v1: 1"), "{text}");
     // Audited with the operator when it starts (E, administration) and when it completes (U).
     let audited: Vec<String> = sqlx::query_scalar(
         "SELECT action::text FROM audit_events WHERE principal = 'rotation-test' ORDER BY id",
@@ -226,6 +242,11 @@ path "transit/rewrap/{key}" {{ capabilities = ["update"] }}
 path "transit/encrypt/{key}" {{ capabilities = ["update"] }}
 path "transit/keys/{key}" {{ capabilities = ["create", "update", "read"] }}
 path "transit/keys/{key}/rotate" {{ capabilities = ["update"] }}
+path "transit/datakey/plaintext/{key}-p-*" {{ capabilities = ["update"] }}
+path "transit/decrypt/{key}-p-*" {{ capabilities = ["update"] }}
+path "transit/rewrap/{key}-p-*" {{ capabilities = ["update"] }}
+path "transit/encrypt/{key}-p-*" {{ capabilities = ["update"] }}
+path "transit/keys/{key}-p-*" {{ capabilities = ["create", "read", "update", "delete"] }}
 path "auth/token/lookup-self" {{ capabilities = ["read"] }}
 path "auth/token/renew-self" {{ capabilities = ["update"] }}"#
     )
