@@ -82,7 +82,14 @@ pub async fn patient(
         erased.resources, erased.versions
     );
     if erased.kek_destroyed {
-        println!("its key-encryption key is destroyed: backups taken before cannot open it");
+        match erased.main_key_until {
+            None => println!("its key-encryption key is destroyed: backups taken before cannot open it"),
+            Some(since) => println!(
+                "its key-encryption key is destroyed; WARNING: its data key was wrapped by the main \
+                 key until {}: backups taken before then can still open it",
+                since.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        }
     } else {
         println!(
             "WARNING: its data key was wrapped by the main key (not yet moved under a key of its \
@@ -137,11 +144,16 @@ pub async fn retention(
     for (ty, n) in &report.history.per_type {
         println!("history: {ty}: {n} non-current versions {verb}");
     }
-    if report.erasures_finished > 0 {
-        println!(
-            "erasures: {} key-encryption keys destroyed",
-            report.erasures_finished
-        );
+    if !dry_run {
+        let (done, failed) = store.finish_erasures(ctx).await?;
+        if done > 0 {
+            println!("erasures: {done} key-encryption keys destroyed (their destruction had failed before)");
+        }
+        if failed > 0 {
+            bail!(
+                "erasures: {failed} key-encryption keys could not be destroyed yet; run this again"
+            );
+        }
     }
     Ok(())
 }

@@ -202,8 +202,7 @@ async fn run() -> anyhow::Result<()> {
             }
         }
     });
-    // Retention: history past its time, audit events past theirs (archived first), and erasures
-    // whose key destruction failed, every CARAPACE_RETENTION_INTERVAL seconds (0: never here).
+    // Retention: history past its time, every CARAPACE_RETENTION_INTERVAL seconds (0: never here).
     if config.retention.interval_seconds > 0 {
         let store = core.store.clone();
         let retention = config.retention.clone();
@@ -214,12 +213,8 @@ async fn run() -> anyhow::Result<()> {
                 tokio::time::sleep(every).await;
                 match store.run_retention(&server, &retention, false).await {
                     Ok(report) => {
-                        if report.history.total() > 0 || report.erasures_finished > 0 {
-                            tracing::info!(
-                                versions = report.history.total(),
-                                erasures_finished = report.erasures_finished,
-                                "retention run"
-                            );
+                        if report.history.total() > 0 {
+                            tracing::info!(versions = report.history.total(), "retention run");
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "retention run failed; next run retries"),

@@ -110,7 +110,8 @@ async fn pg_dump_contains_no_canary_phi() {
         vec![
             format!("Patient/{pid}"),
             "audit/chain".into(),
-            "audit/events".into()
+            "audit/events".into(),
+            "keys/kek-names".into()
         ]
     );
     // Data keys are stored wrapped by Vault transit: a patient's under a key of its own there.

@@ -74,19 +74,20 @@ impl WrappedDek {
     }
 }
 
-/// A patient's key-encryption key, by name: `p-` and 32 random hex digits (no patient id in it,
-/// so the provider's key list names nobody). The name is checked wherever it is read back, as a
-/// wrapped key comes from the database and names a provider key (or, in the dev keyring, a file).
+/// A patient's key-encryption key, by name: `p-` and 32 hex digits derived from the scope
+/// ([`PatientKek::derived`]; no patient id in it, so the provider's key list names nobody). The
+/// name is checked wherever it is read back, as a wrapped key comes from the database and names a
+/// provider key (or, in the dev keyring, a file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatientKek(String);
 
 impl PatientKek {
-    fn fresh() -> PatientKek {
-        let bytes: [u8; 16] = rand::random();
-        PatientKek(format!(
-            "p-{}",
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ))
+    /// The name of a scope's KEK: `p-` and the first 128 bits of a MAC of the scope under a key
+    /// the store holds (so it names no patient, and a database row cannot make the store act on
+    /// another patient's KEK: the store derives the name from the scope, never reads it back).
+    pub fn derived(mac: &[u8]) -> PatientKek {
+        let hex: String = mac.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        PatientKek(format!("p-{hex}"))
     }
 
     pub fn parse(name: &str) -> Result<PatientKek, KeyError> {
@@ -145,21 +146,16 @@ pub enum KeyProvider {
 }
 
 impl KeyProvider {
-    /// Create a fresh DEK for a key scope: the clear key for immediate use and its wrapped form
-    /// for storage. A patient scope (`Patient/<id>`) gets a key-encryption key of its own first.
-    pub async fn generate_for(&self, scope: &str) -> Result<(Dek, WrappedDek), KeyError> {
-        if !scope.starts_with("Patient/") {
-            return self.generate_under(None).await;
+    /// Create a fresh DEK: the clear key for immediate use and its wrapped form for storage,
+    /// wrapped under `kek` (a patient's own, made here if it does not exist yet) or the main key.
+    pub async fn generate_for(
+        &self,
+        kek: Option<&PatientKek>,
+    ) -> Result<(Dek, WrappedDek), KeyError> {
+        if let Some(kek) = kek {
+            self.create_kek(kek).await?;
         }
-        let kek = PatientKek::fresh();
-        self.create_kek(&kek).await?;
-        match self.generate_under(Some(&kek)).await {
-            Ok(made) => Ok(made),
-            Err(e) => {
-                self.destroy_quietly(&kek).await;
-                Err(e)
-            }
-        }
+        self.generate_under(kek).await
     }
 
     async fn generate_under(
@@ -192,27 +188,19 @@ impl KeyProvider {
         Ok(rewrapped.under(kek.as_ref()))
     }
 
-    /// Move a patient's DEK wrapped under the main key (written before per-patient KEKs) under a
-    /// KEK of its own. The caller stores the result in place of `wrapped` (or destroys its KEK,
-    /// [`WrappedDek::kek`], when another process moved it first).
-    pub async fn adopt(&self, wrapped: &str) -> Result<WrappedDek, KeyError> {
+    /// Move a patient's DEK wrapped under the main key (written before per-patient KEKs) under
+    /// its KEK. The caller stores the result in place of `wrapped`.
+    pub async fn adopt(&self, wrapped: &str, kek: &PatientKek) -> Result<WrappedDek, KeyError> {
         if PatientKek::split(wrapped)?.0.is_some() {
             return Err(KeyError::Other("this key already has its own KEK".into()));
         }
         let dek = self.unwrap_dek(wrapped).await?;
-        let kek = PatientKek::fresh();
-        self.create_kek(&kek).await?;
+        self.create_kek(kek).await?;
         let inner = match self {
-            KeyProvider::Vault(v) => v.wrap(&v.key_for(Some(&kek)), &dek).await,
-            KeyProvider::File(f) => f.ring(Some(&kek)).map(|ring| ring.wrap(&dek)),
+            KeyProvider::Vault(v) => v.wrap(&v.key_for(Some(kek)), &dek).await?,
+            KeyProvider::File(f) => f.ring(Some(kek))?.wrap(&dek),
         };
-        match inner {
-            Ok(inner) => Ok(inner.under(Some(&kek))),
-            Err(e) => {
-                self.destroy_quietly(&kek).await;
-                Err(e)
-            }
-        }
+        Ok(inner.under(Some(kek)))
     }
 
     async fn create_kek(&self, kek: &PatientKek) -> Result<(), KeyError> {
@@ -244,13 +232,6 @@ impl KeyProvider {
         match self {
             KeyProvider::Vault(v) => v.key_exists(&v.key_for(Some(kek))).await,
             KeyProvider::File(f) => Ok(f.patient_ring_path(kek).exists()),
-        }
-    }
-
-    /// Remove a KEK this process made but could not use (a lost race, a failed call after it).
-    pub async fn destroy_quietly(&self, kek: &PatientKek) {
-        if let Err(e) = self.destroy_kek(kek).await {
-            tracing::warn!(kek = kek.name(), error = %e, "an unused patient KEK could not be removed");
         }
     }
 
@@ -418,12 +399,24 @@ impl VaultTransit {
         }
     }
 
+    /// Make the key if it does not exist. A policy may grant only `create` on patients' keys
+    /// (never `update`, which would reach their configuration), so a key made meanwhile by another
+    /// process answers 403 here: then it is enough that it exists.
     async fn create_key(&self, key: &str) -> Result<(), KeyError> {
-        let client = self.client.read().await;
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        vaultrs::transit::key::create(&*client, &self.config.mount, key, None)
-            .await
-            .map_err(vault_error)
+        let made = {
+            let client = self.client.read().await;
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            vaultrs::transit::key::create(&*client, &self.config.mount, key, None)
+                .await
+                .map_err(vault_error)
+        };
+        match made {
+            Ok(()) => Ok(()),
+            Err(e) => match self.key_exists(key).await {
+                Ok(true) => Ok(()),
+                _ => Err(e),
+            },
+        }
     }
 
     async fn key_exists(&self, key: &str) -> Result<bool, KeyError> {
@@ -806,6 +799,72 @@ mod tests {
         let path = dir.path().join("master.key");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(FileKeyring::open_or_create(dir.path()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_patient_kek_wraps_its_key_alone_and_destroying_it_ends_every_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyProvider::File(FileKeyring::open_or_create(dir.path()).unwrap());
+        let kek = PatientKek::derived(&[7u8; 32]);
+        let (dek, wrapped) = keys.generate_for(Some(&kek)).await.unwrap();
+        assert_eq!(wrapped.kek(), Some(kek.clone()));
+        assert!(wrapped
+            .wrapped
+            .starts_with(&format!("kek:{}:file:v1:", kek.name())));
+        let (_, other) = keys
+            .generate_for(Some(&PatientKek::derived(&[8u8; 32])))
+            .await
+            .unwrap();
+        assert_ne!(other.kek(), Some(kek.clone()));
+        // A second key under an existing KEK (a race between two first writes) reuses it.
+        let (again, _) = keys.generate_for(Some(&kek)).await.unwrap();
+        assert_ne!(again.expose(), dek.expose());
+        assert!(keys.unwrap_dek(&wrapped.wrapped).await.is_ok());
+        let (_, shared) = keys.generate_for(None).await.unwrap();
+        assert_eq!(shared.kek(), None);
+        assert_eq!(
+            keys.unwrap_dek(&wrapped.wrapped).await.unwrap().expose(),
+            dek.expose()
+        );
+        // Rotation adds a version to the patient's KEK; the old wrap keeps opening.
+        assert_eq!(keys.rotate_kek(&kek).await.unwrap(), 2);
+        let rewrapped = keys.rewrap(&wrapped.wrapped).await.unwrap();
+        assert_eq!(rewrapped.key_version, 2);
+        assert_eq!(rewrapped.kek(), Some(kek.clone()));
+        // Destroyed: no copy opens, and reading does not make the key again.
+        let copy = wrapped.wrapped.clone();
+        keys.destroy_kek(&kek).await.unwrap();
+        assert!(!keys.kek_exists(&kek).await.unwrap());
+        for w in [&copy, &rewrapped.wrapped] {
+            assert!(matches!(
+                keys.unwrap_dek(w).await,
+                Err(KeyError::Rejected(_))
+            ));
+        }
+        assert!(!keys.kek_exists(&kek).await.unwrap());
+        keys.destroy_kek(&kek).await.unwrap();
+        assert!(keys.unwrap_dek(&other.wrapped).await.is_ok());
+        // A KEK name from the database is checked before it names a file.
+        for forged in [
+            "kek:../master:file:v1:AAAA",
+            "kek:p-zz:file:v1:AAAA",
+            "kek:nocolon",
+        ] {
+            assert!(matches!(
+                keys.unwrap_dek(forged).await,
+                Err(KeyError::Rejected(_))
+            ));
+        }
+        // A key written before per-patient KEKs moves under one of its own, the DEK unchanged.
+        let (old_dek, old) = keys.generate_for(None).await.unwrap();
+        let own = PatientKek::derived(&[9u8; 32]);
+        let adopted = keys.adopt(&old.wrapped, &own).await.unwrap();
+        assert_eq!(adopted.kek(), Some(own.clone()));
+        assert_eq!(
+            keys.unwrap_dek(&adopted.wrapped).await.unwrap().expose(),
+            old_dek.expose()
+        );
+        assert!(keys.adopt(&adopted.wrapped, &own).await.is_err());
     }
 
     #[test]

@@ -9,7 +9,6 @@
 use super::{RetentionConfig, Store, StoreError};
 use crate::access::{AccessContext, Denied, Role};
 use crate::audit::{AuditRecord, Interaction, Outcome};
-use crate::crypto::keys::PatientKek;
 use crate::fhir::{ResourceId, ResourceType};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -36,6 +35,9 @@ pub struct Erasure {
     /// wrapped data key (backups, dumps) is now useless. False when the data key was still wrapped
     /// by the main key (written before per-patient keys and not yet moved) or had none.
     pub kek_destroyed: bool,
+    /// When the patient's data key got its own KEK, if later than the key was made (a key moved
+    /// from the main key): backups taken before then can still open the patient.
+    pub main_key_until: Option<DateTime<Utc>>,
 }
 
 /// Non-current versions purged (or, on a dry run, due) per resource type.
@@ -79,6 +81,10 @@ fn refusal(e: sqlx::Error) -> StoreError {
                     "a user account belongs to this patient: remove it first".into(),
                 )
             }
+            Some("CH004") => {
+                tracing::error!("an erasure found a data key row naming another patient's KEK");
+                return StoreError::Integrity;
+            }
             _ => {}
         }
     }
@@ -92,9 +98,22 @@ fn record(
     interaction: Interaction,
 ) -> AuditRecord {
     AuditRecord {
+        outcome: Outcome::Success,
+        ..refused(store, what, patient, interaction)
+    }
+}
+
+/// The event of a refused (or failed) operation on a patient's record.
+fn refused(
+    store: &Store,
+    what: String,
+    patient: Option<String>,
+    interaction: Interaction,
+) -> AuditRecord {
+    AuditRecord {
         query: None,
         interaction,
-        outcome: Outcome::Success,
+        outcome: Outcome::MinorFailure,
         recorded: store.clock.now(),
         what: Some(what),
         patient,
@@ -130,6 +149,14 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
         if erased {
+            drop(tx);
+            let event = refused(
+                self,
+                "urn:carapace:legal-hold".into(),
+                Some(scope.clone()),
+                Interaction::Admin,
+            );
+            self.audit_record(ctx, &event).await?;
             return Err(StoreError::Erased(scope));
         }
         let id: i64 = sqlx::query_scalar(
@@ -186,7 +213,12 @@ impl Store {
 
     /// Holds in force, oldest first, with their reasons (administrators).
     pub async fn holds(&self, ctx: &AccessContext) -> Result<Vec<LegalHold>, StoreError> {
-        administrators_only(ctx)?;
+        if let Err(e) = administrators_only(ctx) {
+            self.record_admin(ctx, "legal-hold-list", false).await?;
+            return Err(e);
+        }
+        // Reasons are opened for the operator: that is a read of sealed text, recorded.
+        self.record_admin(ctx, "legal-hold-list", true).await?;
         let rows = sqlx::query(
             "SELECT id, patient, reason_sealed, placed_by, placed_at FROM legal_holds
               WHERE released_at IS NULL ORDER BY id",
@@ -225,23 +257,47 @@ impl Store {
             self.record_admin(ctx, "erase", false).await?;
             return Err(e);
         }
-        let done = sqlx::query("SELECT resources, versions FROM erasures WHERE scope = $1")
-            .bind(&scope)
-            .fetch_optional(&self.pool)
-            .await?;
-        let (resources, versions) = match done {
-            Some(row) => (row.try_get("resources")?, row.try_get("versions")?),
+        let done = sqlx::query(
+            "SELECT resources, versions, kek_since, erased_at FROM erasures WHERE scope = $1",
+        )
+        .bind(&scope)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (resources, versions, main_key_until) = match done {
+            Some(row) => (
+                row.try_get("resources")?,
+                row.try_get("versions")?,
+                None::<DateTime<Utc>>,
+            ),
             None => {
+                let kek = self.kek_for(&scope).await?.ok_or(StoreError::Integrity)?;
                 let mut tx = self.pool.begin().await?;
-                let row = sqlx::query("SELECT * FROM carapace_erase_patient($1, $2, $3)")
+                let row = sqlx::query("SELECT * FROM carapace_erase_patient($1, $2, $3, $4)")
                     .bind(&scope)
                     .bind(&ctx.principal)
                     .bind(self.clock.now())
+                    .bind(kek.name())
                     .fetch_one(&mut *tx)
                     .await
-                    .map_err(refusal)?;
+                    .map_err(refusal);
+                let row = match row {
+                    Ok(row) => row,
+                    Err(e) => {
+                        drop(tx);
+                        let event = refused(
+                            self,
+                            format!("urn:carapace:erasure:{scope}"),
+                            Some(scope.clone()),
+                            Interaction::Delete,
+                        );
+                        self.audit_record(ctx, &event).await?;
+                        return Err(e);
+                    }
+                };
                 let resources: i64 = row.try_get("erased_resources_n")?;
                 let versions: i64 = row.try_get("erased_versions_n")?;
+                let since: Option<DateTime<Utc>> = row.try_get("erased_kek_since")?;
+                let created: Option<DateTime<Utc>> = row.try_get("erased_key_created")?;
                 let event = record(
                     self,
                     format!(
@@ -250,63 +306,99 @@ impl Store {
                     Some(scope.clone()),
                     Interaction::Delete,
                 );
-                if let Err(e) = self.audit_in(&mut tx, ctx, &event).await {
-                    self.record_admin(ctx, "erase", false).await?;
-                    return Err(e);
-                }
+                self.audit_in(&mut tx, ctx, &event).await?;
                 tx.commit().await?;
-                (resources, versions)
+                let moved_later = match (since, created) {
+                    (Some(since), Some(created)) => {
+                        (since > created + chrono::Duration::seconds(1)).then_some(since)
+                    }
+                    _ => None,
+                };
+                (resources, versions, moved_later)
             }
         };
         self.cache.forget_scope(&scope);
-        let kek_destroyed = self.finish_erasure(&scope).await?;
+        let kek_destroyed = self.finish_erasure(ctx, &scope).await?;
         Ok(Erasure {
             resources,
             versions,
             kek_destroyed,
+            main_key_until,
         })
     }
 
-    /// Destroy an erasure's KEK if that is still to do; true once it is destroyed (false when the
-    /// erased key had no KEK of its own).
-    async fn finish_erasure(&self, scope: &str) -> Result<bool, StoreError> {
+    /// Destroy an erasure's KEK if that is still to do, audited; true once it is destroyed (false
+    /// when the erased key had no KEK of its own). The KEK destroyed is the one derived from the
+    /// scope, and only if the erasure's row names that one.
+    async fn finish_erasure(&self, ctx: &AccessContext, scope: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT kek, kek_destroyed FROM erasures WHERE scope = $1")
             .bind(scope)
             .fetch_one(&self.pool)
             .await?;
-        let kek: Option<String> = row.try_get("kek")?;
+        let named: Option<String> = row.try_get("kek")?;
         let destroyed: Option<DateTime<Utc>> = row.try_get("kek_destroyed")?;
-        let Some(kek) = kek else {
+        let Some(named) = named else {
             return Ok(false);
         };
-        if destroyed.is_none() {
-            let kek = PatientKek::parse(&kek)?;
-            self.keys.destroy_kek(&kek).await?;
-            sqlx::query("UPDATE erasures SET kek_destroyed = $1 WHERE scope = $2")
-                .bind(self.clock.now())
-                .bind(scope)
-                .execute(&self.pool)
-                .await?;
+        if destroyed.is_some() {
+            return Ok(true);
         }
+        let kek = self.kek_for(scope).await?.ok_or(StoreError::Integrity)?;
+        if kek.name() != named {
+            tracing::error!("an erasure's row names another patient's KEK; not destroyed");
+            return Err(StoreError::Integrity);
+        }
+        if let Err(e) = self.keys.destroy_kek(&kek).await {
+            let event = refused(
+                self,
+                format!("urn:carapace:erasure-key:{scope}"),
+                Some(scope.to_string()),
+                Interaction::Delete,
+            );
+            self.audit_record(ctx, &event).await?;
+            return Err(e.into());
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE erasures SET kek_destroyed = $1 WHERE scope = $2")
+            .bind(self.clock.now())
+            .bind(scope)
+            .execute(&mut *tx)
+            .await?;
+        let event = record(
+            self,
+            format!("urn:carapace:erasure-key:{scope}"),
+            Some(scope.to_string()),
+            Interaction::Delete,
+        );
+        self.audit_in(&mut tx, ctx, &event).await?;
+        tx.commit().await?;
         Ok(true)
     }
 
-    /// Destroy the KEKs of erasures whose destruction failed (the key provider was down); run
-    /// with every retention pass. Returns how many were destroyed.
-    pub async fn finish_erasures(&self) -> Result<u64, StoreError> {
+    /// Destroy the KEKs of erasures whose destruction failed (the key provider was down), each on
+    /// its own: one that fails is logged and the others go on. Administrators (the console's
+    /// `retention run`: the server's key-provider credentials may not delete keys). Returns how
+    /// many were destroyed and how many failed.
+    pub async fn finish_erasures(&self, ctx: &AccessContext) -> Result<(u64, u64), StoreError> {
+        administrators_only(ctx)?;
         let pending: Vec<String> = sqlx::query_scalar(
             "SELECT scope FROM erasures WHERE kek IS NOT NULL AND kek_destroyed IS NULL",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut done = 0;
+        let (mut done, mut failed) = (0, 0);
         for scope in pending {
             self.cache.forget_scope(&scope);
-            if self.finish_erasure(&scope).await? {
-                done += 1;
+            match self.finish_erasure(ctx, &scope).await {
+                Ok(true) => done += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(error = %e, "destroying an erased patient's KEK failed");
+                }
             }
         }
-        Ok(done)
+        Ok((done, failed))
     }
 
     /// Purge non-current versions past the history retention of their type (or, `dry_run`,
@@ -365,7 +457,7 @@ impl Store {
             .await?
         };
         let Some(compartment) = compartment else {
-            return Err(self.missing(resource_type, id.as_str()).await?);
+            return Err(self.missing(ctx, resource_type, id.as_str()).await?);
         };
         if let Some(scope) = &compartment {
             let held: bool = sqlx::query_scalar("SELECT carapace_held($1)")
@@ -373,6 +465,13 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
             if held {
+                let event = refused(
+                    self,
+                    format!("urn:carapace:expunge:{resource_type}/{id}"),
+                    Some(scope.clone()),
+                    Interaction::Delete,
+                );
+                self.audit_record(ctx, &event).await?;
                 return Err(StoreError::Conflict(
                     "the patient is under a legal hold".into(),
                 ));

@@ -70,7 +70,7 @@ impl Store {
                 super::release::since_allowed(ctx, query.since)?;
                 // An erased resource's history is gone with it.
                 if let (Some(t), Some(i)) = (resource_type, id) {
-                    if let erased @ StoreError::Erased(_) = self.missing(t, i.as_str()).await? {
+                    if let erased @ StoreError::Erased(_) = self.missing(ctx, t, i.as_str()).await? {
                         return Err(erased);
                     }
                 }

@@ -15,6 +15,9 @@ use std::time::Instant;
 /// Key scope of the data key that seals identity secrets (TOTP seeds).
 const IDENTITY_SCOPE: &str = "identity";
 
+/// Key scope of the data key that names patients' key-encryption keys.
+const KEK_NAMES_SCOPE: &str = "keys/kek-names";
+
 fn secret_aad(purpose: &str) -> Vec<u8> {
     format!("carapace/secret/v1/{purpose}").into_bytes()
 }
@@ -76,17 +79,21 @@ impl Store {
             }
             for row in &batch {
                 let key = DekRow::from_parts(row)?;
-                let rewrapped = match PatientKek::of(&key.wrapped) {
-                    Some(kek) => {
-                        self.keys.rotate_kek(&kek).await?;
-                        self.keys.rewrap(&key.wrapped).await?
+                let own = self.kek_for(&key.scope).await?;
+                let (rewrapped, adopted) = match (PatientKek::of(&key.wrapped), own) {
+                    // Only the scope's own KEK is rotated: a row naming another is refused.
+                    (Some(named), Some(own)) if named == own => {
+                        self.keys.rotate_kek(&own).await?;
+                        (self.keys.rewrap(&key.wrapped).await?, false)
                     }
-                    None if key.scope.starts_with("Patient/") => {
-                        self.keys.adopt(&key.wrapped).await?
+                    (Some(_), _) => {
+                        tracing::error!(scope_id = key.id, "a data key row names another scope's KEK");
+                        return Err(StoreError::Integrity);
                     }
-                    None => self.keys.rewrap(&key.wrapped).await?,
+                    (None, Some(own)) => (self.keys.adopt(&key.wrapped, &own).await?, true),
+                    (None, None) => (self.keys.rewrap(&key.wrapped).await?, false),
                 };
-                self.replace_wrapped(&key, &rewrapped).await?;
+                self.replace_wrapped(&key, &rewrapped, adopted).await?;
                 after = key.id;
                 done += 1;
                 progress(done, total);
@@ -117,14 +124,18 @@ impl Store {
     }
 
     /// Store a key's new wrapped form in place of the one read. Only what was read is replaced: a
-    /// concurrent rewrap (or erasure) of the same row wins, and a KEK made for this one is dropped.
+    /// concurrent rewrap (or erasure) of the same row wins. (A KEK made meanwhile is the scope's
+    /// own, whoever made it: names are derived from the scope, so nothing is left over.)
+    /// `adopted` records when a patient's key first got its own KEK.
     async fn replace_wrapped(
         &self,
         key: &DekRow,
         rewrapped: &crate::crypto::keys::WrappedDek,
+        adopted: bool,
     ) -> Result<(), StoreError> {
-        let replaced = sqlx::query(
-            "UPDATE data_keys SET wrapped = $1, key_version = $2, rewrapped_at = $3
+        sqlx::query(
+            "UPDATE data_keys SET wrapped = $1, key_version = $2, rewrapped_at = $3,
+                    kek_since = CASE WHEN $6 THEN $3 ELSE kek_since END
               WHERE id = $4 AND wrapped = $5",
         )
         .bind(&rewrapped.wrapped)
@@ -132,18 +143,27 @@ impl Store {
         .bind(self.clock.now())
         .bind(key.id)
         .bind(&key.wrapped)
+        .bind(adopted)
         .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let made_here = rewrapped
-            .kek()
-            .filter(|kek| PatientKek::of(&key.wrapped).as_ref() != Some(kek));
-        if replaced == 0 {
-            if let Some(kek) = made_here {
-                self.keys.destroy_quietly(&kek).await;
-            }
-        }
+        .await?;
         Ok(())
+    }
+
+    /// The name of a patient scope's key-encryption key: HMAC-SHA-256 of the scope under the data
+    /// key `keys/kek-names` (wrapped by the main key, cached like any DEK). Derived, never read
+    /// from a row, so a row copied from another patient cannot make the store use or destroy that
+    /// patient's KEK; `None` for a scope that is not a patient's.
+    pub(super) async fn kek_for(&self, scope: &str) -> Result<Option<PatientKek>, StoreError> {
+        use hmac::Mac;
+        if !scope.starts_with("Patient/") {
+            return Ok(None);
+        }
+        let (_, key) = self.dek_for_scope_under(KEK_NAMES_SCOPE, None).await?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose())
+            .map_err(|_| StoreError::Integrity)?;
+        mac.update(b"carapace/patient-kek/v1/");
+        mac.update(scope.as_bytes());
+        Ok(Some(PatientKek::derived(&mac.finalize().into_bytes())))
     }
 
     /// Give every patient's data key written before per-patient KEKs one of its own (run by the
@@ -167,8 +187,12 @@ impl Store {
             }
             for row in &batch {
                 let key = DekRow::from_parts(row)?;
-                let adopted = self.keys.adopt(&key.wrapped).await?;
-                self.replace_wrapped(&key, &adopted).await?;
+                let kek = self
+                    .kek_for(&key.scope)
+                    .await?
+                    .ok_or(StoreError::Integrity)?;
+                let adopted = self.keys.adopt(&key.wrapped, &kek).await?;
+                self.replace_wrapped(&key, &adopted, true).await?;
                 after = key.id;
                 moved += 1;
             }
@@ -259,6 +283,19 @@ impl Store {
         if let Some(hit) = self.cache.get_scope(scope, Instant::now()) {
             return Ok(hit);
         }
+        let kek = self.kek_for(scope).await?;
+        self.dek_for_scope_under(scope, kek).await
+    }
+
+    /// [`Store::dek_for_scope`] with the scope's KEK known (`None`: the main key).
+    async fn dek_for_scope_under(
+        &self,
+        scope: &str,
+        kek: Option<PatientKek>,
+    ) -> Result<(i64, Arc<Dek>), StoreError> {
+        if let Some(hit) = self.cache.get_scope(scope, Instant::now()) {
+            return Ok(hit);
+        }
         let existing = sqlx::query("SELECT id, scope, wrapped FROM data_keys WHERE scope = $1")
             .bind(scope)
             .fetch_optional(&self.pool)
@@ -267,34 +304,36 @@ impl Store {
             let key = DekRow::from_parts(&row)?;
             return Ok((key.id, self.dek_by_id(&key).await?));
         }
-        // An erased patient's record stays erased: nothing is sealed for it again.
+        // An erased patient's record stays erased: nothing is sealed for it again (a trigger on
+        // data_keys refuses it too, for a first write racing the erasure).
         let erased: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM erasures WHERE scope = $1)")
                 .bind(scope)
                 .fetch_one(&self.pool)
                 .await?;
         if erased {
-            return Err(StoreError::Erased(scope.to_string()));
+            return Err(StoreError::Erased(
+                "the patient record this belongs to".into(),
+            ));
         }
-        let (dek, wrapped) = self.keys.generate_for(scope).await?;
+        let (dek, wrapped) = self.keys.generate_for(kek.as_ref()).await?;
+        let now = self.clock.now();
         let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO data_keys (scope, wrapped, key_version, created_at) VALUES ($1, $2, $3, $4)
+            "INSERT INTO data_keys (scope, wrapped, key_version, created_at, kek_since)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (scope) DO NOTHING RETURNING id",
         )
         .bind(scope)
         .bind(&wrapped.wrapped)
         .bind(wrapped.key_version)
-        .bind(self.clock.now())
+        .bind(now)
+        .bind(kek.as_ref().map(|_| now))
         .fetch_optional(&self.pool)
         .await?;
         match inserted {
             Some(id) => Ok((id, self.cache.insert(id, scope, dek, Instant::now()))),
             None => {
-                // Another request created this scope's key first: use theirs (and drop the KEK
-                // made for ours).
-                if let Some(kek) = wrapped.kek() {
-                    self.keys.destroy_quietly(&kek).await;
-                }
+                // Another request created this scope's key first: use theirs.
                 let row = sqlx::query("SELECT id, scope, wrapped FROM data_keys WHERE scope = $1")
                     .bind(scope)
                     .fetch_one(&self.pool)

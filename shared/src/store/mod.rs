@@ -111,9 +111,12 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
         // A version sealed under a data key an erasure removed meanwhile (this process still had
-        // the key cached): the record it was written to is gone.
+        // the key cached), or a write the database refused as erased (a tombstoned id, a key for
+        // an erased patient): the record it was written to is gone.
         if let sqlx::Error::Database(db) = &e {
-            if db.constraint() == Some("resource_versions_dek_id_fkey") {
+            if db.constraint() == Some("resource_versions_dek_id_fkey")
+                || db.code().as_deref() == Some("CH003")
+            {
                 return StoreError::Erased("the patient record this belongs to".into());
             }
         }

@@ -52,12 +52,19 @@ pub(super) fn form_pairs(query: &str) -> Vec<(String, String)> {
 
 impl Store {
     /// Why a resource that has no row is missing: erased (410, its id kept as a tombstone) or
-    /// never here (404).
+    /// never here (404). Only a caller who could have seen every record learns that an id was
+    /// erased; to anyone else it is as unknown as an id never used (an id of a client's choosing,
+    /// such as an MRN, would otherwise tell that a person was erased).
     pub(super) async fn missing(
         &self,
+        ctx: &AccessContext,
         resource_type: ResourceType,
         id: &str,
     ) -> Result<StoreError, StoreError> {
+        let reference = format!("{resource_type}/{id}");
+        if !self.plan(ctx).await?.sees_everything() {
+            return Ok(StoreError::NotFound(reference));
+        }
         let erased: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM erased_resources WHERE resource_type = $1 AND id = $2)",
         )
@@ -65,7 +72,6 @@ impl Store {
         .bind(id)
         .fetch_one(&self.pool)
         .await?;
-        let reference = format!("{resource_type}/{id}");
         Ok(if erased {
             StoreError::Erased(reference)
         } else {
@@ -220,7 +226,7 @@ impl Store {
         };
         let result = match row {
             Err(e) => Err(e),
-            Ok(None) => Err(self.missing(resource_type, id.as_str()).await?),
+            Ok(None) => Err(self.missing(ctx, resource_type, id.as_str()).await?),
             // Another compartment's data looks exactly like data that does not exist.
             Ok(Some(row)) if !reach::visible(ctx, resource_type, &row)? => {
                 Err(StoreError::NotFound(reference.clone()))

@@ -79,13 +79,12 @@ impl RetentionConfig {
 #[derive(Debug, Clone, Default)]
 pub struct RetentionReport {
     pub history: HistoryPurge,
-    /// Erasures whose key-encryption key was destroyed in this run (it had failed before).
-    pub erasures_finished: u64,
 }
 
 impl Store {
-    /// One retention run: history past its time, then erasures left unfinished. The server runs
-    /// it every `interval_seconds`; `carapace-console retention run [--dry-run]` on demand.
+    /// One retention run: history past its time. The server runs it every `interval_seconds`;
+    /// `carapace-console retention run [--dry-run]` on demand (which also finishes erasures whose
+    /// key destruction failed: the server's key-provider credentials may not delete keys).
     pub async fn run_retention(
         &self,
         ctx: &AccessContext,
@@ -93,15 +92,7 @@ impl Store {
         dry_run: bool,
     ) -> Result<RetentionReport, StoreError> {
         let history = self.purge_history(ctx, config, dry_run).await?;
-        let erasures_finished = if dry_run {
-            0
-        } else {
-            self.finish_erasures().await?
-        };
-        Ok(RetentionReport {
-            history,
-            erasures_finished,
-        })
+        Ok(RetentionReport { history })
     }
 }
 

@@ -508,14 +508,16 @@ impl Store {
         // Update-as-create with an id of the client's choosing is for callers no compartment
         // narrows: for anyone else a fresh id and an id hidden from them answer alike (404), so
         // PUT is no oracle for what exists in other records.
-        // An erased resource's id is never used again.
-        if head.is_none() {
-            if let err @ StoreError::Erased(_) = self.missing(resource_type, id.as_str()).await? {
-                return Err(err);
-            }
-        }
         if head.is_none() && !prepared.server_id && !crate::access::policy::may_choose_ids(ctx) {
             return Err(StoreError::NotFound(format!("{resource_type}/{id}")));
+        }
+        // An erased resource's id is never used again (a trigger on `resources` refuses it too).
+        if head.is_none() {
+            if let err @ StoreError::Erased(_) =
+                self.missing(ctx, resource_type, id.as_str()).await?
+            {
+                return Err(err);
+            }
         }
         // Updating a deleted resource brings it back: a creation, continuing its version line.
         let exists = match &head {

@@ -1,6 +1,8 @@
 //! Benchmark: starts a private PostgreSQL, `bao server -dev` and the release `carapace-server`, then
 //! drives read-by-id and create workloads at 1 and 32 concurrent clients over loopback (and a read
-//! by id as a practitioner under consent at 32) and prints a table: throughput, p50, p99, Vault
+//! by id as a practitioner under consent at 32; creating patients, each with a key-encryption key
+//! of its own; and reads through a second server whose data-key cache is off, so each read unwraps
+//! its key in Vault — under the patient's own KEK, or under the main key) and prints a table: throughput, p50, p99, Vault
 //! calls per 1,000 requests and the server's peak RSS. Each row is also run against `hello-server`
 //! (a trivial hyper server in its own process) just before, with the same driver, concurrency and
 //! duration, and printed beside it as hello's throughput and the workload's throughput and p50 as
@@ -20,6 +22,13 @@ enum Workload {
     /// gate reads the consents on every request, as it does for every caller narrowed by consent.
     ReadAsPractitioner,
     Create,
+    /// A new patient: a new compartment, so a new KEK in Vault and a data key under it.
+    CreatePatient,
+    /// A read by id of an Observation with no data-key cache: its key unwrapped under its
+    /// patient's own KEK (one of 200).
+    ReadUncachedPatientKey,
+    /// The same for a Practitioner: its key unwrapped under the main key.
+    ReadUncachedMainKey,
 }
 
 impl Workload {
@@ -28,7 +37,17 @@ impl Workload {
             Workload::Read => "read by id",
             Workload::ReadAsPractitioner => "read by id (practitioner)",
             Workload::Create => "create",
+            Workload::CreatePatient => "create patient (new KEK)",
+            Workload::ReadUncachedPatientKey => "read by id, no key cache (patient KEK)",
+            Workload::ReadUncachedMainKey => "read by id, no key cache (main key)",
         }
+    }
+
+    fn uncached(self) -> bool {
+        matches!(
+            self,
+            Workload::ReadUncachedPatientKey | Workload::ReadUncachedMainKey
+        )
     }
 }
 
@@ -77,10 +96,29 @@ async fn measure(
         async move {
             let (base, auth) = (&target.base, target.auth.as_str());
             match workload {
-                Workload::Read | Workload::ReadAsPractitioner => {
+                Workload::Read
+                | Workload::ReadAsPractitioner
+                | Workload::ReadUncachedPatientKey => {
                     let url = format!("{base}/Observation/{}", read_ids[n % read_ids.len()]);
                     let headers = [("Accept", FHIR_JSON), ("Authorization", auth)];
                     matches!(http("GET", &url, &headers, None).await, Ok(r) if r.status == 200)
+                }
+                Workload::ReadUncachedMainKey => {
+                    let url = format!("{base}/Practitioner/{}", patients[n % patients.len()]);
+                    let headers = [("Accept", FHIR_JSON), ("Authorization", auth)];
+                    matches!(http("GET", &url, &headers, None).await, Ok(r) if r.status == 200)
+                }
+                Workload::CreatePatient => {
+                    let body = json!({"resourceType": "Patient", "name": [{"family": format!("New{n}")}]});
+                    let url = format!("{base}/Patient");
+                    let headers = [
+                        ("Content-Type", FHIR_JSON),
+                        ("Prefer", "return=minimal"),
+                        ("Authorization", auth),
+                    ];
+                    let created = if target.hello { 200 } else { 201 };
+                    let body = body.to_string().into_bytes();
+                    matches!(http("POST", &url, &headers, Some(body)).await, Ok(r) if r.status == created)
                 }
                 Workload::Create => {
                     let body = observation(&patients[n % patients.len()], n);
@@ -202,7 +240,24 @@ async fn main() -> anyhow::Result<()> {
         read_ids.push(r.json()["id"].as_str().unwrap_or_default().to_string());
     }
     practitioner(&stack, &patients).await?;
+    // 200 practitioners, all under one data key (wrapped by the main key), for the uncached rows.
+    let mut practitioners = Vec::new();
+    for i in 0..200 {
+        let r = fhir
+            .post(
+                "Practitioner",
+                &json!({"resourceType": "Practitioner", "name": [{"family": format!("Doc{i}")}]}),
+            )
+            .await;
+        practitioners.push(r.json()["id"].as_str().unwrap_or_default().to_string());
+    }
+    // A second server on the same database and Vault whose key cache holds a key for one use:
+    // every read unwraps its key in Vault, as a cold server does for each compartment's first.
+    let mut uncached_env = server.env.clone();
+    uncached_env.push(("CARAPACE_DEK_CACHE_MAX_USES".into(), "1".into()));
+    let uncached = Server::start(uncached_env).await?;
     let (read_ids, patients) = (Arc::new(read_ids), Arc::new(patients));
+    let practitioners = Arc::new(practitioners);
     let system = server.bearer();
     // Warm-up: every data key unwrapped once, connections open (to both servers).
     run(
@@ -224,6 +279,12 @@ async fn main() -> anyhow::Result<()> {
         (Workload::ReadAsPractitioner, 32),
         (Workload::Create, 1),
         (Workload::Create, 32),
+        (Workload::CreatePatient, 1),
+        (Workload::CreatePatient, 32),
+        (Workload::ReadUncachedPatientKey, 1),
+        (Workload::ReadUncachedPatientKey, 32),
+        (Workload::ReadUncachedMainKey, 1),
+        (Workload::ReadUncachedMainKey, 32),
     ] {
         eprintln!(
             "running {} x{concurrency} for {seconds} s (hello-server, then carapace-server)",
@@ -239,21 +300,27 @@ async fn main() -> anyhow::Result<()> {
             ),
             _ => system.clone(),
         };
+        let (target, second) = match workload {
+            Workload::ReadUncachedMainKey => (&uncached, practitioners.clone()),
+            w if w.uncached() => (&uncached, patients.clone()),
+            _ => (server, patients.clone()),
+        };
         rows.push(
             run(
-                server,
+                target,
                 &hello,
                 &auth,
                 workload,
                 concurrency,
                 seconds,
                 read_ids.clone(),
-                patients.clone(),
+                second,
             )
             .await,
         );
     }
     let rss = server.pid().map(peak_rss_mb).unwrap_or(f64::NAN);
+    let uncached_rss = uncached.pid().map(peak_rss_mb).unwrap_or(f64::NAN);
     let hello_rss = peak_rss_mb(hello.pid());
     println!("| workload | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) | Vault calls / 1,000 req |{VS_HELLO_HEADER}");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|{VS_HELLO_ALIGN}");
@@ -273,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let hello_errors: usize = rows.iter().map(|r| r.hello.errors).sum();
     println!(
-        "\nserver peak RSS (VmHWM): {rss:.1} MB; hello-server peak RSS: {hello_rss:.1} MB; {} cores; {} s per workload and server",
+        "\nserver peak RSS (VmHWM): {rss:.1} MB (the uncached server: {uncached_rss:.1} MB); hello-server peak RSS: {hello_rss:.1} MB; {} cores; {} s per workload and server",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),

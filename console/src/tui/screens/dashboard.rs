@@ -102,9 +102,7 @@ impl Dashboard {
         // A real call (a data key made and thrown away), bounded: a sealed or unreachable Vault
         // shows here rather than on the next write.
         let key_provider = async {
-            match tokio::time::timeout(Duration::from_secs(3), core.keys.generate_for("type/Probe"))
-                .await
-            {
+            match tokio::time::timeout(Duration::from_secs(3), core.keys.generate_for(None)).await {
                 Ok(Ok(_)) => format!("answering · {}", core.keys.describe()),
                 Ok(Err(e)) => format!("FAILING ({e}) · {}", core.keys.describe()),
                 Err(_) => format!("NOT ANSWERING in 3 s · {}", core.keys.describe()),
