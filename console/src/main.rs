@@ -20,6 +20,8 @@ use carapace_core::store::OperatorCounts;
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 
+mod audit_archive;
+
 /// Carapace administrator console. Configuration comes from the same CARAPACE_* environment
 /// variables as the server (see `carapace-server --help`). Without CARAPACE_DATABASE_URL or a
 /// Vault it works on the server's data directory (CARAPACE_DATA_DIR, default ./carapace-data) and
@@ -150,6 +152,18 @@ enum AuditCommand {
         /// A head printed by an earlier run: also prove that nothing up to it was cut from the end.
         #[arg(long, value_name = "SEQ:LINK")]
         anchor: Option<String>,
+        /// Check this archive file instead (from `audit archive`): its digest is recorded, every
+        /// event's tag and link hold, and its end is where the next segment starts.
+        #[arg(long, value_name = "FILE")]
+        archive: Option<std::path::PathBuf>,
+    },
+    /// Archive the events older than CARAPACE_AUDIT_RETENTION_DAYS to sealed files in
+    /// CARAPACE_AUDIT_ARCHIVE_DIR, then remove them from the database (all but those of patients
+    /// under a legal hold); `audit verify` then proves the rest, `--archive` each file.
+    Archive {
+        /// Count what would be archived; write and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -324,8 +338,18 @@ async fn dispatch(core: &Core, config: &Config, command: Command) -> anyhow::Res
             command: KeysCommand::Rotate,
         } => rotate(core, &ctx).await,
         Command::Audit {
-            command: AuditCommand::Verify { anchor },
+            command:
+                AuditCommand::Verify {
+                    anchor,
+                    archive: Some(file),
+                },
+        } => audit_archive::verify(core, &ctx, &file, anchor.as_deref()).await,
+        Command::Audit {
+            command: AuditCommand::Verify { anchor, .. },
         } => audit_verify(core, &ctx, anchor.as_deref()).await,
+        Command::Audit {
+            command: AuditCommand::Archive { dry_run },
+        } => audit_archive::archive(core, &ctx, dry_run).await,
         Command::Btg {
             command: BtgCommand::List { all },
         } => btg_list(core, &ctx, all).await,
@@ -726,6 +750,7 @@ async fn audit_verify(
                 report.head.0,
                 hex::encode(&report.head.1)
             );
+            audit_archive::print_trail_start(&report);
             Ok(())
         }
         Some((at, why)) => anyhow::bail!(

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod audit;
+mod audit_retention;
 mod auth;
 mod authorize;
 mod bad_input;

@@ -16,6 +16,13 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
+mod archive; // archived segments of the chain: their lines and their check
+
+pub use archive::{
+    archivable, from_hex, segment_page, to_hex, ArchiveHeader, ArchivedEvent, Segment,
+    SegmentCheck, ARCHIVE_FORMAT,
+};
+
 /// The RESTful interaction being audited (the BALP subtype).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interaction {
@@ -495,10 +502,20 @@ pub async fn chain_pending(
     Ok(u64::try_from(ids.len()).unwrap_or(0))
 }
 
+/// Every chained event: on its own row (migrations 0005 to 0008), or through `audit_links` (0009
+/// on).
+const CHAINED: &str = "(SELECT seq, id AS event_id, link, true AS own_row FROM audit_events
+                         WHERE seq IS NOT NULL
+                        UNION ALL
+                        SELECT seq, event_id, link, false FROM audit_links)";
+
+/// The link before the first event of the chain.
+pub const GENESIS_LINK: [u8; 32] = [0u8; 32];
+
 /// What [`verify_chain`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReport {
-    /// Chained events checked.
+    /// Chained events checked (of the live trail, from its start).
     pub checked: u64,
     /// Events recorded before the chain existed (migration 0005), not covered.
     pub unchained: u64,
@@ -510,24 +527,39 @@ pub struct ChainReport {
     /// administrators cannot reach, it is an anchor: a later `verify` given it proves nothing
     /// up to it was cut from the end of the chain.
     pub head: (i64, Vec<u8>),
+    /// Where the live trail starts: its first sequence number and the link before it (the end
+    /// link of the last archive; `(1, zeros)` while nothing is archived).
+    pub start: (i64, Vec<u8>),
+    /// Archived segments recorded (`audit_archives`), which join up from sequence 1 to the start.
+    pub archives: u64,
+    /// Events before the start kept in the table under a legal hold, each checked by its tag
+    /// (their links are checked with their archive).
+    pub kept: u64,
+    /// The anchor given lies before the start, in this archive (its file name): proven there by
+    /// `audit verify --archive`, not here.
+    pub anchor_archived: Option<String>,
 }
 
-/// Walk the chain in order, recomputing every tag and link, and report the first event that was
-/// edited, deleted, reordered or inserted. `progress` gets (checked, total).
+/// Walk the chain in order from where the live trail starts, recomputing every tag and link, and
+/// report the first event that was edited, deleted, reordered or inserted; check that the
+/// archives recorded join up to the start and that every event kept before it (legal holds)
+/// matches its tag. `progress` gets (checked, total).
 pub async fn verify_chain(
     pool: &PgPool,
     key: &Dek,
     anchor: Option<&(i64, Vec<u8>)>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ChainReport, sqlx::Error> {
-    // Chained on their own row (migrations 0005 to 0008), or through `audit_links` (0009 on).
-    const CHAINED: &str = "(SELECT seq, id AS event_id, link, true AS own_row FROM audit_events
-                             WHERE seq IS NOT NULL
-                            UNION ALL
-                            SELECT seq, event_id, link, false FROM audit_links)";
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {CHAINED} c"))
+    let start = sqlx::query("SELECT seq, link FROM audit_chain_start")
         .fetch_one(pool)
         .await?;
+    let start: (i64, Vec<u8>) = (start.try_get("seq")?, start.try_get("link")?);
+    let total: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {CHAINED} c WHERE c.seq >= $1"
+    ))
+    .bind(start.0)
+    .fetch_one(pool)
+    .await?;
     let first: Option<i64> = sqlx::query_scalar(&format!("SELECT min(event_id) FROM {CHAINED} c"))
         .fetch_one(pool)
         .await?;
@@ -545,7 +577,11 @@ pub async fn verify_chain(
         unchained: u64::try_from(unchained).unwrap_or(0),
         pending: u64::try_from(pending).unwrap_or(0),
         broken: None,
-        head: (0, vec![0u8; 32]),
+        head: (start.0 - 1, start.1.clone()),
+        start: start.clone(),
+        archives: 0,
+        kept: 0,
+        anchor_archived: None,
     };
     let stray: Option<i64> = sqlx::query_scalar(
         "SELECT min(e.id) FROM audit_events e
@@ -556,7 +592,11 @@ pub async fn verify_chain(
     .bind(first)
     .fetch_one(pool)
     .await?;
-    let (mut seq, mut previous) = (0i64, vec![0u8; 32]);
+    if let Some(broken) = check_archived_part(pool, key, anchor, &mut report).await? {
+        report.broken = Some(broken);
+        return Ok(report);
+    }
+    let (mut seq, mut previous) = (start.0 - 1, start.1.clone());
     loop {
         let rows = sqlx::query(&format!(
             "SELECT c.seq AS at, c.link, c.own_row, {EVENT_COLUMNS}
@@ -627,6 +667,98 @@ pub async fn verify_chain(
         ));
     }
     Ok(report)
+}
+
+/// The part of the chain before the live start: the archives recorded must join up from
+/// sequence 1 to the start (each starting at the link the one before ended with), every event
+/// kept there must match its tag and lie in an archive, and an anchor there must lie in an
+/// archive (matching its end link, or the start's, when it is one of those). Fills `report`'s
+/// archive fields; returns the first break.
+async fn check_archived_part(
+    pool: &PgPool,
+    key: &Dek,
+    anchor: Option<&(i64, Vec<u8>)>,
+    report: &mut ChainReport,
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    let archives = sqlx::query(
+        "SELECT first_seq, last_seq, start_link, end_link, file_name
+           FROM audit_archives ORDER BY first_seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    let (mut next, mut link_before): (i64, Option<Vec<u8>>) = (1, None);
+    for a in &archives {
+        let first: i64 = a.try_get("first_seq")?;
+        let last: i64 = a.try_get("last_seq")?;
+        let start_link: Option<Vec<u8>> = a.try_get("start_link")?;
+        if first != next || start_link != link_before {
+            return Ok(Some((
+                first,
+                "the archives recorded do not join up (an archive's start is not the end of the \
+                 one before it)"
+                    .into(),
+            )));
+        }
+        if let Some((at, l)) = anchor.filter(|(at, _)| (first..=last).contains(at)) {
+            let end_link: Vec<u8> = a.try_get("end_link")?;
+            if *at == last && *l != end_link {
+                return Ok(Some((
+                    *at,
+                    "the event is not the anchor recorded earlier".into(),
+                )));
+            }
+            report.anchor_archived = Some(a.try_get("file_name")?);
+        }
+        next = last + 1;
+        link_before = Some(a.try_get("end_link")?);
+        report.archives += 1;
+    }
+    let (start_seq, start_link) = &report.start;
+    if *start_seq != next || *start_link != link_before.unwrap_or_else(|| GENESIS_LINK.to_vec()) {
+        return Ok(Some((
+            *start_seq,
+            "the live trail does not start where the last archive ends".into(),
+        )));
+    }
+    if let Some((at, _)) = anchor.filter(|(at, _)| *at < 1) {
+        return Ok(Some((*at, "the anchor is before the chain's start".into())));
+    }
+    // Kept events: few (a hold's patients), each checked by its tag.
+    let mut after = 0i64;
+    loop {
+        let rows = sqlx::query(&format!(
+            "SELECT c.seq AS at, c.own_row, {EVENT_COLUMNS}
+               FROM {CHAINED} c JOIN audit_events e ON e.id = c.event_id
+              WHERE c.seq > $1 AND c.seq < $2 ORDER BY c.seq LIMIT 1000"
+        ))
+        .bind(after)
+        .bind(start_seq)
+        .fetch_all(pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        for r in &rows {
+            let at: i64 = r.try_get("at")?;
+            // (An event chained on its own row has no tag: its link is checked in its archive.)
+            if !r.try_get::<bool, _>("own_row")? {
+                let (row, sealed) = stored_row(r)?;
+                let stored_tag: Option<Vec<u8>> = r.try_get("tag")?;
+                let holds = match (&sealed, stored_tag) {
+                    (Some(sealed), Some(t)) => tag(key, &row, sealed) == t,
+                    _ => false,
+                };
+                if !holds {
+                    return Ok(Some((
+                        at,
+                        "an event kept under a legal hold does not match its tag (edited)".into(),
+                    )));
+                }
+            }
+            after = at;
+            report.kept += 1;
+        }
+    }
 }
 
 struct Pending {

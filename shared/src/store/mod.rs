@@ -27,6 +27,7 @@ macro_rules! head_sql {
 }
 
 // One file per interaction, and the pieces they share.
+pub mod audit_archive; // archiving the oldest audit events, checking an archive
 mod audited; // the audit event of every interaction; administrative transactions
 mod bundle; // transaction Bundles
 mod compartment; // Patient/$everything
