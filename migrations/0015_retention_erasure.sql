@@ -18,7 +18,8 @@ CREATE TABLE legal_holds (
     CHECK ((released_by IS NULL) = (released_at IS NULL))
 );
 CREATE INDEX legal_holds_in_force ON legal_holds (patient) WHERE released_at IS NULL;
--- The console places and releases holds (only those columns); the server asks `carapace_held`.
+-- The console places and releases holds (only those columns); the server only asks
+-- `carapace_held` about one patient at a time (it cannot list holds or read their reasons).
 GRANT SELECT, INSERT ON legal_holds TO carapace_console;
 GRANT UPDATE (released_by, released_at) ON legal_holds TO carapace_console;
 GRANT USAGE ON SEQUENCE legal_holds_id_seq TO carapace_console;
@@ -32,7 +33,7 @@ CREATE FUNCTION carapace_held(scope TEXT) RETURNS BOOLEAN
                     WHERE h.patient = scope AND h.released_at IS NULL)
 $$;
 REVOKE ALL ON FUNCTION carapace_held(TEXT) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION carapace_held(TEXT) TO carapace_console;
+GRANT EXECUTE ON FUNCTION carapace_held(TEXT) TO carapace_app, carapace_console;
 
 -- When each patient's data key got a key-encryption key of its own: backups taken before then
 -- hold it wrapped by the main key (which erasure cannot destroy).

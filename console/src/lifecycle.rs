@@ -24,6 +24,9 @@ pub enum PatientCommand {
         #[arg(long, value_name = "ID")]
         confirm: Option<String>,
     },
+    /// After restoring a backup: erase again, in the database, every patient whose
+    /// key-encryption key the key provider no longer has (they were erased after the backup).
+    Reconcile,
 }
 
 #[derive(Subcommand)]
@@ -58,7 +61,21 @@ pub async fn patient(
     ctx: &AccessContext,
     command: PatientCommand,
 ) -> anyhow::Result<()> {
-    let PatientCommand::Erase { patient, confirm } = command;
+    let (patient, confirm) = match command {
+        PatientCommand::Erase { patient, confirm } => (patient, confirm),
+        PatientCommand::Reconcile => {
+            let erased = store.reconcile_erasures(ctx).await?;
+            if erased.is_empty() {
+                println!(
+                    "every patient's key-encryption key is in the key provider: nothing to do"
+                );
+            }
+            for scope in erased {
+                println!("{scope}: its key-encryption key is gone; erased again (410 from now on)");
+            }
+            return Ok(());
+        }
+    };
     let scope = carapace_core::store::patient_scope(&patient)?;
     let id = scope.trim_start_matches("Patient/");
     let typed = match confirm {
@@ -143,6 +160,26 @@ pub async fn retention(
     }
     for (ty, n) in &report.history.per_type {
         println!("history: {ty}: {n} non-current versions {verb}");
+    }
+    let audit = &report.audit;
+    match audit.segment {
+        None => println!("audit: nothing {verb}"),
+        Some((first, last)) => println!(
+            "audit: events {first}-{last}: {} archived{}, {} removed, {} kept under legal hold{}",
+            audit.archived,
+            audit
+                .file
+                .as_ref()
+                .map(|f| format!(" to {}", f.display()))
+                .unwrap_or_default(),
+            audit.removed,
+            audit.held_kept,
+            if audit.more {
+                " (more are due: run again, or `audit archive`)"
+            } else {
+                ""
+            }
+        ),
     }
     if !dry_run {
         let (done, failed) = store.finish_erasures(ctx).await?;

@@ -202,7 +202,8 @@ async fn run() -> anyhow::Result<()> {
             }
         }
     });
-    // Retention: history past its time, every CARAPACE_RETENTION_INTERVAL seconds (0: never here).
+    // Retention: history past its time, then audit events past theirs (archived first), every
+    // CARAPACE_RETENTION_INTERVAL seconds (0: never here).
     if config.retention.interval_seconds > 0 {
         let store = core.store.clone();
         let retention = config.retention.clone();
@@ -213,8 +214,13 @@ async fn run() -> anyhow::Result<()> {
                 tokio::time::sleep(every).await;
                 match store.run_retention(&server, &retention, false).await {
                     Ok(report) => {
-                        if report.history.total() > 0 {
-                            tracing::info!(versions = report.history.total(), "retention run");
+                        if report.history.total() > 0 || report.audit.archived > 0 {
+                            tracing::info!(
+                                versions = report.history.total(),
+                                audit_events_archived = report.audit.archived,
+                                audit_events_removed = report.audit.removed,
+                                "retention run"
+                            );
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "retention run failed; next run retries"),

@@ -252,6 +252,36 @@ async fn an_erased_patient_is_gone_from_the_api_the_database_and_a_backup_taken_
             assert!(!r.text().contains(c));
         }
     }
+    // Reconciled with the key provider (the ledger of erasures), the restored copy forgets them.
+    let token = carapace_core::identity::tokens::issue(
+        &pool,
+        chrono::Utc::now(),
+        "records-officer",
+        carapace_core::access::Role::Admin,
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    let restored_console = env_with(
+        &console_env,
+        &[
+            ("CARAPACE_DATABASE_URL", restored_url.as_str()),
+            ("CARAPACE_ADMIN_TOKEN", token.access_token.as_str()),
+        ],
+    );
+    let (ok, out, err) =
+        carapace_tests::console(&restored_console, &["patient", "reconcile"], None);
+    assert!(
+        ok && out.contains(&format!("{a_ref}: its key-encryption key is gone")),
+        "{out}{err}"
+    );
+    assert_eq!(restored.get(&a_ref).await.status, 410);
+    let found = restored.get(&format!("Observation?subject={a_ref}")).await;
+    assert_eq!(found.json()["total"], 0, "{}", found.text());
+    assert_eq!(restored.get(&format!("Patient/{b}")).await.status, 200);
+    let (ok, out, _) = carapace_tests::console(&restored_console, &["patient", "reconcile"], None);
+    assert!(ok && out.contains("nothing to do"), "{out}");
     old.terminate().unwrap();
 
     // The audit trail keeps every event, the erasure's among them, and still verifies.

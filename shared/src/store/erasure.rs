@@ -401,6 +401,35 @@ impl Store {
         Ok((done, failed))
     }
 
+    /// After restoring a backup taken before some erasures: the erased patients' rows are back,
+    /// but their KEKs are not (the key provider is the ledger). Erase again, in the database,
+    /// every patient whose KEK the provider no longer has, so their ids answer 410 and searches
+    /// stop meeting rows that cannot open. Administrators; each erasure audited as any. Returns
+    /// the patients erased again.
+    pub async fn reconcile_erasures(&self, ctx: &AccessContext) -> Result<Vec<String>, StoreError> {
+        administrators_only(ctx)?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT scope, wrapped FROM data_keys
+              WHERE scope LIKE 'Patient/%' AND wrapped LIKE 'kek:%' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut erased = Vec::new();
+        for (scope, wrapped) in rows {
+            let own = self.kek_for(&scope).await?.ok_or(StoreError::Integrity)?;
+            if crate::crypto::keys::PatientKek::of(&wrapped).as_ref() != Some(&own) {
+                tracing::error!("a data key row names another patient's KEK; left as it is");
+                continue;
+            }
+            if self.keys.kek_exists(&own).await? {
+                continue;
+            }
+            self.erase_patient(ctx, &scope).await?;
+            erased.push(scope);
+        }
+        Ok(erased)
+    }
+
     /// Purge non-current versions past the history retention of their type (or, `dry_run`,
     /// count them), sparing held patients. Administrators; audited with the counts per type.
     pub async fn purge_history(

@@ -79,10 +79,13 @@ impl RetentionConfig {
 #[derive(Debug, Clone, Default)]
 pub struct RetentionReport {
     pub history: HistoryPurge,
+    /// The audit trail's oldest segment past its retention, archived then removed.
+    pub audit: super::audit_archive::AuditArchiveReport,
 }
 
 impl Store {
-    /// One retention run: history past its time. The server runs it every `interval_seconds`;
+    /// One retention run: history past its time, then the audit trail's oldest segment past its
+    /// own (archived first; at most one segment a run). The server runs it every `interval_seconds`;
     /// `carapace-console retention run [--dry-run]` on demand (which also finishes erasures whose
     /// key destruction failed: the server's key-provider credentials may not delete keys).
     pub async fn run_retention(
@@ -92,7 +95,10 @@ impl Store {
         dry_run: bool,
     ) -> Result<RetentionReport, StoreError> {
         let history = self.purge_history(ctx, config, dry_run).await?;
-        Ok(RetentionReport { history })
+        let audit = self
+            .archive_audit(ctx, config, self.clock.now(), dry_run)
+            .await?;
+        Ok(RetentionReport { history, audit })
     }
 }
 
