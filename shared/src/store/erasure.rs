@@ -121,6 +121,22 @@ fn refused(
 }
 
 impl Store {
+    /// Commit `tx` with the AuditEvent of what it did (a success), the one way every change here
+    /// is recorded: nothing commits unrecorded.
+    async fn commit_recorded(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        ctx: &AccessContext,
+        what: String,
+        patient: Option<String>,
+        interaction: Interaction,
+    ) -> Result<(), StoreError> {
+        let event = record(self, what, patient, interaction);
+        self.audit_in(&mut tx, ctx, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Place a legal hold on a patient's data and audit events (administrators; audited).
     pub async fn place_hold(
         &self,
@@ -169,14 +185,9 @@ impl Store {
         .bind(self.clock.now())
         .fetch_one(&mut *tx)
         .await?;
-        let event = record(
-            self,
-            format!("urn:carapace:legal-hold:{id}"),
-            Some(scope),
-            Interaction::Admin,
-        );
-        self.audit_in(&mut tx, ctx, &event).await?;
-        tx.commit().await?;
+        let what = format!("urn:carapace:legal-hold:{id}");
+        self.commit_recorded(tx, ctx, what, Some(scope), Interaction::Admin)
+            .await?;
         Ok(id)
     }
 
@@ -200,15 +211,9 @@ impl Store {
         let Some(patient) = patient else {
             return Err(StoreError::NotFound(format!("legal hold {id} in force")));
         };
-        let event = record(
-            self,
-            format!("urn:carapace:legal-hold-release:{id}"),
-            Some(patient),
-            Interaction::Admin,
-        );
-        self.audit_in(&mut tx, ctx, &event).await?;
-        tx.commit().await?;
-        Ok(())
+        let what = format!("urn:carapace:legal-hold-release:{id}");
+        self.commit_recorded(tx, ctx, what, Some(patient), Interaction::Admin)
+            .await
     }
 
     /// Holds in force, oldest first, with their reasons (administrators).
@@ -298,16 +303,11 @@ impl Store {
                 let versions: i64 = row.try_get("erased_versions_n")?;
                 let since: Option<DateTime<Utc>> = row.try_get("erased_kek_since")?;
                 let created: Option<DateTime<Utc>> = row.try_get("erased_key_created")?;
-                let event = record(
-                    self,
-                    format!(
-                        "urn:carapace:erasure:{scope}:resources={resources}:versions={versions}"
-                    ),
-                    Some(scope.clone()),
-                    Interaction::Delete,
+                let what = format!(
+                    "urn:carapace:erasure:{scope}:resources={resources}:versions={versions}"
                 );
-                self.audit_in(&mut tx, ctx, &event).await?;
-                tx.commit().await?;
+                self.commit_recorded(tx, ctx, what, Some(scope.clone()), Interaction::Delete)
+                    .await?;
                 let moved_later = match (since, created) {
                     (Some(since), Some(created)) => {
                         (since > created + chrono::Duration::seconds(1)).then_some(since)
@@ -364,14 +364,9 @@ impl Store {
             .bind(scope)
             .execute(&mut *tx)
             .await?;
-        let event = record(
-            self,
-            format!("urn:carapace:erasure-key:{scope}"),
-            Some(scope.to_string()),
-            Interaction::Delete,
-        );
-        self.audit_in(&mut tx, ctx, &event).await?;
-        tx.commit().await?;
+        let what = format!("urn:carapace:erasure-key:{scope}");
+        self.commit_recorded(tx, ctx, what, Some(scope.to_string()), Interaction::Delete)
+            .await?;
         Ok(true)
     }
 
