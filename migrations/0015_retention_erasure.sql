@@ -70,7 +70,7 @@ BEGIN
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER data_keys_refuse_erased BEFORE INSERT ON data_keys
+CREATE TRIGGER data_keys_refuse_erased BEFORE INSERT OR UPDATE ON data_keys
     FOR EACH ROW EXECUTE FUNCTION data_keys_refuse_erased();
 
 -- An erased resource's id is never used again, whoever writes.
@@ -84,20 +84,78 @@ BEGIN
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER resources_refuse_erased BEFORE INSERT ON resources
+CREATE TRIGGER resources_refuse_erased BEFORE INSERT OR UPDATE OF resource_type, id ON resources
     FOR EACH ROW EXECUTE FUNCTION resources_refuse_erased();
 
--- Is a resource in a held patient's record: its key scope, its current compartment, or any other
--- patient compartment it is in (the `_compartment` index rows of a resource in several records)?
+-- Every patient record a resource has ever been in — its key scope (through `resources`) and the
+-- other patients it names (its `_compartment` index rows) — kept when the resource is updated or
+-- deleted and its index rows replaced, so that a hold reaches every version that was ever in the
+-- held record. Written by triggers (no role writes or changes it); removed only by erasure.
+CREATE TABLE resource_compartments (
+    resource_type TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    patient       TEXT NOT NULL,
+    PRIMARY KEY (resource_type, id, patient)
+);
+INSERT INTO resource_compartments
+    SELECT resource_type, id, compartment FROM resources WHERE compartment IS NOT NULL
+    UNION
+    SELECT resource_type, id, 'Patient/' || target_id FROM search_ref
+     WHERE param = '_compartment' AND target_type = 'Patient'
+    ON CONFLICT DO NOTHING;
+CREATE FUNCTION resource_compartments_record() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'resources' THEN
+        IF NEW.compartment IS NOT NULL THEN
+            INSERT INTO public.resource_compartments VALUES (NEW.resource_type, NEW.id, NEW.compartment)
+                ON CONFLICT DO NOTHING;
+        END IF;
+    ELSIF NEW.param = '_compartment' AND NEW.target_type = 'Patient' THEN
+        INSERT INTO public.resource_compartments
+            VALUES (NEW.resource_type, NEW.id, 'Patient/' || NEW.target_id)
+            ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER resources_compartments_record AFTER INSERT OR UPDATE ON resources
+    FOR EACH ROW EXECUTE FUNCTION resource_compartments_record();
+CREATE TRIGGER search_ref_compartments_record AFTER INSERT ON search_ref
+    FOR EACH ROW WHEN (NEW.param = '_compartment') EXECUTE FUNCTION resource_compartments_record();
+
+-- A data key's scope never changes, and the application deletes only export keys (at a job's
+-- expiry): every other key's row goes only with an erasure (as the owner, in its function). A
+-- scope renamed or a key deleted could otherwise hide a hold, or lose the audit archive's or
+-- the KEK names' key.
+CREATE FUNCTION data_keys_guard() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.scope IS DISTINCT FROM OLD.scope THEN
+            RAISE EXCEPTION 'a data key''s scope never changes' USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF OLD.scope NOT LIKE 'export/%'
+       AND current_user IN ('carapace_app', 'carapace_console', 'carapace_audit_writer') THEN
+        RAISE EXCEPTION 'only an erasure removes this data key' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER data_keys_guard BEFORE UPDATE OR DELETE ON data_keys
+    FOR EACH ROW EXECUTE FUNCTION data_keys_guard();
+
+-- Is a resource in a held patient's record: its version's key scope, its current compartment, or
+-- any patient record it has ever been in (`resource_compartments`)?
 CREATE FUNCTION carapace_resource_held(rtype TEXT, rid TEXT, compartment TEXT, key_scope TEXT)
     RETURNS BOOLEAN
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT (compartment IS NOT NULL AND public.carapace_held(compartment))
         OR (key_scope IS NOT NULL AND public.carapace_held(key_scope))
-        OR EXISTS (SELECT 1 FROM public.search_ref c
-                    WHERE c.resource_type = rtype AND c.id = rid AND c.param = '_compartment'
-                      AND c.target_type = 'Patient'
-                      AND public.carapace_held('Patient/' || c.target_id))
+        OR EXISTS (SELECT 1 FROM public.resource_compartments c
+                    WHERE c.resource_type = rtype AND c.id = rid AND public.carapace_held(c.patient))
 $$;
 REVOKE ALL ON FUNCTION carapace_resource_held(TEXT, TEXT, TEXT, TEXT) FROM PUBLIC;
 
@@ -109,11 +167,14 @@ REVOKE ALL ON FUNCTION carapace_resource_held(TEXT, TEXT, TEXT, TEXT) FROM PUBLI
 CREATE FUNCTION carapace_purge_versions(
     one_type TEXT, one_id TEXT, before TIMESTAMPTZ, max_rows INTEGER, dry_run BOOLEAN)
     RETURNS BIGINT
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    SET carapace.reach = 'all' AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n BIGINT;
+    prev_reach TEXT := current_setting('carapace.reach', true);
 BEGIN
+    -- The reach this needs, set here and put back before returning (a function-level SET of a
+    -- custom setting would need a superuser owner).
+    PERFORM set_config('carapace.reach', 'all', true);
     LOCK TABLE public.legal_holds IN SHARE MODE;
     WITH victims AS (
         SELECT v.resource_type, v.id, v.version_id
@@ -136,6 +197,7 @@ BEGIN
         RETURNING 1)
     SELECT CASE WHEN dry_run THEN (SELECT count(*) FROM victims) ELSE (SELECT count(*) FROM gone) END
       INTO n;
+    PERFORM set_config('carapace.reach', coalesce(prev_reach, ''), true);
     RETURN n;
 END
 $$;
@@ -154,9 +216,9 @@ GRANT EXECUTE ON FUNCTION carapace_purge_versions(TEXT, TEXT, TIMESTAMPTZ, INTEG
 CREATE FUNCTION carapace_erase_patient(p_scope TEXT, p_by TEXT, p_at TIMESTAMPTZ, p_kek TEXT)
     RETURNS TABLE (erased_resources_n BIGINT, erased_versions_n BIGINT, erased_kek TEXT,
                    erased_kek_since TIMESTAMPTZ, erased_key_created TIMESTAMPTZ)
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    SET carapace.reach = 'all' AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    prev_reach TEXT := current_setting('carapace.reach', true);
     key_id BIGINT;
     key_wrapped TEXT;
     key_since TIMESTAMPTZ;
@@ -169,6 +231,7 @@ BEGIN
     IF p_scope NOT LIKE 'Patient/%' THEN
         RAISE EXCEPTION 'not a patient compartment' USING ERRCODE = '22023';
     END IF;
+    PERFORM set_config('carapace.reach', 'all', true);
     -- Serialise with hold placement (which takes the same lock) and purges.
     PERFORM pg_advisory_xact_lock(hashtextextended('carapace-hold:' || p_scope, 0));
     LOCK TABLE public.legal_holds IN SHARE MODE;
@@ -196,9 +259,9 @@ BEGIN
               JOIN public.resources r ON r.resource_type = v.resource_type AND r.id = v.id
              WHERE v.dek_id = key_id AND r.version_id = v.version_id) x;
     IF EXISTS (SELECT 1 FROM unnest(v_types, v_ids) AS e(resource_type, id)
-                 JOIN public.search_ref c ON c.resource_type = e.resource_type AND c.id = e.id
-                WHERE c.param = '_compartment' AND c.target_type = 'Patient'
-                  AND public.carapace_held('Patient/' || c.target_id)) THEN
+                 JOIN public.resource_compartments c
+                   ON c.resource_type = e.resource_type AND c.id = e.id
+                WHERE public.carapace_held(c.patient)) THEN
         RAISE EXCEPTION 'a resource of this record is in a held patient''s record too'
             USING ERRCODE = 'CH001';
     END IF;
@@ -214,6 +277,8 @@ BEGIN
      WHERE h.resource_type = e.resource_type AND h.id = e.id;
     DELETE FROM public.search_reindex h USING unnest(v_types, v_ids) AS e(resource_type, id)
      WHERE h.resource_type = e.resource_type AND h.id = e.id;
+    DELETE FROM public.resource_compartments h USING unnest(v_types, v_ids) AS e(resource_type, id)
+     WHERE h.resource_type = e.resource_type AND h.id = e.id;
     DELETE FROM public.resources r USING unnest(v_types, v_ids) AS e(resource_type, id)
      WHERE r.resource_type = e.resource_type AND r.id = e.id;
     WITH gone AS (
@@ -226,6 +291,7 @@ BEGIN
 
     INSERT INTO public.erasures (scope, erased_at, erased_by, resources, versions, kek, kek_since)
         VALUES (p_scope, p_at, p_by, cardinality(v_ids), n_versions, row_kek, key_since);
+    PERFORM set_config('carapace.reach', coalesce(prev_reach, ''), true);
     RETURN QUERY SELECT cardinality(v_ids)::BIGINT, n_versions, row_kek, key_since, key_created;
 END
 $$;

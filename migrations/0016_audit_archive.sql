@@ -64,15 +64,17 @@ CREATE FUNCTION carapace_audit_purging() RETURNS BOOLEAN
        AND EXISTS (SELECT 1 FROM public.audit_archives a WHERE a.xmin = pg_current_xact_id()::xid)
 $$;
 
--- An event is deleted only in a purge, only when an archive covers its place in the chain, and
--- never while its patient is under a legal hold.
+-- An event is deleted only in a purge, only when an archive covers its place in the chain, never
+-- while its patient is under a legal hold, and never when younger than the purge floor.
 CREATE FUNCTION audit_events_refuse_delete() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
     at BIGINT;
 BEGIN
     IF public.carapace_audit_purging()
-       AND NOT (OLD.patient IS NOT NULL AND public.carapace_held(OLD.patient)) THEN
+       AND NOT (OLD.patient IS NOT NULL AND public.carapace_held(OLD.patient))
+       -- Never a recent event, whatever link claims a place for it (the floor holds here too).
+       AND OLD.recorded < now() - make_interval(days => (SELECT f.days FROM public.audit_purge_floor f)) THEN
         at := coalesce(OLD.seq, (SELECT l.seq FROM public.audit_links l WHERE l.event_id = OLD.id));
         IF at IS NOT NULL AND EXISTS (SELECT 1 FROM public.audit_archives a
                                        WHERE at BETWEEN a.first_seq AND a.last_seq) THEN
@@ -112,6 +114,32 @@ BEGIN
     RAISE EXCEPTION 'audit_chain_start moves only with an archive' USING ERRCODE = 'insufficient_privilege';
 END
 $$;
+
+-- Links are appended above the head only (the chainer inserts head+1.. and then advances the
+-- head): a link may not claim a place an archive freed, which would let an unarchived event pass
+-- for an archived one. And no event is written already chained (writers leave seq and link to the
+-- chainer since migration 0009).
+CREATE FUNCTION audit_links_refuse_below_head() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF NEW.seq <= (SELECT h.seq FROM public.audit_chain_head h) THEN
+        RAISE EXCEPTION 'audit links are appended above the chain head' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER audit_links_above_head BEFORE INSERT ON audit_links
+    FOR EACH ROW EXECUTE FUNCTION audit_links_refuse_below_head();
+CREATE FUNCTION audit_events_refuse_prechained() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    RAISE EXCEPTION 'audit events are chained by the chainer, not written chained'
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER audit_events_not_prechained BEFORE INSERT ON audit_events
+    FOR EACH ROW WHEN (NEW.seq IS NOT NULL OR NEW.link IS NOT NULL)
+    EXECUTE FUNCTION audit_events_refuse_prechained();
 
 DROP TRIGGER audit_events_no_update_or_delete ON audit_events;
 CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
@@ -164,6 +192,7 @@ DECLARE
     n_released BIGINT;
     n_held BIGINT;
     a_id BIGINT;
+    prev_reach TEXT;
 BEGIN
     SELECT s.seq, s.link INTO s_seq, s_link FROM audit_chain_start s FOR UPDATE;
     SELECT h.seq INTO h_seq FROM audit_chain_head h;
@@ -184,6 +213,9 @@ BEGIN
         RAISE EXCEPTION 'audit events younger than % days are never removed', floor_days
             USING ERRCODE = 'CH011';
     END IF;
+    -- Holds read under a share lock: one placed meanwhile waits for this purge, or is seen by it.
+    LOCK TABLE legal_holds IN SHARE MODE;
+    prev_reach := current_setting('carapace.reach', true);
     PERFORM set_config('carapace.reach', 'all', true);
 
     IF to_regclass('pg_temp.audit_purge_segment') IS NOT NULL THEN
@@ -238,6 +270,7 @@ BEGIN
     END IF;
     UPDATE audit_chain_start SET seq = p_last_seq + 1, link = p_end_link;
     PERFORM set_config('carapace.audit_purge', '', true);
+    PERFORM set_config('carapace.reach', coalesce(prev_reach, ''), true);
     RETURN QUERY SELECT a_id, n_removed, n_released, n_held;
 END
 $$;

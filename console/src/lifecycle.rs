@@ -26,7 +26,13 @@ pub enum PatientCommand {
     },
     /// After restoring a backup: erase again, in the database, every patient whose
     /// key-encryption key the key provider no longer has (they were erased after the backup).
-    Reconcile,
+    /// Lists them and asks for their number (or `--confirm N`); `--dry-run` only lists.
+    Reconcile {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_name = "N")]
+        confirm: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -63,15 +69,47 @@ pub async fn patient(
 ) -> anyhow::Result<()> {
     let (patient, confirm) = match command {
         PatientCommand::Erase { patient, confirm } => (patient, confirm),
-        PatientCommand::Reconcile => {
-            let erased = store.reconcile_erasures(ctx).await?;
-            if erased.is_empty() {
+        PatientCommand::Reconcile { dry_run, confirm } => {
+            let gone = store.erasures_to_reconcile(ctx).await?;
+            if gone.is_empty() {
                 println!(
                     "every patient's key-encryption key is in the key provider: nothing to do"
                 );
+                return Ok(());
             }
-            for scope in erased {
-                println!("{scope}: its key-encryption key is gone; erased again (410 from now on)");
+            for scope in &gone {
+                println!("{scope}: its key-encryption key is gone (erased after this backup)");
+            }
+            if dry_run {
+                return Ok(());
+            }
+            let typed = match confirm {
+                Some(n) => n.to_string(),
+                None => {
+                    eprint!("Erase these {} again? Type their number: ", gone.len());
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .lock()
+                        .read_line(&mut line)
+                        .context("reading the confirmation")?;
+                    line.trim().to_string()
+                }
+            };
+            if typed != gone.len().to_string() {
+                bail!("the number typed does not match; nothing was erased");
+            }
+            let mut failed = 0;
+            for (scope, result) in store.reconcile_erasures(ctx, &gone).await? {
+                match result {
+                    Ok(_) => println!("{scope}: erased again (410 from now on)"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{scope}: not erased: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} could not be erased again");
             }
             return Ok(());
         }

@@ -610,3 +610,56 @@ async fn a_broken_chain_is_never_archived() {
     assert!(after >= events, "nothing removed");
     trail.core.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_server_role_cannot_give_an_event_a_place_an_archive_freed() {
+    let stack = Stack::start().await.unwrap();
+    let p = stack
+        .fhir()
+        .post("Patient", &json!({"resourceType": "Patient"}))
+        .await;
+    assert_eq!(p.status, 201);
+    let db = stack.db().await;
+    // Wait for the chainer, so there is a head above 0.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_chain_head")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing chained");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let event: i64 = sqlx::query_scalar("SELECT max(id) FROM audit_events")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query("SET ROLE carapace_app")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // A link at or below the head (a place an archive may have freed) is refused...
+    let below =
+        sqlx::query("INSERT INTO audit_links (seq, event_id, link) VALUES (1, $1, '\\x00')")
+            .bind(event)
+            .execute(&mut *conn)
+            .await;
+    let why = below
+        .expect_err("a link was placed below the head")
+        .to_string();
+    assert!(why.contains("above the chain head"), "{why}");
+    // ...and so is an event written already chained.
+    let chained = sqlx::query(
+        "INSERT INTO audit_events (recorded, action, outcome, principal, event, seq, link)
+         VALUES (now(), 'R', '0', 'x', '{}', 999999, '\\x00')",
+    )
+    .execute(&mut *conn)
+    .await;
+    let why = chained
+        .expect_err("an event was written chained")
+        .to_string();
+    assert!(why.contains("chained by the chainer"), "{why}");
+    sqlx::query("RESET ROLE").execute(&mut *conn).await.unwrap();
+}

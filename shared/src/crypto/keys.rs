@@ -231,7 +231,11 @@ impl KeyProvider {
     pub async fn kek_exists(&self, kek: &PatientKek) -> Result<bool, KeyError> {
         match self {
             KeyProvider::Vault(v) => v.key_exists(&v.key_for(Some(kek))).await,
-            KeyProvider::File(f) => Ok(f.patient_ring_path(kek).exists()),
+            // An I/O error is an error, never "destroyed" (reconcile erases on that answer).
+            KeyProvider::File(f) => f
+                .patient_ring_path(kek)
+                .try_exists()
+                .map_err(|e| KeyError::Other(format!("checking a patient key file: {e}"))),
         }
     }
 

@@ -516,11 +516,15 @@ async fn write_archive(
     (start_link, end_link): (&[u8], &[u8]),
 ) -> Result<Vec<u8>, StoreError> {
     let (dek, chain_key) = keys;
-    std::fs::create_dir_all(dir).map_err(io_error)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_error)?;
+    // Made private when this makes it; a directory given (shared with a backup agent, say) keeps
+    // its mode.
+    if !dir.try_exists().map_err(io_error)? {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_error)?;
     }
     let part = dir.join(format!("{name}.part"));
     let file = File::create(&part).map_err(io_error)?;
@@ -568,6 +572,14 @@ async fn write_archive(
     file.sync_all().map_err(io_error)?;
     drop(file);
     let path = dir.join(name);
+    // Never over a file already there — another deployment's in the same directory, or this
+    // segment's from a run whose purge did not commit: it is moved aside, never destroyed (runs
+    // hold a lock, so nothing else races this one).
+    if path.try_exists().map_err(io_error)? {
+        let aside = dir.join(format!("{name}.replaced-{:016x}", rand::random::<u64>()));
+        std::fs::rename(&path, &aside).map_err(io_error)?;
+        tracing::warn!(file = %aside.display(), "an earlier file of this audit segment was moved aside");
+    }
     std::fs::rename(&part, &path).map_err(io_error)?;
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -214,9 +214,13 @@ impl Store {
                 }
             },
         }
-        // Audited as what it was; handed out as the caller may receive it.
+        // Audited as what it was; handed out as the caller may receive it — an erased record
+        // too: only a caller who could see every record learns that it was erased.
         match result {
             Ok(value) => self.release(ctx, value).await,
+            Err(StoreError::Erased(what)) if !self.plan(ctx).await?.sees_everything() => {
+                Err(StoreError::NotFound(what))
+            }
             Err(e) => Err(e),
         }
     }

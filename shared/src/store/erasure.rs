@@ -397,32 +397,51 @@ impl Store {
     }
 
     /// After restoring a backup taken before some erasures: the erased patients' rows are back,
-    /// but their KEKs are not (the key provider is the ledger). Erase again, in the database,
-    /// every patient whose KEK the provider no longer has, so their ids answer 410 and searches
-    /// stop meeting rows that cannot open. Administrators; each erasure audited as any. Returns
-    /// the patients erased again.
-    pub async fn reconcile_erasures(&self, ctx: &AccessContext) -> Result<Vec<String>, StoreError> {
+    /// but their KEKs are not (the key provider is the ledger). The patients whose KEK the
+    /// provider no longer has — answered "no such key", never a failure to ask. The main key is
+    /// checked first (a wrong mount, key name or Vault would otherwise make everyone look erased).
+    pub async fn erasures_to_reconcile(
+        &self,
+        ctx: &AccessContext,
+    ) -> Result<Vec<String>, StoreError> {
         administrators_only(ctx)?;
+        // A real call under the main key: this is the key provider this database was written with.
+        self.kek_for("Patient/reconcile-probe").await?;
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT scope, wrapped FROM data_keys
               WHERE scope LIKE 'Patient/%' AND wrapped LIKE 'kek:%' ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut erased = Vec::new();
+        let mut gone = Vec::new();
         for (scope, wrapped) in rows {
             let own = self.kek_for(&scope).await?.ok_or(StoreError::Integrity)?;
             if crate::crypto::keys::PatientKek::of(&wrapped).as_ref() != Some(&own) {
                 tracing::error!("a data key row names another patient's KEK; left as it is");
                 continue;
             }
-            if self.keys.kek_exists(&own).await? {
-                continue;
+            if !self.keys.kek_exists(&own).await? {
+                gone.push(scope);
             }
-            self.erase_patient(ctx, &scope).await?;
-            erased.push(scope);
         }
-        Ok(erased)
+        Ok(gone)
+    }
+
+    /// Erase again, in the database, the patients [`Store::erasures_to_reconcile`] found (each on
+    /// its own: one refused — a hold restored with the backup, a linked user — is reported and the
+    /// others go on). Returns each patient with what happened.
+    pub async fn reconcile_erasures(
+        &self,
+        ctx: &AccessContext,
+        patients: &[String],
+    ) -> Result<Vec<(String, Result<Erasure, StoreError>)>, StoreError> {
+        administrators_only(ctx)?;
+        let mut out = Vec::new();
+        for scope in patients {
+            let result = self.erase_patient(ctx, scope).await;
+            out.push((scope.clone(), result));
+        }
+        Ok(out)
     }
 
     /// Purge non-current versions past the history retention of their type (or, `dry_run`,
