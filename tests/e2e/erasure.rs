@@ -674,14 +674,22 @@ async fn an_erasure_spares_held_records_and_never_destroys_another_patients_key(
         .execute(&mut *conn)
         .await
         .unwrap();
-    let due: i64 = sqlx::query_scalar(
+    assert_eq!(
+        coverage_versions_due(&mut conn).await,
+        2,
+        "released: the old versions are due"
+    );
+    sqlx::query("RESET ROLE").execute(&mut *conn).await.unwrap();
+}
+
+/// Old Coverage versions a purge would remove now (a dry run of the database function).
+async fn coverage_versions_due(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
         "SELECT carapace_purge_versions('Coverage', NULL, now() + interval '1 day', 1000, true)",
     )
-    .fetch_one(&mut *conn)
+    .fetch_one(conn)
     .await
-    .unwrap();
-    assert_eq!(due, 2, "released: the old versions are due");
-    sqlx::query("RESET ROLE").execute(&mut *conn).await.unwrap();
+    .unwrap()
 }
 
 /// The database functions resolve nothing a caller made: temporary tables named like theirs (which
@@ -704,13 +712,11 @@ async fn a_purge_ignores_tables_its_caller_made(db: &sqlx::PgPool, coverage: &st
         .execute(&mut *conn)
         .await
         .unwrap();
-    let n: i64 = sqlx::query_scalar(
-        "SELECT carapace_purge_versions('Coverage', NULL, now() + interval '1 day', 1000, true)",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
-    assert_eq!(n, 0, "the held Coverage's old version stays held");
+    assert_eq!(
+        coverage_versions_due(&mut conn).await,
+        0,
+        "the held Coverage's old version stays held"
+    );
     sqlx::query("DISCARD TEMP")
         .execute(&mut *conn)
         .await

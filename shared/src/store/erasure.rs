@@ -121,6 +121,15 @@ fn refused(
 }
 
 impl Store {
+    /// Refuse anyone but an administrator, the refusal audited as `what`.
+    async fn administrators_only(&self, ctx: &AccessContext, what: &str) -> Result<(), StoreError> {
+        if let Err(e) = administrators_only(ctx) {
+            self.record_admin(ctx, what, false).await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Commit `tx` with the AuditEvent of what it did (a success), the one way every change here
     /// is recorded: nothing commits unrecorded.
     async fn commit_recorded(
@@ -145,10 +154,7 @@ impl Store {
         reason: &str,
     ) -> Result<i64, StoreError> {
         let scope = patient_scope(patient)?;
-        if let Err(e) = administrators_only(ctx) {
-            self.record_admin(ctx, "legal-hold", false).await?;
-            return Err(e);
-        }
+        self.administrators_only(ctx, "legal-hold").await?;
         if reason.trim().is_empty() {
             return Err(StoreError::BadRequest("a legal hold needs a reason".into()));
         }
@@ -194,10 +200,7 @@ impl Store {
     /// Release a hold (administrators; audited). Purges and erasure apply again once no hold on
     /// the patient is in force.
     pub async fn release_hold(&self, ctx: &AccessContext, id: i64) -> Result<(), StoreError> {
-        if let Err(e) = administrators_only(ctx) {
-            self.record_admin(ctx, "legal-hold-release", false).await?;
-            return Err(e);
-        }
+        self.administrators_only(ctx, "legal-hold-release").await?;
         let mut tx = self.pool.begin().await?;
         let patient: Option<String> = sqlx::query_scalar(
             "UPDATE legal_holds SET released_by = $1, released_at = $2
@@ -218,10 +221,7 @@ impl Store {
 
     /// Holds in force, oldest first, with their reasons (administrators).
     pub async fn holds(&self, ctx: &AccessContext) -> Result<Vec<LegalHold>, StoreError> {
-        if let Err(e) = administrators_only(ctx) {
-            self.record_admin(ctx, "legal-hold-list", false).await?;
-            return Err(e);
-        }
+        self.administrators_only(ctx, "legal-hold-list").await?;
         // Reasons are opened for the operator: that is a read of sealed text, recorded.
         self.record_admin(ctx, "legal-hold-list", true).await?;
         let rows = sqlx::query(
@@ -258,10 +258,7 @@ impl Store {
         patient: &str,
     ) -> Result<Erasure, StoreError> {
         let scope = patient_scope(patient)?;
-        if let Err(e) = administrators_only(ctx) {
-            self.record_admin(ctx, "erase", false).await?;
-            return Err(e);
-        }
+        self.administrators_only(ctx, "erase").await?;
         let done = sqlx::query(
             "SELECT resources, versions, kek_since, erased_at FROM erasures WHERE scope = $1",
         )
@@ -452,10 +449,7 @@ impl Store {
         config: &RetentionConfig,
         dry_run: bool,
     ) -> Result<HistoryPurge, StoreError> {
-        if let Err(e) = administrators_only(ctx) {
-            self.record_admin(ctx, "retention", false).await?;
-            return Err(e);
-        }
+        self.administrators_only(ctx, "retention").await?;
         let now = self.clock.now();
         let mut report = HistoryPurge::default();
         for ty in ResourceType::all() {
@@ -482,10 +476,7 @@ impl Store {
         resource_type: ResourceType,
         id: &ResourceId,
     ) -> Result<i64, StoreError> {
-        if let Err(e) = administrators_only(ctx) {
-            self.record_admin(ctx, "expunge", false).await?;
-            return Err(e);
-        }
+        self.administrators_only(ctx, "expunge").await?;
         let compartment: Option<Option<String>> = {
             let mut tx = self.pool.begin().await?;
             sqlx::query("SELECT set_config('carapace.reach', 'all', true)")
