@@ -76,6 +76,15 @@ async fn run(env: &[(String, String)], args: &[&str]) -> (bool, String, String) 
     .unwrap()
 }
 
+/// `carapace-console audit verify --archive FILE`.
+async fn verify_archive(env: &[(String, String)], file: &Path) -> (bool, String, String) {
+    run(
+        env,
+        &["audit", "verify", "--archive", &file.display().to_string()],
+    )
+    .await
+}
+
 async fn count(db: &sqlx::PgPool, sql: &str, patient: &str) -> i64 {
     sqlx::query_scalar(sql)
         .bind(patient)
@@ -405,32 +414,14 @@ async fn old_audit_events_are_archived_then_removed_and_both_parts_verify() {
     let copies = tempfile::tempdir().unwrap();
     let renamed = copies.path().join("kept-offsite.bin");
     std::fs::copy(&file1, &renamed).unwrap();
-    let (ok, out, err) = run(
-        &console_env,
-        &[
-            "audit",
-            "verify",
-            "--archive",
-            &renamed.display().to_string(),
-        ],
-    )
-    .await;
+    let (ok, out, err) = verify_archive(&console_env, &renamed).await;
     assert!(ok, "{out} {err}");
     let mut bytes = std::fs::read(&file1).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x20;
     let tampered = copies.path().join("tampered.bin");
     std::fs::write(&tampered, &bytes).unwrap();
-    let (ok, out, err) = run(
-        &console_env,
-        &[
-            "audit",
-            "verify",
-            "--archive",
-            &tampered.display().to_string(),
-        ],
-    )
-    .await;
+    let (ok, out, err) = verify_archive(&console_env, &tampered).await;
     assert!(!ok && err.contains("audit archive BROKEN"), "{out} {err}");
 
     // Nothing of what the events say is readable in the files.

@@ -575,15 +575,13 @@ async fn an_erasure_spares_held_records_and_never_destroys_another_patients_key(
     let console = |args: &[&str]| console(&console_env, args, None);
     let (ok, out, err) = console(&["hold", "add", &format!("Patient/{child}"), "--reason", "x"]);
     assert!(ok, "{out}{err}");
+    let parent_ref = format!("Patient/{parent}");
+    let assert_parent_erasure_waits = || {
+        let (ok, _, err) = console(&["patient", "erase", &parent_ref, "--confirm", &parent]);
+        assert!(!ok && err.contains("legal hold"), "{err}");
+    };
     // The child's hold reaches the Coverage in the parent's record: the parent's erasure waits.
-    let (ok, _, err) = console(&[
-        "patient",
-        "erase",
-        &format!("Patient/{parent}"),
-        "--confirm",
-        &parent,
-    ]);
-    assert!(!ok && err.contains("legal hold"), "{err}");
+    assert_parent_erasure_waits();
     let coverage_id = coverage.created_id();
     assert_eq!(
         fhir.get(&format!("Coverage/{coverage_id}")).await.status,
@@ -604,14 +602,7 @@ async fn an_erasure_spares_held_records_and_never_destroys_another_patients_key(
         fhir.delete(&format!("Coverage/{coverage_id}")).await.status,
         204
     );
-    let (ok, _, err) = console(&[
-        "patient",
-        "erase",
-        &format!("Patient/{parent}"),
-        "--confirm",
-        &parent,
-    ]);
-    assert!(!ok && err.contains("legal hold"), "{err}");
+    assert_parent_erasure_waits();
     // Nor can the server's role hide a hold by renaming a key's scope, or drop the keys that name
     // KEKs and seal audit archives.
     let mut conn = db.acquire().await.unwrap();

@@ -130,6 +130,18 @@ impl Store {
         Ok(())
     }
 
+    /// Record a refused (or failed) operation on a patient's record.
+    async fn record_refused(
+        &self,
+        ctx: &AccessContext,
+        what: String,
+        patient: Option<String>,
+        interaction: Interaction,
+    ) -> Result<(), StoreError> {
+        self.audit_record(ctx, &refused(self, what, patient, interaction))
+            .await
+    }
+
     /// Commit `tx` with the AuditEvent of what it did (a success), the one way every change here
     /// is recorded: nothing commits unrecorded.
     async fn commit_recorded(
@@ -172,13 +184,13 @@ impl Store {
                 .await?;
         if erased {
             drop(tx);
-            let event = refused(
-                self,
+            self.record_refused(
+                ctx,
                 "urn:carapace:legal-hold".into(),
                 Some(scope.clone()),
                 Interaction::Admin,
-            );
-            self.audit_record(ctx, &event).await?;
+            )
+            .await?;
             return Err(StoreError::Erased(scope));
         }
         let id: i64 = sqlx::query_scalar(
@@ -286,13 +298,13 @@ impl Store {
                     Ok(row) => row,
                     Err(e) => {
                         drop(tx);
-                        let event = refused(
-                            self,
+                        self.record_refused(
+                            ctx,
                             format!("urn:carapace:erasure:{scope}"),
                             Some(scope.clone()),
                             Interaction::Delete,
-                        );
-                        self.audit_record(ctx, &event).await?;
+                        )
+                        .await?;
                         return Err(e);
                     }
                 };
@@ -346,13 +358,13 @@ impl Store {
             return Err(StoreError::Integrity);
         }
         if let Err(e) = self.keys.destroy_kek(&kek).await {
-            let event = refused(
-                self,
+            self.record_refused(
+                ctx,
                 format!("urn:carapace:erasure-key:{scope}"),
                 Some(scope.to_string()),
                 Interaction::Delete,
-            );
-            self.audit_record(ctx, &event).await?;
+            )
+            .await?;
             return Err(e.into());
         }
         let mut tx = self.pool.begin().await?;
@@ -499,13 +511,13 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
             if held {
-                let event = refused(
-                    self,
+                self.record_refused(
+                    ctx,
                     format!("urn:carapace:expunge:{resource_type}/{id}"),
                     Some(scope.clone()),
                     Interaction::Delete,
-                );
-                self.audit_record(ctx, &event).await?;
+                )
+                .await?;
                 return Err(StoreError::Conflict(
                     "the patient is under a legal hold".into(),
                 ));
