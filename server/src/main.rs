@@ -7,6 +7,7 @@ mod fhir;
 mod login;
 mod oauth;
 mod outcome;
+mod stream;
 mod tls;
 
 use anyhow::Context;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Every response's body: whole (almost all), or streamed (an export file's download).
-pub type Body = http_body_util::Either<Full<Bytes>, fhir::export::Chunks>;
+pub type Body = http_body_util::Either<Full<Bytes>, stream::Chunks>;
 
 /// Shared by every request.
 pub struct AppState {
@@ -407,9 +408,7 @@ async fn dispatch(
                         .await
                         .unwrap_or_else(fhir::export::refused)
                 }
-                _ => route(state.clone(), req, peer, &path)
-                    .await
-                    .map(http_body_util::Either::Left),
+                _ => route(state.clone(), req, peer, &path).await,
             },
         },
     };
@@ -429,10 +428,21 @@ async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
     path: &str,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     if path == "/fhir" || path.starts_with("/fhir/") {
         return fhir::handle(state, req, peer).await;
     }
+    route_other(state, req, peer, path)
+        .await
+        .map(http_body_util::Either::Left)
+}
+
+async fn route_other(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    path: &str,
+) -> Response<Full<Bytes>> {
     match path {
         "/auth/authorize" | "/auth/login" | "/auth/login/totp" | "/auth/consent"
         | "/auth/logout" => return login::handle(&state, req, peer).await,

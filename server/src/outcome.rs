@@ -13,6 +13,7 @@
 //! | Unsupported                        | 400    | not-supported  |
 //! | BadRequest (a search it cannot run) | 400   | invalid        |
 //! | PatchFailed (JSON Patch won't apply) | 422  | processing     |
+//! | TooLarge (a Binary over its limit) | 413    | too-costly     |
 //! | Key (provider unavailable)         | 503 + Retry-After | transient |
 //! | Integrity (sealed body won't open) | 500    | exception      |
 //! | Audit / Database                   | 503 / 500 | transient / exception |
@@ -167,6 +168,7 @@ impl From<StoreError> for ApiError {
             StoreError::PatchFailed(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", m)
             }
+            StoreError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", m),
             StoreError::Key(KeyError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "key provider unavailable");
                 ApiError {

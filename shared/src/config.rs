@@ -29,6 +29,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// `CARAPACE_BODY_LIMIT` in bytes (default 16 MiB): larger request bodies get 413.
     pub body_limit: usize,
+    /// `CARAPACE_BINARY_LIMIT` in bytes (default 1 GiB): larger Binary contents get 413.
+    pub binary_limit: u64,
     /// `CARAPACE_DEK_CACHE_MAX_AGE` seconds (default 3600) and `CARAPACE_DEK_CACHE_MAX_USES`.
     pub dek_cache: DekCacheConfig,
     /// `CARAPACE_DB_MAX_CONNECTIONS` (default 16).
@@ -395,6 +397,15 @@ impl Config {
             tls,
             body_limit: usize::try_from(env.number("CARAPACE_BODY_LIMIT")?)
                 .map_err(|_| ConfigError("CARAPACE_BODY_LIMIT is too large".into()))?,
+            binary_limit: match env.number("CARAPACE_BINARY_LIMIT")? {
+                n if n <= crate::store::MAX_BINARY_LIMIT => n,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "CARAPACE_BINARY_LIMIT is at most {} (R4's Attachment.size)",
+                        crate::store::MAX_BINARY_LIMIT
+                    )))
+                }
+            },
             dek_cache: DekCacheConfig {
                 max_age: Duration::from_secs(env.number("CARAPACE_DEK_CACHE_MAX_AGE")?),
                 max_uses: env.number("CARAPACE_DEK_CACHE_MAX_USES")?,

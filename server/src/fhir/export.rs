@@ -12,12 +12,10 @@ use bytes::Bytes;
 use carapace_core::access::AccessContext;
 use carapace_core::export::{ExportRequest, Level, Status};
 use http_body_util::Full;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::{Request, Response, StatusCode};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 /// How long a client waits between polls of a running job (seconds).
 const RETRY_AFTER: &str = "2";
@@ -175,23 +173,11 @@ pub async fn download(
         .status(StatusCode::OK)
         .header("Content-Type", "application/fhir+ndjson")
         .header("Content-Length", download.bytes.to_string())
-        .body(http_body_util::Either::Right(Chunks(download.chunks)))
+        .body(http_body_util::Either::Right(crate::stream::Chunks::new(
+            None,
+            download.chunks,
+        )))
         .map_err(|_| ApiError::not_found("no such export file"))
-}
-
-/// The body of a download: chunks as the core's blocking reader sends them.
-pub struct Chunks(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
-
-impl hyper::body::Body for Chunks {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data)))
-    }
 }
 
 /// Only so an error before the first byte is answered like any other.

@@ -13,9 +13,11 @@
 //! | `operations.rs`, `terminology.rs`, `audit.rs`, `capability.rs` | operations, AuditEvent, metadata |
 //! | `bundle.rs`, `incoming.rs` | batch and transaction Bundles |
 //! | `export.rs` | Bulk Data kick-off, status, cancel and streamed downloads |
+//! | `binary.rs` | Binary documents raw: streamed uploads, downloads and ranges |
 
 mod answer;
 mod audit;
+mod binary;
 mod bundle;
 mod capability;
 mod dispatch;
@@ -30,12 +32,14 @@ mod search;
 mod terminology;
 mod write;
 
-use crate::outcome::{ApiError, HttpResponse};
+use crate::outcome::ApiError;
 use crate::AppState;
 use answer::json_response;
 use dispatch::{Body, Input};
 use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use carapace_core::fhir::ResourceType;
+use http_body_util::Either;
+use hyper::{Request, Response, StatusCode};
 use route::{Interaction, Route};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,34 +49,42 @@ pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> HttpResponse {
+) -> Response<crate::Body> {
     match serve(&state, req, peer).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => e.into_response().map(Either::Left),
     }
 }
 
 async fn serve(
-    state: &AppState,
+    state: &Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Response<crate::Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().unwrap_or("");
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
-    intake::negotiate(&parts.headers, &params)?;
     let path = parts.uri.path().strip_prefix("/fhir").unwrap_or("");
+    // A Binary's raw read negotiates against the document's own type, once it is known.
+    let raw_read = binary::wants_raw(&parts.headers, &params)
+        && route::is_binary_read(parts.method.as_str(), path, query);
+    if !raw_read {
+        intake::negotiate(&parts.headers, &params)?;
+    }
     // Discovery needs no token; everything else does, and learns whether it routes only then.
     let routed = match route::parse(parts.method.as_str(), path, query) {
         Ok(Route::Capabilities) => {
             return Ok(json_response(
                 StatusCode::OK,
                 capability::statement(&state.base).to_string().into_bytes(),
-            ))
+            )
+            .map(Either::Left))
         }
-        Ok(Route::SmartConfiguration) => return Ok(crate::oauth::smart_configuration(&state.base)),
+        Ok(Route::SmartConfiguration) => {
+            return Ok(crate::oauth::smart_configuration(&state.base).map(Either::Left))
+        }
         Ok(Route::Bundle) => None,
         Ok(Route::Interaction(interaction)) => Some(Ok(interaction)),
         Err(unroutable) => Some(Err(unroutable.into_error())),
@@ -81,13 +93,38 @@ async fn serve(
     let ctx = crate::oauth::authenticate(state, headers, peer).await?;
     let Some(interaction) = routed.transpose()? else {
         let answer = bundle::serve(state, &ctx, headers, body).await?;
-        return Ok(answer.into_response(state, intake::Return::Representation));
+        return Ok(answer
+            .into_response(state, intake::Return::Representation)
+            .map(Either::Left));
     };
     let ret = if interaction.follows_prefer() {
         intake::prefer(headers)
     } else {
         intake::Return::Representation
     };
+    // A Binary's document itself, in or out, streams past the dispatcher (which answers whole
+    // resources, as batch entries need).
+    let binary = |rt: &ResourceType| *rt == ResourceType::BINARY;
+    match &interaction {
+        Interaction::Read { rt, id } if binary(rt) && raw_read => {
+            return binary::read(state, &ctx, id, None, headers).await
+        }
+        Interaction::Vread { rt, id, version } if binary(rt) && raw_read => {
+            return binary::read(state, &ctx, id, Some(*version), headers).await
+        }
+        Interaction::Create { rt } if binary(rt) && binary::is_raw_upload(headers) => {
+            let answer = binary::create(state, &ctx, headers, body).await?;
+            return Ok(answer.into_response(state, ret).map(Either::Left));
+        }
+        Interaction::Update {
+            rt,
+            target: carapace_core::store::Target::Id(id),
+        } if binary(rt) && binary::is_raw_upload(headers) => {
+            let answer = binary::update(state, &ctx, id, headers, body).await?;
+            return Ok(answer.into_response(state, ret).map(Either::Left));
+        }
+        _ => {}
+    }
     let input = Input {
         params: &params,
         if_match: if interaction.takes_if_match() {
@@ -103,5 +140,5 @@ async fn serve(
         body: Body::Http { headers, body },
     };
     let answer = dispatch::run(state, &ctx, interaction, input).await?;
-    Ok(answer.into_response(state, ret))
+    Ok(answer.into_response(state, ret).map(Either::Left))
 }

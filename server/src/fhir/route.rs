@@ -117,6 +117,15 @@ impl Unroutable {
     }
 }
 
+/// Is this a read or vread of a Binary (`GET Binary/<id>[/_history/<v>]`)?
+pub fn is_binary_read(method: &str, path: &str, query: &str) -> bool {
+    matches!(
+        parse(method, path, query),
+        Ok(Route::Interaction(Interaction::Read { rt, .. } | Interaction::Vread { rt, .. }))
+            if rt == ResourceType::BINARY
+    )
+}
+
 /// Parse `method` and `path` (below the FHIR base; leading `/` optional) with its raw `query`.
 pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable> {
     use Interaction as I;

@@ -149,6 +149,11 @@ pub const SETTINGS: &[Setting] = &[
         "Request body limit in bytes; larger bodies get 413.",
     ),
     setting(
+        "CARAPACE_BINARY_LIMIT",
+        Value("1073741824"),
+        "Largest Binary content in bytes (raw uploads; at most 2147483647, R4's `Attachment.size`); larger get 413.",
+    ),
+    setting(
         "CARAPACE_DEK_CACHE_MAX_AGE",
         Value("3600"),
         "Seconds an unwrapped data key stays in memory.",

@@ -29,6 +29,25 @@ fn aad(purpose: &str, object: &str, index: u64, last: bool) -> Vec<u8> {
     aad
 }
 
+/// Seal one chunk of a stream kept elsewhere than a file (a Binary's content, a row per chunk):
+/// the same sealing and binding as [`ChunkWriter`]'s, its framing left to the caller.
+pub fn seal_chunk(dek: &Dek, purpose: &str, object: &str, index: u64, last: bool, plain: &[u8]) -> Vec<u8> {
+    seal_with_aad(dek, &aad(purpose, object, index, last), plain)
+}
+
+/// Open a chunk sealed by [`seal_chunk`] with the same purpose, object, index and last flag;
+/// any other fails.
+pub fn open_chunk(
+    dek: &Dek,
+    purpose: &str,
+    object: &str,
+    index: u64,
+    last: bool,
+    sealed: &[u8],
+) -> Result<Vec<u8>, ChunkError> {
+    Ok(open_with_aad(dek, &aad(purpose, object, index, last), sealed)?)
+}
+
 /// Writes plaintext as sealed chunks of `chunk` bytes (the last may be shorter).
 pub struct ChunkWriter<W: Write> {
     out: W,

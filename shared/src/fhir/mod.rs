@@ -19,6 +19,9 @@ use std::fmt;
 pub struct ResourceType(&'static str);
 
 impl ResourceType {
+    /// `Binary`, which the store keeps apart (its content is chunked).
+    pub const BINARY: ResourceType = ResourceType("Binary");
+
     pub fn parse(name: &str) -> Option<ResourceType> {
         schema::resource_types()
             .find(|t| *t == name)

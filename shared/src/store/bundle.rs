@@ -2,13 +2,13 @@
 //! (all or nothing), references between entries (`urn:uuid:`, conditional references) resolved
 //! first, integrity checked after the last entry.
 
+use super::binary::{ContentFacts, PendingBinaries};
 use super::index::PrefixRows;
 use super::{
     check_resource, lock_conditions, seal_new, set_id, Deleted, NewResource, Prepared, Store,
     StoreError, StoredResource, Updated,
 };
 use crate::access::{AccessContext, Permission};
-use crate::fhir::reference::key_scope;
 use crate::fhir::validate::Issue;
 use crate::fhir::{ResourceId, ResourceType};
 use chrono::{DateTime, Utc};
@@ -109,6 +109,17 @@ pub struct TxFailure {
 /// Replace every `reference` that names a transaction entry's fullUrl (`urn:uuid:...`) with the
 /// entry's resolved `Type/id`.
 /// Every conditional reference (`Type?query`) in a resource.
+/// Keep what a transaction's Binary entry staged: its upload (removed should the transaction
+/// fail) and its content, for the entries after it that attach it.
+fn note_binary(prepared: &Prepared, staged: &mut Vec<uuid::Uuid>, pending: &mut PendingBinaries) {
+    if let Some(content) = &prepared.content {
+        staged.push(content.upload);
+        if let Some(facts) = ContentFacts::of(&prepared.resource) {
+            pending.insert(format!("Binary/{}", prepared.id), facts);
+        }
+    }
+}
+
 fn conditional_references(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
@@ -170,8 +181,26 @@ impl Store {
     pub async fn transaction(
         &self,
         ctx: &AccessContext,
-        mut entries: Vec<TxEntry>,
+        entries: Vec<TxEntry>,
     ) -> Result<Vec<TxResult>, TxFailure> {
+        let mut staged = Vec::new();
+        let result = self.transaction_staging(ctx, entries, &mut staged).await;
+        // A transaction that fails leaves no content of its Binaries behind.
+        if result.is_err() {
+            for upload in staged {
+                self.discard_upload(upload).await;
+            }
+        }
+        result
+    }
+
+    async fn transaction_staging(
+        &self,
+        ctx: &AccessContext,
+        mut entries: Vec<TxEntry>,
+        staged: &mut Vec<uuid::Uuid>,
+    ) -> Result<Vec<TxResult>, TxFailure> {
+        let mut pending = PendingBinaries::new();
         let fail = |index: usize| move |error: StoreError| TxFailure { index, error };
         self.plan(ctx).await.map_err(fail(0))?;
         // Conditional creates, updates and deletes hold their conditions' locks from the match to
@@ -385,9 +414,18 @@ impl Store {
                     references.extend(self.references_to_check(i, &resource));
                     let id = new_ids[i].clone().unwrap_or_default();
                     let prepared = self
-                        .prepare_create(ctx, *resource_type, resource, &id, &mut prefixes)
+                        .prepare_create(
+                            ctx,
+                            *resource_type,
+                            resource,
+                            &id,
+                            &mut prefixes,
+                            None,
+                            &pending,
+                        )
                         .await
                         .map_err(fail(i))?;
+                    note_binary(&prepared, staged, &mut pending);
                     let (new, _body) = seal_new(prepared, now).map_err(fail(i))?;
                     creates.push((i, new));
                 }
@@ -410,32 +448,22 @@ impl Store {
                     self.check_declared_profiles(ctx, &resource)
                         .await
                         .map_err(fail(i))?;
-                    if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
-                        return Err(fail(i)(StoreError::Invalid(vec![Issue::invalid(
-                            format!("{resource_type}.id"),
-                            "the id in the resource does not match the entry's URL",
-                        )])));
-                    }
                     references.extend(self.references_to_check(i, &resource));
-                    let scope = key_scope(*resource_type, id.as_str(), &resource);
-                    self.check_write(ctx, Permission::Update, *resource_type, &scope, &resource)
+                    let prepared = self
+                        .prepare_update(
+                            ctx,
+                            *resource_type,
+                            id,
+                            resource,
+                            server_ids[i],
+                            &mut prefixes,
+                            None,
+                            &pending,
+                        )
                         .await
                         .map_err(fail(i))?;
-                    let (dek_id, dek) = self.dek_for_scope(&scope).await.map_err(fail(i))?;
-                    let index = self
-                        .index_rows(*resource_type, &resource, &mut prefixes)
-                        .await
-                        .map_err(fail(i))?;
-                    updates[i] = Some(Prepared {
-                        resource_type: *resource_type,
-                        id: id.as_str().to_string(),
-                        resource,
-                        scope,
-                        dek_id,
-                        dek,
-                        index,
-                        server_id: server_ids[i],
-                    });
+                    note_binary(&prepared, staged, &mut pending);
+                    updates[i] = Some(prepared);
                 }
                 TxEntry::Delete { resource_type, .. } => {
                     ctx.check(resource_type.as_str(), Permission::Delete)

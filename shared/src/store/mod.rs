@@ -29,6 +29,7 @@ macro_rules! head_sql {
 // One file per interaction, and the pieces they share.
 pub mod audit_archive; // archiving the oldest audit events, checking an archive
 mod audited; // the audit event of every interaction; administrative transactions
+mod binary; // Binary content, sealed in chunks
 mod bundle; // transaction Bundles
 mod compartment; // Patient/$everything
 mod erasure; // legal holds, history purges, erasing a patient
@@ -52,6 +53,7 @@ use keys::DekRow;
 use read::{head_row, read_head};
 use write::{check_resource, lock_conditions, seal_new, set_id, NewResource, Prepared};
 
+pub use binary::{Content, ContentFacts, OpenBinary, CHUNK as BINARY_CHUNK, CONTENT_EXTENSION, MAX_BINARY_LIMIT};
 pub use erasure::{patient_scope, Erasure, HistoryPurge, LegalHold};
 pub use profiles::ValidateMode;
 pub use reach::BtgGrant;
@@ -92,6 +94,10 @@ pub enum StoreError {
     /// A patch that does not apply (a failed `test`, a missing path): 422.
     #[error("{0}")]
     PatchFailed(String),
+    /// A body (a Binary's content) over its limit, or a content too large for the form asked
+    /// for: 413.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Key(#[from] KeyError),
     /// A stored body failed to open: tampered, moved between rows, or sealed under another key.
@@ -177,6 +183,10 @@ pub struct Store {
     /// under a key loaded once.
     deid_rules: Option<Arc<crate::deid::Rules>>,
     deid: tokio::sync::OnceCell<Arc<crate::deid::Deidentifier>>,
+    /// `CARAPACE_BINARY_LIMIT`: the largest Binary content taken.
+    binary_limit: u64,
+    /// The largest content a Binary's FHIR-JSON form carries as `data`.
+    binary_json_limit: u64,
 }
 
 type ConsentRules = std::sync::Mutex<
@@ -221,7 +231,17 @@ impl Store {
             // would get nothing (`releaser` fails closed).
             deid_rules: crate::deid::Rules::safe_harbor().ok().map(Arc::new),
             deid: tokio::sync::OnceCell::new(),
+            binary_limit: 1 << 30,
+            binary_json_limit: 12 << 20,
         }
+    }
+
+    /// The store taking Binary contents up to `limit` bytes (at most [`MAX_BINARY_LIMIT`]), and
+    /// putting up to `json_limit` bytes of one into its FHIR-JSON form.
+    pub fn with_binary_limits(mut self, limit: u64, json_limit: u64) -> Store {
+        self.binary_limit = limit.min(MAX_BINARY_LIMIT);
+        self.binary_json_limit = json_limit;
+        self
     }
 
     /// The store de-identifying what analytics callers receive by these rules.

@@ -132,6 +132,7 @@ impl Store {
         id: &ResourceId,
     ) -> Result<StoredResource, StoreError> {
         let stored = self.read_stored(ctx, resource_type, id).await?;
+        let stored = self.with_content(ctx, stored).await?;
         self.release(ctx, stored).await
     }
 
@@ -177,10 +178,24 @@ impl Store {
         let stored = self
             .vread_stored(ctx, resource_type, id, version_id)
             .await?;
+        let stored = self.with_content(ctx, stored).await?;
         self.release(ctx, stored).await
     }
 
-    async fn vread_stored(
+    /// A read of a Binary answers with its content (`data`); any other resource as it is.
+    async fn with_content(
+        &self,
+        ctx: &AccessContext,
+        stored: StoredResource,
+    ) -> Result<StoredResource, StoreError> {
+        if stored.resource_type == ResourceType::BINARY {
+            self.binary_with_data(ctx, stored).await
+        } else {
+            Ok(stored)
+        }
+    }
+
+    pub(super) async fn vread_stored(
         &self,
         ctx: &AccessContext,
         resource_type: ResourceType,

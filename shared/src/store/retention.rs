@@ -81,6 +81,9 @@ pub struct RetentionReport {
     pub history: HistoryPurge,
     /// The audit trail's oldest segment past its retention, archived then removed.
     pub audit: super::audit_archive::AuditArchiveReport,
+    /// Binary uploads begun over a day ago that never became a version, removed (none in a dry
+    /// run).
+    pub unfinished_uploads: u64,
 }
 
 impl Store {
@@ -98,7 +101,17 @@ impl Store {
         let audit = self
             .archive_audit(ctx, config, self.clock.now(), dry_run)
             .await?;
-        Ok(RetentionReport { history, audit })
+        let unfinished_uploads = if dry_run {
+            0
+        } else {
+            self.remove_unfinished_uploads(self.clock.now() - chrono::Duration::days(1))
+                .await?
+        };
+        Ok(RetentionReport {
+            history,
+            audit,
+            unfinished_uploads,
+        })
     }
 }
 

@@ -4,12 +4,12 @@
 
 use super::audited::{Event, Recorded};
 use super::index::PrefixRows;
+use super::binary::{Content, PendingBinaries, Staged};
 use super::{head_row, index, patient_of, Store, StoreError, StoredResource};
 use crate::access::policy::Label;
 use crate::access::{AccessContext, Denied, Permission};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::crypto::{self, Binding, Dek};
-use crate::fhir::reference::key_scope;
 use crate::fhir::validate::{self, Issue};
 use crate::fhir::{ResourceId, ResourceType};
 use crate::search::index::IndexRows;
@@ -48,6 +48,8 @@ pub(super) struct Prepared {
     /// The server chose the id (a create, a conditional update that matched nothing): no caller
     /// learns anything from where it lands.
     pub(super) server_id: bool,
+    /// A Binary's content, staged for the version this write makes.
+    pub(super) content: Option<Staged>,
 }
 
 /// A new resource, stamped as version 1, sealed and indexed: all an insert needs, without the
@@ -59,6 +61,7 @@ pub(super) struct NewResource {
     pub(super) dek_id: i64,
     pub(super) sealed: Vec<u8>,
     pub(super) index: IndexRows,
+    pub(super) content: Option<uuid::Uuid>,
 }
 
 /// New resources are inserted this many to a statement.
@@ -79,6 +82,7 @@ pub(super) fn seal_new(
         dek,
         index,
         server_id: _,
+        content,
     } = prepared;
     stamp_meta(&mut resource, 1, now);
     let body = serialize(&resource)?;
@@ -100,6 +104,7 @@ pub(super) fn seal_new(
             dek_id,
             sealed,
             index,
+            content: content.map(|c| c.upload),
         },
         body,
     ))
@@ -115,6 +120,7 @@ struct NewVersion<'a> {
     pub(super) method: &'static str,
     pub(super) dek_id: Option<i64>,
     pub(super) sealed: Option<&'a [u8]>,
+    pub(super) content: Option<uuid::Uuid>,
 }
 
 /// Take a transaction-scoped advisory lock per condition (`Type?query`), in one order so that two
@@ -147,8 +153,9 @@ pub(super) async fn lock_conditions(
 
 async fn insert_version(tx: &mut sqlx::PgConnection, v: NewVersion<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, dek_id, sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO resource_versions
+                (resource_type, id, version_id, last_updated, method, dek_id, sealed, content)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(v.resource_type.as_str())
     .bind(v.id)
@@ -157,6 +164,7 @@ async fn insert_version(tx: &mut sqlx::PgConnection, v: NewVersion<'_>) -> Resul
     .bind(v.method)
     .bind(v.dek_id)
     .bind(v.sealed)
+    .bind(v.content)
     .execute(tx)
     .await?;
     Ok(())
@@ -244,6 +252,30 @@ impl Store {
         resource: Value,
         if_none_exist: Option<&str>,
     ) -> Result<Created, StoreError> {
+        self.create_with(ctx, resource_type, resource, if_none_exist, None)
+            .await
+    }
+
+    /// Create a Binary whose content arrives raw (`binary` holds its `contentType` and
+    /// `securityContext`).
+    pub async fn create_binary(
+        &self,
+        ctx: &AccessContext,
+        binary: Value,
+        content: Content,
+    ) -> Result<Created, StoreError> {
+        self.create_with(ctx, ResourceType::BINARY, binary, None, Some(content))
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        resource: Value,
+        if_none_exist: Option<&str>,
+        content: Option<Content>,
+    ) -> Result<Created, StoreError> {
         let event = Event::new(Interaction::Create, resource_type.to_string());
         self.audited(
             ctx,
@@ -272,19 +304,32 @@ impl Store {
                 let references = self.references_to_check(0, &resource);
                 let mut prefixes = PrefixRows::default();
                 let prepared = self
-                    .prepare_create(ctx, resource_type, resource, &id, &mut prefixes)
+                    .prepare_create(ctx, resource_type, resource, &id, &mut prefixes, content, &Default::default())
                     .await?;
-                self.write_prefixes(prefixes).await?;
-                let now = self.clock.now();
-                let (new, body) = seal_new(prepared, now)?;
-                let mut tx = match held {
-                    Some(tx) => tx,
-                    None => self.begin_for(ctx).await?,
+                let upload = prepared.content.as_ref().map(|c| c.upload);
+                let written = async {
+                    self.write_prefixes(prefixes).await?;
+                    let now = self.clock.now();
+                    let (new, body) = seal_new(prepared, now)?;
+                    let mut tx = match held {
+                        Some(tx) => tx,
+                        None => self.begin_for(ctx).await?,
+                    };
+                    self.insert_new(&mut tx, ctx, std::slice::from_ref(&new), now)
+                        .await?;
+                    self.check_references(&mut tx, ctx, &references).await?;
+                    tx.commit().await?;
+                    Ok::<_, StoreError>((new, body, now))
+                }
+                .await;
+                let (new, body, now) = match (written, upload) {
+                    (Ok(w), _) => w,
+                    (Err(e), Some(upload)) => {
+                        self.discard_upload(upload).await;
+                        return Err(e);
+                    }
+                    (Err(e), None) => return Err(e),
                 };
-                self.insert_new(&mut tx, ctx, std::slice::from_ref(&new), now)
-                    .await?;
-                self.check_references(&mut tx, ctx, &references).await?;
-                tx.commit().await?;
                 Ok(Created::New(StoredResource {
                     resource_type,
                     patient: patient_of(&new.scope),
@@ -309,12 +354,17 @@ impl Store {
         mut resource: Value,
         id: &str,
         prefixes: &mut PrefixRows,
+        content: Option<Content>,
+        pending: &PendingBinaries,
     ) -> Result<Prepared, StoreError> {
         set_id(&mut resource, id);
-        let scope = key_scope(resource_type, id, &resource);
+        let scope = self.scope_for(ctx, resource_type, id, &resource).await?;
         self.check_write(ctx, Permission::Create, resource_type, &scope, &resource)
             .await?;
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        let content = self
+            .prepare_payload(ctx, resource_type, id, 1, &mut resource, (dek_id, &dek), content, pending)
+            .await?;
         let index = self.index_rows(resource_type, &resource, prefixes).await?;
         Ok(Prepared {
             resource_type,
@@ -325,6 +375,79 @@ impl Store {
             dek,
             index,
             server_id: true,
+            content,
+        })
+    }
+
+    /// Everything an update needs before the database transaction, as [`Store::prepare_create`]
+    /// for a create: the id checked against the resource's, compartment, data key, content.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn prepare_update(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        mut resource: Value,
+        server_id: bool,
+        prefixes: &mut PrefixRows,
+        content: Option<Content>,
+        pending: &PendingBinaries,
+    ) -> Result<Prepared, StoreError> {
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id.as_str() => {}
+            Some(_) => {
+                return Err(StoreError::Invalid(vec![Issue::invalid(
+                    format!("{resource_type}.id"),
+                    "the id in the resource does not match the id in the URL",
+                )]))
+            }
+            None => {
+                return Err(StoreError::Invalid(vec![Issue::invalid(
+                    format!("{resource_type}.id"),
+                    "an update must carry the resource's id",
+                )]))
+            }
+        }
+        let scope = self.scope_for(ctx, resource_type, id.as_str(), &resource).await?;
+        self.check_write(ctx, Permission::Update, resource_type, &scope, &resource)
+            .await?;
+        let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        // A Binary's content is sealed for the version it will be: the next one now. Should
+        // another write come first, this one is refused as a conflict when it is written.
+        let next_version = if resource_type == ResourceType::BINARY {
+            let mut conn = self.begin_for(ctx).await?;
+            let head = head_row(&mut conn, resource_type, id.as_str(), false).await?;
+            conn.commit().await?;
+            match head {
+                Some(row) => row.try_get::<i64, _>("version_id")? + 1,
+                None => 1,
+            }
+        } else {
+            0
+        };
+        let content = self
+            .prepare_payload(
+                ctx,
+                resource_type,
+                id.as_str(),
+                next_version,
+                &mut resource,
+                (dek_id, &dek),
+                content,
+                pending,
+            )
+            .await?;
+        let index = self.index_rows(resource_type, &resource, prefixes).await?;
+        Ok(Prepared {
+            resource_type,
+            id: id.as_str().to_string(),
+            resource,
+            scope,
+            dek_id,
+            dek,
+            index,
+            server_id,
+            content,
         })
     }
 
@@ -343,17 +466,20 @@ impl Store {
             let ids: Vec<&str> = chunk.iter().map(|n| n.id.as_str()).collect();
             let dek_ids: Vec<i64> = chunk.iter().map(|n| n.dek_id).collect();
             let sealed: Vec<&[u8]> = chunk.iter().map(|n| n.sealed.as_slice()).collect();
+            let contents: Vec<Option<uuid::Uuid>> = chunk.iter().map(|n| n.content).collect();
             sqlx::query(
                 "INSERT INTO resource_versions
-                        (resource_type, id, version_id, last_updated, method, dek_id, sealed)
-                 SELECT t, i, 1, $3, 'POST', k, s
-                   FROM unnest($1::text[], $2::text[], $4::int8[], $5::bytea[]) AS u(t, i, k, s)",
+                        (resource_type, id, version_id, last_updated, method, dek_id, sealed, content)
+                 SELECT t, i, 1, $3, 'POST', k, s, c
+                   FROM unnest($1::text[], $2::text[], $4::int8[], $5::bytea[], $6::uuid[])
+                        AS u(t, i, k, s, c)",
             )
             .bind(&types)
             .bind(&ids)
             .bind(now)
             .bind(&dek_ids)
             .bind(&sealed)
+            .bind(&contents)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -393,6 +519,33 @@ impl Store {
         resource: Value,
         if_match: Option<i64>,
     ) -> Result<Updated, StoreError> {
+        self.update_with(ctx, resource_type, id, resource, if_match, None)
+            .await
+    }
+
+    /// Replace a Binary with content that arrives raw (`binary` holds its id, `contentType` and
+    /// `securityContext`).
+    pub async fn update_binary(
+        &self,
+        ctx: &AccessContext,
+        id: &ResourceId,
+        binary: Value,
+        if_match: Option<i64>,
+        content: Content,
+    ) -> Result<Updated, StoreError> {
+        self.update_with(ctx, ResourceType::BINARY, id, binary, if_match, Some(content))
+            .await
+    }
+
+    async fn update_with(
+        &self,
+        ctx: &AccessContext,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        resource: Value,
+        if_match: Option<i64>,
+        content: Option<Content>,
+    ) -> Result<Updated, StoreError> {
         let event = Event::new(Interaction::Update, format!("{resource_type}/{id}"));
         self.audited(
             ctx,
@@ -401,68 +554,56 @@ impl Store {
                 ctx.check(resource_type.as_str(), Permission::Update)?;
                 check_resource(resource_type, &resource)?;
                 self.check_declared_profiles(ctx, &resource).await?;
-                match resource.get("id").and_then(Value::as_str) {
-                    Some(body_id) if body_id == id.as_str() => {}
-                    Some(_) => {
-                        return Err(StoreError::Invalid(vec![Issue::invalid(
-                            format!("{resource_type}.id"),
-                            "the id in the resource does not match the id in the URL",
-                        )]))
-                    }
-                    None => {
-                        return Err(StoreError::Invalid(vec![Issue::invalid(
-                            format!("{resource_type}.id"),
-                            "an update must carry the resource's id",
-                        )]))
-                    }
-                }
-                let scope = key_scope(resource_type, id.as_str(), &resource);
-                self.check_write(ctx, Permission::Update, resource_type, &scope, &resource)
-                    .await?;
                 let references = self.references_to_check(0, &resource);
-                let (dek_id, dek) = self.dek_for_scope(&scope).await?;
                 let mut prefixes = PrefixRows::default();
-                let index = self
-                    .index_rows(resource_type, &resource, &mut prefixes)
+                let mut prepared = self
+                    .prepare_update(
+                        ctx,
+                        resource_type,
+                        id,
+                        resource,
+                        false,
+                        &mut prefixes,
+                        content,
+                        &Default::default(),
+                    )
                     .await?;
-                self.write_prefixes(prefixes).await?;
-                let mut prepared = Prepared {
-                    resource_type,
-                    id: id.as_str().to_string(),
-                    resource,
-                    scope,
-                    dek_id,
-                    dek,
-                    index,
-                    server_id: false,
-                };
-                // Two clients creating the same new id race on the primary key; the loser retries once as an
-                // ordinary update.
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let mut tx = self.begin_for(ctx).await?;
-                    match self
-                        .write_update(&mut tx, ctx, &mut prepared, if_match)
-                        .await
-                    {
-                        Ok(updated) => {
-                            self.check_references(&mut tx, ctx, &references).await?;
-                            tx.commit().await?;
-                            return Ok(updated);
-                        }
-                        Err(StoreError::Database(sqlx::Error::Database(db)))
-                            if db.code().as_deref() == Some("23505") && attempt < 3 => {}
-                        // Still taken: the id exists where the caller may not see (row-level security
-                        // hid its head), which looks like any resource they cannot see.
-                        Err(StoreError::Database(sqlx::Error::Database(db)))
-                            if db.code().as_deref() == Some("23505") =>
+                let upload = prepared.content.as_ref().map(|c| c.upload);
+                let written = async {
+                    self.write_prefixes(prefixes).await?;
+                    // Two clients creating the same new id race on the primary key; the loser
+                    // retries once as an ordinary update.
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        let mut tx = self.begin_for(ctx).await?;
+                        match self
+                            .write_update(&mut tx, ctx, &mut prepared, if_match)
+                            .await
                         {
-                            return Err(StoreError::NotFound(format!("{resource_type}/{id}")))
+                            Ok(updated) => {
+                                self.check_references(&mut tx, ctx, &references).await?;
+                                tx.commit().await?;
+                                return Ok(updated);
+                            }
+                            Err(StoreError::Database(sqlx::Error::Database(db)))
+                                if db.code().as_deref() == Some("23505") && attempt < 3 => {}
+                            // Still taken: the id exists where the caller may not see (row-level
+                            // security hid its head), which looks like any resource they cannot see.
+                            Err(StoreError::Database(sqlx::Error::Database(db)))
+                                if db.code().as_deref() == Some("23505") =>
+                            {
+                                return Err(StoreError::NotFound(format!("{resource_type}/{id}")))
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
                 }
+                .await;
+                if let (Err(_), Some(upload)) = (&written, upload) {
+                    self.discard_upload(upload).await;
+                }
+                written
             }
             .await,
             |_| Recorded::InItsTransaction,
@@ -536,6 +677,13 @@ impl Store {
             }
         }
         let version_id = current.unwrap_or(0) + 1;
+        if let Some(staged) = &prepared.content {
+            if staged.version_id != version_id {
+                return Err(StoreError::Conflict(format!(
+                    "{resource_type}/{id} changed while its content was uploaded; send it again"
+                )));
+            }
+        }
         let now = self.clock.now();
         stamp_meta(resource, version_id, now);
         let body = serialize(resource)?;
@@ -559,6 +707,7 @@ impl Store {
                 method: "PUT",
                 dek_id: Some(dek_id),
                 sealed: Some(&sealed),
+                content: prepared.content.as_ref().map(|c| c.upload),
             },
         )
         .await?;
@@ -632,6 +781,11 @@ impl Store {
         if_match: Option<i64>,
     ) -> Result<(Value, i64), StoreError> {
         ctx.check(resource_type.as_str(), Permission::Update)?;
+        if resource_type == ResourceType::BINARY {
+            return Err(StoreError::Unsupported(
+                "a Binary is replaced whole (PUT), not patched".into(),
+            ));
+        }
         let current = self.read_stored(ctx, resource_type, id).await?;
         if let Some(expected) = if_match {
             if expected != current.version_id {
@@ -720,6 +874,7 @@ impl Store {
                 method: "DELETE",
                 dek_id,
                 sealed: None,
+                content: None,
             },
         )
         .await?;
