@@ -168,7 +168,9 @@ impl From<StoreError> for ApiError {
             StoreError::PatchFailed(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", m)
             }
-            StoreError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", m),
+            StoreError::TooLarge(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", m)
+            }
             StoreError::Key(KeyError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "key provider unavailable");
                 ApiError {

@@ -17,6 +17,7 @@ mod console_ui;
 mod crud;
 mod database;
 mod deid;
+mod documents;
 mod embedded;
 mod encryption;
 mod erasure;

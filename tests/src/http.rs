@@ -186,3 +186,140 @@ impl Fhir<'_> {
             .expect("request")
     }
 }
+
+/// A request body fed from a channel, for uploads too large to hold.
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// Bytes that do not compress (as a scanned document's do not), the same for the same `seed`.
+pub fn document_bytes(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| {
+            let mut x = (offset + i) / 8 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> (((offset + i) % 8) * 8)) as u8
+        })
+        .collect()
+}
+
+/// Send `size` bytes of [`document_bytes`]`(seed)` as a streamed body (1 MiB at a time; never
+/// held whole); the response and the SHA-256 of what was sent.
+pub async fn upload_stream(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    size: u64,
+    seed: u64,
+) -> anyhow::Result<(HttpResponse, Vec<u8>)> {
+    use sha2::Digest;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let producer = tokio::spawn(async move {
+        let mut digest = sha2::Sha256::new();
+        let mut sent = 0u64;
+        while sent < size {
+            let n = (size - sent).min(1 << 20) as usize;
+            let piece = document_bytes(seed, sent, n);
+            digest.update(&piece);
+            sent += n as u64;
+            if tx.send(Bytes::from(piece)).await.is_err() {
+                break;
+            }
+        }
+        digest.finalize().to_vec()
+    });
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-length", size.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(ChannelBody(rx))?;
+    let client: Client<hyper_util::client::legacy::connect::HttpConnector, ChannelBody> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(900), client.request(req))
+        .await
+        .context("upload timed out")??;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let digest = producer.await?;
+    Ok((
+        HttpResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        },
+        digest,
+    ))
+}
+
+/// What a streamed download gave: status, headers, bytes received, their SHA-256, and whether the
+/// body ended in an error (cut short) rather than at its end.
+pub struct Downloaded {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub len: u64,
+    pub sha256: Vec<u8>,
+    pub cut_short: bool,
+}
+
+/// GET `url`, hashing the body as it arrives (never holding it).
+pub async fn download_digest(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Downloaded> {
+    use sha2::Digest;
+    let mut req = hyper::Request::builder().method("GET").uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(900), client().request(req))
+        .await
+        .context("download timed out")??;
+    let (parts, mut body) = resp.into_parts();
+    let mut digest = sha2::Sha256::new();
+    let mut len = 0u64;
+    let mut cut_short = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    len += data.len() as u64;
+                    digest.update(&data);
+                }
+            }
+            Err(_) => {
+                cut_short = true;
+                break;
+            }
+        }
+    }
+    let declared: Option<u64> = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if declared.is_some_and(|d| d != len) {
+        cut_short = true;
+    }
+    Ok(Downloaded {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        len,
+        sha256: digest.finalize().to_vec(),
+        cut_short,
+    })
+}

@@ -31,7 +31,9 @@ pub use bench::{
     arg, drive, peak_rss_mb, percentile, vs_hello, Hello, Timing, VS_HELLO_ALIGN, VS_HELLO_HEADER,
 };
 pub use fixtures::{consent, examples_dir, ips_dir, permit_consent};
-pub use http::{http, Fhir, HttpResponse, FHIR_JSON};
+pub use http::{
+    document_bytes, download_digest, http, upload_stream, Downloaded, Fhir, HttpResponse, FHIR_JSON,
+};
 pub use postgres::{embedded_pool, Postgres};
 pub use processes::{bin_path, console, free_port, Server};
 pub use serde_json::{json, Value};

@@ -152,6 +152,14 @@ impl Postgres {
     }
 
     /// `pg_dump` of a database, as plain SQL text.
+    /// The cluster's directory (its data directory is in it): what is left on disk.
+    pub fn dir(&self) -> &Path {
+        match &self.place {
+            Place::Shared(shared) => shared.dir.as_path(),
+            Place::Own { _dir, .. } => _dir.path(),
+        }
+    }
+
     pub fn dump(&self, database: &str) -> anyhow::Result<Vec<u8>> {
         let bin_dir = match &self.place {
             Place::Shared(shared) => shared.bin_dir.as_path(),

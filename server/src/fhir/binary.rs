@@ -38,9 +38,8 @@ pub fn wants_raw(headers: &HeaderMap, params: &[(String, String)]) -> bool {
     let Some(accept) = headers.get("accept").and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    !accept_items(accept).any(|m| {
-        m == "application/json" || m == "application/fhir+json" || m.ends_with("+json")
-    })
+    !accept_items(accept)
+        .any(|m| m == "application/json" || m == "application/fhir+json" || m.ends_with("+json"))
 }
 
 /// A raw create: the Binary is built from the headers, its content streamed from the body.
@@ -240,7 +239,13 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .filter(|t| !t.is_empty())
 }
 
@@ -248,7 +253,13 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
 fn accept_items(accept: &str) -> impl Iterator<Item = String> + '_ {
     accept
         .split(',')
-        .map(|item| item.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|item| {
+            item.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .filter(|m| !m.is_empty())
 }
 

@@ -31,7 +31,14 @@ fn aad(purpose: &str, object: &str, index: u64, last: bool) -> Vec<u8> {
 
 /// Seal one chunk of a stream kept elsewhere than a file (a Binary's content, a row per chunk):
 /// the same sealing and binding as [`ChunkWriter`]'s, its framing left to the caller.
-pub fn seal_chunk(dek: &Dek, purpose: &str, object: &str, index: u64, last: bool, plain: &[u8]) -> Vec<u8> {
+pub fn seal_chunk(
+    dek: &Dek,
+    purpose: &str,
+    object: &str,
+    index: u64,
+    last: bool,
+    plain: &[u8],
+) -> Vec<u8> {
     seal_with_aad(dek, &aad(purpose, object, index, last), plain)
 }
 
@@ -45,7 +52,11 @@ pub fn open_chunk(
     last: bool,
     sealed: &[u8],
 ) -> Result<Vec<u8>, ChunkError> {
-    Ok(open_with_aad(dek, &aad(purpose, object, index, last), sealed)?)
+    Ok(open_with_aad(
+        dek,
+        &aad(purpose, object, index, last),
+        sealed,
+    )?)
 }
 
 /// Writes plaintext as sealed chunks of `chunk` bytes (the last may be shorter).

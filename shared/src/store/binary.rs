@@ -185,7 +185,9 @@ impl OpenBinary {
             if let Err(e) = self.send(&store, range, &mut Sink::Channel(&tx)).await {
                 self.failed(&store, &e).await;
                 let _ = tx
-                    .send(Err(std::io::Error::other("the content could not be served")))
+                    .send(Err(std::io::Error::other(
+                        "the content could not be served",
+                    )))
                     .await;
             }
         });
@@ -229,15 +231,8 @@ impl OpenBinary {
                 let index: i32 = row.try_get("chunk")?;
                 let sealed: Vec<u8> = row.try_get("sealed")?;
                 let is_last = index == self.chunks - 1;
-                let plain = open_chunk(
-                    &self.dek,
-                    PURPOSE,
-                    &object,
-                    index as u64,
-                    is_last,
-                    &sealed,
-                )
-                .map_err(|_| StoreError::Integrity)?;
+                let plain = open_chunk(&self.dek, PURPOSE, &object, index as u64, is_last, &sealed)
+                    .map_err(|_| StoreError::Integrity)?;
                 let expected = if is_last {
                     self.facts.size - index as u64 * self.chunk_size
                 } else {
@@ -342,7 +337,11 @@ impl Store {
         if resource_type == ResourceType::BINARY {
             self.binary_scope(ctx, resource).await
         } else {
-            Ok(crate::fhir::reference::key_scope(resource_type, id, resource))
+            Ok(crate::fhir::reference::key_scope(
+                resource_type,
+                id,
+                resource,
+            ))
         }
     }
 
@@ -615,10 +614,7 @@ impl Store {
                 if let Value::Object(map) = binary {
                     map.remove("data");
                 }
-                Ok(Staged {
-                    upload,
-                    version_id,
-                })
+                Ok(Staged { upload, version_id })
             }
             Err(e) => {
                 self.discard_upload(upload).await;
@@ -720,7 +716,10 @@ impl Store {
         let chunks: Option<i32> = row.try_get("chunks")?;
         let sealed_for: i64 = row.try_get("sealed_for")?;
         let resource_id: String = row.try_get("resource_id")?;
-        if size != Some(facts.size as i64) || sealed_for != stored.version_id || resource_id != stored.id {
+        if size != Some(facts.size as i64)
+            || sealed_for != stored.version_id
+            || resource_id != stored.id
+        {
             return Err(StoreError::Integrity);
         }
         let key = super::DekRow::from_row(&row)?;
@@ -739,22 +738,29 @@ impl Store {
     }
 
     /// A Binary with a `securityContext` is read under that resource's access too: hidden from
-    /// whoever may not see it (now, not when the Binary was written).
+    /// whoever may not see it (now, not when the Binary was written). One without is for
+    /// administrators and system clients only.
     async fn check_security_context(
         &self,
         ctx: &AccessContext,
         stored: &StoredResource,
         doc: &Value,
     ) -> Result<(), StoreError> {
-        let Some(reference) = security_context(doc) else {
-            return Ok(());
-        };
         let hidden = || StoreError::NotFound(format!("Binary/{}", stored.id));
+        // Belonging to nothing, it is the system's: administrators and system clients only.
+        let Some(reference) = security_context(doc) else {
+            return match ctx.role {
+                crate::access::Role::Admin | crate::access::Role::System => Ok(()),
+                _ => Err(hidden()),
+            };
+        };
         let Some((rt, id)) = self.local_reference(&reference) else {
             return Err(hidden());
         };
         let mut conn = self.begin_for(ctx).await?;
-        let visible = self.current_visible(&mut conn, ctx, rt, id.as_str()).await?;
+        let visible = self
+            .current_visible(&mut conn, ctx, rt, id.as_str())
+            .await?;
         conn.commit().await?;
         if visible {
             Ok(())
@@ -799,7 +805,13 @@ fn inline_data(binary: &Value) -> Result<Vec<u8>, StoreError> {
     match binary.get("data").and_then(Value::as_str) {
         None => Ok(Vec::new()),
         Some(data) => base64::engine::general_purpose::STANDARD
-            .decode(data.as_bytes().iter().filter(|b| !b.is_ascii_whitespace()).copied().collect::<Vec<u8>>())
+            .decode(
+                data.as_bytes()
+                    .iter()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .copied()
+                    .collect::<Vec<u8>>(),
+            )
             .map_err(|_| {
                 StoreError::Invalid(vec![Issue::invalid("Binary.data", "data is not base64")])
             }),

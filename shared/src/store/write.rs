@@ -3,8 +3,8 @@
 //! event in one transaction; a refusal is audited outside it.
 
 use super::audited::{Event, Recorded};
-use super::index::PrefixRows;
 use super::binary::{Content, PendingBinaries, Staged};
+use super::index::PrefixRows;
 use super::{head_row, index, patient_of, Store, StoreError, StoredResource};
 use crate::access::policy::Label;
 use crate::access::{AccessContext, Denied, Permission};
@@ -304,7 +304,15 @@ impl Store {
                 let references = self.references_to_check(0, &resource);
                 let mut prefixes = PrefixRows::default();
                 let prepared = self
-                    .prepare_create(ctx, resource_type, resource, &id, &mut prefixes, content, &Default::default())
+                    .prepare_create(
+                        ctx,
+                        resource_type,
+                        resource,
+                        &id,
+                        &mut prefixes,
+                        content,
+                        &Default::default(),
+                    )
                     .await?;
                 let upload = prepared.content.as_ref().map(|c| c.upload);
                 let written = async {
@@ -363,7 +371,16 @@ impl Store {
             .await?;
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
         let content = self
-            .prepare_payload(ctx, resource_type, id, 1, &mut resource, (dek_id, &dek), content, pending)
+            .prepare_payload(
+                ctx,
+                resource_type,
+                id,
+                1,
+                &mut resource,
+                (dek_id, &dek),
+                content,
+                pending,
+            )
             .await?;
         let index = self.index_rows(resource_type, &resource, prefixes).await?;
         Ok(Prepared {
@@ -408,7 +425,9 @@ impl Store {
                 )]))
             }
         }
-        let scope = self.scope_for(ctx, resource_type, id.as_str(), &resource).await?;
+        let scope = self
+            .scope_for(ctx, resource_type, id.as_str(), &resource)
+            .await?;
         self.check_write(ctx, Permission::Update, resource_type, &scope, &resource)
             .await?;
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
@@ -533,8 +552,15 @@ impl Store {
         if_match: Option<i64>,
         content: Content,
     ) -> Result<Updated, StoreError> {
-        self.update_with(ctx, ResourceType::BINARY, id, binary, if_match, Some(content))
-            .await
+        self.update_with(
+            ctx,
+            ResourceType::BINARY,
+            id,
+            binary,
+            if_match,
+            Some(content),
+        )
+        .await
     }
 
     async fn update_with(
