@@ -83,6 +83,7 @@ pub async fn run(
         I::Everything { patient } => {
             operations::everything(state, ctx, &patient, input.params).await
         }
+        I::Summary { patient } => operations::summary(state, ctx, &patient, input.params).await,
         I::Validate { rt, id, by_post } => {
             operations::validate(state, ctx, rt, id, by_post, input).await
         }

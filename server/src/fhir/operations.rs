@@ -1,5 +1,5 @@
-//! The operations on stored resources: `$validate` (type and instance level) and
-//! `Patient/$everything`. The terminology operations, which read no stored resource, are in
+//! The operations on stored resources: `$validate` (type and instance level),
+//! `Patient/$everything` and `Patient/$summary`. The terminology operations, which read no stored resource, are in
 //! `terminology.rs`.
 
 use super::answer::Answer;
@@ -179,4 +179,36 @@ pub async fn everything(
         )
     })?;
     Ok(Answer::Json(body))
+}
+
+/// The IPS Bundle profile, the only one `$summary` makes.
+const IPS_BUNDLE: &str = "http://hl7.org/fhir/uv/ips/StructureDefinition/Bundle-uv-ips";
+
+/// `Patient/{id}/$summary` (IPS): the patient summary document, built by the store from what the
+/// caller may read. `profile`, if given, must be the IPS Bundle profile; `identifier` (finding the
+/// patient by an identifier) is not supported.
+pub async fn summary(
+    state: &AppState,
+    ctx: &AccessContext,
+    patient: &ResourceId,
+    params: &[(String, String)],
+) -> Result<Answer, ApiError> {
+    for (k, v) in params {
+        match k.as_str() {
+            "profile" if v.split('|').next() != Some(IPS_BUNDLE) => {
+                return Err(ApiError::bad_request(format!(
+                    "$summary makes {IPS_BUNDLE} documents only, not '{}'",
+                    printable(v)
+                )))
+            }
+            "identifier" => return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not-supported",
+                "$summary takes the patient in the URL (Patient/[id]/$summary), not by identifier",
+            )),
+            _ => {}
+        }
+    }
+    let document = state.store.summary(ctx, patient, &state.base).await?;
+    Ok(Answer::Json(document.to_string().into_bytes()))
 }

@@ -58,6 +58,10 @@ pub enum Interaction {
     Everything {
         patient: ResourceId,
     },
+    /// `Patient/[id]/$summary`: the International Patient Summary document.
+    Summary {
+        patient: ResourceId,
+    },
     /// `$validate` at type or instance level.
     Validate {
         rt: ResourceType,
@@ -169,6 +173,9 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
         (["AuditEvent", id], "GET") => I::AuditRead { id: id.to_string() },
         (["AuditEvent", ..], _) => return Err(Unroutable::Bad(super::audit::not_writable())),
         (["Patient", id, "$everything"], "GET") => I::Everything {
+            patient: resource_id(id)?,
+        },
+        (["Patient", id, "$summary"], "GET") => I::Summary {
             patient: resource_id(id)?,
         },
         ([t, ..], _) if t.starts_with('_') || t.starts_with('$') => {
@@ -347,5 +354,13 @@ mod tests {
             interaction("GET", "Patient/1/_history/2", ""),
             Some(Interaction::Vread { version: 2, .. })
         ));
+        assert!(matches!(
+            interaction("GET", "Patient/p1/$summary", ""),
+            Some(Interaction::Summary { patient }) if patient.as_str() == "p1"
+        ));
+        assert_eq!(
+            refusal("DELETE", "Patient/p1/$summary", ""),
+            (false, StatusCode::METHOD_NOT_ALLOWED)
+        );
     }
 }
