@@ -58,9 +58,11 @@ pub enum Interaction {
     Everything {
         patient: ResourceId,
     },
-    /// `Patient/[id]/$summary`: the International Patient Summary document.
+    /// `Patient/[id]/$summary`: the International Patient Summary document (`POST` with no body
+    /// or a `Parameters` body).
     Summary {
         patient: ResourceId,
+        by_post: bool,
     },
     /// `$validate` at type or instance level.
     Validate {
@@ -175,8 +177,9 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
         (["Patient", id, "$everything"], "GET") => I::Everything {
             patient: resource_id(id)?,
         },
-        (["Patient", id, "$summary"], "GET") => I::Summary {
+        (["Patient", id, "$summary"], "GET" | "POST") => I::Summary {
             patient: resource_id(id)?,
+            by_post,
         },
         ([t, ..], _) if t.starts_with('_') || t.starts_with('$') => {
             return Err(Unroutable::NoInteraction(ApiError::new(
@@ -356,7 +359,11 @@ mod tests {
         ));
         assert!(matches!(
             interaction("GET", "Patient/p1/$summary", ""),
-            Some(Interaction::Summary { patient }) if patient.as_str() == "p1"
+            Some(Interaction::Summary { patient, by_post: false }) if patient.as_str() == "p1"
+        ));
+        assert!(matches!(
+            interaction("POST", "Patient/p1/$summary", ""),
+            Some(Interaction::Summary { by_post: true, .. })
         ));
         assert_eq!(
             refusal("DELETE", "Patient/p1/$summary", ""),
