@@ -17,8 +17,9 @@
 //!
 //! The first three sections are required by the IPS Composition: when nothing qualifies they carry
 //! `emptyReason` `unavailable` (ips-comp-1) and say so in their narrative; the other three are left
-//! out when empty. Entries are ordered newest first by their clinical date, then by type and id,
-//! so the same record always gives the same document but for its identifier and timestamp.
+//! out when empty. Within a section entries are ordered newest first by their clinical date (when
+//! it happened, else when it was recorded), then by type and id, so the same record always gives
+//! the same document but for its identifier and timestamp.
 //!
 //! The author is a `Device`: this server, which assembled the document by rule — no person or
 //! organisation wrote or checked it. For the same reason the Composition has no `attester`
@@ -203,8 +204,8 @@ pub struct Contents {
 /// The `fullUrl` of the Device entry that authors every summary: this server, so always the same.
 const AUTHOR_URL: &str = "urn:uuid:5d0b1f3e-6a7c-4c2e-9f8e-3a1d2b4c5e6f";
 
-/// The IPS document Bundle: Composition first, then the Patient, the section entries in section
-/// order, the referenced resources, and the author. `base` is this server's FHIR base (entries'
+/// The IPS document Bundle: Composition first, then the Patient, the section entries (section by
+/// section, each newest first), the referenced resources (by id), and the author. `base` is this server's FHIR base (entries'
 /// `fullUrl`s), `identifier` a fresh UUID (the Bundle's identifier and the Composition's id),
 /// `timestamp` the instant it was made.
 pub fn document(contents: Contents, base: &str, identifier: &str, timestamp: &str) -> Value {
@@ -213,9 +214,9 @@ pub fn document(contents: Contents, base: &str, identifier: &str, timestamp: &st
         mut entries,
         mut referenced,
     } = contents;
-    entries.sort_by(|(_, a), (_, b)| {
-        let (da, db) = (clinical_date(a), clinical_date(b));
-        db.cmp(&da)
+    entries.sort_by(|(sa, a), (sb, b)| {
+        sa.cmp(sb)
+            .then_with(|| sort_date(b).cmp(&sort_date(a)))
             .then_with(|| a.resource_type.cmp(&b.resource_type))
             .then_with(|| a.id.cmp(&b.id))
     });
@@ -324,6 +325,18 @@ fn clinical_date(r: &Resource) -> String {
         .find_map(|v| v.as_str())
         .unwrap_or("")
         .to_string()
+}
+
+/// [`clinical_date`] as a key that orders in time: a dateTime with a zone in UTC, a date (or a
+/// partial one) as written.
+fn sort_date(r: &Resource) -> String {
+    let date = clinical_date(r);
+    match chrono::DateTime::parse_from_rfc3339(&date) {
+        Ok(t) => t
+            .to_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        Err(_) => date,
+    }
 }
 
 /// The highest confidentiality (v3 Confidentiality, `U` < `L` < `M` < `N` < `R` < `V`) any
@@ -583,5 +596,40 @@ mod tests {
         }
         crate::fhir::narrative::check(doc["entry"][0]["resource"]["text"]["div"].as_str().unwrap())
             .unwrap();
+    }
+
+    #[test]
+    fn entries_are_ordered_in_time_whatever_their_zone() {
+        let obs = |id: &str, when: &str| {
+            (
+                Section::Results,
+                resource(
+                    "Observation",
+                    id,
+                    json!({"resourceType": "Observation", "id": id, "effectiveDateTime": when}),
+                ),
+            )
+        };
+        let doc = document(
+            Contents {
+                patient: resource(
+                    "Patient",
+                    "p",
+                    json!({"resourceType": "Patient", "id": "p"}),
+                ),
+                // 22:30 UTC, then 23:00 UTC: the later one first.
+                entries: vec![
+                    obs("early", "2021-01-01T00:30:00+02:00"),
+                    obs("late", "2020-12-31T23:00:00Z"),
+                ],
+                referenced: vec![],
+            },
+            "b",
+            "u",
+            "t",
+        );
+        let results = &doc["entry"][0]["resource"]["section"][3]["entry"];
+        assert_eq!(results[0]["reference"], "Observation/late");
+        assert_eq!(results[1]["reference"], "Observation/early");
     }
 }
