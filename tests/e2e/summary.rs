@@ -208,7 +208,6 @@ fn without_instance(doc: &Value) -> Value {
     let c = first["resource"].as_object_mut().unwrap();
     c.remove("id");
     c.remove("date");
-    c.remove("text");
     d
 }
 

@@ -266,8 +266,8 @@ pub fn document(contents: Contents, base: &str, identifier: &str, timestamp: &st
         "id": identifier,
         "text": {"status": "generated", "div": format!(
             "<div xmlns=\"{XHTML_NS}\"><p>International Patient Summary of {}, assembled by this \
-             server from the stored record at {}.</p></div>",
-            escape(&name), escape(timestamp))},
+             server from the stored record.</p></div>",
+            escape(&name))},
         "status": "final",
         "type": {"coding": [{"system": "http://loinc.org", "code": "60591-5",
             "display": "Patient summary Document"}]},
