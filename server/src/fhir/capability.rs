@@ -125,8 +125,13 @@ fn build(base: &str) -> Value {
             let mut operations = terminology_operations(t.as_str());
             // Bulk Data (IG 2.0.0) kick-offs at Patient and Group level.
             match t.as_str() {
-                "Patient" => operations.push(json!({"name": "export",
-                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"})),
+                "Patient" => {
+                    operations.push(json!({"name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
+                    // The International Patient Summary document of one patient.
+                    operations.push(json!({"name": "summary",
+                        "definition": "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"}));
+                }
                 "Group" => operations.push(json!({"name": "export",
                     "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"})),
                 _ => {}

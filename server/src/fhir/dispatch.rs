@@ -83,6 +83,9 @@ pub async fn run(
         I::Everything { patient } => {
             operations::everything(state, ctx, &patient, input.params).await
         }
+        I::Summary { patient, by_post } => {
+            operations::summary(state, ctx, &patient, by_post, input).await
+        }
         I::Validate { rt, id, by_post } => {
             operations::validate(state, ctx, rt, id, by_post, input).await
         }

@@ -1,5 +1,5 @@
-//! The operations on stored resources: `$validate` (type and instance level) and
-//! `Patient/$everything`. The terminology operations, which read no stored resource, are in
+//! The operations on stored resources: `$validate` (type and instance level),
+//! `Patient/$everything` and `Patient/$summary`. The terminology operations, which read no stored resource, are in
 //! `terminology.rs`.
 
 use super::answer::Answer;
@@ -8,6 +8,7 @@ use super::intake;
 use super::search::{page_links, SearchBundle, SearchEntry, SearchMode};
 use crate::outcome::ApiError;
 use crate::AppState;
+use bytes::Bytes;
 use carapace_core::access::AccessContext;
 use carapace_core::fhir::validate;
 use carapace_core::fhir::{printable, ResourceId, ResourceType};
@@ -179,4 +180,82 @@ pub async fn everything(
         )
     })?;
     Ok(Answer::Json(body))
+}
+
+/// The IPS Bundle profile, the only one `$summary` makes.
+const IPS_BUNDLE: &str = "http://hl7.org/fhir/uv/ips/StructureDefinition/Bundle-uv-ips";
+
+/// `Patient/{id}/$summary` (IPS): the patient summary document, built by the store from what the
+/// caller may read. GET, or POST with no body or a `Parameters` body. `profile`, if given, must be
+/// the IPS Bundle profile; `identifier` (finding the patient by an identifier) is not supported.
+pub async fn summary(
+    state: &AppState,
+    ctx: &AccessContext,
+    patient: &ResourceId,
+    by_post: bool,
+    input: Input<'_>,
+) -> Result<Answer, ApiError> {
+    let mut params: Vec<(String, String)> = input.params.to_vec();
+    let body = match by_post {
+        false => Bytes::new(),
+        true => {
+            let (headers, body) = input.body.http()?;
+            if headers.contains_key("content-type") {
+                intake::read_body(state, headers, body, intake::RESOURCE_MEDIA_TYPES).await?
+            } else {
+                // Without a media type only an empty body is taken.
+                let declared = headers
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                match intake::read_limited(body, state.config.body_limit, declared).await? {
+                    Some(b) if b.is_empty() => b,
+                    _ => {
+                        return Err(ApiError::new(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "not-supported",
+                            "send no body, or a Parameters resource as application/fhir+json",
+                        ))
+                    }
+                }
+            }
+        }
+    };
+    if !body.is_empty() {
+        let value = intake::resource_of(&body)?;
+        if value["resourceType"] != "Parameters" {
+            return Err(ApiError::bad_request(
+                "POST $summary takes no body or a Parameters resource",
+            ));
+        }
+        for p in value["parameter"].as_array().into_iter().flatten() {
+            let name = p["name"].as_str().unwrap_or("").to_string();
+            let text = ["valueCanonical", "valueUri", "valueString"]
+                .iter()
+                .find_map(|k| p[k].as_str());
+            match (name.as_str(), text) {
+                ("identifier", _) => params.push((name, String::new())),
+                (_, Some(v)) => params.push((name, v.to_string())),
+                _ => {}
+            }
+        }
+    }
+    for (k, v) in &params {
+        match k.as_str() {
+            "profile" if v.split('|').next() != Some(IPS_BUNDLE) => {
+                return Err(ApiError::bad_request(format!(
+                    "$summary makes {IPS_BUNDLE} documents only, not '{}'",
+                    printable(v)
+                )))
+            }
+            "identifier" => return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not-supported",
+                "$summary takes the patient in the URL (Patient/[id]/$summary), not by identifier",
+            )),
+            _ => {}
+        }
+    }
+    let document = state.store.summary(ctx, patient, &state.base).await?;
+    Ok(Answer::Json(document.to_string().into_bytes()))
 }

@@ -58,6 +58,12 @@ pub enum Interaction {
     Everything {
         patient: ResourceId,
     },
+    /// `Patient/[id]/$summary`: the International Patient Summary document (`POST` with no body
+    /// or a `Parameters` body).
+    Summary {
+        patient: ResourceId,
+        by_post: bool,
+    },
     /// `$validate` at type or instance level.
     Validate {
         rt: ResourceType,
@@ -179,6 +185,10 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
         (["AuditEvent", ..], _) => return Err(Unroutable::Bad(super::audit::not_writable())),
         (["Patient", id, "$everything"], "GET") => I::Everything {
             patient: resource_id(id)?,
+        },
+        (["Patient", id, "$summary"], "GET" | "POST") => I::Summary {
+            patient: resource_id(id)?,
+            by_post,
         },
         ([t, ..], _) if t.starts_with('_') || t.starts_with('$') => {
             return Err(Unroutable::NoInteraction(ApiError::new(
@@ -356,5 +366,17 @@ mod tests {
             interaction("GET", "Patient/1/_history/2", ""),
             Some(Interaction::Vread { version: 2, .. })
         ));
+        assert!(matches!(
+            interaction("GET", "Patient/p1/$summary", ""),
+            Some(Interaction::Summary { patient, by_post: false }) if patient.as_str() == "p1"
+        ));
+        assert!(matches!(
+            interaction("POST", "Patient/p1/$summary", ""),
+            Some(Interaction::Summary { by_post: true, .. })
+        ));
+        assert_eq!(
+            refusal("DELETE", "Patient/p1/$summary", ""),
+            (false, StatusCode::METHOD_NOT_ALLOWED)
+        );
     }
 }

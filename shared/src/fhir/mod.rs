@@ -4,6 +4,7 @@
 pub mod extensions;
 pub mod fhirpath;
 pub mod invariants;
+pub mod ips;
 pub mod json;
 pub mod narrative;
 pub mod profile;

@@ -1,7 +1,7 @@
 //! The last step before data leaves the store: for an `analytics` caller, every resource is
 //! de-identified ([`crate::deid`]) — after the gate chose it and after its audit events named the
 //! real patients, before any front sees it. Every interaction that hands out resources returns
-//! through [`Store::audited`] (search, `$everything`, history, AuditEvents, writes) or
+//! through [`Store::audited`] (search, `$everything`, `$summary`, history, AuditEvents, writes) or
 //! [`Store::read`]/[`Store::vread`], all of which call [`Outgoing::release`] (the store's own
 //! lookups — a conditional write's match — use the unreleased `read_stored`); a Bulk export's rows pass
 //! [`Store::releaser`] in `store/export.rs`. A new result type cannot be returned through

@@ -672,7 +672,7 @@ impl Store {
 
     /// The current versions of `wanted` that exist and that the caller may read (inside the
     /// caller's transaction); others are left out silently.
-    async fn load_current_in(
+    pub(super) async fn load_current_in(
         &self,
         conn: &mut sqlx::PgConnection,
         ctx: &AccessContext,
