@@ -208,7 +208,7 @@ impl hyper::body::Body for ChannelBody {
 pub fn document_bytes(seed: u64, offset: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| {
-            let mut x = (offset + i) / 8 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut x = ((offset + i) / 8) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;

@@ -366,7 +366,7 @@ impl Store {
                     Some(c) => c,
                     None => Content::Inline(inline_data(resource)?),
                 };
-                self.stage_binary(ctx, id, version_id, dek_id, dek, resource, content)
+                self.stage_binary(ctx, id, version_id, (dek_id, dek), resource, content)
                     .await
                     .map(Some)
             }
@@ -551,8 +551,7 @@ impl Store {
         ctx: &AccessContext,
         id: &str,
         version_id: i64,
-        dek_id: i64,
-        dek: &Arc<Dek>,
+        (dek_id, dek): (i64, &Arc<Dek>),
         binary: &mut Value,
         content: Content,
     ) -> Result<Staged, StoreError> {

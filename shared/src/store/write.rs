@@ -355,6 +355,7 @@ impl Store {
 
     /// Everything a create needs before the database transaction: id set, compartment checked, data
     /// key in hand (which may need the key provider).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn prepare_create(
         &self,
         ctx: &AccessContext,
@@ -370,6 +371,8 @@ impl Store {
         self.check_write(ctx, Permission::Create, resource_type, &scope, &resource)
             .await?;
         let (dek_id, dek) = self.dek_for_scope(&scope).await?;
+        let index = self.index_rows(resource_type, &resource, prefixes).await?;
+        // Last: nothing after it can fail and leave a staged content behind.
         let content = self
             .prepare_payload(
                 ctx,
@@ -382,7 +385,6 @@ impl Store {
                 pending,
             )
             .await?;
-        let index = self.index_rows(resource_type, &resource, prefixes).await?;
         Ok(Prepared {
             resource_type,
             id: id.to_string(),
@@ -444,6 +446,8 @@ impl Store {
         } else {
             0
         };
+        let index = self.index_rows(resource_type, &resource, prefixes).await?;
+        // Last: nothing after it can fail and leave a staged content behind.
         let content = self
             .prepare_payload(
                 ctx,
@@ -456,7 +460,6 @@ impl Store {
                 pending,
             )
             .await?;
-        let index = self.index_rows(resource_type, &resource, prefixes).await?;
         Ok(Prepared {
             resource_type,
             id: id.as_str().to_string(),

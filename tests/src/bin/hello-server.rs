@@ -1,7 +1,7 @@
 //! hello-server: the benchmarks' yardstick. A trivial HTTP server on the same stack as
 //! `carapace-server` (hyper 1 with hyper-util's auto connection builder, a tokio multi-thread
 //! runtime, `TCP_NODELAY`, two malloc arenas) that reads each request's body and answers every
-//! request with the same ~200-byte JSON body. The benchmarks measure it in the same run, with the
+//! request with the same ~200-byte JSON body (`GET /bytes/N`: N bytes, for downloads). The benchmarks measure it in the same run, with the
 //! same client and the same concurrency, so their figures are ratios that survive a noisy, shared
 //! machine. It is its own process, as the real server is: a task inside the benchmark would share
 //! the client's runtime and cores on unequal terms.
@@ -71,11 +71,54 @@ async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
+/// A block of the bytes `/bytes/N` answers, sent again and again (nothing is allocated per byte).
+static BLOCK: [u8; 1 << 20] = [0x5a; 1 << 20];
+
+/// `/bytes/N`'s body: N bytes, a block at a time, as a document download streams.
+struct Repeat(u64);
+
+impl hyper::body::Body for Repeat {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.0.min(BLOCK.len() as u64) as usize;
+        self.0 -= n as u64;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &BLOCK[..n],
+        )))))
+    }
+}
+
+type Answer = http_body_util::Either<Full<Bytes>, Repeat>;
+
 /// Read the request body (as the real server does, and so the connection stays reusable), then
-/// answer with [`BODY`].
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+/// answer with [`BODY`]; `GET /bytes/N` answers N bytes instead (the document benchmark's
+/// download yardstick).
+async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, hyper::Error> {
+    let bytes = req
+        .uri()
+        .path()
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok());
     req.into_body().collect().await?;
-    let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
+    if let Some(n) = bytes {
+        let mut resp = Response::new(http_body_util::Either::Right(Repeat(n)));
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_LENGTH,
+            hyper::header::HeaderValue::from(n),
+        );
+        return Ok(resp);
+    }
+    let mut resp = Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(
+        BODY,
+    ))));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/fhir+json"),
