@@ -18,6 +18,8 @@ CREATE TABLE binary_contents (
     -- Bytes of content (plaintext) and chunks; NULL until the last chunk is in.
     size        BIGINT CHECK (size >= 0),
     chunks      INTEGER CHECK (chunks >= 1),
+    -- The content's size, SHA-256 and SHA-1, sealed like its chunks (the Binary stays as sent).
+    facts       BYTEA,
     started     TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX binary_contents_started ON binary_contents (started);
@@ -53,7 +55,7 @@ CREATE TRIGGER binary_content_remove AFTER DELETE ON resource_versions
 -- The application stages and reads contents, and removes only what no version names (the FK
 -- refuses the rest); chunks are never changed once written.
 GRANT SELECT, INSERT, DELETE ON binary_contents TO carapace_app;
-GRANT UPDATE (size, chunks) ON binary_contents TO carapace_app;
+GRANT UPDATE (size, chunks, facts) ON binary_contents TO carapace_app;
 GRANT SELECT, INSERT ON binary_chunks TO carapace_app;
 
 -- Row-level security: a content is in reach when its data key's scope is (the same rule as

@@ -12,8 +12,8 @@
 //!   upload, the chunk's index and whether it is the last: a chunk flipped, moved, reordered,
 //!   dropped, or a content cut short fails to open.
 //! - **Integrity**: SHA-256 and SHA-1 (R4's `Attachment.hash`) are computed while streaming in
-//!   and kept, with the size, in the sealed Binary itself (the server's [`CONTENT_EXTENSION`],
-//!   never the client's). A whole read recomputes SHA-256 and sends the last chunk only once it
+//!   and kept, with the size, sealed in the content's row under the same binding as its chunks
+//!   (the Binary resource stays as the client sent it). A whole read recomputes SHA-256 and sends the last chunk only once it
 //!   matches: a content that fails is never served whole (a one-chunk document is refused before
 //!   its first byte; a longer one is cut off), and the failure is audited and logged.
 //! - **Access**: the Binary's own gate (its key scope's compartment, its labels), then, when its
@@ -50,9 +50,8 @@ const CHUNKS_PER_SELECT: i32 = 4;
 /// Purpose bound into every chunk's additional data.
 const PURPOSE: &str = "binary-content";
 
-/// The server's record of a Binary's content in its sealed JSON: `size` (bytes), `sha256` and
-/// `sha1` (base64). A client's own extension of this URL is replaced.
-pub const CONTENT_EXTENSION: &str = "https://carapace.dev/fhir/StructureDefinition/binary-content";
+/// Purpose bound into a content's sealed size and digests.
+const FACTS: &str = "binary-facts";
 
 /// The largest content R4 can describe (`Attachment.size` is an `unsignedInt`).
 pub const MAX_BINARY_LIMIT: u64 = i32::MAX as u64;
@@ -74,6 +73,7 @@ pub(super) type PendingBinaries = std::collections::HashMap<String, ContentFacts
 pub(super) struct Staged {
     pub(super) upload: uuid::Uuid,
     pub(super) version_id: i64,
+    pub(super) facts: ContentFacts,
 }
 
 /// What the sealed Binary says of its content.
@@ -85,66 +85,36 @@ pub struct ContentFacts {
 }
 
 impl ContentFacts {
-    /// The facts as the server recorded them in a Binary, if it did.
-    pub fn of(binary: &Value) -> Option<ContentFacts> {
-        let ext = binary
-            .get("extension")?
-            .as_array()?
-            .iter()
-            .find(|e| e.get("url").and_then(Value::as_str) == Some(CONTENT_EXTENSION))?;
-        let part = |name: &str| {
-            ext.get("extension")?
-                .as_array()?
-                .iter()
-                .find(|e| e.get("url").and_then(Value::as_str) == Some(name))
-        };
-        let b64 = |name: &str| {
-            part(name)
-                .and_then(|e| e.get("valueBase64Binary"))
-                .and_then(Value::as_str)
-                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-        };
-        Some(ContentFacts {
-            size: part("size")?.get("valueUnsignedInt")?.as_u64()?,
-            sha256: b64("sha256")?,
-            sha1: b64("sha1")?,
-        })
-    }
-
     /// `Attachment.hash`: base64 SHA-1.
     pub fn attachment_hash(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(&self.sha1)
     }
 
-    fn stamp(&self, binary: &mut Value) {
-        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-        let ext = json!({"url": CONTENT_EXTENSION, "extension": [
-            {"url": "size", "valueUnsignedInt": self.size},
-            {"url": "sha256", "valueBase64Binary": b64(&self.sha256)},
-            {"url": "sha1", "valueBase64Binary": b64(&self.sha1)},
-        ]});
-        strip_content_extension(binary);
-        if let Value::Object(map) = binary {
-            match map.get_mut("extension").and_then(Value::as_array_mut) {
-                Some(list) => list.push(ext),
-                None => {
-                    map.insert("extension".into(), Value::Array(vec![ext]));
-                }
-            }
-        }
+    /// Sealed for its content's row, bound to the same object as its chunks.
+    fn seal(&self, dek: &Dek, object: &str) -> Vec<u8> {
+        let plain = json!({"size": self.size, "sha256": self.sha256, "sha1": self.sha1});
+        seal_chunk(dek, FACTS, object, 0, true, plain.to_string().as_bytes())
     }
-}
 
-/// Remove any [`CONTENT_EXTENSION`] (a client's claim about content is never believed).
-fn strip_content_extension(binary: &mut Value) {
-    let Some(map) = binary.as_object_mut() else {
-        return;
-    };
-    if let Some(list) = map.get_mut("extension").and_then(Value::as_array_mut) {
-        list.retain(|e| e.get("url").and_then(Value::as_str) != Some(CONTENT_EXTENSION));
-        if list.is_empty() {
-            map.remove("extension");
-        }
+    fn open(dek: &Dek, object: &str, sealed: &[u8]) -> Result<ContentFacts, StoreError> {
+        let plain =
+            open_chunk(dek, FACTS, object, 0, true, sealed).map_err(|_| StoreError::Integrity)?;
+        let v: Value = serde_json::from_slice(&plain).map_err(|_| StoreError::Integrity)?;
+        let bytes = |name: &str| -> Option<Vec<u8>> {
+            v.get(name)?
+                .as_array()?
+                .iter()
+                .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect()
+        };
+        let facts = || {
+            Some(ContentFacts {
+                size: v.get("size").and_then(Value::as_u64)?,
+                sha256: bytes("sha256")?,
+                sha1: bytes("sha1")?,
+            })
+        };
+        facts().ok_or(StoreError::Integrity)
     }
 }
 
@@ -609,11 +579,14 @@ impl Store {
         };
         match finished {
             Ok(facts) => {
-                facts.stamp(binary);
                 if let Value::Object(map) = binary {
                     map.remove("data");
                 }
-                Ok(Staged { upload, version_id })
+                Ok(Staged {
+                    upload,
+                    version_id,
+                    facts,
+                })
             }
             Err(e) => {
                 self.discard_upload(upload).await;
@@ -695,10 +668,9 @@ impl Store {
             .and_then(Value::as_str)
             .unwrap_or("application/octet-stream")
             .to_string();
-        let facts = ContentFacts::of(&doc).ok_or(StoreError::Integrity)?;
         let mut conn = self.begin_for(ctx).await?;
         let row = sqlx::query(
-            "SELECT c.upload, c.chunk_size, c.size, c.chunks, c.version_id AS sealed_for,
+            "SELECT c.upload, c.chunk_size, c.size, c.chunks, c.facts, c.version_id AS sealed_for,
                     c.resource_id, k.id AS dek_id, k.scope, k.wrapped
                FROM resource_versions v
                JOIN binary_contents c ON c.upload = v.content
@@ -715,19 +687,26 @@ impl Store {
         let chunks: Option<i32> = row.try_get("chunks")?;
         let sealed_for: i64 = row.try_get("sealed_for")?;
         let resource_id: String = row.try_get("resource_id")?;
+        let upload: uuid::Uuid = row.try_get("upload")?;
+        let sealed_facts: Option<Vec<u8>> = row.try_get("facts")?;
+        let key = super::DekRow::from_row(&row)?;
+        let dek = self.dek_by_id(&key).await?;
+        let facts = ContentFacts::open(
+            &dek,
+            &object(&stored.id, stored.version_id, &upload),
+            &sealed_facts.ok_or(StoreError::Integrity)?,
+        )?;
         if size != Some(facts.size as i64)
             || sealed_for != stored.version_id
             || resource_id != stored.id
         {
             return Err(StoreError::Integrity);
         }
-        let key = super::DekRow::from_row(&row)?;
-        let dek = self.dek_by_id(&key).await?;
         let chunk_size: i32 = row.try_get("chunk_size")?;
         Ok(OpenBinary {
             content_type,
             facts,
-            upload: row.try_get("upload")?,
+            upload,
             chunk_size: chunk_size.max(1) as u64,
             chunks: chunks.ok_or(StoreError::Integrity)?,
             dek,
@@ -912,18 +891,22 @@ impl ChunkRows<'_> {
     async fn finish(mut self) -> Result<ContentFacts, StoreError> {
         self.seal(true).await?;
         let mut tx = self.store.begin_for(self.ctx).await?;
-        sqlx::query("UPDATE binary_contents SET size = $2, chunks = $3 WHERE upload = $1")
-            .bind(self.upload)
-            .bind(self.size as i64)
-            .bind(self.index)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(ContentFacts {
+        let facts = ContentFacts {
             size: self.size,
             sha256: self.sha256.finalize().to_vec(),
             sha1: self.sha1.finalize().to_vec(),
-        })
+        };
+        sqlx::query(
+            "UPDATE binary_contents SET size = $2, chunks = $3, facts = $4 WHERE upload = $1",
+        )
+        .bind(self.upload)
+        .bind(self.size as i64)
+        .bind(self.index)
+        .bind(facts.seal(&self.dek, &self.object))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(facts)
     }
 }
 
@@ -933,17 +916,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_facts_round_trip_and_replace_a_clients_claim() {
+    fn content_facts_open_only_for_their_own_content() {
         let facts = ContentFacts {
             size: 5,
             sha256: vec![1; 32],
             sha1: vec![2; 20],
         };
-        let mut binary = json!({"resourceType": "Binary", "contentType": "text/plain",
-            "extension": [{"url": CONTENT_EXTENSION, "extension": [
-                {"url": "size", "valueUnsignedInt": 1}]}]});
-        facts.stamp(&mut binary);
-        assert_eq!(binary["extension"].as_array().unwrap().len(), 1);
-        assert_eq!(ContentFacts::of(&binary), Some(facts));
+        let dek = Dek::random();
+        let upload = uuid::Uuid::new_v4();
+        let sealed = facts.seal(&dek, &object("b1", 2, &upload));
+        assert_eq!(
+            ContentFacts::open(&dek, &object("b1", 2, &upload), &sealed).unwrap(),
+            facts
+        );
+        for other in [object("b1", 3, &upload), object("b2", 2, &upload)] {
+            assert!(ContentFacts::open(&dek, &other, &sealed).is_err());
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! (all or nothing), references between entries (`urn:uuid:`, conditional references) resolved
 //! first, integrity checked after the last entry.
 
-use super::binary::{ContentFacts, PendingBinaries};
+use super::binary::PendingBinaries;
 use super::index::PrefixRows;
 use super::{
     check_resource, lock_conditions, seal_new, set_id, Deleted, NewResource, Prepared, Store,
@@ -114,9 +114,7 @@ pub struct TxFailure {
 fn note_binary(prepared: &Prepared, staged: &mut Vec<uuid::Uuid>, pending: &mut PendingBinaries) {
     if let Some(content) = &prepared.content {
         staged.push(content.upload);
-        if let Some(facts) = ContentFacts::of(&prepared.resource) {
-            pending.insert(format!("Binary/{}", prepared.id), facts);
-        }
+        pending.insert(format!("Binary/{}", prepared.id), content.facts.clone());
     }
 }
 

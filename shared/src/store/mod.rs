@@ -54,9 +54,7 @@ use keys::DekRow;
 use read::{head_row, read_head};
 use write::{check_resource, lock_conditions, seal_new, set_id, NewResource, Prepared};
 
-pub use binary::{
-    Content, ContentFacts, OpenBinary, CHUNK as BINARY_CHUNK, CONTENT_EXTENSION, MAX_BINARY_LIMIT,
-};
+pub use binary::{Content, ContentFacts, OpenBinary, CHUNK as BINARY_CHUNK, MAX_BINARY_LIMIT};
 pub use erasure::{patient_scope, Erasure, HistoryPurge, LegalHold};
 pub use profiles::ValidateMode;
 pub use reach::BtgGrant;
