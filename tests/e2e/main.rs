@@ -31,6 +31,7 @@ mod operations;
 mod profiles;
 mod readme;
 mod search;
+mod summaries;
 mod terminology;
 mod tls;
 mod validation;

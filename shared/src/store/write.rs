@@ -4,6 +4,7 @@
 
 use super::audited::{Event, Recorded};
 use super::index::PrefixRows;
+use super::summaries::Within;
 use super::{head_row, index, patient_of, Store, StoreError, StoredResource};
 use crate::access::policy::Label;
 use crate::access::{AccessContext, Denied, Permission};
@@ -251,7 +252,8 @@ impl Store {
             async {
                 ctx.check(resource_type.as_str(), Permission::Create)?;
                 check_resource(resource_type, &resource)?;
-                self.check_declared_profiles(ctx, &resource).await?;
+                self.check_declared_profiles(ctx, &resource, Within::Alone)
+                    .await?;
                 // A conditional create holds its condition's lock from the match to the commit.
                 let mut held = None;
                 let _slot = match if_none_exist {
@@ -400,7 +402,8 @@ impl Store {
             async {
                 ctx.check(resource_type.as_str(), Permission::Update)?;
                 check_resource(resource_type, &resource)?;
-                self.check_declared_profiles(ctx, &resource).await?;
+                self.check_declared_profiles(ctx, &resource, Within::Alone)
+                    .await?;
                 match resource.get("id").and_then(Value::as_str) {
                     Some(body_id) if body_id == id.as_str() => {}
                     Some(_) => {
