@@ -149,6 +149,19 @@ async fn a_summary_is_stored_with_its_model_and_provenance() {
         .json();
     assert_eq!(found["entry"].as_array().unwrap().len(), 2, "{found}");
 
+    // The CapabilityStatement names the guide and the profiles.
+    let cs = fhir.get("metadata").await.json();
+    assert_eq!(
+        cs["implementationGuide"][0],
+        "https://carapace.dev/fhir/ImplementationGuide/carapace-summaries"
+    );
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    let doc_ref = resources
+        .iter()
+        .find(|r| r["type"] == "DocumentReference")
+        .unwrap();
+    assert_eq!(doc_ref["supportedProfile"][0], SUMMARY);
+
     // An update alone is refused.
     let before = versions(&stack).await;
     changed["id"] = json!(summary.split('/').nth(1).unwrap());
@@ -175,6 +188,9 @@ async fn a_summary_without_its_provenance_is_refused_and_nothing_is_written() {
     }
     let r = fhir.post("StructureDefinition", &loose).await;
     assert_eq!(r.status, 201, "{}", r.text());
+    // A stored Device that is not a summary model.
+    let plain = json!({"resourceType": "Device", "manufacturer": "Example Models Ltd"});
+    let plain = fhir.post("Device", &plain).await.created_id();
     let before = versions(&stack).await;
 
     // Alone: a plain create, and a batch entry.
@@ -213,6 +229,14 @@ async fn a_summary_without_its_provenance_is_refused_and_nothing_is_written() {
     provenance(&mut no_device)["agent"] = json!([{"type": {"coding": [{"system":
         "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}]},
         "who": {"reference": patient}}]);
+    let mut unprofiled_model = example();
+    entry_of(&mut unprofiled_model, "Device", "/summary-model")["resource"]
+        .as_object_mut()
+        .unwrap()
+        .remove("meta");
+    let mut stored_plain_device = example();
+    provenance(&mut stored_plain_device)["agent"][0]["who"]["reference"] =
+        json!(format!("Device/{plain}"));
     let mut undeclared = example();
     provenance(&mut undeclared)
         .as_object_mut()
@@ -233,6 +257,16 @@ async fn a_summary_without_its_provenance_is_refused_and_nothing_is_written() {
             &["summary-provenance"],
             "a Provenance of no profile",
         ),
+        (
+            unprofiled_model,
+            &["summary-model"],
+            "a model Device of no profile",
+        ),
+        (
+            stored_plain_device,
+            &["summary-model"],
+            "a stored Device of no profile",
+        ),
     ] {
         let r = fhir.post("", &bundle).await;
         refused(&r, words, what);
@@ -248,6 +282,45 @@ async fn a_summary_without_its_provenance_is_refused_and_nothing_is_written() {
         0,
         "{stored}"
     );
+}
+
+/// The README's example transaction, as printed, with its patient and source document made first.
+#[tokio::test]
+async fn the_readme_example_transaction_is_accepted() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let section = readme
+        .split("### Machine-generated summaries")
+        .nth(1)
+        .unwrap();
+    let block = section.split("```json\n").nth(1).unwrap();
+    let block = block.split("```").next().unwrap();
+    let r = fhir
+        .post("Patient", &json!({"resourceType": "Patient"}))
+        .await;
+    let patient = r.created_id();
+    let source = json!({"resourceType": "DocumentReference", "status": "current",
+        "content": [{"attachment": {"contentType": "text/plain", "data": "UmVmZXJyYWw="}}]});
+    let source = fhir.post("DocumentReference", &source).await.created_id();
+    let text = block
+        .replace("Patient/123", &format!("Patient/{patient}"))
+        .replace(
+            "DocumentReference/referral-1",
+            &format!("DocumentReference/{source}"),
+        );
+    let bundle: Value = serde_json::from_str(&text).expect("the README's example is JSON");
+    let r = fhir.post("", &bundle).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let summary = located(&r.json()["entry"][1]);
+    let found = fhir
+        .get(&format!("Provenance?target={summary}"))
+        .await
+        .json();
+    assert_eq!(found["entry"].as_array().unwrap().len(), 1, "{found}");
 }
 
 /// Every resource of the IG (the StructureDefinitions with their snapshots, the CodeSystem, the

@@ -457,8 +457,8 @@ impl Store {
             }
         }
         // A summary is written with its Provenance (`summaries`), in whatever entry order.
-        companions
-            .check()
+        self.check_companions(ctx, &companions)
+            .await
             .map_err(|(i, error)| TxFailure { index: i, error })?;
         self.write_prefixes(prefixes).await.map_err(fail(0))?;
         // 3. All writes in one database transaction, in the spec's order: deletes, creates (all

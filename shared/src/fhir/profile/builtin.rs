@@ -6,6 +6,8 @@ use super::{CompileError, Profile};
 use serde_json::Value;
 use std::sync::{Arc, LazyLock};
 
+/// The implementation guide the built-in profiles belong to.
+pub const GUIDE: &str = "https://carapace.dev/fhir/ImplementationGuide/carapace-summaries";
 /// The machine-generated summary (a DocumentReference).
 pub const SUMMARY: &str = "https://carapace.dev/fhir/StructureDefinition/machine-summary";
 /// The model that generated a summary (a Device).
@@ -47,6 +49,16 @@ fn compile(url: &str, text: &str) -> Builtin {
 pub fn builtin(canonical: &str) -> Option<&'static Builtin> {
     let url = canonical.split('|').next().unwrap_or(canonical);
     COMPILED.iter().find(|(u, _)| *u == url).map(|(_, p)| p)
+}
+
+/// The built-in profile of a resource type, for the CapabilityStatement's `supportedProfile`.
+pub fn for_type(resource_type: &str) -> Option<&'static str> {
+    match resource_type {
+        "DocumentReference" => Some(SUMMARY),
+        "Device" => Some(SUMMARY_MODEL),
+        "Provenance" => Some(SUMMARY_PROVENANCE),
+        _ => None,
+    }
 }
 
 /// Does `resource`'s `meta.profile` declare `url` (in any version)?
