@@ -30,7 +30,7 @@ pub(super) enum Within<'a> {
     },
 }
 
-/// What a transaction's entries wrote, for [`Companions::check`] after the last one.
+/// What a transaction's entries wrote, for [`Store::check_companions`] after the last one.
 #[derive(Default)]
 pub(super) struct Companions {
     /// `(entry, Type/id)` of every summary written.
