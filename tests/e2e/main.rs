@@ -32,6 +32,7 @@ mod operations;
 mod profiles;
 mod readme;
 mod search;
+mod summaries;
 mod summary;
 mod terminology;
 mod tls;

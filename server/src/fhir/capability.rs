@@ -1,5 +1,6 @@
 //! The CapabilityStatement: exactly what this server supports, no more.
 
+use carapace_core::fhir::profile::builtin;
 use carapace_core::fhir::ResourceType;
 use carapace_core::search::index;
 use carapace_core::search::params::{self, Kind};
@@ -139,6 +140,10 @@ fn build(base: &str) -> Value {
             if !operations.is_empty() {
                 r["operation"] = Value::Array(operations);
             }
+            // The machine-generated summaries guide's profiles, built in (conformance/ig/).
+            if let Some(profile) = builtin::for_type(t.as_str()) {
+                r["supportedProfile"] = json!([profile]);
+            }
             r
         })
         .collect();
@@ -152,6 +157,7 @@ fn build(base: &str) -> Value {
         "implementation": {"description": "Carapace FHIR R4 server (encrypted at rest)", "url": base},
         "fhirVersion": "4.0.1",
         "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+        "implementationGuide": [builtin::GUIDE],
         "format": ["json", "application/fhir+json"],
         "rest": [{
             "mode": "server",

@@ -4,6 +4,7 @@
 
 use super::binary::PendingBinaries;
 use super::index::PrefixRows;
+use super::summaries::{Companions, Within};
 use super::{
     check_resource, lock_conditions, seal_new, set_id, Deleted, NewResource, Prepared, Store,
     StoreError, StoredResource, Updated,
@@ -391,6 +392,7 @@ impl Store {
         let mut updates: Vec<Option<Prepared>> = (0..entries.len()).map(|_| None).collect();
         // Checked after every write, so that entries may refer to each other.
         let mut references = Vec::new();
+        let mut companions = Companions::default();
         for (i, entry) in entries.iter_mut().enumerate() {
             match entry {
                 TxEntry::Create { .. } if existing[i].is_some() => {}
@@ -406,11 +408,16 @@ impl Store {
                     ctx.check(resource_type.as_str(), Permission::Create)
                         .map_err(|e| fail(i)(e.into()))?;
                     check_resource(*resource_type, &resource).map_err(fail(i))?;
-                    self.check_declared_profiles(ctx, &resource)
+                    let id = new_ids[i].clone().unwrap_or_default();
+                    let within = Within::Transaction {
+                        entry: i,
+                        reference: format!("{resource_type}/{id}"),
+                        companions: &mut companions,
+                    };
+                    self.check_declared_profiles(ctx, &resource, within)
                         .await
                         .map_err(fail(i))?;
                     references.extend(self.references_to_check(i, &resource));
-                    let id = new_ids[i].clone().unwrap_or_default();
                     let prepared = self
                         .prepare_create(
                             ctx,
@@ -443,7 +450,12 @@ impl Store {
                     ctx.check(resource_type.as_str(), Permission::Update)
                         .map_err(|e| fail(i)(e.into()))?;
                     check_resource(*resource_type, &resource).map_err(fail(i))?;
-                    self.check_declared_profiles(ctx, &resource)
+                    let within = Within::Transaction {
+                        entry: i,
+                        reference: format!("{resource_type}/{id}"),
+                        companions: &mut companions,
+                    };
+                    self.check_declared_profiles(ctx, &resource, within)
                         .await
                         .map_err(fail(i))?;
                     references.extend(self.references_to_check(i, &resource));
@@ -470,6 +482,10 @@ impl Store {
                 TxEntry::Read { .. } => {}
             }
         }
+        // A summary is written with its Provenance (`summaries`), in whatever entry order.
+        self.check_companions(ctx, &companions)
+            .await
+            .map_err(|(i, error)| TxFailure { index: i, error })?;
         self.write_prefixes(prefixes).await.map_err(fail(0))?;
         // 3. All writes in one database transaction, in the spec's order: deletes, creates (all
         // inserted together), updates.

@@ -45,6 +45,7 @@ mod release; // de-identification of what analytics callers receive
 mod retention; // what is purged when
 mod search; // the search interaction
 mod stats; // counts for the console and monitoring
+mod summaries; // machine-generated summaries: written with their Provenance
 mod summary; // Patient/$summary: the International Patient Summary
 mod trail; // reading the audit trail
 mod write; // create, update, patch, delete

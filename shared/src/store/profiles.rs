@@ -1,11 +1,13 @@
 //! `$validate` and profiles in the store: the operation's checks (the validator, the mode's rules,
-//! the profiles asked for and declared), and profiles found among the StructureDefinitions stored on
+//! the profiles asked for and declared), the profiles built in ([`builtin`], which always win over
+//! a stored StructureDefinition with the same URL), and profiles found among the StructureDefinitions stored on
 //! this server — by canonical URL, through the caller's own gated search (so the access gate decides
 //! what they may use), compiled once per stored version.
 
+use super::summaries::{self, Within};
 use super::{Store, StoreError};
 use crate::access::{AccessContext, Permission};
-use crate::fhir::profile::Profile;
+use crate::fhir::profile::{builtin, Profile};
 use crate::fhir::validate::{self, Issue, IssueType};
 use crate::fhir::{printable, ResourceId, ResourceType};
 use serde_json::Value;
@@ -201,36 +203,44 @@ impl Store {
         }
     }
 
-    /// On a write with `CARAPACE_ENFORCE_PROFILES=on`: the resource must conform to every profile
-    /// its `meta.profile` names that is stored here (profiles not stored are not checked),
-    /// whoever writes it. Free when enforcement is off or nothing is declared.
+    /// On every write: the resource must conform to every built-in profile its `meta.profile`
+    /// names ([`builtin`], whatever `CARAPACE_ENFORCE_PROFILES` says), and with
+    /// `CARAPACE_ENFORCE_PROFILES=on` to every other one stored here (profiles not stored are not
+    /// checked), whoever writes it; then the companion rules of what it is written `within`
+    /// ([`summaries`]). Free when nothing is declared.
     pub(super) async fn check_declared_profiles(
         &self,
         ctx: &AccessContext,
         resource: &Value,
+        within: Within<'_>,
     ) -> Result<(), StoreError> {
-        if !self.enforce_profiles {
-            return Ok(());
-        }
         let mut issues = Vec::new();
         // A stored profile binds every writer, whatever the writer may read: profiles are looked
         // up as the server's own reader of definitions (StructureDefinitions only, no PHI),
         // audited under the writer's name.
         let definitions = definitions_reader(ctx);
         for url in declared_profiles(resource) {
-            if let Resolved::Found(p) = self.resolve_profile(&definitions, url).await? {
-                issues.extend(
-                    p.check_at(resource, validate::Depth::Write)
-                        .into_iter()
-                        .filter(Issue::is_error),
-                );
-            }
+            let found = match builtin::builtin(url) {
+                Some(Ok(p)) => p.clone(),
+                // Never let a write through unchecked: a build defect the unit tests catch.
+                Some(Err(_)) => return Err(StoreError::Integrity),
+                None if !self.enforce_profiles => continue,
+                None => match self.resolve_profile(&definitions, url).await? {
+                    Resolved::Found(p) => p,
+                    Resolved::Missing | Resolved::Unusable(_) => continue,
+                },
+            };
+            issues.extend(
+                found
+                    .check_at(resource, validate::Depth::Write)
+                    .into_iter()
+                    .filter(Issue::is_error),
+            );
         }
-        if issues.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::Invalid(issues))
+        if !issues.is_empty() {
+            return Err(StoreError::Invalid(issues));
         }
+        summaries::note(resource, within)
     }
 
     /// The StructureDefinition stored with this canonical (`url` or `url|version`) that the
@@ -242,6 +252,12 @@ impl Store {
         ctx: &AccessContext,
         canonical: &str,
     ) -> Result<Resolved, StoreError> {
+        // A built-in profile is never replaced by a stored one with its URL (which could weaken it).
+        match builtin::builtin(canonical) {
+            Some(Ok(p)) => return Ok(Resolved::Found(p.clone())),
+            Some(Err(why)) => return Ok(Resolved::Unusable(why.clone())),
+            None => {}
+        }
         let (url, version) = match canonical.split_once('|') {
             Some((url, version)) => (url, Some(version)),
             None => (canonical, None),

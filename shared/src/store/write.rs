@@ -5,6 +5,7 @@
 use super::audited::{Event, Recorded};
 use super::binary::{Content, PendingBinaries, Staged};
 use super::index::PrefixRows;
+use super::summaries::Within;
 use super::{head_row, index, patient_of, Store, StoreError, StoredResource};
 use crate::access::policy::Label;
 use crate::access::{AccessContext, Denied, Permission};
@@ -283,7 +284,8 @@ impl Store {
             async {
                 ctx.check(resource_type.as_str(), Permission::Create)?;
                 check_resource(resource_type, &resource)?;
-                self.check_declared_profiles(ctx, &resource).await?;
+                self.check_declared_profiles(ctx, &resource, Within::Alone)
+                    .await?;
                 // A conditional create holds its condition's lock from the match to the commit.
                 let mut held = None;
                 let _slot = match if_none_exist {
@@ -582,7 +584,8 @@ impl Store {
             async {
                 ctx.check(resource_type.as_str(), Permission::Update)?;
                 check_resource(resource_type, &resource)?;
-                self.check_declared_profiles(ctx, &resource).await?;
+                self.check_declared_profiles(ctx, &resource, Within::Alone)
+                    .await?;
                 let references = self.references_to_check(0, &resource);
                 let mut prefixes = PrefixRows::default();
                 let mut prepared = self

@@ -16,6 +16,7 @@
 //! discriminator and discriminator paths with functions (`resolve()`, `extension(url)`): such a
 //! slicing is skipped, never guessed.
 
+pub mod builtin;
 mod check;
 mod compile;
 mod slicing;
