@@ -134,6 +134,9 @@ pub struct OpenBinary {
     chunks: i32,
     dek: Arc<Dek>,
     ctx: AccessContext,
+    /// A Binary stored before contents were kept apart (migration 0017): its `data`, inside its
+    /// sealed JSON (authenticated with it).
+    inline: Option<Bytes>,
 }
 
 impl OpenBinary {
@@ -170,6 +173,14 @@ impl OpenBinary {
         range: Option<(u64, u64)>,
         sink: &mut Sink<'_>,
     ) -> Result<(), StoreError> {
+        if let Some(inline) = &self.inline {
+            let piece = match range {
+                Some((start, end)) => inline.slice(start as usize..=end as usize),
+                None => inline.clone(),
+            };
+            sink.put(piece).await;
+            return Ok(());
+        }
         let object = object(&self.resource.id, self.resource.version_id, &self.upload);
         let (first, last) = match range {
             Some((start, end)) => (
@@ -680,9 +691,11 @@ impl Store {
         .bind(&stored.id)
         .bind(stored.version_id)
         .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(StoreError::Integrity)?;
+        .await?;
         conn.commit().await?;
+        let Some(row) = row else {
+            return legacy(ctx, stored, content_type, &doc);
+        };
         let size: Option<i64> = row.try_get("size")?;
         let chunks: Option<i32> = row.try_get("chunks")?;
         let sealed_for: i64 = row.try_get("sealed_for")?;
@@ -712,6 +725,7 @@ impl Store {
             dek,
             ctx: ctx.clone(),
             resource: stored,
+            inline: None,
         })
     }
 
@@ -794,6 +808,46 @@ fn inline_data(binary: &Value) -> Result<Vec<u8>, StoreError> {
                 StoreError::Invalid(vec![Issue::invalid("Binary.data", "data is not base64")])
             }),
     }
+}
+
+/// A Binary written before its content was kept apart: its `data` is in its (sealed, so
+/// authenticated) JSON. A version with neither a content nor `data` is refused as an integrity
+/// failure: every version written since names a content, even an empty one, so a missing one was
+/// removed, not never there (a Binary of before without `data` answers so too).
+fn legacy(
+    ctx: &AccessContext,
+    stored: StoredResource,
+    content_type: String,
+    doc: &Value,
+) -> Result<OpenBinary, StoreError> {
+    if doc.get("data").is_some() {
+        let bytes = Bytes::from(inline_data(doc).map_err(|_| StoreError::Integrity)?);
+        let facts = ContentFacts {
+            size: bytes.len() as u64,
+            sha256: Sha256::digest(&bytes).to_vec(),
+            sha1: Sha1::digest(&bytes).to_vec(),
+        };
+        let mut stored = stored;
+        // Served as the content; the resource form adds `data` back from it.
+        if let Ok(mut without) = serde_json::from_slice::<Value>(&stored.body) {
+            if let Some(map) = without.as_object_mut() {
+                map.remove("data");
+            }
+            stored.body = serde_json::to_vec(&without).map_err(|_| StoreError::Integrity)?;
+        }
+        return Ok(OpenBinary {
+            resource: stored,
+            content_type,
+            facts,
+            upload: uuid::Uuid::nil(),
+            chunk_size: CHUNK as u64,
+            chunks: 1,
+            dek: Arc::new(Dek::random()),
+            ctx: ctx.clone(),
+            inline: Some(bytes),
+        });
+    }
+    Err(StoreError::Integrity)
 }
 
 /// `Binary.securityContext.reference`, if any.
