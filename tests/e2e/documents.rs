@@ -83,6 +83,10 @@ impl<'a> Caller<'a> {
         r.created_id()
     }
 
+    async fn range(&self, path: &str, range: &str) -> HttpResponse {
+        self.send("GET", path, &[("Range", range)], None).await
+    }
+
     async fn get(&self, path: &str, accept: &str) -> HttpResponse {
         self.send("GET", path, &[("Accept", accept)], None).await
     }
@@ -222,32 +226,13 @@ async fn documents_are_sent_and_served_raw_in_sealed_chunks() {
         cross.header("content-range"),
         Some(format!("bytes 1048570-1048600/{}", letter.len()))
     );
-    let suffix = admin
-        .send(
-            "GET",
-            &format!("Binary/{id}"),
-            &[("Range", "bytes=-100")],
-            None,
-        )
-        .await;
+    let suffix = admin.range(&format!("Binary/{id}"), "bytes=-100").await;
     assert_eq!(suffix.status, 206);
     assert!(suffix.body == letter[letter.len() - 100..]);
-    let open = admin
-        .send(
-            "GET",
-            &format!("Binary/{id}"),
-            &[("Range", "bytes=2621440-")],
-            None,
-        )
-        .await;
+    let open = admin.range(&format!("Binary/{id}"), "bytes=2621440-").await;
     assert!(open.body == letter[2_621_440..]);
     let outside = admin
-        .send(
-            "GET",
-            &format!("Binary/{id}"),
-            &[("Range", &format!("bytes={}-", letter.len()))],
-            None,
-        )
+        .range(&format!("Binary/{id}"), &format!("bytes={}-", letter.len()))
         .await;
     assert_eq!(outside.status, 416);
     assert_eq!(

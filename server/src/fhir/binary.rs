@@ -22,7 +22,7 @@ use serde_json::json;
 
 /// Is this create or update's body a document (not a FHIR resource)?
 pub fn is_raw_upload(headers: &HeaderMap) -> bool {
-    match media_type(headers) {
+    match intake::media_type(headers) {
         Some(t) => !RESOURCE_MEDIA_TYPES.contains(&t.as_str()),
         None => false,
     }
@@ -184,7 +184,7 @@ fn binary_of(headers: &HeaderMap, id: Option<&ResourceId>) -> Result<serde_json:
                 "a Binary's content needs its Content-Type",
             )
         })?;
-    if media_type(headers).as_deref() == Some("application/fhir+xml") {
+    if intake::media_type(headers).as_deref() == Some("application/fhir+xml") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not-supported",
@@ -232,21 +232,6 @@ fn content_of(state: &AppState, headers: &HeaderMap, body: Incoming) -> Result<C
         }
     });
     Ok(Content::Stream(stream.boxed()))
-}
-
-/// The media type of `Content-Type`, lowercase, without parameters.
-fn media_type(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .filter(|t| !t.is_empty())
 }
 
 /// The media types of an `Accept`, lowercase, without parameters.

@@ -103,16 +103,7 @@ pub async fn read_body(
     body: Incoming,
     accepted: &[&str],
 ) -> Result<Bytes, ApiError> {
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
+    let content_type = media_type(headers);
     if !content_type
         .as_deref()
         .is_some_and(|t| accepted.contains(&t))
@@ -140,6 +131,21 @@ pub async fn read_body(
     read_limited(body, state.config.body_limit, declared)
         .await?
         .ok_or_else(too_large)
+}
+
+/// The media type of `Content-Type`, lowercase, without parameters; `None` when absent or empty.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|t| !t.is_empty())
 }
 
 /// Read at most `limit` bytes of body. Past the limit, keep reading and discarding (up to a bound)
