@@ -276,7 +276,11 @@ async fn documents_are_sent_and_served_raw_in_sealed_chunks() {
         .send(
             "PUT",
             &format!("Binary/{img}"),
-            &[("Content-Type", "image/png"), ("If-Match", "W/\"1\"")],
+            &[
+                ("Content-Type", "image/png"),
+                ("X-Security-Context", &context),
+                ("If-Match", "W/\"1\""),
+            ],
             Some(first.clone()),
         )
         .await;
@@ -594,6 +598,62 @@ async fn a_binary_is_read_under_its_security_contexts_access() {
         )
         .await;
     assert!(matches!(r.status, 400 | 403 | 404), "{}", r.text());
+    // A document stays in its record: a PUT without its securityContext (or naming another
+    // record's) is refused, and it is still A's.
+    for context in [None, Some(format!("Patient/{b}"))] {
+        let mut headers = vec![("Content-Type", PDF)];
+        if let Some(c) = &context {
+            headers.push(("X-Security-Context", c));
+        }
+        let moved = admin
+            .send(
+                "PUT",
+                &format!("Binary/{of_a}"),
+                &headers,
+                Some(pdf(100, 17)),
+            )
+            .await;
+        assert_eq!(moved.status, 400, "{context:?}: {}", moved.text());
+    }
+    assert_eq!(mine.get(&format!("Binary/{of_a}"), PDF).await.status, 200);
+    // An older version is read under what the document belongs to now: once A's app attaches it
+    // to the V-labelled DocumentReference, the practitioner loses its history too.
+    let kept = admin
+        .upload(PDF, Some(&format!("Patient/{a}")), &pdf(1000, 18))
+        .await;
+    assert_eq!(
+        dr.get(&format!("Binary/{kept}/_history/1"), PDF)
+            .await
+            .status,
+        200
+    );
+    let moved = mine
+        .send(
+            "PUT",
+            &format!("Binary/{kept}"),
+            &[
+                ("Content-Type", PDF),
+                (
+                    "X-Security-Context",
+                    &format!("DocumentReference/{secret_doc}"),
+                ),
+            ],
+            Some(pdf(1000, 19)),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text());
+    for path in [
+        format!("Binary/{kept}"),
+        format!("Binary/{kept}/_history/1"),
+    ] {
+        for accept in [PDF, FHIR_JSON] {
+            assert_eq!(
+                dr.get(&path, accept).await.status,
+                404,
+                "{path} as {accept}"
+            );
+        }
+    }
     // Once A withdraws the consent, the practitioner loses the document with the record.
     let revoked = stack
         .fhir()
@@ -663,6 +723,27 @@ async fn content_limits_refuse_without_leaving_anything_behind() {
         content_rows(&stack).await.0,
         1,
         "only the stored document's content"
+    );
+    // A finished content never changes, even for the server's own database role.
+    let db = stack.db().await;
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE carapace_app")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT set_config('carapace.reach', 'all', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let rewrite = sqlx::query("UPDATE binary_contents SET size = 0, facts = NULL")
+        .execute(&mut *tx)
+        .await;
+    let refused = rewrite.err().and_then(|e| e.into_database_error());
+    assert_eq!(
+        refused
+            .and_then(|e| e.code().map(|c| c.to_string()))
+            .as_deref(),
+        Some("CH005")
     );
 }
 

@@ -112,6 +112,29 @@ async fn serve(
         Interaction::Vread { rt, id, version } if binary(rt) && raw_read => {
             return binary::read(state, &ctx, id, Some(*version), headers).await
         }
+        // The resource form with its content as `data` is REST's alone (see the core's
+        // `read_binary_resource`).
+        Interaction::Read { rt, id } if binary(rt) => {
+            let resource = state.store.read_binary_resource(&ctx, id, None).await?;
+            return Ok(answer::Answer::Resource {
+                status: StatusCode::OK,
+                resource,
+            }
+            .into_response(state, ret)
+            .map(Either::Left));
+        }
+        Interaction::Vread { rt, id, version } if binary(rt) => {
+            let resource = state
+                .store
+                .read_binary_resource(&ctx, id, Some(*version))
+                .await?;
+            return Ok(answer::Answer::Resource {
+                status: StatusCode::OK,
+                resource,
+            }
+            .into_response(state, ret)
+            .map(Either::Left));
+        }
         Interaction::Create { rt } if binary(rt) && binary::is_raw_upload(headers) => {
             let answer = binary::create(state, &ctx, headers, body).await?;
             return Ok(answer.into_response(state, ret).map(Either::Left));

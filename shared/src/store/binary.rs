@@ -659,7 +659,58 @@ impl Store {
             Some(v) => self.vread_stored(ctx, rt, id, v).await?,
             None => self.read_stored(ctx, rt, id).await?,
         };
+        self.binary_gate(ctx, &stored, version.is_some()).await?;
         self.open_stored_binary(ctx, stored).await
+    }
+
+    /// The part of a Binary's gate beyond its own: its `securityContext`'s access (an older
+    /// version's and, while `older`, the current version's too: what it belongs to now decides),
+    /// and none for analytics callers.
+    pub(super) async fn binary_gate(
+        &self,
+        ctx: &AccessContext,
+        stored: &StoredResource,
+        older: bool,
+    ) -> Result<(), StoreError> {
+        // A document's bytes cannot be de-identified: analytics callers never get them.
+        if ctx.role == crate::access::Role::Analytics {
+            return Err(crate::access::Denied::Reidentifying("a document's content".into()).into());
+        }
+        let doc: Value = serde_json::from_slice(&stored.body).map_err(|_| StoreError::Integrity)?;
+        self.check_security_context(ctx, stored, &doc).await?;
+        if older {
+            let id = ResourceId::parse(&stored.id).map_err(|_| StoreError::Integrity)?;
+            match self.read_stored(ctx, ResourceType::BINARY, &id).await {
+                Ok(current) => {
+                    let now: Value =
+                        serde_json::from_slice(&current.body).map_err(|_| StoreError::Integrity)?;
+                    self.check_security_context(ctx, stored, &now).await?;
+                }
+                // Deleted since: the versions before belong to what they said.
+                Err(StoreError::Gone { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET Binary/<id>` as a resource (`Accept: application/fhir+json`): the Binary with its
+    /// content as base64 `data`, within [`Store::binary_json_limit`], a few at a time (each holds
+    /// its content in memory). REST only: Bundle entries read Binaries without `data`, as searches
+    /// do, so a batch of reads cannot make the server hold many contents.
+    pub async fn read_binary_resource(
+        &self,
+        ctx: &AccessContext,
+        id: &ResourceId,
+        version: Option<i64>,
+    ) -> Result<StoredResource, StoreError> {
+        let open = self.open_binary(ctx, id, version).await?;
+        let _slot = self
+            .binary_json_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unsupported("the store is closing".into()))?;
+        self.binary_with_data(open).await
     }
 
     /// The content of a Binary the caller has just read.
@@ -668,12 +719,7 @@ impl Store {
         ctx: &AccessContext,
         stored: StoredResource,
     ) -> Result<OpenBinary, StoreError> {
-        // A document's bytes cannot be de-identified: analytics callers never get them.
-        if ctx.role == crate::access::Role::Analytics {
-            return Err(crate::access::Denied::Reidentifying("a document's content".into()).into());
-        }
         let doc: Value = serde_json::from_slice(&stored.body).map_err(|_| StoreError::Integrity)?;
-        self.check_security_context(ctx, &stored, &doc).await?;
         let content_type = doc
             .get("contentType")
             .and_then(Value::as_str)
@@ -685,7 +731,7 @@ impl Store {
                     c.resource_id, k.id AS dek_id, k.scope, k.wrapped
                FROM resource_versions v
                JOIN binary_contents c ON c.upload = v.content
-               JOIN data_keys k ON k.id = c.dek_id
+               JOIN data_keys k ON k.id = c.dek_id AND k.id = v.dek_id
               WHERE v.resource_type = 'Binary' AND v.id = $1 AND v.version_id = $2",
         )
         .bind(&stored.id)
@@ -749,6 +795,13 @@ impl Store {
         let Some((rt, id)) = self.local_reference(&reference) else {
             return Err(hidden());
         };
+        // Its type's scope too: a Binary scope alone does not open a DocumentReference's document.
+        if ctx
+            .check(rt.as_str(), crate::access::Permission::Read)
+            .is_err()
+        {
+            return Err(hidden());
+        }
         let mut conn = self.begin_for(ctx).await?;
         let visible = self
             .current_visible(&mut conn, ctx, rt, id.as_str())
@@ -763,12 +816,7 @@ impl Store {
 
     /// A Binary's FHIR-JSON form with its content as base64 `data`, for reads of the resource:
     /// contents over [`Store::binary_json_limit`] are refused (read them raw).
-    pub(super) async fn binary_with_data(
-        &self,
-        ctx: &AccessContext,
-        stored: StoredResource,
-    ) -> Result<StoredResource, StoreError> {
-        let open = self.open_stored_binary(ctx, stored).await?;
+    async fn binary_with_data(&self, open: OpenBinary) -> Result<StoredResource, StoreError> {
         if open.size() > self.binary_json_limit {
             return Err(StoreError::TooLarge(format!(
                 "this Binary holds {} bytes, more than its FHIR-JSON form carries ({} bytes); \

@@ -189,6 +189,8 @@ pub struct Store {
     binary_limit: u64,
     /// The largest content a Binary's FHIR-JSON form carries as `data`.
     binary_json_limit: u64,
+    /// FHIR-JSON Binary reads at once (each holds its content, and its base64, in memory).
+    binary_json_slots: tokio::sync::Semaphore,
 }
 
 type ConsentRules = std::sync::Mutex<
@@ -235,6 +237,7 @@ impl Store {
             deid: tokio::sync::OnceCell::new(),
             binary_limit: 1 << 30,
             binary_json_limit: 12 << 20,
+            binary_json_slots: tokio::sync::Semaphore::new(4),
         }
     }
 

@@ -132,7 +132,7 @@ impl Store {
         id: &ResourceId,
     ) -> Result<StoredResource, StoreError> {
         let stored = self.read_stored(ctx, resource_type, id).await?;
-        let stored = self.with_content(ctx, stored).await?;
+        let stored = self.with_content(ctx, stored, false).await?;
         self.release(ctx, stored).await
     }
 
@@ -178,21 +178,23 @@ impl Store {
         let stored = self
             .vread_stored(ctx, resource_type, id, version_id)
             .await?;
-        let stored = self.with_content(ctx, stored).await?;
+        let stored = self.with_content(ctx, stored, true).await?;
         self.release(ctx, stored).await
     }
 
-    /// A read of a Binary answers with its content (`data`); any other resource as it is.
+    /// A Binary read passes its securityContext's gate too (and answers without its content,
+    /// which [`Store::read_binary_resource`] and [`Store::open_binary`] give); any other resource
+    /// as it is.
     async fn with_content(
         &self,
         ctx: &AccessContext,
         stored: StoredResource,
+        older: bool,
     ) -> Result<StoredResource, StoreError> {
         if stored.resource_type == ResourceType::BINARY {
-            self.binary_with_data(ctx, stored).await
-        } else {
-            Ok(stored)
+            self.binary_gate(ctx, &stored, older).await?;
         }
+        Ok(stored)
     }
 
     pub(super) async fn vread_stored(

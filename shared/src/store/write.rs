@@ -677,6 +677,18 @@ impl Store {
             if !crate::access::policy::may_lower_label(ctx, stored, Label::of(resource)) {
                 return Err(Denied::LabelLowered.into());
             }
+            // A document stays in the record it was written into: moving it out (a PUT naming
+            // another securityContext, or none) would take it from its patient's access, exports
+            // and erasure.
+            if resource_type == ResourceType::BINARY
+                && row.try_get::<Option<String>, _>("scope")?.as_deref() != Some(scope)
+            {
+                return Err(StoreError::BadRequest(
+                    "a Binary stays in the record it was written to: send the same \
+                     securityContext (X-Security-Context), or write a new Binary"
+                        .into(),
+                ));
+            }
         }
         // Update-as-create with an id of the client's choosing is for callers no compartment
         // narrows: for anyone else a fresh id and an id hidden from them answer alike (404), so
