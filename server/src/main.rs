@@ -461,13 +461,18 @@ async fn route_other(
 /// Prometheus text format: what an operator watches, no PHI.
 fn metrics(state: &AppState) -> String {
     let keys = state.store.keys();
+    let replica = state.store.replica_searches();
     format!(
         "# TYPE carapace_requests_total counter\ncarapace_requests_total {}\n\
          # TYPE carapace_key_provider_calls_total counter\ncarapace_key_provider_calls_total {}\n\
-         # TYPE carapace_dek_cache_entries gauge\ncarapace_dek_cache_entries {}\n",
+         # TYPE carapace_dek_cache_entries gauge\ncarapace_dek_cache_entries {}\n\
+         # TYPE carapace_replica_searches_total counter\ncarapace_replica_searches_total {}\n\
+         # TYPE carapace_replica_fallbacks_total counter\ncarapace_replica_fallbacks_total {}\n",
         state.requests.load(Ordering::Relaxed),
         keys.external_calls(),
         state.store.cached_keys(),
+        replica.0,
+        replica.1,
     )
 }
 

@@ -5,10 +5,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::crypto::keys::{FileKeyring, KeyError, KeyProvider, VaultTransit};
 use crate::db::embedded::{self, Cluster};
+use crate::db::Db;
 use crate::store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +83,7 @@ impl Core {
         clock: Arc<dyn Clock>,
         role: DbRole,
     ) -> Result<Core, OpenError> {
-        let (pool, cluster) = connect(config, role).await?;
+        let (pool, replica, cluster) = connect(config, role).await?;
         let (keys, embedded_keys) = match &config.vault {
             Some(vault) => (
                 KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)),
@@ -110,6 +111,9 @@ impl Core {
         .with_referential_integrity(config.referential_integrity)
         // A Binary's FHIR-JSON form is base64: three quarters of the body limit fits in it.
         .with_binary_limits(config.binary_limit, config.body_limit as u64 / 4 * 3);
+        if let Some(replica) = replica {
+            store = store.with_replica(replica, config.replica_wait);
+        }
         if let Some(rules) = &config.deid_rules {
             store = store.with_deid_rules(rules.clone());
         }
@@ -151,16 +155,14 @@ fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
     )
 }
 
-/// Run the migrations as the owner, then open the pool whose connections work as `role`.
-async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluster>), OpenError> {
+/// Run the migrations as the owner, then open the pool whose connections work as `role` (and the
+/// replica's, when there is one).
+async fn connect(
+    config: &Config,
+    role: DbRole,
+) -> Result<(Db, Option<Db>, Option<Cluster>), OpenError> {
     let (options, cluster) = match &config.database_url {
-        Some(url) => {
-            crate::config::check_database_url(url.expose_secret()).map_err(OpenError::BadUrl)?;
-            // The driver's own error may quote the URL: only that it failed is told.
-            let options = PgConnectOptions::from_str(url.expose_secret())
-                .map_err(|_| OpenError::BadUrl("the PostgreSQL driver cannot read it".into()))?;
-            (options, None)
-        }
+        Some(url) => (url_options(url)?, None),
         None => {
             let dir = config.data_dir.clone();
             // The server owns the cluster it uses; the console works on the server's.
@@ -179,20 +181,60 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
             (cluster.connect_options("carapace"), Some(cluster))
         }
     };
-    let mut owner = PgConnection::connect_with(&options)
+    // Behind a transaction-mode pooler the migrations go to the primary directly: they hold a
+    // session-level advisory lock.
+    let owner_options = match &config.database_direct_url {
+        Some(url) => url_options(url)?,
+        None => options.clone(),
+    };
+    let mut owner = PgConnection::connect_with(&owner_options)
         .await
         .map_err(|cause| OpenError::Connect {
-            target: connect_target(&options, cluster.is_some()),
+            target: connect_target(&owner_options, cluster.is_some()),
             cause,
         })?;
     MIGRATOR.run(&mut owner).await?;
     owner.close().await?;
-    let pool = PgPoolOptions::new()
+    let pool = open_pool(config, role, options).await?;
+    let replica = match &config.database_replica_url {
+        Some(url) => Some(open_pool(config, role, url_options(url)?).await?),
+        None => None,
+    };
+    Ok((pool, replica, cluster))
+}
+
+/// The driver's options for a configured URL (already checked by the configuration).
+fn url_options(url: &secrecy::SecretString) -> Result<PgConnectOptions, OpenError> {
+    crate::config::check_database_url(url.expose_secret()).map_err(OpenError::BadUrl)?;
+    // The driver's own error may quote the URL: only that it failed is told.
+    PgConnectOptions::from_str(url.expose_secret())
+        .map_err(|_| OpenError::BadUrl("the PostgreSQL driver cannot read it".into()))
+}
+
+/// A pool of connections working as `role`: each takes it as it connects, or, behind a
+/// transaction-mode pooler, each transaction takes it ([`Db`]).
+async fn open_pool(
+    config: &Config,
+    role: DbRole,
+    options: PgConnectOptions,
+) -> Result<Db, OpenError> {
+    let options = if config.behind_pooler {
+        // A statement prepared on one server connection is not there on the next transaction's.
+        options.statement_cache_capacity(0)
+    } else {
+        options
+    };
+    let pool_options = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(10))
         // No ping before each use: a round trip per statement batch otherwise. A connection the
         // database dropped fails its next statement (503, retry) and is not reused.
-        .test_before_acquire(false)
+        .test_before_acquire(false);
+    if config.behind_pooler {
+        let pool = pool_options.connect_with(options).await?;
+        return Ok(Db::pooled(pool, role.name()));
+    }
+    let pool = pool_options
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 // A fixed role name, not input.
@@ -204,5 +246,5 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
         })
         .connect_with(options)
         .await?;
-    Ok((pool, cluster))
+    Ok(Db::direct(pool))
 }

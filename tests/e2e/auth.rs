@@ -96,7 +96,7 @@ async fn fhir_requests_need_a_valid_unexpired_unrevoked_token() {
     let admin = format!(
         "Bearer {}",
         carapace_core::identity::tokens::issue(
-            &stack.db().await,
+            &stack.db().await.into(),
             chrono::Utc::now(),
             "ops",
             carapace_core::access::Role::Admin,
@@ -280,7 +280,7 @@ async fn client_assertions_are_verified_rule_by_rule() {
     // A disabled client gets nothing, and its tokens stop working at once.
     let token = client.token(&stack.server, scope).await;
     assert!(carapace_core::identity::admin::disable_client(
-        &db,
+        &db.clone().into(),
         &carapace_core::clock::SystemClock,
         &client.client_id
     )
@@ -377,7 +377,7 @@ async fn scopes_limit_interactions_and_patient_tokens_see_only_their_compartment
     // Patient A's token (as the authorization-code flow issues it for a patient app).
     let scopes = [Scope::parse("patient/*.rs").unwrap()];
     let issued = carapace_core::identity::tokens::issue(
-        &db,
+        &db.clone().into(),
         chrono::Utc::now(),
         "patient-a",
         Role::Patient,
@@ -449,7 +449,7 @@ async fn scopes_limit_interactions_and_patient_tokens_see_only_their_compartment
     // A patient token with write scope still cannot write into another compartment.
     let scopes = [Scope::parse("patient/*.cruds").unwrap()];
     let tw = carapace_core::identity::tokens::issue(
-        &db,
+        &db.clone().into(),
         chrono::Utc::now(),
         "patient-a",
         Role::Patient,
@@ -517,7 +517,7 @@ async fn scopes_limit_interactions_and_patient_tokens_see_only_their_compartment
 async fn the_readme_registration_script_gets_a_working_token() {
     let stack = Stack::start().await.unwrap();
     let admin = carapace_core::identity::tokens::issue(
-        &stack.db().await,
+        &stack.db().await.into(),
         chrono::Utc::now(),
         "script-admin",
         Role::Admin,
@@ -593,7 +593,7 @@ async fn introspection_is_for_administrators_and_registered_clients_only() {
     }
     // A patient's or practitioner's token: 403 too.
     let practitioner = carapace_core::identity::tokens::issue(
-        &db,
+        &db.clone().into(),
         chrono::Utc::now(),
         "dr.curious",
         Role::Practitioner,
@@ -607,7 +607,7 @@ async fn introspection_is_for_administrators_and_registered_clients_only() {
 
     // An administrator: 200, active, with the holder.
     let admin = carapace_core::identity::tokens::issue(
-        &db,
+        &db.clone().into(),
         chrono::Utc::now(),
         "ops",
         Role::Admin,
@@ -667,7 +667,7 @@ async fn introspection_is_for_administrators_and_registered_clients_only() {
     );
     // Once the client is disabled its token is no token at all: 401.
     assert!(carapace_core::identity::admin::disable_client(
-        &db,
+        &db.clone().into(),
         &carapace_core::clock::SystemClock,
         &introspector.client_id
     )

@@ -12,12 +12,13 @@
 use crate::access::{role_allows, AccessContext, Context, Role, Scope};
 use crate::clock::Clock;
 use crate::crypto::sha256;
+use crate::db::Db;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 use std::net::IpAddr;
 
 /// Access tokens live five minutes (SMART Backend Services' upper bound).
@@ -92,7 +93,7 @@ pub struct Client {
     pub introspect: bool,
 }
 
-pub async fn list_clients(pool: &PgPool) -> Result<Vec<Client>, sqlx::Error> {
+pub async fn list_clients(pool: &Db) -> Result<Vec<Client>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT client_id, name, scopes, disabled, introspect FROM clients ORDER BY created_at",
     )
@@ -122,7 +123,7 @@ struct AssertionClaims {
 /// The `client_credentials` grant (SMART Backend Services): verify the client assertion, then issue
 /// a short-lived access token for the requested scopes the client is registered for.
 pub async fn client_credentials(
-    pool: &PgPool,
+    pool: &Db,
     clock: &dyn Clock,
     token_url: &str,
     form: &[(String, String)],
@@ -199,7 +200,7 @@ fn covers(r: &Scope, s: &Scope) -> bool {
 
 /// Verify a `private_key_jwt` client assertion; returns the client id.
 async fn verify_assertion(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     token_url: &str,
     assertion: &str,
@@ -345,7 +346,7 @@ pub struct Binding<'a> {
 
 /// Issue an operator's access token (the console's sign-in): bound to no client.
 pub async fn issue(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     subject: &str,
     role: Role,
@@ -366,7 +367,7 @@ pub async fn issue(
 
 /// Issue an access token bound to a client and, for user apps, a refresh family.
 pub async fn issue_bound(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     subject: &str,
     role: Role,
@@ -431,7 +432,7 @@ const LIVE_TOKEN: &str = "t.revoked_at IS NULL AND t.expires_at > $1
 
 /// Look up a bearer token: `None` unless it is live (see [`LIVE_TOKEN`]).
 pub async fn lookup(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     token: &str,
 ) -> Result<Option<TokenInfo>, sqlx::Error> {
@@ -503,7 +504,7 @@ pub enum IntrospectError {
 /// not inherit this), or a backend client registered with `introspect`. Anyone else learns nothing,
 /// not even whether the token is active. `Ok(None)` is an inactive token.
 pub async fn introspect(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     caller: &TokenInfo,
     token: &str,
@@ -528,7 +529,7 @@ pub async fn introspect(
 
 /// Revoke a token (RFC 7009): takes effect on the next request. Unknown tokens are not an error.
 /// A refresh token ends with its whole family (every token rotated from the same sign-in).
-pub async fn revoke(pool: &PgPool, now: DateTime<Utc>, token: &str) -> Result<(), sqlx::Error> {
+pub async fn revoke(pool: &Db, now: DateTime<Utc>, token: &str) -> Result<(), sqlx::Error> {
     let hash = sha256(token.as_bytes());
     for sql in [
         "UPDATE access_tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
@@ -556,7 +557,7 @@ pub struct ActiveToken {
 }
 
 pub async fn active_tokens(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     subject: Option<&str>,
     sessions: &crate::identity::authorize::SessionPolicy,
