@@ -696,7 +696,9 @@ mod tests {
             .map(|s| {
                 let sentinel = format!("sentinel-{}", s.name.to_ascii_lowercase());
                 let value = match s.name {
-                    "CARAPACE_DATABASE_URL" => format!("postgres://u:{sentinel}@h/d"),
+                    "CARAPACE_DATABASE_URL"
+                    | "CARAPACE_DATABASE_DIRECT_URL"
+                    | "CARAPACE_DATABASE_REPLICA_URL" => format!("postgres://u:{sentinel}@h/d"),
                     _ => sentinel,
                 };
                 (s.name.to_string(), value)
@@ -714,6 +716,27 @@ mod tests {
             let sentinel = format!("sentinel-{}", name.to_ascii_lowercase());
             assert!(!shown.contains(&sentinel), "{name} printed");
         }
+    }
+
+    #[test]
+    fn a_transaction_mode_pooler_needs_a_direct_url_and_none_of_it_fits_the_embedded_cluster() {
+        let url = ("CARAPACE_DATABASE_URL", "postgres://u@pooler:6432/d");
+        let pooler = ("CARAPACE_DATABASE_POOLER", "transaction");
+        let direct = ("CARAPACE_DATABASE_DIRECT_URL", "postgres://u@primary:5432/d");
+        let replica = ("CARAPACE_DATABASE_REPLICA_URL", "postgres://u@replica:5432/d");
+        let err = config(&[url, pooler]).unwrap_err().to_string();
+        assert!(err.contains("CARAPACE_DATABASE_DIRECT_URL"), "{err}");
+        let c = config(&[url, pooler, direct, replica]).unwrap();
+        assert!(c.behind_pooler && c.database_direct_url.is_some());
+        assert_eq!(c.replica_wait, Duration::from_millis(50));
+        for alone in [pooler, direct, replica] {
+            let err = config(&[alone]).unwrap_err().to_string();
+            assert!(err.contains("need CARAPACE_DATABASE_URL"), "{err}");
+        }
+        let err = config(&[url, ("CARAPACE_DATABASE_POOLER", "session")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transaction or none"), "{err}");
     }
 
     #[test]
