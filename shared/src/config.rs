@@ -722,8 +722,14 @@ mod tests {
     fn a_transaction_mode_pooler_needs_a_direct_url_and_none_of_it_fits_the_embedded_cluster() {
         let url = ("CARAPACE_DATABASE_URL", "postgres://u@pooler:6432/d");
         let pooler = ("CARAPACE_DATABASE_POOLER", "transaction");
-        let direct = ("CARAPACE_DATABASE_DIRECT_URL", "postgres://u@primary:5432/d");
-        let replica = ("CARAPACE_DATABASE_REPLICA_URL", "postgres://u@replica:5432/d");
+        let direct = (
+            "CARAPACE_DATABASE_DIRECT_URL",
+            "postgres://u@primary:5432/d",
+        );
+        let replica = (
+            "CARAPACE_DATABASE_REPLICA_URL",
+            "postgres://u@replica:5432/d",
+        );
         let err = config(&[url, pooler]).unwrap_err().to_string();
         assert!(err.contains("CARAPACE_DATABASE_DIRECT_URL"), "{err}");
         let c = config(&[url, pooler, direct, replica]).unwrap();

@@ -55,6 +55,10 @@ impl DbRole {
 /// An opened core: the store, and the embedded cluster when there is one (stopped on drop).
 pub struct Core {
     pub store: Arc<Store>,
+    /// Access tokens verified before (on once [`Core::follow_token_revocations`] listens).
+    pub tokens: Arc<crate::identity::tokens::TokenCache>,
+    /// A direct connection to the primary (not through a pooler): for LISTEN.
+    direct: PgConnectOptions,
     pub keys: Arc<KeyProvider>,
     pub cluster: Option<Cluster>,
     pub embedded_keys: bool,
@@ -83,7 +87,7 @@ impl Core {
         clock: Arc<dyn Clock>,
         role: DbRole,
     ) -> Result<Core, OpenError> {
-        let (pool, replica, cluster) = connect(config, role).await?;
+        let (pool, replica, cluster, direct) = connect(config, role).await?;
         let (keys, embedded_keys) = match &config.vault {
             Some(vault) => (
                 KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)),
@@ -120,10 +124,19 @@ impl Core {
         let store = Arc::new(store);
         Ok(Core {
             store,
+            tokens: Default::default(),
+            direct,
             keys,
             cluster,
             embedded_keys,
         })
+    }
+
+    /// Keep [`Core::tokens`] in step with the database for the life of the process (the server
+    /// calls it once): verified tokens are then answered from memory until any token may have
+    /// ended (migration 0022's notifications).
+    pub fn follow_token_revocations(&self) {
+        tokio::spawn(self.tokens.clone().follow(self.direct.clone()));
     }
 
     /// Close the pool and stop the embedded cluster, if any.
@@ -160,7 +173,7 @@ fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
 async fn connect(
     config: &Config,
     role: DbRole,
-) -> Result<(Db, Option<Db>, Option<Cluster>), OpenError> {
+) -> Result<(Db, Option<Db>, Option<Cluster>, PgConnectOptions), OpenError> {
     let (options, cluster) = match &config.database_url {
         Some(url) => (url_options(url)?, None),
         None => {
@@ -200,7 +213,7 @@ async fn connect(
         Some(url) => Some(open_pool(config, role, url_options(url)?).await?),
         None => None,
     };
-    Ok((pool, replica, cluster))
+    Ok((pool, replica, cluster, owner_options))
 }
 
 /// The driver's options for a configured URL (already checked by the configuration).

@@ -361,6 +361,42 @@ async fn two_nodes_behind_haproxy_over_pgbouncer_with_a_replica() {
         }
     }
 
+    // Each node keeps the tokens it verified in memory; a token revoked through one node stops
+    // working on that node at once and on the other once the database's notification arrives.
+    let client =
+        BackendClient::register(&db, jsonwebtoken::Algorithm::ES384, &["system/*.rs"]).await;
+    let doomed = client.token(&n1, "system/*.rs").await;
+    let read_at = |port: u16| {
+        let (doomed, id) = (doomed.clone(), written[0].clone());
+        async move {
+            get(
+                &format!("http://127.0.0.1:{port}/fhir/Observation/{id}"),
+                &doomed,
+            )
+            .await
+            .status
+        }
+    };
+    for port in [p1, p2] {
+        assert_eq!(read_at(port).await, 200);
+        assert_eq!(read_at(port).await, 200, "answered from the node's memory");
+    }
+    let revoke = http(
+        "POST",
+        &format!("http://127.0.0.1:{p1}/auth/revoke"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(format!("token={doomed}").into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoke.status, 200);
+    assert_eq!(read_at(p1).await, 401, "the revoking node forgets at once");
+    assert_eq!(
+        status_within(401, || read_at(p2)).await,
+        401,
+        "the other node is told"
+    );
+
     // One chainer at a time links the trail, whichever nodes run: with both up it keeps up,
     // and with the first node gone the second takes over; the chain verifies throughout.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -641,3 +641,129 @@ mod tests {
         ));
     }
 }
+
+/// The access tokens this process has verified, so that a request with a token seen before
+/// makes no database query for it. Correct only while this process hears every change that could
+/// end a token's life: the database tells (migration 0022: a NOTIFY on `carapace_tokens` from
+/// triggers on `access_tokens`, `refresh_tokens` and `clients`, whoever changes them), and
+/// [`TokenCache::follow`] forgets everything when told — and, while it is not listening (not yet
+/// connected, or the connection lost), the cache is off: every lookup goes to the database.
+/// An entry also ends with its token's expiry and after [`TokenCache::MAX_AGE`] at most.
+///
+/// Hand-written: a map behind a mutex is all it takes (moka or quick_cache would add eviction
+/// policies this does not need: a full cache is simply emptied, and refilled by the next lookups).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (TokenInfo, std::time::Instant)>>,
+    /// Whether the listener is subscribed: entries are used and kept only then.
+    listening: std::sync::atomic::AtomicBool,
+    /// Bumped by every forgetting: a lookup that began before one does not keep its answer.
+    generation: std::sync::atomic::AtomicU64,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+impl TokenCache {
+    /// An entry is looked up again after this long, told or not.
+    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Past this many entries the cache is emptied (tokens are 5-minute ones: a burst of new
+    /// clients costs one query each, as without a cache).
+    pub const MAX_ENTRIES: usize = 100_000;
+    /// The channel migration 0022's triggers notify.
+    pub const CHANNEL: &'static str = "carapace_tokens";
+
+    /// [`lookup`], answered from memory when this process verified the token before and has
+    /// heard of no change since.
+    pub async fn lookup(
+        &self,
+        pool: &Db,
+        now: DateTime<Utc>,
+        token: &str,
+    ) -> Result<Option<TokenInfo>, sqlx::Error> {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        if token.is_empty() || token.len() > 512 {
+            return Ok(None);
+        }
+        let hash = sha256(token.as_bytes());
+        if self.listening.load(SeqCst) {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((info, at)) = entries.get(&hash) {
+                if info.expires_at > now && at.elapsed() < Self::MAX_AGE {
+                    self.hits.fetch_add(1, Relaxed);
+                    return Ok(Some(info.clone()));
+                }
+            }
+        }
+        self.misses.fetch_add(1, Relaxed);
+        let generation = self.generation.load(SeqCst);
+        let info = lookup(pool, now, token).await?;
+        if let Some(info) = &info {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            // Kept only if nothing was forgotten while the database answered.
+            if self.listening.load(SeqCst) && self.generation.load(SeqCst) == generation {
+                if entries.len() >= Self::MAX_ENTRIES {
+                    entries.clear();
+                }
+                entries.insert(hash, (info.clone(), std::time::Instant::now()));
+            }
+        }
+        Ok(info)
+    }
+
+    /// Forget every entry (a token may have ended).
+    pub fn forget_all(&self) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.clear();
+    }
+
+    /// Lookups answered from memory, and from the database.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
+    /// Whether entries are in use (the listener is subscribed).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Listen on `connect` (a direct connection: a transaction-mode pooler cannot keep a
+    /// LISTEN) for the life of the process: on, once subscribed; every notification forgets
+    /// all; a lost connection turns the cache off (and forgets all) until it is back.
+    pub async fn follow(self: std::sync::Arc<Self>, connect: sqlx::postgres::PgConnectOptions) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            match sqlx::postgres::PgListener::connect_with(
+                &sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(connect.clone()),
+            )
+            .await
+            {
+                Ok(mut listener) => match listener.listen(Self::CHANNEL).await {
+                    Ok(()) => {
+                        self.forget_all();
+                        self.listening.store(true, SeqCst);
+                        // `try_recv` is `Ok(None)` once the connection is lost.
+                        while let Ok(Some(_)) = listener.try_recv().await {
+                            self.forget_all();
+                        }
+                        self.listening.store(false, SeqCst);
+                        self.forget_all();
+                        tracing::warn!(
+                            "lost the token-revocation listener; tokens are checked in the \
+                             database until it is back"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN for token revocations failed"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "connecting the token-revocation listener failed")
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
