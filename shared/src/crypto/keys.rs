@@ -163,7 +163,7 @@ impl KeyProvider {
         kek: Option<&PatientKek>,
     ) -> Result<(Dek, WrappedDek), KeyError> {
         let (dek, inner) = match self {
-            KeyProvider::Vault(v) => v.generate(&v.key_for(kek)).await?,
+            KeyProvider::Vault(v) => v.timed(v.generate(&v.key_for(kek))).await?,
             KeyProvider::File(f) => f.ring(kek)?.generate()?,
         };
         Ok((dek, inner.under(kek)))
@@ -172,7 +172,10 @@ impl KeyProvider {
     pub async fn unwrap_dek(&self, wrapped: &str) -> Result<Dek, KeyError> {
         let (kek, inner) = PatientKek::split(wrapped)?;
         match self {
-            KeyProvider::Vault(v) => v.unwrap_dek(&v.key_for(kek.as_ref()), inner).await,
+            KeyProvider::Vault(v) => {
+                v.timed(v.unwrap_dek(&v.key_for(kek.as_ref()), inner))
+                    .await
+            }
             KeyProvider::File(f) => f.ring(kek.as_ref())?.unwrap_dek(inner),
         }
     }
@@ -182,7 +185,7 @@ impl KeyProvider {
     pub async fn rewrap(&self, wrapped: &str) -> Result<WrappedDek, KeyError> {
         let (kek, inner) = PatientKek::split(wrapped)?;
         let rewrapped = match self {
-            KeyProvider::Vault(v) => v.rewrap(&v.key_for(kek.as_ref()), inner).await?,
+            KeyProvider::Vault(v) => v.timed(v.rewrap(&v.key_for(kek.as_ref()), inner)).await?,
             KeyProvider::File(f) => f.ring(kek.as_ref())?.rewrap(inner)?,
         };
         Ok(rewrapped.under(kek.as_ref()))
@@ -247,6 +250,27 @@ impl KeyProvider {
         }
     }
 
+    /// Is the provider answering? One read of the main key's metadata (Vault), or nothing to ask
+    /// (the file keyring is local). For readiness: bounded by the caller's timeout.
+    pub async fn probe(&self) -> Result<(), KeyError> {
+        match self {
+            KeyProvider::Vault(v) => match v.timed(v.key_exists(&v.config.key_name)).await? {
+                true => Ok(()),
+                false => Err(KeyError::Other("the main transit key is missing".into())),
+            },
+            KeyProvider::File(_) => Ok(()),
+        }
+    }
+
+    /// How long the key service took to wrap, unwrap, make and check keys (Vault; empty for
+    /// the file keyring, which calls nothing).
+    pub fn timings(&self) -> Option<crate::meter::TimingsSnapshot> {
+        match self {
+            KeyProvider::Vault(v) => Some(v.timings.snapshot()),
+            KeyProvider::File(_) => None,
+        }
+    }
+
     /// Calls made to an external key service since start.
     pub fn external_calls(&self) -> u64 {
         match self {
@@ -271,6 +295,8 @@ pub struct VaultTransit {
     client: Arc<RwLock<VaultClient>>,
     config: VaultConfig,
     calls: AtomicU64,
+    /// The data-key calls' latencies and failures (the metrics').
+    timings: crate::meter::Timings,
 }
 
 fn vault_error(e: ClientError) -> KeyError {
@@ -315,6 +341,7 @@ impl VaultTransit {
             client: Arc::new(RwLock::new(client)),
             config,
             calls: AtomicU64::new(0),
+            timings: Default::default(),
         };
         // Vault may be down when we start: start anyway, answer 503 until it is back.
         if let Err(e) = transit.start_up().await {
@@ -326,6 +353,17 @@ impl VaultTransit {
             }
         }
         Ok(transit)
+    }
+
+    /// Run one call to Vault, counting how long it took and whether it failed.
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, KeyError>>,
+    ) -> Result<T, KeyError> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        self.timings.observe(started.elapsed(), result.is_ok());
+        result
     }
 
     async fn start_up(&self) -> Result<(), KeyError> {
