@@ -28,6 +28,7 @@ mod tmux;
 pub use auth::{hidden_field, pkce, BackendClient, Browser};
 pub use bao::{bao_binary, Bao};
 pub use bench::{
+    unlimited, UNLIMITED_NOTE,
     arg, drive, peak_rss_mb, percentile, vs_hello, Hello, Timing, VS_HELLO_ALIGN, VS_HELLO_HEADER,
 };
 pub use fixtures::{consent, examples_dir, ips_dir, permit_consent};
@@ -35,7 +36,7 @@ pub use http::{
     document_bytes, download_digest, http, upload_stream, Downloaded, Fhir, HttpResponse, FHIR_JSON,
 };
 pub use postgres::{embedded_pool, Postgres};
-pub use processes::{bin_path, console, free_port, Server};
+pub use processes::{bin_path, console, free_port, Server, METRICS_TOKEN};
 pub use serde_json::{json, Value};
 pub use stack::Stack;
 pub use tmux::Tmux;

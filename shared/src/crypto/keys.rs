@@ -254,10 +254,7 @@ impl KeyProvider {
     /// (the file keyring is local). For readiness: bounded by the caller's timeout.
     pub async fn probe(&self) -> Result<(), KeyError> {
         match self {
-            KeyProvider::Vault(v) => match v.timed(v.key_exists(&v.config.key_name)).await? {
-                true => Ok(()),
-                false => Err(KeyError::Other("the main transit key is missing".into())),
-            },
+            KeyProvider::Vault(v) => v.probe().await,
             KeyProvider::File(_) => Ok(()),
         }
     }
@@ -364,6 +361,20 @@ impl VaultTransit {
         let result = call.await;
         self.timings.observe(started.elapsed(), result.is_ok());
         result
+    }
+
+    /// Read the main key's metadata. Not counted in `calls` nor timed: a probe is not a data
+    /// key's work, and a scrape or readiness check must not move the figures it reports.
+    async fn probe(&self) -> Result<(), KeyError> {
+        let client = self.client.read().await;
+        match vaultrs::transit::key::read(&*client, &self.config.mount, &self.config.key_name).await
+        {
+            Ok(_) => Ok(()),
+            Err(ClientError::APIError { code: 404, .. }) => {
+                Err(KeyError::Other("the main transit key is missing".into()))
+            }
+            Err(e) => Err(vault_error(e)),
+        }
     }
 
     async fn start_up(&self) -> Result<(), KeyError> {
