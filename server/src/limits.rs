@@ -1,7 +1,8 @@
 //! Rate limits (`governor`'s GCRA, keyed): per signed-in caller, per client address, and a
 //! stricter one per address on `/auth/*`; each in requests per second with a burst of twice that
-//! (`CARAPACE_RATE_LIMIT_*`, 0 = off). A request over a limit gets 429, `Retry-After` (governor's
-//! wait, in whole seconds) and an OperationOutcome `throttled`.
+//! (`CARAPACE_RATE_LIMIT_CLIENT`, `CARAPACE_RATE_LIMIT_ADDRESS`, `CARAPACE_RATE_LIMIT_AUTH`;
+//! 0 = off). A request over a limit gets 429, `Retry-After` (governor's wait, in whole seconds)
+//! and an OperationOutcome `throttled`.
 //!
 //! Where they are checked: the address limits in `main.rs`'s `dispatch`, which every request
 //! passes; the caller's in `oauth::authenticate`, which every request with a token passes once
@@ -194,7 +195,9 @@ mod tests {
         // Another caller has a bucket of its own; no address limit is configured.
         limits.check_caller(Some("other"), "other").unwrap();
         for _ in 0..100 {
-            limits.check_address(ip("192.0.2.1"), "/fhir/Patient").unwrap();
+            limits
+                .check_address(ip("192.0.2.1"), "/fhir/Patient")
+                .unwrap();
         }
     }
 

@@ -38,7 +38,7 @@ pub struct AppState {
     pub base: String,
     /// Request counts and latencies (`/metrics`).
     pub metrics: metrics::Metrics,
-    /// The rate limits (`CARAPACE_RATE_LIMIT_*`).
+    /// The rate limits (`CARAPACE_RATE_LIMIT_CLIENT`, `_ADDRESS`, `_AUTH`).
     pub limits: limits::Limits,
     /// The readiness checks, cached a second (`/readyz`, and the figures `/metrics` shows).
     pub readiness: health::Readiness,
@@ -470,15 +470,15 @@ async fn dispatch(
     let started = std::time::Instant::now();
     let path = req.uri().path();
     let name = match path.strip_prefix("/fhir") {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => fhir::interaction_name(
-            req.method().as_str(),
-            rest,
-            req.uri().query().unwrap_or(""),
-        ),
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            fhir::interaction_name(req.method().as_str(), rest, req.uri().query().unwrap_or(""))
+        }
         _ => metrics::endpoint_name(path),
     };
     let (resp, name) = metrics::labelled(name, serve(state.clone(), req, peer)).await;
-    state.metrics.observe(name, resp.status(), started.elapsed());
+    state
+        .metrics
+        .observe(name, resp.status(), started.elapsed());
     resp
 }
 

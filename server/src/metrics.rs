@@ -57,10 +57,9 @@ fn request_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
-        let durations =
-            Family::<RequestLabels, Histogram, Constructor>::new_with_constructor(
-                request_histogram,
-            );
+        let durations = Family::<RequestLabels, Histogram, Constructor>::new_with_constructor(
+            request_histogram,
+        );
         let mut registry = Registry::default();
         registry.register(
             "carapace_http_requests",
@@ -194,12 +193,10 @@ pub async fn scrape(
     let mut text = String::new();
     let mut scratch = Registry::default();
     scratch.register_collector(Box::new(figures));
-    let encoded = prometheus_client::encoding::text::encode_registry(
-        &mut text,
-        &state.metrics.registry,
-    )
-    .and_then(|_| prometheus_client::encoding::text::encode_registry(&mut text, &scratch))
-    .and_then(|_| prometheus_client::encoding::text::encode_eof(&mut text));
+    let encoded =
+        prometheus_client::encoding::text::encode_registry(&mut text, &state.metrics.registry)
+            .and_then(|_| prometheus_client::encoding::text::encode_registry(&mut text, &scratch))
+            .and_then(|_| prometheus_client::encoding::text::encode_eof(&mut text));
     if encoded.is_err() {
         return crate::outcome::ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -247,7 +244,10 @@ impl Figures {
             // The readiness report (cached a second): the audit backlog, pool wait, disk.
             health: state.readiness.report().await,
             pool: state.store.pool_stats(),
-            bundle_slots: (crate::BUNDLE_SLOTS.saturating_sub(available), crate::BUNDLE_SLOTS),
+            bundle_slots: (
+                crate::BUNDLE_SLOTS.saturating_sub(available),
+                crate::BUNDLE_SLOTS,
+            ),
             exports: state.exporter.active_jobs().await.ok(),
             rate_limit_keys: state.limits.keys_held(),
         }

@@ -99,7 +99,9 @@ fn metrics_config(env: &Lookup<'_>) -> Result<MetricsConfig, ConfigError> {
             ConfigError("CARAPACE_METRICS_LISTEN is an address and port (127.0.0.1:9464)".into())
         })?),
     };
-    let token = env.text("CARAPACE_METRICS_TOKEN")?.map(|t| t.trim().to_string());
+    let token = env
+        .text("CARAPACE_METRICS_TOKEN")?
+        .map(|t| t.trim().to_string());
     if token.as_ref().is_some_and(|t| t.len() < MIN_METRICS_TOKEN) {
         return Err(ConfigError(format!(
             "CARAPACE_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN} characters"

@@ -45,8 +45,13 @@ async fn scrape(server: &Server) -> String {
 
 /// The value of the sample `series` (name and labels exactly as written), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[tokio::test]
@@ -224,7 +229,10 @@ async fn metrics_count_requests_by_interaction_and_never_show_phi() {
         "{after}"
     );
     for text in [&before, &after] {
-        assert!(!text.contains(family) && !text.contains(id), "PHI in {text}");
+        assert!(
+            !text.contains(family) && !text.contains(id),
+            "PHI in {text}"
+        );
         assert!(!text.to_lowercase().contains("zqx"), "{text}");
     }
 }
@@ -259,6 +267,9 @@ async fn metrics_need_the_token_or_their_own_listener() {
     assert_eq!(metrics.status, 200, "{}", metrics.text());
     assert!(metrics.text().contains("carapace_dek_cache_entries"));
     assert!(metrics.text().trim_end().ends_with("# EOF"));
-    assert_eq!(get(&format!("{listener}/fhir/metadata"), &[]).await.status, 404);
+    assert_eq!(
+        get(&format!("{listener}/fhir/metadata"), &[]).await.status,
+        404
+    );
     assert_eq!(get(&format!("{listener}/readyz"), &[]).await.status, 404);
 }

@@ -118,12 +118,20 @@ async fn an_address_past_its_burst_gets_429_and_auth_is_stricter() {
         .await
         .unwrap();
     let server = &stack.server;
-    let (_, refused) =
-        until_throttled(5, 40, || from(server, "203.0.113.5", "GET", "/fhir/Patient/x")).await;
+    let (_, refused) = until_throttled(5, 40, || {
+        from(server, "203.0.113.5", "GET", "/fhir/Patient/x")
+    })
+    .await;
     assert_throttled(&refused);
     // Probes are not counted, so a load balancer never takes a node out for its own probing.
-    assert_eq!(from(server, "203.0.113.5", "GET", "/readyz").await.status, 200);
-    assert_eq!(from(server, "203.0.113.5", "GET", "/livez").await.status, 200);
+    assert_eq!(
+        from(server, "203.0.113.5", "GET", "/readyz").await.status,
+        200
+    );
+    assert_eq!(
+        from(server, "203.0.113.5", "GET", "/livez").await.status,
+        200
+    );
     // Another address is served.
     let other = from(server, "203.0.113.6", "GET", "/fhir/Patient/x").await;
     assert_eq!(other.status, 401, "not throttled: asked for a token");
@@ -140,8 +148,10 @@ async fn an_address_past_its_burst_gets_429_and_auth_is_stricter() {
     assert_eq!(next_64.status, 401);
 
     // /auth/* from one address: a burst of 2, well before the address limit.
-    let (_, refused) =
-        until_throttled(1, 10, || from(server, "198.51.100.7", "POST", "/auth/token")).await;
+    let (_, refused) = until_throttled(1, 10, || {
+        from(server, "198.51.100.7", "POST", "/auth/token")
+    })
+    .await;
     assert_throttled(&refused);
     // ...while the same address still reads the API (its own, larger budget).
     let api = from(server, "198.51.100.7", "GET", "/fhir/Patient/x").await;

@@ -28,8 +28,8 @@ mod tmux;
 pub use auth::{hidden_field, pkce, BackendClient, Browser};
 pub use bao::{bao_binary, Bao};
 pub use bench::{
-    unlimited, UNLIMITED_NOTE,
-    arg, drive, peak_rss_mb, percentile, vs_hello, Hello, Timing, VS_HELLO_ALIGN, VS_HELLO_HEADER,
+    arg, drive, peak_rss_mb, percentile, unlimited, vs_hello, Hello, Timing, UNLIMITED_NOTE,
+    VS_HELLO_ALIGN, VS_HELLO_HEADER,
 };
 pub use fixtures::{consent, examples_dir, ips_dir, permit_consent};
 pub use http::{

@@ -121,7 +121,9 @@ impl Postgres {
     /// serves the other tests.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         match &mut self.place {
-            Place::Own { cluster, .. } => Ok(cluster.as_mut().expect("the test's cluster").stop()?),
+            Place::Own { cluster, .. } => {
+                Ok(cluster.as_mut().expect("the test's cluster").stop()?)
+            }
             Place::Shared(_) => bail!(
                 "the shared test cluster serves every test of this process; \
                  a test that stops PostgreSQL starts with a cluster of its own (`Postgres::start`)"

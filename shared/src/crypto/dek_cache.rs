@@ -195,7 +195,11 @@ mod tests {
         assert!(c.get(1, t0).is_some());
         assert!(c.get(1, t0).is_some());
         assert!(c.get(1, t0).is_none());
-        assert_eq!(c.hits_and_misses(), (2, 1), "two hits, then a stale entry's miss");
+        assert_eq!(
+            c.hits_and_misses(),
+            (2, 1),
+            "two hits, then a stale entry's miss"
+        );
     }
 
     #[test]

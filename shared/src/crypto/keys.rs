@@ -172,10 +172,7 @@ impl KeyProvider {
     pub async fn unwrap_dek(&self, wrapped: &str) -> Result<Dek, KeyError> {
         let (kek, inner) = PatientKek::split(wrapped)?;
         match self {
-            KeyProvider::Vault(v) => {
-                v.timed(v.unwrap_dek(&v.key_for(kek.as_ref()), inner))
-                    .await
-            }
+            KeyProvider::Vault(v) => v.timed(v.unwrap_dek(&v.key_for(kek.as_ref()), inner)).await,
             KeyProvider::File(f) => f.ring(kek.as_ref())?.unwrap_dek(inner),
         }
     }

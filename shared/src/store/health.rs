@@ -141,11 +141,10 @@ impl Store {
         let result = bounded(async {
             let mut conn = self.pool.acquire().await?;
             let waited = started.elapsed();
-            let (applied, failed): (Option<i64>, Option<bool>) = sqlx::query_as(
-                "SELECT max(version), bool_or(NOT success) FROM _sqlx_migrations",
-            )
-            .fetch_one(&mut *conn)
-            .await?;
+            let (applied, failed): (Option<i64>, Option<bool>) =
+                sqlx::query_as("SELECT max(version), bool_or(NOT success) FROM _sqlx_migrations")
+                    .fetch_one(&mut *conn)
+                    .await?;
             Ok::<_, StoreError>((applied, failed, waited))
         })
         .await;
@@ -285,10 +284,7 @@ mod tests {
             audit_state(Some(&backlog(500, 11)), q),
             CheckState::Degraded
         );
-        assert_eq!(
-            audit_state(Some(&backlog(500, 61)), q),
-            CheckState::Failing
-        );
+        assert_eq!(audit_state(Some(&backlog(500, 61)), q), CheckState::Failing);
         assert_eq!(
             audit_state(Some(&backlog(MAX_UNCHAINED + 1, 1)), q),
             CheckState::Failing
