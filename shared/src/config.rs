@@ -90,7 +90,7 @@ pub struct MetricsConfig {
 }
 
 /// The shortest metrics token taken: guessing one must be hopeless.
-const MIN_METRICS_TOKEN: usize = 32;
+const MIN_METRICS_TOKEN: usize = 24;
 
 fn metrics_config(env: &Lookup<'_>) -> Result<MetricsConfig, ConfigError> {
     let listen = match env.text("CARAPACE_METRICS_LISTEN")? {

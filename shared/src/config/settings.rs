@@ -232,7 +232,7 @@ pub const SETTINGS: &[Setting] = &[
     secret(setting(
         "CARAPACE_METRICS_TOKEN",
         Means("no token"),
-        "Bearer token a scraper sends for `/metrics` (at least 32 characters). When set, \
+        "Bearer token a scraper sends for `/metrics` (at least 24 characters). When set, \
          `/metrics` answers on the main listener too, and on both only with this token; unset, \
          the main listener answers 404 there.",
     )),
