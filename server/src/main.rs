@@ -470,6 +470,7 @@ async fn dispatch(
     let started = std::time::Instant::now();
     let path = req.uri().path();
     let name = match path.strip_prefix("/fhir") {
+        _ if fhir::export::file_path(path).is_some() => "export-download",
         Some(rest) if rest.is_empty() || rest.starts_with('/') => {
             fhir::interaction_name(req.method().as_str(), rest, req.uri().query().unwrap_or(""))
         }
