@@ -4,7 +4,10 @@
 mod cors;
 mod edge;
 mod fhir;
+mod health;
+mod limits;
 mod login;
+mod metrics;
 mod oauth;
 mod outcome;
 mod stream;
@@ -17,11 +20,10 @@ use carapace_core::core::Core;
 use carapace_core::store::Store;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -34,10 +36,15 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The FHIR base URL, without a trailing slash.
     pub base: String,
-    pub requests: AtomicU64,
-    /// Batch and transaction Bundles are processed two at a time (one per core): each holds its
-    /// body and its sealed, indexed entries in memory (about three times the body), so memory stays
-    /// bounded however many clients load at once.
+    /// Request counts and latencies (`/metrics`).
+    pub metrics: metrics::Metrics,
+    /// The rate limits (`CARAPACE_RATE_LIMIT_CLIENT`, `_ADDRESS`, `_AUTH`).
+    pub limits: limits::Limits,
+    /// The readiness checks, cached a second (`/readyz`, and the figures `/metrics` shows).
+    pub readiness: health::Readiness,
+    /// Batch and transaction Bundles are processed [`BUNDLE_SLOTS`] at a time (one per core):
+    /// each holds its body and its sealed, indexed entries in memory (about three times the
+    /// body), so memory stays bounded however many clients load at once.
     pub bundle_slots: tokio::sync::Semaphore,
     /// The origins browser apps may call from (`CARAPACE_CORS_ORIGINS`).
     pub cors: cors::Cors,
@@ -46,6 +53,9 @@ pub struct AppState {
     /// Access tokens verified before, forgotten when any may have ended.
     pub tokens: Arc<carapace_core::identity::tokens::TokenCache>,
 }
+
+/// Bundles processed at once (see [`AppState::bundle_slots`]).
+pub const BUNDLE_SLOTS: usize = 2;
 
 /// `--help`: the usage and every setting the server reads, from the core's one table of them.
 fn help() -> String {
@@ -234,6 +244,14 @@ async fn run() -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let local = listener.local_addr()?;
     let mut config = config;
     if config.base_url.is_none() {
@@ -244,16 +262,38 @@ async fn run() -> anyhow::Result<()> {
     let exporter = carapace_core::export::Exporter::new(core.store.clone(), config.export.clone());
     exporter.start();
     core.follow_token_revocations();
+    let readiness = health::Readiness::new(
+        core.store.clone(),
+        carapace_core::store::health::HealthExpectations {
+            migration: carapace_core::core::latest_migration(),
+            data_dir: config.data_dir.clone(),
+        },
+    );
     let state = Arc::new(AppState {
         tokens: core.tokens.clone(),
         exporter,
-        bundle_slots: tokio::sync::Semaphore::new(2),
+        bundle_slots: tokio::sync::Semaphore::new(BUNDLE_SLOTS),
         cors: cors::Cors::new(config.cors_origins.clone()),
         base: base.clone(),
         store: core.store.clone(),
+        metrics: metrics::Metrics::default(),
+        limits: limits::Limits::new(config.rate_limits),
+        readiness,
         config,
-        requests: AtomicU64::new(0),
     });
+    // Rate limiters forget callers and addresses idle long enough to be full again.
+    let sweeping = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(limits::SWEEP_EVERY).await;
+            sweeping.limits.sweep();
+        }
+    });
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "metrics listener (GET /metrics only)");
+        tokio::spawn(serve_metrics(listener, state.clone()));
+    }
     // One line on stdout for people and scripts: where the server is.
     println!("Carapace FHIR R4 server listening: {base}");
     println!("Try: curl -s {base}/metadata | head -c 300");
@@ -387,20 +427,83 @@ fn client_address(
         .unwrap_or(peer)
 }
 
+/// The metrics listener (`CARAPACE_METRICS_LISTEN`): plain HTTP/1 and 2, `GET /metrics` only.
+async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move {
+                let resp = match (req.method(), req.uri().path()) {
+                    (&hyper::Method::GET, "/metrics") => {
+                        metrics::scrape(&state, req.headers(), true).await
+                    }
+                    _ => outcome::ApiError::not_found("this listener serves GET /metrics only")
+                        .into_response(),
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = builder()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Probes (load balancers, scrapers) are not rate limited: they are cheap (readiness is cached)
+/// and a throttled probe would take a healthy node out of service.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/livez" | "/readyz" | "/healthz" | "/metrics")
+}
+
+/// Every request: counted by interaction and status class, and timed to its response head.
 async fn dispatch(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    state.requests.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let path = req.uri().path();
+    let name = match path.strip_prefix("/fhir") {
+        _ if fhir::export::file_path(path).is_some() => "export-download",
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            fhir::interaction_name(req.method().as_str(), rest, req.uri().query().unwrap_or(""))
+        }
+        _ => metrics::endpoint_name(path),
+    };
+    let (resp, name) = metrics::labelled(name, serve(state.clone(), req, peer)).await;
+    state
+        .metrics
+        .observe(name, resp.status(), started.elapsed());
+    resp
+}
+
+async fn serve(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let peer = SocketAddr::new(
         client_address(&state.config.trusted_proxies, peer.ip(), req.headers()),
         peer.port(),
     );
     let path = req.uri().path().to_string();
-    // Every request passes the edge (limits, encoding) and CORS here, whatever it is for.
+    // Every request passes the edge (limits, encoding), its address's rate limits and CORS
+    // here, whatever it is for.
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
-    let mut resp = match edge::check(req.uri(), req.headers()) {
+    let admitted = edge::check(req.uri(), req.headers()).and_then(|()| {
+        if is_probe(&path) {
+            Ok(())
+        } else {
+            state.limits.check_address(peer.ip(), &path)
+        }
+    });
+    let mut resp = match admitted {
         Err(e) => e.into_response().map(http_body_util::Either::Left),
         Ok(()) => match state.cors.preflight(req.method(), &path, req.headers()) {
             Some(answer) => answer.map(http_body_util::Either::Left),
@@ -462,44 +565,16 @@ async fn route_other(
         }
         return resp;
     }
+    let get = req.method() == hyper::Method::GET || req.method() == hyper::Method::HEAD;
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/metrics" => text(StatusCode::OK, metrics(&state)),
+        "/healthz" if get => health::healthz(),
+        "/livez" if get => health::livez(),
+        "/readyz" if get => health::readyz(&state.readiness).await,
+        "/metrics" if get => metrics::scrape(&state, req.headers(), false).await,
         _ => {
             outcome::ApiError::not_found("no such endpoint; the FHIR base is /fhir").into_response()
         }
     }
-}
-
-/// Prometheus text format: what an operator watches, no PHI.
-fn metrics(state: &AppState) -> String {
-    let keys = state.store.keys();
-    let replica = state.store.replica_searches();
-    let tokens = state.tokens.counts();
-    format!(
-        "# TYPE carapace_requests_total counter\ncarapace_requests_total {}\n\
-         # TYPE carapace_key_provider_calls_total counter\ncarapace_key_provider_calls_total {}\n\
-         # TYPE carapace_dek_cache_entries gauge\ncarapace_dek_cache_entries {}\n\
-         # TYPE carapace_replica_searches_total counter\ncarapace_replica_searches_total {}\n\
-         # TYPE carapace_replica_fallbacks_total counter\ncarapace_replica_fallbacks_total {}\n\
-         # TYPE carapace_token_cache_hits_total counter\ncarapace_token_cache_hits_total {}\n\
-         # TYPE carapace_token_cache_misses_total counter\ncarapace_token_cache_misses_total {}\n",
-        state.requests.load(Ordering::Relaxed),
-        keys.external_calls(),
-        state.store.cached_keys(),
-        replica.0,
-        replica.1,
-        tokens.0,
-        tokens.1,
-    )
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("Content-Type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
 }
 
 async fn shutdown_signal() {

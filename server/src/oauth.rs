@@ -280,6 +280,10 @@ pub async fn authenticate(
 ) -> Result<AccessContext, ApiError> {
     match bearer(state, headers).await? {
         Some(info) => {
+            // The caller's rate limit: here, where every request with a verified token passes.
+            state
+                .limits
+                .check_caller(info.client_id.as_deref(), &info.subject)?;
             let (purpose, reason) = purpose_of_use(headers)?;
             let mut ctx = info.access_context(Some(peer.ip()), purpose);
             ctx.btg_reason = reason;

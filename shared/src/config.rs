@@ -73,6 +73,72 @@ pub struct Config {
     /// `CARAPACE_RETENTION_HISTORY`, `CARAPACE_AUDIT_RETENTION_DAYS`, `CARAPACE_AUDIT_ARCHIVE_DIR`,
     /// `CARAPACE_RETENTION_INTERVAL`: what is purged when.
     pub retention: crate::store::RetentionConfig,
+    /// `CARAPACE_RATE_LIMIT_CLIENT`, `_ADDRESS`, `_AUTH`: requests per second (0 = off).
+    pub rate_limits: RateLimits,
+    /// `CARAPACE_METRICS_LISTEN`, `CARAPACE_METRICS_TOKEN`: where `/metrics` is served.
+    pub metrics: MetricsConfig,
+}
+
+/// Requests per second allowed, each with a burst of twice that; `0` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Per signed-in caller (client and user of a verified token).
+    pub client: u32,
+    /// Per client address.
+    pub address: u32,
+    /// Per client address on `/auth/*`.
+    pub auth: u32,
+}
+
+/// Who may scrape `/metrics`: a listener of its own, a bearer token, or both.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+    pub token: Option<SecretString>,
+}
+
+/// The shortest metrics token taken: guessing one must be hopeless.
+const MIN_METRICS_TOKEN: usize = 24;
+
+fn metrics_config(env: &Lookup<'_>) -> Result<MetricsConfig, ConfigError> {
+    let listen = match env.text("CARAPACE_METRICS_LISTEN")? {
+        None => None,
+        Some(a) => Some(a.trim().parse::<SocketAddr>().map_err(|_| {
+            ConfigError("CARAPACE_METRICS_LISTEN is an address and port (127.0.0.1:9464)".into())
+        })?),
+    };
+    let token = env
+        .text("CARAPACE_METRICS_TOKEN")?
+        .map(|t| t.trim().to_string());
+    if token.as_ref().is_some_and(|t| t.len() < MIN_METRICS_TOKEN) {
+        return Err(ConfigError(format!(
+            "CARAPACE_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN} characters"
+        )));
+    }
+    if listen.is_some_and(|a| !a.ip().is_loopback()) && token.is_none() {
+        return Err(ConfigError(
+            "CARAPACE_METRICS_LISTEN beyond loopback needs CARAPACE_METRICS_TOKEN".into(),
+        ));
+    }
+    Ok(MetricsConfig {
+        listen,
+        token: token.map(SecretString::from),
+    })
+}
+
+fn rate_limits(env: &Lookup<'_>) -> Result<RateLimits, ConfigError> {
+    let rate = |name: &str| -> Result<u32, ConfigError> {
+        // Bursts are twice the rate, and governor counts in u32.
+        u32::try_from(env.number(name)?)
+            .ok()
+            .filter(|n| *n <= u32::MAX / 2)
+            .ok_or_else(|| ConfigError(format!("{name} is too large")))
+    };
+    Ok(RateLimits {
+        client: rate("CARAPACE_RATE_LIMIT_CLIENT")?,
+        address: rate("CARAPACE_RATE_LIMIT_ADDRESS")?,
+        auth: rate("CARAPACE_RATE_LIMIT_AUTH")?,
+    })
 }
 
 /// A browser origin allowed to call the API cross-origin: `http` or `https`, a host and an
@@ -421,6 +487,8 @@ impl Config {
             }
         };
         Ok(Config {
+            rate_limits: rate_limits(&env)?,
+            metrics: metrics_config(&env)?,
             retention,
             deid_rules,
             export,
@@ -576,6 +644,39 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn rate_limits_have_defaults_and_zero_turns_them_off() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.rate_limits,
+            RateLimits {
+                client: 1000,
+                address: 2000,
+                auth: 10
+            }
+        );
+        let off = config(&[("CARAPACE_RATE_LIMIT_CLIENT", "0")]).unwrap();
+        assert_eq!(off.rate_limits.client, 0);
+        assert!(config(&[("CARAPACE_RATE_LIMIT_AUTH", "-1")]).is_err());
+        assert!(config(&[("CARAPACE_RATE_LIMIT_ADDRESS", "4294967295")]).is_err());
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_never_open_beyond_loopback() {
+        let c = config(&[]).unwrap();
+        assert!(c.metrics.listen.is_none() && c.metrics.token.is_none());
+        let token = "t".repeat(32);
+        assert!(config(&[("CARAPACE_METRICS_LISTEN", "127.0.0.1:9464")]).is_ok());
+        assert!(config(&[("CARAPACE_METRICS_LISTEN", "0.0.0.0:9464")]).is_err());
+        assert!(config(&[
+            ("CARAPACE_METRICS_LISTEN", "0.0.0.0:9464"),
+            ("CARAPACE_METRICS_TOKEN", &token)
+        ])
+        .is_ok());
+        assert!(config(&[("CARAPACE_METRICS_TOKEN", "short")]).is_err());
+        assert!(config(&[("CARAPACE_METRICS_LISTEN", "nowhere")]).is_err());
     }
 
     #[test]

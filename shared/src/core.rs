@@ -17,6 +17,11 @@ use std::time::Duration;
 /// Migrations in `migrations/`, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// The newest migration this binary carries: the schema version a ready server runs on.
+pub fn latest_migration() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("embedded PostgreSQL: {0}")]

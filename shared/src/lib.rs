@@ -16,6 +16,7 @@ pub mod deid;
 pub mod export;
 pub mod fhir;
 pub mod identity;
+pub mod meter;
 pub mod search;
 pub mod store;
 

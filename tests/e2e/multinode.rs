@@ -40,10 +40,11 @@ async fn node(env: &[(String, String)], port: u16) -> Server {
 
 /// A node's own counter, read on its own port (not through HAProxy).
 async fn node_metric(port: u16, name: &str) -> u64 {
+    let bearer = format!("Bearer {METRICS_TOKEN}");
     let r = http(
         "GET",
         &format!("http://127.0.0.1:{port}/metrics"),
-        &[],
+        &[("Authorization", &bearer)],
         None,
     )
     .await

@@ -189,3 +189,21 @@ impl Fhir<'_> {
         ids
     }
 }
+
+/// The server settings every benchmark starts with: rate limits off, so that a figure measures
+/// the server's work and never its throttling (the defaults, 1,000 requests a second per caller,
+/// would cap a 32-connection run). Printed with the results ([`UNLIMITED_NOTE`]).
+pub fn unlimited() -> Vec<(String, String)> {
+    [
+        "CARAPACE_RATE_LIMIT_CLIENT",
+        "CARAPACE_RATE_LIMIT_ADDRESS",
+        "CARAPACE_RATE_LIMIT_AUTH",
+    ]
+    .iter()
+    .map(|name| (name.to_string(), "0".to_string()))
+    .collect()
+}
+
+/// What a benchmark's output says about [`unlimited`].
+pub const UNLIMITED_NOTE: &str =
+    "rate limits off for this run (CARAPACE_RATE_LIMIT_CLIENT/_ADDRESS/_AUTH=0)";

@@ -30,7 +30,8 @@ mod topology;
 pub use auth::{hidden_field, pkce, BackendClient, Browser};
 pub use bao::{bao_binary, Bao};
 pub use bench::{
-    arg, drive, peak_rss_mb, percentile, vs_hello, Hello, Timing, VS_HELLO_ALIGN, VS_HELLO_HEADER,
+    arg, drive, peak_rss_mb, percentile, unlimited, vs_hello, Hello, Timing, UNLIMITED_NOTE,
+    VS_HELLO_ALIGN, VS_HELLO_HEADER,
 };
 pub use fixtures::{consent, examples_dir, ips_dir, permit_consent};
 pub use http::{
@@ -38,7 +39,7 @@ pub use http::{
     HttpResponse, FHIR_JSON,
 };
 pub use postgres::{embedded_pool, Postgres};
-pub use processes::{bin_path, console, free_port, Server};
+pub use processes::{bin_path, console, free_port, Server, METRICS_TOKEN};
 pub use serde_json::{json, Value};
 pub use stack::Stack;
 pub use tmux::Tmux;

@@ -32,7 +32,8 @@ pub struct Postgres {
 enum Place {
     Shared(&'static Shared),
     Own {
-        cluster: Cluster,
+        /// `None` only while [`Postgres::start_again`] replaces it.
+        cluster: Option<Cluster>,
         _dir: tempfile::TempDir,
     },
 }
@@ -76,7 +77,10 @@ impl Postgres {
         let cluster =
             tokio::task::spawn_blocking(move || Cluster::start(&path, Some(port))).await??;
         Ok(Postgres {
-            place: Place::Own { cluster, _dir: dir },
+            place: Place::Own {
+                cluster: Some(cluster),
+                _dir: dir,
+            },
         })
     }
 
@@ -84,7 +88,7 @@ impl Postgres {
     pub async fn database(&self, name: &str) -> anyhow::Result<String> {
         let admin = match &self.place {
             Place::Shared(shared) => shared.admin.clone(),
-            Place::Own { cluster, .. } => cluster.connect_options("postgres"),
+            Place::Own { cluster, .. } => own(cluster).connect_options("postgres"),
         };
         let mut conn = admin
             .connect()
@@ -109,7 +113,7 @@ impl Postgres {
                 carapace_core::db::embedded::SUPERUSER,
                 shared.port
             ),
-            Place::Own { cluster, .. } => cluster.tcp_url(database),
+            Place::Own { cluster, .. } => own(cluster).tcp_url(database),
         }
     }
 
@@ -117,7 +121,7 @@ impl Postgres {
     pub fn bin_dir(&self) -> PathBuf {
         match &self.place {
             Place::Shared(shared) => shared.bin_dir.clone(),
-            Place::Own { cluster, .. } => cluster.bin_dir().to_path_buf(),
+            Place::Own { cluster, .. } => own(cluster).bin_dir().to_path_buf(),
         }
     }
 
@@ -125,7 +129,7 @@ impl Postgres {
     pub fn port(&self) -> u16 {
         match &self.place {
             Place::Shared(shared) => shared.port,
-            Place::Own { cluster, .. } => cluster.port(),
+            Place::Own { cluster, .. } => own(cluster).port(),
         }
     }
 
@@ -133,11 +137,31 @@ impl Postgres {
     /// serves the other tests.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         match &mut self.place {
-            Place::Own { cluster, .. } => Ok(cluster.stop()?),
+            Place::Own { cluster, .. } => {
+                Ok(cluster.as_mut().expect("the test's cluster").stop()?)
+            }
             Place::Shared(_) => bail!(
                 "the shared test cluster serves every test of this process; \
                  a test that stops PostgreSQL starts with a cluster of its own (`Postgres::start`)"
             ),
+        }
+    }
+
+    /// Start a stopped cluster of the test's own again, on the same directory and port (the
+    /// outage over: a server that kept running must find it again by itself).
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        match &mut self.place {
+            Place::Own { cluster, _dir } => {
+                let (path, port) = (_dir.path().to_path_buf(), own(cluster).port());
+                // The stopped cluster's handle holds the directory's lock: released first.
+                drop(cluster.take());
+                let started =
+                    tokio::task::spawn_blocking(move || Cluster::start(&path, Some(port)))
+                        .await??;
+                *cluster = Some(started);
+                Ok(())
+            }
+            Place::Shared(_) => bail!("the shared test cluster is never stopped"),
         }
     }
 
@@ -147,7 +171,7 @@ impl Postgres {
         let url = self.database(database).await?;
         let bin_dir = match &self.place {
             Place::Shared(shared) => shared.bin_dir.as_path(),
-            Place::Own { cluster, .. } => cluster.bin_dir(),
+            Place::Own { cluster, .. } => own(cluster).bin_dir(),
         };
         let mut psql = Command::new(bin_dir.join("psql"))
             .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", &url])
@@ -179,7 +203,7 @@ impl Postgres {
     pub fn dump(&self, database: &str) -> anyhow::Result<Vec<u8>> {
         let bin_dir = match &self.place {
             Place::Shared(shared) => shared.bin_dir.as_path(),
-            Place::Own { cluster, .. } => cluster.bin_dir(),
+            Place::Own { cluster, .. } => own(cluster).bin_dir(),
         };
         let out = Command::new(bin_dir.join("pg_dump"))
             .arg(self.url(database))
@@ -190,6 +214,10 @@ impl Postgres {
         }
         Ok(out.stdout)
     }
+}
+
+fn own(cluster: &Option<Cluster>) -> &Cluster {
+    cluster.as_ref().expect("the test's cluster")
 }
 
 impl Shared {

@@ -39,6 +39,9 @@ pub fn bin_path(name: &str) -> PathBuf {
     candidate
 }
 
+/// The metrics token every test server is started with (a test may set another, or none).
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789abcdef";
+
 /// A running `carapace-server` process.
 pub struct Server {
     child: Option<Child>,
@@ -78,6 +81,8 @@ impl Server {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("CARAPACE_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info,sqlx=warn")
+            // `/metrics` answers the harness's scrapes (`Server::metric`) on the main listener.
+            .env("CARAPACE_METRICS_TOKEN", METRICS_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err);
@@ -152,7 +157,14 @@ impl Server {
 
     /// Current value of a counter from `/metrics`.
     pub async fn metric(&self, name: &str) -> anyhow::Result<u64> {
-        let r = http("GET", &format!("{}/metrics", self.origin()), &[], None).await?;
+        let bearer = format!("Bearer {METRICS_TOKEN}");
+        let r = http(
+            "GET",
+            &format!("{}/metrics", self.origin()),
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await?;
         r.text()
             .lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<u64>()))

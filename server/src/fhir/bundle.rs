@@ -41,8 +41,14 @@ pub async fn serve(
     let bundle = IncomingBundle::parse(body)?;
     let is_bundle = bundle.resource_type.as_deref() == Some("Bundle");
     match bundle.kind.as_deref() {
-        Some("batch") if is_bundle => batch(state, ctx, bundle.entries).await,
-        Some("transaction") if is_bundle => transaction(state, ctx, bundle.entries).await,
+        Some("batch") if is_bundle => {
+            crate::metrics::label_as("batch");
+            batch(state, ctx, bundle.entries).await
+        }
+        Some("transaction") if is_bundle => {
+            crate::metrics::label_as("transaction");
+            transaction(state, ctx, bundle.entries).await
+        }
         _ => Err(ApiError::bad_request(
             "POST to the base takes a Bundle of type batch or transaction",
         )),

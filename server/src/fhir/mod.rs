@@ -44,6 +44,39 @@ use route::{Interaction, Route};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The interaction a request under `/fhir` asks for, as the metrics name it (a fixed word: never
+/// an id or a parameter). `path` is without `/fhir`.
+pub fn interaction_name(method: &str, path: &str, query: &str) -> &'static str {
+    use terminology::Operation as Op;
+    match route::parse(method, path, query) {
+        Ok(Route::Capabilities) => "capabilities",
+        Ok(Route::SmartConfiguration) => "smart-configuration",
+        // `batch` or `transaction` once the body says (`bundle.rs`).
+        Ok(Route::Bundle) => "bundle",
+        Ok(Route::Interaction(i)) => match i {
+            Interaction::Read { .. } | Interaction::AuditRead { .. } => "read",
+            Interaction::Vread { .. } => "vread",
+            Interaction::Search { .. } | Interaction::AuditSearch => "search-type",
+            Interaction::Create { .. } => "create",
+            Interaction::Update { .. } => "update",
+            Interaction::Patch { .. } => "patch",
+            Interaction::Delete { .. } => "delete",
+            Interaction::History { .. } => "history",
+            Interaction::Everything { .. } => "operation:everything",
+            Interaction::Summary { .. } => "operation:summary",
+            Interaction::Validate { .. } => "operation:validate",
+            Interaction::Terminology { op, .. } => match op {
+                Op::Expand => "operation:expand",
+                Op::Lookup => "operation:lookup",
+                Op::ValidateValueSet | Op::ValidateCodeSystem => "operation:validate-code",
+            },
+            Interaction::Export { .. } => "operation:export",
+            Interaction::ExportStatus { .. } => "export-status",
+        },
+        Err(_) => "unroutable",
+    }
+}
+
 /// Serve one request under `/fhir`.
 pub async fn handle(
     state: Arc<AppState>,

@@ -789,6 +789,13 @@ impl AuditWriter {
         AuditWriter { tx, key }
     }
 
+    /// Events handed to the writer and not yet taken into a batch, and how many it can hold
+    /// before a request waits (readiness and metrics: is the writer keeping up?).
+    pub fn queued(&self) -> (usize, usize) {
+        let most = self.tx.max_capacity();
+        (most - self.tx.capacity(), most)
+    }
+
     /// Record events; returns once all are committed (together, when they arrive together).
     pub async fn record_all(
         &self,

@@ -231,6 +231,39 @@ pub const SETTINGS: &[Setting] = &[
          one of them. Otherwise it records the connection's peer, whatever the client sends.",
     ),
     setting(
+        "CARAPACE_RATE_LIMIT_CLIENT",
+        Value("1000"),
+        "Requests per second each signed-in caller (a token's client and user) may make, with \
+         bursts of twice that; more get 429 with `Retry-After`. Counted once the token is \
+         verified, for every FHIR request (Binary uploads and downloads too). `0` turns it off.",
+    ),
+    setting(
+        "CARAPACE_RATE_LIMIT_ADDRESS",
+        Value("2000"),
+        "Requests per second from one client address (as the audit trail records it, after \
+         `CARAPACE_TRUSTED_PROXIES`; IPv6 by /64), bursts of twice that; `/livez`, `/readyz` \
+         and `/metrics` are not counted. `0` turns it off.",
+    ),
+    setting(
+        "CARAPACE_RATE_LIMIT_AUTH",
+        Value("10"),
+        "Requests per second from one client address to `/auth/*` (tokens, sign-in pages), \
+         bursts of twice that, on top of the address limit. `0` turns it off.",
+    ),
+    setting(
+        "CARAPACE_METRICS_LISTEN",
+        Means("off"),
+        "Address and port of a second listener that serves only `/metrics` (Prometheus), such \
+         as `127.0.0.1:9464`. Beyond loopback it needs `CARAPACE_METRICS_TOKEN`.",
+    ),
+    secret(setting(
+        "CARAPACE_METRICS_TOKEN",
+        Means("no token"),
+        "Bearer token a scraper sends for `/metrics` (at least 24 characters). When set, \
+         `/metrics` answers on the main listener too, and on both only with this token; unset, \
+         the main listener answers 404 there.",
+    )),
+    setting(
         "CARAPACE_CORS_ORIGINS",
         Means("none"),
         "Comma-separated browser origins (`https://app.example`, `http://localhost:3000`) whose \

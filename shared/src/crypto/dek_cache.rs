@@ -4,6 +4,7 @@
 
 use crate::crypto::Dek;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,9 @@ struct Entry {
 pub struct DekCache {
     config: DekCacheConfig,
     inner: Mutex<Inner>,
+    /// Lookups answered from the cache, and those that were not (absent or stale): the metrics'.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 #[derive(Default)]
@@ -49,7 +53,22 @@ impl DekCache {
         DekCache {
             config,
             inner: Mutex::new(Inner::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// Lookups answered from the cache and lookups that were not, since start.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -60,6 +79,12 @@ impl DekCache {
 
     /// The DEK with this id, if cached and still fresh; counts one use.
     pub fn get(&self, id: i64, now: Instant) -> Option<Arc<Dek>> {
+        let found = self.fresh(id, now);
+        self.count(found.is_some());
+        found
+    }
+
+    fn fresh(&self, id: i64, now: Instant) -> Option<Arc<Dek>> {
         let mut inner = self.lock();
         let entry = inner.by_id.get_mut(&id)?;
         let fresh = now.saturating_duration_since(entry.loaded) < self.config.max_age
@@ -76,8 +101,10 @@ impl DekCache {
 
     /// The cached DEK for a key scope, with its id.
     pub fn get_scope(&self, scope: &str, now: Instant) -> Option<(i64, Arc<Dek>)> {
-        let id = *self.lock().by_scope.get(scope)?;
-        self.get(id, now).map(|dek| (id, dek))
+        let id = self.lock().by_scope.get(scope).copied();
+        let found = id.and_then(|id| self.fresh(id, now).map(|dek| (id, dek)));
+        self.count(found.is_some());
+        found
     }
 
     pub fn insert(&self, id: i64, scope: &str, dek: Dek, now: Instant) -> Arc<Dek> {
@@ -168,6 +195,11 @@ mod tests {
         assert!(c.get(1, t0).is_some());
         assert!(c.get(1, t0).is_some());
         assert!(c.get(1, t0).is_none());
+        assert_eq!(
+            c.hits_and_misses(),
+            (2, 1),
+            "two hits, then a stale entry's miss"
+        );
     }
 
     #[test]

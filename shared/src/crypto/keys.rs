@@ -163,7 +163,7 @@ impl KeyProvider {
         kek: Option<&PatientKek>,
     ) -> Result<(Dek, WrappedDek), KeyError> {
         let (dek, inner) = match self {
-            KeyProvider::Vault(v) => v.generate(&v.key_for(kek)).await?,
+            KeyProvider::Vault(v) => v.timed(v.generate(&v.key_for(kek))).await?,
             KeyProvider::File(f) => f.ring(kek)?.generate()?,
         };
         Ok((dek, inner.under(kek)))
@@ -172,7 +172,7 @@ impl KeyProvider {
     pub async fn unwrap_dek(&self, wrapped: &str) -> Result<Dek, KeyError> {
         let (kek, inner) = PatientKek::split(wrapped)?;
         match self {
-            KeyProvider::Vault(v) => v.unwrap_dek(&v.key_for(kek.as_ref()), inner).await,
+            KeyProvider::Vault(v) => v.timed(v.unwrap_dek(&v.key_for(kek.as_ref()), inner)).await,
             KeyProvider::File(f) => f.ring(kek.as_ref())?.unwrap_dek(inner),
         }
     }
@@ -182,7 +182,7 @@ impl KeyProvider {
     pub async fn rewrap(&self, wrapped: &str) -> Result<WrappedDek, KeyError> {
         let (kek, inner) = PatientKek::split(wrapped)?;
         let rewrapped = match self {
-            KeyProvider::Vault(v) => v.rewrap(&v.key_for(kek.as_ref()), inner).await?,
+            KeyProvider::Vault(v) => v.timed(v.rewrap(&v.key_for(kek.as_ref()), inner)).await?,
             KeyProvider::File(f) => f.ring(kek.as_ref())?.rewrap(inner)?,
         };
         Ok(rewrapped.under(kek.as_ref()))
@@ -247,6 +247,24 @@ impl KeyProvider {
         }
     }
 
+    /// Is the provider answering? One read of the main key's metadata (Vault), or nothing to ask
+    /// (the file keyring is local). For readiness: bounded by the caller's timeout.
+    pub async fn probe(&self) -> Result<(), KeyError> {
+        match self {
+            KeyProvider::Vault(v) => v.probe().await,
+            KeyProvider::File(_) => Ok(()),
+        }
+    }
+
+    /// How long the key service took to wrap, unwrap, make and check keys (Vault; empty for
+    /// the file keyring, which calls nothing).
+    pub fn timings(&self) -> Option<crate::meter::TimingsSnapshot> {
+        match self {
+            KeyProvider::Vault(v) => Some(v.timings.snapshot()),
+            KeyProvider::File(_) => None,
+        }
+    }
+
     /// Calls made to an external key service since start.
     pub fn external_calls(&self) -> u64 {
         match self {
@@ -271,6 +289,8 @@ pub struct VaultTransit {
     client: Arc<RwLock<VaultClient>>,
     config: VaultConfig,
     calls: AtomicU64,
+    /// The data-key calls' latencies and failures (the metrics').
+    timings: crate::meter::Timings,
 }
 
 fn vault_error(e: ClientError) -> KeyError {
@@ -315,6 +335,7 @@ impl VaultTransit {
             client: Arc::new(RwLock::new(client)),
             config,
             calls: AtomicU64::new(0),
+            timings: Default::default(),
         };
         // Vault may be down when we start: start anyway, answer 503 until it is back.
         if let Err(e) = transit.start_up().await {
@@ -326,6 +347,31 @@ impl VaultTransit {
             }
         }
         Ok(transit)
+    }
+
+    /// Run one call to Vault, counting how long it took and whether it failed.
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, KeyError>>,
+    ) -> Result<T, KeyError> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        self.timings.observe(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Read the main key's metadata. Not counted in `calls` nor timed: a probe is not a data
+    /// key's work, and a scrape or readiness check must not move the figures it reports.
+    async fn probe(&self) -> Result<(), KeyError> {
+        let client = self.client.read().await;
+        match vaultrs::transit::key::read(&*client, &self.config.mount, &self.config.key_name).await
+        {
+            Ok(_) => Ok(()),
+            Err(ClientError::APIError { code: 404, .. }) => {
+                Err(KeyError::Other("the main transit key is missing".into()))
+            }
+            Err(e) => Err(vault_error(e)),
+        }
     }
 
     async fn start_up(&self) -> Result<(), KeyError> {

@@ -366,6 +366,17 @@ impl Exporter {
         }
     }
 
+    /// Jobs waiting and running, across every server on this database (the metrics' gauges).
+    pub async fn active_jobs(&self) -> Result<(i64, i64), ExportError> {
+        let counts: (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running')
+               FROM export_jobs WHERE state IN ('queued', 'running')",
+        )
+        .fetch_one(self.store.pool())
+        .await?;
+        Ok(counts)
+    }
+
     pub(super) async fn files_of(&self, id: &str) -> Result<Vec<ManifestFile>, ExportError> {
         let rows = sqlx::query(
             "SELECT kind, resource_type, name, count, bytes FROM export_files WHERE job_id = $1

@@ -34,6 +34,7 @@ mod bundle; // transaction Bundles
 mod compartment; // Patient/$everything
 mod erasure; // legal holds, history purges, erasing a patient
 pub mod export; // what a Bulk Data export reads
+pub mod health; // readiness checks and the figures behind the metrics
 mod history; // _history
 mod index; // index rows written with each version; re-indexing
 mod integrity; // referential integrity of a write

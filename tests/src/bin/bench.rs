@@ -220,11 +220,10 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL, OpenBao, carapace-server and hello-server ...");
     // `--integrity off`: the server without referential integrity, to measure what it costs.
     let integrity: String = arg("--integrity").unwrap_or_else(|| "on".into());
-    let stack = Stack::start_with(
-        Bao::start_dev().await?,
-        vec![("CARAPACE_REFERENTIAL_INTEGRITY".into(), integrity)],
-    )
-    .await?;
+    let mut env = unlimited();
+    env.push(("CARAPACE_REFERENTIAL_INTEGRITY".into(), integrity));
+    let stack = Stack::start_with(Bao::start_dev().await?, env).await?;
+    eprintln!("{UNLIMITED_NOTE}");
     let hello = Hello::start().await?;
     let server = &stack.server;
     let fhir = stack.fhir();

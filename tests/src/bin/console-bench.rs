@@ -81,7 +81,8 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let target: i64 = arg("--events").unwrap_or(100_000);
     eprintln!("starting PostgreSQL, OpenBao and carapace-server ...");
-    let stack = Stack::start().await?;
+    let stack = Stack::start_with(Bao::start_dev().await?, unlimited()).await?;
+    eprintln!("{UNLIMITED_NOTE}");
     let fhir = stack.fhir();
     let patients = fhir.bench_patients(100).await;
     let patients = std::sync::Arc::new(patients);

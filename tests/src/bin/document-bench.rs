@@ -70,7 +70,8 @@ fn rate(bytes: u64, took: Duration) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let repeat: u64 = arg("--repeat").unwrap_or(20);
     eprintln!("starting PostgreSQL, OpenBao, carapace-server and hello-server ...");
-    let stack = Stack::start().await?;
+    let stack = Stack::start_with(Bao::start_dev().await?, unlimited()).await?;
+    eprintln!("{UNLIMITED_NOTE}");
     let hello = Hello::start().await?;
     let server_pid = stack.server.pid().context("the server's pid")?;
     let patient = stack

@@ -279,14 +279,13 @@ async fn main() -> anyhow::Result<()> {
         bundles.len()
     );
     let exports = tempfile::tempdir()?;
-    let mut stack = Stack::start_with(
-        Bao::start_dev().await?,
-        vec![(
-            "CARAPACE_EXPORT_DIR".into(),
-            exports.path().display().to_string(),
-        )],
-    )
-    .await?;
+    let mut env = unlimited();
+    env.push((
+        "CARAPACE_EXPORT_DIR".into(),
+        exports.path().display().to_string(),
+    ));
+    let mut stack = Stack::start_with(Bao::start_dev().await?, env).await?;
+    eprintln!("{UNLIMITED_NOTE}");
     let hello = Hello::start().await?;
     let pid = stack
         .server
