@@ -31,7 +31,7 @@ async fn until(limit: Duration, mut send: impl AsyncFnMut() -> bool) -> Option<D
 }
 
 /// `pg_ctl stop -m immediate`: requests are answered 503 + Retry-After within seconds (the pool's
-/// acquire timeout was 10 s, so each request hung past a client's timeout), and once PostgreSQL
+/// acquire timeout was 10 s, so a request that had to connect hung past a client's timeout), and once PostgreSQL
 /// has started again (crash recovery) the same server process serves, with what it acknowledged
 /// before the crash.
 #[tokio::test]
@@ -47,6 +47,23 @@ async fn a_crashed_database_gives_a_prompt_503_and_the_server_recovers_without_a
         .created_id();
     let pid = stack.server.pid();
     stack.postgres.stop_immediately().unwrap();
+    // The pool's idle connections are dead now: each fails at once. Twenty requests at a time use
+    // them all up; every later request must connect, and waits for the pool's acquire timeout.
+    let (url, auth) = (stack.server.url(&format!("Patient/{id}")), stack.server.bearer());
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let (url, auth) = (url.clone(), auth.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let r = http("GET", &url, &[("Authorization", auth.as_str())], None).await;
+                (r.unwrap(), started.elapsed())
+            })
+        })
+        .collect();
+    for answer in burst {
+        let (r, took) = answer.await.unwrap();
+        assert_retry_later(&r, took, "a read while the database is down");
+    }
     for _ in 0..2 {
         let started = Instant::now();
         let read = fhir.get(&format!("Patient/{id}")).await;
