@@ -49,7 +49,10 @@ async fn a_crashed_database_gives_a_prompt_503_and_the_server_recovers_without_a
     stack.postgres.stop_immediately().unwrap();
     // The pool's idle connections are dead now: each fails at once. Twenty requests at a time use
     // them all up; every later request must connect, and waits for the pool's acquire timeout.
-    let (url, auth) = (stack.server.url(&format!("Patient/{id}")), stack.server.bearer());
+    let (url, auth) = (
+        stack.server.url(&format!("Patient/{id}")),
+        stack.server.bearer(),
+    );
     let burst: Vec<_> = (0..20)
         .map(|_| {
             let (url, auth) = (url.clone(), auth.clone());

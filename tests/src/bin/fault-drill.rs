@@ -22,6 +22,9 @@
 //! Run: `cargo build --release --workspace --bins && target/release/fault-drill [--clients 4]
 //! [--timeout 10] [--hold 15] [--recovery-limit 30] [--max-requests 40000]`.
 
+// The drill plays the client side, whose clock is the real one.
+#![allow(clippy::disallowed_methods)]
+
 use carapace_core::access::Role;
 use carapace_tests::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -159,9 +162,11 @@ struct Client {
     observations: Vec<String>,
 }
 
-enum Answer {
-    Response(HttpResponse),
-    NoAnswer(String),
+/// What became of a request.
+enum Reply {
+    Answered(HttpResponse),
+    /// Refused or reset: nobody listening, or the connection dropped.
+    Unreachable(String),
     TimedOut,
 }
 
@@ -171,7 +176,7 @@ async fn send(
     method: &str,
     path: &str,
     body: Option<Value>,
-) -> Answer {
+) -> Reply {
     let url = format!("{}/{path}", target.base());
     let auth = target.auth();
     let headers = [
@@ -181,9 +186,9 @@ async fn send(
     ];
     let body = body.map(|b| b.to_string().into_bytes());
     match tokio::time::timeout(timeout, http(method, &url, &headers, body)).await {
-        Err(_) => Answer::TimedOut,
-        Ok(Err(e)) => Answer::NoAnswer(format!("{e:#}")),
-        Ok(Ok(r)) => Answer::Response(r),
+        Err(_) => Reply::TimedOut,
+        Ok(Err(e)) => Reply::Unreachable(format!("{e:#}")),
+        Ok(Ok(r)) => Reply::Answered(r),
     }
 }
 
@@ -266,17 +271,17 @@ impl Client {
         t.requests += 1;
         t.bundles.extend(bundle.clone());
         let r = match answer {
-            Answer::TimedOut => {
+            Reply::TimedOut => {
                 t.timeouts += 1;
                 t.sample(format!("{method} {path}: no answer within {timeout:?}"));
                 return false;
             }
-            Answer::NoAnswer(e) => {
+            Reply::Unreachable(e) => {
                 t.no_answer += 1;
                 t.sample(format!("{method} {path}: {e}"));
                 return false;
             }
-            Answer::Response(r) => r,
+            Reply::Answered(r) => r,
         };
         match r.status {
             200..=299 => {
@@ -558,7 +563,7 @@ impl Drill {
             n += 1;
             let body = patient(&format!("Probe{phase}x{n}"));
             let created = send(&self.target, self.timeout, "POST", "Patient", Some(body)).await;
-            if let Answer::Response(r) = created {
+            if let Reply::Answered(r) = created {
                 if r.status == 201 {
                     if let Some(v) = version_of(&r) {
                         tally.lock().expect("tally").acked.push(Version {
@@ -568,7 +573,7 @@ impl Drill {
                         });
                     }
                     let path = format!("Patient/{}", self.seeds[0]);
-                    if let Answer::Response(r) =
+                    if let Reply::Answered(r) =
                         send(&self.target, self.timeout, "GET", &path, None).await
                     {
                         if r.status == 200 {
