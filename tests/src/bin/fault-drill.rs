@@ -12,7 +12,7 @@
 //! After each fault it checks: every write answered 2xx is in the database with its AuditEvent
 //! (read back through the FHIR API), every version written meanwhile has its event, its head and
 //! its index rows, every transaction Bundle is there whole or not at all, the audit chainer caught
-//! up; that clients saw only 2xx or 503 with `Retry-After` (never another 5xx, never a wait past
+//! up, a Bulk export of the phase's patients finishes and holds them all; that clients saw only 2xx or 503 with `Retry-After` (never another 5xx, never a wait past
 //! the client timeout; connection errors only while the server process is gone); and that the
 //! server answered again (a new patient created, which needs the database and the key provider)
 //! within the recovery limit — without a restart in the database and key-provider cases. It ends
@@ -366,6 +366,11 @@ struct Checks {
     unindexed: usize,
     headless: usize,
     chain_caught_up: bool,
+    /// Patients in a Bulk export of the phase's changes, run after it (None: it did not finish):
+    /// the exporter's loop survived the fault.
+    exported_patients: Option<u64>,
+    /// Distinct patients written with a 2xx during the phase: the export must hold them all.
+    acked_patients: usize,
     /// Seconds from the start of the repair (restart, start, unseal, SIGCONT) until a new patient
     /// could be created again.
     recovery: Option<f64>,
@@ -423,6 +428,14 @@ impl Row {
         if !c.chain_caught_up {
             f.push("the audit chainer did not catch up".into());
         }
+        match c.exported_patients {
+            None => f.push("a Bulk export after the fault did not finish".into()),
+            Some(n) if (n as usize) < c.acked_patients => f.push(format!(
+                "the export after the fault holds {n} patients of the {} written",
+                c.acked_patients
+            )),
+            Some(_) => {}
+        }
         match c.recovery {
             Some(s) if s <= recovery_limit => {}
             Some(s) => f.push(format!(
@@ -451,11 +464,11 @@ struct Drill {
 
 impl Drill {
     async fn authorize(&mut self) -> anyhow::Result<()> {
-        let token = self
-            .stack
-            .token("fault-drill", Role::System, "system/*.cruds", None)
-            .await?;
-        *self.target.auth.write().expect("auth") = format!("Bearer {token}");
+        // A registered backend client, signed in afresh: its exports run under its registration.
+        let pool = self.stack.db().await;
+        self.stack.server.authorize(&pool).await;
+        pool.close().await;
+        *self.target.auth.write().expect("auth") = self.stack.server.bearer();
         Ok(())
     }
 
@@ -703,7 +716,52 @@ impl Drill {
             }
         }
         db.close().await;
+        c.acked_patients = tally
+            .acked
+            .iter()
+            .filter(|v| v.resource_type == "Patient")
+            .map(|v| v.id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        c.exported_patients = self.export(since).await?;
         Ok(c)
+    }
+
+    /// A Bulk export of the patients changed since `since`: how many it holds, once it finished
+    /// (within a minute).
+    async fn export(&self, since: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Option<u64>> {
+        let auth = self.target.auth();
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Accept", FHIR_JSON),
+            ("Prefer", "respond-async"),
+        ];
+        let from = (since - chrono::Duration::seconds(1)).format("%Y-%m-%dT%H:%M:%SZ");
+        let url = format!("{}/$export?_type=Patient&_since={from}", self.target.base());
+        let r = http("GET", &url, &headers, None).await?;
+        anyhow::ensure!(
+            r.status == 202,
+            "export kick-off: {} {}",
+            r.status,
+            r.text()
+        );
+        let status = r.header("content-location").unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let r = http("GET", &status, &headers[..2], None).await?;
+            match r.status {
+                200 => {
+                    let manifest = r.json();
+                    let outputs = manifest["output"].as_array().cloned().unwrap_or_default();
+                    return Ok(Some(
+                        outputs.iter().filter_map(|o| o["count"].as_u64()).sum(),
+                    ));
+                }
+                202 => tokio::time::sleep(Duration::from_millis(200)).await,
+                other => anyhow::bail!("export status: {other} {}", r.text()),
+            }
+        }
+        Ok(None)
     }
 
     /// Every AuditEvent recorded since `since` (less a second) matching `query`, page by page.
@@ -764,7 +822,12 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL, a persistent OpenBao and carapace-server on loopback ...");
     let postgres = Postgres::start().await?;
     let bao = Bao::start_persistent().await?;
-    let stack = Stack::start_on(postgres, bao, vec![]).await?;
+    let exports = tempfile::tempdir()?;
+    let env = vec![(
+        "CARAPACE_EXPORT_DIR".to_string(),
+        exports.path().display().to_string(),
+    )];
+    let stack = Stack::start_on(postgres, bao, env).await?;
     let target = Arc::new(Target {
         base: RwLock::new(stack.server.base.clone()),
         auth: RwLock::new(stack.server.bearer()),
@@ -831,14 +894,14 @@ async fn main() -> anyhow::Result<()> {
 
 fn print_table(rows: &[Row], timeout: Duration, recovery_limit: f64) {
     println!(
-        "| fault | requests | 2xx | 503 + Retry-After (after the repair) | other 5xx | no answer (connection) | timeouts (> {:.0} s) | acknowledged writes stored | with their AuditEvent | Bundles whole | recovery (s) | outcome |",
+        "| fault | requests | 2xx | 503 + Retry-After (after the repair) | other 5xx | no answer (connection) | timeouts (> {:.0} s) | acknowledged writes stored | with their AuditEvent | Bundles whole | export after it | recovery (s) | outcome |",
         timeout.as_secs_f64()
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
     for r in rows {
         let (t, c) = (&r.tally, &r.checks);
         println!(
-            "| {} | {} | {} | {} ({}) | {} | {} | {} | {}/{} | {}/{} | {}/{} | {} | {} |",
+            "| {} | {} | {} | {} ({}) | {} | {} | {} | {}/{} | {}/{} | {}/{} | {} | {} | {} |",
             r.fault.name(),
             t.requests,
             t.ok,
@@ -853,6 +916,10 @@ fn print_table(rows: &[Row], timeout: Duration, recovery_limit: f64) {
             c.acked,
             c.bundles - c.bundles_split,
             c.bundles,
+            match c.exported_patients {
+                Some(n) => format!("{n} patients ({} written)", c.acked_patients),
+                None => "unfinished".into(),
+            },
             c.recovery
                 .map(|s| format!("{s:.1}"))
                 .unwrap_or_else(|| "—".into()),
