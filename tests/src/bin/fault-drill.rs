@@ -443,6 +443,11 @@ impl Row {
             )),
             None => f.push("did not recover".into()),
         }
+        if self.fault != Fault::None && t.unavailable + t.no_answer == 0 {
+            f.push(
+                "the fault was not felt (no 503, no refused connection): nothing was tested".into(),
+            );
+        }
         if !c.server_alive {
             f.push("the server process died (it must ride the fault out)".into());
         }
@@ -490,7 +495,12 @@ impl Drill {
             let (timeout, budget) = (self.timeout, self.budget.clone());
             workers.push(tokio::spawn(async move {
                 let mut n = worker;
-                while !stop.load(Ordering::Relaxed) && budget.fetch_sub(1, Ordering::Relaxed) > 0 {
+                let spend = || {
+                    budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                        .is_ok()
+                };
+                while !stop.load(Ordering::Relaxed) && spend() {
                     if !client.request(n, &target, timeout, &tally).await {
                         // Retried soon (a client in a hurry), not in a tight loop.
                         tokio::time::sleep(Duration::from_millis(50)).await;
