@@ -16,7 +16,9 @@
 //! | TooLarge (a Binary over its limit) | 413    | too-costly     |
 //! | Key (provider unavailable)         | 503 + Retry-After | transient |
 //! | Integrity (sealed body won't open) | 500    | exception      |
-//! | Audit / Database                   | 503 / 500 | transient / exception |
+//! | Audit (the trail cannot be written) | 503 + Retry-After | transient |
+//! | Database: away (`DbFailure::Unavailable`) | 503 + Retry-After | transient |
+//! | Database: refused / bad value / defect | 403 / 400 / 500 | forbidden / invalid / exception |
 //! | Denied (scope, compartment write)  | 403    | forbidden      |
 //! | (no or invalid bearer token)       | 401 + WWW-Authenticate | login |
 //! | (token lookup: database away)      | 503 + Retry-After | transient |

@@ -244,7 +244,12 @@ async fn open_pool(
     };
     let pool_options = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        // How long a request waits for a connection before its answer is a 503: while the database
+        // is away, every wait runs this long (a connection attempt is retried until then), and one
+        // request may wait several times (its token, its data, its failure's audit event), so it is
+        // short beside a client's timeout (seconds). A pool busy for longer is overloaded: a 503
+        // with Retry-After is the answer then too.
+        .acquire_timeout(Duration::from_secs(2))
         // No ping before each use: a round trip per statement batch otherwise. A connection the
         // database dropped fails its next statement (503, retry) and is not reused.
         .test_before_acquire(false);

@@ -22,6 +22,7 @@ mod embedded;
 mod encryption;
 mod erasure;
 mod export;
+mod faults;
 mod gate;
 mod gate_review;
 mod health;

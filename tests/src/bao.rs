@@ -226,6 +226,11 @@ impl Bao {
         self.wait_ready().await
     }
 
+    /// The server's process id while it runs (to stop and continue it: a hung Vault).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kill the server process (as a crash or outage would).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -165,6 +165,61 @@ impl Postgres {
         }
     }
 
+    /// `pg_ctl stop -m immediate`: every backend killed, no shutdown checkpoint — what a crash
+    /// leaves, as far as the data is concerned (the next start replays the WAL). Only a cluster of
+    /// the caller's own.
+    pub fn stop_immediately(&self) -> anyhow::Result<()> {
+        self.own_pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "60"])
+    }
+
+    /// Start a cluster stopped by [`Postgres::stop_immediately`] again, as it was started:
+    /// `pg_ctl restart` reads the options of the last start from `postmaster.opts` (and starts a
+    /// stopped cluster), so the port and socket stay the same.
+    pub fn start_after_crash(&self) -> anyhow::Result<()> {
+        let log = self.dir().join("postgres/server.log");
+        self.own_pg_ctl(&[
+            "restart",
+            "-w",
+            "-t",
+            "120",
+            "-l",
+            &log.display().to_string(),
+        ])
+    }
+
+    /// `pg_ctl` on a cluster of the caller's own, as the user owning its data directory (the
+    /// unprivileged `postgres` user when the tests run as root: PostgreSQL refuses root).
+    fn own_pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        let Place::Own { cluster, _dir } = &self.place else {
+            bail!("only a cluster of the caller's own is stopped and started (`Postgres::start`)");
+        };
+        let pg_dir = _dir.path().join("postgres");
+        let mut cmd = Command::new(own(cluster).bin_dir().join("pg_ctl"));
+        cmd.arg("-D").arg(&pg_dir).args(args);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let owner = std::fs::metadata(&pg_dir)?;
+            cmd.uid(owner.uid()).gid(owner.gid()).env("HOME", &pg_dir);
+        }
+        // A directory the cluster's owner may enter (the caller's may be root's own).
+        cmd.current_dir(own(cluster).socket_dir());
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_ctl")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// A new database made from a [`Postgres::dump`] (a backup restored), as its `postgres://` URL.
     pub async fn restore(&self, database: &str, dump: &[u8]) -> anyhow::Result<String> {
         use std::io::Write;

@@ -462,6 +462,8 @@ impl VaultTransit {
         };
         match made {
             Ok(()) => Ok(()),
+            // Vault away or hung: asking again whether the key exists would only double the wait.
+            Err(e @ KeyError::Unavailable(_)) => Err(e),
             Err(e) => match self.key_exists(key).await {
                 Ok(true) => Ok(()),
                 _ => Err(e),
