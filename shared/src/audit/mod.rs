@@ -546,32 +546,32 @@ pub struct ChainReport {
 /// archives recorded join up to the start and that every event kept before it (legal holds)
 /// matches its tag. `progress` gets (checked, total).
 pub async fn verify_chain(
-    pool: &Db,
+    conn: &mut sqlx::PgConnection,
     key: &Dek,
     anchor: Option<&(i64, Vec<u8>)>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ChainReport, sqlx::Error> {
     let start = sqlx::query("SELECT seq, link FROM audit_chain_start")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let start: (i64, Vec<u8>) = (start.try_get("seq")?, start.try_get("link")?);
     let total: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {CHAINED} c WHERE c.seq >= $1"
     ))
     .bind(start.0)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     let first: Option<i64> = sqlx::query_scalar(&format!("SELECT min(event_id) FROM {CHAINED} c"))
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let first = first.unwrap_or(i64::MAX);
     let unchained: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NULL AND id < $1")
             .bind(first)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_unchained")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let mut report = ChainReport {
         checked: 0,
@@ -591,9 +591,9 @@ pub async fn verify_chain(
             AND NOT EXISTS (SELECT 1 FROM audit_unchained u WHERE u.event_id = e.id)",
     )
     .bind(first)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
-    if let Some(broken) = check_archived_part(pool, key, anchor, &mut report).await? {
+    if let Some(broken) = check_archived_part(&mut *conn, key, anchor, &mut report).await? {
         report.broken = Some(broken);
         return Ok(report);
     }
@@ -605,7 +605,7 @@ pub async fn verify_chain(
               WHERE c.seq > $1 ORDER BY c.seq LIMIT 1000"
         ))
         .bind(seq)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         if rows.is_empty() {
             break;
@@ -651,7 +651,7 @@ pub async fn verify_chain(
         progress(report.checked, u64::try_from(total).unwrap_or(0));
     }
     let head = sqlx::query("SELECT seq, link FROM audit_chain_head")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let (head_seq, head_link): (i64, Vec<u8>) = (head.try_get("seq")?, head.try_get("link")?);
     if head_seq != seq || head_link != previous {
@@ -676,7 +676,7 @@ pub async fn verify_chain(
 /// archive (matching its end link, or the start's, when it is one of those). Fills `report`'s
 /// archive fields; returns the first break.
 async fn check_archived_part(
-    pool: &Db,
+    conn: &mut sqlx::PgConnection,
     key: &Dek,
     anchor: Option<&(i64, Vec<u8>)>,
     report: &mut ChainReport,
@@ -685,7 +685,7 @@ async fn check_archived_part(
         "SELECT first_seq, last_seq, start_link, end_link, file_name
            FROM audit_archives ORDER BY first_seq",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let (mut next, mut link_before): (i64, Option<Vec<u8>>) = (1, None);
     for a in &archives {
@@ -734,7 +734,7 @@ async fn check_archived_part(
         ))
         .bind(after)
         .bind(start_seq)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         if rows.is_empty() {
             return Ok(None);

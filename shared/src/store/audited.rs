@@ -187,7 +187,14 @@ impl Store {
     ) -> Result<audit::ChainReport, StoreError> {
         self.chain_audit_with(true).await?;
         let key = self.audit_key().await?;
-        Ok(audit::verify_chain(&self.pool, &key, anchor, progress).await?)
+        // One snapshot for the whole walk: another node's chainer or archiver committing
+        // meanwhile cannot make a sound trail look broken.
+        let mut tx = crate::db::begin_snapshot_with_reach(
+            &self.pool,
+            &crate::access::policy::RowReach::everything(),
+        )
+        .await?;
+        Ok(audit::verify_chain(&mut tx, &key, anchor, progress).await?)
     }
 
     /// The outcome of one interaction, recorded: `result` is what the interaction's work gave. A failure or refusal
