@@ -4,9 +4,10 @@
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::crypto::keys::{FileKeyring, KeyError, KeyProvider, VaultTransit};
+use crate::db::backup::{BackupError, Repository};
 use crate::db::embedded::{self, Cluster};
 use crate::store::Store;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::str::FromStr;
@@ -31,6 +32,8 @@ pub enum OpenError {
     Keys(#[from] KeyError),
     #[error("CARAPACE_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     BadUrl(String),
+    #[error("backups: {0}")]
+    Backup(#[from] crate::db::backup::BackupError),
 }
 
 /// The database role a process works as once the migrations have run (as the owner): the
@@ -82,22 +85,9 @@ impl Core {
         clock: Arc<dyn Clock>,
         role: DbRole,
     ) -> Result<Core, OpenError> {
-        let (pool, cluster) = connect(config, role).await?;
-        let (keys, embedded_keys) = match &config.vault {
-            Some(vault) => (
-                KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)),
-                false,
-            ),
-            None => {
-                embedded::create_data_dir(&config.data_dir)
-                    .map_err(|e| KeyError::Other(e.to_string()))?;
-                (
-                    KeyProvider::File(FileKeyring::open_or_create(&config.data_dir)?),
-                    true,
-                )
-            }
-        };
+        let (keys, embedded_keys) = open_keys(config).await?;
         let keys = Arc::new(keys);
+        let (pool, cluster) = connect(config, role, &keys).await?;
         let mut store = Store::new(
             pool,
             keys.clone(),
@@ -133,6 +123,59 @@ impl Core {
     }
 }
 
+/// The key provider `config` names: Vault transit, or the file keyring in the data directory
+/// (`true`: the embedded default's).
+pub async fn open_keys(config: &Config) -> Result<(KeyProvider, bool), OpenError> {
+    Ok(match &config.vault {
+        Some(vault) => (
+            KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)),
+            false,
+        ),
+        None => {
+            embedded::create_data_dir(&config.data_dir)
+                .map_err(|e| KeyError::Other(e.to_string()))?;
+            (
+                KeyProvider::File(FileKeyring::open_or_create(&config.data_dir)?),
+                true,
+            )
+        }
+    })
+}
+
+/// The embedded cluster's backup repository and its passphrase, or `None` when pgBackRest is
+/// not installed (the cluster then runs without archiving, and says so).
+pub async fn backup_repository(
+    config: &Config,
+    keys: &KeyProvider,
+) -> Result<Option<(Repository, SecretString)>, OpenError> {
+    if config.database_url.is_some() {
+        return Ok(None);
+    }
+    let repo = match Repository::new(&config.data_dir, config.backup_dir.as_deref()) {
+        Ok(repo) => repo,
+        Err(BackupError::NoPgBackRest) => {
+            tracing::warn!("{}", BackupError::NoPgBackRest);
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    repo.write_config()?;
+    let passphrase = repo.passphrase(keys).await?;
+    Ok(Some((repo, passphrase)))
+}
+
+/// One session's pgAudit logging, set before anything else it runs: DDL and role changes only.
+/// The cluster logs every statement of every other session (a DBA's `psql`); the server's and
+/// console's own work would drown that, and is in the audit trail already. pgAudit reads the
+/// session's value whichever role is current, so it is set here, on the owner's connection
+/// before `SET ROLE` (`ALTER ROLE carapace_app SET ...` would never apply: role settings are
+/// read at login, and nobody logs in as `carapace_app`). Setting it needs a superuser (the
+/// embedded cluster's owner is one); on a database without pgAudit, or whose owner may not set
+/// it, this does nothing.
+const NARROW_PGAUDIT: &str = "SELECT CASE WHEN current_setting('pgaudit.log', true) IS NOT NULL \
+     AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+     THEN set_config('pgaudit.log', 'ddl, role', false) END";
+
 /// Where `options` connect, for a message: host, port, database and user, never the password.
 fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
     let place = match options.get_socket() {
@@ -152,7 +195,11 @@ fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
 }
 
 /// Run the migrations as the owner, then open the pool whose connections work as `role`.
-async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluster>), OpenError> {
+async fn connect(
+    config: &Config,
+    role: DbRole,
+    keys: &KeyProvider,
+) -> Result<(PgPool, Option<Cluster>), OpenError> {
     let (options, cluster) = match &config.database_url {
         Some(url) => {
             crate::config::check_database_url(url.expose_secret()).map_err(OpenError::BadUrl)?;
@@ -168,13 +215,27 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
                 DbRole::App => embedded::Ownership::Exclusive,
                 DbRole::Console => embedded::Ownership::Shared,
             };
-            let cluster =
-                tokio::task::spawn_blocking(move || Cluster::start_as(&dir, None, ownership))
-                    .await
-                    .map_err(|e| embedded::EmbeddedError::Command {
-                        what: "starting PostgreSQL".into(),
-                        detail: e.to_string(),
-                    })??;
+            let backup = backup_repository(config, keys).await?;
+            let bin_dir = embedded::find_bin_dir().ok_or(embedded::EmbeddedError::NoBinaries)?;
+            let settings = match &backup {
+                Some((repo, passphrase)) => repo.settings(passphrase.clone(), &bin_dir),
+                None => embedded::Settings {
+                    pgaudit: embedded::has_pgaudit(&bin_dir),
+                    ..embedded::Settings::default()
+                },
+            };
+            let cluster = tokio::task::spawn_blocking(move || {
+                let cluster = Cluster::start_with(&dir, None, ownership, &settings)?;
+                if let Some((repo, passphrase)) = &backup {
+                    repo.ensure_stanza(passphrase)?;
+                }
+                Ok::<_, OpenError>(cluster)
+            })
+            .await
+            .map_err(|e| embedded::EmbeddedError::Command {
+                what: "starting PostgreSQL".into(),
+                detail: e.to_string(),
+            })??;
             cluster.ensure_database("carapace").await?;
             (cluster.connect_options("carapace"), Some(cluster))
         }
@@ -185,6 +246,7 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
             target: connect_target(&options, cluster.is_some()),
             cause,
         })?;
+    sqlx::query(NARROW_PGAUDIT).execute(&mut owner).await?;
     MIGRATOR.run(&mut owner).await?;
     owner.close().await?;
     let pool = PgPoolOptions::new()
@@ -195,6 +257,7 @@ async fn connect(config: &Config, role: DbRole) -> Result<(PgPool, Option<Cluste
         .test_before_acquire(false)
         .after_connect(move |conn, _| {
             Box::pin(async move {
+                sqlx::query(NARROW_PGAUDIT).execute(&mut *conn).await?;
                 // A fixed role name, not input.
                 sqlx::query(&format!("SET ROLE {}", role.name()))
                     .execute(conn)

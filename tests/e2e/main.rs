@@ -9,6 +9,7 @@ mod audit;
 mod audit_retention;
 mod auth;
 mod authorize;
+mod backup;
 mod bad_input;
 mod browser;
 mod conformance;

@@ -2,6 +2,7 @@
 //! Every query is the core's; `server/` and `console/` do not depend on sqlx (`tests/run` fails
 //! the build if they do) and pass database errors along only to ask [`failure`] what they mean.
 
+pub mod backup;
 pub mod embedded;
 
 use crate::access::policy::RowReach;

@@ -1,0 +1,121 @@
+//! `backup` and `restore`: the embedded cluster's encrypted pgBackRest backups from the command
+//! line. The work is the core's (`db::backup`); this signs the operator in, audits, and prints.
+
+use anyhow::{bail, Context};
+use carapace_core::access::AccessContext;
+use carapace_core::config::Config;
+use carapace_core::core::{self, Core};
+use carapace_core::db::backup::{BackupSet, Repository};
+use secrecy::SecretString;
+use std::path::Path;
+
+/// The repository of the configured data directory, or why there is none.
+async fn repository(
+    config: &Config,
+    keys: &carapace_core::crypto::keys::KeyProvider,
+) -> anyhow::Result<(Repository, SecretString)> {
+    if config.database_url.is_some() {
+        bail!("{}", carapace_core::db::backup::BackupError::External);
+    }
+    core::backup_repository(config, keys)
+        .await?
+        .context(carapace_core::db::backup::BackupError::NoPgBackRest.to_string())
+}
+
+/// Take a full or incremental backup of the running database (audited), and list what the
+/// repository then holds.
+pub async fn backup(
+    core: &Core,
+    config: &Config,
+    ctx: &AccessContext,
+    incremental: bool,
+) -> anyhow::Result<()> {
+    let (repo, passphrase) = repository(config, &core.keys).await?;
+    let taken = tokio::task::spawn_blocking(move || {
+        let taken = repo.backup(incremental, &passphrase);
+        let listed = repo.list(&passphrase);
+        taken.and_then(|t| Ok((t, listed?)))
+    })
+    .await?;
+    core.store
+        .record_admin(ctx, "backup", taken.is_ok())
+        .await
+        .context("auditing the backup")?;
+    let (set, all) = taken.context("backing up")?;
+    println!(
+        "{} backup {} taken ({} of database, {} added to the repository)",
+        set.kind,
+        set.label,
+        bytes(set.size),
+        bytes(set.repo_size)
+    );
+    print_sets(&all);
+    Ok(())
+}
+
+/// List the repository's backups (no backup taken; the listing is audited as a read).
+pub async fn list(core: &Core, config: &Config, ctx: &AccessContext) -> anyhow::Result<()> {
+    let (repo, passphrase) = repository(config, &core.keys).await?;
+    let sets = tokio::task::spawn_blocking(move || repo.list(&passphrase)).await??;
+    core.store.record_admin(ctx, "backup-list", true).await?;
+    print_sets(&sets);
+    Ok(())
+}
+
+fn print_sets(sets: &[BackupSet]) {
+    println!("backups in the repository (oldest first):");
+    for s in sets {
+        let stopped = chrono::DateTime::from_timestamp(s.stopped, 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!("  {:<26} {:<4} ended {stopped}", s.label, s.kind);
+    }
+}
+
+fn bytes(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}
+
+/// `--to`: an RFC 3339 time (`2026-12-02T01:30:00Z`).
+pub fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .context("--to takes an RFC 3339 time, such as 2026-12-02T01:30:00Z")
+}
+
+/// Restore the database as it was at `to` into the fresh data directory `into`. Needs no running
+/// database: the repository and the key provider suffice (a restore is for when the database is
+/// gone). The operator then signs in against the restored database, which records the restore
+/// in its own audit trail: the record of who restored it, and to when, travels with the data.
+pub async fn restore(config: &Config, to: &str, into: &Path) -> anyhow::Result<()> {
+    let to = parse_time(to)?;
+    let (keys, file_keyring) = core::open_keys(config).await?;
+    let (repo, passphrase) = repository(config, &keys).await?;
+    let dir = into.to_path_buf();
+    tokio::task::spawn_blocking(move || repo.restore(to, &dir, file_keyring, &passphrase))
+        .await?
+        .context("restoring")?;
+    let mut restored = config.clone();
+    restored.data_dir = into.to_path_buf();
+    let core = Core::open_console(&restored)
+        .await
+        .context("opening the restored database")?;
+    let signed_in = super::operator(&core).await;
+    let recorded = match &signed_in {
+        Ok(ctx) => core.store.record_admin(ctx, "restore", true).await,
+        Err(_) => Ok(()),
+    };
+    core.shutdown().await;
+    let ctx = signed_in.context("signing in to the restored database")?;
+    recorded.context("auditing the restore")?;
+    println!(
+        "restored to {} into {} (by {}); start carapace-server with CARAPACE_DATA_DIR={} \
+         (it archives into that directory's own repository unless CARAPACE_BACKUP_DIR says \
+         otherwise)",
+        to.to_rfc3339(),
+        into.display(),
+        ctx.principal,
+        into.display()
+    );
+    Ok(())
+}
