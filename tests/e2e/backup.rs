@@ -175,6 +175,7 @@ async fn restore_drill_to_a_point_in_time() {
         None,
     );
     assert!(ok, "full backup: {out} {err}");
+    eprintln!("{out}");
     assert!(out.contains("full backup"), "{out}");
 
     // Phase B: a new patient, an update, a delete; then the time to restore to.
@@ -201,6 +202,7 @@ async fn restore_drill_to_a_point_in_time() {
         None,
     );
     assert!(ok, "incremental backup: {out} {err}");
+    eprintln!("{out}");
     assert!(out.contains("incr backup"), "{out}");
     assert!(
         out.lines().filter(|l| l.contains(" full ")).count() == 1
