@@ -1,7 +1,7 @@
 //! `backup` and `restore`: the embedded cluster's encrypted pgBackRest backups from the command
 //! line. The work is the core's (`db::backup`); this signs the operator in, audits, and prints.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use carapace_core::access::AccessContext;
 use carapace_core::config::Config;
 use carapace_core::core::{self, Core};
@@ -14,12 +14,7 @@ async fn repository(
     config: &Config,
     keys: &carapace_core::crypto::keys::KeyProvider,
 ) -> anyhow::Result<(Repository, SecretString)> {
-    if config.database_url.is_some() {
-        bail!("{}", carapace_core::db::backup::BackupError::External);
-    }
-    core::backup_repository(config, keys)
-        .await?
-        .context(carapace_core::db::backup::BackupError::NoPgBackRest.to_string())
+    Ok(core::backup_repository(config, keys).await?)
 }
 
 /// Take a full or incremental backup of the running database (audited), and list what the

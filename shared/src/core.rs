@@ -142,26 +142,19 @@ pub async fn open_keys(config: &Config) -> Result<(KeyProvider, bool), OpenError
     })
 }
 
-/// The embedded cluster's backup repository and its passphrase, or `None` when pgBackRest is
-/// not installed (the cluster then runs without archiving, and says so).
+/// The embedded cluster's backup repository and its passphrase (made at the first call), or why
+/// there is none ([`BackupError::External`] for a database given by URL).
 pub async fn backup_repository(
     config: &Config,
     keys: &KeyProvider,
-) -> Result<Option<(Repository, SecretString)>, OpenError> {
+) -> Result<(Repository, SecretString), BackupError> {
     if config.database_url.is_some() {
-        return Ok(None);
+        return Err(BackupError::External);
     }
-    let repo = match Repository::new(&config.data_dir, config.backup_dir.as_deref()) {
-        Ok(repo) => repo,
-        Err(BackupError::NoPgBackRest) => {
-            tracing::warn!("{}", BackupError::NoPgBackRest);
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let repo = Repository::new(&config.data_dir, config.backup_dir.as_deref())?;
     repo.write_config()?;
     let passphrase = repo.passphrase(keys).await?;
-    Ok(Some((repo, passphrase)))
+    Ok((repo, passphrase))
 }
 
 /// One session's pgAudit logging, set before anything else it runs: DDL and role changes only.
@@ -215,7 +208,16 @@ async fn connect(
                 DbRole::App => embedded::Ownership::Exclusive,
                 DbRole::Console => embedded::Ownership::Shared,
             };
-            let backup = backup_repository(config, keys).await?;
+            let backup = match backup_repository(config, keys).await {
+                Ok(backup) => Some(backup),
+                // Without pgBackRest (or on a path it cannot be given) the cluster still starts,
+                // loudly without archiving; `carapace-console backup` then says why.
+                Err(e) if e.unavailable() => {
+                    tracing::warn!("no WAL archiving and no backups: {e}");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
             let bin_dir = embedded::find_bin_dir().ok_or(embedded::EmbeddedError::NoBinaries)?;
             let settings = match &backup {
                 Some((repo, passphrase)) => repo.settings(passphrase.clone(), &bin_dir),

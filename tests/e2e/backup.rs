@@ -403,3 +403,94 @@ async fn a_restore_without_the_key_provider_opens_nothing() {
     assert!(err.contains("key"), "{err}");
     assert!(!into.join("postgres").exists(), "nothing restored");
 }
+
+/// With Vault as the key provider the repository's passphrase is wrapped by Vault transit, no key
+/// file is in the data directory or copied by a restore, and the restored server opens the data
+/// through the same Vault.
+#[tokio::test]
+async fn a_restore_under_vault_needs_vault_and_no_key_file() {
+    let bao = Bao::start_dev().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("carapace-data");
+    let mut env = bao.env(&format!("carapace-{}", uuid::Uuid::new_v4().simple()));
+    env.push((
+        "CARAPACE_DATA_DIR".to_string(),
+        data_dir.display().to_string(),
+    ));
+    let mut server = Server::start(env.clone()).await.unwrap();
+    let pool = embedded_pool(&data_dir).await;
+    server.authorize(&pool).await;
+    pool.close().await;
+    let fhir = Fhir { server: &server };
+    let kept = create(&fhir, patient("Vaultkept")).await;
+    let with_token = |dir: &Path, token: String| {
+        let mut e: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k != "CARAPACE_DATA_DIR")
+            .cloned()
+            .collect();
+        e.push(("CARAPACE_DATA_DIR".into(), dir.display().to_string()));
+        e.push(("CARAPACE_ADMIN_TOKEN".into(), token));
+        e
+    };
+    let (ok, out, err) = console(
+        &with_token(&data_dir, admin_token(&data_dir).await),
+        &["backup"],
+        None,
+    );
+    assert!(ok, "{out} {err}");
+    let wrapped = std::fs::read_to_string(data_dir.join("backup/cipher-pass.wrapped")).unwrap();
+    assert!(
+        wrapped.starts_with("vault:v"),
+        "wrapped by Vault: {wrapped}"
+    );
+    assert!(!data_dir.join("master.key").exists());
+    let token = admin_token(&data_dir).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let target = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = create(&fhir, patient("Vaultlater")).await;
+    let (ok, out, err) = console(
+        &with_token(&data_dir, admin_token(&data_dir).await),
+        &["backup", "--incremental"],
+        None,
+    );
+    assert!(ok, "{out} {err}");
+
+    let restored_dir = tmp.path().join("restored");
+    let (ok, out, err) = console(
+        &with_token(&data_dir, token),
+        &[
+            "restore",
+            "--to",
+            &target.to_rfc3339(),
+            "--into",
+            &restored_dir.display().to_string(),
+        ],
+        None,
+    );
+    assert!(ok, "restore: {out} {err}");
+    assert!(
+        !restored_dir.join("master.key").exists(),
+        "no key file copied"
+    );
+    assert!(server.terminate().unwrap());
+    let mut restored_env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "CARAPACE_DATA_DIR")
+        .cloned()
+        .collect();
+    restored_env.push((
+        "CARAPACE_DATA_DIR".into(),
+        restored_dir.display().to_string(),
+    ));
+    let mut restored = Server::start(restored_env).await.unwrap();
+    let pool = embedded_pool(&restored_dir).await;
+    restored.authorize(&pool).await;
+    pool.close().await;
+    let fhir = Fhir { server: &restored };
+    let read = fhir.get(&format!("Patient/{}", kept.id)).await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["name"][0]["family"], "Vaultkept");
+    assert_eq!(fhir.get(&format!("Patient/{}", later.id)).await.status, 404);
+}

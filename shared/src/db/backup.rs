@@ -47,6 +47,16 @@ pub enum BackupError {
     },
     #[error("{0}")]
     Refused(String),
+    #[error("backups need data and backup directory paths without spaces, quotes or shell characters (they go into the archive command); {0} has some")]
+    UnsafePath(String),
+}
+
+impl BackupError {
+    /// What keeps the embedded cluster from archiving at all (it then starts without, warning),
+    /// as opposed to a failure of an archive that is set up.
+    pub fn unavailable(&self) -> bool {
+        matches!(self, BackupError::NoPgBackRest | BackupError::UnsafePath(_))
+    }
 }
 
 fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
@@ -106,10 +116,7 @@ impl Repository {
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control() || "'\"\\$`;&|<>*?#=".contains(c))
             {
-                return Err(BackupError::Refused(format!(
-                    "backups need a data and backup directory path without spaces, quotes or \
-                     shell characters; {text} has some"
-                )));
+                return Err(BackupError::UnsafePath(text));
             }
         }
         Ok(Repository {
