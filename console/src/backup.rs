@@ -78,30 +78,75 @@ pub fn parse_time(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
         .context("--to takes an RFC 3339 time, such as 2026-12-02T01:30:00Z")
 }
 
-/// Restore the database as it was at `to` into the fresh data directory `into`. Needs no running
-/// database: the repository and the key provider suffice (a restore is for when the database is
-/// gone). The operator then signs in against the restored database, which records the restore
-/// in its own audit trail: the record of who restored it, and to when, travels with the data.
+/// Restore the database as it was at `to` into the fresh data directory `into`. The operator signs
+/// in against the database backed up when it opens (and is refused there before anything is
+/// written), and the restore is audited there; it is audited in the restored database too, so
+/// the record of who restored it, and to when, travels with the data. A restore is for when the
+/// database may be gone: then the operator signs in against the restored one instead (whoever can
+/// run it holds the key provider already, so signing in first would keep nobody out).
 pub async fn restore(config: &Config, to: &str, into: &Path) -> anyhow::Result<()> {
     let to = parse_time(to)?;
-    let (keys, file_keyring) = core::open_keys(config).await?;
-    let (repo, passphrase) = repository(config, &keys).await?;
-    let dir = into.to_path_buf();
-    tokio::task::spawn_blocking(move || repo.restore(to, &dir, file_keyring, &passphrase))
-        .await?
-        .context("restoring")?;
-    let mut restored = config.clone();
-    restored.data_dir = into.to_path_buf();
-    let core = Core::open_console(&restored)
+    let source = match Core::open_console(config).await {
+        Ok(core) => Some(core),
+        Err(e) => {
+            eprintln!(
+                "the database backed up does not open ({e}): restoring from the repository alone; \
+                 the restore is recorded in the restored database"
+            );
+            None
+        }
+    };
+    let mut operator = None;
+    let keys = match &source {
+        Some(core) => match super::operator(core).await {
+            Ok(ctx) => {
+                operator = Some(ctx);
+                core.keys.clone()
+            }
+            Err(e) => {
+                if let Some(core) = source {
+                    core.shutdown().await;
+                }
+                return Err(e);
+            }
+        },
+        None => std::sync::Arc::new(core::open_keys(config).await?.0),
+    };
+    let restored = match repository(config, &keys).await {
+        Ok((repo, passphrase)) => {
+            let dir = into.to_path_buf();
+            let file_keyring = config.vault.is_none();
+            tokio::task::spawn_blocking(move || repo.restore(to, &dir, file_keyring, &passphrase))
+                .await?
+                .map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(core) = source {
+        if let Some(ctx) = &operator {
+            core.store
+                .record_admin(ctx, "restore", restored.is_ok())
+                .await
+                .context("auditing the restore")?;
+        }
+        core.shutdown().await;
+    }
+    restored.context("restoring")?;
+    let mut config = config.clone();
+    config.data_dir = into.to_path_buf();
+    let core = Core::open_console(&config)
         .await
         .context("opening the restored database")?;
-    let signed_in = super::operator(&core).await;
-    let recorded = match &signed_in {
+    let ctx = match operator {
+        Some(ctx) => Ok(ctx),
+        None => super::operator(&core).await,
+    };
+    let recorded = match &ctx {
         Ok(ctx) => core.store.record_admin(ctx, "restore", true).await,
         Err(_) => Ok(()),
     };
     core.shutdown().await;
-    let ctx = signed_in.context("signing in to the restored database")?;
+    let ctx = ctx.context("signing in to the restored database")?;
     recorded.context("auditing the restore")?;
     println!(
         "restored to {} into {} (by {}); start carapace-server with CARAPACE_DATA_DIR={} \

@@ -123,6 +123,27 @@ async fn history_len(fhir: &Fhir<'_>, reference: &str) -> usize {
     search_total(fhir, &format!("{reference}/_history")).await
 }
 
+/// What the operator `drill.admin` did, as the trail's administrative events name it.
+async fn admin_actions(server: &Server, token: &str) -> Vec<Value> {
+    let auth = format!("Bearer {token}");
+    let r = http(
+        "GET",
+        &server.url("AuditEvent?subtype=admin&agent=drill.admin&_count=500"),
+        &[("Authorization", auth.as_str())],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e["resource"]["entity"][0]["what"]["reference"].clone())
+        .collect()
+}
+
 /// AuditEvents about a patient, read by an administrator.
 async fn audit_about(server: &Server, token: &str, patient: &str) -> usize {
     let auth = format!("Bearer {token}");
@@ -260,6 +281,14 @@ async fn restore_drill_to_a_point_in_time() {
     );
     assert!(ok, "restore: {out} {err}");
     eprintln!("restore took {:?}", started.elapsed());
+    // Signed in against the database backed up, and audited there too.
+    let source_actions = admin_actions(&server, &admin_token(&data_dir).await).await;
+    assert!(
+        source_actions
+            .iter()
+            .any(|w| w == "urn:carapace:admin:restore"),
+        "{source_actions:?}"
+    );
     assert!(server.terminate().unwrap());
     let restored_env = vec![(
         "CARAPACE_DATA_DIR".to_string(),
@@ -329,23 +358,7 @@ async fn restore_drill_to_a_point_in_time() {
     );
     assert!(ok, "audit verify on the restored data: {out} {err}");
     // The restore itself is in the restored trail, under the operator who ran it.
-    let auth = format!("Bearer {token}");
-    let r = http(
-        "GET",
-        &restored.url("AuditEvent?subtype=admin&agent=drill.admin&_count=500"),
-        &[("Authorization", auth.as_str())],
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    let whats: Vec<Value> = r.json()["entry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| e["resource"]["entity"][0]["what"]["reference"].clone())
-        .collect();
+    let whats = admin_actions(&restored, &token).await;
     assert_eq!(
         whats
             .iter()
@@ -364,8 +377,9 @@ async fn restore_drill_to_a_point_in_time() {
     );
 }
 
-/// The repository stays closed to whoever lacks the key provider: a restore whose wrapped
-/// passphrase no longer opens (another keyring) is refused before anything is written.
+/// A restore is refused before anything is written to whoever is not an operator (the database
+/// backed up being there to ask), and the repository stays closed to whoever lacks the key
+/// provider: a wrapped passphrase that no longer opens (another keyring) restores nothing.
 #[tokio::test]
 async fn a_restore_without_the_key_provider_opens_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -379,6 +393,25 @@ async fn a_restore_without_the_key_provider_opens_nothing() {
     let (ok, out, err) = console(&console_env(&data_dir, &token), &["backup"], None);
     assert!(ok, "{out} {err}");
     assert!(server.terminate().unwrap());
+    // No operator: refused against the database backed up, before anything is written.
+    let into = tmp.path().join("restored");
+    let no_operator = vec![(
+        "CARAPACE_DATA_DIR".to_string(),
+        data_dir.display().to_string(),
+    )];
+    let (ok, out, err) = console(
+        &no_operator,
+        &[
+            "restore",
+            "--to",
+            &chrono::Utc::now().to_rfc3339(),
+            "--into",
+            &into.display().to_string(),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("operator sign-in"), "{out} {err}");
+    assert!(!into.exists(), "nothing restored");
     // Another master key: the wrapped passphrase fails authentication.
     let key = data_dir.join("master.key");
     let original = std::fs::read(&key).unwrap();
@@ -386,7 +419,6 @@ async fn a_restore_without_the_key_provider_opens_nothing() {
     std::fs::create_dir_all(&other).unwrap();
     carapace_core::crypto::keys::FileKeyring::open_or_create(&other).unwrap();
     std::fs::copy(other.join("master.key"), &key).unwrap();
-    let into = tmp.path().join("restored");
     let (ok, out, err) = console(
         &console_env(&data_dir, &token),
         &[
