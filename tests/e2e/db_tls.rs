@@ -1,6 +1,7 @@
 //! PostgreSQL over TLS: `sslmode=verify-full` in `CARAPACE_DATABASE_URL` against a cluster whose
 //! certificate (for `localhost`) a test CA signed, and whose `pg_hba.conf` takes TLS only. The
-//! server works through it; with a CA that did not sign the certificate, or without TLS, it
+//! server works through it; with a CA that did not sign the certificate, an address the
+//! certificate does not name, or without TLS, it
 //! refuses to start, saying why and never the password.
 
 use carapace_core::db::embedded::Cluster;
@@ -204,6 +205,7 @@ async fn the_server_connects_with_verify_full_and_refuses_a_wrong_ca_or_plaintex
         .err()
         .expect("a server that trusts another CA does not start")
         .to_string();
+    eprintln!("wrong CA: {}", err.lines().last().unwrap_or_default());
     assert!(
         err.contains("connecting to PostgreSQL at localhost"),
         "{err}"
@@ -214,12 +216,23 @@ async fn the_server_connects_with_verify_full_and_refuses_a_wrong_ca_or_plaintex
     );
     assert!(!err.contains(&password), "{err}");
 
+    // verify-full checks the name too: the right CA, but an address the certificate does not name.
+    let by_address = url("verify-full", "ca").replace("@localhost:", "@127.0.0.1:");
+    let err = Server::start(env(by_address))
+        .await
+        .err()
+        .expect("a certificate for another name is refused")
+        .to_string();
+    assert!(err.contains("not valid for name"), "{err}");
+    assert!(!err.contains(&password), "{err}");
+
     // Plaintext: pg_hba.conf takes TLS only.
     let err = Server::start(env(url("disable", "ca")))
         .await
         .err()
         .expect("a server without TLS does not start")
         .to_string();
+    eprintln!("plaintext: {}", err.lines().last().unwrap_or_default());
     assert!(
         err.contains("pg_hba.conf") && err.contains("no encryption"),
         "{err}"
