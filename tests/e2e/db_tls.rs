@@ -1,8 +1,8 @@
 //! PostgreSQL over TLS: `sslmode=verify-full` in `CARAPACE_DATABASE_URL` against a cluster whose
 //! certificate (for `localhost`) a test CA signed, and whose `pg_hba.conf` takes TLS only. The
 //! server works through it; with a CA that did not sign the certificate, an address the
-//! certificate does not name, or without TLS, it
-//! refuses to start, saying why and never the password.
+//! certificate does not name, or without TLS, it refuses to start, saying why and never the
+//! password.
 
 use carapace_core::db::embedded::Cluster;
 use carapace_tests::*;
