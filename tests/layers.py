@@ -10,6 +10,10 @@
 3. Only `identity/admin.rs` changes people, clients and roles: no other file inserts into or
    deletes from `users`/`clients`, or updates their role, password, lock, MFA or disabled state.
 
+4. Every query of the core passes `db::Db`: no file of the core but `db/mod.rs` and `core.rs`
+   (which builds the pools) names sqlx's pool (`PgPool`, `Pool<`), so no path can run a
+   statement outside a transaction, or without its role, behind a transaction-mode pooler.
+
 Exit status 1 and one line per breach; silent on success but for a one-line summary.
 """
 import pathlib
@@ -112,13 +116,27 @@ def people():
     return breaches
 
 
+POOL = re.compile(r"\b(PgPool|Pool<|PgPoolOptions)\b")
+
+
+def pools():
+    breaches = []
+    for path in sorted(CORE.rglob("*.rs")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ("shared/src/db/mod.rs", "shared/src/core.rs"):
+            continue
+        if POOL.search(code_of(path)):
+            breaches.append(f"{rel}: names sqlx's pool (every query of the core passes db::Db)")
+    return breaches
+
+
 def main():
-    breaches = floors() + sealed_bodies() + people()
+    breaches = floors() + sealed_bodies() + people() + pools()
     for b in breaches:
         print(f"architecture invariant broken: {b}", file=sys.stderr)
     if breaches:
         return 1
-    print(f"core floors hold: {len(FLOOR)} modules on {len(FLOORS)} floors; sealed bodies and people as stated")
+    print(f"core floors hold: {len(FLOOR)} modules on {len(FLOORS)} floors; sealed bodies, people and pools as stated")
     return 0
 
 

@@ -43,6 +43,8 @@ pub struct AppState {
     pub cors: cors::Cors,
     /// Bulk Data export jobs (the core's runner, started with the server).
     pub exporter: Arc<carapace_core::export::Exporter>,
+    /// Access tokens verified before, forgotten when any may have ended.
+    pub tokens: Arc<carapace_core::identity::tokens::TokenCache>,
 }
 
 /// `--help`: the usage and every setting the server reads, from the core's one table of them.
@@ -241,7 +243,9 @@ async fn run() -> anyhow::Result<()> {
     core.store.serve_at(&base);
     let exporter = carapace_core::export::Exporter::new(core.store.clone(), config.export.clone());
     exporter.start();
+    core.follow_token_revocations();
     let state = Arc::new(AppState {
+        tokens: core.tokens.clone(),
         exporter,
         bundle_slots: tokio::sync::Semaphore::new(2),
         cors: cors::Cors::new(config.cors_origins.clone()),
@@ -443,11 +447,20 @@ async fn route_other(
     peer: SocketAddr,
     path: &str,
 ) -> Response<Full<Bytes>> {
-    match path {
-        "/auth/authorize" | "/auth/login" | "/auth/login/totp" | "/auth/consent"
-        | "/auth/logout" => return login::handle(&state, req, peer).await,
-        p if p.starts_with("/auth/") => return oauth::handle(&state, req, peer).await,
-        _ => {}
+    if path.starts_with("/auth/") {
+        let changes = req.method() == hyper::Method::POST;
+        let resp = match path {
+            "/auth/authorize" | "/auth/login" | "/auth/login/totp" | "/auth/consent"
+            | "/auth/logout" => login::handle(&state, req, peer).await,
+            _ => oauth::handle(&state, req, peer).await,
+        };
+        // A POST here may have ended tokens (a revocation, a refresh token replayed, a sign-out):
+        // this node forgets the tokens it verified before answering, so the client's next
+        // request is checked afresh; other nodes forget on the database's notification.
+        if changes {
+            state.tokens.forget_all();
+        }
+        return resp;
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
@@ -461,13 +474,23 @@ async fn route_other(
 /// Prometheus text format: what an operator watches, no PHI.
 fn metrics(state: &AppState) -> String {
     let keys = state.store.keys();
+    let replica = state.store.replica_searches();
+    let tokens = state.tokens.counts();
     format!(
         "# TYPE carapace_requests_total counter\ncarapace_requests_total {}\n\
          # TYPE carapace_key_provider_calls_total counter\ncarapace_key_provider_calls_total {}\n\
-         # TYPE carapace_dek_cache_entries gauge\ncarapace_dek_cache_entries {}\n",
+         # TYPE carapace_dek_cache_entries gauge\ncarapace_dek_cache_entries {}\n\
+         # TYPE carapace_replica_searches_total counter\ncarapace_replica_searches_total {}\n\
+         # TYPE carapace_replica_fallbacks_total counter\ncarapace_replica_fallbacks_total {}\n\
+         # TYPE carapace_token_cache_hits_total counter\ncarapace_token_cache_hits_total {}\n\
+         # TYPE carapace_token_cache_misses_total counter\ncarapace_token_cache_misses_total {}\n",
         state.requests.load(Ordering::Relaxed),
         keys.external_calls(),
         state.store.cached_keys(),
+        replica.0,
+        replica.1,
+        tokens.0,
+        tokens.1,
     )
 }
 

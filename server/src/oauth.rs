@@ -265,7 +265,9 @@ pub async fn bearer(
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
-    tokens::lookup(state.store.pool(), state.store.now(), token.trim())
+    state
+        .tokens
+        .lookup(state.store.pool(), state.store.now(), token.trim())
         .await
         .map_err(crate::outcome::token_lookup_failed)
 }

@@ -18,6 +18,14 @@ use std::time::Duration;
 pub struct Config {
     /// `CARAPACE_DATABASE_URL`; `None` means the embedded PostgreSQL cluster under `data_dir`.
     pub database_url: Option<SecretString>,
+    /// `CARAPACE_DATABASE_POOLER=transaction`: the URL goes through a transaction-mode pooler.
+    pub behind_pooler: bool,
+    /// `CARAPACE_DATABASE_DIRECT_URL`: the primary without the pooler (for the migrations).
+    pub database_direct_url: Option<SecretString>,
+    /// `CARAPACE_DATABASE_REPLICA_URL`: a streaming replica that serves searches.
+    pub database_replica_url: Option<SecretString>,
+    /// `CARAPACE_REPLICA_WAIT_MS`: how long a search waits for the replica to catch up.
+    pub replica_wait: Duration,
     /// `CARAPACE_DATA_DIR` (default `./carapace-data`): embedded cluster and file key provider.
     pub data_dir: PathBuf,
     /// `CARAPACE_BACKUP_DIR`: the embedded cluster's backup repository (`None`: under `data_dir`).
@@ -344,6 +352,38 @@ impl Config {
                 Some(SecretString::from(url))
             }
         };
+        let url_named = |name: &str| -> Result<Option<SecretString>, ConfigError> {
+            match env.text(name)? {
+                None => Ok(None),
+                Some(url) => {
+                    check_database_url(&url).map_err(|reason| {
+                        ConfigError(format!("{name} is not a valid PostgreSQL URL: {reason}"))
+                    })?;
+                    Ok(Some(SecretString::from(url)))
+                }
+            }
+        };
+        let database_direct_url = url_named("CARAPACE_DATABASE_DIRECT_URL")?;
+        let database_replica_url = url_named("CARAPACE_DATABASE_REPLICA_URL")?;
+        let behind_pooler = env.switch("CARAPACE_DATABASE_POOLER", "transaction", "none")?;
+        if database_url.is_none()
+            && (behind_pooler || database_direct_url.is_some() || database_replica_url.is_some())
+        {
+            return Err(ConfigError(
+                "CARAPACE_DATABASE_POOLER, _DIRECT_URL and _REPLICA_URL need CARAPACE_DATABASE_URL \
+                 (the embedded cluster is one local database)"
+                    .into(),
+            ));
+        }
+        if behind_pooler && database_direct_url.is_none() {
+            return Err(ConfigError(
+                "CARAPACE_DATABASE_POOLER=transaction needs CARAPACE_DATABASE_DIRECT_URL (the \
+                 migrations hold a session lock, which a transaction-mode pooler cannot keep)"
+                    .into(),
+            ));
+        }
+        let replica_wait =
+            Duration::from_millis(env.number("CARAPACE_REPLICA_WAIT_MS")?.min(10_000));
         let data_dir: PathBuf = env.text("CARAPACE_DATA_DIR")?.unwrap_or_default().into();
         let export = crate::export::ExportConfig {
             dir: match env.text("CARAPACE_EXPORT_DIR")? {
@@ -392,6 +432,10 @@ impl Config {
             referential_integrity,
             cors_origins,
             database_url,
+            behind_pooler,
+            database_direct_url,
+            database_replica_url,
+            replica_wait,
             data_dir,
             listen,
             base_url: env
@@ -656,7 +700,9 @@ mod tests {
             .map(|s| {
                 let sentinel = format!("sentinel-{}", s.name.to_ascii_lowercase());
                 let value = match s.name {
-                    "CARAPACE_DATABASE_URL" => format!("postgres://u:{sentinel}@h/d"),
+                    "CARAPACE_DATABASE_URL"
+                    | "CARAPACE_DATABASE_DIRECT_URL"
+                    | "CARAPACE_DATABASE_REPLICA_URL" => format!("postgres://u:{sentinel}@h/d"),
                     _ => sentinel,
                 };
                 (s.name.to_string(), value)
@@ -674,6 +720,33 @@ mod tests {
             let sentinel = format!("sentinel-{}", name.to_ascii_lowercase());
             assert!(!shown.contains(&sentinel), "{name} printed");
         }
+    }
+
+    #[test]
+    fn a_transaction_mode_pooler_needs_a_direct_url_and_none_of_it_fits_the_embedded_cluster() {
+        let url = ("CARAPACE_DATABASE_URL", "postgres://u@pooler:6432/d");
+        let pooler = ("CARAPACE_DATABASE_POOLER", "transaction");
+        let direct = (
+            "CARAPACE_DATABASE_DIRECT_URL",
+            "postgres://u@primary:5432/d",
+        );
+        let replica = (
+            "CARAPACE_DATABASE_REPLICA_URL",
+            "postgres://u@replica:5432/d",
+        );
+        let err = config(&[url, pooler]).unwrap_err().to_string();
+        assert!(err.contains("CARAPACE_DATABASE_DIRECT_URL"), "{err}");
+        let c = config(&[url, pooler, direct, replica]).unwrap();
+        assert!(c.behind_pooler && c.database_direct_url.is_some());
+        assert_eq!(c.replica_wait, Duration::from_millis(50));
+        for alone in [pooler, direct, replica] {
+            let err = config(&[alone]).unwrap_err().to_string();
+            assert!(err.contains("need CARAPACE_DATABASE_URL"), "{err}");
+        }
+        let err = config(&[url, ("CARAPACE_DATABASE_POOLER", "session")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transaction or none"), "{err}");
     }
 
     #[test]

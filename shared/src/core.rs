@@ -6,10 +6,11 @@ use crate::config::Config;
 use crate::crypto::keys::{FileKeyring, KeyError, KeyProvider, VaultTransit};
 use crate::db::backup::{BackupError, Repository};
 use crate::db::embedded::{self, Cluster};
+use crate::db::Db;
 use crate::store::Store;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,10 @@ impl DbRole {
 /// An opened core: the store, and the embedded cluster when there is one (stopped on drop).
 pub struct Core {
     pub store: Arc<Store>,
+    /// Access tokens verified before (on once [`Core::follow_token_revocations`] listens).
+    pub tokens: Arc<crate::identity::tokens::TokenCache>,
+    /// A direct connection to the primary (not through a pooler): for LISTEN.
+    direct: PgConnectOptions,
     pub keys: Arc<KeyProvider>,
     pub cluster: Option<Cluster>,
     pub embedded_keys: bool,
@@ -87,7 +92,7 @@ impl Core {
     ) -> Result<Core, OpenError> {
         let (keys, embedded_keys) = open_keys(config).await?;
         let keys = Arc::new(keys);
-        let (pool, cluster) = connect(config, role, &keys).await?;
+        let (pool, replica, cluster, direct) = connect(config, role, &keys).await?;
         let mut store = Store::new(
             pool,
             keys.clone(),
@@ -100,16 +105,28 @@ impl Core {
         .with_referential_integrity(config.referential_integrity)
         // A Binary's FHIR-JSON form is base64: three quarters of the body limit fits in it.
         .with_binary_limits(config.binary_limit, config.body_limit as u64 / 4 * 3);
+        if let Some(replica) = replica {
+            store = store.with_replica(replica, config.replica_wait);
+        }
         if let Some(rules) = &config.deid_rules {
             store = store.with_deid_rules(rules.clone());
         }
         let store = Arc::new(store);
         Ok(Core {
             store,
+            tokens: Default::default(),
+            direct,
             keys,
             cluster,
             embedded_keys,
         })
+    }
+
+    /// Keep [`Core::tokens`] in step with the database for the life of the process (the server
+    /// calls it once): verified tokens are then answered from memory until any token may have
+    /// ended (migration 0022's notifications).
+    pub fn follow_token_revocations(&self) {
+        tokio::spawn(self.tokens.clone().follow(self.direct.clone()));
     }
 
     /// Close the pool and stop the embedded cluster, if any.
@@ -187,20 +204,15 @@ fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
     )
 }
 
-/// Run the migrations as the owner, then open the pool whose connections work as `role`.
+/// Run the migrations as the owner, then open the pool whose connections work as `role` (and the
+/// replica's, when there is one).
 async fn connect(
     config: &Config,
     role: DbRole,
     keys: &KeyProvider,
-) -> Result<(PgPool, Option<Cluster>), OpenError> {
+) -> Result<(Db, Option<Db>, Option<Cluster>, PgConnectOptions), OpenError> {
     let (options, cluster) = match &config.database_url {
-        Some(url) => {
-            crate::config::check_database_url(url.expose_secret()).map_err(OpenError::BadUrl)?;
-            // The driver's own error may quote the URL: only that it failed is told.
-            let options = PgConnectOptions::from_str(url.expose_secret())
-                .map_err(|_| OpenError::BadUrl("the PostgreSQL driver cannot read it".into()))?;
-            (options, None)
-        }
+        Some(url) => (url_options(url)?, None),
         None => {
             let dir = config.data_dir.clone();
             // The server owns the cluster it uses; the console works on the server's.
@@ -242,21 +254,61 @@ async fn connect(
             (cluster.connect_options("carapace"), Some(cluster))
         }
     };
-    let mut owner = PgConnection::connect_with(&options)
+    // Behind a transaction-mode pooler the migrations go to the primary directly: they hold a
+    // session-level advisory lock.
+    let owner_options = match &config.database_direct_url {
+        Some(url) => url_options(url)?,
+        None => options.clone(),
+    };
+    let mut owner = PgConnection::connect_with(&owner_options)
         .await
         .map_err(|cause| OpenError::Connect {
-            target: connect_target(&options, cluster.is_some()),
+            target: connect_target(&owner_options, cluster.is_some()),
             cause,
         })?;
     sqlx::query(NARROW_PGAUDIT).execute(&mut owner).await?;
     MIGRATOR.run(&mut owner).await?;
     owner.close().await?;
-    let pool = PgPoolOptions::new()
+    let pool = open_pool(config, role, options).await?;
+    let replica = match &config.database_replica_url {
+        Some(url) => Some(open_pool(config, role, url_options(url)?).await?),
+        None => None,
+    };
+    Ok((pool, replica, cluster, owner_options))
+}
+
+/// The driver's options for a configured URL (already checked by the configuration).
+fn url_options(url: &secrecy::SecretString) -> Result<PgConnectOptions, OpenError> {
+    crate::config::check_database_url(url.expose_secret()).map_err(OpenError::BadUrl)?;
+    // The driver's own error may quote the URL: only that it failed is told.
+    PgConnectOptions::from_str(url.expose_secret())
+        .map_err(|_| OpenError::BadUrl("the PostgreSQL driver cannot read it".into()))
+}
+
+/// A pool of connections working as `role`: each takes it as it connects, or, behind a
+/// transaction-mode pooler, each transaction takes it ([`Db`]).
+async fn open_pool(
+    config: &Config,
+    role: DbRole,
+    options: PgConnectOptions,
+) -> Result<Db, OpenError> {
+    let options = if config.behind_pooler {
+        // A statement prepared on one server connection is not there on the next transaction's.
+        options.statement_cache_capacity(0)
+    } else {
+        options
+    };
+    let pool_options = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(10))
         // No ping before each use: a round trip per statement batch otherwise. A connection the
         // database dropped fails its next statement (503, retry) and is not reused.
-        .test_before_acquire(false)
+        .test_before_acquire(false);
+    if config.behind_pooler {
+        let pool = pool_options.connect_with(options).await?;
+        return Ok(Db::pooled(pool, role.name()));
+    }
+    let pool = pool_options
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 sqlx::query(NARROW_PGAUDIT).execute(&mut *conn).await?;
@@ -269,5 +321,5 @@ async fn connect(
         })
         .connect_with(options)
         .await?;
-    Ok((pool, cluster))
+    Ok(Db::direct(pool))
 }

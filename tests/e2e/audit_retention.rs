@@ -290,7 +290,7 @@ async fn old_audit_events_are_archived_then_removed_and_both_parts_verify() {
 
     // The second run from the console continues from the new start.
     let admin = carapace_core::identity::tokens::issue(
-        &db,
+        &db.clone().into(),
         chrono::Utc::now(),
         "records.officer",
         Role::Admin,

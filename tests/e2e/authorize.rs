@@ -36,7 +36,7 @@ async fn setup(stack: &Stack) -> (App, String, String) {
         .json();
     let db = stack.db().await;
     let client_id = admin::register_app(
-        &db,
+        &db.clone().into(),
         &carapace_core::clock::SystemClock,
         "Patient portal",
         &[REDIRECT.to_string()],
@@ -437,7 +437,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
     .await;
     let live_refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
     assert!(carapace_core::identity::admin::disable_client(
-        &stack.db().await,
+        &stack.db().await.into(),
         &carapace_core::clock::SystemClock,
         &app.client_id
     )
@@ -467,7 +467,7 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
 
     // The operator sees the browser session and ends it: the next visit asks to sign in again.
     let admin = carapace_core::identity::tokens::issue(
-        &stack.db().await,
+        &stack.db().await.into(),
         chrono::Utc::now(),
         "ops",
         Role::Admin,
@@ -856,7 +856,7 @@ async fn app_access_tokens_die_with_their_refresh_family_and_their_app() {
 
     // Disabling the app (as `carapace-console client disable` does): its users' access tokens end.
     assert!(carapace_core::identity::admin::disable_client(
-        &stack.db().await,
+        &stack.db().await.into(),
         &carapace_core::clock::SystemClock,
         &app.client_id
     )

@@ -34,7 +34,7 @@ async fn a_practitioner_signs_in_with_totp_in_chromium_and_the_app_reads_with_th
     let redirect = "http://127.0.0.1:9/app/callback";
     let db = stack.db().await;
     let client_id = carapace_core::identity::admin::register_app(
-        &db,
+        &db.clone().into(),
         &carapace_core::clock::SystemClock,
         "Ward <b>viewer</b>",
         &[redirect.to_string()],

@@ -32,10 +32,17 @@ async fn token(
         .split_whitespace()
         .map(|s| Scope::parse(s).unwrap())
         .collect();
-    carapace_core::identity::tokens::issue(db, chrono::Utc::now(), user, role, &scopes, patient)
-        .await
-        .unwrap()
-        .access_token
+    carapace_core::identity::tokens::issue(
+        &db.clone().into(),
+        chrono::Utc::now(),
+        user,
+        role,
+        &scopes,
+        patient,
+    )
+    .await
+    .unwrap()
+    .access_token
 }
 
 async fn world(extra_env: Vec<(String, String)>) -> World {

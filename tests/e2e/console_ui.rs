@@ -181,7 +181,7 @@ async fn ward() -> Ward {
 /// A token for a practitioner user, as their EHR session would hold.
 async fn practitioner_token(stack: &Stack, username: &str) -> String {
     carapace_core::identity::tokens::issue(
-        &stack.db().await,
+        &stack.db().await.into(),
         chrono::Utc::now(),
         username,
         Role::Practitioner,

@@ -541,7 +541,7 @@ async fn batch_entries_succeed_and_fail_on_their_own() {
         .unwrap()
         .to_string();
     let token = carapace_core::identity::tokens::issue(
-        &stack.db().await,
+        &stack.db().await.into(),
         chrono::Utc::now(),
         "p",
         carapace_core::access::Role::Patient,

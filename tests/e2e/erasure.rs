@@ -254,7 +254,7 @@ async fn an_erased_patient_is_gone_from_the_api_the_database_and_a_backup_taken_
     }
     // Reconciled with the key provider (the ledger of erasures), the restored copy forgets them.
     let token = carapace_core::identity::tokens::issue(
-        &pool,
+        &pool.clone().into(),
         chrono::Utc::now(),
         "records-officer",
         carapace_core::access::Role::Admin,

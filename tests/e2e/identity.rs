@@ -273,7 +273,7 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
 
     // A password change revokes the user's tokens at once.
     let token = carapace_core::identity::tokens::issue(
-        &db,
+        &db.clone().into(),
         chrono::Utc::now(),
         "dr.house",
         Role::Practitioner,
@@ -283,21 +283,25 @@ async fn totp_is_single_use_lockout_backs_off_and_failures_look_alike() {
     .await
     .unwrap()
     .access_token;
-    assert!(
-        carapace_core::identity::tokens::lookup(&db, chrono::Utc::now(), &token)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(carapace_core::identity::tokens::lookup(
+        &db.clone().into(),
+        chrono::Utc::now(),
+        &token
+    )
+    .await
+    .unwrap()
+    .is_some());
     admin::set_password(store, "dr.house", "another long passphrase")
         .await
         .unwrap();
-    assert!(
-        carapace_core::identity::tokens::lookup(&db, chrono::Utc::now(), &token)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(carapace_core::identity::tokens::lookup(
+        &db.clone().into(),
+        chrono::Utc::now(),
+        &token
+    )
+    .await
+    .unwrap()
+    .is_none());
     core.shutdown().await;
 }
 

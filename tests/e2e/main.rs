@@ -29,6 +29,7 @@ mod gate_review;
 mod http_edge;
 mod identity;
 mod integrity;
+mod multinode;
 mod narrative;
 mod operations;
 mod pgaudit;

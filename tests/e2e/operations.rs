@@ -231,7 +231,7 @@ async fn everything_returns_the_compartment_paged_and_narrowed() {
     // Narrowed by access: B's patient token cannot ask for A; an Observation-only system token sees no Patient.
     let db = stack.db().await;
     let tb = carapace_core::identity::tokens::issue(
-        &db,
+        &db.clone().into(),
         chrono::Utc::now(),
         "patient-b",
         Role::Patient,
@@ -260,7 +260,7 @@ async fn everything_returns_the_compartment_paged_and_narrowed() {
     .unwrap();
     assert_eq!(own.json()["entry"].as_array().unwrap().len(), 2);
     let obs_only = carapace_core::identity::tokens::issue(
-        &db,
+        &db.clone().into(),
         chrono::Utc::now(),
         "c",
         Role::System,
@@ -434,7 +434,7 @@ async fn search_by_id_and_last_updated_is_paged_and_narrowed() {
 
     // Narrowed silently to what the caller may see.
     let token = carapace_core::identity::tokens::issue(
-        &stack.db().await,
+        &stack.db().await.into(),
         chrono::Utc::now(),
         "patient-a",
         Role::Patient,

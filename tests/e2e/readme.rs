@@ -170,7 +170,7 @@ async fn the_registration_script_finds_the_console_cargo_built() {
 /// An administrator's token as `carapace-console login` prints it (scopes `user/*.cruds`).
 async fn admin_token(stack: &Stack) -> String {
     carapace_core::identity::tokens::issue(
-        &stack.db().await,
+        &stack.db().await.into(),
         chrono::Utc::now(),
         "readme-admin",
         Role::Admin,
@@ -221,7 +221,7 @@ async fn the_readme_examples_run_as_written() {
         "valueQuantity": {"value": 120, "unit": "mm[Hg]"}});
     assert_eq!(fhir.post("Observation", &observation).await.status, 201);
     let patient_token = carapace_core::identity::tokens::issue(
-        &stack.db().await,
+        &stack.db().await.into(),
         chrono::Utc::now(),
         "ada",
         Role::Patient,

@@ -583,7 +583,7 @@ async fn chains_has_includes_and_access() {
 
     // A patient's token: matches, includes, chains and _has all stay inside their compartment.
     let token = carapace_core::identity::tokens::issue(
-        &stack.db().await,
+        &stack.db().await.into(),
         chrono::Utc::now(),
         "patient-p2",
         Role::Patient,

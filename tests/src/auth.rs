@@ -112,7 +112,7 @@ impl BackendClient {
         let (private_pem, jwk) = BackendClient::keypair(alg);
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         let client_id = carapace_core::identity::admin::register_client(
-            pool,
+            &pool.clone().into(),
             &carapace_core::clock::SystemClock,
             "test client",
             &json!({"keys": [jwk.clone()]}),

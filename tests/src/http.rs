@@ -323,3 +323,21 @@ pub async fn download_digest(url: &str, headers: &[(&str, &str)]) -> anyhow::Res
         cut_short,
     })
 }
+
+/// `status()` until it answers `want`, for up to two seconds (every 20 ms); the last answer. For
+/// what another process changed: a server hears of a token ended elsewhere by the database's
+/// notification, within milliseconds, not before its next request.
+pub async fn status_within<F, Fut>(want: u16, mut status: F) -> u16
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let got = status().await;
+        if got == want || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -7,7 +7,8 @@
 //! `processes` (ports, binaries, the server process, console runs), `postgres` (clusters and test
 //! databases), `bao` (OpenBao), `stack` (the three together for one test), `http` (HTTP and FHIR
 //! clients), `auth` (SMART clients, tokens, the scripted browser), `fixtures` (test data),
-//! `bench` (the hello yardstick, the driver, benchmark tables), `tmux` (a program in a terminal).
+//! `bench` (the hello yardstick, the driver, benchmark tables), `tmux` (a program in a terminal),
+//! `topology` (a streaming replica, PgBouncer, HAProxy: more than one node on one machine).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // Tests play the client side, whose clock is the real one.
 #![allow(clippy::disallowed_methods)]
@@ -24,6 +25,7 @@ mod postgres;
 mod processes;
 mod stack;
 mod tmux;
+mod topology;
 
 pub use auth::{hidden_field, pkce, BackendClient, Browser};
 pub use bao::{bao_binary, Bao};
@@ -32,10 +34,12 @@ pub use bench::{
 };
 pub use fixtures::{consent, examples_dir, ips_dir, permit_consent};
 pub use http::{
-    document_bytes, download_digest, http, upload_stream, Downloaded, Fhir, HttpResponse, FHIR_JSON,
+    document_bytes, download_digest, http, status_within, upload_stream, Downloaded, Fhir,
+    HttpResponse, FHIR_JSON,
 };
 pub use postgres::{embedded_pool, Postgres};
 pub use processes::{bin_path, console, free_port, Server};
 pub use serde_json::{json, Value};
 pub use stack::Stack;
 pub use tmux::Tmux;
+pub use topology::{HaProxy, PgBouncer, Replica};

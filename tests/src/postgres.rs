@@ -113,6 +113,22 @@ impl Postgres {
         }
     }
 
+    /// The directory of PostgreSQL's programs.
+    pub fn bin_dir(&self) -> PathBuf {
+        match &self.place {
+            Place::Shared(shared) => shared.bin_dir.clone(),
+            Place::Own { cluster, .. } => cluster.bin_dir().to_path_buf(),
+        }
+    }
+
+    /// The loopback TCP port it listens on.
+    pub fn port(&self) -> u16 {
+        match &self.place {
+            Place::Shared(shared) => shared.port,
+            Place::Own { cluster, .. } => cluster.port(),
+        }
+    }
+
     /// Stop the cluster (as an outage would). Only a cluster of the test's own: the shared one
     /// serves the other tests.
     pub fn stop(&mut self) -> anyhow::Result<()> {

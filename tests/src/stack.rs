@@ -86,7 +86,7 @@ impl Stack {
     /// The server's environment and an administrator token: how a script runs the console.
     pub async fn console_env(&self, operator: &str) -> Vec<(String, String)> {
         let admin = carapace_core::identity::tokens::issue(
-            &self.db().await,
+            &self.db().await.into(),
             chrono::Utc::now(),
             operator,
             carapace_core::access::Role::Admin,
@@ -104,7 +104,7 @@ impl Stack {
     /// first. (Reading the trail is itself audited, after the events it returns.)
     pub async fn audit_events(&self, query: &str) -> Vec<Value> {
         let admin = carapace_core::identity::tokens::issue(
-            &self.db().await,
+            &self.db().await.into(),
             chrono::Utc::now(),
             "test-auditor",
             carapace_core::access::Role::Admin,
@@ -161,7 +161,7 @@ impl Stack {
             .map(carapace_core::access::Scope::parse)
             .collect::<Result<Vec<_>, _>>()?;
         let issued = carapace_core::identity::tokens::issue(
-            &self.db().await,
+            &self.db().await.into(),
             chrono::Utc::now(),
             subject,
             role,

@@ -7,11 +7,12 @@
 
 use crate::access::AccessContext;
 use crate::crypto::Dek;
+use crate::db::Db;
 use chrono::{DateTime, SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sqlx::{PgPool, Row as _};
+use sqlx::Row as _;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
@@ -376,8 +377,8 @@ fn canonical(value: &Value, out: &mut Vec<u8>) {
 
 /// Insert rows with one statement, each sealed and tagged; a trigger queues them for the chainer
 /// ([`chain_pending`]). No lock is taken: concurrent writers commit independently.
-async fn insert_rows(
-    conn: &mut sqlx::PgConnection,
+async fn insert_rows<'e>(
+    conn: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
     key: &ChainKey,
     rows: &[Row<'_>],
 ) -> Result<(), sqlx::Error> {
@@ -419,7 +420,7 @@ async fn insert_rows(
     .bind(&sealed)
     .bind(&tags)
     .bind(keys.seal_id)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -545,7 +546,7 @@ pub struct ChainReport {
 /// archives recorded join up to the start and that every event kept before it (legal holds)
 /// matches its tag. `progress` gets (checked, total).
 pub async fn verify_chain(
-    pool: &PgPool,
+    pool: &Db,
     key: &Dek,
     anchor: Option<&(i64, Vec<u8>)>,
     mut progress: impl FnMut(u64, u64),
@@ -675,7 +676,7 @@ pub async fn verify_chain(
 /// archive (matching its end link, or the start's, when it is one of those). Fills `report`'s
 /// archive fields; returns the first break.
 async fn check_archived_part(
-    pool: &PgPool,
+    pool: &Db,
     key: &Dek,
     anchor: Option<&(i64, Vec<u8>)>,
     report: &mut ChainReport,
@@ -781,7 +782,7 @@ const MAX_BATCH: usize = 512;
 
 impl AuditWriter {
     /// Start the writer task on `pool`.
-    pub fn start(pool: PgPool) -> AuditWriter {
+    pub fn start(pool: Db) -> AuditWriter {
         let (tx, rx) = mpsc::channel(4096);
         let key = ChainKey::default();
         tokio::spawn(run_writer(pool, key.clone(), rx));
@@ -812,17 +813,14 @@ impl AuditWriter {
     }
 }
 
-async fn run_writer(pool: PgPool, key: ChainKey, mut rx: mpsc::Receiver<Pending>) {
+async fn run_writer(pool: Db, key: ChainKey, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (rows, waiting): (Vec<Row<'static>>, Vec<_>) =
             batch.drain(..).map(|p| (p.row, p.done)).unzip();
         // One statement, committed on its own (its implicit transaction also holds the chain
         // queue's trigger insert): one round trip, where BEGIN, INSERT, COMMIT took three.
-        let commit = async {
-            let mut conn = pool.acquire().await?;
-            insert_rows(&mut conn, &key, &rows).await
-        };
+        let commit = insert_rows(&pool, &key, &rows);
         let result = commit.await.map_err(|e| {
             tracing::error!(error = %e, events = rows.len(), "audit batch failed");
             "could not write the audit trail".to_string()

@@ -110,6 +110,33 @@ pub const SETTINGS: &[Setting] = &[
          roles, else by a DBA beforehand — see ARCHITECTURE.md).",
     )),
     setting(
+        "CARAPACE_DATABASE_POOLER",
+        Value("none"),
+        "`transaction` when `CARAPACE_DATABASE_URL` goes through a pooler in transaction mode \
+         (PgBouncer `pool_mode = transaction`, with `server_reset_query = DEALLOCATE ALL` and \
+         `server_reset_query_always = 1`): every transaction then sets its role and reach with \
+         `SET LOCAL`, no statement runs outside a transaction, no prepared statement is reused. \
+         Needs `CARAPACE_DATABASE_DIRECT_URL`.",
+    ),
+    secret(setting(
+        "CARAPACE_DATABASE_DIRECT_URL",
+        Means("CARAPACE_DATABASE_URL"),
+        "The primary database directly, not through a pooler (same user): the migrations run \
+         over it (they hold a session lock).",
+    )),
+    secret(setting(
+        "CARAPACE_DATABASE_REPLICA_URL",
+        Means("no replica"),
+        "A streaming replica of the primary (same user; through the same kind of pooler, if \
+         any): searches run on it once it has replayed the primary's WAL as of the search's start \
+         (read-your-writes), else on the primary.",
+    )),
+    setting(
+        "CARAPACE_REPLICA_WAIT_MS",
+        Value("50"),
+        "How long a search waits for the replica to catch up before it runs on the primary.",
+    ),
+    setting(
         "CARAPACE_VAULT_ADDR",
         Means("file keys"),
         "Vault or OpenBao address; unset = development file key provider.",

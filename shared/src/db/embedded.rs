@@ -621,6 +621,16 @@ fn postgres_user() -> Option<(u32, u32)> {
     })
 }
 
+/// The uid and gid PostgreSQL's programs run as when this process is root (the `postgres` system
+/// user), or `None` when it is not root (they run as this process's user).
+pub fn unprivileged_user() -> Option<(u32, u32)> {
+    if unsafe_is_root() {
+        postgres_user()
+    } else {
+        None
+    }
+}
+
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), EmbeddedError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .map_err(at("giving the `postgres` user", path))

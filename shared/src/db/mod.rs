@@ -50,7 +50,7 @@ pub fn failure(e: &DbError) -> DbFailure {
 /// still rolls back on drop): every transaction the store opens for a caller starts here, so
 /// PostgreSQL's row-level security (migration 0007) sees only what the caller's plan lets through. The values are fixed words and compartment key scopes, quoted.
 pub(crate) async fn begin_with_reach(
-    pool: &sqlx::PgPool,
+    pool: &Db,
     reach: &RowReach,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     begin_as(pool, reach, "BEGIN").await
@@ -59,7 +59,7 @@ pub(crate) async fn begin_with_reach(
 /// [`begin_with_reach`] for a read-only snapshot: every statement of the transaction sees the
 /// database as it was at its first (a Bulk export's files all reflect one `transactionTime`).
 pub(crate) async fn begin_snapshot_with_reach(
-    pool: &sqlx::PgPool,
+    pool: &Db,
     reach: &RowReach,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     begin_as(
@@ -71,7 +71,7 @@ pub(crate) async fn begin_snapshot_with_reach(
 }
 
 async fn begin_as(
-    pool: &sqlx::PgPool,
+    pool: &Db,
     reach: &RowReach,
     begin: &str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
@@ -90,5 +90,166 @@ async fn begin_as(
         compartments.join(","),
         if reach.others { "on" } else { "off" }
     );
-    pool.begin_with(begin).await
+    pool.begin_with(&begin).await
+}
+
+/// The store's database: a connection pool, and how its transactions take their role.
+///
+/// Directly connected (the default), each connection takes the process's role once, as it
+/// connects (`SET ROLE`), and a statement outside a transaction runs on its own. Behind a pooler
+/// in transaction mode (PgBouncer's `pool_mode = transaction`) a client's consecutive
+/// transactions may run on different server connections, so nothing may live in the session:
+/// every transaction sets its role (`SET LOCAL ROLE`) with its reach, and a statement outside a
+/// transaction is run inside one of its own (sqlx sends a statement's parse and its execution as
+/// two exchanges, which a transaction-mode pooler could send to two servers). Every query of the
+/// core goes through here (the store's fields hold a `Db`, never a bare pool), so no path can
+/// forget either.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: sqlx::PgPool,
+    /// `Some(role)` behind a transaction-mode pooler: the role each transaction sets.
+    role_per_transaction: Option<&'static str>,
+}
+
+impl Db {
+    /// A pool whose connections took their role as they connected.
+    pub fn direct(pool: sqlx::PgPool) -> Db {
+        Db {
+            pool,
+            role_per_transaction: None,
+        }
+    }
+
+    /// A pool behind a transaction-mode pooler: every transaction sets `role`.
+    pub fn pooled(pool: sqlx::PgPool, role: &'static str) -> Db {
+        Db {
+            pool,
+            role_per_transaction: Some(role),
+        }
+    }
+
+    /// `BEGIN` (and the role, behind a pooler).
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin_with("BEGIN").await
+    }
+
+    /// `begin`: a `BEGIN` statement, possibly followed by `SET LOCAL`s (one simple-query
+    /// message: one round trip); behind a pooler, the role is set first.
+    pub(crate) async fn begin_with(
+        &self,
+        begin: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        match self.role_per_transaction {
+            None => self.pool.begin_with(begin.to_string()).await,
+            Some(role) => {
+                let (first, rest) = begin.split_once(';').unwrap_or((begin, ""));
+                // A fixed role name (`DbRole::name`), not input.
+                let rest = if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!(";{rest}")
+                };
+                self.pool
+                    .begin_with(format!("{first}; SET LOCAL ROLE {role}{rest}"))
+                    .await
+            }
+        }
+    }
+
+    /// Whether transactions set their role (a transaction-mode pooler is in front).
+    pub fn behind_pooler(&self) -> bool {
+        self.role_per_transaction.is_some()
+    }
+
+    pub fn max_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
+    /// Connections open, and of them idle (for monitoring).
+    pub fn connections(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await
+    }
+}
+
+impl From<sqlx::PgPool> for Db {
+    fn from(pool: sqlx::PgPool) -> Db {
+        Db::direct(pool)
+    }
+}
+
+impl<'c> sqlx::Executor<'c> for &'c Db {
+    type Database = sqlx::Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::stream::BoxStream<
+        'e,
+        Result<sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>, sqlx::Error>,
+    >
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
+    {
+        use futures_util::{StreamExt, TryStreamExt};
+        if self.role_per_transaction.is_none() {
+            return (&self.pool).fetch_many(query);
+        }
+        // In a transaction of its own; the results are collected first, as `fetch_all`,
+        // `fetch_one` and `execute` do anyway (no query of the core streams from the pool).
+        futures_util::stream::once(async move {
+            let mut tx = self.begin().await?;
+            let items: Vec<_> = sqlx::Executor::fetch_many(&mut *tx, query)
+                .try_collect()
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::future::BoxFuture<'e, Result<Option<sqlx::postgres::PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
+    {
+        if self.role_per_transaction.is_none() {
+            return (&self.pool).fetch_optional(query);
+        }
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let row = sqlx::Executor::fetch_optional(&mut *tx, query).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [sqlx::postgres::PgTypeInfo],
+    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::postgres::PgStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        (&self.pool).prepare_with(sql, parameters)
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::Describe<sqlx::Postgres>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        (&self.pool).describe(sql)
+    }
 }

@@ -16,11 +16,11 @@ use super::users::{
 };
 use crate::access::{AccessContext, Context, Role, Scope};
 use crate::clock::Clock;
+use crate::db::Db;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde_json::Value;
-use sqlx::PgPool;
 
 /// Fresh TOTP seed (sealed) and recovery codes for a user; returns what to show once.
 async fn enroll(
@@ -348,7 +348,7 @@ pub async fn set_password(store: &Store, username: &str, password: &str) -> Resu
 /// access to FHIR data and is never asked for per token: an operator decides it once, and
 /// `carapace-console client list` shows it.
 pub async fn register_client(
-    pool: &PgPool,
+    pool: &Db,
     clock: &dyn Clock,
     name: &str,
     jwks: &Value,
@@ -415,7 +415,7 @@ pub async fn register_client(
 /// Disable a client and revoke every token it holds. Returns whether the client exists. (The access
 /// tokens an app's users hold through it end too: [`lookup`] refuses tokens of a disabled client.)
 pub async fn disable_client(
-    pool: &PgPool,
+    pool: &Db,
     clock: &dyn Clock,
     client_id: &str,
 ) -> Result<bool, sqlx::Error> {
@@ -442,7 +442,7 @@ pub async fn disable_client(
 }
 /// Register a user-facing app: its exact redirect URIs and the scopes it may ask for.
 pub async fn register_app(
-    pool: &PgPool,
+    pool: &Db,
     clock: &dyn Clock,
     name: &str,
     redirect_uris: &[String],

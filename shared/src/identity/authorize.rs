@@ -5,6 +5,7 @@
 
 use crate::access::{role_allows, Context, Role, Scope};
 use crate::crypto::sha256;
+use crate::db::Db;
 use crate::identity::tokens::{self, IssuedToken, OAuthError};
 use crate::identity::users::{self, User};
 use crate::store::Store;
@@ -12,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 
 /// How long a browser sign-in lasts (`CARAPACE_SESSION_IDLE_MINUTES`, default 15;
 /// `CARAPACE_SESSION_MAX_HOURS`, default 8).
@@ -109,7 +110,7 @@ pub enum AuthorizeError {
 
 /// Check an authorization request (`params` is its query) for the FHIR server `aud`.
 pub async fn validate(
-    pool: &PgPool,
+    pool: &Db,
     aud: &str,
     params: &[(String, String)],
 ) -> Result<AuthorizeRequest, AuthorizeError> {
@@ -277,7 +278,7 @@ pub async fn issue_code(
 }
 
 /// A disabled app gets no tokens, whatever codes or refresh tokens it still holds.
-async fn ensure_client_active(pool: &PgPool, client_id: &str) -> Result<(), OAuthError> {
+async fn ensure_client_active(pool: &Db, client_id: &str) -> Result<(), OAuthError> {
     let active: Option<bool> =
         sqlx::query_scalar("SELECT NOT disabled FROM clients WHERE client_id = $1")
             .bind(client_id)
@@ -299,7 +300,7 @@ fn s256(verifier: &str) -> String {
     B64URL.encode(sha256(verifier.as_bytes()))
 }
 
-async fn user_row(pool: &PgPool, user_id: i64) -> Result<(String, Role), OAuthError> {
+async fn user_row(pool: &Db, user_id: i64) -> Result<(String, Role), OAuthError> {
     let row = sqlx::query("SELECT username, role, admin_locked FROM users WHERE id = $1")
         .bind(user_id)
         .fetch_one(pool)

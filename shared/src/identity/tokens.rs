@@ -12,12 +12,13 @@
 use crate::access::{role_allows, AccessContext, Context, Role, Scope};
 use crate::clock::Clock;
 use crate::crypto::sha256;
+use crate::db::Db;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 use std::net::IpAddr;
 
 /// Access tokens live five minutes (SMART Backend Services' upper bound).
@@ -92,7 +93,7 @@ pub struct Client {
     pub introspect: bool,
 }
 
-pub async fn list_clients(pool: &PgPool) -> Result<Vec<Client>, sqlx::Error> {
+pub async fn list_clients(pool: &Db) -> Result<Vec<Client>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT client_id, name, scopes, disabled, introspect FROM clients ORDER BY created_at",
     )
@@ -122,7 +123,7 @@ struct AssertionClaims {
 /// The `client_credentials` grant (SMART Backend Services): verify the client assertion, then issue
 /// a short-lived access token for the requested scopes the client is registered for.
 pub async fn client_credentials(
-    pool: &PgPool,
+    pool: &Db,
     clock: &dyn Clock,
     token_url: &str,
     form: &[(String, String)],
@@ -199,7 +200,7 @@ fn covers(r: &Scope, s: &Scope) -> bool {
 
 /// Verify a `private_key_jwt` client assertion; returns the client id.
 async fn verify_assertion(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     token_url: &str,
     assertion: &str,
@@ -345,7 +346,7 @@ pub struct Binding<'a> {
 
 /// Issue an operator's access token (the console's sign-in): bound to no client.
 pub async fn issue(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     subject: &str,
     role: Role,
@@ -366,7 +367,7 @@ pub async fn issue(
 
 /// Issue an access token bound to a client and, for user apps, a refresh family.
 pub async fn issue_bound(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     subject: &str,
     role: Role,
@@ -431,7 +432,7 @@ const LIVE_TOKEN: &str = "t.revoked_at IS NULL AND t.expires_at > $1
 
 /// Look up a bearer token: `None` unless it is live (see [`LIVE_TOKEN`]).
 pub async fn lookup(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     token: &str,
 ) -> Result<Option<TokenInfo>, sqlx::Error> {
@@ -503,7 +504,7 @@ pub enum IntrospectError {
 /// not inherit this), or a backend client registered with `introspect`. Anyone else learns nothing,
 /// not even whether the token is active. `Ok(None)` is an inactive token.
 pub async fn introspect(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     caller: &TokenInfo,
     token: &str,
@@ -528,7 +529,7 @@ pub async fn introspect(
 
 /// Revoke a token (RFC 7009): takes effect on the next request. Unknown tokens are not an error.
 /// A refresh token ends with its whole family (every token rotated from the same sign-in).
-pub async fn revoke(pool: &PgPool, now: DateTime<Utc>, token: &str) -> Result<(), sqlx::Error> {
+pub async fn revoke(pool: &Db, now: DateTime<Utc>, token: &str) -> Result<(), sqlx::Error> {
     let hash = sha256(token.as_bytes());
     for sql in [
         "UPDATE access_tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
@@ -556,7 +557,7 @@ pub struct ActiveToken {
 }
 
 pub async fn active_tokens(
-    pool: &PgPool,
+    pool: &Db,
     now: DateTime<Utc>,
     subject: Option<&str>,
     sessions: &crate::identity::authorize::SessionPolicy,
@@ -638,5 +639,131 @@ mod tests {
             &p("system/Observation.rs"),
             &p("system/Patient.rs")
         ));
+    }
+}
+
+/// The access tokens this process has verified, so that a request with a token seen before
+/// makes no database query for it. Correct only while this process hears every change that could
+/// end a token's life: the database tells (migration 0022: a NOTIFY on `carapace_tokens` from
+/// triggers on `access_tokens`, `refresh_tokens` and `clients`, whoever changes them), and
+/// [`TokenCache::follow`] forgets everything when told — and, while it is not listening (not yet
+/// connected, or the connection lost), the cache is off: every lookup goes to the database.
+/// An entry also ends with its token's expiry and after [`TokenCache::MAX_AGE`] at most.
+///
+/// Hand-written: a map behind a mutex is all it takes (moka or quick_cache would add eviction
+/// policies this does not need: a full cache is simply emptied, and refilled by the next lookups).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (TokenInfo, std::time::Instant)>>,
+    /// Whether the listener is subscribed: entries are used and kept only then.
+    listening: std::sync::atomic::AtomicBool,
+    /// Bumped by every forgetting: a lookup that began before one does not keep its answer.
+    generation: std::sync::atomic::AtomicU64,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+impl TokenCache {
+    /// An entry is looked up again after this long, told or not.
+    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Past this many entries the cache is emptied (tokens are 5-minute ones: a burst of new
+    /// clients costs one query each, as without a cache).
+    pub const MAX_ENTRIES: usize = 100_000;
+    /// The channel migration 0022's triggers notify.
+    pub const CHANNEL: &'static str = "carapace_tokens";
+
+    /// [`lookup`], answered from memory when this process verified the token before and has
+    /// heard of no change since.
+    pub async fn lookup(
+        &self,
+        pool: &Db,
+        now: DateTime<Utc>,
+        token: &str,
+    ) -> Result<Option<TokenInfo>, sqlx::Error> {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        if token.is_empty() || token.len() > 512 {
+            return Ok(None);
+        }
+        let hash = sha256(token.as_bytes());
+        if self.listening.load(SeqCst) {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((info, at)) = entries.get(&hash) {
+                if info.expires_at > now && at.elapsed() < Self::MAX_AGE {
+                    self.hits.fetch_add(1, Relaxed);
+                    return Ok(Some(info.clone()));
+                }
+            }
+        }
+        self.misses.fetch_add(1, Relaxed);
+        let generation = self.generation.load(SeqCst);
+        let info = lookup(pool, now, token).await?;
+        if let Some(info) = &info {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            // Kept only if nothing was forgotten while the database answered.
+            if self.listening.load(SeqCst) && self.generation.load(SeqCst) == generation {
+                if entries.len() >= Self::MAX_ENTRIES {
+                    entries.clear();
+                }
+                entries.insert(hash, (info.clone(), std::time::Instant::now()));
+            }
+        }
+        Ok(info)
+    }
+
+    /// Forget every entry (a token may have ended).
+    pub fn forget_all(&self) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.clear();
+    }
+
+    /// Lookups answered from memory, and from the database.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
+    /// Whether entries are in use (the listener is subscribed).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Listen on `connect` (a direct connection: a transaction-mode pooler cannot keep a
+    /// LISTEN) for the life of the process: on, once subscribed; every notification forgets
+    /// all; a lost connection turns the cache off (and forgets all) until it is back.
+    pub async fn follow(self: std::sync::Arc<Self>, connect: sqlx::postgres::PgConnectOptions) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            match sqlx::postgres::PgListener::connect_with(
+                &sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(connect.clone()),
+            )
+            .await
+            {
+                Ok(mut listener) => match listener.listen(Self::CHANNEL).await {
+                    Ok(()) => {
+                        self.forget_all();
+                        self.listening.store(true, SeqCst);
+                        // `try_recv` is `Ok(None)` once the connection is lost.
+                        while let Ok(Some(_)) = listener.try_recv().await {
+                            self.forget_all();
+                        }
+                        self.listening.store(false, SeqCst);
+                        self.forget_all();
+                        tracing::warn!(
+                            "lost the token-revocation listener; tokens are checked in the \
+                             database until it is back"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN for token revocations failed"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "connecting the token-revocation listener failed")
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 }

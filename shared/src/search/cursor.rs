@@ -6,7 +6,7 @@ use super::query::{BadSearch, SearchQuery};
 use crate::crypto::{self, Dek};
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct Cursor {
     /// Digest of the query the cursor belongs to.
     pub(crate) q: String,

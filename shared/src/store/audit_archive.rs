@@ -125,7 +125,7 @@ impl Store {
                 cfg.audit_days
             )));
         }
-        self.chain_audit().await?;
+        self.chain_audit_with(true).await?;
         let cutoff = now - chrono::Duration::days(i64::from(cfg.audit_days));
         // The keys first: the run's one connection is then all it needs (a pool of one works).
         let keys = match dry_run {

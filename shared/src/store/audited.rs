@@ -145,11 +145,30 @@ impl Store {
     /// Chain the audit events committed since the last run, in batches, until none wait (see
     /// [`audit::chain_pending`]). The server runs it continually; `audit verify` first.
     pub async fn chain_audit(&self) -> Result<u64, StoreError> {
+        self.chain_audit_with(false).await
+    }
+
+    /// [`Store::chain_audit`]; if `wait`, waiting for another node's chainer to finish first
+    /// (then chaining what it left).
+    pub(super) async fn chain_audit_with(&self, wait: bool) -> Result<u64, StoreError> {
         self.load_audit_key().await?;
         let keys = self.audit.keys().ok_or(StoreError::Integrity)?;
         let mut chained = 0;
         loop {
             let mut tx = self.begin_internal().await?;
+            // One chainer at a time, whichever nodes run one: the others find the lock taken and
+            // leave the queue to it (rather than queue behind its lock on the chain's head, a
+            // connection each). A transaction lock: safe behind a transaction-mode pooler.
+            let mine: bool = sqlx::query_scalar(if wait {
+                "SELECT true FROM (SELECT pg_advisory_xact_lock(hashtextextended('carapace-audit-chain', 0))) l"
+            } else {
+                "SELECT pg_try_advisory_xact_lock(hashtextextended('carapace-audit-chain', 0))"
+            })
+            .fetch_one(&mut *tx)
+            .await?;
+            if !mine {
+                return Ok(chained);
+            }
             let n = audit::chain_pending(&mut tx, keys).await?;
             tx.commit().await?;
             chained += n;
@@ -166,7 +185,7 @@ impl Store {
         anchor: Option<&(i64, Vec<u8>)>,
         progress: impl FnMut(u64, u64),
     ) -> Result<audit::ChainReport, StoreError> {
-        self.chain_audit().await?;
+        self.chain_audit_with(true).await?;
         let key = self.audit_key().await?;
         Ok(audit::verify_chain(&self.pool, &key, anchor, progress).await?)
     }

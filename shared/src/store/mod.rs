@@ -8,10 +8,10 @@ use crate::clock::Clock;
 use crate::crypto::dek_cache::DekCache;
 use crate::crypto::dek_cache::DekCacheConfig;
 use crate::crypto::keys::{KeyError, KeyProvider};
+use crate::db::Db;
 use crate::fhir::validate::Issue;
 use crate::fhir::ResourceType;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use std::sync::Arc;
 
 /// The query of [`head_row`] (a macro, so that its locking form is a constant too).
@@ -159,7 +159,7 @@ pub use history::{HistoryEntry, HistoryPage};
 pub use write::{Created, Deleted, Updated};
 
 pub struct Store {
-    pool: PgPool,
+    pool: Db,
     keys: Arc<KeyProvider>,
     cache: DekCache,
     clock: Arc<dyn Clock>,
@@ -191,6 +191,10 @@ pub struct Store {
     binary_json_limit: u64,
     /// FHIR-JSON Binary reads at once (each holds its content, and its base64, in memory).
     binary_json_slots: tokio::sync::Semaphore,
+    /// A streaming replica that serves searches, and how long a search waits for it to catch up.
+    replica: Option<(Db, std::time::Duration)>,
+    /// Searches the replica served, and those it could not (behind, or failed): for monitoring.
+    replica_searches: [std::sync::atomic::AtomicU64; 2],
 }
 
 type ConsentRules = std::sync::Mutex<
@@ -205,14 +209,14 @@ const MAX_FILL_ROUNDS: usize = 8;
 
 impl Store {
     pub fn new(
-        pool: PgPool,
+        pool: Db,
         keys: Arc<KeyProvider>,
         cache: DekCacheConfig,
         clock: Arc<dyn Clock>,
         policy: crate::access::policy::PolicyConfig,
     ) -> Store {
         let audit = AuditWriter::start(pool.clone());
-        let conditional_slots = (pool.options().get_max_connections() as usize / 2).max(1);
+        let conditional_slots = (pool.max_connections() as usize / 2).max(1);
         Store {
             pool,
             keys,
@@ -238,7 +242,25 @@ impl Store {
             binary_limit: 1 << 30,
             binary_json_limit: 12 << 20,
             binary_json_slots: tokio::sync::Semaphore::new(4),
+            replica: None,
+            replica_searches: Default::default(),
         }
+    }
+
+    /// The store running searches on `replica` once it has caught up with the primary, waiting
+    /// at most `wait` for it.
+    pub fn with_replica(mut self, replica: Db, wait: std::time::Duration) -> Store {
+        self.replica = Some((replica, wait));
+        self
+    }
+
+    /// Searches served by the replica, and searches that fell back to the primary.
+    pub fn replica_searches(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.replica_searches[0].load(Relaxed),
+            self.replica_searches[1].load(Relaxed),
+        )
     }
 
     /// The store taking Binary contents up to `limit` bytes (at most [`MAX_BINARY_LIMIT`]), and
@@ -271,7 +293,7 @@ impl Store {
         self.sign_in
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Db {
         &self.pool
     }
 

@@ -601,8 +601,63 @@ impl Store {
         self.begin_with(&RowReach::everything()).await
     }
 
+    /// A transaction for a search: on the replica, when there is one and it has replayed the
+    /// primary's WAL as far as the primary had flushed it when the search began — so a client
+    /// finds what it wrote before, whichever node served the write — else on the primary. The
+    /// boolean says which.
+    pub(super) async fn begin_search(
+        &self,
+        reach: &RowReach,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, bool), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some((replica, wait)) = &self.replica {
+            match self.caught_up_replica(replica, *wait, reach).await {
+                Ok(Some(tx)) => {
+                    self.replica_searches[0].fetch_add(1, Relaxed);
+                    return Ok((tx, true));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "the replica failed; searching the primary"),
+            }
+            self.replica_searches[1].fetch_add(1, Relaxed);
+        }
+        Ok((self.begin_with(reach).await?, false))
+    }
+
+    /// A transaction on `replica` once it has replayed what the primary has flushed now, or
+    /// `None` if it has not within `wait`.
+    async fn caught_up_replica(
+        &self,
+        replica: &crate::db::Db,
+        wait: std::time::Duration,
+        reach: &RowReach,
+    ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, sqlx::Error> {
+        // Every write acknowledged before this search began is at or before this position.
+        let target: String = sqlx::query_scalar("SELECT pg_current_wal_flush_lsn()::text")
+            .fetch_one(&self.pool)
+            .await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut tx = crate::db::begin_with_reach(replica, reach).await?;
+            // NULL (not a standby at all) counts as behind.
+            let replayed: Option<bool> =
+                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                    .bind(&target)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if replayed == Some(true) {
+                return Ok(Some(tx));
+            }
+            drop(tx);
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// `BEGIN` with the row-level-security settings of `reach` ([`crate::db::begin_with_reach`]).
-    async fn begin_with(
+    pub(super) async fn begin_with(
         &self,
         reach: &RowReach,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {

@@ -159,49 +159,78 @@ impl Store {
                     None => None,
                 };
                 let now = self.clock.now().timestamp_millis();
-                // One transaction for the whole search, under the caller's row-level security; it only
-                // reads, so it is dropped (rolled back with the connection's next statement).
-                let mut tx = self.begin_for(ctx).await?;
-                if query.summary == Summary::Count {
-                    return Ok(SearchResult {
-                        matches: vec![],
-                        included: vec![],
-                        total: Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?),
-                        next: None,
-                        previous: None,
-                    });
-                }
-                let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
-                let page = if by_value {
-                    self.page_sorted_in_memory(&mut tx, &plan, query, &keys, &digest, cursor, now)
-                        .await?
-                } else {
-                    self.page_by_keyset(&mut tx, &plan, query, &keys, &digest, cursor, now)
-                        .await?
-                };
-                let (matches, next, previous) = (page.matches, page.next, page.previous);
-                let total = match (query.total, page.total) {
-                    (Total::None, _) => None,
-                    (_, Some(n)) => Some(n),
-                    // A page past the last match (the data changed under a cursor) counts on its own.
-                    (_, None) => {
-                        Some(count_matches(&mut tx, &plan, &keys.index, query, now).await?)
+                // One transaction for the whole search, under the caller's row-level security, on
+                // the replica when it has caught up; it only reads, so it is dropped (rolled back
+                // with the connection's next statement).
+                let reach = plan.row_reach();
+                let (mut tx, on_replica) = self.begin_search(&reach).await?;
+                match self
+                    .search_in(&mut tx, ctx, &plan, query, &keys, &digest, cursor.clone(), now)
+                    .await
+                {
+                    // A standby may cancel a query that conflicts with what it replays: the
+                    // primary answers instead.
+                    Err(StoreError::Database(e)) if on_replica => {
+                        tracing::warn!(error = %e, "a search failed on the replica; searching the primary");
+                        drop(tx);
+                        let mut tx = self.begin_with(&reach).await?;
+                        self.search_in(&mut tx, ctx, &plan, query, &keys, &digest, cursor, now)
+                            .await
                     }
-                };
-                let included = self.includes(&mut tx, ctx, &plan, query, &matches).await?;
-                drop(tx);
-                Ok(SearchResult {
-                    matches,
-                    included,
-                    total,
-                    next,
-                    previous,
-                })
+                    page => page,
+                }
             }
             .await,
             patients,
         )
         .await
+    }
+
+    /// One search page (or count) in `tx`.
+    #[allow(clippy::too_many_arguments)]
+    async fn search_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        ctx: &AccessContext,
+        plan: &Plan,
+        query: &SearchQuery,
+        keys: &SearchKeys,
+        digest: &str,
+        cursor: Option<Cursor>,
+        now: i64,
+    ) -> Result<SearchResult, StoreError> {
+        if query.summary == Summary::Count {
+            return Ok(SearchResult {
+                matches: vec![],
+                included: vec![],
+                total: Some(count_matches(&mut *tx, plan, &keys.index, query, now).await?),
+                next: None,
+                previous: None,
+            });
+        }
+        let by_value = query.sort.iter().any(|k| k.kind == SortKind::Value);
+        let page = if by_value {
+            self.page_sorted_in_memory(&mut *tx, plan, query, keys, digest, cursor, now)
+                .await?
+        } else {
+            self.page_by_keyset(&mut *tx, plan, query, keys, digest, cursor, now)
+                .await?
+        };
+        let (matches, next, previous) = (page.matches, page.next, page.previous);
+        let total = match (query.total, page.total) {
+            (Total::None, _) => None,
+            (_, Some(n)) => Some(n),
+            // A page past the last match (the data changed under a cursor) counts on its own.
+            (_, None) => Some(count_matches(&mut *tx, plan, &keys.index, query, now).await?),
+        };
+        let included = self.includes(&mut *tx, ctx, plan, query, &matches).await?;
+        Ok(SearchResult {
+            matches,
+            included,
+            total,
+            next,
+            previous,
+        })
     }
 
     /// The id and current version of the most recently written resource matching `query` that

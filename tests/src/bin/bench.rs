@@ -8,6 +8,9 @@
 //! duration, and printed beside it as hello's throughput and the workload's throughput and p50 as
 //! ratios of hello's: on a shared, noisy machine the ratios are what compare between runs.
 //!
+//! With `wrk` installed (Debian package `wrk`), the read by id at 1 and 32 connections is also
+//! measured with it, the load generator of issue 19's figures, against both servers.
+//!
 //! Run: `cargo build --release --workspace --bins && target/release/bench [--seconds N]
 //! [--integrity on|off]`.
 
@@ -319,6 +322,22 @@ async fn main() -> anyhow::Result<()> {
             .await,
         );
     }
+    let wrk_rows = match wrk_available() {
+        true => {
+            let mut out = vec![];
+            for connections in [1, 32] {
+                eprintln!("wrk: read by id x{connections} (hello-server, then carapace-server)");
+                let hello_row = wrk(&hello.base, &system, &read_ids, connections, seconds)?;
+                let row = wrk(&server.base, &system, &read_ids, connections, seconds)?;
+                out.push((connections, row, hello_row));
+            }
+            out
+        }
+        false => {
+            eprintln!("wrk is not installed (Debian package wrk): its rows are left out");
+            vec![]
+        }
+    };
     let rss = server.pid().map(peak_rss_mb).unwrap_or(f64::NAN);
     let uncached_rss = uncached.pid().map(peak_rss_mb).unwrap_or(f64::NAN);
     let hello_rss = peak_rss_mb(hello.pid());
@@ -338,6 +357,18 @@ async fn main() -> anyhow::Result<()> {
             vs_hello(&r.timing, &r.hello)
         );
     }
+    if !wrk_rows.is_empty() {
+        println!("\nThe same read by id from `wrk` (2 threads, keep-alive connections):\n");
+        println!("| workload | connections | throughput (req/s) | p50 (ms) | non-2xx | hello (req/s) | hello p50 (ms) | throughput / hello |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (connections, row, hello_row) in &wrk_rows {
+            println!(
+                "| read by id (wrk) | {connections} | {:.0} | {:.3} | {} | {:.0} | {:.3} | {:.3} |",
+                row.rate, row.p50_ms, row.non_2xx, hello_row.rate, hello_row.p50_ms,
+                row.rate / hello_row.rate
+            );
+        }
+    }
     let hello_errors: usize = rows.iter().map(|r| r.hello.errors).sum();
     println!(
         "\nserver peak RSS (VmHWM): {rss:.1} MB (the uncached server: {uncached_rss:.1} MB); hello-server peak RSS: {hello_rss:.1} MB; {} cores; {} s per workload and server",
@@ -352,4 +383,84 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `wrk` measured.
+struct WrkRow {
+    rate: f64,
+    p50_ms: f64,
+    non_2xx: u64,
+}
+
+fn wrk_available() -> bool {
+    std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
+/// `wrk` reading the observations `ids` by id (a Lua script takes each request's path from
+/// them in turn) at `base` over `connections` connections for `seconds`.
+fn wrk(
+    base: &str,
+    auth: &str,
+    ids: &[String],
+    connections: usize,
+    seconds: f64,
+) -> anyhow::Result<WrkRow> {
+    let dir = tempfile::tempdir()?;
+    let path = base
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+        .unwrap_or_default();
+    let list: Vec<String> = ids
+        .iter()
+        .map(|id| format!("\"{path}/Observation/{id}\""))
+        .collect();
+    let script = format!(
+        "local paths = {{{}}}\nlocal n = 0\nrequest = function()\n  n = n + 1\n  \
+         return wrk.format(\"GET\", paths[(n % #paths) + 1])\nend\n",
+        list.join(",")
+    );
+    let lua = dir.path().join("reads.lua");
+    std::fs::write(&lua, script)?;
+    let out = std::process::Command::new("wrk")
+        .arg(format!("-t{}", connections.min(2)))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{}s", seconds.ceil() as u64))
+        .args(["--latency", "-H"])
+        .arg(format!("Authorization: {auth}"))
+        .args(["-H", "Accept: application/fhir+json", "-s"])
+        .arg(&lua)
+        .arg(base)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    anyhow::ensure!(out.status.success(), "wrk failed: {text}");
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+    };
+    let rate = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Requests/sec in: {text}"))?;
+    let p50_ms = field("50%")
+        .map(|v| {
+            let (number, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+            let n: f64 = number.parse().unwrap_or(f64::NAN);
+            match unit {
+                "us" => n / 1000.0,
+                "ms" => n,
+                "s" => n * 1000.0,
+                _ => f64::NAN,
+            }
+        })
+        .unwrap_or(f64::NAN);
+    let non_2xx = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(WrkRow {
+        rate,
+        p50_ms,
+        non_2xx,
+    })
 }
