@@ -12,7 +12,7 @@ use std::time::Duration;
 async fn admin_token(data_dir: &Path) -> String {
     let pool = embedded_pool(data_dir).await;
     let token = carapace_core::identity::tokens::issue(
-        &pool,
+        &pool.clone().into(),
         chrono::Utc::now(),
         "drill.admin",
         carapace_core::access::Role::Admin,
