@@ -364,11 +364,7 @@ async fn main() -> anyhow::Result<()> {
         for (connections, row, hello_row) in &wrk_rows {
             println!(
                 "| read by id (wrk) | {connections} | {:.0} | {:.3} | {} | {:.0} | {:.3} | {:.3} |",
-                row.rate,
-                row.p50_ms,
-                row.non_2xx,
-                hello_row.rate,
-                hello_row.p50_ms,
+                row.rate, row.p50_ms, row.non_2xx, hello_row.rate, hello_row.p50_ms,
                 row.rate / hello_row.rate
             );
         }
