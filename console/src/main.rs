@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 
 mod audit_archive;
+mod backup;
 
 /// Carapace administrator console. Configuration comes from the same CARAPACE_* environment
 /// variables as the server (see `carapace-server --help`). Without CARAPACE_DATABASE_URL or a
@@ -113,6 +114,28 @@ enum Command {
     /// Hard-delete every non-current version of one resource (`Type/id`), for minimisation; the
     /// current version stays. Refused under a legal hold; audited.
     Expunge { reference: String },
+    /// Back up the embedded cluster into its encrypted pgBackRest repository
+    /// (CARAPACE_BACKUP_DIR): full, or `--incremental`; `--list` shows the backups. Audited.
+    Backup {
+        /// Only what changed since the last backup (pgBackRest takes a full one if none exists).
+        #[arg(long, conflicts_with = "list")]
+        incremental: bool,
+        /// List the backups in the repository instead of taking one.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Restore the embedded cluster as it was at a time (point-in-time recovery) into a fresh
+    /// data directory, with the key material it needs; then start carapace-server on it. Needs
+    /// the repository and key provider, not a running database; the restore is audited in the
+    /// restored database, under the operator signed in there.
+    Restore {
+        /// The time to restore to, RFC 3339 (`2026-12-02T01:30:00Z`).
+        #[arg(long, value_name = "TIME")]
+        to: String,
+        /// The new data directory (missing or empty).
+        #[arg(long, value_name = "DIR")]
+        into: std::path::PathBuf,
+    },
 }
 
 /// Bulk Data `$export` jobs (not the audit trail's CSV export, which is the full-screen console's).
@@ -306,6 +329,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    if let Some(Command::Restore { to, into }) = &cli.command {
+        // No database needs to run for a restore: it signs in against the restored one.
+        return backup::restore(&config, to, into).await;
+    }
     let core = Core::open_console(&config).await.context("connecting")?;
     let Some(command) = cli.command else {
         return Ok(());
@@ -369,6 +396,11 @@ async fn dispatch(core: &Core, config: &Config, command: Command) -> anyhow::Res
             lifecycle::retention(&core.store, &ctx, &config.retention, command).await
         }
         Command::Expunge { reference } => lifecycle::expunge(&core.store, &ctx, &reference).await,
+        Command::Backup { list: true, .. } => backup::list(core, config, &ctx).await,
+        Command::Backup { incremental, .. } => {
+            backup::backup(core, config, &ctx, incremental).await
+        }
+        Command::Restore { .. } => bail!("a restore runs before the console opens a database"),
         Command::Export {
             command: ExportCommand::List,
         } => export_list(core, &ctx).await,
@@ -430,7 +462,7 @@ fn prompt(what: &str, env: &str, secret: bool) -> anyhow::Result<String> {
 }
 
 /// Authenticate the operator: an admin token, or username + password + TOTP.
-async fn operator(core: &Core) -> anyhow::Result<AccessContext> {
+pub(crate) async fn operator(core: &Core) -> anyhow::Result<AccessContext> {
     if let Ok(token) = std::env::var("CARAPACE_ADMIN_TOKEN") {
         let info = tokens::lookup(core.store.pool(), core.store.now(), token.trim())
             .await?

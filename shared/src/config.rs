@@ -28,6 +28,8 @@ pub struct Config {
     pub replica_wait: Duration,
     /// `CARAPACE_DATA_DIR` (default `./carapace-data`): embedded cluster and file key provider.
     pub data_dir: PathBuf,
+    /// `CARAPACE_BACKUP_DIR`: the embedded cluster's backup repository (`None`: under `data_dir`).
+    pub backup_dir: Option<PathBuf>,
     /// `CARAPACE_LISTEN` (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
     /// `CARAPACE_BASE_URL`: the public FHIR base, used in `Location` and links.
@@ -486,9 +488,11 @@ impl Config {
                 )
             }
         };
+        let backup_dir = env.text("CARAPACE_BACKUP_DIR")?.map(PathBuf::from);
         Ok(Config {
             rate_limits: rate_limits(&env)?,
             metrics: metrics_config(&env)?,
+            backup_dir,
             retention,
             deid_rules,
             export,

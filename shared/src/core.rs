@@ -4,10 +4,11 @@
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::crypto::keys::{FileKeyring, KeyError, KeyProvider, VaultTransit};
+use crate::db::backup::{BackupError, Repository};
 use crate::db::embedded::{self, Cluster};
 use crate::db::Db;
 use crate::store::Store;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use std::str::FromStr;
@@ -37,6 +38,8 @@ pub enum OpenError {
     Keys(#[from] KeyError),
     #[error("CARAPACE_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     BadUrl(String),
+    #[error("backups: {0}")]
+    Backup(#[from] crate::db::backup::BackupError),
 }
 
 /// The database role a process works as once the migrations have run (as the owner): the
@@ -92,22 +95,9 @@ impl Core {
         clock: Arc<dyn Clock>,
         role: DbRole,
     ) -> Result<Core, OpenError> {
-        let (pool, replica, cluster, direct) = connect(config, role).await?;
-        let (keys, embedded_keys) = match &config.vault {
-            Some(vault) => (
-                KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)),
-                false,
-            ),
-            None => {
-                embedded::create_data_dir(&config.data_dir)
-                    .map_err(|e| KeyError::Other(e.to_string()))?;
-                (
-                    KeyProvider::File(FileKeyring::open_or_create(&config.data_dir)?),
-                    true,
-                )
-            }
-        };
+        let (keys, embedded_keys) = open_keys(config).await?;
         let keys = Arc::new(keys);
+        let (pool, replica, cluster, direct) = connect(config, role, &keys).await?;
         let mut store = Store::new(
             pool,
             keys.clone(),
@@ -139,9 +129,13 @@ impl Core {
 
     /// Keep [`Core::tokens`] in step with the database for the life of the process (the server
     /// calls it once): verified tokens are then answered from memory until any token may have
-    /// ended (migration 0022's notifications).
+    /// ended (migration 0020's notifications).
     pub fn follow_token_revocations(&self) {
-        tokio::spawn(self.tokens.clone().follow(self.direct.clone()));
+        tokio::spawn(
+            self.tokens
+                .clone()
+                .follow(self.direct.clone(), self.store.pool().clone()),
+        );
     }
 
     /// Close the pool and stop the embedded cluster, if any.
@@ -154,6 +148,52 @@ impl Core {
         }
     }
 }
+
+/// The key provider `config` names: Vault transit, or the file keyring in the data directory
+/// (`true`: the embedded default's).
+pub async fn open_keys(config: &Config) -> Result<(KeyProvider, bool), OpenError> {
+    Ok(match &config.vault {
+        Some(vault) => (
+            KeyProvider::Vault(Arc::new(VaultTransit::connect(vault.clone()).await?)),
+            false,
+        ),
+        None => {
+            embedded::create_data_dir(&config.data_dir)
+                .map_err(|e| KeyError::Other(e.to_string()))?;
+            (
+                KeyProvider::File(FileKeyring::open_or_create(&config.data_dir)?),
+                true,
+            )
+        }
+    })
+}
+
+/// The embedded cluster's backup repository and its passphrase (made at the first call), or why
+/// there is none ([`BackupError::External`] for a database given by URL).
+pub async fn backup_repository(
+    config: &Config,
+    keys: &KeyProvider,
+) -> Result<(Repository, SecretString), BackupError> {
+    if config.database_url.is_some() {
+        return Err(BackupError::External);
+    }
+    let repo = Repository::new(&config.data_dir, config.backup_dir.as_deref())?;
+    repo.write_config()?;
+    let passphrase = repo.passphrase(keys).await?;
+    Ok((repo, passphrase))
+}
+
+/// One session's pgAudit logging, set before anything else it runs: DDL and role changes only.
+/// The cluster logs every statement of every other session (a DBA's `psql`); the server's and
+/// console's own work would drown that, and is in the audit trail already. pgAudit reads the
+/// session's value whichever role is current, so it is set here, on the owner's connection
+/// before `SET ROLE` (`ALTER ROLE carapace_app SET ...` would never apply: role settings are
+/// read at login, and nobody logs in as `carapace_app`). Setting it needs a superuser (the
+/// embedded cluster's owner is one); on a database without pgAudit, or whose owner may not set
+/// it, this does nothing.
+const NARROW_PGAUDIT: &str = "SELECT CASE WHEN current_setting('pgaudit.log', true) IS NOT NULL \
+     AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+     THEN set_config('pgaudit.log', 'ddl, role', false) END";
 
 /// Where `options` connect, for a message: host, port, database and user, never the password.
 fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
@@ -178,6 +218,7 @@ fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
 async fn connect(
     config: &Config,
     role: DbRole,
+    keys: &KeyProvider,
 ) -> Result<(Db, Option<Db>, Option<Cluster>, PgConnectOptions), OpenError> {
     let (options, cluster) = match &config.database_url {
         Some(url) => (url_options(url)?, None),
@@ -188,13 +229,36 @@ async fn connect(
                 DbRole::App => embedded::Ownership::Exclusive,
                 DbRole::Console => embedded::Ownership::Shared,
             };
-            let cluster =
-                tokio::task::spawn_blocking(move || Cluster::start_as(&dir, None, ownership))
-                    .await
-                    .map_err(|e| embedded::EmbeddedError::Command {
-                        what: "starting PostgreSQL".into(),
-                        detail: e.to_string(),
-                    })??;
+            let backup = match backup_repository(config, keys).await {
+                Ok(backup) => Some(backup),
+                // Without pgBackRest (or on a path it cannot be given) the cluster still starts,
+                // loudly without archiving; `carapace-console backup` then says why.
+                Err(e) if e.unavailable() => {
+                    tracing::warn!("no WAL archiving and no backups: {e}");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let bin_dir = embedded::find_bin_dir().ok_or(embedded::EmbeddedError::NoBinaries)?;
+            let settings = match &backup {
+                Some((repo, passphrase)) => repo.settings(passphrase.clone(), &bin_dir),
+                None => embedded::Settings {
+                    pgaudit: embedded::has_pgaudit(&bin_dir),
+                    ..embedded::Settings::default()
+                },
+            };
+            let cluster = tokio::task::spawn_blocking(move || {
+                let cluster = Cluster::start_with(&dir, None, ownership, &settings)?;
+                if let Some((repo, passphrase)) = &backup {
+                    repo.ensure_stanza(passphrase)?;
+                }
+                Ok::<_, OpenError>(cluster)
+            })
+            .await
+            .map_err(|e| embedded::EmbeddedError::Command {
+                what: "starting PostgreSQL".into(),
+                detail: e.to_string(),
+            })??;
             cluster.ensure_database("carapace").await?;
             (cluster.connect_options("carapace"), Some(cluster))
         }
@@ -211,6 +275,7 @@ async fn connect(
             target: connect_target(&owner_options, cluster.is_some()),
             cause,
         })?;
+    sqlx::query(NARROW_PGAUDIT).execute(&mut owner).await?;
     MIGRATOR.run(&mut owner).await?;
     owner.close().await?;
     let pool = open_pool(config, role, options).await?;
@@ -260,6 +325,7 @@ async fn open_pool(
     let pool = pool_options
         .after_connect(move |conn, _| {
             Box::pin(async move {
+                sqlx::query(NARROW_PGAUDIT).execute(&mut *conn).await?;
                 // A fixed role name, not input.
                 sqlx::query(&format!("SET ROLE {}", role.name()))
                     .execute(conn)
@@ -269,5 +335,5 @@ async fn open_pool(
         })
         .connect_with(options)
         .await?;
-    Ok(Db::direct(pool))
+    Ok(Db::direct(pool, role.name()))
 }

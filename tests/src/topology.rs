@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 use crate::postgres::Postgres;
 use crate::processes::free_port;
 
+/// The user PostgreSQL's programs run as when the tests run as root (`None`: this process's).
+fn postgres_user() -> Option<(u32, u32)> {
+    carapace_core::db::embedded::cluster_user().expect("a `postgres` system user (running as root)")
+}
+
 /// `program` run as the user PostgreSQL runs as (this process's, unless it is root).
 fn as_postgres_user(program: impl AsRef<std::ffi::OsStr>, home: &Path) -> Command {
     let mut cmd = Command::new(program);
-    if let Some((uid, gid)) = carapace_core::db::embedded::unprivileged_user() {
+    if let Some((uid, gid)) = postgres_user() {
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(gid).env("HOME", home);
     }
@@ -29,7 +34,7 @@ fn owned_dir(parent: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = parent.join(name);
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    if let Some((uid, gid)) = carapace_core::db::embedded::unprivileged_user() {
+    if let Some((uid, gid)) = postgres_user() {
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
         // The temporary parent must be passable for that user.
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
@@ -166,14 +171,14 @@ impl PgBouncer {
             "[databases]\n{dbs}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
              unix_socket_dir =\nauth_type = trust\nauth_file = {home}/users.txt\n\
              pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n\
-             server_reset_query = DEALLOCATE ALL\nserver_reset_query_always = 1\n\
+             server_reset_query = DISCARD ALL\nserver_reset_query_always = 1\n\
              ignore_startup_parameters = extra_float_digits\nlogfile = {home}/pgbouncer.log\n\
              pidfile = {home}/pgbouncer.pid\n",
             home = home.display()
         );
         std::fs::write(home.join("pgbouncer.ini"), ini)?;
         std::fs::write(home.join("users.txt"), format!("\"{user}\" \"\"\n"))?;
-        if let Some((uid, gid)) = carapace_core::db::embedded::unprivileged_user() {
+        if let Some((uid, gid)) = postgres_user() {
             for f in ["pgbouncer.ini", "users.txt"] {
                 std::os::unix::fs::chown(home.join(f), Some(uid), Some(gid))?;
             }

@@ -456,6 +456,9 @@ fn stored_row(r: &sqlx::postgres::PgRow) -> Result<(Row<'static>, Option<Vec<u8>
 /// Chain the queued events, oldest first, in batches: lock the head, link each queued tag, record
 /// the links and advance the head in one transaction. Returns how many were chained. Tags are not
 /// checked here (only the queue is read); `verify_chain` recomputes each from its event.
+/// Events chained per transaction at most.
+pub const CHAIN_BATCH: u64 = 5000;
+
 pub async fn chain_pending(
     conn: &mut sqlx::PgConnection,
     keys: &AuditKeys,
@@ -465,10 +468,10 @@ pub async fn chain_pending(
         .await?;
     let mut seq: i64 = head.try_get("seq")?;
     let mut previous: Vec<u8> = head.try_get("link")?;
-    let rows =
-        sqlx::query("SELECT event_id, tag FROM audit_unchained ORDER BY event_id LIMIT 5000")
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows = sqlx::query("SELECT event_id, tag FROM audit_unchained ORDER BY event_id LIMIT $1")
+        .bind(CHAIN_BATCH as i64)
+        .fetch_all(&mut *conn)
+        .await?;
     if rows.is_empty() {
         return Ok(0);
     }

@@ -92,6 +92,14 @@ pub const SETTINGS: &[Setting] = &[
         "Embedded PostgreSQL cluster and development key file; the server and the console must \
          be given the same one (a relative path is relative to the working directory).",
     ),
+    setting(
+        "CARAPACE_BACKUP_DIR",
+        Means("`backup` under `CARAPACE_DATA_DIR`"),
+        "The embedded cluster's pgBackRest repository (encrypted; WAL is archived into it \
+         continuously) and its passphrase wrapped by the key provider. Put it on another disk \
+         or mount: under the data directory it is lost with it. Not used with \
+         `CARAPACE_DATABASE_URL` (that database's operator backs it up).",
+    ),
     secret(setting(
         "CARAPACE_DATABASE_URL",
         Means("embedded"),
@@ -105,7 +113,7 @@ pub const SETTINGS: &[Setting] = &[
         "CARAPACE_DATABASE_POOLER",
         Value("none"),
         "`transaction` when `CARAPACE_DATABASE_URL` goes through a pooler in transaction mode \
-         (PgBouncer `pool_mode = transaction`, with `server_reset_query = DEALLOCATE ALL` and \
+         (PgBouncer `pool_mode = transaction`, with `server_reset_query = DISCARD ALL` and \
          `server_reset_query_always = 1`): every transaction then sets its role and reach with \
          `SET LOCAL`, no statement runs outside a transaction, no prepared statement is reused. \
          Needs `CARAPACE_DATABASE_DIRECT_URL`.",

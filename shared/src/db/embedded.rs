@@ -182,6 +182,26 @@ pub struct Cluster {
 
 pub const SUPERUSER: &str = "carapace";
 
+/// What the embedded default adds to a plain cluster (the tests' clusters start without it).
+#[derive(Default)]
+pub struct Settings {
+    /// Continuous WAL archiving: `archive_mode = on` with this command (`%p` is the segment).
+    pub archive_command: Option<String>,
+    /// Load pgAudit (`shared_preload_libraries`), logging every statement by default; the server's
+    /// and console's sessions narrow it for themselves (`core.rs`).
+    pub pgaudit: bool,
+    /// Variables for the postmaster's environment, inherited by the archive and restore commands
+    /// it runs (the backup repository's passphrase). Never on a command line.
+    pub env: Vec<(&'static str, secrecy::SecretString)>,
+}
+
+/// Where Debian (and `pg_config --pkglibdir`) put a server's extension libraries: beside `bin/`.
+pub fn has_pgaudit(bin_dir: &Path) -> bool {
+    bin_dir
+        .parent()
+        .is_some_and(|v| v.join("lib/pgaudit.so").exists())
+}
+
 impl Cluster {
     /// Initialise (first time) and start a cluster under `data_dir`, listening on a unix socket only
     /// (or also on `127.0.0.1:tcp_port` when given, for tools such as `pg_dump` in tests).
@@ -196,12 +216,19 @@ impl Cluster {
         tcp_port: Option<u16>,
         ownership: Ownership,
     ) -> Result<Cluster, EmbeddedError> {
+        Cluster::start_with(data_dir, tcp_port, ownership, &Settings::default())
+    }
+
+    /// [`Cluster::start_as`] with the embedded default's [`Settings`] (archiving, pgAudit). A
+    /// cluster already running (attached, or adopted) keeps the settings it was started with.
+    pub fn start_with(
+        data_dir: &Path,
+        tcp_port: Option<u16>,
+        ownership: Ownership,
+        settings: &Settings,
+    ) -> Result<Cluster, EmbeddedError> {
         let bin_dir = find_bin_dir().ok_or(EmbeddedError::NoBinaries)?;
-        let run_as = if unsafe_is_root() {
-            Some(postgres_user().ok_or(EmbeddedError::NoUnprivilegedUser)?)
-        } else {
-            None
-        };
+        let run_as = cluster_user()?;
         create_data_dir(data_dir)?;
         let data_dir = std::fs::canonicalize(data_dir).map_err(at("resolving", data_dir))?;
         if let Some((uid, gid)) = run_as {
@@ -276,23 +303,85 @@ impl Cluster {
             return Ok(cluster);
         }
         let listen = if tcp_port.is_some() { "127.0.0.1" } else { "" };
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses='{listen}' -c port={port} -c unix_socket_directories='{}' \
              -c unix_socket_permissions=0700 -c max_connections=100 -c shared_buffers=256MB",
             cluster.socket_dir.display()
         );
+        if let Some(command) = &settings.archive_command {
+            // pg_ctl splits `-o` like a shell: the command is single-quoted, its quotes doubled.
+            options.push_str(&format!(
+                " -c wal_level=replica -c archive_mode=on -c archive_timeout=60 \
+                 -c archive_command='{}'",
+                command.replace('\'', "''")
+            ));
+        }
+        if settings.pgaudit {
+            // Everything by default: a DBA's psql session is logged statement by statement. The
+            // server's and console's sessions narrow it to DDL and role changes (`core.rs`).
+            // Catalog reads (psql's `\d`) are left out: they hold no PHI and would drown the rest.
+            options.push_str(
+                " -c shared_preload_libraries=pgaudit -c pgaudit.log=all \
+                 -c pgaudit.log_catalog=off -c pgaudit.log_relation=on",
+            );
+        }
         let log = cluster.pg_dir.join("server.log");
-        cluster.pg_ctl(&[
-            "start",
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            &log.display().to_string(),
-            "-o",
-            &options,
-        ])?;
+        let log = log.display().to_string();
+        let args = ["start", "-w", "-t", "60", "-l", &log, "-o", &options];
+        cluster.pg_ctl_with_env(&args, &settings.env)?;
         Ok(cluster)
+    }
+
+    /// The cluster's PostgreSQL data directory (`postgres/` under the data directory).
+    pub fn pg_dir(&self) -> &Path {
+        &self.pg_dir
+    }
+
+    /// `program` run as the cluster's own user (the unprivileged `postgres` when this process is
+    /// root), in the socket directory.
+    pub fn tool(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        self.as_owner(&mut cmd);
+        cmd
+    }
+
+    /// Wait until a cluster started in recovery (a point-in-time restore, `recovery.signal`)
+    /// has reached its target and promoted itself, for at most `limit`.
+    pub fn wait_for_promotion(&self, limit: std::time::Duration) -> Result<(), EmbeddedError> {
+        let started = std::time::Instant::now();
+        while self.pg_dir.join("recovery.signal").exists() {
+            if !self.is_running() {
+                return Err(EmbeddedError::Command {
+                    what: "recovery".into(),
+                    detail: format!(
+                        "PostgreSQL stopped before it finished ({})",
+                        self.log_tail()
+                    ),
+                });
+            }
+            if started.elapsed() > limit {
+                return Err(EmbeddedError::Command {
+                    what: "recovery".into(),
+                    detail: format!(
+                        "not finished after {} s ({})",
+                        limit.as_secs(),
+                        self.log_tail()
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// The last lines of the cluster's log, for an error message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.pg_dir.join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        format!(
+            "server log: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
     }
 
     fn initdb(&self) -> Result<(), EmbeddedError> {
@@ -333,26 +422,45 @@ impl Cluster {
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), EmbeddedError> {
+        self.pg_ctl_with_env(args, &[])
+    }
+
+    fn pg_ctl_with_env(
+        &self,
+        args: &[&str],
+        env: &[(&'static str, secrecy::SecretString)],
+    ) -> Result<(), EmbeddedError> {
         let mut all = vec!["-D".to_string(), self.pg_dir.display().to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        self.run("pg_ctl", &refs)
+        self.run_with_env("pg_ctl", &refs, env)
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(program));
-        if let Some((uid, gid)) = self.run_as {
-            use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(gid);
-            cmd.env("HOME", &self.pg_dir);
-        }
+        self.tool(&self.bin_dir.join(program))
+    }
+
+    fn as_owner(&self, cmd: &mut Command) {
+        run_as_cluster_user(cmd, self.run_as, &self.pg_dir);
         cmd.current_dir(&self.socket_dir);
-        cmd
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<(), EmbeddedError> {
-        let out = self
-            .command(program)
+        self.run_with_env(program, args, &[])
+    }
+
+    fn run_with_env(
+        &self,
+        program: &str,
+        args: &[&str],
+        env: &[(&'static str, secrecy::SecretString)],
+    ) -> Result<(), EmbeddedError> {
+        use secrecy::ExposeSecret;
+        let mut command = self.command(program);
+        for (name, value) in env {
+            command.env(name, value.expose_secret());
+        }
+        let out = command
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -382,13 +490,7 @@ impl Cluster {
                 detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
             }
             if program == "pg_ctl" {
-                let log =
-                    std::fs::read_to_string(self.pg_dir.join("server.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                detail.push_str(&format!(
-                    " (server log: {})",
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                ));
+                detail.push_str(&format!(" ({})", self.log_tail()));
             }
             Err(EmbeddedError::Command {
                 what: program.into(),
@@ -461,6 +563,46 @@ impl Drop for Cluster {
     }
 }
 
+/// The user a cluster runs as: `None` for this process's own, or the unprivileged `postgres`
+/// system user's (uid, gid) when this process is root (initdb refuses root).
+pub fn cluster_user() -> Result<Option<(u32, u32)>, EmbeddedError> {
+    if unsafe_is_root() {
+        Ok(Some(
+            postgres_user().ok_or(EmbeddedError::NoUnprivilegedUser)?,
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
+/// `path` (made if missing) with `mode`, owned by the cluster's `user` ([`cluster_user`]): for
+/// what tools running as that user write beside the cluster (pgBackRest's repository and logs).
+pub fn own_path(path: &Path, mode: u32, user: Option<(u32, u32)>) -> Result<(), EmbeddedError> {
+    if !path.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(at("creating", path))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(at("setting the mode of", path))?;
+    if let Some((uid, gid)) = user {
+        chown(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+/// `cmd` set to run as the cluster's `user` ([`cluster_user`]), with `home` as its HOME.
+pub fn run_as_cluster_user(cmd: &mut Command, user: Option<(u32, u32)>, home: &Path) {
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
+        cmd.env("HOME", home);
+    }
+}
+
 fn unsafe_is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -477,16 +619,6 @@ fn postgres_user() -> Option<(u32, u32)> {
             None
         }
     })
-}
-
-/// The uid and gid PostgreSQL's programs run as when this process is root (the `postgres` system
-/// user), or `None` when it is not root (they run as this process's user).
-pub fn unprivileged_user() -> Option<(u32, u32)> {
-    if unsafe_is_root() {
-        postgres_user()
-    } else {
-        None
-    }
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), EmbeddedError> {

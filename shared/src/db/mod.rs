@@ -2,6 +2,7 @@
 //! Every query is the core's; `server/` and `console/` do not depend on sqlx (`tests/run` fails
 //! the build if they do) and pass database errors along only to ask [`failure`] what they mean.
 
+pub mod backup;
 pub mod embedded;
 
 use crate::access::policy::RowReach;
@@ -106,24 +107,33 @@ async fn begin_as(
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: sqlx::PgPool,
-    /// `Some(role)` behind a transaction-mode pooler: the role each transaction sets.
-    role_per_transaction: Option<&'static str>,
+    /// The role every transaction sets (`SET LOCAL ROLE`), whatever its connection's session
+    /// says: a connection that somehow kept another role (a pooler misconfigured, a session
+    /// `SET` someone made through it) still works as this one. `None` only for
+    /// [`Db::from`] a bare pool (tests and tools working as the URL's user).
+    role: Option<&'static str>,
+    /// Behind a transaction-mode pooler: a lone statement runs in a transaction of its own.
+    pooled: bool,
 }
 
 impl Db {
-    /// A pool whose connections took their role as they connected.
-    pub fn direct(pool: sqlx::PgPool) -> Db {
+    /// A pool whose connections took `role` as they connected (and whose transactions set it
+    /// again).
+    pub fn direct(pool: sqlx::PgPool, role: &'static str) -> Db {
         Db {
             pool,
-            role_per_transaction: None,
+            role: Some(role),
+            pooled: false,
         }
     }
 
-    /// A pool behind a transaction-mode pooler: every transaction sets `role`.
+    /// A pool behind a transaction-mode pooler: every transaction sets `role`, and nothing runs
+    /// outside a transaction.
     pub fn pooled(pool: sqlx::PgPool, role: &'static str) -> Db {
         Db {
             pool,
-            role_per_transaction: Some(role),
+            role: Some(role),
+            pooled: true,
         }
     }
 
@@ -133,12 +143,12 @@ impl Db {
     }
 
     /// `begin`: a `BEGIN` statement, possibly followed by `SET LOCAL`s (one simple-query
-    /// message: one round trip); behind a pooler, the role is set first.
+    /// message: one round trip); the role is set first.
     pub(crate) async fn begin_with(
         &self,
         begin: &str,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        match self.role_per_transaction {
+        match self.role {
             None => self.pool.begin_with(begin.to_string()).await,
             Some(role) => {
                 let (first, rest) = begin.split_once(';').unwrap_or((begin, ""));
@@ -157,7 +167,7 @@ impl Db {
 
     /// Whether transactions set their role (a transaction-mode pooler is in front).
     pub fn behind_pooler(&self) -> bool {
-        self.role_per_transaction.is_some()
+        self.pooled
     }
 
     pub fn max_connections(&self) -> u32 {
@@ -175,8 +185,13 @@ impl Db {
 }
 
 impl From<sqlx::PgPool> for Db {
+    /// A bare pool, working as its URL's user (tests, tools): transactions set no role.
     fn from(pool: sqlx::PgPool) -> Db {
-        Db::direct(pool)
+        Db {
+            pool,
+            role: None,
+            pooled: false,
+        }
     }
 }
 
@@ -195,7 +210,7 @@ impl<'c> sqlx::Executor<'c> for &'c Db {
         E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
     {
         use futures_util::{StreamExt, TryStreamExt};
-        if self.role_per_transaction.is_none() {
+        if !self.pooled {
             return (&self.pool).fetch_many(query);
         }
         // In a transaction of its own; the results are collected first, as `fetch_all`,
@@ -220,7 +235,7 @@ impl<'c> sqlx::Executor<'c> for &'c Db {
         'c: 'e,
         E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
     {
-        if self.role_per_transaction.is_none() {
+        if !self.pooled {
             return (&self.pool).fetch_optional(query);
         }
         Box::pin(async move {
@@ -231,6 +246,7 @@ impl<'c> sqlx::Executor<'c> for &'c Db {
         })
     }
 
+    // Preparing and describing only parse (nothing of the core calls them): on the pool.
     fn prepare_with<'e, 'q: 'e>(
         self,
         sql: &'q str,
@@ -251,4 +267,17 @@ impl<'c> sqlx::Executor<'c> for &'c Db {
     {
         (&self.pool).describe(sql)
     }
+}
+
+/// A LISTEN connection to `connect` (a direct one: a transaction-mode pooler cannot keep a
+/// LISTEN), reconnecting as sqlx's listener does.
+pub(crate) async fn listener(
+    connect: &sqlx::postgres::PgConnectOptions,
+) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    sqlx::postgres::PgListener::connect_with(
+        &sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(connect.clone()),
+    )
+    .await
 }

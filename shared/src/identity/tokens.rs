@@ -1,8 +1,9 @@
 //! SMART on FHIR authorization: registered backend clients, the `client_credentials` grant with
 //! `private_key_jwt` client assertions (RS384, ES384), and opaque access tokens.
 //!
-//! Access tokens are opaque: 256 random bits, base64url, stored only as their SHA-256, looked up on
-//! every request. Revocation is therefore immediate, and a database dump yields no usable token.
+//! Access tokens are opaque: 256 random bits, base64url, stored only as their SHA-256, looked up in
+//! the database when a server first sees them and then kept in its [`TokenCache`] until any token
+//! may have ended (the database notifies every server). A database dump yields no usable token.
 //! A token names the client it was issued to and, from the authorization-code flow, its refresh
 //! family; [`lookup`] refuses it once that client is disabled or that family revoked.
 //!
@@ -644,7 +645,7 @@ mod tests {
 
 /// The access tokens this process has verified, so that a request with a token seen before
 /// makes no database query for it. Correct only while this process hears every change that could
-/// end a token's life: the database tells (migration 0022: a NOTIFY on `carapace_tokens` from
+/// end a token's life: the database tells (migration 0020: a NOTIFY on `carapace_tokens` from
 /// triggers on `access_tokens`, `refresh_tokens` and `clients`, whoever changes them), and
 /// [`TokenCache::follow`] forgets everything when told — and, while it is not listening (not yet
 /// connected, or the connection lost), the cache is off: every lookup goes to the database.
@@ -669,8 +670,12 @@ impl TokenCache {
     /// Past this many entries the cache is emptied (tokens are 5-minute ones: a burst of new
     /// clients costs one query each, as without a cache).
     pub const MAX_ENTRIES: usize = 100_000;
-    /// The channel migration 0022's triggers notify.
+    /// The channel migration 0020's triggers notify.
     pub const CHANNEL: &'static str = "carapace_tokens";
+    /// How often each node pings the channel through its pool.
+    pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+    /// A listener that hears nothing (not even a ping) this long counts as lost.
+    pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// [`lookup`], answered from memory when this process verified the token before and has
     /// heard of no change since.
@@ -732,24 +737,46 @@ impl TokenCache {
     /// Listen on `connect` (a direct connection: a transaction-mode pooler cannot keep a
     /// LISTEN) for the life of the process: on, once subscribed; every notification forgets
     /// all; a lost connection turns the cache off (and forgets all) until it is back.
-    pub async fn follow(self: std::sync::Arc<Self>, connect: sqlx::postgres::PgConnectOptions) {
+    pub async fn follow(
+        self: std::sync::Arc<Self>,
+        connect: sqlx::postgres::PgConnectOptions,
+        pool: Db,
+    ) {
         use std::sync::atomic::Ordering::SeqCst;
         loop {
-            match sqlx::postgres::PgListener::connect_with(
-                &sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_lazy_with(connect.clone()),
-            )
-            .await
-            {
+            match crate::db::listener(&connect).await {
                 Ok(mut listener) => match listener.listen(Self::CHANNEL).await {
                     Ok(()) => {
                         self.forget_all();
                         self.listening.store(true, SeqCst);
-                        // `try_recv` is `Ok(None)` once the connection is lost.
-                        while let Ok(Some(_)) = listener.try_recv().await {
-                            self.forget_all();
+                        // A half-open connection, or a direct URL naming another database,
+                        // would hear nothing and say nothing: this node pings the channel
+                        // through its own pool every few seconds, and a listener that hears no
+                        // ping within `SILENCE` counts as lost. `try_recv` is `Ok(None)` once
+                        // the connection is lost.
+                        let ping = format!("ping:{}", uuid::Uuid::new_v4().simple());
+                        let pinger = tokio::spawn({
+                            let (pool, ping) = (pool.clone(), ping.clone());
+                            async move {
+                                loop {
+                                    let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                                        .bind(Self::CHANNEL)
+                                        .bind(&ping)
+                                        .execute(&pool)
+                                        .await;
+                                    tokio::time::sleep(Self::PING_EVERY).await;
+                                }
+                            }
+                        });
+                        while let Ok(Ok(Some(n))) =
+                            tokio::time::timeout(Self::SILENCE, listener.try_recv()).await
+                        {
+                            // Pings (this node's and others') only say the channel works.
+                            if !n.payload().starts_with("ping:") {
+                                self.forget_all();
+                            }
                         }
+                        pinger.abort();
                         self.listening.store(false, SeqCst);
                         self.forget_all();
                         tracing::warn!(

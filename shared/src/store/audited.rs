@@ -169,10 +169,16 @@ impl Store {
             if !mine {
                 return Ok(chained);
             }
+            // A holder that stalls gives the lock up rather than hold every node's chaining.
+            sqlx::query("SET LOCAL idle_in_transaction_session_timeout = '60s'")
+                .execute(&mut *tx)
+                .await?;
             let n = audit::chain_pending(&mut tx, keys).await?;
             tx.commit().await?;
             chained += n;
-            if n == 0 {
+            // A short batch emptied the queue as it was: done (waiting for a queue that busy
+            // nodes keep filling would never end).
+            if n < audit::CHAIN_BATCH {
                 return Ok(chained);
             }
         }

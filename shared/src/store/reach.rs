@@ -632,8 +632,10 @@ impl Store {
         wait: std::time::Duration,
         reach: &RowReach,
     ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, sqlx::Error> {
-        // Every write acknowledged before this search began is at or before this position.
-        let target: String = sqlx::query_scalar("SELECT pg_current_wal_flush_lsn()::text")
+        // Every write acknowledged before this search began is at or before this position
+        // (the insert position: also with `synchronous_commit = off`, where a commit is
+        // acknowledged before it is flushed).
+        let target: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
             .fetch_one(&self.pool)
             .await?;
         let deadline = tokio::time::Instant::now() + wait;
