@@ -95,9 +95,20 @@ impl Core {
         clock: Arc<dyn Clock>,
         role: DbRole,
     ) -> Result<Core, OpenError> {
-        let (keys, embedded_keys) = open_keys(config).await?;
-        let keys = Arc::new(keys);
-        let (pool, replica, cluster, direct) = connect(config, role, &keys).await?;
+        // The embedded cluster starts with its backup settings, which need the key provider
+        // (the repository's passphrase is wrapped by it); an external database is reached first,
+        // so that a URL nobody answers at is reported before any key file is made.
+        let (keys, embedded_keys, (pool, replica, cluster, direct)) =
+            if config.database_url.is_some() {
+                let connected = connect(config, role, None).await?;
+                let (keys, embedded_keys) = open_keys(config).await?;
+                (Arc::new(keys), embedded_keys, connected)
+            } else {
+                let (keys, embedded_keys) = open_keys(config).await?;
+                let keys = Arc::new(keys);
+                let connected = connect(config, role, Some(&keys)).await?;
+                (keys, embedded_keys, connected)
+            };
         let mut store = Store::new(
             pool,
             keys.clone(),
@@ -218,7 +229,7 @@ fn connect_target(options: &PgConnectOptions, embedded: bool) -> String {
 async fn connect(
     config: &Config,
     role: DbRole,
-    keys: &KeyProvider,
+    keys: Option<&KeyProvider>,
 ) -> Result<(Db, Option<Db>, Option<Cluster>, PgConnectOptions), OpenError> {
     let (options, cluster) = match &config.database_url {
         Some(url) => (url_options(url)?, None),
@@ -228,6 +239,11 @@ async fn connect(
             let ownership = match role {
                 DbRole::App => embedded::Ownership::Exclusive,
                 DbRole::Console => embedded::Ownership::Shared,
+            };
+            let Some(keys) = keys else {
+                return Err(OpenError::Keys(KeyError::Other(
+                    "the embedded cluster is started after the key provider".into(),
+                )));
             };
             let backup = match backup_repository(config, keys).await {
                 Ok(backup) => Some(backup),
