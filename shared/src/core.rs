@@ -100,13 +100,14 @@ impl Core {
         // so that a URL nobody answers at is reported before any key file is made.
         let (keys, embedded_keys, (pool, replica, cluster, direct)) =
             if config.database_url.is_some() {
-                let connected = connect(config, role, None).await?;
+                // Boxed: the opening's future is large, and callers' stacks are not.
+                let connected = Box::pin(connect(config, role, None)).await?;
                 let (keys, embedded_keys) = open_keys(config).await?;
                 (Arc::new(keys), embedded_keys, connected)
             } else {
                 let (keys, embedded_keys) = open_keys(config).await?;
                 let keys = Arc::new(keys);
-                let connected = connect(config, role, Some(&keys)).await?;
+                let connected = Box::pin(connect(config, role, Some(&keys))).await?;
                 (keys, embedded_keys, connected)
             };
         let mut store = Store::new(

@@ -100,7 +100,8 @@ async fn allow(
             stack, app, challenge, "S256", REDIRECT, state,
         ))
         .await;
-    let cont = hidden_field(&consent.text(), "continue").unwrap();
+    let cont = hidden_field(&consent.text(), "continue")
+        .unwrap_or_else(|| panic!("{} {}", consent.status, consent.text()));
     let csrf = hidden_field(&consent.text(), "csrf").unwrap();
     let done = browser
         .post_form(
@@ -178,7 +179,14 @@ async fn token(stack: &Stack, fields: &[(&str, &str)]) -> HttpResponse {
 
 #[tokio::test]
 async fn a_patient_app_gets_a_token_for_its_patient_only() {
-    let stack = Stack::start().await.unwrap();
+    // One address runs many sign-ins and consents here in a second or two, more than the
+    // default `/auth` burst (20) allows one address (tests/e2e/rate_limits.rs tests that limit).
+    let stack = Stack::start_with(
+        Bao::start_dev().await.unwrap(),
+        vec![("CARAPACE_RATE_LIMIT_AUTH".into(), "100".into())],
+    )
+    .await
+    .unwrap();
     let (app, own, other) = setup(&stack).await;
     let core = core_for(&stack, Arc::new(carapace_core::clock::SystemClock)).await;
     admin::create_user(

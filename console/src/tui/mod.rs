@@ -94,7 +94,8 @@ async fn event_loop(core: &Core, sessions: SessionPolicy) -> anyhow::Result<()> 
         if let Some(action) = action {
             let quit = action == Action::Quit;
             // Quitting goes through `apply` too: the end of the session is audited.
-            app.apply(action, core).await;
+            // Boxed: the future of `apply` is the largest of every operation's.
+            Box::pin(app.apply(action, core)).await;
             if quit {
                 return Ok(());
             }
