@@ -163,14 +163,7 @@ async fn audit_about(server: &Server, token: &str, patient: &str) -> usize {
 async fn restore_drill_to_a_point_in_time() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("carapace-data");
-    let env = vec![(
-        "CARAPACE_DATA_DIR".to_string(),
-        data_dir.display().to_string(),
-    )];
-    let mut server = Server::start(env).await.unwrap();
-    let pool = embedded_pool(&data_dir).await;
-    server.authorize(&pool).await;
-    pool.close().await;
+    let mut server = Server::start_embedded(&data_dir).await.unwrap();
     let fhir = Fhir { server: &server };
     let canary = format!(
         "Canarywick{}",

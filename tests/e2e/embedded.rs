@@ -9,14 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 async fn embedded_mode_keeps_its_data_across_restarts() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("carapace-data");
-    let env = vec![(
-        "CARAPACE_DATA_DIR".to_string(),
-        data_dir.display().to_string(),
-    )];
-    let mut server = Server::start(env).await.unwrap();
-    let pool = embedded_pool(&data_dir).await;
-    server.authorize(&pool).await;
-    pool.close().await;
+    let mut server = Server::start_embedded(&data_dir).await.unwrap();
     let fhir = Fhir { server: &server };
     assert_eq!(fhir.get("metadata").await.status, 200);
     let created = fhir

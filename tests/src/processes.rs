@@ -113,6 +113,20 @@ impl Server {
         Ok(())
     }
 
+    /// A server on the embedded default in `data_dir` (its own PostgreSQL cluster and file
+    /// keys), signed in as a full-access backend client.
+    pub async fn start_embedded(data_dir: &std::path::Path) -> anyhow::Result<Server> {
+        let mut server = Server::start(vec![(
+            "CARAPACE_DATA_DIR".to_string(),
+            data_dir.display().to_string(),
+        )])
+        .await?;
+        let pool = crate::postgres::embedded_pool(data_dir).await;
+        server.authorize(&pool).await;
+        pool.close().await;
+        Ok(server)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }
