@@ -261,7 +261,7 @@ async fn run() -> anyhow::Result<()> {
     core.store.serve_at(&base);
     let exporter = carapace_core::export::Exporter::new(core.store.clone(), config.export.clone());
     exporter.start();
-    core.follow_token_revocations();
+    core.follow_changes();
     let readiness = health::Readiness::new(
         core.store.clone(),
         carapace_core::store::health::HealthExpectations {

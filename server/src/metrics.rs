@@ -232,6 +232,8 @@ struct Figures {
     replica_searches: (u64, u64),
     /// Bearer tokens answered from memory, and from the database.
     token_lookups: (u64, u64),
+    /// Requests whose access-policy inputs were answered from memory, and from the database.
+    policy_inputs: (u64, u64),
 }
 
 impl Figures {
@@ -256,6 +258,7 @@ impl Figures {
             rate_limit_keys: state.limits.keys_held(),
             replica_searches: state.store.replica_searches(),
             token_lookups: state.tokens.counts(),
+            policy_inputs: state.store.policy_inputs().counts(),
         }
     }
 }
@@ -366,6 +369,18 @@ impl Collector for Figures {
             "carapace_token_cache_misses",
             "Bearer tokens looked up in the database",
             &ConstCounter::new(self.token_lookups.1),
+        )?;
+        one(
+            &mut e,
+            "carapace_policy_cache_hits",
+            "Practitioner and analytics requests whose actors and consents were answered from memory",
+            &ConstCounter::new(self.policy_inputs.0),
+        )?;
+        one(
+            &mut e,
+            "carapace_policy_cache_misses",
+            "Practitioner and analytics requests whose actors and consents were read from the database",
+            &ConstCounter::new(self.policy_inputs.1),
         )?;
         if let Some(b) = &h.audit_backlog {
             one(

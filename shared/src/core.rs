@@ -63,7 +63,7 @@ impl DbRole {
 /// An opened core: the store, and the embedded cluster when there is one (stopped on drop).
 pub struct Core {
     pub store: Arc<Store>,
-    /// Access tokens verified before (on once [`Core::follow_token_revocations`] listens).
+    /// Access tokens verified before (on once [`Core::follow_changes`] listens).
     pub tokens: Arc<crate::identity::tokens::TokenCache>,
     /// A direct connection to the primary (not through a pooler): for LISTEN.
     direct: PgConnectOptions,
@@ -139,15 +139,26 @@ impl Core {
         })
     }
 
-    /// Keep [`Core::tokens`] in step with the database for the life of the process (the server
-    /// calls it once): verified tokens are then answered from memory until any token may have
-    /// ended (migration 0020's notifications).
-    pub fn follow_token_revocations(&self) {
-        tokio::spawn(
-            self.tokens
-                .clone()
-                .follow(self.direct.clone(), self.store.pool().clone()),
-        );
+    /// Keep [`Core::tokens`] and the store's policy inputs in step with the database for the
+    /// life of the process (the server calls it once): verified tokens, and what the policy read
+    /// for a user, are then answered from memory until the database says they may have changed
+    /// (migration 0020's and 0021's notifications).
+    pub fn follow_changes(&self) {
+        let followers: Vec<(&'static str, Arc<dyn crate::db::Forgets>)> = vec![
+            (
+                crate::identity::tokens::TokenCache::CHANNEL,
+                self.tokens.clone(),
+            ),
+            (
+                crate::store::policy_inputs::PolicyInputs::CHANNEL,
+                self.store.policy_inputs().clone(),
+            ),
+        ];
+        tokio::spawn(crate::db::follow_changes(
+            self.direct.clone(),
+            self.store.pool().clone(),
+            followers,
+        ));
     }
 
     /// Close the pool and stop the embedded cluster, if any.

@@ -183,6 +183,8 @@ async fn restore_drill_to_a_point_in_time() {
     let mut p1_v2 = patient(&canary);
     p1_v2["gender"] = json!("female");
     update(&fhir, "Patient", &p1.id, p1_v2.clone()).await;
+    let before_any_backup = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (ok, out, err) = console(
         &console_env(&data_dir, &admin_token(&data_dir).await),
         &["backup"],
@@ -273,7 +275,25 @@ async fn restore_drill_to_a_point_in_time() {
         None,
     );
     assert!(ok, "restore: {out} {err}");
+    let restore_said = format!("{out}\n{err}");
     eprintln!("restore took {:?}", started.elapsed());
+    // A time before the first backup finished cannot be restored: refused, naming why, and
+    // nothing made in the directory asked for.
+    let too_early_dir = tmp.path().join("too-early");
+    let (ok, out, err) = console(
+        &console_env(&data_dir, &admin_token(&data_dir).await),
+        &[
+            "restore",
+            "--to",
+            &before_any_backup.to_rfc3339(),
+            "--into",
+            &too_early_dir.display().to_string(),
+        ],
+        None,
+    );
+    assert!(!ok, "a restore to before any backup: {out}");
+    assert!(err.contains("no backup had finished by"), "{err}");
+    assert!(!too_early_dir.join("postgres/PG_VERSION").exists());
     // Signed in against the database backed up, and audited there too.
     let source_actions = admin_actions(&server, &admin_token(&data_dir).await).await;
     assert!(
@@ -292,6 +312,15 @@ async fn restore_drill_to_a_point_in_time() {
     restored.authorize(&pool).await;
     pool.close().await;
     let fhir = Fhir { server: &restored };
+    {
+        let log =
+            std::fs::read_to_string(restored_dir.join("postgres/server.log")).unwrap_or_default();
+        let auto = std::fs::read_to_string(restored_dir.join("postgres/postgresql.auto.conf"))
+            .unwrap_or_default();
+        eprintln!(
+            "DIAG target={target:?}\nrestore said: {restore_said}\nauto.conf: {auto}\nlog:\n{log}"
+        );
+    }
 
     // Resources and versions as they were at the target.
     assert_eq!(version(&fhir, &format!("Patient/{}", p1.id)).await, "2");
@@ -517,5 +546,13 @@ async fn a_restore_under_vault_needs_vault_and_no_key_file() {
     let read = fhir.get(&format!("Patient/{}", kept.id)).await;
     assert_eq!(read.status, 200, "{}", read.text());
     assert_eq!(read.json()["name"][0]["family"], "Vaultkept");
-    assert_eq!(fhir.get(&format!("Patient/{}", later.id)).await.status, 404);
+    let later_status = fhir.get(&format!("Patient/{}", later.id)).await.status;
+    if later_status != 404 {
+        let log =
+            std::fs::read_to_string(restored_dir.join("postgres/server.log")).unwrap_or_default();
+        let auto = std::fs::read_to_string(restored_dir.join("postgres/postgresql.auto.conf"))
+            .unwrap_or_default();
+        eprintln!("DIAG target={target:?}\nrestore out: {out}\nerr: {err}\nauto.conf: {auto}\nlog:\n{log}");
+    }
+    assert_eq!(later_status, 404);
 }

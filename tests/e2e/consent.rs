@@ -311,6 +311,20 @@ async fn consents_decide_what_each_role_sees() {
     assert_eq!(w.status(&w.dr, &pa).await, 404);
     assert!(w.ids(&w.dr, "Observation").await.is_empty());
 
+    // Revoked outside this server (here a DBA marks it deleted; another node or the console
+    // alike): the server keeps what the policy read between requests, and forgets it when the
+    // database tells — the same token loses access within the notification's delay, not at
+    // the kept inputs' 60-second end.
+    let elsewhere = w.grant(permit_consent(a, "Practitioner/pr-1")).await;
+    assert_eq!(w.status(&w.dr, &pa).await, 200);
+    assert_eq!(w.status(&w.dr, &pa).await, 200);
+    sqlx::query("UPDATE resources SET deleted = true WHERE resource_type = 'Consent' AND id = $1")
+        .bind(&elsewhere)
+        .execute(&w.stack.db().await)
+        .await
+        .unwrap();
+    assert_eq!(status_within(404, || w.status(&w.dr, &pa)).await, 404);
+
     // A practitioner cannot consent on a patient's behalf.
     let self_grant = w
         .post(&w.dr, "Consent", permit_consent(b, "Practitioner/pr-1"))

@@ -203,6 +203,10 @@ async fn metrics_count_requests_by_interaction_and_never_show_phi() {
         "carapace_bundle_slots_in_use",
         r#"carapace_export_jobs{state="running"}"#,
         r#"carapace_readiness_check{check="database"}"#,
+        "carapace_token_cache_hits_total",
+        "carapace_token_cache_misses_total",
+        "carapace_policy_cache_hits_total",
+        "carapace_policy_cache_misses_total",
     ] {
         assert!(sample(&before, series).is_some(), "{series}\n{before}");
     }

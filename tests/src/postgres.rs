@@ -117,6 +117,21 @@ impl Postgres {
         }
     }
 
+    /// `postgres://` URL of `database` over the cluster's unix socket.
+    pub fn socket_url(&self, database: &str) -> String {
+        let (socket_dir, port) = match &self.place {
+            Place::Shared(shared) => (shared._cluster.socket_dir().to_path_buf(), shared.port),
+            Place::Own { cluster, .. } => {
+                (own(cluster).socket_dir().to_path_buf(), own(cluster).port())
+            }
+        };
+        format!(
+            "postgres://{}@localhost/{database}?host={}&port={port}",
+            carapace_core::db::embedded::SUPERUSER,
+            socket_dir.display()
+        )
+    }
+
     /// The directory of PostgreSQL's programs.
     pub fn bin_dir(&self) -> PathBuf {
         match &self.place {

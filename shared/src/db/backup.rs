@@ -310,6 +310,25 @@ impl Repository {
         file_keyring: bool,
         passphrase: &SecretString,
     ) -> Result<(), BackupError> {
+        // The backup to start from, chosen here rather than by pgBackRest: the newest that had
+        // finished before the target (its stop time is in whole seconds, so strictly before the
+        // target's second). Replaying from a backup taken after the target would start from data
+        // newer than the target, and nothing in recovery would take it back out.
+        let sets = self.list(passphrase)?;
+        let set = sets
+            .iter()
+            .rev()
+            .find(|s| s.stopped < to.timestamp())
+            .ok_or_else(|| {
+                BackupError::Refused(format!(
+                    "no backup had finished by {}: the oldest finished at {}",
+                    to.to_rfc3339(),
+                    sets.first()
+                        .and_then(|s| chrono::DateTime::from_timestamp(s.stopped, 0))
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "(none: the repository is empty)".into())
+                ))
+            })?;
         if into.exists()
             && std::fs::read_dir(into)
                 .map_err(io("reading", into))?
@@ -344,6 +363,7 @@ impl Repository {
             "restore",
             &[
                 &format!("--pg1-path={}", pg_dir.display()),
+                &format!("--set={}", set.label),
                 "--type=time",
                 &format!("--target={target}"),
                 "--target-action=promote",
@@ -363,6 +383,27 @@ impl Repository {
         };
         let mut cluster = Cluster::start_with(&into, None, Ownership::Exclusive, &settings)?;
         cluster.wait_for_promotion(std::time::Duration::from_secs(1800))?;
+        // What was replayed must end at or before the target: the last transaction applied is
+        // checked, not assumed (a backup or archive that does not fit would show up here).
+        let last = cluster.query_value(
+            "postgres",
+            "SELECT COALESCE(extract(epoch FROM pg_last_xact_replay_timestamp())::text, '')",
+        )?;
+        if let Ok(last) = last.parse::<f64>() {
+            let target = to.timestamp_micros() as f64 / 1e6;
+            if last > target {
+                cluster.stop()?;
+                return Err(BackupError::Tool {
+                    what: "restore".into(),
+                    detail: format!(
+                        "recovery replayed a transaction {:.3} s after the target; the restored \
+                         directory is not the database at {}",
+                        last - target,
+                        to.to_rfc3339()
+                    ),
+                });
+            }
+        }
         cluster.stop()?;
         Ok(())
     }

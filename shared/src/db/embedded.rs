@@ -374,6 +374,38 @@ impl Cluster {
         Ok(())
     }
 
+    /// The one value `sql` answers in `database`, as psql prints it unaligned (empty for NULL);
+    /// for the restore's own checks, on the cluster's socket, before any server uses it.
+    pub fn query_value(&self, database: &str, sql: &str) -> Result<String, EmbeddedError> {
+        let out = self
+            .command("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| EmbeddedError::Command {
+                what: "psql".into(),
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(EmbeddedError::Command {
+                what: "psql".into(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// The last lines of the cluster's log, for an error message.
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.pg_dir.join("server.log")).unwrap_or_default();

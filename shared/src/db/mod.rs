@@ -281,3 +281,91 @@ pub(crate) async fn listener(
     )
     .await
 }
+
+/// A process-local cache kept true by the database's notifications: while its listener is
+/// subscribed the cache may answer; any notification on its channel forgets everything it holds.
+pub trait Forgets: Send + Sync {
+    /// Forget every entry (something it caches may have changed).
+    fn forget_all(&self);
+    /// Whether the listener is subscribed; off, the cache must not answer (nor keep answers).
+    fn set_listening(&self, on: bool);
+}
+
+/// How often each node pings the first channel through its pool.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+/// A listener that hears nothing (not even a ping) this long counts as lost.
+pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Listen on `connect` (a direct connection: a transaction-mode pooler cannot keep a LISTEN)
+/// for the life of the process, on each follower's channel: a follower is on once subscribed;
+/// every notification on its channel forgets all it holds; a lost connection turns every
+/// follower off (and forgets all) until it is back.
+pub async fn follow_changes(
+    connect: sqlx::postgres::PgConnectOptions,
+    pool: Db,
+    followers: Vec<(&'static str, std::sync::Arc<dyn Forgets>)>,
+) {
+    let Some((ping_channel, _)) = followers.first().cloned() else {
+        return;
+    };
+    let channels: Vec<&str> = followers.iter().map(|(c, _)| *c).collect();
+    let all_off = || {
+        for (_, f) in &followers {
+            f.set_listening(false);
+            f.forget_all();
+        }
+    };
+    loop {
+        match listener(&connect).await {
+            Ok(mut listener) => match listener.listen_all(channels.iter().copied()).await {
+                Ok(()) => {
+                    for (_, f) in &followers {
+                        f.forget_all();
+                        f.set_listening(true);
+                    }
+                    // A half-open connection, or a direct URL naming another database, would
+                    // hear nothing and say nothing: this node pings a channel through its own
+                    // pool every few seconds, and a listener that hears no ping within
+                    // `SILENCE` counts as lost. `try_recv` is `Ok(None)` once the connection is
+                    // lost.
+                    let ping = format!("ping:{}", uuid::Uuid::new_v4().simple());
+                    let pinger = tokio::spawn({
+                        let (pool, ping) = (pool.clone(), ping.clone());
+                        async move {
+                            loop {
+                                let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                                    .bind(ping_channel)
+                                    .bind(&ping)
+                                    .execute(&pool)
+                                    .await;
+                                tokio::time::sleep(PING_EVERY).await;
+                            }
+                        }
+                    });
+                    while let Ok(Ok(Some(n))) =
+                        tokio::time::timeout(SILENCE, listener.try_recv()).await
+                    {
+                        // Pings (this node's and others') only say the channel works.
+                        if n.payload().starts_with("ping:") {
+                            continue;
+                        }
+                        for (channel, f) in &followers {
+                            if *channel == n.channel() {
+                                f.forget_all();
+                            }
+                        }
+                    }
+                    pinger.abort();
+                    all_off();
+                    tracing::warn!(
+                        "lost the change listener; tokens and access policies are read from the \
+                         database until it is back"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "LISTEN for changes failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "connecting the change listener failed"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

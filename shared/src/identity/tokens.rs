@@ -647,7 +647,7 @@ mod tests {
 /// makes no database query for it. Correct only while this process hears every change that could
 /// end a token's life: the database tells (migration 0020: a NOTIFY on `carapace_tokens` from
 /// triggers on `access_tokens`, `refresh_tokens` and `clients`, whoever changes them), and
-/// [`TokenCache::follow`] forgets everything when told — and, while it is not listening (not yet
+/// [`crate::db::follow_changes`] forgets everything when told — and, while it is not listening (not yet
 /// connected, or the connection lost), the cache is off: every lookup goes to the database.
 /// An entry also ends with its token's expiry and after [`TokenCache::MAX_AGE`] at most.
 ///
@@ -672,10 +672,6 @@ impl TokenCache {
     pub const MAX_ENTRIES: usize = 100_000;
     /// The channel migration 0020's triggers notify.
     pub const CHANNEL: &'static str = "carapace_tokens";
-    /// How often each node pings the channel through its pool.
-    pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
-    /// A listener that hears nothing (not even a ping) this long counts as lost.
-    pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// [`lookup`], answered from memory when this process verified the token before and has
     /// heard of no change since.
@@ -733,64 +729,15 @@ impl TokenCache {
     pub fn is_listening(&self) -> bool {
         self.listening.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
 
-    /// Listen on `connect` (a direct connection: a transaction-mode pooler cannot keep a
-    /// LISTEN) for the life of the process: on, once subscribed; every notification forgets
-    /// all; a lost connection turns the cache off (and forgets all) until it is back.
-    pub async fn follow(
-        self: std::sync::Arc<Self>,
-        connect: sqlx::postgres::PgConnectOptions,
-        pool: Db,
-    ) {
-        use std::sync::atomic::Ordering::SeqCst;
-        loop {
-            match crate::db::listener(&connect).await {
-                Ok(mut listener) => match listener.listen(Self::CHANNEL).await {
-                    Ok(()) => {
-                        self.forget_all();
-                        self.listening.store(true, SeqCst);
-                        // A half-open connection, or a direct URL naming another database,
-                        // would hear nothing and say nothing: this node pings the channel
-                        // through its own pool every few seconds, and a listener that hears no
-                        // ping within `SILENCE` counts as lost. `try_recv` is `Ok(None)` once
-                        // the connection is lost.
-                        let ping = format!("ping:{}", uuid::Uuid::new_v4().simple());
-                        let pinger = tokio::spawn({
-                            let (pool, ping) = (pool.clone(), ping.clone());
-                            async move {
-                                loop {
-                                    let _ = sqlx::query("SELECT pg_notify($1, $2)")
-                                        .bind(Self::CHANNEL)
-                                        .bind(&ping)
-                                        .execute(&pool)
-                                        .await;
-                                    tokio::time::sleep(Self::PING_EVERY).await;
-                                }
-                            }
-                        });
-                        while let Ok(Ok(Some(n))) =
-                            tokio::time::timeout(Self::SILENCE, listener.try_recv()).await
-                        {
-                            // Pings (this node's and others') only say the channel works.
-                            if !n.payload().starts_with("ping:") {
-                                self.forget_all();
-                            }
-                        }
-                        pinger.abort();
-                        self.listening.store(false, SeqCst);
-                        self.forget_all();
-                        tracing::warn!(
-                            "lost the token-revocation listener; tokens are checked in the \
-                             database until it is back"
-                        );
-                    }
-                    Err(e) => tracing::warn!(error = %e, "LISTEN for token revocations failed"),
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "connecting the token-revocation listener failed")
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
+impl crate::db::Forgets for TokenCache {
+    fn forget_all(&self) {
+        TokenCache::forget_all(self);
+    }
+
+    fn set_listening(&self, on: bool) {
+        self.listening
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -555,6 +555,8 @@ impl Store {
             return Err(fail(first)(StoreError::Unresolved(issues)));
         }
         tx.commit().await.map_err(|e| fail(0)(e.into()))?;
+        // Whatever it wrote: this process's next request reads the policy's inputs afresh.
+        crate::db::Forgets::forget_all(&*self.policy_inputs);
         // 4. Reads see the committed state.
         for (i, entry) in entries.iter().enumerate() {
             if let TxEntry::Read {

@@ -155,6 +155,7 @@ impl Store {
         let event = record(self, what, patient, interaction);
         self.audit_in(&mut tx, ctx, &event).await?;
         tx.commit().await?;
+        crate::db::Forgets::forget_all(&*self.policy_inputs);
         Ok(())
     }
 
@@ -567,6 +568,7 @@ impl Store {
                 self.audit_in(&mut tx, ctx, &event).await?;
             }
             tx.commit().await?;
+            crate::db::Forgets::forget_all(&*self.policy_inputs);
             total += n;
             if dry_run || n < i64::from(PURGE_BATCH) {
                 return Ok(total);

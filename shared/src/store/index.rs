@@ -258,6 +258,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            crate::db::Forgets::forget_all(&*self.policy_inputs);
             done += pending.len() as u64;
         }
     }

@@ -39,6 +39,7 @@ mod history; // _history
 mod index; // index rows written with each version; re-indexing
 mod integrity; // referential integrity of a write
 mod keys; // data keys, opening bodies, sealed secrets, re-wrapping
+pub mod policy_inputs; // the policy's reads kept between requests, forgotten when told
 mod profiles; // declared profiles, $validate
 mod reach; // the gate: the request's plan, consents, break-the-glass, write decisions
 mod read; // read, vread, conditional matching
@@ -177,6 +178,8 @@ pub struct Store {
     /// Each consent version's rule (or `None`: it decides nothing), by (id, version): versions
     /// never change, so a rule is parsed once; which versions are current is read per request.
     consent_rules: ConsentRules,
+    /// Each practitioner's or analytics user's actors and consents, between requests.
+    policy_inputs: Arc<policy_inputs::PolicyInputs>,
     /// `CARAPACE_ENFORCE_PROFILES`: writes must conform to the stored profiles they declare.
     enforce_profiles: bool,
     profiles: profiles::ProfileCache,
@@ -230,6 +233,7 @@ impl Store {
             policy,
             sign_in: crate::access::SignInLimits::default(),
             consent_rules: Default::default(),
+            policy_inputs: Default::default(),
             enforce_profiles: false,
             profiles: Default::default(),
             integrity: integrity::Integrity {
@@ -296,6 +300,11 @@ impl Store {
 
     pub fn pool(&self) -> &Db {
         &self.pool
+    }
+
+    /// The policy's reads kept between requests (for the change listener and the metrics).
+    pub fn policy_inputs(&self) -> &Arc<policy_inputs::PolicyInputs> {
+        &self.policy_inputs
     }
 
     pub fn keys(&self) -> &KeyProvider {

@@ -2,6 +2,7 @@
 //! consents that may name them, and break-the-glass grants. The decisions themselves are made in
 //! [`crate::access::policy`].
 
+use super::policy_inputs::Inputs;
 use super::{Store, StoreError};
 use crate::access::policy::{ConsentRule, Label, Plan, Reason, RowReach, SqlReach};
 use crate::access::{AccessContext, Denied, Permission, Role};
@@ -34,23 +35,46 @@ pub struct BtgGrant {
 }
 
 impl Store {
-    /// The policy's decisions for this request, computed on first use (consents are read again
-    /// for every request, so a revoked consent takes effect on the next one).
+    /// The policy's decisions for this request, computed on first use, from the caller's actors
+    /// and consents as the database holds them now (kept between requests only while every
+    /// change to them is heard: [`super::policy_inputs`]).
     pub(crate) async fn plan(&self, ctx: &AccessContext) -> Result<Arc<Plan>, StoreError> {
         if let Some(plan) = ctx.plan.get() {
             return Ok(plan.clone());
         }
         let now = self.clock.now();
         let btg = self.break_glass(ctx, now).await?;
-        let (actors, consents) = match ctx.role {
+        let inputs = match ctx.role {
             Role::Practitioner | Role::Analytics if btg.is_none() => {
-                let actors = self.actors_of(ctx).await?;
-                let consents = self.consents_naming(&actors).await?;
-                (actors, consents)
+                match self.policy_inputs.get(&ctx.principal, ctx.role) {
+                    Ok(inputs) => inputs,
+                    Err(generation) => {
+                        let actors = self.actors_of(ctx).await?;
+                        let consents = self.consents_naming(&actors).await?;
+                        let inputs = Arc::new(Inputs { actors, consents });
+                        self.policy_inputs.keep(
+                            &ctx.principal,
+                            ctx.role,
+                            generation,
+                            inputs.clone(),
+                        );
+                        inputs
+                    }
+                }
             }
-            _ => (Vec::new(), BTreeMap::new()),
+            _ => Arc::new(Inputs {
+                actors: Vec::new(),
+                consents: BTreeMap::new(),
+            }),
         };
-        let plan = Arc::new(Plan::build(ctx, &self.policy, btg, &actors, &consents, now));
+        let plan = Arc::new(Plan::build(
+            ctx,
+            &self.policy,
+            btg,
+            &inputs.actors,
+            &inputs.consents,
+            now,
+        ));
         Ok(ctx.plan.get_or_init(|| plan).clone())
     }
 
@@ -102,9 +126,9 @@ impl Store {
         actors: &[String],
     ) -> Result<BTreeMap<String, Vec<ConsentRule>>, StoreError> {
         let mut tx = self.begin_internal().await?;
-        // Which consents, at which versions, on every request: a revocation (a new version, or a
-        // deletion) takes effect at once. A version's rule never changes, so it is decrypted and
-        // parsed once per process (`consent_rules`), not once per request.
+        // Which consents, at which versions, now (kept by `policy_inputs` until a change is
+        // heard): a revocation (a new version, or a deletion) takes effect at once. A version's
+        // rule never changes, so it is decrypted and parsed once per process (`consent_rules`).
         let current: Vec<(String, i64)> = sqlx::query_as(
             "SELECT c.id, c.version_id FROM resources c
               WHERE c.resource_type = 'Consent' AND NOT c.deleted

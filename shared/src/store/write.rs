@@ -329,6 +329,7 @@ impl Store {
                         .await?;
                     self.check_references(&mut tx, ctx, &references).await?;
                     tx.commit().await?;
+                    self.policy_inputs.written(new.resource_type);
                     Ok::<_, StoreError>((new, body, now))
                 }
                 .await;
@@ -616,6 +617,7 @@ impl Store {
                             Ok(updated) => {
                                 self.check_references(&mut tx, ctx, &references).await?;
                                 tx.commit().await?;
+                                self.policy_inputs.written(resource_type);
                                 return Ok(updated);
                             }
                             Err(StoreError::Database(sqlx::Error::Database(db)))
@@ -871,6 +873,7 @@ impl Store {
                 let mut tx = self.begin_for(ctx).await?;
                 let deleted = self.write_delete(&mut tx, ctx, resource_type, id).await?;
                 tx.commit().await?;
+                self.policy_inputs.written(resource_type);
                 Ok(deleted)
             }
             .await,

@@ -222,7 +222,8 @@ async fn main() -> anyhow::Result<()> {
     let integrity: String = arg("--integrity").unwrap_or_else(|| "on".into());
     let mut env = unlimited();
     env.push(("CARAPACE_REFERENTIAL_INTEGRITY".into(), integrity));
-    let stack = Stack::start_with(Bao::start_dev().await?, env).await?;
+    // Over the cluster's unix socket, as the embedded default connects.
+    let stack = Stack::start_over_socket(Bao::start_dev().await?, env).await?;
     eprintln!("{UNLIMITED_NOTE}");
     let hello = Hello::start().await?;
     let server = &stack.server;
@@ -300,7 +301,13 @@ async fn main() -> anyhow::Result<()> {
                     .token("bench-dr", Role::Practitioner, "user/*.rs", None)
                     .await?
             ),
-            _ => system.clone(),
+            // The warm-up's token may have expired by now (a long run): a fresh one.
+            _ => format!(
+                "Bearer {}",
+                stack
+                    .token("bench-system", Role::System, "system/*.cruds", None)
+                    .await?
+            ),
         };
         let (target, second) = match workload {
             Workload::ReadUncachedMainKey => (&uncached, practitioners.clone()),
@@ -326,8 +333,14 @@ async fn main() -> anyhow::Result<()> {
             let mut out = vec![];
             for connections in [1, 32] {
                 eprintln!("wrk: read by id x{connections} (hello-server, then carapace-server)");
-                let hello_row = wrk(&hello.base, &system, &read_ids, connections, seconds)?;
-                let row = wrk(&server.base, &system, &read_ids, connections, seconds)?;
+                let auth = format!(
+                    "Bearer {}",
+                    stack
+                        .token("bench-system", Role::System, "system/*.cruds", None)
+                        .await?
+                );
+                let hello_row = wrk(&hello.base, &auth, &read_ids, connections, seconds)?;
+                let row = wrk(&server.base, &auth, &read_ids, connections, seconds)?;
                 out.push((connections, row, hello_row));
             }
             out
@@ -380,6 +393,16 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(0),
         seconds
     );
+    let errors: usize = rows.iter().map(|r| r.timing.errors).sum::<usize>()
+        + wrk_rows
+            .iter()
+            .map(|(_, row, _)| row.non_2xx as usize)
+            .sum::<usize>();
+    if errors > 0 {
+        anyhow::bail!(
+            "{errors} requests to carapace-server failed: the figures above are not valid"
+        );
+    }
     if hello_errors > 0 {
         anyhow::bail!(
             "{hello_errors} requests to hello-server failed: its figures are not a baseline"
