@@ -405,6 +405,18 @@ impl Repository {
             }
         }
         cluster.stop()?;
+        // Stopped out of recovery and cleanly: its next start replays nothing (anything else
+        // would replay what `pg_wal` holds past the target).
+        let state = cluster.control_state()?;
+        if state != "shut down" {
+            return Err(BackupError::Tool {
+                what: "restore".into(),
+                detail: format!(
+                    "the restored cluster stopped as \"{state}\", not \"shut down\": its next \
+                     start would replay past the target"
+                ),
+            });
+        }
         Ok(())
     }
 

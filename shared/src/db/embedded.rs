@@ -346,10 +346,21 @@ impl Cluster {
     }
 
     /// Wait until a cluster started in recovery (a point-in-time restore, `recovery.signal`)
-    /// has reached its target and promoted itself, for at most `limit`.
+    /// has reached its target and promoted itself, for at most `limit`. Promoted means out of
+    /// recovery as PostgreSQL itself answers (`pg_is_in_recovery()` false), not only the signal
+    /// file gone: PostgreSQL removes it when replay ends, before the promotion is through, and a
+    /// cluster stopped in between is "shut down in recovery" — its next start then replays as a
+    /// crash recovery everything in `pg_wal`, past the target (the last archived segment holds
+    /// what came after it).
     pub fn wait_for_promotion(&self, limit: std::time::Duration) -> Result<(), EmbeddedError> {
         let started = std::time::Instant::now();
-        while self.pg_dir.join("recovery.signal").exists() {
+        let promoted = || {
+            !self.pg_dir.join("recovery.signal").exists()
+                && self
+                    .query_value("postgres", "SELECT pg_is_in_recovery()")
+                    .is_ok_and(|v| v == "f")
+        };
+        while !promoted() {
             if !self.is_running() {
                 return Err(EmbeddedError::Command {
                     what: "recovery".into(),
@@ -372,6 +383,28 @@ impl Cluster {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         Ok(())
+    }
+
+    /// The cluster's state as its control file records it (`pg_controldata`'s "Database
+    /// cluster state": `shut down`, `in production`, `shut down in recovery`, ...).
+    pub fn control_state(&self) -> Result<String, EmbeddedError> {
+        let out = self
+            .command("pg_controldata")
+            .arg(&self.pg_dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| EmbeddedError::Command {
+                what: "pg_controldata".into(),
+                detail: e.to_string(),
+            })?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Database cluster state:"))
+            .map(|s| s.trim().to_string())
+            .ok_or_else(|| EmbeddedError::Command {
+                what: "pg_controldata".into(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
     }
 
     /// The one value `sql` answers in `database`, as psql prints it unaligned (empty for NULL);
