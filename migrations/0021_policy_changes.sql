@@ -5,7 +5,9 @@
 -- practitioner or role changed — whichever process, path or DBA did it. The telling is here, in
 -- the database, so that no path can forget it: triggers NOTIFY `carapace_policy` when the
 -- transaction commits. Notifications with one payload coalesce within a transaction, so a bundle
--- of a thousand CareTeams notifies once.
+-- of a thousand CareTeams notifies once. What bypasses triggers (ALTER TABLE ... DISABLE TRIGGER,
+-- session_replication_role = replica, as pg_restore --disable-triggers sets) tells no one: a
+-- server keeps what it read for at most 60 s then, and an operator who does so restarts them.
 CREATE FUNCTION carapace_policy_changed() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -15,8 +17,13 @@ END
 $$;
 
 -- The current version of a consent (a new one, a deletion, an erasure) and the membership rows.
-CREATE TRIGGER resources_policy_written AFTER INSERT OR UPDATE ON resources FOR EACH ROW
+CREATE TRIGGER resources_policy_added AFTER INSERT ON resources FOR EACH ROW
     WHEN (NEW.resource_type IN ('Consent', 'PractitionerRole', 'CareTeam'))
+    EXECUTE FUNCTION carapace_policy_changed();
+-- Either side: a row changed away from one of those types (only a DBA would) counts too.
+CREATE TRIGGER resources_policy_written AFTER UPDATE ON resources FOR EACH ROW
+    WHEN (OLD.resource_type IN ('Consent', 'PractitionerRole', 'CareTeam')
+          OR NEW.resource_type IN ('Consent', 'PractitionerRole', 'CareTeam'))
     EXECUTE FUNCTION carapace_policy_changed();
 CREATE TRIGGER resources_policy_removed AFTER DELETE ON resources FOR EACH ROW
     WHEN (OLD.resource_type IN ('Consent', 'PractitionerRole', 'CareTeam'))
@@ -26,8 +33,12 @@ CREATE TRIGGER resources_policy_truncated AFTER TRUNCATE ON resources
 
 -- Who a consent names and who a role or care team holds are read from the index rows, which
 -- re-indexing rewrites without a new version.
-CREATE TRIGGER search_ref_policy_written AFTER INSERT OR UPDATE ON search_ref FOR EACH ROW
+CREATE TRIGGER search_ref_policy_added AFTER INSERT ON search_ref FOR EACH ROW
     WHEN (NEW.resource_type IN ('Consent', 'PractitionerRole', 'CareTeam'))
+    EXECUTE FUNCTION carapace_policy_changed();
+CREATE TRIGGER search_ref_policy_written AFTER UPDATE ON search_ref FOR EACH ROW
+    WHEN (OLD.resource_type IN ('Consent', 'PractitionerRole', 'CareTeam')
+          OR NEW.resource_type IN ('Consent', 'PractitionerRole', 'CareTeam'))
     EXECUTE FUNCTION carapace_policy_changed();
 CREATE TRIGGER search_ref_policy_removed AFTER DELETE ON search_ref FOR EACH ROW
     WHEN (OLD.resource_type IN ('Consent', 'PractitionerRole', 'CareTeam'))

@@ -292,9 +292,10 @@ pub trait Forgets: Send + Sync {
 }
 
 /// How often each node pings the first channel through its pool.
-pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
-/// A listener that hears nothing (not even a ping) this long counts as lost.
-pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// A listener that has not heard its own node's ping this long counts as lost (the longest a
+/// silently dead connection can leave the caches on).
+pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Listen on `connect` (a direct connection: a transaction-mode pooler cannot keep a LISTEN)
 /// for the life of the process, on each follower's channel: a follower is on once subscribed;
@@ -319,14 +320,12 @@ pub async fn follow_changes(
         match listener(&connect).await {
             Ok(mut listener) => match listener.listen_all(channels.iter().copied()).await {
                 Ok(()) => {
-                    for (_, f) in &followers {
-                        f.forget_all();
-                        f.set_listening(true);
-                    }
                     // A half-open connection, or a direct URL naming another database, would
-                    // hear nothing and say nothing: this node pings a channel through its own
-                    // pool every few seconds, and a listener that hears no ping within
-                    // `SILENCE` counts as lost. `try_recv` is `Ok(None)` once the connection is
+                    // hear nothing and say nothing: this node pings the first channel through its
+                    // own pool every `PING_EVERY`, and the caches are on only while this
+                    // listener hears this node's own ping — from its first echo on this
+                    // connection (so a listener on the wrong database never turns them on) until
+                    // one is `SILENCE` late. `try_recv` is `Ok(None)` once the connection is
                     // lost.
                     let ping = format!("ping:{}", uuid::Uuid::new_v4().simple());
                     let pinger = tokio::spawn({
@@ -342,17 +341,29 @@ pub async fn follow_changes(
                             }
                         }
                     });
+                    let mut heard = std::time::Instant::now();
+                    let mut on = false;
                     while let Ok(Ok(Some(n))) =
                         tokio::time::timeout(SILENCE, listener.try_recv()).await
                     {
-                        // Pings (this node's and others') only say the channel works.
-                        if n.payload().starts_with("ping:") {
-                            continue;
-                        }
-                        for (channel, f) in &followers {
-                            if *channel == n.channel() {
-                                f.forget_all();
+                        if n.payload() == ping {
+                            heard = std::time::Instant::now();
+                            if !on {
+                                for (_, f) in &followers {
+                                    f.forget_all();
+                                    f.set_listening(true);
+                                }
+                                on = true;
                             }
+                        } else if !n.payload().starts_with("ping:") {
+                            for (channel, f) in &followers {
+                                if *channel == n.channel() {
+                                    f.forget_all();
+                                }
+                            }
+                        }
+                        if heard.elapsed() > SILENCE {
+                            break;
                         }
                     }
                     pinger.abort();
