@@ -138,21 +138,7 @@ impl World {
         body: Option<Value>,
         extra: &[(&str, &str)],
     ) -> HttpResponse {
-        let auth = format!("Bearer {token}");
-        let mut headers = vec![
-            ("Authorization", auth.as_str()),
-            ("Accept", FHIR_JSON),
-            ("Content-Type", FHIR_JSON),
-        ];
-        headers.extend_from_slice(extra);
-        http(
-            method,
-            &self.stack.server.url(path),
-            &headers,
-            body.map(|b| b.to_string().into_bytes()),
-        )
-        .await
-        .unwrap()
+        call_as(&self.stack.server, token, method, path, body, extra).await
     }
 
     async fn get(&self, token: &str, path: &str) -> HttpResponse {

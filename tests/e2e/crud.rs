@@ -444,12 +444,22 @@ async fn json_patch_updates_validates_and_refuses_cleanly() {
     assert_eq!(r.status, 412);
     // Not a JSON Patch document, or another media type.
     assert_eq!(patch(json!({"op": "remove"}), vec![]).await.status, 400);
+    // As FHIR JSON a PATCH body is a FHIRPath Patch: a list is not its Parameters.
     let r = fhir
         .raw(
             "PATCH",
             &path,
             b"[]".to_vec(),
             &[("Content-Type", "application/fhir+json")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = fhir
+        .raw(
+            "PATCH",
+            &path,
+            b"[]".to_vec(),
+            &[("Content-Type", "text/plain")],
         )
         .await;
     assert_eq!(r.status, 415);

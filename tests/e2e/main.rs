@@ -12,6 +12,7 @@ mod authorize;
 mod backup;
 mod bad_input;
 mod browser;
+mod client_compat;
 mod conformance;
 mod consent;
 mod console_ui;

@@ -46,6 +46,16 @@ impl HttpResponse {
             .collect()
     }
 
+    /// A Bundle's `next` link, if it has one.
+    pub fn next_link(&self) -> Option<String> {
+        self.json()["link"]
+            .as_array()?
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string)
+    }
+
     /// The id of the resource a create answered with 201 (anything else fails the test).
     pub fn created_id(&self) -> String {
         assert_eq!(self.status, 201, "{}", self.text());
@@ -115,6 +125,56 @@ pub(crate) async fn http_json(
     .await?;
     let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     Ok((r.status, v))
+}
+
+/// A FHIR request with `token` (FHIR JSON in and out; `extra` headers replace those).
+pub async fn call_as(
+    server: &crate::processes::Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    extra: &[(&str, &str)],
+) -> HttpResponse {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![
+        ("Authorization", auth.as_str()),
+        ("Accept", FHIR_JSON),
+        ("Content-Type", FHIR_JSON),
+    ];
+    for (k, v) in extra {
+        headers.retain(|(h, _)| !h.eq_ignore_ascii_case(k));
+        headers.push((k, v));
+    }
+    let body = body.map(|b| b.to_string().into_bytes());
+    http(method, &server.url(path), &headers, body)
+        .await
+        .expect("request")
+}
+
+/// Every `match` entry of a search and of the pages its `next` links lead to (at most 50).
+pub async fn all_pages(server: &crate::processes::Server, token: &str, path: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut url = server.url(path);
+    for _ in 0..50 {
+        let auth = format!("Bearer {token}");
+        let page = http(
+            "GET",
+            &url,
+            &[("Authorization", &auth), ("Accept", FHIR_JSON)],
+            None,
+        )
+        .await
+        .expect("GET");
+        assert_eq!(page.status, 200, "{}", page.text());
+        seen.extend(page.entry_refs("match"));
+        match page.next_link() {
+            Some(next) => url = next,
+            None => break,
+        }
+    }
+    seen.sort();
+    seen
 }
 
 /// FHIR helpers over [`http`], with the FHIR JSON media type.

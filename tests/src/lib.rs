@@ -35,8 +35,8 @@ pub use bench::{
 };
 pub use fixtures::{consent, examples_dir, ips_dir, permit_consent};
 pub use http::{
-    document_bytes, download_digest, http, status_within, upload_stream, Downloaded, Fhir,
-    HttpResponse, FHIR_JSON,
+    all_pages, call_as, document_bytes, download_digest, http, status_within, upload_stream,
+    Downloaded, Fhir, HttpResponse, FHIR_JSON,
 };
 pub use postgres::{embedded_pool, Postgres};
 pub use processes::{bin_path, console, free_port, Server, METRICS_TOKEN};

@@ -20,6 +20,8 @@ pub enum Answer {
         status: StatusCode,
         resource: StoredResource,
     },
+    /// 304 to a read whose client holds this version already: its ETag and Last-Modified, no body.
+    NotModified(StoredResource),
     /// 204; the version the delete wrote, if it deleted anything now.
     Deleted(Option<i64>),
     /// 200 with a JSON body built by the interaction (a Bundle, an OperationOutcome, …).
@@ -45,6 +47,12 @@ impl Answer {
             Answer::Resource { status, resource } => {
                 resource_response(state, status, resource, ret)
             }
+            Answer::NotModified(r) => Response::builder()
+                .status(StatusCode::NOT_MODIFIED)
+                .header("ETag", etag(r.version_id))
+                .header("Last-Modified", http_date(r.last_updated))
+                .body(Full::new(Bytes::new()))
+                .unwrap_or_default(),
             Answer::Deleted(version) => {
                 let mut resp = Response::builder().status(StatusCode::NO_CONTENT);
                 if let Some(v) = version {
@@ -64,6 +72,14 @@ impl Answer {
             Answer::Resource { status, resource } => Entry {
                 response: EntryResponse::written(status, &Written::from(&resource), state),
                 resource: raw(resource.body),
+            },
+            Answer::NotModified(r) => Entry {
+                response: EntryResponse::written(
+                    StatusCode::NOT_MODIFIED,
+                    &Written::from(&r),
+                    state,
+                ),
+                resource: None,
             },
             Answer::Deleted(_) => Entry::status(StatusCode::NO_CONTENT),
             Answer::Json(body) => Entry {

@@ -80,7 +80,9 @@ impl Kind {
             | I::Create { .. }
             | I::Update { .. }
             | I::Delete { .. } => true,
-            I::Search { by_post, .. } => matches!(self, Kind::Batch) && !by_post,
+            I::Search { by_post, .. } | I::SearchAll { by_post, .. } => {
+                matches!(self, Kind::Batch) && !by_post
+            }
             _ => false,
         }
     }
@@ -92,6 +94,7 @@ struct EntryRequest {
     params: Vec<(String, String)>,
     if_match: Option<i64>,
     if_none_exist: Option<String>,
+    freshness: intake::Freshness,
 }
 
 impl EntryRequest {
@@ -132,6 +135,10 @@ impl EntryRequest {
                 .collect(),
             if_match,
             if_none_exist: request["ifNoneExist"].as_str().map(str::to_string),
+            freshness: intake::Freshness::from_texts(
+                request["ifNoneMatch"].as_str(),
+                request["ifModifiedSince"].as_str(),
+            ),
         })
     }
 }
@@ -168,6 +175,7 @@ async fn batch(
                     params: &request.params,
                     if_match: request.if_match,
                     if_none_exist: request.if_none_exist,
+                    freshness: request.freshness,
                     strict: false,
                     body: Body::Entry(entry.resource),
                 };

@@ -116,7 +116,7 @@ fn build(base: &str) -> Value {
                 "readHistory": true,
                 "updateCreate": true,
                 "conditionalCreate": true,
-                "conditionalRead": "not-supported",
+                "conditionalRead": "full-support",
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "searchInclude": includes,
@@ -159,13 +159,22 @@ fn build(base: &str) -> Value {
         "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "implementationGuide": [builtin::GUIDE],
         "format": ["json", "application/fhir+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "documentation": "Every resource is encrypted (AES-256-GCM) before it reaches the database; \
                               search runs over keyed blind indexes (HMAC), shifted dates and opaque \
                               references, never over cleartext PHI. Conditional create, update and \
                               delete (single match) take any search parameters. PATCH takes JSON Patch \
-                              (application/json-patch+json). Operations: $validate (type and instance, \
+                              (application/json-patch+json) and FHIRPath Patch (a Parameters body, \
+                              application/fhir+json). Reads answer 304 to If-None-Match and \
+                              If-Modified-Since. Compartment search in the Patient compartment \
+                              (Patient/[id]/[type], Patient/[id]/*) and system search ([base]?_type=, \
+                              POST [base]/_search): over several types, every parameter must be one \
+                              each type defines, a page holds one type's matches, no total. \
+                              _pretty=true indents; Accept-Encoding: gzip compresses resources and \
+                              Bundles of 1 KiB or more. Operations: $meta, $meta-add and $meta-delete \
+                              on an instance (a change is a new version, under the update rules), $validate (type and instance, \
                               GET and POST, mode create/update/delete, profile= against \
                               StructureDefinitions stored here), Patient/[id]/$everything (_since, _type, _count) and \
                               Bulk Data $export (IG 2.0.0) at system, Patient and Group level (GET or \
@@ -194,10 +203,14 @@ fn build(base: &str) -> Value {
                               RxNorm, UCUM, ...) are out of scope: $lookup answers 404 and \
                               $validate-code an informational 'unknown system' for them.",
             "resource": resources,
-            "interaction": [{"code": "history-system"}, {"code": "batch"}, {"code": "transaction"}],
+            "interaction": [{"code": "history-system"}, {"code": "batch"}, {"code": "transaction"},
+                            {"code": "search-system"}],
             "operation": [
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
                 {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "meta", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta"},
+                {"name": "meta-add", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta-add"},
+                {"name": "meta-delete", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta-delete"},
                 {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
                 {"name": "expand", "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"},
                 {"name": "lookup", "definition": "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup"},

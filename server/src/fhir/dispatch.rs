@@ -4,7 +4,7 @@
 
 use super::answer::Answer;
 use super::route::Interaction;
-use super::{audit, export, history, intake, operations, read, search, terminology, write};
+use super::{audit, export, history, intake, meta, operations, read, search, terminology, write};
 use crate::outcome::ApiError;
 use crate::AppState;
 use bytes::Bytes;
@@ -20,6 +20,8 @@ pub struct Input<'a> {
     pub if_match: Option<i64>,
     /// The condition of a create (`If-None-Exist`, `Bundle.entry.request.ifNoneExist`), raw.
     pub if_none_exist: Option<String>,
+    /// What the client already holds, for a read or vread (a 304 when it is current).
+    pub freshness: intake::Freshness,
     /// `Prefer: handling=strict` (searches refuse unknown parameters).
     pub strict: bool,
     pub body: Body<'a>,
@@ -69,9 +71,19 @@ pub async fn run(
 ) -> Result<Answer, ApiError> {
     use Interaction as I;
     match interaction {
-        I::Read { rt, id } => read::read(state, ctx, rt, &id).await,
-        I::Vread { rt, id, version } => read::vread(state, ctx, rt, &id, version).await,
-        I::Search { rt, by_post } => search::search(state, ctx, rt, by_post, input).await,
+        I::Read { rt, id } => read::read(state, ctx, rt, &id, &input.freshness).await,
+        I::Vread { rt, id, version } => {
+            read::vread(state, ctx, rt, &id, version, &input.freshness).await
+        }
+        I::Search {
+            rt,
+            by_post,
+            compartment,
+        } => search::search(state, ctx, rt, by_post, compartment, input).await,
+        I::SearchAll {
+            by_post,
+            compartment,
+        } => search::search_all(state, ctx, by_post, compartment, input).await,
         I::Create { rt } => write::create(state, ctx, rt, input).await,
         I::Update { rt, target } => write::update(state, ctx, rt, target, input).await,
         I::Patch { rt, id } => write::patch(state, ctx, rt, &id, input).await,
@@ -89,6 +101,12 @@ pub async fn run(
         I::Validate { rt, id, by_post } => {
             operations::validate(state, ctx, rt, id, by_post, input).await
         }
+        I::Meta {
+            rt,
+            id,
+            version,
+            op,
+        } => meta::serve(state, ctx, rt, &id, version, op, input).await,
         I::Terminology { op, by_post } => terminology::serve(state, by_post, input, op).await,
         I::AuditSearch => audit::search(state, ctx, input.params).await,
         I::AuditRead { id } => audit::read(state, ctx, &id).await,

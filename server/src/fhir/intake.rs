@@ -213,6 +213,70 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         .ok_or_else(|| ApiError::bad_request("If-Match must be a version ETag such as W/\"3\""))
 }
 
+/// A read's conditions on what the client already holds (`If-None-Match`, `If-Modified-Since`;
+/// `Bundle.entry.request.ifNoneMatch` and `ifModifiedSince`): when they hold, the read answers
+/// 304 with no body — after the read itself, so the gate and the audit are the same as for a 200.
+#[derive(Debug, Clone, Default)]
+pub struct Freshness {
+    /// The entity tags of `If-None-Match` (`*`: any).
+    none_match: Option<Vec<String>>,
+    modified_since: Option<std::time::SystemTime>,
+}
+
+impl Freshness {
+    pub fn of(headers: &HeaderMap) -> Freshness {
+        let text = |name: &str| {
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.join(","))
+        };
+        Freshness::from_texts(
+            text("if-none-match").as_deref(),
+            text("if-modified-since").as_deref(),
+        )
+    }
+
+    /// The conditions as texts: a list of entity tags, and an HTTP date (RFC 9110). A date
+    /// that does not parse is no condition, as RFC 9110 §13.1.3 has it; an instant
+    /// (`2024-01-02T03:04:05Z`, as a Bundle entry may carry) is taken too.
+    pub fn from_texts(none_match: Option<&str>, modified_since: Option<&str>) -> Freshness {
+        Freshness {
+            none_match: none_match.map(|tags| {
+                tags.split(',')
+                    .map(|t| t.trim().trim_start_matches("W/").to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            }),
+            modified_since: modified_since.and_then(|d| {
+                httpdate::parse_http_date(d.trim()).ok().or_else(|| {
+                    chrono::DateTime::parse_from_rfc3339(d.trim())
+                        .ok()
+                        .map(std::time::SystemTime::from)
+                })
+            }),
+        }
+    }
+
+    /// Does the client hold this version already? `If-None-Match` decides when it is sent
+    /// (weak comparison: `W/"3"` and `"3"` are the same version); `If-Modified-Since`
+    /// otherwise, to the second (an HTTP date has no finer grain).
+    pub fn unchanged(&self, version_id: i64, last_updated: chrono::DateTime<chrono::Utc>) -> bool {
+        if let Some(tags) = &self.none_match {
+            let ours = format!("\"{version_id}\"");
+            return tags.iter().any(|t| t == "*" || *t == ours);
+        }
+        match self.modified_since {
+            Some(since) => {
+                last_updated.timestamp() <= chrono::DateTime::<chrono::Utc>::from(since).timestamp()
+            }
+            None => false,
+        }
+    }
+}
+
 /// `Prefer: return=…`; the full resource unless asked otherwise.
 pub fn prefer(headers: &HeaderMap) -> Return {
     let Some(prefer) = headers.get("prefer").and_then(|v| v.to_str().ok()) else {

@@ -25,7 +25,9 @@ pub mod export;
 mod history;
 mod incoming;
 pub mod intake;
+mod meta;
 mod operations;
+mod present;
 mod read;
 mod route;
 mod search;
@@ -56,7 +58,15 @@ pub fn interaction_name(method: &str, path: &str, query: &str) -> &'static str {
         Ok(Route::Interaction(i)) => match i {
             Interaction::Read { .. } | Interaction::AuditRead { .. } => "read",
             Interaction::Vread { .. } => "vread",
-            Interaction::Search { .. } | Interaction::AuditSearch => "search-type",
+            Interaction::Search {
+                compartment: None, ..
+            }
+            | Interaction::AuditSearch => "search-type",
+            Interaction::Search { .. } => "search-compartment",
+            Interaction::SearchAll {
+                compartment: None, ..
+            } => "search-system",
+            Interaction::SearchAll { .. } => "search-compartment",
             Interaction::Create { .. } => "create",
             Interaction::Update { .. } => "update",
             Interaction::Patch { .. } => "patch",
@@ -65,6 +75,11 @@ pub fn interaction_name(method: &str, path: &str, query: &str) -> &'static str {
             Interaction::Everything { .. } => "operation:everything",
             Interaction::Summary { .. } => "operation:summary",
             Interaction::Validate { .. } => "operation:validate",
+            Interaction::Meta { op, .. } => match op {
+                meta::MetaOp::Read => "operation:meta",
+                meta::MetaOp::Add => "operation:meta-add",
+                meta::MetaOp::Delete => "operation:meta-delete",
+            },
             Interaction::Terminology { op, .. } => match op {
                 Op::Expand => "operation:expand",
                 Op::Lookup => "operation:lookup",
@@ -83,10 +98,16 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<crate::Body> {
-    match serve(&state, req, peer).await {
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let presentation = present::Presentation::of(req.headers(), &params);
+    let resp = match serve(&state, req, peer).await {
         Ok(resp) => resp,
         Err(e) => e.into_response().map(Either::Left),
-    }
+    };
+    presentation.apply(resp).await
 }
 
 async fn serve(
@@ -149,24 +170,18 @@ async fn serve(
         // `read_binary_resource`).
         Interaction::Read { rt, id } if binary(rt) => {
             let resource = state.store.read_binary_resource(&ctx, id, None).await?;
-            return Ok(answer::Answer::Resource {
-                status: StatusCode::OK,
-                resource,
-            }
-            .into_response(state, ret)
-            .map(Either::Left));
+            return Ok(read::answer(resource, &intake::Freshness::of(headers))
+                .into_response(state, ret)
+                .map(Either::Left));
         }
         Interaction::Vread { rt, id, version } if binary(rt) => {
             let resource = state
                 .store
                 .read_binary_resource(&ctx, id, Some(*version))
                 .await?;
-            return Ok(answer::Answer::Resource {
-                status: StatusCode::OK,
-                resource,
-            }
-            .into_response(state, ret)
-            .map(Either::Left));
+            return Ok(read::answer(resource, &intake::Freshness::of(headers))
+                .into_response(state, ret)
+                .map(Either::Left));
         }
         Interaction::Create { rt } if binary(rt) && binary::is_raw_upload(headers) => {
             let answer = binary::create(state, &ctx, headers, body).await?;
@@ -192,6 +207,7 @@ async fn serve(
             Interaction::Create { .. } => intake::header_str(headers, "if-none-exist")?,
             _ => None,
         },
+        freshness: intake::Freshness::of(headers),
         strict: matches!(interaction, Interaction::Search { .. }) && intake::strict(headers),
         body: Body::Http { headers, body },
     };

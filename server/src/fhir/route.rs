@@ -29,10 +29,18 @@ pub enum Interaction {
         id: ResourceId,
         version: i64,
     },
-    /// `GET Type?…`, or `POST Type/_search` with the parameters (also) in a form body.
+    /// `GET Type?…`, or `POST Type/_search` with the parameters (also) in a form body; within
+    /// a patient's compartment for `GET Patient/[id]/Type?…`.
     Search {
         rt: ResourceType,
         by_post: bool,
+        compartment: Option<ResourceId>,
+    },
+    /// A search over several types: the system search (`GET [base]?_type=…`,
+    /// `POST [base]/_search`) or every type of a patient's compartment (`GET Patient/[id]/*`).
+    SearchAll {
+        by_post: bool,
+        compartment: Option<ResourceId>,
     },
     /// `POST Type`; conditional when the URL holds search parameters or `If-None-Exist` is sent.
     Create {
@@ -63,6 +71,13 @@ pub enum Interaction {
     Summary {
         patient: ResourceId,
         by_post: bool,
+    },
+    /// `$meta` (of a version too), `$meta-add`, `$meta-delete` on an instance.
+    Meta {
+        rt: ResourceType,
+        id: ResourceId,
+        version: Option<i64>,
+        op: super::meta::MetaOp,
     },
     /// `$validate` at type or instance level.
     Validate {
@@ -101,7 +116,10 @@ impl Interaction {
 
     /// Updates and patches may be conditional on the version (`If-Match`).
     pub fn takes_if_match(&self) -> bool {
-        matches!(self, Interaction::Update { .. } | Interaction::Patch { .. })
+        matches!(
+            self,
+            Interaction::Update { .. } | Interaction::Patch { .. } | Interaction::Meta { .. }
+        )
     }
 }
 
@@ -146,11 +164,19 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
         (["metadata"], "GET") => return Ok(Route::Capabilities),
         ([".well-known", "smart-configuration"], "GET") => return Ok(Route::SmartConfiguration),
         ([], "POST") => return Ok(Route::Bundle),
+        ([], "GET") => I::SearchAll {
+            by_post: false,
+            compartment: None,
+        },
+        (["_search"], "POST") => I::SearchAll {
+            by_post: true,
+            compartment: None,
+        },
         ([], _) => {
             return Err(Unroutable::NoInteraction(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "not-supported",
-                "the base URL takes POST of a batch Bundle",
+                "the base URL takes GET (a search) and POST of a batch or transaction Bundle",
             )))
         }
         (["_history"], "GET") => I::History { rt: None, id: None },
@@ -183,6 +209,43 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
         (["AuditEvent"], "GET") => I::AuditSearch,
         (["AuditEvent", id], "GET") => I::AuditRead { id: id.to_string() },
         (["AuditEvent", ..], _) => return Err(Unroutable::Bad(super::audit::not_writable())),
+        ([t, id, op], method) if super::meta::MetaOp::of(op).is_some() => {
+            let op = super::meta::MetaOp::of(op).unwrap_or(super::meta::MetaOp::Read);
+            let allowed = match op {
+                super::meta::MetaOp::Read => matches!(method, "GET" | "POST"),
+                _ => method == "POST",
+            };
+            if !allowed {
+                return Err(Unroutable::NoInteraction(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "not-supported",
+                    "$meta takes GET or POST; $meta-add and $meta-delete take POST",
+                )));
+            }
+            I::Meta {
+                rt: resource_type(t)?,
+                id: resource_id(id)?,
+                version: None,
+                op,
+            }
+        }
+        ([t, id, "_history", version, "$meta"], "GET" | "POST") => {
+            let (rt, id) = (resource_type(t)?, resource_id(id)?);
+            I::Meta {
+                version: Some(version_number(&rt, &id, version)?),
+                rt,
+                id,
+                op: super::meta::MetaOp::Read,
+            }
+        }
+        ([_, "$meta"] | ["$meta"], _) => {
+            return Err(Unroutable::NoInteraction(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-supported",
+                "$meta is served on an instance ([type]/[id]/$meta): a type's or the system's \
+                 would be drawn from resources the caller may not see",
+            )))
+        }
         (["Patient", id, "$everything"], "GET") => I::Everything {
             patient: resource_id(id)?,
         },
@@ -190,6 +253,43 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
             patient: resource_id(id)?,
             by_post,
         },
+        (["Patient", id, "*"], "GET") => I::SearchAll {
+            by_post: false,
+            compartment: Some(resource_id(id)?),
+        },
+        (["Patient", id, "*", "_search"], "POST") => I::SearchAll {
+            by_post: true,
+            compartment: Some(resource_id(id)?),
+        },
+        (["Patient", id, t], "GET") if !t.starts_with(['_', '$']) => {
+            let (id, rt) = (resource_id(id)?, resource_type(t)?);
+            I::Search {
+                rt: in_patient_compartment(rt)?,
+                by_post: false,
+                compartment: Some(id),
+            }
+        }
+        (["Patient", id, t, "_search"], "POST") => {
+            let (id, rt) = (resource_id(id)?, resource_type(t)?);
+            I::Search {
+                rt: in_patient_compartment(rt)?,
+                by_post: true,
+                compartment: Some(id),
+            }
+        }
+        ([c, _, t], "GET")
+            if !t.starts_with(['_', '$'])
+                && matches!(
+                    *c,
+                    "Encounter" | "RelatedPerson" | "Practitioner" | "Device"
+                ) =>
+        {
+            return Err(Unroutable::NoInteraction(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-supported",
+                "compartment searches are supported in the Patient compartment only",
+            )))
+        }
         ([t, ..], _) if t.starts_with('_') || t.starts_with('$') => {
             return Err(Unroutable::NoInteraction(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
@@ -203,10 +303,12 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
         ([t], "GET") => I::Search {
             rt: resource_type(t)?,
             by_post: false,
+            compartment: None,
         },
         ([t, "_search"], "POST") => I::Search {
             rt: resource_type(t)?,
             by_post: true,
+            compartment: None,
         },
         ([t], "PUT") => I::Update {
             rt: resource_type(t)?,
@@ -242,12 +344,7 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
         },
         ([t, id, "_history", version], "GET") => {
             let (rt, id) = (resource_type(t)?, resource_id(id)?);
-            let version = version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
-                Unroutable::Bad(ApiError::not_found(format!(
-                    "{rt}/{id} has no version '{}'",
-                    printable(version)
-                )))
-            })?;
+            let version = version_number(&rt, &id, version)?;
             I::Vread { rt, id, version }
         }
         ([_, ..], _) if segments.len() <= 4 => {
@@ -266,6 +363,15 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
     Ok(Route::Interaction(interaction))
 }
 
+fn version_number(rt: &ResourceType, id: &ResourceId, version: &str) -> Result<i64, Unroutable> {
+    version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+        Unroutable::Bad(ApiError::not_found(format!(
+            "{rt}/{id} has no version '{}'",
+            printable(version)
+        )))
+    })
+}
+
 fn resource_type(name: &str) -> Result<ResourceType, Unroutable> {
     ResourceType::parse(name).ok_or_else(|| {
         Unroutable::Bad(ApiError::not_found(format!(
@@ -277,6 +383,17 @@ fn resource_type(name: &str) -> Result<ResourceType, Unroutable> {
 
 fn resource_id(id: &str) -> Result<ResourceId, Unroutable> {
     ResourceId::parse(id).map_err(|e| Unroutable::Bad(ApiError::bad_request(e.to_string())))
+}
+
+/// A compartment search's type: one the R4 Patient CompartmentDefinition puts in the compartment.
+fn in_patient_compartment(rt: ResourceType) -> Result<ResourceType, Unroutable> {
+    if rt.in_patient_compartment() {
+        Ok(rt)
+    } else {
+        Err(Unroutable::Bad(ApiError::bad_request(format!(
+            "{rt} is not in the Patient compartment (R4 CompartmentDefinition patient)"
+        ))))
+    }
 }
 
 /// The query of a conditional update or delete; it must hold search parameters.

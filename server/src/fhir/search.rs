@@ -7,100 +7,274 @@ use super::answer::Answer;
 use super::dispatch::Input;
 use crate::outcome::ApiError;
 use crate::AppState;
-use carapace_core::access::AccessContext;
-use carapace_core::fhir::ResourceType;
+use carapace_core::access::{AccessContext, Permission};
+use carapace_core::fhir::{printable, ResourceId, ResourceType};
 use carapace_core::search::query as search_query;
+use carapace_core::store::StoredResource;
 use hyper::StatusCode;
 use serde_json::value::RawValue;
 
 /// Type search: every R4 search parameter of the type over the blind index, narrowed to what the
-/// caller may see. Unknown parameters are ignored with a warning entry, or refused with
-/// `Prefer: handling=strict`.
+/// caller may see; within a patient's compartment for `Patient/[id]/Type`. Unknown parameters are
+/// ignored with a warning entry, or refused with `Prefer: handling=strict`.
 pub async fn search(
     state: &AppState,
     ctx: &AccessContext,
     rt: ResourceType,
     by_post: bool,
+    compartment: Option<ResourceId>,
     input: Input<'_>,
 ) -> Result<Answer, ApiError> {
-    // A POST's form parameters join those of its URL.
-    let form;
-    let params = if by_post {
+    let strict = input.strict;
+    let params = parameters(by_post, input).await?;
+    let mut query = search_query::parse(rt, &params, strict).map_err(bad_search)?;
+    let path = match &compartment {
+        Some(patient) => format!("{}/Patient/{patient}/{rt}", state.base),
+        None => format!("{}/{rt}", state.base),
+    };
+    query.compartment = compartment;
+    let page = state.store.search(ctx, &query).await?;
+    let link = page_links(
+        &path,
+        &query.kept,
+        &params,
+        page.next.clone(),
+        page.previous.clone(),
+    );
+    let mut entries = Entries::default();
+    entries.add(state, &query, page.matches, page.included)?;
+    entries.warn_ignored(&query.ignored)?;
+    entries.into_bundle(page.total, link)
+}
+
+/// A search over several types: the system search (`[base]?_type=A,B&…`; every type without
+/// `_type`) and the patient-compartment search (`Patient/[id]/*`; every type of the
+/// compartment). Each type is searched as a type search is — the same parse, the store's same
+/// gated search, its own audit events — with the parameters refused, not ignored, where a type
+/// does not define one (an ignored filter would widen that type's matches). A page holds matches
+/// of one type; its `next` link moves through that type's pages, then on to the next type
+/// (`_page_type`). Without `_type`, the types the caller's scopes do not let it search are left
+/// out; a type named in `_type` that they do not is refused (403), as its type search would be.
+/// Sorting is within each type; `total` is left out.
+pub async fn search_all(
+    state: &AppState,
+    ctx: &AccessContext,
+    by_post: bool,
+    compartment: Option<ResourceId>,
+    input: Input<'_>,
+) -> Result<Answer, ApiError> {
+    let params = parameters(by_post, input).await?;
+    let mut named = Vec::new();
+    for (_, value) in params.iter().filter(|(k, _)| k == "_type") {
+        for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let rt = ResourceType::parse(t).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "_type: '{}' is not an R4 resource type",
+                    printable(t)
+                ))
+            })?;
+            if compartment.is_some() && !rt.in_patient_compartment() {
+                return Err(ApiError::bad_request(format!(
+                    "_type: {rt} is not in the Patient compartment"
+                )));
+            }
+            if !named.contains(&rt) {
+                named.push(rt);
+            }
+        }
+    }
+    // Every named type is authorized before any is searched: a refusal is the whole answer.
+    for rt in &named {
+        ctx.check(rt.as_str(), Permission::Search)
+            .map_err(|d| ApiError::from(carapace_core::store::StoreError::from(d)))?;
+    }
+    let types: Vec<ResourceType> = if named.is_empty() {
+        ResourceType::all()
+            .filter(|rt| compartment.is_none() || rt.in_patient_compartment())
+            .filter(|rt| ctx.check(rt.as_str(), Permission::Search).is_ok())
+            .collect()
+    } else {
+        named
+    };
+    let at = match params.iter().find(|(k, _)| k == "_page_type") {
+        Some((_, t)) => types
+            .iter()
+            .position(|rt| rt.as_str() == t)
+            .ok_or_else(|| ApiError::bad_request("_page_type names no type of this search"))?,
+        None => 0,
+    };
+    // What each type's search is given: everything but the types and the position; the paging
+    // cursor only to the type it belongs to.
+    let common: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "_type" | "_page_type" | "_page"))
+        .cloned()
+        .collect();
+    let cursor = params.iter().find(|(k, _)| k == "_page").cloned();
+    let path = match &compartment {
+        Some(patient) => format!("{}/Patient/{patient}/*", state.base),
+        None => state.base.clone(),
+    };
+    let link_to = |rt: Option<ResourceType>, page: Option<&str>| {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in params.iter().filter(|(k, _)| k == "_type") {
+            ser.append_pair(k, v);
+        }
+        for (k, v) in &common {
+            ser.append_pair(k, v);
+        }
+        if let Some(rt) = rt {
+            ser.append_pair("_page_type", rt.as_str());
+        }
+        if let Some(page) = page {
+            ser.append_pair("_page", page);
+        }
+        format!("{path}?{}", ser.finish())
+    };
+    let mut entries = Entries::default();
+    let mut link = vec![Link {
+        relation: "self",
+        url: link_to(
+            params
+                .iter()
+                .any(|(k, _)| k == "_page_type")
+                .then(|| types[at]),
+            cursor.as_ref().map(|(_, v)| v.as_str()),
+        ),
+    }];
+    for (i, &rt) in types.iter().enumerate().skip(at) {
+        let mut own = common.clone();
+        if i == at {
+            own.extend(cursor.clone());
+        }
+        let mut query = search_query::parse(rt, &own, true).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} (in a search over several types, every parameter must be one every searched \
+                 type defines; name the types with _type)",
+                e.0
+            ))
+        })?;
+        query.compartment = compartment.clone();
+        let page = state.store.search(ctx, &query).await?;
+        let found = !page.matches.is_empty();
+        let next = match page.next {
+            Some(next) => Some(link_to(Some(rt), Some(&next))),
+            None => types.get(i + 1).map(|&t| link_to(Some(t), None)),
+        };
+        entries.add(state, &query, page.matches, page.included)?;
+        if found || i + 1 == types.len() {
+            link.extend(next.map(|url| Link {
+                relation: "next",
+                url,
+            }));
+            break;
+        }
+    }
+    entries.into_bundle(None, link)
+}
+
+/// A search's parameters: those of the URL, and a POST's form parameters with them.
+async fn parameters(by_post: bool, input: Input<'_>) -> Result<Vec<(String, String)>, ApiError> {
+    let mut all = input.params.to_vec();
+    if by_post {
         let (headers, body) = input.body.http()?;
-        let mut all = input.params.to_vec();
         all.extend(
             crate::oauth::read_form(headers, body)
                 .await
                 .map_err(|e| ApiError::bad_request(e.description))?,
         );
-        form = all;
-        &form[..]
-    } else {
-        input.params
-    };
-    let query = search_query::parse(rt, params, input.strict)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?;
-    let page = state.store.search(ctx, &query).await?;
-    let path = format!("{}/{rt}", state.base);
-    let link = page_links(&path, &query.kept, params, page.next, page.previous);
-    let unreadable = || {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "exception",
-            "a stored resource is unreadable",
-        )
-    };
-    // Stored bodies go out as they are unless `_summary`/`_elements` reshape them.
-    let plain = query.summary == search_query::Summary::None && query.elements.is_none();
-    // Bodies are moved, not copied, into the Bundle.
-    let raw = |body: Vec<u8>| -> Result<Box<RawValue>, ApiError> {
-        let text = if plain {
-            String::from_utf8(body).map_err(|_| unreadable())?
-        } else {
-            let mut resource: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|_| unreadable())?;
-            carapace_core::search::shape(&mut resource, query.summary, query.elements.as_deref());
-            resource.to_string()
-        };
-        RawValue::from_string(text).map_err(|_| unreadable())
-    };
-    let mut bodies = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
-    let mut meta = Vec::with_capacity(bodies.capacity());
-    for (mode, list) in [("match", page.matches), ("include", page.included)] {
-        for r in list {
-            meta.push((
-                Some(format!("{}/{}/{}", state.base, r.resource_type, r.id)),
-                mode,
-            ));
-            bodies.push(raw(r.body)?);
+    }
+    Ok(all)
+}
+
+fn bad_search(e: search_query::BadSearch) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0)
+}
+
+fn unreadable() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "exception",
+        "a stored resource is unreadable",
+    )
+}
+
+/// A searchset's entries as they are gathered: bodies moved, not copied, into the Bundle.
+#[derive(Default)]
+struct Entries {
+    meta: Vec<(Option<String>, &'static str)>,
+    bodies: Vec<Box<RawValue>>,
+}
+
+impl Entries {
+    fn add(
+        &mut self,
+        state: &AppState,
+        query: &search_query::SearchQuery,
+        matches: Vec<StoredResource>,
+        included: Vec<StoredResource>,
+    ) -> Result<(), ApiError> {
+        // Stored bodies go out as they are unless `_summary`/`_elements` reshape them.
+        let plain = query.summary == search_query::Summary::None && query.elements.is_none();
+        for (mode, list) in [("match", matches), ("include", included)] {
+            for r in list {
+                let text = if plain {
+                    String::from_utf8(r.body).map_err(|_| unreadable())?
+                } else {
+                    let mut resource: serde_json::Value =
+                        serde_json::from_slice(&r.body).map_err(|_| unreadable())?;
+                    carapace_core::search::shape(
+                        &mut resource,
+                        query.summary,
+                        query.elements.as_deref(),
+                    );
+                    resource.to_string()
+                };
+                self.meta.push((
+                    Some(format!("{}/{}/{}", state.base, r.resource_type, r.id)),
+                    mode,
+                ));
+                self.bodies
+                    .push(RawValue::from_string(text).map_err(|_| unreadable())?);
+            }
         }
+        Ok(())
     }
-    if !query.ignored.is_empty() {
-        let outcome = serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
-            "severity": "warning", "code": "not-supported",
-            "diagnostics": format!("ignored unknown or unsupported search parameters: {}",
-                                   query.ignored.join(", "))}]});
-        bodies.push(RawValue::from_string(outcome.to_string()).map_err(|_| unreadable())?);
-        meta.push((None, "outcome"));
+
+    fn warn_ignored(&mut self, ignored: &[String]) -> Result<(), ApiError> {
+        if !ignored.is_empty() {
+            let outcome = serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
+                "severity": "warning", "code": "not-supported",
+                "diagnostics": format!("ignored unknown or unsupported search parameters: {}",
+                                       ignored.join(", "))}]});
+            self.bodies
+                .push(RawValue::from_string(outcome.to_string()).map_err(|_| unreadable())?);
+            self.meta.push((None, "outcome"));
+        }
+        Ok(())
     }
-    let entry = meta
-        .into_iter()
-        .zip(bodies.iter())
-        .map(|((full_url, mode), resource)| SearchEntry {
-            full_url,
-            resource,
-            search: SearchMode { mode },
-        })
-        .collect();
-    let bundle = SearchBundle {
-        resource_type: "Bundle",
-        bundle_type: "searchset",
-        total: page.total,
-        link,
-        entry,
-    };
-    let body = serde_json::to_vec(&bundle).map_err(|_| unreadable())?;
-    Ok(Answer::Json(body))
+
+    fn into_bundle(self, total: Option<u64>, link: Vec<Link>) -> Result<Answer, ApiError> {
+        let entry = self
+            .meta
+            .into_iter()
+            .zip(self.bodies.iter())
+            .map(|((full_url, mode), resource)| SearchEntry {
+                full_url,
+                resource,
+                search: SearchMode { mode },
+            })
+            .collect();
+        let bundle = SearchBundle {
+            resource_type: "Bundle",
+            bundle_type: "searchset",
+            total,
+            link,
+            entry,
+        };
+        let body = serde_json::to_vec(&bundle).map_err(|_| unreadable())?;
+        Ok(Answer::Json(body))
+    }
 }
 
 #[derive(serde::Serialize)]

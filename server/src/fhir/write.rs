@@ -9,7 +9,14 @@ use crate::outcome::ApiError;
 use crate::AppState;
 use carapace_core::access::AccessContext;
 use carapace_core::fhir::{ResourceId, ResourceType};
-use carapace_core::store::{Created, Deleted, EntryResource, Target, TxEntry, TxResult};
+use carapace_core::store::{Created, Deleted, EntryResource, Patch, Target, TxEntry, TxResult};
+
+/// What a PATCH body may be: a JSON Patch, or a FHIRPath Patch's `Parameters`.
+const PATCH_MEDIA_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/fhir+json",
+    "application/json",
+];
 use hyper::StatusCode;
 
 pub async fn create(
@@ -68,7 +75,8 @@ pub async fn update(
     Ok(Answer::written(updated.resource, updated.created))
 }
 
-/// JSON Patch (`application/json-patch+json`), REST only.
+/// JSON Patch (`application/json-patch+json`) or FHIRPath Patch (a `Parameters` resource,
+/// `application/fhir+json`), REST only.
 pub async fn patch(
     state: &AppState,
     ctx: &AccessContext,
@@ -77,14 +85,28 @@ pub async fn patch(
     input: Input<'_>,
 ) -> Result<Answer, ApiError> {
     let (headers, body) = input.body.http()?;
-    let body = intake::read_json(state, headers, body, &["application/json-patch+json"]).await?;
-    let patch: json_patch::Patch = serde_json::from_value(body).map_err(|_| {
-        ApiError::bad_request("the body is not a JSON Patch document (an array of operations)")
-    })?;
-    let updated = state
-        .store
-        .patch(ctx, rt, id, &patch, input.if_match)
-        .await?;
+    let json_patch = intake::media_type(headers).as_deref() == Some("application/json-patch+json");
+    let body = intake::read_json(state, headers, body, PATCH_MEDIA_TYPES).await?;
+    let updated = if json_patch {
+        let patch: json_patch::Patch = serde_json::from_value(body).map_err(|_| {
+            ApiError::bad_request("the body is not a JSON Patch document (an array of operations)")
+        })?;
+        state
+            .store
+            .patch(ctx, rt, id, Patch::Json(&patch), input.if_match)
+            .await?
+    } else {
+        if !carapace_core::fhir::patch::is_fhirpath_patch(&body) {
+            return Err(ApiError::bad_request(
+                "a FHIRPath Patch is a Parameters resource (send a JSON Patch as \
+                 application/json-patch+json)",
+            ));
+        }
+        state
+            .store
+            .patch(ctx, rt, id, Patch::FhirPath(&body), input.if_match)
+            .await?
+    };
     Ok(Answer::Resource {
         status: StatusCode::OK,
         resource: updated.resource,

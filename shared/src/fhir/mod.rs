@@ -7,6 +7,7 @@ pub mod invariants;
 pub mod ips;
 pub mod json;
 pub mod narrative;
+pub mod patch;
 pub mod profile;
 pub mod reference;
 pub mod schema;
@@ -22,6 +23,13 @@ pub struct ResourceType(&'static str);
 impl ResourceType {
     /// `Binary`, which the store keeps apart (its content is chunked).
     pub const BINARY: ResourceType = ResourceType("Binary");
+    pub const PATIENT: ResourceType = ResourceType("Patient");
+
+    /// Is a resource of this type in a patient's compartment (R4 CompartmentDefinition
+    /// `patient`; a Patient is in its own)?
+    pub fn in_patient_compartment(self) -> bool {
+        self == ResourceType::PATIENT || !schema::patient_compartment_paths(self.0).is_empty()
+    }
 
     pub fn parse(name: &str) -> Option<ResourceType> {
         schema::resource_types()

@@ -22,6 +22,10 @@ pub(crate) fn query_digest(query: &SearchQuery) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(query.resource_type.as_str());
+    if let Some(patient) = &query.compartment {
+        h.update([2]);
+        h.update(patient.as_str());
+    }
     for (k, v) in &query.kept {
         h.update([0]);
         h.update(k);

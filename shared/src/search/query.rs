@@ -112,6 +112,9 @@ pub struct SearchQuery {
     pub kept: Vec<(String, String)>,
     /// Parameters ignored (unknown or unsupported), named for the warning.
     pub ignored: Vec<String>,
+    /// A compartment search (`GET Patient/[id]/Observation?…`): only resources in this patient's
+    /// compartment (R4 `compartmentdefinition-patient`), whichever reference puts them there.
+    pub compartment: Option<crate::fhir::ResourceId>,
 }
 
 impl SearchQuery {
@@ -313,6 +316,7 @@ pub fn parse(
         cursor: None,
         kept: vec![],
         ignored: vec![],
+        compartment: None,
     };
     for (name, value) in pairs {
         // Every name and value here may reach SQL (ids, reference targets, URLs are bound as

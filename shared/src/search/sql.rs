@@ -187,9 +187,14 @@ impl<'k> Builder<'k> {
         );
         self.reusable = tests.is_empty();
         self.qb.push("SELECT m.id, m.version_id FROM ");
-        if !sets.is_empty() {
+        // A compartment search's compartment is one more set: the resources sealed under the
+        // patient's key scope and those whose index names the patient among the other
+        // compartments they are in (`_compartment`), by the same function that gives the key
+        // scope ([`crate::fhir::reference::access_compartments`]).
+        let compartment = query.compartment.as_ref().map(|p| p.as_str());
+        if !sets.is_empty() || compartment.is_some() {
             // INTERSECT returns each id once; one set alone may hold an id twice.
-            let single = sets.len() == 1;
+            let single = sets.len() + usize::from(compartment.is_some()) == 1;
             self.qb.push(if single {
                 "(SELECT DISTINCT i.id FROM ("
             } else {
@@ -203,6 +208,28 @@ impl<'k> Builder<'k> {
                 self.filter(rt, "", f)?;
             }
             self.as_set = false;
+            if let Some(patient) = compartment {
+                if !sets.is_empty() {
+                    self.qb.push(" INTERSECT ");
+                }
+                let (c, e) = (self.next_alias(), self.next_alias());
+                self.qb.push(format!(
+                    "(SELECT {c}.id FROM resources {c} WHERE {c}.resource_type = "
+                ));
+                self.qb.push_bind(rt.to_string());
+                self.qb.push(format!(" AND {c}.compartment = "));
+                self.qb.push_bind(format!("Patient/{patient}"));
+                self.qb.push(format!(
+                    " UNION SELECT {e}.id FROM search_ref {e} WHERE {e}.resource_type = "
+                ));
+                self.qb.push_bind(rt.to_string());
+                self.qb.push(format!(
+                    " AND {e}.param = '_compartment' AND {e}.target_type = 'Patient' AND \
+                     {e}.target_id = "
+                ));
+                self.qb.push_bind(patient.to_string());
+                self.qb.push(")");
+            }
             self.qb.push(if single { ") i) ids" } else { ") ids" });
             self.qb.push(" JOIN resources m ON m.resource_type = ");
             self.qb.push_bind(rt.to_string());

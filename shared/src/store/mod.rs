@@ -158,7 +158,7 @@ pub use crate::search::interaction_params::{EverythingQuery, HistoryQuery};
 pub use bundle::{EntryResource, Target, TxEntry, TxFailure, TxResult, Written};
 pub use compartment::EverythingPage;
 pub use history::{HistoryEntry, HistoryPage};
-pub use write::{Created, Deleted, Updated};
+pub use write::{Created, Deleted, Patch, Updated};
 
 pub struct Store {
     pool: Db,

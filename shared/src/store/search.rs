@@ -115,7 +115,14 @@ impl Store {
             for (k, v) in &query.kept {
                 text.append_pair(k, v);
             }
-            format!("{}?{}", query.resource_type, text.finish())
+            match &query.compartment {
+                Some(patient) => format!(
+                    "Patient/{patient}/{}?{}",
+                    query.resource_type,
+                    text.finish()
+                ),
+                None => format!("{}?{}", query.resource_type, text.finish()),
+            }
         };
         let event = Event {
             query: Some(text),

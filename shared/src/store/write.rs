@@ -11,6 +11,7 @@ use crate::access::policy::Label;
 use crate::access::{AccessContext, Denied, Permission};
 use crate::audit::{AuditRecord, Interaction, Outcome};
 use crate::crypto::{self, Binding, Dek};
+use crate::fhir::patch as fhir_patch;
 use crate::fhir::validate::{self, Issue};
 use crate::fhir::{ResourceId, ResourceType};
 use crate::search::index::IndexRows;
@@ -20,6 +21,19 @@ use sqlx::Row;
 use std::sync::Arc;
 
 /// What an update did.
+/// A change to a resource's current version, made in the store: the patched result is
+/// validated, gated and audited as any update is, on the version it was made from (`If-Match`).
+pub enum Patch<'a> {
+    /// JSON Patch (RFC 6902).
+    Json(&'a json_patch::Patch),
+    /// FHIRPath Patch (a `Parameters` resource; [`crate::fhir::patch`]).
+    FhirPath(&'a Value),
+    /// `$meta-add` with this `Meta`.
+    MetaAdd(&'a Value),
+    /// `$meta-delete` with this `Meta`.
+    MetaDelete(&'a Value),
+}
+
 pub struct Updated {
     pub resource: StoredResource,
     pub created: bool,
@@ -795,14 +809,23 @@ impl Store {
         ctx: &AccessContext,
         resource_type: ResourceType,
         id: &ResourceId,
-        patch: &json_patch::Patch,
+        patch: Patch<'_>,
         if_match: Option<i64>,
     ) -> Result<Updated, StoreError> {
         let (doc, version_id) = match self
             .apply_patch(ctx, resource_type, id, patch, if_match)
             .await
         {
-            Ok(prepared) => prepared,
+            Ok((_, current, false)) => {
+                // `$meta-add` of what is there already: no new version; the answer is the
+                // version as it is, read as a read is (gated, audited).
+                let resource = self.vread(ctx, resource_type, id, current).await?;
+                return Ok(Updated {
+                    resource,
+                    created: false,
+                });
+            }
+            Ok((doc, version_id, true)) => (doc, version_id),
             Err(e) => {
                 let event = Event::new(Interaction::Update, format!("{resource_type}/{id}"));
                 let refused = Err(e);
@@ -817,15 +840,15 @@ impl Store {
             .await
     }
 
-    /// The patched document and the version it was made from.
+    /// The patched document, the version it was made from, and whether it changed.
     async fn apply_patch(
         &self,
         ctx: &AccessContext,
         resource_type: ResourceType,
         id: &ResourceId,
-        patch: &json_patch::Patch,
+        patch: Patch<'_>,
         if_match: Option<i64>,
-    ) -> Result<(Value, i64), StoreError> {
+    ) -> Result<(Value, i64, bool), StoreError> {
         ctx.check(resource_type.as_str(), Permission::Update)?;
         if resource_type == ResourceType::BINARY {
             return Err(StoreError::Unsupported(
@@ -843,8 +866,21 @@ impl Store {
         }
         let mut doc: Value =
             serde_json::from_slice(&current.body).map_err(|_| StoreError::Integrity)?;
-        json_patch::patch(&mut doc, patch)
-            .map_err(|e| StoreError::PatchFailed(format!("the patch does not apply: {e}")))?;
+        let failed = |e: &dyn std::fmt::Display| {
+            StoreError::PatchFailed(format!("the patch does not apply: {e}"))
+        };
+        let changed = match patch {
+            Patch::Json(p) => json_patch::patch(&mut doc, p)
+                .map(|()| true)
+                .map_err(|e| failed(&e))?,
+            Patch::FhirPath(p) => fhir_patch::apply(&mut doc, p)
+                .map(|()| true)
+                .map_err(|e| failed(&e))?,
+            Patch::MetaAdd(meta) => fhir_patch::meta_add(&mut doc, meta).map_err(|e| failed(&e))?,
+            Patch::MetaDelete(meta) => {
+                fhir_patch::meta_delete(&mut doc, meta).map_err(|e| failed(&e))?
+            }
+        };
         let same_identity = doc.get("resourceType").and_then(Value::as_str)
             == Some(resource_type.as_str())
             && doc.get("id").and_then(Value::as_str) == Some(id.as_str());
@@ -854,7 +890,7 @@ impl Store {
                 "a patch may not change the resource's type or id",
             )]));
         }
-        Ok((doc, current.version_id))
+        Ok((doc, current.version_id, changed))
     }
 
     /// Logically delete a resource: its history stays, reads answer 410 Gone.
