@@ -280,12 +280,16 @@ async fn a_system_search_spans_the_named_types_and_refuses_what_would_widen_it()
         .unwrap();
     let refused = call(s, &narrow, "GET", "?_type=Patient,Observation", None, &[]).await;
     assert_eq!(refused.status, 403, "{}", refused.text());
-    let patients_only = call(s, &narrow, "GET", "?_lastUpdated=gt2000-01-01", None, &[]).await;
+    let patients_only = call(s, &narrow, "GET", "?_type=Patient", None, &[]).await;
     assert_eq!(patients_only.status, 200, "{}", patients_only.text());
     assert_eq!(
         ids(&patients_only),
         refs(&[("Patient", &r.a), ("Patient", &r.b)])
     );
+    // A system search names its types (each is a query and an audited search).
+    let unnamed = call(s, &r.admin, "GET", "?_lastUpdated=gt2000-01-01", None, &[]).await;
+    assert_eq!(unnamed.status, 400, "{}", unnamed.text());
+    assert!(unnamed.text().contains("_type"));
     let unknown = call(s, &r.admin, "GET", "?_type=Nope", None, &[]).await;
     assert_eq!(unknown.status, 400);
 }
@@ -796,4 +800,39 @@ async fn fhir_kit_client_searches_a_compartment_and_sends_a_fhirpath_patch() {
     assert_eq!(report["patched"]["birthDate"], "1970-01-02");
     assert_eq!(report["patched"]["family"], "Patched");
     assert_eq!(report["patched"]["versionId"], "2");
+}
+
+#[tokio::test]
+async fn fhirpy_searches_patches_and_reads_conditionally_with_strict_models() {
+    let Ok(python) = std::env::var("CARAPACE_PYTHON_CLIENTS") else {
+        eprintln!(
+            "SKIPPED: set CARAPACE_PYTHON_CLIENTS (tests/run installs fhirpy and fhirclient)"
+        );
+        return;
+    };
+    let r = records().await;
+    let s = &r.stack;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/fhirpy_compat.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(s.server.url(""))
+        .arg(&r.admin)
+        .arg(&r.a)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let mut mine = vec![r.a_hr.clone(), r.a_other.clone(), r.shared.clone()];
+    mine.sort();
+    assert_eq!(report["observations"], json!(mine));
+    assert_eq!(report["compartment"], json!(mine));
+    assert_eq!(report["telecom"], "555-0100");
+    assert_eq!(report["versionId"], "2");
+    assert_eq!(report["notModified"], true);
 }

@@ -170,7 +170,7 @@ fn build(base: &str) -> Value {
                               application/fhir+json). Reads answer 304 to If-None-Match and \
                               If-Modified-Since. Compartment search in the Patient compartment \
                               (Patient/[id]/[type], Patient/[id]/*) and system search ([base]?_type=, \
-                              POST [base]/_search): over several types, every parameter must be one \
+                              POST [base]/_search; _type is required): over several types, every parameter must be one \
                               each type defines, a page holds one type's matches, no total. \
                               _pretty=true indents; Accept-Encoding: gzip compresses resources and \
                               Bundles of 1 KiB or more. Operations: $meta, $meta-add and $meta-delete \

@@ -49,12 +49,13 @@ pub async fn search(
 
 /// A search over several types: the system search (`[base]?_type=A,B&…`; every type without
 /// `_type`) and the patient-compartment search (`Patient/[id]/*`; every type of the
-/// compartment). Each type is searched as a type search is — the same parse, the store's same
+/// compartment; a system search must name its types). Each type is searched as a type search is — the same parse, the store's same
 /// gated search, its own audit events — with the parameters refused, not ignored, where a type
 /// does not define one (an ignored filter would widen that type's matches). A page holds matches
 /// of one type; its `next` link moves through that type's pages, then on to the next type
-/// (`_page_type`). Without `_type`, the types the caller's scopes do not let it search are left
-/// out; a type named in `_type` that they do not is refused (403), as its type search would be.
+/// (`_page_type`). Without `_type` (a compartment's types), those the caller's scopes do not let
+/// it search are left out; a type named in `_type` that they do not is refused (403), as its type
+/// search would be.
 /// Sorting is within each type; `total` is left out.
 pub async fn search_all(
     state: &AppState,
@@ -82,6 +83,15 @@ pub async fn search_all(
                 named.push(rt);
             }
         }
+    }
+    // A system search names its types: each type searched is a query and an audited search, and
+    // all 146 for every page would be a cost any caller could impose. A patient's compartment
+    // holds a bounded set of types; they are searched when none are named.
+    if named.is_empty() && compartment.is_none() {
+        return Err(ApiError::bad_request(
+            "a system search names the types it searches with _type (such as \
+             _type=Patient,Observation)",
+        ));
     }
     // Every named type is authorized before any is searched: a refusal is the whole answer.
     for rt in &named {
