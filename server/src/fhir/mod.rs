@@ -7,8 +7,8 @@
 //! |------|------|
 //! | `route.rs` | method + URL → route or interaction (REST and Bundle entries alike) |
 //! | `dispatch.rs` | the dispatcher and its `Input` (parameters, conditions, body) |
-//! | `intake.rs` | negotiation, bodies, conditional headers |
-//! | `answer.rs` | an interaction's result → HTTP response or Bundle entry |
+//! | `intake.rs` | negotiation (JSON or XML), bodies (XML read as JSON), conditional headers |
+//! | `answer.rs` | an interaction's result → HTTP response (in XML when asked) or Bundle entry |
 //! | `read.rs`, `write.rs`, `search.rs`, `history.rs` | the interactions on resources |
 //! | `operations.rs`, `terminology.rs`, `audit.rs`, `capability.rs` | operations, AuditEvent, metadata |
 //! | `bundle.rs`, `incoming.rs` | batch and transaction Bundles |
@@ -83,10 +83,12 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<crate::Body> {
-    match serve(&state, req, peer).await {
+    let format = intake::answer_format(req.headers(), req.uri().query());
+    let resp = match serve(&state, req, peer).await {
         Ok(resp) => resp,
         Err(e) => e.into_response().map(Either::Left),
-    }
+    };
+    answer::in_format(format, resp).await
 }
 
 async fn serve(
