@@ -45,3 +45,4 @@ mod terminology;
 mod tls;
 mod validation;
 mod vault;
+mod xml;

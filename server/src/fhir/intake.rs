@@ -301,3 +301,69 @@ pub fn strict(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|p| p.split([',', ';']).any(|x| x.trim() == "handling=strict"))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn format(accept: Option<&str>, format: Option<&str>) -> Option<Format> {
+        let mut headers = HeaderMap::new();
+        if let Some(a) = accept {
+            headers.insert("accept", a.parse().unwrap());
+        }
+        let params: Vec<(String, String)> = format
+            .map(|f| vec![("_format".to_string(), f.to_string())])
+            .unwrap_or_default();
+        negotiate(&headers, &params).ok()
+    }
+
+    #[test]
+    fn accept_and_format_choose_json_or_xml() {
+        use Format::{Json, Xml};
+        assert_eq!(format(None, None), Some(Json));
+        assert_eq!(format(Some("*/*"), None), Some(Json));
+        assert_eq!(format(Some("application/fhir+xml"), None), Some(Xml));
+        assert_eq!(
+            format(Some("application/fhir+xml; fhirVersion=4.0"), None),
+            Some(Xml)
+        );
+        assert_eq!(format(Some("text/xml, application/json"), None), Some(Xml));
+        assert_eq!(
+            format(Some("application/json;q=0.5, application/xml;q=0.9"), None),
+            Some(Xml)
+        );
+        assert_eq!(
+            format(
+                Some("application/fhir+xml;q=0, application/fhir+json"),
+                None
+            ),
+            Some(Json)
+        );
+        // A browser's Accept: XML ranks above */*.
+        assert_eq!(
+            format(
+                Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+                None
+            ),
+            Some(Xml)
+        );
+        assert_eq!(format(Some("text/turtle"), None), None);
+        assert_eq!(format(Some("application/fhir+xml;q=0"), None), None);
+        // `_format` wins over Accept; a `+` in a query arrives as a space.
+        assert_eq!(
+            format(Some("application/fhir+xml"), Some("json")),
+            Some(Json)
+        );
+        for xml in [
+            "xml",
+            "text/xml",
+            "application/xml",
+            "application/fhir+xml",
+            "application/fhir xml",
+        ] {
+            assert_eq!(format(None, Some(xml)), Some(Xml), "{xml}");
+        }
+        assert_eq!(format(None, Some("turtle")), None);
+    }
+}
