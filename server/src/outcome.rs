@@ -39,6 +39,7 @@ use serde_json::json;
 pub type HttpResponse = Response<Full<Bytes>>;
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+pub const FHIR_XML: &str = "application/fhir+xml; charset=utf-8";
 
 /// An error ready to be sent: status, FHIR issue code, a message safe for the client.
 #[derive(Debug)]

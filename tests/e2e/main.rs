@@ -46,3 +46,4 @@ mod terminology;
 mod tls;
 mod validation;
 mod vault;
+mod xml;

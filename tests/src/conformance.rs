@@ -1,6 +1,7 @@
 //! Round-trip of the official R4 examples (`hl7.fhir.r4.examples`): PUT each example under its own
 //! id, GET it back, compare with what was sent modulo `meta.versionId` and `meta.lastUpdated`.
-//! Numbers are compared by their exact text, so `1.50` must come back as `1.50`.
+//! Numbers are compared by their exact text, so `1.50` must come back as `1.50`. The XML round trip
+//! ([`xml_round_trip_all`]) goes on from there through FHIR XML.
 
 use crate::{http, Value};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,29 @@ pub async fn round_trip_all(
     dir: &Path,
     concurrency: usize,
 ) -> anyhow::Result<Report> {
+    run_all(base, authorization, dir, concurrency, false).await
+}
+
+/// The same round trip, then through FHIR XML: each example that came back exactly is read as XML,
+/// created anew from that XML (POST), and read back as JSON, which must be what was sent (modulo
+/// `meta.versionId`/`meta.lastUpdated` and the new id). An example whose XML the server refuses
+/// (4xx) is a mismatch: what it stored, it must take back.
+pub async fn xml_round_trip_all(
+    base: &str,
+    authorization: &str,
+    dir: &Path,
+    concurrency: usize,
+) -> anyhow::Result<Report> {
+    run_all(base, authorization, dir, concurrency, true).await
+}
+
+async fn run_all(
+    base: &str,
+    authorization: &str,
+    dir: &Path,
+    concurrency: usize,
+    xml: bool,
+) -> anyhow::Result<Report> {
     let files = Arc::new(example_files(dir)?);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -96,7 +120,7 @@ pub async fn round_trip_all(
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(path) = files.get(i) else { break };
-                let verdict = round_trip(&base, &authorization, path).await;
+                let verdict = round_trip(&base, &authorization, path, xml).await;
                 out.push(ExampleResult {
                     file: path
                         .file_name()
@@ -125,7 +149,7 @@ pub async fn round_trip_all(
     })
 }
 
-async fn round_trip(base: &str, authorization: &str, path: &Path) -> Verdict {
+async fn round_trip(base: &str, authorization: &str, path: &Path, xml: bool) -> Verdict {
     let Ok(bytes) = std::fs::read(path) else {
         return Verdict::ServerError("unreadable file".into());
     };
@@ -135,6 +159,7 @@ async fn round_trip(base: &str, authorization: &str, path: &Path) -> Verdict {
     let Some(rt) = sent["resourceType"].as_str() else {
         return Verdict::Refused(0, "no resourceType".into());
     };
+    let rt = rt.to_string();
     let headers = [
         ("Content-Type", "application/fhir+json"),
         ("Accept", "application/fhir+json"),
@@ -205,10 +230,106 @@ async fn round_trip(base: &str, authorization: &str, path: &Path) -> Verdict {
             m.remove("id");
         }
     }
+    if sent != back {
+        return Verdict::Mismatch(first_difference(&sent, &back, String::new()));
+    }
+    if xml {
+        return through_xml(base, authorization, &location, &rt, sent).await;
+    }
+    Verdict::Passed
+}
+
+/// GET `location` as XML, POST that XML as a new resource, GET it as JSON: `sent` again (its id
+/// and the server's meta aside).
+async fn through_xml(
+    base: &str,
+    authorization: &str,
+    location: &str,
+    rt: &str,
+    mut sent: Value,
+) -> Verdict {
+    const FHIR_XML: &str = "application/fhir+xml";
+    let xml = match http(
+        "GET",
+        location,
+        &[("Accept", FHIR_XML), ("Authorization", authorization)],
+        None,
+    )
+    .await
+    {
+        Ok(r) if r.status == 200 => r,
+        Ok(r) => return Verdict::ServerError(format!("GET as XML answered {}", r.status)),
+        Err(e) => return Verdict::ServerError(format!("GET as XML: {e}")),
+    };
+    let content_type = xml
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type != "application/fhir+xml; charset=utf-8" {
+        return Verdict::Mismatch(format!("GET as XML came as {content_type}"));
+    }
+    let headers = [
+        ("Content-Type", FHIR_XML),
+        ("Accept", "application/fhir+json"),
+        ("Authorization", authorization),
+    ];
+    let posted = match http(
+        "POST",
+        &format!("{base}/{rt}"),
+        &headers,
+        Some(xml.body.to_vec()),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return Verdict::ServerError(format!("POST XML: {e}")),
+    };
+    if posted.status == 413 {
+        return Verdict::TooLarge;
+    }
+    if posted.status != 201 {
+        let body: Value = serde_json::from_slice(&posted.body).unwrap_or(Value::Null);
+        let why = &body["issue"][0];
+        let verdict = format!(
+            "its XML was refused {}: {} {}",
+            posted.status,
+            why["expression"][0].as_str().unwrap_or(""),
+            why["diagnostics"].as_str().unwrap_or("")
+        );
+        return if posted.status >= 500 {
+            Verdict::ServerError(verdict)
+        } else {
+            Verdict::Mismatch(verdict)
+        };
+    }
+    let Some(id) = serde_json::from_slice::<Value>(&posted.body)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_string))
+    else {
+        return Verdict::ServerError("created from XML without an id".into());
+    };
+    let got = match http("GET", &format!("{base}/{rt}/{id}"), &headers[1..], None).await {
+        Ok(r) if r.status == 200 => r,
+        Ok(r) => return Verdict::ServerError(format!("GET after XML answered {}", r.status)),
+        Err(e) => return Verdict::ServerError(format!("GET after XML: {e}")),
+    };
+    let Ok(mut back) = serde_json::from_slice::<Value>(&got.body) else {
+        return Verdict::Mismatch("GET after XML returned something that is not JSON".into());
+    };
+    strip_server_meta(&mut back);
+    for v in [&mut sent, &mut back] {
+        if let Value::Object(m) = v {
+            m.remove("id");
+        }
+    }
     if sent == back {
         Verdict::Passed
     } else {
-        Verdict::Mismatch(first_difference(&sent, &back, String::new()))
+        Verdict::Mismatch(format!(
+            "after XML: {}",
+            first_difference(&sent, &back, String::new())
+        ))
     }
 }
 

@@ -2,13 +2,13 @@
 //! entry's `response` (batch). Both come from the same [`Answer`], so a batch entry says what the
 //! same request over REST would have said, without an HTTP response being built and read back.
 
-use super::intake::Return;
-use crate::outcome::{ApiError, HttpResponse, FHIR_JSON};
+use super::intake::{Format, Return};
+use crate::outcome::{ApiError, HttpResponse, FHIR_JSON, FHIR_XML};
 use crate::AppState;
 use bytes::Bytes;
 use carapace_core::store::{StoredResource, Written};
 use chrono::{DateTime, SecondsFormat, Utc};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
 use serde_json::value::RawValue;
@@ -220,4 +220,55 @@ fn resource_response(
         .header("Content-Type", FHIR_JSON)
         .body(Full::new(body))
         .unwrap_or_default()
+}
+
+/// The response in the format negotiated (`intake::negotiate`): a FHIR JSON body — a resource, a
+/// Bundle, an OperationOutcome, errors included — is written as FHIR XML when XML was asked for;
+/// status and headers (ETag, Location…) stay. Streams (Binary content, export files) and JSON that
+/// is not a FHIR resource (an export manifest) pass as they are. A resource with no XML form (a
+/// character XML cannot carry) is answered in JSON, which its Content-Type says.
+pub async fn in_format(format: Format, resp: Response<crate::Body>) -> Response<crate::Body> {
+    let is_fhir_json = resp
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v == FHIR_JSON);
+    if format != Format::Xml || !is_fhir_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let full = match body {
+        Either::Left(full) => full,
+        streamed => return Response::from_parts(parts, streamed),
+    };
+    let bytes = match full.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let xml = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(|v| v.get("resourceType").is_some())
+        .map(|v| carapace_core::fhir::xml::from_json(&v));
+    let body = match xml {
+        Some(Ok(xml)) => {
+            parts.headers.insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static(FHIR_XML),
+            );
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            Bytes::from(xml)
+        }
+        Some(Err(e)) => {
+            tracing::warn!(path = %e.path, "an answer has no XML form; sent as JSON");
+            bytes
+        }
+        None if bytes.is_empty() => {
+            parts.headers.insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static(FHIR_XML),
+            );
+            bytes
+        }
+        None => bytes,
+    };
+    Response::from_parts(parts, Either::Left(Full::new(body)))
 }

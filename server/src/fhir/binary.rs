@@ -23,13 +23,14 @@ use serde_json::json;
 /// Is this create or update's body a document (not a FHIR resource)?
 pub fn is_raw_upload(headers: &HeaderMap) -> bool {
     match intake::media_type(headers) {
-        Some(t) => !RESOURCE_MEDIA_TYPES.contains(&t.as_str()),
+        // `application/xml` and `text/xml` are documents here; FHIR XML says so.
+        Some(t) => !RESOURCE_MEDIA_TYPES.contains(&t.as_str()) || is_plain_xml(&t),
         None => false,
     }
 }
 
 /// Does this read ask for the document's bytes rather than the Binary resource? `_format`, or an
-/// `Accept` naming a FHIR (JSON) type, asks for the resource; anything else, or no `Accept`, for
+/// `Accept` naming a FHIR type (JSON, or `application/fhir+xml`), asks for the resource; anything else, or no `Accept`, for
 /// the bytes (negotiated against the document's type once it is known).
 pub fn wants_raw(headers: &HeaderMap, params: &[(String, String)]) -> bool {
     if params.iter().any(|(k, _)| k == "_format") {
@@ -38,8 +39,17 @@ pub fn wants_raw(headers: &HeaderMap, params: &[(String, String)]) -> bool {
     let Some(accept) = headers.get("accept").and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    !accept_items(accept)
-        .any(|m| m == "application/json" || m == "application/fhir+json" || m.ends_with("+json"))
+    !accept_items(accept).any(|m| {
+        m == "application/json"
+            || m == "application/fhir+json"
+            || m.ends_with("+json")
+            || m == "application/fhir+xml"
+    })
+}
+
+/// XML that does not say it is FHIR: a Binary's document, not the Binary resource.
+fn is_plain_xml(media: &str) -> bool {
+    media == "application/xml" || media == "text/xml"
 }
 
 /// A raw create: the Binary is built from the headers, its content streamed from the body.

@@ -158,7 +158,7 @@ fn build(base: &str) -> Value {
         "fhirVersion": "4.0.1",
         "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "implementationGuide": [builtin::GUIDE],
-        "format": ["json", "application/fhir+json"],
+        "format": ["json", "application/fhir+json", "xml", "application/fhir+xml"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",

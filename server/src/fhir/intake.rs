@@ -1,19 +1,37 @@
-//! What a REST request brings besides its URL: content negotiation (`Accept`, `_format`), bodies
-//! (media type 415, size 413, strict JSON 400) and the conditional headers (`If-Match`,
+//! What a REST request brings besides its URL: content negotiation (`Accept`, `_format`: FHIR JSON
+//! or XML), bodies (media type 415, size 413, FHIR XML converted to JSON, strict JSON 400) and the conditional headers (`If-Match`,
 //! `If-None-Exist`, `Prefer`). Bundle entries carry the same conditions as fields
 //! (see `bundle.rs`); both end up in the dispatcher's `Input`.
 
 use crate::outcome::ApiError;
 use crate::AppState;
 use bytes::Bytes;
-use carapace_core::fhir::json;
+use carapace_core::fhir::validate::{Issue, IssueType};
+use carapace_core::fhir::{json, xml};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::StatusCode;
 
-/// The media types a resource (or Bundle) may be sent as.
-pub const RESOURCE_MEDIA_TYPES: &[&str] = &["application/fhir+json", "application/json"];
+/// The media types a resource (or Bundle) may be sent as: FHIR JSON, or FHIR XML (converted to
+/// FHIR JSON as it is read, see [`read_body`]).
+pub const RESOURCE_MEDIA_TYPES: &[&str] = &[
+    "application/fhir+json",
+    "application/json",
+    "application/fhir+xml",
+    "application/xml",
+    "text/xml",
+];
+
+/// The media types of FHIR XML.
+pub const XML_MEDIA_TYPES: &[&str] = &["application/fhir+xml", "application/xml", "text/xml"];
+
+/// The format an answer is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
+}
 
 /// What the client asked to get back from a write (`Prefer: return=`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,42 +41,65 @@ pub enum Return {
     OperationOutcome,
 }
 
-/// Accept / `_format`: JSON only, 406 otherwise.
-pub fn negotiate(headers: &HeaderMap, params: &[(String, String)]) -> Result<(), ApiError> {
+/// `_format` (first) or `Accept`: FHIR JSON (also when neither says) or FHIR XML; 406 for anything
+/// else. An `Accept` listing several is decided by its `q` values, the first of the best winning.
+pub fn negotiate(headers: &HeaderMap, params: &[(String, String)]) -> Result<Format, ApiError> {
     let not_acceptable = || {
         ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
             "not-supported",
-            "only JSON is supported (application/fhir+json)",
+            "this server answers FHIR JSON (application/fhir+json) or FHIR XML (application/fhir+xml)",
         )
     };
     if let Some((_, format)) = params.iter().find(|(k, _)| k == "_format") {
+        // In a query a `+` is a space: `_format=application/fhir+xml` arrives as `fhir xml`.
         return match format.as_str() {
-            "json" | "application/json" | "application/fhir+json" => Ok(()),
+            "json" | "application/json" | "application/fhir+json" | "application/fhir json" => {
+                Ok(Format::Json)
+            }
+            "xml"
+            | "text/xml"
+            | "application/xml"
+            | "application/fhir+xml"
+            | "application/fhir xml" => Ok(Format::Xml),
             _ => Err(not_acceptable()),
         };
     }
     let Some(accept) = headers.get("accept") else {
-        return Ok(());
+        return Ok(Format::Json);
     };
     let accept = accept.to_str().map_err(|_| not_acceptable())?;
-    let ok = accept.split(',').any(|item| {
-        let media = item
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        matches!(
-            media.as_str(),
-            "" | "*/*" | "application/*" | "application/json" | "application/fhir+json"
-        ) || media.ends_with("+json")
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(not_acceptable())
+    let mut best: Option<(f32, Format)> = None;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.trim().strip_prefix("q="))
+            .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok())
+            .unwrap_or(0.0);
+        let format = match media.as_str() {
+            "" | "*/*" | "application/*" | "application/json" | "application/fhir+json" => {
+                Format::Json
+            }
+            m if m.ends_with("+json") => Format::Json,
+            m if XML_MEDIA_TYPES.contains(&m) => Format::Xml,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, format));
+        }
     }
+    best.map(|(_, f)| f).ok_or_else(not_acceptable)
+}
+
+/// The format the answer to this request is written in (JSON when negotiation refuses it: a 406
+/// is itself JSON).
+pub fn answer_format(headers: &HeaderMap, query: Option<&str>) -> Format {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k == "_format")
+        .collect();
+    negotiate(headers, &params).unwrap_or(Format::Json)
 }
 
 /// Read, parse and check a request body: JSON media type (415), size limit (413), strict JSON (400).
@@ -97,6 +138,8 @@ pub async fn read_json(
 }
 
 /// Read a body of one of the `accepted` media types (415 otherwise), within the body limit (413).
+/// A FHIR XML body is converted to FHIR JSON here (400 naming the path when it is not FHIR XML),
+/// so every path after this one (strict JSON, the validator) sees JSON only.
 pub async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
@@ -128,9 +171,31 @@ pub async fn read_body(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    read_limited(body, state.config.body_limit, declared)
+    let bytes = read_limited(body, state.config.body_limit, declared)
         .await?
-        .ok_or_else(too_large)
+        .ok_or_else(too_large)?;
+    if content_type
+        .as_deref()
+        .is_some_and(|t| XML_MEDIA_TYPES.contains(&t))
+    {
+        return json_of_xml(&bytes);
+    }
+    Ok(bytes)
+}
+
+/// A FHIR XML body as the FHIR JSON the intake reads.
+fn json_of_xml(bytes: &[u8]) -> Result<Bytes, ApiError> {
+    let value = xml::to_json(bytes).map_err(|e| ApiError {
+        issues: vec![Issue::error(
+            IssueType::Structure,
+            e.path,
+            e.message.clone(),
+        )],
+        ..ApiError::new(StatusCode::BAD_REQUEST, "structure", e.message)
+    })?;
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|_| ApiError::bad_request("the XML body could not be read"))
 }
 
 /// The media type of `Content-Type`, lowercase, without parameters; `None` when absent or empty.
@@ -299,4 +364,70 @@ pub fn strict(headers: &HeaderMap) -> bool {
         .get("prefer")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|p| p.split([',', ';']).any(|x| x.trim() == "handling=strict"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn format(accept: Option<&str>, format: Option<&str>) -> Option<Format> {
+        let mut headers = HeaderMap::new();
+        if let Some(a) = accept {
+            headers.insert("accept", a.parse().unwrap());
+        }
+        let params: Vec<(String, String)> = format
+            .map(|f| vec![("_format".to_string(), f.to_string())])
+            .unwrap_or_default();
+        negotiate(&headers, &params).ok()
+    }
+
+    #[test]
+    fn accept_and_format_choose_json_or_xml() {
+        use Format::{Json, Xml};
+        assert_eq!(format(None, None), Some(Json));
+        assert_eq!(format(Some("*/*"), None), Some(Json));
+        assert_eq!(format(Some("application/fhir+xml"), None), Some(Xml));
+        assert_eq!(
+            format(Some("application/fhir+xml; fhirVersion=4.0"), None),
+            Some(Xml)
+        );
+        assert_eq!(format(Some("text/xml, application/json"), None), Some(Xml));
+        assert_eq!(
+            format(Some("application/json;q=0.5, application/xml;q=0.9"), None),
+            Some(Xml)
+        );
+        assert_eq!(
+            format(
+                Some("application/fhir+xml;q=0, application/fhir+json"),
+                None
+            ),
+            Some(Json)
+        );
+        // A browser's Accept: XML ranks above */*.
+        assert_eq!(
+            format(
+                Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+                None
+            ),
+            Some(Xml)
+        );
+        assert_eq!(format(Some("text/turtle"), None), None);
+        assert_eq!(format(Some("application/fhir+xml;q=0"), None), None);
+        // `_format` wins over Accept; a `+` in a query arrives as a space.
+        assert_eq!(
+            format(Some("application/fhir+xml"), Some("json")),
+            Some(Json)
+        );
+        for xml in [
+            "xml",
+            "text/xml",
+            "application/xml",
+            "application/fhir+xml",
+            "application/fhir xml",
+        ] {
+            assert_eq!(format(None, Some(xml)), Some(Xml), "{xml}");
+        }
+        assert_eq!(format(None, Some("turtle")), None);
+    }
 }

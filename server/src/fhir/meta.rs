@@ -50,13 +50,8 @@ pub async fn serve(
         },
         MetaOp::Add | MetaOp::Delete => {
             let (headers, body) = input.body.http()?;
-            let body = intake::read_json(
-                state,
-                headers,
-                body,
-                &["application/fhir+json", "application/json"],
-            )
-            .await?;
+            let body =
+                intake::read_json(state, headers, body, intake::RESOURCE_MEDIA_TYPES).await?;
             let meta = meta_parameter(&body)?;
             let patch = match op {
                 MetaOp::Add => Patch::MetaAdd(meta),

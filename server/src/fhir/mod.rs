@@ -7,8 +7,8 @@
 //! |------|------|
 //! | `route.rs` | method + URL → route or interaction (REST and Bundle entries alike) |
 //! | `dispatch.rs` | the dispatcher and its `Input` (parameters, conditions, body) |
-//! | `intake.rs` | negotiation, bodies, conditional headers |
-//! | `answer.rs` | an interaction's result → HTTP response or Bundle entry |
+//! | `intake.rs` | negotiation (JSON or XML), bodies (XML read as JSON), conditional headers |
+//! | `answer.rs` | an interaction's result → HTTP response (in XML when asked) or Bundle entry |
 //! | `read.rs`, `write.rs`, `search.rs`, `history.rs` | the interactions on resources |
 //! | `operations.rs`, `terminology.rs`, `audit.rs`, `capability.rs` | operations, AuditEvent, metadata |
 //! | `bundle.rs`, `incoming.rs` | batch and transaction Bundles |
@@ -98,6 +98,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<crate::Body> {
+    let format = intake::answer_format(req.headers(), req.uri().query());
     let params: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -107,7 +108,9 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => e.into_response().map(Either::Left),
     };
-    presentation.apply(resp).await
+    presentation
+        .apply(answer::in_format(format, resp).await)
+        .await
 }
 
 async fn serve(

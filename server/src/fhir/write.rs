@@ -11,11 +11,14 @@ use carapace_core::access::AccessContext;
 use carapace_core::fhir::{ResourceId, ResourceType};
 use carapace_core::store::{Created, Deleted, EntryResource, Patch, Target, TxEntry, TxResult};
 
-/// What a PATCH body may be: a JSON Patch, or a FHIRPath Patch's `Parameters`.
+/// What a PATCH body may be: a JSON Patch, or a FHIRPath Patch's `Parameters` (JSON or XML).
 const PATCH_MEDIA_TYPES: &[&str] = &[
     "application/json-patch+json",
     "application/fhir+json",
     "application/json",
+    "application/fhir+xml",
+    "application/xml",
+    "text/xml",
 ];
 use hyper::StatusCode;
 

@@ -1,5 +1,6 @@
-//! FHIR R4 (4.0.1) resource handling: strict JSON intake, structural validation against the R4
-//! definitions, and the parsed newtypes (`ResourceType`, `ResourceId`) every other layer takes.
+//! FHIR R4 (4.0.1) resource handling: strict JSON intake (and FHIR XML, read and written through
+//! it), structural validation against the R4 definitions, and the parsed newtypes (`ResourceType`,
+//! `ResourceId`) every other layer takes.
 
 pub mod extensions;
 pub mod fhirpath;
@@ -13,6 +14,7 @@ pub mod reference;
 pub mod schema;
 pub mod terminology;
 pub mod validate;
+pub mod xml;
 
 use std::fmt;
 

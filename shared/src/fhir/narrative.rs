@@ -290,6 +290,19 @@ fn parse_problem(e: &roxmltree::Error) -> String {
     let what = match e {
         E::DtdDetected => return "a DOCTYPE is not allowed in a narrative".into(),
         E::NodesLimitReached => return "the narrative has too many nodes".into(),
+        e => xml_fault(e),
+    };
+    format!(
+        "narrative is not well-formed XHTML: {what} at line {}, column {}",
+        pos.row, pos.col
+    )
+}
+
+/// The kind of an XML well-formedness fault, without the names roxmltree quotes from the input
+/// (shared with `xml.rs`).
+pub(super) fn xml_fault(e: &roxmltree::Error) -> &'static str {
+    use roxmltree::Error as E;
+    match e {
         E::UnknownEntityReference(..) | E::EntityReferenceLoop(..) => {
             "an entity other than &lt; &gt; &amp; &quot; &apos; or a character reference"
         }
@@ -300,12 +313,9 @@ fn parse_problem(e: &roxmltree::Error) -> String {
         E::NonXmlChar(..) => "a character XML does not allow",
         E::InvalidAttributeValue(..) => "a raw '<' in an attribute value",
         E::MalformedEntityReference(..) => "a '&' that does not start an entity",
+        E::DtdDetected => "a DOCTYPE",
         _ => "malformed markup",
-    };
-    format!(
-        "narrative is not well-formed XHTML: {what} at line {}, column {}",
-        pos.row, pos.col
-    )
+    }
 }
 
 fn check_element(node: Node<'_, '_>, problems: &mut Problems) {

@@ -206,6 +206,12 @@ impl TypeDef {
         &self.elements
     }
 
+    /// An element's place in the definition's order (the order FHIR XML gives elements): its
+    /// index in [`TypeDef::elements`].
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
     pub fn choice_name(&self, group: usize) -> &str {
         self.choices.get(group).map(|c| &**c).unwrap_or("")
     }
