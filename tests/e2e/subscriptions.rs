@@ -439,3 +439,81 @@ async fn a_failing_endpoint_is_retried_and_the_subscription_recovers() {
         "{outcomes:?}"
     );
 }
+
+/// An https endpoint at a loopback address nobody allowed is never reached: the name's address
+/// is checked before connecting, every attempt fails, and the Subscription says why.
+#[tokio::test]
+async fn an_endpoint_at_a_non_public_address_is_not_reached() {
+    let endpoint = Endpoint::start().await;
+    let stack = stack_for(&endpoint).await;
+    let f = stack.fhir();
+    // The same listener, named so that its origin is not the allowed one.
+    let port = endpoint.origin.rsplit(':').next().unwrap();
+    let sub = created(
+        &f.post(
+            "Subscription",
+            &subscription(
+                "Observation?code=http://loinc.org|8867-4",
+                &format!("https://localhost:{port}/inside"),
+                json!({}),
+            ),
+        )
+        .await,
+    );
+    let p = created(&f.post("Patient", &json!({"resourceType": "Patient"})).await);
+    created(&f.post("Observation", &obs(&p, "8867-4", None)).await);
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status = f.get(&format!("Subscription/{sub}")).await.json();
+        if status["status"] == "error" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["status"], "error", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a public one"),
+        "{status}"
+    );
+    assert!(
+        endpoint.received.lock().unwrap().is_empty(),
+        "no connection was made"
+    );
+}
+
+/// Two server nodes on one database both work the outbox; each notification is sent once.
+#[tokio::test]
+async fn two_nodes_send_each_notification_once() {
+    let endpoint = Endpoint::start().await;
+    let stack = stack_for(&endpoint).await;
+    let mut second = Server::start(stack.server.env.clone()).await.unwrap();
+    second.token = stack.server.token.clone();
+    let f = stack.fhir();
+    let g = Fhir { server: &second };
+    created(
+        &f.post(
+            "Subscription",
+            &subscription(
+                "Observation?code=http://loinc.org|8867-4",
+                &format!("{}/both", endpoint.origin),
+                json!({}),
+            ),
+        )
+        .await,
+    );
+    let p = created(&f.post("Patient", &json!({"resourceType": "Patient"})).await);
+    for i in 0..20 {
+        let node = if i % 2 == 0 { &f } else { &g };
+        created(&node.post("Observation", &obs(&p, "8867-4", None)).await);
+    }
+    endpoint.wait_for("/both", 20).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(endpoint.at("/both").len(), 20, "each once");
+    let sent = stack
+        .audit_events("subtype=subscription-notification&outcome=0&_count=100")
+        .await;
+    assert_eq!(sent.len(), 20);
+}

@@ -13,7 +13,8 @@ use crate::fhir::ResourceType;
 use serde_json::Value;
 use std::time::Duration;
 
-/// What an administrator lets Subscriptions do (`CARAPACE_SUBSCRIPTION_*`).
+/// What an administrator lets Subscriptions do (`CARAPACE_SUBSCRIPTION_ALLOWED_ORIGINS`,
+/// `_FULL_PAYLOAD`, `_RETRY_MS`).
 #[derive(Debug, Clone)]
 pub struct SubscriptionRules {
     /// Origins an endpoint may have although it is plain `http`, or at a loopback, private or
