@@ -5,6 +5,7 @@ mod cors;
 mod edge;
 mod fhir;
 mod health;
+mod hooks;
 mod limits;
 mod login;
 mod metrics;
@@ -261,6 +262,8 @@ async fn run() -> anyhow::Result<()> {
     core.store.serve_at(&base);
     let exporter = carapace_core::export::Exporter::new(core.store.clone(), config.export.clone());
     exporter.start();
+    // Subscriptions: match what is written, deliver the outbox (every node; each notification once).
+    hooks::start(core.store.clone());
     core.follow_changes();
     let readiness = health::Readiness::new(
         core.store.clone(),

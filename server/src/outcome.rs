@@ -13,6 +13,7 @@
 //! | Unsupported                        | 400    | not-supported  |
 //! | BadRequest (a search it cannot run) | 400   | invalid        |
 //! | PatchFailed (JSON Patch won't apply) | 422  | processing     |
+//! | Unprocessable (a Subscription it cannot serve) | 422 | business-rule + the issues |
 //! | TooLarge (a Binary over its limit) | 413    | too-costly     |
 //! | Key (provider unavailable)         | 503 + Retry-After | transient |
 //! | Integrity (sealed body won't open) | 500    | exception      |
@@ -171,6 +172,14 @@ impl From<StoreError> for ApiError {
             StoreError::PatchFailed(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", m)
             }
+            StoreError::Unprocessable(issues) => ApiError {
+                issues,
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "business-rule",
+                    "the server cannot act on this resource as written",
+                )
+            },
             StoreError::TooLarge(m) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", m)
             }

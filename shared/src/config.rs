@@ -72,6 +72,9 @@ pub struct Config {
     pub deid_rules: Option<crate::deid::Rules>,
     /// `CARAPACE_EXPORT_DIR`, `_TTL`, `_JOBS`, `_PER_CLIENT`, `_FILE_BYTES`: Bulk Data exports.
     pub export: crate::export::ExportConfig,
+    /// `CARAPACE_SUBSCRIPTION_ALLOWED_ORIGINS`, `_FULL_PAYLOAD`, `_RETRY_MS`: where rest-hooks
+    /// may go, which endpoints get whole resources, and the retries' first delay.
+    pub subscriptions: crate::store::SubscriptionRules,
     /// `CARAPACE_RETENTION_HISTORY`, `CARAPACE_AUDIT_RETENTION_DAYS`, `CARAPACE_AUDIT_ARCHIVE_DIR`,
     /// `CARAPACE_RETENTION_INTERVAL`: what is purged when.
     pub retention: crate::store::RetentionConfig,
@@ -464,6 +467,21 @@ impl Config {
                 .unwrap_or(1),
             file_bytes: env.number("CARAPACE_EXPORT_FILE_BYTES")?.max(1 << 10),
         };
+        let origins = |name: &str| -> Result<Vec<String>, ConfigError> {
+            env.list(name)?
+                .map(|o| {
+                    crate::store::parse_origin(&o).map_err(|e| ConfigError(format!("{name}: {e}")))
+                })
+                .collect()
+        };
+        let subscriptions = crate::store::SubscriptionRules {
+            allowed_origins: origins("CARAPACE_SUBSCRIPTION_ALLOWED_ORIGINS")?,
+            full_payload: origins("CARAPACE_SUBSCRIPTION_FULL_PAYLOAD")?,
+            retry_base: Duration::from_millis(
+                env.number("CARAPACE_SUBSCRIPTION_RETRY_MS")?
+                    .clamp(10, 3_600_000),
+            ),
+        };
         let mut retention = crate::store::RetentionConfig::under(&data_dir);
         if let Some(text) = env.text("CARAPACE_RETENTION_HISTORY")? {
             (retention.history, retention.history_default) =
@@ -496,6 +514,7 @@ impl Config {
             retention,
             deid_rules,
             export,
+            subscriptions,
             enforce_profiles,
             referential_integrity,
             cors_origins,

@@ -120,6 +120,7 @@ impl Core {
         .with_sign_in_limits(config.sign_in)
         .with_profile_enforcement(config.enforce_profiles)
         .with_referential_integrity(config.referential_integrity)
+        .with_subscription_rules(config.subscriptions.clone())
         // A Binary's FHIR-JSON form is base64: three quarters of the body limit fits in it.
         .with_binary_limits(config.binary_limit, config.body_limit as u64 / 4 * 3);
         if let Some(replica) = replica {

@@ -40,6 +40,7 @@ mod profiles;
 mod rate_limits;
 mod readme;
 mod search;
+mod subscriptions;
 mod summaries;
 mod summary;
 mod terminology;

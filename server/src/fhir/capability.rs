@@ -174,7 +174,14 @@ fn build(base: &str) -> Value {
                               each type defines, a page holds one type's matches, no total. \
                               _pretty=true indents; Accept-Encoding: gzip compresses resources and \
                               Bundles of 1 KiB or more. Operations: $meta, $meta-add and $meta-delete \
-                              on an instance (a change is a new version, under the update rules), $validate (type and instance, \
+                              on an instance (a change is a new version, under the update rules). \
+                              Subscriptions (R4): channel rest-hook only (websocket and others are \
+                              refused with 422); payload none (a ping) or application/fhir+json to \
+                              origins an administrator allowed (CARAPACE_SUBSCRIPTION_FULL_PAYLOAD); \
+                              criteria any search of the type without _count, _page, _sort, \
+                              _include, _revinclude, _summary, _elements, _total, _contained; matched \
+                              as the subscription's owner through the access gate; deliveries \
+                              retried with back-off and audited. Other operations: $validate (type and instance, \
                               GET and POST, mode create/update/delete, profile= against \
                               StructureDefinitions stored here), Patient/[id]/$everything (_since, _type, _count) and \
                               Bulk Data $export (IG 2.0.0) at system, Patient and Group level (GET or \

@@ -45,6 +45,8 @@ pub enum Interaction {
     BreakGlass,
     /// Bulk Data `$export`: a kick-off, a file handed out, a patient's data written to a job.
     Export,
+    /// A Subscription's notification sent to its endpoint (or failing to reach it).
+    Notify,
 }
 
 impl Interaction {
@@ -73,6 +75,7 @@ impl Interaction {
             Interaction::Admin => "admin",
             Interaction::BreakGlass => "break-glass",
             Interaction::Export => "export",
+            Interaction::Notify => "subscription-notification",
         }
     }
 
@@ -178,6 +181,13 @@ impl AuditRecord {
                 json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": "operation"},
                        {"system": "urn:ietf:rfc:3986",
                         "code": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]),
+            ),
+            // A notification is data leaving for a recipient's endpoint: DICOM's Export event too.
+            Interaction::Notify => (
+                json!({"system": "http://dicom.nema.org/resources/ontology/DCM",
+                       "code": "110106", "display": "Export"}),
+                json!([{"system": "urn:carapace:audit-subtype",
+                        "code": "subscription-notification"}]),
             ),
             _ => (
                 json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",

@@ -324,6 +324,26 @@ pub const SETTINGS: &[Setting] = &[
         "An export's NDJSON file of one type is split into another file past this many bytes.",
     ),
     setting(
+        "CARAPACE_SUBSCRIPTION_ALLOWED_ORIGINS",
+        Means("none"),
+        "Comma-separated origins (`http://127.0.0.1:8099`, `https://hooks.internal`) that \
+         Subscription rest-hooks may reach although plain `http` or at a loopback, private or \
+         link-local address. Every other endpoint must be `https` at a public address.",
+    ),
+    setting(
+        "CARAPACE_SUBSCRIPTION_FULL_PAYLOAD",
+        Means("none: pings only"),
+        "Comma-separated endpoint origins that may receive whole resources (a Subscription's \
+         `channel.payload` `application/fhir+json`); a Subscription asking for them elsewhere \
+         is refused (422).",
+    ),
+    setting(
+        "CARAPACE_SUBSCRIPTION_RETRY_MS",
+        Value("10000"),
+        "Milliseconds before a failed Subscription notification is retried; each further retry \
+         waits twice as long (at most an hour).",
+    ),
+    setting(
         "CARAPACE_RETENTION_HISTORY",
         Means("every version is kept"),
         "How long non-current versions are kept: comma-separated `Type=days`, `*=days` for \

@@ -39,6 +39,7 @@ mod history; // _history
 mod index; // index rows written with each version; re-indexing
 mod integrity; // referential integrity of a write
 mod keys; // data keys, opening bodies, sealed secrets, re-wrapping
+mod notify; // Subscriptions delivered: the outbox, matching as the owner, retries
 pub mod policy_inputs; // the policy's reads kept between requests, forgotten when told
 mod profiles; // declared profiles, $validate
 mod reach; // the gate: the request's plan, consents, break-the-glass, write decisions
@@ -47,6 +48,7 @@ mod release; // de-identification of what analytics callers receive
 mod retention; // what is purged when
 mod search; // the search interaction
 mod stats; // counts for the console and monitoring
+mod subscription; // Subscriptions written: criteria, channel, status, owner
 mod summaries; // machine-generated summaries: written with their Provenance
 mod summary; // Patient/$summary: the International Patient Summary
 mod trail; // reading the audit trail
@@ -59,11 +61,13 @@ use write::{check_resource, lock_conditions, seal_new, set_id, NewResource, Prep
 
 pub use binary::{Content, ContentFacts, OpenBinary, CHUNK as BINARY_CHUNK, MAX_BINARY_LIMIT};
 pub use erasure::{patient_scope, Erasure, HistoryPurge, LegalHold};
+pub use notify::{Delivery, ERROR_AFTER, MAX_ATTEMPTS, NOTIFIER};
 pub use profiles::ValidateMode;
 pub use reach::BtgGrant;
 pub use retention::{RetentionConfig, RetentionReport};
 pub use search::SearchResult;
 pub use stats::OperatorCounts;
+pub use subscription::{parse_origin, SubscriptionRules};
 pub use trail::{AuditPage, AuditQuery};
 
 /// Why a store call failed. The server maps each to one HTTP status and OperationOutcome.
@@ -98,6 +102,10 @@ pub enum StoreError {
     /// A patch that does not apply (a failed `test`, a missing path): 422.
     #[error("{0}")]
     PatchFailed(String),
+    /// A resource valid R4 that this server will not act on as written (a Subscription's
+    /// criteria or channel it cannot serve): 422, each issue at its element.
+    #[error("the resource is not one this server can act on")]
+    Unprocessable(Vec<Issue>),
     /// A body (a Binary's content) over its limit, or a content too large for the form asked
     /// for: 413.
     #[error("{0}")]
@@ -199,6 +207,8 @@ pub struct Store {
     replica: Option<(Db, std::time::Duration)>,
     /// Searches the replica served, and those it could not (behind, or failed): for monitoring.
     replica_searches: [std::sync::atomic::AtomicU64; 2],
+    /// What Subscriptions may do (endpoints, payloads, retries).
+    subscription_rules: SubscriptionRules,
 }
 
 type ConsentRules = std::sync::Mutex<
@@ -249,6 +259,7 @@ impl Store {
             binary_json_slots: tokio::sync::Semaphore::new(4),
             replica: None,
             replica_searches: Default::default(),
+            subscription_rules: SubscriptionRules::default(),
         }
     }
 
@@ -273,6 +284,12 @@ impl Store {
     pub fn with_binary_limits(mut self, limit: u64, json_limit: u64) -> Store {
         self.binary_limit = limit.min(MAX_BINARY_LIMIT);
         self.binary_json_limit = json_limit;
+        self
+    }
+
+    /// The store admitting and delivering Subscriptions under these rules.
+    pub fn with_subscription_rules(mut self, rules: SubscriptionRules) -> Store {
+        self.subscription_rules = rules;
         self
     }
 

@@ -5,6 +5,7 @@
 use super::audited::{Event, Recorded};
 use super::binary::{Content, PendingBinaries, Staged};
 use super::index::PrefixRows;
+use super::subscription::{self, Admitted};
 use super::summaries::Within;
 use super::{head_row, index, patient_of, Store, StoreError, StoredResource};
 use crate::access::policy::Label;
@@ -65,6 +66,8 @@ pub(super) struct Prepared {
     pub(super) server_id: bool,
     /// A Binary's content, staged for the version this write makes.
     pub(super) content: Option<Staged>,
+    /// A Subscription as admitted: its owner is recorded with the write.
+    pub(super) subscription: Option<Admitted>,
 }
 
 /// A new resource, stamped as version 1, sealed and indexed: all an insert needs, without the
@@ -77,6 +80,7 @@ pub(super) struct NewResource {
     pub(super) sealed: Vec<u8>,
     pub(super) index: IndexRows,
     pub(super) content: Option<uuid::Uuid>,
+    pub(super) subscription: Option<Admitted>,
 }
 
 /// New resources are inserted this many to a statement.
@@ -98,6 +102,7 @@ pub(super) fn seal_new(
         index,
         server_id: _,
         content,
+        subscription,
     } = prepared;
     stamp_meta(&mut resource, 1, now);
     let body = serialize(&resource)?;
@@ -120,6 +125,7 @@ pub(super) fn seal_new(
             sealed,
             index,
             content: content.map(|c| c.upload),
+            subscription,
         },
         body,
     ))
@@ -384,6 +390,7 @@ impl Store {
         pending: &PendingBinaries,
     ) -> Result<Prepared, StoreError> {
         set_id(&mut resource, id);
+        let subscription = self.admit_subscription(ctx, resource_type, &mut resource)?;
         let scope = self.scope_for(ctx, resource_type, id, &resource).await?;
         self.check_write(ctx, Permission::Create, resource_type, &scope, &resource)
             .await?;
@@ -412,6 +419,7 @@ impl Store {
             index,
             server_id: true,
             content,
+            subscription,
         })
     }
 
@@ -444,6 +452,7 @@ impl Store {
                 )]))
             }
         }
+        let subscription = self.admit_subscription(ctx, resource_type, &mut resource)?;
         let scope = self
             .scope_for(ctx, resource_type, id.as_str(), &resource)
             .await?;
@@ -487,6 +496,7 @@ impl Store {
             index,
             server_id,
             content,
+            subscription,
         })
     }
 
@@ -534,6 +544,11 @@ impl Store {
                 .map(|n| (n.resource_type, n.id.as_str(), &n.index))
                 .collect();
             index::insert_index(&mut *tx, &index).await?;
+            let subscriptions: Vec<(&str, &Admitted)> = chunk
+                .iter()
+                .filter_map(|n| n.subscription.as_ref().map(|s| (n.id.as_str(), s)))
+                .collect();
+            subscription::record_owners(&mut *tx, ctx, &subscriptions, now).await?;
             records.extend(chunk.iter().map(|n| AuditRecord {
                 query: None,
                 interaction: Interaction::Create,
@@ -774,6 +789,9 @@ impl Store {
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, false).await?;
         index::clear_index(&mut *tx, resource_type, id.as_str()).await?;
         index::insert_index(&mut *tx, &[(resource_type, id.as_str(), &prepared.index)]).await?;
+        if let Some(admitted) = &prepared.subscription {
+            subscription::record_owners(&mut *tx, ctx, &[(id.as_str(), admitted)], now).await?;
+        }
         let record = AuditRecord {
             query: None,
             interaction: if exists {
@@ -963,6 +981,7 @@ impl Store {
         .await?;
         upsert_head(&mut *tx, resource_type, id.as_str(), version_id, true).await?;
         index::clear_index(&mut *tx, resource_type, id.as_str()).await?;
+        subscription::record_deleted(&mut *tx, resource_type, id.as_str()).await?;
         let record = AuditRecord {
             query: None,
             interaction: Interaction::Delete,
