@@ -32,6 +32,7 @@ FLOORS = [
     ["audit"],
     ["search"],
     ["store"],
+    ["graphql"],
     ["identity"],
     ["export"],
     ["config"],
