@@ -516,3 +516,71 @@ async fn a_published_client_queries_with_graphql() {
         "the client sees the refusal's OperationOutcome"
     );
 }
+
+/// The README's GraphQL examples, run by bash as written (curl failing on an error status)
+/// against a server holding its `Patient/123` and a blood pressure of theirs.
+#[tokio::test]
+async fn the_readme_graphql_examples_run_as_written() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let section = readme.split("### GraphQL\n").nth(1).unwrap();
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let stack = Stack::start().await.unwrap();
+    let f = stack.fhir();
+    let patient = json!({"resourceType": "Patient", "id": "123",
+        "name": [{"family": "Peña", "given": ["Ana"]}], "birthDate": "1970-03-04"});
+    assert_eq!(f.put("Patient/123", &patient).await.status, 201);
+    let obs = created(
+        &f.post(
+            "Observation",
+            &json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "subject": {"reference": "Patient/123"},
+                "valueQuantity": {"value": 120, "unit": "mm[Hg]"}}),
+        )
+        .await,
+    );
+    let script = format!(
+        "set -euo pipefail\ncurl() {{ command curl -sS --fail-with-body \"$@\"; echo; }}\n{block}"
+    );
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BASE", &stack.server.base)
+        .env("TOKEN", stack.server.token.clone().unwrap())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{block}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(answers.len(), 2, "{stdout}");
+    assert!(
+        answers.iter().all(|a| a.get("errors").is_none()),
+        "{stdout}"
+    );
+    assert_eq!(answers[0]["data"]["Patient"]["name"][0]["family"], "Peña");
+    assert_eq!(answers[1]["data"]["birthDate"], "1970-03-04");
+    assert_eq!(answers[1]["data"]["ObservationList"][0]["id"], obs.as_str());
+    assert_eq!(
+        answers[1]["data"]["ObservationList"][0]["valueQuantity"]["value"],
+        120
+    );
+}
