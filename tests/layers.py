@@ -14,6 +14,9 @@
    (which builds the pools) names sqlx's pool (`PgPool`, `Pool<`), so no path can run a
    statement outside a transaction, or without its role, behind a transaction-mode pooler.
 
+5. GraphQL adds no path to the data: `graphql/` names neither sqlx nor the database
+   (`crate::db`), so it reaches resources only through the store's gated reads and searches.
+
 Exit status 1 and one line per breach; silent on success but for a one-line summary.
 """
 import pathlib
@@ -32,6 +35,7 @@ FLOORS = [
     ["audit"],
     ["search"],
     ["store"],
+    ["graphql"],
     ["identity"],
     ["export"],
     ["config"],
@@ -130,13 +134,27 @@ def pools():
     return breaches
 
 
+GRAPHQL_DATA = re.compile(r"\b(sqlx|crate::db)\b")
+
+
+def graphql_through_store():
+    breaches = []
+    for path in sorted((CORE / "graphql").rglob("*.rs")):
+        m = GRAPHQL_DATA.search(code_of(path))
+        if m:
+            breaches.append(
+                f"{path.relative_to(ROOT)}: names {m.group(1)} (GraphQL reads only through the store)"
+            )
+    return breaches
+
+
 def main():
-    breaches = floors() + sealed_bodies() + people() + pools()
+    breaches = floors() + sealed_bodies() + people() + pools() + graphql_through_store()
     for b in breaches:
         print(f"architecture invariant broken: {b}", file=sys.stderr)
     if breaches:
         return 1
-    print(f"core floors hold: {len(FLOOR)} modules on {len(FLOORS)} floors; sealed bodies, people and pools as stated")
+    print(f"core floors hold: {len(FLOOR)} modules on {len(FLOORS)} floors; sealed bodies, people, pools and GraphQL as stated")
     return 0
 
 

@@ -15,6 +15,7 @@ pub mod db;
 pub mod deid;
 pub mod export;
 pub mod fhir;
+pub mod graphql;
 pub mod identity;
 pub mod meter;
 pub mod search;

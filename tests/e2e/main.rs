@@ -28,6 +28,7 @@ mod export;
 mod faults;
 mod gate;
 mod gate_review;
+mod graphql;
 mod health;
 mod http_edge;
 mod identity;

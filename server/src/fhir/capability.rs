@@ -215,6 +215,8 @@ fn build(base: &str) -> Value {
             "operation": [
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
                 {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "graphql", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-graphql",
+                 "documentation": "queries only (no mutations), at system and instance level; limits as in the README"},
                 {"name": "meta", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta"},
                 {"name": "meta-add", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta-add"},
                 {"name": "meta-delete", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta-delete"},

@@ -4,7 +4,9 @@
 
 use super::answer::Answer;
 use super::route::Interaction;
-use super::{audit, export, history, intake, meta, operations, read, search, terminology, write};
+use super::{
+    audit, export, graphql, history, intake, meta, operations, read, search, terminology, write,
+};
 use crate::outcome::ApiError;
 use crate::AppState;
 use bytes::Bytes;
@@ -110,5 +112,6 @@ pub async fn run(
         I::Terminology { op, by_post } => terminology::serve(state, by_post, input, op).await,
         I::AuditSearch => audit::search(state, ctx, input.params).await,
         I::AuditRead { id } => audit::read(state, ctx, &id).await,
+        I::GraphQl { target, by_post } => graphql::serve(state, ctx, target, by_post, input).await,
     }
 }

@@ -12,6 +12,7 @@
 //! | `read.rs`, `write.rs`, `search.rs`, `history.rs` | the interactions on resources |
 //! | `operations.rs`, `terminology.rs`, `audit.rs`, `capability.rs` | operations, AuditEvent, metadata |
 //! | `bundle.rs`, `incoming.rs` | batch and transaction Bundles |
+//! | `graphql.rs` | `$graphql`: a GraphQL query run by the core, answered as GraphQL |
 //! | `export.rs` | Bulk Data kick-off, status, cancel and streamed downloads |
 //! | `binary.rs` | Binary documents raw: streamed uploads, downloads and ranges |
 
@@ -22,6 +23,7 @@ mod bundle;
 mod capability;
 mod dispatch;
 pub mod export;
+mod graphql;
 mod history;
 mod incoming;
 pub mod intake;
@@ -87,6 +89,7 @@ pub fn interaction_name(method: &str, path: &str, query: &str) -> &'static str {
             },
             Interaction::Export { .. } => "operation:export",
             Interaction::ExportStatus { .. } => "export-status",
+            Interaction::GraphQl { .. } => "operation:graphql",
         },
         Err(_) => "unroutable",
     }

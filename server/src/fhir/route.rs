@@ -103,6 +103,11 @@ pub enum Interaction {
         job: String,
         cancel: bool,
     },
+    /// `$graphql` at the system level, or at an instance (the resource is the query's root).
+    GraphQl {
+        target: Option<(ResourceType, ResourceId)>,
+        by_post: bool,
+    },
 }
 
 impl Interaction {
@@ -180,6 +185,14 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
             )))
         }
         (["_history"], "GET") => I::History { rt: None, id: None },
+        (["$graphql"], "GET" | "POST") => I::GraphQl {
+            target: None,
+            by_post,
+        },
+        ([t, id, "$graphql"], "GET" | "POST") => I::GraphQl {
+            target: Some((resource_type(t)?, resource_id(id)?)),
+            by_post,
+        },
         (["$export"], "GET" | "POST") => I::Export {
             level: carapace_core::export::Level::System,
             by_post,
@@ -495,5 +508,17 @@ mod tests {
             refusal("DELETE", "Patient/p1/$summary", ""),
             (false, StatusCode::METHOD_NOT_ALLOWED)
         );
+        assert!(matches!(
+            interaction("POST", "$graphql", ""),
+            Some(Interaction::GraphQl {
+                target: None,
+                by_post: true
+            })
+        ));
+        assert!(matches!(
+            interaction("GET", "Patient/p1/$graphql", "query=%7Bid%7D"),
+            Some(Interaction::GraphQl { target: Some((rt, id)), by_post: false })
+                if rt.as_str() == "Patient" && id.as_str() == "p1"
+        ));
     }
 }
