@@ -103,9 +103,39 @@ pub async fn read_form(
         .collect())
 }
 
-/// `POST /auth/token`, `/auth/revoke`, `/auth/introspect`.
+/// Where this server answers as an OpenID provider.
+pub fn issuer(base: &str) -> carapace_core::identity::oidc::Issuer<'_> {
+    carapace_core::identity::oidc::Issuer {
+        issuer: origin(base),
+        fhir_base: base,
+    }
+}
+
+/// `GET /.well-known/openid-configuration` (at the origin and at the FHIR base).
+pub fn openid_configuration(base: &str) -> HttpResponse {
+    json_response(
+        StatusCode::OK,
+        &carapace_core::identity::oidc::configuration(issuer(base)),
+    )
+}
+
+/// `GET /auth/jwks`: the public keys that verify id_tokens.
+async fn jwks(state: &AppState) -> HttpResponse {
+    match carapace_core::identity::oidc::jwks(state.store.keys()).await {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => {
+            tracing::error!(error = %e, "the signing keys could not be read");
+            temporarily_unavailable()
+        }
+    }
+}
+
+/// `POST /auth/token`, `/auth/revoke`, `/auth/introspect`; `GET /auth/jwks`.
 pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
     let path = req.uri().path().to_string();
+    if path == "/auth/jwks" && req.method() == hyper::Method::GET {
+        return jwks(state).await;
+    }
     if req.method() != hyper::Method::POST {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -127,10 +157,20 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                     tokens::client_credentials(pool, clock, &token_url(&state.base), &form).await
                 }
                 Some("authorization_code") => {
-                    carapace_core::identity::authorize::exchange_code(&state.store, &form).await
+                    carapace_core::identity::authorize::exchange_code(
+                        &state.store,
+                        issuer(&state.base),
+                        &form,
+                    )
+                    .await
                 }
                 Some("refresh_token") => {
-                    carapace_core::identity::authorize::refresh(&state.store, &form).await
+                    carapace_core::identity::authorize::refresh(
+                        &state.store,
+                        issuer(&state.base),
+                        &form,
+                    )
+                    .await
                 }
                 _ => Err(OAuthError {
                     status: 400,
@@ -150,6 +190,12 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                     }
                     if let Some(p) = t.patient {
                         body["patient"] = json!(p);
+                    }
+                    if let Some(e) = t.encounter {
+                        body["encounter"] = json!(e);
+                    }
+                    if let Some(id) = t.id_token {
+                        body["id_token"] = json!(id);
                     }
                     json_response(StatusCode::OK, &body)
                 }

@@ -39,6 +39,7 @@ mod profiles;
 mod rate_limits;
 mod readme;
 mod search;
+mod smart;
 mod summaries;
 mod summary;
 mod terminology;

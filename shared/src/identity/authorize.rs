@@ -6,6 +6,7 @@
 use crate::access::{role_allows, Context, Role, Scope};
 use crate::crypto::sha256;
 use crate::db::Db;
+use crate::identity::oidc::{self, Issuer};
 use crate::identity::tokens::{self, IssuedToken, OAuthError};
 use crate::identity::users::{self, User};
 use crate::store::Store;
@@ -38,6 +39,7 @@ const REFRESH_FAMILY_DAYS: i64 = 7;
 
 /// Non-resource scopes an app may ask for.
 pub(super) const OTHER_SCOPES: &[&str] = &[
+    "launch",
     "launch/patient",
     "openid",
     "fhirUser",
@@ -92,6 +94,8 @@ pub struct AuthorizeRequest {
     pub code_challenge: String,
     /// Requested scopes the client is registered for.
     pub scopes: Vec<String>,
+    /// OpenID Connect's `nonce`, echoed in the id_token.
+    pub nonce: Option<String>,
 }
 
 /// Why an authorization request failed. Only errors found after the client and redirect URI are
@@ -190,6 +194,13 @@ pub async fn validate(
         .filter(|s| registered.iter().any(|r| r == s))
         .map(str::to_string)
         .collect();
+    let nonce = field("nonce").filter(|n| !n.is_empty());
+    if nonce.as_ref().is_some_and(|n| n.len() > 512) {
+        return Err(fail(
+            "invalid_request",
+            "nonce is longer than 512 characters",
+        ));
+    }
     if !scopes.iter().any(|s| Scope::parse(s).is_ok()) {
         return Err(fail(
             "invalid_scope",
@@ -203,6 +214,7 @@ pub async fn validate(
         state,
         code_challenge,
         scopes,
+        nonce,
     })
 }
 
@@ -259,10 +271,24 @@ pub async fn issue_code(
     {
         scopes.push("offline_access".into());
     }
+    // OpenID Connect, and the launch context granted: markers too, answered in `scope`.
+    for marker in ["openid", "fhirUser"] {
+        if request.scopes.iter().any(|s| s == marker) {
+            scopes.push(marker.into());
+        }
+    }
+    if patient.is_some() {
+        for marker in ["launch", "launch/patient"] {
+            if request.scopes.iter().any(|s| s == marker) {
+                scopes.push(marker.into());
+            }
+        }
+    }
     sqlx::query(
         "INSERT INTO authorization_codes
-           (code_hash, client_id, user_id, redirect_uri, code_challenge, scopes, patient, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+           (code_hash, client_id, user_id, redirect_uri, code_challenge, scopes, patient, expires_at,
+            nonce)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(sha256(code.as_bytes()))
     .bind(&request.client_id)
@@ -272,6 +298,7 @@ pub async fn issue_code(
     .bind(&scopes)
     .bind(patient)
     .bind(store.now() + Duration::seconds(CODE_SECONDS))
+    .bind(&request.nonce)
     .execute(store.pool())
     .await?;
     Ok(code)
@@ -327,6 +354,7 @@ async fn user_row(pool: &Db, user_id: i64) -> Result<(String, Role), OAuthError>
 /// redirect URI.
 pub async fn exchange_code(
     store: &Store,
+    issuer: Issuer<'_>,
     form: &[(String, String)],
 ) -> Result<IssuedToken, OAuthError> {
     let field = |name: &str| {
@@ -344,7 +372,7 @@ pub async fn exchange_code(
     let row = sqlx::query(
         "UPDATE authorization_codes SET used_at = $2
           WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
-          RETURNING client_id, user_id, redirect_uri, code_challenge, scopes, patient",
+          RETURNING client_id, user_id, redirect_uri, code_challenge, scopes, patient, nonce",
     )
     .bind(sha256(code.as_bytes()))
     .bind(now)
@@ -370,29 +398,60 @@ pub async fn exchange_code(
     let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
     let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
     let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
+    let nonce: Option<String> = row.try_get("nonce").map_err(OAuthError::server)?;
     let client_id = get("client_id")?;
     ensure_client_active(store.pool(), &client_id).await?;
     tokens_for(
         store,
+        issuer,
         &client_id,
         user_id,
-        &scopes,
-        patient.as_deref(),
+        Granted {
+            scopes: &scopes,
+            access: &scopes,
+            patient: patient.as_deref(),
+            nonce: nonce.as_deref(),
+        },
         (uuid::Uuid::new_v4(), store.now()),
     )
     .await
 }
 
+/// What a code or refresh token carries into the tokens it is traded for.
+struct Granted<'a> {
+    /// Everything granted at sign-in (resource scopes and markers), kept by the refresh token.
+    scopes: &'a [String],
+    /// What this access token gets: `scopes`, or fewer when a refresh asked for fewer.
+    access: &'a [String],
+    patient: Option<&'a str>,
+    nonce: Option<&'a str>,
+}
+
+/// The markers that are answered in a token response's `scope` besides its resource scopes.
+const ANSWERED_MARKERS: &[&str] = &[
+    "openid",
+    "fhirUser",
+    "launch",
+    "launch/patient",
+    "offline_access",
+];
+
 async fn tokens_for(
     store: &Store,
+    issuer: Issuer<'_>,
     client_id: &str,
     user_id: i64,
-    scopes: &[String],
-    patient: Option<&str>,
+    granted: Granted<'_>,
     (family, family_started): (uuid::Uuid, DateTime<Utc>),
 ) -> Result<IssuedToken, OAuthError> {
+    let Granted {
+        scopes,
+        access,
+        patient,
+        nonce,
+    } = granted;
     let (username, role) = user_row(store.pool(), user_id).await?;
-    let parsed: Vec<Scope> = scopes
+    let parsed: Vec<Scope> = access
         .iter()
         .filter_map(|s| Scope::parse(s).ok())
         .filter(|s| role_allows(role, s.context))
@@ -415,6 +474,38 @@ async fn tokens_for(
     )
     .await
     .map_err(OAuthError::server)?;
+    for marker in ANSWERED_MARKERS {
+        if access.iter().any(|s| s == marker) {
+            issued.scope = format!("{} {marker}", issued.scope);
+        }
+    }
+    if access.iter().any(|s| s == "openid") {
+        let user = users::find(store, &username)
+            .await
+            .map_err(|_| OAuthError::new(400, "invalid_grant", "the user is gone"))?;
+        let link = user.link();
+        let claims = oidc::IdClaims {
+            subject: &username,
+            client_id,
+            fhir_user: link
+                .as_deref()
+                .filter(|_| access.iter().any(|s| s == "fhirUser")),
+            nonce,
+            now,
+        };
+        issued.id_token = Some(
+            oidc::id_token(store.keys(), issuer, &claims)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not sign an id_token");
+                    OAuthError::new(
+                        503,
+                        "temporarily_unavailable",
+                        "the id_token could not be signed; retry shortly",
+                    )
+                })?,
+        );
+    }
     if !scopes.iter().any(|s| s == "offline_access") {
         return Ok(issued);
     }
@@ -444,7 +535,11 @@ async fn tokens_for(
 
 /// `grant_type=refresh_token`: rotate. A refresh token works once; presenting a used one again
 /// (theft or replay) revokes every token of its family.
-pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedToken, OAuthError> {
+pub async fn refresh(
+    store: &Store,
+    issuer: Issuer<'_>,
+    form: &[(String, String)],
+) -> Result<IssuedToken, OAuthError> {
     let field = |name: &str| {
         form.iter()
             .find(|(k, _)| k == name)
@@ -492,6 +587,14 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
         ));
     }
     ensure_client_active(store.pool(), &client_id).await?;
+    let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
+    let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
+    let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
+    // Checked before the token is used up, so a refused narrowing can be asked again.
+    let access = match field("scope") {
+        None => scopes.clone(),
+        Some(asked) => narrowed(&scopes, asked)?,
+    };
     let claimed = sqlx::query(
         "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
     )
@@ -504,18 +607,58 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
     if claimed != 1 {
         return Err(invalid_grant("the refresh token was already used"));
     }
-    let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
-    let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
-    let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
     tokens_for(
         store,
+        issuer,
         &client_id,
         user_id,
-        &scopes,
-        patient.as_deref(),
+        Granted {
+            scopes: &scopes,
+            access: &access,
+            patient: patient.as_deref(),
+            nonce: None,
+        },
         (family, family_started),
     )
     .await
+}
+
+/// A refresh's `scope` (RFC 6749 §6): each asked scope must be within what was granted — a
+/// resource scope covered by a granted one, a marker granted as such; anything wider is refused.
+fn narrowed(granted: &[String], asked: &str) -> Result<Vec<String>, OAuthError> {
+    let wider = |s: &str| {
+        OAuthError::new(
+            400,
+            "invalid_scope",
+            format!(
+                "'{}' was not granted; a refresh may only narrow the scopes",
+                crate::fhir::printable(s)
+            ),
+        )
+    };
+    let granted_scopes: Vec<Scope> = granted
+        .iter()
+        .filter_map(|s| Scope::parse(s).ok())
+        .collect();
+    let mut out = Vec::new();
+    for s in asked.split_whitespace() {
+        match Scope::parse(s) {
+            Ok(scope) if granted_scopes.iter().any(|g| tokens::covers(g, &scope)) => {
+                out.push(scope.to_string())
+            }
+            Ok(_) => return Err(wider(s)),
+            Err(_) if granted.iter().any(|g| g == s) => out.push(s.to_string()),
+            Err(_) => return Err(wider(s)),
+        }
+    }
+    if !out.iter().any(|s| Scope::parse(s).is_ok()) {
+        return Err(OAuthError::new(
+            400,
+            "invalid_scope",
+            "a refresh must keep at least one resource scope",
+        ));
+    }
+    Ok(out)
 }
 
 /// A browser sign-in session.

@@ -81,6 +81,10 @@ pub struct IssuedToken {
     pub patient: Option<String>,
     /// Only for user apps (authorization-code flow); rotated on every use.
     pub refresh_token: Option<String>,
+    /// OpenID Connect (`openid` granted): the signed sign-in assertion.
+    pub id_token: Option<String>,
+    /// SMART launch context: the EHR launch's encounter.
+    pub encounter: Option<String>,
 }
 
 /// A registered backend client, as listed by the console.
@@ -187,7 +191,7 @@ pub async fn client_credentials(
 }
 
 /// Does registered scope `r` grant everything `s` asks for?
-fn covers(r: &Scope, s: &Scope) -> bool {
+pub(crate) fn covers(r: &Scope, s: &Scope) -> bool {
     let wider_type = r.resource_type.is_none() || r.resource_type == s.resource_type;
     let text_r = r.to_string();
     let text_s = s.to_string();
@@ -404,6 +408,8 @@ pub async fn issue_bound(
         scope: scope_strings.join(" "),
         patient: patient.map(str::to_string),
         refresh_token: None,
+        id_token: None,
+        encounter: None,
     })
 }
 
