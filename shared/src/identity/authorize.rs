@@ -218,24 +218,55 @@ pub async fn validate(
     })
 }
 
-/// What a signed-in user is granted of a request: resource scopes their role allows, and the launch
-/// patient for patient users.
-pub fn grant(
+/// What a signed-in user's consent leads to.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Issue a code for these resource scopes and launch context.
+    Grant {
+        scopes: Vec<Scope>,
+        patient: Option<String>,
+    },
+    /// A practitioner asked for `launch/patient` without a launch: they choose the patient first
+    /// ([`crate::identity::picker`]).
+    ChoosePatient,
+}
+
+/// Why a consent cannot lead to a code: sent to the app as `invalid_scope` (or, when the store
+/// could not answer, `server_error`).
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    Scope(String),
+    Unavailable,
+}
+
+/// What a signed-in user is granted of a request: resource scopes their role allows, and the
+/// launch patient — a patient user's own, or for a practitioner the one `chosen` in the picker,
+/// which must be a patient the gate lets them read. With a patient, every scope of the token is
+/// narrowed to that patient's compartment.
+pub async fn decide(
+    store: &Store,
     user: &User,
     request: &AuthorizeRequest,
-) -> Result<(Vec<Scope>, Option<String>), &'static str> {
+    chosen: Option<&str>,
+) -> Result<Decision, Refusal> {
+    let refuse = |why: &str| Err(Refusal::Scope(why.to_string()));
     let wants_patient = request.scopes.iter().any(|s| s == "launch/patient");
-    let patient =
-        if wants_patient {
-            match (&user.role, &user.patient_id) {
-                (Role::Patient, Some(p)) => Some(p.clone()),
-                _ => return Err(
-                    "launch/patient needs a patient user; this server has no patient picker yet",
-                ),
-            }
-        } else {
-            None
-        };
+    let patient = match (wants_patient, user.role, &user.patient_id) {
+        (false, _, _) => None,
+        (true, Role::Patient, Some(p)) => Some(p.clone()),
+        (true, Role::Practitioner, _) => match chosen {
+            None => return Ok(Decision::ChoosePatient),
+            Some(id) => match crate::identity::picker::may_choose(store, user, id).await {
+                Ok(true) => Some(id.to_string()),
+                Ok(false) => return refuse("that patient is not one this user may see"),
+                Err(e) => {
+                    tracing::error!(error = %e, "the patient picker could not check a choice");
+                    return Err(Refusal::Unavailable);
+                }
+            },
+        },
+        (true, _, _) => return refuse("launch/patient needs a patient or practitioner user"),
+    };
     let scopes: Vec<Scope> = request
         .scopes
         .iter()
@@ -245,12 +276,12 @@ pub fn grant(
         .filter(|s| s.context != Context::Patient || patient.is_some())
         .collect();
     if user.role == Role::Patient && patient.is_none() {
-        return Err("a patient signs in to apps with launch/patient");
+        return refuse("a patient signs in to apps with launch/patient");
     }
     if scopes.is_empty() {
-        return Err("none of the requested scopes fits this user's role");
+        return refuse("none of the requested scopes fits this user's role");
     }
-    Ok((scopes, patient))
+    Ok(Decision::Grant { scopes, patient })
 }
 
 /// Issue a single-use authorization code (60 s).
