@@ -558,9 +558,13 @@ async fn consent_post(
             "the user declined",
         );
     }
-    let (scopes, patient) =
+    let (scopes, patient, encounter) =
         match authorize::decide(&state.store, &session.user, &request, picked.patient).await {
-            Ok(authorize::Decision::Grant { scopes, patient }) => (scopes, patient),
+            Ok(authorize::Decision::Grant {
+                scopes,
+                patient,
+                encounter,
+            }) => (scopes, patient, encounter),
             Ok(authorize::Decision::ChoosePatient) => {
                 return match carapace_core::identity::picker::choices(
                     &state.store,
@@ -599,6 +603,7 @@ async fn consent_post(
         session.user_id,
         &scopes,
         patient.as_deref(),
+        encounter.as_deref(),
     )
     .await
     {

@@ -190,6 +190,8 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                     }
                     if let Some(p) = t.patient {
                         body["patient"] = json!(p);
+                        // Nothing of Carapace shows the patient beside the app: it must.
+                        body["need_patient_banner"] = json!(true);
                     }
                     if let Some(e) = t.encounter {
                         body["encounter"] = json!(e);

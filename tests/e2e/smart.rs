@@ -395,3 +395,234 @@ async fn openid_fhiruser_gives_an_id_token_the_jwks_verifies_and_refreshes_only_
         .split(' ')
         .any(|s| s == "patient/*.rs"));
 }
+
+/// A practitioner signs in (password, then TOTP) and reaches the page `url` leads to.
+async fn practitioner_sign_in(
+    stack: &Stack,
+    browser: &mut Browser,
+    url: &str,
+    username: &str,
+    secret: &str,
+) -> String {
+    let login = browser.get(url).await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    let cont = hidden_field(&login.text(), "continue").unwrap();
+    let totp = browser
+        .post_form(
+            &format!("{}/auth/login", stack.server.origin()),
+            &[
+                ("username", username),
+                ("password", "a smart passphrase"),
+                ("continue", &cont),
+                ("csrf", &hidden_field(&login.text(), "csrf").unwrap()),
+            ],
+        )
+        .await;
+    assert_eq!(totp.status, 200, "{}", totp.text());
+    let code = totp_rs::TOTP::from_url_unchecked(&format!(
+        "otpauth://totp/Carapace:{username}?secret={secret}&issuer=Carapace"
+    ))
+    .unwrap()
+    .generate_current()
+    .unwrap();
+    let r = browser
+        .post_form(
+            &format!("{}/auth/login/totp", stack.server.origin()),
+            &[
+                ("code", &code),
+                ("continue", &cont),
+                ("csrf", &hidden_field(&totp.text(), "csrf").unwrap()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let page = browser.get(&r.header("location").unwrap()).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    page.text()
+}
+
+#[tokio::test]
+async fn an_ehr_launch_carries_its_patient_and_encounter_once_and_only_for_a_visible_patient() {
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    assert_eq!(
+        fhir.put(
+            "Practitioner/pr-ehr",
+            &json!({"resourceType": "Practitioner", "id": "pr-ehr"})
+        )
+        .await
+        .status,
+        201
+    );
+    let patient = |family: &'static str| {
+        let fhir = stack.fhir();
+        async move {
+            fhir.post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": family}]}),
+            )
+            .await
+            .json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let seen = patient("Seen").await;
+    let unseen = patient("Unseen").await;
+    assert_eq!(
+        fhir.post("Consent", &permit_consent(&seen, "Practitioner/pr-ehr"))
+            .await
+            .status,
+        201
+    );
+    let encounter = fhir
+        .post(
+            "Encounter",
+            &json!({"resourceType": "Encounter", "status": "in-progress",
+                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                    "subject": {"reference": format!("Patient/{seen}")}}),
+        )
+        .await;
+    assert_eq!(encounter.status, 201, "{}", encounter.text());
+    let encounter = encounter.json()["id"].as_str().unwrap().to_string();
+    let client_id = register(
+        &stack,
+        &[
+            "launch",
+            "launch/patient",
+            "openid",
+            "fhirUser",
+            "patient/*.rs",
+        ],
+    )
+    .await;
+    let secret = user(&stack, "dr.ehr", Role::Practitioner, None, Some("pr-ehr"))
+        .await
+        .unwrap();
+    let env = stack.console_env("launcher").await;
+    let make = |patient: String, encounter: Option<String>| {
+        let env = env.clone();
+        async move {
+            let mut args = vec![
+                "launch".to_string(),
+                "create".into(),
+                "--patient".into(),
+                patient,
+            ];
+            if let Some(e) = encounter {
+                args.extend(["--encounter".into(), e]);
+            }
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                console(&env, &args, None)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (ok, launch, err) = make(seen.clone(), Some(encounter.clone())).await;
+    assert!(ok, "{err}");
+    let launch = launch.trim().to_string();
+    assert!(launch.len() >= 43, "an opaque launch id: {launch}");
+    let (ok, _, err) = make("not an id!".into(), None).await;
+    assert!(!ok && err.contains("not a resource id"), "{err}");
+
+    let scope = "launch openid fhirUser patient/*.rs";
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(
+        &stack,
+        &client_id,
+        scope,
+        &challenge,
+        &[("launch", &launch)],
+    );
+    let consent = practitioner_sign_in(&stack, &mut browser, &url, "dr.ehr", &secret).await;
+    assert!(consent.contains("id=\"allow\""), "{consent}");
+    // No picker: the launch names the patient.
+    let done = submit(&stack, &mut browser, &consent, &[("decision", "allow")]).await;
+    assert_eq!(done.status, 303, "{}", done.text());
+    let location = done.header("location").unwrap();
+    let code = redirect_param(&location, "code").unwrap_or_else(|| panic!("{location}"));
+    let t = exchange(&stack, &client_id, &code, &verifier).await;
+    assert_eq!(t.status, 200, "{}", t.text());
+    let t = t.json();
+    assert_eq!(t["patient"], seen.as_str());
+    assert_eq!(t["encounter"], encounter.as_str());
+    assert_eq!(t["need_patient_banner"], true);
+    assert!(t["scope"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .any(|s| s == "launch"));
+    assert!(t.get("smart_style_url").is_none());
+    let access = t["access_token"].as_str().unwrap();
+    assert_eq!(
+        get(&stack, &format!("Patient/{seen}"), access).await.status,
+        200
+    );
+    assert_eq!(
+        get(&stack, &format!("Encounter/{encounter}"), access)
+            .await
+            .status,
+        200
+    );
+
+    // The same launch again: used.
+    let again = browser
+        .get(&authorize_url(
+            &stack,
+            &client_id,
+            scope,
+            &challenge,
+            &[("launch", &launch)],
+        ))
+        .await;
+    let refused = submit(
+        &stack,
+        &mut browser,
+        &again.text(),
+        &[("decision", "allow")],
+    )
+    .await;
+    let location = refused.header("location").unwrap();
+    assert_eq!(
+        redirect_param(&location, "error").as_deref(),
+        Some("invalid_scope")
+    );
+    assert!(redirect_param(&location, "code").is_none());
+    // A launch for a patient the practitioner may not see gets no code either.
+    let (ok, hidden_launch, err) = make(unseen.clone(), None).await;
+    assert!(ok, "{err}");
+    let page = browser
+        .get(&authorize_url(
+            &stack,
+            &client_id,
+            scope,
+            &challenge,
+            &[("launch", hidden_launch.trim())],
+        ))
+        .await;
+    let refused = submit(&stack, &mut browser, &page.text(), &[("decision", "allow")]).await;
+    let location = refused.header("location").unwrap();
+    assert_eq!(
+        redirect_param(&location, "error").as_deref(),
+        Some("invalid_scope")
+    );
+    // `launch` without the launch scope is refused before anyone signs in.
+    let no_scope = browser
+        .get(&authorize_url(
+            &stack,
+            &client_id,
+            "openid patient/*.rs",
+            &challenge,
+            &[("launch", "whatever")],
+        ))
+        .await;
+    assert_eq!(no_scope.status, 303);
+    assert_eq!(
+        redirect_param(&no_scope.header("location").unwrap(), "error").as_deref(),
+        Some("invalid_scope")
+    );
+}

@@ -96,6 +96,8 @@ pub struct AuthorizeRequest {
     pub scopes: Vec<String>,
     /// OpenID Connect's `nonce`, echoed in the id_token.
     pub nonce: Option<String>,
+    /// An EHR launch id ([`crate::identity::launch`]), with the `launch` scope.
+    pub launch: Option<String>,
 }
 
 /// Why an authorization request failed. Only errors found after the client and redirect URI are
@@ -201,6 +203,13 @@ pub async fn validate(
             "nonce is longer than 512 characters",
         ));
     }
+    let launch = field("launch").filter(|l| !l.is_empty());
+    if launch.is_some() && !scopes.iter().any(|s| s == "launch") {
+        return Err(fail(
+            "invalid_scope",
+            "an EHR launch needs the launch scope, registered for this application",
+        ));
+    }
     if !scopes.iter().any(|s| Scope::parse(s).is_ok()) {
         return Err(fail(
             "invalid_scope",
@@ -215,6 +224,7 @@ pub async fn validate(
         code_challenge,
         scopes,
         nonce,
+        launch,
     })
 }
 
@@ -225,6 +235,8 @@ pub enum Decision {
     Grant {
         scopes: Vec<Scope>,
         patient: Option<String>,
+        /// The EHR launch's encounter.
+        encounter: Option<String>,
     },
     /// A practitioner asked for `launch/patient` without a launch: they choose the patient first
     /// ([`crate::identity::picker`]).
@@ -251,11 +263,32 @@ pub async fn decide(
 ) -> Result<Decision, Refusal> {
     let refuse = |why: &str| Err(Refusal::Scope(why.to_string()));
     let wants_patient = request.scopes.iter().any(|s| s == "launch/patient");
-    let patient = match (wants_patient, user.role, &user.patient_id) {
+    // An EHR launch brings its patient: no picker. Redeemed here, once, when the user allows.
+    let launched = match (&request.launch, user.role) {
+        (None, _) => None,
+        (Some(launch), Role::Practitioner) => {
+            match crate::identity::launch::redeem(store, launch).await {
+                Ok(Some(context)) => Some(context),
+                Ok(None) => return refuse("the launch is unknown, used or expired"),
+                Err(e) => {
+                    tracing::error!(error = %e, "a launch could not be redeemed");
+                    return Err(Refusal::Unavailable);
+                }
+            }
+        }
+        (Some(_), _) => return refuse("an EHR launch is for practitioners"),
+    };
+    let chosen = launched.as_ref().map(|l| l.patient.as_str()).or(chosen);
+    let patient = match (
+        wants_patient || launched.is_some(),
+        user.role,
+        &user.patient_id,
+    ) {
         (false, _, _) => None,
         (true, Role::Patient, Some(p)) => Some(p.clone()),
         (true, Role::Practitioner, _) => match chosen {
             None => return Ok(Decision::ChoosePatient),
+            // The gate decides a launch's patient as it does a picked one.
             Some(id) => match crate::identity::picker::may_choose(store, user, id).await {
                 Ok(true) => Some(id.to_string()),
                 Ok(false) => return refuse("that patient is not one this user may see"),
@@ -281,7 +314,11 @@ pub async fn decide(
     if scopes.is_empty() {
         return refuse("none of the requested scopes fits this user's role");
     }
-    Ok(Decision::Grant { scopes, patient })
+    Ok(Decision::Grant {
+        scopes,
+        patient,
+        encounter: launched.and_then(|l| l.encounter),
+    })
 }
 
 /// Issue a single-use authorization code (60 s).
@@ -291,6 +328,7 @@ pub async fn issue_code(
     user_id: i64,
     scopes: &[Scope],
     patient: Option<&str>,
+    encounter: Option<&str>,
 ) -> Result<String, sqlx::Error> {
     let code = random_token();
     let mut scopes: Vec<String> = scopes.iter().map(Scope::to_string).collect();
@@ -318,8 +356,8 @@ pub async fn issue_code(
     sqlx::query(
         "INSERT INTO authorization_codes
            (code_hash, client_id, user_id, redirect_uri, code_challenge, scopes, patient, expires_at,
-            nonce)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            nonce, encounter)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(sha256(code.as_bytes()))
     .bind(&request.client_id)
@@ -330,6 +368,7 @@ pub async fn issue_code(
     .bind(patient)
     .bind(store.now() + Duration::seconds(CODE_SECONDS))
     .bind(&request.nonce)
+    .bind(encounter)
     .execute(store.pool())
     .await?;
     Ok(code)
@@ -403,7 +442,8 @@ pub async fn exchange_code(
     let row = sqlx::query(
         "UPDATE authorization_codes SET used_at = $2
           WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
-          RETURNING client_id, user_id, redirect_uri, code_challenge, scopes, patient, nonce",
+          RETURNING client_id, user_id, redirect_uri, code_challenge, scopes, patient, nonce,
+                    encounter",
     )
     .bind(sha256(code.as_bytes()))
     .bind(now)
@@ -430,6 +470,7 @@ pub async fn exchange_code(
     let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
     let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
     let nonce: Option<String> = row.try_get("nonce").map_err(OAuthError::server)?;
+    let encounter: Option<String> = row.try_get("encounter").map_err(OAuthError::server)?;
     let client_id = get("client_id")?;
     ensure_client_active(store.pool(), &client_id).await?;
     tokens_for(
@@ -441,6 +482,7 @@ pub async fn exchange_code(
             scopes: &scopes,
             access: &scopes,
             patient: patient.as_deref(),
+            encounter: encounter.as_deref(),
             nonce: nonce.as_deref(),
         },
         (uuid::Uuid::new_v4(), store.now()),
@@ -455,6 +497,7 @@ struct Granted<'a> {
     /// What this access token gets: `scopes`, or fewer when a refresh asked for fewer.
     access: &'a [String],
     patient: Option<&'a str>,
+    encounter: Option<&'a str>,
     nonce: Option<&'a str>,
 }
 
@@ -479,6 +522,7 @@ async fn tokens_for(
         scopes,
         access,
         patient,
+        encounter,
         nonce,
     } = granted;
     let (username, role) = user_row(store.pool(), user_id).await?;
@@ -505,6 +549,7 @@ async fn tokens_for(
     )
     .await
     .map_err(OAuthError::server)?;
+    issued.encounter = encounter.map(str::to_string);
     for marker in ANSWERED_MARKERS {
         if access.iter().any(|s| s == marker) {
             issued.scope = format!("{} {marker}", issued.scope);
@@ -546,8 +591,9 @@ async fn tokens_for(
         .min(family_started + Duration::days(REFRESH_FAMILY_DAYS));
     sqlx::query(
         "INSERT INTO refresh_tokens
-           (token_hash, family, family_started, client_id, user_id, scopes, patient, expires_at)
-         VALUES ($1, $2, $8, $3, $4, $5, $6, $7)",
+           (token_hash, family, family_started, client_id, user_id, scopes, patient, expires_at,
+            encounter)
+         VALUES ($1, $2, $8, $3, $4, $5, $6, $7, $9)",
     )
     .bind(sha256(refresh.as_bytes()))
     .bind(family)
@@ -557,6 +603,7 @@ async fn tokens_for(
     .bind(patient)
     .bind(expires)
     .bind(family_started)
+    .bind(encounter)
     .execute(store.pool())
     .await
     .map_err(OAuthError::server)?;
@@ -582,7 +629,7 @@ pub async fn refresh(
     let hash = sha256(token.as_bytes());
     let row = sqlx::query(
         "SELECT family, family_started, client_id, user_id, scopes, patient, expires_at, used_at,
-                revoked_at
+                revoked_at, encounter
            FROM refresh_tokens WHERE token_hash = $1",
     )
     .bind(&hash)
@@ -621,6 +668,7 @@ pub async fn refresh(
     let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
     let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
     let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
+    let encounter: Option<String> = row.try_get("encounter").map_err(OAuthError::server)?;
     // Checked before the token is used up, so a refused narrowing can be asked again.
     let access = match field("scope") {
         None => scopes.clone(),
@@ -647,6 +695,7 @@ pub async fn refresh(
             scopes: &scopes,
             access: &access,
             patient: patient.as_deref(),
+            encounter: encounter.as_deref(),
             nonce: None,
         },
         (family, family_started),
