@@ -419,7 +419,7 @@ async fn practitioner_sign_in(
         )
         .await;
     assert_eq!(totp.status, 200, "{}", totp.text());
-    let code = totp_rs::TOTP::from_url_unchecked(&format!(
+    let code = totp_rs::TOTP::from_url_unchecked(format!(
         "otpauth://totp/Carapace:{username}?secret={secret}&issuer=Carapace"
     ))
     .unwrap()
