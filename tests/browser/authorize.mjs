@@ -45,10 +45,11 @@ const browser = await chromium.launch({
          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 try {
-  const page = await browser.newPage();
+  const context = await browser.newContext();
+  let page = await context.newPage();
   let redirect = null;
   // The app's redirect URI is not served by anyone: catch the navigation to it.
-  await page.route(`${env("REDIRECT_PREFIX")}**`, async (route) => {
+  await context.route(`${env("REDIRECT_PREFIX")}**`, async (route) => {
     redirect = route.request().url();
     await route.fulfill({ status: 200, contentType: "text/html", body: "<p>app received the code</p>" });
   });
@@ -78,6 +79,8 @@ try {
       await page.$eval("#patients button", (b, v) => { b.value = v; }, process.env.FORGE_PATIENT);
       await page.click("#patients button");
       picker.forged = await waitRedirect();
+      // Again in a new tab of the same browser (signed in): the first may still be navigating.
+      page = await context.newPage();
       await page.goto(env("AUTHORIZE_URL"));
       await Promise.all([page.waitForNavigation(), page.click("#allow")]);
     }

@@ -308,6 +308,84 @@ async fn openid_fhiruser_gives_an_id_token_the_jwks_verifies_and_refreshes_only_
         200
     );
 
+    // Introspection (an administrator asks) answers what SMART lists.
+    let admin = carapace_core::identity::tokens::issue(
+        &stack.db().await.into(),
+        chrono::Utc::now(),
+        "introspector",
+        Role::Admin,
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    let info = http(
+        "POST",
+        &format!("{}/auth/introspect", stack.server.origin()),
+        &[
+            ("Authorization", &format!("Bearer {}", admin.access_token)),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        Some(format!("token={access}").into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.status, 200, "{}", info.text());
+    let info = info.json();
+    assert_eq!(info["active"], true);
+    assert_eq!(info["client_id"], client_id.as_str());
+    assert_eq!(info["sub"], "pat.oidc");
+    assert_eq!(info["patient"], patient.as_str());
+    assert_eq!(info["token_type"], "bearer");
+    assert_eq!(
+        info["fhirUser"],
+        format!("{}/Patient/{patient}", stack.server.base)
+    );
+    assert_eq!(info["scope"], t["scope"]);
+    assert!(info["exp"].as_i64().unwrap() > info["iat"].as_i64().unwrap());
+
+    // Discovery lists what was just used, and the CapabilityStatement points at it.
+    let smart = http(
+        "GET",
+        &stack.server.url(".well-known/smart-configuration"),
+        &[],
+        None,
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(smart["jwks_uri"], root.json()["jwks_uri"]);
+    assert_eq!(smart["issuer"], root.json()["issuer"]);
+    for c in [
+        "sso-openid-connect",
+        "launch-ehr",
+        "context-ehr-patient",
+        "launch-standalone",
+    ] {
+        assert!(
+            smart["capabilities"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(c)),
+            "{c}"
+        );
+    }
+    let metadata = http("GET", &stack.server.url("metadata"), &[], None)
+        .await
+        .unwrap()
+        .json();
+    let security = &metadata["rest"][0]["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let uris = &security["extension"][0];
+    assert_eq!(
+        uris["url"],
+        "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+    );
+    assert!(uris["extension"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"url": "token", "valueUri": stack.server.token_url()})));
+
     // A tampered id_token does not verify.
     let id_token = t["id_token"].as_str().unwrap();
     let mut parts: Vec<String> = id_token.split('.').map(str::to_string).collect();

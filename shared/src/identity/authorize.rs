@@ -534,9 +534,15 @@ async fn tokens_for(
     let now = store.now();
     // Bound to the app and the family: disabling the app, or a replay that revokes the family,
     // ends this access token too, not only the refresh tokens.
+    let markers: Vec<&str> = ANSWERED_MARKERS
+        .iter()
+        .copied()
+        .filter(|m| access.iter().any(|s| s == m))
+        .collect();
     let binding = tokens::Binding {
         client_id: Some(client_id),
         refresh_family: Some(family),
+        markers: &markers,
     };
     let mut issued = tokens::issue_bound(
         store.pool(),
@@ -550,11 +556,6 @@ async fn tokens_for(
     .await
     .map_err(OAuthError::server)?;
     issued.encounter = encounter.map(str::to_string);
-    for marker in ANSWERED_MARKERS {
-        if access.iter().any(|s| s == marker) {
-            issued.scope = format!("{} {marker}", issued.scope);
-        }
-    }
     if access.iter().any(|s| s == "openid") {
         let user = users::find(store, &username)
             .await
