@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// SMART EHR launch contexts.
+    Launch {
+        #[command(subcommand)]
+        command: LaunchCommand,
+    },
     /// Data-key management.
     Keys {
         #[command(subcommand)]
@@ -236,6 +241,20 @@ enum SessionCommand {
 }
 
 #[derive(Subcommand)]
+enum LaunchCommand {
+    /// Make a single-use launch id (valid 5 minutes) for an app's `/auth/authorize?launch=…`;
+    /// prints it. Audited.
+    Create {
+        /// The Patient's id.
+        #[arg(long)]
+        patient: String,
+        /// An Encounter's id, carried to the app as `encounter`.
+        #[arg(long)]
+        encounter: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ClientCommand {
     /// Register a backend client with its public JWKS; prints the client_id.
     Register {
@@ -358,6 +377,19 @@ async fn dispatch(core: &Core, config: &Config, command: Command) -> anyhow::Res
         Command::User { command } => user(core, &ctx, command).await,
         Command::Session { command } => session(core, &ctx, command).await,
         Command::Client { command } => client(core, &ctx, command).await,
+        Command::Launch {
+            command: LaunchCommand::Create { patient, encounter },
+        } => {
+            let launch = carapace_core::identity::launch::create(
+                &core.store,
+                &ctx,
+                &patient,
+                encounter.as_deref(),
+            )
+            .await?;
+            println!("{launch}");
+            Ok(())
+        }
         Command::Keys {
             command: KeysCommand::Versions,
         } => versions_table(core).await,

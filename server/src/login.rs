@@ -361,7 +361,14 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
             if path == "/auth/login/totp" {
                 totp_post(state, &cont, &token, &session, &field("code")).await
             } else {
-                consent_post(state, headers, &cont, &session, &field("decision")).await
+                let picked = Picked {
+                    patient: form
+                        .iter()
+                        .find(|(k, _)| k == "patient")
+                        .map(|(_, v)| v.as_str()),
+                    search: &field("patient_search"),
+                };
+                consent_post(state, headers, &cont, &session, &field("decision"), picked).await
             }
         }
         "/auth/logout" => {
@@ -478,12 +485,58 @@ async fn totp_post(
     }
 }
 
+/// What the patient picker's form brought: the chosen patient, or a search of the list.
+struct Picked<'a> {
+    patient: Option<&'a str>,
+    search: &'a str,
+}
+
+/// The patient picker: the patients the practitioner may see (a search narrows them), each a
+/// button that posts the consent again with its id; the form carries the session's anti-forgery
+/// token like the consent form.
+fn picker_page(
+    query: &str,
+    request: &AuthorizeRequest,
+    session: &WebSession,
+    search: &str,
+    choices: &[carapace_core::identity::picker::PatientChoice],
+) -> HttpResponse {
+    let cont = hidden("continue", query);
+    let csrf = hidden("csrf", &session.csrf);
+    let items: String = if choices.is_empty() {
+        "<p id=\"no-patients\">No patient you may see matches.</p>".into()
+    } else {
+        choices
+            .iter()
+            .map(|c| {
+                format!(
+                    "<li><button type=\"submit\" name=\"patient\" value=\"{id}\" id=\"patient-{id}\">{label}</button></li>",
+                    id = escape(&c.id),
+                    label = escape(&c.label)
+                )
+            })
+            .collect()
+    };
+    let body = format!(
+        "<p><strong>{app}</strong> opens one patient's record. Choose the patient.</p>\
+         <form method=\"post\" action=\"/auth/consent\">{cont}{csrf}{allow}\
+         <label for=\"patient-search\">Name</label><input id=\"patient-search\" name=\"patient_search\" value=\"{search}\">\
+         <button id=\"search\" type=\"submit\">Search</button></form>\
+         <form method=\"post\" action=\"/auth/consent\">{cont}{csrf}{allow}<ul id=\"patients\">{items}</ul></form>",
+        app = escape(&request.client_name),
+        allow = hidden("decision", "allow"),
+        search = escape(search),
+    );
+    page(StatusCode::OK, "Choose a patient", &body, None)
+}
+
 async fn consent_post(
     state: &AppState,
     headers: &HeaderMap,
     query: &str,
     session: &WebSession,
     decision: &str,
+    picked: Picked<'_>,
 ) -> HttpResponse {
     let request = match validated(state, query).await {
         Ok(r) => r,
@@ -505,18 +558,52 @@ async fn consent_post(
             "the user declined",
         );
     }
-    let (scopes, patient) = match authorize::grant(&session.user, &request) {
-        Ok(g) => g,
-        Err(why) => {
-            return error_redirect(&request.redirect_uri, &request.state, "invalid_scope", why)
-        }
-    };
+    let (scopes, patient, encounter) =
+        match authorize::decide(&state.store, &session.user, &request, picked.patient).await {
+            Ok(authorize::Decision::Grant {
+                scopes,
+                patient,
+                encounter,
+            }) => (scopes, patient, encounter),
+            Ok(authorize::Decision::ChoosePatient) => {
+                return match carapace_core::identity::picker::choices(
+                    &state.store,
+                    &session.user,
+                    picked.search,
+                )
+                .await
+                {
+                    Ok(choices) => picker_page(query, &request, session, picked.search, &choices),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the patient picker could not search");
+                        error_redirect(
+                            &request.redirect_uri,
+                            &request.state,
+                            "server_error",
+                            "try again",
+                        )
+                    }
+                }
+            }
+            Err(authorize::Refusal::Scope(why)) => {
+                return error_redirect(&request.redirect_uri, &request.state, "invalid_scope", &why)
+            }
+            Err(authorize::Refusal::Unavailable) => {
+                return error_redirect(
+                    &request.redirect_uri,
+                    &request.state,
+                    "server_error",
+                    "try again",
+                )
+            }
+        };
     match authorize::issue_code(
         &state.store,
         &request,
         session.user_id,
         &scopes,
         patient.as_deref(),
+        encounter.as_deref(),
     )
     .await
     {

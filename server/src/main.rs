@@ -574,6 +574,7 @@ async fn route_other(
         "/livez" if get => health::livez(),
         "/readyz" if get => health::readyz(&state.readiness).await,
         "/metrics" if get => metrics::scrape(&state, req.headers(), false).await,
+        "/.well-known/openid-configuration" if get => oauth::openid_configuration(&state.base),
         _ => {
             outcome::ApiError::not_found("no such endpoint; the FHIR base is /fhir").into_response()
         }

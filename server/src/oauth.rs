@@ -33,18 +33,44 @@ pub fn smart_configuration(base: &str) -> HttpResponse {
         "token_endpoint": format!("{origin}/auth/token"),
         "revocation_endpoint": format!("{origin}/auth/revoke"),
         "introspection_endpoint": format!("{origin}/auth/introspect"),
+        "jwks_uri": format!("{origin}/auth/jwks"),
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],
-        "scopes_supported": ["system/*.cruds", "system/*.rs", "user/*.cruds", "user/*.rs",
-                             "patient/*.cruds", "patient/*.rs", "launch/patient", "offline_access"],
+        "scopes_supported": ["openid", "fhirUser", "launch", "launch/patient", "offline_access",
+                             "online_access", "system/*.cruds", "system/*.rs", "user/*.cruds",
+                             "user/*.rs", "patient/*.cruds", "patient/*.rs"],
         "response_types_supported": ["code"],
-        "capabilities": ["client-confidential-asymmetric", "client-public", "launch-standalone",
-                         "context-standalone-patient", "permission-patient", "permission-user",
-                         "permission-offline", "permission-v1", "permission-v2"],
+        "capabilities": ["client-confidential-asymmetric", "client-public", "launch-ehr",
+                         "launch-standalone", "context-ehr-patient", "context-ehr-encounter",
+                         "context-standalone-patient", "context-banner", "sso-openid-connect",
+                         "permission-patient", "permission-user", "permission-offline",
+                         "permission-v1", "permission-v2"],
     });
     json_response(StatusCode::OK, &body)
+}
+
+/// The CapabilityStatement's `rest.security`: SMART on FHIR, with the OAuth endpoints in the
+/// `oauth-uris` extension (SMART App Launch 2.x).
+pub fn capability_security(base: &str) -> serde_json::Value {
+    let origin = origin(base);
+    json!({
+        "service": [{
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR"}],
+            "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)"
+        }],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                {"url": "authorize", "valueUri": format!("{origin}/auth/authorize")},
+                {"url": "token", "valueUri": format!("{origin}/auth/token")},
+                {"url": "revoke", "valueUri": format!("{origin}/auth/revoke")},
+                {"url": "introspect", "valueUri": format!("{origin}/auth/introspect")},
+            ]
+        }]
+    })
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
@@ -103,9 +129,39 @@ pub async fn read_form(
         .collect())
 }
 
-/// `POST /auth/token`, `/auth/revoke`, `/auth/introspect`.
+/// Where this server answers as an OpenID provider.
+pub fn issuer(base: &str) -> carapace_core::identity::oidc::Issuer<'_> {
+    carapace_core::identity::oidc::Issuer {
+        issuer: origin(base),
+        fhir_base: base,
+    }
+}
+
+/// `GET /.well-known/openid-configuration` (at the origin and at the FHIR base).
+pub fn openid_configuration(base: &str) -> HttpResponse {
+    json_response(
+        StatusCode::OK,
+        &carapace_core::identity::oidc::configuration(issuer(base)),
+    )
+}
+
+/// `GET /auth/jwks`: the public keys that verify id_tokens.
+async fn jwks(state: &AppState) -> HttpResponse {
+    match carapace_core::identity::oidc::jwks(state.store.keys()).await {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => {
+            tracing::error!(error = %e, "the signing keys could not be read");
+            temporarily_unavailable()
+        }
+    }
+}
+
+/// `POST /auth/token`, `/auth/revoke`, `/auth/introspect`; `GET /auth/jwks`.
 pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
     let path = req.uri().path().to_string();
+    if path == "/auth/jwks" && req.method() == hyper::Method::GET {
+        return jwks(state).await;
+    }
     if req.method() != hyper::Method::POST {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -127,10 +183,20 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                     tokens::client_credentials(pool, clock, &token_url(&state.base), &form).await
                 }
                 Some("authorization_code") => {
-                    carapace_core::identity::authorize::exchange_code(&state.store, &form).await
+                    carapace_core::identity::authorize::exchange_code(
+                        &state.store,
+                        issuer(&state.base),
+                        &form,
+                    )
+                    .await
                 }
                 Some("refresh_token") => {
-                    carapace_core::identity::authorize::refresh(&state.store, &form).await
+                    carapace_core::identity::authorize::refresh(
+                        &state.store,
+                        issuer(&state.base),
+                        &form,
+                    )
+                    .await
                 }
                 _ => Err(OAuthError {
                     status: 400,
@@ -150,6 +216,14 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
                     }
                     if let Some(p) = t.patient {
                         body["patient"] = json!(p);
+                        // Nothing of Carapace shows the patient beside the app: it must.
+                        body["need_patient_banner"] = json!(true);
+                    }
+                    if let Some(e) = t.encounter {
+                        body["encounter"] = json!(e);
+                    }
+                    if let Some(id) = t.id_token {
+                        body["id_token"] = json!(id);
                     }
                     json_response(StatusCode::OK, &body)
                 }
@@ -219,17 +293,40 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
             let body = match info {
                 None => json!({"active": false}),
                 Some(i) => {
+                    // SMART's introspection: the resource scopes still honoured, the other
+                    // scopes granted, and fhirUser when `fhirUser` was granted.
+                    let mut scope: Vec<String> = i.scopes.iter().map(|s| s.to_string()).collect();
+                    scope.extend(
+                        i.granted
+                            .iter()
+                            .filter(|s| !carapace_core::access::is_resource_scope(s))
+                            .cloned(),
+                    );
+                    let fhir_user = if i.granted.iter().any(|s| s == "fhirUser") {
+                        carapace_core::identity::users::find(&state.store, &i.subject)
+                            .await
+                            .ok()
+                            .and_then(|u| u.link())
+                            .map(|link| format!("{}/{link}", state.base))
+                    } else {
+                        None
+                    };
                     let mut body = json!({
                         "active": true,
                         "sub": i.subject,
-                        "scope": i.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "),
-                        "patient": i.patient,
+                        "scope": scope.join(" "),
                         "iat": i.issued_at.timestamp(),
                         "exp": i.expires_at.timestamp(),
                         "token_type": "bearer",
                     });
                     if let Some(client) = i.client_id {
                         body["client_id"] = json!(client);
+                    }
+                    if let Some(p) = i.patient {
+                        body["patient"] = json!(p);
+                    }
+                    if let Some(user) = fhir_user {
+                        body["fhirUser"] = json!(user);
                     }
                     body
                 }

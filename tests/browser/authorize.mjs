@@ -3,6 +3,10 @@
 //
 // Environment: CARAPACE_CHROMIUM (browser binary), AUTHORIZE_URL, REDIRECT_PREFIX, USERNAME,
 // PASSWORD, TOTP_SECRET (base32), SCREENSHOT (optional PNG path of the consent page).
+// The patient picker (a practitioner's launch/patient): PICK_PATIENT (the id to choose), and
+// optionally FORGE_PATIENT (first post the picker's form with this id instead, as a page altered
+// in the browser would; its redirect is reported as `forged`) and PICK_SEARCH (a name searched
+// before choosing). Reports the ids listed at first (`listed`) and after the search (`searched`).
 import { chromium } from "playwright-core";
 import { createHmac } from "node:crypto";
 
@@ -41,10 +45,11 @@ const browser = await chromium.launch({
          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 try {
-  const page = await browser.newPage();
+  const context = await browser.newContext();
+  let page = await context.newPage();
   let redirect = null;
   // The app's redirect URI is not served by anyone: catch the navigation to it.
-  await page.route(`${env("REDIRECT_PREFIX")}**`, async (route) => {
+  await context.route(`${env("REDIRECT_PREFIX")}**`, async (route) => {
     redirect = route.request().url();
     await route.fulfill({ status: 200, contentType: "text/html", body: "<p>app received the code</p>" });
   });
@@ -58,9 +63,37 @@ try {
   await page.waitForSelector("#allow");
   const scopes = await page.textContent("#scopes");
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT });
-  await page.click("#allow");
-  for (let i = 0; i < 100 && !redirect; i++) await page.waitForTimeout(50);
-  console.log(JSON.stringify({ redirect, scopes }));
+  const waitRedirect = async () => {
+    for (let i = 0; i < 100 && !redirect; i++) await page.waitForTimeout(50);
+    const r = redirect;
+    redirect = null;
+    return r;
+  };
+  const picker = {};
+  const pick = process.env.PICK_PATIENT;
+  const listedIds = () => page.$$eval("#patients button", (bs) => bs.map((b) => b.value));
+  if (pick) {
+    await Promise.all([page.waitForNavigation(), page.click("#allow")]);
+    picker.listed = await listedIds();
+    if (process.env.FORGE_PATIENT) {
+      await page.$eval("#patients button", (b, v) => { b.value = v; }, process.env.FORGE_PATIENT);
+      await page.click("#patients button");
+      picker.forged = await waitRedirect();
+      // Again in a new tab of the same browser (signed in): the first may still be navigating.
+      page = await context.newPage();
+      await page.goto(env("AUTHORIZE_URL"));
+      await Promise.all([page.waitForNavigation(), page.click("#allow")]);
+    }
+    if (process.env.PICK_SEARCH) {
+      await page.fill("#patient-search", process.env.PICK_SEARCH);
+      await Promise.all([page.waitForNavigation(), page.click("#search")]);
+      picker.searched = await listedIds();
+    }
+    await page.click(`[id="patient-${pick}"]`);
+  } else {
+    await page.click("#allow");
+  }
+  console.log(JSON.stringify({ redirect: await waitRedirect(), scopes, picker }));
 } finally {
   await browser.close();
 }

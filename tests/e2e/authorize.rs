@@ -300,8 +300,9 @@ async fn a_patient_app_gets_a_token_for_its_patient_only() {
     assert_eq!(r.status, 200, "{}", r.text());
     let t = r.json();
     assert_eq!(t["patient"], own.as_str());
+    // The launch context and refresh markers granted are answered too (SMART lists them).
     assert_eq!(
-        t["scope"], "patient/*.rs",
+        t["scope"], "patient/*.rs launch/patient offline_access",
         "user/ scopes are not for patients"
     );
     let access = t["access_token"].as_str().unwrap().to_string();

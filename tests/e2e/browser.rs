@@ -243,3 +243,138 @@ async fn a_browser_app_on_a_listed_origin_calls_the_api_from_chromium() {
         "{result}"
     );
 }
+
+/// The patient picker in Chromium: a practitioner's app asks `launch/patient` with no EHR launch;
+/// after sign-in and consent the practitioner chooses among the patients they may see (a search
+/// narrows the list; one without a consent for them is never offered), a choice altered in the
+/// page to a patient they may not see is refused, and the token is for the chosen patient only.
+#[tokio::test]
+async fn a_practitioner_picks_a_patient_in_chromium_and_the_token_is_for_that_patient_only() {
+    let Ok(chromium) = std::env::var("CARAPACE_CHROMIUM") else {
+        eprintln!("SKIPPED: set CARAPACE_CHROMIUM (tests/run installs Debian's chromium)");
+        return;
+    };
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        scripts.join("node_modules/playwright-core").exists(),
+        "run `npm ci` in tests/browser"
+    );
+    let stack = Stack::start().await.unwrap();
+    let fhir = stack.fhir();
+    let practitioner = fhir
+        .put(
+            "Practitioner/pr-pick",
+            &json!({"resourceType": "Practitioner", "id": "pr-pick"}),
+        )
+        .await;
+    assert_eq!(practitioner.status, 201, "{}", practitioner.text());
+    let mut ids = Vec::new();
+    for (family, consented) in [("Alpha", true), ("Beta", true), ("Hidden", false)] {
+        let p = fhir
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Pat"]}],
+                        "birthDate": "1980-01-01"}),
+            )
+            .await
+            .json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if consented {
+            let c = fhir
+                .post("Consent", &permit_consent(&p, "Practitioner/pr-pick"))
+                .await;
+            assert_eq!(c.status, 201, "{}", c.text());
+        }
+        ids.push(p);
+    }
+    let (alpha, beta, hidden) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let client_id = crate::smart::register(
+        &stack,
+        &["launch/patient", "patient/*.rs", "openid", "fhirUser"],
+    )
+    .await;
+    let secret = crate::smart::user(
+        &stack,
+        "dr.picker",
+        Role::Practitioner,
+        None,
+        Some("pr-pick"),
+    )
+    .await
+    .unwrap();
+    let (verifier, challenge) = pkce();
+    let url = crate::smart::authorize_url(
+        &stack,
+        &client_id,
+        "launch/patient patient/*.rs openid fhirUser",
+        &challenge,
+        &[],
+    );
+    let out = tokio::process::Command::new("node")
+        .arg(scripts.join("authorize.mjs"))
+        .current_dir(&scripts)
+        .env("CARAPACE_CHROMIUM", chromium)
+        .env("AUTHORIZE_URL", &url)
+        .env("REDIRECT_PREFIX", crate::smart::REDIRECT)
+        .env("USERNAME", "dr.picker")
+        .env("PASSWORD", "a smart passphrase")
+        .env("TOTP_SECRET", secret)
+        .env("PICK_PATIENT", &alpha)
+        .env("FORGE_PATIENT", &hidden)
+        .env("PICK_SEARCH", "Alp")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<String> =
+        serde_json::from_value(result["picker"]["listed"].clone()).unwrap();
+    listed.sort();
+    let mut expected = vec![alpha.clone(), beta.clone()];
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "only the patients the practitioner may see"
+    );
+    assert_eq!(result["picker"]["searched"], json!([alpha.clone()]));
+    let forged = result["picker"]["forged"].as_str().unwrap();
+    assert_eq!(
+        crate::smart::redirect_param(forged, "error").as_deref(),
+        Some("invalid_scope"),
+        "{forged}"
+    );
+    assert!(crate::smart::redirect_param(forged, "code").is_none());
+    let redirect = result["redirect"].as_str().unwrap();
+    let code = crate::smart::redirect_param(redirect, "code").unwrap();
+    let t = crate::smart::exchange(&stack, &client_id, &code, &verifier).await;
+    assert_eq!(t.status, 200, "{}", t.text());
+    let t = t.json();
+    assert_eq!(t["patient"], alpha.as_str());
+    let claims =
+        crate::smart::verify_id_token(&stack, t["id_token"].as_str().unwrap(), &client_id).await;
+    assert_eq!(
+        claims["fhirUser"],
+        format!("{}/Practitioner/pr-pick", stack.server.base)
+    );
+    let bearer = format!("Bearer {}", t["access_token"].as_str().unwrap());
+    let status = |id: String| {
+        let url = stack.server.url(&format!("Patient/{id}"));
+        let bearer = bearer.clone();
+        async move {
+            http("GET", &url, &[("Authorization", bearer.as_str())], None)
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(status(alpha.clone()).await, 200);
+    // Beta is visible to the practitioner, but not through a token for Alpha.
+    assert_eq!(status(beta.clone()).await, 404);
+    assert_eq!(status(hidden.clone()).await, 404);
+}

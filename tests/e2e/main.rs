@@ -41,6 +41,7 @@ mod profiles;
 mod rate_limits;
 mod readme;
 mod search;
+mod smart;
 mod subscriptions;
 mod summaries;
 mod summary;

@@ -250,6 +250,7 @@ path "transit/datakey/plaintext/{key}-p-*" {{ capabilities = ["update"] }}
 path "transit/decrypt/{key}-p-*" {{ capabilities = ["update"] }}
 path "transit/encrypt/{key}-p-*" {{ capabilities = ["update"] }}
 path "transit/keys/+" {{ capabilities = ["create", "update", "read"] }}
+path "transit/sign/{key}-oidc" {{ capabilities = ["update"] }}
 path "auth/token/lookup-self" {{ capabilities = ["read"] }}
 path "auth/token/renew-self" {{ capabilities = ["update"] }}"#
     )

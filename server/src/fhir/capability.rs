@@ -209,6 +209,7 @@ fn build(base: &str) -> Value {
                               ship with R4 (4.0.1); large external terminologies (SNOMED CT, LOINC, \
                               RxNorm, UCUM, ...) are out of scope: $lookup answers 404 and \
                               $validate-code an informational 'unknown system' for them.",
+            "security": crate::oauth::capability_security(base),
             "resource": resources,
             "interaction": [{"code": "history-system"}, {"code": "batch"}, {"code": "transaction"},
                             {"code": "search-system"}],

@@ -55,6 +55,7 @@ pub fn interaction_name(method: &str, path: &str, query: &str) -> &'static str {
     match route::parse(method, path, query) {
         Ok(Route::Capabilities) => "capabilities",
         Ok(Route::SmartConfiguration) => "smart-configuration",
+        Ok(Route::OpenIdConfiguration) => "openid-configuration",
         // `batch` or `transaction` once the body says (`bundle.rs`).
         Ok(Route::Bundle) => "bundle",
         Ok(Route::Interaction(i)) => match i {
@@ -144,6 +145,9 @@ async fn serve(
         }
         Ok(Route::SmartConfiguration) => {
             return Ok(crate::oauth::smart_configuration(&state.base).map(Either::Left))
+        }
+        Ok(Route::OpenIdConfiguration) => {
+            return Ok(crate::oauth::openid_configuration(&state.base).map(Either::Left))
         }
         Ok(Route::Bundle) => None,
         Ok(Route::Interaction(interaction)) => Some(Ok(interaction)),

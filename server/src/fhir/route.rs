@@ -13,6 +13,8 @@ use hyper::StatusCode;
 pub enum Route {
     Capabilities,
     SmartConfiguration,
+    /// OpenID Connect discovery, also at the FHIR base (SMART apps look there).
+    OpenIdConfiguration,
     /// `POST` to the base: a batch or transaction Bundle.
     Bundle,
     Interaction(Interaction),
@@ -168,6 +170,7 @@ pub fn parse(method: &str, path: &str, query: &str) -> Result<Route, Unroutable>
     let interaction = match (segments.as_slice(), method) {
         (["metadata"], "GET") => return Ok(Route::Capabilities),
         ([".well-known", "smart-configuration"], "GET") => return Ok(Route::SmartConfiguration),
+        ([".well-known", "openid-configuration"], "GET") => return Ok(Route::OpenIdConfiguration),
         ([], "POST") => return Ok(Route::Bundle),
         ([], "GET") => I::SearchAll {
             by_post: false,

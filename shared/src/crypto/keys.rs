@@ -286,14 +286,14 @@ impl KeyProvider {
 
 /// Vault (or OpenBao) transit engine.
 pub struct VaultTransit {
-    client: Arc<RwLock<VaultClient>>,
-    config: VaultConfig,
-    calls: AtomicU64,
+    pub(super) client: Arc<RwLock<VaultClient>>,
+    pub(super) config: VaultConfig,
+    pub(super) calls: AtomicU64,
     /// The data-key calls' latencies and failures (the metrics').
     timings: crate::meter::Timings,
 }
 
-fn vault_error(e: ClientError) -> KeyError {
+pub(super) fn vault_error(e: ClientError) -> KeyError {
     match e {
         // 5xx: sealed, standby, or down; 429: rate limited. All transient.
         ClientError::APIError { code, .. } if code >= 500 || code == 429 => {
@@ -612,7 +612,7 @@ impl std::ops::Deref for Ring<'_> {
 /// Development key provider: versioned master keys in `<data_dir>/master.key` (mode 0600), and
 /// patients' KEKs in `<data_dir>/patient-keys/` (one 0600 file each, removed by erasure).
 pub struct FileKeyring {
-    path: PathBuf,
+    pub(super) path: PathBuf,
     keys: std::sync::RwLock<Vec<Dek>>,
 }
 
@@ -762,7 +762,7 @@ impl FileKeyring {
     }
 }
 
-fn check_private(path: &Path) -> Result<(), KeyError> {
+pub(super) fn check_private(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map_err(|e| KeyError::Other(format!("{}: {e}", path.display())))?

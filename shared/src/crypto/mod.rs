@@ -6,6 +6,7 @@ pub mod chunks;
 pub mod dek_cache;
 pub mod keys;
 mod seal;
+pub mod signing;
 
 pub use seal::*;
 

@@ -6,6 +6,7 @@
 use crate::access::{role_allows, Context, Role, Scope};
 use crate::crypto::sha256;
 use crate::db::Db;
+use crate::identity::oidc::{self, Issuer};
 use crate::identity::tokens::{self, IssuedToken, OAuthError};
 use crate::identity::users::{self, User};
 use crate::store::Store;
@@ -38,6 +39,7 @@ const REFRESH_FAMILY_DAYS: i64 = 7;
 
 /// Non-resource scopes an app may ask for.
 pub(super) const OTHER_SCOPES: &[&str] = &[
+    "launch",
     "launch/patient",
     "openid",
     "fhirUser",
@@ -92,6 +94,10 @@ pub struct AuthorizeRequest {
     pub code_challenge: String,
     /// Requested scopes the client is registered for.
     pub scopes: Vec<String>,
+    /// OpenID Connect's `nonce`, echoed in the id_token.
+    pub nonce: Option<String>,
+    /// An EHR launch id ([`crate::identity::launch`]), with the `launch` scope.
+    pub launch: Option<String>,
 }
 
 /// Why an authorization request failed. Only errors found after the client and redirect URI are
@@ -190,6 +196,20 @@ pub async fn validate(
         .filter(|s| registered.iter().any(|r| r == s))
         .map(str::to_string)
         .collect();
+    let nonce = field("nonce").filter(|n| !n.is_empty());
+    if nonce.as_ref().is_some_and(|n| n.len() > 512) {
+        return Err(fail(
+            "invalid_request",
+            "nonce is longer than 512 characters",
+        ));
+    }
+    let launch = field("launch").filter(|l| !l.is_empty());
+    if launch.is_some() && !scopes.iter().any(|s| s == "launch") {
+        return Err(fail(
+            "invalid_scope",
+            "an EHR launch needs the launch scope, registered for this application",
+        ));
+    }
     if !scopes.iter().any(|s| Scope::parse(s).is_ok()) {
         return Err(fail(
             "invalid_scope",
@@ -203,27 +223,83 @@ pub async fn validate(
         state,
         code_challenge,
         scopes,
+        nonce,
+        launch,
     })
 }
 
-/// What a signed-in user is granted of a request: resource scopes their role allows, and the launch
-/// patient for patient users.
-pub fn grant(
+/// What a signed-in user's consent leads to.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Issue a code for these resource scopes and launch context.
+    Grant {
+        scopes: Vec<Scope>,
+        patient: Option<String>,
+        /// The EHR launch's encounter.
+        encounter: Option<String>,
+    },
+    /// A practitioner asked for `launch/patient` without a launch: they choose the patient first
+    /// ([`crate::identity::picker`]).
+    ChoosePatient,
+}
+
+/// Why a consent cannot lead to a code: sent to the app as `invalid_scope` (or, when the store
+/// could not answer, `server_error`).
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    Scope(String),
+    Unavailable,
+}
+
+/// What a signed-in user is granted of a request: resource scopes their role allows, and the
+/// launch patient — a patient user's own, or for a practitioner the one `chosen` in the picker,
+/// which must be a patient the gate lets them read. With a patient, every scope of the token is
+/// narrowed to that patient's compartment.
+pub async fn decide(
+    store: &Store,
     user: &User,
     request: &AuthorizeRequest,
-) -> Result<(Vec<Scope>, Option<String>), &'static str> {
+    chosen: Option<&str>,
+) -> Result<Decision, Refusal> {
+    let refuse = |why: &str| Err(Refusal::Scope(why.to_string()));
     let wants_patient = request.scopes.iter().any(|s| s == "launch/patient");
-    let patient =
-        if wants_patient {
-            match (&user.role, &user.patient_id) {
-                (Role::Patient, Some(p)) => Some(p.clone()),
-                _ => return Err(
-                    "launch/patient needs a patient user; this server has no patient picker yet",
-                ),
+    // An EHR launch brings its patient: no picker. Redeemed here, once, when the user allows.
+    let launched = match (&request.launch, user.role) {
+        (None, _) => None,
+        (Some(launch), Role::Practitioner) => {
+            match crate::identity::launch::redeem(store, launch).await {
+                Ok(Some(context)) => Some(context),
+                Ok(None) => return refuse("the launch is unknown, used or expired"),
+                Err(e) => {
+                    tracing::error!(error = %e, "a launch could not be redeemed");
+                    return Err(Refusal::Unavailable);
+                }
             }
-        } else {
-            None
-        };
+        }
+        (Some(_), _) => return refuse("an EHR launch is for practitioners"),
+    };
+    let chosen = launched.as_ref().map(|l| l.patient.as_str()).or(chosen);
+    let patient = match (
+        wants_patient || launched.is_some(),
+        user.role,
+        &user.patient_id,
+    ) {
+        (false, _, _) => None,
+        (true, Role::Patient, Some(p)) => Some(p.clone()),
+        (true, Role::Practitioner, _) => match chosen {
+            None => return Ok(Decision::ChoosePatient),
+            // The gate decides a launch's patient as it does a picked one.
+            Some(id) => match crate::identity::picker::may_choose(store, user, id).await {
+                Ok(true) => Some(id.to_string()),
+                Ok(false) => return refuse("that patient is not one this user may see"),
+                Err(e) => {
+                    tracing::error!(error = %e, "the patient picker could not check a choice");
+                    return Err(Refusal::Unavailable);
+                }
+            },
+        },
+        (true, _, _) => return refuse("launch/patient needs a patient or practitioner user"),
+    };
     let scopes: Vec<Scope> = request
         .scopes
         .iter()
@@ -233,12 +309,16 @@ pub fn grant(
         .filter(|s| s.context != Context::Patient || patient.is_some())
         .collect();
     if user.role == Role::Patient && patient.is_none() {
-        return Err("a patient signs in to apps with launch/patient");
+        return refuse("a patient signs in to apps with launch/patient");
     }
     if scopes.is_empty() {
-        return Err("none of the requested scopes fits this user's role");
+        return refuse("none of the requested scopes fits this user's role");
     }
-    Ok((scopes, patient))
+    Ok(Decision::Grant {
+        scopes,
+        patient,
+        encounter: launched.and_then(|l| l.encounter),
+    })
 }
 
 /// Issue a single-use authorization code (60 s).
@@ -248,6 +328,7 @@ pub async fn issue_code(
     user_id: i64,
     scopes: &[Scope],
     patient: Option<&str>,
+    encounter: Option<&str>,
 ) -> Result<String, sqlx::Error> {
     let code = random_token();
     let mut scopes: Vec<String> = scopes.iter().map(Scope::to_string).collect();
@@ -259,10 +340,24 @@ pub async fn issue_code(
     {
         scopes.push("offline_access".into());
     }
+    // OpenID Connect, and the launch context granted: markers too, answered in `scope`.
+    for marker in ["openid", "fhirUser"] {
+        if request.scopes.iter().any(|s| s == marker) {
+            scopes.push(marker.into());
+        }
+    }
+    if patient.is_some() {
+        for marker in ["launch", "launch/patient"] {
+            if request.scopes.iter().any(|s| s == marker) {
+                scopes.push(marker.into());
+            }
+        }
+    }
     sqlx::query(
         "INSERT INTO authorization_codes
-           (code_hash, client_id, user_id, redirect_uri, code_challenge, scopes, patient, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+           (code_hash, client_id, user_id, redirect_uri, code_challenge, scopes, patient, expires_at,
+            nonce, encounter)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(sha256(code.as_bytes()))
     .bind(&request.client_id)
@@ -272,6 +367,8 @@ pub async fn issue_code(
     .bind(&scopes)
     .bind(patient)
     .bind(store.now() + Duration::seconds(CODE_SECONDS))
+    .bind(&request.nonce)
+    .bind(encounter)
     .execute(store.pool())
     .await?;
     Ok(code)
@@ -327,6 +424,7 @@ async fn user_row(pool: &Db, user_id: i64) -> Result<(String, Role), OAuthError>
 /// redirect URI.
 pub async fn exchange_code(
     store: &Store,
+    issuer: Issuer<'_>,
     form: &[(String, String)],
 ) -> Result<IssuedToken, OAuthError> {
     let field = |name: &str| {
@@ -344,7 +442,8 @@ pub async fn exchange_code(
     let row = sqlx::query(
         "UPDATE authorization_codes SET used_at = $2
           WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
-          RETURNING client_id, user_id, redirect_uri, code_challenge, scopes, patient",
+          RETURNING client_id, user_id, redirect_uri, code_challenge, scopes, patient, nonce,
+                    encounter",
     )
     .bind(sha256(code.as_bytes()))
     .bind(now)
@@ -370,29 +469,64 @@ pub async fn exchange_code(
     let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
     let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
     let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
+    let nonce: Option<String> = row.try_get("nonce").map_err(OAuthError::server)?;
+    let encounter: Option<String> = row.try_get("encounter").map_err(OAuthError::server)?;
     let client_id = get("client_id")?;
     ensure_client_active(store.pool(), &client_id).await?;
     tokens_for(
         store,
+        issuer,
         &client_id,
         user_id,
-        &scopes,
-        patient.as_deref(),
+        Granted {
+            scopes: &scopes,
+            access: &scopes,
+            patient: patient.as_deref(),
+            encounter: encounter.as_deref(),
+            nonce: nonce.as_deref(),
+        },
         (uuid::Uuid::new_v4(), store.now()),
     )
     .await
 }
 
+/// What a code or refresh token carries into the tokens it is traded for.
+struct Granted<'a> {
+    /// Everything granted at sign-in (resource scopes and markers), kept by the refresh token.
+    scopes: &'a [String],
+    /// What this access token gets: `scopes`, or fewer when a refresh asked for fewer.
+    access: &'a [String],
+    patient: Option<&'a str>,
+    encounter: Option<&'a str>,
+    nonce: Option<&'a str>,
+}
+
+/// The markers that are answered in a token response's `scope` besides its resource scopes.
+const ANSWERED_MARKERS: &[&str] = &[
+    "openid",
+    "fhirUser",
+    "launch",
+    "launch/patient",
+    "offline_access",
+];
+
 async fn tokens_for(
     store: &Store,
+    issuer: Issuer<'_>,
     client_id: &str,
     user_id: i64,
-    scopes: &[String],
-    patient: Option<&str>,
+    granted: Granted<'_>,
     (family, family_started): (uuid::Uuid, DateTime<Utc>),
 ) -> Result<IssuedToken, OAuthError> {
+    let Granted {
+        scopes,
+        access,
+        patient,
+        encounter,
+        nonce,
+    } = granted;
     let (username, role) = user_row(store.pool(), user_id).await?;
-    let parsed: Vec<Scope> = scopes
+    let parsed: Vec<Scope> = access
         .iter()
         .filter_map(|s| Scope::parse(s).ok())
         .filter(|s| role_allows(role, s.context))
@@ -400,9 +534,15 @@ async fn tokens_for(
     let now = store.now();
     // Bound to the app and the family: disabling the app, or a replay that revokes the family,
     // ends this access token too, not only the refresh tokens.
+    let markers: Vec<&str> = ANSWERED_MARKERS
+        .iter()
+        .copied()
+        .filter(|m| access.iter().any(|s| s == m))
+        .collect();
     let binding = tokens::Binding {
         client_id: Some(client_id),
         refresh_family: Some(family),
+        markers: &markers,
     };
     let mut issued = tokens::issue_bound(
         store.pool(),
@@ -415,6 +555,34 @@ async fn tokens_for(
     )
     .await
     .map_err(OAuthError::server)?;
+    issued.encounter = encounter.map(str::to_string);
+    if access.iter().any(|s| s == "openid") {
+        let user = users::find(store, &username)
+            .await
+            .map_err(|_| OAuthError::new(400, "invalid_grant", "the user is gone"))?;
+        let link = user.link();
+        let claims = oidc::IdClaims {
+            subject: &username,
+            client_id,
+            fhir_user: link
+                .as_deref()
+                .filter(|_| access.iter().any(|s| s == "fhirUser")),
+            nonce,
+            now,
+        };
+        issued.id_token = Some(
+            oidc::id_token(store.keys(), issuer, &claims)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not sign an id_token");
+                    OAuthError::new(
+                        503,
+                        "temporarily_unavailable",
+                        "the id_token could not be signed; retry shortly",
+                    )
+                })?,
+        );
+    }
     if !scopes.iter().any(|s| s == "offline_access") {
         return Ok(issued);
     }
@@ -424,8 +592,9 @@ async fn tokens_for(
         .min(family_started + Duration::days(REFRESH_FAMILY_DAYS));
     sqlx::query(
         "INSERT INTO refresh_tokens
-           (token_hash, family, family_started, client_id, user_id, scopes, patient, expires_at)
-         VALUES ($1, $2, $8, $3, $4, $5, $6, $7)",
+           (token_hash, family, family_started, client_id, user_id, scopes, patient, expires_at,
+            encounter)
+         VALUES ($1, $2, $8, $3, $4, $5, $6, $7, $9)",
     )
     .bind(sha256(refresh.as_bytes()))
     .bind(family)
@@ -435,6 +604,7 @@ async fn tokens_for(
     .bind(patient)
     .bind(expires)
     .bind(family_started)
+    .bind(encounter)
     .execute(store.pool())
     .await
     .map_err(OAuthError::server)?;
@@ -444,7 +614,11 @@ async fn tokens_for(
 
 /// `grant_type=refresh_token`: rotate. A refresh token works once; presenting a used one again
 /// (theft or replay) revokes every token of its family.
-pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedToken, OAuthError> {
+pub async fn refresh(
+    store: &Store,
+    issuer: Issuer<'_>,
+    form: &[(String, String)],
+) -> Result<IssuedToken, OAuthError> {
     let field = |name: &str| {
         form.iter()
             .find(|(k, _)| k == name)
@@ -456,7 +630,7 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
     let hash = sha256(token.as_bytes());
     let row = sqlx::query(
         "SELECT family, family_started, client_id, user_id, scopes, patient, expires_at, used_at,
-                revoked_at
+                revoked_at, encounter
            FROM refresh_tokens WHERE token_hash = $1",
     )
     .bind(&hash)
@@ -492,6 +666,15 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
         ));
     }
     ensure_client_active(store.pool(), &client_id).await?;
+    let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
+    let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
+    let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
+    let encounter: Option<String> = row.try_get("encounter").map_err(OAuthError::server)?;
+    // Checked before the token is used up, so a refused narrowing can be asked again.
+    let access = match field("scope") {
+        None => scopes.clone(),
+        Some(asked) => narrowed(&scopes, asked)?,
+    };
     let claimed = sqlx::query(
         "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
     )
@@ -504,18 +687,59 @@ pub async fn refresh(store: &Store, form: &[(String, String)]) -> Result<IssuedT
     if claimed != 1 {
         return Err(invalid_grant("the refresh token was already used"));
     }
-    let user_id: i64 = row.try_get("user_id").map_err(OAuthError::server)?;
-    let scopes: Vec<String> = row.try_get("scopes").map_err(OAuthError::server)?;
-    let patient: Option<String> = row.try_get("patient").map_err(OAuthError::server)?;
     tokens_for(
         store,
+        issuer,
         &client_id,
         user_id,
-        &scopes,
-        patient.as_deref(),
+        Granted {
+            scopes: &scopes,
+            access: &access,
+            patient: patient.as_deref(),
+            encounter: encounter.as_deref(),
+            nonce: None,
+        },
         (family, family_started),
     )
     .await
+}
+
+/// A refresh's `scope` (RFC 6749 §6): each asked scope must be within what was granted — a
+/// resource scope covered by a granted one, a marker granted as such; anything wider is refused.
+fn narrowed(granted: &[String], asked: &str) -> Result<Vec<String>, OAuthError> {
+    let wider = |s: &str| {
+        OAuthError::new(
+            400,
+            "invalid_scope",
+            format!(
+                "'{}' was not granted; a refresh may only narrow the scopes",
+                crate::fhir::printable(s)
+            ),
+        )
+    };
+    let granted_scopes: Vec<Scope> = granted
+        .iter()
+        .filter_map(|s| Scope::parse(s).ok())
+        .collect();
+    let mut out = Vec::new();
+    for s in asked.split_whitespace() {
+        match Scope::parse(s) {
+            Ok(scope) if granted_scopes.iter().any(|g| tokens::covers(g, &scope)) => {
+                out.push(scope.to_string())
+            }
+            Ok(_) => return Err(wider(s)),
+            Err(_) if granted.iter().any(|g| g == s) => out.push(s.to_string()),
+            Err(_) => return Err(wider(s)),
+        }
+    }
+    if !out.iter().any(|s| Scope::parse(s).is_ok()) {
+        return Err(OAuthError::new(
+            400,
+            "invalid_scope",
+            "a refresh must keep at least one resource scope",
+        ));
+    }
+    Ok(out)
 }
 
 /// A browser sign-in session.

@@ -81,6 +81,10 @@ pub struct IssuedToken {
     pub patient: Option<String>,
     /// Only for user apps (authorization-code flow); rotated on every use.
     pub refresh_token: Option<String>,
+    /// OpenID Connect (`openid` granted): the signed sign-in assertion.
+    pub id_token: Option<String>,
+    /// SMART launch context: the EHR launch's encounter.
+    pub encounter: Option<String>,
 }
 
 /// A registered backend client, as listed by the console.
@@ -180,6 +184,7 @@ pub async fn client_credentials(
     let binding = Binding {
         client_id: Some(&client_id),
         refresh_family: None,
+        markers: &[],
     };
     issue_bound(pool, now, &client_id, Role::System, &granted, None, binding)
         .await
@@ -187,7 +192,7 @@ pub async fn client_credentials(
 }
 
 /// Does registered scope `r` grant everything `s` asks for?
-fn covers(r: &Scope, s: &Scope) -> bool {
+pub(crate) fn covers(r: &Scope, s: &Scope) -> bool {
     let wider_type = r.resource_type.is_none() || r.resource_type == s.resource_type;
     let text_r = r.to_string();
     let text_s = s.to_string();
@@ -343,6 +348,9 @@ pub struct Binding<'a> {
     /// The refresh-token family it came from (authorization-code flow): revoking the family, as a
     /// replayed refresh token does, ends it.
     pub refresh_family: Option<uuid::Uuid>,
+    /// Non-resource scopes granted with it (`openid`, `fhirUser`, `launch/patient`, ...): kept
+    /// with the token and answered in `scope`, by the token endpoint and by introspection.
+    pub markers: &'a [&'a str],
 }
 
 /// Issue an operator's access token (the console's sign-in): bound to no client.
@@ -379,7 +387,8 @@ pub async fn issue_bound(
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = B64URL.encode(raw);
-    let scope_strings: Vec<String> = scopes.iter().map(Scope::to_string).collect();
+    let mut scope_strings: Vec<String> = scopes.iter().map(Scope::to_string).collect();
+    scope_strings.extend(binding.markers.iter().map(|m| m.to_string()));
     sqlx::query(
         "INSERT INTO access_tokens
            (token_hash, subject, role, scopes, patient, issued_at, expires_at, client_id,
@@ -404,6 +413,8 @@ pub async fn issue_bound(
         scope: scope_strings.join(" "),
         patient: patient.map(str::to_string),
         refresh_token: None,
+        id_token: None,
+        encounter: None,
     })
 }
 
@@ -418,6 +429,8 @@ pub struct TokenInfo {
     pub patient: Option<String>,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Every scope it was granted as text, non-resource ones included (for introspection).
+    pub granted: Vec<String>,
 }
 
 /// The one definition of a live access token (`t`, at time `$1`), for every lookup and listing:
@@ -467,6 +480,7 @@ pub async fn lookup(
         patient: row.try_get("patient")?,
         issued_at: row.try_get("issued_at")?,
         expires_at: row.try_get("expires_at")?,
+        granted: scopes,
     }))
 }
 
