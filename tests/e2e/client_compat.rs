@@ -292,6 +292,40 @@ async fn a_system_search_spans_the_named_types_and_refuses_what_would_widen_it()
     assert!(unnamed.text().contains("_type"));
     let unknown = call(s, &r.admin, "GET", "?_type=Nope", None, &[]).await;
     assert_eq!(unknown.status, 400);
+    // AuditEvents are read through their own search, never as stored resources.
+    let audit = call(
+        s,
+        &r.admin,
+        "GET",
+        &format!("Patient/{}/AuditEvent", r.a),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(audit.status, 400, "{}", audit.text());
+    let audit = call(s, &r.admin, "GET", "?_type=AuditEvent", None, &[]).await;
+    assert_eq!(audit.status, 400, "{}", audit.text());
+    // A search over several types costs a query per type: not in a batch, where one request
+    // could hold thousands.
+    let batch = call(
+        s,
+        &r.admin,
+        "POST",
+        "",
+        Some(json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "?_type=Patient,Observation"}}]})),
+        &[],
+    )
+    .await;
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    assert!(
+        batch.json()["entry"][0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("400"),
+        "{}",
+        batch.text()
+    );
 }
 
 #[tokio::test]
@@ -399,6 +433,27 @@ async fn fhirpath_patch_applies_validates_and_respects_versions() {
     )
     .await;
     assert_eq!(not_parameters.status, 400);
+    // A patch's result is built in memory, past the intake's depth limit: a document nested deeper
+    // than every later parse reads back is refused when stored, not kept to fail each read.
+    let mut nested = json!({"url": "http://example.org/x", "valueString": "v"});
+    for _ in 0..61 {
+        nested = json!({"url": "http://example.org/x", "extension": [nested]});
+    }
+    // The body is 126 levels deep (the intake takes it); the patched Patient would be 127.
+    let deep = call(
+        s,
+        &r.admin,
+        "PATCH",
+        &path,
+        Some(json!([
+            {"op": "add", "path": "/extension", "value": [{"url": "http://example.org/x"}]},
+            {"op": "add", "path": "/extension/0/extension", "value": [nested]}
+        ])),
+        &[("Content-Type", "application/json-patch+json")],
+    )
+    .await;
+    assert_eq!(deep.status, 400, "{}", deep.text());
+    assert!(deep.text().contains("levels deep"), "{}", deep.text());
     assert_eq!(
         s.stored_versions().await,
         before,

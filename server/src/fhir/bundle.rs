@@ -80,9 +80,9 @@ impl Kind {
             | I::Create { .. }
             | I::Update { .. }
             | I::Delete { .. } => true,
-            I::Search { by_post, .. } | I::SearchAll { by_post, .. } => {
-                matches!(self, Kind::Batch) && !by_post
-            }
+            // A search over several types costs a query per type: REST only, where the rate
+            // limits count each request.
+            I::Search { by_post, .. } => matches!(self, Kind::Batch) && !by_post,
             _ => false,
         }
     }

@@ -403,6 +403,11 @@ fn resource_id(id: &str) -> Result<ResourceId, Unroutable> {
 
 /// A compartment search's type: one the R4 Patient CompartmentDefinition puts in the compartment.
 fn in_patient_compartment(rt: ResourceType) -> Result<ResourceType, Unroutable> {
+    if rt.as_str() == "AuditEvent" {
+        return Err(Unroutable::Bad(ApiError::bad_request(
+            "AuditEvents are searched on their own: GET AuditEvent?patient=…",
+        )));
+    }
     if rt.in_patient_compartment() {
         Ok(rt)
     } else {

@@ -56,7 +56,8 @@ pub async fn search(
 /// (`_page_type`). Without `_type` (a compartment's types), those the caller's scopes do not let
 /// it search are left out; a type named in `_type` that they do not is refused (403), as its type
 /// search would be.
-/// Sorting is within each type; `total` is left out.
+/// Sorting is within each type; `total` is left out. One page searches at most
+/// [`TYPES_PER_PAGE`] types (skipping empty ones); past them an empty page links on.
 pub async fn search_all(
     state: &AppState,
     ctx: &AccessContext,
@@ -74,6 +75,11 @@ pub async fn search_all(
                     printable(t)
                 ))
             })?;
+            if rt.as_str() == "AuditEvent" {
+                return Err(ApiError::bad_request(
+                    "_type: AuditEvents are searched on their own (GET AuditEvent?patient=…)",
+                ));
+            }
             if compartment.is_some() && !rt.in_patient_compartment() {
                 return Err(ApiError::bad_request(format!(
                     "_type: {rt} is not in the Patient compartment"
@@ -101,6 +107,7 @@ pub async fn search_all(
     let types: Vec<ResourceType> = if named.is_empty() {
         ResourceType::all()
             .filter(|rt| compartment.is_none() || rt.in_patient_compartment())
+            .filter(|rt| rt.as_str() != "AuditEvent")
             .filter(|rt| ctx.check(rt.as_str(), Permission::Search).is_ok())
             .collect()
     } else {
@@ -152,7 +159,7 @@ pub async fn search_all(
             cursor.as_ref().map(|(_, v)| v.as_str()),
         ),
     }];
-    for (i, &rt) in types.iter().enumerate().skip(at) {
+    for (searched, (i, &rt)) in types.iter().enumerate().skip(at).enumerate() {
         let mut own = common.clone();
         if i == at {
             own.extend(cursor.clone());
@@ -172,7 +179,9 @@ pub async fn search_all(
             None => types.get(i + 1).map(|&t| link_to(Some(t), None)),
         };
         entries.add(state, &query, page.matches, page.included)?;
-        if found || i + 1 == types.len() {
+        // At most this many types are searched for one page (each is a query and an audited
+        // search): past them an empty page links on to the next type.
+        if found || i + 1 == types.len() || searched + 1 == TYPES_PER_PAGE {
             link.extend(next.map(|url| Link {
                 relation: "next",
                 url,
@@ -182,6 +191,9 @@ pub async fn search_all(
     }
     entries.into_bundle(None, link)
 }
+
+/// The most types one page of a search over several types searches.
+const TYPES_PER_PAGE: usize = 10;
 
 /// A search's parameters: those of the URL, and a POST's form parameters with them.
 async fn parameters(by_post: bool, input: Input<'_>) -> Result<Vec<(String, String)>, ApiError> {

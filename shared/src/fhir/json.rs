@@ -17,6 +17,28 @@ use std::fmt;
 #[error("{0}")]
 pub struct JsonError(pub String);
 
+/// How deeply a stored resource may nest: what every later parse of it (serde_json's recursion
+/// limit, 128) reads back whole, with room for the Bundle a resource travels in (`Bundle.entry[i].
+/// resource` adds three levels). A document built in memory — a patch's result — never passed
+/// the intake's parse, so the store checks this on every write ([`depth`]).
+pub const MAX_STORED_DEPTH: usize = 124;
+
+/// The nesting depth of a value (a scalar is 0, `{}` and `[]` are 1), counted without recursion.
+pub fn depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Object(m) => Box::new(m.values()),
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
 /// Parse a request body into a JSON value, refusing duplicate object keys.
 pub fn parse(body: &[u8]) -> Result<serde_json::Value, JsonError> {
     let text = check(body)?;
@@ -119,6 +141,21 @@ mod tests {
             serde_json::to_string(&v).unwrap(),
             r#"{"resourceType":"Observation","valueQuantity":{"value":1.50},"id":"a"}"#
         );
+    }
+
+    #[test]
+    fn depth_counts_containers_without_recursion() {
+        assert_eq!(depth(&serde_json::json!(1)), 0);
+        assert_eq!(depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+        let mut deep = serde_json::json!(null);
+        for _ in 0..100_000 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert_eq!(depth(&deep), 100_000);
+        // Dropping it recursively would overflow the stack; unwind it level by level.
+        while let serde_json::Value::Array(mut a) = deep {
+            deep = a.pop().unwrap_or_default();
+        }
     }
 
     #[test]

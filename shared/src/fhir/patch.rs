@@ -15,6 +15,11 @@ use super::fhirpath::{Item, Path, Ty};
 use super::schema::{self, Kind, TypeDef};
 use serde_json::{Map, Value};
 
+/// Operations in one patch, and items one path's evaluation may build (over all its steps): a
+/// client's paths run on the server's CPU, so their cost is bounded.
+const MAX_OPERATIONS: usize = 100;
+const PATH_BUDGET: usize = 100_000;
+
 /// Why a patch does not apply: a message naming the operation and the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatchError(pub String);
@@ -114,6 +119,11 @@ pub fn apply(doc: &mut Value, patch: &Value) -> Result<(), PatchError> {
         return Err(PatchError(
             "a FHIRPath Patch needs operation parameters".into(),
         ));
+    }
+    if params.len() > MAX_OPERATIONS {
+        return Err(PatchError(format!(
+            "a FHIRPath Patch may hold at most {MAX_OPERATIONS} operations"
+        )));
     }
     for (n, param) in params.iter().enumerate() {
         let which = format!("operation {}", n + 1);
@@ -541,18 +551,24 @@ fn locate(doc: &Value, path: &str) -> Result<Vec<Place>, String> {
         .map_err(|e| format!("the path is not FHIRPath this server evaluates: {}", e.0))?;
     let root = Item::resource(doc).ok_or("the document is not a resource")?;
     let items = compiled
-        .evaluate(root.clone(), root.clone(), root)
+        .evaluate_within(root.clone(), root.clone(), root, PATH_BUDGET)
         .map_err(|e| format!("the path could not be evaluated: {}", e.0))?;
+    // Every element's place, found in one walk of the document (not one walk per result).
+    let mut index = std::collections::HashMap::new();
+    if !items.is_empty() {
+        let mut steps = Vec::new();
+        walk(doc, &mut steps, &mut index);
+    }
     let mut places = Vec::new();
     for item in items {
         let Item::Node { value, shadow, ty } = item else {
             return Err("the path yields a value, not an element of the resource".into());
         };
         let target = value.or(shadow).ok_or("the path yields an empty element")?;
-        let mut steps = Vec::new();
-        if !find(doc, target, &mut steps) {
-            return Err("the path yields an element outside the resource".into());
-        }
+        let steps = index
+            .get(&std::ptr::from_ref(target))
+            .cloned()
+            .ok_or("the path yields an element outside the resource")?;
         let def = match ty {
             Ty::Def(d) => Some(d),
             Ty::Primitive(_) => None,
@@ -613,33 +629,30 @@ fn place(doc: &Value, mut steps: Vec<Step>, def: Option<&'static TypeDef>) -> Pl
     }
 }
 
-/// Find `target` in `node` by identity, leaving the steps to it in `steps`.
-fn find(node: &Value, target: &Value, steps: &mut Vec<Step>) -> bool {
-    if std::ptr::eq(node, target) {
-        return true;
-    }
+/// Record the steps to every value of `node` by its address (the FHIRPath engine hands back
+/// references into the document, so an address is an element's identity).
+fn walk(
+    node: &Value,
+    steps: &mut Vec<Step>,
+    index: &mut std::collections::HashMap<*const Value, Vec<Step>>,
+) {
+    index.insert(std::ptr::from_ref(node), steps.clone());
     match node {
         Value::Object(map) => {
             for (k, v) in map {
                 steps.push(Step::Key(k.clone()));
-                if find(v, target, steps) {
-                    return true;
-                }
+                walk(v, steps, index);
                 steps.pop();
             }
-            false
         }
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
                 steps.push(Step::Index(i));
-                if find(v, target, steps) {
-                    return true;
-                }
+                walk(v, steps, index);
                 steps.pop();
             }
-            false
         }
-        _ => false,
+        _ => {}
     }
 }
 
@@ -796,6 +809,29 @@ mod tests {
         .unwrap();
         assert_eq!(doc["valueString"], "high");
         assert!(doc.get("valueQuantity").is_none());
+    }
+
+    #[test]
+    fn a_path_that_builds_too_much_is_refused() {
+        let mut doc = patient();
+        let costly = op(
+            "delete",
+            "Patient.descendants().select(%resource.descendants())",
+            json!([]),
+        );
+        // The doc is small; make it big enough for the nesting to pass the budget.
+        doc["name"] = json!((0..200)
+            .map(|i| json!({"given": [format!("g{i}")]}))
+            .collect::<Vec<_>>());
+        let e = apply(&mut doc, &patch(vec![costly])).unwrap_err();
+        assert!(e.0.contains("this many items"), "{e}");
+        let many = (0..101)
+            .map(|_| op("delete", "Patient.gender", json!([])))
+            .collect();
+        assert!(apply(&mut patient(), &patch(many))
+            .unwrap_err()
+            .0
+            .contains("at most 100"));
     }
 
     #[test]

@@ -227,6 +227,17 @@ pub(super) fn check_resource(
             )]));
         }
     }
+    // A resource must read back: one built in memory (a patch's result) never passed the
+    // intake's parse and its depth limit.
+    if crate::fhir::json::depth(resource) > crate::fhir::json::MAX_STORED_DEPTH {
+        return Err(StoreError::Invalid(vec![Issue::invalid(
+            resource_type.as_str(),
+            format!(
+                "the resource nests more than {} levels deep",
+                crate::fhir::json::MAX_STORED_DEPTH
+            ),
+        )]));
+    }
     validate::validate_resource(resource).map_err(StoreError::Invalid)
 }
 

@@ -16,6 +16,10 @@ pub(super) struct Env<'a> {
     pub(super) resource: Item<'a>,
     pub(super) root: Item<'a>,
     pub(super) context: Item<'a>,
+    /// How many more items the evaluation may produce, over all its steps: an expression from a
+    /// client (a FHIRPath Patch's path) is bounded, so `descendants().select(descendants())`
+    /// cannot grow without end; the server's own invariants run unbounded.
+    pub(super) budget: std::cell::Cell<usize>,
 }
 
 /// Boolean evaluation of a collection: empty is unknown; one non-boolean item is true.
@@ -213,6 +217,15 @@ pub(super) fn resolve<'a>(item: &Item<'a>, env: &Env<'a>, out: &mut Vec<Item<'a>
 }
 
 pub(super) fn eval<'a>(e: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Vec<Item<'a>>> {
+    let out = eval_step(e, focus, env)?;
+    match env.budget.get().checked_sub(out.len()) {
+        Some(left) => env.budget.set(left),
+        None => return unsupported("an expression that builds this many items"),
+    }
+    Ok(out)
+}
+
+fn eval_step<'a>(e: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Vec<Item<'a>>> {
     Ok(match e {
         Expr::Bool(b) => vec![Item::Bool(*b)],
         Expr::Int(i) => vec![Item::Int(*i)],

@@ -66,10 +66,23 @@ impl Path {
         resource: Item<'a>,
         root: Item<'a>,
     ) -> Res<Vec<Item<'a>>> {
+        self.evaluate_within(node, resource, root, usize::MAX)
+    }
+
+    /// [`Path::evaluate`], producing at most `budget` items over all its steps (refused with
+    /// [`Unsupported`] past it): for an expression a client wrote.
+    pub fn evaluate_within<'a>(
+        &self,
+        node: Item<'a>,
+        resource: Item<'a>,
+        root: Item<'a>,
+        budget: usize,
+    ) -> Res<Vec<Item<'a>>> {
         let env = Env {
             resource,
             root,
             context: node.clone(),
+            budget: std::cell::Cell::new(budget),
         };
         eval(&self.0, &[node], &env)
     }
