@@ -823,27 +823,16 @@ async fn pretty_and_gzip_change_only_the_presentation() {
 async fn fhir_kit_client_searches_a_compartment_and_sends_a_fhirpath_patch() {
     let r = records().await;
     let s = &r.stack;
-    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    assert!(
-        scripts.join("node_modules/fhir-kit-client").exists(),
-        "run `npm ci` in tests/browser"
-    );
-    let out = tokio::process::Command::new("node")
-        .arg(scripts.join("fhir-kit.mjs"))
-        .current_dir(&scripts)
-        .env("FHIR_BASE", s.server.url(""))
-        .env("ACCESS_TOKEN", &r.admin)
-        .env("PATIENT_ID", &r.a)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let base = s.server.url("");
+    let report = carapace_tests::scripts::node(
+        "fhir-kit.mjs",
+        &[
+            ("FHIR_BASE", &base),
+            ("ACCESS_TOKEN", &r.admin),
+            ("PATIENT_ID", &r.a),
+        ],
+    )
+    .await;
     let want = json!(refs(&[
         ("Observation", &r.a_hr),
         ("Observation", &r.shared)
@@ -868,21 +857,14 @@ async fn fhirpy_searches_patches_and_reads_conditionally_with_strict_models() {
     let r = records().await;
     let s = &r.stack;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/fhirpy_compat.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(s.server.url(""))
-        .arg(&r.admin)
-        .arg(&r.a)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let base = s.server.url("");
+    let report = carapace_tests::scripts::report(
+        &python,
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &[script.to_str().unwrap(), &base, &r.admin, &r.a],
+        &[],
+    )
+    .await;
     let mut mine = vec![r.a_hr.clone(), r.a_other.clone(), r.shared.clone()];
     mine.sort();
     assert_eq!(report["observations"], json!(mine));

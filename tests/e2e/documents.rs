@@ -789,28 +789,24 @@ async fn a_gigabyte_document_streams_in_and_out_in_bounded_memory() {
 async fn a_published_client_uploads_and_downloads_a_document() {
     let stack = Stack::start().await.unwrap();
     let pid = patient(&stack, "Medplum").await;
-    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     let token = stack
         .server
         .bearer()
         .trim_start_matches("Bearer ")
         .to_string();
-    let out = tokio::process::Command::new("node")
-        .arg(scripts.join("medplum-binary.mjs"))
-        .current_dir(&scripts)
-        .env("BASE_URL", format!("{}/", stack.server.origin()))
-        .env("ACCESS_TOKEN", token)
-        .env("SECURITY_CONTEXT", format!("Patient/{pid}"))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (base, context) = (
+        format!("{}/", stack.server.origin()),
+        format!("Patient/{pid}"),
     );
-    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let report = carapace_tests::scripts::node(
+        "medplum-binary.mjs",
+        &[
+            ("BASE_URL", &base),
+            ("ACCESS_TOKEN", &token),
+            ("SECURITY_CONTEXT", &context),
+        ],
+    )
+    .await;
     assert_eq!(report["contentType"], PDF);
     assert_eq!(report["downloaded"], report["uploaded"]);
     assert_eq!(report["sha256Matches"], true);

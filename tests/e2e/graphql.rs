@@ -480,29 +480,22 @@ async fn graphql_refuses_what_it_cannot_run_and_bounds_the_rest() {
 #[tokio::test]
 async fn a_published_client_queries_with_graphql() {
     let c = chart().await;
-    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     let token = c
         .stack
         .server
         .bearer()
         .trim_start_matches("Bearer ")
         .to_string();
-    let out = tokio::process::Command::new("node")
-        .arg(scripts.join("medplum-graphql.mjs"))
-        .current_dir(&scripts)
-        .env("BASE_URL", format!("{}/", c.stack.server.origin()))
-        .env("ACCESS_TOKEN", token)
-        .env("PATIENT_ID", &c.a)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let base = format!("{}/", c.stack.server.origin());
+    let report = carapace_tests::scripts::node(
+        "medplum-graphql.mjs",
+        &[
+            ("BASE_URL", &base),
+            ("ACCESS_TOKEN", &token),
+            ("PATIENT_ID", &c.a),
+        ],
+    )
+    .await;
     let data = &report["result"]["data"];
     assert_eq!(data["Patient"]["id"], c.a.as_str());
     assert_eq!(data["Patient"]["name"][0]["family"], "Smith");

@@ -14,6 +14,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod conformance;
+pub mod scripts;
 pub mod synthea;
 
 mod auth;
