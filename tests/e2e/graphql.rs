@@ -431,6 +431,15 @@ async fn graphql_refuses_what_it_cannot_run_and_bounds_the_rest() {
         "too-costly",
         "more than 200 resources",
     );
+    // Searches that match nothing still cost a query and an audit event each: counted.
+    let empty: String = (0..51)
+        .map(|i| format!(r#"s{i}: PatientList(name: "nobody-{i}") {{ id }} "#))
+        .collect();
+    refused(
+        &run(format!("{{ {empty} }}")).await,
+        "too-costly",
+        "more than 50 searches",
+    );
     refused(
         &run("{ PatientList(_count: 1000) { id } }".into()).await,
         "too-costly",

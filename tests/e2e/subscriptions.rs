@@ -517,3 +517,36 @@ async fn two_nodes_send_each_notification_once() {
         .await;
     assert_eq!(sent.len(), 20);
 }
+
+#[tokio::test]
+async fn an_owner_may_keep_at_most_a_hundred_active_subscriptions() {
+    let endpoint = Endpoint::start().await;
+    let stack = stack_for(&endpoint).await;
+    let f = stack.fhir();
+    let hook = format!("{}/x", endpoint.origin);
+    // Each active Subscription costs an audited search per matching write: bounded per owner.
+    for i in 0..100 {
+        let r = f
+            .post(
+                "Subscription",
+                &subscription(&format!("Observation?code={i}"), &hook, json!({})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let before = stack.stored_versions().await;
+    let over = f
+        .post(
+            "Subscription",
+            &subscription("Observation?code=x", &hook, json!({})),
+        )
+        .await;
+    assert_eq!(over.status, 422, "{}", over.text());
+    assert!(over.text().contains("at most 100"), "{}", over.text());
+    assert_eq!(stack.stored_versions().await, before, "nothing was stored");
+    // One that is off costs nothing and is not counted.
+    let mut off = subscription("Observation?code=y", &hook, json!({}));
+    off["status"] = json!("off");
+    let off = f.post("Subscription", &off).await;
+    assert_eq!(off.status, 201, "{}", off.text());
+}

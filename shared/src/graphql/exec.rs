@@ -5,6 +5,7 @@
 use super::{
     check_nesting, search_name, Cause, FieldError, Refusal, Request, Response, Root,
     MAX_ANSWER_BYTES, MAX_DEPTH, MAX_FIELDS, MAX_LIST, MAX_QUERY_BYTES, MAX_RESOURCES,
+    MAX_SEARCHES,
 };
 use crate::access::AccessContext;
 use crate::fhir::reference::Reference;
@@ -97,6 +98,7 @@ pub(super) async fn run(
         fragments: &doc.fragments,
         variables,
         resources: 0,
+        searches: 0,
         answer_bytes: 0,
         errors: Vec::new(),
     };
@@ -257,6 +259,7 @@ struct Exec<'q> {
     fragments: &'q HashMap<async_graphql_value::Name, Positioned<FragmentDefinition>>,
     variables: HashMap<String, ConstValue>,
     resources: usize,
+    searches: usize,
     answer_bytes: usize,
     errors: Vec<FieldError>,
 }
@@ -398,6 +401,18 @@ impl<'q> Exec<'q> {
                 }
             }
         }
+    }
+
+    /// A search costs its query and its audit event whether or not it matches: counted before
+    /// it runs.
+    fn take_search(&mut self) -> Result<(), Refusal> {
+        self.searches += 1;
+        if self.searches > MAX_SEARCHES {
+            return Err(Refusal::Limit(format!(
+                "the query runs more than {MAX_SEARCHES} searches"
+            )));
+        }
+        Ok(())
     }
 
     fn take_resource(&mut self) -> Result<(), Refusal> {
@@ -588,6 +603,7 @@ impl<'q> Exec<'q> {
         let mut query = search_query::parse(rt, &pairs, true)
             .map_err(|e| Fail::Field(Cause::Store(StoreError::BadRequest(e.0))))?;
         query.total = Total::None;
+        self.take_search()?;
         let page = self
             .store
             .search(self.ctx, &query)

@@ -50,6 +50,8 @@ pub const MAX_DEPTH: usize = 16;
 pub const MAX_FIELDS: usize = 5_000;
 /// How many resources one query may resolve (reads, list matches and references together).
 pub const MAX_RESOURCES: usize = 200;
+/// How many searches one query may run (each is a query and an audited search, matches or not).
+pub const MAX_SEARCHES: usize = 50;
 /// The most matches a list may ask for (`_count`); also its default.
 pub const MAX_LIST: usize = 100;
 /// The answer's limit, in bytes (about: the values and names it holds).

@@ -238,7 +238,15 @@ impl Store {
                 Err(
                     StoreError::Denied(_) | StoreError::BadRequest(_) | StoreError::NotFound(_),
                 ) => {}
-                Err(e) => return Err(e),
+                // The database or the key provider away: every owner would fail alike, so the
+                // writes are matched again later.
+                Err(e @ (StoreError::Database(_) | StoreError::Key(_))) => return Err(e),
+                // One owner's failure (an unreadable consent, say) must not hold back everyone
+                // else's notifications: that owner misses these writes, and the log says so.
+                Err(e) => {
+                    tracing::warn!(subscription = %subscription, error = %e,
+                        "a Subscription's owner could not be matched; its notifications for these writes are skipped");
+                }
             }
         }
         if !queued.is_empty() {

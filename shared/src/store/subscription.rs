@@ -377,7 +377,7 @@ pub(super) async fn record_owners(
     ctx: &AccessContext,
     written: &[(&str, &Admitted)],
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     if written.is_empty() {
         return Ok(());
     }
@@ -406,8 +406,27 @@ pub(super) async fn record_owners(
         .execute(&mut *tx)
         .await?;
     }
+    // Every active Subscription costs an audited search per matching write: bounded per owner.
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM subscription_owners WHERE active AND principal = $1",
+    )
+    .bind(&ctx.principal)
+    .fetch_one(&mut *tx)
+    .await?;
+    if active > MAX_ACTIVE_PER_OWNER {
+        return Err(refused(
+            IssueType::BusinessRule,
+            "Subscription.status",
+            format!(
+                "an owner may have at most {MAX_ACTIVE_PER_OWNER} active Subscriptions (set others off)"
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// Active Subscriptions one principal may own.
+const MAX_ACTIVE_PER_OWNER: i64 = 100;
 
 /// A deleted Subscription notifies no one.
 pub(super) async fn record_deleted(
