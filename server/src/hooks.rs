@@ -92,13 +92,17 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public(IpAddr::V4(v4));
             }
             let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x0064 && s[1] == 0xff9b))
+            // 6to4 carries an IPv4 address: it is as public as that address.
+            if s[0] == 0x2002 {
+                let [a, b] = s[1].to_be_bytes();
+                let [c, d] = s[2].to_be_bytes();
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
+            }
+            // Global unicast only (2000::/3), less what tunnels or documents: Teredo
+            // (2001::/32), documentation (2001:db8::/32), NAT64 (64:ff9b::/96 is outside
+            // 2000::/3 already), and everything else — IPv4-compatible `::a.b.c.d`, site- and
+            // link-local, unique local, discard — is outside 2000::/3.
+            (s[0] & 0xe000) == 0x2000 && !(s[0] == 0x2001 && (s[1] == 0x0000 || s[1] == 0x0db8))
         }
     }
 }
@@ -221,7 +225,12 @@ mod tests {
 
     #[test]
     fn only_public_addresses_are_public() {
-        for ip in ["8.8.8.8", "2606:4700::1111", "93.184.216.34"] {
+        for ip in [
+            "8.8.8.8",
+            "2606:4700::1111",
+            "93.184.216.34",
+            "2002:0808:0808::1",
+        ] {
             assert!(
                 is_public(ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())),
                 "{ip}"
@@ -238,6 +247,11 @@ mod tests {
             "::1",
             "fe80::1",
             "fd00::1",
+            "::7f00:1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378::1",
+            "fec0::1",
+            "100::1",
             "::ffff:127.0.0.1",
             "224.0.0.1",
         ] {
