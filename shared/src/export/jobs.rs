@@ -549,34 +549,7 @@ impl Exporter {
 
     /// Does the account that started a job still stand: not locked or disabled, the same role?
     pub(super) async fn still_allowed(&self, ctx: &AccessContext) -> Result<bool, ExportError> {
-        let pool = self.store.pool();
-        let person = if ctx.role == Role::System {
-            true
-        } else {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT role = $2 AND NOT admin_locked FROM users WHERE username = $1",
-            )
-            .bind(&ctx.principal)
-            .bind(ctx.role.as_str())
-            .fetch_optional(pool)
-            .await?
-            .unwrap_or(false)
-        };
-        let client = match ctx
-            .client
-            .as_deref()
-            .or((ctx.role == Role::System).then_some(ctx.principal.as_str()))
-        {
-            Some(c) => sqlx::query_scalar::<_, bool>(
-                "SELECT NOT disabled FROM clients WHERE client_id = $1",
-            )
-            .bind(c)
-            .fetch_optional(pool)
-            .await?
-            .unwrap_or(false),
-            None => true,
-        };
-        Ok(person && client)
+        Ok(self.store.principal_stands(ctx).await?)
     }
 
     /// Say the job is alive and how far it is; `false` when it was cancelled meanwhile.

@@ -138,8 +138,9 @@ impl Store {
         Ok(Some((version_id, body)))
     }
 
-    /// Does the owner's account still stand: not locked, the same role; its client enabled?
-    async fn owner_stands(&self, ctx: &AccessContext) -> Result<bool, StoreError> {
+    /// Does the account that work was started as (a Subscription's owner, a Bulk export's
+    /// caller) still stand: not locked, the same role; its client enabled?
+    pub async fn principal_stands(&self, ctx: &AccessContext) -> Result<bool, StoreError> {
         let person = if ctx.role == Role::System {
             true
         } else {
@@ -292,7 +293,7 @@ impl Store {
         let Some((_, body)) = self.stored_subscription(subscription).await? else {
             return Ok(vec![]);
         };
-        if !self.owner_stands(owner).await? {
+        if !self.principal_stands(owner).await? {
             return Ok(vec![]);
         }
         let criteria = body.get("criteria").and_then(Value::as_str).unwrap_or("");
@@ -376,7 +377,7 @@ impl Store {
         let Some((version_id, body)) = self.stored_subscription(&subscription).await? else {
             return Ok(None);
         };
-        if !self.owner_stands(&owner).await? {
+        if !self.principal_stands(&owner).await? {
             return Ok(None);
         }
         let resource_type: String = row.try_get("resource_type")?;
