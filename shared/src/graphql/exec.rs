@@ -403,6 +403,29 @@ impl<'q> Exec<'q> {
         }
     }
 
+    /// A field's answer: its value, or `null` with its error recorded at `path`; a refusal of
+    /// the whole query passes through.
+    fn settle(
+        &mut self,
+        answered: Result<Value, Fail>,
+        path: Vec<Value>,
+        pos: async_graphql_parser::Pos,
+    ) -> Result<Value, Refusal> {
+        match answered {
+            Ok(v) => Ok(v),
+            Err(Fail::Stop(r)) => Err(r),
+            Err(Fail::Field(cause)) => {
+                self.errors.push(FieldError {
+                    path,
+                    line: pos.line,
+                    column: pos.column,
+                    cause,
+                });
+                Ok(Value::Null)
+            }
+        }
+    }
+
     /// A search costs its query and its audit event whether or not it matches: counted before
     /// it runs.
     fn take_search(&mut self) -> Result<(), Refusal> {
@@ -444,19 +467,8 @@ impl<'q> Exec<'q> {
             let sets = selections(&fields);
             let here = vec![Value::String(key.clone())];
             self.spend(key.len() + 4)?;
-            let value = match self.root_field(&first.node, sets, here.clone()).await {
-                Ok(v) => v,
-                Err(Fail::Stop(r)) => return Err(r),
-                Err(Fail::Field(cause)) => {
-                    self.errors.push(FieldError {
-                        path: here,
-                        line: first.pos.line,
-                        column: first.pos.column,
-                        cause,
-                    });
-                    Value::Null
-                }
-            };
+            let answered = self.root_field(&first.node, sets, here.clone()).await;
+            let value = self.settle(answered, here, first.pos)?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
@@ -641,22 +653,10 @@ impl<'q> Exec<'q> {
                 let mut here = path.clone();
                 here.push(Value::String(key.clone()));
                 self.spend(key.len() + 4)?;
-                let value = match self
+                let answered = self
                     .field(node, resource, &first.node, sets, here.clone())
-                    .await
-                {
-                    Ok(v) => v,
-                    Err(Fail::Stop(r)) => return Err(r),
-                    Err(Fail::Field(cause)) => {
-                        self.errors.push(FieldError {
-                            path: here,
-                            line: first.pos.line,
-                            column: first.pos.column,
-                            cause,
-                        });
-                        Value::Null
-                    }
-                };
+                    .await;
+                let value = self.settle(answered, here, first.pos)?;
                 out.insert(key, value);
             }
             Ok(Value::Object(out))

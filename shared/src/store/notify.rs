@@ -244,8 +244,9 @@ impl Store {
                 Err(e @ (StoreError::Database(_) | StoreError::Key(_))) => return Err(e),
                 // One owner's failure (an unreadable consent, say) must not hold back everyone
                 // else's notifications: that owner misses these writes, and the log says so.
-                Err(e) => {
-                    tracing::warn!(subscription = %subscription, error = %e,
+                // (The error's text is not logged: a store error may name a resource.)
+                Err(_) => {
+                    tracing::warn!(subscription = %subscription,
                         "a Subscription's owner could not be matched; its notifications for these writes are skipped");
                 }
             }
